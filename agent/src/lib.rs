@@ -1,0 +1,3 @@
+//! ota-agent: the per-site edge agent.
+
+pub mod transport;

@@ -1,0 +1,1 @@
+//! Transport driver; filled by its transport work.

@@ -1,0 +1,2 @@
+//! otactl
+fn main() {}

@@ -1,0 +1,1 @@
+//! Pure parsers and validators for firmware files.

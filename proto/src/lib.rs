@@ -1,0 +1,6 @@
+//! The `ota.v1` gRPC API.
+//!
+//! This crate holds only the `.proto` sources (in `proto/ota/v1/`) and the Rust code that
+//! `tonic-prost-build` generates from them, checked in under `src/gen/`. No hand-written logic
+//! lives here. `tests/codegen.rs` regenerates the code with `protox` (no system `protoc`) and fails
+//! when the checked-in copy is stale; run it with `OTA_UPDATE_GENERATED=1` to refresh it.

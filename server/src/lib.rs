@@ -1,0 +1,1 @@
+//! otad: the central OTA rollout server.

@@ -1,0 +1,1 @@
+//! Simulator module; filled by its simulator work.

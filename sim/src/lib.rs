@@ -1,0 +1,12 @@
+//! Simulators of the devices and bridges the agent talks to, speaking the real wire protocols.
+//!
+//! # Layout
+//! - [`broker`]: an embedded MQTT broker (rumqttd) for the unit tier and the quickstart.
+//! - [`esphome`]: an ESPHome device serving native OTA on TCP (and the web_server `/update` path).
+//! - [`z2m`]: a zigbee2mqtt bridge with simulated Zigbee devices, on a real MQTT broker.
+//! - [`esprom`]: an ESP ROM bootloader on a pseudo-terminal.
+
+pub mod broker;
+pub mod esphome;
+pub mod esprom;
+pub mod z2m;
