@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Tier 2: conformance against real outside peers.
+#
+# Installs Debian's mosquitto and prometheus and, in a Python >= 3.12 virtualenv, ESPHome's own
+# uploader (the `esphome` package) and `esptool`; then runs the tests of the `ota-conformance`
+# crate, which exist only with `--features conformance`. Every test there fails (never skips) when
+# its peer is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ESPHOME_VERSION="${ESPHOME_VERSION:-2026.10.0}"
+ESPTOOL_VERSION="${ESPTOOL_VERSION:-5.6.0}"
+VENV="${OTA_CONFORMANCE_VENV:-$PWD/target/conformance-venv}"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# 1. Debian peers. The packages' own services are not used: each test starts its own instance
+#    on a free loopback port with a throwaway config.
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+export PATH="$PATH:/usr/sbin"
+
+# 2. Python peers. ESPHome releases from 2026.7 need Python >= 3.12.
+find_python312() {
+  for p in python3.13 python3.12; do command -v "$p" >/dev/null 2>&1 && { command -v "$p"; return; }; done
+  for p in "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3; do [ -x "$p" ] && { echo "$p"; return; }; done
+  return 1
+}
+if [ ! -x "$VENV/bin/python" ]; then
+  PY=$(find_python312) || { echo "conformance: no Python >= 3.12 found (needed by esphome >= 2026.7)" >&2; exit 1; }
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check "esphome==${ESPHOME_VERSION}" "esptool==${ESPTOOL_VERSION}"
+export OTA_CONFORMANCE_PYTHON="$VENV/bin/python"
+export PATH="$VENV/bin:$PATH"
+
+# 3. The tests.
+cargo test --locked -p ota-conformance --features conformance -- --test-threads 2 "$@"
