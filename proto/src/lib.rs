@@ -2,5 +2,20 @@
 //!
 //! This crate holds only the `.proto` sources (in `proto/ota/v1/`) and the Rust code that
 //! `tonic-prost-build` generates from them, checked in under `src/gen/`. No hand-written logic
-//! lives here. `tests/codegen.rs` regenerates the code with `protox` (no system `protoc`) and fails
-//! when the checked-in copy is stale; run it with `OTA_UPDATE_GENERATED=1` to refresh it.
+//! lives here. `tests/codegen.rs` regenerates the code with `protox` (no system `protoc` needed)
+//! and fails when the checked-in copy is stale; run it with `OTA_UPDATE_GENERATED=1` to refresh.
+//!
+//! Services: `FirmwareService`, `DeviceService`, `RolloutService`, `EventService`,
+//! `AgentService`, `SystemService`, `SiteService`, `AccessService`.
+
+/// Package `ota.v1`.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    rust_2018_idioms
+)]
+pub mod v1 {
+    include!("gen/ota.v1.rs");
+}
