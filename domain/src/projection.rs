@@ -1,0 +1,861 @@
+//! The fleet state: a projection of the event log.
+//!
+//! [`FleetState::apply`] folds one recorded event into the state. It cannot fail and makes no
+//! decisions: every rule lives where events are decided (the server's command handlers and the
+//! rollout scheduler), so replaying the same log always gives the same state. Unknown streams
+//! and events for entities that do not exist are ignored, which keeps replay robust against logs
+//! whose earlier events were written by a buggy build.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::events::*;
+use crate::model::{self, DeviceFacts, TransportInstance, VersionInfo};
+use crate::rollout::spec::RolloutSpec;
+use crate::status::{ErrorCode, TaskError, UpgradeStatus};
+
+/// Envelope facts of a recorded event that projections use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    /// Global sequence number.
+    pub seq: u64,
+    /// When it was recorded, Unix ms.
+    pub recorded_at_ms: i64,
+    /// Who caused it (`name (role)`).
+    pub actor: String,
+}
+
+/// A firmware in the catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirmwareView {
+    /// As registered.
+    pub registered: FirmwareRegistered,
+    /// When.
+    pub created_at_ms: i64,
+    /// By whom.
+    pub created_by: String,
+    /// Signatures: key id, signature, when, by whom.
+    pub signatures: Vec<SignatureView>,
+}
+
+/// A recorded firmware signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureView {
+    /// Key name.
+    pub key_id: String,
+    /// Signature bytes.
+    pub signature: Vec<u8>,
+    /// When.
+    pub added_at_ms: i64,
+    /// By whom.
+    pub added_by: String,
+}
+
+/// A device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceView {
+    /// `<site>/<local>`.
+    pub id: String,
+    /// Site.
+    pub site_id: String,
+    /// Local id.
+    pub local_id: String,
+    /// Last reported facts.
+    pub facts: DeviceFacts,
+    /// First report.
+    pub first_seen_ms: i64,
+    /// Last report that changed something (live last-seen is kept by the server).
+    pub last_seen_ms: i64,
+    /// Auto-upgrade switch.
+    pub auto_upgrade: bool,
+    /// The site no longer reports it.
+    pub removed: bool,
+    /// Last check outcome and when.
+    pub last_check: Option<(DeviceChecked, i64)>,
+    /// The running or most recent task.
+    pub current_task: Option<String>,
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskPhase {
+    /// 13: waiting for dispatch (also between retries).
+    Queued,
+    /// 14: preconditions being checked.
+    Preparing,
+    /// Held by a precondition: weak signal (waits for confirmation), offline or site
+    /// disconnected (retried later).
+    Held,
+    /// 100: sent to the site, no report yet (or the site reports it is preparing).
+    AgentPreparing,
+    /// 5: waiting for the device to wake up.
+    WaitingForWakeup,
+    /// 2: transferring.
+    Updating,
+    /// 6: image delivered, device applying.
+    Downloaded,
+    /// 3.
+    Succeeded,
+    /// 4.
+    Failed,
+    /// 7.
+    TimedOut,
+    /// Ended without an update (precondition).
+    Skipped,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl TaskPhase {
+    /// The Tuya status shown for this phase.
+    pub fn status(self) -> UpgradeStatus {
+        match self {
+            Self::Queued => UpgradeStatus::Queued,
+            Self::Preparing | Self::Held => UpgradeStatus::Preparing,
+            Self::AgentPreparing => UpgradeStatus::AgentPreparing,
+            Self::WaitingForWakeup => UpgradeStatus::WaitingForWakeup,
+            Self::Updating => UpgradeStatus::Updating,
+            Self::Downloaded => UpgradeStatus::Downloaded,
+            Self::Succeeded => UpgradeStatus::Success,
+            Self::Failed => UpgradeStatus::Failure,
+            Self::TimedOut => UpgradeStatus::Timeout,
+            Self::Skipped | Self::Cancelled => UpgradeStatus::None,
+        }
+    }
+
+    /// The task will not change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::TimedOut | Self::Skipped | Self::Cancelled
+        )
+    }
+
+    /// The site is working on the task (counts against concurrency limits).
+    pub fn is_at_site(self) -> bool {
+        matches!(
+            self,
+            Self::AgentPreparing | Self::WaitingForWakeup | Self::Updating | Self::Downloaded
+        )
+    }
+
+    /// Cancelling is safe: nothing was sent to the device, or it waits for a wake-up.
+    pub fn is_cancellable(self) -> bool {
+        matches!(self, Self::Queued | Self::Held | Self::WaitingForWakeup)
+    }
+
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Preparing => "preparing",
+            Self::Held => "held",
+            Self::AgentPreparing => "agent-preparing",
+            Self::WaitingForWakeup => "waiting-for-wakeup",
+            Self::Updating => "updating",
+            Self::Downloaded => "downloaded",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed-out",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A device update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskView {
+    /// As created.
+    pub created: TaskCreated,
+    /// Phase.
+    pub phase: TaskPhase,
+    /// Current attempt (0 before the first dispatch).
+    pub attempt: u32,
+    /// Percent.
+    pub progress: f32,
+    /// Seconds remaining.
+    pub remaining_s: Option<u32>,
+    /// Bytes delivered.
+    pub bytes_sent: u64,
+    /// Bytes in total.
+    pub bytes_total: u64,
+    /// Last error (failure, hold, skip).
+    pub error: Option<TaskError>,
+    /// Words for a person.
+    pub remind: String,
+    /// Before.
+    pub from: Option<VersionInfo>,
+    /// After.
+    pub to: Option<VersionInfo>,
+    /// Created at.
+    pub created_at_ms: i64,
+    /// First dispatch.
+    pub started_at_ms: Option<i64>,
+    /// Ended.
+    pub finished_at_ms: Option<i64>,
+    /// Next dispatch after a transient failure or a hold.
+    pub next_attempt_at_ms: Option<i64>,
+    /// Per-device timeout of the current attempt.
+    pub timeout_at_ms: Option<i64>,
+    /// Waits for a weak-signal confirmation.
+    pub awaiting_confirmation: bool,
+    /// An operator confirmed a weak-signal warning: do not hold again for signal.
+    pub signal_confirmed: bool,
+    /// Who created it.
+    pub requested_by: String,
+    /// Command id of the current attempt's dispatch.
+    pub command_id: Option<u64>,
+    /// Scheduled for wake-up.
+    pub scheduled: bool,
+    /// Last change.
+    pub updated_at_ms: i64,
+}
+
+/// Lifecycle of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RolloutState {
+    /// Created, not started.
+    Draft,
+    /// Dispatching.
+    Running,
+    /// Paused by an operator or a threshold.
+    Paused,
+    /// Done.
+    Completed,
+    /// Stopped for good.
+    Aborted,
+}
+
+impl RolloutState {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    /// Will not change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Aborted)
+    }
+}
+
+/// Lifecycle of a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StageState {
+    /// Not started.
+    Pending,
+    /// Dispatching.
+    Running,
+    /// Success threshold met, soaking.
+    Soaking,
+    /// Done.
+    Succeeded,
+    /// Failure threshold crossed.
+    Failed,
+}
+
+/// One stage of a rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageView {
+    /// Name.
+    pub name: String,
+    /// Devices.
+    pub device_ids: Vec<String>,
+    /// State.
+    pub state: StageState,
+    /// Started.
+    pub started_at_ms: Option<i64>,
+    /// Deadline.
+    pub deadline_at_ms: Option<i64>,
+    /// Soak end.
+    pub soak_until_ms: Option<i64>,
+    /// Ended.
+    pub finished_at_ms: Option<i64>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+}
+
+/// The bulk check of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchCheckView {
+    /// Check id.
+    pub check_id: String,
+    /// Devices asked.
+    pub device_ids: Vec<String>,
+    /// Deadline.
+    pub deadline_at_ms: i64,
+    /// Ended.
+    pub completed: bool,
+    /// Devices that did not answer (5019).
+    pub timed_out: Vec<String>,
+}
+
+/// A rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutView {
+    /// Id.
+    pub id: String,
+    /// Spec.
+    pub spec: RolloutSpec,
+    /// State.
+    pub state: RolloutState,
+    /// Why paused/completed/aborted.
+    pub state_reason: String,
+    /// Created.
+    pub created_at_ms: i64,
+    /// By.
+    pub created_by: String,
+    /// Started.
+    pub started_at_ms: Option<i64>,
+    /// Ended.
+    pub finished_at_ms: Option<i64>,
+    /// Stages (empty until started).
+    pub stages: Vec<StageView>,
+    /// Devices left out.
+    pub exclusions: Vec<Exclusion>,
+    /// Bulk check.
+    pub batch_check: Option<BatchCheckView>,
+    /// Task of each device (latest).
+    pub tasks_by_device: HashMap<String, String>,
+}
+
+impl RolloutView {
+    /// Index of the stage that is running or soaking, else the last one that ended.
+    pub fn current_stage(&self) -> u32 {
+        let active = self
+            .stages
+            .iter()
+            .position(|s| matches!(s.state, StageState::Running | StageState::Soaking));
+        let last_started = self
+            .stages
+            .iter()
+            .rposition(|s| s.state != StageState::Pending);
+        active.or(last_started).unwrap_or(0) as u32
+    }
+}
+
+/// A site and its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SiteView {
+    /// Id.
+    pub id: String,
+    /// An agent session is open.
+    pub connected: bool,
+    /// Installation id.
+    pub agent_id: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Zone.
+    pub timezone: String,
+    /// UTC offset in minutes.
+    pub utc_offset_minutes: i32,
+    /// Transports.
+    pub transports: Vec<TransportInstance>,
+    /// Since.
+    pub connected_since_ms: i64,
+    /// Remote address.
+    pub peer: String,
+    /// Why the last session ended.
+    pub last_disconnect_reason: String,
+}
+
+/// An operator token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenView {
+    /// Public id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Secret hash.
+    pub secret_hash: String,
+    /// Expiry; 0 never.
+    pub expires_at_ms: i64,
+    /// Created.
+    pub created_at_ms: i64,
+    /// By.
+    pub created_by: String,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+/// Everything the server knows, as of `last_seq`.
+#[derive(Debug, Clone, Default)]
+pub struct FleetState {
+    /// Last applied event.
+    pub last_seq: u64,
+    /// Firmware by id.
+    pub firmware: BTreeMap<String, FirmwareView>,
+    /// Devices by id (removed devices stay, flagged).
+    pub devices: BTreeMap<String, DeviceView>,
+    /// Tasks by id.
+    pub tasks: HashMap<String, TaskView>,
+    /// Rollouts by id.
+    pub rollouts: BTreeMap<String, RolloutView>,
+    /// Sites by id.
+    pub sites: BTreeMap<String, SiteView>,
+    /// Highest applied journal seq per agent installation.
+    pub agent_seqs: HashMap<String, u64>,
+    /// Tokens by id.
+    pub tokens: BTreeMap<String, TokenView>,
+}
+
+impl FleetState {
+    /// Folds one event into the state. Never fails; ignores what it cannot place.
+    pub fn apply(&mut self, meta: &EventMeta, stream: &str, event: &DomainEvent) {
+        self.last_seq = self.last_seq.max(meta.seq);
+        if let Some(source) = event.agent_source() {
+            let seen = self.agent_seqs.entry(source.agent_id.clone()).or_default();
+            *seen = (*seen).max(source.seq);
+        }
+        if let Some(id) = stream.strip_prefix(streams::FIRMWARE_PREFIX) {
+            self.apply_firmware(meta, id, event);
+        } else if let Some(id) = stream.strip_prefix(streams::DEVICE_PREFIX) {
+            self.apply_device(meta, id, event);
+        } else if let Some(id) = stream.strip_prefix(streams::TASK_PREFIX) {
+            self.apply_task(meta, id, event);
+        } else if let Some(id) = stream.strip_prefix(streams::ROLLOUT_PREFIX) {
+            self.apply_rollout(meta, id, event);
+        } else if let Some(id) = stream.strip_prefix(streams::SITE_PREFIX) {
+            self.apply_site(meta, id, event);
+        } else if stream == streams::ACCESS {
+            self.apply_access(meta, event);
+        }
+    }
+
+    fn apply_firmware(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
+        match event {
+            DomainEvent::FirmwareRegistered(e) => {
+                self.firmware.insert(
+                    id.to_string(),
+                    FirmwareView {
+                        registered: e.clone(),
+                        created_at_ms: meta.recorded_at_ms,
+                        created_by: meta.actor.clone(),
+                        signatures: Vec::new(),
+                    },
+                );
+            }
+            DomainEvent::FirmwareSignatureAdded(e) => {
+                if let Some(fw) = self.firmware.get_mut(id) {
+                    fw.signatures.retain(|s| s.key_id != e.key_id);
+                    fw.signatures.push(SignatureView {
+                        key_id: e.key_id.clone(),
+                        signature: e.signature.clone(),
+                        added_at_ms: meta.recorded_at_ms,
+                        added_by: meta.actor.clone(),
+                    });
+                }
+            }
+            DomainEvent::FirmwareDeleted(_) => {
+                self.firmware.remove(id);
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_device(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
+        let Some((site, local)) = model::split_device_id(id) else {
+            return;
+        };
+        match event {
+            DomainEvent::DeviceReported(e) => {
+                let device = self
+                    .devices
+                    .entry(id.to_string())
+                    .or_insert_with(|| DeviceView {
+                        id: id.to_string(),
+                        site_id: site.to_string(),
+                        local_id: local.to_string(),
+                        facts: DeviceFacts::default(),
+                        first_seen_ms: meta.recorded_at_ms,
+                        last_seen_ms: meta.recorded_at_ms,
+                        auto_upgrade: false,
+                        removed: false,
+                        last_check: None,
+                        current_task: None,
+                    });
+                device.facts = e.facts.clone();
+                device.last_seen_ms = meta.recorded_at_ms;
+                device.removed = false;
+            }
+            DomainEvent::DeviceRemoved(_) => {
+                if let Some(d) = self.devices.get_mut(id) {
+                    d.removed = true;
+                    d.facts.reachable = false;
+                }
+            }
+            DomainEvent::DeviceChecked(e) => {
+                if let Some(d) = self.devices.get_mut(id) {
+                    if e.reachable && !e.current.version.is_empty() {
+                        d.facts.current = e.current.clone();
+                    }
+                    d.last_check = Some((e.clone(), meta.recorded_at_ms));
+                }
+            }
+            DomainEvent::AutoUpgradeSet(e) => {
+                if let Some(d) = self.devices.get_mut(id) {
+                    d.auto_upgrade = e.enabled;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_task(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
+        if let DomainEvent::TaskCreated(e) = event {
+            if let Some(d) = self.devices.get_mut(&e.device_id) {
+                d.current_task = Some(id.to_string());
+            }
+            if let Some(rollout_id) = &e.rollout_id
+                && let Some(r) = self.rollouts.get_mut(rollout_id)
+            {
+                r.tasks_by_device
+                    .insert(e.device_id.clone(), id.to_string());
+            }
+            self.tasks.insert(
+                id.to_string(),
+                TaskView {
+                    created: e.clone(),
+                    phase: TaskPhase::Queued,
+                    attempt: 0,
+                    progress: 0.0,
+                    remaining_s: None,
+                    bytes_sent: 0,
+                    bytes_total: 0,
+                    error: None,
+                    remind: String::new(),
+                    from: None,
+                    to: None,
+                    created_at_ms: meta.recorded_at_ms,
+                    started_at_ms: None,
+                    finished_at_ms: None,
+                    next_attempt_at_ms: None,
+                    timeout_at_ms: None,
+                    awaiting_confirmation: false,
+                    signal_confirmed: false,
+                    requested_by: meta.actor.clone(),
+                    command_id: None,
+                    scheduled: false,
+                    updated_at_ms: meta.recorded_at_ms,
+                },
+            );
+            return;
+        }
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if task.phase.is_terminal() {
+            // A late report for an ended task (e.g. an agent's result after a cancel or timeout)
+            // changes nothing.
+            return;
+        }
+        task.updated_at_ms = meta.recorded_at_ms;
+        match event {
+            DomainEvent::TaskPreparing(_) => {
+                task.phase = TaskPhase::Preparing;
+            }
+            DomainEvent::TaskHeld(e) => {
+                task.phase = TaskPhase::Held;
+                task.error = Some(e.error.clone());
+                task.remind = e.remind.clone();
+                task.awaiting_confirmation = e.needs_confirmation;
+                task.next_attempt_at_ms = e.retry_at_ms;
+            }
+            DomainEvent::TaskConfirmed(e) => {
+                task.awaiting_confirmation = false;
+                if e.proceed {
+                    task.signal_confirmed = true;
+                    task.phase = TaskPhase::Queued;
+                    task.error = None;
+                    task.remind.clear();
+                    task.next_attempt_at_ms = None;
+                } else {
+                    task.phase = TaskPhase::Cancelled;
+                    task.remind = "cancelled after the weak-signal warning".into();
+                    task.finished_at_ms = Some(meta.recorded_at_ms);
+                }
+            }
+            DomainEvent::TaskSkipped(e) => {
+                task.phase = TaskPhase::Skipped;
+                task.error = Some(TaskError::new(e.code, e.remind.clone()));
+                task.remind = e.remind.clone();
+                task.finished_at_ms = Some(meta.recorded_at_ms);
+            }
+            DomainEvent::TaskDispatched(e) => {
+                task.phase = TaskPhase::AgentPreparing;
+                task.attempt = e.attempt;
+                task.command_id = Some(e.command_id);
+                task.timeout_at_ms = Some(e.timeout_at_ms);
+                task.scheduled = e.schedule;
+                task.started_at_ms.get_or_insert(meta.recorded_at_ms);
+                task.next_attempt_at_ms = None;
+                task.error = None;
+                task.remind.clear();
+                task.progress = 0.0;
+                task.remaining_s = None;
+            }
+            DomainEvent::TaskProgressed(e) => {
+                if e.attempt != task.attempt {
+                    return;
+                }
+                task.phase = match e.status {
+                    UpgradeStatus::WaitingForWakeup => TaskPhase::WaitingForWakeup,
+                    UpgradeStatus::Updating => TaskPhase::Updating,
+                    UpgradeStatus::Downloaded => TaskPhase::Downloaded,
+                    _ => TaskPhase::AgentPreparing,
+                };
+                task.progress = e.progress;
+                task.remaining_s = e.remaining_s;
+                task.bytes_sent = e.bytes_sent;
+                task.bytes_total = e.bytes_total;
+            }
+            DomainEvent::TaskSucceeded(e) => {
+                if e.attempt != task.attempt {
+                    return;
+                }
+                task.phase = TaskPhase::Succeeded;
+                task.progress = 100.0;
+                task.remaining_s = None;
+                task.from = Some(e.from.clone());
+                task.to = Some(e.to.clone());
+                task.finished_at_ms = Some(meta.recorded_at_ms);
+                task.error = None;
+                let device_id = task.created.device_id.clone();
+                if let Some(d) = self.devices.get_mut(&device_id) {
+                    d.facts.current = e.to.clone();
+                }
+            }
+            DomainEvent::TaskFailed(e) => {
+                if e.attempt != task.attempt {
+                    return;
+                }
+                task.error = Some(e.error.clone());
+                task.remaining_s = None;
+                if e.retry_at_ms.is_some() {
+                    task.phase = TaskPhase::Queued;
+                    task.next_attempt_at_ms = e.retry_at_ms;
+                } else {
+                    task.phase = if e.timed_out {
+                        TaskPhase::TimedOut
+                    } else {
+                        TaskPhase::Failed
+                    };
+                    task.finished_at_ms = Some(meta.recorded_at_ms);
+                }
+            }
+            DomainEvent::TaskCancelled(e) => {
+                task.phase = TaskPhase::Cancelled;
+                task.remind = e.reason.clone();
+                task.awaiting_confirmation = false;
+                task.finished_at_ms = Some(meta.recorded_at_ms);
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_rollout(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
+        if let DomainEvent::RolloutCreated(e) = event {
+            self.rollouts.insert(
+                id.to_string(),
+                RolloutView {
+                    id: id.to_string(),
+                    spec: e.spec.clone(),
+                    state: RolloutState::Draft,
+                    state_reason: String::new(),
+                    created_at_ms: meta.recorded_at_ms,
+                    created_by: meta.actor.clone(),
+                    started_at_ms: None,
+                    finished_at_ms: None,
+                    stages: Vec::new(),
+                    exclusions: Vec::new(),
+                    batch_check: None,
+                    tasks_by_device: HashMap::new(),
+                },
+            );
+            return;
+        }
+        let Some(r) = self.rollouts.get_mut(id) else {
+            return;
+        };
+        let at = meta.recorded_at_ms;
+        match event {
+            DomainEvent::RolloutStarted(e) => {
+                r.state = RolloutState::Running;
+                r.state_reason.clear();
+                r.started_at_ms = Some(at);
+                r.stages = e
+                    .stages
+                    .iter()
+                    .map(|s| StageView {
+                        name: s.name.clone(),
+                        device_ids: s.device_ids.clone(),
+                        state: StageState::Pending,
+                        started_at_ms: None,
+                        deadline_at_ms: None,
+                        soak_until_ms: None,
+                        finished_at_ms: None,
+                        failure_reason: None,
+                    })
+                    .collect();
+                r.exclusions = e.exclusions.clone();
+            }
+            DomainEvent::BatchCheckStarted(e) => {
+                r.batch_check = Some(BatchCheckView {
+                    check_id: e.check_id.clone(),
+                    device_ids: e.device_ids.clone(),
+                    deadline_at_ms: e.deadline_at_ms,
+                    completed: false,
+                    timed_out: Vec::new(),
+                });
+            }
+            DomainEvent::BatchCheckCompleted(e) => {
+                if let Some(bc) = r.batch_check.as_mut() {
+                    bc.completed = true;
+                    bc.timed_out = e.timed_out.clone();
+                }
+                let excluded: std::collections::HashSet<&str> = e
+                    .excluded
+                    .iter()
+                    .map(|x| x.device_id.as_str())
+                    .collect();
+                for stage in &mut r.stages {
+                    stage.device_ids.retain(|d| !excluded.contains(d.as_str()));
+                }
+                r.exclusions.extend(e.excluded.iter().cloned());
+            }
+            DomainEvent::StageStarted(e) => {
+                if let Some(s) = r.stages.get_mut(e.index as usize) {
+                    s.state = StageState::Running;
+                    s.started_at_ms = Some(at);
+                    s.deadline_at_ms = e.deadline_at_ms;
+                }
+            }
+            DomainEvent::StageSoaking(e) => {
+                if let Some(s) = r.stages.get_mut(e.index as usize) {
+                    s.state = StageState::Soaking;
+                    s.soak_until_ms = Some(e.until_ms);
+                }
+            }
+            DomainEvent::StageSucceeded(e) => {
+                if let Some(s) = r.stages.get_mut(e.index as usize) {
+                    s.state = StageState::Succeeded;
+                    s.finished_at_ms = Some(at);
+                }
+            }
+            DomainEvent::StageFailed(e) => {
+                if let Some(s) = r.stages.get_mut(e.index as usize) {
+                    s.state = StageState::Failed;
+                    s.finished_at_ms = Some(at);
+                    s.failure_reason = Some(e.reason.clone());
+                }
+            }
+            DomainEvent::RolloutPaused(e) => {
+                r.state = RolloutState::Paused;
+                r.state_reason = e.reason.clone();
+            }
+            DomainEvent::RolloutResumed(e) => {
+                r.state = RolloutState::Running;
+                r.state_reason = e.reason.clone();
+                // A failed stage is retried from where it stopped.
+                for s in &mut r.stages {
+                    if s.state == StageState::Failed {
+                        s.state = StageState::Running;
+                        s.failure_reason = None;
+                        s.finished_at_ms = None;
+                    }
+                }
+            }
+            DomainEvent::RolloutCompleted(e) => {
+                r.state = RolloutState::Completed;
+                r.state_reason = e.summary.clone();
+                r.finished_at_ms = Some(at);
+            }
+            DomainEvent::RolloutAborted(e) => {
+                r.state = RolloutState::Aborted;
+                r.state_reason = e.reason.clone();
+                r.finished_at_ms = Some(at);
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_site(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
+        let site = self
+            .sites
+            .entry(id.to_string())
+            .or_insert_with(|| SiteView {
+                id: id.to_string(),
+                ..SiteView::default()
+            });
+        match event {
+            DomainEvent::AgentConnected(e) => {
+                site.connected = true;
+                site.agent_id = e.agent_id.clone();
+                site.agent_version = e.agent_version.clone();
+                site.timezone = e.timezone.clone();
+                site.utc_offset_minutes = e.utc_offset_minutes;
+                site.transports = e.transports.clone();
+                site.connected_since_ms = meta.recorded_at_ms;
+                site.peer = e.peer.clone();
+            }
+            DomainEvent::AgentDisconnected(e) => {
+                site.connected = false;
+                site.last_disconnect_reason = e.reason.clone();
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_access(&mut self, meta: &EventMeta, event: &DomainEvent) {
+        match event {
+            DomainEvent::TokenCreated(e) => {
+                self.tokens.insert(
+                    e.id.clone(),
+                    TokenView {
+                        id: e.id.clone(),
+                        name: e.name.clone(),
+                        role: e.role.clone(),
+                        secret_hash: e.secret_hash.clone(),
+                        expires_at_ms: e.expires_at_ms,
+                        created_at_ms: meta.recorded_at_ms,
+                        created_by: meta.actor.clone(),
+                        revoked: false,
+                    },
+                );
+            }
+            DomainEvent::TokenRevoked(e) => {
+                if let Some(t) = self.tokens.get_mut(&e.id) {
+                    t.revoked = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Rollouts that are not completed or aborted and use this firmware.
+    pub fn active_rollouts_using(&self, firmware_id: &str) -> Vec<String> {
+        self.rollouts
+            .values()
+            .filter(|r| !r.state.is_terminal() && r.spec.firmware_id == firmware_id)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// The device's task if it has not ended.
+    pub fn active_task_of(&self, device_id: &str) -> Option<&TaskView> {
+        let id = self.devices.get(device_id)?.current_task.as_ref()?;
+        self.tasks.get(id).filter(|t| !t.phase.is_terminal())
+    }
+
+    /// A task's error code or 0.
+    pub fn error_code_of(task: &TaskView) -> Option<ErrorCode> {
+        task.error.as_ref().map(|e| e.code)
+    }
+}
