@@ -825,7 +825,8 @@ mod tests {
             },
         };
         let bytes = postcard::to_stdvec(&v1).unwrap();
-        let DomainEvent::DeviceReported(up) = DomainEvent::decode("DeviceReported", 1, &bytes).unwrap()
+        let DomainEvent::DeviceReported(up) =
+            DomainEvent::decode("DeviceReported", 1, &bytes).unwrap()
         else {
             panic!("wrong variant");
         };

@@ -9,6 +9,7 @@
 //! - [`model`]: value types stored in events (versions, device facts, firmware facts).
 //! - [`events`]: every stored event, its schema version and codec, upcasters.
 //! - [`projection`]: [`projection::FleetState`], the state folded from the log.
+//! - [`tasks`]: decisions about one device update (fit, preflight, retries).
 //! - [`rollout`]: rollout specification, planning and scheduling.
 
 pub mod events;
@@ -16,3 +17,4 @@ pub mod model;
 pub mod projection;
 pub mod rollout;
 pub mod status;
+pub mod tasks;

@@ -720,11 +720,8 @@ impl FleetState {
                     bc.completed = true;
                     bc.timed_out = e.timed_out.clone();
                 }
-                let excluded: std::collections::HashSet<&str> = e
-                    .excluded
-                    .iter()
-                    .map(|x| x.device_id.as_str())
-                    .collect();
+                let excluded: std::collections::HashSet<&str> =
+                    e.excluded.iter().map(|x| x.device_id.as_str()).collect();
                 for stage in &mut r.stages {
                     stage.device_ids.retain(|d| !excluded.contains(d.as_str()));
                 }

@@ -174,7 +174,10 @@ fn samples() -> Vec<DomainEvent> {
             reachable: false,
             current: version("1.0"),
             update_available: None,
-            error: Some(TaskError::new(ErrorCode::BulkCheckTimeout, "no answer in 60 s")),
+            error: Some(TaskError::new(
+                ErrorCode::BulkCheckTimeout,
+                "no answer in 60 s",
+            )),
             source: None,
         }
         .into(),
@@ -240,7 +243,10 @@ fn samples() -> Vec<DomainEvent> {
         .into(),
         TaskFailed {
             attempt: 1,
-            error: TaskError::new(ErrorCode::ConnectFailed, "Device didn't respond to OTA request"),
+            error: TaskError::new(
+                ErrorCode::ConnectFailed,
+                "Device didn't respond to OTA request",
+            ),
             timed_out: false,
             retry_at_ms: Some(30_000),
             source: source(),
@@ -337,7 +343,11 @@ fn read_golden() -> BTreeMap<(String, u16), String> {
         .map(|l| {
             let mut parts = l.split_whitespace();
             let ty = parts.next().expect("type").to_string();
-            let v: u16 = parts.next().expect("version").parse().expect("numeric version");
+            let v: u16 = parts
+                .next()
+                .expect("version")
+                .parse()
+                .expect("numeric version");
             let hex = parts.next().unwrap_or("").to_string();
             ((ty, v), hex)
         })
@@ -348,7 +358,10 @@ fn read_golden() -> BTreeMap<(String, u16), String> {
 fn every_event_type_has_a_sample() {
     let sampled: Vec<&str> = samples().iter().map(|e| e.type_name()).collect();
     for (ty, _) in DomainEvent::TYPES {
-        assert!(sampled.contains(ty), "no golden sample for {ty}: add one to samples()");
+        assert!(
+            sampled.contains(ty),
+            "no golden sample for {ty}: add one to samples()"
+        );
     }
 }
 
@@ -403,7 +416,8 @@ fn device_reported_v1_golden_upcasts() {
     let h = golden
         .get(&("DeviceReported".to_string(), 1))
         .expect("DeviceReported v1 golden line exists");
-    let DomainEvent::DeviceReported(e) = DomainEvent::decode("DeviceReported", 1, &unhex(h)).unwrap()
+    let DomainEvent::DeviceReported(e) =
+        DomainEvent::decode("DeviceReported", 1, &unhex(h)).unwrap()
     else {
         panic!("wrong variant");
     };
