@@ -345,6 +345,21 @@ pub fn result_error(status: UpgradeStatus, error: Option<TaskError>) -> Result<(
     }
 }
 
+/// The newest firmware in the catalog that fits the device and is newer than what it runs.
+pub fn best_firmware<'a>(
+    catalog: impl IntoIterator<Item = &'a FirmwareRegistered>,
+    device: &DeviceFacts,
+) -> Option<&'a FirmwareRegistered> {
+    catalog
+        .into_iter()
+        .filter(|fw| firmware_fits(fw, device).is_ok())
+        .filter(|fw| compare_with_device(fw, device) == Some(std::cmp::Ordering::Less))
+        .max_by(|a, b| match (&a.zigbee, &b.zigbee) {
+            (Some(x), Some(y)) => x.file_version.cmp(&y.file_version),
+            _ => compare_versions(&target_version(a).version, &target_version(b).version),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

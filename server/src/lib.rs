@@ -1,1 +1,28 @@
 //! otad: the central OTA rollout server.
+//!
+//! Every OTA fact is an event in an append-only log in sled; all state is a projection of that
+//! log, rebuilt by replay at startup. The gRPC API serves operators (otactl) and site agents.
+//!
+//! # Layout
+//! - [`store`]: the event store (trait, sled implementation, in-memory implementation for tests).
+//! - [`core`]: the store plus the projected fleet state; every write goes through
+//!   [`core::Core::execute`].
+//! - [`api`]: the gRPC services, wire conversions and error mapping.
+//! - [`dispatch`]: moves queued tasks to their sites and times out the ones that overstay.
+//! - [`sessions`]: live agent sessions (commands down, heartbeats, check answers).
+//! - [`blobs`]: content-addressed firmware images on disk.
+//! - [`config`], [`telemetry`], [`server`]: configuration, logs and traces, wiring.
+//!
+//! **Architecture invariant:** only `api` knows protobuf and `tonic::Status`; only `store`
+//! knows sled; decisions live in `ota-domain` and are pure.
+
+pub mod api;
+pub mod app;
+pub mod blobs;
+pub mod config;
+pub mod core;
+pub mod dispatch;
+pub mod server;
+pub mod sessions;
+pub mod store;
+pub mod telemetry;

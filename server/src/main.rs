@@ -1,1 +1,75 @@
-fn main() {}
+//! `otad`: parse the configuration, set up logs and traces, bind the listener, run until
+//! SIGTERM or SIGINT, flush the event log, exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ota_server::config::{Config, Flags};
+use ota_server::core::Clock;
+use ota_server::server::{Server, open_store};
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let config = match Config::load(&flags, std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("otad: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("otad: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("otad: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let _telemetry = ota_server::telemetry::init(
+        config.log_format,
+        &config.service_name,
+        config.otlp_endpoint.as_deref(),
+    )?;
+    let store = open_store(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let server = Server::start(config, store, Clock::new(), listener).await?;
+    // Scripts and tests wait for this line.
+    println!("otad listening on {}", server.addr);
+    server.run_until(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,3 +1,4 @@
-//! Rollouts: the validated specification and (later) planning and scheduling decisions.
+//! Rollouts: the validated specification, target selection, planning and scheduling decisions.
 
+pub mod select;
 pub mod spec;

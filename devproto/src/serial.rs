@@ -1,1 +1,0 @@
-//! Placeholder module, filled by its protocol work.

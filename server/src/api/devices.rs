@@ -1,0 +1,799 @@
+//! `DeviceService`: the fleet's devices, checks through their sites, single-device updates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use ota_domain::events::{
+    AutoUpgradeSet, DeviceChecked, TaskCancelled, TaskConfirmed, TaskCreated, streams,
+};
+use ota_domain::model;
+use ota_domain::projection::{DeviceView, FleetState, TaskPhase};
+use ota_domain::rollout::select;
+use ota_domain::rollout::spec::{RetryPolicy, UpgradeType};
+use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
+use ota_domain::tasks::{best_firmware, firmware_fits, is_downgrade, is_on_target, target_version};
+use ota_proto::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info_span};
+
+use super::auth::{Role, caller};
+use super::convert;
+use super::error::{ApiError, ApiResult};
+use super::paging::Page;
+use crate::app::App;
+use crate::core::Change;
+
+/// Largest number of devices one batch check may ask.
+pub const MAX_BATCH_CHECK: usize = 10_000;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct DeviceApi {
+    app: Arc<App>,
+}
+
+impl DeviceApi {
+    /// A service over the app.
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+}
+
+fn device_pb(app: &App, state: &FleetState, d: &DeviceView) -> pb::Device {
+    convert::device(
+        d,
+        state,
+        app.sessions.is_connected(&d.site_id),
+        app.sessions.last_seen(&d.id),
+    )
+}
+
+fn find_device<'a>(state: &'a FleetState, id: &str) -> ApiResult<&'a DeviceView> {
+    if id.is_empty() {
+        return Err(ApiError::invalid(
+            "device id is required (\"<site>/<local id>\")",
+        ));
+    }
+    state.devices.get(id).filter(|d| !d.removed).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no device {id:?}: `otactl device list` shows the known devices"
+        ))
+    })
+}
+
+/// A unique id with a prefix.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Asks devices through their sites, waits up to `timeout`, records every answer (and every
+/// missing answer as 5019), and returns one check per device, in the order given.
+pub async fn check_devices(
+    app: &Arc<App>,
+    actor: &model::Actor,
+    check_id: &str,
+    device_ids: &[String],
+    firmware_id: Option<&str>,
+    timeout: Duration,
+) -> ApiResult<Vec<DeviceChecked>> {
+    // Group by site; answer at once for devices whose site is not connected.
+    let mut by_site: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut results: HashMap<String, DeviceChecked> = HashMap::new();
+    let mut waiters = Vec::new();
+    {
+        let state = app.core.read();
+        for id in device_ids {
+            let d = find_device(&state, id)?;
+            if !app.sessions.is_connected(&d.site_id) {
+                results.insert(
+                    id.clone(),
+                    failed_check(
+                        check_id,
+                        firmware_id,
+                        d,
+                        ErrorCode::AgentDisconnected,
+                        format!("site {} has no agent connected", d.site_id),
+                    ),
+                );
+                continue;
+            }
+            by_site
+                .entry(d.site_id.clone())
+                .or_default()
+                .push(d.local_id.clone());
+            waiters.push((id.clone(), app.sessions.wait_check(check_id, &d.local_id)));
+        }
+    }
+    for (site, locals) in by_site {
+        let msg = pb::ServerMessage {
+            command_id: app.sessions.next_command_id(),
+            trace_context: Default::default(),
+            body: Some(pb::server_message::Body::Check(pb::CheckCommand {
+                check_id: check_id.to_string(),
+                device_local_ids: locals,
+                timeout_ms: timeout.as_millis() as u32,
+            })),
+        };
+        if let Err(e) = app.sessions.send(&site, msg) {
+            tracing::warn!(site.id = %site, error = %e, "check not delivered");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut answers: HashMap<String, pb::CheckResult> = HashMap::new();
+    for (id, rx) in waiters {
+        if let Ok(Ok(answer)) = tokio::time::timeout_at(deadline, rx).await {
+            answers.insert(id, answer);
+        }
+    }
+    app.sessions.forget_check(check_id);
+
+    let mut events = Vec::new();
+    {
+        let state = app.core.read();
+        let catalog: Vec<_> = state.firmware.values().map(|f| &f.registered).collect();
+        for id in device_ids {
+            if let Some(done) = results.get(id) {
+                events.push((id.clone(), done.clone()));
+                continue;
+            }
+            let d = find_device(&state, id)?;
+            let checked = match answers.remove(id) {
+                None => failed_check(
+                    check_id,
+                    firmware_id,
+                    d,
+                    ErrorCode::BulkCheckTimeout,
+                    format!("no answer within {}", humantime::format_duration(timeout)),
+                ),
+                Some(a) => {
+                    let error = convert::task_error_from(a.error.as_ref());
+                    let facts = a
+                        .device
+                        .as_ref()
+                        .and_then(|r| convert::device_facts_from(r).ok())
+                        .map(|(_, f)| f)
+                        .unwrap_or_else(|| d.facts.clone());
+                    let target = match firmware_id {
+                        Some(fid) => state.firmware.get(fid).map(|f| &f.registered),
+                        None => best_firmware(catalog.iter().copied(), &facts),
+                    };
+                    let available = target.is_some_and(|fw| {
+                        firmware_fits(fw, &facts).is_ok()
+                            && !is_on_target(fw, &facts)
+                            && !is_downgrade(fw, &facts)
+                    }) || a.update_available == Some(true)
+                        && firmware_id.is_none()
+                        && target.is_some();
+                    DeviceChecked {
+                        check_id: check_id.to_string(),
+                        firmware_id: target.map(|f| f.id.clone()),
+                        status: if error.is_some() {
+                            UpgradeStatus::Failure
+                        } else if available {
+                            UpgradeStatus::Available
+                        } else {
+                            UpgradeStatus::None
+                        },
+                        reachable: a.reachable,
+                        current: facts.current.clone(),
+                        update_available: a.update_available,
+                        error,
+                        source: None,
+                    }
+                }
+            };
+            events.push((id.clone(), checked));
+        }
+    }
+    let to_record = events.clone();
+    app.core
+        .execute::<ApiError, _>(actor, |_| {
+            Ok(to_record
+                .iter()
+                .map(|(id, e)| Change::any(streams::device(id), vec![e.clone().into()]))
+                .collect())
+        })
+        .await?;
+    Ok(events.into_iter().map(|(_, e)| e).collect())
+}
+
+fn failed_check(
+    check_id: &str,
+    firmware_id: Option<&str>,
+    d: &DeviceView,
+    code: ErrorCode,
+    message: String,
+) -> DeviceChecked {
+    DeviceChecked {
+        check_id: check_id.to_string(),
+        firmware_id: firmware_id.map(str::to_string),
+        status: UpgradeStatus::Failure,
+        reachable: false,
+        current: d.facts.current.clone(),
+        update_available: None,
+        error: Some(TaskError::new(code, message)),
+        source: None,
+    }
+}
+
+fn check_pb(state: &FleetState, device_id: &str, c: &DeviceChecked, at_ms: i64) -> pb::DeviceCheck {
+    let fw = c.firmware_id.as_ref().and_then(|id| state.firmware.get(id));
+    let device = state.devices.get(device_id);
+    let remind = match (&c.error, c.status, device) {
+        (Some(e), _, _) => e.message.clone(),
+        (None, UpgradeStatus::Available, Some(d))
+            if d.facts.battery_percent.is_some_and(|b| b < 70) =>
+        {
+            format!(
+                "battery at {} %: charge it before updating",
+                d.facts.battery_percent.unwrap_or_default()
+            )
+        }
+        _ => String::new(),
+    };
+    pb::DeviceCheck {
+        device_id: device_id.to_string(),
+        status: convert::status(c.status),
+        current: Some(convert::version(&c.current)),
+        available_firmware_id: if c.status == UpgradeStatus::Available {
+            c.firmware_id.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        available: fw
+            .filter(|_| c.status == UpgradeStatus::Available)
+            .map(|f| convert::version(&target_version(&f.registered))),
+        can_upgrade: c.status == UpgradeStatus::Available && remind.is_empty(),
+        remind,
+        error: c.error.as_ref().map(convert::task_error),
+        reachable: c.reachable,
+        checked_at_ms: at_ms,
+    }
+}
+
+fn selector_from(sel: &pb::DeviceSelector) -> ApiResult<ota_domain::rollout::spec::Selector> {
+    let spec = pb::RolloutSpec {
+        name: "check".into(),
+        firmware_id: "-".into(),
+        selector: Some(sel.clone()),
+        stages: vec![pb::Stage {
+            size: Some(pb::stage::Size::CumulativePercent(100.0)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    convert::spec_from_pb(&spec)
+        .map(|s| s.selector)
+        .map_err(|e| ApiError::invalid(e.replace("spec.selector", "selector")))
+}
+
+type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::device_service_server::DeviceService for DeviceApi {
+    #[tracing::instrument(skip_all)]
+    async fn list(
+        &self,
+        request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        caller(&request).require(Role::Viewer)?;
+        let req = request.into_inner();
+        let page = Page::from_pb(req.page.as_ref())?;
+        let transport = convert::transport_from(req.transport).map_err(ApiError::invalid)?;
+        if let Some(s) = req.status
+            && UpgradeStatus::from_code(s as u32).is_none()
+        {
+            return Err(ApiError::invalid(format!("unknown status {s}")).into());
+        }
+        let state = self.app.core.read();
+        let devices: Vec<pb::Device> = state
+            .devices
+            .values()
+            .filter(|d| !d.removed)
+            .filter(|d| req.site_id.is_empty() || d.site_id == req.site_id)
+            .filter(|d| transport.is_none() || d.facts.transport == transport)
+            .filter(|d| req.model.is_empty() || d.facts.model.eq_ignore_ascii_case(&req.model))
+            .filter(|d| req.tag.is_empty() || d.facts.tags.contains(&req.tag))
+            .map(|d| device_pb(&self.app, &state, d))
+            .filter(|d| {
+                req.version.is_empty()
+                    || d.current.as_ref().is_some_and(|v| v.version == req.version)
+            })
+            .filter(|d| req.status.is_none_or(|s| d.status == s))
+            .filter(|d| req.reachable.is_none_or(|r| d.reachable == r))
+            .collect();
+        let total = devices.len() as u32;
+        let (devices, next_page_token) = page.apply(devices);
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices,
+            next_page_token,
+            total,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(device.id = %request.get_ref().id))]
+    async fn get(
+        &self,
+        request: Request<pb::GetDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        caller(&request).require(Role::Viewer)?;
+        let state = self.app.core.read();
+        let d = find_device(&state, &request.get_ref().id)?;
+        Ok(Response::new(device_pb(&self.app, &state, d)))
+    }
+
+    #[tracing::instrument(skip_all, fields(device.id = %request.get_ref().device_id))]
+    async fn check(
+        &self,
+        request: Request<pb::CheckDeviceRequest>,
+    ) -> Result<Response<pb::DeviceCheck>, Status> {
+        let who = caller(&request);
+        who.require(Role::Operator)?;
+        let req = request.into_inner();
+        let timeout = timeout_or(req.timeout_ms, 30_000)?;
+        let firmware = self.firmware_arg(&req.firmware_id)?;
+        let check_id = new_id("chk");
+        let ids = vec![req.device_id.clone()];
+        let checks = check_devices(
+            &self.app,
+            &who.actor(),
+            &check_id,
+            &ids,
+            firmware.as_deref(),
+            timeout,
+        )
+        .await?;
+        let state = self.app.core.read();
+        let now = self.app.now_ms();
+        Ok(Response::new(check_pb(
+            &state,
+            &req.device_id,
+            &checks[0],
+            now,
+        )))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn batch_check(
+        &self,
+        request: Request<pb::BatchCheckRequest>,
+    ) -> Result<Response<pb::BatchCheckResponse>, Status> {
+        let who = caller(&request);
+        who.require(Role::Operator)?;
+        let req = request.into_inner();
+        let timeout = timeout_or(req.timeout_ms, 60_000)?;
+        let firmware = self.firmware_arg(&req.firmware_id)?;
+        if req.device_ids.len() > MAX_BATCH_CHECK {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_BATCH_CHECK} device ids per batch check"
+            ))
+            .into());
+        }
+        let ids: Vec<String> = {
+            let state = self.app.core.read();
+            let mut ids: Vec<String> = Vec::new();
+            for id in &req.device_ids {
+                find_device(&state, id)?;
+                if !ids.contains(id) {
+                    ids.push(id.clone());
+                }
+            }
+            if let Some(sel) = &req.selector {
+                let sel = selector_from(sel)?;
+                for d in state.devices.values().filter(|d| select::matches(&sel, d)) {
+                    if !ids.contains(&d.id) {
+                        ids.push(d.id.clone());
+                    }
+                }
+            } else if req.device_ids.is_empty() {
+                return Err(ApiError::invalid(
+                    "give device_ids or a selector (an empty selector means all devices)",
+                )
+                .into());
+            }
+            ids
+        };
+        if ids.len() > MAX_BATCH_CHECK {
+            return Err(ApiError::ResourceExhausted(format!(
+                "the selection has {} devices; at most {MAX_BATCH_CHECK} per batch check",
+                ids.len()
+            ))
+            .into());
+        }
+        let check_id = new_id("chk");
+        let span = info_span!("devices.batch_check", check.id = %check_id, devices = ids.len());
+        let checks = check_devices(
+            &self.app,
+            &who.actor(),
+            &check_id,
+            &ids,
+            firmware.as_deref(),
+            timeout,
+        )
+        .instrument(span)
+        .await?;
+        let state = self.app.core.read();
+        let now = self.app.now_ms();
+        let mut resp = pb::BatchCheckResponse::default();
+        for (id, c) in ids.iter().zip(&checks) {
+            match (c.status, c.error.as_ref().map(|e| e.code)) {
+                (_, Some(ErrorCode::BulkCheckTimeout)) => resp.timed_out += 1,
+                (_, Some(_)) => resp.failed += 1,
+                (UpgradeStatus::Available, None) => resp.available += 1,
+                _ => resp.up_to_date += 1,
+            }
+            resp.checks.push(check_pb(&state, id, c, now));
+        }
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all, fields(device.id = %request.get_ref().device_id, firmware.id = %request.get_ref().firmware_id))]
+    async fn update(
+        &self,
+        request: Request<pb::UpdateDeviceRequest>,
+    ) -> Result<Response<pb::UpdateDeviceResponse>, Status> {
+        let who = caller(&request);
+        who.require(Role::Operator)?;
+        let req = request.into_inner();
+        let upgrade_type = UpgradeType::from_code(req.upgrade_type as u32).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "upgrade_type {} is unknown: 0 notify, 2 forced, 3 check",
+                req.upgrade_type
+            ))
+        })?;
+        if upgrade_type == UpgradeType::Check {
+            return Err(ApiError::invalid(
+                "upgrade_type check installs nothing: use DeviceService.Check",
+            )
+            .into());
+        }
+        if req.timeout_s > 24 * 3600 {
+            return Err(ApiError::invalid("timeout_s is at most 86400 (24 h)").into());
+        }
+        let task_id = new_id("task");
+        let _guard = self.app.task_creation.lock().await;
+        let retry = RetryPolicy::default();
+        let from = self
+            .app
+            .core
+            .execute::<ApiError, _>(&who.actor(), |state| {
+                let d = find_device(state, &req.device_id)?;
+                let fw = state.firmware.get(&req.firmware_id).ok_or_else(|| {
+                    ApiError::not_found(format!("no firmware {:?}: `otactl firmware list` shows the catalog", req.firmware_id))
+                })?;
+                if let Some(t) = state.active_task_of(&d.id) {
+                    return Err(ApiError::precondition(format!(
+                        "device {} already has task {} ({}); cancel it or wait for it to end",
+                        d.id,
+                        t.created.task_id,
+                        t.phase.name()
+                    )));
+                }
+                let fw = &fw.registered;
+                if let Err(why) = firmware_fits(fw, &d.facts) {
+                    return Err(ApiError::precondition(format!("5013: {why}")));
+                }
+                if is_on_target(fw, &d.facts) {
+                    return Err(ApiError::precondition(format!(
+                        "5000: {} already runs {}",
+                        d.id,
+                        target_version(fw).version
+                    )));
+                }
+                if is_downgrade(fw, &d.facts) && !req.allow_downgrade {
+                    return Err(ApiError::precondition(format!(
+                        "{} runs {}, newer than {}: pass allow_downgrade to install an older version",
+                        d.id,
+                        d.facts.current.version,
+                        target_version(fw).version
+                    )));
+                }
+                if req.flash_offset.is_some() && d.facts.transport != Some(model::Transport::Serial) {
+                    return Err(ApiError::invalid("flash_offset is only for serial devices"));
+                }
+                Ok(vec![Change::new_stream(
+                    streams::task(&task_id),
+                    vec![
+                        TaskCreated {
+                            task_id: task_id.clone(),
+                            device_id: d.id.clone(),
+                            site_id: d.site_id.clone(),
+                            rollout_id: None,
+                            stage: 0,
+                            firmware_id: fw.id.clone(),
+                            target: target_version(fw),
+                            upgrade_type,
+                            downgrade: req.allow_downgrade,
+                            max_attempts: retry.max_attempts,
+                            initial_backoff_s: retry.initial_backoff_s,
+                            max_backoff_s: retry.max_backoff_s,
+                            timeout_s: req.timeout_s,
+                            flash_offset: req.flash_offset,
+                            auto: false,
+                        }
+                        .into(),
+                    ],
+                )])
+            })
+            .await
+            .map(|_| {
+                let state = self.app.core.read();
+                state
+                    .devices
+                    .get(&req.device_id)
+                    .map(|d| d.facts.current.clone())
+                    .unwrap_or_default()
+            })?;
+        drop(_guard);
+        self.app.dispatch_wake.notify_one();
+
+        if req.wait {
+            let mut applied = self.app.core.subscribe_applied();
+            let stream = streams::task(&task_id);
+            loop {
+                {
+                    let state = self.app.core.read();
+                    if state
+                        .tasks
+                        .get(&task_id)
+                        .is_some_and(|t| t.phase.is_terminal())
+                    {
+                        break;
+                    }
+                }
+                match applied.recv().await {
+                    Ok(a) if a.stream == stream => {}
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+        let state = self.app.core.read();
+        let t = state
+            .tasks
+            .get(&task_id)
+            .ok_or_else(|| ApiError::Internal("task vanished".into()))?;
+        Ok(Response::new(pb::UpdateDeviceResponse {
+            task: Some(convert::task(t)),
+            from: Some(convert::version(t.from.as_ref().unwrap_or(&from))),
+            to: t.to.as_ref().map(convert::version),
+        }))
+    }
+
+    type WatchTaskStream = TaskStream;
+
+    async fn watch_task(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        caller(&request).require(Role::Viewer)?;
+        let req = request.into_inner();
+        let task_id = {
+            let state = self.app.core.read();
+            if !req.task_id.is_empty() {
+                if !state.tasks.contains_key(&req.task_id) {
+                    return Err(ApiError::not_found(format!("no task {:?}", req.task_id)).into());
+                }
+                req.task_id.clone()
+            } else {
+                let d = find_device(&state, &req.device_id)?;
+                d.current_task
+                    .clone()
+                    .ok_or_else(|| ApiError::not_found(format!("device {} has no task", d.id)))?
+            }
+        };
+        let app = self.app.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut applied = app.core.subscribe_applied();
+        let stream_name = streams::task(&task_id);
+        tokio::spawn(
+            async move {
+                loop {
+                    let (snapshot, done) = {
+                        let state = app.core.read();
+                        match state.tasks.get(&task_id) {
+                            Some(t) => (convert::task(t), t.phase.is_terminal()),
+                            None => return,
+                        }
+                    };
+                    if tx.send(Ok(snapshot)).await.is_err() || done {
+                        return;
+                    }
+                    loop {
+                        match applied.recv().await {
+                            Ok(a) if a.stream == stream_name => break,
+                            Ok(_) => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                }
+            }
+            .instrument(info_span!("devices.watch_task")),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all, fields(device.id = %request.get_ref().device_id))]
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let who = caller(&request);
+        who.require(Role::Operator)?;
+        let req = request.into_inner();
+        let reason = format!("cancelled by {}", who.actor().name);
+        let mut notify_agent = None;
+        let mut task_id = String::new();
+        self.app
+            .core
+            .execute::<ApiError, _>(&who.actor(), |state| {
+                notify_agent = None;
+                let d = find_device(state, &req.device_id)?;
+                let t = state.active_task_of(&d.id).ok_or_else(|| {
+                    ApiError::precondition(format!("device {} has no task to cancel", d.id))
+                })?;
+                if !req.task_id.is_empty() && req.task_id != t.created.task_id {
+                    return Err(ApiError::precondition(format!(
+                        "the device's current task is {}, not {}",
+                        t.created.task_id, req.task_id
+                    )));
+                }
+                if !t.phase.is_cancellable() {
+                    return Err(ApiError::precondition(format!(
+                        "task {} is {} ({}): cancelling now could leave the device half-updated; wait for it to end or time out",
+                        t.created.task_id,
+                        t.phase.name(),
+                        t.phase.status().code()
+                    )));
+                }
+                if t.phase == TaskPhase::WaitingForWakeup {
+                    notify_agent = Some((d.site_id.clone(), t.clone()));
+                }
+                task_id = t.created.task_id.clone();
+                Ok(vec![Change::unchanged(
+                    streams::task(&t.created.task_id),
+                    vec![TaskCancelled { reason: reason.clone() }.into()],
+                )])
+            })
+            .await?;
+        if let Some((site, t)) = notify_agent {
+            let msg = pb::ServerMessage {
+                command_id: self.app.sessions.next_command_id(),
+                trace_context: Default::default(),
+                body: Some(pb::server_message::Body::Cancel(pb::CancelCommand {
+                    task_id: t.created.task_id.clone(),
+                    reason: reason.clone(),
+                })),
+            };
+            if let Err(e) = self.app.sessions.send(&site, msg) {
+                tracing::warn!(error = %e, "cancel not delivered to the agent; it will learn at reconnect");
+            }
+        }
+        self.app.dispatch_wake.notify_one();
+        let state = self.app.core.read();
+        Ok(Response::new(convert::task(&state.tasks[&task_id])))
+    }
+
+    #[tracing::instrument(skip_all, fields(device.id = %request.get_ref().device_id))]
+    async fn confirm_warning(
+        &self,
+        request: Request<pb::ConfirmWarningRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let who = caller(&request);
+        who.require(Role::Operator)?;
+        let req = request.into_inner();
+        let mut task_id = String::new();
+        self.app
+            .core
+            .execute::<ApiError, _>(&who.actor(), |state| {
+                let d = find_device(state, &req.device_id)?;
+                let t = state
+                    .active_task_of(&d.id)
+                    .filter(|t| t.awaiting_confirmation)
+                    .ok_or_else(|| {
+                        ApiError::precondition(format!(
+                            "device {} has no task waiting for a weak-signal confirmation (5005)",
+                            d.id
+                        ))
+                    })?;
+                task_id = t.created.task_id.clone();
+                Ok(vec![Change::unchanged(
+                    streams::task(&task_id),
+                    vec![
+                        TaskConfirmed {
+                            proceed: req.proceed,
+                        }
+                        .into(),
+                    ],
+                )])
+            })
+            .await?;
+        self.app.dispatch_wake.notify_one();
+        let state = self.app.core.read();
+        Ok(Response::new(convert::task(&state.tasks[&task_id])))
+    }
+
+    async fn get_auto_upgrade(
+        &self,
+        request: Request<pb::GetAutoUpgradeRequest>,
+    ) -> Result<Response<pb::AutoUpgradeSetting>, Status> {
+        caller(&request).require(Role::Viewer)?;
+        let state = self.app.core.read();
+        let d = find_device(&state, &request.get_ref().device_id)?;
+        Ok(Response::new(pb::AutoUpgradeSetting {
+            device_id: d.id.clone(),
+            supported: d.facts.supports_ota || d.facts.transport == Some(model::Transport::Serial),
+            enabled: d.auto_upgrade,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(device.id = %request.get_ref().device_id))]
+    async fn set_auto_upgrade(
+        &self,
+        request: Request<pb::SetAutoUpgradeRequest>,
+    ) -> Result<Response<pb::AutoUpgradeSetting>, Status> {
+        let who = caller(&request);
+        who.require(Role::Operator)?;
+        let req = request.into_inner();
+        self.app
+            .core
+            .execute::<ApiError, _>(&who.actor(), |state| {
+                let d = find_device(state, &req.device_id)?;
+                if !d.facts.supports_ota && req.enabled {
+                    return Err(ApiError::precondition(format!(
+                        "{} does not support OTA updates",
+                        d.id
+                    )));
+                }
+                if d.auto_upgrade == req.enabled {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Change::any(
+                    streams::device(&d.id),
+                    vec![
+                        AutoUpgradeSet {
+                            enabled: req.enabled,
+                        }
+                        .into(),
+                    ],
+                )])
+            })
+            .await?;
+        self.app.dispatch_wake.notify_one();
+        let state = self.app.core.read();
+        let d = find_device(&state, &req.device_id)?;
+        Ok(Response::new(pb::AutoUpgradeSetting {
+            device_id: d.id.clone(),
+            supported: d.facts.supports_ota,
+            enabled: d.auto_upgrade,
+        }))
+    }
+}
+
+impl DeviceApi {
+    fn firmware_arg(&self, id: &str) -> ApiResult<Option<String>> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        let state = self.app.core.read();
+        if state.firmware.contains_key(id) {
+            Ok(Some(id.to_string()))
+        } else {
+            Err(ApiError::not_found(format!("no firmware {id:?}")))
+        }
+    }
+}
+
+fn timeout_or(ms: u32, default_ms: u64) -> ApiResult<Duration> {
+    match ms {
+        0 => Ok(Duration::from_millis(default_ms)),
+        ms if ms > 3_600_000 => Err(ApiError::invalid("timeout_ms is at most 3600000 (1 h)")),
+        ms => Ok(Duration::from_millis(u64::from(ms))),
+    }
+}

@@ -1,0 +1,154 @@
+//! `EventService`: the event log as a stream, catch-up then live.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use ota_proto::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info_span};
+
+use super::auth::{Role, caller};
+use super::error::ApiError;
+use crate::app::App;
+use crate::core::decode;
+use crate::store::RecordedEvent;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct EventApi {
+    app: Arc<App>,
+}
+
+impl EventApi {
+    /// A service over the app.
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+}
+
+struct Filter {
+    prefixes: Vec<String>,
+    types: Vec<String>,
+}
+
+impl Filter {
+    fn matches(&self, r: &RecordedEvent) -> bool {
+        (self.prefixes.is_empty() || self.prefixes.iter().any(|p| r.stream.starts_with(p)))
+            && (self.types.is_empty() || self.types.contains(&r.event_type))
+    }
+}
+
+/// The wire form of a stored event.
+pub fn to_pb(r: &RecordedEvent) -> pb::Event {
+    let payload_json = match decode(r) {
+        Ok(e) => e.to_json(),
+        Err(e) => serde_json::json!({ "undecodable": e.to_string() }).to_string(),
+    };
+    pb::Event {
+        seq: r.seq,
+        stream: r.stream.clone(),
+        stream_version: r.stream_version,
+        r#type: r.event_type.clone(),
+        schema_version: u32::from(r.schema_version),
+        recorded_at_ms: r.recorded_at_ms,
+        actor: r.actor.clone(),
+        payload_json,
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::event_service_server::EventService for EventApi {
+    type TailStream = EventStream;
+
+    async fn tail(
+        &self,
+        request: Request<pb::TailEventsRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        caller(&request).require(Role::Viewer)?;
+        let req = request.into_inner();
+        if req.stream_prefixes.len() > 64 || req.types.len() > 64 {
+            return Err(ApiError::invalid("at most 64 stream prefixes and 64 types").into());
+        }
+        let filter = Filter {
+            prefixes: req.stream_prefixes,
+            types: req.types,
+        };
+        let from = req.from_seq.max(1);
+        let limit = if req.limit == 0 {
+            u64::MAX
+        } else {
+            u64::from(req.limit)
+        };
+        let store = self.app.core.store().clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let span = info_span!("events.tail", from_seq = from, follow = req.follow);
+        tokio::spawn(
+            async move {
+                let mut sent = 0u64;
+                if req.follow {
+                    let mut sub = store.subscribe(from);
+                    while let Some(item) = sub.next().await {
+                        let r = match item {
+                            Ok(r) => r,
+                            Err(e) => {
+                                let _ = tx
+                                    .send(Err(Status::internal(format!("event log: {e}"))))
+                                    .await;
+                                return;
+                            }
+                        };
+                        if !filter.matches(&r) {
+                            continue;
+                        }
+                        if tx.send(Ok(to_pb(&r))).await.is_err() {
+                            return;
+                        }
+                        sent += 1;
+                        if sent >= limit {
+                            return;
+                        }
+                    }
+                } else {
+                    let end = store.last_seq();
+                    let mut next = from;
+                    while next <= end {
+                        let batch = match store.read_from(next, 1024) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let _ = tx
+                                    .send(Err(Status::internal(format!("event log: {e}"))))
+                                    .await;
+                                return;
+                            }
+                        };
+                        if batch.is_empty() {
+                            return;
+                        }
+                        for r in batch {
+                            if r.seq > end {
+                                return;
+                            }
+                            next = r.seq + 1;
+                            if !filter.matches(&r) {
+                                continue;
+                            }
+                            if tx.send(Ok(to_pb(&r))).await.is_err() {
+                                return;
+                            }
+                            sent += 1;
+                            if sent >= limit {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,14 @@
+//! The gRPC API: one module per service, plus the wire conversions and error mapping.
+//!
+//! Only this module knows protobuf and `tonic::Status`. Handlers validate their input, ask the
+//! core for a snapshot or run a decision through `Core::execute`, and convert the answer.
+
+pub mod agents;
+pub mod auth;
+pub mod convert;
+pub mod devices;
+pub mod error;
+pub mod events;
+pub mod firmware;
+pub mod paging;
+pub mod system;

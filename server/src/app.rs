@@ -1,0 +1,36 @@
+//! What every API handler and background task shares.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::blobs::BlobStore;
+use crate::config::Config;
+use crate::core::Core;
+use crate::sessions::Sessions;
+
+/// The running server's shared parts.
+#[derive(Debug)]
+pub struct App {
+    /// Event store and projection.
+    pub core: Arc<Core>,
+    /// Firmware blobs.
+    pub blobs: BlobStore,
+    /// Configuration.
+    pub config: Config,
+    /// Connected agents.
+    pub sessions: Arc<Sessions>,
+    /// When the server started, Unix ms.
+    pub started_at_ms: i64,
+    /// Wakes the task dispatcher after something that may let a task move.
+    pub dispatch_wake: Arc<Notify>,
+    /// Serialises task creation, so two requests cannot both give a device a task.
+    pub task_creation: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    /// Milliseconds since the epoch on the server's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.core.clock().now_ms()
+    }
+}

@@ -1,0 +1,343 @@
+//! otad's configuration: defaults, then a TOML file, then `OTAD_*` environment variables, then
+//! command-line flags (each later source wins).
+//!
+//! Loading only parses and validates; it binds no sockets and opens no files except the config
+//! file itself, so `main` can report every problem before anything starts. Every bad value is
+//! reported with its source and name, all at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
+
+/// The resolved configuration of a server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Directory of the event store and the firmware blobs.
+    pub data_dir: PathBuf,
+    /// Largest firmware image accepted, in bytes.
+    pub max_firmware_bytes: u64,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Agents send a heartbeat at least this often.
+    pub heartbeat_interval: Duration,
+    /// An agent silent this long is marked disconnected.
+    pub agent_timeout: Duration,
+    /// OTLP/gRPC endpoint for traces and metrics (`OTEL_EXPORTER_OTLP_ENDPOINT` also works).
+    pub otlp_endpoint: Option<String>,
+    /// Service name in traces.
+    pub service_name: String,
+    /// Log output: human text or JSON lines.
+    pub log_format: LogFormat,
+    /// Prometheus scrape endpoint (`/metrics`), if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Skip the event log's corrupt tail after this sequence number (operator recovery).
+    pub truncate_corrupt_tail_after: Option<u64>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| unreachable!("valid constant")),
+            data_dir: PathBuf::from("otad-data"),
+            max_firmware_bytes: 64 * 1024 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
+            heartbeat_interval: Duration::from_secs(15),
+            agent_timeout: Duration::from_secs(45),
+            otlp_endpoint: None,
+            service_name: "otad".into(),
+            log_format: LogFormat::Text,
+            metrics_listen: None,
+            truncate_corrupt_tail_after: None,
+        }
+    }
+}
+
+/// otad — the OTA fleet rollout server.
+///
+/// Keeps every OTA fact as an event in an embedded sled log under --data-dir, serves the ota.v1
+/// gRPC API to otactl and to site agents, and schedules staged rollouts.
+///
+/// Settings come from (later wins): built-in defaults, the TOML file given by --config, OTAD_*
+/// environment variables, and these flags.
+#[derive(Debug, Parser, Default)]
+#[command(name = "otad", version, about, long_about)]
+pub struct Flags {
+    /// TOML config file (keys as in `otad.example.toml`: listen, data_dir, max_firmware_bytes, ...).
+    #[arg(long, env = "OTAD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7600]; port 0 picks a free port.
+    #[arg(long, env = "OTAD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (event store and firmware blobs) [default: ./otad-data].
+    #[arg(long, env = "OTAD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest firmware image accepted, in bytes [default: 64 MiB].
+    #[arg(long, env = "OTAD_MAX_FIRMWARE_BYTES")]
+    pub max_firmware_bytes: Option<u64>,
+    /// Largest gRPC message accepted, in bytes [default: 4 MiB].
+    #[arg(long, env = "OTAD_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Agent heartbeat interval, e.g. "15s" [default: 15s].
+    #[arg(long, env = "OTAD_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Mark an agent disconnected after this much silence, e.g. "45s" [default: 45s].
+    #[arg(long, env = "OTAD_AGENT_TIMEOUT", value_parser = parse_duration)]
+    pub agent_timeout: Option<Duration>,
+    /// OTLP/gRPC endpoint for traces and metrics, e.g. http://127.0.0.1:4317. Falls back to
+    /// OTEL_EXPORTER_OTLP_ENDPOINT. Unset: no export.
+    #[arg(long, env = "OTAD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Service name in traces [default: otad].
+    #[arg(long, env = "OTAD_SERVICE_NAME")]
+    pub service_name: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "OTAD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics on this address (path /metrics).
+    #[arg(long, env = "OTAD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Recovery: if the event log has a corrupt tail, keep events up to this sequence number and
+    /// discard the rest. Only after reading the startup error that names the first bad event.
+    #[arg(long)]
+    pub truncate_corrupt_tail_after: Option<u64>,
+}
+
+/// The config file's keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    max_firmware_bytes: Option<u64>,
+    max_message_bytes: Option<usize>,
+    heartbeat_interval: Option<String>,
+    agent_timeout: Option<String>,
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+    log_format: Option<LogFormat>,
+    metrics_listen: Option<String>,
+}
+
+/// Every problem found while loading, one per line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like \"15s\": {e}"))
+}
+
+impl Config {
+    /// Resolves flags (which clap already merged with `OTAD_*` variables) over the config file
+    /// over defaults. `otel_endpoint_env` is `OTEL_EXPORTER_OTLP_ENDPOINT`, passed in so tests
+    /// need not touch the process environment.
+    pub fn load(flags: &Flags, otel_endpoint_env: Option<String>) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let file = match &flags.config {
+            Some(path) => match read_file(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    errors.push(e);
+                    FileConfig::default()
+                }
+            },
+            None => FileConfig::default(),
+        };
+        let mut c = Config::default();
+
+        if let Some(s) = &file.listen {
+            match s.parse() {
+                Ok(a) => c.listen = a,
+                Err(e) => errors.push(format!("config file: listen = {s:?}: {e}")),
+            }
+        }
+        if let Some(v) = file.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = file.max_firmware_bytes {
+            c.max_firmware_bytes = v;
+        }
+        if let Some(v) = file.max_message_bytes {
+            c.max_message_bytes = v;
+        }
+        for (key, value, slot) in [
+            (
+                "heartbeat_interval",
+                &file.heartbeat_interval,
+                &mut c.heartbeat_interval,
+            ),
+            ("agent_timeout", &file.agent_timeout, &mut c.agent_timeout),
+        ] {
+            if let Some(s) = value {
+                match parse_duration(s) {
+                    Ok(d) => *slot = d,
+                    Err(e) => errors.push(format!("config file: {key}: {e}")),
+                }
+            }
+        }
+        if file.otlp_endpoint.is_some() {
+            c.otlp_endpoint = file.otlp_endpoint;
+        }
+        if let Some(v) = file.service_name {
+            c.service_name = v;
+        }
+        if let Some(v) = file.log_format {
+            c.log_format = v;
+        }
+        if let Some(s) = &file.metrics_listen {
+            match s.parse() {
+                Ok(a) => c.metrics_listen = Some(a),
+                Err(e) => errors.push(format!("config file: metrics_listen = {s:?}: {e}")),
+            }
+        }
+
+        if let Some(v) = flags.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &flags.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = flags.max_firmware_bytes {
+            c.max_firmware_bytes = v;
+        }
+        if let Some(v) = flags.max_message_bytes {
+            c.max_message_bytes = v;
+        }
+        if let Some(v) = flags.heartbeat_interval {
+            c.heartbeat_interval = v;
+        }
+        if let Some(v) = flags.agent_timeout {
+            c.agent_timeout = v;
+        }
+        if let Some(v) = &flags.otlp_endpoint {
+            c.otlp_endpoint = Some(v.clone());
+        }
+        if c.otlp_endpoint.is_none() {
+            c.otlp_endpoint = otel_endpoint_env.filter(|s| !s.trim().is_empty());
+        }
+        if let Some(v) = &flags.service_name {
+            c.service_name = v.clone();
+        }
+        if let Some(v) = flags.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = flags.metrics_listen {
+            c.metrics_listen = Some(v);
+        }
+        c.truncate_corrupt_tail_after = flags.truncate_corrupt_tail_after;
+
+        if c.max_firmware_bytes == 0 {
+            errors.push("max_firmware_bytes must be greater than 0".into());
+        }
+        if c.max_message_bytes < 64 * 1024 {
+            errors.push(format!(
+                "max_message_bytes = {} is too small: at least 65536 (firmware chunks are up to 1 MiB; 4 MiB recommended)",
+                c.max_message_bytes
+            ));
+        }
+        if c.heartbeat_interval.is_zero() {
+            errors.push("heartbeat_interval must be greater than 0".into());
+        }
+        if c.agent_timeout <= c.heartbeat_interval {
+            errors.push(format!(
+                "agent_timeout ({}) must be longer than heartbeat_interval ({})",
+                humantime::format_duration(c.agent_timeout),
+                humantime::format_duration(c.heartbeat_interval)
+            ));
+        }
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(&Flags::default(), None).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otad.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/otad\"\nheartbeat_interval = \"5s\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(path),
+            listen: Some("127.0.0.1:7777".parse().unwrap()),
+            ..Flags::default()
+        };
+        let c = Config::load(&flags, Some("http://collector:4317".into())).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7777".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/otad"));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otad.toml");
+        std::fs::write(&path, "listen = \"nope\"\nagent_timeout = \"soon\"\n").unwrap();
+        let flags = Flags {
+            config: Some(path),
+            max_firmware_bytes: Some(0),
+            ..Flags::default()
+        };
+        let err = Config::load(&flags, None).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(err.to_string().contains("listen"));
+        assert!(err.to_string().contains("agent_timeout"));
+        assert!(err.to_string().contains("max_firmware_bytes"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otad.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let flags = Flags {
+            config: Some(path),
+            ..Flags::default()
+        };
+        let err = Config::load(&flags, None).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}

@@ -1,0 +1,443 @@
+//! The server's heart: the event store plus the fleet state projected from it.
+//!
+//! Writes go through [`Core::execute`]: a decision function looks at the current state and
+//! returns the events to record, each stream with the version it expects; the store appends them
+//! atomically and durably, or reports a conflict, in which case the decision is re-run on fresher
+//! state. Reads go through [`Core::read`], a consistent snapshot of the projection.
+//!
+//! The projection is updated by one projector task that follows the store's durable tail, so it
+//! only ever reflects acknowledged events and applies them strictly in sequence order. After an
+//! `execute` returns, the projection already contains its events (read-your-writes).
+//!
+//! What this module does not do: protobuf (that is `api`), scheduling (that is `scheduler`),
+//! or any decision itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ota_domain::events::DomainEvent;
+use ota_domain::model::Actor;
+use ota_domain::projection::{EventMeta, FleetState};
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::store::{
+    EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamAppend,
+};
+
+/// Wall-clock milliseconds that follow tokio's clock, so tests can pause and advance time.
+///
+/// The wall time is read once at creation; afterwards time advances with
+/// `tokio::time::Instant`, which is monotonic in production and controllable in tests.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    base_ms: i64,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock starting at the current wall time.
+    pub fn new() -> Self {
+        let base_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        Self::starting_at(base_ms)
+    }
+
+    /// A clock starting at a given wall time (tests).
+    pub fn starting_at(base_ms: i64) -> Self {
+        Self {
+            base_ms,
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.base_ms + self.base.elapsed().as_millis() as i64
+    }
+
+    /// The tokio instant at which wall time `at_ms` is reached.
+    pub fn instant_at(&self, at_ms: i64) -> tokio::time::Instant {
+        let offset = (at_ms - self.base_ms).max(0) as u64;
+        self.base + Duration::from_millis(offset)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An event as applied to the projection, for watchers.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// Global sequence number.
+    pub seq: u64,
+    /// Stream.
+    pub stream: String,
+    /// Version of the stream after this event.
+    pub stream_version: u64,
+    /// When recorded.
+    pub recorded_at_ms: i64,
+    /// Who caused it.
+    pub actor: String,
+    /// The event.
+    pub event: DomainEvent,
+}
+
+/// What a decision function wants recorded on one stream.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Stream name (see `ota_domain::events::streams`).
+    pub stream: String,
+    /// Concurrency check.
+    pub expect: Expect,
+    /// Events, in order.
+    pub events: Vec<DomainEvent>,
+}
+
+/// The concurrency check of a [`Change`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    New,
+    /// The stream must be exactly as the decision saw it in the projection.
+    Unchanged,
+}
+
+impl Change {
+    /// Events on a stream that must not have changed since the decision looked at it.
+    pub fn unchanged(stream: impl Into<String>, events: Vec<DomainEvent>) -> Self {
+        Self {
+            stream: stream.into(),
+            expect: Expect::Unchanged,
+            events,
+        }
+    }
+
+    /// Events on a new stream.
+    pub fn new_stream(stream: impl Into<String>, events: Vec<DomainEvent>) -> Self {
+        Self {
+            stream: stream.into(),
+            expect: Expect::New,
+            events,
+        }
+    }
+
+    /// Events without a concurrency check (facts that are true whatever else happened).
+    pub fn any(stream: impl Into<String>, events: Vec<DomainEvent>) -> Self {
+        Self {
+            stream: stream.into(),
+            expect: Expect::Any,
+            events,
+        }
+    }
+}
+
+/// The result of a successful [`Core::execute`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// First sequence number written (0 if nothing was written).
+    pub first_seq: u64,
+    /// Last sequence number written (0 if nothing was written).
+    pub last_seq: u64,
+}
+
+/// Failures of the core itself.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The store failed.
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    /// The log holds an event this build cannot read.
+    #[error("event {seq} ({stream}) cannot be read: {reason}")]
+    Undecodable {
+        /// Sequence number.
+        seq: u64,
+        /// Stream.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
+    /// Concurrent writers kept winning.
+    #[error("too much contention on {0}; try again")]
+    Contention(String),
+}
+
+struct Projection {
+    state: FleetState,
+    versions: HashMap<String, u64>,
+}
+
+/// The store and the projection.
+pub struct Core {
+    store: Arc<dyn EventStore>,
+    projection: RwLock<Projection>,
+    applied_tx: watch::Sender<u64>,
+    events_tx: broadcast::Sender<Arc<Applied>>,
+    clock: Clock,
+    replay: Duration,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("applied", &*self.applied_tx.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes a stored event.
+pub fn decode(r: &RecordedEvent) -> Result<DomainEvent, CoreError> {
+    DomainEvent::decode(&r.event_type, r.schema_version, &r.payload).map_err(|e| {
+        CoreError::Undecodable {
+            seq: r.seq,
+            stream: r.stream.clone(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+fn meta(r: &RecordedEvent) -> EventMeta {
+    EventMeta {
+        seq: r.seq,
+        recorded_at_ms: r.recorded_at_ms,
+        actor: r.actor.clone(),
+    }
+}
+
+impl Core {
+    /// Replays the whole log into a fresh projection, then follows the store's tail.
+    ///
+    /// Fails if any stored event cannot be decoded: the server must not run on a state it
+    /// cannot explain.
+    pub async fn start(store: Arc<dyn EventStore>, clock: Clock) -> Result<Arc<Core>, CoreError> {
+        let started = tokio::time::Instant::now();
+        let mut state = FleetState::default();
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut next = 1u64;
+        loop {
+            let batch = store.read_from(next, 8192)?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in &batch {
+                let event = decode(r)?;
+                state.apply(&meta(r), &r.stream, &event);
+                versions.insert(r.stream.clone(), r.stream_version);
+                next = r.seq + 1;
+            }
+        }
+        let replay = started.elapsed();
+        let last = next - 1;
+        info!(
+            events = last,
+            replay_ms = replay.as_millis() as u64,
+            firmware = state.firmware.len(),
+            devices = state.devices.len(),
+            rollouts = state.rollouts.len(),
+            tasks = state.tasks.len(),
+            "event log replayed"
+        );
+        let (applied_tx, _) = watch::channel(last);
+        let (events_tx, _) = broadcast::channel(4096);
+        let core = Arc::new(Core {
+            store,
+            projection: RwLock::new(Projection { state, versions }),
+            applied_tx,
+            events_tx,
+            clock,
+            replay,
+        });
+        let projector = Arc::downgrade(&core);
+        let mut tail = core.store.subscribe(last + 1);
+        tokio::spawn(async move {
+            while let Some(item) = tail.next().await {
+                let Some(core) = projector.upgrade() else {
+                    break;
+                };
+                match item {
+                    Ok(r) => core.apply_recorded(r),
+                    Err(e) => {
+                        error!(error = %e, "event log tail failed; the projection stops here");
+                        break;
+                    }
+                }
+            }
+            debug!("projector stopped");
+        });
+        Ok(core)
+    }
+
+    fn apply_recorded(&self, r: RecordedEvent) {
+        let event = match decode(&r) {
+            Ok(e) => e,
+            Err(e) => {
+                // Only this build writes events, so this means a bug: make it loud.
+                error!(error = %e, "cannot decode an event this server just wrote");
+                self.applied_tx.send_replace(r.seq);
+                return;
+            }
+        };
+        {
+            let mut p = self
+                .projection
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            p.state.apply(&meta(&r), &r.stream, &event);
+            p.versions.insert(r.stream.clone(), r.stream_version);
+        }
+        self.applied_tx.send_replace(r.seq);
+        let _ = self.events_tx.send(Arc::new(Applied {
+            seq: r.seq,
+            stream: r.stream,
+            stream_version: r.stream_version,
+            recorded_at_ms: r.recorded_at_ms,
+            actor: r.actor,
+            event,
+        }));
+    }
+
+    /// A snapshot of the state. Keep the guard short: writers wait for it.
+    pub fn read(&self) -> StateGuard<'_> {
+        StateGuard(
+            self.projection
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// How long the startup replay took.
+    pub fn replay_duration(&self) -> Duration {
+        self.replay
+    }
+
+    /// Sequence number of the last event applied to the projection.
+    pub fn applied_seq(&self) -> u64 {
+        *self.applied_tx.borrow()
+    }
+
+    /// Every applied event from now on.
+    pub fn subscribe_applied(&self) -> broadcast::Receiver<Arc<Applied>> {
+        self.events_tx.subscribe()
+    }
+
+    /// A watch of the applied sequence number.
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    /// Waits until the projection has applied `seq`.
+    pub async fn wait_applied(&self, seq: u64) {
+        let mut rx = self.applied_tx.subscribe();
+        let _ = rx.wait_for(|applied| *applied >= seq).await;
+    }
+
+    /// Decides and records events, retrying the decision on concurrency conflicts. Returns when
+    /// the events are durable and applied to the projection.
+    pub async fn execute<E, F>(&self, actor: &Actor, mut decide: F) -> Result<Committed, E>
+    where
+        F: FnMut(&FleetState) -> Result<Vec<Change>, E>,
+        E: From<CoreError>,
+    {
+        let label = actor.label();
+        for attempt in 0..8 {
+            let batch: Vec<StreamAppend> = {
+                let p = self
+                    .projection
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let changes = decide(&p.state)?;
+                let now = self.clock.now_ms();
+                changes
+                    .into_iter()
+                    .filter(|c| !c.events.is_empty())
+                    .map(|c| {
+                        let expected = match c.expect {
+                            Expect::Any => ExpectedVersion::Any,
+                            Expect::New => ExpectedVersion::NoStream,
+                            Expect::Unchanged => match p.versions.get(&c.stream) {
+                                Some(v) => ExpectedVersion::Exact(*v),
+                                None => ExpectedVersion::NoStream,
+                            },
+                        };
+                        StreamAppend {
+                            stream: c.stream,
+                            expected,
+                            events: c
+                                .events
+                                .iter()
+                                .map(|e| NewEvent {
+                                    event_type: e.type_name().to_string(),
+                                    schema_version: e.schema_version(),
+                                    payload: e.encode(),
+                                    actor: label.clone(),
+                                    recorded_at_ms: now,
+                                })
+                                .collect(),
+                        }
+                    })
+                    .collect()
+            };
+            if batch.is_empty() {
+                return Ok(Committed {
+                    first_seq: 0,
+                    last_seq: 0,
+                });
+            }
+            match self.store.append(batch).await {
+                Ok(outcome) => {
+                    self.wait_applied(outcome.last_seq).await;
+                    return Ok(Committed {
+                        first_seq: outcome.first_seq,
+                        last_seq: outcome.last_seq,
+                    });
+                }
+                Err(StoreError::Conflict { stream, .. }) => {
+                    debug!(%stream, attempt, "concurrent change; deciding again");
+                    self.wait_applied(self.store.last_seq()).await;
+                    if attempt == 7 {
+                        warn!(%stream, "giving up after repeated conflicts");
+                        return Err(CoreError::Contention(stream).into());
+                    }
+                }
+                Err(e) => return Err(CoreError::Store(e).into()),
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+}
+
+/// A read guard on the fleet state.
+pub struct StateGuard<'a>(RwLockReadGuard<'a, Projection>);
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = FleetState;
+    fn deref(&self) -> &FleetState {
+        &self.0.state
+    }
+}
+
+impl std::fmt::Debug for StateGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateGuard")
+            .field("last_seq", &self.0.state.last_seq)
+            .finish()
+    }
+}

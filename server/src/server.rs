@@ -1,0 +1,178 @@
+//! Wiring: open the data directory, replay the log, start the background loops and serve gRPC
+//! on a listener the caller bound. Tests call [`Server::start`] with `127.0.0.1:0`; `main` adds
+//! signals and telemetry.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ota_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn};
+
+use crate::api;
+use crate::app::App;
+use crate::blobs::BlobStore;
+use crate::config::Config;
+use crate::core::{Clock, Core};
+use crate::sessions::Sessions;
+use crate::store::{EventStore, SledEventStore, SledOptions};
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    /// Shared state, for tests and embedding.
+    pub app: Arc<App>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the sled store under `<data_dir>/events`.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let options = SledOptions {
+        truncate_corrupt_tail_after: config.truncate_corrupt_tail_after,
+        ..SledOptions::default()
+    };
+    let store =
+        SledEventStore::open(config.data_dir.join("events"), options).with_context(|| {
+            format!(
+                "cannot open the event log in {}",
+                config.data_dir.join("events").display()
+            )
+        })?;
+    Ok(Arc::new(store))
+}
+
+impl Server {
+    /// Replays the log and serves on `listener` until [`Server::shutdown`].
+    pub async fn start(
+        config: Config,
+        store: Arc<dyn EventStore>,
+        clock: Clock,
+        listener: TcpListener,
+    ) -> anyhow::Result<Server> {
+        let addr = listener.local_addr()?;
+        let blobs = BlobStore::open(&config.data_dir).with_context(|| {
+            format!(
+                "cannot open firmware blobs in {}",
+                config.data_dir.display()
+            )
+        })?;
+        let core = Core::start(store, clock.clone())
+            .await
+            .context("cannot replay the event log")?;
+        {
+            let state = core.read();
+            let referenced = state
+                .firmware
+                .values()
+                .map(|f| f.registered.sha256.clone())
+                .collect();
+            match blobs.remove_unreferenced(&referenced) {
+                Ok(0) => {}
+                Ok(n) => info!(removed = n, "removed firmware blobs no firmware refers to"),
+                Err(e) => warn!(error = %e, "could not clean up firmware blobs"),
+            }
+            for fw in state.firmware.values() {
+                if !blobs.contains(&fw.registered.sha256) {
+                    warn!(firmware.id = %fw.registered.id, "the image of this firmware is missing from the data directory");
+                }
+            }
+        }
+        let app = Arc::new(App {
+            core,
+            blobs,
+            started_at_ms: clock.now_ms(),
+            config,
+            sessions: Arc::new(Sessions::new()),
+            dispatch_wake: Arc::new(tokio::sync::Notify::new()),
+            task_creation: tokio::sync::Mutex::new(()),
+        });
+        let shutdown = CancellationToken::new();
+        let dispatcher = crate::dispatch::spawn(app.clone(), shutdown.clone());
+
+        let max = app.config.max_message_bytes;
+        let system = api::system::SystemApi::new(app.clone(), false, false);
+        let router = tonic::transport::Server::builder()
+            .trace_fn(|req| info_span!("grpc", rpc = %req.uri().path()))
+            .add_service(
+                pb::firmware_service_server::FirmwareServiceServer::new(
+                    api::firmware::FirmwareApi::new(app.clone()),
+                )
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::device_service_server::DeviceServiceServer::new(api::devices::DeviceApi::new(
+                    app.clone(),
+                ))
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::event_service_server::EventServiceServer::new(api::events::EventApi::new(
+                    app.clone(),
+                ))
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::agent_service_server::AgentServiceServer::new(api::agents::AgentApi::new(
+                    app.clone(),
+                ))
+                .max_decoding_message_size(max),
+            )
+            .add_service(pb::system_service_server::SystemServiceServer::new(
+                system.clone(),
+            ))
+            .add_service(pb::site_service_server::SiteServiceServer::new(system));
+        let stop = shutdown.clone();
+        let serve = tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                stop.cancelled().await
+            }),
+        );
+        info!(%addr, "otad listening");
+        Ok(Server {
+            app,
+            addr,
+            shutdown,
+            serve,
+            dispatcher,
+        })
+    }
+
+    /// Stops serving, stops the background loops, and flushes the event store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.serve.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "gRPC server ended with an error"),
+            Err(e) => warn!(error = %e, "gRPC server task failed"),
+        }
+        let _ = self.dispatcher.await;
+        self.app
+            .core
+            .store()
+            .flush()
+            .await
+            .context("final flush of the event log")?;
+        info!("event log flushed; otad stopped");
+        Ok(())
+    }
+
+    /// Serves until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let stop = self.shutdown.clone();
+        tokio::select! {
+            () = signal => {}
+            () = stop.cancelled() => {}
+        }
+        self.shutdown().await
+    }
+}

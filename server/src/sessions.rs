@@ -1,0 +1,194 @@
+//! Live agent sessions: who is connected now, how to send them commands, and what they said
+//! that is not worth an event (heartbeats, last-seen times, answers being waited for).
+//!
+//! This is the only in-memory state of the server that is not a projection of the log. It is
+//! lost on restart on purpose: agents reconnect and say it again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use ota_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
+
+/// One connected agent.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per connection (a reconnect gets a new one).
+    pub session_id: u64,
+    /// Site.
+    pub site_id: String,
+    /// Agent installation id.
+    pub agent_id: String,
+    /// Commands to the agent.
+    pub tx: mpsc::Sender<pb::ServerMessage>,
+    /// Last message from the agent, Unix ms.
+    pub last_heartbeat_ms: AtomicI64,
+    /// Remote address.
+    pub peer: String,
+}
+
+/// What a check waiter receives.
+pub type CheckAnswer = pb::CheckResult;
+
+/// All sessions.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_site: Mutex<HashMap<String, std::sync::Arc<Session>>>,
+    next_session: AtomicU64,
+    next_command: AtomicU64,
+    /// Device id -> last time its site mentioned it (Unix ms).
+    last_seen: Mutex<HashMap<String, i64>>,
+    /// (check id, device local id) -> waiter.
+    check_waiters: Mutex<HashMap<(String, String), oneshot::Sender<CheckAnswer>>>,
+}
+
+/// Why a command could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No agent session for the site.
+    #[error("site {0} has no agent connected")]
+    NotConnected(String),
+    /// The session is closing or its queue is full.
+    #[error("the agent of site {0} is not accepting commands")]
+    Closed(String),
+}
+
+impl Sessions {
+    /// A fresh, empty registry.
+    pub fn new() -> Self {
+        Self {
+            next_session: AtomicU64::new(1),
+            next_command: AtomicU64::new(1),
+            ..Default::default()
+        }
+    }
+
+    /// Registers a session, replacing (and returning) an older one for the same site.
+    pub fn register(
+        &self,
+        site_id: &str,
+        agent_id: &str,
+        peer: String,
+        tx: mpsc::Sender<pb::ServerMessage>,
+        now_ms: i64,
+    ) -> (std::sync::Arc<Session>, Option<std::sync::Arc<Session>>) {
+        let session = std::sync::Arc::new(Session {
+            session_id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            site_id: site_id.to_string(),
+            agent_id: agent_id.to_string(),
+            tx,
+            last_heartbeat_ms: AtomicI64::new(now_ms),
+            peer,
+        });
+        let old = self
+            .by_site
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(site_id.to_string(), session.clone());
+        (session, old)
+    }
+
+    /// Removes the session if it is still the current one for its site. Returns whether it was.
+    pub fn unregister(&self, session: &Session) -> bool {
+        let mut map = self.by_site.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&session.site_id) {
+            Some(current) if current.session_id == session.session_id => {
+                map.remove(&session.site_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The current session of a site.
+    pub fn get(&self, site_id: &str) -> Option<std::sync::Arc<Session>> {
+        self.by_site
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(site_id)
+            .cloned()
+    }
+
+    /// Whether the site has an agent connected now.
+    pub fn is_connected(&self, site_id: &str) -> bool {
+        self.get(site_id).is_some()
+    }
+
+    /// Number of connected agents.
+    pub fn connected_count(&self) -> usize {
+        self.by_site.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// A fresh command id.
+    pub fn next_command_id(&self) -> u64 {
+        self.next_command.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a message to a site's agent without waiting.
+    pub fn send(&self, site_id: &str, msg: pb::ServerMessage) -> Result<(), SendError> {
+        let session = self
+            .get(site_id)
+            .ok_or_else(|| SendError::NotConnected(site_id.to_string()))?;
+        session
+            .tx
+            .try_send(msg)
+            .map_err(|_| SendError::Closed(site_id.to_string()))
+    }
+
+    /// Records that a site mentioned a device.
+    pub fn touch_device(&self, device_id: &str, now_ms: i64) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device_id.to_string(), now_ms);
+    }
+
+    /// When a site last mentioned a device in this server's lifetime.
+    pub fn last_seen(&self, device_id: &str) -> Option<i64> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(device_id)
+            .copied()
+    }
+
+    /// Last heartbeat of a site's agent, Unix ms.
+    pub fn last_heartbeat(&self, site_id: &str) -> Option<i64> {
+        self.get(site_id)
+            .map(|s| s.last_heartbeat_ms.load(Ordering::Relaxed))
+    }
+
+    /// Registers interest in a device's answer to a check.
+    pub fn wait_check(&self, check_id: &str, local_id: &str) -> oneshot::Receiver<CheckAnswer> {
+        let (tx, rx) = oneshot::channel();
+        self.check_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((check_id.to_string(), local_id.to_string()), tx);
+        rx
+    }
+
+    /// Hands an agent's check answer to whoever waits for it. Returns false if nobody does
+    /// (the check already timed out).
+    pub fn answer_check(&self, answer: CheckAnswer) -> bool {
+        let key = (answer.check_id.clone(), answer.device_local_id.clone());
+        let waiter = self
+            .check_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        match waiter {
+            Some(tx) => tx.send(answer).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Forgets waiters of a check (after its timeout).
+    pub fn forget_check(&self, check_id: &str) {
+        self.check_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _), _| id != check_id);
+    }
+}
