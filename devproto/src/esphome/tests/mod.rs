@@ -1,0 +1,3 @@
+//! Tests of ESPHome OTA across modules: golden transcripts, two-party simulation, properties.
+
+mod pair;
