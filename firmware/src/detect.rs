@@ -46,15 +46,19 @@ pub enum Expected {
 
 /// The parsed facts of a firmware file.
 ///
-/// Serialises with a `format` tag: `{"format": "zigbee", ...}`, `"esp_app"`, `"esp_factory"`.
+/// Serialises with a `format` tag holding [`Self::format_name`]:
+/// `{"format": "zigbee-ota", ...}`, `"esp-app"`, `"esp-factory"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "format", rename_all = "snake_case")]
+#[serde(tag = "format")]
 pub enum FirmwareImage {
     /// A Zigbee OTA upgrade file.
+    #[serde(rename = "zigbee-ota")]
     Zigbee(ZigbeeOtaFile),
     /// An ESP application image.
+    #[serde(rename = "esp-app")]
     EspApp(EspImage),
     /// A merged ESP factory image (boxed: it holds two images).
+    #[serde(rename = "esp-factory")]
     EspFactory(Box<EspFactoryImage>),
 }
 

@@ -584,16 +584,32 @@ pub enum EspError {
     },
     /// No ESP32-family extended header and not a valid ESP8266 image either.
     #[error(
-        "assumed an ESP8266 image because the bytes at offset 8 are not an ESP32-family \
-         extended header (chip id 0x{chip_id:04X} unknown, or reserved bytes 19-22 not zero), \
-         but {error}"
+        "assumed an ESP8266 image because there is no ESP32-family extended header at offset 8 \
+         ({why}), but {error}"
     )]
     AssumedEsp8266 {
-        /// The u16 at offset 12, read as a chip id.
-        chip_id: u16,
+        /// Why the bytes at offset 8 are not an ESP32-family extended header.
+        why: NoExtendedHeader,
         /// Why the ESP8266 reading failed.
         error: Box<EspError>,
     },
+}
+
+/// Why the bytes at offset 8 were not taken for an ESP32-family extended header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoExtendedHeader {
+    /// The file is shorter than the 24-byte ESP32-family header.
+    #[error("the file is only {len} bytes")]
+    TooShort {
+        /// Length of the input.
+        len: u64,
+    },
+    /// The chip id is not one this crate knows.
+    #[error("chip id {0} (0x{0:04X}) is not one esptool knows")]
+    UnknownChipId(u16),
+    /// The reserved bytes are not zero.
+    #[error("reserved bytes 19-22 are {}, not zero", hex::encode(.0))]
+    ReservedNotZero([u8; 4]),
 }
 
 fn known_chip_ids() -> String {
@@ -648,6 +664,12 @@ pub fn parse_image(bytes: &[u8], expected: Option<Chip>) -> Result<EspImage, Esp
         Some(&IMAGE_MAGIC) => {}
         Some(&found) => return Err(EspError::BadMagic { found }),
     }
+    if bytes.len() < COMMON_HEADER_LEN {
+        return Err(EspError::HeaderTruncated {
+            len: to_u64(bytes.len()),
+            needed: to_u64(COMMON_HEADER_LEN),
+        });
+    }
     match expected {
         Some(Chip::Esp8266) => {
             parse_as(bytes, Family::Esp8266).map_err(|e| match parse_as(bytes, Family::Esp32) {
@@ -672,13 +694,15 @@ pub fn parse_image(bytes: &[u8], expected: Option<Chip>) -> Result<EspImage, Esp
                 Err(_) => Err(e),
             },
         },
-        None if sniff_extended_header(bytes).is_some() => parse_as(bytes, Family::Esp32),
-        None => parse_as(bytes, Family::Esp8266).or_else(|e| {
-            parse_as(bytes, Family::Esp32).map_err(|_| EspError::AssumedEsp8266 {
-                chip_id: u16_at(bytes, 12).unwrap_or_default(),
-                error: Box::new(e),
-            })
-        }),
+        None => match extended_header_chip(bytes) {
+            Ok(_) => parse_as(bytes, Family::Esp32),
+            Err(why) => parse_as(bytes, Family::Esp8266).or_else(|e| {
+                parse_as(bytes, Family::Esp32).map_err(|_| EspError::AssumedEsp8266 {
+                    why,
+                    error: Box::new(e),
+                })
+            }),
+        },
     }
 }
 
@@ -688,11 +712,24 @@ pub(crate) fn sniff_extended_header(bytes: &[u8]) -> Option<Chip> {
     if bytes.first() != Some(&IMAGE_MAGIC) {
         return None;
     }
-    let reserved: [u8; 4] = array_at(bytes, 19)?;
-    if reserved != [0; 4] {
-        return None;
+    extended_header_chip(bytes).ok()
+}
+
+/// The chip of a plausible extended header, or why there is none.
+fn extended_header_chip(bytes: &[u8]) -> Result<Chip, NoExtendedHeader> {
+    let too_short = || NoExtendedHeader::TooShort {
+        len: to_u64(bytes.len()),
+    };
+    let reserved: [u8; 4] = array_at(bytes, 19).ok_or_else(too_short)?;
+    let chip_id = u16_at(bytes, 12).ok_or_else(too_short)?;
+    if bytes.len() < ESP32_HEADER_LEN {
+        return Err(too_short());
     }
-    Chip::from_image_chip_id(u16_at(bytes, 12)?)
+    let chip = Chip::from_image_chip_id(chip_id).ok_or(NoExtendedHeader::UnknownChipId(chip_id))?;
+    if reserved != [0; 4] {
+        return Err(NoExtendedHeader::ReservedNotZero(reserved));
+    }
+    Ok(chip)
 }
 
 /// Header and segment layout, before any content check.
