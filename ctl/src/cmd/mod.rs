@@ -1,0 +1,91 @@
+//! The commands: each module resolves its raw arguments into typed requests (pure `resolve`
+//! functions, unit-tested), then talks to otad and prints through the [`Printer`].
+//!
+//! A command returns `Ok(())` on success, [`Failed`] when the operation ran but did not
+//! succeed (exit code 1), and any other error for usage, connection and server problems
+//! (exit code 2).
+
+pub mod device;
+pub mod events;
+pub mod firmware;
+pub mod rollout;
+pub mod server;
+pub mod site;
+pub mod token;
+
+use tokio::sync::OnceCell;
+
+use crate::cli::{Cli, Command};
+use crate::client::{Api, Settings};
+use crate::output::Printer;
+
+/// The operation ran but failed: printed as one line on stderr, exit code 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Failed(pub String);
+
+/// What every command gets: settings, the printer, and a lazily opened connection.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Connection settings.
+    pub settings: Settings,
+    /// Where results go.
+    pub out: Printer,
+    api: OnceCell<Api>,
+}
+
+impl Ctx {
+    /// A context; nothing is dialled yet.
+    pub fn new(settings: Settings, out: Printer) -> Self {
+        Self {
+            settings,
+            out,
+            api: OnceCell::new(),
+        }
+    }
+
+    /// The connection, opened on first use (after the arguments were resolved).
+    pub async fn api(&self) -> anyhow::Result<&Api> {
+        self.api
+            .get_or_try_init(|| Api::connect(&self.settings))
+            .await
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&cli.global)?;
+    let ctx = Ctx::new(settings, Printer::new(cli.global.output));
+    match cli.command {
+        Command::Server(c) => server::run(&ctx, c).await,
+        Command::Firmware(c) => firmware::run(&ctx, c).await,
+        Command::Device(c) => device::run(&ctx, c).await,
+        Command::Rollout(c) => rollout::run(&ctx, c).await,
+        Command::Events(c) => events::run(&ctx, c).await,
+        Command::Site(c) => site::run(&ctx, c).await,
+        Command::Token(c) => token::run(&ctx, c).await,
+    }
+}
+
+/// Trims an id argument and refuses an empty one.
+pub fn id(kind: &str, raw: &str) -> anyhow::Result<String> {
+    let t = raw.trim();
+    if t.is_empty() {
+        anyhow::bail!("the {kind} id is empty");
+    }
+    Ok(t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_trimmed_and_required() {
+        assert_eq!(id("firmware", " fw-1 ").unwrap(), "fw-1");
+        assert_eq!(
+            id("device", "  ").unwrap_err().to_string(),
+            "the device id is empty"
+        );
+    }
+}

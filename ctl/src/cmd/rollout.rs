@@ -1,0 +1,537 @@
+//! `otactl rollout create|plan|start|pause|resume|abort|list|show|watch`.
+//!
+//! Specs come from a TOML file or from flags (see [`crate::spec`]). `watch` draws one bar per
+//! stage and one line per device being updated, from `RolloutService.Watch` with tasks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use indicatif::{MultiProgress, ProgressBar};
+use ota_proto::v1 as pb;
+
+use super::{Ctx, Failed, id};
+use crate::cli::{RolloutActionArgs, RolloutCmd, RolloutStateArg, SpecSourceArgs, WatchArgs};
+use crate::views::{PlanView, ProgressView, RolloutListView, RolloutView};
+use crate::{human, progress, spec, vocab};
+
+/// Reads and checks the spec a command was given.
+pub fn resolve_spec(a: &SpecSourceArgs) -> anyhow::Result<pb::RolloutSpec> {
+    let flags = spec::flags_given(&a.flags);
+    match (&a.file, flags) {
+        (Some(_), true) => anyhow::bail!(
+            "use either --file or the spec flags (--name, --firmware, --canary, ...), not both"
+        ),
+        (Some(path), false) => read_spec_file(path),
+        (None, true) => Ok(spec::validate(&spec::from_flags(&a.flags), "flags")?),
+        (None, false) => anyhow::bail!(
+            "give a spec: -f SPEC.toml, or flags such as --name N --firmware FW --canary 5 \
+             --waves 25,100 (see `otactl rollout create --help`)"
+        ),
+    }
+}
+
+fn read_spec_file(path: &Path) -> anyhow::Result<pb::RolloutSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the spec {}", path.display()))?;
+    Ok(spec::parse_toml(&text, &path.display().to_string())?)
+}
+
+/// A resolved `rollout plan`.
+pub fn resolve_plan(
+    id_arg: Option<&str>,
+    src: &SpecSourceArgs,
+) -> anyhow::Result<pb::PlanRolloutRequest> {
+    let subject = match id_arg {
+        Some(raw) => {
+            if src.file.is_some() || spec::flags_given(&src.flags) {
+                anyhow::bail!(
+                    "plan either an existing rollout (ID) or a spec (--file / flags), not both"
+                );
+            }
+            pb::plan_rollout_request::Subject::RolloutId(id("rollout", raw)?)
+        }
+        None => pb::plan_rollout_request::Subject::Spec(resolve_spec(src)?),
+    };
+    Ok(pb::PlanRolloutRequest {
+        subject: Some(subject),
+    })
+}
+
+fn state(s: RolloutStateArg) -> pb::RolloutState {
+    match s {
+        RolloutStateArg::Draft => pb::RolloutState::Draft,
+        RolloutStateArg::Running => pb::RolloutState::Running,
+        RolloutStateArg::Paused => pb::RolloutState::Paused,
+        RolloutStateArg::Completed => pb::RolloutState::Completed,
+        RolloutStateArg::Aborted => pb::RolloutState::Aborted,
+    }
+}
+
+/// Which action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Start,
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// Runs a `rollout` command.
+pub async fn run(ctx: &Ctx, cmd: RolloutCmd) -> anyhow::Result<()> {
+    match cmd {
+        RolloutCmd::Create(a) => {
+            let spec = resolve_spec(&a.spec)?;
+            let api = ctx.api().await?;
+            let r = api
+                .call(api.rollout().create(api.unary(pb::CreateRolloutRequest {
+                    spec: Some(spec),
+                    start: a.start,
+                })))
+                .await?;
+            ctx.out.show(&RolloutView::new(&r), |v| {
+                let next = if a.start {
+                    format!("Follow it with `otactl rollout watch {}`.", v.id)
+                } else {
+                    format!(
+                        "It is a draft: check it with `otactl rollout plan {}`, then `otactl \
+                         rollout start {}`.",
+                        v.id, v.id
+                    )
+                };
+                format!("Created rollout {}. {next}\n\n{}", v.id, human::rollout(v))
+            })?;
+            Ok(())
+        }
+        RolloutCmd::Plan(a) => {
+            let req = resolve_plan(a.id.as_deref(), &a.spec)?;
+            let api = ctx.api().await?;
+            let p = api.call(api.rollout().plan(api.unary(req))).await?;
+            ctx.out.show(&PlanView::new(&p), human::plan)?;
+            Ok(())
+        }
+        RolloutCmd::Start(a) => action(ctx, Action::Start, &a).await,
+        RolloutCmd::Pause(a) => action(ctx, Action::Pause, &a).await,
+        RolloutCmd::Resume(a) => action(ctx, Action::Resume, &a).await,
+        RolloutCmd::Abort(a) => action(ctx, Action::Abort, &a).await,
+        RolloutCmd::List(a) => {
+            let api = ctx.api().await?;
+            let mut req = pb::ListRolloutsRequest {
+                page: None,
+                state: a.state.map_or(0, |s| state(s) as i32),
+            };
+            let mut rollouts = Vec::new();
+            loop {
+                let r = api.call(api.rollout().list(api.unary(req.clone()))).await?;
+                rollouts.extend(r.rollouts.iter().map(RolloutView::new));
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                req.page = Some(pb::PageRequest {
+                    page_size: 0,
+                    page_token: r.next_page_token,
+                });
+            }
+            ctx.out
+                .show(&RolloutListView { rollouts }, human::rollout_list)?;
+            Ok(())
+        }
+        RolloutCmd::Show(a) => {
+            let rollout_id = id("rollout", &a.id)?;
+            let api = ctx.api().await?;
+            let r = api
+                .call(
+                    api.rollout()
+                        .get(api.unary(pb::GetRolloutRequest { id: rollout_id })),
+                )
+                .await?;
+            ctx.out.show(&RolloutView::new(&r), human::rollout)?;
+            Ok(())
+        }
+        RolloutCmd::Watch(a) => watch(ctx, &a).await,
+    }
+}
+
+async fn action(ctx: &Ctx, what: Action, a: &RolloutActionArgs) -> anyhow::Result<()> {
+    let req = pb::RolloutActionRequest {
+        id: id("rollout", &a.id)?,
+        reason: a.reason.clone().unwrap_or_default(),
+    };
+    let api = ctx.api().await?;
+    let mut client = api.rollout();
+    let fut = match what {
+        Action::Start => client.start(api.unary(req)).await,
+        Action::Pause => client.pause(api.unary(req)).await,
+        Action::Resume => client.resume(api.unary(req)).await,
+        Action::Abort => client.abort(api.unary(req)).await,
+    };
+    let r = fut
+        .map(tonic::Response::into_inner)
+        .map_err(|s| api.error(&s))?;
+    ctx.out.show(&RolloutView::new(&r), |v| {
+        let mut s = format!("Rollout {} is {}.", v.id, v.state.name);
+        if !v.state_reason.is_empty() {
+            s.push_str(&format!(" ({})", v.state_reason));
+        }
+        s
+    })?;
+    Ok(())
+}
+
+fn is_final(state: i32) -> bool {
+    state == pb::RolloutState::Completed as i32 || state == pb::RolloutState::Aborted as i32
+}
+
+/// The live view: a header, a bar per stage, a line per updating device.
+struct Board {
+    multi: MultiProgress,
+    header: ProgressBar,
+    stages: Vec<ProgressBar>,
+    devices: BTreeMap<String, ProgressBar>,
+    show_devices: bool,
+}
+
+impl Board {
+    fn new(enabled: bool, show_devices: bool) -> Self {
+        let multi = progress::multi(enabled);
+        let header = multi.add(progress::header());
+        Self {
+            multi,
+            header,
+            stages: Vec::new(),
+            devices: BTreeMap::new(),
+            show_devices,
+        }
+    }
+
+    fn rollout(&mut self, r: &RolloutView) {
+        let name = r.spec.as_ref().map_or("", |s| s.name.as_str());
+        let mut head = format!("rollout {} {name}: {}", r.id, r.state.name);
+        if !r.state_reason.is_empty() {
+            head.push_str(&format!(" ({})", r.state_reason));
+        }
+        self.header.set_message(head);
+        for st in &r.stages {
+            let i = st.index as usize;
+            while self.stages.len() <= i {
+                let bar = progress::stage(0);
+                let bar = match self.stages.last() {
+                    Some(prev) => self.multi.insert_after(prev, bar),
+                    None => self.multi.insert_after(&self.header, bar),
+                };
+                self.stages.push(bar);
+            }
+            let bar = &self.stages[i];
+            let total = st
+                .counts
+                .total
+                .max(u32::try_from(st.device_ids.len()).unwrap_or(0));
+            bar.set_length(u64::from(total));
+            bar.set_position(u64::from(st.counts.done()));
+            bar.set_prefix(format!("{} {}", st.index + 1, st.name));
+            let mut msg = format!(
+                "{} · ✓{} ✗{}",
+                st.state.name,
+                st.counts.succeeded,
+                st.counts.failed + st.counts.timed_out
+            );
+            let active: Vec<String> = st
+                .counts
+                .nonzero()
+                .into_iter()
+                .filter(|(n, _)| !matches!(*n, "succeeded" | "failed" | "timed-out"))
+                .map(|(n, v)| format!("{n} {v}"))
+                .collect();
+            if !active.is_empty() {
+                msg.push_str(&format!(" · {}", active.join(", ")));
+            }
+            bar.set_message(msg);
+        }
+    }
+
+    fn task(&mut self, t: &pb::Task) {
+        if !self.show_devices {
+            return;
+        }
+        if vocab::is_terminal(t.status) {
+            if let Some(bar) = self.devices.remove(&t.device_id) {
+                bar.finish_and_clear();
+                self.multi.remove(&bar);
+            }
+            return;
+        }
+        let bar = self.devices.entry(t.device_id.clone()).or_insert_with(|| {
+            let b = self.multi.add(progress::device_line());
+            b.set_prefix(t.device_id.clone());
+            b
+        });
+        bar.set_position(progress::percent(t.progress));
+        bar.set_message(progress::task_message(t));
+    }
+
+    fn clear(self) {
+        for bar in self.devices.values() {
+            bar.finish_and_clear();
+        }
+        for bar in &self.stages {
+            bar.finish_and_clear();
+        }
+        self.header.finish_and_clear();
+        self.multi.clear().ok();
+    }
+}
+
+async fn watch(ctx: &Ctx, a: &WatchArgs) -> anyhow::Result<()> {
+    let rollout_id = id("rollout", &a.id)?;
+    let api = ctx.api().await?;
+    let mut stream = api
+        .call(api.rollout().watch(api.streaming(pb::WatchRolloutRequest {
+            id: rollout_id.clone(),
+            include_tasks: !a.no_devices,
+        })))
+        .await?;
+    let bars = progress::enabled(&ctx.out);
+    let mut board = Board::new(bars, !a.no_devices);
+    let mut last: Option<RolloutView> = None;
+    let mut last_line = String::new();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = &mut interrupted => {
+                board.clear();
+                anyhow::bail!(
+                    "interrupted: stopped watching; rollout {rollout_id} goes on at the server"
+                );
+            }
+        };
+        let p = match msg {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(status) => {
+                board.clear();
+                return Err(api.error(&status).into());
+            }
+        };
+        let view = ProgressView::new(&p);
+        if ctx.out.is_json() {
+            ctx.out.json_line(&view)?;
+        }
+        if let Some(r) = &view.rollout {
+            board.rollout(r);
+            if !bars && !ctx.out.is_json() {
+                // No terminal: one line per change, for logs.
+                let line = human::progress_line(r);
+                if line != last_line {
+                    ctx.out.text(&line)?;
+                    last_line = line;
+                }
+            }
+        }
+        for t in &p.tasks {
+            board.task(t);
+        }
+        let done = view
+            .rollout
+            .as_ref()
+            .is_some_and(|r| is_final(r.state.code));
+        if view.rollout.is_some() {
+            last = view.rollout;
+        }
+        if done {
+            break;
+        }
+    }
+    board.clear();
+    let Some(r) = last else {
+        anyhow::bail!("otad ended the watch of {rollout_id} without sending its state");
+    };
+    if !ctx.out.is_json() {
+        ctx.out.text(&human::rollout(&r))?;
+    }
+    match pb::RolloutState::try_from(r.state.code) {
+        Ok(pb::RolloutState::Completed) => Ok(()),
+        Ok(pb::RolloutState::Aborted) => Err(Failed(format!(
+            "rollout {} aborted{}",
+            r.id,
+            if r.state_reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.state_reason)
+            }
+        ))
+        .into()),
+        _ => anyhow::bail!(
+            "otad ended the watch of {} while it was {}; run `otactl rollout watch {}` again",
+            r.id,
+            r.state.name,
+            r.id
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn parse(args: &[&str]) -> RolloutCmd {
+        let mut full = vec!["otactl", "rollout"];
+        full.extend_from_slice(args);
+        match crate::cli::Cli::try_parse_from(full).unwrap().command {
+            crate::cli::Command::Rollout(c) => c,
+            _ => unreachable!("parsed a rollout command"),
+        }
+    }
+
+    #[test]
+    fn create_from_flags() {
+        let RolloutCmd::Create(a) = parse(&[
+            "create",
+            "--name",
+            "hue",
+            "--firmware",
+            "fw-1",
+            "--model",
+            "324131092621",
+            "--waves",
+            "10,100",
+        ]) else {
+            panic!("not a create");
+        };
+        let s = resolve_spec(&a.spec).unwrap();
+        assert_eq!(s.name, "hue");
+        assert_eq!(s.selector.unwrap().models, ["324131092621"]);
+        assert_eq!(s.stages.len(), 2);
+    }
+
+    #[test]
+    fn file_and_flags_do_not_mix() {
+        let RolloutCmd::Create(a) = parse(&["create", "-f", "x.toml", "--name", "n"]) else {
+            panic!("not a create");
+        };
+        assert!(
+            resolve_spec(&a.spec)
+                .unwrap_err()
+                .to_string()
+                .contains("not both")
+        );
+        let RolloutCmd::Create(a) = parse(&["create"]) else {
+            panic!("not a create");
+        };
+        assert!(
+            resolve_spec(&a.spec)
+                .unwrap_err()
+                .to_string()
+                .starts_with("give a spec")
+        );
+    }
+
+    #[test]
+    fn spec_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
+        std::fs::write(
+            &good,
+            "name = \"n\"\nfirmware = \"fw-1\"\n[[stages]]\ncount = 2\n[[stages]]\npercent = 100\n",
+        )
+        .unwrap();
+        let path = good.display().to_string();
+        let RolloutCmd::Create(a) = parse(&["create", "-f", &path, "--start"]) else {
+            panic!("not a create");
+        };
+        assert_eq!(resolve_spec(&a.spec).unwrap().stages.len(), 2);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "name = \"n\"\n").unwrap();
+        let path = bad.display().to_string();
+        let RolloutCmd::Create(a) = parse(&["create", "-f", &path]) else {
+            panic!("not a create");
+        };
+        let e = resolve_spec(&a.spec).unwrap_err().to_string();
+        assert!(e.contains("bad.toml: firmware: is required"), "{e}");
+        let RolloutCmd::Create(a) = parse(&["create", "-f", "/nonexistent/x.toml"]) else {
+            panic!("not a create");
+        };
+        assert!(
+            resolve_spec(&a.spec)
+                .unwrap_err()
+                .to_string()
+                .starts_with("cannot read the spec")
+        );
+    }
+
+    #[test]
+    fn plan_takes_an_id_or_a_spec() {
+        let RolloutCmd::Plan(a) = parse(&["plan", "ro-1"]) else {
+            panic!("not a plan");
+        };
+        let r = resolve_plan(a.id.as_deref(), &a.spec).unwrap();
+        assert_eq!(
+            r.subject,
+            Some(pb::plan_rollout_request::Subject::RolloutId("ro-1".into()))
+        );
+        let RolloutCmd::Plan(a) = parse(&["plan", "ro-1", "--canary", "3"]) else {
+            panic!("not a plan");
+        };
+        assert!(resolve_plan(a.id.as_deref(), &a.spec).is_err());
+        let RolloutCmd::Plan(a) =
+            parse(&["plan", "--name", "n", "--firmware", "f", "--canary", "3"])
+        else {
+            panic!("not a plan");
+        };
+        assert!(matches!(
+            resolve_plan(a.id.as_deref(), &a.spec).unwrap().subject,
+            Some(pb::plan_rollout_request::Subject::Spec(_))
+        ));
+    }
+
+    #[test]
+    fn the_board_tracks_stages_and_devices() {
+        let mut b = Board::new(false, true);
+        let r = pb::Rollout {
+            id: "ro-1".into(),
+            state: 2,
+            stages: vec![
+                pb::StageStatus {
+                    index: 0,
+                    name: "canary".into(),
+                    state: 2,
+                    counts: Some(pb::TaskCounts {
+                        total: 5,
+                        succeeded: 2,
+                        failed: 1,
+                        updating: 2,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                pb::StageStatus {
+                    index: 1,
+                    name: "wave-1".into(),
+                    state: 1,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        b.rollout(&RolloutView::new(&r));
+        assert_eq!(b.stages.len(), 2);
+        assert_eq!(b.stages[0].position(), 3);
+        assert_eq!(b.stages[0].length(), Some(5));
+        assert_eq!(b.stages[0].message(), "running · ✓2 ✗1 · updating 2");
+        let mut t = pb::Task {
+            device_id: "home/a".into(),
+            status: 2,
+            progress: 40.0,
+            ..Default::default()
+        };
+        b.task(&t);
+        assert_eq!(b.devices["home/a"].position(), 40);
+        t.status = 3;
+        b.task(&t);
+        assert!(b.devices.is_empty());
+        b.clear();
+        assert!(is_final(4) && is_final(5) && !is_final(3));
+    }
+}
