@@ -485,21 +485,30 @@ impl Client {
                 }
                 continue;
             }
-            if self.transport.is_some() {
+            if let Some(t) = &mut self.transport {
+                let mut failure = None;
                 loop {
-                    let frame = match noise::decode_frame(&mut self.raw) {
-                        Ok(Some(f)) => f,
+                    match noise::decode_frame(&mut self.raw) {
+                        Ok(Some(frame)) => match t.open(&frame) {
+                            Ok(plain) if !plain.is_empty() => self.plain.extend_from_slice(&plain),
+                            Ok(_) => {
+                                failure = Some("the device sent an empty frame".to_owned());
+                                break;
+                            }
+                            Err(_) => {
+                                failure = Some("decryption failed (MAC mismatch)".to_owned());
+                                break;
+                            }
+                        },
                         Ok(None) => break,
-                        Err(e) => return Err(self.noise_error(e)),
-                    };
-                    let t = self.transport.as_mut().expect("checked above");
-                    let plain = t
-                        .open(&frame)
-                        .map_err(|_| self.noise_error("decryption failed (MAC mismatch)"))?;
-                    if plain.is_empty() {
-                        return Err(self.noise_error("the device sent an empty frame"));
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            break;
+                        }
                     }
-                    self.plain.extend_from_slice(&plain);
+                }
+                if let Some(detail) = failure {
+                    return Err(self.noise_error(detail));
                 }
             }
             if !self.step()? {
@@ -557,8 +566,10 @@ impl Client {
                     return Ok(false);
                 }
                 let v = self.rx().split_to(2)[1];
-                self.version = OtaVersion::from_byte(v).ok_or(ClientError::UnsupportedVersion(v))?;
-                self.tx.push_back(Bytes::copy_from_slice(&[self.client_features]));
+                self.version =
+                    OtaVersion::from_byte(v).ok_or(ClientError::UnsupportedVersion(v))?;
+                self.tx
+                    .push_back(Bytes::copy_from_slice(&[self.client_features]));
                 self.state = ClientState::AwaitFeatureAck;
             }
             ClientState::AwaitFeatureAck => {
@@ -613,7 +624,11 @@ impl Client {
                 }
                 let nonce = self.rx().split_to(scheme.hex_len());
                 let cnonce = scheme.client_cnonce(&mut self.auth_rng);
-                let password = self.config.password.as_ref().expect("checked on the challenge");
+                let password = self
+                    .config
+                    .password
+                    .as_ref()
+                    .expect("checked on the challenge");
                 let answer = scheme.response(password, &nonce, cnonce.as_bytes());
                 self.send_field(cnonce.as_bytes());
                 self.send_field(answer.as_bytes());
@@ -730,7 +745,11 @@ impl Client {
             image_size: self.image.len() as u64,
         }));
         if encrypt {
-            let key = self.config.noise_key.as_ref().expect("encrypt implies a key");
+            let key = self
+                .config
+                .noise_key
+                .as_ref()
+                .expect("encrypt implies a key");
             let prologue = noise::prologue(self.version.byte(), self.client_features, flags);
             let mut hs = Handshake::initiator(key, &prologue, self.noise_rng.clone())
                 .map_err(|e| self.noise_error(e))?;
@@ -758,7 +777,10 @@ impl Client {
                 ClientError::NoiseRejected(reason)
             });
         }
-        let mut hs = self.handshake.take().expect("handshake state in NoiseHandshake");
+        let mut hs = self
+            .handshake
+            .take()
+            .expect("handshake state in NoiseHandshake");
         // A failure here is a wrong key (or a tampered preamble) on the device's side.
         hs.read(&payload[1..])
             .map_err(|_| ClientError::NoiseWrongKey)?;

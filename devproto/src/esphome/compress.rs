@@ -46,7 +46,9 @@ pub(crate) fn deflate_raw(data: &[u8], window_bits: u8) -> Vec<u8> {
 /// The gzip member's content, if `data` is a valid gzip file.
 pub fn gunzip(data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() * 2);
-    flate2::read::GzDecoder::new(data).read_to_end(&mut out).ok()?;
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .ok()?;
     Some(out)
 }
 
@@ -72,7 +74,9 @@ mod tests {
 
     #[test]
     fn raw_deflate_round_trips_through_flate2() {
-        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 13) as u8 ^ (i >> 9) as u8).collect();
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|i| (i * 7 % 13) as u8 ^ (i >> 9) as u8)
+            .collect();
         let z = deflate_4k(&data);
         let mut out = Vec::new();
         flate2::read::DeflateDecoder::new(&z[..])

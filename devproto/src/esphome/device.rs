@@ -489,8 +489,10 @@ impl<B: Backend> Device<B> {
                     self.fail(ErrorCode::Magic);
                     return false;
                 }
-                self.tx
-                    .push_back(Bytes::copy_from_slice(&[response::OK, self.config.version.byte()]));
+                self.tx.push_back(Bytes::copy_from_slice(&[
+                    response::OK,
+                    self.config.version.byte(),
+                ]));
                 self.state = DeviceState::AwaitFeatures;
             }
             DeviceState::AwaitFeatures => {
@@ -509,7 +511,11 @@ impl<B: Backend> Device<B> {
                 }
                 let answer = self.raw.split_to(n);
                 let (scheme, nonce) = self.auth.take().expect("a challenge was sent");
-                let password = self.config.password.as_ref().expect("challenge means password");
+                let password = self
+                    .config
+                    .password
+                    .as_ref()
+                    .expect("challenge means password");
                 let (cnonce, resp) = answer.split_at(scheme.hex_len());
                 if !scheme.verify(password, nonce.as_bytes(), cnonce, resp) {
                     self.fail(ErrorCode::AuthInvalid);
@@ -626,7 +632,12 @@ impl<B: Backend> Device<B> {
             encrypted,
         });
         if encrypted {
-            let key = &self.config.noise.as_ref().expect("encrypted implies noise").key;
+            let key = &self
+                .config
+                .noise
+                .as_ref()
+                .expect("encrypted implies noise")
+                .key;
             let prologue = noise::prologue(self.config.version.byte(), features, self.server_flags);
             match Handshake::responder(key, &prologue, self.noise_rng.clone()) {
                 Ok(hs) => {
@@ -678,7 +689,10 @@ impl<B: Backend> Device<B> {
             self.abort("client rejected the handshake");
             return false;
         }
-        let mut hs = self.handshake.take().expect("handshake state in NoiseHandshake");
+        let mut hs = self
+            .handshake
+            .take()
+            .expect("handshake state in NoiseHandshake");
         if let Err(e) = hs.read(&payload[1..]) {
             let reason = if e == snow::Error::Decrypt {
                 MAC_FAILURE_REASON
@@ -780,7 +794,9 @@ impl<B: Backend> Device<B> {
                 if frame.len() <= NOISE_MAC_LEN || frame.len() > max {
                     return Err(ReadFailed);
                 }
-                t.open(&frame).map(Bytes::from).map_err(|_| ReadFailed)
+                t.open(&frame)
+                    .map(Bytes::from)
+                    .map_err(|_| ReadFailed)
                     .map(Some)
             }
         }
@@ -830,7 +846,9 @@ impl<B: Backend> Device<B> {
         let out: &[u8] = match &mut self.inflater {
             Some(inf) => {
                 let mut buf = Vec::with_capacity(piece.len() * 4);
-                let status = inf.inflate(piece, &mut buf).map_err(|_| ErrorCode::Unknown)?;
+                let status = inf
+                    .inflate(piece, &mut buf)
+                    .map_err(|_| ErrorCode::Unknown)?;
                 if self.stored.len() + buf.len() > self.image_size {
                     return Err(ErrorCode::Unknown);
                 }
@@ -866,7 +884,8 @@ impl<B: Backend> Device<B> {
             md5_expected: std::mem::take(&mut self.md5_expected),
             md5_actual: hex::encode(std::mem::take(&mut self.md5).finalize()),
         };
-        self.events.push_back(DeviceEvent::ImageReceived(image.clone()));
+        self.events
+            .push_back(DeviceEvent::ImageReceived(image.clone()));
         if !image.md5_ok() {
             self.fail(ErrorCode::Md5Mismatch);
             return;

@@ -423,8 +423,8 @@ mod tests {
                 1 if v.len() > 100 => {
                     let from = (x as usize >> 3) % v.len().min(9000);
                     let start = v.len() - from.max(1);
-                    let run: Vec<u8> = v[start..start + from.clamp(1, 40).min(v.len() - start)]
-                        .to_vec();
+                    let run: Vec<u8> =
+                        v[start..start + from.clamp(1, 40).min(v.len() - start)].to_vec();
                     v.extend_from_slice(&run);
                 }
                 _ => v.push((x >> 8) as u8),
@@ -479,7 +479,10 @@ mod tests {
         let far = deflate_raw(&data, 15);
         let mut inf = Inflater::new(4096);
         let err = inf.inflate(&far, &mut Vec::new()).unwrap_err();
-        assert!(matches!(err, InflateError::Distance(d) if d > 4096), "{err:?}");
+        assert!(
+            matches!(err, InflateError::Distance(d) if d > 4096),
+            "{err:?}"
+        );
         assert_eq!(inflate_in_pieces(&deflate_4k(&data), 512).unwrap(), data);
     }
 

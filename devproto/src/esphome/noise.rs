@@ -265,9 +265,8 @@ mod tests {
             (NoiseKey::new([9; 32]), prologue(2, 0x1F, 0x00)),
         ] {
             let mut i = Handshake::initiator(&key, &prol, Drbg::new([1; 32], b"i")).unwrap();
-            let mut r =
-                Handshake::responder(&NoiseKey::new([9; 32]), &p, Drbg::new([2; 32], b"r"))
-                    .unwrap();
+            let mut r = Handshake::responder(&NoiseKey::new([9; 32]), &p, Drbg::new([2; 32], b"r"))
+                .unwrap();
             assert_eq!(r.read(&i.write().unwrap()), Err(snow::Error::Decrypt));
         }
     }
