@@ -286,7 +286,12 @@ impl fmt::Debug for Client {
 impl Client {
     /// A new upload of `image`. `entropy` must be 32 bytes from the OS's random source (it
     /// seeds the cnonce and the Noise ephemeral key). The magic is queued at once.
-    pub fn new(config: ClientConfig, image: Bytes, entropy: [u8; 32]) -> Result<Self, ClientError> {
+    pub fn new(
+        config: ClientConfig,
+        image: impl Into<Bytes>,
+        entropy: [u8; 32],
+    ) -> Result<Self, ClientError> {
+        let image = image.into();
         if image.is_empty() {
             return Err(ClientError::InvalidImage("the image is empty"));
         }
