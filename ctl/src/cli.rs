@@ -57,6 +57,7 @@ pub struct Cli {
 
 /// Flags every command accepts.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Address of otad (http:// or https://).
     #[arg(
@@ -141,7 +142,7 @@ pub enum Command {
 /// `otactl server ...`
 #[derive(Debug, Subcommand)]
 pub enum ServerCmd {
-    /// Show otad's version, uptime, event log and fleet size.
+    /// Show otad's version, uptime, event log and fleet size
     ///
     /// Also shows who otad recognised you as, which is the quickest way to check a token.
     ///
@@ -157,7 +158,7 @@ pub enum ServerCmd {
 /// `otactl firmware ...`
 #[derive(Debug, Subcommand)]
 pub enum FirmwareCmd {
-    /// Upload a firmware image (Zigbee OTA file or ESP image) to the catalog.
+    /// Upload a firmware image (Zigbee OTA file or ESP image) to the catalog
     ///
     /// The file is hashed locally (sha256, sent for the server to verify) and streamed in 1 MiB
     /// chunks with a progress bar. otad parses the file and refuses it when it is not what it
@@ -171,13 +172,13 @@ pub enum FirmwareCmd {
     ///       --chip esp32c3 --sign-key release.key --key-id release-2026
     #[command(verbatim_doc_comment)]
     Upload(UploadArgs),
-    /// List the firmware in the catalog, newest first.
+    /// List the firmware in the catalog, newest first
     ///
     /// Example:
     ///   otactl firmware list --format zigbee-ota --name hue
     #[command(verbatim_doc_comment, visible_alias = "ls")]
     List(FirmwareListArgs),
-    /// Show everything about one firmware: facts parsed from the file, signatures, rollouts.
+    /// Show everything about one firmware: facts parsed from the file, signatures, rollouts
     ///
     /// The id may be a unique prefix ("fw-1a2b").
     ///
@@ -185,7 +186,7 @@ pub enum FirmwareCmd {
     ///   otactl firmware show fw-1a2b3c4d5e6f7a8b
     #[command(verbatim_doc_comment, visible_alias = "get")]
     Show(IdArg),
-    /// Delete a firmware from the catalog.
+    /// Delete a firmware from the catalog
     ///
     /// Asks for confirmation when stdin is a terminal; scripts must pass --yes. otad refuses
     /// while a rollout that is not completed or aborted uses the firmware.
@@ -194,7 +195,7 @@ pub enum FirmwareCmd {
     ///   otactl firmware rm fw-1a2b3c4d5e6f7a8b --yes
     #[command(verbatim_doc_comment, visible_alias = "delete")]
     Rm(FirmwareRmArgs),
-    /// Download a firmware image to a file and verify its sha256.
+    /// Download a firmware image to a file and verify its sha256
     ///
     /// The file is written next to its destination as `<FILE>.part` and renamed only once its
     /// sha256 matches the catalog. The destination flag is -O/--out because -o is the output
@@ -204,7 +205,7 @@ pub enum FirmwareCmd {
     ///   otactl firmware download fw-1a2b3c4d5e6f7a8b -O hue-2.3.093.ota
     #[command(verbatim_doc_comment)]
     Download(FirmwareDownloadArgs),
-    /// Sign a firmware's sha256 with an ed25519 key and record the signature.
+    /// Sign a firmware's sha256 with an ed25519 key and record the signature
     ///
     /// The signature covers the raw 32-byte sha256 digest of the file. Agents verify it with the
     /// public key they know under the same key id. Create a key pair with `firmware keygen`.
@@ -213,7 +214,7 @@ pub enum FirmwareCmd {
     ///   otactl firmware sign fw-1a2b3c4d5e6f7a8b --key release.key --key-id release-2026
     #[command(verbatim_doc_comment)]
     Sign(FirmwareSignArgs),
-    /// Create an ed25519 key pair for signing firmware (no server needed).
+    /// Create an ed25519 key pair for signing firmware (no server needed)
     ///
     /// Writes <PREFIX>.key (the private key, mode 0600) and <PREFIX>.pub (the public key). Each
     /// file holds one line: the standard base64 (with padding) of 32 bytes: the private key's
@@ -354,7 +355,7 @@ pub struct KeygenArgs {
 /// `otactl device ...`
 #[derive(Debug, Subcommand)]
 pub enum DeviceCmd {
-    /// List devices with their version, signal, battery and update status.
+    /// List devices with their version, signal, battery and update status
     ///
     /// Status is the Tuya number and name (0 none, 1 available, 2 updating, 3 success,
     /// 4 failure, 5 waiting-for-wakeup, 6 downloaded, 7 timeout, 13 queued, 14 preparing,
@@ -365,7 +366,7 @@ pub enum DeviceCmd {
     ///   otactl device list --status updating -o json
     #[command(verbatim_doc_comment, visible_alias = "ls")]
     List(DeviceListArgs),
-    /// Show everything about one device, including its current task.
+    /// Show everything about one device, including its current task
     ///
     /// Device ids are "<site>/<local id>" (IEEE address for Zigbee, node name for ESPHome).
     ///
@@ -373,7 +374,7 @@ pub enum DeviceCmd {
     ///   otactl device show home/0x00178801099a1b2c
     #[command(verbatim_doc_comment, visible_alias = "get")]
     Show(IdArg),
-    /// Ask devices whether an update is available (one device, a selection, or all).
+    /// Ask devices whether an update is available (one device, a selection, or all)
     ///
     /// One device id without selector flags checks that device; anything else runs one batch
     /// check with a single timeout (--timeout, default 60s at the server). Devices that do not
@@ -385,7 +386,7 @@ pub enum DeviceCmd {
     ///   otactl device check --site home --transport zigbee2mqtt --firmware fw-1a2b3c4d5e6f7a8b
     #[command(verbatim_doc_comment)]
     Check(Box<CheckArgs>),
-    /// Update one device now and follow it to the end.
+    /// Update one device now and follow it to the end
     ///
     /// Starts the update, then shows its status, percent and remaining time until it ends.
     /// Prints the versions before and after, or the error code and message (exit 1). With
@@ -397,7 +398,7 @@ pub enum DeviceCmd {
     ///   otactl device update home/kitchen-esp32 --firmware fw-9f8e --allow-downgrade --no-wait
     #[command(verbatim_doc_comment)]
     Update(UpdateArgs),
-    /// Flash a device on a serial port through its ROM bootloader, and follow it.
+    /// Flash a device on a serial port through its ROM bootloader, and follow it
     ///
     /// Factory images are written at 0x0, application images at the application offset, unless
     /// --offset says otherwise.
@@ -406,7 +407,7 @@ pub enum DeviceCmd {
     ///   otactl device flash lab/serial-ttyUSB0 --firmware fw-77aa --offset 0x10000
     #[command(verbatim_doc_comment)]
     Flash(FlashArgs),
-    /// Cancel a device's current task where that is safe.
+    /// Cancel a device's current task where that is safe
     ///
     /// Queued tasks, tasks waiting for a sleepy device and tasks waiting for confirmation can
     /// be cancelled; otad explains why otherwise.
@@ -415,13 +416,13 @@ pub enum DeviceCmd {
     ///   otactl device cancel home/0x00178801099a1b2c
     #[command(verbatim_doc_comment)]
     Cancel(CancelArgs),
-    /// Answer a weak-signal warning (5005): continue the update anyway, or cancel it.
+    /// Answer a weak-signal warning (5005): continue the update anyway, or cancel it
     ///
     /// Example:
     ///   otactl device confirm home/0x00178801099a1b2c --continue
     #[command(verbatim_doc_comment)]
     Confirm(ConfirmArgs),
-    /// Show or set a device's auto-upgrade switch.
+    /// Show or set a device's auto-upgrade switch
     ///
     /// When on, firmware from completed rollouts is applied to the device when it appears or
     /// falls behind later.
@@ -702,7 +703,7 @@ pub enum RolloutCmd {
     /// Create a rollout from a TOML spec file or from flags (draft, or running with --start).
     #[command(long_about = ROLLOUT_CREATE_LONG)]
     Create(Box<CreateArgs>),
-    /// Dry run: which devices fall in which stage, which are excluded and why, how long.
+    /// Dry run: which devices fall in which stage, which are excluded and why, how long
     ///
     /// Plans a spec (file or flags, as for `rollout create`) or re-plans an existing draft or
     /// paused rollout against today's fleet. Records nothing.
@@ -713,25 +714,25 @@ pub enum RolloutCmd {
     ///   otactl rollout plan ro-0192f3c1
     #[command(verbatim_doc_comment)]
     Plan(Box<PlanArgs>),
-    /// Start a draft rollout.
+    /// Start a draft rollout
     ///
     /// Example:
     ///   otactl rollout start ro-0192f3c1
     #[command(verbatim_doc_comment)]
     Start(RolloutActionArgs),
-    /// Pause a running rollout: no new devices are dispatched; running updates finish.
+    /// Pause a running rollout: no new devices are dispatched; running updates finish
     ///
     /// Example:
     ///   otactl rollout pause ro-0192f3c1 --reason "waiting for the vendor's answer"
     #[command(verbatim_doc_comment)]
     Pause(RolloutActionArgs),
-    /// Resume a paused rollout where it stopped.
+    /// Resume a paused rollout where it stopped
     ///
     /// Example:
     ///   otactl rollout resume ro-0192f3c1
     #[command(verbatim_doc_comment)]
     Resume(RolloutActionArgs),
-    /// Abort a rollout: stop dispatching and cancel what is safe to cancel.
+    /// Abort a rollout: stop dispatching and cancel what is safe to cancel
     ///
     /// Transfers already running finish. An aborted rollout cannot be resumed.
     ///
@@ -739,19 +740,19 @@ pub enum RolloutCmd {
     ///   otactl rollout abort ro-0192f3c1 --reason "battery drain reported"
     #[command(verbatim_doc_comment)]
     Abort(RolloutActionArgs),
-    /// List rollouts.
+    /// List rollouts
     ///
     /// Example:
     ///   otactl rollout list --state running
     #[command(verbatim_doc_comment, visible_alias = "ls")]
     List(RolloutListArgs),
-    /// Show a rollout: spec, stages with counts per status, reasons, exclusions.
+    /// Show a rollout: spec, stages with counts per status, reasons, exclusions
     ///
     /// Example:
     ///   otactl rollout show ro-0192f3c1
     #[command(verbatim_doc_comment, visible_alias = "get")]
     Show(IdArg),
-    /// Follow a rollout live until it completes or aborts.
+    /// Follow a rollout live until it completes or aborts
     ///
     /// Shows one bar per stage (succeeded+failed of total, and the counts by status) and a line
     /// per updating device (percent, remaining time, status). Exits 0 when the rollout
@@ -929,7 +930,7 @@ pub struct WatchArgs {
 /// `otactl events ...`
 #[derive(Debug, Subcommand)]
 pub enum EventsCmd {
-    /// Print events from the log, and with --follow keep printing new ones.
+    /// Print events from the log, and with --follow keep printing new ones
     ///
     /// Columns: sequence number, time (UTC), stream, type, actor, payload (JSON). With -o json,
     /// one JSON object per line.
@@ -967,13 +968,13 @@ pub struct TailArgs {
 /// `otactl site ...`
 #[derive(Debug, Subcommand)]
 pub enum SiteCmd {
-    /// List sites with their agent's connection and device counts.
+    /// List sites with their agent's connection and device counts
     ///
     /// Example:
     ///   otactl site list
     #[command(verbatim_doc_comment, visible_alias = "ls")]
     List,
-    /// Show one site: agent, transports, devices, running tasks.
+    /// Show one site: agent, transports, devices, running tasks
     ///
     /// Example:
     ///   otactl site show home
@@ -986,7 +987,7 @@ pub enum SiteCmd {
 /// `otactl token ...`
 #[derive(Debug, Subcommand)]
 pub enum TokenCmd {
-    /// Create a bearer token; the secret is printed once.
+    /// Create a bearer token; the secret is printed once
     ///
     /// Roles: viewer (read and watch), operator (checks, updates, rollouts), admin (firmware,
     /// tokens, sites). otad stores only a hash: copy the secret when it is shown.
@@ -996,13 +997,13 @@ pub enum TokenCmd {
     ///   export OTACTL_TOKEN=<the printed secret>
     #[command(verbatim_doc_comment)]
     Create(TokenCreateArgs),
-    /// List tokens (never their secrets).
+    /// List tokens (never their secrets)
     ///
     /// Example:
     ///   otactl token list
     #[command(verbatim_doc_comment, visible_alias = "ls")]
     List,
-    /// Revoke a token by its id.
+    /// Revoke a token by its id
     ///
     /// Example:
     ///   otactl token revoke tok-3f9a

@@ -9,13 +9,16 @@ use crate::output::{
 };
 use crate::views::*;
 
+/// A version for people: the version string, or the Zigbee file version in hex when that is
+/// all there is (or the string is just its decimal form).
 fn ver(v: Option<&VersionView>) -> String {
     match v {
         None => "-".to_string(),
-        Some(v) if v.version.is_empty() => v
-            .file_version
-            .map_or_else(|| "-".to_string(), |n| hex(n, 8)),
-        Some(v) => v.version.clone(),
+        Some(v) => match v.file_version {
+            Some(n) if v.version.is_empty() || v.version == n.to_string() => hex(n, 8),
+            _ if v.version.is_empty() => "-".to_string(),
+            _ => v.version.clone(),
+        },
     }
 }
 
@@ -281,14 +284,20 @@ pub fn firmware(f: &FirmwareView) -> String {
 
 /// `firmware upload`.
 pub fn upload(u: &UploadView) -> String {
-    let head = if u.already_existed {
-        "Already registered (same name, version and bytes); nothing new recorded."
-    } else {
-        "Uploaded."
-    };
-    match &u.firmware {
-        Some(f) => format!("{head}\n\n{}", firmware(f)),
-        None => head.to_string(),
+    match (&u.firmware, u.already_existed) {
+        (Some(f), true) => format!(
+            "Already registered as {} (same name, version and bytes); nothing new recorded.\n\n{}",
+            f.id,
+            firmware(f)
+        ),
+        (Some(f), false) => format!(
+            "Uploaded {} {} as {}.\n\n{}",
+            f.name,
+            f.version,
+            f.id,
+            firmware(f)
+        ),
+        (None, _) => "Uploaded (otad returned no details).".to_string(),
     }
 }
 
@@ -422,7 +431,14 @@ pub fn device(d: &DeviceView) -> String {
         ("Name", d.name.clone()),
         ("Site", d.site_id.clone()),
         ("Local id", d.local_id.clone()),
-        ("Transport", format!("{} ({})", d.transport.name, d.network)),
+        (
+            "Transport",
+            if d.network.is_empty() || d.network == d.transport.name {
+                d.transport.name.clone()
+            } else {
+                format!("{} ({})", d.transport.name, d.network)
+            },
+        ),
         ("Vendor", d.vendor.clone()),
         ("Model", d.model.clone()),
         ("Manufacturer code", opt_hex(d.manufacturer_code)),
@@ -832,7 +848,7 @@ pub fn event_line(e: &EventView) -> String {
         e.payload.to_string()
     };
     format!(
-        "{:>6}  {:<24}  {:<32}  {:<24}  {:<12}  {payload}",
+        "{:>6}  {:<24}  {:<32}  {:<24}  {:<18}  {payload}",
         e.seq,
         crate::output::fmt_time_ms(e.recorded_at_ms),
         e.stream,
@@ -1060,6 +1076,17 @@ mod tests {
             date_code: String::new(),
         };
         assert_eq!(ver(Some(&v)), "0x02030093");
+        let decimal = VersionView {
+            version: "33751187".into(),
+            ..v.clone()
+        };
+        assert_eq!(ver(Some(&decimal)), "0x02030093");
+        let esp = VersionView {
+            version: "2026.11.1".into(),
+            file_version: None,
+            ..v
+        };
+        assert_eq!(ver(Some(&esp)), "2026.11.1");
         assert_eq!(ver(None), "-");
     }
 

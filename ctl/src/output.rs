@@ -70,9 +70,10 @@ impl Printer {
     }
 }
 
-/// Writes a note for people to stderr (only in table mode; JSON consumers get stdout only).
+/// Writes a note for people to stderr: only in table mode and when stderr is a terminal, so
+/// scripts see nothing but the result and, on failure, the one error line.
 pub fn note(printer: &Printer, msg: &str) {
-    if !printer.is_json() {
+    if !printer.is_json() && io::stderr().is_terminal() {
         eprintln!("{msg}");
     }
 }
