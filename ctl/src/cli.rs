@@ -401,7 +401,7 @@ pub enum DeviceCmd {
     /// Flash a device on a serial port through its ROM bootloader, and follow it
     ///
     /// Factory images are written at 0x0, application images at the application offset, unless
-    /// --offset says otherwise.
+    /// --offset says otherwise. Flashing writes what it is told, older versions included.
     ///
     /// Example:
     ///   otactl device flash lab/serial-ttyUSB0 --firmware fw-77aa --offset 0x10000
