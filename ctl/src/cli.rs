@@ -102,6 +102,17 @@ pub struct GlobalArgs {
     pub timeout: Option<Duration>,
 }
 
+/// The names of the subcommands given ("rollout list"), for messages.
+pub fn command_path(m: &clap::ArgMatches) -> String {
+    let mut names = Vec::new();
+    let mut cur = m;
+    while let Some((name, sub)) = cur.subcommand() {
+        names.push(name.to_string());
+        cur = sub;
+    }
+    names.join(" ")
+}
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -1088,6 +1099,22 @@ mod tests {
         assert_eq!(cli.global.output, OutputFormat::Json);
         assert_eq!(cli.global.server, "http://h:1");
         assert_eq!(cli.global.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn the_command_path_names_the_subcommands() {
+        let m = Cli::command()
+            .try_get_matches_from([
+                "otactl",
+                "--timeout",
+                "5s",
+                "rollout",
+                "list",
+                "--state",
+                "running",
+            ])
+            .unwrap();
+        assert_eq!(command_path(&m), "rollout list");
     }
 
     #[test]

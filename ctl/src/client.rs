@@ -36,6 +36,8 @@ pub struct Settings {
     ca_cert: Option<PathBuf>,
     /// `--timeout`, if given.
     pub timeout: Option<Duration>,
+    /// The command being run ("rollout list"), for messages.
+    pub command: String,
 }
 
 impl Settings {
@@ -68,6 +70,7 @@ impl Settings {
             auth,
             ca_cert: g.ca_cert.clone(),
             timeout: g.timeout,
+            command: String::new(),
         })
     }
 
@@ -256,26 +259,20 @@ impl ApiError {
         // A status tonic made up on the client side (connection refused, reset, TLS) carries
         // the transport error as its source; one from the server does not.
         let local = std::error::Error::source(status).is_some();
-        describe(
-            status.code(),
-            status.message(),
-            local,
-            &settings.server,
-            settings.has_token(),
-            settings.request_timeout(),
-        )
+        describe(status.code(), status.message(), local, settings)
     }
 }
 
 /// The wording of each gRPC code; pure so it can be tested.
-pub fn describe(
-    code: Code,
-    message: &str,
-    local: bool,
-    server: &str,
-    has_token: bool,
-    timeout: Duration,
-) -> ApiError {
+pub fn describe(code: Code, message: &str, local: bool, settings: &Settings) -> ApiError {
+    let server = settings.server.as_str();
+    let has_token = settings.has_token();
+    let timeout = settings.request_timeout();
+    let what = if settings.command.is_empty() {
+        "this request".to_string()
+    } else {
+        format!("`otactl {}`", settings.command)
+    };
     let msg = one_line(message);
     let text = match code {
         Code::Unavailable if local || msg.is_empty() => {
@@ -313,8 +310,7 @@ pub fn describe(
         }
         Code::NotFound => "not found".to_string(),
         Code::Unimplemented => format!(
-            "otad at {server} does not support this request yet (is otactl newer than the \
-             server?){}",
+            "otad at {server} does not support {what} yet (is otactl newer than the server?){}",
             suffix(&msg)
         ),
         Code::Cancelled => format!("the request was cancelled{}", suffix(&msg)),
@@ -375,8 +371,18 @@ mod tests {
 
     const URL: &str = "http://127.0.0.1:7600";
 
+    fn settings(token: bool) -> Settings {
+        Settings {
+            server: URL.into(),
+            auth: token.then(|| "Bearer t".parse().unwrap()),
+            ca_cert: None,
+            timeout: None,
+            command: String::new(),
+        }
+    }
+
     fn d(code: Code, msg: &str) -> String {
-        describe(code, msg, false, URL, true, Duration::from_secs(30)).message
+        describe(code, msg, false, &settings(true)).message
     }
 
     #[test]
@@ -385,9 +391,7 @@ mod tests {
             Code::Unavailable,
             "tcp connect error",
             true,
-            URL,
-            false,
-            Duration::from_secs(30),
+            &settings(false),
         );
         assert_eq!(
             e.message,
@@ -431,9 +435,7 @@ mod tests {
             Code::Unauthenticated,
             "missing bearer token",
             false,
-            URL,
-            false,
-            Duration::from_secs(30),
+            &settings(false),
         );
         assert!(
             no_token
@@ -459,6 +461,13 @@ mod tests {
             "otad did not answer within 30s (raise --timeout)"
         );
         assert!(d(Code::Unimplemented, "").contains("does not support this request yet"));
+        let mut s = settings(true);
+        s.command = "rollout list".into();
+        assert_eq!(
+            describe(Code::Unimplemented, "", false, &s).message,
+            "otad at http://127.0.0.1:7600 does not support `otactl rollout list` yet (is \
+             otactl newer than the server?)"
+        );
         assert_eq!(
             d(Code::Internal, "disk full"),
             "otad failed (internal): disk full"

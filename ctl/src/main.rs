@@ -22,7 +22,7 @@ mod vocab;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 fn main() -> ExitCode {
     match run() {
@@ -37,11 +37,13 @@ fn main() -> ExitCode {
 /// Parses the command line, runs the command, and turns its outcome into an exit code.
 fn run() -> anyhow::Result<ExitCode> {
     // clap prints usage errors itself and exits with 2 (0 for --help and --version).
-    let cli = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let command = cli::command_path(&matches);
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match runtime.block_on(cmd::run(cli)) {
+    match runtime.block_on(cmd::run(cli, command)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err) if is_broken_pipe(&err) => Ok(ExitCode::SUCCESS),
         Err(err) if err.downcast_ref::<cmd::Failed>().is_some() => {

@@ -52,9 +52,10 @@ impl Ctx {
     }
 }
 
-/// Runs a parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::resolve(&cli.global)?;
+/// Runs a parsed command line; `command` names it ("rollout list") for messages.
+pub async fn run(cli: Cli, command: String) -> anyhow::Result<()> {
+    let mut settings = Settings::resolve(&cli.global)?;
+    settings.command = command;
     let ctx = Ctx::new(settings, Printer::new(cli.global.output));
     match cli.command {
         Command::Server(c) => server::run(&ctx, c).await,
