@@ -35,7 +35,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   PY=$(find_python312) || { echo "conformance: no Python >= 3.12 found (needed by esphome >= 2026.7)" >&2; exit 1; }
   "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q --disable-pip-version-check "esphome==${ESPHOME_VERSION}" "esptool==${ESPTOOL_VERSION}"
+"$VENV/bin/pip" install -q --disable-pip-version-check "esphome==${ESPHOME_VERSION}"
+# esptool gets a virtualenv of its own: esphome pins the esptool it was released with (2026.10.0
+# pins 5.4.0), which pip cannot install next to esptool==${ESPTOOL_VERSION}.
+ESPTOOL_VENV="${OTA_CONFORMANCE_ESPTOOL_VENV:-$PWD/target/conformance-esptool-venv}"
+[ -x "$ESPTOOL_VENV/bin/python" ] || "$VENV/bin/python" -m venv "$ESPTOOL_VENV"
+"$ESPTOOL_VENV/bin/pip" install -q --disable-pip-version-check "esptool==${ESPTOOL_VERSION}"
+export OTA_CONFORMANCE_ESPTOOL="$ESPTOOL_VENV/bin/esptool"
 export OTA_CONFORMANCE_PYTHON="$VENV/bin/python"
 export PATH="$VENV/bin:$PATH"
 

@@ -206,6 +206,9 @@ impl RomDevice {
             // A ROM crystal estimate of exactly 40 MHz (see `esp32_rom_baud`): cali 800, CK8M 128.
             regs.insert(ESP32_RTCCALICFG1, 800 << 7);
             regs.insert(ESP32_EFUSE_RD_BASE + 16, 128);
+            // Base MAC 24:0A:C4:12:34:56 in eFuse words 1 and 2 (as esptool reads it).
+            regs.insert(ESP32_EFUSE_RD_BASE + 4, 0xC412_3456);
+            regs.insert(ESP32_EFUSE_RD_BASE + 8, 0x0000_240A);
         }
         let checksum_fault_left = cfg.faults.checksum_error.map_or(0, |f| f.times);
         let write_fault_left = cfg.faults.flash_write_error.map_or(0, |f| f.times);
