@@ -11,6 +11,8 @@
 mod cli;
 mod client;
 mod cmd;
+#[cfg(test)]
+mod fake;
 mod human;
 mod keys;
 mod output;

@@ -6,6 +6,7 @@
 //! same views. Progress and hints go to stderr (see [`crate::progress`]), never to stdout.
 
 use std::io::{self, IsTerminal as _, Write as _};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use comfy_table::{ContentArrangement, Table, presets};
@@ -13,16 +14,33 @@ use serde::Serialize;
 
 use crate::cli::OutputFormat;
 
-/// Writes results to stdout in the chosen format.
-#[derive(Debug, Clone, Copy)]
+/// Writes results to stdout in the chosen format (or, in tests, into a buffer).
+#[derive(Debug, Clone)]
 pub struct Printer {
     format: OutputFormat,
+    capture: Option<Arc<Mutex<Vec<u8>>>>,
 }
 
 impl Printer {
-    /// A printer for this format.
+    /// A printer to stdout in this format.
     pub fn new(format: OutputFormat) -> Self {
-        Self { format }
+        Self {
+            format,
+            capture: None,
+        }
+    }
+
+    /// A printer that collects its output in the returned buffer instead of stdout.
+    #[cfg(test)]
+    pub fn capturing(format: OutputFormat) -> (Self, Arc<Mutex<Vec<u8>>>) {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        (
+            Self {
+                format,
+                capture: Some(buf.clone()),
+            },
+            buf,
+        )
     }
 
     /// Whether the output is JSON.
@@ -30,30 +48,44 @@ impl Printer {
         self.format == OutputFormat::Json
     }
 
-    /// One JSON document (pretty-printed, followed by a newline).
-    pub fn document<T: Serialize>(&self, value: &T) -> io::Result<()> {
-        let mut out = io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, value).map_err(io::Error::other)?;
-        out.write_all(b"\n")?;
-        out.flush()
+    /// Writes bytes and flushes, so pipes see each result as it comes.
+    fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        match &self.capture {
+            Some(buf) => {
+                buf.lock()
+                    .map_err(|_| io::Error::other("output buffer poisoned"))?
+                    .extend_from_slice(bytes);
+                Ok(())
+            }
+            None => {
+                let mut out = io::stdout().lock();
+                out.write_all(bytes)?;
+                out.flush()
+            }
+        }
     }
 
-    /// One JSON line (compact), flushed at once so pipes see it live.
+    /// One JSON document (pretty-printed, followed by a newline).
+    pub fn document<T: Serialize>(&self, value: &T) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        self.write(&bytes)
+    }
+
+    /// One JSON line (compact).
     pub fn json_line<T: Serialize>(&self, value: &T) -> io::Result<()> {
-        let mut out = io::stdout().lock();
-        serde_json::to_writer(&mut out, value).map_err(io::Error::other)?;
-        out.write_all(b"\n")?;
-        out.flush()
+        let mut bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        self.write(&bytes)
     }
 
     /// Text for people, followed by a newline unless it already ends with one.
     pub fn text(&self, s: &str) -> io::Result<()> {
-        let mut out = io::stdout().lock();
-        out.write_all(s.as_bytes())?;
-        if !s.ends_with('\n') {
-            out.write_all(b"\n")?;
+        if s.ends_with('\n') {
+            self.write(s.as_bytes())
+        } else {
+            self.write(format!("{s}\n").as_bytes())
         }
-        out.flush()
     }
 
     /// Prints `value` as JSON, or `human()` as text.

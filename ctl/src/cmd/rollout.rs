@@ -534,4 +534,303 @@ mod tests {
         b.clear();
         assert!(is_final(4) && is_final(5) && !is_final(3));
     }
+
+    // === against the in-process fake ===
+
+    use crate::cli::OutputFormat;
+    use crate::fake;
+
+    fn stage(
+        index: u32,
+        name: &str,
+        state: pb::StageState,
+        counts: pb::TaskCounts,
+    ) -> pb::StageStatus {
+        pb::StageStatus {
+            index,
+            name: name.into(),
+            state: state as i32,
+            counts: Some(counts),
+            ..Default::default()
+        }
+    }
+
+    fn rollout(state: pb::RolloutState, reason: &str, succeeded: u32, failed: u32) -> pb::Rollout {
+        pb::Rollout {
+            id: "ro-1".into(),
+            state: state as i32,
+            state_reason: reason.into(),
+            spec: Some(pb::RolloutSpec {
+                name: "hue".into(),
+                firmware_id: "fw-1".into(),
+                ..Default::default()
+            }),
+            stages: vec![stage(
+                0,
+                "canary",
+                pb::StageState::Running,
+                pb::TaskCounts {
+                    total: 5,
+                    succeeded,
+                    failed,
+                    updating: 5 - succeeded - failed,
+                    ..Default::default()
+                },
+            )],
+            totals: Some(pb::TaskCounts {
+                total: 5,
+                succeeded,
+                failed,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn progress(seq: u64, r: pb::Rollout, tasks: Vec<pb::Task>) -> pb::RolloutProgress {
+        pb::RolloutProgress {
+            rollout: Some(r),
+            tasks,
+            seq,
+        }
+    }
+
+    fn updating(device: &str, pct: f32) -> pb::Task {
+        pb::Task {
+            device_id: device.into(),
+            status: pb::UpgradeStatus::Updating as i32,
+            progress: pct,
+            remaining_s: Some(20),
+            ..Default::default()
+        }
+    }
+
+    async fn watch_with(
+        script: Vec<pb::RolloutProgress>,
+        format: OutputFormat,
+    ) -> (anyhow::Result<()>, String, fake::Log) {
+        let fakes = fake::Rollouts {
+            watch: script,
+            ..Default::default()
+        };
+        let log = fakes.log.clone();
+        let server = fake::serve(fakes, fake::Access::default()).await;
+        let (ctx, buf) = fake::ctx(&server.url, format);
+        let result = run(
+            &ctx,
+            RolloutCmd::Watch(WatchArgs {
+                id: "ro-1".into(),
+                no_devices: false,
+            }),
+        )
+        .await;
+        (result, fake::printed(&buf), log)
+    }
+
+    #[tokio::test]
+    async fn watch_ends_with_success_when_the_rollout_completes() {
+        let (result, out, log) = watch_with(
+            vec![
+                progress(
+                    10,
+                    rollout(pb::RolloutState::Running, "", 0, 0),
+                    vec![updating("home/a", 10.0)],
+                ),
+                progress(
+                    11,
+                    rollout(pb::RolloutState::Running, "", 4, 0),
+                    vec![updating("home/a", 90.0)],
+                ),
+                progress(
+                    12,
+                    rollout(pb::RolloutState::Completed, "all stages succeeded", 5, 0),
+                    vec![],
+                ),
+            ],
+            OutputFormat::Json,
+        )
+        .await;
+        result.unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["seq"], 10);
+        assert_eq!(lines[0]["tasks"][0]["progress"], 10.0);
+        assert_eq!(lines[2]["rollout"]["state"]["name"], "completed");
+        let log = log.lock().unwrap();
+        assert!(log[0].contains("include_tasks: true"), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn watch_fails_with_the_reason_when_the_rollout_aborts() {
+        let (result, out, _) = watch_with(
+            vec![
+                progress(1, rollout(pb::RolloutState::Running, "", 1, 0), vec![]),
+                progress(
+                    2,
+                    rollout(
+                        pb::RolloutState::Aborted,
+                        "stage canary: 2 failures >= threshold 1",
+                        1,
+                        2,
+                    ),
+                    vec![],
+                ),
+            ],
+            OutputFormat::Table,
+        )
+        .await;
+        let err = result.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<Failed>(),
+            Some(&Failed(
+                "rollout ro-1 aborted: stage canary: 2 failures >= threshold 1".into()
+            ))
+        );
+        // Without a terminal: one line per change, then the final state.
+        assert!(
+            out.starts_with("ro-1 running: stage 1/1 canary (running): 1/5 done;"),
+            "{out}"
+        );
+        assert!(out.contains("State     aborted"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_ends_early_is_an_error_not_a_failure() {
+        let (result, _, _) = watch_with(
+            vec![progress(
+                1,
+                rollout(pb::RolloutState::Paused, "operator", 1, 0),
+                vec![],
+            )],
+            OutputFormat::Table,
+        )
+        .await;
+        let err = result.unwrap_err();
+        assert!(err.downcast_ref::<Failed>().is_none());
+        assert!(
+            err.to_string()
+                .contains("run `otactl rollout watch ro-1` again"),
+            "{err}"
+        );
+        let (result, _, _) = watch_with(vec![], OutputFormat::Json).await;
+        assert!(
+            result
+                .unwrap_err()
+                .to_string()
+                .contains("without sending its state")
+        );
+    }
+
+    #[tokio::test]
+    async fn create_plan_and_actions_send_what_was_asked() {
+        let fakes = fake::Rollouts {
+            rollout: rollout(pb::RolloutState::Running, "", 0, 0),
+            plan: pb::RolloutPlan {
+                stages: vec![pb::PlannedStage {
+                    index: 0,
+                    name: "canary".into(),
+                    device_ids: vec!["home/a".into(), "home/b".into()],
+                    estimated_s: 600,
+                }],
+                exclusions: vec![pb::Exclusion {
+                    device_id: "home/c".into(),
+                    code: 5000,
+                    reason: "already on 2.3".into(),
+                }],
+                estimated_duration_s: 1200,
+                warnings: vec!["stage wave-1 has no devices".into()],
+                target_count: 2,
+            },
+            ..Default::default()
+        };
+        let log = fakes.log.clone();
+        let server = fake::serve(fakes, fake::Access::default()).await;
+
+        let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Table);
+        run(
+            &ctx,
+            parse(&[
+                "create",
+                "--name",
+                "hue",
+                "--firmware",
+                "fw-1",
+                "--canary",
+                "2",
+                "--waves",
+                "100",
+                "--start",
+            ]),
+        )
+        .await
+        .unwrap();
+        let out = fake::printed(&buf);
+        assert!(
+            out.starts_with("Created rollout ro-1. Follow it with `otactl rollout watch ro-1`."),
+            "{out}"
+        );
+
+        let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Json);
+        run(&ctx, parse(&["plan", "ro-1"])).await.unwrap();
+        let plan: serde_json::Value = serde_json::from_str(&fake::printed(&buf)).unwrap();
+        assert_eq!(
+            plan["stages"][0]["device_ids"],
+            serde_json::json!(["home/a", "home/b"])
+        );
+        assert_eq!(plan["exclusions"][0]["code"]["name"], "already-on-target");
+
+        let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Table);
+        run(&ctx, parse(&["plan", "ro-1"])).await.unwrap();
+        let text = fake::printed(&buf);
+        assert!(text.contains("Estimated duration  20m"), "{text}");
+        assert!(
+            text.contains("home/c  5000 already-on-target  already on 2.3"),
+            "{text}"
+        );
+        assert!(text.contains("! stage wave-1 has no devices"), "{text}");
+
+        let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Table);
+        run(&ctx, parse(&["pause", "ro-1", "--reason", "vendor asked"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            fake::printed(&buf),
+            "Rollout ro-1 is paused. (vendor asked)\n"
+        );
+
+        let (ctx, _) = fake::ctx(&server.url, OutputFormat::Table);
+        let err = run(&ctx, parse(&["abort", "ro-1"])).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rollout ro-1 is completed; only running, paused or draft rollouts can be aborted"
+        );
+
+        let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Table);
+        run(&ctx, parse(&["list"])).await.unwrap();
+        assert!(
+            fake::printed(&buf).contains("ro-1  hue   fw-1      running"),
+            "{}",
+            fake::printed(&buf)
+        );
+
+        let (ctx, _) = fake::ctx(&server.url, OutputFormat::Table);
+        let err = run(&ctx, parse(&["show", "ro-9"])).await.unwrap_err();
+        assert_eq!(err.to_string(), "no rollout \"ro-9\"");
+
+        let log = log.lock().unwrap();
+        assert!(
+            log[0].starts_with("Create: ") && log[0].contains("start: true"),
+            "{log:?}"
+        );
+        assert!(log[0].contains("CumulativePercent(100.0)"), "{log:?}");
+        assert!(log[1].contains("RolloutId(\"ro-1\")"), "{log:?}");
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("Pause: ") && l.contains("vendor asked")),
+            "{log:?}"
+        );
+    }
 }

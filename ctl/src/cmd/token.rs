@@ -119,4 +119,55 @@ mod tests {
             .is_err()
         );
     }
+
+    #[tokio::test]
+    async fn tokens_against_the_fake() {
+        use crate::cli::{IdArg, OutputFormat};
+        use crate::fake;
+        let access = fake::Access::default();
+        let log = access.log.clone();
+        let server = fake::serve(fake::Rollouts::default(), access).await;
+
+        let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Table);
+        let create = TokenCmd::Create(TokenCreateArgs {
+            name: "ci".into(),
+            role: RoleArg::Operator,
+            ttl: Some(Duration::from_secs(3600)),
+        });
+        run(&ctx, create).await.unwrap();
+        let out = fake::printed(&buf);
+        assert!(
+            out.starts_with("Token created for ci (operator), id tok-1, expires never."),
+            "{out}"
+        );
+        assert!(out.contains("\n    tok-1.s3cr3t\n"), "{out}");
+
+        let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Json);
+        run(&ctx, TokenCmd::List).await.unwrap();
+        let list: serde_json::Value = serde_json::from_str(&fake::printed(&buf)).unwrap();
+        assert_eq!(
+            list["tokens"][0]["role"],
+            serde_json::json!({"code": 1, "name": "viewer"})
+        );
+
+        let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Table);
+        run(&ctx, TokenCmd::Revoke(IdArg { id: "tok-1".into() }))
+            .await
+            .unwrap();
+        assert_eq!(
+            fake::printed(&buf),
+            "Token tok-1 (ci, viewer) is revoked.\n"
+        );
+        let (ctx, _) = fake::ctx(&server.url, OutputFormat::Table);
+        let err = run(&ctx, TokenCmd::Revoke(IdArg { id: "tok-9".into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "no token \"tok-9\"");
+
+        let log = log.lock().unwrap();
+        assert!(
+            log[0].contains("role: Operator") && log[0].contains("ttl_s: 3600"),
+            "{log:?}"
+        );
+    }
 }
