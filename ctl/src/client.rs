@@ -524,6 +524,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn https_reads_the_ca_certificate_first() {
+        let mut g = globals("https://ota.example.invalid:7600", None);
+        g.ca_cert = Some("/nonexistent/ca.pem".into());
+        let s = Settings::resolve(&g).unwrap();
+        let err = Api::connect(&s).await.unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("cannot read the CA certificate /nonexistent/ca.pem"),
+            "{err:#}"
+        );
+    }
+
+    #[tokio::test]
     async fn an_absent_server_fails_fast_with_the_hint() {
         // Bind and drop a listener to find a port nobody listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -105,13 +105,24 @@ pub fn device_line() -> ProgressBar {
     pb
 }
 
-/// A header line (text only).
+/// A header line (text only); the caller starts its ticking once it is placed.
 pub fn header() -> ProgressBar {
     let pb = ProgressBar::new_spinner();
     pb.set_style(
         ProgressStyle::with_template("{spinner} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+    pb
+}
+
+/// A spinner with a message, for a wait without measurable progress.
+pub fn spinner(enabled: bool, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(None, target(enabled));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg.to_string());
     pb.enable_steady_tick(Duration::from_millis(120));
     pb
 }

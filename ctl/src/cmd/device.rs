@@ -291,10 +291,10 @@ async fn list(ctx: &Ctx, mut req: pb::ListDevicesRequest) -> anyhow::Result<()> 
 
 async fn check(ctx: &Ctx, plan: CheckPlan) -> anyhow::Result<()> {
     let api = ctx.api().await?;
-    let spinner = progress::task(progress::enabled(&ctx.out), "checking");
+    let bars = progress::enabled(&ctx.out);
     let report = match plan {
         CheckPlan::Single(req, deadline) => {
-            spinner.set_prefix(format!("checking {}", req.device_id));
+            let spinner = progress::spinner(bars, &format!("checking {}", req.device_id));
             let r = api
                 .call(api.device().check(api.with_deadline(req, deadline)))
                 .await;
@@ -302,6 +302,8 @@ async fn check(ctx: &Ctx, plan: CheckPlan) -> anyhow::Result<()> {
             CheckReportView::single(&r?)
         }
         CheckPlan::Batch(req, deadline) => {
+            let spinner =
+                progress::spinner(bars, "checking devices (each gets an answer, 5019 if late)");
             let r = api
                 .call(api.device().batch_check(api.with_deadline(*req, deadline)))
                 .await;

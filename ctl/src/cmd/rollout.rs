@@ -195,6 +195,7 @@ impl Board {
     fn new(enabled: bool, show_devices: bool) -> Self {
         let multi = progress::multi(enabled);
         let header = multi.add(progress::header());
+        header.enable_steady_tick(std::time::Duration::from_millis(120));
         Self {
             multi,
             header,
