@@ -567,6 +567,7 @@ pub fn winbond_flash_id(size: u32) -> u32 {
 mod tests {
     use super::*;
     use crate::serial::packet::Request;
+    use md5::Digest;
 
     /// Encodes, checks against the golden packet (before SLIP), parses back.
     fn golden(cmd: Command, packet: &[u8]) {
@@ -767,6 +768,108 @@ mod tests {
                 0x00, 0x06, 0x08, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x00, 0x08, 0x40,
             ],
         );
+    }
+
+    #[test]
+    fn mem_and_read_flash_slow_golden() {
+        golden(
+            Command::MemBegin(Begin {
+                size: 0x1800,
+                num_blocks: 1,
+                block_size: 0x1800,
+                offset: 0x4008_0000,
+                encrypted: None,
+            }),
+            &[
+                0x00, 0x05, 0x10, 0x00, 0, 0, 0, 0, //
+                0x00, 0x18, 0, 0, 1, 0, 0, 0, 0x00, 0x18, 0, 0, 0x00, 0x00, 0x08, 0x40,
+            ],
+        );
+        golden(
+            Command::MemData {
+                seq: 1,
+                data: vec![0xC0, 0xDB],
+            },
+            &[
+                0x00,
+                0x07,
+                0x12,
+                0x00,
+                0xEF ^ 0xC0 ^ 0xDB,
+                0,
+                0,
+                0, //
+                2,
+                0,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0xC0,
+                0xDB,
+            ],
+        );
+        golden(
+            Command::ReadFlashSlow {
+                addr: 0x1000,
+                len: 64,
+            },
+            &[
+                0x00, 0x0E, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0x10, 0, 0, 64, 0, 0, 0,
+            ],
+        );
+        // On the wire the data bytes C0 and DB are escaped, the header's checksum byte (0xF4)
+        // is not special.
+        let frame = Command::MemData {
+            seq: 1,
+            data: vec![0xC0, 0xDB],
+        }
+        .to_frame();
+        assert_eq!(&frame[frame.len() - 5..], [0xDB, 0xDC, 0xDB, 0xDD, 0xC0]);
+    }
+
+    #[test]
+    fn response_frames_golden() {
+        use crate::serial::packet::{Response, Status, StatusLayout};
+        // FLASH_DATA acknowledged by an ESP32 ROM.
+        let ack = Response::new(0x03, 0, &[], Status::Ok, StatusLayout::Four);
+        assert_eq!(
+            ack.to_frame(),
+            [0xC0, 0x01, 0x03, 0x04, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xC0]
+        );
+        // SPI_FLASH_MD5 of nothing, from an ESP32 ROM: 32 hex digits and four status bytes.
+        let digest: [u8; 16] = md5::Md5::digest([]).into();
+        let md5 = Response::new(
+            0x13,
+            0,
+            &Md5Format::RomHex.encode(&digest),
+            Status::Ok,
+            StatusLayout::Four,
+        );
+        let mut want = vec![0xC0, 0x01, 0x13, 0x24, 0x00, 0, 0, 0, 0];
+        want.extend_from_slice(b"d41d8cd98f00b204e9800998ecf8427e");
+        want.extend_from_slice(&[0, 0, 0, 0, 0xC0]);
+        assert_eq!(md5.to_frame(), want);
+        // The same from the stub: 16 raw bytes, two status bytes.
+        let stub = Response::new(
+            0x13,
+            0,
+            &Md5Format::StubRaw.encode(&digest),
+            Status::Ok,
+            StatusLayout::Two,
+        );
+        assert_eq!(stub.outcome(16), Ok(&digest[..]));
+        assert_eq!(stub.data.len(), 18);
     }
 
     #[test]

@@ -245,15 +245,11 @@ impl Response {
         super::slip::encode(&self.encode())
     }
 
-    /// Parses an unframed packet. The length field must match what follows the header.
+    /// Parses an unframed packet. Like esptool, it takes the data to be everything after the
+    /// header and does not hold the length field against it (ROMs differ in what they count);
+    /// the SLIP frame delimits the packet.
     pub fn parse(packet: &[u8]) -> Result<Response, PacketError> {
-        let (op, len, value, data) = split(packet, DIR_RESPONSE)?;
-        if len != data.len() {
-            return Err(PacketError::LengthMismatch {
-                declared: len,
-                actual: data.len(),
-            });
-        }
+        let (op, _len, value, data) = split(packet, DIR_RESPONSE)?;
         Ok(Response {
             op,
             value,
@@ -632,6 +628,9 @@ mod tests {
                 actual: 1
             })
         );
+        // Responses: the frame decides, as in esptool.
+        let r = Response::parse(&[1, 0x0A, 9, 0, 1, 0, 0, 0, 0, 0]).expect("lenient");
+        assert_eq!(r.data, [0, 0]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The flasher against the simulated ROM, in memory, with virtual time; and property tests of
-//! the parsers.
+//! the parsers. No pty and no tokio here: the pair moves bytes and jumps time itself (the
+//! simulator's and the agent's tests cover the real line).
 
 use std::time::Duration;
 
