@@ -29,6 +29,7 @@
 //! ```text
 //! let mut c = Client::new(config, image, os_random_32_bytes)?;   // queues the magic
 //! let stream = connect(addr) within 20 s;                       // ESPHome: 20 s connect
+//! stream.set_nodelay(true);    // control fields are tiny: never wait for a delayed ACK
 //! loop {
 //!     while let Some(bytes) = c.poll_transmit() { stream.write_all(&bytes).await }
 //!     while let Some(ev) = c.poll_event() { report(ev) }        // Progress, LastChunkSent, ...
