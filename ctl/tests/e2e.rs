@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 
 use ota_firmware::Chip;
 use ota_firmware::builders::{EspAppBuilder, ZigbeeOtaBuilder};
@@ -619,11 +619,19 @@ fn bulb(local: &str, file_version: u32) -> pb::DeviceReport {
 }
 
 /// Plays a site agent: inventory first, then answers checks and runs updates.
-async fn fake_agent(
-    otad: &Otad,
-    site: &str,
-    devices: Vec<(pb::DeviceReport, Behaviour)>,
-) -> tokio::task::JoinHandle<()> {
+/// A running fake agent: its task, and the update commands it received.
+struct Agent {
+    task: tokio::task::JoinHandle<()>,
+    updates: Arc<Mutex<Vec<pb::UpdateCommand>>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn fake_agent(otad: &Otad, site: &str, devices: Vec<(pb::DeviceReport, Behaviour)>) -> Agent {
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
     tx.send(pb::AgentMessage {
         seq: 0,
@@ -671,7 +679,9 @@ async fn fake_agent(
             break;
         }
     }
-    tokio::spawn(async move {
+    let updates = Arc::new(Mutex::new(Vec::new()));
+    let seen = updates.clone();
+    let task = tokio::spawn(async move {
         let mut seq = 1;
         let mut send = |body: pb::agent_message::Body| {
             seq += 1;
@@ -702,6 +712,7 @@ async fn fake_agent(
                     }
                 }
                 Some(pb::server_message::Body::Update(u)) => {
+                    seen.lock().expect("updates").push(u.clone());
                     send(pb::agent_message::Body::CommandAck(pb::CommandAck {
                         command_id: m.command_id,
                         accepted: true,
@@ -748,9 +759,15 @@ async fn fake_agent(
                             status: pb::UpgradeStatus::Success as i32,
                             error: None,
                             from,
-                            to: Some(pb::VersionInfo {
-                                version: String::new(),
-                                file_version: u.firmware.as_ref().and_then(|f| f.file_version),
+                            // Like the transports: Zigbee reports a file version, ESP a
+                            // version string.
+                            to: u.firmware.as_ref().map(|f| pb::VersionInfo {
+                                version: if f.file_version.is_some() {
+                                    String::new()
+                                } else {
+                                    f.version.clone()
+                                },
+                                file_version: f.file_version,
                                 ..Default::default()
                             }),
                             ..Default::default()
@@ -761,7 +778,8 @@ async fn fake_agent(
                 _ => {}
             }
         }
-    })
+    });
+    Agent { task, updates }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -950,5 +968,222 @@ async fn devices_checks_and_updates_through_a_fake_site() {
         .ok()
         .json();
     assert_eq!(auto["enabled"], true);
-    agent.abort();
+    drop(agent);
+}
+
+/// Follows a task over gRPC until `done` says so; returns that state.
+async fn wait_for_task(otad: &Otad, task_id: &str, done: impl Fn(&pb::Task) -> bool) -> pb::Task {
+    let mut client = pb::device_service_client::DeviceServiceClient::new(otad.channel().await);
+    let mut stream = client
+        .watch_task(pb::WatchTaskRequest {
+            task_id: task_id.into(),
+            device_id: String::new(),
+        })
+        .await
+        .expect("watch task")
+        .into_inner();
+    while let Some(t) = stream.next().await {
+        let t = t.expect("task update");
+        if done(&t) {
+            return t;
+        }
+    }
+    panic!("task {task_id} ended without reaching the expected state");
+}
+
+fn weak(local: &str) -> pb::DeviceReport {
+    pb::DeviceReport {
+        signal: Some(pb::Signal {
+            kind: pb::SignalKind::Linkquality as i32,
+            value: 10,
+        }),
+        ..bulb(local, 0x0100_0001)
+    }
+}
+
+fn serial(local: &str) -> pb::DeviceReport {
+    pb::DeviceReport {
+        local_id: local.into(),
+        transport: pb::Transport::Serial as i32,
+        network: "serial".into(),
+        name: local.into(),
+        chip: "esp32c3".into(),
+        platform: "esp32".into(),
+        current: Some(pb::VersionInfo {
+            version: "2026.10.0".into(),
+            ..Default::default()
+        }),
+        power_source: pb::PowerSource::Mains as i32,
+        reachable: true,
+        supports_ota: false,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_signal_confirmation_cancel_and_serial_flash() {
+    let otad = Otad::start();
+    let zigbee = otad.write("bulb.ota", &zigbee_file(0x0100_0002));
+    let esp = otad.write("firmware.ota.bin", &esp_app());
+    let mut ids = Vec::new();
+    for (file, name, version) in [(&zigbee, "bulb", "1.0.2"), (&esp, "kitchen", "2026.11.1")] {
+        let up = otad
+            .ctl_async(&[
+                "firmware",
+                "upload",
+                file,
+                "--name",
+                name,
+                "--version",
+                version,
+                "-o",
+                "json",
+            ])
+            .await
+            .ok()
+            .json();
+        ids.push(up["firmware"]["id"].as_str().expect("id").to_string());
+    }
+    let (fw, fw_esp) = (ids[0].clone(), ids[1].clone());
+    let agent = fake_agent(
+        &otad,
+        "lab",
+        vec![
+            (weak("0x000b57fffe0000a1"), Behaviour::Good),
+            (weak("0x000b57fffe0000a2"), Behaviour::Good),
+            (serial("serial-ttyUSB0"), Behaviour::Good),
+        ],
+    )
+    .await;
+
+    // A weak signal holds the task until someone answers.
+    let queued = otad
+        .ctl_async(&[
+            "device",
+            "update",
+            "lab/0x000b57fffe0000a1",
+            "--firmware",
+            &fw,
+            "--no-wait",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let task_id = queued["task"]["id"].as_str().expect("task id").to_string();
+    wait_for_task(&otad, &task_id, |t| t.awaiting_confirmation).await;
+    let show = otad
+        .ctl_async(&["device", "show", "lab/0x000b57fffe0000a1"])
+        .await
+        .ok();
+    assert!(
+        show.stdout.contains("Awaiting confirmation  yes"),
+        "{show:#?}"
+    );
+    let busy = otad
+        .ctl_async(&[
+            "device",
+            "update",
+            "lab/0x000b57fffe0000a1",
+            "--firmware",
+            &fw,
+        ])
+        .await;
+    assert_eq!(busy.code, 2, "{busy:#?}");
+    assert!(busy.error_line().contains("already has task"), "{busy:#?}");
+    let go = otad
+        .ctl_async(&["device", "confirm", "lab/0x000b57fffe0000a1", "--continue"])
+        .await
+        .ok();
+    assert!(
+        go.stdout
+            .starts_with("The update of lab/0x000b57fffe0000a1 continues despite the weak signal."),
+        "{go:#?}"
+    );
+    let done = wait_for_task(&otad, &task_id, |t| {
+        t.status == pb::UpgradeStatus::Success as i32
+            || t.status == pb::UpgradeStatus::Failure as i32
+    })
+    .await;
+    assert_eq!(done.status, pb::UpgradeStatus::Success as i32, "{done:?}");
+
+    // Another weak device: cancel instead.
+    let queued = otad
+        .ctl_async(&[
+            "device",
+            "update",
+            "lab/0x000b57fffe0000a2",
+            "--firmware",
+            &fw,
+            "--no-wait",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let task_id = queued["task"]["id"].as_str().expect("task id").to_string();
+    wait_for_task(&otad, &task_id, |t| t.awaiting_confirmation).await;
+    let cancelled = otad
+        .ctl_async(&["device", "cancel", "lab/0x000b57fffe0000a2", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(cancelled["id"], task_id.as_str());
+    let nothing = otad
+        .ctl_async(&["device", "confirm", "lab/0x000b57fffe0000a2", "--cancel"])
+        .await;
+    assert_eq!(nothing.code, 2, "{nothing:#?}");
+    assert_eq!(
+        nothing.error_line(),
+        "device lab/0x000b57fffe0000a2 has no task waiting for a weak-signal confirmation (5005)"
+    );
+
+    // Serial flashing at an explicit offset, followed to the end.
+    let flash = otad
+        .ctl_async(&[
+            "device",
+            "flash",
+            "lab/serial-ttyUSB0",
+            "--firmware",
+            &fw_esp,
+            "--offset",
+            "0x10000",
+        ])
+        .await
+        .ok();
+    assert!(
+        flash
+            .stdout
+            .starts_with("Device lab/serial-ttyUSB0 was updated from 2026.10.0 to 2026.11.1"),
+        "{flash:#?}"
+    );
+    let offsets: Vec<Option<u32>> = agent
+        .updates
+        .lock()
+        .expect("updates")
+        .iter()
+        .filter(|u| u.device_local_id == "serial-ttyUSB0")
+        .map(|u| u.flash_offset)
+        .collect();
+    assert_eq!(offsets, [Some(0x10000)]);
+    // Flash offsets are for serial devices only: the server's reason, exit 2.
+    let wrong = otad
+        .ctl_async(&[
+            "device",
+            "flash",
+            "lab/0x000b57fffe0000a2",
+            "--firmware",
+            &fw,
+            "--offset",
+            "0",
+        ])
+        .await;
+    assert_eq!(wrong.code, 2, "{wrong:#?}");
+    assert_eq!(
+        wrong.error_line(),
+        "flash_offset is only for serial devices"
+    );
+    drop(agent);
 }
