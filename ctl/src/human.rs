@@ -32,6 +32,16 @@ fn actor(a: Option<&ActorView>) -> String {
     })
 }
 
+/// "2026-11-24T07:30:00Z by alice (admin)", leaving out what is unknown.
+fn when_by(ms: i64, who: Option<&ActorView>) -> String {
+    let who = actor(who);
+    if who.is_empty() {
+        fmt_time(ms)
+    } else {
+        format!("{} by {who}", fmt_time(ms))
+    }
+}
+
 fn en(e: &EnumView) -> String {
     numbered(e.code, &e.name)
 }
@@ -171,14 +181,7 @@ pub fn firmware(f: &FirmwareView) -> String {
         ("SHA-512", f.sha512.clone()),
         ("Labels", labels.join(", ")),
         ("Release notes", f.release_notes.clone()),
-        (
-            "Created",
-            format!(
-                "{} by {}",
-                fmt_time(f.created_at_ms),
-                actor(f.created_by.as_ref())
-            ),
-        ),
+        ("Created", when_by(f.created_at_ms, f.created_by.as_ref())),
     ]);
     if let Some(z) = &f.zigbee {
         let opt = |v: Option<u32>| v.map_or_else(String::new, |n| n.to_string());
@@ -679,14 +682,7 @@ pub fn rollout(r: &RolloutView) -> String {
             "Totals",
             format!("{} devices: {}", r.totals.total, counts_line(&r.totals)),
         ),
-        (
-            "Created",
-            format!(
-                "{} by {}",
-                fmt_time(r.created_at_ms),
-                actor(r.created_by.as_ref())
-            ),
-        ),
+        ("Created", when_by(r.created_at_ms, r.created_by.as_ref())),
         ("Started", fmt_time(r.started_at_ms)),
         ("Finished", fmt_time(r.finished_at_ms)),
     ]);
