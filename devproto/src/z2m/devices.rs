@@ -89,6 +89,9 @@ pub struct BridgeDevice {
     pub manufacturer_code: Option<u16>,
     /// `definition`, for supported devices.
     pub definition: Option<Definition>,
+    /// Whether an endpoint lists `genOta` among its output clusters; `None` when the entry has
+    /// no `endpoints`.
+    pub ota_cluster: Option<bool>,
     /// `supported`.
     pub supported: bool,
     /// `disabled`.
@@ -122,9 +125,15 @@ impl BridgeDevice {
         self.device_type == DeviceType::EndDevice && self.is_battery()
     }
 
-    /// zigbee2mqtt can update it (`definition.supports_ota`).
+    /// zigbee2mqtt can update it from its own index (`definition.supports_ota`).
     pub fn supports_ota(&self) -> bool {
         self.definition.as_ref().is_some_and(|d| d.supports_ota)
+    }
+
+    /// zigbee2mqtt ≥ 2.8 can update it with a given image: its definition supports OTA, or
+    /// it has an OTA client cluster (or its endpoints are not known).
+    pub fn can_take_image(&self) -> bool {
+        self.supports_ota() || self.ota_cluster != Some(false)
     }
 
     fn from_value(v: &Value) -> Option<Self> {
@@ -153,6 +162,13 @@ impl BridgeDevice {
                     .unwrap_or(false),
             }
         });
+        let ota_cluster = o.get("endpoints").and_then(Value::as_object).map(|eps| {
+            eps.values().any(|ep| {
+                ep.pointer("/clusters/output")
+                    .and_then(Value::as_array)
+                    .is_some_and(|out| out.iter().any(|c| c.as_str() == Some("genOta")))
+            })
+        });
         let u16_of = |k: &str| {
             o.get(k)
                 .and_then(Value::as_u64)
@@ -174,6 +190,7 @@ impl BridgeDevice {
             date_code: s("date_code"),
             manufacturer_code: u16_of("manufacturer_code"),
             definition,
+            ota_cluster,
             supported: o.get("supported").and_then(Value::as_bool).unwrap_or(false),
             disabled: o.get("disabled").and_then(Value::as_bool).unwrap_or(false),
             interview_completed: o
@@ -196,6 +213,13 @@ impl BridgeDevice {
             }),
         );
         m.insert("disabled".into(), Value::Bool(self.disabled));
+        if let Some(ota) = self.ota_cluster {
+            let output: Vec<&str> = if ota { vec!["genOta"] } else { vec![] };
+            m.insert(
+                "endpoints".into(),
+                json!({"1": {"bindings": [], "clusters": {"input": ["genBasic"], "output": output}}}),
+            );
+        }
         m.insert(
             "friendly_name".into(),
             Value::from(self.friendly_name.as_str()),
@@ -302,6 +326,7 @@ mod tests {
           {"ieee_address":"0x000b57fffec6a5b2","type":"Router","network_address":40369,"friendly_name":"bulb","power_source":"Mains (single phase)","model_id":"TRADFRI bulb E27 CWS opal 600lm","manufacturer":"IKEA of Sweden","software_build_id":"2.3.093","date_code":"20200101","supported":true,"disabled":false,"interview_completed":true,
            "definition":{"model":"LED1624G9","vendor":"IKEA","description":"TRADFRI bulb","supports_ota":true,"exposes":[]}},
           {"ieee_address":"0x00158d0001a2b3c4","type":"EndDevice","friendly_name":"living/remote","power_source":"Battery","software_build_id":12,"manufacturer_code":4447,
+           "endpoints":{"1":{"clusters":{"input":["genBasic"],"output":["genOnOff"]}}},
            "definition":{"model":"WXKG01LM","vendor":"Aqara","description":"switch","supports_ota":false}},
           {"type":"Router"}
         ]"#;
@@ -313,6 +338,10 @@ mod tests {
         assert_eq!(d[1].definition.as_ref().unwrap().vendor, "IKEA");
         assert_eq!(d[2].friendly_name, "living/remote");
         assert!(d[2].is_sleepy() && !d[2].supports_ota());
+        assert_eq!(d[2].ota_cluster, Some(false));
+        assert!(!d[2].can_take_image());
+        assert_eq!(d[1].ota_cluster, None);
+        assert!(d[1].can_take_image());
         assert_eq!(d[2].manufacturer_code, Some(4447));
         assert_eq!(d[2].software_build_id.as_deref(), Some("12"));
         let again = parse_bridge_devices(bridge_devices_payload(&d).as_bytes()).unwrap();
