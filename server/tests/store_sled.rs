@@ -188,7 +188,10 @@ fn events_survive_close_and_reopen() {
 fn second_open_of_the_same_store_fails_with_io() {
     let dir = tempfile::tempdir().unwrap();
     let first = open(dir.path()).unwrap();
-    assert!(matches!(open(dir.path()), Err(StoreError::Io(_))));
+    let no_wait = |o: &mut SledOptions| o.lock_wait = Duration::ZERO;
+    let err = open_with(dir.path(), no_wait).unwrap_err();
+    assert!(matches!(err, StoreError::Io(_)), "{err}");
+    assert!(err.to_string().contains("could not acquire lock"), "{err}");
     drop(first);
     open(dir.path()).unwrap();
 }
@@ -273,23 +276,51 @@ fn damage_before_the_tail_window_is_found_by_reads_or_full_validation() {
 }
 
 #[test]
-fn missing_middle_record_fails_open_naming_the_gap() {
+fn missing_middle_record_is_found_by_the_key_scan_or_by_reads() {
     let (_dir, path, _) = populated(40);
     Raw::open(&path)
         .tree("log")
         .remove(20u64.to_be_bytes())
         .unwrap();
+    // Inside the tail window, or with the key scan: open fails naming the gap.
     let (seq, reason) = expect_corrupt(open(&path));
     assert_eq!(seq, 20);
     assert_eq!(reason, Corruption::Missing { next_present: 21 });
-    // Also when the gap is the first record.
+    let keys = |o: &mut SledOptions| o.validation = OpenValidation::TailAndKeys { events: 10 };
+    assert_eq!(
+        expect_corrupt(open_with(&path, keys)),
+        (20, Corruption::Missing { next_present: 21 })
+    );
+    // Before the tail window, without the key scan: open succeeds (the documented
+    // trade-off) and the first read across the gap fails naming it.
+    let tail = |o: &mut SledOptions| o.validation = OpenValidation::Tail { events: 10 };
+    rt().block_on(async {
+        let store = open_with(&path, tail).unwrap();
+        assert_eq!(store.last_seq(), 42);
+        match store.read_from(1, usize::MAX) {
+            Err(StoreError::Corrupt {
+                seq: 20,
+                reason: Corruption::Missing { next_present: 21 },
+            }) => {}
+            other => panic!("expected the gap at 20, got {other:?}"),
+        }
+        let mut replay = store.subscribe(0);
+        for seq in 1..=19 {
+            assert_eq!(replay.next().await.unwrap().unwrap().seq, seq);
+        }
+        assert!(matches!(
+            replay.next().await,
+            Some(Err(StoreError::Corrupt { seq: 20, .. }))
+        ));
+    });
+    // A missing first record is found by every mode.
     let (_dir, path, _) = populated(5);
     Raw::open(&path)
         .tree("log")
         .remove(1u64.to_be_bytes())
         .unwrap();
     assert_eq!(
-        expect_corrupt(open(&path)),
+        expect_corrupt(open_with(&path, tail)),
         (1, Corruption::Missing { next_present: 2 })
     );
 }

@@ -101,38 +101,28 @@ pub(crate) fn parse_head_value(value: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
-/// Encodes all events of `batch` as one log record into `out` (cleared first).
-/// `versions[i]` is the version of `batch[i]` before the append. `first_seq` is covered
-/// by the checksum. Callers validated the batch (lengths fit their fields).
-pub(crate) fn encode_record(
-    first_seq: u64,
-    batch: &[StreamAppend],
-    versions: &[u64],
-    out: &mut Vec<u8>,
-) {
+/// Encoded size of the events of one stream append.
+pub(crate) fn encoded_len(sa: &StreamAppend) -> usize {
+    sa.events
+        .iter()
+        .map(|ev| {
+            EVENT_FIXED + sa.stream.len() + ev.event_type.len() + ev.actor.len() + ev.payload.len()
+        })
+        .sum()
+}
+
+/// Encodes the events of `parts` as one log record into `out` (cleared first). Each
+/// part is a stream append and the stream's version before it. `first_seq` is covered
+/// by the checksum. Callers validated the appends (lengths fit their fields).
+pub(crate) fn encode_record(first_seq: u64, parts: &[(&StreamAppend, u64)], out: &mut Vec<u8>) {
     out.clear();
-    let count: usize = batch.iter().map(|sa| sa.events.len()).sum();
-    let size: usize = RECORD_HEADER
-        + batch
-            .iter()
-            .map(|sa| {
-                sa.events
-                    .iter()
-                    .map(|ev| {
-                        EVENT_FIXED
-                            + sa.stream.len()
-                            + ev.event_type.len()
-                            + ev.actor.len()
-                            + ev.payload.len()
-                    })
-                    .sum::<usize>()
-            })
-            .sum::<usize>();
+    let count: usize = parts.iter().map(|(sa, _)| sa.events.len()).sum();
+    let size: usize = RECORD_HEADER + parts.iter().map(|(sa, _)| encoded_len(sa)).sum::<usize>();
     out.reserve(size);
     out.extend_from_slice(&[0; 4]);
     out.push(RECORD_FORMAT);
     out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_be_bytes());
-    for (sa, &before) in batch.iter().zip(versions) {
+    for (sa, before) in parts {
         for (i, ev) in sa.events.iter().enumerate() {
             encode_event(out, &sa.stream, before + 1 + i as u64, ev);
         }
@@ -345,6 +335,11 @@ mod tests {
     use super::super::ExpectedVersion;
     use super::*;
 
+    fn encode(first_seq: u64, batch: &[StreamAppend], before: &[u64], out: &mut Vec<u8>) {
+        let parts: Vec<(&StreamAppend, u64)> = batch.iter().zip(before.iter().copied()).collect();
+        encode_record(first_seq, &parts, out);
+    }
+
     fn batch() -> Vec<StreamAppend> {
         vec![
             StreamAppend::new(
@@ -375,7 +370,7 @@ mod tests {
     #[test]
     fn golden_record_bytes() {
         let mut out = Vec::new();
-        encode_record(7, &batch(), &[3, 0], &mut out);
+        encode(7, &batch(), &[3, 0], &mut out);
         #[rustfmt::skip]
         let body: Vec<u8> = vec![
             1,                                  // record format
@@ -405,7 +400,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut out = Vec::new();
-        encode_record(7, &batch(), &[3, 0], &mut out);
+        encode(7, &batch(), &[3, 0], &mut out);
         assert_eq!(peek_count(&out), Some(2));
         let reader = open_record(7, &out).unwrap();
         assert_eq!(reader.event_count(), 2);
@@ -425,7 +420,7 @@ mod tests {
     #[test]
     fn checksum_covers_key_and_every_byte() {
         let mut out = Vec::new();
-        encode_record(7, &batch(), &[3, 0], &mut out);
+        encode(7, &batch(), &[3, 0], &mut out);
         assert!(matches!(
             open_record(8, &out),
             Err(Corruption::ChecksumMismatch { .. })
@@ -446,7 +441,7 @@ mod tests {
     #[test]
     fn malformed_records_are_errors_not_panics() {
         let mut out = Vec::new();
-        encode_record(1, &batch(), &[0, 0], &mut out);
+        encode(1, &batch(), &[0, 0], &mut out);
         for len in 0..out.len() {
             // Re-checksum the truncated record so the decoder itself is exercised.
             let mut cut = out[..len].to_vec();

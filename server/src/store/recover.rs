@@ -25,8 +25,8 @@ use super::{Corruption, StoreError};
 pub(crate) struct Recovered {
     /// Last seq in the log (0 if empty).
     pub(crate) last_seq: u64,
-    /// Number of log records (appends).
-    pub(crate) records: u64,
+    /// Number of log records read by the scan.
+    pub(crate) scanned_records: u64,
     /// Events whose checksum, encoding and index entry were verified.
     pub(crate) fully_checked_events: u64,
 }
@@ -77,7 +77,7 @@ struct Indexed {
 #[derive(Default)]
 struct Scan {
     last_seq: u64,
-    records: u64,
+    scanned_records: u64,
     fully_checked_events: u64,
     fixes: Vec<Fix>,
 }
@@ -87,8 +87,12 @@ pub(crate) fn recover(trees: &Trees, options: &SledOptions) -> Result<Recovered,
     check_format(trees)?;
     let full_from = full_check_from(trees, options)?;
     let full = options.validation == OpenValidation::Full;
+    let key_scan = matches!(
+        options.validation,
+        OpenValidation::TailAndKeys { .. } | OpenValidation::Full
+    );
     let acked = read_acked(trees)?;
-    let scanned = match scan(trees, full_from, full, acked) {
+    let scanned = match scan(trees, full_from, key_scan, full, acked) {
         Ok(scan) => Ok(scan),
         Err(Stop::Damaged(problem)) => Err(problem),
         Err(Stop::Store(err)) => return Err(err),
@@ -150,7 +154,7 @@ pub(crate) fn recover(trees: &Trees, options: &SledOptions) -> Result<Recovered,
     }
     Ok(Recovered {
         last_seq: scan.last_seq,
-        records: scan.records,
+        scanned_records: scan.scanned_records,
         fully_checked_events: scan.fully_checked_events,
     })
 }
@@ -214,7 +218,9 @@ fn full_check_from(trees: &Trees, options: &SledOptions) -> Result<u64, StoreErr
     };
     let from = match options.validation {
         OpenValidation::Full => 1,
-        OpenValidation::Tail { events } => (last_seq.saturating_sub(events) + 1).min(last_first),
+        OpenValidation::Tail { events } | OpenValidation::TailAndKeys { events } => {
+            (last_seq.saturating_sub(events) + 1).min(last_first)
+        }
     };
     Ok(match options.truncate_corrupt_tail_after {
         Some(keep) => from.min(keep.saturating_add(1)),
@@ -222,19 +228,46 @@ fn full_check_from(trees: &Trees, options: &SledOptions) -> Result<u64, StoreErr
     })
 }
 
-/// Scans the log; see the module docs. `full` adds the checks of `OpenValidation::Full`
-/// that are not per record (orphan heads and index entries). `acked` is the recorded
-/// acknowledged high-water mark.
-fn scan(trees: &Trees, full_from: u64, full: bool, acked: u64) -> Result<Scan, Stop> {
+/// Scans the log; see the module docs. Records from the one holding `full_from` on are
+/// checked fully; `key_scan` starts the scan at seq 1 instead of there, to find gaps
+/// anywhere. `full` adds the checks of `OpenValidation::Full` that are not per record
+/// (orphan heads and index entries). `acked` is the acknowledged high-water mark.
+fn scan(
+    trees: &Trees,
+    full_from: u64,
+    key_scan: bool,
+    full: bool,
+    acked: u64,
+) -> Result<Scan, Stop> {
     let mut scan = Scan::default();
-    let mut expected = 1u64;
+    // The log must start at seq 1, whatever the scan covers.
+    if let Some((key, _)) = trees.log.first()? {
+        let first = seq_of_log_key(&key).unwrap_or(0);
+        if first != 1 {
+            return Err(damaged(
+                1,
+                Corruption::Missing {
+                    next_present: first,
+                },
+            ));
+        }
+    }
+    let start = if key_scan {
+        1
+    } else {
+        match trees.log.range(..=log_key(full_from)).next_back() {
+            Some(item) => seq_of_log_key(&item?.0).unwrap_or(1),
+            None => 1,
+        }
+    };
+    let mut expected = start;
     let mut previous: Option<(u64, IVec)> = None;
     // Events of the last fully checked record; its index check waits until we know
     // whether it is the last record of the log (then missing entries are completed).
     let mut pending: Option<Vec<Indexed>> = None;
     // Per stream, its last (version, seq) among the fully checked records.
     let mut heads_seen: HashMap<String, (u64, u64)> = HashMap::new();
-    for item in trees.log.iter() {
+    for item in trees.log.range(log_key(start)..) {
         let (key, value) = item?;
         let Some(first) = seq_of_log_key(&key) else {
             return Err(damaged(
@@ -289,7 +322,7 @@ fn scan(trees: &Trees, full_from: u64, full: bool, acked: u64) -> Result<Scan, S
             pending = Some(events);
         }
         expected = end + 1;
-        scan.records += 1;
+        scan.scanned_records += 1;
         previous = Some((first, value));
     }
     scan.last_seq = expected - 1;
@@ -305,7 +338,7 @@ fn scan(trees: &Trees, full_from: u64, full: bool, acked: u64) -> Result<Scan, S
         ));
     }
 
-    if scan.records == 0 {
+    if scan.scanned_records == 0 {
         if !trees.index.is_empty() || !trees.heads.is_empty() {
             return Err(damaged(
                 1,

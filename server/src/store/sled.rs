@@ -5,81 +5,88 @@
 //!
 //! # On-disk format (version 1) — a compatibility commitment
 //!
-//! One sled database (the directory given to [`SledEventStore::open`]) with four trees.
-//! All integers are big-endian (keys sort numerically).
+//! One sled database (the directory given to [`SledEventStore::open`], created with
+//! sled's default storage parameters) with four trees. All integers are big-endian, so
+//! keys sort numerically.
 //!
-//! | tree           | key                                          | value                        |
-//! |----------------|----------------------------------------------|------------------------------|
-//! | `log`          | `first_seq: u64` (8 bytes)                   | log record, see below        |
-//! | `stream_index` | `len: u16`, stream name (UTF-8), `version: u64` | `seq: u64`, `pos: u32`    |
-//! | `stream_heads` | stream name (UTF-8)                          | `version: u64`, `seq: u64`   |
-//! | `meta`         | `format_version`                             | `u32`, currently 1           |
-//! | `meta`         | `acked_seq`                                  | `u64`                        |
+//! | tree           | key                                             | value                      |
+//! |----------------|-------------------------------------------------|----------------------------|
+//! | `log`          | `first_seq: u64`                                | log record, see below      |
+//! | `stream_index` | `len: u16`, stream name (UTF-8), `version: u64` | `seq: u64`, `pos: u32`     |
+//! | `stream_heads` | stream name (UTF-8)                             | `version: u64`, `seq: u64` |
+//! | `meta`         | `format_version` (ASCII)                        | `u32`, currently 1         |
+//! | `meta`         | `acked_seq` (ASCII)                             | `u64`                      |
 //!
-//! * **`log`** is the truth. One record per append: the record holds all events of the
-//!   append, which got the consecutive seqs `first_seq ..= first_seq + count - 1`; the
-//!   next record's key is `first_seq + count`. Keys are therefore contiguous from 1
-//!   when read as ranges, and a gap is detectable from the keys alone.
+//! * **`log`** is the truth. A record holds the events of one or more whole appends
+//!   (a commit group, see below), which have the consecutive seqs
+//!   `first_seq ..= first_seq + count - 1`; the next record's key is `first_seq + count`.
+//!   So a gap is detectable from keys and counts alone.
 //! * **Log record**: `crc32: u32`, `record_format: u8` (= 1), `count: u32` (>= 1), then
-//!   `count` events, each `stream_len: u16`, stream, `stream_version: u64`,
+//!   `count` events in seq order, each: `stream_len: u16`, stream, `stream_version: u64`,
 //!   `schema_version: u16`, `recorded_at_ms: i64`, `type_len: u16`, event type,
-//!   `actor_len: u16`, actor, `payload_len: u32`, payload. Nothing may follow the last
-//!   event. The crc32 (IEEE, as computed by `crc32fast`) covers the 8-byte key followed
-//!   by every record byte after the crc field, so a record copied under another key is
-//!   detected as well as flipped bits.
+//!   `actor_len: u16`, actor, `payload_len: u32`, payload. Nothing follows the last
+//!   event. The crc32 (IEEE, as `crc32fast` computes it) covers the 8-byte key followed
+//!   by every record byte after the crc field, so flipped bits and a record stored under
+//!   the wrong key are both detected.
 //! * **`stream_index`** maps (stream, version) to the event's seq and its position in
-//!   its record (`seq - pos` is the record key). The length prefix makes a stream's
-//!   keys a prefix range no other stream shares. Derived from the log.
+//!   its record (`seq - pos` is the record's key). The length prefix makes a stream's
+//!   keys a prefix range that no other stream shares. Derived from the log.
 //! * **`stream_heads`** holds each stream's current version and the seq of its last
-//!   event: the optimistic-concurrency check reads it. Derived from the log.
+//!   event; the optimistic-concurrency check reads it. Derived from the log.
 //! * **`acked_seq`** is a high-water mark of seqs acknowledged as durable, written after
-//!   each group-commit flush (so it lags by one flush). A log ending below it has lost
-//!   acknowledged events, which is reported as a truncated tail.
+//!   each group-commit flush (so it lags by one flush). A log that ends below it has lost
+//!   acknowledged events: a truncated tail.
 //!
-//! # Why one record per append instead of a sled batch or transaction
+//! # Writes: one record per commit group, no sled batches
 //!
 //! sled 0.34's `apply_batch` and transactions switch on a process-wide reader/writer
 //! lock that `flush` holds for the whole fsync, so a batch waits for every flush in
-//! progress; a batch also forces a write of the current I/O buffer. That defeats group
-//! commit. Instead each append is a single key insert into `log` (atomic in sled),
-//! followed, under the same writer lock, by its `stream_index` and `stream_heads`
-//! inserts. sled recovers a prefix of its write order, so after a crash only the *last*
-//! record's index entries and heads can be missing or stale. Open completes exactly
-//! those (logged at `warn`); any other disagreement is corruption.
+//! progress, and each batch also forces out the current I/O buffer. That defeats group
+//! commit. Instead atomicity comes from single-key inserts: appends go to one writer
+//! thread, which takes everything queued (up to ~8 KiB of events per record), checks
+//! each append's expected versions (against the heads and the appends before it in the
+//! group; a failed check rejects only that append), and writes the accepted appends as
+//! **one** `log` insert, atomic in sled. Then it inserts their `stream_index` entries and
+//! `stream_heads`. sled recovers a prefix of its write order, so after a crash only the
+//! *last* record's index entries and heads can be missing or stale; open completes
+//! exactly those (logged at `warn`). Any other disagreement is corruption.
 //!
 //! # Group commit
 //!
-//! Appends are serialised by a mutex (conflict check, seq assignment, the inserts: a few
-//! microseconds) and then wait, outside the mutex, on a `watch` channel carrying the
-//! durable high-water mark. One flusher thread loops: it takes the highest written seq,
-//! calls sled `flush` (write + fsync) once for everything written so far, publishes the
-//! new mark, and wakes every appender whose seq it covers. While one flush runs, the next
-//! group of appends accumulates. Readers and subscriptions never look past the mark.
-//! After a failed insert or flush the store is fail-stop: see [`StoreError::Io`].
+//! A separate flusher thread loops: it takes the highest written seq, calls sled
+//! `flush` (write + fsync) once for everything written so far, publishes the new durable
+//! mark and answers exactly the appenders it covers (a queue ordered by seq). While one
+//! flush runs, the writer fills the next records. Readers and subscriptions never look
+//! past the durable mark. After a failed insert or flush the store is fail-stop: see
+//! [`StoreError::Io`].
 //!
 //! # Open and recovery
 //!
-//! Open checks, cheapest first: the format version; that log keys are contiguous from
-//! 1 (a key scan over every record, reading only each record's 4-byte event count);
-//! checksums, decoding and the index entry of every event in the *tail* (the last
-//! [`OpenValidation::Tail`] events, 10,000 by default) and the heads of the streams
-//! written there; and that the log reaches `acked_seq`. The rest of the log has its
-//! checksums verified lazily by every read (replay reads all of it on server start), so
-//! damage in the middle surfaces as a typed `Corrupt` error at the first read of it.
-//! [`OpenValidation::Full`] checks everything at open instead (O(events) reads).
+//! Open checks the format version, that the log starts at seq 1, and, fully, the *tail*
+//! (the last [`OpenValidation::Tail`] events, 10,000 by default: checksums, decoding,
+//! contiguity, every index entry, the heads of the streams written there), and that the
+//! log reaches `acked_seq`. That keeps open time independent of the log's length. The
+//! rest of the log is verified as it is read: every read checks checksums and contiguity,
+//! and the server reads all of it at start (replay), so damage in the middle fails the
+//! start with the same typed [`StoreError::Corrupt`] at replay instead of at open.
+//! [`OpenValidation::TailAndKeys`] adds a scan of every log key for gaps (reads the
+//! whole log from disk, about a second per million records), [`OpenValidation::Full`]
+//! checks everything, including orphan index entries and heads.
 //!
-//! A problem is never repaired silently: open fails with [`StoreError::Corrupt`] naming
-//! the seq. An operator who accepts losing everything after seq `n` reopens with
+//! A problem is never repaired silently: open fails with `Corrupt` naming the seq. An
+//! operator who accepts losing everything after seq `n` reopens with
 //! [`SledOptions::truncate_corrupt_tail_after`] = `Some(n)`; see there.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
 use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
 
 use ::sled::{Db, IVec, Tree};
 use futures::future::BoxFuture;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn};
 
@@ -102,19 +109,31 @@ pub(crate) const META_TREE: &str = "meta";
 pub(crate) const FORMAT_KEY: &[u8] = b"format_version";
 pub(crate) const ACKED_KEY: &[u8] = b"acked_seq";
 
+/// Appends are grouped into one record until it would exceed this many bytes of
+/// events (a larger single append gets a record of its own). It keeps sled's pages,
+/// which split at 16 entries, below its blob threshold (128 KiB with 512 KiB segments).
+const GROUP_RECORD_BYTES: usize = 8 * 1024;
+/// Appends queued for the writer thread before `append` waits.
+const QUEUE_DEPTH: usize = 4096;
+
 /// How much of the log [`SledEventStore::open`] verifies before returning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenValidation {
-    /// Key contiguity of the whole log, plus checksums, decoding, index entries and
-    /// stream heads of the last `events` events. Open time grows with the log only
-    /// through the key scan; the rest is verified lazily by reads.
+    /// Checksums, decoding, contiguity, index entries and stream heads of the last
+    /// `events` events, plus the start of the log and the acknowledged mark. Open time
+    /// does not grow with the log; the rest is verified by reads.
     Tail {
         /// Number of most recent events to verify fully.
         events: u64,
     },
-    /// Everything: every record, every index entry and every head. O(events) point
-    /// reads and memory proportional to the number of streams: for audits, not for
-    /// every start.
+    /// `Tail`, plus a scan of every log key for gaps. Reads the whole log from disk.
+    TailAndKeys {
+        /// Number of most recent events to verify fully.
+        events: u64,
+    },
+    /// Everything: every record, every index entry and every head, and no orphans.
+    /// O(events) point reads and memory proportional to the number of streams: for
+    /// audits, not for every start.
     Full,
 }
 
@@ -135,16 +154,21 @@ pub struct SledOptions {
     /// and all of them lie after `n`, it deletes every record after `n` together with
     /// their index entries, resets the affected stream heads, logs each step at `warn`,
     /// and opens. If a problem lies at or before `n` open still fails; if nothing is
-    /// wrong nothing is deleted. `n` must end an append (a record boundary) and is
-    /// usually the seq named by the `Corrupt` error minus one. Truncation scans the
-    /// whole index and all heads once. Meant to be exposed as a server flag, used once,
-    /// then removed.
+    /// wrong nothing is deleted. `n` must end a record (the error says which values are
+    /// allowed otherwise) and is usually the seq named by the `Corrupt` error minus one.
+    /// Truncation scans the whole index and all heads once. Meant to be exposed as a
+    /// server flag, used once, then removed.
     pub truncate_corrupt_tail_after: Option<u64>,
     /// sled page cache size in bytes.
     pub cache_capacity_bytes: u64,
     /// Interval of sled's own background flush and segment cleaning. Appends do not
     /// rely on it (they flush through group commit); it reclaims space.
     pub sled_flush_every_ms: Option<u64>,
+    /// How long open waits for the database's file lock. sled finishes some writes on
+    /// its own background threads, so a store dropped in this process may hold the lock
+    /// for a moment after the drop; a lock held by another process fails open after
+    /// this wait.
+    pub lock_wait: Duration,
 }
 
 impl Default for SledOptions {
@@ -154,6 +178,7 @@ impl Default for SledOptions {
             truncate_corrupt_tail_after: None,
             cache_capacity_bytes: 256 * 1024 * 1024,
             sled_flush_every_ms: Some(1000),
+            lock_wait: Duration::from_secs(2),
         }
     }
 }
@@ -185,33 +210,68 @@ pub(crate) fn corrupt(seq: u64, reason: Corruption) -> StoreError {
 
 /// The event store on sled. See the module documentation for format and guarantees.
 ///
-/// Dropping it stops the flusher after a final flush (blocking for at most one fsync)
-/// and closes the database; [`SledEventStore::close`] does the same off the async
-/// runtime's threads and reports errors. Subscriptions then end with
+/// Dropping it stops the writer and the flusher after a final flush (blocking for at
+/// most one fsync) and closes the database; [`SledEventStore::close`] does the same off
+/// the async runtime's threads and reports errors. Subscriptions then end with
 /// [`StoreError::Closed`].
 pub struct SledEventStore {
     shared: Arc<Shared>,
+    /// Dropping it stops the writer thread.
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
-    flusher_thread: Thread,
 }
 
 struct Shared {
     trees: Trees,
-    writer: Mutex<Writer>,
     /// Highest seq inserted into sled (durable or not).
     written: AtomicU64,
+    /// The durable mark, for subscriptions and readers. Updated under `waiters`.
     durable: watch::Sender<DurableMark>,
+    /// Appends (and flushes) waiting for durability, in seq order.
+    waiters: std::sync::Mutex<VecDeque<Waiter>>,
     stop: AtomicBool,
     append_latency: LatencyHistogram,
     flush_latency: LatencyHistogram,
 }
 
-struct Writer {
-    next_seq: u64,
-    /// Reused encoding buffers.
-    record: Vec<u8>,
-    key: Vec<u8>,
-    failed: Option<StoreError>,
+/// Work for the writer thread.
+enum Request {
+    Append {
+        batch: Vec<StreamAppend>,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    },
+    Flush {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Someone waiting until `seq` is durable.
+struct Waiter {
+    seq: u64,
+    reply: Reply,
+}
+
+enum Reply {
+    Append {
+        outcome: AppendOutcome,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    },
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Reply {
+    /// Answers; a caller that stopped waiting (dropped its future) is no error.
+    fn send(self, result: Result<(), StoreError>) {
+        match self {
+            Reply::Append { outcome, reply } => {
+                let _ = reply.send(result.map(|()| outcome));
+            }
+            Reply::Flush(reply) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SledEventStore {
@@ -232,12 +292,8 @@ impl SledEventStore {
         let span = info_span!("event_store_open", path = %path.display());
         let _enter = span.enter();
         let started = Instant::now();
-        let db = ::sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms(options.sled_flush_every_ms)
-            .open()
-            .map_err(sled_error)?;
+        let db = open_db(path, &options)?;
+        let sled_open = started.elapsed();
         let trees = Trees {
             log: db.open_tree(LOG_TREE).map_err(sled_error)?,
             index: db.open_tree(INDEX_TREE).map_err(sled_error)?,
@@ -253,14 +309,9 @@ impl SledEventStore {
         });
         let shared = Arc::new(Shared {
             trees,
-            writer: Mutex::new(Writer {
-                next_seq: last_seq + 1,
-                record: Vec::new(),
-                key: Vec::new(),
-                failed: None,
-            }),
             written: AtomicU64::new(last_seq),
             durable,
+            waiters: std::sync::Mutex::new(VecDeque::new()),
             stop: AtomicBool::new(false),
             append_latency: LatencyHistogram::default(),
             flush_latency: LatencyHistogram::default(),
@@ -271,22 +322,40 @@ impl SledEventStore {
                 let shared = Arc::clone(&shared);
                 move || run_flusher(shared)
             })?;
-        let flusher_thread = flusher.thread().clone();
+        let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
+        let writer = std::thread::Builder::new()
+            .name("event-store-write".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                let flusher = flusher.thread().clone();
+                move || run_writer(shared, queue, flusher)
+            });
+        let writer = match writer {
+            Ok(writer) => writer,
+            Err(err) => {
+                shared.stop.store(true, Ordering::Release);
+                flusher.thread().unpark();
+                let _ = flusher.join();
+                return Err(err.into());
+            }
+        };
         info!(
             last_seq,
-            records = recovered.records,
+            scanned_records = recovered.scanned_records,
             fully_checked_events = recovered.fully_checked_events,
+            sled_open_ms = sled_open.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "event store open"
         );
         Ok(SledEventStore {
             shared,
+            requests: Some(requests),
+            writer: Some(writer),
             flusher: Some(flusher),
-            flusher_thread,
         })
     }
 
-    /// Flushes, stops the flusher and closes the database, off the runtime's threads.
+    /// Flushes, stops the threads and closes the database, off the runtime's threads.
     pub async fn close(self) -> Result<(), StoreError> {
         let flushed = self.flush().await;
         tokio::task::spawn_blocking(move || drop(self))
@@ -295,107 +364,339 @@ impl SledEventStore {
         flushed
     }
 
-    /// Conflict check, seq assignment and the inserts, under the writer lock.
-    fn write(&self, batch: &[StreamAppend]) -> Result<AppendOutcome, StoreError> {
-        let shared = &*self.shared;
-        let mut guard = shared.writer.lock().map_err(|_| {
-            StoreError::from(std::io::Error::other("event store writer panicked earlier"))
-        })?;
-        let writer = &mut *guard;
-        if let Some(err) = &writer.failed {
-            return Err(err.clone());
-        }
-        if let Some(err) = &shared.durable.borrow().failed {
-            return Err(err.clone());
-        }
-        let mut before = Vec::with_capacity(batch.len());
-        for sa in batch {
-            let actual = shared
-                .written_head(&sa.stream)?
-                .map_or(0, |(version, _)| version);
-            check_expected(&sa.stream, sa.expected, actual)?;
-            before.push(actual);
-        }
-        let first_seq = writer.next_seq;
-        codec::encode_record(first_seq, batch, &before, &mut writer.record);
-        match insert_append(&shared.trees, first_seq, batch, &before, writer) {
-            Ok(outcome) => {
-                writer.next_seq = outcome.last_seq + 1;
-                shared.written.store(outcome.last_seq, Ordering::Release);
-                Ok(outcome)
-            }
-            Err(err) => {
-                let err = sled_error(err);
-                error!(first_seq, error = %err, "event store write failed; refusing further appends");
-                writer.failed = Some(err.clone());
-                shared.durable.send_modify(|mark| {
-                    mark.failed.get_or_insert_with(|| err.clone());
-                });
-                Err(err)
-            }
-        }
-    }
-
-    async fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
-        let mut rx = self.shared.durable.subscribe();
-        let mark = rx
-            .wait_for(|mark| mark.seq >= seq || mark.failed.is_some())
+    async fn submit(&self, request: Request) -> Result<(), StoreError> {
+        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests
+            .send(request)
             .await
-            .map_err(|_| StoreError::Closed)?;
-        if mark.seq >= seq {
-            Ok(())
-        } else {
-            Err(mark.failed.clone().unwrap_or(StoreError::Closed))
+            .map_err(|_| self.shared.failure_or_closed())
+    }
+}
+
+impl Drop for SledEventStore {
+    fn drop(&mut self) {
+        // Closing the queue stops the writer once it has handled everything queued;
+        // then the flusher makes the rest durable and stops.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            error!("event store writer thread panicked");
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(flusher) = self.flusher.take() {
+            flusher.thread().unpark();
+            if flusher.join().is_err() {
+                error!("event store flusher thread panicked");
+            }
         }
     }
 }
 
-/// The inserts of one append: the record (the atomic commit point), then its index
+/// Opens the sled database, waiting up to `options.lock_wait` for its file lock.
+fn open_db(path: &Path, options: &SledOptions) -> Result<Db, StoreError> {
+    let config = ::sled::Config::new()
+        .path(path)
+        .cache_capacity(options.cache_capacity_bytes)
+        .flush_every_ms(options.sled_flush_every_ms);
+    let deadline = Instant::now() + options.lock_wait;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match config.open() {
+            // sled reports a held lock only through this message (kind `Other`).
+            Err(::sled::Error::Io(err))
+                if err.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                debug!(error = %err, "event store locked; waiting");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            result => return result.map_err(sled_error),
+        }
+    }
+}
+
+/// An accepted append of the group being built.
+struct Accepted {
+    batch: Vec<StreamAppend>,
+    /// Each stream's version before the append.
+    before: Vec<u64>,
+    outcome: AppendOutcome,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// State of the writer thread.
+struct GroupWriter<'a> {
+    shared: &'a Shared,
+    flusher: Thread,
+    next_seq: u64,
+    failed: Option<StoreError>,
+    group: Vec<Accepted>,
+    group_bytes: usize,
+    /// Streams written by the group: (version, seq of its last event).
+    overlay: HashMap<String, (u64, u64)>,
+    record: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// The writer thread: groups whatever is queued into records. See the module docs.
+fn run_writer(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>, flusher: Thread) {
+    let _guard = PanicGuard {
+        shared: &shared,
+        thread: "writer",
+    };
+    let mut writer = GroupWriter::new(&shared, flusher);
+    while let Some(request) = queue.blocking_recv() {
+        writer.handle(request);
+        while let Ok(request) = queue.try_recv() {
+            writer.handle(request);
+        }
+        writer.write_group();
+    }
+}
+
+impl<'a> GroupWriter<'a> {
+    fn new(shared: &'a Shared, flusher: Thread) -> Self {
+        GroupWriter {
+            next_seq: shared.written.load(Ordering::Acquire) + 1,
+            shared,
+            flusher,
+            failed: None,
+            group: Vec::new(),
+            group_bytes: 0,
+            overlay: HashMap::new(),
+            record: Vec::new(),
+            key: Vec::new(),
+        }
+    }
+
+    fn failure(&self) -> Option<StoreError> {
+        self.failed
+            .clone()
+            .or_else(|| self.shared.durable.borrow().failed.clone())
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Append { batch, reply } => self.accept(batch, reply),
+            Request::Flush { reply } => {
+                self.write_group();
+                let mut waiters = self.shared.waiters();
+                let mark = self.shared.durable.borrow().clone();
+                let target = self.next_seq - 1;
+                if mark.seq >= target {
+                    let _ = reply.send(Ok(()));
+                } else if let Some(err) = self.failure() {
+                    let _ = reply.send(Err(err));
+                } else {
+                    waiters.push_back(Waiter {
+                        seq: target,
+                        reply: Reply::Flush(reply),
+                    });
+                    drop(waiters);
+                    self.flusher.unpark();
+                }
+            }
+        }
+    }
+
+    /// Checks an append and adds it to the group, or answers it with the error.
+    fn accept(
+        &mut self,
+        batch: Vec<StreamAppend>,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    ) {
+        if let Some(err) = self.failure() {
+            let _ = reply.send(Err(err));
+            return;
+        }
+        let bytes: usize = batch.iter().map(codec::encoded_len).sum();
+        if !self.group.is_empty() && self.group_bytes + bytes > GROUP_RECORD_BYTES {
+            self.write_group();
+            if let Some(err) = self.failure() {
+                let _ = reply.send(Err(err));
+                return;
+            }
+        }
+        let mut before = Vec::with_capacity(batch.len());
+        for sa in &batch {
+            let actual = match self.overlay.get(&sa.stream) {
+                Some(&(version, _)) => version,
+                None => match self.shared.written_head(&sa.stream) {
+                    Ok(head) => head.map_or(0, |(version, _)| version),
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                        return;
+                    }
+                },
+            };
+            if let Err(err) = check_expected(&sa.stream, sa.expected, actual) {
+                let _ = reply.send(Err(err));
+                return;
+            }
+            before.push(actual);
+        }
+        let first_seq = self.next_seq;
+        let mut seq = first_seq;
+        let mut streams = Vec::with_capacity(batch.len());
+        for (sa, &version) in batch.iter().zip(&before) {
+            let n = sa.events.len() as u64;
+            self.overlay
+                .insert(sa.stream.clone(), (version + n, seq + n - 1));
+            streams.push(StreamVersion {
+                stream: sa.stream.clone(),
+                version: version + n,
+            });
+            seq += n;
+        }
+        self.next_seq = seq;
+        let outcome = AppendOutcome {
+            first_seq,
+            last_seq: seq - 1,
+            streams,
+        };
+        self.group.push(Accepted {
+            batch,
+            before,
+            outcome,
+            reply,
+        });
+        self.group_bytes += bytes;
+    }
+
+    /// Writes the group as one record plus its index entries and heads, hands its
+    /// appends to the flusher and starts a new group.
+    fn write_group(&mut self) {
+        if self.group.is_empty() {
+            return;
+        }
+        let first_seq = self.group[0].outcome.first_seq;
+        let last_seq = self.next_seq - 1;
+        let parts: Vec<(&StreamAppend, u64)> = self
+            .group
+            .iter()
+            .flat_map(|a| a.batch.iter().zip(a.before.iter().copied()))
+            .collect();
+        codec::encode_record(first_seq, &parts, &mut self.record);
+        let written = insert_group(
+            &self.shared.trees,
+            first_seq,
+            &parts,
+            &self.record,
+            &self.overlay,
+            &mut self.key,
+        );
+        drop(parts);
+        self.overlay.clear();
+        self.group_bytes = 0;
+        match written {
+            Ok(()) => {
+                // Queue the waiters before publishing the seq, so the flush that covers
+                // it finds them.
+                let mut waiters = self.shared.waiters();
+                for a in self.group.drain(..) {
+                    let reply = Reply::Append {
+                        outcome: a.outcome,
+                        reply: a.reply,
+                    };
+                    waiters.push_back(Waiter {
+                        seq: last_seq,
+                        reply,
+                    });
+                }
+                drop(waiters);
+                self.shared.written.store(last_seq, Ordering::Release);
+                self.flusher.unpark();
+            }
+            Err(err) => {
+                let err = sled_error(err);
+                error!(first_seq, error = %err, "event store write failed; refusing further appends");
+                self.failed = Some(err.clone());
+                // Earlier groups are intact and still become durable; mark the store
+                // failed for new appends and subscribers.
+                self.shared.durable.send_modify(|mark| {
+                    mark.failed.get_or_insert_with(|| err.clone());
+                });
+                for a in self.group.drain(..) {
+                    let _ = a.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The inserts of one group: the record (the atomic commit point), then its index
 /// entries, then the heads.
-fn insert_append(
+fn insert_group(
     trees: &Trees,
     first_seq: u64,
-    batch: &[StreamAppend],
-    before: &[u64],
-    writer: &mut Writer,
-) -> ::sled::Result<AppendOutcome> {
-    trees
-        .log
-        .insert(log_key(first_seq), writer.record.as_slice())?;
+    parts: &[(&StreamAppend, u64)],
+    record: &[u8],
+    heads: &HashMap<String, (u64, u64)>,
+    key: &mut Vec<u8>,
+) -> ::sled::Result<()> {
+    trees.log.insert(log_key(first_seq), record)?;
     let mut seq = first_seq;
     let mut pos = 0u32;
-    for (sa, &version) in batch.iter().zip(before) {
-        for v in version + 1..=version + sa.events.len() as u64 {
-            index_key_into(&mut writer.key, &sa.stream, v);
+    for (sa, before) in parts {
+        for version in before + 1..=before + sa.events.len() as u64 {
+            index_key_into(key, &sa.stream, version);
             trees
                 .index
-                .insert(writer.key.as_slice(), &index_value(seq, pos)[..])?;
+                .insert(key.as_slice(), &index_value(seq, pos)[..])?;
             seq += 1;
             pos += 1;
         }
     }
-    let mut streams = Vec::with_capacity(batch.len());
-    let mut seq = first_seq;
-    for (sa, &version) in batch.iter().zip(before) {
-        let n = sa.events.len() as u64;
-        let head = codec::head_value(version + n, seq + n - 1);
-        trees.heads.insert(sa.stream.as_bytes(), &head[..])?;
-        streams.push(StreamVersion {
-            stream: sa.stream.clone(),
-            version: version + n,
-        });
-        seq += n;
+    for (stream, &(version, seq)) in heads {
+        trees
+            .heads
+            .insert(stream.as_bytes(), &codec::head_value(version, seq)[..])?;
     }
-    Ok(AppendOutcome {
-        first_seq,
-        last_seq: seq - 1,
-        streams,
-    })
+    Ok(())
 }
 
 impl Shared {
     fn durable_seq(&self) -> u64 {
         self.durable.borrow().seq
+    }
+
+    fn failure_or_closed(&self) -> StoreError {
+        self.durable
+            .borrow()
+            .failed
+            .clone()
+            .unwrap_or(StoreError::Closed)
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, VecDeque<Waiter>> {
+        // Pushing and popping cannot leave the queue half-updated.
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes `seq` as durable and answers exactly the waiters it covers.
+    fn publish_durable(&self, seq: u64) {
+        let mut waiters = self.waiters();
+        self.durable.send_modify(|mark| mark.seq = seq);
+        while waiters.front().is_some_and(|w| w.seq <= seq) {
+            if let Some(w) = waiters.pop_front() {
+                w.reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Marks the store failed and fails every waiter.
+    fn publish_failure(&self, err: StoreError) {
+        let mut waiters = self.waiters();
+        self.durable.send_modify(|mark| {
+            mark.failed.get_or_insert_with(|| err.clone());
+        });
+        for w in waiters.drain(..) {
+            w.reply.send(Err(err.clone()));
+        }
     }
 
     /// The stream's head as written (durable or not): (version, seq of last event).
@@ -604,23 +905,29 @@ impl DurableLog for Shared {
     }
 }
 
-/// Marks the store failed if the flusher thread panics, so appenders do not wait forever.
-struct FlusherGuard<'a>(&'a Shared);
+/// Fails the store if one of its threads panics, so nobody waits forever.
+struct PanicGuard<'a> {
+    shared: &'a Shared,
+    thread: &'static str,
+}
 
-impl Drop for FlusherGuard<'_> {
+impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let err = StoreError::from(std::io::Error::other("event store flusher panicked"));
-            self.0.durable.send_modify(|mark| {
-                mark.failed.get_or_insert(err);
-            });
+            let what = format!("event store {} thread panicked", self.thread);
+            error!("{what}");
+            self.shared
+                .publish_failure(StoreError::from(std::io::Error::other(what)));
         }
     }
 }
 
 /// The group-commit loop. See the module documentation.
 fn run_flusher(shared: Arc<Shared>) {
-    let _guard = FlusherGuard(&shared);
+    let _guard = PanicGuard {
+        shared: &shared,
+        thread: "flusher",
+    };
     let mut durable = shared.durable_seq();
     loop {
         let target = shared.written.load(Ordering::Acquire);
@@ -631,7 +938,7 @@ fn run_flusher(shared: Arc<Shared>) {
                     let elapsed = started.elapsed();
                     shared.flush_latency.record(elapsed);
                     durable = target;
-                    shared.durable.send_modify(|mark| mark.seq = target);
+                    shared.publish_durable(target);
                     debug!(
                         durable_seq = target,
                         bytes,
@@ -668,21 +975,7 @@ fn run_flusher(shared: Arc<Shared>) {
 fn fail(shared: &Shared, what: &str, err: ::sled::Error) {
     let err = sled_error(err);
     error!(error = %err, "event store {what} failed; refusing further appends");
-    shared.durable.send_modify(|mark| {
-        mark.failed.get_or_insert(err);
-    });
-}
-
-impl Drop for SledEventStore {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(flusher) = self.flusher.take() {
-            flusher.thread().unpark();
-            if flusher.join().is_err() {
-                error!("event store flusher thread panicked");
-            }
-        }
-    }
+    shared.publish_failure(err);
 }
 
 impl EventStore for SledEventStore {
@@ -690,9 +983,11 @@ impl EventStore for SledEventStore {
         Box::pin(async move {
             let started = Instant::now();
             validate_batch(&batch)?;
-            let outcome = self.write(&batch)?;
-            self.flusher_thread.unpark();
-            self.wait_durable(outcome.last_seq).await?;
+            let (reply, outcome) = oneshot::channel();
+            self.submit(Request::Append { batch, reply }).await?;
+            let outcome = outcome
+                .await
+                .map_err(|_| self.shared.failure_or_closed())??;
             self.shared.append_latency.record(started.elapsed());
             Ok(outcome)
         })
@@ -725,9 +1020,9 @@ impl EventStore for SledEventStore {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let target = self.shared.written.load(Ordering::Acquire);
-            self.flusher_thread.unpark();
-            self.wait_durable(target).await
+            let (reply, done) = oneshot::channel();
+            self.submit(Request::Flush { reply }).await?;
+            done.await.map_err(|_| self.shared.failure_or_closed())?
         })
     }
 
@@ -741,5 +1036,125 @@ impl EventStore for SledEventStore {
             append_latency: self.shared.append_latency.snapshot(),
             flush_latency: self.shared.flush_latency.snapshot(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ExpectedVersion, NewEvent};
+
+    fn shared(dir: &Path) -> Shared {
+        let db = ::sled::Config::new().path(dir).open().unwrap();
+        let (durable, _) = watch::channel(DurableMark::default());
+        Shared {
+            trees: Trees {
+                log: db.open_tree(LOG_TREE).unwrap(),
+                index: db.open_tree(INDEX_TREE).unwrap(),
+                heads: db.open_tree(HEADS_TREE).unwrap(),
+                meta: db.open_tree(META_TREE).unwrap(),
+                db,
+            },
+            written: AtomicU64::new(0),
+            durable,
+            waiters: std::sync::Mutex::new(VecDeque::new()),
+            stop: AtomicBool::new(false),
+            append_latency: LatencyHistogram::default(),
+            flush_latency: LatencyHistogram::default(),
+        }
+    }
+
+    fn append(
+        stream: &str,
+        expected: ExpectedVersion,
+        payload_len: usize,
+    ) -> (
+        Request,
+        oneshot::Receiver<Result<AppendOutcome, StoreError>>,
+    ) {
+        let event = NewEvent {
+            event_type: "E".into(),
+            schema_version: 1,
+            payload: vec![7; payload_len],
+            actor: String::new(),
+            recorded_at_ms: 0,
+        };
+        let (reply, rx) = oneshot::channel();
+        let batch = vec![StreamAppend::new(stream, expected, vec![event])];
+        (Request::Append { batch, reply }, rx)
+    }
+
+    fn record_keys(shared: &Shared) -> Vec<u64> {
+        shared
+            .trees
+            .log
+            .iter()
+            .keys()
+            .map(|k| seq_of_log_key(&k.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn queued_appends_become_one_record_and_conflicts_see_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let mut writer = GroupWriter::new(&shared, std::thread::current());
+        let (a1, a1_rx) = append("a", ExpectedVersion::NoStream, 10);
+        let (b1, b1_rx) = append("b", ExpectedVersion::Any, 10);
+        let (a2, a2_rx) = append("a", ExpectedVersion::Exact(1), 10);
+        // Checked against the group, which already took `a` to version 2.
+        let (stale, mut stale_rx) = append("a", ExpectedVersion::Exact(1), 10);
+        for request in [a1, b1, a2, stale] {
+            writer.handle(request);
+        }
+        assert!(matches!(
+            stale_rx.try_recv().unwrap(),
+            Err(StoreError::Conflict { actual: 2, .. })
+        ));
+        writer.write_group();
+        assert_eq!(record_keys(&shared), vec![1]);
+        assert_eq!(shared.written.load(Ordering::Acquire), 3);
+        assert_eq!(shared.written_head("a").unwrap(), Some((2, 3)));
+        assert_eq!(shared.written_head("b").unwrap(), Some((1, 2)));
+
+        // Nothing is answered before the flusher publishes durability.
+        let mut rxs = [a1_rx, b1_rx, a2_rx];
+        assert!(rxs.iter_mut().all(|rx| rx.try_recv().is_err()));
+        shared.publish_durable(3);
+        let outcomes: Vec<(u64, u64)> = rxs
+            .iter_mut()
+            .map(|rx| {
+                let o = rx.try_recv().unwrap().unwrap();
+                (o.first_seq, o.streams[0].version)
+            })
+            .collect();
+        assert_eq!(outcomes, vec![(1, 1), (2, 1), (3, 2)]);
+        assert_eq!(shared.read_stream("a", 1).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn groups_are_split_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let mut writer = GroupWriter::new(&shared, std::thread::current());
+        let big = GROUP_RECORD_BYTES / 2 - 100;
+        for stream in ["a", "b", "c", "d", "e"] {
+            writer.handle(append(stream, ExpectedVersion::Any, big).0);
+        }
+        writer.write_group();
+        // Two appends fit under the limit; a larger single append gets a record of its own.
+        assert_eq!(record_keys(&shared), vec![1, 3, 5]);
+        writer.handle(append("f", ExpectedVersion::Any, 3 * GROUP_RECORD_BYTES).0);
+        writer.handle(append("g", ExpectedVersion::Any, 1).0);
+        writer.write_group();
+        assert_eq!(record_keys(&shared), vec![1, 3, 5, 6, 7]);
+        shared.publish_durable(7);
+        let seqs: Vec<u64> = shared
+            .read_durable(1, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
     }
 }
