@@ -1,9 +1,24 @@
 //! ota-agent: the per-site edge agent.
 //!
+//! One agent runs at each site. It dials out to otad, reports the site's devices, runs updates
+//! through the site's transports and streams progress and results back. Reports survive
+//! disconnects and restarts in an on-disk journal and reach the server exactly once.
+//!
 //! # Layout
+//! - [`agent`]: the core: session with the server, commands, jobs, inventory.
+//! - [`journal`]: the on-disk journal of reports and task attempts.
+//! - [`download`]: fetching and verifying firmware images.
+//! - [`report`]: transport facts into wire reports.
 //! - [`transport`]: the update transports (zigbee2mqtt, ESPHome, serial), each a thin tokio
 //!   driver around a sans-I/O protocol from `ota-devproto`.
 //! - [`secret`]: redacted secret strings for device credentials.
+//!
+//! **Architecture invariant:** transports know nothing of the server, the journal or rollouts;
+//! the core knows nothing of MQTT, TCP or serial lines.
 
+pub mod agent;
+pub mod download;
+pub mod journal;
+pub mod report;
 pub mod secret;
 pub mod transport;

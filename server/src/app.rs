@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::blobs::BlobStore;
 use crate::config::Config;
@@ -26,6 +27,9 @@ pub struct App {
     pub dispatch_wake: Arc<Notify>,
     /// Serialises task creation, so two requests cannot both give a device a task.
     pub task_creation: tokio::sync::Mutex<()>,
+    /// Cancelled when the server shuts down: long-lived streams (agent sessions, tails, watches)
+    /// end on it so the graceful shutdown does not wait for them forever.
+    pub shutdown: CancellationToken,
 }
 
 impl App {

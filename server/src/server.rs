@@ -87,7 +87,9 @@ impl Server {
                 }
             }
         }
+        let shutdown = CancellationToken::new();
         let app = Arc::new(App {
+            shutdown: shutdown.clone(),
             core,
             blobs,
             started_at_ms: clock.now_ms(),
@@ -96,7 +98,6 @@ impl Server {
             dispatch_wake: Arc::new(tokio::sync::Notify::new()),
             task_creation: tokio::sync::Mutex::new(()),
         });
-        let shutdown = CancellationToken::new();
         let dispatcher = crate::dispatch::spawn(app.clone(), shutdown.clone());
 
         let max = app.config.max_message_bytes;
@@ -150,10 +151,15 @@ impl Server {
     /// Stops serving, stops the background loops, and flushes the event store.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        match self.serve.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "gRPC server ended with an error"),
-            Err(e) => warn!(error = %e, "gRPC server task failed"),
+        let mut serve = self.serve;
+        match tokio::time::timeout(std::time::Duration::from_secs(5), &mut serve).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+            Err(_) => {
+                warn!("requests still running 5 s after shutdown began; closing them");
+                serve.abort();
+            }
         }
         let _ = self.dispatcher.await;
         self.app

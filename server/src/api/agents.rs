@@ -209,7 +209,10 @@ async fn run_session(
     info!("agent connected");
     let timeout = app.config.agent_timeout;
     let reason = loop {
-        let next = tokio::time::timeout(timeout, inbound.message()).await;
+        let next = tokio::select! {
+            () = app.shutdown.cancelled() => break "the server is shutting down".to_string(),
+            next = tokio::time::timeout(timeout, inbound.message()) => next,
+        };
         let msg = match next {
             Err(_) => break format!("no message for {}", humantime::format_duration(timeout)),
             Ok(Err(status)) => break format!("stream error: {}", status.message()),

@@ -545,7 +545,13 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                         break;
                     }
                 }
-                match applied.recv().await {
+                let next = tokio::select! {
+                    () = self.app.shutdown.cancelled() => {
+                        return Err(ApiError::Unavailable("the server is shutting down; the task continues after it restarts".into()).into());
+                    }
+                    next = applied.recv() => next,
+                };
+                match next {
                     Ok(a) if a.stream == stream => {}
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -605,7 +611,11 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                         return;
                     }
                     loop {
-                        match applied.recv().await {
+                        let next = tokio::select! {
+                            () = app.shutdown.cancelled() => return,
+                            next = applied.recv() => next,
+                        };
+                        match next {
                             Ok(a) if a.stream == stream_name => break,
                             Ok(_) => continue,
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,

@@ -84,6 +84,7 @@ impl pb::event_service_server::EventService for EventApi {
             u64::from(req.limit)
         };
         let store = self.app.core.store().clone();
+        let shutdown = self.app.shutdown.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let span = info_span!("events.tail", from_seq = from, follow = req.follow);
         tokio::spawn(
@@ -91,7 +92,14 @@ impl pb::event_service_server::EventService for EventApi {
                 let mut sent = 0u64;
                 if req.follow {
                     let mut sub = store.subscribe(from);
-                    while let Some(item) = sub.next().await {
+                    loop {
+                        let item = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            item = sub.next() => match item {
+                                Some(item) => item,
+                                None => return,
+                            },
+                        };
                         let r = match item {
                             Ok(r) => r,
                             Err(e) => {

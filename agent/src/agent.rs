@@ -1,0 +1,784 @@
+//! The agent's core: one site, its transports, its journal, and the session with the server.
+//!
+//! The core turns server commands into transport calls and transport outcomes into journaled
+//! reports. It knows nothing about MQTT, TCP or serial lines (that is `transport`), and the
+//! session loop ([`Agent::run`]) is the only code that talks gRPC to the server.
+//!
+//! # Session
+//! The agent always dials out. After every (re)connect it sends a hello, receives the welcome
+//! with the server's acknowledged journal seq, resends every journaled report above it, and a
+//! full inventory. It then streams reports as they are journaled, heartbeats, and answers
+//! commands until the stream breaks; then it waits (exponential backoff with full jitter,
+//! 0.5 s doubling to 30 s, reset after a session that lasted a minute) and dials again.
+//!
+//! # Commands
+//! - check: each device asked through its transport within the command's timeout; answers are
+//!   not journaled (a check that loses its answer times out at the server as 5019).
+//! - update: ignored if the journal knows the task attempt (a resend after reconnect); otherwise
+//!   marked started in the journal, the image downloaded and verified, handed to the transport,
+//!   progress forwarded (throttled: on status changes and at most once a second otherwise), and
+//!   the result journaled.
+//! - cancel: the running job's cancellation token; the transport decides what is safe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
+use ota_proto::v1 as pb;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::download;
+use crate::journal::{Journal, TaskMark};
+use crate::report;
+use crate::transport::{DeviceReport, TransferProgress, Transport, UpdateJob};
+
+/// Version reported in the hello.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Settings of the core.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// This site.
+    pub site_id: String,
+    /// Where the journal and the agent id live.
+    pub data_dir: PathBuf,
+    /// IANA time zone of the site.
+    pub timezone: String,
+    /// UTC offset of the site in minutes.
+    pub utc_offset_minutes: i32,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+    /// Tags per device local id, from the configuration.
+    pub tags: BTreeMap<String, Vec<String>>,
+    /// Minimum spacing of progress reports of one task (status changes always go).
+    pub progress_interval: Duration,
+}
+
+/// Shared state of a running agent.
+pub struct Agent {
+    opts: AgentOptions,
+    agent_id: String,
+    transports: Vec<Arc<dyn Transport>>,
+    journal: Arc<Mutex<Journal>>,
+    journaled: Notify,
+    jobs: Mutex<HashMap<String, CancellationToken>>,
+    session_tx: Mutex<Option<mpsc::Sender<pb::AgentMessage>>>,
+    last_inventory: Mutex<HashMap<String, pb::DeviceReport>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("site_id", &self.opts.site_id)
+            .field("agent_id", &self.agent_id)
+            .field("transports", &self.transports.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn load_agent_id(dir: &std::path::Path) -> std::io::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("agent-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = format!("agent-{}", uuid::Uuid::new_v4().simple());
+    let tmp = dir.join("agent-id.tmp");
+    std::fs::write(&tmp, &id)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl Agent {
+    /// Opens the journal and prepares the agent. Attempts that were running when the agent last
+    /// stopped are reported as interrupted: the agent cannot know how far the device got.
+    pub fn new(
+        opts: AgentOptions,
+        transports: Vec<Arc<dyn Transport>>,
+    ) -> anyhow::Result<Arc<Agent>> {
+        let agent_id = load_agent_id(&opts.data_dir)?;
+        let mut journal = Journal::open(&opts.data_dir)?;
+        for (task, attempt) in journal.interrupted_tasks() {
+            warn!(task.id = %task, attempt, "an update was running when the agent stopped; reporting it interrupted");
+            journal.append_report(pb::agent_message::Body::Result(pb::TaskResult {
+                task_id: task.clone(),
+                attempt,
+                status: UpgradeStatus::Failure.code() as i32,
+                error: Some(report::error(&TaskError::new(
+                    ErrorCode::SendFailed,
+                    "the agent restarted during this update; the device may not have received the whole image",
+                ))),
+                at_ms: now_ms(),
+                ..Default::default()
+            }))?;
+            journal.finish_task(&task, attempt)?;
+        }
+        Ok(Arc::new(Agent {
+            opts,
+            agent_id,
+            transports,
+            journal: Arc::new(Mutex::new(journal)),
+            journaled: Notify::new(),
+            jobs: Mutex::new(HashMap::new()),
+            session_tx: Mutex::new(None),
+            last_inventory: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// This installation's id.
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// Highest seq acknowledged by the server (for tests and status).
+    pub fn acked_seq(&self) -> u64 {
+        self.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acked()
+    }
+
+    /// Reports journaled but not acknowledged yet.
+    pub fn unacked_count(&self) -> usize {
+        self.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unacked()
+            .len()
+    }
+
+    /// Journals a report durably, then wakes the session to send it.
+    async fn journal_report(&self, body: pb::agent_message::Body) -> anyhow::Result<()> {
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append_report(body)
+        })
+        .await??;
+        self.journaled.notify_one();
+        Ok(())
+    }
+
+    fn send_now(&self, body: pb::agent_message::Body) {
+        let tx = self
+            .session_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(tx) = tx {
+            let _ = tx.try_send(pb::AgentMessage {
+                seq: 0,
+                body: Some(body),
+            });
+        }
+    }
+
+    fn tags_of(&self, local_id: &str) -> Vec<String> {
+        self.opts.tags.get(local_id).cloned().unwrap_or_default()
+    }
+
+    /// Every device of every transport, on the wire.
+    fn inventory_now(&self) -> HashMap<String, pb::DeviceReport> {
+        let mut all = HashMap::new();
+        for t in &self.transports {
+            for d in t.inventory().borrow().iter() {
+                all.insert(
+                    d.local_id.clone(),
+                    report::device(t.kind(), d, &self.tags_of(&d.local_id)),
+                );
+            }
+        }
+        all
+    }
+
+    fn find_device(&self, local_id: &str) -> Option<(Arc<dyn Transport>, DeviceReport)> {
+        for t in &self.transports {
+            if let Some(d) = t
+                .inventory()
+                .borrow()
+                .iter()
+                .find(|d| d.local_id == local_id)
+            {
+                return Some((t.clone(), d.clone()));
+            }
+        }
+        None
+    }
+
+    fn transport_instances(&self) -> Vec<pb::TransportInstance> {
+        self.transports
+            .iter()
+            .map(|t| {
+                let inv = t.inventory();
+                let devices = inv.borrow();
+                pb::TransportInstance {
+                    kind: report::transport(t.kind()),
+                    name: t.instance().to_string(),
+                    device_count: devices.len() as u32,
+                    connected: true,
+                    detail: String::new(),
+                }
+            })
+            .collect()
+    }
+
+    /// Journals the inventory changes since the last report (`full`: everything).
+    async fn report_inventory(&self, full: bool) -> anyhow::Result<()> {
+        let now = self.inventory_now();
+        let (devices, removed) = {
+            let mut last = self
+                .last_inventory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let changed: Vec<pb::DeviceReport> = if full {
+                now.values().cloned().collect()
+            } else {
+                now.values()
+                    .filter(|d| last.get(&d.local_id) != Some(*d))
+                    .cloned()
+                    .collect()
+            };
+            let removed: Vec<String> = if full {
+                Vec::new()
+            } else {
+                last.keys()
+                    .filter(|k| !now.contains_key(*k))
+                    .cloned()
+                    .collect()
+            };
+            *last = now;
+            (changed, removed)
+        };
+        if !full && devices.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        let mut devices = devices;
+        devices.sort_by(|a, b| a.local_id.cmp(&b.local_id));
+        self.journal_report(pb::agent_message::Body::Inventory(pb::Inventory {
+            full,
+            devices,
+            removed_local_ids: removed,
+        }))
+        .await
+    }
+
+    /// Runs until `shutdown`: the session loop with reconnects, and the inventory watcher.
+    pub async fn run(self: Arc<Self>, channel: Channel, shutdown: CancellationToken) {
+        let watcher = tokio::spawn(self.clone().watch_inventory(shutdown.clone()));
+        let mut delay = self.opts.reconnect_min;
+        loop {
+            let started = tokio::time::Instant::now();
+            let span = info_span!("agent.session", site.id = %self.opts.site_id);
+            let outcome = self
+                .clone()
+                .session(channel.clone(), shutdown.clone())
+                .instrument(span)
+                .await;
+            *self.session_tx.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match outcome {
+                Ok(()) => info!("session ended; reconnecting"),
+                Err(e) => warn!(error = %e, "session failed; reconnecting"),
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                delay = self.opts.reconnect_min;
+            }
+            // Full jitter: a fleet of agents does not come back in lockstep after a server restart.
+            let wait = delay.mul_f64(rand::random::<f64>().max(0.1));
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            delay = (delay * 2).min(self.opts.reconnect_max);
+        }
+        let jobs: Vec<CancellationToken> = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for j in jobs {
+            j.cancel();
+        }
+        watcher.abort();
+    }
+
+    async fn watch_inventory(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut receivers: Vec<_> = self.transports.iter().map(|t| t.inventory()).collect();
+        loop {
+            if receivers.is_empty() {
+                shutdown.cancelled().await;
+                return;
+            }
+            let changed =
+                futures::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.changed())));
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                (res, _, _) = changed => {
+                    if res.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Let a burst of changes settle into one report.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for r in &mut receivers {
+                r.borrow_and_update();
+            }
+            if let Err(e) = self.report_inventory(false).await {
+                warn!(error = %e, "could not journal an inventory change");
+            }
+        }
+    }
+
+    async fn session(
+        self: Arc<Self>,
+        channel: Channel,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (tx, rx) = mpsc::channel::<pb::AgentMessage>(1024);
+        let last_seq = self
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_seq();
+        tx.send(pb::AgentMessage {
+            seq: 0,
+            body: Some(pb::agent_message::Body::Hello(pb::AgentHello {
+                site_id: self.opts.site_id.clone(),
+                agent_version: AGENT_VERSION.into(),
+                agent_id: self.agent_id.clone(),
+                last_seq,
+                timezone: self.opts.timezone.clone(),
+                transports: self.transport_instances(),
+                utc_offset_minutes: self.opts.utc_offset_minutes,
+            })),
+        })
+        .await?;
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel.clone());
+        let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+        let welcome = match tokio::time::timeout(Duration::from_secs(30), inbound.next()).await {
+            Ok(Some(Ok(pb::ServerMessage {
+                body: Some(pb::server_message::Body::Welcome(w)),
+                ..
+            }))) => w,
+            Ok(Some(Err(status))) => {
+                anyhow::bail!("server refused the session: {}", status.message())
+            }
+            _ => anyhow::bail!("no welcome from the server"),
+        };
+        info!(acked = welcome.acked_seq, server = %welcome.server_version, "connected to otad");
+        {
+            let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            j.ack(welcome.acked_seq)?;
+        }
+        *self.session_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        self.report_inventory(true).await?;
+
+        let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_interval_s.max(1)));
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sent_upto = welcome.acked_seq;
+        loop {
+            // Send everything journaled and not yet sent on this session.
+            let unsent: Vec<pb::AgentMessage> = self
+                .journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unacked()
+                .into_iter()
+                .filter(|m| m.seq > sent_upto)
+                .collect();
+            for m in unsent {
+                sent_upto = m.seq;
+                tx.send(m).await?;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = self.journaled.notified() => {}
+                _ = ticker.tick() => {
+                    let running = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
+                    tx.send(pb::AgentMessage {
+                        seq: 0,
+                        body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {
+                            at_ms: now_ms(),
+                            running_tasks: running,
+                            transports: self.transport_instances(),
+                        })),
+                    })
+                    .await?;
+                }
+                msg = inbound.next() => match msg {
+                    None => return Ok(()),
+                    Some(Err(status)) => anyhow::bail!("stream from the server broke: {}", status.message()),
+                    Some(Ok(m)) => self.clone().on_command(m, channel.clone()).await?,
+                },
+            }
+        }
+    }
+
+    async fn on_command(
+        self: Arc<Self>,
+        msg: pb::ServerMessage,
+        channel: Channel,
+    ) -> anyhow::Result<()> {
+        let command_id = msg.command_id;
+        match msg.body {
+            Some(pb::server_message::Body::Ack(a)) => {
+                let journal = self.journal.clone();
+                tokio::task::spawn_blocking(move || {
+                    journal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .ack(a.acked_seq)
+                })
+                .await??;
+            }
+            Some(pb::server_message::Body::Check(c)) => {
+                tokio::spawn(self.clone().run_check(c));
+            }
+            Some(pb::server_message::Body::Update(u)) => {
+                self.start_update(command_id, u, channel).await?
+            }
+            Some(pb::server_message::Body::Cancel(c)) => {
+                let token = self
+                    .jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&c.task_id)
+                    .cloned();
+                match token {
+                    Some(t) => {
+                        info!(task.id = %c.task_id, reason = %c.reason, "cancel requested");
+                        t.cancel();
+                    }
+                    None => debug!(task.id = %c.task_id, "cancel for a task not running here"),
+                }
+            }
+            Some(pb::server_message::Body::Welcome(_))
+            | Some(pb::server_message::Body::Ping(_))
+            | None => {}
+        }
+        Ok(())
+    }
+
+    async fn run_check(self: Arc<Self>, c: pb::CheckCommand) {
+        let deadline = Duration::from_millis(u64::from(c.timeout_ms.max(1000)));
+        let checks = c.device_local_ids.iter().map(|local| {
+            let agent = self.clone();
+            let check_id = c.check_id.clone();
+            let local = local.clone();
+            async move {
+                let answer = match agent.find_device(&local) {
+                    None => pb::CheckResult {
+                        check_id,
+                        device_local_id: local.clone(),
+                        reachable: false,
+                        device: None,
+                        update_available: None,
+                        error: Some(report::error(&TaskError::new(
+                            ErrorCode::Offline,
+                            format!("this site does not know device {local}"),
+                        ))),
+                    },
+                    Some((transport, _)) => {
+                        // Leave a little of the server's timeout for the answer to travel.
+                        let budget = deadline.mul_f64(0.9);
+                        match tokio::time::timeout(budget, transport.check(&local, budget)).await {
+                            Ok(Ok(r)) => pb::CheckResult {
+                                check_id,
+                                device_local_id: local.clone(),
+                                reachable: r.reachable,
+                                device: Some(report::device(
+                                    transport.kind(),
+                                    &r.device,
+                                    &agent.tags_of(&local),
+                                )),
+                                update_available: r.update_available,
+                                error: None,
+                            },
+                            Ok(Err(e)) => pb::CheckResult {
+                                check_id,
+                                device_local_id: local.clone(),
+                                reachable: false,
+                                device: None,
+                                update_available: None,
+                                error: Some(report::error(&e)),
+                            },
+                            Err(_) => return,
+                        }
+                    }
+                };
+                agent.send_now(pb::agent_message::Body::CheckResult(answer));
+            }
+        });
+        futures::future::join_all(checks)
+            .instrument(info_span!("agent.check", check.id = %c.check_id))
+            .await;
+    }
+
+    async fn start_update(
+        self: &Arc<Self>,
+        command_id: u64,
+        u: pb::UpdateCommand,
+        channel: Channel,
+    ) -> anyhow::Result<()> {
+        let known = self
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .task_mark(&u.task_id, u.attempt);
+        if let Some(mark) = known {
+            debug!(task.id = %u.task_id, attempt = u.attempt, ?mark, "update command for a known attempt ignored");
+            if mark == TaskMark::Started {
+                self.send_now(pb::agent_message::Body::CommandAck(pb::CommandAck {
+                    command_id,
+                    accepted: true,
+                    error: None,
+                }));
+            }
+            return Ok(());
+        }
+        let Some((transport, _)) = self.find_device(&u.device_local_id) else {
+            self.send_now(pb::agent_message::Body::CommandAck(pb::CommandAck {
+                command_id,
+                accepted: false,
+                error: Some(report::error(&TaskError::new(
+                    ErrorCode::Offline,
+                    format!(
+                        "site {} does not know device {}",
+                        self.opts.site_id, u.device_local_id
+                    ),
+                ))),
+            }));
+            return Ok(());
+        };
+        let Some(firmware) = u.firmware.clone() else {
+            self.send_now(pb::agent_message::Body::CommandAck(pb::CommandAck {
+                command_id,
+                accepted: false,
+                error: Some(report::error(&TaskError::new(
+                    ErrorCode::ServerRefused,
+                    "update command without firmware",
+                ))),
+            }));
+            return Ok(());
+        };
+        let started = {
+            let journal = self.journal.clone();
+            let (task, attempt) = (u.task_id.clone(), u.attempt);
+            tokio::task::spawn_blocking(move || {
+                journal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .start_task(&task, attempt)
+            })
+            .await??
+        };
+        if !started {
+            return Ok(());
+        }
+        self.send_now(pb::agent_message::Body::CommandAck(pb::CommandAck {
+            command_id,
+            accepted: true,
+            error: None,
+        }));
+        let token = CancellationToken::new();
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(u.task_id.clone(), token.clone());
+        let span = info_span!(
+            "agent.task",
+            task.id = %u.task_id,
+            attempt = u.attempt,
+            device.id = %u.device_local_id,
+            site.id = %self.opts.site_id,
+            firmware.id = %firmware.id,
+            transport = ?transport.kind(),
+        );
+        let agent = self.clone();
+        tokio::spawn(
+            async move {
+                let outcome = agent.run_update(&u, &firmware, transport, token, channel).await;
+                if let Err(e) = agent.finish_update(&u, outcome).await {
+                    warn!(error = %e, "could not journal the result; it will be reported as interrupted after a restart");
+                }
+                agent.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&u.task_id);
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    async fn progress(&self, u: &pb::UpdateCommand, p: &TransferProgress) {
+        let body = pb::agent_message::Body::Progress(pb::TaskProgress {
+            task_id: u.task_id.clone(),
+            attempt: u.attempt,
+            status: p.status.code() as i32,
+            progress: p.percent.unwrap_or(0.0),
+            remaining_s: p.remaining_s,
+            bytes_sent: p.bytes_sent,
+            bytes_total: p.bytes_total,
+            detail: p.detail.clone(),
+            at_ms: now_ms(),
+        });
+        if let Err(e) = self.journal_report(body).await {
+            warn!(error = %e, "could not journal progress");
+        }
+    }
+
+    async fn run_update(
+        &self,
+        u: &pb::UpdateCommand,
+        firmware: &pb::FirmwareRef,
+        transport: Arc<dyn Transport>,
+        cancel: CancellationToken,
+        channel: Channel,
+    ) -> Result<(crate::transport::UpdateReport, u64), TaskError> {
+        let started = tokio::time::Instant::now();
+        self.progress(
+            u,
+            &TransferProgress {
+                status: UpgradeStatus::AgentPreparing,
+                percent: None,
+                remaining_s: None,
+                bytes_sent: 0,
+                bytes_total: firmware.size,
+                detail: "downloading the firmware from the server".into(),
+            },
+        )
+        .await;
+        let image = tokio::select! {
+            r = download::fetch(channel, firmware, &u.task_id) => r?,
+            () = cancel.cancelled() => return Err(TaskError::new(ErrorCode::Other, "cancelled before anything was sent to the device")),
+        };
+        let job = UpdateJob {
+            task_id: u.task_id.clone(),
+            attempt: u.attempt,
+            device: u.device_local_id.clone(),
+            image: Arc::new(image),
+            downgrade: u.downgrade,
+            schedule: u.schedule,
+            timeout: Duration::from_secs(u64::from(if u.timeout_s == 0 {
+                600
+            } else {
+                u.timeout_s
+            })),
+        };
+        let (ptx, mut prx) = mpsc::unbounded_channel::<TransferProgress>();
+        let update = transport.update(job, ptx, cancel);
+        tokio::pin!(update);
+        let mut last: Option<(UpgradeStatus, tokio::time::Instant)> = None;
+        let mut pending: Option<TransferProgress> = None;
+        let mut flush = tokio::time::interval(self.opts.progress_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                r = &mut update => break r,
+                Some(p) = prx.recv() => {
+                    let due = match last {
+                        None => true,
+                        Some((status, at)) => status != p.status || at.elapsed() >= self.opts.progress_interval,
+                    };
+                    if due {
+                        last = Some((p.status, tokio::time::Instant::now()));
+                        pending = None;
+                        self.progress(u, &p).await;
+                    } else {
+                        pending = Some(p);
+                    }
+                }
+                _ = flush.tick() => {
+                    if let Some(p) = pending.take() {
+                        last = Some((p.status, tokio::time::Instant::now()));
+                        self.progress(u, &p).await;
+                    }
+                }
+            }
+        };
+        while let Ok(p) = prx.try_recv() {
+            pending = Some(p);
+        }
+        if let Some(p) = pending.take() {
+            self.progress(u, &p).await;
+        }
+        result.map(|r| (r, started.elapsed().as_millis() as u64))
+    }
+
+    async fn finish_update(
+        &self,
+        u: &pb::UpdateCommand,
+        outcome: Result<(crate::transport::UpdateReport, u64), TaskError>,
+    ) -> anyhow::Result<()> {
+        let result = match outcome {
+            Ok((r, duration_ms)) => {
+                info!(from = ?r.from.version, to = ?r.to.version, duration_ms, "update succeeded");
+                pb::TaskResult {
+                    task_id: u.task_id.clone(),
+                    attempt: u.attempt,
+                    status: UpgradeStatus::Success.code() as i32,
+                    error: None,
+                    from: Some(report::version(&r.from)),
+                    to: Some(report::version(&r.to)),
+                    duration_ms,
+                    at_ms: now_ms(),
+                    wire_bytes: r.wire_bytes,
+                }
+            }
+            Err(e) => {
+                warn!(code = e.code.code(), error = %e.message, "update failed");
+                pb::TaskResult {
+                    task_id: u.task_id.clone(),
+                    attempt: u.attempt,
+                    status: if e.code == ErrorCode::Timeout {
+                        UpgradeStatus::Timeout
+                    } else {
+                        UpgradeStatus::Failure
+                    }
+                    .code() as i32,
+                    error: Some(report::error(&e)),
+                    at_ms: now_ms(),
+                    ..Default::default()
+                }
+            }
+        };
+        self.journal_report(pb::agent_message::Body::Result(result))
+            .await?;
+        let journal = self.journal.clone();
+        let (task, attempt) = (u.task_id.clone(), u.attempt);
+        tokio::task::spawn_blocking(move || {
+            journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .finish_task(&task, attempt)
+        })
+        .await??;
+        Ok(())
+    }
+}

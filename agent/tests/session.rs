@@ -1,0 +1,408 @@
+//! The agent's core against a real otad over gRPC: inventory, an update with progress, results
+//! journaled while the server is down and delivered exactly once after it is back, commands
+//! resent after a reconnect not run twice, and interrupted updates reported after an agent restart.
+//!
+//! The transport here is scripted by the test (the core's boundary is the `Transport` trait);
+//! the real transports have their own tests against their simulators.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use ota_agent::agent::{Agent, AgentOptions};
+use ota_agent::transport::{
+    CheckReport, DeviceReport, PowerSource, ProgressSink, TransferProgress, Transport,
+    TransportKind, UpdateJob, UpdateReport, VersionInfo,
+};
+use ota_domain::status::{TaskError, UpgradeStatus};
+use ota_firmware::Chip;
+use ota_firmware::builders::EspAppBuilder;
+use ota_proto::v1 as pb;
+use ota_server::config::Config;
+use ota_server::core::Clock;
+use ota_server::server::{Server, open_store};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// A transport whose updates block until the test releases them.
+#[derive(Debug)]
+struct Scripted {
+    inventory: watch::Sender<Vec<DeviceReport>>,
+    release: Arc<Semaphore>,
+    updates: Mutex<Vec<(String, u32, Bytes)>>,
+}
+
+impl Scripted {
+    fn new(version: &str) -> Arc<Scripted> {
+        let (tx, _) = watch::channel(vec![device(version)]);
+        Arc::new(Scripted {
+            inventory: tx,
+            release: Arc::new(Semaphore::new(0)),
+            updates: Mutex::new(Vec::new()),
+        })
+    }
+    fn calls(&self) -> usize {
+        self.updates.lock().unwrap().len()
+    }
+}
+
+fn device(version: &str) -> DeviceReport {
+    DeviceReport {
+        local_id: "lamp".into(),
+        network: "esphome".into(),
+        name: "lamp".into(),
+        model: "esp32dev".into(),
+        chip: Some("esp32".into()),
+        platform: Some("esp32".into()),
+        current_version: Some(version.into()),
+        power_source: PowerSource::Mains,
+        reachable: true,
+        supports_ota: true,
+        ..Default::default()
+    }
+}
+
+impl Transport for Scripted {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Esphome
+    }
+    fn instance(&self) -> &str {
+        "esphome"
+    }
+    fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
+        self.inventory.subscribe()
+    }
+    fn check<'a>(
+        &'a self,
+        _device: &'a str,
+        _deadline: Duration,
+    ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
+        Box::pin(async move {
+            Ok(CheckReport {
+                reachable: true,
+                device: self.inventory.borrow()[0].clone(),
+                update_available: None,
+            })
+        })
+    }
+    fn update<'a>(
+        &'a self,
+        job: UpdateJob,
+        progress: ProgressSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
+        Box::pin(async move {
+            self.updates.lock().unwrap().push((
+                job.task_id.clone(),
+                job.attempt,
+                job.image.bytes.clone(),
+            ));
+            let total = job.image.bytes.len() as u64;
+            let _ = progress.send(TransferProgress {
+                status: UpgradeStatus::Updating,
+                percent: Some(50.0),
+                remaining_s: Some(1),
+                bytes_sent: total / 2,
+                bytes_total: total,
+                detail: "sending".into(),
+            });
+            self.release.acquire().await.unwrap().forget();
+            let to = job.image.version.clone();
+            self.inventory
+                .send_modify(|d| d[0].current_version = Some(to.clone()));
+            Ok(UpdateReport {
+                from: VersionInfo {
+                    version: Some("1.0.0".into()),
+                    ..Default::default()
+                },
+                to: VersionInfo {
+                    version: Some(to),
+                    ..Default::default()
+                },
+                wire_bytes: total,
+            })
+        })
+    }
+}
+
+async fn start_server(dir: &std::path::Path, addr: &str) -> Server {
+    let cfg = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    // A previous server on this directory may still be letting go of the store's lock.
+    let mut tries = 0;
+    let store = loop {
+        match open_store(&cfg) {
+            Ok(s) => break s,
+            Err(e) if tries < 200 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    Server::start(cfg, store, Clock::new(), listener)
+        .await
+        .unwrap()
+}
+
+fn options(dir: &std::path::Path) -> AgentOptions {
+    AgentOptions {
+        site_id: "home".into(),
+        data_dir: dir.to_path_buf(),
+        timezone: "UTC".into(),
+        utc_offset_minutes: 0,
+        reconnect_min: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(200),
+        tags: Default::default(),
+        progress_interval: Duration::from_millis(10),
+    }
+}
+
+fn lazy_channel(addr: std::net::SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+async fn upload_app(channel: Channel, version: &str) -> pb::Firmware {
+    let bytes = EspAppBuilder::new(Chip::Esp32)
+        .version(version)
+        .payload_size(30_000)
+        .build();
+    let msgs = vec![
+        pb::UploadFirmwareRequest {
+            part: Some(pb::upload_firmware_request::Part::Metadata(
+                pb::UploadMetadata {
+                    name: "lamp".into(),
+                    version: version.into(),
+                    ..Default::default()
+                },
+            )),
+        },
+        pb::UploadFirmwareRequest {
+            part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
+        },
+    ];
+    pb::firmware_service_client::FirmwareServiceClient::new(channel)
+        .upload(futures::stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner()
+        .firmware
+        .unwrap()
+}
+
+fn count_events(server: &Server, ty: &str) -> usize {
+    server
+        .app
+        .core
+        .store()
+        .read_from(1, 100_000)
+        .unwrap()
+        .iter()
+        .filter(|e| e.event_type == ty)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_produced_while_the_server_is_down_arrive_exactly_once() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path(), "127.0.0.1:0").await;
+    let addr = server.addr;
+    let channel = lazy_channel(addr);
+    let transport = Scripted::new("1.0.0");
+    let agent = Agent::new(
+        options(agent_dir.path()),
+        vec![transport.clone() as Arc<dyn Transport>],
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
+
+    // The inventory arrives.
+    let app = server.app.clone();
+    wait_until("the device to be reported", || {
+        app.core.read().devices.contains_key("home/lamp")
+    })
+    .await;
+
+    // An update: downloaded, verified, handed to the transport, progress reported.
+    let fw = upload_app(channel.clone(), "2.0.0").await;
+    let resp = pb::device_service_client::DeviceServiceClient::new(channel.clone())
+        .update(pb::UpdateDeviceRequest {
+            device_id: "home/lamp".into(),
+            firmware_id: fw.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let task_id = resp.task.unwrap().id;
+    wait_until("the transport to get the image", || transport.calls() == 1).await;
+    wait_until("progress at the server", || {
+        app.core
+            .read()
+            .tasks
+            .get(&task_id)
+            .is_some_and(|t| t.progress == 50.0)
+    })
+    .await;
+    {
+        let calls = transport.updates.lock().unwrap();
+        assert_eq!(calls[0].1, 1, "first attempt");
+        assert_eq!(
+            calls[0].2.len() as u64,
+            fw.size,
+            "the verified image is the uploaded one"
+        );
+    }
+
+    // The server goes away; the device finishes meanwhile; the result waits in the journal.
+    drop(app);
+    server.shutdown().await.unwrap();
+    transport.release.add_permits(1);
+    wait_until("the result to be journaled", || agent.unacked_count() > 0).await;
+
+    // The server comes back on the same address: the agent reconnects and delivers.
+    let server = start_server(server_dir.path(), &addr.to_string()).await;
+    let app = server.app.clone();
+    wait_until("the task to succeed", || {
+        app.core
+            .read()
+            .tasks
+            .get(&task_id)
+            .is_some_and(|t| t.phase == ota_domain::projection::TaskPhase::Succeeded)
+    })
+    .await;
+    wait_until("the journal to drain", || agent.unacked_count() == 0).await;
+    {
+        let state = app.core.read();
+        let t = &state.tasks[&task_id];
+        assert_eq!(t.to.as_ref().unwrap().version, "2.0.0");
+        assert_eq!(state.devices["home/lamp"].facts.current.version, "2.0.0");
+    }
+    assert_eq!(count_events(&server, "TaskSucceeded"), 1);
+
+    // The welcome resent the update command for the task that was in flight: not run again.
+    assert_eq!(
+        transport.calls(),
+        1,
+        "a resent command must not update the device twice"
+    );
+
+    // Another reconnect resends nothing new.
+    stop.cancel();
+    running.await.unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
+    wait_until("a new session", || app.sessions.is_connected("home")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(count_events(&server, "TaskSucceeded"), 1);
+    assert!(count_events(&server, "TaskProgressed") >= 2);
+    stop.cancel();
+    running.await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path(), "127.0.0.1:0").await;
+    let channel = lazy_channel(server.addr);
+    let transport = Scripted::new("1.0.0");
+    let agent = Agent::new(
+        options(agent_dir.path()),
+        vec![transport.clone() as Arc<dyn Transport>],
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
+    let app = server.app.clone();
+    wait_until("the device", || {
+        app.core.read().devices.contains_key("home/lamp")
+    })
+    .await;
+    let fw = upload_app(channel.clone(), "2.0.0").await;
+    let task_id = pb::device_service_client::DeviceServiceClient::new(channel.clone())
+        .update(pb::UpdateDeviceRequest {
+            device_id: "home/lamp".into(),
+            firmware_id: fw.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap()
+        .id;
+    wait_until("the transport to start", || transport.calls() == 1).await;
+
+    // The agent dies mid-transfer (its runtime tasks are dropped, the journal stays).
+    stop.cancel();
+    running.await.unwrap();
+    drop(agent);
+
+    // A new agent process on the same data dir reports the attempt as interrupted (transient),
+    // the server retries with a new attempt, and that one is allowed to run.
+    let transport2 = Scripted::new("1.0.0");
+    transport2.release.add_permits(1);
+    let agent = Agent::new(
+        options(agent_dir.path()),
+        vec![transport2.clone() as Arc<dyn Transport>],
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
+    wait_until("the interruption to be recorded", || {
+        app.core.read().tasks.get(&task_id).is_some_and(|t| {
+            t.error
+                .as_ref()
+                .is_some_and(|e| e.message.contains("agent restarted"))
+                || t.attempt >= 2
+        })
+    })
+    .await;
+    let state_attempt = app.core.read().tasks[&task_id].attempt;
+    assert!(state_attempt >= 1);
+    let mut events = pb::event_service_client::EventServiceClient::new(channel.clone())
+        .tail(pb::TailEventsRequest {
+            types: vec!["TaskFailed".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let failed = events.next().await.unwrap().unwrap();
+    assert!(
+        failed.payload_json.contains("agent restarted"),
+        "{}",
+        failed.payload_json
+    );
+    assert!(
+        failed.payload_json.contains("\"retry_at_ms\":"),
+        "a transient failure is retried"
+    );
+    stop.cancel();
+    running.await.unwrap();
+    server.shutdown().await.unwrap();
+}
