@@ -127,7 +127,11 @@ impl Api {
         let mut endpoint = Endpoint::from_shared(settings.server.clone())
             .with_context(|| format!("--server {:?} is not a valid URL", settings.server))?
             .connect_timeout(connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Long watches and follows notice a dead connection instead of hanging.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
         if settings.server.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             tls = match &settings.ca_cert {
