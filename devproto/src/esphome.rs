@@ -19,7 +19,7 @@
 //!   [`DeviceState`].
 //! - [`noise`]: the Noise prologue and frame codec.
 //! - [`compress`]: gzip and 4 KiB-window raw deflate as ESPHome's uploader makes them.
-//! - [`inflate`]: a raw-deflate decoder as strict as the device's 4 KiB ring window.
+//! - `inflate`: a raw-deflate decoder as strict as the device's 4 KiB ring window.
 //! - `auth`, `entropy`, `secret`: challenge hashes, seeded randomness, redacted secrets.
 //!
 //! # Driving the uploader
@@ -66,12 +66,12 @@ pub mod client;
 pub mod compress;
 pub mod device;
 pub mod error;
-pub mod inflate;
 pub mod noise;
 pub mod wire;
 
 mod auth;
 mod entropy;
+mod inflate;
 mod secret;
 
 #[cfg(test)]
