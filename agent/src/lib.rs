@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`agent`]: the core: session with the server, commands, jobs, inventory.
+//! - [`config`]: the configuration file; [`site`]: transports built from it.
 //! - [`journal`]: the on-disk journal of reports and task attempts.
 //! - [`download`]: fetching and verifying firmware images.
 //! - [`report`]: transport facts into wire reports.
@@ -17,8 +18,10 @@
 //! the core knows nothing of MQTT, TCP or serial lines.
 
 pub mod agent;
+pub mod config;
 pub mod download;
 pub mod journal;
 pub mod report;
 pub mod secret;
+pub mod site;
 pub mod transport;

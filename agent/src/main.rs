@@ -1,1 +1,120 @@
-fn main() {}
+//! `ota-agent`: read the site's configuration, start its transports, dial otad, run until
+//! SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ota_agent::agent::{Agent, AgentOptions};
+use ota_agent::config::AgentConfig;
+use ota_agent::site::Site;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+/// ota-agent — one per site: reports the site's Zigbee (zigbee2mqtt), ESPHome and serial devices
+/// to otad and runs the updates it is given.
+///
+/// The agent dials out to otad (no inbound port), keeps progress and results in an on-disk
+/// journal while the server is unreachable, and delivers them exactly once when it is back.
+#[derive(Debug, Parser)]
+#[command(name = "ota-agent", version, about, long_about)]
+struct Cli {
+    /// Configuration file (TOML; see agent.example.toml).
+    #[arg(long, short, env = "OTA_AGENT_CONFIG", default_value = "agent.toml")]
+    config: PathBuf,
+    /// Only check the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match AgentConfig::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ota-agent: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    if cli.check_config {
+        println!(
+            "configuration OK: site {} → {}",
+            config.site_id, config.server
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ota-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ota-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,rumqttc=warn")
+            }),
+        )
+        .init();
+    let cancel = CancellationToken::new();
+    let site = Site::start(&config, cancel.clone()).await?;
+    let options = AgentOptions {
+        site_id: config.site_id.clone(),
+        data_dir: config.data_dir.clone(),
+        timezone: config.timezone(),
+        utc_offset_minutes: config.utc_offset_minutes(),
+        reconnect_min: config.reconnect.min,
+        reconnect_max: config.reconnect.max,
+        tags: config.tags.clone(),
+        progress_interval: Duration::from_secs(1),
+    };
+    let agent = Agent::new(options, site.transports.clone())?;
+    let channel = Endpoint::from_shared(config.server.clone())?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    tracing::info!(site.id = %config.site_id, server = %config.server, agent.id = agent.agent_id(), "ota-agent starting");
+    let running = tokio::spawn(agent.run(channel, cancel.clone()));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    let _ = running.await;
+    site.join().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,219 @@
+//! The agent's configuration file (TOML).
+//!
+//! ```toml
+//! site_id = "home"                      # this site; must match its certificate when TLS is on
+//! server = "http://otad.example:7600"   # where otad listens
+//! data_dir = "/var/lib/ota-agent"       # journal and agent id
+//! # timezone = "Europe/Berlin"          # default: the system's zone
+//! # utc_offset_minutes = 60             # default: the system's current offset
+//!
+//! [reconnect]                           # exponential backoff with full jitter
+//! min = "500ms"
+//! max = "30s"
+//!
+//! [tags]                                # labels per device local id, for rollout selectors
+//! "0x000b57fffec6a5b2" = ["hall", "floor-1"]
+//!
+//! [serial]                              # see transport::serial::config
+//! [[serial.port]]
+//! name = "bench-esp32"
+//! port = "/dev/ttyUSB0"
+//! chip = "esp32"
+//! ```
+//!
+//! Loading parses and validates everything and reports every problem at once; it opens no
+//! sockets. Secrets stay in this file or in files it names; they never go to the server.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::transport::serial::SerialConfig;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This site's id.
+    pub site_id: String,
+    /// otad's URL (`http://` or `https://`).
+    pub server: String,
+    /// Journal and agent id directory.
+    pub data_dir: PathBuf,
+    /// IANA zone; default: the system's.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// UTC offset in minutes; default: the system's current offset.
+    #[serde(default)]
+    pub utc_offset_minutes: Option<i32>,
+    /// Reconnect backoff.
+    #[serde(default)]
+    pub reconnect: Reconnect,
+    /// Tags per device local id.
+    #[serde(default)]
+    pub tags: BTreeMap<String, Vec<String>>,
+    /// Serial ports.
+    #[serde(default)]
+    pub serial: Option<SerialConfig>,
+}
+
+/// Reconnect backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reconnect {
+    /// First delay.
+    #[serde(default = "default_min", with = "humantime_serde_compat")]
+    pub min: Duration,
+    /// Longest delay.
+    #[serde(default = "default_max", with = "humantime_serde_compat")]
+    pub max: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            min: default_min(),
+            max: default_max(),
+        }
+    }
+}
+
+fn default_min() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Durations as humantime strings ("500ms", "30s").
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\": {e}"))
+        })
+    }
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid agent configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl AgentConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
+        Self::parse(&text).map_err(|mut e| {
+            for line in &mut e.0 {
+                *line = format!("{}: {line}", path.display());
+            }
+            e
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let cfg: AgentConfig =
+            toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let mut errors = Vec::new();
+        let site_ok = !cfg.site_id.is_empty()
+            && cfg.site_id.len() <= 64
+            && cfg
+                .site_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !cfg.site_id.starts_with('.');
+        if !site_ok {
+            errors.push(format!(
+                "site_id {:?} is not valid: 1-64 letters, digits, '-', '_' or '.'",
+                cfg.site_id
+            ));
+        }
+        if !(cfg.server.starts_with("http://") || cfg.server.starts_with("https://")) {
+            errors.push(format!(
+                "server {:?} must be a URL starting with http:// or https://",
+                cfg.server
+            ));
+        }
+        if cfg.reconnect.min.is_zero() || cfg.reconnect.max < cfg.reconnect.min {
+            errors.push("reconnect: min must be > 0 and max >= min".into());
+        }
+        if let Some(off) = cfg.utc_offset_minutes
+            && !(-14 * 60..=14 * 60).contains(&off)
+        {
+            errors.push(format!("utc_offset_minutes {off} is outside -840..=840"));
+        }
+        if let Some(serial) = &cfg.serial
+            && let Err(e) = serial.validate()
+        {
+            errors.push(format!("serial: {e}"));
+        }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+
+    /// The site's zone: configured, or the system's, or "UTC".
+    pub fn timezone(&self) -> String {
+        self.timezone
+            .clone()
+            .or_else(|| iana_time_zone::get_timezone().ok())
+            .unwrap_or_else(|| "UTC".into())
+    }
+
+    /// The site's UTC offset now, in minutes.
+    pub fn utc_offset_minutes(&self) -> i32 {
+        self.utc_offset_minutes.unwrap_or_else(|| {
+            use chrono::Offset;
+            chrono::Local::now().offset().fix().local_minus_utc() / 60
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config() {
+        let c = AgentConfig::parse(
+            "site_id = \"home\"\nserver = \"http://127.0.0.1:7600\"\ndata_dir = \"/tmp/x\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.reconnect.min, Duration::from_millis(500));
+        assert!(c.serial.is_none());
+        assert!(!c.timezone().is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = AgentConfig::parse(
+            "site_id = \"../x\"\nserver = \"otad:7600\"\ndata_dir = \"/tmp/x\"\nutc_offset_minutes = 2000\n[reconnect]\nmin = \"5s\"\nmax = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused() {
+        assert!(
+            AgentConfig::parse("site_id=\"a\"\nserver=\"http://x\"\ndata_dir=\"/t\"\nsurver=1\n")
+                .is_err()
+        );
+        let e = AgentConfig::parse(
+            "site_id=\"a\"\nserver=\"http://x\"\ndata_dir=\"/t\"\n[reconnect]\nmin=\"soon\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
+    }
+}

@@ -1,0 +1,48 @@
+//! Builds a site's transports from the configuration and runs their background loops
+//! (inventory probing, bridge connections) until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::transport::Transport;
+use crate::transport::serial::SerialTransport;
+
+/// How often serial ports are looked at.
+const SERIAL_PROBE: Duration = Duration::from_secs(30);
+
+/// The transports of a site and their background tasks.
+#[derive(Debug)]
+pub struct Site {
+    /// Every transport instance.
+    pub transports: Vec<Arc<dyn Transport>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Site {
+    /// Builds the transports named in the configuration and starts their loops.
+    pub async fn start(config: &AgentConfig, cancel: CancellationToken) -> anyhow::Result<Site> {
+        let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
+        let mut tasks = Vec::new();
+        if let Some(serial) = &config.serial {
+            let t = Arc::new(SerialTransport::new(serial.clone())?);
+            let bg = t.clone();
+            let c = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                bg.run_inventory(SERIAL_PROBE, c).await
+            }));
+            transports.push(t);
+        }
+        Ok(Site { transports, tasks })
+    }
+
+    /// Waits for the background loops to end (after the cancel token fired).
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
