@@ -525,7 +525,9 @@ async fn stays_down_or_rolls_back_after_the_reboot() {
         upload(sim.ota_addr(), ClientConfig::default(), &image).await,
         Err(UploadError::Connect(_))
     ));
+    // Switched on again, it boots the image it never booted.
     sim.device().power_on();
+    assert_eq!(sim.current_version(), "2.0.0");
     upload_when_up(sim.ota_addr(), ClientConfig::default(), &image)
         .await
         .unwrap();

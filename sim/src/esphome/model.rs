@@ -135,6 +135,8 @@ struct State {
     reboot_time: Duration,
     /// Bumped on every power transition, so a stale reboot timer does nothing.
     epoch: u64,
+    /// Version and project name of an installed image the device has not booted yet.
+    pending: Option<(String, Option<String>)>,
 }
 
 /// A handle on the simulated device; clones share it.
@@ -199,6 +201,7 @@ impl DeviceModel {
                 faults: Vec::new(),
                 reboot_time,
                 epoch: 0,
+                pending: None,
             })),
             power: Arc::new(power),
         }
@@ -335,6 +338,9 @@ impl DeviceModel {
     fn reboot_into(&self, next: Option<(String, Option<String>)>) {
         let (epoch, delay) = {
             let mut st = self.lock();
+            if next.is_some() {
+                st.pending = next;
+            }
             self.set_power(&mut st, Power::Rebooting);
             (st.epoch, st.reboot_time)
         };
@@ -345,33 +351,36 @@ impl DeviceModel {
             if st.epoch != epoch {
                 return;
             }
-            let fault = if next.is_some() {
+            let fault = if st.pending.is_some() {
                 Self::take_reboot_fault(&mut st)
             } else {
                 None
             };
-            match (fault, next) {
-                (Some(Fault::StaysDownAfterReboot), _) => {
+            match fault {
+                Some(Fault::StaysDownAfterReboot) => {
                     tracing::info!("esphome sim: stays down after reboot (fault)");
                     model.set_power(&mut st, Power::Down);
                 }
-                (Some(Fault::RollbackAfterReboot), _) => {
+                Some(Fault::RollbackAfterReboot) => {
                     tracing::info!("esphome sim: rolled back to the previous version (fault)");
-                    st.snapshot.boots += 1;
-                    model.set_power(&mut st, Power::Up);
+                    st.pending = None;
+                    model.boot(&mut st);
                 }
-                (_, next) => {
-                    if let Some((version, project)) = next {
-                        st.snapshot.version = version;
-                        if let Some(p) = project {
-                            st.snapshot.project_name = p;
-                        }
-                    }
-                    st.snapshot.boots += 1;
-                    model.set_power(&mut st, Power::Up);
-                }
+                _ => model.boot(&mut st),
             }
         });
+    }
+
+    /// Comes up, on the pending image if there is one.
+    fn boot(&self, st: &mut State) {
+        if let Some((version, project)) = st.pending.take() {
+            st.snapshot.version = version;
+            if let Some(p) = project {
+                st.snapshot.project_name = p;
+            }
+        }
+        st.snapshot.boots += 1;
+        self.set_power(st, Power::Up);
     }
 
     /// Turns the device off now (ports close).
@@ -380,12 +389,12 @@ impl DeviceModel {
         self.set_power(&mut st, Power::Down);
     }
 
-    /// Turns the device on now, on the version it runs.
+    /// Turns the device on now: it boots the installed image if it never booted it (a device
+    /// that stayed down, or one switched on in the middle of a reboot), else what it ran.
     pub fn power_on(&self) {
         let mut st = self.lock();
         if st.snapshot.power != Power::Up {
-            st.snapshot.boots += 1;
-            self.set_power(&mut st, Power::Up);
+            self.boot(&mut st);
         }
     }
 }
