@@ -491,6 +491,17 @@ pub struct StageStarted {
     pub deadline_at_ms: Option<i64>,
 }
 
+/// Devices were taken out of a stage when it started (or later, before they got a task): a
+/// device that already has an unfinished task elsewhere (5002, one update at a time), or that
+/// its site no longer reports (5012). Listed in the rollout's exclusions, never dropped silently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageDevicesExcluded {
+    /// Stage index.
+    pub index: u32,
+    /// The devices, with why.
+    pub excluded: Vec<Exclusion>,
+}
+
 /// A stage met its success threshold and soaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageSoaking {
@@ -703,6 +714,7 @@ domain_events! {
     BatchCheckStarted = 1,
     BatchCheckCompleted = 1,
     StageStarted = 1,
+    StageDevicesExcluded = 1,
     StageSoaking = 1,
     StageSucceeded = 1,
     StageFailed = 1,

@@ -278,6 +278,9 @@ pub struct StageView {
     pub finished_at_ms: Option<i64>,
     /// Why it failed.
     pub failure_reason: Option<String>,
+    /// When an operator resumed the rollout after this stage failed: failures recorded up to
+    /// then were seen and accepted, so they no longer count against the stage's thresholds.
+    pub failures_accepted_at_ms: Option<i64>,
 }
 
 /// The bulk check of a rollout.
@@ -320,8 +323,11 @@ pub struct RolloutView {
     pub exclusions: Vec<Exclusion>,
     /// Bulk check.
     pub batch_check: Option<BatchCheckView>,
-    /// Task of each device (latest).
+    /// Task of each device in this rollout (auto-upgrade tasks that name the rollout as their
+    /// source are not part of it).
     pub tasks_by_device: HashMap<String, String>,
+    /// When it was paused, while it is paused.
+    pub paused_at_ms: Option<i64>,
 }
 
 impl RolloutView {
@@ -514,6 +520,7 @@ impl FleetState {
                 d.current_task = Some(id.to_string());
             }
             if let Some(rollout_id) = &e.rollout_id
+                && !e.auto
                 && let Some(r) = self.rollouts.get_mut(rollout_id)
             {
                 r.tasks_by_device
@@ -647,6 +654,7 @@ impl FleetState {
                     } else {
                         TaskPhase::Failed
                     };
+                    task.awaiting_confirmation = false;
                     task.finished_at_ms = Some(meta.recorded_at_ms);
                 }
             }
@@ -677,6 +685,7 @@ impl FleetState {
                     exclusions: Vec::new(),
                     batch_check: None,
                     tasks_by_device: HashMap::new(),
+                    paused_at_ms: None,
                 },
             );
             return;
@@ -702,6 +711,7 @@ impl FleetState {
                         soak_until_ms: None,
                         finished_at_ms: None,
                         failure_reason: None,
+                        failures_accepted_at_ms: None,
                     })
                     .collect();
                 r.exclusions = e.exclusions.clone();
@@ -734,6 +744,14 @@ impl FleetState {
                     s.deadline_at_ms = e.deadline_at_ms;
                 }
             }
+            DomainEvent::StageDevicesExcluded(e) => {
+                let excluded: std::collections::HashSet<&str> =
+                    e.excluded.iter().map(|x| x.device_id.as_str()).collect();
+                if let Some(s) = r.stages.get_mut(e.index as usize) {
+                    s.device_ids.retain(|d| !excluded.contains(d.as_str()));
+                }
+                r.exclusions.extend(e.excluded.iter().cloned());
+            }
             DomainEvent::StageSoaking(e) => {
                 if let Some(s) = r.stages.get_mut(e.index as usize) {
                     s.state = StageState::Soaking;
@@ -756,16 +774,34 @@ impl FleetState {
             DomainEvent::RolloutPaused(e) => {
                 r.state = RolloutState::Paused;
                 r.state_reason = e.reason.clone();
+                r.paused_at_ms = Some(at);
             }
             DomainEvent::RolloutResumed(e) => {
                 r.state = RolloutState::Running;
                 r.state_reason = e.reason.clone();
-                // A failed stage is retried from where it stopped.
+                // Timers of the stage in progress resume where they stopped: the deadline and
+                // the end of the soak move by the time spent paused.
+                let paused_for = r.paused_at_ms.take().map_or(0, |p| (at - p).max(0));
                 for s in &mut r.stages {
+                    if !matches!(
+                        s.state,
+                        StageState::Running | StageState::Soaking | StageState::Failed
+                    ) {
+                        continue;
+                    }
+                    if let Some(d) = s.deadline_at_ms.as_mut() {
+                        *d += paused_for;
+                    }
+                    if let Some(u) = s.soak_until_ms.as_mut() {
+                        *u += paused_for;
+                    }
+                    // A failed stage continues from where it stopped; the failures the operator
+                    // saw are accepted by resuming.
                     if s.state == StageState::Failed {
                         s.state = StageState::Running;
                         s.failure_reason = None;
                         s.finished_at_ms = None;
+                        s.failures_accepted_at_ms = Some(at);
                     }
                 }
             }

@@ -290,6 +290,15 @@ fn samples() -> Vec<DomainEvent> {
             deadline_at_ms: Some(3_600_000),
         }
         .into(),
+        StageDevicesExcluded {
+            index: 1,
+            excluded: vec![Exclusion {
+                device_id: "home/d".into(),
+                code: ErrorCode::OneAtATime,
+                reason: "the device already has task task-9 (updating)".into(),
+            }],
+        }
+        .into(),
         StageSoaking {
             index: 0,
             until_ms: 4_000_000,

@@ -1,4 +1,20 @@
 //! Rollouts: the validated specification, target selection, planning and scheduling decisions.
+//!
+//! - [`spec`]: the validated specification with defaults resolved (stored in `RolloutCreated`).
+//! - [`select`]: which devices a selector picks.
+//! - [`plan`]: targets, exclusions with reasons, stage assignment and the duration estimate.
+//! - [`lifecycle`]: draft → running ⇄ paused → completed | aborted, and the illegal moves.
+//! - [`scheduler`]: the level-triggered reconcile of a running rollout (batch check, stages,
+//!   thresholds, soak, deadlines, completion) and abort.
+//! - [`window`]: maintenance windows in a site's local time.
+//! - [`auto`]: auto-upgrade of devices that appear or fall behind after a rollout completed.
+//!
+//! Everything here is pure: callers pass the fleet state and `now`.
 
+pub mod auto;
+pub mod lifecycle;
+pub mod plan;
+pub mod scheduler;
 pub mod select;
 pub mod spec;
+pub mod window;

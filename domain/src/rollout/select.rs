@@ -9,9 +9,12 @@ use crate::rollout::spec::Selector;
 
 /// Whether the selector picks the device.
 pub fn matches(sel: &Selector, d: &DeviceView) -> bool {
-    if d.removed {
-        return false;
-    }
+    !d.removed && matches_ignoring_removal(sel, d)
+}
+
+/// Whether the selector would pick the device if its site still reported it (planning lists
+/// removed devices the selector names, rather than dropping them silently).
+pub fn matches_ignoring_removal(sel: &Selector, d: &DeviceView) -> bool {
     let f = &d.facts;
     let any = |list: &[String], value: &str| {
         list.is_empty() || list.iter().any(|v| v.eq_ignore_ascii_case(value))

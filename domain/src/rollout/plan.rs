@@ -1,0 +1,598 @@
+//! Planning: which devices a rollout targets, which stage each one falls in, which are left out
+//! and why, and about how long it takes. Used by `RolloutService.Plan` (a dry run) and by
+//! `Start`, which records the result in `RolloutStarted`.
+//!
+//! # Targets and exclusions
+//! The selector is applied to the fleet (see [`crate::rollout::select`]). A selected device is
+//! left out, with a code and a reason, when:
+//! - its site no longer reports it (5012) — listed when the selector names it explicitly; other
+//!   removed devices are only counted in a warning, so an old fleet's history does not flood
+//!   every plan;
+//! - the selector names a device no site ever reported (5099);
+//! - the firmware does not fit it: manufacturer code, image type, hardware version, chip, no
+//!   OTA support, wrong transport (5013);
+//! - it already runs the firmware's version (5000);
+//! - it runs a newer version and the spec does not allow downgrades (5013).
+//!
+//! # Stage assignment
+//! Targets are ordered so that every stage spreads over the sites: devices are sorted by
+//! (network, id) within their site, then taken round-robin across the sites in site-id order.
+//! A canary of N devices therefore lands on N different sites when there are that many, and
+//! each later wave takes a similar share of every site. The order is deterministic: the same
+//! fleet and spec give the same plan.
+//!
+//! A stage sized `count` takes the next `count` devices; a stage sized `cumulative_percent`
+//! takes devices until that share of all targets is reached, rounding up (5 % of 10 devices is 1
+//! device, never 0). The last stage takes everything left.
+//!
+//! # Estimate
+//! Each stage is simulated with greedy list scheduling under the spec's concurrency limits
+//! (global, per site, per zigbee2mqtt network, ESPHome devices per site) using typical transfer
+//! times per transport:
+//! - Zigbee (zigbee2mqtt): [`ZIGBEE_TRANSFER_S`] = 20 min per device (seen: 10–30 min; the
+//!   radio is shared, so zigbee2mqtt advises one device per network at a time);
+//! - ESPHome (network OTA): [`ESPHOME_TRANSFER_S`] = 1 min;
+//! - serial (ROM bootloader): [`SERIAL_TRANSFER_S`] = 1 min.
+//!
+//! A stage with a deadline is estimated at most at its deadline (unfinished devices time out
+//! then). The rollout's estimate is the batch-check timeout (when a batch check runs) plus, per
+//! stage, its estimate and its soak time. Time outside a maintenance window is not counted; a
+//! warning says so.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use crate::events::{Exclusion, FirmwareRegistered, PlannedStage, RolloutStarted};
+use crate::model::{PowerSource, Transport};
+use crate::projection::{DeviceView, FleetState};
+use crate::rollout::select;
+use crate::rollout::spec::{
+    Concurrency, RolloutSpec, StageSize, Threshold, UpgradeType, default_device_timeout_s,
+};
+use crate::rollout::window;
+use crate::status::ErrorCode;
+use crate::tasks::{firmware_fits, is_downgrade, is_on_target, target_version};
+
+/// Typical time to update one Zigbee device, seconds.
+pub const ZIGBEE_TRANSFER_S: u64 = 20 * 60;
+/// Typical time to update one ESPHome device over the network, seconds.
+pub const ESPHOME_TRANSFER_S: u64 = 60;
+/// Typical time to flash one device on a serial port, seconds.
+pub const SERIAL_TRANSFER_S: u64 = 60;
+
+/// Typical update time for a transport (unknown transports count as ESPHome).
+pub fn typical_transfer_s(t: Option<Transport>) -> u64 {
+    match t {
+        Some(Transport::Zigbee2Mqtt) => ZIGBEE_TRANSFER_S,
+        Some(Transport::Serial) => SERIAL_TRANSFER_S,
+        Some(Transport::Esphome) | None => ESPHOME_TRANSFER_S,
+    }
+}
+
+/// One stage of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagePlan {
+    /// Stage name.
+    pub name: String,
+    /// Devices, in dispatch order.
+    pub device_ids: Vec<String>,
+    /// Estimated duration of the stage (without soak), seconds.
+    pub estimated_s: u64,
+}
+
+/// The result of planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Stages with their devices.
+    pub stages: Vec<StagePlan>,
+    /// Devices left out, with why, ordered by device id.
+    pub exclusions: Vec<Exclusion>,
+    /// Things the operator should know.
+    pub warnings: Vec<String>,
+    /// Devices that will get a task (the sum of the stages).
+    pub target_count: u32,
+    /// Estimated duration of the whole rollout, seconds.
+    pub estimated_s: u64,
+}
+
+impl Plan {
+    /// The event that fixes this plan when the rollout starts.
+    pub fn started_event(&self) -> RolloutStarted {
+        RolloutStarted {
+            stages: self
+                .stages
+                .iter()
+                .map(|s| PlannedStage {
+                    name: s.name.clone(),
+                    device_ids: s.device_ids.clone(),
+                })
+                .collect(),
+            exclusions: self.exclusions.clone(),
+        }
+    }
+}
+
+/// Why a live device selected by the spec cannot take the firmware, or `None`.
+pub fn exclusion_reason(
+    spec: &RolloutSpec,
+    fw: &FirmwareRegistered,
+    d: &DeviceView,
+) -> Option<(ErrorCode, String)> {
+    if d.removed {
+        return Some((
+            ErrorCode::Offline,
+            "its site no longer reports this device".into(),
+        ));
+    }
+    if let Err(why) = firmware_fits(fw, &d.facts) {
+        return Some((ErrorCode::PrevalidationFailed, why));
+    }
+    if is_on_target(fw, &d.facts) {
+        return Some((
+            ErrorCode::AlreadyOnTarget,
+            format!("already on {}", target_version(fw).version),
+        ));
+    }
+    if is_downgrade(fw, &d.facts) && !spec.allow_downgrade {
+        return Some((
+            ErrorCode::PrevalidationFailed,
+            format!(
+                "runs {}, newer than {}: a downgrade must be requested explicitly (allow_downgrade)",
+                d.facts.current.version,
+                target_version(fw).version
+            ),
+        ));
+    }
+    None
+}
+
+fn exclusion(device_id: &str, code: ErrorCode, reason: impl Into<String>) -> Exclusion {
+    Exclusion {
+        device_id: device_id.to_string(),
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// Share of `total` reached by a cumulative percentage, rounded up.
+fn cumulative(total: usize, percent: f64) -> usize {
+    Threshold::Percent(percent).of(total as u32) as usize
+}
+
+/// Devices in each stage, for `total` ordered targets.
+pub fn stage_sizes(sizes: &[StageSize], total: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(sizes.len());
+    let mut assigned = 0usize;
+    for (i, size) in sizes.iter().enumerate() {
+        let left = total - assigned;
+        let want = if i + 1 == sizes.len() {
+            left
+        } else {
+            match *size {
+                StageSize::Count(c) => c as usize,
+                StageSize::CumulativePercent(p) => cumulative(total, p).saturating_sub(assigned),
+            }
+        };
+        let n = want.min(left);
+        out.push(n);
+        assigned += n;
+    }
+    out
+}
+
+/// Orders targets round-robin across sites (site ids ascending), by (network, id) within a site.
+pub fn spread_across_sites<'a>(targets: &[&'a DeviceView]) -> Vec<&'a DeviceView> {
+    let mut by_site: BTreeMap<&str, Vec<&'a DeviceView>> = BTreeMap::new();
+    for d in targets {
+        by_site.entry(d.site_id.as_str()).or_default().push(d);
+    }
+    for list in by_site.values_mut() {
+        list.sort_by(|a, b| (&a.facts.network, &a.id).cmp(&(&b.facts.network, &b.id)));
+    }
+    let mut queues: Vec<std::vec::IntoIter<&'a DeviceView>> =
+        by_site.into_values().map(Vec::into_iter).collect();
+    let mut out = Vec::with_capacity(targets.len());
+    loop {
+        let before = out.len();
+        for q in &mut queues {
+            if let Some(d) = q.next() {
+                out.push(d);
+            }
+        }
+        if out.len() == before {
+            break;
+        }
+    }
+    out
+}
+
+/// Estimated time to update `devices` under `limits`, seconds: greedy list scheduling with the
+/// typical transfer time of each device's transport.
+pub fn estimate_s(devices: &[&DeviceView], limits: &Concurrency) -> u64 {
+    // Devices with the same site, transport and network are interchangeable for the limits.
+    #[derive(Debug)]
+    struct Class {
+        site: usize,
+        network: Option<usize>,
+        esphome: bool,
+        remaining: u32,
+        duration: u64,
+    }
+    let mut sites: HashMap<&str, usize> = HashMap::new();
+    let mut networks: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut classes: BTreeMap<(&str, u8, &str), Class> = BTreeMap::new();
+    for d in devices {
+        let next_site = sites.len();
+        let site = *sites.entry(d.site_id.as_str()).or_insert(next_site);
+        let t = d.facts.transport;
+        let network = (t == Some(Transport::Zigbee2Mqtt)).then(|| {
+            let next = networks.len();
+            *networks
+                .entry((d.site_id.as_str(), d.facts.network.as_str()))
+                .or_insert(next)
+        });
+        let tag = match t {
+            Some(Transport::Zigbee2Mqtt) => 0,
+            Some(Transport::Esphome) => 1,
+            Some(Transport::Serial) => 2,
+            None => 3,
+        };
+        classes
+            .entry((d.site_id.as_str(), tag, d.facts.network.as_str()))
+            .or_insert(Class {
+                site,
+                network,
+                esphome: t == Some(Transport::Esphome),
+                remaining: 0,
+                duration: typical_transfer_s(t),
+            })
+            .remaining += 1;
+    }
+    let mut classes: Vec<Class> = classes.into_values().collect();
+    let lim = |v: u32| v.max(1);
+    let mut running_global = 0u32;
+    let mut running_site = vec![0u32; sites.len()];
+    let mut running_esphome = vec![0u32; sites.len()];
+    let mut running_network = vec![0u32; networks.len()];
+    let mut ends: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    let mut now = 0u64;
+    loop {
+        for (i, c) in classes.iter_mut().enumerate() {
+            while c.remaining > 0
+                && running_global < lim(limits.global)
+                && running_site[c.site] < lim(limits.per_site)
+                && c.network
+                    .is_none_or(|n| running_network[n] < lim(limits.per_zigbee_network))
+                && (!c.esphome || running_esphome[c.site] < lim(limits.per_esphome_site))
+            {
+                c.remaining -= 1;
+                running_global += 1;
+                running_site[c.site] += 1;
+                if let Some(n) = c.network {
+                    running_network[n] += 1;
+                }
+                if c.esphome {
+                    running_esphome[c.site] += 1;
+                }
+                ends.push(Reverse((now + c.duration, i)));
+            }
+        }
+        let Some(Reverse((at, _))) = ends.peek().copied() else {
+            break;
+        };
+        now = at;
+        while let Some(Reverse((end, i))) = ends.peek().copied() {
+            if end != at {
+                break;
+            }
+            ends.pop();
+            let c = &classes[i];
+            running_global -= 1;
+            running_site[c.site] -= 1;
+            if let Some(n) = c.network {
+                running_network[n] -= 1;
+            }
+            if c.esphome {
+                running_esphome[c.site] -= 1;
+            }
+        }
+    }
+    now
+}
+
+fn duration(s: u64) -> String {
+    match s {
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s.div_ceil(60)),
+        s => format!("{:.1} h", s as f64 / 3600.0),
+    }
+}
+
+/// Plans `spec` against today's fleet. Pure: the same state gives the same plan.
+pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
+    let mut warnings = Vec::new();
+    let mut exclusions = Vec::new();
+    let sel = &spec.selector;
+    if select::is_empty(sel) {
+        warnings.push("the selector is empty: it selects every device of the fleet".into());
+    }
+    let fw = state.firmware.get(&spec.firmware_id).map(|f| &f.registered);
+    if fw.is_none() {
+        warnings.push(format!(
+            "firmware {} is not in the catalog: nothing can be installed",
+            spec.firmware_id
+        ));
+    }
+
+    let named: HashSet<&str> = sel.device_ids.iter().map(String::as_str).collect();
+    for id in &sel.device_ids {
+        if !state.devices.contains_key(id) && !sel.exclude_device_ids.contains(id) {
+            exclusions.push(exclusion(
+                id,
+                ErrorCode::Other,
+                "no site has reported this device",
+            ));
+        }
+    }
+    let mut removed_unnamed = 0usize;
+    let mut targets: Vec<&DeviceView> = Vec::new();
+    for d in state.devices.values() {
+        if !select::matches_ignoring_removal(sel, d) {
+            continue;
+        }
+        if d.removed && !named.contains(d.id.as_str()) {
+            removed_unnamed += 1;
+            continue;
+        }
+        let reason = match fw {
+            None => Some((
+                ErrorCode::NoFirmware,
+                format!("firmware {} is not in the catalog", spec.firmware_id),
+            )),
+            Some(fw) => exclusion_reason(spec, fw, d),
+        };
+        match reason {
+            Some((code, why)) => exclusions.push(exclusion(&d.id, code, why)),
+            None => targets.push(d),
+        }
+    }
+    exclusions.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    if removed_unnamed > 0 {
+        warnings.push(format!(
+            "{removed_unnamed} device(s) the selector matches are no longer reported by their sites and are left out"
+        ));
+    }
+
+    let ordered = spread_across_sites(&targets);
+    let sizes: Vec<StageSize> = spec.stages.iter().map(|s| s.size).collect();
+    let counts = stage_sizes(&sizes, ordered.len());
+    let check_only = spec.upgrade_type == UpgradeType::Check;
+    let mut stages = Vec::with_capacity(spec.stages.len());
+    let mut at = 0usize;
+    let mut total_s: u64 = if spec.batch_check || check_only {
+        u64::from(spec.batch_check_timeout_s)
+    } else {
+        0
+    };
+    for (stage, n) in spec.stages.iter().zip(counts) {
+        let devices = &ordered[at..at + n];
+        at += n;
+        let simulated = if check_only {
+            0
+        } else {
+            estimate_s(devices, &spec.concurrency)
+        };
+        let deadline = u64::from(stage.deadline_s);
+        let estimated_s = if deadline > 0 {
+            simulated.min(deadline)
+        } else {
+            simulated
+        };
+        if !check_only {
+            if n == 0 && !ordered.is_empty() {
+                warnings.push(format!(
+                    "stage {} gets no devices: the stages before it already reach all {} targets",
+                    stage.name,
+                    ordered.len()
+                ));
+            }
+            if deadline > 0 && simulated > deadline {
+                warnings.push(format!(
+                    "stage {} needs about {} at the concurrency limits, but its deadline is {}: devices not finished by then time out (5016)",
+                    stage.name,
+                    duration(simulated),
+                    duration(deadline)
+                ));
+            }
+            total_s += estimated_s + u64::from(stage.soak_s);
+        }
+        stages.push(StagePlan {
+            name: stage.name.clone(),
+            device_ids: devices.iter().map(|d| d.id.clone()).collect(),
+            estimated_s,
+        });
+    }
+
+    if ordered.is_empty() {
+        warnings.push(
+            "no device needs this firmware: the rollout would complete without updating anything"
+                .into(),
+        );
+    }
+    if check_only {
+        warnings.push(
+            "upgrade type check: the rollout runs the batch check only and installs nothing".into(),
+        );
+    }
+    if !check_only {
+        let sleepy = ordered
+            .iter()
+            .filter(|d| {
+                d.facts.transport == Some(Transport::Zigbee2Mqtt)
+                    && d.facts.power_source == PowerSource::Battery
+            })
+            .count();
+        if sleepy > 0 {
+            warnings.push(format!(
+                "{sleepy} battery-powered Zigbee device(s) update when they next wake up: their timing is not predictable"
+            ));
+        }
+        if spec.device_timeout_s > 0
+            && ordered.iter().any(|d| {
+                d.facts.transport == Some(Transport::Zigbee2Mqtt)
+                    && u64::from(spec.device_timeout_s) < ZIGBEE_TRANSFER_S
+            })
+        {
+            warnings.push(format!(
+                "the per-device timeout ({}) is shorter than a typical Zigbee update ({}; default timeout {})",
+                duration(u64::from(spec.device_timeout_s)),
+                duration(ZIGBEE_TRANSFER_S),
+                duration(u64::from(default_device_timeout_s(Transport::Zigbee2Mqtt)))
+            ));
+        }
+    }
+    if let Some(w) = &spec.window {
+        let per_week = window::open_minutes_per_week(w);
+        warnings.push(format!(
+            "updates start only inside the maintenance window {} (each site's local time, from the UTC offset its agent reports): about {:.1} h per week; the estimate counts working time only",
+            window::describe(w),
+            f64::from(per_week) / 60.0
+        ));
+        if per_week == 0 {
+            warnings.push("the maintenance window never opens".into());
+        }
+        let mut unknown: Vec<&str> = ordered
+            .iter()
+            .map(|d| d.site_id.as_str())
+            .filter(|s| !state.sites.contains_key(*s))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            warnings.push(format!(
+                "site(s) {} have not reported their time zone: their window is taken in UTC",
+                unknown.join(", ")
+            ));
+        }
+    }
+
+    Plan {
+        target_count: ordered.len() as u32,
+        stages,
+        exclusions,
+        warnings,
+        estimated_s: total_s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeviceFacts, VersionInfo};
+
+    fn device(id: &str, transport: Transport, network: &str) -> DeviceView {
+        let (site, local) = id.split_once('/').unwrap();
+        DeviceView {
+            id: id.into(),
+            site_id: site.into(),
+            local_id: local.into(),
+            facts: DeviceFacts {
+                transport: Some(transport),
+                network: network.into(),
+                current: VersionInfo {
+                    version: "1.0.0".into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            auto_upgrade: false,
+            removed: false,
+            last_check: None,
+            current_task: None,
+        }
+    }
+
+    #[test]
+    fn cumulative_percentages_round_up_and_the_last_stage_takes_the_rest() {
+        use StageSize::*;
+        assert_eq!(
+            stage_sizes(
+                &[
+                    Count(1),
+                    CumulativePercent(5.0),
+                    CumulativePercent(25.0),
+                    CumulativePercent(100.0)
+                ],
+                100
+            ),
+            [1, 4, 20, 75]
+        );
+        // 5 % of 10 devices is 1 device, which the canary already covers.
+        assert_eq!(
+            stage_sizes(
+                &[Count(1), CumulativePercent(5.0), CumulativePercent(100.0)],
+                10
+            ),
+            [1, 0, 9]
+        );
+        assert_eq!(
+            stage_sizes(&[Count(5), Count(5), CumulativePercent(100.0)], 3),
+            [3, 0, 0]
+        );
+        assert_eq!(stage_sizes(&[CumulativePercent(100.0)], 0), [0]);
+    }
+
+    #[test]
+    fn sites_are_spread_round_robin() {
+        let a1 = device("a/1", Transport::Esphome, "esphome");
+        let a2 = device("a/2", Transport::Esphome, "esphome");
+        let a3 = device("a/3", Transport::Esphome, "esphome");
+        let b1 = device("b/1", Transport::Esphome, "esphome");
+        let c1 = device("c/1", Transport::Esphome, "esphome");
+        let c2 = device("c/2", Transport::Esphome, "esphome");
+        let ordered = spread_across_sites(&[&c2, &a3, &a1, &b1, &c1, &a2]);
+        let ids: Vec<&str> = ordered.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["a/1", "b/1", "c/1", "a/2", "c/2", "a/3"]);
+    }
+
+    #[test]
+    fn estimates_follow_the_limits() {
+        let limits = Concurrency::default(); // 50 global, 10 per site, 1 per zigbee network, 4 esphome per site
+        // 6 Zigbee devices on one network: strictly one after the other.
+        let z: Vec<DeviceView> = (0..6)
+            .map(|i| device(&format!("a/z{i}"), Transport::Zigbee2Mqtt, "zb"))
+            .collect();
+        let refs: Vec<&DeviceView> = z.iter().collect();
+        assert_eq!(estimate_s(&refs, &limits), 6 * ZIGBEE_TRANSFER_S);
+        // Two networks halve it.
+        let z2: Vec<DeviceView> = (0..6)
+            .map(|i| {
+                device(
+                    &format!("a/z{i}"),
+                    Transport::Zigbee2Mqtt,
+                    if i % 2 == 0 { "zb1" } else { "zb2" },
+                )
+            })
+            .collect();
+        let refs: Vec<&DeviceView> = z2.iter().collect();
+        assert_eq!(estimate_s(&refs, &limits), 3 * ZIGBEE_TRANSFER_S);
+        // 10 ESPHome devices at 4 per site: 3 rounds of a minute.
+        let e: Vec<DeviceView> = (0..10)
+            .map(|i| device(&format!("a/e{i}"), Transport::Esphome, "esphome"))
+            .collect();
+        let refs: Vec<&DeviceView> = e.iter().collect();
+        assert_eq!(estimate_s(&refs, &limits), 3 * ESPHOME_TRANSFER_S);
+        // Mixed on one site with per_site 2: the Zigbee network and ESPHome share two slots.
+        let tight = Concurrency {
+            per_site: 2,
+            ..limits
+        };
+        let mut mixed: Vec<&DeviceView> = z.iter().take(2).collect();
+        mixed.extend(e.iter().take(4));
+        // Zigbee one at a time in one slot (2 × 20 min); ESPHome in the other (4 × 1 min).
+        assert_eq!(estimate_s(&mixed, &tight), 2 * ZIGBEE_TRANSFER_S);
+        assert_eq!(estimate_s(&[], &limits), 0);
+    }
+}

@@ -1,0 +1,908 @@
+//! The rollout scheduler: what a running rollout should do next, decided from the fleet state
+//! and `now` alone.
+//!
+//! [`reconcile`] is level-triggered and idempotent, like a kube controller's reconcile: it
+//! ignores why it was called, looks at the rollout as the projection shows it, and returns the
+//! events that move it one step further plus the time it wants to look again. Called twice on the
+//! same state it returns the same decision; once the decision is recorded, calling it again does
+//! not repeat it (tasks have ids derived from the rollout and the device, so a repeated creation
+//! would be refused by the store anyway).
+//!
+//! # A rollout's life, step by step
+//! ```text
+//!  RolloutStarted (plan fixed)
+//!     │
+//!     ├─ batch check (unless skipped): BatchCheckStarted … DeviceChecked × n … BatchCheckCompleted
+//!     │    (5019 devices are listed and stay in their stage; devices now on target or not fitting
+//!     │     are excluded; an upgrade type "check" rollout completes here)
+//!     ▼
+//!  stage i: StageStarted (+ TaskCreated per device, StageDevicesExcluded for busy/removed ones)
+//!     │   the dispatcher runs the tasks; every pass re-counts the stage:
+//!     ├─ failures ≥ failure threshold ───────► StageFailed + RolloutPaused | RolloutAborted
+//!     ├─ deadline passed ────────────────────► TaskFailed 5016 (timed out) for unfinished tasks
+//!     ├─ success threshold met ──► StageSoaking ─(soak over, threshold still not crossed)─┐
+//!     │                            (soak 0: straight on)                                  │
+//!     │                                                                                   ▼
+//!     │                                                                    StageSucceeded → stage i+1
+//!     └─ every device ended, success threshold not met ──► StageFailed + pause | abort
+//!  last stage succeeded and every task ended ──► RolloutCompleted (summary)
+//! ```
+//!
+//! # Counting
+//! - **Failures** are tasks that failed (4) or timed out (7), including timeouts recorded at the
+//!   stage deadline. **Skips do not count** (battery too low, already on target, firmware does
+//!   not fit: a precondition, not a sign that the firmware is bad), and neither do cancellations.
+//! - The **failure threshold** is a count, or a percentage of the stage's devices (rounded up);
+//!   unset it is 10 % of the stage's devices, at least 1 (so 1 for stages of up to 10 devices). A
+//!   threshold of 0 is taken as 1: the first failure stops the stage.
+//! - The **success threshold** is a count, or a percentage of the stage's *eligible* devices
+//!   (neither skipped nor cancelled), capped at the eligible devices. Unset, it means "every
+//!   eligible device has ended": a stage below its failure threshold advances once all its
+//!   devices are done, even if some of them failed.
+//! - After an operator **resumes** a stage that failed, the failures recorded until then are
+//!   accepted: they no longer count against the failure threshold nor towards the success target.
+//!   The stage is re-evaluated from its current counts and continues where it stopped.
+//!
+//! # Timers
+//! - The **stage deadline** (`deadline_s`, the issue's "batch-check timeout" of a stage) runs
+//!   from `StageStarted`; tasks of the stage that have not ended by then get
+//!   `TaskFailed { timed_out, 5016, retry: none }`. Tasks that only wait (queued, held, waiting
+//!   for wake-up) are thereby stopped; waiting-for-wake-up ones also get a `CancelCommand`.
+//!   Transfers already running are not interrupted (cancelling mid-transfer is not safe): their
+//!   late result is ignored, and the device's next inventory shows what it runs.
+//! - **Soak** runs from `StageSoaking` to its `until_ms`.
+//! - Both are stored in events and shifted by the time a rollout spent paused (see the
+//!   projection), so after a restart or a resume they continue from the recorded times.
+//!
+//! # Maintenance window
+//! A stage (and the batch check) starts only while the window is open at one or more of its
+//! devices' sites; the dispatcher then releases each task only while its own site's window is
+//! open. The deadline runs in wall time: choose it no longer than the window.
+//!
+//! # Busy and removed devices
+//! A device that already has an unfinished task when its stage starts (a single-device update,
+//! an auto-upgrade, another rollout) is excluded from the stage with 5002, and a device its
+//! site no longer reports is excluded with 5012 (`StageDevicesExcluded`), so no device ever has
+//! two tasks at once and none is dropped silently.
+
+use std::collections::BTreeSet;
+
+use crate::events::{
+    BatchCheckCompleted, BatchCheckStarted, DomainEvent, Exclusion, RolloutAborted,
+    RolloutCompleted, RolloutPaused, StageDevicesExcluded, StageFailed, StageSoaking, StageStarted,
+    StageSucceeded, TaskCancelled, TaskCreated, TaskFailed,
+};
+use crate::projection::{FleetState, RolloutState, RolloutView, StageState, TaskPhase, TaskView};
+use crate::rollout::plan::exclusion_reason;
+use crate::rollout::spec::{FailureAction, StageSpec, Threshold, UpgradeType};
+use crate::rollout::window;
+use crate::status::{ErrorCode, TaskError, UpgradeStatus};
+use crate::tasks::target_version;
+
+/// How long after a batch check's deadline the scheduler looks again if the check has not
+/// reported (it normally reports at its deadline at the latest).
+pub const BATCH_CHECK_GRACE_MS: i64 = 10_000;
+
+/// A `CancelCommand` to send to a site once the decision is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelOrder {
+    /// Site.
+    pub site_id: String,
+    /// Task.
+    pub task_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What one reconcile decided.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reconcile {
+    /// Events for the rollout's stream, in order (record with the stream unchanged).
+    pub rollout_events: Vec<DomainEvent>,
+    /// Tasks to create (each on its own new stream).
+    pub new_tasks: Vec<TaskCreated>,
+    /// Events for existing tasks: `(task id, event)`.
+    pub task_events: Vec<(String, DomainEvent)>,
+    /// Cancel commands to send after recording.
+    pub cancels: Vec<CancelOrder>,
+    /// Look again at this time at the latest (events also trigger a look).
+    pub requeue_at: Option<i64>,
+}
+
+impl Reconcile {
+    /// Nothing to record.
+    pub fn is_empty(&self) -> bool {
+        self.rollout_events.is_empty() && self.new_tasks.is_empty() && self.task_events.is_empty()
+    }
+
+    fn requeue(&mut self, at: i64) {
+        self.requeue_at = Some(self.requeue_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// The batch check this decision starts, if any.
+    pub fn batch_check_started(&self) -> Option<&BatchCheckStarted> {
+        self.rollout_events.iter().find_map(|e| match e {
+            DomainEvent::BatchCheckStarted(b) => Some(b),
+            _ => None,
+        })
+    }
+}
+
+/// What [`reconcile`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The rollout.
+    pub rollout: &'a RolloutView,
+    /// Everything else.
+    pub state: &'a FleetState,
+    /// Now, Unix ms.
+    pub now_ms: i64,
+    /// A batch check of this rollout is running in this server process (its answers are being
+    /// awaited). After a restart none is, and an unfinished check is started again.
+    pub batch_check_in_flight: bool,
+}
+
+// === ids ===
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The id of a device's task in a rollout. Derived, not random: a second creation for the same
+/// device in the same rollout hits an existing stream and is refused by the store.
+pub fn rollout_task_id(rollout_id: &str, device_id: &str) -> String {
+    format!(
+        "task-{}-{:016x}",
+        rollout_id.strip_prefix("ro-").unwrap_or(rollout_id),
+        fnv1a(device_id.as_bytes())
+    )
+}
+
+/// The id of a device's auto-upgrade task to a firmware: at most one per device and firmware.
+pub fn auto_task_id(device_id: &str, firmware_id: &str) -> String {
+    format!(
+        "task-auto-{:016x}",
+        fnv1a(format!("{device_id}\n{firmware_id}").as_bytes())
+    )
+}
+
+// === counting ===
+
+/// Where the tasks of one stage are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageCounts {
+    /// Devices in the stage.
+    pub devices: u32,
+    /// Devices that have no task yet.
+    pub without_task: u32,
+    /// Tasks that have not ended.
+    pub unfinished: u32,
+    /// Succeeded (3).
+    pub succeeded: u32,
+    /// Failed (4).
+    pub failed: u32,
+    /// Timed out (7).
+    pub timed_out: u32,
+    /// Skipped by a precondition.
+    pub skipped: u32,
+    /// Cancelled.
+    pub cancelled: u32,
+    /// Failures accepted by an operator's resume.
+    pub accepted_failures: u32,
+}
+
+impl StageCounts {
+    /// Failures that count against the failure threshold.
+    pub fn failures(&self) -> u32 {
+        (self.failed + self.timed_out).saturating_sub(self.accepted_failures)
+    }
+
+    /// Devices the success threshold is measured against.
+    pub fn eligible(&self) -> u32 {
+        self.devices
+            .saturating_sub(self.skipped + self.cancelled + self.accepted_failures)
+    }
+
+    /// Every device has a task and every task ended.
+    pub fn all_ended(&self) -> bool {
+        self.without_task == 0 && self.unfinished == 0
+    }
+}
+
+fn rollout_task<'a>(r: &RolloutView, state: &'a FleetState, device: &str) -> Option<&'a TaskView> {
+    r.tasks_by_device
+        .get(device)
+        .and_then(|id| state.tasks.get(id))
+}
+
+/// Counts the tasks of stage `index`.
+pub fn stage_counts(r: &RolloutView, state: &FleetState, index: usize) -> StageCounts {
+    let mut c = StageCounts::default();
+    let Some(stage) = r.stages.get(index) else {
+        return c;
+    };
+    for d in &stage.device_ids {
+        c.devices += 1;
+        let Some(t) = rollout_task(r, state, d) else {
+            c.without_task += 1;
+            continue;
+        };
+        match t.phase {
+            TaskPhase::Succeeded => c.succeeded += 1,
+            TaskPhase::Failed | TaskPhase::TimedOut => {
+                if t.phase == TaskPhase::Failed {
+                    c.failed += 1;
+                } else {
+                    c.timed_out += 1;
+                }
+                if let (Some(accepted), Some(finished)) =
+                    (stage.failures_accepted_at_ms, t.finished_at_ms)
+                    && finished <= accepted
+                {
+                    c.accepted_failures += 1;
+                }
+            }
+            TaskPhase::Skipped => c.skipped += 1,
+            TaskPhase::Cancelled => c.cancelled += 1,
+            _ => c.unfinished += 1,
+        }
+    }
+    c
+}
+
+/// Failures that stop a stage of `devices` devices.
+pub fn failure_limit(stage: &StageSpec, devices: u32) -> u32 {
+    stage
+        .failure_threshold
+        .unwrap_or(Threshold::Percent(10.0))
+        .of(devices)
+        .max(1)
+}
+
+fn describe_threshold(t: Threshold) -> String {
+    match t {
+        Threshold::Count(c) => format!("{c}"),
+        Threshold::Percent(p) => format!("{p} %"),
+    }
+}
+
+/// The outcome of counting a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The failure threshold is crossed, or the success threshold can no longer be met.
+    Failed(String),
+    /// The success threshold is met.
+    SuccessMet,
+    /// Keep going.
+    Undecided,
+}
+
+/// Judges a stage from its counts.
+pub fn verdict(stage: &StageSpec, c: &StageCounts) -> Verdict {
+    let limit = failure_limit(stage, c.devices);
+    let failures = c.failures();
+    if failures >= limit {
+        let accepted = if c.accepted_failures > 0 {
+            format!(", {} earlier failure(s) accepted", c.accepted_failures)
+        } else {
+            String::new()
+        };
+        return Verdict::Failed(format!(
+            "stage {}: {failures} failure(s) ≥ threshold {limit} ({} failed, {} timed out, of {} devices{accepted})",
+            stage.name, c.failed, c.timed_out, c.devices
+        ));
+    }
+    match stage.success_threshold {
+        None => {
+            if c.all_ended() {
+                Verdict::SuccessMet
+            } else {
+                Verdict::Undecided
+            }
+        }
+        Some(t) => {
+            let eligible = c.eligible();
+            let needed = t.of(eligible).min(eligible);
+            if c.succeeded >= needed {
+                Verdict::SuccessMet
+            } else if c.all_ended() {
+                Verdict::Failed(format!(
+                    "stage {}: every device has ended but only {} succeeded, {needed} needed (success threshold {} of {eligible} eligible devices)",
+                    stage.name,
+                    c.succeeded,
+                    describe_threshold(t)
+                ))
+            } else {
+                Verdict::Undecided
+            }
+        }
+    }
+}
+
+// === the reconcile ===
+
+fn site_offset(state: &FleetState, site_id: &str) -> i32 {
+    state.sites.get(site_id).map_or(0, |s| s.utc_offset_minutes)
+}
+
+/// Distinct UTC offsets of the sites of `devices`.
+fn offsets<'a>(state: &FleetState, devices: impl IntoIterator<Item = &'a String>) -> BTreeSet<i32> {
+    devices
+        .into_iter()
+        .filter_map(|d| crate::model::split_device_id(d).map(|(site, _)| site))
+        .map(|site| site_offset(state, site))
+        .collect()
+}
+
+/// Whether the window (if any) is open at one or more of these offsets; else when it next opens.
+fn window_gate(r: &RolloutView, offsets: &BTreeSet<i32>, now: i64) -> Result<(), Option<i64>> {
+    let Some(w) = &r.spec.window else {
+        return Ok(());
+    };
+    if offsets.is_empty() || offsets.iter().any(|o| window::is_open(w, *o, now)) {
+        return Ok(());
+    }
+    Err(offsets
+        .iter()
+        .filter_map(|o| window::next_open(w, *o, now))
+        .min())
+}
+
+fn all_stage_devices(r: &RolloutView) -> Vec<String> {
+    r.stages
+        .iter()
+        .flat_map(|s| s.device_ids.iter().cloned())
+        .collect()
+}
+
+/// Decides the next step of a rollout. See the module documentation.
+pub fn reconcile(input: Input<'_>) -> Reconcile {
+    let Input {
+        rollout: r,
+        state,
+        now_ms: now,
+        batch_check_in_flight,
+    } = input;
+    let mut out = Reconcile::default();
+    if r.state != RolloutState::Running {
+        return out;
+    }
+    let check_only = r.spec.upgrade_type == UpgradeType::Check;
+
+    // 1. The batch check before the first stage.
+    if r.spec.batch_check || check_only {
+        let completed = r.batch_check.as_ref().is_some_and(|b| b.completed);
+        if !completed {
+            if let (Some(bc), true) = (&r.batch_check, batch_check_in_flight) {
+                out.requeue(bc.deadline_at_ms + BATCH_CHECK_GRACE_MS);
+                return out;
+            }
+            let targets = all_stage_devices(r);
+            if !check_only && let Err(next) = window_gate(r, &offsets(state, &targets), now) {
+                if let Some(at) = next {
+                    out.requeue(at);
+                }
+                return out;
+            }
+            let check_id = format!("chk-{}-{now}", r.id);
+            out.rollout_events.push(
+                BatchCheckStarted {
+                    check_id: check_id.clone(),
+                    device_ids: targets.clone(),
+                    deadline_at_ms: now + i64::from(r.spec.batch_check_timeout_s) * 1000,
+                }
+                .into(),
+            );
+            if targets.is_empty() {
+                out.rollout_events.push(
+                    BatchCheckCompleted {
+                        check_id,
+                        timed_out: Vec::new(),
+                        excluded: Vec::new(),
+                    }
+                    .into(),
+                );
+            } else {
+                out.requeue(now + i64::from(r.spec.batch_check_timeout_s) * 1000);
+            }
+            return out;
+        }
+        if check_only {
+            out.rollout_events.push(
+                RolloutCompleted {
+                    summary: check_summary(r, state),
+                }
+                .into(),
+            );
+            return out;
+        }
+    }
+
+    // 2. Stage deadlines: unfinished tasks of every started stage time out.
+    for (index, stage) in r.stages.iter().enumerate() {
+        if !matches!(
+            stage.state,
+            StageState::Running | StageState::Soaking | StageState::Succeeded
+        ) {
+            continue;
+        }
+        let Some(deadline) = stage.deadline_at_ms else {
+            continue;
+        };
+        let unfinished: Vec<&TaskView> = stage
+            .device_ids
+            .iter()
+            .filter_map(|d| rollout_task(r, state, d))
+            .filter(|t| !t.phase.is_terminal())
+            .collect();
+        if unfinished.is_empty() {
+            continue;
+        }
+        if deadline > now {
+            out.requeue(deadline);
+            continue;
+        }
+        let spec = &r.spec.stages[index.min(r.spec.stages.len() - 1)];
+        for t in unfinished {
+            let reason = format!(
+                "stage {} deadline ({} s after the stage started) passed while the task was {}",
+                stage.name,
+                spec.deadline_s,
+                t.phase.name()
+            );
+            out.task_events.push((
+                t.created.task_id.clone(),
+                TaskFailed {
+                    attempt: t.attempt,
+                    error: TaskError::new(ErrorCode::Timeout, reason.clone()),
+                    timed_out: true,
+                    retry_at_ms: None,
+                    source: None,
+                }
+                .into(),
+            ));
+            if t.phase == TaskPhase::WaitingForWakeup {
+                out.cancels.push(CancelOrder {
+                    site_id: t.created.site_id.clone(),
+                    task_id: t.created.task_id.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    if !out.task_events.is_empty() {
+        // Re-count on the next pass, with the timeouts recorded.
+        return out;
+    }
+
+    // 3. The first stage that has not succeeded.
+    let Some(index) = r
+        .stages
+        .iter()
+        .position(|s| s.state != StageState::Succeeded)
+    else {
+        // Every stage succeeded: complete once stragglers have ended.
+        let open = r
+            .tasks_by_device
+            .values()
+            .filter_map(|id| state.tasks.get(id))
+            .any(|t| !t.phase.is_terminal());
+        if !open {
+            out.rollout_events.push(
+                RolloutCompleted {
+                    summary: summary(r, state),
+                }
+                .into(),
+            );
+        }
+        return out;
+    };
+    let stage = &r.stages[index];
+    let spec = &r.spec.stages[index.min(r.spec.stages.len() - 1)];
+    let idx = index as u32;
+
+    match stage.state {
+        StageState::Pending => {
+            if !stage.device_ids.is_empty()
+                && let Err(next) = window_gate(r, &offsets(state, &stage.device_ids), now)
+            {
+                if let Some(at) = next {
+                    out.requeue(at);
+                }
+                return out;
+            }
+            out.rollout_events.push(
+                StageStarted {
+                    index: idx,
+                    deadline_at_ms: (spec.deadline_s > 0)
+                        .then(|| now + i64::from(spec.deadline_s) * 1000),
+                }
+                .into(),
+            );
+            let remaining = ensure_tasks(r, state, index, &mut out);
+            if remaining == 0 {
+                out.rollout_events
+                    .push(StageSucceeded { index: idx }.into());
+            } else if spec.deadline_s > 0 {
+                out.requeue(now + i64::from(spec.deadline_s) * 1000);
+            }
+            out
+        }
+        StageState::Running | StageState::Failed => {
+            let before = out.rollout_events.len() + out.new_tasks.len();
+            ensure_tasks(r, state, index, &mut out);
+            if out.rollout_events.len() + out.new_tasks.len() != before {
+                return out;
+            }
+            let counts = stage_counts(r, state, index);
+            match verdict(spec, &counts) {
+                Verdict::Failed(reason) => fail_stage(r, state, idx, spec, reason, &mut out),
+                Verdict::SuccessMet if spec.soak_s > 0 => {
+                    let until = now + i64::from(spec.soak_s) * 1000;
+                    out.rollout_events.push(
+                        StageSoaking {
+                            index: idx,
+                            until_ms: until,
+                        }
+                        .into(),
+                    );
+                    out.requeue(until);
+                }
+                Verdict::SuccessMet => out
+                    .rollout_events
+                    .push(StageSucceeded { index: idx }.into()),
+                Verdict::Undecided => requeue_window(r, state, index, now, &mut out),
+            }
+            out
+        }
+        StageState::Soaking => {
+            let counts = stage_counts(r, state, index);
+            let limit = failure_limit(spec, counts.devices);
+            if counts.failures() >= limit {
+                let reason = match verdict(spec, &counts) {
+                    Verdict::Failed(reason) => format!("{reason}, while soaking"),
+                    _ => format!(
+                        "stage {}: {} failure(s) ≥ threshold {limit} while soaking",
+                        stage.name,
+                        counts.failures()
+                    ),
+                };
+                fail_stage(r, state, idx, spec, reason, &mut out);
+                return out;
+            }
+            match stage.soak_until_ms {
+                Some(until) if until > now => {
+                    out.requeue(until);
+                    requeue_window(r, state, index, now, &mut out);
+                }
+                _ => out
+                    .rollout_events
+                    .push(StageSucceeded { index: idx }.into()),
+            }
+            out
+        }
+        StageState::Succeeded => out,
+    }
+}
+
+/// While tasks of the stage wait for a window, look again when a window opens or closes so the
+/// dispatcher is nudged on time.
+fn requeue_window(
+    r: &RolloutView,
+    state: &FleetState,
+    index: usize,
+    now: i64,
+    out: &mut Reconcile,
+) {
+    let Some(w) = &r.spec.window else {
+        return;
+    };
+    for o in offsets(state, &r.stages[index].device_ids) {
+        if let Some(at) = window::next_change(w, o, now) {
+            out.requeue(at);
+        }
+    }
+}
+
+/// Creates the missing tasks of a started stage, excluding busy and removed devices. Returns the
+/// number of devices that have (or now get) a task.
+fn ensure_tasks(r: &RolloutView, state: &FleetState, index: usize, out: &mut Reconcile) -> usize {
+    let stage = &r.stages[index];
+    let mut excluded = Vec::new();
+    let mut with_task = 0usize;
+    let fw = state
+        .firmware
+        .get(&r.spec.firmware_id)
+        .map(|f| &f.registered);
+    for device_id in &stage.device_ids {
+        if r.tasks_by_device.contains_key(device_id) {
+            with_task += 1;
+            continue;
+        }
+        let device = state.devices.get(device_id);
+        let why = match device {
+            None => Some((
+                ErrorCode::Offline,
+                "no site reports this device any more".to_string(),
+            )),
+            Some(d) if d.removed => Some((
+                ErrorCode::Offline,
+                "its site no longer reports this device".to_string(),
+            )),
+            Some(d) => state.active_task_of(&d.id).map(|t| {
+                let owner = match (&t.created.rollout_id, t.created.auto) {
+                    (_, true) => "an auto-upgrade".to_string(),
+                    (Some(other), false) => format!("rollout {other}"),
+                    (None, false) => "a single-device update".to_string(),
+                };
+                (
+                    ErrorCode::OneAtATime,
+                    format!(
+                        "the device already has task {} ({}, from {owner}): one update at a time, so this rollout leaves it alone",
+                        t.created.task_id,
+                        t.phase.name()
+                    ),
+                )
+            }),
+        };
+        if let Some((code, reason)) = why {
+            excluded.push(Exclusion {
+                device_id: device_id.clone(),
+                code,
+                reason,
+            });
+            continue;
+        }
+        let (Some(d), Some(fw)) = (device, fw) else {
+            continue;
+        };
+        with_task += 1;
+        let spec = &r.spec;
+        out.new_tasks.push(TaskCreated {
+            task_id: rollout_task_id(&r.id, device_id),
+            device_id: device_id.clone(),
+            site_id: d.site_id.clone(),
+            rollout_id: Some(r.id.clone()),
+            stage: index as u32,
+            firmware_id: fw.id.clone(),
+            target: target_version(fw),
+            upgrade_type: spec.upgrade_type,
+            downgrade: spec.allow_downgrade,
+            max_attempts: spec.retry.max_attempts,
+            initial_backoff_s: spec.retry.initial_backoff_s,
+            max_backoff_s: spec.retry.max_backoff_s,
+            timeout_s: spec.device_timeout_s,
+            flash_offset: None,
+            auto: false,
+        });
+    }
+    if fw.is_none() && with_task < stage.device_ids.len() - excluded.len() {
+        // The firmware vanished from the catalog (deletion is refused while a rollout uses it,
+        // so this is damage): stop rather than guess.
+        out.new_tasks.clear();
+        out.rollout_events.push(
+            RolloutPaused {
+                reason: format!(
+                    "firmware {} is no longer in the catalog: no task can be created",
+                    r.spec.firmware_id
+                ),
+                automatic: true,
+            }
+            .into(),
+        );
+        return usize::MAX;
+    }
+    if !excluded.is_empty() {
+        out.rollout_events.push(
+            StageDevicesExcluded {
+                index: index as u32,
+                excluded,
+            }
+            .into(),
+        );
+    }
+    with_task
+}
+
+fn fail_stage(
+    r: &RolloutView,
+    state: &FleetState,
+    index: u32,
+    spec: &StageSpec,
+    reason: String,
+    out: &mut Reconcile,
+) {
+    out.rollout_events.push(
+        StageFailed {
+            index,
+            reason: reason.clone(),
+        }
+        .into(),
+    );
+    match spec.on_failure {
+        FailureAction::Pause => out.rollout_events.push(
+            RolloutPaused {
+                reason,
+                automatic: true,
+            }
+            .into(),
+        ),
+        FailureAction::Abort => {
+            let abort = abort(r, state, &reason, true);
+            out.rollout_events.extend(abort.rollout_events);
+            out.task_events.extend(abort.task_events);
+            out.cancels.extend(abort.cancels);
+        }
+    }
+}
+
+/// Aborting a rollout: `RolloutAborted`, and every task of it that is safe to cancel (queued,
+/// held, waiting for wake-up) is cancelled; waiting-for-wake-up tasks also get a `CancelCommand`
+/// at their site. Running transfers are left to finish and report.
+pub fn abort(r: &RolloutView, state: &FleetState, reason: &str, automatic: bool) -> Reconcile {
+    let mut out = Reconcile::default();
+    out.rollout_events.push(
+        RolloutAborted {
+            reason: reason.to_string(),
+            automatic,
+        }
+        .into(),
+    );
+    let mut tasks: Vec<&TaskView> = r
+        .tasks_by_device
+        .values()
+        .filter_map(|id| state.tasks.get(id))
+        .filter(|t| !t.phase.is_terminal() && t.phase.is_cancellable())
+        .collect();
+    tasks.sort_by(|a, b| a.created.task_id.cmp(&b.created.task_id));
+    let why = format!("rollout {} aborted: {reason}", r.id);
+    for t in tasks {
+        out.task_events.push((
+            t.created.task_id.clone(),
+            TaskCancelled {
+                reason: why.clone(),
+            }
+            .into(),
+        ));
+        if t.phase == TaskPhase::WaitingForWakeup {
+            out.cancels.push(CancelOrder {
+                site_id: t.created.site_id.clone(),
+                task_id: t.created.task_id.clone(),
+                reason: why.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// What the batch check found: devices that did not answer (5019) are listed; devices whose
+/// fresh answer shows they no longer need or take the firmware, and devices their site no
+/// longer reports, are excluded. Reads the `DeviceChecked` events of `check_id` from the state.
+pub fn batch_check_completed(
+    r: &RolloutView,
+    state: &FleetState,
+    check_id: &str,
+) -> BatchCheckCompleted {
+    let mut timed_out = Vec::new();
+    let mut excluded = Vec::new();
+    let fw = state
+        .firmware
+        .get(&r.spec.firmware_id)
+        .map(|f| &f.registered);
+    let devices = r
+        .batch_check
+        .as_ref()
+        .filter(|b| b.check_id == check_id)
+        .map(|b| b.device_ids.clone())
+        .unwrap_or_else(|| all_stage_devices(r));
+    for id in &devices {
+        let Some(d) = state.devices.get(id) else {
+            excluded.push(Exclusion {
+                device_id: id.clone(),
+                code: ErrorCode::Offline,
+                reason: "no site reports this device any more".into(),
+            });
+            continue;
+        };
+        let answer = d
+            .last_check
+            .as_ref()
+            .map(|(c, _)| c)
+            .filter(|c| c.check_id == check_id);
+        if answer
+            .and_then(|c| c.error.as_ref())
+            .is_some_and(|e| e.code == ErrorCode::BulkCheckTimeout)
+        {
+            timed_out.push(id.clone());
+        }
+        if r.spec.upgrade_type == UpgradeType::Check {
+            continue;
+        }
+        let why = match fw {
+            Some(fw) => exclusion_reason(&r.spec, fw, d),
+            None => Some((
+                ErrorCode::NoFirmware,
+                format!("firmware {} is not in the catalog", r.spec.firmware_id),
+            )),
+        };
+        if let Some((code, reason)) = why {
+            excluded.push(Exclusion {
+                device_id: id.clone(),
+                code,
+                reason: format!("batch check: {reason}"),
+            });
+        }
+    }
+    BatchCheckCompleted {
+        check_id: check_id.to_string(),
+        timed_out,
+        excluded,
+    }
+}
+
+/// "10 devices: 8 updated, 1 skipped, 1 failed, 0 timed out, 0 cancelled; 3 excluded; 1 did not
+/// answer the batch check (5019)".
+pub fn summary(r: &RolloutView, state: &FleetState) -> String {
+    let mut c = StageCounts::default();
+    for i in 0..r.stages.len() {
+        let s = stage_counts(r, state, i);
+        c.devices += s.devices;
+        c.succeeded += s.succeeded;
+        c.failed += s.failed;
+        c.timed_out += s.timed_out;
+        c.skipped += s.skipped;
+        c.cancelled += s.cancelled;
+    }
+    let mut out = format!(
+        "{} devices: {} updated, {} skipped, {} failed, {} timed out, {} cancelled",
+        c.devices, c.succeeded, c.skipped, c.failed, c.timed_out, c.cancelled
+    );
+    if !r.exclusions.is_empty() {
+        out.push_str(&format!("; {} excluded", r.exclusions.len()));
+    }
+    let no_answer = r.batch_check.as_ref().map_or(0, |b| b.timed_out.len());
+    if no_answer > 0 {
+        out.push_str(&format!(
+            "; {no_answer} did not answer the batch check (5019)"
+        ));
+    }
+    out
+}
+
+/// The outcome of a check-only rollout.
+pub fn check_summary(r: &RolloutView, state: &FleetState) -> String {
+    let Some(bc) = &r.batch_check else {
+        return "check only: nothing was checked".into();
+    };
+    let (mut available, mut current, mut no_answer, mut failed) = (0, 0, 0, 0);
+    for id in &bc.device_ids {
+        let answer = state
+            .devices
+            .get(id)
+            .and_then(|d| d.last_check.as_ref())
+            .map(|(c, _)| c)
+            .filter(|c| c.check_id == bc.check_id);
+        match answer {
+            Some(c) if c.error.as_ref().map(|e| e.code) == Some(ErrorCode::BulkCheckTimeout) => {
+                no_answer += 1
+            }
+            Some(c) if c.error.is_some() => failed += 1,
+            Some(c) if c.status == UpgradeStatus::Available => available += 1,
+            Some(_) => current += 1,
+            None => failed += 1,
+        }
+    }
+    format!(
+        "check only, nothing installed: {} checked: {available} can take the firmware, {current} need nothing, {no_answer} did not answer (5019), {failed} could not be checked; {} excluded at planning",
+        bc.device_ids.len(),
+        r.exclusions.len()
+    )
+}
+
+#[cfg(test)]
+mod tests;
