@@ -12,6 +12,7 @@
 //! `--payload 160`          payload bytes per event
 //! `--dir PATH`             where to put the stores (default: a temporary directory)
 //! `--reuse yes`            replay the store a previous run left in `--dir`
+//! `--cache-mb 256`         sled page cache size (`SledOptions::cache_capacity_bytes`)
 //!
 //! Appends are single-event, each writer on its own stream (`Exact` version checks), each
 //! awaiting durability. Replay reopens the store (timing open and validation) and reads
@@ -64,6 +65,9 @@ fn parse_args() -> Args {
         "payload" => args.payload = value.parse().expect("--payload"),
         "dir" => args.dir = Some(PathBuf::from(value)),
         "reuse" => args.reuse = value == "yes",
+        "cache-mb" => {
+            let _ = CACHE_MB.set(value.parse().expect("--cache-mb"));
+        }
         other => panic!("unknown option --{other}"),
     };
     for name in [
@@ -74,6 +78,7 @@ fn parse_args() -> Args {
         "payload",
         "dir",
         "reuse",
+        "cache-mb",
     ] {
         let var = format!("STORE_BENCH_{}", name.to_uppercase().replace('-', "_"));
         if let Ok(value) = std::env::var(var) {
@@ -123,8 +128,15 @@ fn rss() -> String {
     )
 }
 
+/// sled cache size from `--cache-mb`, if given.
+static CACHE_MB: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 fn options() -> SledOptions {
-    SledOptions::default()
+    let mut options = SledOptions::default();
+    if let Some(mb) = CACHE_MB.get() {
+        options.cache_capacity_bytes = mb * 1024 * 1024;
+    }
+    options
 }
 
 /// `writers` tasks append for `seconds`; returns (appends, elapsed).

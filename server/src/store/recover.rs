@@ -309,7 +309,7 @@ fn scan(
                 return Err(damaged(first, reason));
             }
         };
-        let end = first + count - 1;
+        let end = first.saturating_add(count - 1);
         if end >= full_from {
             if let Some(events) = pending.take() {
                 check_index(trees, &events, None)?;
@@ -561,8 +561,8 @@ fn truncate_after(trees: &Trees, keep: u64) -> Result<(), StoreError> {
             .saturating_sub(1);
         if end != keep {
             return Err(StoreError::Invalid(format!(
-                "truncate_corrupt_tail_after = {keep} falls inside the append holding seqs \
-                 {first}..={end}; use {} or {end}",
+                "truncate_corrupt_tail_after = {keep} falls inside the record (one commit \
+                 group) holding seqs {first}..={end}; use {} or {end}",
                 first.saturating_sub(1)
             )));
         }
