@@ -27,8 +27,21 @@ export PATH="$PATH:/usr/sbin"
 
 # 2. Python peers. ESPHome releases from 2026.7 need Python >= 3.12.
 find_python312() {
-  for p in python3.13 python3.12; do command -v "$p" >/dev/null 2>&1 && { command -v "$p"; return; }; done
-  for p in "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3; do [ -x "$p" ] && { echo "$p"; return; }; done
+  # Real interpreters first (pyenv shims may exist without a usable version behind them); each
+  # candidate must actually run and be >= 3.12.
+  local candidates=()
+  for p in "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3 /usr/bin/python3.1[2-9] /usr/local/bin/python3.1[2-9]; do
+    [ -x "$p" ] && candidates+=("$p")
+  done
+  for p in python3.13 python3.12 python3; do
+    command -v "$p" >/dev/null 2>&1 && candidates+=("$(command -v "$p")")
+  done
+  for p in "${candidates[@]}"; do
+    if "$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; then
+      echo "$p"
+      return 0
+    fi
+  done
   return 1
 }
 if [ ! -x "$VENV/bin/python" ]; then
