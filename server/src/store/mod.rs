@@ -256,8 +256,9 @@ pub enum StoreError {
         actual: u64,
     },
     /// The stored log is damaged at `seq`. Not retryable: an operator must look at it
-    /// (see [`SledOptions::truncate_corrupt_tail_after`]). When one stored record holds
-    /// several events (a multi-event append), `seq` is the record's first seq.
+    /// (see [`SledOptions::truncate_corrupt_tail_after`]). When the damaged record
+    /// holds several events (a commit group of one or more appends), `seq` is its
+    /// first seq.
     #[error("event log corrupt at seq {seq}: {reason}")]
     Corrupt {
         /// Where the damage is.
