@@ -1,0 +1,374 @@
+//! The API messages the agent and the simulator exchange, with ESPHome's message type ids and
+//! field numbers (`api.proto`, as generated into `api_pb2.cpp` of ESPHome 2026.10):
+//!
+//! | id | message | fields |
+//! |---|---|---|
+//! | 1 | `HelloRequest` | 1 `client_info`, 2 `api_version_major`, 3 `api_version_minor` |
+//! | 2 | `HelloResponse` | 1 `api_version_major`, 2 `api_version_minor`, 3 `server_info`, 4 `name` |
+//! | 5 | `DisconnectRequest` | 1 `reason` (2026) |
+//! | 6 | `DisconnectResponse` | — |
+//! | 7 / 8 | `PingRequest` / `PingResponse` | — |
+//! | 9 | `DeviceInfoRequest` | — |
+//! | 10 | `DeviceInfoResponse` | 1 `uses_password` (before 2026.1), 2 `name`, 3 `mac_address`, 4 `esphome_version`, 5 `compilation_time`, 6 `model`, 7 `has_deep_sleep`, 8 `project_name`, 9 `project_version`, 10 `webserver_port`, 12 `manufacturer`, 13 `friendly_name`, 16 `suggested_area`, 19 `api_encryption_supported` |
+//!
+//! What it does not do: entities, states, logs, services or any other message; a message with
+//! another id decodes as [`Message::Other`] and is left to the caller (which ignores it).
+
+use bytes::{Bytes, BytesMut};
+
+use super::proto::{self, DecodeError, Reader};
+
+/// Message type ids.
+pub mod msg_type {
+    /// `HelloRequest`.
+    pub const HELLO_REQUEST: u16 = 1;
+    /// `HelloResponse`.
+    pub const HELLO_RESPONSE: u16 = 2;
+    /// `DisconnectRequest`.
+    pub const DISCONNECT_REQUEST: u16 = 5;
+    /// `DisconnectResponse`.
+    pub const DISCONNECT_RESPONSE: u16 = 6;
+    /// `PingRequest`.
+    pub const PING_REQUEST: u16 = 7;
+    /// `PingResponse`.
+    pub const PING_RESPONSE: u16 = 8;
+    /// `DeviceInfoRequest`.
+    pub const DEVICE_INFO_REQUEST: u16 = 9;
+    /// `DeviceInfoResponse`.
+    pub const DEVICE_INFO_RESPONSE: u16 = 10;
+}
+
+/// API version ESPHome 2026.10 announces in its `HelloResponse` (and aioesphomeapi in its
+/// `HelloRequest`): 1.19.
+pub const API_VERSION: (u32, u32) = (1, 19);
+
+/// The first message of a connection, from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HelloRequest {
+    /// Who is asking ("ota-agent 0.1.0"); the device only logs it.
+    pub client_info: String,
+    /// The client's API major version.
+    pub api_version_major: u32,
+    /// The client's API minor version.
+    pub api_version_minor: u32,
+}
+
+/// The device's answer to [`HelloRequest`]; since 2026.1 it also authenticates the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HelloResponse {
+    /// The device's API major version (1).
+    pub api_version_major: u32,
+    /// The device's API minor version.
+    pub api_version_minor: u32,
+    /// The ESPHome version ("2026.10.0"); older devices sent "ESPHome v… on …".
+    pub server_info: String,
+    /// The node name.
+    pub name: String,
+}
+
+/// Either side asks to close the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DisconnectRequest {
+    /// Why (ESPHome 2026 `DisconnectReason`; 0 when unspecified).
+    pub reason: u32,
+}
+
+/// What the device says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceInfoResponse {
+    /// Whether the API has a password (field 1; devices before 2026.1 only).
+    pub uses_password: bool,
+    /// Node name (`esphome: name:`).
+    pub name: String,
+    /// Wi-Fi or Ethernet MAC, `AC:BC:32:89:0E:A9`.
+    pub mac_address: String,
+    /// ESPHome version the firmware was built with.
+    pub esphome_version: String,
+    /// Build time of the firmware.
+    pub compilation_time: String,
+    /// The board (`esp32dev`, `nodemcuv2`, …).
+    pub model: String,
+    /// The firmware has deep sleep.
+    pub has_deep_sleep: bool,
+    /// `esphome: project: name:`; empty without a project.
+    pub project_name: String,
+    /// `esphome: project: version:`; empty without a project. What the device runs.
+    pub project_version: String,
+    /// Port of the `web_server`, 0 without one.
+    pub webserver_port: u32,
+    /// "Espressif", "Raspberry Pi", "Beken", …
+    pub manufacturer: String,
+    /// `esphome: friendly_name:`.
+    pub friendly_name: String,
+    /// `esphome: area:`.
+    pub suggested_area: String,
+    /// The firmware can do Noise encryption of the API.
+    pub api_encryption_supported: bool,
+}
+
+/// One API message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Type 1.
+    HelloRequest(HelloRequest),
+    /// Type 2.
+    HelloResponse(HelloResponse),
+    /// Type 5.
+    DisconnectRequest(DisconnectRequest),
+    /// Type 6.
+    DisconnectResponse,
+    /// Type 7.
+    PingRequest,
+    /// Type 8.
+    PingResponse,
+    /// Type 9.
+    DeviceInfoRequest,
+    /// Type 10.
+    DeviceInfoResponse(Box<DeviceInfoResponse>),
+    /// Any other message, undecoded.
+    Other {
+        /// Its type id.
+        msg_type: u16,
+        /// Its protobuf payload.
+        payload: Bytes,
+    },
+}
+
+impl Message {
+    /// The message type id.
+    pub fn msg_type(&self) -> u16 {
+        match self {
+            Self::HelloRequest(_) => msg_type::HELLO_REQUEST,
+            Self::HelloResponse(_) => msg_type::HELLO_RESPONSE,
+            Self::DisconnectRequest(_) => msg_type::DISCONNECT_REQUEST,
+            Self::DisconnectResponse => msg_type::DISCONNECT_RESPONSE,
+            Self::PingRequest => msg_type::PING_REQUEST,
+            Self::PingResponse => msg_type::PING_RESPONSE,
+            Self::DeviceInfoRequest => msg_type::DEVICE_INFO_REQUEST,
+            Self::DeviceInfoResponse(_) => msg_type::DEVICE_INFO_RESPONSE,
+            Self::Other { msg_type, .. } => *msg_type,
+        }
+    }
+
+    /// ESPHome's name of the message, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::HelloRequest(_) => "HelloRequest",
+            Self::HelloResponse(_) => "HelloResponse",
+            Self::DisconnectRequest(_) => "DisconnectRequest",
+            Self::DisconnectResponse => "DisconnectResponse",
+            Self::PingRequest => "PingRequest",
+            Self::PingResponse => "PingResponse",
+            Self::DeviceInfoRequest => "DeviceInfoRequest",
+            Self::DeviceInfoResponse(_) => "DeviceInfoResponse",
+            Self::Other { .. } => "other",
+        }
+    }
+
+    /// Appends the protobuf payload (not the frame).
+    ///
+    /// Field order and presence follow ESPHome's encoder: strings of `HelloResponse` and
+    /// `DeviceInfoResponse` are written even when empty, numbers and flags only when set.
+    pub fn encode_payload(&self, dst: &mut BytesMut) {
+        match self {
+            Self::HelloRequest(m) => {
+                proto::put_string_nonempty(dst, 1, &m.client_info);
+                proto::put_uint32(dst, 2, m.api_version_major);
+                proto::put_uint32(dst, 3, m.api_version_minor);
+            }
+            Self::HelloResponse(m) => {
+                proto::put_uint32(dst, 1, m.api_version_major);
+                proto::put_uint32(dst, 2, m.api_version_minor);
+                proto::put_string(dst, 3, &m.server_info);
+                proto::put_string(dst, 4, &m.name);
+            }
+            Self::DisconnectRequest(m) => proto::put_uint32(dst, 1, m.reason),
+            Self::DeviceInfoResponse(m) => {
+                proto::put_bool(dst, 1, m.uses_password);
+                proto::put_string(dst, 2, &m.name);
+                proto::put_string(dst, 3, &m.mac_address);
+                proto::put_string(dst, 4, &m.esphome_version);
+                proto::put_string(dst, 5, &m.compilation_time);
+                proto::put_string(dst, 6, &m.model);
+                proto::put_bool(dst, 7, m.has_deep_sleep);
+                if !m.project_name.is_empty() {
+                    proto::put_string(dst, 8, &m.project_name);
+                    proto::put_string(dst, 9, &m.project_version);
+                }
+                proto::put_uint32(dst, 10, m.webserver_port);
+                proto::put_string(dst, 12, &m.manufacturer);
+                proto::put_string(dst, 13, &m.friendly_name);
+                proto::put_string_nonempty(dst, 16, &m.suggested_area);
+                proto::put_bool(dst, 19, m.api_encryption_supported);
+            }
+            Self::Other { payload, .. } => dst.extend_from_slice(payload),
+            Self::DisconnectResponse
+            | Self::PingRequest
+            | Self::PingResponse
+            | Self::DeviceInfoRequest => {}
+        }
+    }
+
+    /// Decodes a payload of type `msg_type`. Unknown fields are skipped; empty messages ignore
+    /// their payload, as protobuf does.
+    pub fn decode(msg_type: u16, payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        Ok(match msg_type {
+            msg_type::HELLO_REQUEST => {
+                let mut m = HelloRequest::default();
+                while let Some((field, v)) = r.next_field()? {
+                    match field {
+                        1 => m.client_info = v.as_string().unwrap_or_default(),
+                        2 => m.api_version_major = v.as_u32().unwrap_or_default(),
+                        3 => m.api_version_minor = v.as_u32().unwrap_or_default(),
+                        _ => {}
+                    }
+                }
+                Self::HelloRequest(m)
+            }
+            msg_type::HELLO_RESPONSE => {
+                let mut m = HelloResponse::default();
+                while let Some((field, v)) = r.next_field()? {
+                    match field {
+                        1 => m.api_version_major = v.as_u32().unwrap_or_default(),
+                        2 => m.api_version_minor = v.as_u32().unwrap_or_default(),
+                        3 => m.server_info = v.as_string().unwrap_or_default(),
+                        4 => m.name = v.as_string().unwrap_or_default(),
+                        _ => {}
+                    }
+                }
+                Self::HelloResponse(m)
+            }
+            msg_type::DISCONNECT_REQUEST => {
+                let mut m = DisconnectRequest::default();
+                while let Some((field, v)) = r.next_field()? {
+                    if field == 1 {
+                        m.reason = v.as_u32().unwrap_or_default();
+                    }
+                }
+                Self::DisconnectRequest(m)
+            }
+            msg_type::DEVICE_INFO_RESPONSE => {
+                let mut m = DeviceInfoResponse::default();
+                while let Some((field, v)) = r.next_field()? {
+                    let s = || v.as_string().unwrap_or_default();
+                    match field {
+                        1 => m.uses_password = v.as_bool().unwrap_or_default(),
+                        2 => m.name = s(),
+                        3 => m.mac_address = s(),
+                        4 => m.esphome_version = s(),
+                        5 => m.compilation_time = s(),
+                        6 => m.model = s(),
+                        7 => m.has_deep_sleep = v.as_bool().unwrap_or_default(),
+                        8 => m.project_name = s(),
+                        9 => m.project_version = s(),
+                        10 => m.webserver_port = v.as_u32().unwrap_or_default(),
+                        12 => m.manufacturer = s(),
+                        13 => m.friendly_name = s(),
+                        16 => m.suggested_area = s(),
+                        19 => m.api_encryption_supported = v.as_bool().unwrap_or_default(),
+                        _ => {}
+                    }
+                }
+                Self::DeviceInfoResponse(Box::new(m))
+            }
+            msg_type::DISCONNECT_RESPONSE => Self::DisconnectResponse,
+            msg_type::PING_REQUEST => Self::PingRequest,
+            msg_type::PING_RESPONSE => Self::PingResponse,
+            msg_type::DEVICE_INFO_REQUEST => Self::DeviceInfoRequest,
+            other => Self::Other {
+                msg_type: other,
+                payload: Bytes::copy_from_slice(payload),
+            },
+        })
+    }
+
+    /// The payload alone, encoded.
+    pub fn payload(&self) -> BytesMut {
+        let mut b = BytesMut::new();
+        self.encode_payload(&mut b);
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s.replace(' ', "")).unwrap()
+    }
+
+    #[test]
+    fn hello_request_golden_bytes() {
+        let m = Message::HelloRequest(HelloRequest {
+            client_info: "ota-agent".into(),
+            api_version_major: 1,
+            api_version_minor: 19,
+        });
+        assert_eq!(
+            &m.payload()[..],
+            &h("0a 09 6f74612d6167656e74  10 01  18 13")[..]
+        );
+        assert_eq!(Message::decode(1, &m.payload()).unwrap(), m);
+    }
+
+    #[test]
+    fn device_info_response_decodes_what_esphome_encodes() {
+        // As ESPHome 2026.10's encoder writes it for an ESP32 with a project, a web_server on
+        // port 80 and Noise support: forced strings, then the flags and numbers that are set.
+        let wire = h(concat!(
+            "12 07 6b69746368656e",                             // 2 name "kitchen"
+            "1a 11 41413a42423a43433a44443a45453a4646",         // 3 mac
+            "22 09 323032362e31302e30",                         // 4 esphome_version
+            "2a 15 4e6f7620323420323032362c2030383a30303a3030", // 5 compilation_time
+            "32 08 6573703332646576",                           // 6 model "esp32dev"
+            "42 09 61636d652e706c7567",                         // 8 project_name "acme.plug"
+            "4a 05 312e322e33",                                 // 9 project_version "1.2.3"
+            "50 50",                                            // 10 webserver_port 80
+            "62 09 457370726573736966",                         // 12 manufacturer "Espressif"
+            "6a 0c 4b69746368656e20706c7567",                   // 13 friendly_name
+            "98 01 01",                                         // 19 api_encryption_supported
+            "a0 01 05",                                         // 20: unknown varint, skipped
+        ));
+        let m = Message::decode(10, &wire).unwrap();
+        let Message::DeviceInfoResponse(info) = &m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(info.name, "kitchen");
+        assert_eq!(info.mac_address, "AA:BB:CC:DD:EE:FF");
+        assert_eq!(info.esphome_version, "2026.10.0");
+        assert_eq!(info.compilation_time, "Nov 24 2026, 08:00:00");
+        assert_eq!(info.model, "esp32dev");
+        assert_eq!(info.project_name, "acme.plug");
+        assert_eq!(info.project_version, "1.2.3");
+        assert_eq!(info.webserver_port, 80);
+        assert_eq!(info.manufacturer, "Espressif");
+        assert_eq!(info.friendly_name, "Kitchen plug");
+        assert!(info.api_encryption_supported);
+        assert!(!info.uses_password && !info.has_deep_sleep);
+        // Our encoder writes the same bytes (less the unknown field).
+        assert_eq!(&m.payload()[..], &wire[..wire.len() - 3]);
+    }
+
+    #[test]
+    fn empty_messages_and_others() {
+        for (t, m) in [
+            (6, Message::DisconnectResponse),
+            (7, Message::PingRequest),
+            (8, Message::PingResponse),
+            (9, Message::DeviceInfoRequest),
+        ] {
+            assert_eq!(Message::decode(t, &[]).unwrap(), m);
+            assert_eq!(m.msg_type(), t);
+            assert!(m.payload().is_empty());
+        }
+        let d = Message::DisconnectRequest(DisconnectRequest { reason: 2 });
+        assert_eq!(&d.payload()[..], &[0x08, 0x02]);
+        assert_eq!(Message::decode(5, &[0x08, 0x02]).unwrap(), d);
+        let o = Message::decode(42, &[1, 2, 3]).unwrap();
+        assert_eq!(o.msg_type(), 42);
+        assert_eq!(&o.payload()[..], &[1, 2, 3]);
+        assert!(Message::decode(10, &[0x12, 0x09, b'a']).is_err());
+    }
+}
