@@ -1187,3 +1187,154 @@ async fn weak_signal_confirmation_cancel_and_serial_flash() {
     );
     drop(agent);
 }
+
+// === rollouts ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_plan_create_start_watch_and_lifecycle_errors() {
+    let otad = Otad::start();
+    let file = otad.write("bulb.ota", &zigbee_file(0x0100_0002));
+    let up = otad
+        .ctl_async(&[
+            "firmware",
+            "upload",
+            &file,
+            "--name",
+            "bulb",
+            "--version",
+            "1.0.2",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let fw = up["firmware"]["id"].as_str().expect("id").to_string();
+    let agent = fake_agent(
+        &otad,
+        "home",
+        (1..=4)
+            .map(|i| {
+                (
+                    bulb(&format!("0x000b57fffe0001{i:02}"), 0x0100_0001),
+                    Behaviour::Good,
+                )
+            })
+            .collect(),
+    )
+    .await;
+
+    // Plan from flags: a canary of one, then everyone.
+    let plan = otad
+        .ctl_async(&[
+            "rollout",
+            "plan",
+            "--name",
+            "hue",
+            "--firmware",
+            &fw,
+            "--model",
+            "LED1836G9",
+            "--canary",
+            "1",
+            "--waves",
+            "100",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(plan["target_count"], 4, "{plan:#}");
+    let sizes: Vec<usize> = plan["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["device_ids"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(sizes, [1, 3], "{plan:#}");
+
+    // Create a draft from a spec file, then start it.
+    let spec = otad.write(
+        "hue.toml",
+        format!(
+            "name = \"hue 1.0.2\"\nfirmware = \"{fw}\"\n[selector]\nmodels = [\"LED1836G9\"]\n\
+             [[stages]]\nname = \"canary\"\ncount = 1\n[[stages]]\nname = \"everyone\"\npercent = 100\n"
+        )
+        .as_bytes(),
+    );
+    let created = otad
+        .ctl_async(&["rollout", "create", "-f", &spec, "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let id = created["id"].as_str().expect("rollout id").to_string();
+    assert_eq!(created["state"]["name"], "draft", "{created:#}");
+    let drafts = otad
+        .ctl_async(&["rollout", "list", "--state", "draft", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert!(
+        drafts["rollouts"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|r| r["id"] == id.as_str())),
+        "{drafts:#}"
+    );
+    let replan = otad.ctl_async(&["rollout", "plan", &id]).await.ok();
+    assert!(replan.stdout.contains("Target devices"), "{replan:#?}");
+    let started = otad.ctl_async(&["rollout", "start", &id]).await.ok();
+    assert!(
+        started
+            .stdout
+            .starts_with(&format!("Rollout {id} is running")),
+        "{started:#?}"
+    );
+
+    // Watch it to the end: JSON lines, the last one completed.
+    let watch = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        otad.ctl_async(&["rollout", "watch", &id, "-o", "json"]),
+    )
+    .await
+    .expect("the rollout completes")
+    .ok();
+    let lines = watch.json_lines();
+    let last = lines.last().expect("at least one progress line");
+    assert_eq!(last["rollout"]["state"]["name"], "completed", "{last:#}");
+    assert_eq!(last["rollout"]["totals"]["succeeded"], 4, "{last:#}");
+    let show = otad.ctl_async(&["rollout", "show", &id]).await.ok();
+    assert!(show.stdout.contains("State     completed"), "{show:#?}");
+
+    // Lifecycle errors are the server's words, exit 2.
+    let pause = otad.ctl_async(&["rollout", "pause", &id]).await;
+    assert_eq!(pause.code, 2, "{pause:#?}");
+    assert!(pause.error_line().contains(&id), "{pause:#?}");
+
+    // A second draft, aborted: watching it reports the abort with exit 1.
+    let second = otad
+        .ctl_async(&["rollout", "create", "-f", &spec, "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let id2 = second["id"].as_str().expect("rollout id").to_string();
+    let aborted = otad
+        .ctl_async(&["rollout", "abort", &id2, "--reason", "changed our mind"])
+        .await
+        .ok();
+    assert!(
+        aborted
+            .stdout
+            .starts_with(&format!("Rollout {id2} is aborted")),
+        "{aborted:#?}"
+    );
+    let watch2 = otad.ctl_async(&["rollout", "watch", &id2]).await;
+    assert_eq!(watch2.code, 1, "{watch2:#?}");
+    assert!(
+        watch2
+            .error_line()
+            .starts_with(&format!("rollout {id2} aborted")),
+        "{watch2:#?}"
+    );
+    drop(agent);
+}
