@@ -618,6 +618,7 @@ pub fn auto_upgrade(a: &AutoUpgradeView) -> String {
 
 fn stage_size(s: &StageSpecView) -> String {
     match (s.count, s.cumulative_percent) {
+        (Some(1), _) => "1 device".to_string(),
         (Some(c), _) => format!("{c} devices"),
         (_, Some(p)) => format!("up to {p}%"),
         _ => "-".to_string(),
