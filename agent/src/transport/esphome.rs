@@ -1,1 +1,0 @@
-//! Transport driver; filled by its transport work.
