@@ -1,0 +1,1279 @@
+//! The ESPHome transport: ESPHome devices on the site's network, updated through ESPHome's
+//! native OTA protocol, or through the web_server's `/update` where configured.
+//!
+//! # What it does
+//!
+//! - **Inventory**: every configured device, asked periodically through its native API
+//!   (`DeviceInfo`): node or friendly name, board (as the model), manufacturer, ESPHome version
+//!   (as the software build id), build time (as the date code) and **project version** (the
+//!   current version). A device is reachable when its API or its OTA port answers; when only the
+//!   OTA port does (safe mode runs no API), its last known version is kept. No RSSI is reported:
+//!   it needs entity subscriptions (a `wifi_signal` sensor), not a cheap request.
+//! - **Check**: the same probe now, within the check's deadline.
+//! - **Update**:
+//!   1. pre-flight on the image alone, before any connection: on ESP platforms it must be an
+//!      ESP application image for the device's chip (`ota_firmware::inspect` with
+//!      `Expected::EspApp`); merged factory images are refused (5013) because a device would
+//!      reject them (ESP32: 0x80) or worse;
+//!   2. the running version, through the API (the report's `from`);
+//!   3. the transfer: native OTA through `ota_devproto::esphome::Client` with ESPHome's timeouts
+//!      (20 s connect and handshake, 160 s per read or write in the data phase), TCP_NODELAY as
+//!      espota2 sets it, retries after network failures only (never after a device error code,
+//!      never once the last image block was sent), the pause between them cancellable; or the
+//!      web_server's `/update` (multipart POST, basic auth, 20 s connect / 120 s read);
+//!   4. the device reboots: the API is asked every `reboot_poll` until the device answers on the
+//!      expected version (success), on another version after having gone away (5018: "came back
+//!      on 1.0.0: the new firmware was rolled back"), still on the old version without ever
+//!      having gone away for `reboot_settle` (it did not reboot into the image), or not at all
+//!      within `reboot_timeout` (5018, see below).
+//!
+//!   Progress: 100 while asking, connecting, negotiating and authenticating; 2 with percent and
+//!   remaining seconds (from the transfer rate) by bytes the device acknowledged (OTA version
+//!   2; bytes sent on version 1 and on the web_server path); 6 once the device answered
+//!   `0x44`/`0x45` (or "Update Successful!") and while it reboots. Cancel is honoured until the
+//!   first image byte goes out (and in the pause before a retry); afterwards the outcome is
+//!   reported.
+//!
+//! The expected version is the firmware's version at the server, or the application version of
+//! the image's `esp_app_desc_t` (ESPHome writes the project version there when downgrade
+//! protection is on); a device without `esphome: project:` reports no project version, and then
+//! a changed build time is the confirmation.
+//!
+//! **A device that stays away** after accepting an image is 5018 (the device's failure, final),
+//! not 5016 (transient): it committed the image, so an automatic retry would only send the same
+//! image again to a device that may not boot it; a person has to look at it. ESP32 firmware rolls
+//! back to the previous image when the new one does not boot.
+//!
+//! Errors are [`TaskError`]s in the status model; the mapping of every device response code is
+//! in [`errors`]. Passwords, Noise keys and basic-auth credentials appear in no log, trace,
+//! error or `Debug` output.
+//!
+//! # Configuration
+//!
+//! ```toml
+//! [esphome]
+//! connect_timeout = "20s"     # TCP connect (native OTA, API, web_server)
+//! handshake_timeout = "20s"   # native OTA up to authentication; a whole API exchange
+//! data_timeout = "160s"       # longest silence per read/write in the native data phase
+//! web_read_timeout = "120s"   # web_server: longest stall while sending, wait for the answer
+//! reboot_timeout = "2m"       # how long a device may take to come back after an update
+//! reboot_poll = "1s"          # how often the API is asked meanwhile
+//! reboot_settle = "15s"       # old version and never away this long: it did not reboot
+//! retries = 2                 # extra attempts after network failures
+//! retry_delay = "5s"
+//! inventory_interval = "5m"
+//!
+//! [[esphome.device]]
+//! name = "kitchen-plug"       # local id at this site
+//! host = "192.168.1.40"
+//! platform = "esp32"          # esp32 | esp8266 | rp2040 | bk72xx | rtl87xx | ln882x | host
+//! chip = "esp32c3"            # optional: images for other chips are refused
+//! # port = 3232               # default by platform: esp32 3232, esp8266 8266, rp2040 2040,
+//! #                           # bk72xx/rtl87xx 8892, ln882x 8820, host 8082
+//! password_file = "/etc/ota-agent/kitchen-plug.ota"   # or password = "…"
+//! api_key = "kjdh…base64…="   # `api: encryption: key:`; also used for OTA when offered
+//! # noise_key = "…"           # `ota: encryption: key:` if it differs (or noise_key_file)
+//! # allow_plaintext = false   # with noise_key: upload in plaintext to a device not offering it
+//! # api_port = 6053           # 0: no native API (the version cannot be confirmed)
+//! tags = ["kitchen"]
+//!
+//! [[esphome.device]]
+//! name = "garage-door"
+//! host = "garage.lan"
+//! platform = "esp8266"
+//! method = "web_server"       # native (default) | web_server
+//! web = { port = 80, username = "admin", password_file = "/etc/ota-agent/garage.web" }
+//! ```
+//!
+//! # What it does not do
+//!
+//! Discover devices (mDNS), report RSSI, schedule updates for deep-sleeping devices (they must
+//! be awake), update partition tables or bootloaders, or digest auth on the web_server.
+
+pub mod api;
+mod config;
+pub mod errors;
+pub mod native;
+pub mod web;
+
+pub use config::{
+    DEFAULT_API_PORT, DEFAULT_WEB_PORT, DeviceSecrets, EsphomeConfig, EsphomeConfigError,
+    EsphomeDeviceConfig, EsphomePlatform, Method, WebServerConfig,
+};
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use ota_devproto::esphome::{ClientConfig, Event, OtaType, Phase};
+use ota_devproto::esphome_api::DeviceInfoResponse;
+use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
+use ota_firmware::esp::EspError;
+use ota_firmware::{Expected, FirmwareImage, ImageError, inspect};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::api::ProbeError;
+use self::native::Timeouts;
+use self::web::{WebError, WebTarget};
+use super::{
+    CheckReport, DeviceReport, ProgressSink, TransferProgress, Transport, TransportKind, UpdateJob,
+    UpdateReport, VerifiedImage, VersionInfo,
+};
+
+/// What an update must end on, decided from the job alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatePlan {
+    /// Versions that count as "the device runs the image": the firmware's version at the
+    /// server and the image's application version (when it has one).
+    pub expected: Vec<String>,
+    /// The image's chip, for ESP images.
+    pub chip: Option<ota_firmware::Chip>,
+}
+
+impl UpdatePlan {
+    /// The version to name in messages.
+    pub fn target(&self) -> &str {
+        self.expected
+            .first()
+            .map_or("the new version", String::as_str)
+    }
+}
+
+/// Checks `image` for `device` without touching the network: 5013 when it must not be sent.
+pub fn preflight(
+    device: &EsphomeDeviceConfig,
+    image: &VerifiedImage,
+) -> Result<UpdatePlan, TaskError> {
+    let name = &device.name;
+    let refuse = |msg: String| {
+        TaskError::new(
+            ErrorCode::PrevalidationFailed,
+            format!("{msg}; nothing was sent to {name}"),
+        )
+    };
+    let mut expected = Vec::new();
+    let mut push = |v: &str| {
+        let v = v.trim();
+        if !v.is_empty() && !expected.iter().any(|e| e == v) {
+            expected.push(v.to_owned());
+        }
+    };
+    push(&image.version);
+    let bytes = &image.bytes[..];
+    if bytes.is_empty() {
+        return Err(refuse("the image is empty".into()));
+    }
+    let mut chip = None;
+    if device.platform.takes_esp_images() {
+        let want = device.expected_chip();
+        match inspect(bytes, Expected::EspApp { chip: want }) {
+            Ok(FirmwareImage::EspApp(img)) => {
+                let fits = match device.platform {
+                    EsphomePlatform::Esp8266 => img.chip == ota_firmware::Chip::Esp8266,
+                    _ => img.chip.is_esp32_family(),
+                };
+                if !fits {
+                    return Err(refuse(format!(
+                        "the image is built for {} but {name} is an {} device",
+                        img.chip, device.platform
+                    )));
+                }
+                chip = Some(img.chip);
+                if let Some(v) = img.version() {
+                    push(v);
+                }
+            }
+            Ok(other) => {
+                return Err(refuse(format!(
+                    "a {} file is not an ESP application image",
+                    other.format_name()
+                )));
+            }
+            Err(ImageError::Esp(e @ EspError::FactoryImage { .. })) => {
+                return Err(refuse(format!(
+                    "refused for OTA: {e}; a factory image must never be sent over the air"
+                )));
+            }
+            Err(e) => {
+                let target = want.map_or_else(|| device.platform.to_string(), |c| c.to_string());
+                return Err(refuse(format!(
+                    "not an ESP application image for {target} ({name}): {e}"
+                )));
+            }
+        }
+    } else if let Ok(other) = inspect(bytes, Expected::Auto) {
+        return Err(refuse(format!(
+            "this is an {} image{} but {name} is an {} device",
+            other.format_name(),
+            other
+                .chip()
+                .map(|c| format!(" for {c}"))
+                .unwrap_or_default(),
+            device.platform
+        )));
+    }
+    Ok(UpdatePlan { expected, chip })
+}
+
+/// How a transfer ended when it did not fail outright.
+#[derive(Debug)]
+enum Commit {
+    /// The device said it committed the image (`0x45`, "Update Successful!").
+    Confirmed,
+    /// The connection failed once the whole image was out, without the device's verdict.
+    Maybe(TaskError),
+}
+
+#[derive(Debug)]
+struct Transferred {
+    wire_bytes: u64,
+    commit: Commit,
+}
+
+/// Where an update is, for the message of a task timeout.
+#[derive(Debug, Default)]
+struct Stage(AtomicU8);
+
+impl Stage {
+    const PREPARING: u8 = 0;
+    const SENDING: u8 = 1;
+    const REBOOTING: u8 = 2;
+
+    fn set(&self, s: u8) {
+        self.0.store(s, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Progress in the status model: 100, then 2 with percent and remaining seconds (at most one
+/// report per percent or per second), then 6.
+#[derive(Debug, Clone)]
+struct Reporter(Arc<Mutex<ReporterState>>);
+
+#[derive(Debug)]
+struct ReporterState {
+    sink: ProgressSink,
+    done: u64,
+    total: u64,
+    acked_mode: bool,
+    started: Option<Instant>,
+    last_percent: Option<u32>,
+    last_sent: Option<Instant>,
+    stage: Arc<Stage>,
+}
+
+impl Reporter {
+    fn new(sink: ProgressSink, total: u64, stage: Arc<Stage>) -> Self {
+        Self(Arc::new(Mutex::new(ReporterState {
+            sink,
+            done: 0,
+            total,
+            acked_mode: false,
+            started: None,
+            last_percent: None,
+            last_sent: None,
+            stage,
+        })))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut ReporterState) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn send(
+        &self,
+        status: UpgradeStatus,
+        percent: Option<f32>,
+        remaining: Option<u32>,
+        detail: String,
+    ) {
+        self.with(|s| {
+            let _ = s.sink.send(TransferProgress {
+                status,
+                percent,
+                remaining_s: remaining,
+                bytes_sent: s.done,
+                bytes_total: s.total,
+                detail,
+            });
+        });
+    }
+
+    fn preparing(&self, detail: String) {
+        self.send(UpgradeStatus::AgentPreparing, None, None, detail);
+    }
+
+    fn rebooting(&self, detail: String) {
+        self.with(|s| s.stage.set(Stage::REBOOTING));
+        self.send(UpgradeStatus::Downloaded, Some(100.0), Some(0), detail);
+    }
+
+    fn start_sending(&self, detail: String) {
+        self.with(|s| {
+            s.stage.set(Stage::SENDING);
+            s.started = Some(Instant::now());
+            s.done = 0;
+            s.last_percent = Some(0);
+            s.last_sent = Some(Instant::now());
+        });
+        self.send(UpgradeStatus::Updating, Some(0.0), None, detail);
+    }
+
+    /// `done` of `total` bytes are through; reports when a new percent is reached, a second
+    /// passed, or all is done.
+    fn bytes(&self, done: u64, total: u64) {
+        let report = self.with(|s| {
+            s.done = done;
+            s.total = total;
+            let percent = (done as f64 * 100.0 / total.max(1) as f64).min(100.0) as f32;
+            let whole = percent as u32;
+            let now = Instant::now();
+            let due = s.last_percent != Some(whole)
+                || s.last_sent
+                    .is_none_or(|t| now - t >= Duration::from_secs(1))
+                || done == total;
+            if !due || (done == total && s.last_percent == Some(100)) {
+                return None;
+            }
+            s.last_percent = Some(whole);
+            s.last_sent = Some(now);
+            let remaining = s.started.and_then(|t0| {
+                let secs = (now - t0).as_secs_f64();
+                (done > 0 && secs > 0.0).then(|| {
+                    let rate = done as f64 / secs;
+                    (total.saturating_sub(done) as f64 / rate).ceil() as u32
+                })
+            });
+            Some((percent, remaining))
+        });
+        if let Some((percent, remaining)) = report {
+            self.send(
+                UpgradeStatus::Updating,
+                Some(percent),
+                remaining,
+                format!("sending the firmware ({done} of {total} bytes)"),
+            );
+        }
+    }
+
+    fn ota_event(&self, ev: &Event) {
+        match ev {
+            Event::Negotiated(n) => {
+                self.with(|s| {
+                    s.total = n.wire_size;
+                    s.acked_mode = n.version.has_chunk_acks();
+                });
+                self.preparing(format!(
+                    "OTA version {}, {}{}, {} bytes on the wire",
+                    n.version.byte(),
+                    match n.compression {
+                        ota_devproto::esphome::Compression::None => "uncompressed",
+                        ota_devproto::esphome::Compression::Gzip => "gzip",
+                        ota_devproto::esphome::Compression::Deflate => "deflate",
+                    },
+                    if n.encrypted { ", encrypted" } else { "" },
+                    n.wire_size
+                ));
+            }
+            Event::Phase(Phase::Authenticating) => {
+                self.preparing("authenticating with the OTA password".into());
+            }
+            Event::Phase(Phase::Preparing) => {
+                self.preparing("the device prepares its flash".into());
+            }
+            Event::Phase(Phase::Uploading) => self.start_sending("sending the firmware".into()),
+            Event::Progress(p) => {
+                let acked = self.with(|s| s.acked_mode);
+                let done = if acked { p.acked } else { p.sent };
+                if p.sent > 0 {
+                    self.bytes(done, p.total);
+                }
+            }
+            Event::Phase(Phase::Finishing) => self.send(
+                UpgradeStatus::Updating,
+                Some(100.0),
+                Some(0),
+                "all bytes sent; the device checks the image".into(),
+            ),
+            Event::Completed => self.rebooting(
+                "the device verified and committed the image (0x44, 0x45); it reboots now".into(),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn unix_ms() -> Option<i64> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+}
+
+/// One configured device.
+#[derive(Debug)]
+struct Entry {
+    cfg: EsphomeDeviceConfig,
+    secrets: DeviceSecrets,
+    /// One check or update at a time per device.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Entry {
+    fn ota_addr(&self) -> String {
+        format!("{}:{}", self.cfg.host, self.cfg.ota_port())
+    }
+}
+
+/// What a probe found.
+#[derive(Debug)]
+enum Probe {
+    /// The API answered.
+    Api(Box<DeviceInfoResponse>),
+    /// Only the OTA port answers (safe mode, no API configured, or an API problem).
+    OtaOnly(Option<ProbeError>),
+    /// Nothing answers.
+    Down(String),
+}
+
+/// The ESPHome transport. See the module documentation.
+#[derive(Debug)]
+pub struct EsphomeTransport {
+    settings: EsphomeConfig,
+    devices: Vec<Arc<Entry>>,
+    by_id: HashMap<String, usize>,
+    inventory: watch::Sender<Vec<DeviceReport>>,
+    reports: Mutex<Vec<DeviceReport>>,
+}
+
+fn base_report(instance: &str, cfg: &EsphomeDeviceConfig) -> DeviceReport {
+    DeviceReport {
+        local_id: cfg.name.clone(),
+        network: instance.to_owned(),
+        name: cfg.name.clone(),
+        model: "ESPHome device".into(),
+        vendor: cfg.platform.vendor().into(),
+        chip: cfg.expected_chip().map(|c| c.esptool_name().to_owned()),
+        platform: Some(cfg.platform.name().to_owned()),
+        supports_ota: true,
+        ..DeviceReport::default()
+    }
+}
+
+fn apply_info(r: &mut DeviceReport, info: &DeviceInfoResponse) {
+    let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    if let Some(n) = nonempty(&info.friendly_name).or_else(|| nonempty(&info.name)) {
+        r.name = n;
+    }
+    if let Some(m) = nonempty(&info.model) {
+        r.model = m;
+    }
+    if let Some(v) = nonempty(&info.manufacturer) {
+        r.vendor = v;
+    }
+    r.current_version = nonempty(&info.project_version);
+    r.software_build_id = nonempty(&info.esphome_version).map(|v| format!("ESPHome {v}"));
+    r.date_code = nonempty(&info.compilation_time);
+    r.reachable = true;
+    r.last_seen_ms = unix_ms();
+}
+
+fn version_info(info: Option<&DeviceInfoResponse>, fallback: Option<&str>) -> VersionInfo {
+    let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    VersionInfo {
+        version: info
+            .and_then(|i| nonempty(&i.project_version))
+            .or_else(|| fallback.map(str::to_owned)),
+        file_version: None,
+        software_build_id: info
+            .and_then(|i| nonempty(&i.esphome_version))
+            .map(|v| format!("ESPHome {v}")),
+        date_code: info.and_then(|i| nonempty(&i.compilation_time)),
+    }
+}
+
+impl EsphomeTransport {
+    /// A transport for the configured devices; secret files are read now (relative paths
+    /// against the working directory). Nothing is connected yet.
+    pub fn new(config: EsphomeConfig) -> Result<Self, EsphomeConfigError> {
+        Self::new_in(config, None)
+    }
+
+    /// As [`Self::new`], with relative secret file paths taken against `base` (the directory of
+    /// the agent's configuration file).
+    pub fn new_in(
+        mut config: EsphomeConfig,
+        base: Option<&Path>,
+    ) -> Result<Self, EsphomeConfigError> {
+        let secrets = config.resolve(base)?;
+        let devices_cfg = std::mem::take(&mut config.devices);
+        let mut by_id = HashMap::new();
+        let mut devices = Vec::new();
+        let mut reports = Vec::new();
+        for (i, (cfg, secrets)) in devices_cfg.into_iter().zip(secrets).enumerate() {
+            by_id.insert(cfg.name.clone(), i);
+            reports.push(base_report(&config.instance, &cfg));
+            devices.push(Arc::new(Entry {
+                cfg,
+                secrets,
+                busy: tokio::sync::Mutex::new(()),
+            }));
+        }
+        let (inventory, _) = watch::channel(reports.clone());
+        Ok(Self {
+            settings: config,
+            devices,
+            by_id,
+            inventory,
+            reports: Mutex::new(reports),
+        })
+    }
+
+    /// The timeouts and retry settings in force (the configuration without its devices).
+    pub fn settings(&self) -> &EsphomeConfig {
+        &self.settings
+    }
+
+    fn entry(&self, device: &str) -> Result<(usize, Arc<Entry>), TaskError> {
+        let idx = self.by_id.get(device).copied().ok_or_else(|| {
+            TaskError::new(
+                ErrorCode::Offline,
+                format!("no ESPHome device {device:?} is configured at this site"),
+            )
+        })?;
+        Ok((idx, self.devices[idx].clone()))
+    }
+
+    fn update_report(&self, idx: usize, f: impl FnOnce(&mut DeviceReport)) -> DeviceReport {
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut reports[idx]);
+        let report = reports[idx].clone();
+        let snapshot = reports.clone();
+        drop(reports);
+        self.inventory.send_if_modified(|cur| {
+            if *cur == snapshot {
+                false
+            } else {
+                *cur = snapshot;
+                true
+            }
+        });
+        report
+    }
+
+    fn report(&self, idx: usize) -> DeviceReport {
+        self.reports.lock().unwrap_or_else(|e| e.into_inner())[idx].clone()
+    }
+
+    async fn device_info(
+        &self,
+        e: &Entry,
+        limit: Duration,
+    ) -> Result<DeviceInfoResponse, ProbeError> {
+        let s = &self.settings;
+        api::device_info(
+            &e.cfg.host,
+            e.cfg.api_port,
+            e.secrets.api_key.as_ref(),
+            s.connect_timeout.min(limit),
+            s.handshake_timeout.min(limit),
+        )
+        .await
+    }
+
+    /// Asks the API, then (if it does not answer) whether the OTA port does, by `deadline`.
+    async fn probe(&self, e: &Entry, deadline: Instant) -> Probe {
+        let mut api_error = None;
+        if e.cfg.api_port != 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.device_info(e, left).await {
+                Ok(info) => return Probe::Api(Box::new(info)),
+                Err(err) => api_error = Some(err),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let limit = self.settings.connect_timeout.min(left);
+        if api::port_answers(&e.cfg.host, e.cfg.ota_port(), limit).await {
+            return Probe::OtaOnly(api_error);
+        }
+        Probe::Down(match api_error {
+            Some(err) => format!("{err}; OTA port {} does not answer either", e.ota_addr()),
+            None => format!("OTA port {} does not answer", e.ota_addr()),
+        })
+    }
+
+    fn apply_probe(&self, idx: usize, e: &Entry, probe: &Probe) -> DeviceReport {
+        match probe {
+            Probe::Api(info) => self.update_report(idx, |r| apply_info(r, info)),
+            Probe::OtaOnly(why) => {
+                if let Some(err) = why {
+                    tracing::debug!(device.id = %e.cfg.name, error = %err, "only the OTA port answers");
+                }
+                self.update_report(idx, |r| {
+                    r.reachable = true;
+                    r.last_seen_ms = unix_ms();
+                })
+            }
+            Probe::Down(_) => self.update_report(idx, |r| r.reachable = false),
+        }
+    }
+
+    /// Asks every idle device (16 at a time) and updates the inventory. Devices busy with a
+    /// check or an update keep their last state.
+    pub async fn refresh(&self) -> Vec<DeviceReport> {
+        let budget = self.settings.connect_timeout + self.settings.handshake_timeout;
+        futures::stream::iter(self.devices.iter().enumerate())
+            .for_each_concurrent(16, |(idx, e)| async move {
+                let Ok(_guard) = e.busy.try_lock() else {
+                    return;
+                };
+                let probe = self.probe(e, Instant::now() + budget).await;
+                self.apply_probe(idx, e, &probe);
+            })
+            .await;
+        self.inventory.borrow().clone()
+    }
+
+    /// Refreshes the inventory every `every` (the configuration's `inventory_interval`) until
+    /// `cancel`.
+    pub async fn run_inventory(&self, every: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.refresh() => {}
+                () = cancel.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    async fn do_check(&self, device: &str, deadline: Duration) -> Result<CheckReport, TaskError> {
+        let (idx, e) = self.entry(device)?;
+        let Ok(_guard) = e.busy.try_lock() else {
+            // An update is running: what it last saw is the answer.
+            let report = self.report(idx);
+            return Ok(CheckReport {
+                reachable: report.reachable,
+                device: report,
+                update_available: None,
+            });
+        };
+        let probe = self.probe(&e, Instant::now() + deadline).await;
+        let report = self.apply_probe(idx, &e, &probe);
+        match probe {
+            Probe::Api(_) => Ok(CheckReport {
+                reachable: true,
+                device: report,
+                update_available: None,
+            }),
+            Probe::OtaOnly(Some(err)) if err.is_config() => Err(TaskError::new(
+                ErrorCode::ConnectFailed,
+                format!("{device} is online but its native API refused us: {err}"),
+            )),
+            Probe::OtaOnly(_) => Ok(CheckReport {
+                reachable: true,
+                device: report,
+                update_available: None,
+            }),
+            Probe::Down(why) => Err(TaskError::new(
+                ErrorCode::Offline,
+                format!("{device} does not answer: {why}"),
+            )),
+        }
+    }
+
+    async fn do_update(
+        &self,
+        job: UpdateJob,
+        progress: ProgressSink,
+        cancel: CancellationToken,
+        stage: Arc<Stage>,
+    ) -> Result<UpdateReport, TaskError> {
+        let (idx, e) = self.entry(&job.device)?;
+        let plan = preflight(&e.cfg, &job.image)?;
+        let cancelled = || {
+            TaskError::new(
+                ErrorCode::Other,
+                format!(
+                    "cancelled before any image byte was sent to {}; it keeps its firmware",
+                    job.device
+                ),
+            )
+        };
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
+        let _guard = e.busy.try_lock().map_err(|_| {
+            TaskError::new(
+                ErrorCode::OneAtATime,
+                format!(
+                    "{} is busy with another update; try again when it is done",
+                    job.device
+                ),
+            )
+        })?;
+        let reporter = Reporter::new(progress, job.image.bytes.len() as u64, stage);
+        let before = if e.cfg.api_port != 0 {
+            reporter.preparing(format!("asking {} what it runs (native API)", job.device));
+            let limit = self.settings.connect_timeout + self.settings.handshake_timeout;
+            let answer = tokio::select! {
+                a = self.device_info(&e, limit) => a,
+                () = cancel.cancelled() => return Err(cancelled()),
+            };
+            match answer {
+                Ok(info) => {
+                    self.update_report(idx, |r| apply_info(r, &info));
+                    Some(info)
+                }
+                Err(err) => {
+                    tracing::info!(error = %err, "the running version is unknown; updating anyway");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        tracing::info!(
+            method = ?e.cfg.method,
+            from = before.as_ref().map(|i| i.project_version.as_str()),
+            to = plan.target(),
+            bytes = job.image.bytes.len(),
+            "esphome update"
+        );
+        let transferred = match e.cfg.method {
+            Method::Native => {
+                self.transfer_native(&e, job.image.bytes.clone(), &reporter, &cancel)
+                    .await?
+            }
+            Method::WebServer => {
+                self.transfer_web(&e, job.image.bytes.clone(), &reporter, &cancel)
+                    .await?
+            }
+        };
+        reporter.rebooting(format!(
+            "{} reboots into the new firmware; waiting for it to come back (up to {})",
+            job.device,
+            humantime::format_duration(self.settings.reboot_timeout)
+        ));
+        let after = self
+            .wait_for_return(&e, &plan, before.as_ref(), &transferred.commit, &reporter)
+            .await;
+        let after = match after {
+            Ok(a) => a,
+            Err(err) => {
+                self.update_report(idx, |r| r.last_seen_ms = r.last_seen_ms.or(unix_ms()));
+                return Err(err);
+            }
+        };
+        if let Some(info) = &after {
+            self.update_report(idx, |r| apply_info(r, info));
+        }
+        Ok(UpdateReport {
+            from: version_info(before.as_ref(), None),
+            to: version_info(after.as_ref(), Some(plan.target())),
+            wire_bytes: transferred.wire_bytes,
+        })
+    }
+
+    async fn transfer_native(
+        &self,
+        e: &Entry,
+        image: Bytes,
+        reporter: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<Transferred, TaskError> {
+        let s = &self.settings;
+        let timeouts = Timeouts {
+            connect: s.connect_timeout,
+            handshake: s.handshake_timeout,
+            data: s.data_timeout,
+        };
+        let config = ClientConfig {
+            password: e.secrets.password.clone(),
+            noise_key: e.secrets.ota_key.clone(),
+            // With only the api key known, ESPHome's uploader falls back to plaintext.
+            allow_plaintext: e.cfg.allow_plaintext || e.secrets.ota_key_from_api,
+            compression: true,
+            ota_type: OtaType::App,
+        };
+        let addr = e.ota_addr();
+        let ctx = errors::Context {
+            device: &e.cfg.name,
+            addr: &addr,
+            timeouts,
+            image_len: image.len(),
+        };
+        let attempts = s.retries + 1;
+        for attempt in 1..=attempts {
+            let note = if attempt > 1 {
+                format!(" (attempt {attempt} of {attempts})")
+            } else {
+                String::new()
+            };
+            reporter.preparing(format!("connecting to {addr}{note}"));
+            let r = native::upload(
+                &e.cfg.host,
+                e.cfg.ota_port(),
+                config.clone(),
+                image.clone(),
+                timeouts,
+                cancel,
+                |ev| reporter.ota_event(ev),
+            )
+            .await;
+            match r {
+                Ok(u) => {
+                    return Ok(Transferred {
+                        wire_bytes: u.wire_bytes,
+                        commit: Commit::Confirmed,
+                    });
+                }
+                Err(err) if err.may_have_committed() => {
+                    tracing::warn!(error = %err, "connection lost after the last image byte; not retrying");
+                    return Ok(Transferred {
+                        wire_bytes: image.len() as u64,
+                        commit: Commit::Maybe(errors::task_error(&ctx, &err)),
+                    });
+                }
+                Err(err) if err.is_retryable() && attempt < attempts => {
+                    let te = errors::task_error(&ctx, &err);
+                    tracing::warn!(attempt, error = %te, "native OTA attempt failed; retrying");
+                    reporter.preparing(format!(
+                        "attempt {attempt} failed ({}); retrying in {}",
+                        te.message,
+                        humantime::format_duration(s.retry_delay)
+                    ));
+                    tokio::select! {
+                        () = tokio::time::sleep(s.retry_delay) => {}
+                        () = cancel.cancelled() => {
+                            return Err(errors::task_error(&ctx, &native::AttemptError::Cancelled));
+                        }
+                    }
+                }
+                Err(err) => return Err(errors::task_error(&ctx, &err)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn transfer_web(
+        &self,
+        e: &Entry,
+        image: Bytes,
+        reporter: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<Transferred, TaskError> {
+        let s = &self.settings;
+        let web_cfg = e.cfg.web.clone().unwrap_or_default();
+        let device = e.cfg.name.as_str();
+        let addr = format!("{}:{}", e.cfg.host, web_cfg.port);
+        let target = WebTarget {
+            host: &e.cfg.host,
+            port: web_cfg.port,
+            username: web_cfg.username.as_deref(),
+            password: e.secrets.web_password.as_ref(),
+            connect_timeout: s.connect_timeout,
+            read_timeout: s.web_read_timeout,
+        };
+        let total = image.len() as u64;
+        let attempts = s.retries + 1;
+        for attempt in 1..=attempts {
+            reporter.preparing(format!(
+                "connecting to the web_server {addr}{}",
+                if attempt > 1 {
+                    format!(" (attempt {attempt} of {attempts})")
+                } else {
+                    String::new()
+                }
+            ));
+            let r2 = reporter.clone();
+            let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let st = started.clone();
+            let (sent, result) = web::upload(&target, image.clone(), cancel, move |done, total| {
+                if !st.swap(true, Ordering::Relaxed) {
+                    r2.start_sending("sending the firmware to /update".into());
+                }
+                r2.bytes(done, total);
+            })
+            .await;
+            let network = matches!(
+                result,
+                Err(WebError::Connect(_) | WebError::ConnectTimeout(_) | WebError::Http(_))
+            );
+            match result {
+                Ok(()) => {
+                    reporter.rebooting(format!(
+                        "{device} answered \"Update Successful!\"; it reboots now"
+                    ));
+                    return Ok(Transferred {
+                        wire_bytes: total,
+                        commit: Commit::Confirmed,
+                    });
+                }
+                Err(err)
+                    if sent.complete && (network || matches!(err, WebError::ReadTimeout(_))) =>
+                {
+                    tracing::warn!(error = %err, "web_server connection lost after the whole image; not retrying");
+                    return Ok(Transferred {
+                        wire_bytes: total,
+                        commit: Commit::Maybe(TaskError::new(
+                            ErrorCode::SendFailed,
+                            format!(
+                                "the web_server connection to {device} failed after the whole image was sent ({err})"
+                            ),
+                        )),
+                    });
+                }
+                Err(err) if network && attempt < attempts => {
+                    tracing::warn!(attempt, error = %err, "web_server attempt failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(s.retry_delay) => {}
+                        () = cancel.cancelled() => return Err(web_error(device, &addr, &WebError::Cancelled, sent)),
+                    }
+                }
+                Err(err) => return Err(web_error(device, &addr, &err, sent)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// After the transfer: waits until the device answers on its API again and checks what it
+    /// runs. `Ok(None)` when the device has no API (nothing more can be confirmed).
+    async fn wait_for_return(
+        &self,
+        e: &Entry,
+        plan: &UpdatePlan,
+        before: Option<&DeviceInfoResponse>,
+        commit: &Commit,
+        reporter: &Reporter,
+    ) -> Result<Option<DeviceInfoResponse>, TaskError> {
+        let s = &self.settings;
+        let device = e.cfg.name.as_str();
+        let started = Instant::now();
+        let deadline = started + s.reboot_timeout;
+        let within = humantime::format_duration(s.reboot_timeout);
+        let mut seen_down = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let answer = if e.cfg.api_port == 0 {
+                if api::port_answers(&e.cfg.host, e.cfg.ota_port(), s.connect_timeout.min(left))
+                    .await
+                {
+                    None
+                } else {
+                    Some(Err(()))
+                }
+            } else {
+                Some(self.device_info(e, left).await.map_err(|err| {
+                    tracing::debug!(error = %err, "not back yet");
+                }))
+            };
+            match answer {
+                // No API: the OTA port answers again.
+                None => {
+                    if seen_down || started.elapsed() >= s.reboot_settle {
+                        return match commit {
+                            Commit::Confirmed => {
+                                tracing::warn!(
+                                    "no native API configured: the new version cannot be confirmed"
+                                );
+                                Ok(None)
+                            }
+                            Commit::Maybe(err) => Err(TaskError::new(
+                                err.code,
+                                format!(
+                                    "{}; without a native API the agent cannot tell whether {device} installed it: check it",
+                                    err.message
+                                ),
+                            )),
+                        };
+                    }
+                }
+                Some(Ok(info)) => {
+                    if runs_target(plan, &info, before, seen_down) {
+                        if let Commit::Maybe(err) = commit {
+                            tracing::info!(error = %err.message, "the connection broke after the last byte, but the device installed the image");
+                        }
+                        return Ok(Some(info));
+                    }
+                    if seen_down {
+                        return Err(came_back_wrong(device, plan, before, &info));
+                    }
+                    if started.elapsed() >= s.reboot_settle {
+                        return Err(not_rebooted(device, plan, &info, commit, s.reboot_settle));
+                    }
+                }
+                Some(Err(())) => {
+                    if !seen_down {
+                        seen_down = true;
+                        reporter.rebooting(format!(
+                            "{device} went away to reboot; waiting for it to come back (up to {within})"
+                        ));
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(s.reboot_poll.min(left)).await;
+        }
+        let ota_up = api::port_answers(
+            &e.cfg.host,
+            e.cfg.ota_port(),
+            s.connect_timeout.min(Duration::from_secs(5)),
+        )
+        .await;
+        let msg = if ota_up && e.cfg.api_port != 0 {
+            format!(
+                "{device} accepted the image but its native API did not come back within \
+                 {within}; its OTA port answers, so it may be in safe mode (the new firmware \
+                 failed to boot) or run without `api:`: check it"
+            )
+        } else {
+            format!(
+                "the device did not come back within {within} after accepting the image: check \
+                 it; ESP32 rolls back to the previous firmware if the new one does not boot"
+            )
+        };
+        Err(match commit {
+            Commit::Confirmed => {
+                TaskError::new(ErrorCode::DeviceReportedFailure, format!("{device}: {msg}"))
+            }
+            Commit::Maybe(err) => TaskError::new(
+                ErrorCode::DeviceReportedFailure,
+                format!("{}; and {msg}", err.message),
+            ),
+        })
+    }
+}
+
+/// Whether the device's answer shows it runs the image.
+fn runs_target(
+    plan: &UpdatePlan,
+    info: &DeviceInfoResponse,
+    before: Option<&DeviceInfoResponse>,
+    seen_down: bool,
+) -> bool {
+    if !info.project_version.is_empty() {
+        return plan.expected.contains(&info.project_version);
+    }
+    // A firmware without `esphome: project:`: a new build time means a new firmware.
+    match before {
+        Some(b) if !b.compilation_time.is_empty() => b.compilation_time != info.compilation_time,
+        _ => seen_down,
+    }
+}
+
+fn came_back_wrong(
+    device: &str,
+    plan: &UpdatePlan,
+    before: Option<&DeviceInfoResponse>,
+    info: &DeviceInfoResponse,
+) -> TaskError {
+    let now = if info.project_version.is_empty() {
+        "the same build".to_owned()
+    } else {
+        info.project_version.clone()
+    };
+    let target = plan.target();
+    let msg = match before {
+        Some(b)
+            if b.project_version == info.project_version
+                && b.compilation_time != info.compilation_time
+                && !info.compilation_time.is_empty() =>
+        {
+            format!(
+                "{device} runs a new build (compiled {}) but still reports project version \
+                 {now}, not {target}: the firmware's `esphome: project: version:` and the version \
+                 registered for it differ",
+                info.compilation_time
+            )
+        }
+        Some(b) if b.project_version == info.project_version => format!(
+            "{device} came back on {now}: the new firmware was rolled back (it did not boot, or \
+             crashed until safe mode or the bootloader's rollback restored the previous one)"
+        ),
+        _ => format!("{device} came back on {now}, not on {target}"),
+    };
+    TaskError::new(ErrorCode::DeviceReportedFailure, msg)
+}
+
+fn not_rebooted(
+    device: &str,
+    plan: &UpdatePlan,
+    info: &DeviceInfoResponse,
+    commit: &Commit,
+    settle: Duration,
+) -> TaskError {
+    let now = if info.project_version.is_empty() {
+        "its old build".to_owned()
+    } else {
+        info.project_version.clone()
+    };
+    let settle = humantime::format_duration(settle);
+    match commit {
+        Commit::Maybe(err) => TaskError::new(
+            ErrorCode::SendFailed,
+            format!(
+                "{}; {device} did not install the image: it still runs {now} and did not reboot \
+                 within {settle}; upload again",
+                err.message
+            ),
+        ),
+        Commit::Confirmed => TaskError::new(
+            ErrorCode::DeviceReportedFailure,
+            format!(
+                "{device} accepted the image but still runs {now} and did not reboot within \
+                 {settle}, instead of {}",
+                plan.target()
+            ),
+        ),
+    }
+}
+
+fn web_error(device: &str, addr: &str, err: &WebError, sent: web::Sent) -> TaskError {
+    let (code, msg) = match err {
+        WebError::Connect(e) => (
+            ErrorCode::ConnectFailed,
+            format!(
+                "could not connect to {device}'s web_server {addr} ({e}): is it online, with `web_server:` on this port?"
+            ),
+        ),
+        WebError::ConnectTimeout(t) => (
+            ErrorCode::ConnectFailed,
+            format!("no answer from {device}'s web_server {addr} within {t:?}"),
+        ),
+        WebError::Cancelled => (
+            ErrorCode::Other,
+            format!("cancelled before any image byte was sent to {device}; it keeps its firmware"),
+        ),
+        WebError::Unauthorized => (
+            ErrorCode::ConnectFailed,
+            format!(
+                "{device}'s web_server refused the credentials (HTTP 401): check web.username and \
+                 web.password against `web_server: auth:` in its YAML"
+            ),
+        ),
+        WebError::Status { status: 404, .. } => (
+            ErrorCode::ConnectFailed,
+            format!(
+                "{device}'s web_server has no /update (HTTP 404): its firmware needs `ota: - \
+                 platform: web_server`"
+            ),
+        ),
+        WebError::Status { status, body } => (
+            ErrorCode::DeviceReportedFailure,
+            format!("{device}'s web_server answered HTTP {status}: {body}"),
+        ),
+        WebError::Refused(body) => (
+            ErrorCode::DeviceReportedFailure,
+            format!(
+                "{device} answered {body:?}: it refused the image (not an application image for \
+                 its chip, or too large for its OTA slot); it keeps its old firmware, its log has \
+                 the details"
+            ),
+        ),
+        WebError::Http(e) if sent.image_bytes > 0 => (
+            ErrorCode::SendFailed,
+            format!(
+                "the web_server connection to {device} broke while sending the firmware ({e}); \
+                 it keeps its old firmware, upload again"
+            ),
+        ),
+        WebError::Http(e) => (
+            ErrorCode::ConnectFailed,
+            format!("HTTP to {device}'s web_server {addr} failed: {e}"),
+        ),
+        WebError::ReadTimeout(t) => (
+            ErrorCode::Timeout,
+            format!("{device}'s web_server made no progress for {t:?}"),
+        ),
+    };
+    TaskError::new(code, msg)
+}
+
+impl Transport for EsphomeTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Esphome
+    }
+
+    fn instance(&self) -> &str {
+        &self.settings.instance
+    }
+
+    fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
+        self.inventory.subscribe()
+    }
+
+    fn check<'a>(
+        &'a self,
+        device: &'a str,
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
+        let span = tracing::info_span!("esphome check", device.id = %device);
+        Box::pin(
+            async move {
+                match tokio::time::timeout(deadline, self.do_check(device, deadline)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(TaskError::new(
+                        ErrorCode::BulkCheckTimeout,
+                        format!("no answer from {device} within {deadline:?}"),
+                    )),
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    fn update<'a>(
+        &'a self,
+        job: UpdateJob,
+        progress: ProgressSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
+        let span = tracing::info_span!(
+            "esphome update",
+            device.id = %job.device,
+            task.id = %job.task_id,
+            attempt = job.attempt,
+        );
+        Box::pin(
+            async move {
+                let stage = Arc::new(Stage::default());
+                let limit = job.timeout;
+                let device = job.device.clone();
+                let run = self.do_update(job, progress, cancel, stage.clone());
+                match tokio::time::timeout(limit, run).await {
+                    Ok(r) => r,
+                    Err(_) => Err(TaskError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the update of {device} did not finish within {}{}",
+                            humantime::format_duration(limit),
+                            match stage.get() {
+                                Stage::PREPARING => "; nothing was sent",
+                                Stage::SENDING => "; the upload was cut, the device keeps its old firmware",
+                                _ => "; the device had accepted the image but was not confirmed back: check it",
+                            }
+                        ),
+                    )),
+                }
+            }
+            .instrument(span),
+        )
+    }
+}

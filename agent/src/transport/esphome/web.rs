@@ -1,0 +1,223 @@
+//! The web_server `/update` fallback: what `esphome.web_server_ota` does, with hyper.
+//!
+//! What it does: one `POST /update` with a `multipart/form-data` body (one file part, field
+//! `update`, filename `firmware.bin`) of known length, HTTP Basic auth when a username and a
+//! password are configured, `Connection: close`; a connect timeout (ESPHome: 20 s) and a read
+//! timeout (ESPHome: 120 s) that bounds every stall while the body goes out and the wait for the
+//! answer; progress by body bytes handed to the socket. Success means HTTP 200 with a body
+//! containing "Successful" (the device answers 200 `Update Failed!` when it refused the image);
+//! 401 is an authentication failure.
+//! What it does not do: digest auth, redirects, TLS, retries or status codes (that is `super`).
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::header;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::secret::Secret;
+
+/// The form field ESPHome's client uses (the device does not check it).
+pub const FORM_FIELD: &str = "update";
+
+/// Body piece size: what one progress step covers.
+const PIECE: usize = 8192;
+
+/// Where and how to upload.
+#[derive(Debug, Clone)]
+pub struct WebTarget<'a> {
+    /// Host name or address.
+    pub host: &'a str,
+    /// web_server port.
+    pub port: u16,
+    /// Basic auth user.
+    pub username: Option<&'a str>,
+    /// Basic auth password.
+    pub password: Option<&'a Secret>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest stall while sending, and longest wait for the answer.
+    pub read_timeout: Duration,
+}
+
+/// Why an upload did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The TCP connection could not be made.
+    #[error("could not connect: {0}")]
+    Connect(#[source] io::Error),
+    /// Connecting took longer than the connect timeout.
+    #[error("no TCP answer within {0:?}")]
+    ConnectTimeout(Duration),
+    /// Cancelled before anything was sent.
+    #[error("cancelled before anything was sent")]
+    Cancelled,
+    /// HTTP 401.
+    #[error("HTTP 401: the web_server refused the credentials")]
+    Unauthorized,
+    /// Another HTTP status.
+    #[error("HTTP {status} from the web_server: {body}")]
+    Status {
+        /// The status.
+        status: u16,
+        /// The body, trimmed and shortened.
+        body: String,
+    },
+    /// HTTP 200 without "Successful": the device refused the image.
+    #[error("the device answered {0:?}")]
+    Refused(String),
+    /// The HTTP exchange failed (connection reset, malformed answer).
+    #[error("HTTP exchange failed: {0}")]
+    Http(String),
+    /// Nothing moved for the read timeout.
+    #[error("no progress for {0:?}")]
+    ReadTimeout(Duration),
+}
+
+/// What the upload got to before it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sent {
+    /// Image bytes handed to the socket.
+    pub image_bytes: u64,
+    /// The whole body was handed to the socket (the device may have the image).
+    pub complete: bool,
+}
+
+/// Uploads `image`. `on_progress(image_bytes_sent, image_len)` follows the body; the returned
+/// [`Sent`] says how far it got, also on failure.
+pub async fn upload(
+    target: &WebTarget<'_>,
+    image: Bytes,
+    cancel: &CancellationToken,
+    on_progress: impl Fn(u64, u64) + Send + Sync + 'static,
+) -> (Sent, Result<(), WebError>) {
+    let stream = tokio::select! {
+        r = timeout(target.connect_timeout, TcpStream::connect((target.host, target.port))) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return (Sent::default(), Err(WebError::Connect(e))),
+            Err(_) => return (Sent::default(), Err(WebError::ConnectTimeout(target.connect_timeout))),
+        },
+        () = cancel.cancelled() => return (Sent::default(), Err(WebError::Cancelled)),
+    };
+    let _ = stream.set_nodelay(true);
+    let start = Instant::now();
+    // Milliseconds since `start` of the last sign of life; image bytes out; body complete.
+    let activity = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let complete = Arc::new(AtomicU64::new(0));
+    let snapshot = |sent: &AtomicU64, complete: &AtomicU64| Sent {
+        image_bytes: sent.load(Ordering::Relaxed),
+        complete: complete.load(Ordering::Relaxed) == 1,
+    };
+
+    let boundary = format!("otaagent{}", hex::encode(rand::random::<[u8; 16]>()));
+    let head = Bytes::from(format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{FORM_FIELD}\"; \
+         filename=\"firmware.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ));
+    let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+    let content_length = head.len() + image.len() + tail.len();
+    let total = image.len() as u64;
+    let mut pieces: Vec<(Bytes, u64)> = vec![(head, 0)];
+    let mut offset = 0;
+    while offset < image.len() {
+        let end = (offset + PIECE).min(image.len());
+        pieces.push((image.slice(offset..end), (end - offset) as u64));
+        offset = end;
+    }
+    let n_pieces = pieces.len();
+    pieces.push((tail, 0));
+    let (a, s, c) = (activity.clone(), sent.clone(), complete.clone());
+    // A piece is polled once the previous one is in the socket: count it then.
+    let body = futures::stream::iter(pieces.into_iter().enumerate()).map(
+        move |(i, (piece, image_bytes))| {
+            a.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if i > 0 && i <= n_pieces {
+                let done = s.fetch_add(image_bytes, Ordering::Relaxed) + image_bytes;
+                on_progress(done, total);
+            }
+            if i == n_pieces {
+                c.store(1, Ordering::Relaxed);
+            }
+            Ok::<_, io::Error>(Frame::data(piece))
+        },
+    );
+    let mut request = hyper::Request::post("/update")
+        .header(header::HOST, format!("{}:{}", target.host, target.port))
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .header(header::CONTENT_LENGTH, content_length)
+        .header(header::CONNECTION, "close")
+        .header(
+            header::USER_AGENT,
+            concat!("ota-agent/", env!("CARGO_PKG_VERSION")),
+        );
+    if let (Some(user), Some(password)) = (target.username, target.password) {
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{user}:{}", password.expose()));
+        request = request.header(header::AUTHORIZATION, format!("Basic {token}"));
+    }
+    let request = match request.body(StreamBody::new(body)) {
+        Ok(r) => r,
+        Err(e) => return (Sent::default(), Err(WebError::Http(e.to_string()))),
+    };
+
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(pair) => pair,
+        Err(e) => return (Sent::default(), Err(WebError::Http(e.to_string()))),
+    };
+    let driver = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "web_server connection ended");
+        }
+    });
+    let result = async {
+        let mut response = std::pin::pin!(sender.send_request(request));
+        let response = loop {
+            let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+            let stall_deadline = start + last + target.read_timeout;
+            tokio::select! {
+                r = &mut response => break r.map_err(|e| WebError::Http(e.to_string()))?,
+                () = sleep_until(stall_deadline) => {
+                    let now_last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                    if now_last == last {
+                        return Err(WebError::ReadTimeout(target.read_timeout));
+                    }
+                }
+            }
+        };
+        let status = response.status().as_u16();
+        let body = timeout(target.read_timeout, response.into_body().collect())
+            .await
+            .map_err(|_| WebError::ReadTimeout(target.read_timeout))?
+            .map_err(|e| WebError::Http(e.to_string()))?
+            .to_bytes();
+        let text: String = String::from_utf8_lossy(&body)
+            .trim()
+            .chars()
+            .take(200)
+            .collect();
+        match status {
+            200 if text.contains("Successful") => Ok(()),
+            200 => Err(WebError::Refused(text)),
+            401 => Err(WebError::Unauthorized),
+            _ => Err(WebError::Status { status, body: text }),
+        }
+    }
+    .await;
+    driver.abort();
+    (snapshot(&sent, &complete), result)
+}
