@@ -92,8 +92,10 @@
 
 pub mod api;
 mod config;
+pub mod confirm;
 pub mod errors;
 pub mod native;
+mod progress;
 pub mod web;
 
 pub use config::{
@@ -103,16 +105,16 @@ pub use config::{
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use ota_devproto::esphome::{ClientConfig, Event, OtaType, Phase};
+use ota_devproto::esphome::{ClientConfig, OtaType};
 use ota_devproto::esphome_api::DeviceInfoResponse;
-use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
+use ota_domain::status::{ErrorCode, TaskError};
 use ota_firmware::esp::EspError;
 use ota_firmware::{Expected, FirmwareImage, ImageError, inspect};
 use tokio::sync::watch;
@@ -121,11 +123,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::api::ProbeError;
+use self::confirm::{Answer, Commit, RebootWatch, Verdict};
 use self::native::Timeouts;
+use self::progress::{Reporter, Stage};
 use self::web::{WebError, WebTarget};
 use super::{
-    CheckReport, DeviceReport, ProgressSink, TransferProgress, Transport, TransportKind, UpdateJob,
-    UpdateReport, VerifiedImage, VersionInfo,
+    CheckReport, DeviceReport, ProgressSink, Transport, TransportKind, UpdateJob, UpdateReport,
+    VerifiedImage, VersionInfo,
 };
 
 /// What an update must end on, decided from the job alone.
@@ -223,195 +227,10 @@ pub fn preflight(
     Ok(UpdatePlan { expected, chip })
 }
 
-/// How a transfer ended when it did not fail outright.
-#[derive(Debug)]
-enum Commit {
-    /// The device said it committed the image (`0x45`, "Update Successful!").
-    Confirmed,
-    /// The connection failed once the whole image was out, without the device's verdict.
-    Maybe(TaskError),
-}
-
 #[derive(Debug)]
 struct Transferred {
     wire_bytes: u64,
     commit: Commit,
-}
-
-/// Where an update is, for the message of a task timeout.
-#[derive(Debug, Default)]
-struct Stage(AtomicU8);
-
-impl Stage {
-    const PREPARING: u8 = 0;
-    const SENDING: u8 = 1;
-    const REBOOTING: u8 = 2;
-
-    fn set(&self, s: u8) {
-        self.0.store(s, Ordering::Relaxed);
-    }
-
-    fn get(&self) -> u8 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Progress in the status model: 100, then 2 with percent and remaining seconds (at most one
-/// report per percent or per second), then 6.
-#[derive(Debug, Clone)]
-struct Reporter(Arc<Mutex<ReporterState>>);
-
-#[derive(Debug)]
-struct ReporterState {
-    sink: ProgressSink,
-    done: u64,
-    total: u64,
-    acked_mode: bool,
-    started: Option<Instant>,
-    last_percent: Option<u32>,
-    last_sent: Option<Instant>,
-    stage: Arc<Stage>,
-}
-
-impl Reporter {
-    fn new(sink: ProgressSink, total: u64, stage: Arc<Stage>) -> Self {
-        Self(Arc::new(Mutex::new(ReporterState {
-            sink,
-            done: 0,
-            total,
-            acked_mode: false,
-            started: None,
-            last_percent: None,
-            last_sent: None,
-            stage,
-        })))
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut ReporterState) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    fn send(
-        &self,
-        status: UpgradeStatus,
-        percent: Option<f32>,
-        remaining: Option<u32>,
-        detail: String,
-    ) {
-        self.with(|s| {
-            let _ = s.sink.send(TransferProgress {
-                status,
-                percent,
-                remaining_s: remaining,
-                bytes_sent: s.done,
-                bytes_total: s.total,
-                detail,
-            });
-        });
-    }
-
-    fn preparing(&self, detail: String) {
-        self.send(UpgradeStatus::AgentPreparing, None, None, detail);
-    }
-
-    fn rebooting(&self, detail: String) {
-        self.with(|s| s.stage.set(Stage::REBOOTING));
-        self.send(UpgradeStatus::Downloaded, Some(100.0), Some(0), detail);
-    }
-
-    fn start_sending(&self, detail: String) {
-        self.with(|s| {
-            s.stage.set(Stage::SENDING);
-            s.started = Some(Instant::now());
-            s.done = 0;
-            s.last_percent = Some(0);
-            s.last_sent = Some(Instant::now());
-        });
-        self.send(UpgradeStatus::Updating, Some(0.0), None, detail);
-    }
-
-    /// `done` of `total` bytes are through; reports when a new percent is reached, a second
-    /// passed, or all is done.
-    fn bytes(&self, done: u64, total: u64) {
-        let report = self.with(|s| {
-            s.done = done;
-            s.total = total;
-            let percent = (done as f64 * 100.0 / total.max(1) as f64).min(100.0) as f32;
-            let whole = percent as u32;
-            let now = Instant::now();
-            let due = s.last_percent != Some(whole)
-                || s.last_sent
-                    .is_none_or(|t| now - t >= Duration::from_secs(1))
-                || done == total;
-            if !due || (done == total && s.last_percent == Some(100)) {
-                return None;
-            }
-            s.last_percent = Some(whole);
-            s.last_sent = Some(now);
-            let remaining = s.started.and_then(|t0| {
-                let secs = (now - t0).as_secs_f64();
-                (done > 0 && secs > 0.0).then(|| {
-                    let rate = done as f64 / secs;
-                    (total.saturating_sub(done) as f64 / rate).ceil() as u32
-                })
-            });
-            Some((percent, remaining))
-        });
-        if let Some((percent, remaining)) = report {
-            self.send(
-                UpgradeStatus::Updating,
-                Some(percent),
-                remaining,
-                format!("sending the firmware ({done} of {total} bytes)"),
-            );
-        }
-    }
-
-    fn ota_event(&self, ev: &Event) {
-        match ev {
-            Event::Negotiated(n) => {
-                self.with(|s| {
-                    s.total = n.wire_size;
-                    s.acked_mode = n.version.has_chunk_acks();
-                });
-                self.preparing(format!(
-                    "OTA version {}, {}{}, {} bytes on the wire",
-                    n.version.byte(),
-                    match n.compression {
-                        ota_devproto::esphome::Compression::None => "uncompressed",
-                        ota_devproto::esphome::Compression::Gzip => "gzip",
-                        ota_devproto::esphome::Compression::Deflate => "deflate",
-                    },
-                    if n.encrypted { ", encrypted" } else { "" },
-                    n.wire_size
-                ));
-            }
-            Event::Phase(Phase::Authenticating) => {
-                self.preparing("authenticating with the OTA password".into());
-            }
-            Event::Phase(Phase::Preparing) => {
-                self.preparing("the device prepares its flash".into());
-            }
-            Event::Phase(Phase::Uploading) => self.start_sending("sending the firmware".into()),
-            Event::Progress(p) => {
-                let acked = self.with(|s| s.acked_mode);
-                let done = if acked { p.acked } else { p.sent };
-                if p.sent > 0 {
-                    self.bytes(done, p.total);
-                }
-            }
-            Event::Phase(Phase::Finishing) => self.send(
-                UpgradeStatus::Updating,
-                Some(100.0),
-                Some(0),
-                "all bytes sent; the device checks the image".into(),
-            ),
-            Event::Completed => self.rebooting(
-                "the device verified and committed the image (0x44, 0x45); it reboots now".into(),
-            ),
-            _ => {}
-        }
-    }
 }
 
 fn unix_ms() -> Option<i64> {
@@ -950,8 +769,8 @@ impl EsphomeTransport {
         unreachable!("the last attempt returns")
     }
 
-    /// After the transfer: waits until the device answers on its API again and checks what it
-    /// runs. `Ok(None)` when the device has no API (nothing more can be confirmed).
+    /// After the transfer: asks the device every `reboot_poll` until [`RebootWatch`] decides,
+    /// or the reboot timeout passes. `Ok(None)` when the device has no API.
     async fn wait_for_return(
         &self,
         e: &Entry,
@@ -964,184 +783,59 @@ impl EsphomeTransport {
         let device = e.cfg.name.as_str();
         let started = Instant::now();
         let deadline = started + s.reboot_timeout;
-        let within = humantime::format_duration(s.reboot_timeout);
-        let mut seen_down = false;
+        let mut watch = RebootWatch::new(device, plan, before, commit, s.reboot_settle);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             let answer = if e.cfg.api_port == 0 {
-                if api::port_answers(&e.cfg.host, e.cfg.ota_port(), s.connect_timeout.min(left))
-                    .await
-                {
-                    None
+                let limit = s.connect_timeout.min(left);
+                if api::port_answers(&e.cfg.host, e.cfg.ota_port(), limit).await {
+                    Answer::PortAnswers
                 } else {
-                    Some(Err(()))
+                    Answer::Away
                 }
             } else {
-                Some(self.device_info(e, left).await.map_err(|err| {
-                    tracing::debug!(error = %err, "not back yet");
-                }))
+                match self.device_info(e, left).await {
+                    Ok(info) => Answer::Info(Box::new(info)),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "not back yet");
+                        Answer::Away
+                    }
+                }
             };
-            match answer {
-                // No API: the OTA port answers again.
-                None => {
-                    if seen_down || started.elapsed() >= s.reboot_settle {
-                        return match commit {
-                            Commit::Confirmed => {
-                                tracing::warn!(
-                                    "no native API configured: the new version cannot be confirmed"
-                                );
-                                Ok(None)
-                            }
-                            Commit::Maybe(err) => Err(TaskError::new(
-                                err.code,
-                                format!(
-                                    "{}; without a native API the agent cannot tell whether {device} installed it: check it",
-                                    err.message
-                                ),
-                            )),
-                        };
+            let was_away = watch.seen_away();
+            match watch.observe(started.elapsed(), answer) {
+                Verdict::Wait => {}
+                Verdict::Back(info) => {
+                    if let Commit::Maybe(err) = commit {
+                        tracing::info!(error = %err.message, "the upload ended uncertainly, but the device installed the image");
                     }
+                    if info.is_none() {
+                        tracing::warn!("no native API: the new version cannot be confirmed");
+                    }
+                    return Ok(info.map(|i| *i));
                 }
-                Some(Ok(info)) => {
-                    if runs_target(plan, &info, before, seen_down) {
-                        if let Commit::Maybe(err) = commit {
-                            tracing::info!(error = %err.message, "the connection broke after the last byte, but the device installed the image");
-                        }
-                        return Ok(Some(info));
-                    }
-                    if seen_down {
-                        return Err(came_back_wrong(device, plan, before, &info));
-                    }
-                    if started.elapsed() >= s.reboot_settle {
-                        return Err(not_rebooted(device, plan, &info, commit, s.reboot_settle));
-                    }
-                }
-                Some(Err(())) => {
-                    if !seen_down {
-                        seen_down = true;
-                        reporter.rebooting(format!(
-                            "{device} went away to reboot; waiting for it to come back (up to {within})"
-                        ));
-                    }
-                }
+                Verdict::Failed(err) => return Err(err),
+            }
+            if !was_away && watch.seen_away() {
+                reporter.rebooting(format!(
+                    "{device} went away to reboot; waiting for it to come back (up to {})",
+                    humantime::format_duration(s.reboot_timeout)
+                ));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(s.reboot_poll.min(left)).await;
         }
-        let ota_up = api::port_answers(
-            &e.cfg.host,
-            e.cfg.ota_port(),
-            s.connect_timeout.min(Duration::from_secs(5)),
-        )
-        .await;
-        let msg = if ota_up && e.cfg.api_port != 0 {
-            format!(
-                "{device} accepted the image but its native API did not come back within \
-                 {within}; its OTA port answers, so it may be in safe mode (the new firmware \
-                 failed to boot) or run without `api:`: check it"
+        let ota_answers = e.cfg.api_port != 0
+            && api::port_answers(
+                &e.cfg.host,
+                e.cfg.ota_port(),
+                s.connect_timeout.min(Duration::from_secs(5)),
             )
-        } else {
-            format!(
-                "the device did not come back within {within} after accepting the image: check \
-                 it; ESP32 rolls back to the previous firmware if the new one does not boot"
-            )
-        };
-        Err(match commit {
-            Commit::Confirmed => {
-                TaskError::new(ErrorCode::DeviceReportedFailure, format!("{device}: {msg}"))
-            }
-            Commit::Maybe(err) => TaskError::new(
-                ErrorCode::DeviceReportedFailure,
-                format!("{}; and {msg}", err.message),
-            ),
-        })
-    }
-}
-
-/// Whether the device's answer shows it runs the image.
-fn runs_target(
-    plan: &UpdatePlan,
-    info: &DeviceInfoResponse,
-    before: Option<&DeviceInfoResponse>,
-    seen_down: bool,
-) -> bool {
-    if !info.project_version.is_empty() {
-        return plan.expected.contains(&info.project_version);
-    }
-    // A firmware without `esphome: project:`: a new build time means a new firmware.
-    match before {
-        Some(b) if !b.compilation_time.is_empty() => b.compilation_time != info.compilation_time,
-        _ => seen_down,
-    }
-}
-
-fn came_back_wrong(
-    device: &str,
-    plan: &UpdatePlan,
-    before: Option<&DeviceInfoResponse>,
-    info: &DeviceInfoResponse,
-) -> TaskError {
-    let now = if info.project_version.is_empty() {
-        "the same build".to_owned()
-    } else {
-        info.project_version.clone()
-    };
-    let target = plan.target();
-    let msg = match before {
-        Some(b)
-            if b.project_version == info.project_version
-                && b.compilation_time != info.compilation_time
-                && !info.compilation_time.is_empty() =>
-        {
-            format!(
-                "{device} runs a new build (compiled {}) but still reports project version \
-                 {now}, not {target}: the firmware's `esphome: project: version:` and the version \
-                 registered for it differ",
-                info.compilation_time
-            )
-        }
-        Some(b) if b.project_version == info.project_version => format!(
-            "{device} came back on {now}: the new firmware was rolled back (it did not boot, or \
-             crashed until safe mode or the bootloader's rollback restored the previous one)"
-        ),
-        _ => format!("{device} came back on {now}, not on {target}"),
-    };
-    TaskError::new(ErrorCode::DeviceReportedFailure, msg)
-}
-
-fn not_rebooted(
-    device: &str,
-    plan: &UpdatePlan,
-    info: &DeviceInfoResponse,
-    commit: &Commit,
-    settle: Duration,
-) -> TaskError {
-    let now = if info.project_version.is_empty() {
-        "its old build".to_owned()
-    } else {
-        info.project_version.clone()
-    };
-    let settle = humantime::format_duration(settle);
-    match commit {
-        Commit::Maybe(err) => TaskError::new(
-            ErrorCode::SendFailed,
-            format!(
-                "{}; {device} did not install the image: it still runs {now} and did not reboot \
-                 within {settle}; upload again",
-                err.message
-            ),
-        ),
-        Commit::Confirmed => TaskError::new(
-            ErrorCode::DeviceReportedFailure,
-            format!(
-                "{device} accepted the image but still runs {now} and did not reboot within \
-                 {settle}, instead of {}",
-                plan.target()
-            ),
-        ),
+            .await;
+        Err(watch.give_up(s.reboot_timeout, ota_answers))
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ota_devproto::esphome::{Client, ClientConfig, ClientError, ClientState, Event, Negotiated};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -87,9 +87,25 @@ pub fn in_handshake(state: ClientState) -> bool {
     )
 }
 
-/// Runs one upload of `image` to `host:port`. `on_event` sees every event of the machine (a
-/// block's `Progress` once it is written). `cancel` ends the attempt only until the first image
-/// block goes to the socket; from then on it is ignored.
+/// A byte stream to a device. TCP can switch Nagle's algorithm; an in-memory pipe (tests)
+/// ignores it.
+pub trait Link: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Sets TCP_NODELAY where there is such a thing.
+    fn set_nodelay(&self, _on: bool) {}
+}
+
+impl Link for TcpStream {
+    fn set_nodelay(&self, on: bool) {
+        let _ = TcpStream::set_nodelay(self, on);
+    }
+}
+
+impl Link for tokio::io::DuplexStream {}
+
+/// Runs one upload of `image` to `host:port`: connects within the connect timeout, then
+/// [`run`]. `on_event` sees every event of the machine (a block's `Progress` once it is
+/// written). `cancel` ends the attempt only until the first image block goes to the socket;
+/// from then on it is ignored.
 pub async fn upload(
     host: &str,
     port: u16,
@@ -97,11 +113,11 @@ pub async fn upload(
     image: Bytes,
     timeouts: Timeouts,
     cancel: &CancellationToken,
-    mut on_event: impl FnMut(&Event),
+    on_event: impl FnMut(&Event),
 ) -> Result<Uploaded, AttemptError> {
-    let mut client = Client::new(config, image, rand::random())?;
+    let client = Client::new(config, image, rand::random())?;
     let connect = TcpStream::connect((host, port));
-    let mut stream = tokio::select! {
+    let stream = tokio::select! {
         r = timeout(timeouts.connect, connect) => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(AttemptError::Connect(e)),
@@ -109,8 +125,21 @@ pub async fn upload(
         },
         () = cancel.cancelled() => return Err(AttemptError::Cancelled),
     };
+    run(stream, client, timeouts, cancel, on_event).await
+}
+
+/// Drives `client` over a connected `stream` to its end: the handshake (up to authentication)
+/// within `timeouts.handshake` from now, every read and write of the data phase within
+/// `timeouts.data`.
+pub async fn run<S: Link>(
+    mut stream: S,
+    mut client: Client,
+    timeouts: Timeouts,
+    cancel: &CancellationToken,
+    mut on_event: impl FnMut(&Event),
+) -> Result<Uploaded, AttemptError> {
     // Control fields are tiny: never wait for a delayed ACK.
-    let _ = stream.set_nodelay(true);
+    stream.set_nodelay(true);
     let handshake_deadline = Instant::now() + timeouts.handshake;
     let mut negotiated = None;
     let mut data_started = false;
@@ -125,7 +154,7 @@ pub async fn upload(
             if !data_started && is_data {
                 data_started = true;
                 // Blocks are big: let the kernel coalesce them (espota2 does the same).
-                let _ = stream.set_nodelay(false);
+                stream.set_nodelay(false);
             }
             let limit = if in_handshake(state) {
                 handshake_deadline.saturating_duration_since(Instant::now())
@@ -143,10 +172,8 @@ pub async fn upload(
             };
             match written {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) if client.state() == ClientState::Done => {
-                    // ESPHome's uploader treats a failure to send the final 00 as success.
-                    break;
-                }
+                // ESPHome's uploader treats a failure to send the final 00 as success.
+                Ok(Err(_)) if client.state() == ClientState::Done => break,
                 Ok(Err(_)) => {
                     // The device went away; an error byte it sent before still counts.
                     while let Ok(Ok(n @ 1..)) =
@@ -171,7 +198,7 @@ pub async fn upload(
             ClientState::Uploading => continue,
             ClientState::AwaitReceiveOk if data_started => {
                 // The last block is out: small answers follow, read them at once.
-                let _ = stream.set_nodelay(true);
+                stream.set_nodelay(true);
             }
             _ => {}
         }
@@ -206,4 +233,227 @@ pub async fn upload(
         negotiated,
         wire_bytes: client.progress().total,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver's timing on an in-memory pipe with tokio's clock paused: no sockets, so
+    //! virtual time is exact.
+
+    use ota_devproto::esphome::{AcceptAll, Device, DeviceConfig, DeviceState, Password};
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    const ESPHOME: Timeouts = Timeouts {
+        connect: Duration::from_secs(20),
+        handshake: Duration::from_secs(20),
+        data: Duration::from_secs(160),
+    };
+
+    /// 100 kB that do not compress, so the upload spans many blocks.
+    fn image() -> Bytes {
+        let mut x = 0x2545_F491_u32;
+        Bytes::from(
+            (0..100_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (x >> 24) as u8
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn client(password: Option<&str>) -> Client {
+        Client::new(
+            ClientConfig {
+                password: password.map(Password::new),
+                ..ClientConfig::default()
+            },
+            image(),
+            [1; 32],
+        )
+        .unwrap()
+    }
+
+    /// A device on the other end of the pipe that answers until `mute` says so, then only reads.
+    fn device(mut end: DuplexStream, config: DeviceConfig, mute: fn(DeviceState, usize) -> bool) {
+        tokio::spawn(async move {
+            let mut dev = Device::new(config, AcceptAll, [2; 32]);
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut muted = false;
+            loop {
+                while let Some(b) = dev.poll_transmit() {
+                    if !muted && end.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+                muted |= mute(dev.state(), dev.received());
+                if dev.is_closed() {
+                    return;
+                }
+                match end.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) if !muted => dev.handle_input(&buf[..n]),
+                    Ok(_) => {}
+                }
+            }
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_upload_over_the_pipe() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        device(theirs, DeviceConfig::default(), |_, _| false);
+        let mut events = Vec::new();
+        let up = run(
+            ours,
+            client(None),
+            ESPHOME,
+            &CancellationToken::new(),
+            |e| events.push(e.clone()),
+        )
+        .await
+        .expect("uploads");
+        assert!(
+            up.negotiated
+                .is_some_and(|n| n.compression == ota_devproto::esphome::Compression::Deflate)
+        );
+        assert!(events.contains(&Event::LastChunkSent) && events.contains(&Event::Completed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_device_times_out_after_exactly_the_handshake_timeout() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        device(theirs, DeviceConfig::default(), |_, _| true);
+        let t0 = Instant::now();
+        let err = run(
+            ours,
+            client(None),
+            ESPHOME,
+            &CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(t0.elapsed(), Duration::from_secs(20));
+        assert!(
+            matches!(
+                &err,
+                AttemptError::Ota(ClientError::Timeout {
+                    waiting: ClientState::AwaitVersion,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handshake_timeout_counts_from_connect_not_per_read() {
+        // The device answers every handshake step, slowly: 3 steps of 8 s exceed 20 s in total.
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut dev = Device::new(
+                DeviceConfig {
+                    password: Some(Password::new("pw")),
+                    ..DeviceConfig::default()
+                },
+                AcceptAll,
+                [2; 32],
+            );
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n @ 1..) = theirs.read(&mut buf).await {
+                dev.handle_input(&buf[..n]);
+                while let Some(b) = dev.poll_transmit() {
+                    tokio::time::sleep(Duration::from_secs(8)).await;
+                    if theirs.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let t0 = Instant::now();
+        let err = run(
+            ours,
+            client(Some("pw")),
+            ESPHOME,
+            &CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(t0.elapsed(), Duration::from_secs(20));
+        assert!(
+            matches!(&err, AttemptError::Ota(ClientError::Timeout { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_stalling_in_the_data_phase_times_out_after_the_data_timeout() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        device(theirs, DeviceConfig::default(), |s, received| {
+            s.in_data_phase() && received >= 20_000
+        });
+        let stall_seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = stall_seen.clone();
+        let t = Timeouts {
+            data: Duration::from_secs(30),
+            ..ESPHOME
+        };
+        let err = run(ours, client(None), t, &CancellationToken::new(), move |e| {
+            if let Event::Progress(p) = e
+                && p.acked > 0
+            {
+                *seen.lock().unwrap() = Some(Instant::now());
+            }
+        })
+        .await
+        .unwrap_err();
+        let last_ack = stall_seen
+            .lock()
+            .unwrap()
+            .expect("some blocks were acknowledged");
+        assert_eq!(last_ack.elapsed(), Duration::from_secs(30));
+        let AttemptError::Ota(e @ ClientError::Timeout { waiting, .. }) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*waiting, ClientState::AwaitChunkAck);
+        assert!(e.is_retryable() && !e.may_have_committed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_stops_the_handshake_but_not_the_data() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        device(theirs, DeviceConfig::default(), |_, _| true);
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            c.cancel();
+        });
+        let t0 = Instant::now();
+        let err = run(ours, client(None), ESPHOME, &cancel, |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AttemptError::Cancelled));
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        device(theirs, DeviceConfig::default(), |_, _| false);
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let up = run(ours, client(None), ESPHOME, &cancel, move |e| {
+            if matches!(e, Event::Phase(ota_devproto::esphome::Phase::Uploading)) {
+                c.cancel();
+            }
+        })
+        .await;
+        assert!(up.is_ok(), "{up:?}");
+        assert!(cancel.is_cancelled());
+    }
 }
