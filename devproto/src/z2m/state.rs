@@ -115,7 +115,12 @@ impl DeviceState {
         let Value::Object(raw) = serde_json::from_slice(payload).ok()? else {
             return None;
         };
-        Some(Self {
+        Some(Self::from_map(raw))
+    }
+
+    /// Reads a state already held as a JSON object (e.g. a [`StateCache`]).
+    pub fn from_map(raw: Map<String, Value>) -> Self {
+        Self {
             update: raw.get("update").and_then(UpdateState::from_value),
             battery: raw.get("battery").and_then(Value::as_f64),
             linkquality: raw
@@ -125,7 +130,7 @@ impl DeviceState {
                 .map(|f| f as u8),
             last_seen_ms: raw.get("last_seen").and_then(parse_last_seen),
             raw,
-        })
+        }
     }
 }
 

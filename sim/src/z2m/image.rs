@@ -1,15 +1,18 @@
 //! Zigbee OTA files as the simulated zigbee2mqtt sees them: parse what it fetched, and build
-//! small valid files for tests and demos.
+//! small valid files for demos.
 //!
-//! What it does: [`parse`] reads the header of an upgrade file the way zigbee-herdsman does
-//! (find the magic `1E F1 EE 0B` anywhere, read manufacturer code, image type, file version,
-//! header string and total image size, require the image to be complete); [`build`] writes a
-//! spec-conforming file (56-byte header, one upgrade-image sub-element, deterministic payload).
-//! What it does not do: validate sub-elements, signatures or CRCs (`ota-firmware` is the real
-//! parser; this is the simulator's view of a device accepting an image).
+//! What it does: [`parse`] reads an upgrade file with `ota_firmware::zigbee::parse` (the
+//! herdsman-compatible parser: magic anywhere, header, sub-elements tiling the image) and keeps
+//! what a simulated device checks (manufacturer code, image type, file version, header string,
+//! total image size); [`build`] writes a spec-conforming file (56-byte header, one
+//! upgrade-image sub-element, deterministic payload) without needing `ota-firmware`'s
+//! test builders.
+//! What it does not do: verify signatures or CRCs (neither does zigbee-herdsman).
+
+use ota_firmware::zigbee;
 
 /// The upgrade file identifier as it appears in a file.
-pub const MAGIC: [u8; 4] = [0x1E, 0xF1, 0xEE, 0x0B];
+pub const MAGIC: [u8; 4] = zigbee::MAGIC_BYTES;
 
 /// The header facts the simulator needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +23,7 @@ pub struct ImageHeader {
     pub image_type: u16,
     /// File version.
     pub file_version: u32,
-    /// Header string, NULs removed, trailing spaces trimmed.
+    /// Header string (NULs removed, padding trimmed).
     pub header_string: String,
     /// Total image size (what the device is told to download).
     pub total_image_size: u32,
@@ -35,48 +38,19 @@ impl ImageHeader {
     }
 }
 
-/// Why a file is not a valid OTA file (herdsman's wording where it has one).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ImageError {
-    /// No magic, or too short for a header.
-    #[error("Not a valid OTA file")]
-    NotOta,
-    /// The total image size runs past the end of the file.
-    #[error("Size mismatch")]
-    SizeMismatch,
-}
+/// Why a file is not a valid OTA file (herdsman logs it and answers NO_IMAGE_AVAILABLE).
+pub type ImageError = zigbee::ZigbeeError;
 
-/// Parses the header of an OTA upgrade file.
+/// Parses an OTA upgrade file.
 pub fn parse(file: &[u8]) -> Result<ImageHeader, ImageError> {
-    let offset = file
-        .windows(4)
-        .position(|w| w == MAGIC)
-        .ok_or(ImageError::NotOta)?;
-    let h = &file[offset..];
-    if h.len() < 56 {
-        return Err(ImageError::NotOta);
-    }
-    let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
-    let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    let header_len = usize::from(u16_at(6));
-    let total_image_size = u32_at(52);
-    if header_len < 56 || (total_image_size as usize) < header_len {
-        return Err(ImageError::NotOta);
-    }
-    if total_image_size as usize > h.len() {
-        return Err(ImageError::SizeMismatch);
-    }
-    let header_string = String::from_utf8_lossy(&h[20..52])
-        .replace('\0', "")
-        .trim_end()
-        .to_string();
+    let f = zigbee::parse(file)?;
     Ok(ImageHeader {
-        manufacturer_code: u16_at(10),
-        image_type: u16_at(12),
-        file_version: u32_at(14),
-        header_string,
-        total_image_size,
-        offset,
+        manufacturer_code: f.header.manufacturer_code,
+        image_type: f.header.image_type,
+        file_version: f.header.file_version,
+        header_string: f.header.header_string.clone(),
+        total_image_size: f.header.total_image_size,
+        offset: usize::try_from(f.prefix_len).unwrap_or(usize::MAX),
     })
 }
 
@@ -137,7 +111,7 @@ mod tests {
         let h2 = parse(&prefixed).unwrap();
         assert_eq!(h2.offset, 11);
         assert_eq!(h2.image(&prefixed), &f[..]);
-        assert_eq!(parse(b"not an image"), Err(ImageError::NotOta));
-        assert_eq!(parse(&f[..f.len() - 1]), Err(ImageError::SizeMismatch));
+        assert!(parse(b"not an image").is_err());
+        assert!(parse(&f[..f.len() - 1]).is_err());
     }
 }

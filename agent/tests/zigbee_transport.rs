@@ -1,0 +1,780 @@
+//! The zigbee2mqtt transport against the zigbee2mqtt simulator, over the embedded broker.
+//!
+//! The transport and the broker run on the test's runtime in real time; the simulated bridge
+//! runs on its own paused clock (`Z2mSim::start_virtual`), so zigbee2mqtt's 60 s, 30 s, 120 s
+//! and 150 s waits pass at once while every network round trip is real. Where a test needs the
+//! transfer to stand still (cancel, one-at-a-time, outages) the simulated device is held at a
+//! percentage and released by the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use md5::Md5;
+use ota_agent::transport::zigbee::{ImageEndpoint, ZigbeeConfig, ZigbeeTransport};
+use ota_agent::transport::{
+    PowerSource, Signal, TransferProgress, Transport, UpdateJob, UpdateReport, VerifiedImage,
+};
+use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
+use ota_firmware::builders::ZigbeeOtaBuilder;
+use ota_sim::broker::EmbeddedBroker;
+use ota_sim::z2m::{Behavior, IndexImage, SimDevice, Z2mSim, Z2mSimConfig, Z2mVersion};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+const BULB: &str = "0x000b57fffec6a5b2";
+const PLUG: &str = "0x000b57fffec6a5b3";
+const REMOTE: &str = "0x000d6ffffe2b3c4d";
+const T: Duration = Duration::from_secs(30);
+
+/// The bulb's images: manufacturer 0x117C, image type 0x2803.
+fn bulb_image(version: u32, payload: usize) -> Arc<VerifiedImage> {
+    verified(
+        ZigbeeOtaBuilder::new(0x117C, 0x2803, version)
+            .header_string("bulb 2.4.0")
+            .upgrade_image(payload)
+            .build(),
+        version,
+    )
+}
+
+/// The remote's images: image type 0x11C1.
+fn remote_image(version: u32) -> Arc<VerifiedImage> {
+    verified(
+        ZigbeeOtaBuilder::new(0x117C, 0x11C1, version)
+            .header_string("remote 24.5")
+            .upgrade_image(20_000)
+            .build(),
+        version,
+    )
+}
+
+fn verified(bytes: Vec<u8>, version: u32) -> Arc<VerifiedImage> {
+    Arc::new(VerifiedImage {
+        firmware_id: format!("fw-{version:x}"),
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        md5: hex::encode(Md5::digest(&bytes)),
+        bytes: Bytes::from(bytes),
+        version: format!("{version:#x}"),
+        file_version: Some(version),
+    })
+}
+
+fn job(device: &str, image: Arc<VerifiedImage>) -> UpdateJob {
+    UpdateJob {
+        task_id: format!("task-{device}"),
+        attempt: 1,
+        device: device.to_string(),
+        image,
+        downgrade: false,
+        schedule: false,
+        timeout: Duration::from_secs(60),
+    }
+}
+
+fn transport_config(broker: &EmbeddedBroker, network: &str, base: &str) -> ZigbeeConfig {
+    let mut c = ZigbeeConfig::new(network, broker.host(), broker.port());
+    c.base_topic = base.to_string();
+    c.image_endpoint = Some(ImageEndpoint {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        advertised_base_url: None,
+    });
+    c.timeouts.reconnect_delay = Duration::from_millis(100);
+    c.timeouts.request = Duration::from_secs(5);
+    c.timeouts.completion_grace = Duration::from_secs(2);
+    c.timeouts.keep_alive = Duration::from_secs(5);
+    c
+}
+
+struct Site {
+    broker: EmbeddedBroker,
+    sim: Z2mSim,
+    zigbee: ZigbeeTransport,
+}
+
+/// A transport connected before the bridge starts (device states are not retained, so a
+/// transport hears them as zigbee2mqtt publishes them).
+async fn transport(cfg: ZigbeeConfig) -> ZigbeeTransport {
+    let zigbee = ZigbeeTransport::start(cfg).await.unwrap();
+    assert!(zigbee.wait_connected(T).await);
+    zigbee
+}
+
+async fn site(devices: Vec<SimDevice>, tweak: impl FnOnce(&mut ZigbeeConfig)) -> Site {
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut cfg = transport_config(&broker, "home", "zigbee2mqtt");
+    tweak(&mut cfg);
+    let zigbee = transport(cfg).await;
+    let mut sc = Z2mSimConfig::new(broker.host(), broker.port());
+    sc.devices = devices;
+    let sim = Z2mSim::start_virtual(sc).await.unwrap();
+    for d in sim.devices() {
+        zigbee
+            .wait_for_device(&d.ieee, T)
+            .await
+            .expect("the transport learns the device from bridge/devices");
+    }
+    Site {
+        broker,
+        sim,
+        zigbee,
+    }
+}
+
+/// Runs a job to its end, collecting its progress.
+async fn run(
+    zigbee: &ZigbeeTransport,
+    job: UpdateJob,
+) -> (Result<UpdateReport, TaskError>, Vec<TransferProgress>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let r = timeout(T, zigbee.update(job, tx, CancellationToken::new()))
+        .await
+        .expect("the job ends");
+    let mut seen = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        seen.push(p);
+    }
+    (r, seen)
+}
+
+/// Statuses in order, consecutive repeats collapsed.
+fn statuses(p: &[TransferProgress]) -> Vec<UpgradeStatus> {
+    let mut out: Vec<UpgradeStatus> = Vec::new();
+    for s in p.iter().map(|p| p.status) {
+        if out.last() != Some(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn err_code(r: &Result<UpdateReport, TaskError>) -> ErrorCode {
+    r.as_ref().expect_err("the job fails").code
+}
+
+async fn held(sim: &Z2mSim, id: &str) {
+    timeout(T, sim.wait_until(|s| s.device(id).is_some_and(|d| d.held)))
+        .await
+        .expect("the device reaches its hold point");
+}
+
+fn request_topics(sim: &Z2mSim) -> Vec<String> {
+    sim.requests()
+        .iter()
+        .map(|r| r.topic.rsplit("ota_update/").next().unwrap().to_string())
+        .collect()
+}
+
+async fn http_get(url: &str) -> u16 {
+    // A bare HTTP/1.1 GET, enough for the image endpoint.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = tokio::net::TcpStream::connect(authority).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..12]).to_string();
+    head[9..12].parse().unwrap()
+}
+
+#[tokio::test]
+async fn inventory_from_bridge_devices_and_states() {
+    let s = site(
+        vec![
+            SimDevice::mains_router(BULB, "bulb"),
+            SimDevice::sleepy_end_device(REMOTE, "living/remote", None),
+        ],
+        |_| {},
+    )
+    .await;
+    let inv = s.zigbee.inventory().borrow().clone();
+    assert_eq!(inv.len(), 2, "the coordinator is not a device to update");
+    let bulb = inv.iter().find(|d| d.local_id == BULB).unwrap();
+    assert_eq!(bulb.network, "home");
+    assert_eq!((bulb.name.as_str(), bulb.vendor.as_str()), ("bulb", "IKEA"));
+    assert_eq!(bulb.power_source, PowerSource::Mains);
+    assert_eq!(bulb.file_version, Some(0x2309_3620));
+    assert_eq!(bulb.current_version.as_deref(), Some("587806240"));
+    assert_eq!(bulb.signal, Some(Signal::LinkQuality(120)));
+    assert_eq!(bulb.software_build_id.as_deref(), Some("2.3.093"));
+    assert!(bulb.reachable && bulb.supports_ota);
+    assert_eq!(bulb.z2m_state.as_deref(), Some("idle"));
+    assert!(bulb.last_seen_ms.is_none() || bulb.last_seen_ms.unwrap() > 1_700_000_000_000);
+    let remote = inv.iter().find(|d| d.local_id == REMOTE).unwrap();
+    assert_eq!(remote.name, "living/remote");
+    assert_eq!(remote.power_source, PowerSource::Battery);
+    assert_eq!(remote.battery_percent, Some(87));
+    // Found by friendly name too.
+    let c = s
+        .zigbee
+        .check("living/remote", Duration::from_millis(1))
+        .await;
+    assert_eq!(c.unwrap_err().code, ErrorCode::BulkCheckTimeout);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn mains_update_success_with_progress_sequence() {
+    let s = site(vec![SimDevice::mains_router(BULB, "bulb")], |_| {}).await;
+    // 100 000 bytes ≥ the 64 KiB hex threshold: served by URL.
+    let image = bulb_image(0x2309_9999, 100_000 - 62);
+    let (r, progress) = run(&s.zigbee, job(BULB, Arc::clone(&image))).await;
+    let report = r.unwrap();
+    assert_eq!(
+        statuses(&progress),
+        [
+            UpgradeStatus::AgentPreparing,
+            UpgradeStatus::Updating,
+            UpgradeStatus::Downloaded
+        ]
+    );
+    // The first estimate is herdsman's: 2000 blocks of 50 B at 4 per second.
+    let first = progress
+        .iter()
+        .find(|p| p.status == UpgradeStatus::Updating)
+        .unwrap();
+    assert_eq!((first.percent, first.remaining_s), (Some(0.0), Some(500)));
+    let percents: Vec<f32> = progress.iter().filter_map(|p| p.percent).collect();
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{percents:?}");
+    assert!(
+        percents.len() >= 10,
+        "a report every 30 s of a 500 s transfer: {percents:?}"
+    );
+    assert_eq!(report.from.file_version, Some(0x2309_3620));
+    assert_eq!(report.from.software_build_id.as_deref(), Some("2.3.093"));
+    assert_eq!(report.to.file_version, Some(0x2309_9999));
+    assert_eq!(report.to.software_build_id.as_deref(), Some("bulb 2.4.0"));
+    assert_eq!(report.wire_bytes, 100_000);
+    let bulb = s.sim.device(BULB).unwrap();
+    assert_eq!(bulb.installed_version, 0x2309_9999);
+    assert_eq!(bulb.received_images, vec![image.bytes.to_vec()]);
+    // Object form with a transaction, by IEEE address, image by URL on the agent's endpoint.
+    let req = &s.sim.requests()[0];
+    assert!(req.topic.ends_with("ota_update/update"));
+    let v: serde_json::Value = serde_json::from_str(&req.payload).unwrap();
+    assert_eq!(v["id"], BULB);
+    assert!(v["transaction"].as_str().unwrap().starts_with("ota-"));
+    let url = v["url"].as_str().unwrap();
+    let port = s.zigbee.image_endpoint().unwrap().port();
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{port}/ota/")),
+        "{url}"
+    );
+    // The inventory follows.
+    timeout(T, async {
+        let mut rx = s.zigbee.inventory();
+        loop {
+            let v = rx
+                .borrow_and_update()
+                .iter()
+                .find(|d| d.local_id == BULB)
+                .and_then(|d| d.file_version);
+            if v == Some(0x2309_9999) {
+                return;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn url_or_hex_by_size_and_the_token_is_one_time() {
+    let s = site(
+        vec![
+            SimDevice::mains_router(BULB, "bulb"),
+            SimDevice::mains_router(PLUG, "plug").held_at(50.0),
+        ],
+        |c| c.hex_threshold = 10_000,
+    )
+    .await;
+    // Small: hex inside the request, no URL.
+    let small = bulb_image(0x2309_9000, 5_000);
+    let (r, _) = run(&s.zigbee, job(BULB, Arc::clone(&small))).await;
+    r.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&s.sim.requests()[0].payload).unwrap();
+    assert_eq!(
+        v["hex"]["data"].as_str().unwrap(),
+        hex::encode(&small.bytes)
+    );
+    assert!(v.get("url").is_none());
+    assert_eq!(
+        s.sim.device(BULB).unwrap().received_images,
+        vec![small.bytes.to_vec()]
+    );
+
+    // Large: by URL; once zigbee2mqtt fetched it, the token is spent.
+    let large = bulb_image(0x2309_9001, 20_000);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let zigbee = &s.zigbee;
+    let update = zigbee.update(job(PLUG, Arc::clone(&large)), tx, CancellationToken::new());
+    let probe = async {
+        held(&s.sim, PLUG).await;
+        let v: serde_json::Value = serde_json::from_str(&s.sim.requests()[1].payload).unwrap();
+        let url = v["url"].as_str().unwrap().to_string();
+        assert_eq!(http_get(&url).await, 404, "reuse is refused");
+        let base = url.rsplit_once('/').unwrap().0;
+        assert_eq!(http_get(&format!("{base}/{}", "0".repeat(64))).await, 404);
+        s.sim.release(PLUG);
+        url
+    };
+    let (r, url) = tokio::join!(timeout(T, update), probe);
+    r.unwrap().unwrap();
+    assert_eq!(
+        s.sim.device(PLUG).unwrap().received_images,
+        vec![large.bytes.to_vec()]
+    );
+    // After the task the token is gone too.
+    assert_eq!(http_get(&url).await, 404);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn sleepy_device_is_scheduled_then_updated_when_it_wakes() {
+    let s = site(
+        vec![SimDevice::sleepy_end_device(REMOTE, "remote", None)],
+        |_| {},
+    )
+    .await;
+    let image = remote_image(0x2404_0000);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let update = s.zigbee.update(
+        job(REMOTE, Arc::clone(&image)),
+        tx,
+        CancellationToken::new(),
+    );
+    let waker = async {
+        // Waiting for the wake-up is status 5.
+        loop {
+            let p: TransferProgress = rx.recv().await.unwrap();
+            if p.status == UpgradeStatus::WaitingForWakeup {
+                break;
+            }
+        }
+        assert!(s.sim.device(REMOTE).unwrap().scheduled);
+        s.sim.wake(REMOTE);
+        let mut rest = Vec::new();
+        while let Some(p) = rx.recv().await {
+            rest.push(p);
+        }
+        rest
+    };
+    let (r, rest) = tokio::join!(timeout(T, update), waker);
+    let report = r.unwrap().unwrap();
+    assert_eq!(report.to.file_version, Some(0x2404_0000));
+    assert_eq!(
+        statuses(&rest),
+        [UpgradeStatus::Updating, UpgradeStatus::Downloaded]
+    );
+    assert_eq!(request_topics(&s.sim), ["schedule"]);
+    let remote = s.sim.device(REMOTE).unwrap();
+    assert_eq!(remote.received_images, vec![image.bytes.to_vec()]);
+    assert!(!remote.scheduled);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_while_waiting_for_the_wake_up_unschedules() {
+    let s = site(
+        vec![SimDevice::sleepy_end_device(REMOTE, "remote", None)],
+        |_| {},
+    )
+    .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let update = s
+        .zigbee
+        .update(job(REMOTE, remote_image(0x2404_0000)), tx, cancel.clone());
+    let canceller = async {
+        while rx.recv().await.unwrap().status != UpgradeStatus::WaitingForWakeup {}
+        cancel.cancel();
+    };
+    let (r, ()) = tokio::join!(timeout(T, update), canceller);
+    let e = r.unwrap().unwrap_err();
+    assert!(e.message.starts_with("cancelled"), "{e}");
+    assert_eq!(request_topics(&s.sim), ["schedule", "unschedule"]);
+    let remote = s.sim.device(REMOTE).unwrap();
+    assert!(!remote.scheduled);
+    assert_eq!(remote.state["update"]["state"], "idle");
+    // A later wake-up installs nothing.
+    s.sim.wake(REMOTE);
+    assert_eq!(s.sim.device(REMOTE).unwrap().installed_version, 0x2403_0011);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn device_failures_map_to_their_codes() {
+    let s = site(
+        vec![
+            SimDevice::mains_router("0x0000000000000001", "aborter")
+                .with_behavior(Behavior::abort_at_end()),
+            SimDevice::mains_router("0x0000000000000002", "mute")
+                .with_behavior(Behavior::NeverResponds),
+            SimDevice::mains_router("0x0000000000000003", "staller")
+                .with_behavior(Behavior::StallAt(40.0)),
+            SimDevice::mains_router("0x0000000000000004", "other").with_image_ids(0x117C, 0x0001),
+            SimDevice::without_ota("0x0000000000000005", "switch"),
+        ],
+        |_| {},
+    )
+    .await;
+    let img = || bulb_image(0x2309_9999, 8_000);
+
+    let (r, progress) = run(&s.zigbee, job("0x0000000000000001", img())).await;
+    assert_eq!(err_code(&r), ErrorCode::DeviceReportedFailure);
+    let e = r.unwrap_err();
+    assert!(
+        e.message.contains("failed with reason: ABORT") && e.message.contains("power-cycle"),
+        "{e}"
+    );
+    assert!(progress.iter().any(|p| p.percent.is_some_and(|x| x > 50.0)));
+    assert!(
+        !progress
+            .iter()
+            .any(|p| p.status == UpgradeStatus::Downloaded)
+    );
+
+    let (r, _) = run(&s.zigbee, job("0x0000000000000002", img())).await;
+    assert_eq!(err_code(&r), ErrorCode::ConnectFailed);
+    let e = r.unwrap_err();
+    assert!(
+        e.message.contains("Device didn't respond to OTA request"),
+        "{e}"
+    );
+    assert!(
+        e.message.contains("wake it") && e.message.contains("power-cycle"),
+        "{e}"
+    );
+
+    let (r, _) = run(&s.zigbee, job("0x0000000000000003", img())).await;
+    assert_eq!(err_code(&r), ErrorCode::Timeout);
+    assert!(
+        r.unwrap_err()
+            .message
+            .contains("did not start/finish firmware download")
+    );
+
+    let (r, _) = run(&s.zigbee, job("0x0000000000000004", img())).await;
+    assert_eq!(err_code(&r), ErrorCode::NoFirmware);
+    assert!(
+        r.unwrap_err()
+            .message
+            .contains("No image currently available")
+    );
+
+    // No OTA support and no OTA cluster: refused without asking zigbee2mqtt.
+    let before = s.sim.requests().len();
+    let (r, _) = run(&s.zigbee, job("0x0000000000000005", img())).await;
+    assert_eq!(err_code(&r), ErrorCode::PrevalidationFailed);
+    assert_eq!(s.sim.requests().len(), before);
+
+    // Unknown device.
+    let (r, _) = run(&s.zigbee, job("0x00000000000000ff", img())).await;
+    assert_eq!(err_code(&r), ErrorCode::Offline);
+
+    for d in s.sim.devices() {
+        assert!(
+            d.received_images.is_empty(),
+            "{} installed nothing",
+            d.friendly_name
+        );
+    }
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_update_at_a_time_per_network() {
+    let s = site(
+        vec![
+            SimDevice::mains_router(BULB, "bulb").held_at(50.0),
+            SimDevice::mains_router(PLUG, "plug"),
+        ],
+        |_| {},
+    )
+    .await;
+    let (tx_a, _rx_a) = mpsc::unbounded_channel();
+    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+    let a = s.zigbee.update(
+        job(BULB, bulb_image(0x2309_9999, 8_000)),
+        tx_a,
+        CancellationToken::new(),
+    );
+    let b = s.zigbee.update(
+        job(PLUG, bulb_image(0x2309_9998, 8_000)),
+        tx_b,
+        CancellationToken::new(),
+    );
+    let watch = async {
+        held(&s.sim, BULB).await;
+        // The second job waits for the slot: it says so, and zigbee2mqtt has heard nothing.
+        let queued: TransferProgress = timeout(T, rx_b.recv()).await.unwrap().unwrap();
+        assert_eq!(queued.status, UpgradeStatus::AgentPreparing);
+        assert!(queued.detail.starts_with("queued"), "{}", queued.detail);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(request_topics(&s.sim), ["update"]);
+        assert!(rx_b.try_recv().is_err(), "nothing more while queued");
+        s.sim.release(BULB);
+    };
+    let (ra, rb, ()) = tokio::join!(timeout(T, a), timeout(T, b), watch);
+    ra.unwrap().unwrap();
+    rb.unwrap().unwrap();
+    // The plug's request came only after the bulb's update response.
+    let requests = s.sim.requests();
+    assert_eq!(requests.len(), 2);
+    let bulb_done = s
+        .sim
+        .published()
+        .into_iter()
+        .find(|l| l.topic.ends_with("response/device/ota_update/update"))
+        .unwrap();
+    assert!(requests[1].payload.contains(PLUG));
+    assert!(requests[1].at_ms >= bulb_done.at_ms);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_networks_update_in_parallel() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut sims = Vec::new();
+    let mut transports = Vec::new();
+    for (net, base) in [("north", "site/north"), ("south", "site/south")] {
+        let t = transport(transport_config(&broker, net, base)).await;
+        let sim = Z2mSim::start_virtual(
+            Z2mSimConfig::new(broker.host(), broker.port())
+                .with_base_topic(base)
+                .with_device(SimDevice::mains_router(BULB, "bulb").held_at(50.0)),
+        )
+        .await
+        .unwrap();
+        t.wait_for_device(BULB, T).await.unwrap();
+        sims.push(sim);
+        transports.push(t);
+    }
+    let (tx1, _r1) = mpsc::unbounded_channel();
+    let (tx2, _r2) = mpsc::unbounded_channel();
+    let a = transports[0].update(
+        job(BULB, bulb_image(0x2309_9999, 8_000)),
+        tx1,
+        CancellationToken::new(),
+    );
+    let b = transports[1].update(
+        job(BULB, bulb_image(0x2309_9999, 8_000)),
+        tx2,
+        CancellationToken::new(),
+    );
+    let both_running = async {
+        // Both transfers are under way at the same time.
+        held(&sims[0], BULB).await;
+        held(&sims[1], BULB).await;
+        sims[0].release(BULB);
+        sims[1].release(BULB);
+    };
+    let (ra, rb, ()) = tokio::join!(timeout(T, a), timeout(T, b), both_running);
+    assert_eq!(ra.unwrap().unwrap().to.file_version, Some(0x2309_9999));
+    assert_eq!(rb.unwrap().unwrap().to.file_version, Some(0x2309_9999));
+    for sim in sims {
+        assert_eq!(sim.device(BULB).unwrap().installed_version, 0x2309_9999);
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn bridge_restart_mid_transfer_fails_for_a_retry() {
+    let s = site(
+        vec![SimDevice::mains_router(BULB, "bulb").held_at(50.0)],
+        |_| {},
+    )
+    .await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let update = s.zigbee.update(
+        job(BULB, bulb_image(0x2309_9999, 8_000)),
+        tx,
+        CancellationToken::new(),
+    );
+    let restart = async {
+        held(&s.sim, BULB).await;
+        s.sim.restart(Duration::from_secs(20)).await;
+    };
+    let (r, ()) = tokio::join!(timeout(T, update), restart);
+    let e = r.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::SendFailed, "{e}");
+    assert!(e.code.is_transient());
+    assert!(e.message.contains("still reports version 587806240"), "{e}");
+    // The transport asked zigbee2mqtt again after it came back.
+    assert_eq!(request_topics(&s.sim), ["update", "check"]);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn bridge_restart_while_the_device_restarts_learns_success_from_state() {
+    let s = site(
+        vec![SimDevice::mains_router(BULB, "bulb").held_at(100.0)],
+        |_| {},
+    )
+    .await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let update = s.zigbee.update(
+        job(BULB, bulb_image(0x2309_9999, 8_000)),
+        tx,
+        CancellationToken::new(),
+    );
+    let restart = async {
+        held(&s.sim, BULB).await;
+        s.sim.restart(Duration::from_secs(20)).await;
+    };
+    let (r, ()) = tokio::join!(timeout(T, update), restart);
+    let report = r.unwrap().unwrap();
+    assert_eq!(report.to.file_version, Some(0x2309_9999));
+    assert_eq!(s.sim.device(BULB).unwrap().installed_version, 0x2309_9999);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn broker_restart_mid_transfer_is_survived() {
+    let mut s = site(
+        vec![SimDevice::mains_router(BULB, "bulb").held_at(50.0)],
+        |_| {},
+    )
+    .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let zigbee = &s.zigbee;
+    let update = zigbee.update(
+        job(BULB, bulb_image(0x2309_9999, 8_000)),
+        tx,
+        CancellationToken::new(),
+    );
+    let sim = &s.sim;
+    let broker = &mut s.broker;
+    let outage = async {
+        held(sim, BULB).await;
+        broker.stop();
+        // Both clients notice, then the broker is back (empty: no retained messages).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        broker.start_again().unwrap();
+        // The bridge announces itself again on the new broker; then the device goes on.
+        timeout(
+            T,
+            sim.wait_until(|s| s.published_on("zigbee2mqtt/bridge/state").len() >= 2),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sim.release(BULB);
+        let mut after = Vec::new();
+        while let Some(p) = rx.recv().await {
+            after.push(p);
+        }
+        after
+    };
+    let (r, after) = tokio::join!(timeout(T, update), outage);
+    let report = r.unwrap().unwrap();
+    assert_eq!(report.to.file_version, Some(0x2309_9999));
+    // Progress kept coming after the reconnect, up to the restart of the device.
+    assert!(
+        after.iter().any(|p| p.status == UpgradeStatus::Downloaded),
+        "{after:?}"
+    );
+    // The transport asked whether its transfer survived ("already in progress": yes).
+    assert!(request_topics(&s.sim).contains(&"check".to_string()));
+    assert_eq!(s.sim.device(BULB).unwrap().installed_version, 0x2309_9999);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn check_reports_zigbee2mqtts_opinion_and_errors() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut sc = Z2mSimConfig::new(broker.host(), broker.port())
+        .with_device(SimDevice::mains_router(BULB, "bulb"))
+        .with_device(SimDevice::mains_router(PLUG, "plug").with_behavior(Behavior::NeverResponds));
+    sc.index.push(IndexImage {
+        url: "https://example.com/bulb.ota".into(),
+        release_notes: None,
+        bytes: bulb_image(0x2309_9999, 100).bytes.to_vec(),
+    });
+    let zigbee = transport(transport_config(&broker, "home", "zigbee2mqtt")).await;
+    let sim = Z2mSim::start_virtual(sc).await.unwrap();
+    zigbee.wait_for_device(PLUG, T).await.unwrap();
+    let c = zigbee.check(BULB, T).await.unwrap();
+    assert!(c.reachable);
+    assert_eq!(c.update_available, Some(true));
+    assert_eq!(c.device.file_version, Some(0x2309_3620));
+    assert_eq!(c.device.z2m_state.as_deref(), Some("available"));
+    let e = zigbee.check(PLUG, T).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::ConnectFailed);
+    assert!(
+        e.message
+            .contains("Failed to check if OTA update available for 'plug'"),
+        "{e}"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_before_the_transfer_moves_aborts_it() {
+    let s = site(
+        vec![SimDevice::mains_router(BULB, "bulb").held_at(0.0)],
+        |_| {},
+    )
+    .await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let update = s.zigbee.update(
+        job(BULB, bulb_image(0x2309_9999, 8_000)),
+        tx,
+        cancel.clone(),
+    );
+    let canceller = async {
+        held(&s.sim, BULB).await;
+        cancel.cancel();
+    };
+    let (r, ()) = tokio::join!(timeout(T, update), canceller);
+    let e = r.unwrap().unwrap_err();
+    assert!(e.message.starts_with("cancelled"), "{e}");
+    assert_eq!(request_topics(&s.sim), ["update", "update/abort"]);
+    assert_eq!(s.sim.device(BULB).unwrap().installed_version, 0x2309_3620);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_is_sent_when_already_on_target_or_to_an_old_zigbee2mqtt() {
+    let s = site(
+        vec![SimDevice::mains_router(BULB, "bulb").with_file_version(0x2309_9999)],
+        |_| {},
+    )
+    .await;
+    let (r, _) = run(&s.zigbee, job(BULB, bulb_image(0x2309_9999, 1_000))).await;
+    assert_eq!(r.unwrap().wire_bytes, 0);
+    assert!(s.sim.requests().is_empty());
+    // A corrupted image never leaves the agent.
+    let mut bad = (*bulb_image(0x2309_9998, 1_000)).clone();
+    bad.sha256 = "00".repeat(32);
+    let (r, _) = run(&s.zigbee, job(BULB, Arc::new(bad))).await;
+    assert_eq!(err_code(&r), ErrorCode::ChecksumMismatch);
+    s.sim.shutdown().await;
+
+    let broker = EmbeddedBroker::start().unwrap();
+    let zigbee = transport(transport_config(&broker, "old", "zigbee2mqtt")).await;
+    let sim = Z2mSim::start_virtual(
+        Z2mSimConfig::new(broker.host(), broker.port())
+            .with_version(Z2mVersion::V2_0To2_7)
+            .with_device(SimDevice::mains_router(BULB, "bulb")),
+    )
+    .await
+    .unwrap();
+    zigbee.wait_for_device(BULB, T).await.unwrap();
+    let (r, _) = run(&zigbee, job(BULB, bulb_image(0x2309_9999, 1_000))).await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code, ErrorCode::GatewayRequired);
+    assert!(e.message.contains("2.7.2"), "{e}");
+    assert!(sim.requests().is_empty());
+    sim.shutdown().await;
+}
