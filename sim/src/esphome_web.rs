@@ -186,6 +186,9 @@ async fn update(State(st): State<Arc<WebState>>, headers: HeaderMap, body: Body)
             .and_then(|v| v.to_str().ok());
         if given != Some(expected.as_str()) {
             st.unauthorized.fetch_add(1, Ordering::Relaxed);
+            // The device's web server receives the whole upload (and drops it) before it
+            // answers, so the client always gets to read the 401.
+            let _ = axum::body::to_bytes(body, usize::MAX).await;
             return (
                 StatusCode::UNAUTHORIZED,
                 [
