@@ -589,14 +589,7 @@ impl EsphomeTransport {
         ));
         let after = self
             .wait_for_return(&e, &plan, before.as_ref(), &transferred.commit, &reporter)
-            .await;
-        let after = match after {
-            Ok(a) => a,
-            Err(err) => {
-                self.update_report(idx, |r| r.last_seen_ms = r.last_seen_ms.or(unix_ms()));
-                return Err(err);
-            }
-        };
+            .await?;
         if let Some(info) = &after {
             self.update_report(idx, |r| apply_info(r, info));
         }
