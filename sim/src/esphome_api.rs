@@ -29,10 +29,14 @@ use crate::esphome::listener;
 use crate::esphome::model::DeviceModel;
 use crate::esphome_node::serve_many_while_up;
 
+/// The native API port of a real device.
+pub const API_PORT: u16 = 6053;
+
 /// How the API port behaves.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Where it listens (`127.0.0.1:0` in tests; a real device uses 6053).
+    /// Where it listens: `127.0.0.1:0` (a free port) by default, for tests; [`API_PORT`] for a
+    /// simulated device that should look like a real one.
     pub bind: SocketAddr,
     /// `api: encryption: key:`; `None` for a plaintext API.
     pub noise_key: Option<NoiseKey>,
