@@ -411,7 +411,9 @@ async fn web_server_fallback_with_basic_auth() {
     };
     // Wrong credentials: 401 is 5006, the password is nowhere.
     let t = transport(dev("guess"));
-    let e = err(update(&t, verified(app("2.0.0", 1_000_000), "2.0.0")).await.0);
+    let e = err(update(&t, verified(app("2.0.0", 1_000_000), "2.0.0"))
+        .await
+        .0);
     assert_eq!(e.code, ErrorCode::ConnectFailed);
     assert!(e.message.contains("HTTP 401"), "{}", e.message);
     assert!(!e.message.contains("guess") && !e.message.contains("s3cret-web"));
