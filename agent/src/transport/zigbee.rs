@@ -59,6 +59,7 @@ use ota_devproto::z2m::{
     to_task_error,
 };
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
+use rumqttc::tokio_rustls::rustls;
 use rumqttc::{AsyncClient, MqttOptions, TlsConfiguration, Transport as MqttTransport};
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::time::{Instant, sleep_until};
@@ -180,11 +181,16 @@ impl ZigbeeTransport {
                     });
                 }
             };
-            opts.set_transport(MqttTransport::tls_with_config(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            }));
+            let tls_config =
+                rustls_client_config(&ca, client_auth.as_ref()).map_err(|message| {
+                    ZigbeeError::Config {
+                        network: network.clone(),
+                        message: format!("MQTT TLS: {message}"),
+                    }
+                })?;
+            opts.set_transport(MqttTransport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls_config),
+            )));
         }
         let (client, eventloop) = AsyncClient::new(opts, 1024);
         let images = match &cfg.image_endpoint {
@@ -669,6 +675,46 @@ impl ZigbeeTransport {
     }
 }
 
+/// A rustls client configuration with an explicit crypto provider.
+///
+/// rumqttc's `TlsConfiguration::Simple` asks rustls for the process-wide default provider,
+/// which panics inside the MQTT event loop when more than one provider is compiled in (this
+/// workspace has both: ring through tonic, aws-lc-rs through rumqttc). Naming the provider here
+/// avoids that without installing anything process-wide.
+fn rustls_client_config(
+    ca_pem: &[u8],
+    client_auth: Option<&(Vec<u8>, Vec<u8>)>,
+) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("CA file: {e}"))?;
+        roots.add(cert).map_err(|e| format!("CA file: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA file holds no certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    match client_auth {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert_pem, key_pem)) => {
+            let chain = CertificateDer::pem_slice_iter(cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client certificate: {e}"))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("client key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))
+        }
+    }
+}
+
 fn unknown(device: &str, network: &str) -> TaskError {
     TaskError::new(
         ErrorCode::Offline,
@@ -708,5 +754,17 @@ impl Transport for ZigbeeTransport {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
         Box::pin(self.run_update(job, progress, cancel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_config_needs_a_ca_certificate() {
+        assert!(rustls_client_config(b"not pem", None).is_err());
+        let empty = rustls_client_config(b"", None).unwrap_err();
+        assert!(empty.contains("no certificate"), "{empty}");
     }
 }
