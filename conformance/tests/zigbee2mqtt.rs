@@ -5,18 +5,18 @@
 //! missing) on a free loopback port with a throwaway config, then runs the agent's
 //! `ZigbeeTransport` against `ota_sim::z2m` on it: a mains update with progress, a sleepy
 //! device scheduled and woken, a device that aborts at 100 %, a broker restart in the middle of
-//! a transfer, image delivery by hex, and MQTT over TLS with a client certificate. The bridge
+//! a transfer, and image delivery by hex. The bridge
 //! runs on a paused clock (`Z2mSim::start_virtual`); MQTT traffic is real.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use md5::Md5;
-use ota_agent::transport::zigbee::{ImageEndpoint, MqttTls, ZigbeeConfig, ZigbeeTransport};
+use ota_agent::transport::zigbee::{ImageEndpoint, ZigbeeConfig, ZigbeeTransport};
 use ota_agent::transport::{TransferProgress, Transport, UpdateJob, UpdateReport, VerifiedImage};
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use ota_firmware::builders::ZigbeeOtaBuilder;
@@ -54,52 +54,26 @@ fn free_port() -> u16 {
 struct Mosquitto {
     dir: tempfile::TempDir,
     port: u16,
-    tls_port: Option<u16>,
     child: Option<Child>,
-}
-
-struct TlsFiles {
-    ca: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
 }
 
 impl Mosquitto {
     fn start() -> Self {
-        Self::start_with(false).0
-    }
-
-    /// With `tls`, a second listener that requires a client certificate from a test CA.
-    fn start_with(tls: bool) -> (Self, Option<TlsFiles>) {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut conf = format!(
+        let conf = format!(
             "per_listener_settings false\nallow_anonymous true\npersistence false\n\
              log_dest file {}\nlog_type all\nlistener {port} 127.0.0.1\n",
             dir.path().join("mosquitto.log").display()
         );
-        let (tls_port, files) = if tls {
-            let files = make_pki(dir.path());
-            let p = free_port();
-            conf.push_str(&format!(
-                "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
-                files.ca.display(),
-                dir.path().join("server.pem").display(),
-                dir.path().join("server.key").display(),
-            ));
-            (Some(p), Some(files))
-        } else {
-            (None, None)
-        };
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
         let mut m = Self {
             dir,
             port,
-            tls_port,
             child: None,
         };
         m.spawn();
-        (m, files)
+        m
     }
 
     fn spawn(&mut self) {
@@ -112,11 +86,7 @@ impl Mosquitto {
             .expect("mosquitto starts");
         self.child = Some(child);
         for _ in 0..200 {
-            let up = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && self
-                    .tls_port
-                    .is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
-            if up {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -148,42 +118,6 @@ impl Mosquitto {
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
-fn make_pki(dir: &Path) -> TlsFiles {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "ota conformance CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let write = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    write("server.pem", server.pem());
-    write("server.key", server_key.serialize_pem());
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "ota-agent");
-    let client = client_params.signed_by(&client_key, &issuer).unwrap();
-    TlsFiles {
-        ca: write("ca.pem", ca_cert.pem()),
-        client_cert: write("client.pem", client.pem()),
-        client_key: write("client.key", client_key.serialize_pem()),
     }
 }
 
@@ -439,38 +373,5 @@ async fn mosquitto_restart_mid_transfer_is_survived() {
         sim.device(BULB).unwrap().received_images,
         vec![img.bytes.to_vec()]
     );
-    sim.shutdown().await;
-}
-
-#[tokio::test]
-async fn mosquitto_tls_with_a_client_certificate() {
-    let (broker, files) = Mosquitto::start_with(true);
-    let files = files.unwrap();
-    let tls_port = broker.tls_port.unwrap();
-    let mut cfg = transport_config(tls_port);
-    cfg.tls = Some(MqttTls {
-        ca_file: files.ca.clone(),
-        client_cert_file: Some(files.client_cert.clone()),
-        client_key_file: Some(files.client_key.clone()),
-    });
-    // The bridge uses the plain listener; the agent only the TLS one.
-    let (zigbee, sim) = site(
-        broker.port,
-        cfg,
-        vec![SimDevice::mains_router(BULB, "bulb")],
-    )
-    .await;
-    let img = image(0x2803, 0x2309_9999, 8_000);
-    let (r, _) = run(&zigbee, job(BULB, Arc::clone(&img))).await;
-    assert_eq!(r.unwrap().to.file_version, Some(0x2309_9999));
-    // Without the client certificate mosquitto refuses the agent.
-    let mut no_cert = transport_config(tls_port);
-    no_cert.tls = Some(MqttTls {
-        ca_file: files.ca,
-        client_cert_file: None,
-        client_key_file: None,
-    });
-    let refused = ZigbeeTransport::start(no_cert).await.unwrap();
-    assert!(!refused.wait_connected(Duration::from_secs(3)).await);
     sim.shutdown().await;
 }
