@@ -755,3 +755,44 @@ async fn bridges_with_different_base_topics_share_a_broker() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn real_time_bridge_with_short_timings() {
+    // `Z2mSim::start` runs on the caller's clock; with zigbee2mqtt's timings shrunk it suits
+    // demos that run in real time.
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut c = config(&broker);
+    c.timings = ota_sim::z2m::Timings {
+        image_block_response_delay: Duration::from_millis(1),
+        default_maximum_data_size: 50,
+        image_block_request_timeout: Duration::from_millis(200),
+        query_timeout: Duration::from_millis(200),
+        announce_wait: Duration::from_millis(50),
+        progress_interval: Duration::from_millis(100),
+        query_delay: Duration::from_millis(1),
+        awake_window: Duration::from_millis(100),
+        update_check_interval: Duration::from_secs(60),
+    };
+    c.devices[0].announce_after = Some(Duration::from_millis(10));
+    let sim = Z2mSim::start(c).await.unwrap();
+    let mut peer = Peer::connect(&broker, "zigbee2mqtt").await;
+    let img = bulb_image(7);
+    peer.send(
+        "update",
+        &format!(
+            r#"{{"hex":{{"data":"{}"}},"id":"bulb","transaction":1}}"#,
+            hex::encode(&img)
+        ),
+    )
+    .await;
+    let resp = peer.next_on(&peer.resp("update")).await;
+    assert!(resp.contains(r#""status":"ok""#), "{resp}");
+    let progress: Vec<String> = sim
+        .published_on("zigbee2mqtt/bulb")
+        .into_iter()
+        .filter(|p| p.contains("updating"))
+        .collect();
+    assert!(progress.len() >= 3, "{progress:?}");
+    assert_eq!(sim.device("bulb").unwrap().received_images, vec![img]);
+    sim.shutdown().await;
+}
