@@ -778,3 +778,29 @@ async fn nothing_is_sent_when_already_on_target_or_to_an_old_zigbee2mqtt() {
     assert!(sim.requests().is_empty());
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn task_timeout_aborts_the_transfer_and_reports_5016() {
+    let s = site(
+        vec![SimDevice::mains_router(BULB, "bulb").held_at(50.0)],
+        |_| {},
+    )
+    .await;
+    let mut j = job(BULB, bulb_image(0x2309_9999, 8_000));
+    j.timeout = Duration::from_secs(1);
+    let (r, _) = run(&s.zigbee, j).await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert!(e.message.contains("last progress"), "{e}");
+    // The abort was sent on the way out; zigbee2mqtt stops the transfer.
+    timeout(
+        T,
+        s.sim
+            .wait_until(|s| s.device(BULB).is_some_and(|d| d.in_progress.is_none())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(request_topics(&s.sim), ["update", "update/abort"]);
+    assert_eq!(s.sim.device(BULB).unwrap().installed_version, 0x2309_3620);
+    s.sim.shutdown().await;
+}

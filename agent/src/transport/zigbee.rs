@@ -270,12 +270,10 @@ impl ZigbeeTransport {
             .net
             .resolve(device)
             .ok_or_else(|| unknown(device, &self.cfg.network))?;
-        let pending = self.net.request(OtaOp::Check, false, &ieee, None).await?;
-        let tx = pending.transaction.clone();
-        let resp = match tokio::time::timeout(deadline, pending.rx).await {
+        let mut pending = self.net.request(OtaOp::Check, false, &ieee, None).await?;
+        let resp = match tokio::time::timeout(deadline, &mut pending.rx).await {
             Ok(Ok(r)) => r,
             _ => {
-                self.net.forget(&tx);
                 return Err(TaskError::new(
                     ErrorCode::BulkCheckTimeout,
                     format!(
@@ -551,9 +549,6 @@ impl ZigbeeTransport {
                                 suspect = false;
                             } else {
                                 // Did the transfer survive? Ask again (the previous answer may be lost).
-                                if let Some(old) = verify.take() {
-                                    self.net.forget(&old.transaction);
-                                }
                                 verify = Some(self.net.request(OtaOp::Check, false, &ieee, None).await?);
                             }
                         }
@@ -629,15 +624,11 @@ impl ZigbeeTransport {
                     }
                 }
                 _ = async { sleep_until(aborting.expect("guarded")).await }, if aborting.is_some() => {
-                    if let Some(p) = pending.take() {
-                        self.net.forget(&p.transaction);
-                    }
                     return Err(cancelled("the update was aborted before any block was sent"));
                 }
                 _ = sleep_until(deadline) => {
-                    if let Some(p) = pending.take() {
-                        self.net.forget(&p.transaction);
-                    }
+                    // Stop waiting for the update's response before aborting it.
+                    drop(pending.take());
                     if schedule && !tracker.started() {
                         self.unschedule(&ieee).await;
                     } else if !tracker.downloaded() {
@@ -660,13 +651,11 @@ impl ZigbeeTransport {
     /// Removes a schedule, waiting briefly for zigbee2mqtt's answer.
     async fn unschedule(&self, ieee: &str) {
         match self.net.request(OtaOp::Unschedule, false, ieee, None).await {
-            Ok(p) => {
-                let tx = p.transaction.clone();
-                if tokio::time::timeout(self.cfg.timeouts.request, p.rx)
+            Ok(mut p) => {
+                if tokio::time::timeout(self.cfg.timeouts.request, &mut p.rx)
                     .await
                     .is_err()
                 {
-                    self.net.forget(&tx);
                     tracing::warn!(device = %ieee, "zigbee2mqtt did not confirm the unschedule");
                 }
             }

@@ -75,11 +75,19 @@ pub(crate) struct Net {
     inventory: watch::Sender<Vec<DeviceReport>>,
 }
 
-/// A request on its way: the transaction and where its response arrives.
+/// A request on its way: the transaction and where its response arrives. Dropping it stops
+/// waiting for the response (a late answer is then ignored).
 #[derive(Debug)]
 pub(crate) struct PendingRequest {
     pub transaction: String,
     pub rx: oneshot::Receiver<Response>,
+    net: Arc<Net>,
+}
+
+impl Drop for PendingRequest {
+    fn drop(&mut self) {
+        self.net.forget(&self.transaction);
+    }
 }
 
 const EARLY_STATES_MAX: usize = 4096;
@@ -318,7 +326,7 @@ impl Net {
 
     /// Publishes a request for `ieee` with a fresh transaction.
     pub(crate) async fn request(
-        &self,
+        self: &Arc<Self>,
         op: OtaOp,
         downgrade: bool,
         ieee: &str,
@@ -350,7 +358,11 @@ impl Net {
                 format!("could not publish the request to the MQTT broker: {e}"),
             ));
         }
-        Ok(PendingRequest { transaction, rx })
+        Ok(PendingRequest {
+            transaction,
+            rx,
+            net: Arc::clone(self),
+        })
     }
 
     /// Stops waiting for a transaction.
