@@ -5,18 +5,18 @@
 //! missing) on a free loopback port with a throwaway config, then runs the agent's
 //! `ZigbeeTransport` against `ota_sim::z2m` on it: a mains update with progress, a sleepy
 //! device scheduled and woken, a device that aborts at 100 %, a broker restart in the middle of
-//! a transfer, and image delivery by hex. The bridge
+//! a transfer, image delivery by hex, and MQTT over TLS with a client certificate. The bridge
 //! runs on a paused clock (`Z2mSim::start_virtual`); MQTT traffic is real.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use md5::Md5;
-use ota_agent::transport::zigbee::{ImageEndpoint, ZigbeeConfig, ZigbeeTransport};
+use ota_agent::transport::zigbee::{ImageEndpoint, MqttTls, ZigbeeConfig, ZigbeeTransport};
 use ota_agent::transport::{TransferProgress, Transport, UpdateJob, UpdateReport, VerifiedImage};
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use ota_firmware::builders::ZigbeeOtaBuilder;
@@ -54,26 +54,52 @@ fn free_port() -> u16 {
 struct Mosquitto {
     dir: tempfile::TempDir,
     port: u16,
+    tls_port: Option<u16>,
     child: Option<Child>,
+}
+
+struct TlsFiles {
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 impl Mosquitto {
     fn start() -> Self {
+        Self::start_with(false).0
+    }
+
+    /// With `tls`, a second listener that requires a client certificate from a test CA.
+    fn start_with(tls: bool) -> (Self, Option<TlsFiles>) {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let conf = format!(
+        let mut conf = format!(
             "per_listener_settings false\nallow_anonymous true\npersistence false\n\
              log_dest file {}\nlog_type all\nlistener {port} 127.0.0.1\n",
             dir.path().join("mosquitto.log").display()
         );
+        let (tls_port, files) = if tls {
+            let files = make_pki(dir.path());
+            let p = free_port();
+            conf.push_str(&format!(
+                "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                files.ca.display(),
+                dir.path().join("server.pem").display(),
+                dir.path().join("server.key").display(),
+            ));
+            (Some(p), Some(files))
+        } else {
+            (None, None)
+        };
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
         let mut m = Self {
             dir,
             port,
+            tls_port,
             child: None,
         };
         m.spawn();
-        m
+        (m, files)
     }
 
     fn spawn(&mut self) {
@@ -86,7 +112,11 @@ impl Mosquitto {
             .expect("mosquitto starts");
         self.child = Some(child);
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let up = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self
+                    .tls_port
+                    .is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
+            if up {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -118,6 +148,30 @@ impl Mosquitto {
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A test CA (valid 2024–2099), a server certificate for 127.0.0.1/localhost and a client
+/// certificate it signed, generated once with rcgen. Test-only keys for loopback brokers.
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBezCCASCgAwIBAgIUcI94L+CUlIZf+r2BlYeLOMRi+EwwCgYIKoZIzj0EAwIw\nIjEgMB4GA1UEAwwXb3RhIGNvbmZvcm1hbmNlIHRlc3QgQ0EwIBcNMjQwMTAxMDAw\nMDAwWhgPMjA5OTAxMDEwMDAwMDBaMCIxIDAeBgNVBAMMF290YSBjb25mb3JtYW5j\nZSB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAERZL3IHHGjYtBPGrY\npv4WeoYB0iVTanikKbuY2dDgr706w6Jh5ERXCVL+3Tn6L1oru+5nJ9tI8k8beNAp\nZe3a76MyMDAwHQYDVR0OBBYEFJ950ETv9M2uyaHMknPC3e41SZuaMA8GA1UdEwEB\n/wQFMAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIhANCnHfwUqiQRzBhuvB90tzeMozUW\nDOyBFsj81+o56ltoAiEAzxVRBGxEPaKGvJ5fIWyB9Y1E7rS0OwHunutq48PiUfk=\n-----END CERTIFICATE-----\n";
+const SERVER_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBVjCB/qADAgECAhRjw/oOktU15pcBjZwooXPgF8mYVzAKBggqhkjOPQQDAjAi\nMSAwHgYDVQQDDBdvdGEgY29uZm9ybWFuY2UgdGVzdCBDQTAgFw0yNDAxMDEwMDAw\nMDBaGA8yMDk5MDEwMTAwMDAwMFowFDESMBAGA1UEAwwJbW9zcXVpdHRvMFkwEwYH\nKoZIzj0CAQYIKoZIzj0DAQcDQgAE7sxc/ZGf1svrQwl8RwKFBQpzjvbiTfCzLMSz\ncgqrWpU3bOF+IjX1C44sQFly2JXS0SkelulREC1Fogl3CZC3fqMeMBwwGgYDVR0R\nBBMwEYcEfwAAAYIJbG9jYWxob3N0MAoGCCqGSM49BAMCA0cAMEQCICA7uZH4pfsn\ny5tDouzgd5eteje7Z/cG1INwuM7fyJwYAiAluF4xfqODsOfThv4M44yksW7nSfJp\nJo8Uos9vHGiheA==\n-----END CERTIFICATE-----\n";
+const SERVER_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg8u49i+ylZcay6uKS\nj5qI2M1q+i6lTIPhOTpoubqsIxqhRANCAATuzFz9kZ/Wy+tDCXxHAoUFCnOO9uJN\n8LMsxLNyCqtalTds4X4iNfULjixAWXLYldLRKR6W6VEQLUWiCXcJkLd+\n-----END PRIVATE KEY-----\n";
+const CLIENT_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBODCB3qADAgECAhQbgRcmqMv5stUqP8ljEnw4Dp3ZOjAKBggqhkjOPQQDAjAi\nMSAwHgYDVQQDDBdvdGEgY29uZm9ybWFuY2UgdGVzdCBDQTAgFw0yNDAxMDEwMDAw\nMDBaGA8yMDk5MDEwMTAwMDAwMFowFDESMBAGA1UEAwwJb3RhLWFnZW50MFkwEwYH\nKoZIzj0CAQYIKoZIzj0DAQcDQgAEKJRHk9RQkvo1MYolIcBXC0XnxDcilQFAT3Sm\n3qh+zfzK0raYlMBk7bhX6pR6vv4BgY1etwipb2NoEFtIrNzdEzAKBggqhkjOPQQD\nAgNJADBGAiEAsAi7aPckeAXWgeqKDGW6tQi89TVEqYSsGXPlUgsL7akCIQCY+TIv\n6/MHhsmnIYCPIrjcA6SMme1etmc4aUNq37x7ZA==\n-----END CERTIFICATE-----\n";
+const CLIENT_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg0u80J06Eze5O0JVP\nejU1ERZWKpTxQW3L0fP5v0MWMtWhRANCAAQolEeT1FCS+jUxiiUhwFcLRefENyKV\nAUBPdKbeqH7N/MrStpiUwGTtuFfqlHq+/gGBjV63CKlvY2gQW0is3N0T\n-----END PRIVATE KEY-----\n";
+
+/// Writes the test PKI as PEM files into `dir`.
+fn make_pki(dir: &Path) -> TlsFiles {
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    write("server.pem", SERVER_PEM);
+    write("server.key", SERVER_KEY);
+    TlsFiles {
+        ca: write("ca.pem", CA_PEM),
+        client_cert: write("client.pem", CLIENT_PEM),
+        client_key: write("client.key", CLIENT_KEY),
     }
 }
 
@@ -373,5 +427,38 @@ async fn mosquitto_restart_mid_transfer_is_survived() {
         sim.device(BULB).unwrap().received_images,
         vec![img.bytes.to_vec()]
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn mosquitto_tls_with_a_client_certificate() {
+    let (broker, files) = Mosquitto::start_with(true);
+    let files = files.unwrap();
+    let tls_port = broker.tls_port.unwrap();
+    let mut cfg = transport_config(tls_port);
+    cfg.tls = Some(MqttTls {
+        ca_file: files.ca.clone(),
+        client_cert_file: Some(files.client_cert.clone()),
+        client_key_file: Some(files.client_key.clone()),
+    });
+    // The bridge uses the plain listener; the agent only the TLS one.
+    let (zigbee, sim) = site(
+        broker.port,
+        cfg,
+        vec![SimDevice::mains_router(BULB, "bulb")],
+    )
+    .await;
+    let img = image(0x2803, 0x2309_9999, 8_000);
+    let (r, _) = run(&zigbee, job(BULB, Arc::clone(&img))).await;
+    assert_eq!(r.unwrap().to.file_version, Some(0x2309_9999));
+    // Without the client certificate mosquitto refuses the agent.
+    let mut no_cert = transport_config(tls_port);
+    no_cert.tls = Some(MqttTls {
+        ca_file: files.ca,
+        client_cert_file: None,
+        client_key_file: None,
+    });
+    let refused = ZigbeeTransport::start(no_cert).await.unwrap();
+    assert!(!refused.wait_connected(Duration::from_secs(3)).await);
     sim.shutdown().await;
 }
