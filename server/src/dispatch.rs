@@ -23,6 +23,7 @@ use ota_domain::events::{DomainEvent, TaskDispatched, TaskFailed, TaskHeld, Task
 use ota_domain::model::{Actor, Transport};
 use ota_domain::projection::{FleetState, RolloutState, StageState, TaskPhase, TaskView};
 use ota_domain::rollout::spec::{Concurrency, Preconditions, default_device_timeout_s};
+use ota_domain::rollout::window;
 use ota_domain::status::{ErrorCode, TaskError};
 use ota_domain::tasks::{Preflight, PreflightInput, preflight};
 use ota_proto::v1 as pb;
@@ -237,8 +238,12 @@ impl Load {
     }
 }
 
-/// Whether a rollout lets this task go now (rollout running, its stage running).
-fn released_by_rollout(state: &FleetState, task: &TaskView) -> Option<Concurrency> {
+/// Whether a rollout lets this task go now, and under which limits: the rollout runs and the
+/// task's stage has started (running, soaking, or succeeded with stragglers still to go) — or,
+/// for an auto-upgrade task, its source rollout completed — and the rollout's maintenance window
+/// is open at the task's site (`ota_domain::rollout::window`). Tasks outside any rollout go any
+/// time, unlimited.
+fn released_by_rollout(state: &FleetState, task: &TaskView, now_ms: i64) -> Option<Concurrency> {
     let Some(rollout_id) = &task.created.rollout_id else {
         return Some(Concurrency {
             global: u32::MAX,
@@ -248,11 +253,30 @@ fn released_by_rollout(state: &FleetState, task: &TaskView) -> Option<Concurrenc
         });
     };
     let r = state.rollouts.get(rollout_id)?;
-    if r.state != RolloutState::Running {
+    let released = if task.created.auto {
+        r.state == RolloutState::Completed
+    } else {
+        r.state == RolloutState::Running
+            && r.stages.get(task.created.stage as usize).is_some_and(|s| {
+                matches!(
+                    s.state,
+                    StageState::Running | StageState::Soaking | StageState::Succeeded
+                )
+            })
+    };
+    if !released {
         return None;
     }
-    let stage = r.stages.get(task.created.stage as usize)?;
-    matches!(stage.state, StageState::Running | StageState::Soaking).then_some(r.spec.concurrency)
+    if let Some(w) = &r.spec.window {
+        let offset = state
+            .sites
+            .get(&task.created.site_id)
+            .map_or(0, |s| s.utc_offset_minutes);
+        if !window::is_open(w, offset, now_ms) {
+            return None;
+        }
+    }
+    Some(r.spec.concurrency)
 }
 
 fn preconditions_of(state: &FleetState, task: &TaskView) -> Preconditions {
@@ -351,7 +375,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                     due(at);
                     continue;
                 }
-                let Some(limits) = released_by_rollout(state, t) else {
+                let Some(limits) = released_by_rollout(state, t, now) else {
                     continue;
                 };
                 let key = key_of(state, t);

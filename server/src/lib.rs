@@ -9,6 +9,8 @@
 //!   [`core::Core::execute`].
 //! - [`api`]: the gRPC services, wire conversions and error mapping.
 //! - [`dispatch`]: moves queued tasks to their sites and times out the ones that overstay.
+//! - [`rollouts`]: drives running rollouts (batch check, stages, thresholds, soak, deadlines)
+//!   and creates auto-upgrade tasks.
 //! - [`sessions`]: live agent sessions (commands down, heartbeats, check answers).
 //! - [`blobs`]: content-addressed firmware images on disk.
 //! - [`config`], [`telemetry`], [`server`]: configuration, logs and traces, wiring.
@@ -22,6 +24,7 @@ pub mod blobs;
 pub mod config;
 pub mod core;
 pub mod dispatch;
+pub mod rollouts;
 pub mod server;
 pub mod sessions;
 pub mod store;

@@ -31,6 +31,7 @@ pub struct Server {
     shutdown: CancellationToken,
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     dispatcher: tokio::task::JoinHandle<()>,
+    rollouts: tokio::task::JoinHandle<()>,
 }
 
 /// Opens the sled store under `<data_dir>/events`.
@@ -99,6 +100,7 @@ impl Server {
             task_creation: tokio::sync::Mutex::new(()),
         });
         let dispatcher = crate::dispatch::spawn(app.clone(), shutdown.clone());
+        let rollouts = crate::rollouts::spawn(app.clone(), shutdown.clone());
 
         let max = app.config.max_message_bytes;
         let system = api::system::SystemApi::new(app.clone(), false, false);
@@ -114,6 +116,12 @@ impl Server {
                 pb::device_service_server::DeviceServiceServer::new(api::devices::DeviceApi::new(
                     app.clone(),
                 ))
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::rollout_service_server::RolloutServiceServer::new(
+                    api::rollouts::RolloutApi::new(app.clone()),
+                )
                 .max_decoding_message_size(max),
             )
             .add_service(
@@ -145,6 +153,7 @@ impl Server {
             shutdown,
             serve,
             dispatcher,
+            rollouts,
         })
     }
 
@@ -162,6 +171,7 @@ impl Server {
             }
         }
         let _ = self.dispatcher.await;
+        let _ = self.rollouts.await;
         self.app
             .core
             .store()

@@ -625,6 +625,9 @@ fn parse_hhmm(s: &str, what: &str) -> Result<u16, String> {
     Ok(h * 60 + m)
 }
 
+/// Longest stage deadline or soak time, seconds.
+const MAX_STAGE_TIMER_S: u32 = 7 * 24 * 3600;
+
 /// Validates a wire spec into the domain, resolving defaults. The message names the field.
 pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
     let name = s.name.trim();
@@ -726,6 +729,13 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
             }
             None => return Err(format!("{label} needs a size: count or cumulative_percent")),
         };
+        for (what, v) in [("deadline_s", st.deadline_s), ("soak_s", st.soak_s)] {
+            if v > MAX_STAGE_TIMER_S {
+                return Err(format!(
+                    "{label}.{what} is {v}: at most {MAX_STAGE_TIMER_S} (7 days)"
+                ));
+            }
+        }
         let on_failure = match pb::FailureAction::try_from(st.on_failure) {
             Ok(pb::FailureAction::Pause) => FailureAction::Pause,
             Ok(pb::FailureAction::Abort) => FailureAction::Abort,
@@ -770,6 +780,16 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
     }
 
     let c = s.concurrency.unwrap_or_default();
+    for (what, v) in [
+        ("global", c.global),
+        ("per_site", c.per_site),
+        ("per_zigbee_network", c.per_zigbee_network),
+        ("per_esphome_site", c.per_esphome_site),
+    ] {
+        if v > 100_000 {
+            return Err(format!("spec.concurrency.{what} is {v}: at most 100000"));
+        }
+    }
     let d = Concurrency::default();
     let pick = |v: u32, default: u32| if v == 0 { default } else { v };
     let concurrency = Concurrency {
@@ -817,6 +837,21 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
             s.upgrade_type
         )
     })?;
+    if upgrade_type == UpgradeType::Check && s.skip_batch_check {
+        return Err("spec.upgrade_type check runs only the batch check: skip_batch_check cannot be set with it".into());
+    }
+    if s.device_timeout_s > 24 * 3600 {
+        return Err(format!(
+            "spec.device_timeout_s is {}: at most 86400 (24 h)",
+            s.device_timeout_s
+        ));
+    }
+    if s.batch_check_timeout_s > 3600 {
+        return Err(format!(
+            "spec.batch_check_timeout_s is {}: at most 3600 (1 h)",
+            s.batch_check_timeout_s
+        ));
+    }
     let p = s.preconditions.unwrap_or_default();
     let pd = Preconditions::default();
     let preconditions = Preconditions {

@@ -11,4 +11,5 @@ pub mod error;
 pub mod events;
 pub mod firmware;
 pub mod paging;
+pub mod rollouts;
 pub mod system;

@@ -1,0 +1,357 @@
+//! The rollout loop: drives every running rollout through its batch check and stages, and
+//! creates auto-upgrade tasks.
+//!
+//! A level-triggered reconcile loop in the style of a kube controller, next to the task
+//! dispatcher (`dispatch`): each pass re-reads the fleet state and, for every running rollout,
+//! asks the pure scheduler (`ota_domain::rollout::scheduler::reconcile`) what to do now, records
+//! its decision through `Core::execute` (the rollout stream and touched task streams expected
+//! unchanged, new task streams expected absent), and only then acts outside the log: sends
+//! `CancelCommand`s and starts batch checks. A pass runs when something relevant was recorded,
+//! when the earliest wake-up a decision asked for is due (stage deadline, end of soak, batch
+//! check deadline, a maintenance window opening or closing), and every 30 s as a safety net.
+//! Running a pass twice changes nothing.
+//!
+//! The loop and the dispatcher split the work: the loop decides *which* tasks exist and when a
+//! stage starts, succeeds or fails; the dispatcher decides *when each task is sent* (rollout
+//! running, stage started, window open at the task's site, concurrency limits, preflight).
+//!
+//! **Restart safety.** Everything the loop knows is in the log: after a restart a stage in
+//! progress continues, and soak and deadline timers continue from their recorded times. The only
+//! in-memory state is which batch checks this process is waiting for; a check that was running
+//! when otad stopped is started again (new check id). Task ids are derived from the rollout and
+//! the device, and task streams are created with "must not exist", so a device never gets a
+//! second task in a rollout, whatever interleaving of passes and restarts happens. Task creation
+//! also holds `App::task_creation`, like single-device updates, so a device never has two
+//! unfinished tasks.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ota_domain::events::{BatchCheckStarted, DomainEvent, streams};
+use ota_domain::model::Actor;
+use ota_domain::projection::RolloutState;
+use ota_domain::rollout::scheduler::{self, CancelOrder, Input, Reconcile};
+use ota_domain::rollout::{auto, scheduler::batch_check_completed};
+use ota_proto::v1 as pb;
+use tokio::sync::Notify;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::api::error::ApiError;
+use crate::app::App;
+use crate::core::{Change, CoreError};
+
+/// How often a pass runs even when nothing happened.
+const SAFETY_TICK: Duration = Duration::from_secs(30);
+/// The shortest sleep between passes that were asked for by time.
+const MIN_SLEEP: Duration = Duration::from_millis(50);
+/// After a batch check could not run, wait this long before trying again.
+const CHECK_RETRY: Duration = Duration::from_secs(5);
+
+/// Starts the rollout loop.
+pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let rollouts = Rollouts {
+        app,
+        checks_in_flight: Arc::new(Mutex::new(HashSet::new())),
+        wake: Arc::new(Notify::new()),
+    };
+    tokio::spawn(async move { rollouts.run(shutdown).await }.instrument(info_span!("rollouts")))
+}
+
+/// Events that cannot change what a rollout or auto-upgrade should do.
+fn is_relevant(e: &DomainEvent) -> bool {
+    !matches!(
+        e,
+        DomainEvent::TaskProgressed(_)
+            | DomainEvent::TaskDispatched(_)
+            | DomainEvent::TaskHeld(_)
+            | DomainEvent::TaskPreparing(_)
+            | DomainEvent::DeviceChecked(_)
+            | DomainEvent::FirmwareSignatureAdded(_)
+            | DomainEvent::TokenCreated(_)
+            | DomainEvent::TokenRevoked(_)
+    )
+}
+
+#[derive(Debug, Clone)]
+struct Rollouts {
+    app: Arc<App>,
+    /// Rollouts whose batch check this process is waiting for.
+    checks_in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Wakes the loop from its own background work (a batch check that could not run).
+    wake: Arc<Notify>,
+}
+
+impl Rollouts {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut applied = self.app.core.subscribe_applied();
+        loop {
+            let next_due = match self.pass().await {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "rollout pass failed; retrying soon");
+                    Some(self.app.now_ms() + 1000)
+                }
+            };
+            let sleep_for = next_due
+                .map(|at| Duration::from_millis((at - self.app.now_ms()).max(0) as u64))
+                .unwrap_or(SAFETY_TICK)
+                .clamp(MIN_SLEEP, SAFETY_TICK);
+            let wake = async {
+                loop {
+                    match applied.recv().await {
+                        Ok(a) if is_relevant(&a.event) => return,
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(_)) => return,
+                        Err(RecvError::Closed) => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            let timer = tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => false,
+                () = tokio::time::sleep(sleep_for) => true,
+                () = wake => false,
+            };
+            // Coalesce a burst of events into one pass.
+            while let Ok(_) | Err(TryRecvError::Lagged(_)) = applied.try_recv() {}
+            if timer {
+                // A deadline, soak end or window change is due: the dispatcher may have tasks to
+                // release that no event will tell it about (a window that opened).
+                self.app.dispatch_wake.notify_one();
+            }
+        }
+        debug!("rollout loop stopped");
+    }
+
+    fn in_flight(&self, rollout_id: &str) -> bool {
+        self.checks_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(rollout_id)
+    }
+
+    /// One pass over every running rollout, then auto-upgrade. Returns the next wake-up.
+    async fn pass(&self) -> Result<Option<i64>, CoreError> {
+        let app = &self.app;
+        let running: Vec<String> = {
+            let state = app.core.read();
+            state
+                .rollouts
+                .values()
+                .filter(|r| r.state == RolloutState::Running)
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        let mut next: Option<i64> = None;
+        let _creating = app.task_creation.lock().await;
+        for id in running {
+            let now = app.now_ms();
+            let in_flight = self.in_flight(&id);
+            let mut decision = Reconcile::default();
+            app.core
+                .execute::<CoreError, _>(&Actor::system(), |state| {
+                    decision = match state.rollouts.get(&id) {
+                        Some(r) => scheduler::reconcile(Input {
+                            rollout: r,
+                            state,
+                            now_ms: now,
+                            batch_check_in_flight: in_flight,
+                        }),
+                        None => Reconcile::default(),
+                    };
+                    Ok(changes(&id, &decision))
+                })
+                .await?;
+            if let Some(at) = decision.requeue_at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            log_decision(&id, &decision);
+            send_cancels(app, &decision.cancels);
+            if let Some(bc) = decision.batch_check_started()
+                && !bc.device_ids.is_empty()
+                && !decision
+                    .rollout_events
+                    .iter()
+                    .any(|e| matches!(e, DomainEvent::BatchCheckCompleted(_)))
+            {
+                self.start_batch_check(&id, bc.clone());
+            }
+        }
+        let created = app
+            .core
+            .execute::<CoreError, _>(&Actor::system(), |state| {
+                Ok(auto::due(state)
+                    .into_iter()
+                    .map(|t| Change::new_stream(streams::task(&t.task_id), vec![t.into()]))
+                    .collect())
+            })
+            .await?;
+        if created.last_seq > 0 {
+            info!(
+                tasks = created.last_seq - created.first_seq + 1,
+                "auto-upgrade created tasks"
+            );
+        }
+        Ok(next)
+    }
+
+    /// Runs a rollout's batch check in the background: one check of all its targets through
+    /// their agents with one timeout (`api::devices::check_devices`, which records a
+    /// `DeviceChecked` per device, 5019 for those that do not answer), then
+    /// `BatchCheckCompleted`.
+    fn start_batch_check(&self, rollout_id: &str, bc: BatchCheckStarted) {
+        self.checks_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rollout_id.to_string());
+        let this = self.clone();
+        let rollout_id = rollout_id.to_string();
+        let span = info_span!("rollout.batch_check", rollout.id = %rollout_id, check.id = %bc.check_id, devices = bc.device_ids.len());
+        tokio::spawn(
+            async move {
+                let outcome = this.run_batch_check(&rollout_id, &bc).await;
+                this.checks_in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&rollout_id);
+                if let Err(e) = outcome {
+                    warn!(error = %e, "batch check could not run; it will be started again");
+                    tokio::time::sleep(CHECK_RETRY).await;
+                    this.wake.notify_one();
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn run_batch_check(
+        &self,
+        rollout_id: &str,
+        bc: &BatchCheckStarted,
+    ) -> Result<(), ApiError> {
+        let app = &self.app;
+        let (firmware_id, live) = {
+            let state = app.core.read();
+            let Some(r) = state.rollouts.get(rollout_id) else {
+                return Ok(());
+            };
+            // Devices their site no longer reports are excluded at completion, not asked.
+            let live: Vec<String> = bc
+                .device_ids
+                .iter()
+                .filter(|d| state.devices.get(*d).is_some_and(|d| !d.removed))
+                .cloned()
+                .collect();
+            (r.spec.firmware_id.clone(), live)
+        };
+        let timeout = Duration::from_millis((bc.deadline_at_ms - app.now_ms()).max(0) as u64);
+        info!(
+            devices = live.len(),
+            timeout_ms = timeout.as_millis() as u64,
+            "batch check started"
+        );
+        let checks = crate::api::devices::check_devices(
+            app,
+            &Actor::system(),
+            &bc.check_id,
+            &live,
+            Some(&firmware_id),
+            timeout,
+        )
+        .await?;
+        let no_answer = checks
+            .iter()
+            .filter(|c| {
+                c.error.as_ref().map(|e| e.code)
+                    == Some(ota_domain::status::ErrorCode::BulkCheckTimeout)
+            })
+            .count();
+        app.core
+            .execute::<ApiError, _>(&Actor::system(), |state| {
+                let Some(r) = state.rollouts.get(rollout_id) else {
+                    return Ok(vec![]);
+                };
+                match &r.batch_check {
+                    Some(cur) if cur.check_id == bc.check_id && !cur.completed => {}
+                    // Superseded (a newer check) or already completed.
+                    _ => return Ok(vec![]),
+                }
+                let done = batch_check_completed(r, state, &bc.check_id);
+                Ok(vec![Change::unchanged(
+                    streams::rollout(rollout_id),
+                    vec![done.into()],
+                )])
+            })
+            .await?;
+        info!(
+            answered = checks.len() - no_answer,
+            no_answer, "batch check completed"
+        );
+        Ok(())
+    }
+}
+
+/// The decision as changes to the log.
+fn changes(rollout_id: &str, d: &Reconcile) -> Vec<Change> {
+    let mut out = Vec::new();
+    if !d.rollout_events.is_empty() {
+        out.push(Change::unchanged(
+            streams::rollout(rollout_id),
+            d.rollout_events.clone(),
+        ));
+    }
+    for t in &d.new_tasks {
+        out.push(Change::new_stream(
+            streams::task(&t.task_id),
+            vec![t.clone().into()],
+        ));
+    }
+    for (task_id, e) in &d.task_events {
+        out.push(Change::unchanged(streams::task(task_id), vec![e.clone()]));
+    }
+    out
+}
+
+fn log_decision(rollout_id: &str, d: &Reconcile) {
+    for e in &d.rollout_events {
+        match e {
+            DomainEvent::StageFailed(f) => {
+                warn!(rollout.id = %rollout_id, stage = f.index, reason = %f.reason, "stage failed")
+            }
+            DomainEvent::RolloutPaused(p) => {
+                warn!(rollout.id = %rollout_id, reason = %p.reason, "rollout paused")
+            }
+            DomainEvent::RolloutAborted(a) => {
+                warn!(rollout.id = %rollout_id, reason = %a.reason, "rollout aborted")
+            }
+            other => info!(rollout.id = %rollout_id, event = other.type_name(), "rollout moved"),
+        }
+    }
+    if !d.new_tasks.is_empty() {
+        info!(rollout.id = %rollout_id, tasks = d.new_tasks.len(), "tasks created");
+    }
+    if !d.task_events.is_empty() {
+        info!(rollout.id = %rollout_id, tasks = d.task_events.len(), "tasks ended by the rollout");
+    }
+}
+
+/// Sends `CancelCommand`s; an agent that is not connected learns at its next hello, where the
+/// welcome no longer lists the task.
+pub fn send_cancels(app: &App, cancels: &[CancelOrder]) {
+    for c in cancels {
+        let msg = pb::ServerMessage {
+            command_id: app.sessions.next_command_id(),
+            trace_context: Default::default(),
+            body: Some(pb::server_message::Body::Cancel(pb::CancelCommand {
+                task_id: c.task_id.clone(),
+                reason: c.reason.clone(),
+            })),
+        };
+        if let Err(e) = app.sessions.send(&c.site_id, msg) {
+            debug!(task.id = %c.task_id, error = %e, "cancel not delivered");
+        }
+    }
+}

@@ -1,0 +1,873 @@
+//! Test support for rollouts: an in-process otad whose clock starts where the test says, and fake
+//! site agents that speak `AgentService` over real gRPC like an agent would — hello, inventory,
+//! answers to check commands, update commands run by simulated devices that take (paused tokio)
+//! time and report progress and results, journal sequence numbers resent after a reconnect, and
+//! idempotent handling of repeated update commands.
+//!
+//! Time-dependent tests run with `start_paused = true` on the in-memory event store: the sled
+//! store commits on its own threads, and while a paused runtime waits for another thread tokio
+//! advances the clock to the next timer, which would make window and deadline tests flaky. The
+//! restart test uses sled, where only durability matters.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ota_domain::events::DomainEvent;
+use ota_firmware::Chip;
+use ota_firmware::builders::{EspAppBuilder, ZigbeeOtaBuilder};
+use ota_proto::v1 as pb;
+use ota_server::app::App;
+use ota_server::config::Config;
+use ota_server::core::Clock;
+use ota_server::server::{Server, open_store};
+use ota_server::store::{EventStore, MemEventStore};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+
+/// 2026-01-05 00:00 UTC, a Monday.
+pub const MONDAY: i64 = 1_767_571_200_000;
+pub const HOUR: i64 = 3_600_000;
+/// How often fake agents send a heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+// === otad ===
+
+pub struct Otad {
+    pub dir: Arc<tempfile::TempDir>,
+    /// The in-memory store (kept across restarts), or `None` for sled.
+    mem: Option<MemEventStore>,
+    pub server: Option<Server>,
+    pub channel: Channel,
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_firmware_bytes: 4 * 1024 * 1024,
+        // Fake agents send no heartbeats; paused time may run for days.
+        agent_timeout: Duration::from_secs(365 * 24 * 3600),
+        heartbeat_interval: Duration::from_secs(24 * 3600),
+        ..Config::default()
+    }
+}
+
+impl Otad {
+    /// otad on the in-memory store, its clock at `at_ms`.
+    pub async fn start(at_ms: i64) -> Otad {
+        let mem = MemEventStore::new();
+        Self::boot(Arc::new(tempfile::tempdir().unwrap()), Some(mem), at_ms).await
+    }
+
+    /// otad on sled in a temporary directory.
+    pub async fn start_sled(at_ms: i64) -> Otad {
+        Self::boot(Arc::new(tempfile::tempdir().unwrap()), None, at_ms).await
+    }
+
+    async fn boot(dir: Arc<tempfile::TempDir>, mem: Option<MemEventStore>, at_ms: i64) -> Otad {
+        let cfg = config(dir.path());
+        let store: Arc<dyn EventStore> = match &mem {
+            Some(m) => Arc::new(m.clone()),
+            None => open_store(&cfg).unwrap(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Server::start(cfg, store, Clock::starting_at(at_ms), listener)
+            .await
+            .unwrap();
+        let channel = Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Otad {
+            dir,
+            mem,
+            server: Some(server),
+            channel,
+        }
+    }
+
+    /// Stops otad (sites must have disconnected, watches ended) and starts it again on the same
+    /// log, its clock continuing where it was.
+    pub async fn restart(mut self) -> Otad {
+        let now = self.app().now_ms();
+        let old = Arc::downgrade(&self.app());
+        self.server.take().unwrap().shutdown().await.unwrap();
+        // Agent sessions of the old instance end as their tasks notice; only then is the event
+        // store (and sled's file lock) released.
+        while old.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Self::boot(self.dir.clone(), self.mem.take(), now).await
+    }
+
+    pub fn app(&self) -> Arc<App> {
+        self.server.as_ref().unwrap().app.clone()
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.app().now_ms()
+    }
+
+    pub fn rollouts(&self) -> pb::rollout_service_client::RolloutServiceClient<Channel> {
+        pb::rollout_service_client::RolloutServiceClient::new(self.channel.clone())
+    }
+    pub fn devices(&self) -> pb::device_service_client::DeviceServiceClient<Channel> {
+        pb::device_service_client::DeviceServiceClient::new(self.channel.clone())
+    }
+    pub fn firmware(&self) -> pb::firmware_service_client::FirmwareServiceClient<Channel> {
+        pb::firmware_service_client::FirmwareServiceClient::new(self.channel.clone())
+    }
+    pub fn agent(&self) -> pb::agent_service_client::AgentServiceClient<Channel> {
+        pb::agent_service_client::AgentServiceClient::new(self.channel.clone())
+    }
+
+    /// Every recorded event, decoded, with its stream and time.
+    pub fn events(&self) -> Vec<(String, i64, DomainEvent)> {
+        let app = self.app();
+        let store = app.core.store();
+        let mut out = Vec::new();
+        let mut next = 1;
+        loop {
+            let batch = store.read_from(next, 4096).unwrap();
+            if batch.is_empty() {
+                return out;
+            }
+            for r in batch {
+                next = r.seq + 1;
+                let e = ota_server::core::decode(&r).unwrap();
+                out.push((r.stream, r.recorded_at_ms, e));
+            }
+        }
+    }
+
+    /// Uploads a firmware. The upload path does file I/O that a paused clock would race
+    /// through (tokio advances paused time while the runtime waits for other threads), so time
+    /// runs normally for the few milliseconds of the upload.
+    pub async fn upload(&self, name: &str, version: &str, bytes: Vec<u8>) -> String {
+        tokio::time::resume();
+        let id = self.upload_now(name, version, bytes).await;
+        tokio::time::pause();
+        id
+    }
+
+    async fn upload_now(&self, name: &str, version: &str, bytes: Vec<u8>) -> String {
+        let msgs = vec![
+            pb::UploadFirmwareRequest {
+                part: Some(pb::upload_firmware_request::Part::Metadata(
+                    pb::UploadMetadata {
+                        name: name.into(),
+                        version: version.into(),
+                        ..Default::default()
+                    },
+                )),
+            },
+            pb::UploadFirmwareRequest {
+                part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
+            },
+        ];
+        self.firmware()
+            .upload(futures::stream::iter(msgs))
+            .await
+            .unwrap()
+            .into_inner()
+            .firmware
+            .unwrap()
+            .id
+    }
+
+    /// An ESPHome (ESP32) application image of `version`.
+    pub async fn upload_esp(&self, version: &str) -> String {
+        let bytes = EspAppBuilder::new(Chip::Esp32)
+            .version(version)
+            .project_name("node")
+            .payload_size(4096)
+            .build();
+        self.upload("node", version, bytes).await
+    }
+
+    /// A Zigbee OTA file for the devices of [`zigbee`].
+    pub async fn upload_zigbee(&self, file_version: u32) -> String {
+        let bytes = ZigbeeOtaBuilder::new(0x117C, 0x2803, file_version)
+            .upgrade_image(2000)
+            .build();
+        self.upload("bulb", &file_version.to_string(), bytes).await
+    }
+
+    pub async fn rollout(&self, id: &str) -> pb::Rollout {
+        self.rollouts()
+            .get(pb::GetRolloutRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn create(&self, spec: pb::RolloutSpec) -> pb::Rollout {
+        self.rollouts()
+            .create(pb::CreateRolloutRequest {
+                spec: Some(spec),
+                start: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Polls the projection every `step` of (paused) time until `f` answers, at most `within`.
+    pub async fn until<T>(
+        &self,
+        what: &str,
+        step: Duration,
+        within: Duration,
+        mut f: impl FnMut(&ota_domain::projection::FleetState) -> Option<T>,
+    ) -> T {
+        let app = self.app();
+        let give_up = Instant::now() + within;
+        loop {
+            if let Some(v) = f(&app.core.read()) {
+                return v;
+            }
+            if Instant::now() >= give_up {
+                for (stream, at, e) in self.events() {
+                    eprintln!(
+                        "{stream} {:.3} h {} {}",
+                        (at - MONDAY) as f64 / HOUR as f64,
+                        e.type_name(),
+                        e.to_json().chars().take(160).collect::<String>()
+                    );
+                }
+                panic!("gave up waiting for {what} after {within:?}");
+            }
+            tokio::time::sleep(step).await;
+        }
+    }
+
+    /// Waits until the rollout is in `state` (by name: "running", "paused", ...).
+    pub async fn until_rollout(&self, id: &str, state: &str, within: Duration) {
+        self.until(
+            &format!("rollout {id} {state}"),
+            Duration::from_secs(1),
+            within,
+            |s| {
+                s.rollouts
+                    .get(id)
+                    .filter(|r| r.state.name() == state)
+                    .map(|_| ())
+            },
+        )
+        .await
+    }
+}
+
+// === specs ===
+
+pub fn stage(name: &str, size: pb::stage::Size) -> pb::Stage {
+    pb::Stage {
+        name: name.into(),
+        size: Some(size),
+        ..Default::default()
+    }
+}
+
+pub fn count(n: u32) -> pb::stage::Size {
+    pb::stage::Size::Count(n)
+}
+
+pub fn percent(p: f64) -> pb::stage::Size {
+    pb::stage::Size::CumulativePercent(p)
+}
+
+pub fn threshold(n: u32) -> Option<pb::Threshold> {
+    Some(pb::Threshold {
+        value: Some(pb::threshold::Value::Count(n)),
+    })
+}
+
+/// A spec without a batch check (tests that want one turn it on).
+pub fn spec(firmware_id: &str, stages: Vec<pb::Stage>) -> pb::RolloutSpec {
+    pb::RolloutSpec {
+        name: "test rollout".into(),
+        firmware_id: firmware_id.into(),
+        stages,
+        upgrade_type: pb::UpgradeType::Forced as i32,
+        skip_batch_check: true,
+        ..Default::default()
+    }
+}
+
+// === devices ===
+
+pub fn esphome(local: &str, version: &str) -> pb::DeviceReport {
+    pb::DeviceReport {
+        local_id: local.into(),
+        transport: pb::Transport::Esphome as i32,
+        network: "esphome".into(),
+        name: local.into(),
+        model: "esp32dev".into(),
+        chip: "esp32".into(),
+        platform: "esp32".into(),
+        current: Some(pb::VersionInfo {
+            version: version.into(),
+            ..Default::default()
+        }),
+        power_source: pb::PowerSource::Mains as i32,
+        signal: Some(pb::Signal {
+            kind: pb::SignalKind::RssiDbm as i32,
+            value: -50,
+        }),
+        reachable: true,
+        supports_ota: true,
+        ..Default::default()
+    }
+}
+
+pub fn zigbee(local: &str, network: &str, file_version: u32) -> pb::DeviceReport {
+    pb::DeviceReport {
+        local_id: local.into(),
+        transport: pb::Transport::Zigbee2mqtt as i32,
+        network: network.into(),
+        name: local.into(),
+        model: "LED1836G9".into(),
+        vendor: "IKEA".into(),
+        manufacturer_code: Some(0x117C),
+        image_type: Some(0x2803),
+        current: Some(pb::VersionInfo {
+            version: file_version.to_string(),
+            file_version: Some(file_version),
+            ..Default::default()
+        }),
+        power_source: pb::PowerSource::Mains as i32,
+        signal: Some(pb::Signal {
+            kind: pb::SignalKind::Linkquality as i32,
+            value: 200,
+        }),
+        reachable: true,
+        supports_ota: true,
+        ..Default::default()
+    }
+}
+
+/// What a simulated device does with an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Behavior {
+    /// Succeeds after the device's duration.
+    Succeed,
+    /// Every attempt fails with this code after the duration.
+    Fail(i32),
+    /// The first `n` attempts fail with the code, later ones succeed.
+    FailFirst(i32, u32),
+    /// Reports updating, then never finishes.
+    Hang,
+    /// A sleepy device: reports waiting for wake-up (5) and never wakes.
+    Sleepy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dev {
+    pub report: pb::DeviceReport,
+    pub behavior: Behavior,
+    pub duration: Duration,
+}
+
+pub fn dev(report: pb::DeviceReport, behavior: Behavior, duration: Duration) -> Dev {
+    Dev {
+        report,
+        behavior,
+        duration,
+    }
+}
+
+/// A transfer the agent started.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub task_id: String,
+    pub attempt: u32,
+    pub local_id: String,
+    pub started: Instant,
+    pub started_ms: i64,
+    pub finished: Option<Instant>,
+}
+
+/// What the site saw and did.
+#[derive(Debug, Default)]
+pub struct SiteLog {
+    pub transfers: Vec<Transfer>,
+    /// Update commands for a task attempt the agent already knew (resent after a reconnect).
+    pub repeated_updates: usize,
+    pub cancels: Vec<pb::CancelCommand>,
+    pub check_commands: usize,
+    /// Task id → (network key, is ESPHome) of transfers running now.
+    pub in_flight: BTreeMap<String, (String, bool)>,
+    pub max_in_flight: usize,
+    pub max_by_network: BTreeMap<String, usize>,
+    pub max_esphome: usize,
+}
+
+impl SiteLog {
+    pub fn transfers_of(&self, local: &str) -> Vec<&Transfer> {
+        self.transfers
+            .iter()
+            .filter(|t| t.local_id == local)
+            .collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Journal {
+    next: u64,
+    entries: Vec<pb::AgentMessage>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    site: String,
+    agent_id: String,
+    offset_minutes: i32,
+    devices: Mutex<BTreeMap<String, Dev>>,
+    log: Mutex<SiteLog>,
+    journal: Mutex<Journal>,
+    out: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
+    answer_checks: AtomicBool,
+    known: Mutex<HashSet<(String, u32)>>,
+    /// Sleepy transfers that wait for a wake-up (safe to cancel), by task id.
+    waiting: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    clock: Mutex<Option<Clock>>,
+}
+
+/// A site's agent with its devices.
+#[derive(Debug, Clone)]
+pub struct FakeSite {
+    pub id: String,
+    inner: Arc<Inner>,
+}
+
+impl FakeSite {
+    /// Connects to otad and reports a full inventory.
+    pub async fn connect(otad: &Otad, site: &str, offset_minutes: i32, devices: Vec<Dev>) -> Self {
+        let inner = Arc::new(Inner {
+            site: site.into(),
+            agent_id: format!("agent-{site}"),
+            offset_minutes,
+            devices: Mutex::new(
+                devices
+                    .into_iter()
+                    .map(|d| (d.report.local_id.clone(), d))
+                    .collect(),
+            ),
+            log: Mutex::new(SiteLog::default()),
+            journal: Mutex::new(Journal {
+                next: 1,
+                entries: Vec::new(),
+            }),
+            out: Mutex::new(None),
+            answer_checks: AtomicBool::new(true),
+            known: Mutex::new(HashSet::new()),
+            waiting: Mutex::new(HashMap::new()),
+            clock: Mutex::new(None),
+        });
+        let s = FakeSite {
+            id: site.into(),
+            inner,
+        };
+        s.open(otad).await;
+        let reports: Vec<pb::DeviceReport> = s
+            .inner
+            .devices
+            .lock()
+            .unwrap()
+            .values()
+            .map(|d| d.report.clone())
+            .collect();
+        s.inner
+            .journaled(pb::agent_message::Body::Inventory(pb::Inventory {
+                full: true,
+                devices: reports,
+                removed_local_ids: vec![],
+            }));
+        // Wait until the server knows the devices.
+        let n = s.inner.devices.lock().unwrap().len();
+        let site_id = site.to_string();
+        otad.until(
+            "inventory",
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+            |st| {
+                (st.devices
+                    .values()
+                    .filter(|d| d.site_id == site_id && !d.removed)
+                    .count()
+                    == n)
+                    .then_some(())
+            },
+        )
+        .await;
+        s
+    }
+
+    /// The agent stops answering check commands (it still runs updates).
+    pub fn ignore_checks(&self) {
+        self.inner.answer_checks.store(false, Ordering::SeqCst);
+    }
+
+    pub fn log(&self) -> std::sync::MutexGuard<'_, SiteLog> {
+        self.inner.log.lock().unwrap()
+    }
+
+    /// A device appears (incremental inventory).
+    pub fn add_device(&self, d: Dev) {
+        let report = d.report.clone();
+        self.inner
+            .devices
+            .lock()
+            .unwrap()
+            .insert(report.local_id.clone(), d);
+        self.inner
+            .journaled(pb::agent_message::Body::Inventory(pb::Inventory {
+                full: false,
+                devices: vec![report],
+                removed_local_ids: vec![],
+            }));
+    }
+
+    /// The device is gone from the site (full inventory without it).
+    pub fn remove_device(&self, local: &str) {
+        let reports: Vec<pb::DeviceReport> = {
+            let mut devices = self.inner.devices.lock().unwrap();
+            devices.remove(local);
+            devices.values().map(|d| d.report.clone()).collect()
+        };
+        self.inner
+            .journaled(pb::agent_message::Body::Inventory(pb::Inventory {
+                full: true,
+                devices: reports,
+                removed_local_ids: vec![],
+            }));
+    }
+
+    /// Closes the session (the agent lost its connection).
+    pub fn disconnect(&self) {
+        self.inner.out.lock().unwrap().take();
+    }
+
+    /// Opens a new session to (a restarted) otad and resends what it has not acknowledged.
+    pub async fn reconnect(&self, otad: &Otad) {
+        self.open(otad).await;
+    }
+
+    async fn open(&self, otad: &Otad) {
+        *self.inner.clock.lock().unwrap() = Some(otad.app().core.clock().clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let last_seq = self.inner.journal.lock().unwrap().next - 1;
+        tx.send(pb::AgentMessage {
+            seq: 0,
+            body: Some(pb::agent_message::Body::Hello(pb::AgentHello {
+                site_id: self.inner.site.clone(),
+                agent_version: "fake".into(),
+                agent_id: self.inner.agent_id.clone(),
+                last_seq,
+                timezone: "Etc/Test".into(),
+                utc_offset_minutes: self.inner.offset_minutes,
+                transports: vec![],
+            })),
+        })
+        .unwrap();
+        let mut inbound = otad
+            .agent()
+            .connect(UnboundedReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = inbound.next().await.unwrap().unwrap();
+        let Some(pb::server_message::Body::Welcome(w)) = first.body else {
+            panic!("expected a welcome, got {first:?}");
+        };
+        let session = tx.clone();
+        {
+            let journal = self.inner.journal.lock().unwrap();
+            for m in journal.entries.iter().filter(|m| m.seq > w.acked_seq) {
+                tx.send(m.clone()).unwrap();
+            }
+            *self.inner.out.lock().unwrap() = Some(tx);
+        }
+        // Heartbeats every second, as a real agent sends them (every 15 s). Under paused time
+        // they also keep the HTTP/2 connection moving: without traffic from the agent, otad's
+        // messages to it were observed to wait until the agent sent something.
+        let beat = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                let current = beat
+                    .out
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .is_some_and(|o| o.same_channel(&session));
+                if !current {
+                    return;
+                }
+                let _ = session.send(pb::AgentMessage {
+                    seq: 0,
+                    body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat::default())),
+                });
+            }
+        });
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = inbound.next().await {
+                match msg.body {
+                    Some(pb::server_message::Body::Check(c)) => inner.on_check(c),
+                    Some(pb::server_message::Body::Update(u)) => inner.on_update(u),
+                    Some(pb::server_message::Body::Cancel(c)) => inner.on_cancel(c),
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+impl Inner {
+    fn now_ms(&self) -> i64 {
+        self.clock.lock().unwrap().as_ref().map_or(0, Clock::now_ms)
+    }
+
+    /// Journals a report and sends it if a session is open (it is resent after a reconnect
+    /// otherwise).
+    fn journaled(&self, body: pb::agent_message::Body) {
+        let mut j = self.journal.lock().unwrap();
+        let msg = pb::AgentMessage {
+            seq: j.next,
+            body: Some(body),
+        };
+        j.next += 1;
+        j.entries.push(msg.clone());
+        if let Some(tx) = self.out.lock().unwrap().as_ref() {
+            let _ = tx.send(msg);
+        }
+    }
+
+    fn on_check(&self, c: pb::CheckCommand) {
+        self.log.lock().unwrap().check_commands += 1;
+        if !self.answer_checks.load(Ordering::SeqCst) {
+            return;
+        }
+        let devices = self.devices.lock().unwrap().clone();
+        for local in c.device_local_ids {
+            let Some(d) = devices.get(&local) else {
+                continue;
+            };
+            self.journaled(pb::agent_message::Body::CheckResult(pb::CheckResult {
+                check_id: c.check_id.clone(),
+                device_local_id: local,
+                reachable: d.report.reachable,
+                device: Some(d.report.clone()),
+                update_available: None,
+                error: None,
+            }));
+        }
+    }
+
+    fn on_cancel(self: &Arc<Self>, c: pb::CancelCommand) {
+        let waiting = self.waiting.lock().unwrap().remove(&c.task_id);
+        if let Some(h) = waiting {
+            h.abort();
+            self.finish(&c.task_id);
+        }
+        self.log.lock().unwrap().cancels.push(c);
+    }
+
+    fn finish(&self, task_id: &str) {
+        let mut log = self.log.lock().unwrap();
+        log.in_flight.remove(task_id);
+        let now = Instant::now();
+        if let Some(t) = log
+            .transfers
+            .iter_mut()
+            .rev()
+            .find(|t| t.task_id == task_id && t.finished.is_none())
+        {
+            t.finished = Some(now);
+        }
+    }
+
+    fn on_update(self: &Arc<Self>, u: pb::UpdateCommand) {
+        if !self
+            .known
+            .lock()
+            .unwrap()
+            .insert((u.task_id.clone(), u.attempt))
+        {
+            self.log.lock().unwrap().repeated_updates += 1;
+            return;
+        }
+        let Some(d) = self
+            .devices
+            .lock()
+            .unwrap()
+            .get(&u.device_local_id)
+            .cloned()
+        else {
+            self.journaled(pb::agent_message::Body::Result(pb::TaskResult {
+                task_id: u.task_id.clone(),
+                attempt: u.attempt,
+                status: pb::UpgradeStatus::Failure as i32,
+                error: Some(pb::TaskError {
+                    code: pb::ErrorCode::Offline as i32,
+                    message: "no such device here".into(),
+                }),
+                ..Default::default()
+            }));
+            return;
+        };
+        let esphome = d.report.transport == pb::Transport::Esphome as i32;
+        let network = format!("{}/{}", d.report.transport, d.report.network);
+        let earlier = {
+            let mut log = self.log.lock().unwrap();
+            let earlier = log.transfers_of(&u.device_local_id).len() as u32;
+            log.transfers.push(Transfer {
+                task_id: u.task_id.clone(),
+                attempt: u.attempt,
+                local_id: u.device_local_id.clone(),
+                started: Instant::now(),
+                started_ms: self.now_ms(),
+                finished: None,
+            });
+            log.in_flight
+                .insert(u.task_id.clone(), (network.clone(), esphome));
+            let total = log.in_flight.len();
+            log.max_in_flight = log.max_in_flight.max(total);
+            let on_network = log
+                .in_flight
+                .values()
+                .filter(|(n, _)| *n == network)
+                .count();
+            let m = log.max_by_network.entry(network.clone()).or_default();
+            *m = (*m).max(on_network);
+            let esp = log.in_flight.values().filter(|(_, e)| *e).count();
+            log.max_esphome = log.max_esphome.max(esp);
+            earlier
+        };
+        let sleepy = d.behavior == Behavior::Sleepy;
+        let task_id = u.task_id.clone();
+        let this = self.clone();
+        let handle = tokio::spawn(async move { this.simulate(u, d, earlier + 1).await });
+        if sleepy {
+            self.waiting
+                .lock()
+                .unwrap()
+                .insert(task_id, handle.abort_handle());
+        }
+    }
+
+    fn progress(&self, u: &pb::UpdateCommand, status: pb::UpgradeStatus, progress: f32) {
+        self.journaled(pb::agent_message::Body::Progress(pb::TaskProgress {
+            task_id: u.task_id.clone(),
+            attempt: u.attempt,
+            status: status as i32,
+            progress,
+            remaining_s: None,
+            bytes_sent: 0,
+            bytes_total: 0,
+            detail: String::new(),
+            at_ms: self.now_ms(),
+        }));
+    }
+
+    async fn simulate(self: Arc<Self>, u: pb::UpdateCommand, d: Dev, nth: u32) {
+        self.progress(&u, pb::UpgradeStatus::AgentPreparing, 0.0);
+        match d.behavior {
+            Behavior::Sleepy => {
+                self.progress(&u, pb::UpgradeStatus::WaitingForWakeup, 0.0);
+                std::future::pending::<()>().await;
+            }
+            Behavior::Hang => {
+                self.progress(&u, pb::UpgradeStatus::Updating, 10.0);
+                std::future::pending::<()>().await;
+            }
+            _ => {}
+        }
+        self.progress(&u, pb::UpgradeStatus::Updating, 50.0);
+        tokio::time::sleep(d.duration).await;
+        let failure = match d.behavior {
+            Behavior::Fail(code) => Some(code),
+            Behavior::FailFirst(code, n) if nth <= n => Some(code),
+            _ => None,
+        };
+        let from = d.report.current.clone();
+        self.finish(&u.task_id);
+        match failure {
+            Some(code) => self.journaled(pb::agent_message::Body::Result(pb::TaskResult {
+                task_id: u.task_id.clone(),
+                attempt: u.attempt,
+                status: pb::UpgradeStatus::Failure as i32,
+                error: Some(pb::TaskError {
+                    code,
+                    message: "simulated failure".into(),
+                }),
+                from,
+                at_ms: self.now_ms(),
+                ..Default::default()
+            })),
+            None => {
+                let fw = u.firmware.clone().unwrap_or_default();
+                let to = pb::VersionInfo {
+                    version: match fw.file_version {
+                        Some(v) => v.to_string(),
+                        None => fw.version.clone(),
+                    },
+                    file_version: fw.file_version,
+                    ..Default::default()
+                };
+                let report = {
+                    let mut devices = self.devices.lock().unwrap();
+                    let dev = devices.get_mut(&u.device_local_id).unwrap();
+                    dev.report.current = Some(to.clone());
+                    dev.report.clone()
+                };
+                self.journaled(pb::agent_message::Body::Inventory(pb::Inventory {
+                    full: false,
+                    devices: vec![report],
+                    removed_local_ids: vec![],
+                }));
+                self.journaled(pb::agent_message::Body::Result(pb::TaskResult {
+                    task_id: u.task_id.clone(),
+                    attempt: u.attempt,
+                    status: pb::UpgradeStatus::Success as i32,
+                    error: None,
+                    from,
+                    to: Some(to),
+                    duration_ms: d.duration.as_millis() as u64,
+                    at_ms: self.now_ms(),
+                    wire_bytes: 4096,
+                }));
+            }
+        }
+    }
+}
+
+/// The largest number of transfers running at the same time across sites (intervals from the
+/// agents' logs; a transfer ending at the instant another starts does not overlap it).
+pub fn max_overlap(sites: &[&FakeSite]) -> usize {
+    let mut points: Vec<(Instant, i32)> = Vec::new();
+    for s in sites {
+        for t in &s.log().transfers {
+            points.push((t.started, 1));
+            if let Some(f) = t.finished {
+                points.push((f, -1));
+            }
+        }
+    }
+    points.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in points {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
