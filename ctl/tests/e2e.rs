@@ -1,8 +1,8 @@
 //! End to end: the real `otactl` binary against a real `otad` process.
 //!
-//! Each test starts its own `otad --listen 127.0.0.1:0 --data-dir <tmp>` and waits for its
-//! `otad listening on <addr>` line, then runs `otactl` as a child process and checks its exit
-//! code, stdout and stderr. Firmware files are synthesised with `ota-firmware`'s builders.
+//! Each test starts its own `otad --insecure-plaintext --listen 127.0.0.1:0 --data-dir <tmp>`
+//! (development mode) and waits for its `otad listening on <addr>` line, then runs `otactl` as a
+//! child process and checks its exit code, stdout and stderr. Firmware files are synthesised with `ota-firmware`'s builders.
 //! Devices come from a fake site agent that this file plays over `AgentService.Connect`, so
 //! checks and updates run through the server's real dispatch.
 //!
@@ -58,6 +58,7 @@ impl Otad {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = std::fs::File::create(dir.path().join("otad.log")).expect("log file");
         let mut child = Command::new(otad_binary())
+            .arg("--insecure-plaintext")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

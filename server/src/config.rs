@@ -4,6 +4,14 @@
 //! Loading only parses and validates; it binds no sockets and opens no files except the config
 //! file itself, so `main` can report every problem before anything starts. Every bad value is
 //! reported with its source and name, all at once.
+//!
+//! # Transport security
+//! otad serves gRPC over TLS (`tls_cert`, `tls_key`; `tls_client_ca` for the agents' client
+//! certificates). Plaintext only when asked for with `insecure_plaintext = true` or
+//! `--insecure-plaintext`; [`Config::load`] refuses a configuration that says neither.
+//! [`Config::default`] is the in-process development configuration (tests, embedding):
+//! plaintext, so that `Server::start` with defaults behaves like a local development server —
+//! with the same loud warnings.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +48,56 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Skip the event log's corrupt tail after this sequence number (operator recovery).
     pub truncate_corrupt_tail_after: Option<u64>,
+    /// TLS certificate, key and client CA of the gRPC listener.
+    pub tls: Option<TlsFiles>,
+    /// Serve plaintext gRPC (local development only). Without TLS and without access tokens,
+    /// every caller is the local administrator.
+    pub insecure_plaintext: bool,
+    /// Per-caller rate limits of expensive RPCs.
+    pub rate_limits: RateLimits,
+}
+
+/// The PEM files of the TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Server certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// The certificate's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// CA certificate(s) that sign agent client certificates. Unset: no agent can connect.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Requests per minute per caller of the expensive RPCs; 0 turns a limit off. A caller may use
+/// a minute's worth at once, then one request per (60 / n) seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// `FirmwareService.Upload`.
+    pub upload: u32,
+    /// `DeviceService.Check`.
+    pub check: u32,
+    /// `DeviceService.BatchCheck`.
+    pub batch_check: u32,
+    /// `RolloutService.Plan`.
+    pub plan: u32,
+    /// `RolloutService.Create`.
+    pub create_rollout: u32,
+    /// `EventService.Tail`.
+    pub tail: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            upload: 20,
+            check: 120,
+            batch_check: 10,
+            plan: 60,
+            create_rollout: 20,
+            tail: 60,
+        }
+    }
 }
 
 /// Log output format.
@@ -69,6 +127,10 @@ impl Default for Config {
             log_format: LogFormat::Text,
             metrics_listen: None,
             truncate_corrupt_tail_after: None,
+            tls: None,
+            // The development default of in-process servers; `load` never starts from it.
+            insecure_plaintext: true,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -121,6 +183,23 @@ pub struct Flags {
     /// discard the rest. Only after reading the startup error that names the first bad event.
     #[arg(long)]
     pub truncate_corrupt_tail_after: Option<u64>,
+    /// PEM certificate chain of the gRPC listener (with --tls-key).
+    #[arg(long, env = "OTAD_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OTAD_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signs the agents' client certificates (`otactl pki init-ca`).
+    #[arg(long, env = "OTAD_TLS_CLIENT_CA", value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC without TLS, for local development only. Without access tokens,
+    /// anyone who can reach the port is an administrator.
+    #[arg(long, env = "OTAD_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// Recovery: record a new admin token, write it to FILE (mode 0600) and exit. Run it while
+    /// otad is stopped, with the same configuration.
+    #[arg(long, value_name = "FILE")]
+    pub create_admin_token: Option<PathBuf>,
 }
 
 /// The config file's keys.
@@ -137,6 +216,11 @@ struct FileConfig {
     service_name: Option<String>,
     log_format: Option<LogFormat>,
     metrics_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    insecure_plaintext: Option<bool>,
+    rate_limits: Option<RateLimits>,
 }
 
 /// Every problem found while loading, one per line.
@@ -164,7 +248,10 @@ impl Config {
             },
             None => FileConfig::default(),
         };
-        let mut c = Config::default();
+        let mut c = Config {
+            insecure_plaintext: false,
+            ..Config::default()
+        };
 
         if let Some(s) = &file.listen {
             match s.parse() {
@@ -246,6 +333,38 @@ impl Config {
             c.metrics_listen = Some(v);
         }
         c.truncate_corrupt_tail_after = flags.truncate_corrupt_tail_after;
+        if let Some(v) = file.rate_limits {
+            c.rate_limits = v;
+        }
+        c.insecure_plaintext = flags.insecure_plaintext || file.insecure_plaintext == Some(true);
+        let cert = flags.tls_cert.clone().or(file.tls_cert);
+        let key = flags.tls_key.clone().or(file.tls_key);
+        let client_ca = flags.tls_client_ca.clone().or(file.tls_client_ca);
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                c.tls = Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca,
+                })
+            }
+            (None, None) if client_ca.is_some() => errors.push(
+                "tls_client_ca is set but tls_cert and tls_key are not: agents' certificates need a TLS listener".into(),
+            ),
+            (None, None) => {}
+            (Some(_), None) => errors.push("tls_cert is set but tls_key is not".into()),
+            (None, Some(_)) => errors.push("tls_key is set but tls_cert is not".into()),
+        }
+        if c.tls.is_some() && c.insecure_plaintext {
+            errors.push(
+                "insecure_plaintext and tls_cert/tls_key are both set: choose one (TLS, unless this is a development machine)".into(),
+            );
+        }
+        if c.tls.is_none() && !c.insecure_plaintext && errors.is_empty() {
+            errors.push(
+                "otad serves gRPC over TLS: set tls_cert and tls_key (and tls_client_ca for agents; `otactl pki` makes them, see deploy/README.md), or pass --insecure-plaintext on a development machine".into(),
+            );
+        }
 
         if c.max_firmware_bytes == 0 {
             errors.push("max_firmware_bytes must be greater than 0".into());
@@ -284,10 +403,68 @@ fn read_file(path: &Path) -> Result<FileConfig, String> {
 mod tests {
     use super::*;
 
+    fn plaintext() -> Flags {
+        Flags {
+            insecure_plaintext: true,
+            ..Flags::default()
+        }
+    }
+
     #[test]
-    fn defaults_are_valid() {
-        let c = Config::load(&Flags::default(), None).unwrap();
+    fn defaults_are_valid_with_explicit_plaintext() {
+        let c = Config::load(&plaintext(), None).unwrap();
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn plaintext_must_be_asked_for() {
+        let err = Config::load(&Flags::default(), None).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("--insecure-plaintext"), "{err}");
+        assert!(err.0[0].contains("tls_cert"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otad.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"/etc/otad/server.pem\"\ntls_key = \"/etc/otad/server.key\"\ntls_client_ca = \"/etc/otad/ca.pem\"\n[rate_limits]\nupload = 3\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(path.clone()),
+            tls_key: Some("/run/otad.key".into()),
+            ..Flags::default()
+        };
+        let c = Config::load(&flags, None).unwrap();
+        assert!(!c.insecure_plaintext);
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "/etc/otad/server.pem".into(),
+                key: "/run/otad.key".into(),
+                client_ca: Some("/etc/otad/ca.pem".into()),
+            })
+        );
+        assert_eq!(c.rate_limits.upload, 3);
+        assert_eq!(c.rate_limits.tail, RateLimits::default().tail);
+
+        let both = Flags {
+            config: Some(path),
+            insecure_plaintext: true,
+            ..Flags::default()
+        };
+        let err = Config::load(&both, None).unwrap_err();
+        assert!(err.to_string().contains("choose one"), "{err}");
+
+        let half = Flags {
+            tls_cert: Some("/c.pem".into()),
+            ..plaintext()
+        };
+        let err = Config::load(&half, None).unwrap_err();
+        assert!(err.to_string().contains("tls_key is not"), "{err}");
     }
 
     #[test]
@@ -302,7 +479,7 @@ mod tests {
         let flags = Flags {
             config: Some(path),
             listen: Some("127.0.0.1:7777".parse().unwrap()),
-            ..Flags::default()
+            ..plaintext()
         };
         let c = Config::load(&flags, Some("http://collector:4317".into())).unwrap();
         assert_eq!(c.listen, "127.0.0.1:7777".parse().unwrap());
@@ -319,7 +496,7 @@ mod tests {
         let flags = Flags {
             config: Some(path),
             max_firmware_bytes: Some(0),
-            ..Flags::default()
+            ..plaintext()
         };
         let err = Config::load(&flags, None).unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");

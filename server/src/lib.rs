@@ -14,6 +14,9 @@
 //! - [`sessions`]: live agent sessions (commands down, heartbeats, check answers).
 //! - [`blobs`]: content-addressed firmware images on disk.
 //! - [`config`], [`telemetry`], [`server`]: configuration, logs and traces, wiring.
+//! - [`tls`], [`tokens`], [`limits`], [`security`]: the listener's TLS and agent identities,
+//!   operator tokens, rate limits, and the access setup at startup (the authentication layer
+//!   itself is `api::authn`).
 //!
 //! **Architecture invariant:** only `api` knows protobuf and `tonic::Status`; only `store`
 //! knows sled; decisions live in `ota-domain` and are pure.
@@ -24,8 +27,12 @@ pub mod blobs;
 pub mod config;
 pub mod core;
 pub mod dispatch;
+pub mod limits;
 pub mod rollouts;
+pub mod security;
 pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
+pub mod tokens;

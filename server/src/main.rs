@@ -27,6 +27,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = flags.create_admin_token {
+        return match runtime.block_on(create_admin_token(config, path)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("otad: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -50,6 +59,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Scripts and tests wait for this line.
     println!("otad listening on {}", server.addr);
     server.run_until(shutdown_signal()).await
+}
+
+/// `--create-admin-token FILE`: records a new admin token while otad is stopped.
+async fn create_admin_token(config: Config, path: std::path::PathBuf) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    let core = ota_server::core::Core::start(store.clone(), Clock::new()).await?;
+    let id = ota_server::tokens::create_admin_token(&core, &path, "recovery-admin").await?;
+    store.flush().await?;
+    println!(
+        "wrote admin token {id} to {} (mode 0600); use it as OTACTL_TOKEN, then delete the file",
+        path.display()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -61,6 +61,10 @@ impl Server {
         listener: TcpListener,
     ) -> anyhow::Result<Server> {
         let addr = listener.local_addr()?;
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::load(files, clock.now_ms() / 1000)?),
+            None => None,
+        };
         let blobs = BlobStore::open(&config.data_dir).with_context(|| {
             format!(
                 "cannot open firmware blobs in {}",
@@ -99,12 +103,22 @@ impl Server {
             dispatch_wake: Arc::new(tokio::sync::Notify::new()),
             task_creation: tokio::sync::Mutex::new(()),
         });
+        crate::security::prepare(&app, addr, tls.as_ref()).await?;
         let dispatcher = crate::dispatch::spawn(app.clone(), shutdown.clone());
         let rollouts = crate::rollouts::spawn(app.clone(), shutdown.clone());
 
+        let guard = Arc::new(api::authn::Guard::new(app.clone(), tls.is_some()));
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.config.clone())
+                .context("cannot use the TLS certificate and key (do they belong together?)")?;
+        }
+
         let max = app.config.max_message_bytes;
-        let system = api::system::SystemApi::new(app.clone(), false, false);
-        let router = tonic::transport::Server::builder()
+        let system = api::system::SystemApi::new(app.clone(), tls.is_some(), tls.is_some());
+        let router = builder
+            .layer(api::authn::GuardLayer::new(guard))
             .trace_fn(|req| info_span!("grpc", rpc = %req.uri().path()))
             .add_service(
                 pb::firmware_service_server::FirmwareServiceServer::new(
@@ -132,6 +146,12 @@ impl Server {
             )
             .add_service(
                 pb::agent_service_server::AgentServiceServer::new(api::agents::AgentApi::new(
+                    app.clone(),
+                ))
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::access_service_server::AccessServiceServer::new(api::access::AccessApi::new(
                     app.clone(),
                 ))
                 .max_decoding_message_size(max),

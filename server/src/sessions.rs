@@ -39,8 +39,9 @@ pub struct Sessions {
     next_command: AtomicU64,
     /// Device id -> last time its site mentioned it (Unix ms).
     last_seen: Mutex<HashMap<String, i64>>,
-    /// (check id, device local id) -> waiter.
-    check_waiters: Mutex<HashMap<(String, String), oneshot::Sender<CheckAnswer>>>,
+    /// (check id, site, device local id) -> waiter. The site is the asking session's, so an
+    /// agent can answer only for devices of its own site.
+    check_waiters: Mutex<HashMap<(String, String, String), oneshot::Sender<CheckAnswer>>>,
 }
 
 /// Why a command could not be sent.
@@ -160,19 +161,35 @@ impl Sessions {
     }
 
     /// Registers interest in a device's answer to a check.
-    pub fn wait_check(&self, check_id: &str, local_id: &str) -> oneshot::Receiver<CheckAnswer> {
+    pub fn wait_check(
+        &self,
+        check_id: &str,
+        site_id: &str,
+        local_id: &str,
+    ) -> oneshot::Receiver<CheckAnswer> {
         let (tx, rx) = oneshot::channel();
         self.check_waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((check_id.to_string(), local_id.to_string()), tx);
+            .insert(
+                (
+                    check_id.to_string(),
+                    site_id.to_string(),
+                    local_id.to_string(),
+                ),
+                tx,
+            );
         rx
     }
 
-    /// Hands an agent's check answer to whoever waits for it. Returns false if nobody does
-    /// (the check already timed out).
-    pub fn answer_check(&self, answer: CheckAnswer) -> bool {
-        let key = (answer.check_id.clone(), answer.device_local_id.clone());
+    /// Hands the check answer of an agent of `site_id` to whoever waits for it. Returns false if
+    /// nobody does (the check already timed out, or it asked another site).
+    pub fn answer_check(&self, site_id: &str, answer: CheckAnswer) -> bool {
+        let key = (
+            answer.check_id.clone(),
+            site_id.to_string(),
+            answer.device_local_id.clone(),
+        );
         let waiter = self
             .check_waiters
             .lock()
@@ -189,6 +206,6 @@ impl Sessions {
         self.check_waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(id, _), _| id != check_id);
+            .retain(|(id, _, _), _| id != check_id);
     }
 }

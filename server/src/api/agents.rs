@@ -97,21 +97,48 @@ impl pb::agent_service_server::AgentService for AgentApi {
             }
         };
         validate_site_id(&hello.site_id)?;
-        if hello.agent_id.is_empty() || hello.agent_id.len() > 128 {
-            return Err(
-                ApiError::invalid("hello.agent_id is required (at most 128 characters)").into(),
-            );
+        if hello.agent_id.is_empty()
+            || hello.agent_id.len() > 128
+            || hello
+                .agent_id
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(ApiError::invalid(
+                "hello.agent_id is required (at most 128 characters, no spaces)",
+            )
+            .into());
+        }
+        if hello.transports.len() > 64
+            || hello
+                .transports
+                .iter()
+                .any(|t| t.name.len() > 128 || t.name.chars().any(char::is_control))
+        {
+            return Err(ApiError::invalid(
+                "hello.transports: at most 64, names of at most 128 characters",
+            )
+            .into());
         }
         match &who {
             Caller::Agent { site_id } if *site_id != hello.site_id => {
+                warn!(site.id = %hello.site_id, certificate.site = %site_id, %peer, "an agent tried to open a session for another site");
                 return Err(ApiError::PermissionDenied(
                     "these credentials are not valid for that site".into(),
                 )
                 .into());
             }
             Caller::Agent { .. } => {}
+            // Development mode: the local administrator may act as any agent.
+            Caller::Operator { .. } if who.is_local_admin() => {}
             Caller::Operator { .. } => {
-                // Only in development mode, where the local administrator may act as any agent.
+                return Err(ApiError::PermissionDenied(
+                    "agent sessions need an agent certificate".into(),
+                )
+                .into());
+            }
+            Caller::Anonymous => {
+                return Err(ApiError::Unauthenticated(super::auth::UNAUTHENTICATED.into()).into());
             }
         }
 
@@ -332,10 +359,11 @@ async fn handle_report(
         )),
         Some(pb::agent_message::Body::Heartbeat(_)) => Ok(()),
         Some(pb::agent_message::Body::Inventory(inv)) => {
-            if inv.devices.len() > 10_000 {
+            if inv.devices.len() > 10_000 || inv.removed_local_ids.len() > 10_000 {
                 return Err(ReportError::Refused(format!(
-                    "inventory of {} devices exceeds 10000",
-                    inv.devices.len()
+                    "inventory of {} devices ({} removed) exceeds 10000",
+                    inv.devices.len(),
+                    inv.removed_local_ids.len()
                 )));
             }
             let mut reports = Vec::new();
@@ -454,7 +482,7 @@ async fn handle_report(
         Some(pb::agent_message::Body::Result(r)) => {
             let status =
                 UpgradeStatus::from_code(r.status as u32).unwrap_or(UpgradeStatus::Failure);
-            let outcome = result_error(status, convert::task_error_from(r.error.as_ref()));
+            let outcome = result_error(status, agent_error(r.error.as_ref()));
             let now = app.now_ms();
             let jitter = rand::random::<f64>();
             let mut refused = None;
@@ -497,8 +525,8 @@ async fn handle_report(
             refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
         }
         Some(pb::agent_message::Body::CheckResult(c)) => {
-            if !app.sessions.answer_check(c) {
-                debug!("late check answer dropped");
+            if !app.sessions.answer_check(&site, c) {
+                debug!("late or unknown check answer dropped");
             }
             Ok(())
         }
@@ -506,7 +534,7 @@ async fn handle_report(
             if a.accepted {
                 return Ok(());
             }
-            let error = convert::task_error_from(a.error.as_ref()).unwrap_or_else(|| {
+            let error = agent_error(a.error.as_ref()).unwrap_or_else(|| {
                 TaskError::new(ErrorCode::Other, "the agent refused the command")
             });
             let now = app.now_ms();
@@ -541,6 +569,22 @@ async fn handle_report(
             Ok(())
         }
     }
+}
+
+/// Longest error message an agent may put into the log.
+const MAX_AGENT_ERROR: usize = 1000;
+
+/// An agent's error, with its message bounded.
+fn agent_error(e: Option<&pb::TaskError>) -> Option<TaskError> {
+    let mut e = convert::task_error_from(e)?;
+    if e.message.len() > MAX_AGENT_ERROR {
+        let mut end = MAX_AGENT_ERROR;
+        while !e.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        e.message.truncate(end);
+    }
+    Some(e)
 }
 
 /// A report about a task must come from the task's site, for its current attempt, while the task

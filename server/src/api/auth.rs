@@ -1,8 +1,9 @@
 //! Who is calling, and what they may do.
 //!
-//! Every handler asks [`caller`] for the identity the authentication layer attached to the
-//! request, and checks it with [`Caller::require`]. Without an authentication layer (local
-//! development), callers are the local administrator.
+//! Every handler asks [`caller`] for the identity the authentication layer (`authn`) attached to
+//! the request, and checks it with [`Caller::require`]. The layer attaches the local
+//! administrator only in development mode (plaintext listener, no access tokens), which otad
+//! announces loudly; a request that reached a handler without the layer has no rights at all.
 
 use ota_domain::model::Actor;
 use tonic::Request;
@@ -47,7 +48,12 @@ pub enum Caller {
         /// The site its credentials are bound to.
         site_id: String,
     },
+    /// Nobody the authentication layer vouched for.
+    Anonymous,
 }
+
+/// What a caller without credentials hears (the same for missing, wrong, expired and revoked).
+pub const UNAUTHENTICATED: &str = "missing or invalid credentials";
 
 impl Caller {
     /// The local administrator (no authentication configured).
@@ -58,6 +64,11 @@ impl Caller {
         }
     }
 
+    /// Whether this is the development-mode local administrator.
+    pub fn is_local_admin(&self) -> bool {
+        *self == Self::local_admin()
+    }
+
     /// The actor recorded in events.
     pub fn actor(&self) -> Actor {
         match self {
@@ -66,6 +77,10 @@ impl Caller {
                 role: role.name().into(),
             },
             Self::Agent { site_id } => Actor::agent(site_id),
+            Self::Anonymous => Actor {
+                name: "anonymous".into(),
+                role: String::new(),
+            },
         }
     }
 
@@ -73,6 +88,7 @@ impl Caller {
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         match self {
             Self::Operator { role: have, .. } if *have >= role => Ok(()),
+            Self::Anonymous => Err(ApiError::Unauthenticated(UNAUTHENTICATED.into())),
             _ => Err(ApiError::PermissionDenied(format!(
                 "this needs the {} role",
                 role.name()
@@ -81,11 +97,52 @@ impl Caller {
     }
 }
 
-/// The caller attached to a request by the authentication layer, or the local administrator.
+/// The caller the authentication layer attached to a request; [`Caller::Anonymous`] without one.
 pub fn caller<T>(request: &Request<T>) -> Caller {
     request
         .extensions()
         .get::<Caller>()
         .cloned()
-        .unwrap_or_else(Caller::local_admin)
+        .unwrap_or(Caller::Anonymous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_and_agents_have_none() {
+        let viewer = Caller::Operator {
+            name: "v".into(),
+            role: Role::Viewer,
+        };
+        assert!(viewer.require(Role::Viewer).is_ok());
+        let denied = viewer.require(Role::Operator).unwrap_err();
+        assert_eq!(
+            denied,
+            ApiError::PermissionDenied("this needs the operator role".into())
+        );
+        assert!(Caller::local_admin().require(Role::Admin).is_ok());
+        let agent = Caller::Agent {
+            site_id: "home".into(),
+        };
+        assert!(matches!(
+            agent.require(Role::Viewer),
+            Err(ApiError::PermissionDenied(_))
+        ));
+        assert_eq!(agent.actor().label(), "agent:home (agent)");
+    }
+
+    #[test]
+    fn a_request_without_a_vouched_caller_has_no_rights() {
+        let request = Request::new(());
+        assert_eq!(caller(&request), Caller::Anonymous);
+        assert_eq!(
+            caller(&request).require(Role::Viewer),
+            Err(ApiError::Unauthenticated(UNAUTHENTICATED.into()))
+        );
+        let mut request = Request::new(());
+        request.extensions_mut().insert(Caller::local_admin());
+        assert!(caller(&request).is_local_admin());
+    }
 }

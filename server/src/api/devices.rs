@@ -105,7 +105,10 @@ pub async fn check_devices(
                 .entry(d.site_id.clone())
                 .or_default()
                 .push(d.local_id.clone());
-            waiters.push((id.clone(), app.sessions.wait_check(check_id, &d.local_id)));
+            waiters.push((
+                id.clone(),
+                app.sessions.wait_check(check_id, &d.site_id, &d.local_id),
+            ));
         }
     }
     for (site, locals) in by_site {

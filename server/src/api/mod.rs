@@ -3,13 +3,16 @@
 //! Only this module knows protobuf and `tonic::Status`. Handlers validate their input, ask the
 //! core for a snapshot or run a decision through `Core::execute`, and convert the answer.
 
+pub mod access;
 pub mod agents;
 pub mod auth;
+pub mod authn;
 pub mod convert;
 pub mod devices;
 pub mod error;
 pub mod events;
 pub mod firmware;
+pub mod limits;
 pub mod paging;
 pub mod rollouts;
 pub mod system;

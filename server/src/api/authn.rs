@@ -1,0 +1,377 @@
+//! The authentication layer: every gRPC request passes here before it reaches a service.
+//!
+//! In order, for each request:
+//! 1. **Who**: a client certificate verified by the TLS handshake is an agent of the site its
+//!    `URI:ota-site:<site>` SAN names (see `crate::tls`); otherwise an `authorization: Bearer
+//!    <id>.<secret>` header is an operator token (see `crate::tokens`); otherwise, only in
+//!    development mode (plaintext listener and no usable token), the local administrator.
+//!    Anything else is `Unauthenticated` with the same message for missing, wrong, expired and
+//!    revoked credentials; the reason is logged here, never sent.
+//! 2. **Where**: an agent certificate opens `AgentService.Connect` and
+//!    `FirmwareService.Download` and nothing else; an agent session needs an agent certificate
+//!    (or development mode). An operator needs the role [`required_role`] names for the RPC —
+//!    the whole policy in one table, which every handler checks again (`Caller::require`); an
+//!    RPC missing from the table needs admin.
+//! 3. **How often**: expensive RPCs take a token from the caller's bucket (`crate::limits`);
+//!    an empty bucket is `ResourceExhausted` with the wait.
+//! 4. **What**: a single-message request is read whole (at most `max_message_bytes`, within
+//!    30 s), decoded as its type and checked field by field (`limits`), so malformed protobuf is
+//!    `InvalidArgument` and no handler sees an unbounded string or an unknown enum value.
+//!
+//! Responses: tonic answers a message it cannot decode with `Internal`; that is rewritten to
+//! `InvalidArgument` (it is the client's fault), for the streaming requests decoded in handlers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tracing::warn;
+
+use super::auth::{Caller, Role, UNAUTHENTICATED};
+use super::limits;
+use crate::app::App;
+use crate::limits::{Expensive, RateLimiter};
+use crate::tokens;
+
+/// How long a single-message request may take to arrive.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+const CONNECT: &str = "/ota.v1.AgentService/Connect";
+const DOWNLOAD: &str = "/ota.v1.FirmwareService/Download";
+
+/// The least role an operator needs for an RPC. Reading and watching: viewer. Checks, updates
+/// and rollouts: operator. Firmware changes, tokens, and anything not listed: admin.
+pub fn required_role(path: &str) -> Role {
+    match path.strip_prefix("/ota.v1.").unwrap_or_default() {
+        "SystemService/Status"
+        | "SiteService/List"
+        | "SiteService/Get"
+        | "DeviceService/List"
+        | "DeviceService/Get"
+        | "DeviceService/WatchTask"
+        | "DeviceService/GetAutoUpgrade"
+        | "EventService/Tail"
+        | "FirmwareService/List"
+        | "FirmwareService/Get"
+        | "FirmwareService/Download"
+        | "RolloutService/Plan"
+        | "RolloutService/Get"
+        | "RolloutService/List"
+        | "RolloutService/Watch" => Role::Viewer,
+        "DeviceService/Check"
+        | "DeviceService/BatchCheck"
+        | "DeviceService/Update"
+        | "DeviceService/Cancel"
+        | "DeviceService/ConfirmWarning"
+        | "DeviceService/SetAutoUpgrade"
+        | "RolloutService/Create"
+        | "RolloutService/Start"
+        | "RolloutService/Pause"
+        | "RolloutService/Resume"
+        | "RolloutService/Abort" => Role::Operator,
+        _ => Role::Admin,
+    }
+}
+
+/// What the layer knows.
+#[derive(Debug)]
+pub struct Guard {
+    app: Arc<App>,
+    tls: bool,
+    limiter: RateLimiter,
+}
+
+impl Guard {
+    /// The guard of a listener; `tls` says whether it verifies client certificates.
+    pub fn new(app: Arc<App>, tls: bool) -> Self {
+        let limiter = RateLimiter::new(app.config.rate_limits);
+        Self { app, tls, limiter }
+    }
+
+    /// Whether requests without credentials are the local administrator right now.
+    pub fn development_mode(&self) -> bool {
+        !self.tls && !tokens::any_active(&self.app.core.read(), self.app.now_ms())
+    }
+
+    /// The caller of a request, and the key of its rate-limit buckets.
+    fn identify(&self, req: &http::Request<Body>, peer: &str) -> Result<(Caller, String), Status> {
+        let certs = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs());
+        if let Some(leaf) = certs.as_ref().and_then(|c| c.first()) {
+            return match crate::tls::site_of_certificate(leaf) {
+                Ok(site_id) => Ok((
+                    Caller::Agent {
+                        site_id: site_id.clone(),
+                    },
+                    format!("agent:{site_id}"),
+                )),
+                Err(e) => {
+                    warn!(%peer, error = %e, "client certificate refused");
+                    Err(Status::unauthenticated(UNAUTHENTICATED))
+                }
+            };
+        }
+        if let Some(value) = req.headers().get(http::header::AUTHORIZATION) {
+            let bearer = value
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .unwrap_or_default();
+            let found = tokens::verify(&self.app.core.read(), bearer, self.app.now_ms());
+            return match found {
+                Some((id, name, role)) => Ok((Caller::Operator { name, role }, id)),
+                None => {
+                    // Only the public id, and only when the value has the shape of a token.
+                    let id = bearer
+                        .split_once('.')
+                        .map(|(id, _)| id)
+                        .filter(|id| {
+                            id.len() == 20
+                                && id.starts_with(tokens::ID_PREFIX)
+                                && id[4..].bytes().all(|b| b.is_ascii_hexdigit())
+                        })
+                        .unwrap_or("(not a token)");
+                    warn!(%peer, token.id = id, "unknown, wrong, expired or revoked token refused");
+                    Err(Status::unauthenticated(UNAUTHENTICATED))
+                }
+            };
+        }
+        if self.development_mode() {
+            return Ok((Caller::local_admin(), "local".into()));
+        }
+        Err(Status::unauthenticated(UNAUTHENTICATED))
+    }
+
+    /// Everything before the handler; the request to pass on, or the answer.
+    async fn admit(&self, mut req: http::Request<Body>) -> Result<http::Request<Body>, Status> {
+        let path = req.uri().path().to_string();
+        let peer = peer_of(&req);
+        let (caller, key) = self.identify(&req, &peer)?;
+        match (&caller, path.as_str()) {
+            (Caller::Agent { .. }, CONNECT | DOWNLOAD) => {}
+            (Caller::Agent { site_id }, _) => {
+                warn!(%peer, site.id = %site_id, rpc = %path, "an agent certificate was used for an operator call");
+                return Err(Status::permission_denied(
+                    "agent credentials cannot call this",
+                ));
+            }
+            (_, CONNECT) if !caller.is_local_admin() => {
+                return Err(Status::permission_denied(
+                    "agent sessions need an agent certificate",
+                ));
+            }
+            (_, CONNECT) => {}
+            _ => caller.require(required_role(&path))?,
+        }
+        if let Some(rpc) = Expensive::of_path(&path)
+            && let Err(wait) = self.limiter.take(&key, rpc, tokio::time::Instant::now())
+        {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            warn!(%peer, actor = %caller.actor().label(), rpc = %path, "rate limit hit");
+            return Err(Status::resource_exhausted(format!(
+                "too many requests of this kind; try again in {secs}s"
+            )));
+        }
+        req.extensions_mut().insert(caller);
+        if limits::check(&path, &[]).is_none() {
+            // Streaming requests and unknown paths: checked by their handler (or unimplemented).
+            return Ok(req);
+        }
+        let (parts, body) = req.into_parts();
+        let max = self.app.config.max_message_bytes;
+        let collected =
+            tokio::time::timeout(REQUEST_READ_TIMEOUT, Limited::new(body, max + 5).collect())
+                .await
+                .map_err(|_| Status::deadline_exceeded("the request did not arrive within 30 s"))?
+                .map_err(|e| {
+                    if e.is::<LengthLimitError>() {
+                        Status::resource_exhausted(format!(
+                            "the request is larger than {max} bytes (otad max_message_bytes)"
+                        ))
+                    } else {
+                        Status::invalid_argument("the request broke off")
+                    }
+                })?;
+        let bytes = collected.to_bytes();
+        let message = grpc_message(&bytes)?;
+        if let Some(Err(e)) = limits::check(&path, message) {
+            return Err(e.into());
+        }
+        Ok(http::Request::from_parts(
+            parts,
+            Body::new(Full::new(bytes)),
+        ))
+    }
+}
+
+/// The one uncompressed message of a gRPC request body.
+fn grpc_message(body: &Bytes) -> Result<&[u8], Status> {
+    if body.len() < 5 {
+        return Err(Status::invalid_argument(
+            "malformed request: no gRPC message",
+        ));
+    }
+    if body[0] != 0 {
+        return Err(Status::invalid_argument(
+            "compressed requests are not accepted",
+        ));
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() - 5 != len {
+        return Err(Status::invalid_argument(
+            "malformed request: expected exactly one gRPC message",
+        ));
+    }
+    Ok(&body[5..])
+}
+
+fn peer_of(req: &http::Request<Body>) -> String {
+    let ext = req.extensions();
+    ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.get_ref().remote_addr())
+        .or_else(|| ext.get::<TcpConnectInfo>().and_then(|i| i.remote_addr()))
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
+/// tonic's `Internal` for an undecodable message, as `InvalidArgument`.
+fn map_decode_error(mut resp: http::Response<Body>) -> http::Response<Body> {
+    let Some(status) = Status::from_header_map(resp.headers()) else {
+        return resp;
+    };
+    if status.code() != tonic::Code::Internal
+        || !status
+            .message()
+            .starts_with("failed to decode Protobuf message")
+    {
+        return resp;
+    }
+    let replaced = Status::invalid_argument(format!("malformed request: {}", status.message()));
+    let headers = resp.headers_mut();
+    headers.remove("grpc-status");
+    headers.remove("grpc-message");
+    headers.remove("grpc-status-details-bin");
+    if replaced.add_header(headers).is_err() {
+        return Status::invalid_argument("malformed request").into_http();
+    }
+    resp
+}
+
+/// The layer, for `tonic::transport::Server::layer`.
+#[derive(Debug, Clone)]
+pub struct GuardLayer(Arc<Guard>);
+
+impl GuardLayer {
+    /// Wraps a guard.
+    pub fn new(guard: Arc<Guard>) -> Self {
+        Self(guard)
+    }
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = GuardService<S>;
+
+    fn layer(&self, inner: S) -> GuardService<S> {
+        GuardService {
+            inner,
+            guard: self.0.clone(),
+        }
+    }
+}
+
+/// The layer's service.
+#[derive(Debug, Clone)]
+pub struct GuardService<S> {
+    inner: S,
+    guard: Arc<Guard>,
+}
+
+impl<S> tower::Service<http::Request<Body>> for GuardService<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // The clone that was polled ready goes into the future; a fresh clone stays.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            match guard.admit(req).await {
+                Ok(req) => inner.call(req).await.map(map_decode_error),
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_role_table_is_closed_by_default() {
+        assert_eq!(required_role("/ota.v1.EventService/Tail"), Role::Viewer);
+        assert_eq!(
+            required_role("/ota.v1.RolloutService/Start"),
+            Role::Operator
+        );
+        assert_eq!(required_role("/ota.v1.FirmwareService/Upload"), Role::Admin);
+        assert_eq!(
+            required_role("/ota.v1.AccessService/ListTokens"),
+            Role::Admin
+        );
+        assert_eq!(required_role("/ota.v1.NewService/Anything"), Role::Admin);
+        assert_eq!(required_role("/elsewhere"), Role::Admin);
+    }
+
+    #[test]
+    fn frames_are_checked() {
+        assert!(grpc_message(&Bytes::from_static(&[0, 0, 0, 0, 0])).is_ok());
+        assert_eq!(
+            grpc_message(&Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1])).unwrap(),
+            &[8, 1]
+        );
+        for bad in [&[][..], &[0, 0, 0], &[1, 0, 0, 0, 0], &[0, 0, 0, 0, 3, 1]] {
+            let s = grpc_message(&Bytes::copy_from_slice(bad)).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn decode_errors_become_invalid_argument() {
+        let resp: http::Response<Body> =
+            Status::internal("failed to decode Protobuf message: invalid wire type").into_http();
+        let mapped = map_decode_error(resp);
+        let s = Status::from_header_map(mapped.headers()).unwrap();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(s.message().contains("invalid wire type"));
+        let other: http::Response<Body> = Status::internal("disk on fire").into_http();
+        let s = Status::from_header_map(map_decode_error(other).headers()).unwrap();
+        assert_eq!(s.code(), tonic::Code::Internal);
+    }
+}

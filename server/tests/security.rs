@@ -1,0 +1,1076 @@
+//! Who may do what: TLS with agent certificates bound to their site, operator tokens with
+//! roles, the bootstrap admin token, development mode, and every refusal on the way — each
+//! against a real otad on loopback. Certificates are made here with rcgen; no key is checked in.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ota_firmware::Chip;
+use ota_firmware::builders::EspAppBuilder;
+use ota_proto::v1 as pb;
+use ota_server::config::{Config, RateLimits, TlsFiles};
+use ota_server::core::Clock;
+use ota_server::server::{Server, open_store};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request};
+
+/// A CA, as `otactl pki` makes one.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, PEM.
+#[derive(Clone)]
+struct Pair {
+    cert: String,
+    key: String,
+}
+
+impl Pki {
+    fn new(cn: &str) -> Pki {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Pki {
+            ca: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    fn issue(&self, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose) -> Pair {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn server(&self) -> Pair {
+        self.issue(
+            vec![
+                SanType::DnsName("localhost".try_into().unwrap()),
+                SanType::IpAddress("127.0.0.1".parse().unwrap()),
+            ],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    fn site(&self, site: &str) -> Pair {
+        self.issue(
+            vec![SanType::URI(format!("ota-site:{site}").try_into().unwrap())],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+}
+
+fn tls_config(dir: &Path, pki: &Pki) -> Config {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let server = pki.server();
+    std::fs::write(tls.join("server.pem"), &server.cert).unwrap();
+    std::fs::write(tls.join("server.key"), &server.key).unwrap();
+    std::fs::write(tls.join("ca.pem"), pki.ca_pem()).unwrap();
+    Config {
+        data_dir: dir.join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(TlsFiles {
+            cert: tls.join("server.pem"),
+            key: tls.join("server.key"),
+            client_ca: Some(tls.join("ca.pem")),
+        }),
+        insecure_plaintext: false,
+        ..Config::default()
+    }
+}
+
+async fn start(cfg: Config, clock: Clock) -> Server {
+    let store = open_store(&cfg).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Server::start(cfg, store, clock, listener).await.unwrap()
+}
+
+async fn tls_channel(server: &Server, ca: &str, identity: Option<&Pair>) -> Channel {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some(p) = identity {
+        tls = tls.identity(Identity::from_pem(&p.cert, &p.key));
+    }
+    Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn plain_channel(server: &Server) -> Channel {
+    Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+fn system(ch: &Channel) -> pb::system_service_client::SystemServiceClient<Channel> {
+    pb::system_service_client::SystemServiceClient::new(ch.clone())
+}
+fn access(ch: &Channel) -> pb::access_service_client::AccessServiceClient<Channel> {
+    pb::access_service_client::AccessServiceClient::new(ch.clone())
+}
+fn devices(ch: &Channel) -> pb::device_service_client::DeviceServiceClient<Channel> {
+    pb::device_service_client::DeviceServiceClient::new(ch.clone())
+}
+fn firmware(ch: &Channel) -> pb::firmware_service_client::FirmwareServiceClient<Channel> {
+    pb::firmware_service_client::FirmwareServiceClient::new(ch.clone())
+        .max_decoding_message_size(16 << 20)
+}
+fn events(ch: &Channel) -> pb::event_service_client::EventServiceClient<Channel> {
+    pb::event_service_client::EventServiceClient::new(ch.clone())
+}
+
+async fn create_token(ch: &Channel, admin: &str, name: &str, role: pb::Role, ttl_s: u64) -> String {
+    access(ch)
+        .create_token(authed(
+            pb::CreateTokenRequest {
+                name: name.into(),
+                role: role as i32,
+                ttl_s,
+            },
+            admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+fn upload_messages(name: &str, version: &str, bytes: &[u8]) -> Vec<pb::UploadFirmwareRequest> {
+    vec![
+        pb::UploadFirmwareRequest {
+            part: Some(pb::upload_firmware_request::Part::Metadata(
+                pb::UploadMetadata {
+                    name: name.into(),
+                    version: version.into(),
+                    format: pb::FirmwareFormat::EspApp as i32,
+                    ..Default::default()
+                },
+            )),
+        },
+        pb::UploadFirmwareRequest {
+            part: Some(pb::upload_firmware_request::Part::Chunk(bytes.to_vec())),
+        },
+    ]
+}
+
+async fn upload(
+    ch: &Channel,
+    token: &str,
+    name: &str,
+    version: &str,
+    bytes: &[u8],
+) -> pb::Firmware {
+    firmware(ch)
+        .upload(authed(
+            futures::stream::iter(upload_messages(name, version, bytes)),
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .firmware
+        .unwrap()
+}
+
+async fn all_events(ch: &Channel, token: &str) -> Vec<pb::Event> {
+    let request = if token.is_empty() {
+        Request::new(pb::TailEventsRequest::default())
+    } else {
+        authed(pb::TailEventsRequest::default(), token)
+    };
+    events(ch)
+        .tail(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|e| e.unwrap())
+        .collect()
+        .await
+}
+
+fn assert_unauthenticated<T: std::fmt::Debug>(r: Result<T, tonic::Status>) {
+    let s = r.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    assert_eq!(s.message(), "missing or invalid credentials");
+}
+
+fn assert_denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, message: &str) {
+    let s = r.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert_eq!(s.message(), message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_need_a_valid_token_and_the_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("Test CA");
+    let cfg = tls_config(dir.path(), &pki);
+    let server = start(cfg.clone(), Clock::new()).await;
+
+    // The bootstrap admin token: a private file in the data directory.
+    let token_file = dir.path().join("data/admin.token");
+    let admin = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let ch = tls_channel(&server, &pki.ca_pem(), None).await;
+    // No token, a wrong secret for a real id, garbage, another scheme: the same answer.
+    assert_unauthenticated(system(&ch).status(pb::StatusRequest {}).await);
+    let (admin_id, _) = admin.split_once('.').unwrap();
+    let wrong = format!("{admin_id}.{}", "0".repeat(64));
+    assert_unauthenticated(
+        system(&ch)
+            .status(authed(pb::StatusRequest {}, &wrong))
+            .await,
+    );
+    assert_unauthenticated(
+        system(&ch)
+            .status(authed(pb::StatusRequest {}, "nonsense"))
+            .await,
+    );
+    let mut basic = Request::new(pb::StatusRequest {});
+    basic
+        .metadata_mut()
+        .insert("authorization", "Basic YWRtaW46YWRtaW4=".parse().unwrap());
+    assert_unauthenticated(system(&ch).status(basic).await);
+
+    let status = system(&ch)
+        .status(authed(pb::StatusRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.tls && status.auth_required);
+    let me = status.caller.unwrap();
+    assert_eq!(
+        (me.name.as_str(), me.role.as_str()),
+        ("bootstrap-admin", "admin")
+    );
+
+    let viewer = create_token(&ch, &admin, "vera", pb::Role::Viewer, 0).await;
+    let operator = create_token(&ch, &admin, "oscar", pb::Role::Operator, 0).await;
+    let short = create_token(&ch, &admin, "temp", pb::Role::Operator, 3600).await;
+
+    let who = system(&ch)
+        .status(authed(pb::StatusRequest {}, &viewer))
+        .await
+        .unwrap()
+        .into_inner()
+        .caller
+        .unwrap();
+    assert_eq!((who.name.as_str(), who.role.as_str()), ("vera", "viewer"));
+
+    // A viewer reads, but neither uploads, updates, starts rollouts nor hands out tokens.
+    let app = EspAppBuilder::new(Chip::Esp32)
+        .version("1.0.0")
+        .payload_size(2000)
+        .build();
+    assert_denied(
+        firmware(&ch)
+            .upload(authed(
+                futures::stream::iter(upload_messages("app", "1.0.0", &app)),
+                &viewer,
+            ))
+            .await,
+        "this needs the admin role",
+    );
+    assert_denied(
+        pb::rollout_service_client::RolloutServiceClient::new(ch.clone())
+            .create(authed(
+                pb::CreateRolloutRequest {
+                    spec: Some(pb::RolloutSpec {
+                        name: "everyone".into(),
+                        firmware_id: "fw-0".into(),
+                        ..Default::default()
+                    }),
+                    start: true,
+                },
+                &viewer,
+            ))
+            .await,
+        "this needs the operator role",
+    );
+    assert_denied(
+        pb::rollout_service_client::RolloutServiceClient::new(ch.clone())
+            .start(authed(
+                pb::RolloutActionRequest {
+                    id: "ro-1".into(),
+                    reason: String::new(),
+                },
+                &viewer,
+            ))
+            .await,
+        "this needs the operator role",
+    );
+    assert_denied(
+        devices(&ch)
+            .update(authed(
+                pb::UpdateDeviceRequest {
+                    device_id: "home/lamp".into(),
+                    firmware_id: "fw-0".into(),
+                    ..Default::default()
+                },
+                &viewer,
+            ))
+            .await,
+        "this needs the operator role",
+    );
+    assert_denied(
+        access(&ch)
+            .create_token(authed(
+                pb::CreateTokenRequest {
+                    name: "mallory".into(),
+                    role: pb::Role::Admin as i32,
+                    ttl_s: 0,
+                },
+                &operator,
+            ))
+            .await,
+        "this needs the admin role",
+    );
+    // An operator's upload is refused too; the admin's is recorded with its name.
+    assert_denied(
+        firmware(&ch)
+            .upload(authed(
+                futures::stream::iter(upload_messages("app", "1.0.0", &app)),
+                &operator,
+            ))
+            .await,
+        "this needs the admin role",
+    );
+    let fw = upload(&ch, &admin, "app", "1.0.0", &app).await;
+    assert_eq!(fw.created_by.unwrap().name, "bootstrap-admin");
+
+    // Revoked tokens stop working; the last admin token cannot be revoked.
+    let oscar_id = operator.split_once('.').unwrap().0.to_string();
+    let revoked = access(&ch)
+        .revoke_token(authed(pb::RevokeTokenRequest { id: oscar_id }, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked);
+    assert_unauthenticated(
+        system(&ch)
+            .status(authed(pb::StatusRequest {}, &operator))
+            .await,
+    );
+    let last = access(&ch)
+        .revoke_token(authed(
+            pb::RevokeTokenRequest {
+                id: admin_id.to_string(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(last.code(), Code::FailedPrecondition, "{last:?}");
+
+    let listed = access(&ch)
+        .list_tokens(authed(pb::ListTokensRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert_eq!(listed.len(), 4);
+
+    // The log holds hashes and who did what, never a secret.
+    let log = all_events(&ch, &admin).await;
+    let secrets: Vec<&str> = [&admin, &viewer, &operator, &short]
+        .iter()
+        .map(|t| t.split_once('.').unwrap().1)
+        .collect();
+    for e in &log {
+        for s in &secrets {
+            assert!(!e.payload_json.contains(s), "a secret in {e:?}");
+        }
+    }
+    let created: Vec<&pb::Event> = log.iter().filter(|e| e.r#type == "TokenCreated").collect();
+    assert_eq!(created.len(), 4);
+    assert_eq!(created[0].actor, "otad (system)");
+    assert_eq!(created[1].actor, "bootstrap-admin (admin)");
+    assert!(log.iter().any(|e| e.r#type == "TokenRevoked"));
+    let registered = log
+        .iter()
+        .find(|e| e.r#type == "FirmwareRegistered")
+        .unwrap();
+    assert_eq!(registered.actor, "bootstrap-admin (admin)");
+
+    // Two hours later the token with a one-hour lifetime has expired; the others still work,
+    // and the admin token file is left alone.
+    server.shutdown().await.unwrap();
+    let later = Clock::starting_at(Clock::new().now_ms() + 2 * 3600 * 1000);
+    let server = start(cfg, later).await;
+    let ch = tls_channel(&server, &pki.ca_pem(), None).await;
+    assert_unauthenticated(
+        system(&ch)
+            .status(authed(pb::StatusRequest {}, &short))
+            .await,
+    );
+    assert!(
+        system(&ch)
+            .status(authed(pb::StatusRequest {}, &viewer))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap().trim(),
+        admin,
+        "an admin token exists, so no new one is written"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A fake agent: the session stream of `AgentService.Connect`.
+struct Session {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    rx: tonic::Streaming<pb::ServerMessage>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session")
+    }
+}
+
+fn hello(site: &str, agent_id: &str) -> pb::AgentMessage {
+    pb::AgentMessage {
+        seq: 0,
+        body: Some(pb::agent_message::Body::Hello(pb::AgentHello {
+            site_id: site.into(),
+            agent_version: "test".into(),
+            agent_id: agent_id.into(),
+            timezone: "UTC".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+type Outbound = ReceiverStream<pb::AgentMessage>;
+
+async fn open_session(
+    ch: &Channel,
+    request: impl FnOnce(Outbound) -> Request<Outbound>,
+    first: pb::AgentMessage,
+) -> Result<Session, tonic::Status> {
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(first).await.unwrap();
+    let mut client = pb::agent_service_client::AgentServiceClient::new(ch.clone());
+    let mut inbound = client
+        .connect(request(ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
+    let welcome = inbound.message().await?.expect("a welcome");
+    assert!(
+        matches!(welcome.body, Some(pb::server_message::Body::Welcome(_))),
+        "{welcome:?}"
+    );
+    Ok(Session { tx, rx: inbound })
+}
+
+async fn connect_as(ch: &Channel, site: &str, agent_id: &str) -> Result<Session, tonic::Status> {
+    open_session(ch, Request::new, hello(site, agent_id)).await
+}
+
+impl Session {
+    async fn send(&self, seq: u64, body: pb::agent_message::Body) {
+        self.tx
+            .send(pb::AgentMessage {
+                seq,
+                body: Some(body),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The next message that is not an ack or a ping, or the next ack (`want_ack`).
+    async fn next(&mut self, want_ack: bool) -> pb::ServerMessage {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(20), self.rx.message())
+                .await
+                .expect("a message from the server within 20 s")
+                .unwrap()
+                .expect("the session is open");
+            let is_ack = matches!(m.body, Some(pb::server_message::Body::Ack(_)));
+            if is_ack == want_ack && !matches!(m.body, Some(pb::server_message::Body::Ping(_))) {
+                return m;
+            }
+        }
+    }
+
+    async fn acked(&mut self, seq: u64) {
+        loop {
+            if let Some(pb::server_message::Body::Ack(a)) = self.next(true).await.body
+                && a.acked_seq >= seq
+            {
+                return;
+            }
+        }
+    }
+}
+
+fn device(local: &str, version: &str) -> pb::DeviceReport {
+    pb::DeviceReport {
+        local_id: local.into(),
+        transport: pb::Transport::Esphome as i32,
+        network: "esphome".into(),
+        name: local.into(),
+        model: "esp32dev".into(),
+        chip: "esp32".into(),
+        platform: "esp32".into(),
+        current: Some(pb::VersionInfo {
+            version: version.into(),
+            ..Default::default()
+        }),
+        power_source: pb::PowerSource::Mains as i32,
+        reachable: true,
+        supports_ota: true,
+        ..Default::default()
+    }
+}
+
+fn inventory(devices: Vec<pb::DeviceReport>) -> pb::agent_message::Body {
+    pb::agent_message::Body::Inventory(pb::Inventory {
+        full: false,
+        devices,
+        removed_local_ids: vec![],
+    })
+}
+
+async fn version_of(ch: &Channel, admin: &str, id: &str) -> Option<String> {
+    devices(ch)
+        .get(authed(pb::GetDeviceRequest { id: id.into() }, admin))
+        .await
+        .ok()
+        .map(|d| d.into_inner().current.unwrap_or_default().version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_certificates_are_bound_to_their_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("Test CA");
+    let server = start(tls_config(dir.path(), &pki), Clock::new()).await;
+    let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let ca = pki.ca_pem();
+    let op = tls_channel(&server, &ca, None).await;
+    let home_cert = pki.site("home");
+    let home = tls_channel(&server, &ca, Some(&home_cert)).await;
+    let away = tls_channel(&server, &ca, Some(&pki.site("away"))).await;
+
+    // The home agent's session, and its device.
+    let mut home_agent = connect_as(&home, "home", "agent-home").await.unwrap();
+    home_agent
+        .send(1, inventory(vec![device("lamp", "1.0.0")]))
+        .await;
+    home_agent.acked(1).await;
+    assert_eq!(
+        version_of(&op, &admin, "home/lamp").await.as_deref(),
+        Some("1.0.0")
+    );
+
+    // The home certificate cannot open a session as another site, nor call operator RPCs.
+    let err = connect_as(&home, "away", "agent-x").await.err().unwrap();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "these credentials are not valid for that site"
+    );
+    assert_denied(
+        devices(&home).list(pb::ListDevicesRequest::default()).await,
+        "agent credentials cannot call this",
+    );
+    assert_denied(
+        system(&home).status(pb::StatusRequest {}).await,
+        "agent credentials cannot call this",
+    );
+    assert_denied(
+        access(&home).list_tokens(pb::ListTokensRequest {}).await,
+        "agent credentials cannot call this",
+    );
+    // An operator token is no agent certificate.
+    let err = open_session(&op, |s| authed(s, &admin), hello("home", "agent-y"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(err.message(), "agent sessions need an agent certificate");
+    // A certificate of our CA that names no site, and none at all, identify nobody.
+    let nameless = pki.issue(
+        vec![SanType::DnsName("agent.example".try_into().unwrap())],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let nobody = tls_channel(&server, &ca, Some(&nameless)).await;
+    assert_unauthenticated(connect_as(&nobody, "home", "agent-z").await);
+    assert_unauthenticated(connect_as(&op, "home", "agent-z").await);
+    // A certificate of another CA does not get through the handshake.
+    let stranger = Pki::new("Somebody else").site("home");
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&stranger.cert, &stranger.key));
+    tls = tls.timeout(Duration::from_secs(10));
+    let refused = async {
+        let ch = Endpoint::from_shared(format!("https://{}", server.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await?;
+        system(&ch)
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(|s| -> Box<dyn std::error::Error> { Box::new(s) })?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "a foreign client certificate was accepted"
+    );
+
+    // The away agent reports "lamp": that is away/lamp; home/lamp does not change.
+    let mut away_agent = connect_as(&away, "away", "agent-away").await.unwrap();
+    away_agent
+        .send(1, inventory(vec![device("lamp", "9.9.9")]))
+        .await;
+    away_agent.acked(1).await;
+    assert_eq!(
+        version_of(&op, &admin, "away/lamp").await.as_deref(),
+        Some("9.9.9")
+    );
+    assert_eq!(
+        version_of(&op, &admin, "home/lamp").await.as_deref(),
+        Some("1.0.0")
+    );
+
+    // A task at home: the away agent's result for it is refused; home's own result counts.
+    let app = EspAppBuilder::new(Chip::Esp32)
+        .version("1.1.0")
+        .payload_size(3000)
+        .build();
+    let fw = upload(&op, &admin, "lamp-fw", "1.1.0", &app).await;
+    let task = devices(&op)
+        .update(authed(
+            pb::UpdateDeviceRequest {
+                device_id: "home/lamp".into(),
+                firmware_id: fw.id.clone(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let command = home_agent.next(false).await;
+    let Some(pb::server_message::Body::Update(u)) = command.body else {
+        panic!("expected the update command, got {command:?}");
+    };
+    assert_eq!(u.task_id, task.id);
+    let result = |status: pb::UpgradeStatus| {
+        pb::agent_message::Body::Result(pb::TaskResult {
+            task_id: task.id.clone(),
+            attempt: u.attempt,
+            status: status as i32,
+            to: Some(pb::VersionInfo {
+                version: "1.1.0".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    away_agent.send(2, result(pb::UpgradeStatus::Success)).await;
+    away_agent.acked(2).await;
+    let task_now = |ch: Channel, admin: String, id: String| async move {
+        devices(&ch)
+            .watch_task(authed(
+                pb::WatchTaskRequest {
+                    task_id: id,
+                    device_id: String::new(),
+                },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let t = task_now(op.clone(), admin.clone(), task.id.clone()).await;
+    assert_ne!(t.status, pb::UpgradeStatus::Success as i32, "{t:?}");
+
+    // The agent certificate may download firmware (that is what agents do).
+    let mut downloaded = Vec::new();
+    let mut chunks = firmware(&home)
+        .download(pb::DownloadFirmwareRequest {
+            firmware_id: fw.id.clone(),
+            offset: 0,
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(c) = chunks.message().await.unwrap() {
+        downloaded.extend_from_slice(&c.data);
+    }
+    assert_eq!(downloaded, app);
+
+    // A replayed report (same seq, different content) is applied once.
+    home_agent.send(2, result(pb::UpgradeStatus::Success)).await;
+    home_agent.acked(2).await;
+    home_agent
+        .send(3, inventory(vec![device("lamp", "1.1.1")]))
+        .await;
+    home_agent
+        .send(3, inventory(vec![device("lamp", "6.6.6")]))
+        .await;
+    home_agent
+        .send(
+            4,
+            pb::agent_message::Body::Heartbeat(pb::Heartbeat::default()),
+        )
+        .await;
+    home_agent.acked(4).await;
+    let t = task_now(op.clone(), admin.clone(), task.id.clone()).await;
+    assert_eq!(t.status, pb::UpgradeStatus::Success as i32, "{t:?}");
+    assert_eq!(
+        version_of(&op, &admin, "home/lamp").await.as_deref(),
+        Some("1.1.1")
+    );
+    let log = all_events(&op, &admin).await;
+    let from_home_seq3 = log
+        .iter()
+        .filter(|e| e.stream == "device/home/lamp" && e.r#type == "DeviceReported")
+        .filter(|e| e.payload_json.contains("\"seq\":3"))
+        .count();
+    assert_eq!(from_home_seq3, 1, "the replayed report was applied again");
+    // Agents' events carry their site as the actor.
+    assert!(log.iter().any(|e| e.actor == "agent:away (agent)"));
+
+    // A check of home/lamp: the away agent's answer does not count, home's does.
+    let check = |ch: Channel, admin: String| async move {
+        devices(&ch)
+            .check(authed(
+                pb::CheckDeviceRequest {
+                    device_id: "home/lamp".into(),
+                    firmware_id: String::new(),
+                    timeout_ms: 1500,
+                },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let pending = tokio::spawn(check(op.clone(), admin.clone()));
+    let asked = home_agent.next(false).await;
+    let Some(pb::server_message::Body::Check(c)) = asked.body else {
+        panic!("expected a check, got {asked:?}");
+    };
+    let answer = pb::agent_message::Body::CheckResult(pb::CheckResult {
+        check_id: c.check_id.clone(),
+        device_local_id: "lamp".into(),
+        reachable: true,
+        device: Some(device("lamp", "1.1.0")),
+        ..Default::default()
+    });
+    away_agent.send(0, answer.clone()).await;
+    let timed_out = pending.await.unwrap();
+    assert_eq!(
+        timed_out.error.map(|e| e.code),
+        Some(pb::ErrorCode::BulkCheckTimeout as i32),
+        "another site answered a check of home/lamp"
+    );
+    let pending = tokio::spawn(check(op.clone(), admin.clone()));
+    let asked = home_agent.next(false).await;
+    let Some(pb::server_message::Body::Check(c)) = asked.body else {
+        panic!("expected a check, got {asked:?}");
+    };
+    home_agent
+        .send(
+            0,
+            pb::agent_message::Body::CheckResult(pb::CheckResult {
+                check_id: c.check_id.clone(),
+                device_local_id: "lamp".into(),
+                reachable: true,
+                device: Some(device("lamp", "1.1.0")),
+                ..Default::default()
+            }),
+        )
+        .await;
+    let answered = pending.await.unwrap();
+    assert!(answered.error.is_none(), "{answered:?}");
+    assert!(answered.reachable);
+
+    drop(home_agent);
+    drop(away_agent);
+    server.shutdown().await.unwrap();
+}
+
+fn plain_config(dir: &Path) -> Config {
+    Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn development_mode_is_explicit_and_ends_with_the_first_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(plain_config(dir.path()), Clock::new()).await;
+    let ch = plain_channel(&server).await;
+    let s = system(&ch)
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.tls && !s.auth_required);
+    assert_eq!(s.caller.unwrap().name, "local");
+    assert!(
+        !dir.path().join("admin.token").exists(),
+        "no bootstrap without TLS"
+    );
+    // Development agents need no certificate.
+    let agent = connect_as(&ch, "home", "agent-1").await.unwrap();
+    drop(agent);
+    // A presented token is checked even here.
+    assert_unauthenticated(
+        system(&ch)
+            .status(authed(pb::StatusRequest {}, "tok-1.x"))
+            .await,
+    );
+
+    let token = access(&ch)
+        .create_token(pb::CreateTokenRequest {
+            name: "alice".into(),
+            role: pb::Role::Admin as i32,
+            ttl_s: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    assert_unauthenticated(system(&ch).status(pb::StatusRequest {}).await);
+    assert_unauthenticated(connect_as(&ch, "home", "agent-1").await);
+    let s = system(&ch)
+        .status(authed(pb::StatusRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.tls && s.auth_required);
+    assert_eq!(s.caller.unwrap().name, "alice");
+    server.shutdown().await.unwrap();
+}
+
+/// A message whose field 1 is a number where the real requests have a string or a message.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Evil {
+    #[prost(uint64, tag = "1")]
+    one: u64,
+    #[prost(uint64, tag = "2")]
+    two: u64,
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_unknown_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = plain_config(dir.path());
+    cfg.max_message_bytes = 64 * 1024;
+    let server = start(cfg, Clock::new()).await;
+    let ch = plain_channel(&server).await;
+
+    // Malformed protobuf, unary: InvalidArgument (tonic alone says Internal).
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .unary::<Evil, Evil, _>(
+            Request::new(Evil { one: 7, two: 0 }),
+            http::uri::PathAndQuery::from_static("/ota.v1.DeviceService/Get"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("malformed request"), "{err:?}");
+
+    // Malformed protobuf as the first message of an agent session.
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .streaming::<_, Evil, Evil, _>(
+            Request::new(futures::stream::iter(vec![Evil { one: 1, two: 5 }])),
+            http::uri::PathAndQuery::from_static("/ota.v1.AgentService/Connect"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // Unknown enum values.
+    let err = devices(&ch)
+        .list(pb::ListDevicesRequest {
+            transport: 42,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), "transport has the unknown value 42");
+
+    // Larger than max_message_bytes.
+    let err = devices(&ch)
+        .batch_check(pb::BatchCheckRequest {
+            device_ids: vec!["home/".to_string() + &"x".repeat(100); 1000],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // Path-like names: refused, and nothing is left behind.
+    let outside_log = |d: &Path| -> Vec<PathBuf> {
+        files_under(d)
+            .into_iter()
+            .filter(|p| !p.starts_with(d.join("events")))
+            .collect()
+    };
+    let before = outside_log(dir.path());
+    let app = EspAppBuilder::new(Chip::Esp32).payload_size(1000).build();
+    let err = firmware(&ch)
+        .upload(futures::stream::iter(upload_messages(
+            "../../etc/passwd",
+            "1",
+            &app,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("no paths"), "{err:?}");
+    let err = firmware(&ch)
+        .upload(futures::stream::iter(upload_messages("ok", "../1", &app)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(outside_log(dir.path()), before);
+    assert!(
+        all_events(&ch, "").await.is_empty(),
+        "refused requests recorded nothing"
+    );
+
+    // An oversized upload stream stops at max_firmware_bytes (4 MiB here) and leaves nothing.
+    server.shutdown().await.unwrap();
+    let mut cfg = plain_config(dir.path());
+    cfg.max_firmware_bytes = 100_000;
+    let server = start(cfg, Clock::new()).await;
+    let ch = plain_channel(&server).await;
+    let big = EspAppBuilder::new(Chip::Esp32)
+        .payload_size(150_000)
+        .build();
+    let err = firmware(&ch)
+        .upload(futures::stream::iter(upload_messages("big", "1", &big)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(all_events(&ch, "").await.is_empty());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn expensive_calls_are_rate_limited_per_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = plain_config(dir.path());
+    cfg.rate_limits = RateLimits {
+        batch_check: 2,
+        ..RateLimits::default()
+    };
+    let server = start(cfg, Clock::new()).await;
+    let ch = plain_channel(&server).await;
+    async fn ask(ch: &Channel) -> Result<tonic::Response<pb::BatchCheckResponse>, tonic::Status> {
+        devices(ch)
+            .batch_check(pb::BatchCheckRequest {
+                device_ids: vec!["home/nothing".into()],
+                ..Default::default()
+            })
+            .await
+    }
+    for _ in 0..2 {
+        assert_eq!(ask(&ch).await.unwrap_err().code(), Code::NotFound);
+    }
+    let err = ask(&ch).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "too many requests of this kind; try again in 30s"
+    );
+    // Other RPCs are not affected.
+    let err = devices(&ch)
+        .check(pb::CheckDeviceRequest {
+            device_id: "home/nothing".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    server.shutdown().await.unwrap();
+}
