@@ -15,7 +15,9 @@
 //! - check: each device asked through its transport within the command's timeout; answers are
 //!   not journaled (a check that loses its answer times out at the server as 5019).
 //! - update: ignored if the journal knows the task attempt (a resend after reconnect); otherwise
-//!   marked started in the journal, the image downloaded and verified, handed to the transport,
+//!   marked started in the journal, the image's signatures checked against the site's trust
+//!   policy (`trust`: 5013 if refused), the image downloaded and verified (5009 if its sha256
+//!   differs), handed to the transport,
 //!   progress forwarded (throttled: on status changes and at most once a second otherwise), and
 //!   the result journaled.
 //! - cancel: the running job's cancellation token; the transport decides what is safe.
@@ -38,6 +40,7 @@ use crate::download;
 use crate::journal::{Journal, TaskMark};
 use crate::report;
 use crate::transport::{DeviceReport, TransferProgress, Transport, UpdateJob};
+use crate::trust::TrustPolicy;
 
 /// Version reported in the hello.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -68,6 +71,7 @@ pub struct Agent {
     opts: AgentOptions,
     agent_id: String,
     transports: Vec<Arc<dyn Transport>>,
+    trust: TrustPolicy,
     journal: Arc<Mutex<Journal>>,
     journaled: Notify,
     jobs: Mutex<HashMap<String, CancellationToken>>,
@@ -110,11 +114,21 @@ fn now_ms() -> i64 {
 }
 
 impl Agent {
-    /// Opens the journal and prepares the agent. Attempts that were running when the agent last
-    /// stopped are reported as interrupted: the agent cannot know how far the device got.
+    /// Opens the journal and prepares the agent, with no trusted signing keys (unsigned images
+    /// are installed). Attempts that were running when the agent last stopped are reported as
+    /// interrupted: the agent cannot know how far the device got.
     pub fn new(
         opts: AgentOptions,
         transports: Vec<Arc<dyn Transport>>,
+    ) -> anyhow::Result<Arc<Agent>> {
+        Self::with_trust(opts, transports, TrustPolicy::default())
+    }
+
+    /// Like [`Agent::new`], with the site's firmware trust policy.
+    pub fn with_trust(
+        opts: AgentOptions,
+        transports: Vec<Arc<dyn Transport>>,
+        trust: TrustPolicy,
     ) -> anyhow::Result<Arc<Agent>> {
         let agent_id = load_agent_id(&opts.data_dir)?;
         let mut journal = Journal::open(&opts.data_dir)?;
@@ -137,6 +151,7 @@ impl Agent {
             opts,
             agent_id,
             transports,
+            trust,
             journal: Arc::new(Mutex::new(journal)),
             journaled: Notify::new(),
             jobs: Mutex::new(HashMap::new()),
@@ -662,6 +677,10 @@ impl Agent {
         channel: Channel,
     ) -> Result<(crate::transport::UpdateReport, u64), TaskError> {
         let started = tokio::time::Instant::now();
+        match self.trust.check(firmware)? {
+            Some(key) => info!(key.id = %key, "firmware signature verified"),
+            None => warn!("installing unsigned firmware: this site's policy allows it"),
+        }
         self.progress(
             u,
             &TransferProgress {

@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! site_id = "home"                      # this site; must match its certificate when TLS is on
-//! server = "http://otad.example:7600"   # where otad listens
+//! server = "https://otad.example:7600"  # where otad listens (http:// only for development)
 //! data_dir = "/var/lib/ota-agent"       # journal and agent id
 //! # timezone = "Europe/Berlin"          # default: the system's zone
 //! # utc_offset_minutes = 60             # default: the system's current offset
@@ -10,6 +10,15 @@
 //! [reconnect]                           # exponential backoff with full jitter
 //! min = "500ms"
 //! max = "30s"
+//!
+//! [tls]                                 # required with https://; see crate::tls
+//! ca = "ca.pem"
+//! cert = "site.pem"
+//! key = "site.key"
+//!
+//! [trust]                               # signed firmware; see crate::trust
+//! [trust.key_files]
+//! release = "release.pub"
 //!
 //! [tags]                                # labels per device local id, for rollout selectors
 //! "0x000b57fffec6a5b2" = ["hall", "floor-1"]
@@ -22,7 +31,9 @@
 //! ```
 //!
 //! Loading parses and validates everything and reports every problem at once; it opens no
-//! sockets. Secrets stay in this file or in files it names; they never go to the server.
+//! sockets (it reads the trusted key files). Relative paths in `[tls]` and `[trust]` are
+//! relative to the config file's directory. Secrets stay in this file or in files it names;
+//! they never go to the server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +41,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::tls::TlsConfig;
 use crate::transport::serial::SerialConfig;
+use crate::trust::{TrustConfig, TrustPolicy};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +70,15 @@ pub struct AgentConfig {
     /// Serial ports.
     #[serde(default)]
     pub serial: Option<SerialConfig>,
+    /// Client certificate and server CA (with an `https://` server).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Trusted firmware signing keys and the site's policy.
+    #[serde(default)]
+    pub trust: TrustConfig,
+    /// Directory relative paths are resolved against (the config file's).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// Reconnect backoff.
@@ -111,7 +133,11 @@ impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
-        Self::parse(&text).map_err(|mut e| {
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::parse_in(&text, base).map_err(|mut e| {
             for line in &mut e.0 {
                 *line = format!("{}: {line}", path.display());
             }
@@ -119,10 +145,16 @@ impl AgentConfig {
         })
     }
 
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text (relative paths: from the current directory).
     pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
-        let cfg: AgentConfig =
+        Self::parse_in(text, Path::new("."))
+    }
+
+    /// Parses and validates TOML text; relative paths are resolved against `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<AgentConfig, ConfigError> {
+        let mut cfg: AgentConfig =
             toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        cfg.base_dir = base.to_path_buf();
         let mut errors = Vec::new();
         let site_ok = !cfg.site_id.is_empty()
             && cfg.site_id.len() <= 64
@@ -143,6 +175,18 @@ impl AgentConfig {
                 cfg.server
             ));
         }
+        match (cfg.server.starts_with("https://"), &cfg.tls) {
+            (true, None) => errors.push(
+                "server is https:// but [tls] is missing: agents authenticate with a client certificate (cert, key; `otactl pki issue-site <site_id>`)".into(),
+            ),
+            (false, Some(_)) if cfg.server.starts_with("http://") => errors.push(
+                "[tls] is set but server is http://: use https:// (plaintext only against a development otad)".into(),
+            ),
+            _ => {}
+        }
+        if let Err(e) = cfg.trust.resolve(base) {
+            errors.extend(e);
+        }
         if cfg.reconnect.min.is_zero() || cfg.reconnect.max < cfg.reconnect.min {
             errors.push("reconnect: min must be > 0 and max >= min".into());
         }
@@ -161,6 +205,11 @@ impl AgentConfig {
         } else {
             Err(ConfigError(errors))
         }
+    }
+
+    /// The site's firmware trust policy (keys read again from their files).
+    pub fn trust_policy(&self) -> Result<TrustPolicy, ConfigError> {
+        self.trust.resolve(&self.base_dir).map_err(ConfigError)
     }
 
     /// The site's zone: configured, or the system's, or "UTC".
@@ -202,6 +251,47 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn https_needs_a_client_certificate_and_http_none() {
+        let e =
+            AgentConfig::parse("site_id=\"a\"\nserver=\"https://otad:7600\"\ndata_dir=\"/t\"\n")
+                .unwrap_err();
+        assert!(e.to_string().contains("[tls] is missing"), "{e}");
+        let e = AgentConfig::parse(
+            "site_id=\"a\"\nserver=\"http://otad:7600\"\ndata_dir=\"/t\"\n[tls]\ncert=\"c.pem\"\nkey=\"k.pem\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("use https://"), "{e}");
+        let ok = AgentConfig::parse_in(
+            "site_id=\"a\"\nserver=\"https://otad:7600\"\ndata_dir=\"/t\"\n[tls]\nca=\"ca.pem\"\ncert=\"c.pem\"\nkey=\"k.pem\"\n",
+            Path::new("/etc/ota-agent"),
+        )
+        .unwrap();
+        assert_eq!(ok.base_dir, PathBuf::from("/etc/ota-agent"));
+        assert!(!ok.trust_policy().unwrap().require_signed());
+    }
+
+    #[test]
+    fn trust_keys_make_signatures_required() {
+        use base64::Engine as _;
+        let public = ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+            .verifying_key()
+            .to_bytes();
+        let c = AgentConfig::parse(&format!(
+            "site_id=\"a\"\nserver=\"http://x\"\ndata_dir=\"/t\"\n[trust.keys]\nrelease = \"{}\"\n",
+            base64::engine::general_purpose::STANDARD.encode(public)
+        ))
+        .unwrap();
+        let p = c.trust_policy().unwrap();
+        assert!(p.require_signed());
+        assert_eq!(p.key_ids(), ["release"]);
+        let e = AgentConfig::parse(
+            "site_id=\"a\"\nserver=\"http://x\"\ndata_dir=\"/t\"\n[trust]\nrequire_signed = true\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at least one key"), "{e}");
     }
 
     #[test]

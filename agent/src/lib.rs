@@ -13,6 +13,8 @@
 //! - [`transport`]: the update transports (zigbee2mqtt, ESPHome, serial), each a thin tokio
 //!   driver around a sans-I/O protocol from `ota-devproto`.
 //! - [`secret`]: redacted secret strings for device credentials.
+//! - [`tls`]: the client certificate that binds the agent to its site; [`trust`]: the trusted
+//!   firmware signing keys and the site's policy, checked before any image is downloaded.
 //!
 //! **Architecture invariant:** transports know nothing of the server, the journal or rollouts;
 //! the core knows nothing of MQTT, TCP or serial lines.
@@ -24,4 +26,6 @@ pub mod journal;
 pub mod report;
 pub mod secret;
 pub mod site;
+pub mod tls;
 pub mod transport;
+pub mod trust;

@@ -38,6 +38,12 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        if let Some(tls) = &config.tls
+            && let Err(e) = tls.client_config(&config.base_dir)
+        {
+            eprintln!("ota-agent: {e:#}");
+            return ExitCode::from(64);
+        }
         println!(
             "configuration OK: site {} → {}",
             config.site_id, config.server
@@ -84,13 +90,26 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tags: config.tags.clone(),
         progress_interval: Duration::from_secs(1),
     };
-    let agent = Agent::new(options, site.transports.clone())?;
-    let channel = Endpoint::from_shared(config.server.clone())?
+    let trust = config.trust_policy()?;
+    if trust.require_signed() {
+        tracing::info!(keys = ?trust.key_ids(), "only firmware signed by a trusted key is installed");
+    } else {
+        tracing::warn!(keys = ?trust.key_ids(), "this site installs unsigned firmware ([trust] require_signed is off)");
+    }
+    let agent = Agent::with_trust(options, site.transports.clone(), trust)?;
+    let mut endpoint = Endpoint::from_shared(config.server.clone())?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+        .keep_alive_while_idle(true);
+    match &config.tls {
+        Some(tls) => endpoint = endpoint.tls_config(tls.client_config(&config.base_dir)?)?,
+        None => tracing::warn!(
+            server = %config.server,
+            "INSECURE: plaintext connection to otad (development only); use https:// with [tls]"
+        ),
+    }
+    let channel = endpoint.connect_lazy();
     tracing::info!(site.id = %config.site_id, server = %config.server, agent.id = agent.agent_id(), "ota-agent starting");
     let running = tokio::spawn(agent.run(channel, cancel.clone()));
     shutdown_signal().await;
