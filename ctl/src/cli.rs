@@ -146,6 +146,9 @@ pub enum Command {
     /// Access tokens for otactl.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Certificates: a CA you control, otad's server certificate, agents' site certificates.
+    #[command(subcommand)]
+    Pki(PkiCmd),
 }
 
 // === server ===
@@ -991,6 +994,91 @@ pub enum SiteCmd {
     ///   otactl site show home
     #[command(verbatim_doc_comment, visible_alias = "get")]
     Show(IdArg),
+}
+
+// === pki ===
+
+/// `otactl pki ...` (local files only; nothing is sent to otad)
+#[derive(Debug, Subcommand)]
+pub enum PkiCmd {
+    /// Create the certificate authority that signs otad's and the agents' certificates
+    ///
+    /// Writes <DIR>/ca.pem (give it to otad as tls_client_ca and to agents as [tls] ca) and
+    /// <DIR>/ca.key (mode 0600; keep it offline: whoever has it can make agent certificates).
+    ///
+    /// Example:
+    ///   otactl pki init-ca --dir /etc/ota/pki
+    #[command(verbatim_doc_comment)]
+    InitCa(PkiInitArgs),
+    /// Issue the client certificate of one site's agent
+    ///
+    /// The certificate names the site as URI:ota-site:<SITE>; otad lets it report only for
+    /// that site. Writes <DIR>/site-<SITE>.pem and <DIR>/site-<SITE>.key (mode 0600).
+    ///
+    /// Example:
+    ///   otactl pki issue-site home --dir /etc/ota/pki
+    #[command(verbatim_doc_comment)]
+    IssueSite(PkiSiteArgs),
+    /// Issue otad's server certificate for the names agents and otactl connect to
+    ///
+    /// Each NAME is a DNS name or an IP address. Writes <DIR>/server.pem and <DIR>/server.key
+    /// (mode 0600), for otad's tls_cert and tls_key.
+    ///
+    /// Example:
+    ///   otactl pki issue-server otad.example.net 10.0.0.5 --dir /etc/ota/pki
+    #[command(verbatim_doc_comment)]
+    IssueServer(PkiServerArgs),
+}
+
+/// `pki init-ca`.
+#[derive(Debug, Args)]
+pub struct PkiInitArgs {
+    /// Directory of the PKI files (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Common name of the CA.
+    #[arg(long, value_name = "NAME", default_value = "OTA fleet CA")]
+    pub name: String,
+    /// Validity in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 3650)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `pki issue-site`.
+#[derive(Debug, Args)]
+pub struct PkiSiteArgs {
+    /// The site id, as in the agent's site_id.
+    #[arg(value_name = "SITE")]
+    pub site: String,
+    /// Directory of the PKI files (holding ca.pem and ca.key).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Validity in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 825)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `pki issue-server`.
+#[derive(Debug, Args)]
+pub struct PkiServerArgs {
+    /// DNS names and IP addresses otad is reached at.
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
+    /// Directory of the PKI files (holding ca.pem and ca.key).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Validity in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 825)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 // === token ===

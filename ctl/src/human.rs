@@ -107,8 +107,22 @@ pub fn server_status(s: &ServerStatusView) -> String {
         ("Firmware", s.firmware.to_string()),
         ("Rollouts running", s.rollouts_running.to_string()),
         ("Tasks active", s.tasks_active.to_string()),
-        ("TLS", yes_no(s.tls)),
-        ("Auth required", yes_no(s.auth_required)),
+        (
+            "TLS",
+            if s.tls {
+                yes_no(true)
+            } else {
+                "NO - WARNING: plaintext; tokens, reports and firmware travel unencrypted".into()
+            },
+        ),
+        (
+            "Auth required",
+            if s.auth_required {
+                yes_no(true)
+            } else {
+                "NO - WARNING: development mode; every caller is an administrator".into()
+            },
+        ),
         ("You are", actor(s.caller.as_ref())),
     ])
 }

@@ -8,6 +8,7 @@
 pub mod device;
 pub mod events;
 pub mod firmware;
+pub mod pki;
 pub mod rollout;
 pub mod server;
 pub mod site;
@@ -65,6 +66,7 @@ pub async fn run(cli: Cli, command: String) -> anyhow::Result<()> {
         Command::Events(c) => events::run(&ctx, c).await,
         Command::Site(c) => site::run(&ctx, c).await,
         Command::Token(c) => token::run(&ctx, c).await,
+        Command::Pki(c) => pki::run(&ctx, c),
     }
 }
 

@@ -1,0 +1,396 @@
+//! `otactl pki init-ca|issue-site|issue-server`: a small certificate authority in a directory.
+//!
+//! Everything here is local: the CA key never leaves `<dir>/ca.key` (mode 0600). Keys are ECDSA
+//! P-256, serial numbers are 128 random bits, and every certificate is for one purpose:
+//!
+//! - the CA: `CA:TRUE, pathlen:0`, key usage keyCertSign and cRLSign;
+//! - a site: `URI:ota-site:<site>` as its only SAN (otad binds the agent to that site), extended
+//!   key usage clientAuth — it cannot serve TLS;
+//! - otad: its DNS names and IP addresses as SANs, extended key usage serverAuth — it cannot
+//!   act as an agent.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use rand::TryRng as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use serde::Serialize;
+
+use super::Ctx;
+use crate::cli::{PkiCmd, PkiInitArgs, PkiServerArgs, PkiSiteArgs};
+use crate::keys;
+
+/// What a `pki` command wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PkiView {
+    /// The certificate (PEM).
+    pub certificate_path: String,
+    /// Its private key (PEM, mode 0600).
+    pub key_path: String,
+    /// Subject common name.
+    pub subject: String,
+    /// Subject alternative names, as `DNS:`, `IP:` or `URI:` values.
+    pub names: Vec<String>,
+    /// Days it is valid for.
+    pub days: u32,
+}
+
+/// The URI SAN that binds an agent certificate to a site.
+pub fn site_uri(site: &str) -> String {
+    format!("ota-site:{site}")
+}
+
+/// The same rules as everywhere for site ids.
+pub fn check_site(site: &str) -> anyhow::Result<()> {
+    let ok = !site.is_empty()
+        && site.len() <= 64
+        && site
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !site.starts_with('.');
+    if !ok {
+        anyhow::bail!("site id {site:?} is not valid: 1-64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
+fn serial() -> anyhow::Result<SerialNumber> {
+    let mut bytes = [0u8; 16];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("cannot get random bytes from the operating system: {e}"))?;
+    bytes[0] &= 0x7f;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn validity(params: &mut CertificateParams, days: u32) -> anyhow::Result<()> {
+    if days == 0 || days > 36_500 {
+        anyhow::bail!("--days {days} is not between 1 and 36500");
+    }
+    let now = time::OffsetDateTime::now_utc();
+    // An hour back, so a clock that is a little behind still accepts the certificate.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    Ok(())
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn refuse_overwrite(paths: &[&Path], force: bool) -> anyhow::Result<()> {
+    if !force {
+        for p in paths {
+            if p.exists() {
+                anyhow::bail!("{} already exists (pass --force to overwrite)", p.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_pair(cert: &Path, key: &Path, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+    keys::write_private(key, key_pem).with_context(|| format!("cannot write {}", key.display()))?;
+    std::fs::write(cert, cert_pem).with_context(|| format!("cannot write {}", cert.display()))?;
+    Ok(())
+}
+
+fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("ca.pem"), dir.join("ca.key"))
+}
+
+/// Creates the CA.
+pub fn init_ca(a: &PkiInitArgs) -> anyhow::Result<PkiView> {
+    let cn = a.name.trim();
+    if cn.is_empty() || cn.len() > 64 {
+        anyhow::bail!("--name must be 1-64 characters");
+    }
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let (cert_path, key_path) = ca_paths(&a.dir);
+    refuse_overwrite(&[&cert_path, &key_path], a.force)?;
+    let key = KeyPair::generate().context("cannot generate the CA key")?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(serial()?);
+    validity(&mut params, a.days)?;
+    let cert = params
+        .self_signed(&key)
+        .context("cannot make the CA certificate")?;
+    write_pair(&cert_path, &key_path, &cert.pem(), &key.serialize_pem())?;
+    Ok(PkiView {
+        certificate_path: cert_path.display().to_string(),
+        key_path: key_path.display().to_string(),
+        subject: cn.to_string(),
+        names: Vec::new(),
+        days: a.days,
+    })
+}
+
+fn load_ca(dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
+    let (cert_path, key_path) = ca_paths(dir);
+    let cert = std::fs::read_to_string(&cert_path).with_context(|| {
+        format!(
+            "cannot read the CA certificate {} (run `otactl pki init-ca --dir {}` first)",
+            cert_path.display(),
+            dir.display()
+        )
+    })?;
+    let key_pem = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("cannot read the CA key {}", key_path.display()))?;
+    let key = KeyPair::from_pem(&key_pem)
+        .map_err(|e| anyhow::anyhow!("{} is not a private key: {e}", key_path.display()))?;
+    Issuer::from_ca_cert_pem(&cert, key)
+        .map_err(|e| anyhow::anyhow!("{} is not a CA certificate: {e}", cert_path.display()))
+}
+
+fn issue(
+    dir: &Path,
+    stem: &str,
+    cn: &str,
+    sans: Vec<SanType>,
+    usage: ExtendedKeyUsagePurpose,
+    days: u32,
+    force: bool,
+) -> anyhow::Result<PkiView> {
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    refuse_overwrite(&[&cert_path, &key_path], force)?;
+    let issuer = load_ca(dir)?;
+    let names = sans
+        .iter()
+        .map(|s| match s {
+            SanType::DnsName(n) => format!("DNS:{}", n.as_str()),
+            SanType::IpAddress(ip) => format!("IP:{ip}"),
+            SanType::URI(u) => format!("URI:{}", u.as_str()),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    let key = KeyPair::generate().context("cannot generate a key")?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(cn);
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(serial()?);
+    validity(&mut params, days)?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("cannot sign the certificate")?;
+    write_pair(&cert_path, &key_path, &cert.pem(), &key.serialize_pem())?;
+    Ok(PkiView {
+        certificate_path: cert_path.display().to_string(),
+        key_path: key_path.display().to_string(),
+        subject: cn.to_string(),
+        names,
+        days,
+    })
+}
+
+/// Issues a site's agent certificate.
+pub fn issue_site(a: &PkiSiteArgs) -> anyhow::Result<PkiView> {
+    check_site(&a.site)?;
+    let uri = site_uri(&a.site)
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("site id {:?}: {e}", a.site))?;
+    issue(
+        &a.dir,
+        &format!("site-{}", a.site),
+        &format!("ota-agent {}", a.site),
+        vec![SanType::URI(uri)],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        a.days,
+        a.force,
+    )
+}
+
+/// Issues otad's certificate.
+pub fn issue_server(a: &PkiServerArgs) -> anyhow::Result<PkiView> {
+    let mut sans = Vec::new();
+    for n in &a.names {
+        let n = n.trim();
+        if let Ok(ip) = n.parse::<IpAddr>() {
+            sans.push(SanType::IpAddress(ip));
+            continue;
+        }
+        let ok = !n.is_empty()
+            && n.len() <= 253
+            && n.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+            });
+        if !ok {
+            anyhow::bail!("{n:?} is neither an IP address nor a DNS name");
+        }
+        sans.push(SanType::DnsName(
+            n.try_into()
+                .map_err(|e| anyhow::anyhow!("{n:?} is not a DNS name: {e}"))?,
+        ));
+    }
+    let cn = a.names.first().map(|s| s.trim()).unwrap_or("otad");
+    issue(
+        &a.dir,
+        "server",
+        cn,
+        sans,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        a.days,
+        a.force,
+    )
+}
+
+fn human(v: &PkiView, next: &str) -> String {
+    let names = if v.names.is_empty() {
+        String::new()
+    } else {
+        format!(" for {}", v.names.join(", "))
+    };
+    format!(
+        "Wrote {} ({}{names}, valid {} days) and its key {} (mode 0600; keep it secret).\n{next}",
+        v.certificate_path, v.subject, v.days, v.key_path
+    )
+}
+
+/// Runs a `pki` command.
+pub fn run(ctx: &Ctx, cmd: PkiCmd) -> anyhow::Result<()> {
+    match cmd {
+        PkiCmd::InitCa(a) => {
+            let v = init_ca(&a)?;
+            ctx.out.show(&v, |v| {
+                human(
+                    v,
+                    "otad: tls_client_ca = the certificate; agents: [tls] ca = the certificate. Next: otactl pki issue-server, otactl pki issue-site.",
+                )
+            })?;
+        }
+        PkiCmd::IssueSite(a) => {
+            let v = issue_site(&a)?;
+            let site = a.site.clone();
+            ctx.out.show(&v, |v| {
+                human(
+                    v,
+                    &format!("Agent of site {site}: [tls] cert and key = these files; site_id = \"{site}\"."),
+                )
+            })?;
+        }
+        PkiCmd::IssueServer(a) => {
+            let v = issue_server(&a)?;
+            ctx.out.show(&v, |v| {
+                human(v, "otad: tls_cert and tls_key = these files.")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init(dir: &Path) -> PkiView {
+        init_ca(&PkiInitArgs {
+            dir: dir.to_path_buf(),
+            name: "Test CA".into(),
+            days: 30,
+            force: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_ca_issues_site_and_server_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = init(dir.path());
+        assert!(ca.certificate_path.ends_with("ca.pem"));
+        let again = init_ca(&PkiInitArgs {
+            dir: dir.path().to_path_buf(),
+            name: "Test CA".into(),
+            days: 30,
+            force: false,
+        })
+        .unwrap_err();
+        assert!(again.to_string().contains("already exists"), "{again}");
+
+        let site = issue_site(&PkiSiteArgs {
+            site: "home-1".into(),
+            dir: dir.path().to_path_buf(),
+            days: 10,
+            force: false,
+        })
+        .unwrap();
+        assert_eq!(site.names, ["URI:ota-site:home-1"]);
+        assert!(site.certificate_path.ends_with("site-home-1.pem"));
+        let pem = std::fs::read_to_string(&site.certificate_path).unwrap();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let key = std::fs::read_to_string(&site.key_path).unwrap();
+        assert!(key.contains("PRIVATE KEY"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            for p in [&site.key_path, &ca.key_path] {
+                let mode = std::fs::metadata(p).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{p}");
+            }
+        }
+
+        let server = issue_server(&PkiServerArgs {
+            names: vec!["otad.example".into(), "127.0.0.1".into()],
+            dir: dir.path().to_path_buf(),
+            days: 10,
+            force: false,
+        })
+        .unwrap();
+        assert_eq!(server.names, ["DNS:otad.example", "IP:127.0.0.1"]);
+
+        for bad in ["../etc", "a b", ""] {
+            assert!(
+                issue_site(&PkiSiteArgs {
+                    site: bad.into(),
+                    dir: dir.path().to_path_buf(),
+                    days: 10,
+                    force: true,
+                })
+                .is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            issue_server(&PkiServerArgs {
+                names: vec!["not a name".into()],
+                dir: dir.path().to_path_buf(),
+                days: 10,
+                force: true,
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn issuing_without_a_ca_says_what_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = issue_site(&PkiSiteArgs {
+            site: "home".into(),
+            dir: dir.path().to_path_buf(),
+            days: 10,
+            force: false,
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("otactl pki init-ca"), "{err:#}");
+    }
+}
