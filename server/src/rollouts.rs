@@ -151,7 +151,8 @@ impl Rollouts {
             let now = app.now_ms();
             let in_flight = self.in_flight(&id);
             let mut decision = Reconcile::default();
-            app.core
+            let recorded = app
+                .core
                 .execute::<CoreError, _>(&Actor::system(), |state| {
                     decision = match state.rollouts.get(&id) {
                         Some(r) => scheduler::reconcile(Input {
@@ -164,7 +165,15 @@ impl Rollouts {
                     };
                     Ok(changes(&id, &decision))
                 })
-                .await?;
+                .await;
+            if let Err(e) = recorded {
+                // One rollout's trouble (say, contention with agents' reports on its tasks) does
+                // not hold up the others; it is looked at again shortly.
+                warn!(rollout.id = %id, error = %e, "could not record the rollout's next step; retrying soon");
+                let soon = app.now_ms() + 1000;
+                next = Some(next.map_or(soon, |n| n.min(soon)));
+                continue;
+            }
             if let Some(at) = decision.requeue_at {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }

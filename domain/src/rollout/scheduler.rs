@@ -447,12 +447,12 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
             out.requeue(deadline);
             continue;
         }
-        let spec = &r.spec.stages[index.min(r.spec.stages.len() - 1)];
+        let deadline_s = r.spec.stages.get(index).map_or(0, |s| s.deadline_s);
         for t in unfinished {
             let reason = format!(
                 "stage {} deadline ({} s after the stage started) passed while the task was {}",
                 stage.name,
-                spec.deadline_s,
+                deadline_s,
                 t.phase.name()
             );
             out.task_events.push((
@@ -503,7 +503,10 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
         return out;
     };
     let stage = &r.stages[index];
-    let spec = &r.spec.stages[index.min(r.spec.stages.len() - 1)];
+    // The plan has one stage per spec stage; a log that disagrees is not acted on.
+    let Some(spec) = r.spec.stages.get(index) else {
+        return out;
+    };
     let idx = index as u32;
 
     match stage.state {

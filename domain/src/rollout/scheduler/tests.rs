@@ -916,3 +916,132 @@ fn auto_upgrade_follows_the_latest_completed_rollout() {
     );
     assert!(auto::due(&g.state).is_empty());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Outcome {
+        Succeed,
+        Fail,
+        Skip,
+        Hang,
+    }
+
+    fn outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            6 => Just(Outcome::Succeed),
+            1 => Just(Outcome::Fail),
+            1 => Just(Outcome::Skip),
+            1 => Just(Outcome::Hang),
+        ]
+    }
+
+    fn stage_spec() -> impl Strategy<Value = StageSpec> {
+        (
+            prop_oneof![
+                (1u32..4).prop_map(StageSize::Count),
+                (1u32..100).prop_map(|p| StageSize::CumulativePercent(f64::from(p))),
+            ],
+            prop::option::of((0u32..4).prop_map(Threshold::Count)),
+            prop::option::of((0u32..101).prop_map(|p| Threshold::Percent(f64::from(p)))),
+            any::<bool>(),
+            0u32..3,
+        )
+            .prop_map(|(size, failure, success, abort, soak)| StageSpec {
+                name: "s".into(),
+                size,
+                success_threshold: success,
+                failure_threshold: failure,
+                on_failure: if abort {
+                    FailureAction::Abort
+                } else {
+                    FailureAction::Pause
+                },
+                deadline_s: 600,
+                soak_s: soak * 60,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the devices do, the scheduler never gives a device two tasks, never leaves
+        /// a stage without a verdict, and ends every rollout (completed, or paused/aborted with
+        /// a reason that names the stage and the numbers).
+        #[test]
+        fn every_rollout_ends_and_no_device_gets_two_tasks(
+            outcomes in prop::collection::vec(outcome(), 1..16),
+            mut stages in prop::collection::vec(stage_spec(), 1..4),
+        ) {
+            let devices: Vec<String> = (0..outcomes.len())
+                .map(|i| format!("{}/d{i:02}", ["a", "b", "c"][i % 3]))
+                .collect();
+            let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+            let mut g = Given::fleet(&refs);
+            let mut last = stage("rest", StageSize::CumulativePercent(100.0));
+            last.deadline_s = 600;
+            stages.push(last);
+            g.started(T0, spec(stages));
+            let by_device: HashMap<&str, Outcome> =
+                refs.iter().copied().zip(outcomes.iter().copied()).collect();
+            let mut created: HashMap<String, u32> = HashMap::new();
+            let mut now = T0;
+            for _ in 0..400 {
+                now += 60 * S;
+                let d = g.step(now);
+                for t in &d.new_tasks {
+                    *created.entry(t.device_id.clone()).or_default() += 1;
+                    match by_device[t.device_id.as_str()] {
+                        Outcome::Succeed => {
+                            g.succeeded(now, &t.device_id);
+                        }
+                        Outcome::Fail => {
+                            g.failed(now, &t.device_id, ErrorCode::DeviceReportedFailure);
+                        }
+                        Outcome::Skip => {
+                            g.event(
+                                now,
+                                &streams::task(&t.task_id),
+                                TaskSkipped {
+                                    code: ErrorCode::Other,
+                                    remind: "battery".into(),
+                                },
+                            );
+                        }
+                        Outcome::Hang => {
+                            g.dispatched(now, &t.device_id)
+                                .progress(now, &t.device_id, UpgradeStatus::Updating);
+                        }
+                    }
+                }
+                if g.rollout().state != RolloutState::Running {
+                    break;
+                }
+            }
+            prop_assert!(created.values().all(|n| *n == 1), "{created:?}");
+            let r = g.rollout();
+            match r.state {
+                RolloutState::Completed => {
+                    let open = r
+                        .tasks_by_device
+                        .values()
+                        .filter(|id| !g.state.tasks[*id].phase.is_terminal())
+                        .count();
+                    prop_assert_eq!(open, 0);
+                    let planned: usize = r.stages.iter().map(|s| s.device_ids.len()).sum();
+                    prop_assert_eq!(planned, r.tasks_by_device.len());
+                    let expected = format!("{planned} devices: ");
+                    prop_assert!(r.state_reason.starts_with(&expected), "{}", r.state_reason);
+                }
+                RolloutState::Paused | RolloutState::Aborted => {
+                    prop_assert!(r.state_reason.starts_with("stage "), "{}", r.state_reason);
+                    prop_assert!(r.stages.iter().any(|s| s.state == StageState::Failed));
+                }
+                other => prop_assert!(false, "rollout still {other:?} after 400 steps"),
+            }
+        }
+    }
+}
