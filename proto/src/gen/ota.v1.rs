@@ -3775,8 +3775,9 @@ pub struct Stage {
     /// "canary", "wave-1", ...
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
-    /// Devices that must succeed to advance; unset: all of the stage's devices that were not
-    /// skipped.
+    /// Devices that must succeed to advance (a percentage is of the devices neither skipped nor
+    /// cancelled); unset: every device of the stage that was not skipped has ended, with the
+    /// failures below the failure threshold.
     #[prost(message, optional, tag = "4")]
     pub success_threshold: ::core::option::Option<Threshold>,
     /// Failures (including timeouts) that stop the stage; unset: 1 for a canary-sized stage
