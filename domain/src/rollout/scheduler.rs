@@ -59,6 +59,12 @@
 //! devices' sites; the dispatcher then releases each task only while its own site's window is
 //! open. The deadline runs in wall time: choose it no longer than the window.
 //!
+//! # Upgrade types
+//! Within a rollout, notify (0) and forced (2) both install: starting the rollout is the
+//! operator's go-ahead. The type travels to the agent in each `UpdateCommand` (weak-signal
+//! confirmations apply to both). Check (3) runs the batch check only and completes with what
+//! it found; it creates no task.
+//!
 //! # Busy and removed devices
 //! A device that already has an unfinished task when its stage starts (a single-device update,
 //! an auto-upgrade, another rollout) is excluded from the stage with 5002, and a device its
