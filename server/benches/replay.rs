@@ -45,7 +45,7 @@ fn new_event(e: DomainEvent) -> NewEvent {
 fn device_event(i: u64) -> DomainEvent {
     DeviceReported {
         facts: DeviceFacts {
-            transport: Some(if i % 3 == 0 {
+            transport: Some(if i.is_multiple_of(3) {
                 Transport::Esphome
             } else {
                 Transport::Zigbee2Mqtt

@@ -328,7 +328,17 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                 if t.phase.is_at_site() {
                     match t.timeout_at_ms {
                         Some(at) if at <= now => {
-                            let minutes = t.created.timeout_s / 60;
+                            let effective_s = if t.created.timeout_s == 0 {
+                                let transport = state
+                                    .devices
+                                    .get(&t.created.device_id)
+                                    .and_then(|d| d.facts.transport)
+                                    .unwrap_or(Transport::Esphome);
+                                default_device_timeout_s(transport)
+                            } else {
+                                t.created.timeout_s
+                            };
+                            let minutes = effective_s / 60;
                             changes.push(Change::unchanged(
                                 stream,
                                 vec![

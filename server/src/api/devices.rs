@@ -87,7 +87,12 @@ pub async fn check_devices(
     {
         let state = app.core.read();
         for id in device_ids {
-            let d = find_device(&state, id)?;
+            // A device its site stopped reporting (between the caller's look and now) gets an
+            // answer like any other instead of failing the whole check.
+            let Ok(d) = find_device(&state, id) else {
+                results.insert(id.clone(), gone_check(check_id, firmware_id, &state, id));
+                continue;
+            };
             if !app.sessions.is_connected(&d.site_id) {
                 results.insert(
                     id.clone(),
@@ -143,7 +148,10 @@ pub async fn check_devices(
                 events.push((id.clone(), done.clone()));
                 continue;
             }
-            let d = find_device(&state, id)?;
+            let Ok(d) = find_device(&state, id) else {
+                events.push((id.clone(), gone_check(check_id, firmware_id, &state, id)));
+                continue;
+            };
             let checked = match answers.remove(id) {
                 None => failed_check(
                     check_id,
@@ -219,6 +227,32 @@ fn failed_check(
         current: d.facts.current.clone(),
         update_available: None,
         error: Some(TaskError::new(code, message)),
+        source: None,
+    }
+}
+
+/// The answer for a device its site no longer reports (5012).
+fn gone_check(
+    check_id: &str,
+    firmware_id: Option<&str>,
+    state: &FleetState,
+    id: &str,
+) -> DeviceChecked {
+    DeviceChecked {
+        check_id: check_id.to_string(),
+        firmware_id: firmware_id.map(str::to_string),
+        status: UpgradeStatus::Failure,
+        reachable: false,
+        current: state
+            .devices
+            .get(id)
+            .map(|d| d.facts.current.clone())
+            .unwrap_or_default(),
+        update_available: None,
+        error: Some(TaskError::new(
+            ErrorCode::Offline,
+            "its site no longer reports this device",
+        )),
         source: None,
     }
 }
