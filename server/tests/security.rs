@@ -759,6 +759,17 @@ async fn agent_certificates_are_bound_to_their_site() {
         downloaded.extend_from_slice(&c.data);
     }
     assert_eq!(downloaded, app);
+    // Not so for another site's agent.
+    assert_denied(
+        firmware(&away)
+            .download(pb::DownloadFirmwareRequest {
+                firmware_id: fw.id.clone(),
+                offset: 0,
+                task_id: task.id.clone(),
+            })
+            .await,
+        "no task at this site installs this firmware",
+    );
 
     // A replayed report (same seq, different content) is applied once.
     home_agent.send(2, result(pb::UpgradeStatus::Success)).await;
@@ -1054,8 +1065,13 @@ async fn expensive_calls_are_rate_limited_per_caller() {
             })
             .await
     }
+    fn not_limited<T>(r: &Result<T, tonic::Status>) -> bool {
+        r.as_ref()
+            .err()
+            .is_none_or(|e| e.code() != Code::ResourceExhausted)
+    }
     for _ in 0..2 {
-        assert_eq!(ask(&ch).await.unwrap_err().code(), Code::NotFound);
+        assert!(not_limited(&ask(&ch).await));
     }
     let err = ask(&ch).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
@@ -1064,13 +1080,12 @@ async fn expensive_calls_are_rate_limited_per_caller() {
         "too many requests of this kind; try again in 30s"
     );
     // Other RPCs are not affected.
-    let err = devices(&ch)
+    let other = devices(&ch)
         .check(pb::CheckDeviceRequest {
             device_id: "home/nothing".into(),
             ..Default::default()
         })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .await;
+    assert!(not_limited(&other), "Check was limited too");
     server.shutdown().await.unwrap();
 }

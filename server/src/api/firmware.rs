@@ -474,6 +474,19 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
         let (id, sha, size) = {
             let state = self.app.core.read();
             let id = resolve_id(&state, &req.firmware_id)?;
+            // An agent downloads only what a task at its site is installing.
+            if let Caller::Agent { site_id } = &who
+                && !state.tasks.values().any(|t| {
+                    t.created.site_id == *site_id
+                        && t.created.firmware_id == id
+                        && t.phase.is_at_site()
+                })
+            {
+                return Err(ApiError::PermissionDenied(
+                    "no task at this site installs this firmware".into(),
+                )
+                .into());
+            }
             let r = &state.firmware[&id].registered;
             (id, r.sha256.clone(), r.size)
         };
