@@ -284,4 +284,51 @@ async fn otactl_over_tls_with_tokens_and_roles() {
     assert_eq!(other.code(), tonic::Code::PermissionDenied);
     drop(tx);
     drop(otad);
+
+    // Recovery while otad is stopped: a new admin token in a private file.
+    let recovery = dir.path().join("recovery.token");
+    let made = Command::new(otad_binary())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(pki.join("server.pem"))
+        .arg("--tls-key")
+        .arg(pki.join("server.key"))
+        .arg("--create-admin-token")
+        .arg(&recovery)
+        .env_remove("OTAD_INSECURE_PLAINTEXT")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let token = std::fs::read_to_string(&recovery)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        !String::from_utf8_lossy(&made.stdout).contains(token.split_once('.').unwrap().1),
+        "the token is printed"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&recovery).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (otad, addr) = start_otad(dir.path(), &pki);
+    let status = otactl(&[
+        "--server",
+        &format!("https://{addr}"),
+        "--ca-cert",
+        &ca,
+        "--token",
+        &token,
+        "server",
+        "status",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(status.code, 0, "{status:#?}");
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(json["caller"]["name"], "recovery-admin");
+    drop(otad);
 }
