@@ -3,7 +3,7 @@
 //!
 //! - TLS: authentication is always on. Agents present client certificates, operators bearer
 //!   tokens; without a usable admin token one is written to `<data_dir>/admin.token`.
-//! - Plaintext (`insecure_plaintext`): for a development machine. While no usable token exists,
+//! - Plaintext (`insecure_plaintext`): for a development machine. While no token was created,
 //!   every caller is the local administrator and any agent may claim any site (development
 //!   mode); once a token exists, operators need tokens, and agents (which authenticate only
 //!   with certificates) need TLS.
@@ -40,7 +40,7 @@ pub async fn prepare(app: &App, addr: SocketAddr, tls: Option<&LoadedTls>) -> an
                 %addr,
                 "INSECURE: otad serves PLAINTEXT gRPC (insecure_plaintext); tokens, reports and firmware travel unencrypted. Use TLS (tls_cert, tls_key) anywhere but a development machine"
             );
-            if tokens::any_active(&app.core.read(), app.now_ms()) {
+            if tokens::any_created(&app.core.read()) {
                 warn!(
                     "access tokens exist, so operators need them; agents authenticate only with TLS client certificates and cannot connect over plaintext"
                 );

@@ -113,9 +113,15 @@ pub fn is_active(t: &TokenView, now_ms: i64) -> bool {
     !t.revoked && (t.expires_at_ms == 0 || t.expires_at_ms > now_ms)
 }
 
-/// Whether any token can be used now (then authentication is required even without TLS).
+/// Whether any token can be used now.
 pub fn any_active(state: &FleetState, now_ms: i64) -> bool {
     state.tokens.values().any(|t| is_active(t, now_ms))
+}
+
+/// Whether a token was ever created. Then authentication is required even without TLS — also
+/// after every token expired or was revoked (`otad --create-admin-token` recovers).
+pub fn any_created(state: &FleetState) -> bool {
+    !state.tokens.is_empty()
 }
 
 /// Active admin tokens.

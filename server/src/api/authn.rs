@@ -4,7 +4,7 @@
 //! 1. **Who**: a client certificate verified by the TLS handshake is an agent of the site its
 //!    `URI:ota-site:<site>` SAN names (see `crate::tls`); otherwise an `authorization: Bearer
 //!    <id>.<secret>` header is an operator token (see `crate::tokens`); otherwise, only in
-//!    development mode (plaintext listener and no usable token), the local administrator.
+//!    development mode (plaintext listener and no token ever created), the local administrator.
 //!    Anything else is `Unauthenticated` with the same message for missing, wrong, expired and
 //!    revoked credentials; the reason is logged here, never sent.
 //! 2. **Where**: an agent certificate opens `AgentService.Connect` and
@@ -97,7 +97,7 @@ impl Guard {
 
     /// Whether requests without credentials are the local administrator right now.
     pub fn development_mode(&self) -> bool {
-        !self.tls && !tokens::any_active(&self.app.core.read(), self.app.now_ms())
+        !self.tls && !tokens::any_created(&self.app.core.read())
     }
 
     /// The caller of a request, and the key of its rate-limit buckets.

@@ -66,7 +66,7 @@ impl pb::system_service_server::SystemService for SystemApi {
                 .filter(|t| !t.phase.is_terminal())
                 .count() as u32,
             tls: self.tls,
-            auth_required: self.auth_required || crate::tokens::any_active(&state, now),
+            auth_required: self.auth_required || crate::tokens::any_created(&state),
             caller: Some(convert::actor(&who.actor())),
         }))
     }
