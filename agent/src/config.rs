@@ -23,6 +23,16 @@
 //! [tags]                                # labels per device local id, for rollout selectors
 //! "0x000b57fffec6a5b2" = ["hall", "floor-1"]
 //!
+//! [[zigbee2mqtt]]                       # one per zigbee2mqtt instance; see transport::zigbee
+//! network = "ground-floor"
+//! host = "127.0.0.1"
+//!
+//! [esphome]                             # see transport::esphome
+//! [[esphome.device]]
+//! name = "kitchen-plug"
+//! host = "192.168.1.40"
+//! platform = "esp32"
+//!
 //! [serial]                              # see transport::serial::config
 //! [[serial.port]]
 //! name = "bench-esp32"
@@ -42,7 +52,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::tls::TlsConfig;
+use crate::transport::esphome::EsphomeConfig;
 use crate::transport::serial::SerialConfig;
+use crate::transport::zigbee::ZigbeeConfig;
 use crate::trust::{TrustConfig, TrustPolicy};
 
 /// The whole file.
@@ -67,9 +79,16 @@ pub struct AgentConfig {
     /// Tags per device local id.
     #[serde(default)]
     pub tags: BTreeMap<String, Vec<String>>,
-    /// Serial ports.
+    /// Serial ports (`[serial]`, see `transport::serial::config`).
     #[serde(default)]
     pub serial: Option<SerialConfig>,
+    /// ESPHome devices (`[esphome]` with `[[esphome.device]]`, see `transport::esphome`).
+    #[serde(default)]
+    pub esphome: Option<EsphomeConfig>,
+    /// zigbee2mqtt networks (`[[zigbee2mqtt]]`, one per zigbee2mqtt instance, see
+    /// `transport::zigbee::config`).
+    #[serde(default, alias = "zigbee")]
+    pub zigbee2mqtt: Vec<ZigbeeConfig>,
     /// Client certificate and server CA (with an `https://` server).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -200,6 +219,20 @@ impl AgentConfig {
         {
             errors.push(format!("serial: {e}"));
         }
+        if let Some(esphome) = &cfg.esphome
+            && let Err(e) = esphome.validate()
+        {
+            errors.push(format!("esphome: {e}"));
+        }
+        let mut networks = std::collections::HashSet::new();
+        for z in &cfg.zigbee2mqtt {
+            if z.network.is_empty() || !networks.insert(z.network.as_str()) {
+                errors.push(format!(
+                    "zigbee2mqtt: network names must be unique and non-empty ({:?})",
+                    z.network
+                ));
+            }
+        }
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -242,6 +275,50 @@ mod tests {
         assert_eq!(c.reconnect.min, Duration::from_millis(500));
         assert!(c.serial.is_none());
         assert!(!c.timezone().is_empty());
+    }
+
+    #[test]
+    fn every_transport_section_parses() {
+        let c = AgentConfig::parse(
+            r#"
+site_id = "home"
+server = "http://127.0.0.1:7600"
+data_dir = "/tmp/x"
+
+[[zigbee2mqtt]]
+network = "ground-floor"
+host = "127.0.0.1"
+password = "mqtt-secret"
+
+[esphome]
+[[esphome.device]]
+name = "kitchen-plug"
+host = "192.168.1.40"
+platform = "esp32"
+password = "ota-secret"
+tags = ["kitchen"]
+
+[serial]
+[[serial.port]]
+name = "bench"
+port = "/dev/ttyUSB0"
+chip = "esp32"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.zigbee2mqtt.len(), 1);
+        assert_eq!(c.esphome.as_ref().unwrap().devices.len(), 1);
+        assert_eq!(c.serial.as_ref().unwrap().ports.len(), 1);
+        let dump = format!("{c:?}");
+        assert!(
+            !dump.contains("mqtt-secret") && !dump.contains("ota-secret"),
+            "{dump}"
+        );
+        let dup = AgentConfig::parse(
+            "site_id=\"a\"\nserver=\"http://x\"\ndata_dir=\"/t\"\n[[zigbee2mqtt]]\nnetwork=\"n\"\nhost=\"h\"\n[[zigbee2mqtt]]\nnetwork=\"n\"\nhost=\"h\"\n",
+        )
+        .unwrap_err();
+        assert!(dup.to_string().contains("unique"), "{dup}");
     }
 
     #[test]

@@ -87,7 +87,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         utc_offset_minutes: config.utc_offset_minutes(),
         reconnect_min: config.reconnect.min,
         reconnect_max: config.reconnect.max,
-        tags: config.tags.clone(),
+        tags: Site::tags(&config),
         progress_interval: Duration::from_secs(1),
     };
     let trust = config.trust_policy()?;

@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::transport::Transport;
+use crate::transport::esphome::EsphomeTransport;
 use crate::transport::serial::SerialTransport;
+use crate::transport::zigbee::ZigbeeTransport;
 
 /// How often serial ports are looked at.
 const SERIAL_PROBE: Duration = Duration::from_secs(30);
@@ -36,7 +38,36 @@ impl Site {
             }));
             transports.push(t);
         }
+        if let Some(esphome) = &config.esphome {
+            let every = esphome.inventory_interval;
+            let t = Arc::new(EsphomeTransport::new_in(
+                esphome.clone(),
+                Some(config.base_dir.as_path()),
+            )?);
+            let bg = t.clone();
+            let c = cancel.clone();
+            tasks.push(tokio::spawn(
+                async move { bg.run_inventory(every, c).await },
+            ));
+            transports.push(t);
+        }
+        for z in &config.zigbee2mqtt {
+            // Connects in the background (and keeps reconnecting); fails only on configuration.
+            let t = Arc::new(ZigbeeTransport::start(z.clone()).await?);
+            transports.push(t);
+        }
         Ok(Site { transports, tasks })
+    }
+
+    /// Tags from the configuration: `[tags]` plus those on ESPHome device entries.
+    pub fn tags(config: &AgentConfig) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut tags = config.tags.clone();
+        if let Some(esphome) = &config.esphome {
+            for (device, t) in esphome.tags() {
+                tags.entry(device).or_default().extend(t);
+            }
+        }
+        tags
     }
 
     /// Waits for the background loops to end (after the cancel token fired).
