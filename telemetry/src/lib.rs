@@ -1,0 +1,12 @@
+//! Telemetry shared by `otad` and `ota-agent`.
+//!
+//! - [`traces`]: logs to stderr and OpenTelemetry spans exported over OTLP/gRPC, configured from
+//!   the service's config and the standard `OTEL_*` variables, and the W3C trace context that
+//!   carries one trace from otad to the agent.
+//! - [`metrics`]: OpenTelemetry instruments, pushed over OTLP and rendered for a Prometheus scrape
+//!   endpoint (`/metrics`) for sites without a collector.
+//!
+//! This crate knows nothing about OTA: the services define their own spans and instruments.
+
+pub mod metrics;
+pub mod traces;

@@ -1,0 +1,1 @@
+//! Logs and OpenTelemetry traces over OTLP, and W3C trace-context propagation.
