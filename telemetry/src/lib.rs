@@ -5,8 +5,11 @@
 //!   carries one trace from otad to the agent.
 //! - [`metrics`]: OpenTelemetry instruments, pushed over OTLP and rendered for a Prometheus scrape
 //!   endpoint (`/metrics`) for sites without a collector.
+//! - [`prometheus`]: the Prometheus text format rendered from collected metrics, and the
+//!   `/metrics` HTTP endpoint.
 //!
 //! This crate knows nothing about OTA: the services define their own spans and instruments.
 
 pub mod metrics;
+pub mod prometheus;
 pub mod traces;
