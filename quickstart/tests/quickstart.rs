@@ -1,0 +1,284 @@
+//! The quickstart as a newcomer uses it, from the outside: every call goes through the public
+//! gRPC API, the way otactl makes it (list, batch check, rollout create/start/watch, device
+//! update), against the real otad, agent and simulators on loopback, with the tests' short
+//! timings. Then a restart on the same data directory must resume: no new firmware, no new
+//! devices, updated devices still on their new versions.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use ota_proto::v1 as pb;
+use ota_quickstart::{Quickstart, QuickstartOptions, Tuning};
+use tonic::transport::Channel;
+
+const T: Duration = Duration::from_secs(30);
+
+fn options(dir: &std::path::Path) -> QuickstartOptions {
+    let any = "127.0.0.1:0".parse().unwrap();
+    QuickstartOptions {
+        data_dir: dir.to_path_buf(),
+        listen: any,
+        metrics_listen: Some(any),
+        agent_metrics_listen: Some(any),
+        site: "home".into(),
+        esphome_devices: 4,
+        zigbee_mains: 2,
+        zigbee_sleepy: 1,
+    }
+}
+
+async fn channel(qs: &Quickstart) -> Channel {
+    Channel::from_shared(format!("http://{}", qs.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn devices(ch: &Channel) -> Vec<pb::Device> {
+    pb::device_service_client::DeviceServiceClient::new(ch.clone())
+        .list(pb::ListDevicesRequest {
+            page: Some(pb::PageRequest {
+                page_size: 1000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .devices
+}
+
+async fn firmware(ch: &Channel) -> Vec<pb::Firmware> {
+    pb::firmware_service_client::FirmwareServiceClient::new(ch.clone())
+        .list(pb::ListFirmwareRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .firmware
+}
+
+/// What `otactl rollout create --canary 1 --waves 100 --soak 0s` sends, then `rollout start`,
+/// then `rollout watch` until the rollout ends. Returns the last state seen.
+async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rollout {
+    let mut rollouts = pb::rollout_service_client::RolloutServiceClient::new(ch.clone());
+    let spec = pb::RolloutSpec {
+        name: format!("{model} quickstart test"),
+        firmware_id: firmware_id.into(),
+        selector: Some(pb::DeviceSelector {
+            models: vec![model.into()],
+            ..Default::default()
+        }),
+        stages: vec![
+            pb::Stage {
+                name: "canary".into(),
+                size: Some(pb::stage::Size::Count(1)),
+                soak_s: 0,
+                ..Default::default()
+            },
+            pb::Stage {
+                name: "wave-1".into(),
+                size: Some(pb::stage::Size::CumulativePercent(100.0)),
+                soak_s: 0,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let created = rollouts
+        .create(pb::CreateRolloutRequest {
+            spec: Some(spec),
+            start: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.state, pb::RolloutState::Draft as i32);
+    rollouts
+        .start(pb::RolloutActionRequest {
+            id: created.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut watch = rollouts
+        .watch(pb::WatchRolloutRequest {
+            id: created.id.clone(),
+            include_tasks: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(T, async {
+        let mut last = None;
+        while let Some(p) = watch.next().await {
+            let r = p.unwrap().rollout.unwrap();
+            let done = r.state == pb::RolloutState::Completed as i32
+                || r.state == pb::RolloutState::Aborted as i32
+                || r.state == pb::RolloutState::Paused as i32;
+            last = Some(r);
+            if done {
+                break;
+            }
+        }
+        last.expect("the watch streams the rollout")
+    })
+    .await
+    .expect("the rollout ends in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let qs = Quickstart::start_with(options(dir.path()), Tuning::fast())
+        .await
+        .unwrap();
+    let ch = channel(&qs).await;
+
+    // Every simulated device of both transports is listed, reachable, with its version.
+    let listed = devices(&ch).await;
+    assert_eq!(listed.len(), 7, "{listed:#?}");
+    for d in &qs.devices {
+        let got = listed
+            .iter()
+            .find(|l| l.id == d.id)
+            .unwrap_or_else(|| panic!("{} is not listed", d.id));
+        assert!(got.reachable, "{got:#?}");
+        let current = got.current.as_ref().unwrap();
+        assert!(!current.version.is_empty(), "{got:#?}");
+        if d.transport == "esphome" {
+            assert_eq!(got.transport, pb::Transport::Esphome as i32);
+            assert_eq!(current.version, "1.0.0");
+        } else {
+            assert_eq!(got.transport, pb::Transport::Zigbee2mqtt as i32);
+            assert!(current.file_version.is_some(), "{got:#?}");
+        }
+    }
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|d| d.transport == pb::Transport::Zigbee2mqtt as i32)
+            .count(),
+        3
+    );
+
+    // One sample firmware per model: two ESPHome, two mains Zigbee, one sleepy Zigbee.
+    assert_eq!(qs.firmware.len(), 5, "{:#?}", qs.firmware);
+    assert!(qs.firmware.iter().all(|f| f.uploaded));
+    assert_eq!(firmware(&ch).await.len(), 5);
+
+    // A batch check of the site finds updates for every awake device.
+    let check = pb::device_service_client::DeviceServiceClient::new(ch.clone())
+        .batch_check(pb::BatchCheckRequest {
+            selector: Some(pb::DeviceSelector {
+                site_ids: vec!["home".into()],
+                ..Default::default()
+            }),
+            timeout_ms: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(check.checks.len(), 7, "{check:#?}");
+    assert!(check.available >= 6, "{check:#?}");
+    for c in &check.checks {
+        if !c.device_id.contains("0x0014d2") {
+            assert!(
+                !c.available_firmware_id.is_empty(),
+                "{} has no update: {c:#?}",
+                c.device_id
+            );
+        }
+    }
+
+    // A staged rollout of the ESP32 firmware: a canary of one, then everyone, no soak.
+    let esp32 = qs
+        .firmware
+        .iter()
+        .find(|f| f.model == "esp32dev")
+        .unwrap()
+        .clone();
+    let rollout = staged_rollout(&ch, &esp32.id, "esp32dev").await;
+    assert_eq!(
+        rollout.state,
+        pb::RolloutState::Completed as i32,
+        "{rollout:#?}"
+    );
+    assert_eq!(rollout.stages.len(), 2);
+    assert_eq!(rollout.stages[0].device_ids.len(), 1);
+    assert_eq!(rollout.stages[1].device_ids.len(), 2);
+    assert_eq!(
+        rollout.totals.as_ref().unwrap().succeeded,
+        3,
+        "{rollout:#?}"
+    );
+    let esp32_devices: Vec<_> = devices(&ch)
+        .await
+        .into_iter()
+        .filter(|d| d.model == "esp32dev")
+        .collect();
+    assert_eq!(esp32_devices.len(), 3);
+    for d in &esp32_devices {
+        assert_eq!(d.current.as_ref().unwrap().version, "1.1.0", "{d:#?}");
+    }
+
+    // A Zigbee update of a mains device, as `otactl device update` does it.
+    let bulb = qs
+        .devices
+        .iter()
+        .find(|d| d.transport == "zigbee2mqtt" && !d.sleepy)
+        .unwrap()
+        .clone();
+    let fw = pb::firmware_service_client::FirmwareServiceClient::new(ch.clone())
+        .get(pb::GetFirmwareRequest {
+            id: bulb.firmware_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let target = fw.zigbee.unwrap().file_version;
+    let updated = tokio::time::timeout(
+        T,
+        pb::device_service_client::DeviceServiceClient::new(ch.clone()).update(
+            pb::UpdateDeviceRequest {
+                device_id: bulb.id.clone(),
+                firmware_id: bulb.firmware_id.clone(),
+                upgrade_type: pb::UpgradeType::Forced as i32,
+                wait: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("the Zigbee update ends in time")
+    .unwrap()
+    .into_inner();
+    let task = updated.task.unwrap();
+    assert_eq!(task.status, pb::UpgradeStatus::Success as i32, "{task:#?}");
+    assert_eq!(updated.to.unwrap().file_version, Some(target));
+
+    // Restart on the same data directory: the same firmware and devices, nothing new, and the
+    // updated devices still run their new versions.
+    qs.shutdown().await;
+    let qs = Quickstart::start_with(options(dir.path()), Tuning::fast())
+        .await
+        .unwrap();
+    let ch = channel(&qs).await;
+    assert!(
+        qs.firmware.iter().all(|f| !f.uploaded),
+        "{:#?}",
+        qs.firmware
+    );
+    assert_eq!(firmware(&ch).await.len(), 5);
+    let listed = devices(&ch).await;
+    assert_eq!(listed.len(), 7, "{listed:#?}");
+    for d in listed.iter().filter(|d| d.model == "esp32dev") {
+        assert_eq!(d.current.as_ref().unwrap().version, "1.1.0", "{d:#?}");
+        assert!(d.reachable);
+    }
+    let again = listed.iter().find(|d| d.id == bulb.id).unwrap();
+    assert_eq!(again.current.as_ref().unwrap().file_version, Some(target));
+    qs.shutdown().await;
+}
