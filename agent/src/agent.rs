@@ -77,6 +77,8 @@ pub struct Agent {
     jobs: Mutex<HashMap<String, CancellationToken>>,
     session_tx: Mutex<Option<mpsc::Sender<pb::AgentMessage>>>,
     last_inventory: Mutex<HashMap<String, pb::DeviceReport>>,
+    /// Set by `Agent::enable_metrics` (`crate::metrics`).
+    instruments: std::sync::OnceLock<Arc<crate::metrics::AgentInstruments>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -157,12 +159,39 @@ impl Agent {
             jobs: Mutex::new(HashMap::new()),
             session_tx: Mutex::new(None),
             last_inventory: Mutex::new(HashMap::new()),
+            instruments: std::sync::OnceLock::new(),
         }))
     }
 
     /// This installation's id.
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// This site's id.
+    pub fn site_id(&self) -> &str {
+        &self.opts.site_id
+    }
+
+    /// A session with the server is open (welcomed and not yet ended).
+    pub fn is_connected(&self) -> bool {
+        self.session_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    pub(crate) fn transports(&self) -> &[Arc<dyn Transport>] {
+        &self.transports
+    }
+
+    pub(crate) fn instruments(&self) -> Option<&Arc<crate::metrics::AgentInstruments>> {
+        self.instruments.get()
+    }
+
+    /// False if metrics were enabled before.
+    pub(crate) fn set_instruments(&self, i: Arc<crate::metrics::AgentInstruments>) -> bool {
+        self.instruments.set(i).is_ok()
     }
 
     /// Highest seq acknowledged by the server (for tests and status).
@@ -329,6 +358,9 @@ impl Agent {
                 () = tokio::time::sleep(wait) => {}
             }
             delay = (delay * 2).min(self.opts.reconnect_max);
+            if let Some(m) = self.instruments() {
+                m.reconnecting();
+            }
         }
         let jobs: Vec<CancellationToken> = self
             .jobs
@@ -640,7 +672,12 @@ impl Agent {
         let agent = self.clone();
         tokio::spawn(
             async move {
+                let transfer = agent.instruments().map(|m| m.transfer(transport.kind()));
+                let cancelled = token.clone();
                 let outcome = agent.run_update(&u, &firmware, transport, token, channel).await;
+                if let Some(t) = transfer {
+                    t.finish(outcome.as_ref().err(), cancelled.is_cancelled());
+                }
                 if let Err(e) = agent.finish_update(&u, outcome).await {
                     warn!(error = %e, "could not journal the result; it will be reported as interrupted after a restart");
                 }
@@ -697,6 +734,9 @@ impl Agent {
             r = download::fetch(channel, firmware, &u.task_id) => r?,
             () = cancel.cancelled() => return Err(TaskError::new(ErrorCode::Other, "cancelled before anything was sent to the device")),
         };
+        if let Some(m) = self.instruments() {
+            m.downloaded(image.bytes.len() as u64);
+        }
         let job = UpdateJob {
             task_id: u.task_id.clone(),
             attempt: u.attempt,
@@ -710,6 +750,7 @@ impl Agent {
                 u.timeout_s
             })),
         };
+        let mut sent_bytes = self.instruments().map(|m| m.bytes(transport.kind()));
         let (ptx, mut prx) = mpsc::unbounded_channel::<TransferProgress>();
         let update = transport.update(job, ptx, cancel);
         tokio::pin!(update);
@@ -721,6 +762,9 @@ impl Agent {
             tokio::select! {
                 r = &mut update => break r,
                 Some(p) = prx.recv() => {
+                    if let Some(m) = &mut sent_bytes {
+                        m.progress(&p);
+                    }
                     let due = match last {
                         None => true,
                         Some((status, at)) => status != p.status || at.elapsed() >= self.opts.progress_interval,
@@ -742,6 +786,9 @@ impl Agent {
             }
         };
         while let Ok(p) = prx.try_recv() {
+            if let Some(m) = &mut sent_bytes {
+                m.progress(&p);
+            }
             pending = Some(p);
         }
         if let Some(p) = pending.take() {

@@ -6,6 +6,7 @@
 //! data_dir = "/var/lib/ota-agent"       # journal and agent id
 //! # timezone = "Europe/Berlin"          # default: the system's zone
 //! # utc_offset_minutes = 60             # default: the system's current offset
+//! # metrics_listen = "127.0.0.1:9601"   # Prometheus /metrics (see crate::metrics); default: none
 //!
 //! [reconnect]                           # exponential backoff with full jitter
 //! min = "500ms"
@@ -73,6 +74,9 @@ pub struct AgentConfig {
     /// UTC offset in minutes; default: the system's current offset.
     #[serde(default)]
     pub utc_offset_minutes: Option<i32>,
+    /// Prometheus scrape endpoint (`GET /metrics`), if any.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Reconnect backoff.
     #[serde(default)]
     pub reconnect: Reconnect,

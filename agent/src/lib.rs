@@ -10,6 +10,7 @@
 //! - [`journal`]: the on-disk journal of reports and task attempts.
 //! - [`download`]: fetching and verifying firmware images.
 //! - [`report`]: transport facts into wire reports.
+//! - [`metrics`]: the agent's OpenTelemetry metrics and its Prometheus `/metrics` endpoint.
 //! - [`transport`]: the update transports (zigbee2mqtt, ESPHome, serial), each a thin tokio
 //!   driver around a sans-I/O protocol from `ota-devproto`.
 //! - [`secret`]: redacted secret strings for device credentials.
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod config;
 pub mod download;
 pub mod journal;
+pub mod metrics;
 pub mod report;
 pub mod secret;
 pub mod site;

@@ -26,17 +26,23 @@ struct Cli {
     /// Only check the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Serve Prometheus metrics on this address (path /metrics); overrides `metrics_listen`.
+    #[arg(long, env = "OTA_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match AgentConfig::load(&cli.config) {
+    let mut config = match AgentConfig::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ota-agent: {e}");
             return ExitCode::from(64);
         }
     };
+    if cli.metrics_listen.is_some() {
+        config.metrics_listen = cli.metrics_listen;
+    }
     if cli.check_config {
         if let Some(tls) = &config.tls
             && let Err(e) = tls.client_config(&config.base_dir)
@@ -111,12 +117,16 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let channel = endpoint.connect_lazy();
     tracing::info!(site.id = %config.site_id, server = %config.server, agent.id = agent.agent_id(), "ota-agent starting");
+    // OTLP push follows OTEL_EXPORTER_OTLP_ENDPOINT (and OTEL_METRICS_EXPORTER).
+    let metrics =
+        ota_agent::metrics::start(&agent, config.metrics_listen, None, cancel.clone()).await?;
     let running = tokio::spawn(agent.run(channel, cancel.clone()));
     shutdown_signal().await;
     tracing::info!("shutting down");
     cancel.cancel();
     let _ = running.await;
     site.join().await;
+    metrics.join().await;
     Ok(())
 }
 

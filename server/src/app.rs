@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::core::Core;
+use crate::metrics::ServerMetrics;
 use crate::sessions::Sessions;
 
 /// The running server's shared parts.
@@ -30,6 +31,8 @@ pub struct App {
     /// Cancelled when the server shuts down: long-lived streams (agent sessions, tails, watches)
     /// end on it so the graceful shutdown does not wait for them forever.
     pub shutdown: CancellationToken,
+    /// The instruments (always there; served and pushed only when configured).
+    pub metrics: Arc<ServerMetrics>,
 }
 
 impl App {

@@ -13,12 +13,12 @@
 //! or any decision itself.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ota_domain::events::DomainEvent;
+use ota_domain::events::{DomainEvent, streams};
 use ota_domain::model::Actor;
-use ota_domain::projection::{EventMeta, FleetState};
+use ota_domain::projection::{EventMeta, FleetState, TaskPhase};
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, warn};
 
@@ -170,6 +170,16 @@ pub enum CoreError {
     Contention(String),
 }
 
+/// What the core reports to metrics (`crate::metrics`). Called synchronously on the append and
+/// projector paths: implementations only bump counters.
+pub trait CoreObserver: Send + Sync + std::fmt::Debug {
+    /// An append of `events` events became durable after `elapsed`.
+    fn appended(&self, events: usize, elapsed: Duration);
+    /// A live event was applied to `state`; `task_before` is the phase its task (for events on
+    /// a task stream) had before it.
+    fn applied(&self, state: &FleetState, applied: &Applied, task_before: Option<TaskPhase>);
+}
+
 struct Projection {
     state: FleetState,
     versions: HashMap<String, u64>,
@@ -183,6 +193,7 @@ pub struct Core {
     events_tx: broadcast::Sender<Arc<Applied>>,
     clock: Clock,
     replay: Duration,
+    observer: OnceLock<Arc<dyn CoreObserver>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -254,6 +265,7 @@ impl Core {
             events_tx,
             clock,
             replay,
+            observer: OnceLock::new(),
         });
         let projector = Arc::downgrade(&core);
         let mut tail = core.store.subscribe(last + 1);
@@ -285,23 +297,40 @@ impl Core {
                 return;
             }
         };
-        {
-            let mut p = self
-                .projection
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            p.state.apply(&meta(&r), &r.stream, &event);
-            p.versions.insert(r.stream.clone(), r.stream_version);
-        }
-        self.applied_tx.send_replace(r.seq);
-        let _ = self.events_tx.send(Arc::new(Applied {
+        let meta = meta(&r);
+        let applied = Arc::new(Applied {
             seq: r.seq,
             stream: r.stream,
             stream_version: r.stream_version,
             recorded_at_ms: r.recorded_at_ms,
             actor: r.actor,
             event,
-        }));
+        });
+        {
+            let mut p = self
+                .projection
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let observer = self.observer.get();
+            let task_before = observer
+                .and_then(|_| applied.stream.strip_prefix(streams::TASK_PREFIX))
+                .and_then(|id| p.state.tasks.get(id))
+                .map(|t| t.phase);
+            p.state.apply(&meta, &applied.stream, &applied.event);
+            p.versions
+                .insert(applied.stream.clone(), applied.stream_version);
+            if let Some(o) = observer {
+                o.applied(&p.state, &applied, task_before);
+            }
+        }
+        self.applied_tx.send_replace(applied.seq);
+        let _ = self.events_tx.send(applied);
+    }
+
+    /// Reports appends and applied events to `observer` from now on (events replayed at start
+    /// are not reported). Only the first observer set counts.
+    pub fn set_observer(&self, observer: Arc<dyn CoreObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     /// A snapshot of the state. Keep the guard short: writers wait for it.
@@ -401,8 +430,13 @@ impl Core {
                     last_seq: 0,
                 });
             }
+            let events: usize = batch.iter().map(|sa| sa.events.len()).sum();
+            let appending = tokio::time::Instant::now();
             match self.store.append(batch).await {
                 Ok(outcome) => {
+                    if let Some(o) = self.observer.get() {
+                        o.appended(events, appending.elapsed());
+                    }
                     self.wait_applied(outcome.last_seq).await;
                     return Ok(Committed {
                         first_seq: outcome.first_seq,

@@ -13,6 +13,8 @@
 //!   and creates auto-upgrade tasks.
 //! - [`sessions`]: live agent sessions (commands down, heartbeats, check answers).
 //! - [`blobs`]: content-addressed firmware images on disk.
+//! - [`metrics`]: the OpenTelemetry instruments of the metric catalog and the gauges computed
+//!   from the projection at collection time.
 //! - [`config`], [`telemetry`], [`server`]: configuration, logs and traces, wiring.
 //! - [`tls`], [`tokens`], [`limits`], [`security`]: the listener's TLS and agent identities,
 //!   operator tokens, rate limits, and the access setup at startup (the authentication layer
@@ -28,6 +30,7 @@ pub mod config;
 pub mod core;
 pub mod dispatch;
 pub mod limits;
+pub mod metrics;
 pub mod rollouts;
 pub mod security;
 pub mod server;

@@ -18,6 +18,8 @@ use crate::app::App;
 use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::core::{Clock, Core};
+use crate::metrics::ServerMetrics;
+use ota_telemetry::metrics::{Metrics, MetricsConfig};
 use crate::sessions::Sessions;
 use crate::store::{EventStore, SledEventStore, SledOptions};
 
@@ -28,6 +30,9 @@ pub struct Server {
     pub app: Arc<App>,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the Prometheus endpoint (`/metrics`) listens, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_serve: Option<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     dispatcher: tokio::task::JoinHandle<()>,
@@ -92,14 +97,41 @@ impl Server {
                 }
             }
         }
+        let metrics = ServerMetrics::new(Metrics::new(&MetricsConfig {
+            service_name: config.service_name.clone(),
+            otlp_endpoint: config.otlp_endpoint.clone(),
+            resource: None,
+        })?);
+        core.set_observer(metrics.clone());
+        let sessions = Arc::new(Sessions::new());
+        metrics.observe(&core, &sessions);
         let shutdown = CancellationToken::new();
+        // Stops the metrics endpoint again if the start fails below.
+        let started = shutdown.clone().drop_guard();
+        let (metrics_addr, metrics_serve) = match config.metrics_listen {
+            Some(at) => {
+                let listener = TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {at}"))?;
+                let bound = listener.local_addr()?;
+                info!(addr = %bound, "serving Prometheus metrics at /metrics");
+                let serve = ota_telemetry::prometheus::serve(
+                    listener,
+                    metrics.provider().clone(),
+                    shutdown.clone(),
+                );
+                (Some(bound), Some(serve))
+            }
+            None => (None, None),
+        };
         let app = Arc::new(App {
             shutdown: shutdown.clone(),
             core,
             blobs,
             started_at_ms: clock.now_ms(),
             config,
-            sessions: Arc::new(Sessions::new()),
+            sessions,
+            metrics: metrics.clone(),
             dispatch_wake: Arc::new(tokio::sync::Notify::new()),
             task_creation: tokio::sync::Mutex::new(()),
         });
@@ -118,6 +150,7 @@ impl Server {
         let max = app.config.max_message_bytes;
         let system = api::system::SystemApi::new(app.clone(), tls.is_some(), tls.is_some());
         let router = builder
+            .layer(api::rpc_metrics::RpcMetricsLayer::new(metrics))
             .layer(api::authn::GuardLayer::new(guard))
             .trace_fn(|req| info_span!("grpc", rpc = %req.uri().path()))
             .add_service(
@@ -167,9 +200,12 @@ impl Server {
             }),
         );
         info!(%addr, "otad listening");
+        started.disarm();
         Ok(Server {
             app,
             addr,
+            metrics_addr,
+            metrics_serve,
             shutdown,
             serve,
             dispatcher,
@@ -192,6 +228,11 @@ impl Server {
         }
         let _ = self.dispatcher.await;
         let _ = self.rollouts.await;
+        if let Some(serve) = self.metrics_serve {
+            let _ = serve.await;
+        }
+        let provider = self.app.metrics.provider().clone();
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         self.app
             .core
             .store()

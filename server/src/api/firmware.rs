@@ -508,6 +508,19 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
             .await
             .map_err(ApiError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // Bytes served to agents are counted per site (`ota_firmware_download_bytes_total`): the
+        // caller's site, or (development mode has no agent identities) the named task's site.
+        let site = match &who {
+            Caller::Agent { site_id } => Some(site_id.clone()),
+            _ => self
+                .app
+                .core
+                .read()
+                .tasks
+                .get(&req.task_id)
+                .map(|t| t.created.site_id.clone()),
+        };
+        let metered = site.map(|site| (self.app.metrics.clone(), site));
         let span = info_span!("firmware.download", firmware.id = %id, task.id = %req.task_id, offset = req.offset);
         tokio::spawn(
             async move {
@@ -532,6 +545,9 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
                     offset += n as u64;
                     if tx.send(Ok(chunk)).await.is_err() {
                         return;
+                    }
+                    if let Some((metrics, site)) = &metered {
+                        metrics.firmware_served(site, n as u64);
                     }
                 }
                 tracing::debug!(bytes = offset - req.offset, "download served");

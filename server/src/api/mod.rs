@@ -15,4 +15,5 @@ pub mod firmware;
 pub mod limits;
 pub mod paging;
 pub mod rollouts;
+pub mod rpc_metrics;
 pub mod system;

@@ -1,0 +1,413 @@
+//! The Prometheus endpoints of otad and of the agent, scraped over HTTP while a real agent runs
+//! one update against a real otad: the catalog's series carry the expected labels and values
+//! while the update runs, after it succeeded, and after the server went away.
+//!
+//! The transport is scripted (the core's boundary is the `Transport` trait), so the byte counts
+//! are exact.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ota_agent::agent::{Agent, AgentOptions};
+use ota_agent::transport::{
+    CheckReport, DeviceReport, PowerSource, ProgressSink, TransferProgress, Transport,
+    TransportKind, UpdateJob, UpdateReport, VersionInfo,
+};
+use ota_domain::projection::TaskPhase;
+use ota_domain::status::{TaskError, UpgradeStatus};
+use ota_firmware::Chip;
+use ota_firmware::builders::EspAppBuilder;
+use ota_proto::v1 as pb;
+use ota_server::config::Config;
+use ota_server::core::Clock;
+use ota_server::server::{Server, open_store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// An ESPHome-like transport: reports half the image, waits for the test, reports all of it.
+#[derive(Debug)]
+struct Scripted {
+    inventory: watch::Sender<Vec<DeviceReport>>,
+    release: Arc<Semaphore>,
+}
+
+fn device(version: &str) -> DeviceReport {
+    DeviceReport {
+        local_id: "lamp".into(),
+        network: "esphome".into(),
+        name: "lamp".into(),
+        model: "esp32dev".into(),
+        chip: Some("esp32".into()),
+        platform: Some("esp32".into()),
+        current_version: Some(version.into()),
+        power_source: PowerSource::Mains,
+        reachable: true,
+        supports_ota: true,
+        ..Default::default()
+    }
+}
+
+impl Transport for Scripted {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Esphome
+    }
+    fn instance(&self) -> &str {
+        "esphome"
+    }
+    fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
+        self.inventory.subscribe()
+    }
+    fn check<'a>(
+        &'a self,
+        _device: &'a str,
+        _deadline: Duration,
+    ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
+        Box::pin(async move {
+            Ok(CheckReport {
+                reachable: true,
+                device: self.inventory.borrow()[0].clone(),
+                update_available: None,
+            })
+        })
+    }
+    fn update<'a>(
+        &'a self,
+        job: UpdateJob,
+        progress: ProgressSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
+        Box::pin(async move {
+            let total = job.image.bytes.len() as u64;
+            let report = |sent: u64| TransferProgress {
+                status: UpgradeStatus::Updating,
+                percent: Some((sent * 100 / total) as f32),
+                remaining_s: Some(1),
+                bytes_sent: sent,
+                bytes_total: total,
+                detail: "sending".into(),
+            };
+            let _ = progress.send(report(total / 2));
+            self.release.acquire().await.unwrap().forget();
+            let _ = progress.send(report(total));
+            let to = job.image.version.clone();
+            self.inventory
+                .send_modify(|d| d[0].current_version = Some(to.clone()));
+            Ok(UpdateReport {
+                from: VersionInfo {
+                    version: Some("1.0.0".into()),
+                    ..Default::default()
+                },
+                to: VersionInfo {
+                    version: Some(to),
+                    ..Default::default()
+                },
+                wire_bytes: total,
+            })
+        })
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.1: the content type and the body.
+async fn scrape(addr: SocketAddr) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (content_type, body.to_string())
+}
+
+/// The value of the series written exactly as `series` (name and sorted labels).
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    })
+}
+
+#[track_caller]
+fn assert_series(body: &str, series: &str, expected: f64) {
+    assert_eq!(value(body, series), Some(expected), "{series} in:\n{body}");
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+async fn upload_app(channel: Channel, version: &str) -> pb::Firmware {
+    let bytes = EspAppBuilder::new(Chip::Esp32)
+        .version(version)
+        .payload_size(30_000)
+        .build();
+    let msgs = vec![
+        pb::UploadFirmwareRequest {
+            part: Some(pb::upload_firmware_request::Part::Metadata(
+                pb::UploadMetadata {
+                    name: "lamp".into(),
+                    version: version.into(),
+                    ..Default::default()
+                },
+            )),
+        },
+        pb::UploadFirmwareRequest {
+            part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
+        },
+    ];
+    pb::firmware_service_client::FirmwareServiceClient::new(channel)
+        .upload(futures::stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner()
+        .firmware
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otad_and_agent_endpoints_show_one_update() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data_dir: server_dir.path().to_path_buf(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    };
+    let store = open_store(&cfg).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = Server::start(cfg, store, Clock::new(), listener)
+        .await
+        .unwrap();
+    let otad = server.metrics_addr.expect("otad serves /metrics");
+    let channel: Channel = Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect_lazy();
+
+    let (inventory, _) = watch::channel(vec![device("1.0.0")]);
+    let transport = Arc::new(Scripted {
+        inventory,
+        release: Arc::new(Semaphore::new(0)),
+    });
+    let agent = Agent::new(
+        AgentOptions {
+            site_id: "home".into(),
+            data_dir: agent_dir.path().to_path_buf(),
+            timezone: "UTC".into(),
+            utc_offset_minutes: 0,
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_millis(200),
+            tags: Default::default(),
+            progress_interval: Duration::from_millis(10),
+        },
+        vec![transport.clone() as Arc<dyn Transport>],
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let agent_metrics = ota_agent::metrics::start(
+        &agent,
+        Some("127.0.0.1:0".parse().unwrap()),
+        None,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let site = agent_metrics.addr.expect("the agent serves /metrics");
+    let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
+
+    let app = server.app.clone();
+    wait_until("the device to be reported", || {
+        app.core.read().devices.contains_key("home/lamp")
+    })
+    .await;
+    let fw = upload_app(channel.clone(), "2.0.0").await;
+    let task_id = pb::device_service_client::DeviceServiceClient::new(channel.clone())
+        .update(pb::UpdateDeviceRequest {
+            device_id: "home/lamp".into(),
+            firmware_id: fw.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap()
+        .id;
+
+    // While the transfer runs: the task is updating, one transfer is active, half the image sent.
+    wait_until("progress at the server", || {
+        app.core
+            .read()
+            .tasks
+            .get(&task_id)
+            .is_some_and(|t| t.progress == 50.0)
+    })
+    .await;
+    let (content_type, body) = scrape(otad).await;
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert_series(
+        &body,
+        r#"ota_tasks{site="home",status="updating",transport="esphome"}"#,
+        1.0,
+    );
+    assert_series(&body, r#"ota_dispatch_queue_depth{site="home"}"#, 0.0);
+    let (_, body) = scrape(site).await;
+    assert_series(
+        &body,
+        r#"ota_agent_active_transfers{site="home",transport="esphome"}"#,
+        1.0,
+    );
+    assert_series(
+        &body,
+        r#"ota_agent_transfer_bytes_total{site="home",transport="esphome"}"#,
+        (fw.size / 2) as f64,
+    );
+
+    // The device finishes; the new version is reported.
+    transport.release.add_permits(1);
+    wait_until("the task to succeed and the new version to arrive", || {
+        let state = app.core.read();
+        state.tasks[&task_id].phase == TaskPhase::Succeeded
+            && state.devices["home/lamp"].facts.current.version == "2.0.0"
+    })
+    .await;
+    wait_until("the journal to drain", || agent.unacked_count() == 0).await;
+
+    let (_, body) = scrape(otad).await;
+    for (series, expected) in [
+        (
+            r#"ota_tasks_finished_total{code="0",result="success",site="home",transport="esphome"}"#,
+            1.0,
+        ),
+        (
+            r#"ota_update_duration_seconds_count{result="success",transport="esphome"}"#,
+            1.0,
+        ),
+        ("ota_agents_connected", 1.0),
+        (r#"ota_agent_up{site="home"}"#, 1.0),
+        (
+            r#"ota_devices{reachable="true",site="home",transport="esphome"}"#,
+            1.0,
+        ),
+        (
+            r#"ota_devices_by_version{model="esp32dev",transport="esphome",version="2.0.0"}"#,
+            1.0,
+        ),
+        (
+            r#"ota_firmware_download_bytes_total{site="home"}"#,
+            fw.size as f64,
+        ),
+        (
+            r#"ota_rpc_requests_total{code="Ok",rpc="ota.v1.FirmwareService/Upload"}"#,
+            1.0,
+        ),
+        (
+            r#"ota_rpc_requests_total{code="Ok",rpc="ota.v1.DeviceService/Update"}"#,
+            1.0,
+        ),
+        (
+            r#"ota_rpc_requests_total{code="Ok",rpc="ota.v1.FirmwareService/Download"}"#,
+            1.0,
+        ),
+        (
+            r#"ota_rpc_duration_seconds_count{rpc="ota.v1.DeviceService/Update"}"#,
+            1.0,
+        ),
+        (r#"ota_rollouts{state="running"}"#, 0.0),
+        ("ota_store_log_events", app.core.store().last_seq() as f64),
+    ] {
+        assert_series(&body, series, expected);
+    }
+    assert!(!body.contains("ota_tasks{"), "no unfinished task:\n{body}");
+    assert!(
+        value(&body, "ota_store_appended_events_total").unwrap() >= 5.0,
+        "{body}"
+    );
+    assert!(value(&body, "ota_store_append_duration_seconds_count").unwrap() >= 1.0);
+    assert!(value(&body, "ota_store_log_bytes").unwrap() > 0.0);
+    assert!(value(&body, "ota_projection_lag_events").is_some());
+    assert!(body.contains(
+        r#"ota_update_duration_seconds_bucket{result="success",transport="esphome",le="+Inf"} 1"#
+    ));
+    assert!(body.contains("# TYPE ota_rpc_duration_seconds histogram\n"));
+
+    let (_, body) = scrape(site).await;
+    for (series, expected) in [
+        (r#"ota_agent_server_connected{site="home"}"#, 1.0),
+        (
+            r#"ota_agent_updates_total{code="0",result="success",site="home",transport="esphome"}"#,
+            1.0,
+        ),
+        (
+            r#"ota_agent_transfer_bytes_total{site="home",transport="esphome"}"#,
+            fw.size as f64,
+        ),
+        (
+            r#"ota_agent_transfer_duration_seconds_count{result="success",site="home",transport="esphome"}"#,
+            1.0,
+        ),
+        (
+            r#"ota_agent_active_transfers{site="home",transport="esphome"}"#,
+            0.0,
+        ),
+        (
+            r#"ota_agent_download_bytes_total{site="home"}"#,
+            fw.size as f64,
+        ),
+        (
+            r#"ota_agent_devices{reachable="true",site="home",transport="esphome"}"#,
+            1.0,
+        ),
+        (r#"ota_agent_journal_pending{site="home"}"#, 0.0),
+    ] {
+        assert_series(&body, series, expected);
+    }
+
+    // otad goes away: the agent shows it and counts its attempts to come back.
+    drop(app);
+    server.shutdown().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (_, body) = scrape(site).await;
+            if value(&body, r#"ota_agent_server_connected{site="home"}"#) == Some(0.0)
+                && value(&body, r#"ota_agent_reconnects_total{site="home"}"#)
+                    .is_some_and(|n| n >= 1.0)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the agent reports the lost session and its reconnects");
+    assert!(
+        tokio::net::TcpStream::connect(otad).await.is_err(),
+        "otad's metrics endpoint stops with the server"
+    );
+
+    stop.cancel();
+    running.await.unwrap();
+    agent_metrics.join().await;
+    assert!(tokio::net::TcpStream::connect(site).await.is_err());
+}
