@@ -11,6 +11,10 @@
 //! 2. queued (or held and due for a re-check), released by its rollout, within the concurrency
 //!    limits → preflight (`ota_domain::tasks::preflight`) → dispatch, hold or skip.
 //!
+//! Tracing: every command is sent inside a `task.dispatch` span (task, device, site, firmware,
+//! rollout, stage, transport) that continues the trace the task was created in, when this
+//! process remembers it (`Sessions::trace_of`), and whose context travels with the command.
+//!
 //! Dispatch is recorded (`TaskDispatched`) before the command is sent. If the server dies in
 //! between, the agent gets the command when it reconnects (see `api::agents`), and agents ignore
 //! a command for a task attempt they already know, so a device is never updated twice by accident.
@@ -120,6 +124,64 @@ pub fn update_command(
         body: Some(pb::server_message::Body::Update(pb::UpdateCommand {
             task_id: c.task_id.clone(),
             attempt: task.attempt,
+    span: TaskSpanFields,
+}
+
+/// What a task's spans say about it.
+#[derive(Debug, Clone, Default)]
+pub struct TaskSpanFields {
+    device_id: String,
+    firmware_id: String,
+    rollout_id: String,
+    stage: Option<u32>,
+    transport: &'static str,
+}
+
+impl TaskSpanFields {
+    /// The fields of a task.
+    pub fn of(state: &FleetState, task: &TaskView) -> Self {
+        let c = &task.created;
+        Self {
+            device_id: c.device_id.clone(),
+            firmware_id: c.firmware_id.clone(),
+            rollout_id: c.rollout_id.clone().unwrap_or_default(),
+            stage: c.rollout_id.is_some().then_some(c.stage),
+            transport: state
+                .devices
+                .get(&c.device_id)
+                .and_then(|d| d.facts.transport)
+                .map_or("", Transport::name),
+        }
+    }
+}
+
+/// The span that sends a command of a task: a new root, continuing the trace the task was
+/// created in when this process remembers it.
+pub fn task_span(
+    app: &App,
+    name: &'static str,
+    task_id: &str,
+    site_id: &str,
+    attempt: u32,
+    f: &TaskSpanFields,
+) -> tracing::Span {
+    let span = info_span!(
+        parent: None,
+        "task.dispatch",
+        otel.name = name,
+        task.id = %task_id,
+        site.id = %site_id,
+        device.id = %f.device_id,
+        firmware.id = %f.firmware_id,
+        rollout.id = %f.rollout_id,
+        stage = f.stage,
+        transport = f.transport,
+        attempt,
+    );
+    if let Some(cx) = app.sessions.trace_of(task_id) {
+        ota_telemetry::traces::set_parent_from(&span, &cx);
+    }
+    span
             device_local_id: device.local_id.clone(),
             firmware: Some(pb::FirmwareRef {
                 id: r.id.clone(),
@@ -381,6 +443,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                 }
                 if let Some(at) = t.next_attempt_at_ms
                     && at > now
+                                span: TaskSpanFields::of(state, t),
                 {
                     due(at);
                     continue;
@@ -468,6 +531,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                         if !unchanged_hold || t.next_attempt_at_ms.is_some_and(|at| at <= now) {
                             changes.push(Change::unchanged(
                                 stream,
+                                span: TaskSpanFields::of(state, t),
                                 vec![
                                     TaskHeld {
                                         error,
@@ -493,21 +557,38 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
         .await?;
 
     for out in outgoing {
-        let span = info_span!("task.dispatch", task.id = %out.task_id, site.id = %out.site_id, attempt = out.attempt);
-        let _enter = span.enter();
         let is_update = matches!(out.message.body, Some(pb::server_message::Body::Update(_)));
-        match sessions.send(&out.site_id, out.message) {
-            Ok(()) => {
-                if is_update {
-                    info!("update sent to the site");
+        let name = if is_update {
+            "task.dispatch"
+        } else {
+            "task.cancel"
+        };
+        let span = task_span(
+            app,
+            name,
+            &out.task_id,
+            &out.site_id,
+            out.attempt,
+            &out.span,
+        );
+        async {
+            match sessions.send(&out.site_id, out.message) {
+                Ok(()) => {
+                    if is_update {
+                        info!("update sent to the site");
+                    }
+                    Ok(())
+                }
+                Err(e) if is_update => {
+                    warn!(error = %e, "could not send the update; it will be retried");
+                    let error = TaskError::new(ErrorCode::AgentDisconnected, e.to_string());
+                    record_send_failure(app, &out.task_id, out.attempt, error).await
+                }
+                Err(e) => {
+                    debug!(error = %e, "cancel not delivered");
+                    Ok(())
                 }
             }
-            Err(e) if is_update => {
-                warn!(error = %e, "could not send the update; it will be retried");
-                let error = TaskError::new(ErrorCode::AgentDisconnected, e.to_string());
-                record_send_failure(app, &out.task_id, out.attempt, error).await?;
-            }
-            Err(e) => debug!(error = %e, "cancel not delivered"),
         }
     }
     Ok(next_due)
@@ -527,6 +608,8 @@ async fn record_send_failure(
                 return Ok(vec![]);
             };
             if t.attempt != attempt || !t.phase.is_at_site() {
+        .instrument(span)
+        .await?;
                 return Ok(vec![]);
             }
             let retry_at_ms = match ota_domain::tasks::after_failure(t, &error, now, jitter) {

@@ -11,7 +11,7 @@ use ota_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn};
+use tracing::{info, warn};
 
 use crate::api;
 use crate::app::App;
@@ -150,9 +150,9 @@ impl Server {
         let max = app.config.max_message_bytes;
         let system = api::system::SystemApi::new(app.clone(), tls.is_some(), tls.is_some());
         let router = builder
+            .layer(api::rpc_trace::RpcTraceLayer)
             .layer(api::rpc_metrics::RpcMetricsLayer::new(metrics))
             .layer(api::authn::GuardLayer::new(guard))
-            .trace_fn(|req| info_span!("grpc", rpc = %req.uri().path()))
             .add_service(
                 pb::firmware_service_server::FirmwareServiceServer::new(
                     api::firmware::FirmwareApi::new(app.clone()),

@@ -471,9 +471,15 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
             who.require(Role::Viewer)?;
         }
         let req = request.into_inner();
-        let (id, sha, size) = {
+        let (id, sha, size, task_site) = {
             let state = self.app.core.read();
             let id = resolve_id(&state, &req.firmware_id)?;
+            // For the span: the site of the task the download is for.
+            let task_site = state
+                .tasks
+                .get(&req.task_id)
+                .map(|t| t.created.site_id.clone())
+                .unwrap_or_default();
             // An agent downloads only what a task at its site is installing.
             if let Caller::Agent { site_id } = &who
                 && !state.tasks.values().any(|t| {
@@ -488,7 +494,7 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
                 .into());
             }
             let r = &state.firmware[&id].registered;
-            (id, r.sha256.clone(), r.size)
+            (id, r.sha256.clone(), r.size, task_site)
         };
         if req.offset > size {
             return Err(ApiError::invalid(format!(
@@ -521,7 +527,19 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
                 .map(|t| t.created.site_id.clone()),
         };
         let metered = site.map(|site| (self.app.metrics.clone(), site));
-        let span = info_span!("firmware.download", firmware.id = %id, task.id = %req.task_id, offset = req.offset);
+        let site = match &who {
+            Caller::Agent { site_id } => site_id.as_str(),
+            _ => task_site.as_str(),
+        };
+        // A child of the call's span, which continues the agent's download trace.
+        let span = info_span!(
+            "firmware.download",
+            firmware.id = %id,
+            task.id = %req.task_id,
+            site.id = %site,
+            offset = req.offset,
+            bytes = tracing::field::Empty,
+        );
         tokio::spawn(
             async move {
                 let mut offset = req.offset;
@@ -550,6 +568,7 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
                         metrics.firmware_served(site, n as u64);
                     }
                 }
+                tracing::Span::current().record("bytes", offset - req.offset);
                 tracing::debug!(bytes = offset - req.offset, "download served");
             }
             .instrument(span),
