@@ -21,6 +21,13 @@
 //!   progress forwarded (throttled: on status changes and at most once a second otherwise), and
 //!   the result journaled.
 //! - cancel: the running job's cancellation token; the transport decides what is safe.
+//!
+//! # Traces
+//! Each update runs in an `agent.task` span (and each check in an `agent.check` span) whose
+//! parent is the context otad sent with the command (`ServerMessage.trace_context`), so the
+//! site's work is part of the trace that scheduled it. Inside it: the firmware download
+//! (`download`, which passes the context on to otad) and one `device.transfer` span per
+//! transfer, named after the transport (`esphome.transfer`, ...), with bytes and outcome.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -106,6 +113,15 @@ fn load_agent_id(dir: &std::path::Path) -> std::io::Result<String> {
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(id)
+}
+
+/// The transport's name in spans (as otad names transports).
+fn transport_name(kind: crate::transport::TransportKind) -> &'static str {
+    match kind {
+        crate::transport::TransportKind::Zigbee2Mqtt => "zigbee2mqtt",
+        crate::transport::TransportKind::Esphome => "esphome",
+        crate::transport::TransportKind::Serial => "serial",
+    }
 }
 
 fn now_ms() -> i64 {
@@ -495,6 +511,7 @@ impl Agent {
         channel: Channel,
     ) -> anyhow::Result<()> {
         let command_id = msg.command_id;
+        let trace = msg.trace_context;
         match msg.body {
             Some(pb::server_message::Body::Ack(a)) => {
                 let journal = self.journal.clone();
@@ -507,10 +524,12 @@ impl Agent {
                 .await??;
             }
             Some(pb::server_message::Body::Check(c)) => {
-                tokio::spawn(self.clone().run_check(c));
+                let span = info_span!(parent: None, "agent.check", check.id = %c.check_id, site.id = %self.opts.site_id, devices = c.device_local_ids.len());
+                ota_telemetry::traces::set_parent_from(&span, &trace);
+                tokio::spawn(self.clone().run_check(c).instrument(span));
             }
             Some(pb::server_message::Body::Update(u)) => {
-                self.start_update(command_id, u, channel).await?
+                self.start_update(command_id, u, channel, &trace).await?
             }
             Some(pb::server_message::Body::Cancel(c)) => {
                 let token = self
@@ -584,9 +603,7 @@ impl Agent {
                 agent.send_now(pb::agent_message::Body::CheckResult(answer));
             }
         });
-        futures::future::join_all(checks)
-            .instrument(info_span!("agent.check", check.id = %c.check_id))
-            .await;
+        futures::future::join_all(checks).await;
     }
 
     async fn start_update(
@@ -594,6 +611,7 @@ impl Agent {
         command_id: u64,
         u: pb::UpdateCommand,
         channel: Channel,
+        trace: &HashMap<String, String>,
     ) -> anyhow::Result<()> {
         let known = self
             .journal
@@ -660,15 +678,22 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(u.task_id.clone(), token.clone());
+        // Not a child of the session's span: the task continues the trace otad sent with it.
         let span = info_span!(
+            parent: None,
             "agent.task",
             task.id = %u.task_id,
             attempt = u.attempt,
-            device.id = %u.device_local_id,
+            device.id = %format!("{}/{}", self.opts.site_id, u.device_local_id),
+            device.local_id = %u.device_local_id,
             site.id = %self.opts.site_id,
             firmware.id = %firmware.id,
-            transport = ?transport.kind(),
+            transport = transport_name(transport.kind()),
+            outcome = tracing::field::Empty,
+            error.code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
+        ota_telemetry::traces::set_parent_from(&span, trace);
         let agent = self.clone();
         tokio::spawn(
             async move {
@@ -750,9 +775,28 @@ impl Agent {
                 u.timeout_s
             })),
         };
+        let kind = transport_name(transport.kind());
+        let transfer = info_span!(
+            "device.transfer",
+            otel.name = %format!("{kind}.transfer"),
+            transport = kind,
+            transport.instance = %transport.instance(),
+            device.id = %format!("{}/{}", self.opts.site_id, u.device_local_id),
+            site.id = %self.opts.site_id,
+            firmware.id = %firmware.id,
+            task.id = %u.task_id,
+            bytes.total = firmware.size,
+            bytes.sent = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            error.code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let mut sent_bytes = self.instruments().map(|m| m.bytes(transport.kind()));
         let (ptx, mut prx) = mpsc::unbounded_channel::<TransferProgress>();
-        let update = transport.update(job, ptx, cancel);
+        let mut bytes_sent = 0u64;
+        let update = transport
+            .update(job, ptx, cancel)
+            .instrument(transfer.clone());
         tokio::pin!(update);
         let mut last: Option<(UpgradeStatus, tokio::time::Instant)> = None;
         let mut pending: Option<TransferProgress> = None;
@@ -765,6 +809,7 @@ impl Agent {
                     if let Some(m) = &mut sent_bytes {
                         m.progress(&p);
                     }
+                    bytes_sent = bytes_sent.max(p.bytes_sent);
                     let due = match last {
                         None => true,
                         Some((status, at)) => status != p.status || at.elapsed() >= self.opts.progress_interval,
@@ -789,8 +834,22 @@ impl Agent {
             if let Some(m) = &mut sent_bytes {
                 m.progress(&p);
             }
+            bytes_sent = bytes_sent.max(p.bytes_sent);
             pending = Some(p);
         }
+        match &result {
+            Ok(r) => {
+                transfer.record("bytes.sent", r.wire_bytes.max(bytes_sent));
+                transfer.record("outcome", "success");
+            }
+            Err(e) => {
+                transfer.record("bytes.sent", bytes_sent);
+                transfer.record("outcome", "failure");
+                transfer.record("error.code", e.code.code());
+                transfer.record("otel.status_code", "error");
+            }
+        }
+        drop(transfer);
         if let Some(p) = pending.take() {
             self.progress(u, &p).await;
         }
@@ -802,6 +861,15 @@ impl Agent {
         u: &pb::UpdateCommand,
         outcome: Result<(crate::transport::UpdateReport, u64), TaskError>,
     ) -> anyhow::Result<()> {
+        let span = tracing::Span::current();
+        match &outcome {
+            Ok(_) => span.record("outcome", "success"),
+            Err(e) => {
+                span.record("error.code", e.code.code());
+                span.record("otel.status_code", "error");
+                span.record("outcome", "failure")
+            }
+        };
         let result = match outcome {
             Ok((r, duration_ms)) => {
                 info!(from = ?r.from.version, to = ?r.to.version, duration_ms, "update succeeded");

@@ -39,6 +39,14 @@
 //! name = "bench-esp32"
 //! port = "/dev/ttyUSB0"
 //! chip = "esp32"
+//!
+//! [telemetry]                           # logs and traces; see ota_telemetry::traces
+//! otlp_endpoint = "http://127.0.0.1:4317"  # default: OTEL_EXPORTER_OTLP_ENDPOINT, else no export
+//! service_name = "ota-agent"            # default: OTEL_SERVICE_NAME, else "ota-agent"
+//! sample_ratio = 1.0                    # new traces only; commands from otad follow its decision
+//! log_format = "text"                   # or "json"
+//! [telemetry.resource_attributes]       # ota.site.id is always added
+//! "deployment.environment" = "prod"
 //! ```
 //!
 //! Loading parses and validates everything and reports every problem at once; it opens no
@@ -99,10 +107,38 @@ pub struct AgentConfig {
     /// Trusted firmware signing keys and the site's policy.
     #[serde(default)]
     pub trust: TrustConfig,
+    /// Logs and traces (`[telemetry]`).
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
     /// Directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
 }
+
+/// `[telemetry]`: logs and traces. Set values win over the standard `OTEL_*` variables, which
+/// fill the rest (see `ota_telemetry::traces`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name`; default `OTEL_SERVICE_NAME`, else `ota-agent`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Share of new traces to sample (0.0–1.0); work for otad's commands follows otad's decision.
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
+    /// Log output: `text` or `json`.
+    #[serde(default)]
+    pub log_format: ota_telemetry::traces::LogFormat,
+    /// Extra resource attributes; `ota.site.id` is always the site's id.
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+}
+
+/// The agent's default `service.name`.
+pub const DEFAULT_SERVICE_NAME: &str = "ota-agent";
 
 /// Reconnect backoff.
 #[derive(Debug, Clone, Deserialize)]
@@ -228,6 +264,12 @@ impl AgentConfig {
         {
             errors.push(format!("esphome: {e}"));
         }
+        if let Err(e) = cfg
+            .tracing_config()
+            .resolve_with(DEFAULT_SERVICE_NAME, |_| None)
+        {
+            errors.extend(e.into_iter().map(|e| format!("telemetry: {e}")));
+        }
         let mut networks = std::collections::HashSet::new();
         for z in &cfg.zigbee2mqtt {
             if z.network.is_empty() || !networks.insert(z.network.as_str()) {
@@ -241,6 +283,20 @@ impl AgentConfig {
             Ok(cfg)
         } else {
             Err(ConfigError(errors))
+        }
+    }
+
+    /// The `[telemetry]` section as tracing configuration, with `ota.site.id` in the resource.
+    pub fn tracing_config(&self) -> ota_telemetry::traces::TracingConfig {
+        let t = &self.telemetry;
+        let mut resource_attributes = t.resource_attributes.clone();
+        resource_attributes.insert("ota.site.id".into(), self.site_id.clone());
+        ota_telemetry::traces::TracingConfig {
+            log_format: t.log_format,
+            service_name: t.service_name.clone(),
+            otlp_endpoint: t.otlp_endpoint.clone(),
+            sample_ratio: t.sample_ratio,
+            resource_attributes,
         }
     }
 
@@ -373,6 +429,49 @@ chip = "esp32"
         )
         .unwrap_err();
         assert!(e.to_string().contains("at least one key"), "{e}");
+    }
+
+    #[test]
+    fn telemetry_section() {
+        let base = "site_id=\"home\"\nserver=\"http://x\"\ndata_dir=\"/t\"\n";
+        let c = AgentConfig::parse(base).unwrap();
+        assert_eq!(c.telemetry, TelemetrySection::default());
+        let r = c
+            .tracing_config()
+            .resolve_with(DEFAULT_SERVICE_NAME, |_| None)
+            .unwrap();
+        assert_eq!(r.service_name, "ota-agent");
+        assert_eq!(r.endpoint, None);
+        assert_eq!(r.resource_attributes["ota.site.id"], "home");
+
+        let c = AgentConfig::parse(&format!(
+            "{base}[telemetry]\notlp_endpoint = \"http://collector:4317\"\nsample_ratio = 0.2\nlog_format = \"json\"\n[telemetry.resource_attributes]\nregion = \"eu\"\n\"ota.site.id\" = \"spoofed\"\n"
+        ))
+        .unwrap();
+        // The environment does not override what the file sets.
+        let env = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://env:4317".to_string()),
+            "OTEL_SERVICE_NAME" => Some("agent-from-env".to_string()),
+            _ => None,
+        };
+        let r = c
+            .tracing_config()
+            .resolve_with(DEFAULT_SERVICE_NAME, env)
+            .unwrap();
+        assert_eq!(r.endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(r.service_name, "agent-from-env");
+        assert_eq!(r.log_format, ota_telemetry::traces::LogFormat::Json);
+        assert_eq!(r.resource_attributes["region"], "eu");
+        assert_eq!(r.resource_attributes["ota.site.id"], "home");
+        assert!(r.sampler.parent_based);
+
+        let e = AgentConfig::parse(&format!(
+            "{base}[telemetry]\nsample_ratio = 3.0\notlp_endpoint = \"collector:4317\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(e.0.iter().all(|l| l.starts_with("telemetry: ")), "{e}");
+        assert!(AgentConfig::parse(&format!("{base}[telemetry]\nendpoint = \"x\"\n")).is_err());
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! a broken stream), must have exactly the announced size, and its SHA-256 must equal the one
 //! the server's command named. A mismatch is 5009 and the image is discarded; a download that
 //! keeps failing is 5003.
+//!
+//! Tracing: a `firmware.download` span (firmware, task, bytes, attempts, outcome) whose context
+//! goes with every `Download` request as `traceparent` metadata, so otad's side of the download
+//! is in the same trace as the task.
 
 use std::time::Duration;
 
@@ -13,7 +17,7 @@ use ota_domain::status::{ErrorCode, TaskError};
 use ota_proto::v1 as pb;
 use sha2::Sha256;
 use tonic::transport::Channel;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, field, warn};
 
 use crate::transport::VerifiedImage;
 
@@ -25,6 +29,41 @@ pub async fn fetch(
     channel: Channel,
     firmware: &pb::FirmwareRef,
     task_id: &str,
+) -> Result<VerifiedImage, TaskError> {
+    let span = tracing::info_span!(
+        "firmware.download",
+        otel.kind = "client",
+        firmware.id = %firmware.id,
+        task.id = %task_id,
+        bytes.total = firmware.size,
+        bytes = field::Empty,
+        attempts = field::Empty,
+        outcome = field::Empty,
+        error.code = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    let result = fetch_traced(channel, firmware, task_id, &span)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(image) => {
+            span.record("bytes", image.bytes.len() as u64);
+            span.record("outcome", "ok");
+        }
+        Err(e) => {
+            span.record("outcome", "error");
+            span.record("error.code", e.code.code());
+            span.record("otel.status_code", "error");
+        }
+    }
+    result
+}
+
+async fn fetch_traced(
+    channel: Channel,
+    firmware: &pb::FirmwareRef,
+    task_id: &str,
+    span: &tracing::Span,
 ) -> Result<VerifiedImage, TaskError> {
     if firmware.sha256.len() != 64 {
         return Err(TaskError::new(
@@ -40,11 +79,13 @@ pub async fn fetch(
         if attempt > 1 {
             tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
         }
-        let request = pb::DownloadFirmwareRequest {
+        span.record("attempts", attempt);
+        let mut request = tonic::Request::new(pb::DownloadFirmwareRequest {
             firmware_id: firmware.id.clone(),
             offset: buf.len() as u64,
             task_id: task_id.to_string(),
-        };
+        });
+        ota_telemetry::traces::inject_metadata(span, request.metadata_mut());
         let mut stream = match client.download(request).await {
             Ok(s) => s.into_inner(),
             Err(status) if status.code() == tonic::Code::NotFound => {

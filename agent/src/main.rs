@@ -76,14 +76,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,rumqttc=warn")
-            }),
-        )
-        .init();
+    // Logs, and traces over OTLP when [telemetry] or OTEL_* name a collector; flushed on drop.
+    let tracing = config
+        .tracing_config()
+        .resolve(ota_agent::config::DEFAULT_SERVICE_NAME)
+        .map_err(|e| anyhow::anyhow!("invalid [telemetry]:\n{}", e.join("\n")))?;
+    let _telemetry = ota_telemetry::traces::init(&tracing)?;
     let cancel = CancellationToken::new();
     let site = Site::start(&config, cancel.clone()).await?;
     let options = AgentOptions {

@@ -13,6 +13,7 @@
 //! plaintext, so that `Server::start` with defaults behaves like a local development server —
 //! with the same loud warnings.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,8 +41,13 @@ pub struct Config {
     pub agent_timeout: Duration,
     /// OTLP/gRPC endpoint for traces and metrics (`OTEL_EXPORTER_OTLP_ENDPOINT` also works).
     pub otlp_endpoint: Option<String>,
-    /// Service name in traces.
+    /// Service name in traces (`OTEL_SERVICE_NAME` also works).
     pub service_name: String,
+    /// Share of new traces to sample (0.0–1.0); calls that arrive with a trace context follow
+    /// the caller's decision. Unset: `OTEL_TRACES_SAMPLER`/`_ARG`, else every trace.
+    pub trace_sample_ratio: Option<f64>,
+    /// Extra resource attributes of otad's traces (each wins over `OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource_attributes: BTreeMap<String, String>,
     /// Log output: human text or JSON lines.
     pub log_format: LogFormat,
     /// Prometheus scrape endpoint (`/metrics`), if any.
@@ -124,6 +130,8 @@ impl Default for Config {
             agent_timeout: Duration::from_secs(45),
             otlp_endpoint: None,
             service_name: "otad".into(),
+            trace_sample_ratio: None,
+            resource_attributes: BTreeMap::new(),
             log_format: LogFormat::Text,
             metrics_listen: None,
             truncate_corrupt_tail_after: None,
@@ -170,9 +178,12 @@ pub struct Flags {
     /// OTEL_EXPORTER_OTLP_ENDPOINT. Unset: no export.
     #[arg(long, env = "OTAD_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
-    /// Service name in traces [default: otad].
+    /// Service name in traces [default: OTEL_SERVICE_NAME, else otad].
     #[arg(long, env = "OTAD_SERVICE_NAME")]
     pub service_name: Option<String>,
+    /// Share of new traces to sample, 0.0 to 1.0 [default: OTEL_TRACES_SAMPLER, else all].
+    #[arg(long, env = "OTAD_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
     /// Log format [default: text].
     #[arg(long, env = "OTAD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -214,6 +225,8 @@ struct FileConfig {
     agent_timeout: Option<String>,
     otlp_endpoint: Option<String>,
     service_name: Option<String>,
+    trace_sample_ratio: Option<f64>,
+    resource_attributes: Option<BTreeMap<String, String>>,
     log_format: Option<LogFormat>,
     metrics_listen: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -237,6 +250,21 @@ impl Config {
     /// over defaults. `otel_endpoint_env` is `OTEL_EXPORTER_OTLP_ENDPOINT`, passed in so tests
     /// need not touch the process environment.
     pub fn load(flags: &Flags, otel_endpoint_env: Option<String>) -> Result<Config, ConfigError> {
+        Self::load_with_env(flags, |k| {
+            (k == ota_telemetry::traces::ENV_OTLP_ENDPOINT)
+                .then(|| otel_endpoint_env.clone())
+                .flatten()
+        })
+    }
+
+    /// Like [`Config::load`], with the standard OpenTelemetry variables read through `env`:
+    /// the OTLP endpoint (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT`)
+    /// and `OTEL_SERVICE_NAME` fill what the flags and the file leave unset. (Sampling,
+    /// resource and the off switches are read when telemetry starts; see `crate::telemetry`.)
+    pub fn load_with_env(
+        flags: &Flags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut errors = Vec::new();
         let file = match &flags.config {
             Some(path) => match read_file(path) {
@@ -286,8 +314,16 @@ impl Config {
         if file.otlp_endpoint.is_some() {
             c.otlp_endpoint = file.otlp_endpoint;
         }
+        let mut service_name_set = false;
         if let Some(v) = file.service_name {
             c.service_name = v;
+            service_name_set = true;
+        }
+        if file.trace_sample_ratio.is_some() {
+            c.trace_sample_ratio = file.trace_sample_ratio;
+        }
+        if let Some(v) = file.resource_attributes {
+            c.resource_attributes = v;
         }
         if let Some(v) = file.log_format {
             c.log_format = v;
@@ -321,10 +357,27 @@ impl Config {
             c.otlp_endpoint = Some(v.clone());
         }
         if c.otlp_endpoint.is_none() {
-            c.otlp_endpoint = otel_endpoint_env.filter(|s| !s.trim().is_empty());
+            c.otlp_endpoint = ota_telemetry::traces::env_otlp_endpoint(&env);
         }
         if let Some(v) = &flags.service_name {
             c.service_name = v.clone();
+            service_name_set = true;
+        }
+        if !service_name_set
+            && let Some(v) =
+                env(ota_telemetry::traces::ENV_SERVICE_NAME).filter(|s| !s.trim().is_empty())
+        {
+            c.service_name = v.trim().to_string();
+        }
+        if flags.trace_sample_ratio.is_some() {
+            c.trace_sample_ratio = flags.trace_sample_ratio;
+        }
+        if let Some(r) = c.trace_sample_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            errors.push(format!(
+                "trace_sample_ratio = {r} is not between 0.0 and 1.0"
+            ));
         }
         if let Some(v) = flags.log_format {
             c.log_format = v;
@@ -503,6 +556,57 @@ mod tests {
         assert!(err.to_string().contains("listen"));
         assert!(err.to_string().contains("agent_timeout"));
         assert!(err.to_string().contains("max_firmware_bytes"));
+    }
+
+    #[test]
+    fn telemetry_keys_and_otel_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otad.toml");
+        std::fs::write(
+            &path,
+            "otlp_endpoint = \"http://file:4317\"\ntrace_sample_ratio = 0.1\n[resource_attributes]\n\"deployment.environment\" = \"prod\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://env:4317".to_string()),
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some("http://env-traces:4317".to_string()),
+            "OTEL_SERVICE_NAME" => Some("otad-eu".to_string()),
+            _ => None,
+        };
+        // The file's endpoint wins over the variables; the variables' service name fills in.
+        let flags = Flags {
+            config: Some(path.clone()),
+            ..plaintext()
+        };
+        let c = Config::load_with_env(&flags, env).unwrap();
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://file:4317"));
+        assert_eq!(c.service_name, "otad-eu");
+        assert_eq!(c.trace_sample_ratio, Some(0.1));
+        assert_eq!(c.resource_attributes["deployment.environment"], "prod");
+
+        // Without the file: the traces endpoint variable wins over the general one; a flag
+        // wins over OTEL_SERVICE_NAME.
+        let flags = Flags {
+            service_name: Some("otad-flag".into()),
+            trace_sample_ratio: Some(0.5),
+            ..plaintext()
+        };
+        let c = Config::load_with_env(&flags, env).unwrap();
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://env-traces:4317"));
+        assert_eq!(c.service_name, "otad-flag");
+        assert_eq!(c.trace_sample_ratio, Some(0.5));
+        let t = crate::telemetry::tracing_config(&c)
+            .resolve_with("otad", env)
+            .unwrap();
+        assert_eq!(t.service_name, "otad-flag");
+        assert!(t.sampler.parent_based);
+
+        let bad = Flags {
+            trace_sample_ratio: Some(2.0),
+            ..plaintext()
+        };
+        let err = Config::load(&bad, None).unwrap_err();
+        assert!(err.to_string().contains("trace_sample_ratio"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ota_server::server::{Server, open_store};
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    let config = match Config::load(&flags, std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()) {
+    let config = match Config::load_with_env(&flags, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("otad: {e}");
@@ -46,11 +46,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let _telemetry = ota_server::telemetry::init(
-        config.log_format,
-        &config.service_name,
-        config.otlp_endpoint.as_deref(),
-    )?;
+    let _telemetry = ota_server::telemetry::init_config(&config)?;
     let store = open_store(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

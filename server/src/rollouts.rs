@@ -190,7 +190,16 @@ impl Rollouts {
             }
         }
         let created = app
+            let span = step_span(&id, &decision);
+            let _entered = span.enter();
             .core
+            // Tasks created by this step dispatch in its trace.
+            if !decision.new_tasks.is_empty() {
+                let cx = ota_telemetry::traces::inject(&span);
+                for t in &decision.new_tasks {
+                    app.sessions.remember_trace(&t.task_id, cx.clone());
+                }
+            }
             .execute::<CoreError, _>(&Actor::system(), |state| {
                 Ok(auto::due(state)
                     .into_iter()
@@ -337,6 +346,33 @@ fn log_decision(rollout_id: &str, d: &Reconcile) {
                 warn!(rollout.id = %rollout_id, reason = %a.reason, "rollout aborted")
             }
             other => info!(rollout.id = %rollout_id, event = other.type_name(), "rollout moved"),
+/// The span of a rollout step that changed something (a stage transition, tasks created or
+/// ended), a new root per step; `Span::none()` for a pass that changed nothing, so idle passes
+/// cost no traces. Its events are the log lines of [`log_decision`].
+fn step_span(rollout_id: &str, d: &Reconcile) -> tracing::Span {
+    if d.rollout_events.is_empty() && d.new_tasks.is_empty() && d.task_events.is_empty() {
+        return tracing::Span::none();
+    }
+    let stage = d.rollout_events.iter().find_map(|e| match e {
+        DomainEvent::StageStarted(s) => Some(s.index),
+        DomainEvent::StageDevicesExcluded(s) => Some(s.index),
+        DomainEvent::StageSoaking(s) => Some(s.index),
+        DomainEvent::StageSucceeded(s) => Some(s.index),
+        DomainEvent::StageFailed(s) => Some(s.index),
+        _ => None,
+    });
+    let events: Vec<&str> = d.rollout_events.iter().map(|e| e.type_name()).collect();
+    info_span!(
+        parent: None,
+        "rollout.step",
+        rollout.id = %rollout_id,
+        stage,
+        events = %events.join(","),
+        tasks.created = d.new_tasks.len(),
+        tasks.ended = d.task_events.len(),
+    )
+}
+
         }
     }
     if !d.new_tasks.is_empty() {

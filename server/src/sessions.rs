@@ -3,6 +3,12 @@
 //!
 //! This is the only in-memory state of the server that is not a projection of the log. It is
 //! lost on restart on purpose: agents reconnect and say it again.
+//!
+//! Tracing: [`Sessions::send`] stamps every command with the W3C context of the span that sends
+//! it (`ServerMessage.trace_context`), so the agent's work for a command joins the command's
+//! trace. The trace a task was created in (an `Update` call, a rollout step) is remembered here
+//! too ([`Sessions::remember_trace`]), so its dispatch, however much later, continues that
+//! trace; it is a hint that a restart loses, never an event.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,7 +48,14 @@ pub struct Sessions {
     /// (check id, site, device local id) -> waiter. The site is the asking session's, so an
     /// agent can answer only for devices of its own site.
     check_waiters: Mutex<HashMap<(String, String, String), oneshot::Sender<CheckAnswer>>>,
+    /// Task id -> W3C context of the span that created the task (bounded, see
+    /// [`MAX_TRACE_LINKS`]).
+    trace_links: Mutex<HashMap<String, HashMap<String, String>>>,
 }
+
+/// Most task trace contexts remembered; beyond it the map is cleared (tasks then dispatch in
+/// traces of their own).
+pub const MAX_TRACE_LINKS: usize = 10_000;
 
 /// Why a command could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,15 +139,41 @@ impl Sessions {
         self.next_command.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends a message to a site's agent without waiting.
-    pub fn send(&self, site_id: &str, msg: pb::ServerMessage) -> Result<(), SendError> {
+    /// Sends a message to a site's agent without waiting. A message without a trace context
+    /// gets the current span's.
+    pub fn send(&self, site_id: &str, mut msg: pb::ServerMessage) -> Result<(), SendError> {
         let session = self
             .get(site_id)
             .ok_or_else(|| SendError::NotConnected(site_id.to_string()))?;
+        if msg.trace_context.is_empty() {
+            msg.trace_context = ota_telemetry::traces::inject(&tracing::Span::current());
+        }
         session
             .tx
             .try_send(msg)
             .map_err(|_| SendError::Closed(site_id.to_string()))
+    }
+
+    /// Remembers the trace a task was created in (a context from
+    /// `ota_telemetry::traces::inject`; an empty one is not kept).
+    pub fn remember_trace(&self, task_id: &str, context: HashMap<String, String>) {
+        if context.is_empty() {
+            return;
+        }
+        let mut links = self.trace_links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.len() >= MAX_TRACE_LINKS {
+            links.clear();
+        }
+        links.insert(task_id.to_string(), context);
+    }
+
+    /// The trace a task was created in, if this process remembers it.
+    pub fn trace_of(&self, task_id: &str) -> Option<HashMap<String, String>> {
+        self.trace_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(task_id)
+            .cloned()
     }
 
     /// Records that a site mentioned a device.

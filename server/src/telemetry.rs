@@ -1,85 +1,55 @@
-//! Logs and traces: `tracing` to stderr (text or JSON), and, when an OTLP endpoint is
-//! configured, spans exported over OTLP/gRPC.
+//! otad's logs and traces: its configuration handed to `ota_telemetry::traces`.
 //!
-//! Export runs on a background batch processor with a bounded queue: a missing or slow collector
-//! costs dropped spans, never a blocked or crashed server.
+//! Logs go to stderr (text or JSON); when an OTLP endpoint is configured (or given by the
+//! standard `OTEL_*` variables), spans are exported over OTLP/gRPC on a background batch
+//! processor with a bounded queue: a missing or slow collector costs dropped spans, never a
+//! blocked or crashed server. The precedence of configuration and variables is documented in
+//! `ota_telemetry::traces`.
 
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+pub use ota_telemetry::traces::Telemetry;
 
-use crate::config::LogFormat;
+use crate::config::{Config, LogFormat};
 
-/// Keeps the exporter alive; dropping it flushes what is queued.
-#[derive(Debug, Default)]
-pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
-}
-
-impl Drop for Telemetry {
-    fn drop(&mut self) {
-        if let Some(p) = self.provider.take() {
-            let _ = p.shutdown();
+impl From<LogFormat> for ota_telemetry::traces::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => Self::Text,
+            LogFormat::Json => Self::Json,
         }
     }
 }
 
+/// The tracing part of otad's configuration.
+pub fn tracing_config(config: &Config) -> ota_telemetry::traces::TracingConfig {
+    ota_telemetry::traces::TracingConfig {
+        log_format: config.log_format.into(),
+        service_name: Some(config.service_name.clone()),
+        otlp_endpoint: config.otlp_endpoint.clone(),
+        sample_ratio: config.trace_sample_ratio,
+        resource_attributes: config.resource_attributes.clone(),
+    }
+}
+
+/// Installs the global subscriber for `config`, completed by the process's `OTEL_*` variables.
+pub fn init_config(config: &Config) -> anyhow::Result<Telemetry> {
+    let resolved = tracing_config(config)
+        .resolve("otad")
+        .map_err(|e| anyhow::anyhow!("invalid telemetry configuration:\n{}", e.join("\n")))?;
+    ota_telemetry::traces::init(&resolved)
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter (`info`).
+/// (The older entry point; [`init_config`] also takes the sampling ratio and resource.)
 pub fn init(
     format: LogFormat,
     service_name: &str,
     otlp_endpoint: Option<&str>,
 ) -> anyhow::Result<Telemetry> {
-    let filter = || {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,sled=warn"))
+    let config = Config {
+        log_format: format,
+        service_name: service_name.to_string(),
+        otlp_endpoint: otlp_endpoint.map(str::to_string),
+        ..Config::default()
     };
-    let fmt_layer = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-            .boxed(),
-    };
-    let mut telemetry = Telemetry::default();
-    let otel_layer = match otlp_endpoint {
-        Some(endpoint) => {
-            let provider = tracer_provider(service_name, endpoint)?;
-            let tracer = provider.tracer(service_name.to_string());
-            telemetry.provider = Some(provider);
-            Some(
-                tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    .with_filter(filter()),
-            )
-        }
-        None => None,
-    };
-    tracing_subscriber::registry()
-        .with(fmt_layer)
-        .with(otel_layer)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("tracing already initialised: {e}"))?;
-    Ok(telemetry)
-}
-
-fn tracer_provider(service_name: &str, endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
-    use opentelemetry_otlp::WithExportConfig;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service_name.to_string())
-        .build();
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource)
-        .build())
+    init_config(&config)
 }

@@ -186,7 +186,11 @@ impl TracingConfig {
         default_service_name: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ResolvedTracing, Vec<String>> {
-        let env = |k: &str| env(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let env = |k: &str| {
+            env(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
 
@@ -201,7 +205,7 @@ impl TracingConfig {
             .otlp_endpoint
             .clone()
             .filter(|s| !s.trim().is_empty())
-            .or_else(|| env_otlp_endpoint(&env));
+            .or_else(|| env_otlp_endpoint(env));
         if let Some(e) = &endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))
         {
@@ -230,7 +234,7 @@ impl TracingConfig {
                 errors.push(format!("trace sample ratio {r} is not between 0.0 and 1.0"));
                 SamplerChoice::default()
             }
-            None => env_sampler(&env, &mut warnings),
+            None => env_sampler(env, &mut warnings),
         };
 
         let mut resource_attributes = match env(ENV_RESOURCE_ATTRIBUTES) {
@@ -269,7 +273,11 @@ impl TracingConfig {
 /// The OTLP endpoint for traces from the standard variables: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
 /// else `OTEL_EXPORTER_OTLP_ENDPOINT` (for gRPC both are used as they are).
 pub fn env_otlp_endpoint(env: impl Fn(&str) -> Option<String>) -> Option<String> {
-    let get = |k: &str| env(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let get = |k: &str| {
+        env(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     get(ENV_OTLP_TRACES_ENDPOINT).or_else(|| get(ENV_OTLP_ENDPOINT))
 }
 
@@ -438,7 +446,10 @@ pub fn resource(resolved: &ResolvedTracing) -> opentelemetry_sdk::Resource {
         .build()
 }
 
-fn tracer_provider(resolved: &ResolvedTracing, endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+fn tracer_provider(
+    resolved: &ResolvedTracing,
+    endpoint: &str,
+) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -666,7 +677,12 @@ mod tests {
         ]);
         let r = TracingConfig::default().resolve_with("otad", env).unwrap();
         assert_eq!(r.sampler, SamplerChoice::default());
-        assert_eq!(r.resource_attributes.len(), 1, "{:?}", r.resource_attributes);
+        assert_eq!(
+            r.resource_attributes.len(),
+            1,
+            "{:?}",
+            r.resource_attributes
+        );
         assert_eq!(r.warnings.len(), 5, "{:?}", r.warnings);
 
         let bad = TracingConfig {

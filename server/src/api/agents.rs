@@ -36,7 +36,7 @@ use super::convert;
 use super::error::ApiError;
 use crate::app::App;
 use crate::core::{Change, CoreError};
-use crate::dispatch::update_command;
+use crate::dispatch::{TaskSpanFields, task_span, update_command};
 use crate::sessions::Session;
 
 /// The service.
@@ -197,7 +197,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
                         t.command_id
                             .unwrap_or_else(|| app.sessions.next_command_id()),
                     ) {
-                        resend.push(m);
+                        resend.push((m, TaskSpanFields::of(&state, t), t.attempt));
                     }
                 }
             }
@@ -214,7 +214,18 @@ impl pb::agent_service_server::AgentService for AgentApi {
             let _ = tx.try_send(welcome);
             (acked, resend)
         };
-        for m in resend {
+        for (mut m, fields, attempt) in resend {
+            if let Some(pb::server_message::Body::Update(u)) = &m.body {
+                let span = task_span(
+                    &app,
+                    "task.resend",
+                    &u.task_id,
+                    &hello.site_id,
+                    attempt,
+                    &fields,
+                );
+                m.trace_context = ota_telemetry::traces::inject(&span);
+            }
             let _ = tx.try_send(m);
         }
         app.dispatch_wake.notify_one();

@@ -468,7 +468,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         Ok(Response::new(resp))
     }
 
-    #[tracing::instrument(skip_all, fields(device.id = %request.get_ref().device_id, firmware.id = %request.get_ref().firmware_id))]
+    #[tracing::instrument(skip_all, fields(device.id = %request.get_ref().device_id, firmware.id = %request.get_ref().firmware_id, task.id = tracing::field::Empty))]
     async fn update(
         &self,
         request: Request<pb::UpdateDeviceRequest>,
@@ -492,6 +492,12 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             return Err(ApiError::invalid("timeout_s is at most 86400 (24 h)").into());
         }
         let task_id = new_id("task");
+        let span = tracing::Span::current();
+        span.record("task.id", task_id.as_str());
+        // The dispatch of this task (in the dispatcher's loop) continues this call's trace.
+        self.app
+            .sessions
+            .remember_trace(&task_id, ota_telemetry::traces::inject(&span));
         let _guard = self.app.task_creation.lock().await;
         let retry = RetryPolicy::default();
         let from = self

@@ -16,4 +16,5 @@ pub mod limits;
 pub mod paging;
 pub mod rollouts;
 pub mod rpc_metrics;
+pub mod rpc_trace;
 pub mod system;
