@@ -254,12 +254,14 @@ fn write_labels(out: &mut String, labels: &[(String, String)], extra: Option<(&s
     out.push('}');
 }
 
+/// A series' sorted, sanitised labels and its value.
+type Labelled<'a> = (Vec<(String, String)>, &'a Value);
+
 /// Renders families in the text exposition format 0.0.4. Families are sorted by their final
 /// name, series by their sorted, sanitised labels; families without series are left out.
 pub fn render(families: &[Family]) -> String {
     // Final name → (kind, help, series with normalised labels). Same-named families merge.
-    let mut by_name: BTreeMap<String, (Kind, &str, Vec<(Vec<(String, String)>, &Value)>)> =
-        BTreeMap::new();
+    let mut by_name: BTreeMap<String, (Kind, &str, Vec<Labelled<'_>>)> = BTreeMap::new();
     for f in families {
         let mut name = sanitize_name(&f.name);
         if f.kind == Kind::Counter && !name.ends_with("_total") {
