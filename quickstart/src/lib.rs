@@ -224,6 +224,7 @@ pub struct Quickstart {
     server: Server,
     cancel: CancellationToken,
     agent: JoinHandle<()>,
+    agent_metrics: ota_agent::metrics::AgentMetrics,
     site_tasks: Site,
     sims: Arc<Sims>,
     saver: JoinHandle<()>,
@@ -268,7 +269,7 @@ impl Quickstart {
             })?;
         let server = Server::start(config, store, Clock::new(), listener).await?;
         let grpc_addr = server.addr;
-        let metrics_addr = None;
+        let metrics_addr = server.metrics_addr;
         let channel = Endpoint::from_shared(format!("http://{grpc_addr}"))?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
@@ -392,7 +393,14 @@ impl Quickstart {
             site_tasks.transports.clone(),
             config.trust_policy()?,
         )?;
-        let agent_metrics_addr = None;
+        let agent_metrics = ota_agent::metrics::start(
+            &agent,
+            opts.agent_metrics_listen,
+            config.telemetry.otlp_endpoint.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        let agent_metrics_addr = agent_metrics.addr;
         let agent = tokio::spawn(agent.run(channel.clone(), cancel.clone()));
 
         let sims = Arc::new(Sims {
@@ -420,6 +428,7 @@ impl Quickstart {
             server,
             cancel,
             agent,
+            agent_metrics,
             site_tasks,
             sims,
             saver,
@@ -476,6 +485,7 @@ impl Quickstart {
         self.cancel.cancel();
         let _ = self.agent.await;
         self.site_tasks.join().await;
+        self.agent_metrics.join().await;
         let _ = self.saver.await;
         if let Err(e) = self.sims.snapshot().save(&self.data_dir) {
             tracing::warn!(error = %e, "could not save the simulated devices' versions");

@@ -35,6 +35,21 @@ async fn channel(qs: &Quickstart) -> Channel {
         .unwrap()
 }
 
+/// `GET /metrics` over a plain TCP connection; the whole response.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: quickstart\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(T, s.read_to_string(&mut out))
+        .await
+        .expect("the scrape ends")
+        .unwrap();
+    out
+}
+
 async fn devices(ch: &Channel) -> Vec<pb::Device> {
     pb::device_service_client::DeviceServiceClient::new(ch.clone())
         .list(pb::ListDevicesRequest {
@@ -135,6 +150,13 @@ async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
         .await
         .unwrap();
     let ch = channel(&qs).await;
+
+    // Both Prometheus endpoints serve.
+    for addr in [qs.metrics_addr, qs.agent_metrics_addr] {
+        let text = scrape(addr.expect("a metrics endpoint")).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("# TYPE"), "{text}");
+    }
 
     // Every simulated device of both transports is listed, reachable, with its version.
     let listed = devices(&ch).await;
@@ -259,6 +281,28 @@ async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
     assert_eq!(task.status, pb::UpgradeStatus::Success as i32, "{task:#?}");
     assert_eq!(updated.to.unwrap().file_version, Some(target));
 
+    // The ESP8266 plug (OTA password) takes its own firmware.
+    let plug = qs.devices.iter().find(|d| d.model == "esp01_1m").unwrap();
+    let updated = tokio::time::timeout(
+        T,
+        pb::device_service_client::DeviceServiceClient::new(ch.clone()).update(
+            pb::UpdateDeviceRequest {
+                device_id: plug.id.clone(),
+                firmware_id: plug.firmware_id.clone(),
+                upgrade_type: pb::UpgradeType::Forced as i32,
+                wait: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("the ESPHome update ends in time")
+    .unwrap()
+    .into_inner();
+    let task = updated.task.unwrap();
+    assert_eq!(task.status, pb::UpgradeStatus::Success as i32, "{task:#?}");
+    assert_eq!(updated.to.unwrap().version, "1.1.0");
+
     // Restart on the same data directory: the same firmware and devices, nothing new, and the
     // updated devices still run their new versions.
     qs.shutdown().await;
@@ -274,7 +318,10 @@ async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
     assert_eq!(firmware(&ch).await.len(), 5);
     let listed = devices(&ch).await;
     assert_eq!(listed.len(), 7, "{listed:#?}");
-    for d in listed.iter().filter(|d| d.model == "esp32dev") {
+    for d in listed
+        .iter()
+        .filter(|d| d.transport == pb::Transport::Esphome as i32)
+    {
         assert_eq!(d.current.as_ref().unwrap().version, "1.1.0", "{d:#?}");
         assert!(d.reachable);
     }
