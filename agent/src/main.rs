@@ -115,9 +115,13 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let channel = endpoint.connect_lazy();
     tracing::info!(site.id = %config.site_id, server = %config.server, agent.id = agent.agent_id(), "ota-agent starting");
-    // OTLP push follows OTEL_EXPORTER_OTLP_ENDPOINT (and OTEL_METRICS_EXPORTER).
-    let metrics =
-        ota_agent::metrics::start(&agent, config.metrics_listen, None, cancel.clone()).await?;
+    let metrics = ota_agent::metrics::start(
+        &agent,
+        config.metrics_listen,
+        config.telemetry.otlp_endpoint.clone(),
+        cancel.clone(),
+    )
+    .await?;
     let running = tokio::spawn(agent.run(channel, cancel.clone()));
     shutdown_signal().await;
     tracing::info!("shutting down");
