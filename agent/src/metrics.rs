@@ -79,9 +79,13 @@ impl AgentInstruments {
                 .with_unit("By")
                 .build(),
         };
-        // Every transport of the site shows 0 active transfers before its first one.
+        // Series exist from the start (0 reconnects, 0 bytes, 0 active transfers per transport),
+        // so dashboards and rate() see a fresh agent instead of "no data".
+        i.reconnects.add(0, std::slice::from_ref(&i.site));
+        i.download_bytes.add(0, std::slice::from_ref(&i.site));
         for kind in kinds {
             i.active.add(0, &i.labels(*kind));
+            i.transfer_bytes.add(0, &i.labels(*kind));
         }
         i
     }

@@ -278,6 +278,8 @@ async fn otad_and_agent_endpoints_show_one_update() {
         r#"ota_agent_active_transfers{site="home",transport="esphome"}"#,
         1.0,
     );
+    // Series that only count later exist from the start, at 0.
+    assert_series(&body, r#"ota_agent_reconnects_total{site="home"}"#, 0.0);
     assert_series(
         &body,
         r#"ota_agent_transfer_bytes_total{site="home",transport="esphome"}"#,
