@@ -40,7 +40,8 @@ fn generated_code_is_fresh() {
         .compile_fds(fds)
         .expect("code generation succeeds");
 
-    let generated = std::fs::read_to_string(out.path().join("ota.v1.rs")).expect("ota.v1.rs generated");
+    let generated =
+        std::fs::read_to_string(out.path().join("ota.v1.rs")).expect("ota.v1.rs generated");
     let checked_in_path = root.join("src/gen/ota.v1.rs");
     let checked_in = std::fs::read_to_string(&checked_in_path).unwrap_or_default();
 
