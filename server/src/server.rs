@@ -19,9 +19,9 @@ use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::core::{Clock, Core};
 use crate::metrics::ServerMetrics;
-use ota_telemetry::metrics::{Metrics, MetricsConfig};
 use crate::sessions::Sessions;
 use crate::store::{EventStore, SledEventStore, SledOptions};
+use ota_telemetry::metrics::{Metrics, MetricsConfig};
 
 /// A running server.
 #[derive(Debug)]
