@@ -178,10 +178,12 @@ pub enum FirmwareCmd {
     /// chunks with a progress bar. otad parses the file and refuses it when it is not what it
     /// claims to be; every --manufacturer-code/--image-type/--file-version/--chip claim must
     /// match the file. ESP factory images must be declared with --format esp-factory.
+    /// zigbee2mqtt does not report a device's manufacturer code, so label Zigbee images with the
+    /// models they are for (--label models=A,B); checks and rollouts then offer them only there.
     ///
     /// Example:
     ///   otactl firmware upload hue-2.3.093.ota --name hue-switch --version 2.3.093 \
-    ///       --manufacturer-code 0x100B --label vendor=signify
+    ///       --manufacturer-code 0x100B --label vendor=signify --label models=9290022166
     ///   otactl firmware upload firmware.ota.bin --name kitchen-esp32 --version 2026.11.1 \
     ///       --chip esp32c3 --sign-key release.key --key-id release-2026
     #[command(verbatim_doc_comment)]

@@ -27,6 +27,11 @@ use crate::projection::TaskView;
 use crate::rollout::spec::Preconditions;
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 
+/// The firmware label that lists the device models an image is for (comma-separated, compared
+/// case-insensitively). Without it, only the image's own facts (Zigbee manufacturer code and image
+/// type where the device reports them, ESP chip) decide.
+pub const MODELS_LABEL: &str = "models";
+
 /// Why a firmware does not fit a device (→ 5013), or `Ok`.
 pub fn firmware_fits(fw: &FirmwareRegistered, device: &DeviceFacts) -> Result<(), String> {
     let Some(transport) = device.transport else {
@@ -44,6 +49,22 @@ pub fn firmware_fits(fw: &FirmwareRegistered, device: &DeviceFacts) -> Result<()
             fw.format.name(),
             transport
         ));
+    }
+    // zigbee2mqtt does not publish a device's manufacturer code or image type, so for its devices
+    // the operator names the models an image is for with the label `models` (comma-separated).
+    if let Some(models) = fw.labels.get(MODELS_LABEL) {
+        let listed = || models.split(',').map(str::trim).filter(|m| !m.is_empty());
+        if !listed().any(|m| m.eq_ignore_ascii_case(device.model.trim())) {
+            let model = if device.model.is_empty() {
+                "an unknown model".to_string()
+            } else {
+                format!("{:?}", device.model)
+            };
+            return Err(format!(
+                "the firmware is labelled for models {models:?}; {} is {model}",
+                display_name(device)
+            ));
+        }
     }
     match fw.format {
         FirmwareFormat::ZigbeeOta => {
@@ -469,6 +490,38 @@ mod tests {
             site_connected: connected,
             preconditions: &Preconditions::default(),
         })
+    }
+
+    #[test]
+    fn the_models_label_restricts_an_image_to_the_listed_models() {
+        // zigbee2mqtt reports no manufacturer code or image type: only the label can tell.
+        let mut device = zigbee_device(1);
+        device.manufacturer_code = None;
+        device.image_type = None;
+        device.model = "LED1623G12".into();
+        let mut fw = zigbee_fw(2);
+        assert_eq!(
+            firmware_fits(&fw, &device),
+            Ok(()),
+            "no label: the header decides"
+        );
+        fw.labels
+            .insert(MODELS_LABEL.into(), "929002335001, 9290022166 ".into());
+        let err = firmware_fits(&fw, &device).unwrap_err();
+        assert!(
+            err.contains("929002335001") && err.contains("LED1623G12"),
+            "{err}"
+        );
+        assert!(best_firmware([&fw], &device).is_none());
+        device.model = "9290022166".into();
+        assert_eq!(firmware_fits(&fw, &device), Ok(()));
+        device.model = "led1623g12".into();
+        fw.labels.insert(MODELS_LABEL.into(), "LED1623G12".into());
+        assert_eq!(
+            firmware_fits(&fw, &device),
+            Ok(()),
+            "models compare case-insensitively"
+        );
     }
 
     #[test]

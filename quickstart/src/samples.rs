@@ -73,7 +73,15 @@ pub(crate) fn zigbee_sample(m: &ZigbeeModel, payload: usize) -> Sample {
             manufacturer_code: Some(u32::from(m.manufacturer_code)),
             image_type: Some(u32::from(m.image_type)),
             file_version: Some(file_version),
-            labels: [("vendor".to_string(), m.vendor.to_lowercase())].into(),
+            // zigbee2mqtt does not report manufacturer codes: the label says which model it is for.
+            labels: [
+                ("vendor".to_string(), m.vendor.to_lowercase()),
+                (
+                    ota_domain::tasks::MODELS_LABEL.to_string(),
+                    m.model.to_string(),
+                ),
+            ]
+            .into(),
             release_notes: format!(
                 "Sample firmware of ota-quickstart for {} {}.",
                 m.vendor, m.model

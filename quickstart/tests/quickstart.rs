@@ -213,6 +213,15 @@ async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
                 c.device_id
             );
         }
+        // Every device is offered the image of its own model, never another model's.
+        if !c.available_firmware_id.is_empty() {
+            let device = qs.devices.iter().find(|d| d.id == c.device_id).unwrap();
+            assert_eq!(
+                c.available_firmware_id, device.firmware_id,
+                "{} ({}) was offered another model's firmware",
+                c.device_id, device.model
+            );
+        }
     }
 
     // A staged rollout of the ESP32 firmware: a canary of one, then everyone, no soak.
