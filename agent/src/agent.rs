@@ -31,6 +31,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +85,8 @@ pub struct Agent {
     jobs: Mutex<HashMap<String, CancellationToken>>,
     session_tx: Mutex<Option<mpsc::Sender<pb::AgentMessage>>>,
     last_inventory: Mutex<HashMap<String, pb::DeviceReport>>,
+    /// A session asked for a full inventory while a transport's list was still incomplete.
+    full_inventory_owed: AtomicBool,
     /// Set by `Agent::enable_metrics` (`crate::metrics`).
     instruments: std::sync::OnceLock<Arc<crate::metrics::AgentInstruments>>,
 }
@@ -175,6 +178,7 @@ impl Agent {
             jobs: Mutex::new(HashMap::new()),
             session_tx: Mutex::new(None),
             last_inventory: Mutex::new(HashMap::new()),
+            full_inventory_owed: AtomicBool::new(false),
             instruments: std::sync::OnceLock::new(),
         }))
     }
@@ -305,7 +309,20 @@ impl Agent {
     }
 
     /// Journals the inventory changes since the last report (`full`: everything).
+    ///
+    /// A full report tells otad that unlisted devices are gone, so it is sent only when every
+    /// transport knows its whole list; until then the report is a change without removals, and
+    /// the full report follows with the first change after the last transport completes.
     async fn report_inventory(&self, full: bool) -> anyhow::Result<()> {
+        let complete = self.transports.iter().all(|t| t.inventory_complete());
+        let full = if complete {
+            full || self.full_inventory_owed.swap(false, Ordering::SeqCst)
+        } else {
+            if full {
+                self.full_inventory_owed.store(true, Ordering::SeqCst);
+            }
+            false
+        };
         let now = self.inventory_now();
         let (devices, removed) = {
             let mut last = self
@@ -320,7 +337,7 @@ impl Agent {
                     .cloned()
                     .collect()
             };
-            let removed: Vec<String> = if full {
+            let removed: Vec<String> = if full || !complete {
                 Vec::new()
             } else {
                 last.keys()

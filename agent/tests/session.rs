@@ -406,3 +406,158 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
     running.await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// A zigbee2mqtt-like transport whose device list arrives late (the retained `bridge/devices`).
+#[derive(Debug)]
+struct LateBridge {
+    inventory: watch::Sender<Vec<DeviceReport>>,
+    complete: std::sync::atomic::AtomicBool,
+}
+
+impl LateBridge {
+    fn new(devices: Vec<DeviceReport>, complete: bool) -> Arc<LateBridge> {
+        Arc::new(LateBridge {
+            inventory: watch::channel(devices).0,
+            complete: complete.into(),
+        })
+    }
+    /// The bridge publishes its whole list.
+    fn publish(&self, devices: Vec<DeviceReport>) {
+        self.complete
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inventory.send_replace(devices);
+    }
+}
+
+fn zigbee_device(local_id: &str) -> DeviceReport {
+    DeviceReport {
+        local_id: local_id.into(),
+        network: "zigbee".into(),
+        name: local_id.into(),
+        model: "LED1623G12".into(),
+        current_version: Some("16777216".into()),
+        power_source: PowerSource::Mains,
+        reachable: true,
+        supports_ota: true,
+        ..Default::default()
+    }
+}
+
+impl Transport for LateBridge {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Zigbee2Mqtt
+    }
+    fn instance(&self) -> &str {
+        "zigbee"
+    }
+    fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
+        self.inventory.subscribe()
+    }
+    fn inventory_complete(&self) -> bool {
+        self.complete.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn check<'a>(
+        &'a self,
+        device: &'a str,
+        _deadline: Duration,
+    ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
+        Box::pin(async move {
+            Err(TaskError::new(
+                ota_domain::status::ErrorCode::Offline,
+                format!("{device} is not checked in this test"),
+            ))
+        })
+    }
+    fn update<'a>(
+        &'a self,
+        job: UpdateJob,
+        _progress: ProgressSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
+        Box::pin(async move {
+            Err(TaskError::new(
+                ota_domain::status::ErrorCode::Offline,
+                format!("{} is not updated in this test", job.device),
+            ))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_of_a_bridge_that_has_not_listed_them_yet_are_not_reported_gone() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path(), "127.0.0.1:0").await;
+    let channel = lazy_channel(server.addr);
+    let removed = |id: &str| {
+        server
+            .app
+            .core
+            .read()
+            .devices
+            .get(id)
+            .is_none_or(|d| d.removed)
+    };
+
+    // First run: both transports know their devices.
+    let esphome = Scripted::new("1.0.0");
+    let bridge = LateBridge::new(vec![zigbee_device("bulb"), zigbee_device("plug")], true);
+    let agent = Agent::new(
+        options(agent_dir.path()),
+        vec![
+            esphome.clone() as Arc<dyn Transport>,
+            bridge.clone() as Arc<dyn Transport>,
+        ],
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.run(channel.clone(), stop.clone()));
+    wait_until("both Zigbee devices at otad", || {
+        !removed("home/bulb") && !removed("home/plug") && !removed("home/lamp")
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+
+    // The agent restarts; the bridge has not published its list yet, and the lamp was updated
+    // meanwhile. The session's first inventory must not call the Zigbee devices gone.
+    let esphome = Scripted::new("1.0.1");
+    let bridge = LateBridge::new(Vec::new(), false);
+    let agent = Agent::new(
+        options(agent_dir.path()),
+        vec![
+            esphome.clone() as Arc<dyn Transport>,
+            bridge.clone() as Arc<dyn Transport>,
+        ],
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.run(channel.clone(), stop.clone()));
+    let lamp_version = || {
+        server
+            .app
+            .core
+            .read()
+            .devices
+            .get("home/lamp")
+            .map(|d| d.facts.current.version.clone())
+    };
+    wait_until("the restarted agent's first inventory", || {
+        lamp_version().as_deref() == Some("1.0.1")
+    })
+    .await;
+    assert!(!removed("home/bulb") && !removed("home/plug"));
+    assert_eq!(count_events(&server, "DeviceRemoved"), 0);
+
+    // The bridge lists its devices: the plug left the network while the agent was down.
+    bridge.publish(vec![zigbee_device("bulb")]);
+    wait_until("the plug reported gone by the full inventory", || {
+        removed("home/plug")
+    })
+    .await;
+    assert!(!removed("home/bulb") && !removed("home/lamp"));
+    assert_eq!(count_events(&server, "DeviceRemoved"), 1);
+    stop.cancel();
+    running.await.unwrap();
+    server.shutdown().await.unwrap();
+}

@@ -206,6 +206,14 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     /// The devices of this transport; the receiver sees every change.
     fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>>;
 
+    /// Whether [`Transport::inventory`] is the whole list of this transport's devices. A bridge
+    /// that has not yet published its device list (zigbee2mqtt before its retained
+    /// `bridge/devices` arrives) answers false, and the agent then reports no device of the site
+    /// as gone.
+    fn inventory_complete(&self) -> bool {
+        true
+    }
+
     /// Asks the device (through its bridge) for its current state, within `deadline`.
     fn check<'a>(
         &'a self,

@@ -728,6 +728,10 @@ impl Transport for ZigbeeTransport {
         self.net.inventory()
     }
 
+    fn inventory_complete(&self) -> bool {
+        self.net.lock().devices_known
+    }
+
     fn check<'a>(
         &'a self,
         device: &'a str,

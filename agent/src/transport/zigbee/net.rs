@@ -56,6 +56,8 @@ pub(crate) struct NetState {
     correlator: Option<Correlator>,
     waiters: HashMap<String, oneshot::Sender<Response>>,
     pub devices: BTreeMap<String, Entry>,
+    /// `bridge/devices` arrived at least once: `devices` is the network's list, not a guess.
+    pub devices_known: bool,
     names: HashMap<String, String>,
     early: HashMap<String, serde_json::Map<String, Value>>,
     pub bridge_online: Option<bool>,
@@ -254,6 +256,7 @@ impl Net {
     fn set_devices(&self, list: Vec<BridgeDevice>) {
         {
             let mut st = self.lock();
+            st.devices_known = true;
             let mut old = std::mem::take(&mut st.devices);
             st.names.clear();
             for info in list {
