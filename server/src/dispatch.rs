@@ -31,6 +31,7 @@ use ota_domain::rollout::window;
 use ota_domain::status::{ErrorCode, TaskError};
 use ota_domain::tasks::{Preflight, PreflightInput, preflight};
 use ota_proto::v1 as pb;
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -42,6 +43,13 @@ use crate::core::{Change, CoreError};
 const SAFETY_TICK: Duration = Duration::from_secs(30);
 /// How long an offline or disconnected hold waits before the next look (events usually come first).
 const HOLD_RECHECK_MS: i64 = 60_000;
+/// After a pass, the loop rests this many times as long as the pass took before it looks at
+/// new events. A pass costs O(unfinished tasks); on a large fleet reports arrive faster than
+/// passes end, and back-to-back passes would take a whole core (and hold the projection's read
+/// lock that reports wait for). Resting keeps the loop under 1/(1 + factor) of a core; events
+/// that arrive meanwhile coalesce into the next pass. Cheap passes (small fleets, paused time in
+/// tests) rest for next to nothing.
+const PASS_REST_FACTOR: u32 = 4;
 
 /// Starts the dispatcher loop.
 pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -49,6 +57,7 @@ pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHan
         async move {
             let mut applied = app.core.subscribe_applied();
             loop {
+                let started = tokio::time::Instant::now();
                 let next_due = match pass(&app).await {
                     Ok(d) => d,
                     Err(e) => {
@@ -56,6 +65,11 @@ pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHan
                         Some(app.now_ms() + 1000)
                     }
                 };
+                let rest = started.elapsed() * PASS_REST_FACTOR;
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(rest) => {}
+                }
                 let sleep_for = next_due
                     .map(|at| Duration::from_millis((at - app.now_ms()).max(0) as u64))
                     .unwrap_or(SAFETY_TICK)
@@ -78,6 +92,10 @@ pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHan
                     () = tokio::time::sleep(sleep_for) => {}
                     () = wake => {}
                 }
+                // Coalesce a burst of events into one pass: the next pass reads a state that
+                // already holds every event received so far (events are applied before they are
+                // announced). Without this, a pass ran once per relevant event.
+                while let Ok(_) | Err(TryRecvError::Lagged(_)) = applied.try_recv() {}
             }
             debug!("dispatcher stopped");
         }
@@ -106,24 +124,6 @@ struct Outgoing {
     task_id: String,
     attempt: u32,
     message: pb::ServerMessage,
-}
-
-/// The UpdateCommand for a task's current attempt.
-pub fn update_command(
-    state: &FleetState,
-    task: &TaskView,
-    command_id: u64,
-) -> Option<pb::ServerMessage> {
-    let c = &task.created;
-    let fw = state.firmware.get(&c.firmware_id)?;
-    let device = state.devices.get(&c.device_id)?;
-    let r = &fw.registered;
-    Some(pb::ServerMessage {
-        command_id,
-        trace_context: Default::default(),
-        body: Some(pb::server_message::Body::Update(pb::UpdateCommand {
-            task_id: c.task_id.clone(),
-            attempt: task.attempt,
     span: TaskSpanFields,
 }
 
@@ -182,6 +182,24 @@ pub fn task_span(
         ota_telemetry::traces::set_parent_from(&span, &cx);
     }
     span
+}
+
+/// The UpdateCommand for a task's current attempt.
+pub fn update_command(
+    state: &FleetState,
+    task: &TaskView,
+    command_id: u64,
+) -> Option<pb::ServerMessage> {
+    let c = &task.created;
+    let fw = state.firmware.get(&c.firmware_id)?;
+    let device = state.devices.get(&c.device_id)?;
+    let r = &fw.registered;
+    Some(pb::ServerMessage {
+        command_id,
+        trace_context: Default::default(),
+        body: Some(pb::server_message::Body::Update(pb::UpdateCommand {
+            task_id: c.task_id.clone(),
+            attempt: task.attempt,
             device_local_id: device.local_id.clone(),
             firmware: Some(pb::FirmwareRef {
                 id: r.id.clone(),
@@ -221,79 +239,70 @@ fn cancel_command(task: &TaskView, reason: &str, command_id: u64) -> pb::ServerM
     }
 }
 
-/// Concurrency bookkeeping of one pass.
+/// Concurrency bookkeeping of one pass. Keys borrow from the state the pass looks at: a pass
+/// runs over every unfinished task, so it allocates nothing per task.
 #[derive(Debug, Default)]
-struct Load {
+struct Load<'a> {
     /// Per rollout: tasks at a site.
-    rollout: HashMap<String, u32>,
+    rollout: HashMap<&'a str, u32>,
     /// Per (rollout, site).
-    site: HashMap<(String, String), u32>,
+    site: HashMap<(&'a str, &'a str), u32>,
     /// Per (rollout, site, zigbee network).
-    zigbee: HashMap<(String, String, String), u32>,
+    zigbee: HashMap<(&'a str, &'a str, &'a str), u32>,
     /// Per (rollout, site) for ESPHome devices.
-    esphome: HashMap<(String, String), u32>,
+    esphome: HashMap<(&'a str, &'a str), u32>,
 }
 
-struct Key {
-    rollout: String,
-    site: String,
-    network: String,
+struct Key<'a> {
+    rollout: &'a str,
+    site: &'a str,
+    network: &'a str,
     transport: Option<Transport>,
 }
 
-fn key_of(state: &FleetState, task: &TaskView) -> Option<Key> {
-    let rollout = task.created.rollout_id.clone()?;
+fn key_of<'a>(state: &'a FleetState, task: &'a TaskView) -> Option<Key<'a>> {
+    let rollout = task.created.rollout_id.as_deref()?;
     let device = state.devices.get(&task.created.device_id);
     Some(Key {
         rollout,
-        site: task.created.site_id.clone(),
-        network: device.map(|d| d.facts.network.clone()).unwrap_or_default(),
+        site: &task.created.site_id,
+        network: device.map_or("", |d| d.facts.network.as_str()),
         transport: device.and_then(|d| d.facts.transport),
     })
 }
 
-impl Load {
-    fn add(&mut self, k: &Key) {
-        *self.rollout.entry(k.rollout.clone()).or_default() += 1;
-        *self
-            .site
-            .entry((k.rollout.clone(), k.site.clone()))
-            .or_default() += 1;
+impl<'a> Load<'a> {
+    fn add(&mut self, k: &Key<'a>) {
+        *self.rollout.entry(k.rollout).or_default() += 1;
+        *self.site.entry((k.rollout, k.site)).or_default() += 1;
         match k.transport {
             Some(Transport::Zigbee2Mqtt) => {
                 *self
                     .zigbee
-                    .entry((k.rollout.clone(), k.site.clone(), k.network.clone()))
+                    .entry((k.rollout, k.site, k.network))
                     .or_default() += 1;
             }
             Some(Transport::Esphome) => {
-                *self
-                    .esphome
-                    .entry((k.rollout.clone(), k.site.clone()))
-                    .or_default() += 1;
+                *self.esphome.entry((k.rollout, k.site)).or_default() += 1;
             }
             _ => {}
         }
     }
 
-    fn allows(&self, k: &Key, limits: &Concurrency) -> bool {
+    fn allows(&self, k: &Key<'a>, limits: &Concurrency) -> bool {
         let get = |m: Option<&u32>| m.copied().unwrap_or(0);
-        if get(self.rollout.get(&k.rollout)) >= limits.global {
+        if get(self.rollout.get(k.rollout)) >= limits.global {
             return false;
         }
-        if get(self.site.get(&(k.rollout.clone(), k.site.clone()))) >= limits.per_site {
+        if get(self.site.get(&(k.rollout, k.site))) >= limits.per_site {
             return false;
         }
         match k.transport {
             Some(Transport::Zigbee2Mqtt) => {
-                get(self
-                    .zigbee
-                    .get(&(k.rollout.clone(), k.site.clone(), k.network.clone())))
-                    < limits.per_zigbee_network
+                get(self.zigbee.get(&(k.rollout, k.site, k.network))) < limits.per_zigbee_network
             }
             Some(Transport::Esphome) => {
-                get(self.esphome.get(&(k.rollout.clone(), k.site.clone())))
-                    < limits.per_esphome_site
+                get(self.esphome.get(&(k.rollout, k.site))) < limits.per_esphome_site
             }
             _ => true,
         }
@@ -367,15 +376,24 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
             };
             let mut changes = Vec::new();
             let mut load = Load::default();
-            let mut active: Vec<&TaskView> = state
-                .tasks
-                .values()
-                .filter(|t| !t.phase.is_terminal())
-                .collect();
-            // Oldest first: fair, and deterministic for tests.
-            active.sort_by(|a, b| {
+            // Tasks at a site first; then the waiting ones that may go now or have a time to
+            // come back at, oldest first: fair, and deterministic for tests. Waiting tasks their
+            // rollout does not release yet (a later stage) are left out here, before sorting.
+            let mut active: Vec<&TaskView> = Vec::new();
+            let mut waiting: Vec<&TaskView> = Vec::new();
+            for t in state.tasks.values().filter(|t| !t.phase.is_terminal()) {
+                if t.phase.is_at_site() {
+                    active.push(t);
+                } else if t.next_attempt_at_ms.is_some_and(|at| at > now)
+                    || released_by_rollout(state, t, now).is_some()
+                {
+                    waiting.push(t);
+                }
+            }
+            waiting.sort_by(|a, b| {
                 (a.created_at_ms, &a.created.task_id).cmp(&(b.created_at_ms, &b.created.task_id))
             });
+            active.append(&mut waiting);
             for t in &active {
                 if t.phase.is_at_site()
                     && let Some(k) = key_of(state, t)
@@ -385,7 +403,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
             }
             for t in &active {
                 let task_id = &t.created.task_id;
-                let stream = streams::task(task_id);
+                let stream = || streams::task(task_id);
                 // 1. Per-device timeout.
                 if t.phase.is_at_site() {
                     match t.timeout_at_ms {
@@ -402,7 +420,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                             };
                             let minutes = effective_s / 60;
                             changes.push(Change::unchanged(
-                                stream,
+                                stream(),
                                 vec![
                                     TaskFailed {
                                         attempt: t.attempt,
@@ -425,6 +443,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                                 task_id: task_id.clone(),
                                 attempt: t.attempt,
                                 message: cancel_command(t, "per-device timeout", sessions.next_command_id()),
+                                span: TaskSpanFields::of(state, t),
                             });
                         }
                         Some(at) => due(at),
@@ -443,7 +462,6 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                 }
                 if let Some(at) = t.next_attempt_at_ms
                     && at > now
-                                span: TaskSpanFields::of(state, t),
                 {
                     due(at);
                     continue;
@@ -462,7 +480,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                     state.firmware.get(&t.created.firmware_id),
                 ) else {
                     changes.push(Change::unchanged(
-                        stream,
+                        stream(),
                         vec![
                             TaskSkipped {
                                 code: ErrorCode::NoFirmware,
@@ -497,7 +515,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                         dispatched.scheduled = schedule;
                         if let Some(message) = update_command(state, &dispatched, command_id) {
                             changes.push(Change::unchanged(
-                                stream,
+                                stream(),
                                 vec![
                                     TaskDispatched {
                                         attempt,
@@ -513,6 +531,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                                 task_id: task_id.clone(),
                                 attempt,
                                 message,
+                                span: TaskSpanFields::of(state, t),
                             });
                             if let Some(k) = &key {
                                 load.add(k);
@@ -530,8 +549,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                         let retry_at_ms = (!needs_confirmation).then_some(now + HOLD_RECHECK_MS);
                         if !unchanged_hold || t.next_attempt_at_ms.is_some_and(|at| at <= now) {
                             changes.push(Change::unchanged(
-                                stream,
-                                span: TaskSpanFields::of(state, t),
+                                stream(),
                                 vec![
                                     TaskHeld {
                                         error,
@@ -548,7 +566,7 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                         }
                     }
                     Preflight::Skip { code, remind } => {
-                        changes.push(Change::unchanged(stream, vec![TaskSkipped { code, remind }.into()]));
+                        changes.push(Change::unchanged(stream(), vec![TaskSkipped { code, remind }.into()]));
                     }
                 }
             }
@@ -590,6 +608,8 @@ pub async fn pass(app: &Arc<App>) -> Result<Option<i64>, CoreError> {
                 }
             }
         }
+        .instrument(span)
+        .await?;
     }
     Ok(next_due)
 }
@@ -608,8 +628,6 @@ async fn record_send_failure(
                 return Ok(vec![]);
             };
             if t.attempt != attempt || !t.phase.is_at_site() {
-        .instrument(span)
-        .await?;
                 return Ok(vec![]);
             }
             let retry_at_ms = match ota_domain::tasks::after_failure(t, &error, now, jitter) {

@@ -49,6 +49,13 @@ const SAFETY_TICK: Duration = Duration::from_secs(30);
 const MIN_SLEEP: Duration = Duration::from_millis(50);
 /// After a batch check could not run, wait this long before trying again.
 const CHECK_RETRY: Duration = Duration::from_secs(5);
+/// After a pass, the loop rests this many times as long as the pass took before it looks at
+/// new events. A pass costs O(devices of the running rollouts); on a large fleet reports arrive faster than
+/// passes end, and back-to-back passes would take a whole core (and hold the projection's read
+/// lock that reports wait for). Resting keeps the loop under 1/(1 + factor) of a core; events
+/// that arrive meanwhile coalesce into the next pass. Cheap passes (small fleets, paused time in
+/// tests) rest for next to nothing.
+const PASS_REST_FACTOR: u32 = 4;
 
 /// Starts the rollout loop.
 pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -88,6 +95,7 @@ impl Rollouts {
     async fn run(self, shutdown: CancellationToken) {
         let mut applied = self.app.core.subscribe_applied();
         loop {
+            let started = tokio::time::Instant::now();
             let next_due = match self.pass().await {
                 Ok(d) => d,
                 Err(e) => {
@@ -95,6 +103,11 @@ impl Rollouts {
                     Some(self.app.now_ms() + 1000)
                 }
             };
+            let rest = started.elapsed() * PASS_REST_FACTOR;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(rest) => {}
+            }
             let sleep_for = next_due
                 .map(|at| Duration::from_millis((at - self.app.now_ms()).max(0) as u64))
                 .unwrap_or(SAFETY_TICK)
@@ -177,7 +190,16 @@ impl Rollouts {
             if let Some(at) = decision.requeue_at {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
+            let span = step_span(&id, &decision);
+            let _entered = span.enter();
             log_decision(&id, &decision);
+            // Tasks created by this step dispatch in its trace.
+            if !decision.new_tasks.is_empty() {
+                let cx = ota_telemetry::traces::inject(&span);
+                for t in &decision.new_tasks {
+                    app.sessions.remember_trace(&t.task_id, cx.clone());
+                }
+            }
             send_cancels(app, &decision.cancels);
             if let Some(bc) = decision.batch_check_started()
                 && !bc.device_ids.is_empty()
@@ -190,16 +212,7 @@ impl Rollouts {
             }
         }
         let created = app
-            let span = step_span(&id, &decision);
-            let _entered = span.enter();
             .core
-            // Tasks created by this step dispatch in its trace.
-            if !decision.new_tasks.is_empty() {
-                let cx = ota_telemetry::traces::inject(&span);
-                for t in &decision.new_tasks {
-                    app.sessions.remember_trace(&t.task_id, cx.clone());
-                }
-            }
             .execute::<CoreError, _>(&Actor::system(), |state| {
                 Ok(auto::due(state)
                     .into_iter()
@@ -333,19 +346,6 @@ fn changes(rollout_id: &str, d: &Reconcile) -> Vec<Change> {
     out
 }
 
-fn log_decision(rollout_id: &str, d: &Reconcile) {
-    for e in &d.rollout_events {
-        match e {
-            DomainEvent::StageFailed(f) => {
-                warn!(rollout.id = %rollout_id, stage = f.index, reason = %f.reason, "stage failed")
-            }
-            DomainEvent::RolloutPaused(p) => {
-                warn!(rollout.id = %rollout_id, reason = %p.reason, "rollout paused")
-            }
-            DomainEvent::RolloutAborted(a) => {
-                warn!(rollout.id = %rollout_id, reason = %a.reason, "rollout aborted")
-            }
-            other => info!(rollout.id = %rollout_id, event = other.type_name(), "rollout moved"),
 /// The span of a rollout step that changed something (a stage transition, tasks created or
 /// ended), a new root per step; `Span::none()` for a pass that changed nothing, so idle passes
 /// cost no traces. Its events are the log lines of [`log_decision`].
@@ -373,6 +373,19 @@ fn step_span(rollout_id: &str, d: &Reconcile) -> tracing::Span {
     )
 }
 
+fn log_decision(rollout_id: &str, d: &Reconcile) {
+    for e in &d.rollout_events {
+        match e {
+            DomainEvent::StageFailed(f) => {
+                warn!(rollout.id = %rollout_id, stage = f.index, reason = %f.reason, "stage failed")
+            }
+            DomainEvent::RolloutPaused(p) => {
+                warn!(rollout.id = %rollout_id, reason = %p.reason, "rollout paused")
+            }
+            DomainEvent::RolloutAborted(a) => {
+                warn!(rollout.id = %rollout_id, reason = %a.reason, "rollout aborted")
+            }
+            other => info!(rollout.id = %rollout_id, event = other.type_name(), "rollout moved"),
         }
     }
     if !d.new_tasks.is_empty() {

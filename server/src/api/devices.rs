@@ -200,15 +200,18 @@ pub async fn check_devices(
             events.push((id.clone(), checked));
         }
     }
-    let to_record = events.clone();
-    app.core
-        .execute::<ApiError, _>(actor, |_| {
-            Ok(to_record
-                .iter()
-                .map(|(id, e)| Change::any(streams::device(id), vec![e.clone().into()]))
-                .collect())
-        })
-        .await?;
+    // One append per chunk: a check of a large fleet has more devices than one append may hold
+    // (`store::MAX_EVENTS_PER_APPEND`); each device's result stands alone.
+    for chunk in events.chunks(crate::store::MAX_EVENTS_PER_APPEND / 4) {
+        app.core
+            .execute::<ApiError, _>(actor, |_| {
+                Ok(chunk
+                    .iter()
+                    .map(|(id, e)| Change::any(streams::device(id), vec![e.clone().into()]))
+                    .collect())
+            })
+            .await?;
+    }
     Ok(events.into_iter().map(|(_, e)| e).collect())
 }
 
