@@ -169,6 +169,8 @@ async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
         assert!(got.reachable, "{got:#?}");
         let current = got.current.as_ref().unwrap();
         assert!(!current.version.is_empty(), "{got:#?}");
+        // Before any check, the catalog's newer image already makes the update "available".
+        assert_eq!(got.status, pb::UpgradeStatus::Available as i32, "{got:#?}");
         if d.transport == "esphome" {
             assert_eq!(got.transport, pb::Transport::Esphome as i32);
             assert_eq!(current.version, "1.0.0");
@@ -253,6 +255,8 @@ async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
     assert_eq!(esp32_devices.len(), 3);
     for d in &esp32_devices {
         assert_eq!(d.current.as_ref().unwrap().version, "1.1.0", "{d:#?}");
+        // On the newest image: nothing is available any more, whatever the last check said.
+        assert_eq!(d.status, pb::UpgradeStatus::None as i32, "{d:#?}");
     }
 
     // A Zigbee update of a mains device, as `otactl device update` does it.

@@ -291,12 +291,17 @@ pub fn device(
     let task = d.current_task.as_ref().and_then(|id| state.tasks.get(id));
     let upgrade_status = match task {
         Some(t) if !t.phase.is_terminal() => t.phase.status(),
-        _ => match &d.last_check {
-            Some((check, _)) if check.status == UpgradeStatus::Available => {
+        // As the proto says: available when the catalog holds a newer image that fits the
+        // device (the same choice a check makes), whatever an earlier check answered — the
+        // device may have been updated since.
+        _ => {
+            let catalog = state.firmware.values().map(|fw| &fw.registered);
+            if ota_domain::tasks::best_firmware(catalog, f).is_some() {
                 UpgradeStatus::Available
+            } else {
+                UpgradeStatus::None
             }
-            _ => UpgradeStatus::None,
-        },
+        }
     };
     pb::Device {
         id: d.id.clone(),
