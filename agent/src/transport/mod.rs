@@ -14,7 +14,7 @@ pub mod esphome;
 pub mod serial;
 pub mod zigbee;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -230,4 +230,29 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         progress: ProgressSink,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<UpdateReport, TaskError>>;
+}
+
+/// Changes one device's report in a transport's fixed list (configured ESPHome devices, serial
+/// ports) and publishes the whole list on `inventory` when it differs from what was published.
+/// Returns the changed report.
+pub(crate) fn update_report(
+    reports: &Mutex<Vec<DeviceReport>>,
+    inventory: &watch::Sender<Vec<DeviceReport>>,
+    idx: usize,
+    f: impl FnOnce(&mut DeviceReport),
+) -> DeviceReport {
+    let mut reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut reports[idx]);
+    let report = reports[idx].clone();
+    let snapshot = reports.clone();
+    drop(reports);
+    inventory.send_if_modified(|cur| {
+        if *cur == snapshot {
+            false
+        } else {
+            *cur = snapshot;
+            true
+        }
+    });
+    report
 }

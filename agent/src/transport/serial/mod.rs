@@ -368,20 +368,7 @@ impl SerialTransport {
     }
 
     fn update_report(&self, idx: usize, f: impl FnOnce(&mut DeviceReport)) -> DeviceReport {
-        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut reports[idx]);
-        let report = reports[idx].clone();
-        let snapshot = reports.clone();
-        drop(reports);
-        self.inventory.send_if_modified(|cur| {
-            if *cur == snapshot {
-                false
-            } else {
-                *cur = snapshot;
-                true
-            }
-        });
-        report
+        super::update_report(&self.reports, &self.inventory, idx, f)
     }
 
     /// Checks every idle port: reachable when it exists and can be opened. Ports busy with a
