@@ -314,7 +314,11 @@ impl<'a> Load<'a> {
 /// for an auto-upgrade task, its source rollout completed — and the rollout's maintenance window
 /// is open at the task's site (`ota_domain::rollout::window`). Tasks outside any rollout go any
 /// time, unlimited.
-pub(crate) fn released_by_rollout(state: &FleetState, task: &TaskView, now_ms: i64) -> Option<Concurrency> {
+pub(crate) fn released_by_rollout(
+    state: &FleetState,
+    task: &TaskView,
+    now_ms: i64,
+) -> Option<Concurrency> {
     let Some(rollout_id) = &task.created.rollout_id else {
         return Some(Concurrency {
             global: u32::MAX,
