@@ -533,7 +533,7 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
                 }
                 .into(),
             );
-            let remaining = ensure_tasks(r, state, index, &mut out);
+            let remaining = ensure_tasks(r, state, index, now, &mut out);
             if remaining == 0 {
                 out.rollout_events
                     .push(StageSucceeded { index: idx }.into());
@@ -544,7 +544,7 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
         }
         StageState::Running | StageState::Failed => {
             let before = out.rollout_events.len() + out.new_tasks.len();
-            ensure_tasks(r, state, index, &mut out);
+            ensure_tasks(r, state, index, now, &mut out);
             if out.rollout_events.len() + out.new_tasks.len() != before {
                 return out;
             }
@@ -618,9 +618,21 @@ fn requeue_window(
     }
 }
 
-/// Creates the missing tasks of a started stage, excluding busy and removed devices. Returns the
-/// number of devices that have (or now get) a task.
-fn ensure_tasks(r: &RolloutView, state: &FleetState, index: usize, out: &mut Reconcile) -> usize {
+/// At most this many tasks are created by one step. A step is one append to the log, which holds
+/// at most 65,536 events; a larger stage gets its tasks over several steps (each step creates
+/// the ones still missing), so a stage of any size starts.
+pub const MAX_NEW_TASKS_PER_STEP: usize = 10_000;
+
+/// Creates the missing tasks of a started stage, excluding busy and removed devices, at most
+/// [`MAX_NEW_TASKS_PER_STEP`] per step (with a requeue at `now` for the rest). Returns the number
+/// of devices that have (or now or soon get) a task.
+fn ensure_tasks(
+    r: &RolloutView,
+    state: &FleetState,
+    index: usize,
+    now: i64,
+    out: &mut Reconcile,
+) -> usize {
     let stage = &r.stages[index];
     let mut excluded = Vec::new();
     let mut with_task = 0usize;
@@ -671,6 +683,11 @@ fn ensure_tasks(r: &RolloutView, state: &FleetState, index: usize, out: &mut Rec
             continue;
         };
         with_task += 1;
+        if out.new_tasks.len() >= MAX_NEW_TASKS_PER_STEP {
+            // The next step creates it.
+            out.requeue(now);
+            continue;
+        }
         let spec = &r.spec;
         out.new_tasks.push(TaskCreated {
             task_id: rollout_task_id(&r.id, device_id),

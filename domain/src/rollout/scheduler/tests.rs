@@ -1045,3 +1045,37 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_stage_larger_than_one_append_gets_its_tasks_over_several_steps() {
+    let ids: Vec<String> = (0..MAX_NEW_TASKS_PER_STEP * 2 + 5)
+        .map(|i| format!("a/{i}"))
+        .collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut g = Given::fleet(&refs);
+    g.started(
+        T0,
+        spec(vec![stage("all", StageSize::CumulativePercent(100.0))]),
+    );
+
+    let first = g.step(T0);
+    assert_eq!(names(&first.rollout_events), ["StageStarted"]);
+    assert_eq!(first.new_tasks.len(), MAX_NEW_TASKS_PER_STEP);
+    assert_eq!(first.requeue_at, Some(T0), "the rest is created right away");
+    let second = g.step(T0);
+    assert!(
+        second.rollout_events.is_empty(),
+        "{:?}",
+        names(&second.rollout_events)
+    );
+    assert_eq!(second.new_tasks.len(), MAX_NEW_TASKS_PER_STEP);
+    let third = g.step(T0);
+    assert_eq!(third.new_tasks.len(), 5);
+    assert_eq!(third.requeue_at, None);
+    assert_eq!(
+        g.rollout().tasks_by_device.len(),
+        ids.len(),
+        "one task per device"
+    );
+    assert!(g.step(T0).new_tasks.is_empty());
+}
