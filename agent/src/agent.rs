@@ -563,6 +563,9 @@ impl Agent {
                     None => debug!(task.id = %c.task_id, "cancel for a task not running here"),
                 }
             }
+            Some(pb::server_message::Body::Probe(p)) => {
+                debug!(devices = p.device_local_ids.len(), "probe requested");
+            }
             Some(pb::server_message::Body::Welcome(_))
             | Some(pb::server_message::Body::Ping(_))
             | None => {}
@@ -588,6 +591,7 @@ impl Agent {
                             ErrorCode::Offline,
                             format!("this site does not know device {local}"),
                         ))),
+                        awaiting_wakeup: false,
                     },
                     Some((transport, _)) => {
                         // Leave a little of the server's timeout for the answer to travel.
@@ -604,6 +608,7 @@ impl Agent {
                                 )),
                                 update_available: r.update_available,
                                 error: None,
+                                awaiting_wakeup: false,
                             },
                             Ok(Err(e)) => pb::CheckResult {
                                 check_id,
@@ -612,6 +617,7 @@ impl Agent {
                                 device: None,
                                 update_available: None,
                                 error: Some(report::error(&e)),
+                                awaiting_wakeup: false,
                             },
                             Err(_) => return,
                         }
@@ -900,6 +906,7 @@ impl Agent {
                     duration_ms,
                     at_ms: now_ms(),
                     wire_bytes: r.wire_bytes,
+                    device_may_have_image: false,
                 }
             }
             Err(e) => {

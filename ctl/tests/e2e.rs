@@ -709,6 +709,7 @@ async fn fake_agent(otad: &Otad, site: &str, devices: Vec<(pb::DeviceReport, Beh
                             device: Some(report.clone()),
                             update_available: None,
                             error: None,
+                            awaiting_wakeup: false,
                         }));
                     }
                 }

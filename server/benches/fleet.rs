@@ -488,6 +488,7 @@ impl SiteAgent {
                     device: Some(d.clone()),
                     update_available: None,
                     error: None,
+                    awaiting_wakeup: false,
                 },
                 None => pb::CheckResult {
                     check_id: c.check_id.clone(),
@@ -499,6 +500,7 @@ impl SiteAgent {
                         code: pb::ErrorCode::Offline as i32,
                         message: format!("this site does not know device {local}"),
                     }),
+                    awaiting_wakeup: false,
                 },
             };
             self.send_now(pb::agent_message::Body::CheckResult(answer));
@@ -639,6 +641,7 @@ impl SiteAgent {
             duration_ms: started.elapsed().as_millis() as u64,
             at_ms: now_ms(),
             wire_bytes: fw.size,
+            device_may_have_image: false,
         }));
         self.changed
             .lock()

@@ -224,6 +224,7 @@ pub fn update_command(
             schedule: task.scheduled,
             timeout_s: c.timeout_s,
             flash_offset: c.flash_offset,
+            wake_timeout_s: 0,
         })),
     })
 }

@@ -1501,7 +1501,7 @@ pub struct ServerMessage {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
-    #[prost(oneof = "server_message::Body", tags = "3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "server_message::Body", tags = "3, 4, 5, 6, 7, 8, 9")]
     pub body: ::core::option::Option<server_message::Body>,
 }
 /// Nested message and enum types in `ServerMessage`.
@@ -1520,6 +1520,8 @@ pub mod server_message {
         Cancel(super::CancelCommand),
         #[prost(message, tag = "8")]
         Ping(super::Ping),
+        #[prost(message, tag = "9")]
+        Probe(super::ProbeCommand),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1650,7 +1652,9 @@ pub struct TaskProgress {
     pub task_id: ::prost::alloc::string::String,
     #[prost(uint32, tag = "2")]
     pub attempt: u32,
-    /// 100 agent preparing, 5 waiting for wake-up, 2 updating, 6 downloaded.
+    /// 100 agent preparing (downloading, connecting), 13 queued at the site for the network's update
+    /// slot, 5 waiting for wake-up, 2 updating, 6 downloaded (the device accepted the image).
+    /// The server's transfer budget runs from the first 2 (or 6); 13 and 5 stop it.
     #[prost(enumeration = "UpgradeStatus", tag = "3")]
     pub status: i32,
     #[prost(float, tag = "4")]
@@ -1688,6 +1692,12 @@ pub struct TaskResult {
     /// Bytes sent on the wire to the device.
     #[prost(uint64, tag = "9")]
     pub wire_bytes: u64,
+    /// The device may already run the new image: the attempt ended (or the agent restarted) after
+    /// the point of no return (the last piece of the image was about to leave, or the device had
+    /// accepted it) and the agent could not confirm what the device runs. The server never retries
+    /// such a failure automatically, whatever its code: a person looks at the device first.
+    #[prost(bool, tag = "10")]
+    pub device_may_have_image: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CheckCommand {
@@ -1716,6 +1726,11 @@ pub struct CheckResult {
     pub update_available: ::core::option::Option<bool>,
     #[prost(message, optional, tag = "6")]
     pub error: ::core::option::Option<TaskError>,
+    /// The device is asleep (a battery Zigbee end device that did not answer): status 5, not a
+    /// failure. The agent answers the same check again when the device next talks, as a journaled
+    /// report (seq != 0), however long after the check's timeout that is.
+    #[prost(bool, tag = "7")]
+    pub awaiting_wakeup: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct UpdateCommand {
@@ -1734,12 +1749,18 @@ pub struct UpdateCommand {
     /// Sleepy device: schedule the update for its next wake-up.
     #[prost(bool, tag = "7")]
     pub schedule: bool,
-    /// Give up after this long.
+    /// Transfer budget: give up when the transfer has not ended this long after it started. The
+    /// wait for a sleepy device's wake-up and the wait for the network's update slot at the site do
+    /// not count against it.
     #[prost(uint32, tag = "8")]
     pub timeout_s: u32,
     /// Serial flashing: explicit offset.
     #[prost(uint32, optional, tag = "9")]
     pub flash_offset: ::core::option::Option<u32>,
+    /// Wake-up budget: how long to wait for a sleepy device to wake up (status 5) before the attempt
+    /// fails with 5016; 0: the agent's default (7 days).
+    #[prost(uint32, tag = "10")]
+    pub wake_timeout_s: u32,
 }
 /// Enough for the agent to download and verify an image.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1758,6 +1779,14 @@ pub struct FirmwareRef {
     pub file_version: ::core::option::Option<u32>,
     #[prost(message, repeated, tag = "7")]
     pub signatures: ::prost::alloc::vec::Vec<FirmwareSignature>,
+}
+/// Look at these devices now and report what is found as an inventory change: a task waits for
+/// them because the site last reported them unreachable. Sent again with a growing interval while
+/// the task waits.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProbeCommand {
+    #[prost(string, repeated, tag = "1")]
+    pub device_local_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CancelCommand {

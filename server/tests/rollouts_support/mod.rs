@@ -669,6 +669,7 @@ impl Inner {
                 device: Some(d.report.clone()),
                 update_available: None,
                 error: None,
+                awaiting_wakeup: false,
             }));
         }
     }
@@ -845,6 +846,7 @@ impl Inner {
                     duration_ms: d.duration.as_millis() as u64,
                     at_ms: self.now_ms(),
                     wire_bytes: 4096,
+                    device_may_have_image: false,
                 }));
             }
         }
