@@ -13,6 +13,8 @@ mod client;
 mod cmd;
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod golden;
 mod human;
 mod keys;
 mod output;

@@ -121,6 +121,9 @@ pub fn table(headers: &[&str]) -> Table {
     t.load_style(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(headers.iter().map(|h| h.to_ascii_uppercase()));
+    // Unit tests render as into a pipe (no wrapping), whatever terminal runs them.
+    #[cfg(test)]
+    t.force_no_tty();
     t
 }
 
