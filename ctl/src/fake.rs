@@ -1,5 +1,8 @@
 //! Test support: an in-process gRPC server with scripted RolloutService and AccessService
-//! answers, for exercising the commands whose services a real otad may not serve yet.
+//! answers, for unit tests of the rollout and token commands that need answers a real otad
+//! cannot be brought to give quickly and exactly: a watch stream that aborts halfway, a plan
+//! with chosen exclusions, a refused action, a token that is not there. (`tests/e2e.rs` and
+//! `tests/security.rs` run the same commands against a real otad.)
 //!
 //! The fakes record every request they get and answer from a script; they hold no logic of
 //! their own, so tests check what otactl sends and how it presents what comes back.

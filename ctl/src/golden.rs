@@ -12,8 +12,15 @@ use std::path::PathBuf;
 use ota_proto::v1 as pb;
 use serde::Serialize;
 
-use crate::human;
-use crate::views::*;
+use crate::cmd::device::view::*;
+use crate::cmd::events::EventJson;
+use crate::cmd::firmware::view::*;
+use crate::cmd::rollout::view::*;
+use crate::cmd::server::ServerStatusJson;
+use crate::cmd::site::{SiteJson, SiteListJson};
+use crate::cmd::token::{CreatedTokenJson, TokenJson, TokenListJson};
+use crate::cmd::{device, events, firmware, rollout, server, site, token};
+use crate::views::TaskJson;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -483,10 +490,7 @@ fn text(out: &mut String, name: &str, text: &str) {
     let _ = writeln!(out, "=== {name}\n{text}");
 }
 
-fn render_all() -> String {
-    let mut out = String::new();
-    let o = &mut out;
-
+fn render_server(o: &mut String) {
     for (name, tls) in [("server status", false), ("server status tls", true)] {
         let s = pb::ServerStatus {
             version: "0.4.0".into(),
@@ -510,53 +514,67 @@ fn render_all() -> String {
         case(
             o,
             name,
-            &ServerStatusView::new("http://127.0.0.1:7600", &s),
-            human::server_status,
+            &ServerStatusJson::new("http://127.0.0.1:7600", &s),
+            server::status,
         );
     }
+}
 
+fn render_firmware(o: &mut String) {
     let fws = [zigbee_firmware(), esp_firmware()];
     for f in &fws {
-        case(o, "firmware show", &FirmwareView::new(f), human::firmware);
+        case(
+            o,
+            "firmware show",
+            &FirmwareJson::new(f),
+            firmware::render::firmware,
+        );
     }
     case(
         o,
         "firmware list",
-        &FirmwareListView {
-            firmware: fws.iter().map(FirmwareView::new).collect(),
+        &FirmwareListJson {
+            firmware: fws.iter().map(FirmwareJson::new).collect(),
         },
-        human::firmware_list,
+        firmware::render::firmware_list,
     );
     case(
         o,
         "firmware list empty",
-        &FirmwareListView { firmware: vec![] },
-        human::firmware_list,
+        &FirmwareListJson { firmware: vec![] },
+        firmware::render::firmware_list,
     );
     for already_existed in [false, true] {
         case(
             o,
             "firmware upload",
-            &UploadView {
-                firmware: Some(FirmwareView::new(&esp_firmware())),
+            &UploadJson {
+                firmware: Some(FirmwareJson::new(&esp_firmware())),
                 already_existed,
             },
-            human::upload,
+            firmware::render::upload,
         );
     }
     case(
         o,
         "firmware upload without details",
-        &UploadView {
+        &UploadJson {
             firmware: None,
             already_existed: false,
         },
-        human::upload,
+        firmware::render::upload,
     );
+}
 
+fn render_device(o: &mut String) {
     let devices = [zigbee_device(), esp_device()];
     for d in &devices {
-        case(o, "device show", &DeviceView::new(d), human::device);
+        case(
+            o,
+            "device show",
+            &DeviceJson::new(d),
+            device::render::device,
+        );
     }
     let mut bare = esp_device();
     bare.current_task = None;
@@ -564,28 +582,30 @@ fn render_all() -> String {
     case(
         o,
         "device show bare",
-        &DeviceView::new(&bare),
-        human::device,
+        &DeviceJson::new(&bare),
+        device::render::device,
     );
     case(
         o,
         "device list",
-        &DeviceListView {
-            devices: devices.iter().map(DeviceView::new).collect(),
+        &DeviceListJson {
+            devices: devices.iter().map(DeviceJson::new).collect(),
             total: 40,
         },
-        human::device_list,
+        device::render::device_list,
     );
     case(
         o,
         "device list empty",
-        &DeviceListView {
+        &DeviceListJson {
             devices: vec![],
             total: 0,
         },
-        human::device_list,
+        device::render::device_list,
     );
+}
 
+fn render_device_check(o: &mut String) {
     let batch = pb::BatchCheckResponse {
         checks: vec![
             pb::DeviceCheck {
@@ -625,22 +645,24 @@ fn render_all() -> String {
     case(
         o,
         "device check batch",
-        &CheckReportView::batch(&batch),
-        human::checks,
+        &CheckReportJson::batch(&batch),
+        device::render::checks,
     );
     case(
         o,
         "device check single",
-        &CheckReportView::single(&batch.checks[0]),
-        human::checks,
+        &CheckReportJson::single(&batch.checks[0]),
+        device::render::checks,
     );
+}
 
+fn render_device_update(o: &mut String) {
     for t in [succeeded_task(), failed_task(), updating_task()] {
         case(
             o,
             "device update",
-            &UpdateView::from_task(&t),
-            human::update,
+            &UpdateJson::from_task(&t),
+            device::render::update,
         );
     }
     let started = pb::UpdateDeviceResponse {
@@ -651,66 +673,80 @@ fn render_all() -> String {
     case(
         o,
         "device update started",
-        &UpdateView::new(&started),
-        human::update,
+        &UpdateJson::new(&started),
+        device::render::update,
     );
     case(
         o,
         "device update no task",
-        &UpdateView::new(&pb::UpdateDeviceResponse::default()),
-        human::update,
+        &UpdateJson::new(&pb::UpdateDeviceResponse::default()),
+        device::render::update,
     );
     for t in [confirm_task(), failed_task()] {
-        case(o, "device task", &TaskView::new(&t), human::task);
+        case(o, "device task", &TaskJson::new(&t), device::render::task);
     }
     for supported in [true, false] {
         case(
             o,
             "device auto-upgrade",
-            &AutoUpgradeView {
+            &AutoUpgradeJson {
                 device_id: "home/kitchen-esp32".into(),
                 supported,
                 enabled: supported,
             },
-            human::auto_upgrade,
+            device::render::auto_upgrade,
         );
     }
+}
 
+fn render_rollout(o: &mut String) {
     for r in [running_rollout(), draft_rollout()] {
-        case(o, "rollout show", &RolloutView::new(&r), human::rollout);
+        case(
+            o,
+            "rollout show",
+            &RolloutJson::new(&r),
+            rollout::render::rollout,
+        );
         text(
             o,
             "rollout progress line",
-            &human::progress_line(&RolloutView::new(&r)),
+            &rollout::render::progress_line(&RolloutJson::new(&r)),
         );
     }
     case(
         o,
         "rollout list",
-        &RolloutListView {
+        &RolloutListJson {
             rollouts: vec![
-                RolloutView::new(&running_rollout()),
-                RolloutView::new(&draft_rollout()),
+                RolloutJson::new(&running_rollout()),
+                RolloutJson::new(&draft_rollout()),
             ],
         },
-        human::rollout_list,
+        rollout::render::rollout_list,
     );
     case(
         o,
         "rollout list empty",
-        &RolloutListView { rollouts: vec![] },
-        human::rollout_list,
+        &RolloutListJson { rollouts: vec![] },
+        rollout::render::rollout_list,
     );
-    case(o, "rollout plan", &PlanView::new(&plan()), human::plan);
+    case(
+        o,
+        "rollout plan",
+        &PlanJson::new(&plan()),
+        rollout::render::plan,
+    );
     let progress = pb::RolloutProgress {
         seq: 77,
         rollout: Some(running_rollout()),
         tasks: vec![updating_task()],
     };
-    let json = serde_json::to_string(&ProgressView::new(&progress)).expect("serialize");
+    let json = serde_json::to_string(&ProgressJson::new(&progress)).expect("serialize");
     text(o, "rollout watch line (json)", &json);
+}
 
-    text(o, "events header", &human::event_header());
+fn render_events(o: &mut String) {
+    text(o, "events header", &events::event_header());
     for payload_json in [r#"{"id":"fw-1","size":3}"#, "", "not json"] {
         let e = pb::Event {
             seq: 7,
@@ -722,61 +758,78 @@ fn render_all() -> String {
             actor: "alice".into(),
             payload_json: payload_json.into(),
         };
-        let view = EventView::new(&e);
+        let view = EventJson::new(&e);
         let json = serde_json::to_string(&view).expect("serialize");
         text(o, "events line (json)", &json);
-        text(o, "events line (table)", &human::event_line(&view));
+        text(o, "events line (table)", &events::event_line(&view));
     }
+}
 
-    case(o, "site show", &SiteView::new(&site()), human::site);
+fn render_site(o: &mut String) {
+    case(o, "site show", &SiteJson::new(&site()), site::site);
     case(
         o,
         "site list",
-        &SiteListView {
+        &SiteListJson {
             sites: vec![
-                SiteView::new(&site()),
-                SiteView::new(&pb::Site {
+                SiteJson::new(&site()),
+                SiteJson::new(&pb::Site {
                     id: "lab".into(),
                     ..Default::default()
                 }),
             ],
         },
-        human::site_list,
+        site::site_list,
     );
     case(
         o,
         "site list empty",
-        &SiteListView { sites: vec![] },
-        human::site_list,
+        &SiteListJson { sites: vec![] },
+        site::site_list,
     );
+}
 
+fn render_token(o: &mut String) {
     let toks = tokens();
     case(
         o,
         "token list",
-        &TokenListView {
-            tokens: toks.iter().map(TokenView::new).collect(),
+        &TokenListJson {
+            tokens: toks.iter().map(TokenJson::new).collect(),
         },
-        human::token_list,
+        token::token_list,
     );
     case(
         o,
         "token list empty",
-        &TokenListView { tokens: vec![] },
-        human::token_list,
+        &TokenListJson { tokens: vec![] },
+        token::token_list,
     );
     for t in &toks {
-        case(o, "token revoke", &TokenView::new(t), human::token);
+        case(o, "token revoke", &TokenJson::new(t), token::token);
     }
     case(
         o,
         "token create",
-        &CreatedTokenView {
+        &CreatedTokenJson {
             token: "tok-1.s3cr3t".into(),
-            info: Some(TokenView::new(&toks[0])),
+            info: Some(TokenJson::new(&toks[0])),
         },
-        human::created_token,
+        token::created_token,
     );
+}
+
+fn render_all() -> String {
+    let mut out = String::new();
+    render_server(&mut out);
+    render_firmware(&mut out);
+    render_device(&mut out);
+    render_device_check(&mut out);
+    render_device_update(&mut out);
+    render_rollout(&mut out);
+    render_events(&mut out);
+    render_site(&mut out);
+    render_token(&mut out);
     out
 }
 

@@ -1,12 +1,20 @@
 //! otactl: the operator's command line for otad, the OTA fleet rollout server.
 //!
-//! Layout: `cli` is the raw clap command line; `cmd/*` resolve it into typed requests and run
-//! them; `client` owns the connection, auth and error wording; `views` are the JSON shapes,
-//! `human` the tables drawn from them, `output` the printer; `progress` draws bars on stderr;
-//! `spec` reads rollout specs; `keys` handles signing keys; `values` and `vocab` parse and
-//! name single values.
+//! Layout, by feature: `cmd/<group>` holds everything of one command group — its clap
+//! arguments, the code that resolves them into requests and talks to otad, its JSON documents
+//! and its human rendering. Small groups are one file (`server`, `events`, `site`, `token`,
+//! `pki`); large ones are a directory with `args.rs`, `view.rs` (JSON), `render.rs` (tables)
+//! and the command code in `mod.rs` plus a file per multi-step command (`device/check.rs`,
+//! `device/update.rs`, `firmware/transfer.rs`, `rollout/watch.rs`, `rollout/spec.rs`).
 //!
-//! Exit codes: 0 success, 1 the operation ran but failed, 2 usage, connection or server error.
+//! Shared by all groups: `cli` (the top of the command line, global flags and the arguments
+//! several groups share), `views` (the shared JSON pieces: enums, errors, actors, versions,
+//! tasks), `output` (the printer and table helpers), `progress` (bars on stderr), `client` (the
+//! connection, auth and error wording), `values` and `vocab` (parsing and naming single
+//! values) and `keys` (signing keys).
+//!
+//! Exit codes: 0 success, 1 the operation ran but failed, 2 usage, connection or server error
+//! (see [`EXIT_FAILED`] and [`EXIT_ERROR`]).
 
 mod cli;
 mod client;
@@ -15,11 +23,9 @@ mod cmd;
 mod fake;
 #[cfg(test)]
 mod golden;
-mod human;
 mod keys;
 mod output;
 mod progress;
-mod spec;
 mod values;
 mod views;
 mod vocab;
@@ -28,12 +34,19 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 
+/// Exit code when the operation ran but failed ([`cmd::Failed`]): an update or check failed,
+/// a rollout aborted, a download did not match.
+const EXIT_FAILED: u8 = 1;
+/// Exit code for usage errors, an unreachable otad and refused requests; the same code clap
+/// uses for the usage errors it reports itself.
+const EXIT_ERROR: u8 = 2;
+
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(err) => {
             report(&err);
-            ExitCode::from(2)
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
@@ -52,7 +65,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Err(err) if is_broken_pipe(&err) => Ok(ExitCode::SUCCESS),
         Err(err) if err.downcast_ref::<cmd::Failed>().is_some() => {
             report(&err);
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(EXIT_FAILED))
         }
         Err(err) => Err(err),
     }

@@ -2,8 +2,9 @@
 //! scripts to stdout, and small formatting helpers shared by the human renderers.
 //!
 //! JSON output is one pretty-printed document per command, or compact JSON lines for streams;
-//! the shapes live in [`crate::views`]. Human output is built in [`crate::human`] from the
-//! same views. Progress and hints go to stderr (see [`crate::progress`]), never to stdout.
+//! the shapes live with each command group (`cmd/<group>`, the shared pieces in
+//! [`crate::views`]), and so do the human renderings built from the same documents. Progress
+//! and hints go to stderr (see [`crate::progress`]), never to stdout.
 
 use std::io::{self, IsTerminal as _, Write as _};
 use std::sync::{Arc, Mutex};
@@ -141,6 +142,18 @@ pub fn fields(rows: &[(&str, String)]) -> String {
         }
     }
     s
+}
+
+/// Appends a titled, indented block ("\nTitle:\n  line\n  line\n") to a detail view.
+pub fn section(out: &mut String, title: &str, body: &str) {
+    out.push('\n');
+    out.push_str(title);
+    out.push_str(":\n");
+    for line in body.lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
 }
 
 /// Renders a table as a string without a trailing newline; an empty body prints `none`.

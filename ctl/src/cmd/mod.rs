@@ -1,5 +1,6 @@
-//! The commands: each module resolves its raw arguments into typed requests (pure `resolve`
-//! functions, unit-tested), then talks to otad and prints through the [`Printer`].
+//! The command groups, one module each: its clap arguments, the pure `resolve` functions that
+//! turn them into typed requests (unit-tested), the calls to otad, its JSON documents and its
+//! human rendering, printed through the [`Printer`].
 //!
 //! A command returns `Ok(())` on success, [`Failed`] when the operation ran but did not
 //! succeed (exit code 1), and any other error for usage, connection and server problems

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use clap::{Args, Subcommand};
 use rand::TryRng as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -21,12 +22,98 @@ use rcgen::{
 use serde::Serialize;
 
 use super::Ctx;
-use crate::cli::{PkiCmd, PkiInitArgs, PkiServerArgs, PkiSiteArgs};
 use crate::keys;
+
+// === arguments ===
+
+/// `otactl pki ...` (local files only; nothing is sent to otad)
+#[derive(Debug, Subcommand)]
+pub enum PkiCmd {
+    /// Create the certificate authority that signs otad's and the agents' certificates
+    ///
+    /// Writes <DIR>/ca.pem (give it to otad as tls_client_ca and to agents as [tls] ca) and
+    /// <DIR>/ca.key (mode 0600; keep it offline: whoever has it can make agent certificates).
+    ///
+    /// Example:
+    ///   otactl pki init-ca --dir /etc/ota/pki
+    #[command(verbatim_doc_comment)]
+    InitCa(PkiInitArgs),
+    /// Issue the client certificate of one site's agent
+    ///
+    /// The certificate names the site as URI:ota-site:<SITE>; otad lets it report only for
+    /// that site. Writes <DIR>/site-<SITE>.pem and <DIR>/site-<SITE>.key (mode 0600).
+    ///
+    /// Example:
+    ///   otactl pki issue-site home --dir /etc/ota/pki
+    #[command(verbatim_doc_comment)]
+    IssueSite(PkiSiteArgs),
+    /// Issue otad's server certificate for the names agents and otactl connect to
+    ///
+    /// Each NAME is a DNS name or an IP address. Writes <DIR>/server.pem and <DIR>/server.key
+    /// (mode 0600), for otad's tls_cert and tls_key.
+    ///
+    /// Example:
+    ///   otactl pki issue-server otad.example.net 10.0.0.5 --dir /etc/ota/pki
+    #[command(verbatim_doc_comment)]
+    IssueServer(PkiServerArgs),
+}
+
+/// `pki init-ca`.
+#[derive(Debug, Args)]
+pub struct PkiInitArgs {
+    /// Directory of the PKI files (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Common name of the CA.
+    #[arg(long, value_name = "NAME", default_value = "OTA fleet CA")]
+    pub name: String,
+    /// Validity in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 3650)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `pki issue-site`.
+#[derive(Debug, Args)]
+pub struct PkiSiteArgs {
+    /// The site id, as in the agent's site_id.
+    #[arg(value_name = "SITE")]
+    pub site: String,
+    /// Directory of the PKI files (holding ca.pem and ca.key).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Validity in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 825)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `pki issue-server`.
+#[derive(Debug, Args)]
+pub struct PkiServerArgs {
+    /// DNS names and IP addresses otad is reached at.
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
+    /// Directory of the PKI files (holding ca.pem and ca.key).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Validity in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 825)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+// === certificates ===
 
 /// What a `pki` command wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PkiView {
+pub struct PkiJson {
     /// The certificate (PEM).
     pub certificate_path: String,
     /// Its private key (PEM, mode 0600).
@@ -106,7 +193,7 @@ fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Creates the CA.
-pub fn init_ca(a: &PkiInitArgs) -> anyhow::Result<PkiView> {
+pub fn init_ca(a: &PkiInitArgs) -> anyhow::Result<PkiJson> {
     let cn = a.name.trim();
     if cn.is_empty() || cn.len() > 64 {
         anyhow::bail!("--name must be 1-64 characters");
@@ -130,7 +217,7 @@ pub fn init_ca(a: &PkiInitArgs) -> anyhow::Result<PkiView> {
         .self_signed(&key)
         .context("cannot make the CA certificate")?;
     write_pair(&cert_path, &key_path, &cert.pem(), &key.serialize_pem())?;
-    Ok(PkiView {
+    Ok(PkiJson {
         certificate_path: cert_path.display().to_string(),
         key_path: key_path.display().to_string(),
         subject: cn.to_string(),
@@ -164,7 +251,7 @@ fn issue(
     usage: ExtendedKeyUsagePurpose,
     days: u32,
     force: bool,
-) -> anyhow::Result<PkiView> {
+) -> anyhow::Result<PkiJson> {
     let cert_path = dir.join(format!("{stem}.pem"));
     let key_path = dir.join(format!("{stem}.key"));
     refuse_overwrite(&[&cert_path, &key_path], force)?;
@@ -192,7 +279,7 @@ fn issue(
         .signed_by(&key, &issuer)
         .context("cannot sign the certificate")?;
     write_pair(&cert_path, &key_path, &cert.pem(), &key.serialize_pem())?;
-    Ok(PkiView {
+    Ok(PkiJson {
         certificate_path: cert_path.display().to_string(),
         key_path: key_path.display().to_string(),
         subject: cn.to_string(),
@@ -202,7 +289,7 @@ fn issue(
 }
 
 /// Issues a site's agent certificate.
-pub fn issue_site(a: &PkiSiteArgs) -> anyhow::Result<PkiView> {
+pub fn issue_site(a: &PkiSiteArgs) -> anyhow::Result<PkiJson> {
     check_site(&a.site)?;
     let uri = site_uri(&a.site)
         .try_into()
@@ -219,7 +306,7 @@ pub fn issue_site(a: &PkiSiteArgs) -> anyhow::Result<PkiView> {
 }
 
 /// Issues otad's certificate.
-pub fn issue_server(a: &PkiServerArgs) -> anyhow::Result<PkiView> {
+pub fn issue_server(a: &PkiServerArgs) -> anyhow::Result<PkiJson> {
     let mut sans = Vec::new();
     for n in &a.names {
         let n = n.trim();
@@ -255,7 +342,7 @@ pub fn issue_server(a: &PkiServerArgs) -> anyhow::Result<PkiView> {
     )
 }
 
-fn human(v: &PkiView, next: &str) -> String {
+fn human(v: &PkiJson, next: &str) -> String {
     let names = if v.names.is_empty() {
         String::new()
     } else {
@@ -303,7 +390,7 @@ pub fn run(ctx: &Ctx, cmd: PkiCmd) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn init(dir: &Path) -> PkiView {
+    fn init(dir: &Path) -> PkiJson {
         init_ca(&PkiInitArgs {
             dir: dir.to_path_buf(),
             name: "Test CA".into(),

@@ -1,19 +1,23 @@
 //! `otactl rollout create|plan|start|pause|resume|abort|list|show|watch`.
 //!
-//! Specs come from a TOML file or from flags (see [`crate::spec`]). `watch` draws one bar per
-//! stage and one line per device being updated, from `RolloutService.Watch` with tasks.
+//! `args` are the flags, `view` the JSON documents, `render` the tables; `spec` reads a spec
+//! from a TOML file or from flags, `watch` follows a rollout live.
 
-use std::collections::BTreeMap;
+pub mod args;
+pub mod render;
+pub mod spec;
+pub mod view;
+mod watch;
+
 use std::path::Path;
 
 use anyhow::Context as _;
-use indicatif::{MultiProgress, ProgressBar};
 use ota_proto::v1 as pb;
 
-use super::{Ctx, Failed, id};
-use crate::cli::{RolloutActionArgs, RolloutCmd, RolloutStateArg, SpecSourceArgs, WatchArgs};
-use crate::views::{PlanView, ProgressView, RolloutListView, RolloutView};
-use crate::{human, progress, spec, vocab};
+pub use self::args::RolloutCmd;
+use self::args::{CreateArgs, RolloutActionArgs, RolloutListArgs, RolloutStateArg, SpecSourceArgs};
+use self::view::{PlanJson, RolloutJson, RolloutListJson};
+use super::{Ctx, id};
 
 /// Reads and checks the spec a command was given.
 pub fn resolve_spec(a: &SpecSourceArgs) -> anyhow::Result<pb::RolloutSpec> {
@@ -80,62 +84,19 @@ enum Action {
 /// Runs a `rollout` command.
 pub async fn run(ctx: &Ctx, cmd: RolloutCmd) -> anyhow::Result<()> {
     match cmd {
-        RolloutCmd::Create(a) => {
-            let spec = resolve_spec(&a.spec)?;
-            let api = ctx.api().await?;
-            let r = api
-                .call(api.rollout().create(api.unary(pb::CreateRolloutRequest {
-                    spec: Some(spec),
-                    start: a.start,
-                })))
-                .await?;
-            ctx.out.show(&RolloutView::new(&r), |v| {
-                let next = if a.start {
-                    format!("Follow it with `otactl rollout watch {}`.", v.id)
-                } else {
-                    format!(
-                        "It is a draft: check it with `otactl rollout plan {}`, then `otactl \
-                         rollout start {}`.",
-                        v.id, v.id
-                    )
-                };
-                format!("Created rollout {}. {next}\n\n{}", v.id, human::rollout(v))
-            })?;
-            Ok(())
-        }
+        RolloutCmd::Create(a) => create(ctx, &a).await,
         RolloutCmd::Plan(a) => {
             let req = resolve_plan(a.id.as_deref(), &a.spec)?;
             let api = ctx.api().await?;
             let p = api.call(api.rollout().plan(api.unary(req))).await?;
-            ctx.out.show(&PlanView::new(&p), human::plan)?;
+            ctx.out.show(&PlanJson::new(&p), render::plan)?;
             Ok(())
         }
         RolloutCmd::Start(a) => action(ctx, Action::Start, &a).await,
         RolloutCmd::Pause(a) => action(ctx, Action::Pause, &a).await,
         RolloutCmd::Resume(a) => action(ctx, Action::Resume, &a).await,
         RolloutCmd::Abort(a) => action(ctx, Action::Abort, &a).await,
-        RolloutCmd::List(a) => {
-            let api = ctx.api().await?;
-            let mut req = pb::ListRolloutsRequest {
-                page: None,
-                state: a.state.map_or(0, |s| state(s) as i32),
-            };
-            let mut rollouts = Vec::new();
-            loop {
-                let r = api.call(api.rollout().list(api.unary(req.clone()))).await?;
-                rollouts.extend(r.rollouts.iter().map(RolloutView::new));
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                req.page = Some(pb::PageRequest {
-                    page_size: 0,
-                    page_token: r.next_page_token,
-                });
-            }
-            ctx.out
-                .show(&RolloutListView { rollouts }, human::rollout_list)?;
-            Ok(())
-        }
+        RolloutCmd::List(a) => list(ctx, &a).await,
         RolloutCmd::Show(a) => {
             let rollout_id = id("rollout", &a.id)?;
             let api = ctx.api().await?;
@@ -145,11 +106,48 @@ pub async fn run(ctx: &Ctx, cmd: RolloutCmd) -> anyhow::Result<()> {
                         .get(api.unary(pb::GetRolloutRequest { id: rollout_id })),
                 )
                 .await?;
-            ctx.out.show(&RolloutView::new(&r), human::rollout)?;
+            ctx.out.show(&RolloutJson::new(&r), render::rollout)?;
             Ok(())
         }
-        RolloutCmd::Watch(a) => watch(ctx, &a).await,
+        RolloutCmd::Watch(a) => watch::watch(ctx, &a).await,
     }
+}
+
+async fn create(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<()> {
+    let spec = resolve_spec(&a.spec)?;
+    let api = ctx.api().await?;
+    let r = api
+        .call(api.rollout().create(api.unary(pb::CreateRolloutRequest {
+            spec: Some(spec),
+            start: a.start,
+        })))
+        .await?;
+    ctx.out
+        .show(&RolloutJson::new(&r), |v| render::created(v, a.start))?;
+    Ok(())
+}
+
+async fn list(ctx: &Ctx, a: &RolloutListArgs) -> anyhow::Result<()> {
+    let api = ctx.api().await?;
+    let mut req = pb::ListRolloutsRequest {
+        page: None,
+        state: a.state.map_or(0, |s| state(s) as i32),
+    };
+    let mut rollouts = Vec::new();
+    loop {
+        let r = api.call(api.rollout().list(api.unary(req.clone()))).await?;
+        rollouts.extend(r.rollouts.iter().map(RolloutJson::new));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        req.page = Some(pb::PageRequest {
+            page_size: 0,
+            page_token: r.next_page_token,
+        });
+    }
+    ctx.out
+        .show(&RolloutListJson { rollouts }, render::rollout_list)?;
+    Ok(())
 }
 
 async fn action(ctx: &Ctx, what: Action, a: &RolloutActionArgs) -> anyhow::Result<()> {
@@ -168,213 +166,14 @@ async fn action(ctx: &Ctx, what: Action, a: &RolloutActionArgs) -> anyhow::Resul
     let r = fut
         .map(tonic::Response::into_inner)
         .map_err(|s| api.error(&s))?;
-    ctx.out.show(&RolloutView::new(&r), |v| {
-        let mut s = format!("Rollout {} is {}.", v.id, v.state.name);
-        if !v.state_reason.is_empty() {
-            s.push_str(&format!(" ({})", v.state_reason));
-        }
-        s
-    })?;
+    ctx.out.show(&RolloutJson::new(&r), render::acted)?;
     Ok(())
-}
-
-fn is_final(state: i32) -> bool {
-    state == pb::RolloutState::Completed as i32 || state == pb::RolloutState::Aborted as i32
-}
-
-/// The live view: a header, a bar per stage, a line per updating device.
-struct Board {
-    multi: MultiProgress,
-    header: ProgressBar,
-    stages: Vec<ProgressBar>,
-    devices: BTreeMap<String, ProgressBar>,
-    show_devices: bool,
-}
-
-impl Board {
-    fn new(enabled: bool, show_devices: bool) -> Self {
-        let multi = progress::multi(enabled);
-        let header = multi.add(progress::header());
-        header.enable_steady_tick(std::time::Duration::from_millis(120));
-        Self {
-            multi,
-            header,
-            stages: Vec::new(),
-            devices: BTreeMap::new(),
-            show_devices,
-        }
-    }
-
-    fn rollout(&mut self, r: &RolloutView) {
-        let name = r.spec.as_ref().map_or("", |s| s.name.as_str());
-        let mut head = format!("rollout {} {name}: {}", r.id, r.state.name);
-        if !r.state_reason.is_empty() {
-            head.push_str(&format!(" ({})", r.state_reason));
-        }
-        self.header.set_message(head);
-        for st in &r.stages {
-            let i = st.index as usize;
-            while self.stages.len() <= i {
-                let bar = progress::stage(0);
-                let bar = match self.stages.last() {
-                    Some(prev) => self.multi.insert_after(prev, bar),
-                    None => self.multi.insert_after(&self.header, bar),
-                };
-                self.stages.push(bar);
-            }
-            let bar = &self.stages[i];
-            let total = st
-                .counts
-                .total
-                .max(u32::try_from(st.device_ids.len()).unwrap_or(0));
-            bar.set_length(u64::from(total));
-            bar.set_position(u64::from(st.counts.done()));
-            bar.set_prefix(format!("{} {}", st.index + 1, st.name));
-            let mut msg = format!(
-                "{} · ✓{} ✗{}",
-                st.state.name,
-                st.counts.succeeded,
-                st.counts.failed + st.counts.timed_out
-            );
-            let active: Vec<String> = st
-                .counts
-                .nonzero()
-                .into_iter()
-                .filter(|(n, _)| !matches!(*n, "succeeded" | "failed" | "timed-out"))
-                .map(|(n, v)| format!("{n} {v}"))
-                .collect();
-            if !active.is_empty() {
-                msg.push_str(&format!(" · {}", active.join(", ")));
-            }
-            bar.set_message(msg);
-        }
-    }
-
-    fn task(&mut self, t: &pb::Task) {
-        if !self.show_devices {
-            return;
-        }
-        if vocab::is_terminal(t.status) {
-            if let Some(bar) = self.devices.remove(&t.device_id) {
-                bar.finish_and_clear();
-                self.multi.remove(&bar);
-            }
-            return;
-        }
-        let bar = self.devices.entry(t.device_id.clone()).or_insert_with(|| {
-            let b = self.multi.add(progress::device_line());
-            b.set_prefix(t.device_id.clone());
-            b
-        });
-        bar.set_position(progress::percent(t.progress));
-        bar.set_message(progress::task_message(t));
-    }
-
-    fn clear(self) {
-        for bar in self.devices.values() {
-            bar.finish_and_clear();
-        }
-        for bar in &self.stages {
-            bar.finish_and_clear();
-        }
-        self.header.finish_and_clear();
-        self.multi.clear().ok();
-    }
-}
-
-async fn watch(ctx: &Ctx, a: &WatchArgs) -> anyhow::Result<()> {
-    let rollout_id = id("rollout", &a.id)?;
-    let api = ctx.api().await?;
-    let mut stream = api
-        .call(api.rollout().watch(api.streaming(pb::WatchRolloutRequest {
-            id: rollout_id.clone(),
-            include_tasks: !a.no_devices,
-        })))
-        .await?;
-    let bars = progress::enabled(&ctx.out);
-    let mut board = Board::new(bars, !a.no_devices);
-    let mut last: Option<RolloutView> = None;
-    let mut last_line = String::new();
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
-    loop {
-        let msg = tokio::select! {
-            m = stream.message() => m,
-            _ = &mut interrupted => {
-                board.clear();
-                anyhow::bail!(
-                    "interrupted: stopped watching; rollout {rollout_id} goes on at the server"
-                );
-            }
-        };
-        let p = match msg {
-            Ok(Some(p)) => p,
-            Ok(None) => break,
-            Err(status) => {
-                board.clear();
-                return Err(api.error(&status).into());
-            }
-        };
-        let view = ProgressView::new(&p);
-        if ctx.out.is_json() {
-            ctx.out.json_line(&view)?;
-        }
-        if let Some(r) = &view.rollout {
-            board.rollout(r);
-            if !bars && !ctx.out.is_json() {
-                // No terminal: one line per change, for logs.
-                let line = human::progress_line(r);
-                if line != last_line {
-                    ctx.out.text(&line)?;
-                    last_line = line;
-                }
-            }
-        }
-        for t in &p.tasks {
-            board.task(t);
-        }
-        let done = view
-            .rollout
-            .as_ref()
-            .is_some_and(|r| is_final(r.state.code));
-        if view.rollout.is_some() {
-            last = view.rollout;
-        }
-        if done {
-            break;
-        }
-    }
-    board.clear();
-    let Some(r) = last else {
-        anyhow::bail!("otad ended the watch of {rollout_id} without sending its state");
-    };
-    if !ctx.out.is_json() {
-        ctx.out.text(&human::rollout(&r))?;
-    }
-    match pb::RolloutState::try_from(r.state.code) {
-        Ok(pb::RolloutState::Completed) => Ok(()),
-        Ok(pb::RolloutState::Aborted) => Err(Failed(format!(
-            "rollout {} aborted{}",
-            r.id,
-            if r.state_reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", r.state_reason)
-            }
-        ))
-        .into()),
-        _ => anyhow::bail!(
-            "otad ended the watch of {} while it was {}; run `otactl rollout watch {}` again",
-            r.id,
-            r.state.name,
-            r.id
-        ),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::Failed;
     use clap::Parser as _;
 
     fn parse(args: &[&str]) -> RolloutCmd {
@@ -487,57 +286,9 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_board_tracks_stages_and_devices() {
-        let mut b = Board::new(false, true);
-        let r = pb::Rollout {
-            id: "ro-1".into(),
-            state: 2,
-            stages: vec![
-                pb::StageStatus {
-                    index: 0,
-                    name: "canary".into(),
-                    state: 2,
-                    counts: Some(pb::TaskCounts {
-                        total: 5,
-                        succeeded: 2,
-                        failed: 1,
-                        updating: 2,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                pb::StageStatus {
-                    index: 1,
-                    name: "wave-1".into(),
-                    state: 1,
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        };
-        b.rollout(&RolloutView::new(&r));
-        assert_eq!(b.stages.len(), 2);
-        assert_eq!(b.stages[0].position(), 3);
-        assert_eq!(b.stages[0].length(), Some(5));
-        assert_eq!(b.stages[0].message(), "running · ✓2 ✗1 · updating 2");
-        let mut t = pb::Task {
-            device_id: "home/a".into(),
-            status: 2,
-            progress: 40.0,
-            ..Default::default()
-        };
-        b.task(&t);
-        assert_eq!(b.devices["home/a"].position(), 40);
-        t.status = 3;
-        b.task(&t);
-        assert!(b.devices.is_empty());
-        b.clear();
-        assert!(is_final(4) && is_final(5) && !is_final(3));
-    }
-
     // === against the in-process fake ===
 
+    use self::args::WatchArgs;
     use crate::cli::OutputFormat;
     use crate::fake;
 

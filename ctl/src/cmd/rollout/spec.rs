@@ -11,7 +11,8 @@ use std::fmt;
 use ota_proto::v1 as pb;
 use serde::Deserialize;
 
-use crate::cli::{FailureActionArg, SpecFlags, TransportArg, UpgradeTypeArg};
+use super::args::{FailureActionArg, SpecFlags};
+use crate::cli::{TransportArg, UpgradeTypeArg};
 use crate::values;
 
 /// A spec file as written.

@@ -1,0 +1,340 @@
+//! The arguments of `otactl rollout ...`, and the spec file format its help shows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::cli::{IdArg, SelectorArgs, UpgradeTypeArg};
+use crate::values;
+
+const SPEC_FORMAT_HELP: &str = "\
+Spec file format (TOML; durations are \"30s\", \"10m\", \"1h\" or seconds; thresholds are a \
+count \"2\" or a percentage \"10%\"):
+
+  name = \"hue-switch 2.3.093\"        # required
+  firmware = \"fw-1a2b3c4d5e6f7a8b\"   # required
+  upgrade_type = \"notify\"            # notify | forced | check
+  allow_downgrade = false
+  device_timeout = \"30m\"             # default: 30m for Zigbee, 10m otherwise
+  batch_check = true                 # one availability check of all targets first
+  batch_check_timeout = \"60s\"
+
+  [selector]                         # every given key must match; lists match any value
+  sites = [\"home\"]
+  transports = [\"zigbee2mqtt\"]       # zigbee2mqtt | esphome | serial
+  models = [\"324131092621\"]
+  vendors = []
+  chips = []
+  networks = []
+  tags = []                          # all tags must be present
+  devices = []                       # explicit device ids
+  exclude = []
+  min_version = \"0x01000000\"
+  max_version = \"0x02030092\"
+  manufacturer_code = 0x100B
+  image_type = 0x0001
+
+  [[stages]]                         # at least one; in order
+  name = \"canary\"
+  count = 5                          # this many devices, or:
+  # percent = 25                     # cumulative share of all targets by the end of the stage
+  failure_threshold = \"1\"            # default: 1 for stages of <= 10 devices, else \"10%\"
+  success_threshold = \"100%\"         # default: every device that was not skipped
+  on_failure = \"pause\"               # pause | abort
+  deadline = \"1h\"                    # unfinished devices then count as timed out (5016)
+  soak = \"10m\"                       # wait after success before the next stage
+
+  [[stages]]
+  name = \"everyone\"
+  percent = 100
+
+  [concurrency]                      # 0 or absent: server defaults
+  global = 50
+  per_site = 10
+  per_zigbee_network = 1
+  per_esphome_site = 4
+
+  [retry]
+  max_attempts = 3
+  initial_backoff = \"30s\"
+  max_backoff = \"15m\"
+
+  [window]                           # maintenance window, site local time
+  start = \"22:00\"
+  end = \"05:00\"
+  weekdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]   # or 0 (Sunday) .. 6
+
+  [preconditions]
+  min_battery_percent = 70
+  min_linkquality = 30
+  min_rssi_dbm = -85";
+
+/// `otactl rollout ...`
+#[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Create a rollout from a TOML spec file or from flags (draft, or running with --start).
+    #[command(long_about = ROLLOUT_CREATE_LONG)]
+    Create(Box<CreateArgs>),
+    /// Dry run: which devices fall in which stage, which are excluded and why, how long
+    ///
+    /// Plans a spec (file or flags, as for `rollout create`) or re-plans an existing draft or
+    /// paused rollout against today's fleet. Records nothing.
+    ///
+    /// Example:
+    ///   otactl rollout plan -f hue-2.3.toml
+    ///   otactl rollout plan --name hue --firmware fw-1a2b --model 324131092621 --waves 10,100
+    ///   otactl rollout plan ro-0192f3c1
+    #[command(verbatim_doc_comment)]
+    Plan(Box<PlanArgs>),
+    /// Start a draft rollout
+    ///
+    /// Example:
+    ///   otactl rollout start ro-0192f3c1
+    #[command(verbatim_doc_comment)]
+    Start(RolloutActionArgs),
+    /// Pause a running rollout: no new devices are dispatched; running updates finish
+    ///
+    /// Example:
+    ///   otactl rollout pause ro-0192f3c1 --reason "waiting for the vendor's answer"
+    #[command(verbatim_doc_comment)]
+    Pause(RolloutActionArgs),
+    /// Resume a paused rollout where it stopped
+    ///
+    /// Example:
+    ///   otactl rollout resume ro-0192f3c1
+    #[command(verbatim_doc_comment)]
+    Resume(RolloutActionArgs),
+    /// Abort a rollout: stop dispatching and cancel what is safe to cancel
+    ///
+    /// Transfers already running finish. An aborted rollout cannot be resumed.
+    ///
+    /// Example:
+    ///   otactl rollout abort ro-0192f3c1 --reason "battery drain reported"
+    #[command(verbatim_doc_comment)]
+    Abort(RolloutActionArgs),
+    /// List rollouts
+    ///
+    /// Example:
+    ///   otactl rollout list --state running
+    #[command(verbatim_doc_comment, visible_alias = "ls")]
+    List(RolloutListArgs),
+    /// Show a rollout: spec, stages with counts per status, reasons, exclusions
+    ///
+    /// Example:
+    ///   otactl rollout show ro-0192f3c1
+    #[command(verbatim_doc_comment, visible_alias = "get")]
+    Show(IdArg),
+    /// Follow a rollout live until it completes or aborts
+    ///
+    /// Shows one bar per stage (succeeded+failed of total, and the counts by status) and a line
+    /// per updating device (percent, remaining time, status). Exits 0 when the rollout
+    /// completes, 1 when it aborts. With -o json, prints one JSON line per progress message.
+    ///
+    /// Example:
+    ///   otactl rollout watch ro-0192f3c1
+    ///   otactl rollout watch ro-0192f3c1 -o json | jq -c '.rollout.totals'
+    #[command(verbatim_doc_comment)]
+    Watch(WatchArgs),
+}
+
+const ROLLOUT_CREATE_LONG: &str = "\
+Create a rollout from a TOML spec file or from flags (draft, or running with --start).
+
+The flag form covers simple cases: one selector, a canary stage of N devices, then waves \
+that reach the given cumulative percentages of all targets, with the same deadline, soak \
+and thresholds for every stage. Anything more goes in a spec file.
+
+Example:
+  otactl rollout create -f hue-2.3.toml --start
+  otactl rollout create --name hue-2.3 --firmware fw-1a2b3c4d5e6f7a8b \\
+      --transport zigbee2mqtt --model 324131092621 \\
+      --canary 5 --waves 25,100 --deadline 1h --soak 10m --failure-threshold 10%
+
+";
+
+/// A rollout spec: a file, or flags.
+#[derive(Debug, Args)]
+pub struct SpecSourceArgs {
+    /// Rollout spec file (TOML; see `otactl rollout create --help`).
+    #[arg(short = 'f', long = "file", value_name = "SPEC.toml")]
+    pub file: Option<PathBuf>,
+    /// The spec as flags.
+    #[command(flatten)]
+    pub flags: SpecFlags,
+}
+
+/// The flag form of a rollout spec.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SpecFlags {
+    /// Rollout name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Firmware to roll out.
+    #[arg(long, value_name = "FW")]
+    pub firmware: Option<String>,
+    /// Which devices.
+    #[command(flatten)]
+    pub selector: SelectorArgs,
+    /// First stage: this many devices ("canary").
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u32>,
+    /// Then waves reaching these cumulative percentages of all targets ("5,25,100").
+    #[arg(long, value_parser = values::parse_percent_list, value_name = "P,P,...")]
+    pub waves: Option<values::Percents>,
+    /// Stage deadline: devices not finished this long after their stage started time out.
+    #[arg(long, value_parser = values::parse_duration, value_name = "DURATION")]
+    pub deadline: Option<Duration>,
+    /// Soak time after each successful stage.
+    #[arg(long, value_parser = values::parse_duration, value_name = "DURATION")]
+    pub soak: Option<Duration>,
+    /// Failures that stop a stage: a count ("2") or a percentage ("10%").
+    #[arg(long, value_parser = values::parse_threshold, value_name = "N|P%")]
+    pub failure_threshold: Option<values::Threshold>,
+    /// Successes needed to advance: a count or a percentage.
+    #[arg(long, value_parser = values::parse_threshold, value_name = "N|P%")]
+    pub success_threshold: Option<values::Threshold>,
+    /// What a stage crossing its failure threshold does.
+    #[arg(long, value_enum)]
+    pub on_failure: Option<FailureActionArg>,
+    /// Per-device timeout.
+    #[arg(long, value_parser = values::parse_duration, value_name = "DURATION")]
+    pub device_timeout: Option<Duration>,
+    /// Attempts per device, including the first.
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Devices updating at once across the rollout.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+    /// Maintenance window in the sites' local time ("22:00-05:00").
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    pub window: Option<String>,
+    /// How the update is offered.
+    #[arg(long, value_enum)]
+    pub upgrade_type: Option<UpgradeTypeArg>,
+    /// Allow installing an older version than devices run.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Skip the availability check of all targets before the first stage.
+    #[arg(long)]
+    pub skip_batch_check: bool,
+}
+
+/// Failure actions a user can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureActionArg {
+    /// Pause the rollout.
+    Pause,
+    /// Abort the rollout.
+    Abort,
+}
+
+/// `rollout create`.
+#[derive(Debug, Args)]
+#[command(after_long_help = SPEC_FORMAT_HELP)]
+pub struct CreateArgs {
+    /// The spec.
+    #[command(flatten)]
+    pub spec: SpecSourceArgs,
+    /// Start right away instead of staying in draft.
+    #[arg(long)]
+    pub start: bool,
+}
+
+/// `rollout plan`.
+#[derive(Debug, Args)]
+#[command(after_long_help = SPEC_FORMAT_HELP)]
+pub struct PlanArgs {
+    /// An existing rollout to re-plan (instead of a spec).
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
+    /// The spec.
+    #[command(flatten)]
+    pub spec: SpecSourceArgs,
+}
+
+/// `rollout start|pause|resume|abort`.
+#[derive(Debug, Args)]
+pub struct RolloutActionArgs {
+    /// Rollout id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Why (recorded in the event log).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// Rollout states a user can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RolloutStateArg {
+    /// Created, not started.
+    Draft,
+    /// Dispatching devices.
+    Running,
+    /// Paused by an operator or a failure threshold.
+    Paused,
+    /// Every stage done.
+    Completed,
+    /// Stopped for good.
+    Aborted,
+}
+
+/// `rollout list`.
+#[derive(Debug, Args)]
+pub struct RolloutListArgs {
+    /// Only rollouts in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<RolloutStateArg>,
+}
+
+/// `rollout watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Rollout id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Only the rollout summary, without a line per updating device.
+    #[arg(long)]
+    pub no_devices: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Command, parse};
+
+    #[test]
+    fn rollout_flag_form_parses_waves_thresholds_and_durations() {
+        let cli = parse(&[
+            "rollout",
+            "create",
+            "--name",
+            "r",
+            "--firmware",
+            "fw-1",
+            "--canary",
+            "5",
+            "--waves",
+            "5,25,100",
+            "--deadline",
+            "1h",
+            "--soak",
+            "10m",
+            "--failure-threshold",
+            "10%",
+            "--start",
+        ])
+        .unwrap();
+        let Command::Rollout(RolloutCmd::Create(a)) = cli.command else {
+            panic!("not a create");
+        };
+        assert!(a.start);
+        let f = a.spec.flags;
+        assert_eq!(f.waves, Some(values::Percents(vec![5.0, 25.0, 100.0])));
+        assert_eq!(f.deadline, Some(Duration::from_secs(3600)));
+        assert_eq!(f.soak, Some(Duration::from_secs(600)));
+        assert_eq!(f.failure_threshold, Some(values::Threshold::Percent(10.0)));
+        assert!(parse(&["rollout", "create", "--waves", "50,25"]).is_err());
+        assert!(parse(&["rollout", "create", "--failure-threshold", "x"]).is_err());
+    }
+}

@@ -1,0 +1,249 @@
+//! How the results of `otactl rollout ...` read in a terminal.
+
+use super::view::{
+    CountsJson, ExclusionJson, PlanJson, RolloutJson, RolloutListJson, StageSpecJson, ThresholdJson,
+};
+use crate::output::{fields, fmt_secs, fmt_time, render, section, table};
+use crate::views::{en, when_by};
+
+fn threshold(t: Option<&ThresholdJson>) -> String {
+    match t {
+        None => "default".to_string(),
+        Some(ThresholdJson::Count(c)) => c.to_string(),
+        Some(ThresholdJson::Percent(p)) => format!("{p}%"),
+    }
+}
+
+fn stage_size(s: &StageSpecJson) -> String {
+    match (s.count, s.cumulative_percent) {
+        (Some(1), _) => "1 device".to_string(),
+        (Some(c), _) => format!("{c} devices"),
+        (_, Some(p)) => format!("up to {p}%"),
+        _ => "-".to_string(),
+    }
+}
+
+fn counts_line(c: &CountsJson) -> String {
+    let parts: Vec<String> = c
+        .nonzero()
+        .into_iter()
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `rollout list`.
+pub fn rollout_list(l: &RolloutListJson) -> String {
+    let mut t = table(&[
+        "id", "name", "firmware", "state", "stage", "done", "failed", "created",
+    ]);
+    for r in &l.rollouts {
+        let stage = r
+            .stages
+            .iter()
+            .find(|s| s.index == r.current_stage)
+            .map_or_else(String::new, |s| {
+                format!("{}/{} {}", s.index + 1, r.stages.len(), s.name)
+            });
+        t.add_row(vec![
+            r.id.clone(),
+            r.spec.as_ref().map_or_else(String::new, |s| s.name.clone()),
+            r.spec
+                .as_ref()
+                .map_or_else(String::new, |s| s.firmware_id.clone()),
+            r.state.name.clone(),
+            stage,
+            format!("{}/{}", r.totals.succeeded, r.totals.total),
+            (r.totals.failed + r.totals.timed_out).to_string(),
+            fmt_time(r.created_at_ms),
+        ]);
+    }
+    render(&t, "no rollouts")
+}
+
+/// `rollout show`, create, start, pause, resume, abort.
+pub fn rollout(r: &RolloutJson) -> String {
+    let spec = r.spec.as_ref();
+    let mut out = fields(&[
+        ("ID", r.id.clone()),
+        ("Name", spec.map_or_else(String::new, |s| s.name.clone())),
+        (
+            "Firmware",
+            spec.map_or_else(String::new, |s| s.firmware_id.clone()),
+        ),
+        ("State", r.state.name.clone()),
+        ("Reason", r.state_reason.clone()),
+        (
+            "Totals",
+            format!("{} devices: {}", r.totals.total, counts_line(&r.totals)),
+        ),
+        ("Created", when_by(r.created_at_ms, r.created_by.as_ref())),
+        ("Started", fmt_time(r.started_at_ms)),
+        ("Finished", fmt_time(r.finished_at_ms)),
+    ]);
+    let mut t = table(&[
+        "#", "stage", "size", "state", "devices", "counts", "deadline", "soak",
+    ]);
+    let specs = spec.map(|s| s.stages.as_slice()).unwrap_or_default();
+    if r.stages.is_empty() {
+        for (i, s) in specs.iter().enumerate() {
+            t.add_row(vec![
+                (i + 1).to_string(),
+                s.name.clone(),
+                stage_size(s),
+                "pending".to_string(),
+                "-".to_string(),
+                format!(
+                    "fail at {} ({})",
+                    threshold(s.failure_threshold.as_ref()),
+                    s.on_failure.name
+                ),
+                fmt_secs(u64::from(s.deadline_s)),
+                fmt_secs(u64::from(s.soak_s)),
+            ]);
+        }
+    }
+    for st in &r.stages {
+        let sp = specs.get(st.index as usize);
+        let marker = if st.index == r.current_stage && r.state.name == "running" {
+            "▶ "
+        } else {
+            ""
+        };
+        t.add_row(vec![
+            format!("{marker}{}", st.index + 1),
+            st.name.clone(),
+            sp.map_or_else(String::new, stage_size),
+            st.state.name.clone(),
+            st.counts
+                .total
+                .max(u32::try_from(st.device_ids.len()).unwrap_or(0))
+                .to_string(),
+            counts_line(&st.counts),
+            sp.map_or_else(String::new, |s| fmt_secs(u64::from(s.deadline_s))),
+            sp.map_or_else(String::new, |s| fmt_secs(u64::from(s.soak_s))),
+        ]);
+    }
+    section(&mut out, "Stages", &render(&t, "none"));
+    if !r.batch_check_timed_out.is_empty() {
+        section(
+            &mut out,
+            "No answer to the batch check (5019)",
+            &r.batch_check_timed_out.join("\n"),
+        );
+    }
+    if !r.exclusions.is_empty() {
+        section(&mut out, "Excluded", &exclusions(&r.exclusions));
+    }
+    out
+}
+
+fn exclusions(list: &[ExclusionJson]) -> String {
+    let mut t = table(&["device", "code", "reason"]);
+    for e in list {
+        t.add_row(vec![e.device_id.clone(), en(&e.code), e.reason.clone()]);
+    }
+    render(&t, "none")
+}
+
+/// How many device ids to show per stage before "and N more".
+const PLAN_DEVICES_SHOWN: usize = 8;
+
+/// `rollout plan`.
+pub fn plan(p: &PlanJson) -> String {
+    let mut out = fields(&[
+        ("Target devices", p.target_count.to_string()),
+        (
+            "Estimated duration",
+            fmt_secs(u64::from(p.estimated_duration_s)),
+        ),
+    ]);
+    let mut t = table(&["#", "stage", "devices", "estimate", "device ids"]);
+    for s in &p.stages {
+        let mut ids: Vec<String> = s
+            .device_ids
+            .iter()
+            .take(PLAN_DEVICES_SHOWN)
+            .cloned()
+            .collect();
+        if s.device_ids.len() > PLAN_DEVICES_SHOWN {
+            ids.push(format!(
+                "… and {} more (-o json lists all)",
+                s.device_ids.len() - PLAN_DEVICES_SHOWN
+            ));
+        }
+        t.add_row(vec![
+            (s.index + 1).to_string(),
+            s.name.clone(),
+            s.device_ids.len().to_string(),
+            fmt_secs(u64::from(s.estimated_s)),
+            ids.join("\n"),
+        ]);
+    }
+    section(&mut out, "Stages", &render(&t, "none"));
+    section(&mut out, "Excluded", &exclusions(&p.exclusions));
+    if !p.warnings.is_empty() {
+        section(
+            &mut out,
+            "Warnings",
+            &p.warnings
+                .iter()
+                .map(|w| format!("! {w}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
+    out
+}
+
+/// One line summarising a rollout's progress (for logs when bars are off).
+pub fn progress_line(r: &RolloutJson) -> String {
+    let stage = r
+        .stages
+        .iter()
+        .find(|s| s.index == r.current_stage)
+        .map_or_else(String::new, |s| {
+            format!(
+                " stage {}/{} {} ({}): {}/{} done;",
+                s.index + 1,
+                r.stages.len(),
+                s.name,
+                s.state.name,
+                s.counts.done(),
+                s.counts.total
+            )
+        });
+    format!(
+        "{} {}:{stage} totals {}",
+        r.id,
+        r.state.name,
+        counts_line(&r.totals)
+    )
+}
+
+/// `rollout create`: the rollout and what to do next.
+pub fn created(v: &RolloutJson, started: bool) -> String {
+    let next = if started {
+        format!("Follow it with `otactl rollout watch {}`.", v.id)
+    } else {
+        format!(
+            "It is a draft: check it with `otactl rollout plan {}`, then `otactl \
+             rollout start {}`.",
+            v.id, v.id
+        )
+    };
+    format!("Created rollout {}. {next}\n\n{}", v.id, rollout(v))
+}
+
+/// `rollout start|pause|resume|abort`: the state it is in now.
+pub fn acted(v: &RolloutJson) -> String {
+    let mut s = format!("Rollout {} is {}.", v.id, v.state.name);
+    if !v.state_reason.is_empty() {
+        s.push_str(&format!(" ({})", v.state_reason));
+    }
+    s
+}

@@ -1,0 +1,547 @@
+//! The JSON documents of `otactl rollout ...` (see `crate::views` for the rules).
+
+use ota_proto::v1 as pb;
+use serde::Serialize;
+
+use crate::views::{ActorJson, EnumJson, TaskJson, actor};
+use crate::vocab;
+
+/// A count or a percentage: `{"count": 2}` or `{"percent": 10.0}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdJson {
+    /// Devices.
+    Count(u32),
+    /// Percent of the stage's devices.
+    Percent(f64),
+}
+
+fn threshold(t: Option<&pb::Threshold>) -> Option<ThresholdJson> {
+    match t.and_then(|t| t.value) {
+        Some(pb::threshold::Value::Count(c)) => Some(ThresholdJson::Count(c)),
+        Some(pb::threshold::Value::Percent(p)) => Some(ThresholdJson::Percent(p)),
+        None => None,
+    }
+}
+
+/// Which devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SelectorJson {
+    /// Sites.
+    pub site_ids: Vec<String>,
+    /// Transports.
+    pub transports: Vec<EnumJson>,
+    /// Models.
+    pub models: Vec<String>,
+    /// Vendors.
+    pub vendors: Vec<String>,
+    /// Zigbee manufacturer code.
+    pub manufacturer_code: Option<u32>,
+    /// Zigbee image type.
+    pub image_type: Option<u32>,
+    /// Chips.
+    pub chips: Vec<String>,
+    /// Minimum version.
+    pub min_version: String,
+    /// Maximum version.
+    pub max_version: String,
+    /// Tags (all).
+    pub tags: Vec<String>,
+    /// Explicit devices.
+    pub device_ids: Vec<String>,
+    /// Excluded devices.
+    pub exclude_device_ids: Vec<String>,
+    /// Transport instances.
+    pub networks: Vec<String>,
+}
+
+/// A stage of a spec.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageSpecJson {
+    /// Name.
+    pub name: String,
+    /// Devices in this stage, or null.
+    pub count: Option<u32>,
+    /// Cumulative percent of all targets by the end of this stage, or null.
+    pub cumulative_percent: Option<f64>,
+    /// Successes needed (null: all not skipped).
+    pub success_threshold: Option<ThresholdJson>,
+    /// Failures that stop the stage (null: server default).
+    pub failure_threshold: Option<ThresholdJson>,
+    /// pause or abort.
+    pub on_failure: EnumJson,
+    /// Stage deadline, seconds (0: none).
+    pub deadline_s: u32,
+    /// Soak, seconds.
+    pub soak_s: u32,
+}
+
+/// A rollout spec.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpecJson {
+    /// Name.
+    pub name: String,
+    /// Firmware.
+    pub firmware_id: String,
+    /// Targets.
+    pub selector: Option<SelectorJson>,
+    /// Stages.
+    pub stages: Vec<StageSpecJson>,
+    /// Concurrency limits (0: server default).
+    pub concurrency: Option<ConcurrencyJson>,
+    /// Per-device timeout, seconds (0: by transport).
+    pub device_timeout_s: u32,
+    /// Retries.
+    pub retry: Option<RetryJson>,
+    /// Maintenance window.
+    pub maintenance_window: Option<WindowJson>,
+    /// How updates are offered.
+    pub upgrade_type: EnumJson,
+    /// Downgrades allowed.
+    pub allow_downgrade: bool,
+    /// Preconditions (0: server default).
+    pub preconditions: Option<PreconditionsJson>,
+    /// No batch check first.
+    pub skip_batch_check: bool,
+    /// Batch check timeout, seconds.
+    pub batch_check_timeout_s: u32,
+}
+
+/// Concurrency limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConcurrencyJson {
+    /// Across the rollout.
+    pub global: u32,
+    /// Per site.
+    pub per_site: u32,
+    /// Per zigbee2mqtt network.
+    pub per_zigbee_network: u32,
+    /// ESPHome devices per site.
+    pub per_esphome_site: u32,
+}
+
+/// Retry policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetryJson {
+    /// Attempts including the first.
+    pub max_attempts: u32,
+    /// First backoff, seconds.
+    pub initial_backoff_s: u32,
+    /// Backoff cap, seconds.
+    pub max_backoff_s: u32,
+}
+
+/// Maintenance window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WindowJson {
+    /// "HH:MM".
+    pub start: String,
+    /// "HH:MM".
+    pub end: String,
+    /// 0 Sunday .. 6 Saturday; empty: every day.
+    pub weekdays: Vec<u32>,
+}
+
+/// Preconditions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PreconditionsJson {
+    /// Battery minimum.
+    pub min_battery_percent: u32,
+    /// Zigbee link quality minimum.
+    pub min_linkquality: u32,
+    /// Wi-Fi RSSI minimum.
+    pub min_rssi_dbm: i32,
+}
+
+impl SpecJson {
+    /// From the API.
+    pub fn new(s: &pb::RolloutSpec) -> Self {
+        Self {
+            name: s.name.clone(),
+            firmware_id: s.firmware_id.clone(),
+            selector: s.selector.as_ref().map(|x| SelectorJson {
+                site_ids: x.site_ids.clone(),
+                transports: x
+                    .transports
+                    .iter()
+                    .map(|t| EnumJson::new(*t, vocab::transport_name))
+                    .collect(),
+                models: x.models.clone(),
+                vendors: x.vendors.clone(),
+                manufacturer_code: x.manufacturer_code,
+                image_type: x.image_type,
+                chips: x.chips.clone(),
+                min_version: x.min_version.clone(),
+                max_version: x.max_version.clone(),
+                tags: x.tags.clone(),
+                device_ids: x.device_ids.clone(),
+                exclude_device_ids: x.exclude_device_ids.clone(),
+                networks: x.networks.clone(),
+            }),
+            stages: s
+                .stages
+                .iter()
+                .map(|st| StageSpecJson {
+                    name: st.name.clone(),
+                    count: match st.size {
+                        Some(pb::stage::Size::Count(c)) => Some(c),
+                        _ => None,
+                    },
+                    cumulative_percent: match st.size {
+                        Some(pb::stage::Size::CumulativePercent(p)) => Some(p),
+                        _ => None,
+                    },
+                    success_threshold: threshold(st.success_threshold.as_ref()),
+                    failure_threshold: threshold(st.failure_threshold.as_ref()),
+                    on_failure: EnumJson::new(st.on_failure, vocab::failure_action_name),
+                    deadline_s: st.deadline_s,
+                    soak_s: st.soak_s,
+                })
+                .collect(),
+            concurrency: s.concurrency.as_ref().map(|c| ConcurrencyJson {
+                global: c.global,
+                per_site: c.per_site,
+                per_zigbee_network: c.per_zigbee_network,
+                per_esphome_site: c.per_esphome_site,
+            }),
+            device_timeout_s: s.device_timeout_s,
+            retry: s.retry.as_ref().map(|r| RetryJson {
+                max_attempts: r.max_attempts,
+                initial_backoff_s: r.initial_backoff_s,
+                max_backoff_s: r.max_backoff_s,
+            }),
+            maintenance_window: s.maintenance_window.as_ref().map(|w| WindowJson {
+                start: w.start.clone(),
+                end: w.end.clone(),
+                weekdays: w.weekdays.clone(),
+            }),
+            upgrade_type: EnumJson::new(s.upgrade_type, vocab::upgrade_type_name),
+            allow_downgrade: s.allow_downgrade,
+            preconditions: s.preconditions.as_ref().map(|p| PreconditionsJson {
+                min_battery_percent: p.min_battery_percent,
+                min_linkquality: p.min_linkquality,
+                min_rssi_dbm: p.min_rssi_dbm,
+            }),
+            skip_batch_check: s.skip_batch_check,
+            batch_check_timeout_s: s.batch_check_timeout_s,
+        }
+    }
+}
+
+/// Task counts by status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CountsJson {
+    /// All.
+    pub total: u32,
+    /// Queued.
+    pub queued: u32,
+    /// Preparing at the server or the site.
+    pub preparing: u32,
+    /// Updating.
+    pub updating: u32,
+    /// Waiting for a sleepy device.
+    pub waiting_for_wakeup: u32,
+    /// Waiting for `device confirm`.
+    pub awaiting_confirmation: u32,
+    /// On the device, applying.
+    pub downloaded: u32,
+    /// Succeeded.
+    pub succeeded: u32,
+    /// Failed.
+    pub failed: u32,
+    /// Timed out.
+    pub timed_out: u32,
+    /// Skipped.
+    pub skipped: u32,
+    /// Cancelled.
+    pub cancelled: u32,
+}
+
+impl CountsJson {
+    /// From the API (absent: zeros).
+    pub fn new(c: Option<&pb::TaskCounts>) -> Self {
+        c.map(|c| Self {
+            total: c.total,
+            queued: c.queued,
+            preparing: c.preparing,
+            updating: c.updating,
+            waiting_for_wakeup: c.waiting_for_wakeup,
+            awaiting_confirmation: c.awaiting_confirmation,
+            downloaded: c.downloaded,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            timed_out: c.timed_out,
+            skipped: c.skipped,
+            cancelled: c.cancelled,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Tasks that ended one way or another.
+    pub fn done(&self) -> u32 {
+        self.succeeded + self.failed + self.timed_out + self.skipped + self.cancelled
+    }
+
+    /// Non-zero counts as (name, count), in a fixed order, for compact display.
+    pub fn nonzero(&self) -> Vec<(&'static str, u32)> {
+        [
+            ("updating", self.updating),
+            ("preparing", self.preparing),
+            ("queued", self.queued),
+            ("waiting-for-wakeup", self.waiting_for_wakeup),
+            ("awaiting-confirmation", self.awaiting_confirmation),
+            ("downloaded", self.downloaded),
+            ("succeeded", self.succeeded),
+            ("failed", self.failed),
+            ("timed-out", self.timed_out),
+            ("skipped", self.skipped),
+            ("cancelled", self.cancelled),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+/// A stage's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageStatusJson {
+    /// Index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// pending, running, soaking, succeeded, failed.
+    pub state: EnumJson,
+    /// Devices assigned.
+    pub device_ids: Vec<String>,
+    /// Counts by status.
+    pub counts: CountsJson,
+    /// Started.
+    pub started_at_ms: i64,
+    /// Deadline.
+    pub deadline_at_ms: i64,
+    /// Soak end.
+    pub soak_until_ms: i64,
+    /// Ended.
+    pub finished_at_ms: i64,
+}
+
+/// A device excluded from a rollout, with why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExclusionJson {
+    /// Device.
+    pub device_id: String,
+    /// Error code and name.
+    pub code: EnumJson,
+    /// Why, in words.
+    pub reason: String,
+}
+
+fn exclusion(e: &pb::Exclusion) -> ExclusionJson {
+    ExclusionJson {
+        device_id: e.device_id.clone(),
+        code: EnumJson::new(e.code, vocab::error_name),
+        reason: e.reason.clone(),
+    }
+}
+
+/// A rollout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutJson {
+    /// Id.
+    pub id: String,
+    /// The spec.
+    pub spec: Option<SpecJson>,
+    /// draft, running, paused, completed, aborted.
+    pub state: EnumJson,
+    /// Why paused, completed or aborted.
+    pub state_reason: String,
+    /// Index of the current stage.
+    pub current_stage: u32,
+    /// Stages.
+    pub stages: Vec<StageStatusJson>,
+    /// Counts over all stages.
+    pub totals: CountsJson,
+    /// Devices the batch check found not answering (5019).
+    pub batch_check_timed_out: Vec<String>,
+    /// Creator.
+    pub created_by: Option<ActorJson>,
+    /// Created.
+    pub created_at_ms: i64,
+    /// Started.
+    pub started_at_ms: i64,
+    /// Ended.
+    pub finished_at_ms: i64,
+    /// Devices excluded at planning, with reasons.
+    pub exclusions: Vec<ExclusionJson>,
+}
+
+impl RolloutJson {
+    /// From the API.
+    pub fn new(r: &pb::Rollout) -> Self {
+        Self {
+            id: r.id.clone(),
+            spec: r.spec.as_ref().map(SpecJson::new),
+            state: EnumJson::new(r.state, vocab::rollout_state_name),
+            state_reason: r.state_reason.clone(),
+            current_stage: r.current_stage,
+            stages: r
+                .stages
+                .iter()
+                .map(|s| StageStatusJson {
+                    index: s.index,
+                    name: s.name.clone(),
+                    state: EnumJson::new(s.state, vocab::stage_state_name),
+                    device_ids: s.device_ids.clone(),
+                    counts: CountsJson::new(s.counts.as_ref()),
+                    started_at_ms: s.started_at_ms,
+                    deadline_at_ms: s.deadline_at_ms,
+                    soak_until_ms: s.soak_until_ms,
+                    finished_at_ms: s.finished_at_ms,
+                })
+                .collect(),
+            totals: CountsJson::new(r.totals.as_ref()),
+            batch_check_timed_out: r.batch_check_timed_out.clone(),
+            created_by: actor(r.created_by.as_ref()),
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            exclusions: r.exclusions.iter().map(exclusion).collect(),
+        }
+    }
+}
+
+/// `rollout list`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutListJson {
+    /// Rollouts.
+    pub rollouts: Vec<RolloutJson>,
+}
+
+/// A planned stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedStageJson {
+    /// Index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// Devices.
+    pub device_ids: Vec<String>,
+    /// Estimated seconds.
+    pub estimated_s: u32,
+}
+
+/// `rollout plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanJson {
+    /// Devices targeted.
+    pub target_count: u32,
+    /// Estimated total, seconds.
+    pub estimated_duration_s: u32,
+    /// Stages with their devices.
+    pub stages: Vec<PlannedStageJson>,
+    /// Devices left out, with why.
+    pub exclusions: Vec<ExclusionJson>,
+    /// Things to know.
+    pub warnings: Vec<String>,
+}
+
+impl PlanJson {
+    /// From the API.
+    pub fn new(p: &pb::RolloutPlan) -> Self {
+        Self {
+            target_count: p.target_count,
+            estimated_duration_s: p.estimated_duration_s,
+            stages: p
+                .stages
+                .iter()
+                .map(|s| PlannedStageJson {
+                    index: s.index,
+                    name: s.name.clone(),
+                    device_ids: s.device_ids.clone(),
+                    estimated_s: s.estimated_s,
+                })
+                .collect(),
+            exclusions: p.exclusions.iter().map(exclusion).collect(),
+            warnings: p.warnings.clone(),
+        }
+    }
+}
+
+/// One line of `rollout watch -o json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProgressJson {
+    /// Event sequence number this reflects.
+    pub seq: u64,
+    /// The rollout now.
+    pub rollout: Option<RolloutJson>,
+    /// Tasks changed since the previous line.
+    pub tasks: Vec<TaskJson>,
+}
+
+impl ProgressJson {
+    /// From the API.
+    pub fn new(p: &pb::RolloutProgress) -> Self {
+        Self {
+            seq: p.seq,
+            rollout: p.rollout.as_ref().map(RolloutJson::new),
+            tasks: p.tasks.iter().map(TaskJson::new).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_shapes() {
+        let r = pb::Rollout {
+            id: "ro-1".into(),
+            state: 3,
+            state_reason: "stage canary: 2 failures >= threshold 1".into(),
+            spec: Some(pb::RolloutSpec {
+                name: "n".into(),
+                firmware_id: "fw-1".into(),
+                stages: vec![pb::Stage {
+                    name: "canary".into(),
+                    size: Some(pb::stage::Size::Count(5)),
+                    failure_threshold: Some(pb::Threshold {
+                        value: Some(pb::threshold::Value::Percent(10.0)),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            totals: Some(pb::TaskCounts {
+                total: 5,
+                succeeded: 3,
+                failed: 2,
+                ..Default::default()
+            }),
+            exclusions: vec![pb::Exclusion {
+                device_id: "home/x".into(),
+                code: 5000,
+                reason: "already on 2.3".into(),
+            }],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(RolloutJson::new(&r)).unwrap();
+        assert_eq!(v["state"], serde_json::json!({"code": 3, "name": "paused"}));
+        assert_eq!(
+            v["spec"]["stages"][0],
+            serde_json::json!({"name": "canary", "count": 5, "cumulative_percent": null,
+                "success_threshold": null, "failure_threshold": {"percent": 10.0},
+                "on_failure": {"code": 0, "name": "pause"}, "deadline_s": 0, "soak_s": 0})
+        );
+        assert_eq!(v["totals"]["failed"], 2);
+        assert_eq!(
+            v["exclusions"][0],
+            serde_json::json!({"device_id": "home/x",
+                "code": {"code": 5000, "name": "already-on-target"}, "reason": "already on 2.3"})
+        );
+        let counts = CountsJson::new(r.totals.as_ref());
+        assert_eq!(counts.done(), 5);
+        assert_eq!(counts.nonzero(), vec![("succeeded", 3), ("failed", 2)]);
+    }
+}
