@@ -2,18 +2,19 @@
 //!
 //! Each test starts its own `otad --insecure-plaintext --listen 127.0.0.1:0 --data-dir <tmp>`
 //! (development mode) and waits for its `otad listening on <addr>` line, then runs `otactl` as a
-//! child process and checks its exit code, stdout and stderr. Firmware files are synthesised with `ota-firmware`'s builders.
-//! Devices come from a fake site agent that this file plays over `AgentService.Connect`, so
-//! checks and updates run through the server's real dispatch.
+//! child process and checks its exit code, stdout and stderr. Firmware files are synthesised
+//! with `ota-firmware`'s builders. Devices come from a fake site agent that this file plays
+//! over `AgentService.Connect`, so checks and updates run through the server's real dispatch.
 //!
-//! `otad` is taken from next to the test executable (`target/debug/otad`) and built first if
-//! it is missing.
+//! `otad` is built by cargo first, once per run (`support::otad_binary`), so it is never stale.
+
+mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 
 use ota_firmware::Chip;
 use ota_firmware::builders::{EspAppBuilder, ZigbeeOtaBuilder};
@@ -23,28 +24,9 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
-// === harness ===
+use support::otad_binary;
 
-fn otad_binary() -> PathBuf {
-    static BUILD: Once = Once::new();
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = dir.join(format!("otad{}", std::env::consts::EXE_SUFFIX));
-    BUILD.call_once(|| {
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "ota-server", "--bin", "otad"])
-                .status()
-                .expect("run cargo build for otad");
-            assert!(status.success(), "building otad failed");
-        }
-    });
-    assert!(bin.exists(), "otad not found at {}", bin.display());
-    bin
-}
+// === harness ===
 
 /// A running otad, killed on drop.
 struct Otad {

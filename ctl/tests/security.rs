@@ -3,35 +3,20 @@
 //! tokens: the admin hands out a viewer token, the viewer reads but cannot upload or start a
 //! rollout, a wrong token and no token are refused, and a site certificate from `otactl pki`
 //! is accepted by otad's TLS listener as that site's agent.
+//!
+//! `otad` is built by cargo first, once per run (`support::otad_binary`), so it is never stale.
+
+mod support;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 
 use ota_firmware::Chip;
 use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 
-fn otad_binary() -> PathBuf {
-    static BUILD: Once = Once::new();
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = dir.join(format!("otad{}", std::env::consts::EXE_SUFFIX));
-    BUILD.call_once(|| {
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "ota-server", "--bin", "otad"])
-                .status()
-                .expect("run cargo build for otad");
-            assert!(status.success(), "building otad failed");
-        }
-    });
-    bin
-}
+use support::otad_binary;
 
 /// What an otactl run did.
 #[derive(Debug)]
