@@ -70,7 +70,7 @@ pub mod noise;
 pub mod wire;
 
 mod auth;
-mod entropy;
+pub(crate) mod entropy;
 mod inflate;
 mod secret;
 

@@ -8,7 +8,7 @@
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use super::entropy::Drbg;
+use super::entropy::SeededRng;
 use super::secret::Password;
 use super::wire::response;
 
@@ -69,7 +69,7 @@ impl AuthScheme {
 
     /// A device nonce as ESPHome draws it: SHA256 = hex(sha256(8 random bytes)); MD5 =
     /// hex(md5("%08x" of a random u32)).
-    pub(crate) fn device_nonce(self, rng: &mut Drbg) -> String {
+    pub(crate) fn device_nonce(self, rng: &mut SeededRng) -> String {
         match self {
             Self::Sha256 => hex::encode(Sha256::digest(rng.bytes::<8>())),
             Self::Md5 => {
@@ -80,7 +80,7 @@ impl AuthScheme {
     }
 
     /// An uploader cnonce: `hex_len` random hex characters, like `secrets.token_hex`.
-    pub(crate) fn client_cnonce(self, rng: &mut Drbg) -> String {
+    pub(crate) fn client_cnonce(self, rng: &mut SeededRng) -> String {
         let mut raw = vec![0u8; self.hex_len() / 2];
         rng.fill(&mut raw);
         hex::encode(raw)
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn nonces_have_the_scheme_length() {
-        let mut rng = Drbg::new([3; 32], b"t");
+        let mut rng = SeededRng::new([3; 32], crate::esphome::entropy::Purpose::OtaDeviceNonce);
         for s in [AuthScheme::Sha256, AuthScheme::Md5] {
             assert_eq!(s.device_nonce(&mut rng).len(), s.hex_len());
             assert_eq!(s.client_cnonce(&mut rng).len(), s.hex_len());

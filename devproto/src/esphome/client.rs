@@ -17,7 +17,7 @@ use md5::{Digest, Md5};
 
 use super::auth::AuthScheme;
 use super::compress;
-use super::entropy::Drbg;
+use super::entropy::{Purpose, SeededRng};
 use super::error::{ClientError, ErrorCode};
 use super::noise::{self, HANDSHAKE_OK, Handshake, MAC_FAILURE_REASON, Transport};
 use super::secret::{NoiseKey, Password};
@@ -245,8 +245,8 @@ pub enum Event {
 pub struct Client {
     config: ClientConfig,
     image: Bytes,
-    auth_rng: Drbg,
-    noise_rng: Drbg,
+    auth_rng: SeededRng,
+    noise_rng: SeededRng,
     state: ClientState,
     phase: Phase,
     version: OtaVersion,
@@ -313,8 +313,8 @@ impl Client {
             config,
             upload: image.clone(),
             image,
-            auth_rng: Drbg::new(entropy, b"esphome-ota client cnonce"),
-            noise_rng: Drbg::new(entropy, b"esphome-ota client noise"),
+            auth_rng: SeededRng::new(entropy, Purpose::OtaClientCnonce),
+            noise_rng: SeededRng::new(entropy, Purpose::OtaClientNoise),
             state: ClientState::AwaitVersion,
             phase: Phase::Handshake,
             version: OtaVersion::V2,

@@ -19,7 +19,7 @@ use md5::{Digest, Md5};
 
 use super::auth::AuthScheme;
 use super::compress;
-use super::entropy::Drbg;
+use super::entropy::{Purpose, SeededRng};
 use super::error::ErrorCode;
 use super::inflate::{Inflated, Inflater};
 use super::noise::{
@@ -260,8 +260,8 @@ pub enum DeviceEvent {
 pub struct Device<B: Backend = AcceptAll> {
     config: DeviceConfig,
     backend: B,
-    nonce_rng: Drbg,
-    noise_rng: Drbg,
+    nonce_rng: SeededRng,
+    noise_rng: SeededRng,
     state: DeviceState,
     client_features: u8,
     server_flags: u8,
@@ -309,8 +309,8 @@ impl<B: Backend> Device<B> {
         Self {
             config,
             backend,
-            nonce_rng: Drbg::new(entropy, b"esphome-ota device nonce"),
-            noise_rng: Drbg::new(entropy, b"esphome-ota device noise"),
+            nonce_rng: SeededRng::new(entropy, Purpose::OtaDeviceNonce),
+            noise_rng: SeededRng::new(entropy, Purpose::OtaDeviceNoise),
             state: DeviceState::AwaitMagic,
             client_features: 0,
             server_flags: 0,

@@ -1,3 +1,5 @@
+//! Hand-written: flate2's backends accept 32 KiB back references; the device fails beyond 4 KiB.
+//!
 //! A raw deflate (RFC 1951) decoder with the device's limits: back references may reach at
 //! most 4096 bytes (the ring window of ESPHome's on-the-fly inflate), anything further is an
 //! error, exactly where the device fails with `0xFF`. Fed incrementally; running out of input

@@ -9,6 +9,9 @@
 //! What it does not do: decide what goes in which frame (the machines do: one frame per
 //! device response byte and per uploader control field, data in frames of at most 1024
 //! plaintext bytes), or draw randomness (ephemeral keys come from the machine's entropy).
+//!
+//! The handshake and transport wrappers around `snow` (`Handshake`, `Transport`) are
+//! crate-private and shared with the native API (`crate::esphome_api::noise`).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
@@ -16,7 +19,7 @@ use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use thiserror::Error;
 
-use super::entropy::Drbg;
+use super::entropy::SeededRng;
 use super::secret::NoiseKey;
 use super::wire::{MAGIC, NOISE_MAC_LEN, response};
 
@@ -98,7 +101,7 @@ pub fn decode_frame(src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
 }
 
 /// Randomness for snow from the machine's entropy; every primitive from snow's default resolver.
-struct Seeded(Drbg);
+struct Seeded(SeededRng);
 
 impl CryptoResolver for Seeded {
     fn resolve_rng(&self) -> Option<Box<dyn Random>> {
@@ -115,17 +118,19 @@ impl CryptoResolver for Seeded {
     }
 }
 
-/// One side of the two-message NNpsk0 handshake.
+/// One side of the two-message NNpsk0 handshake, with the ephemeral key drawn from `rng`. The
+/// one `snow` wrapper of the crate: ESPHome OTA and the native API (`crate::esphome_api`) run
+/// the same handshake and differ only in prologue and framing.
 pub(crate) struct Handshake(snow::HandshakeState);
 
 impl Handshake {
     fn build(
         key: &NoiseKey,
         prologue: &[u8],
-        rng: Drbg,
+        rng: SeededRng,
         initiator: bool,
     ) -> Result<Self, snow::Error> {
-        let params = PROTOCOL.parse().expect("valid noise protocol name");
+        let params = PROTOCOL.parse()?;
         let resolver = FallbackResolver::new(Box::new(Seeded(rng)), Box::new(DefaultResolver));
         let builder = snow::Builder::with_resolver(params, Box::new(resolver))
             .psk(0, key.bytes())?
@@ -138,20 +143,20 @@ impl Handshake {
         Ok(Self(state))
     }
 
-    /// The uploader's side.
+    /// The initiator's side (uploader, API client).
     pub(crate) fn initiator(
         key: &NoiseKey,
         prologue: &[u8],
-        rng: Drbg,
+        rng: SeededRng,
     ) -> Result<Self, snow::Error> {
         Self::build(key, prologue, rng, true)
     }
 
-    /// The device's side.
+    /// The responder's side (device).
     pub(crate) fn responder(
         key: &NoiseKey,
         prologue: &[u8],
-        rng: Drbg,
+        rng: SeededRng,
     ) -> Result<Self, snow::Error> {
         Self::build(key, prologue, rng, false)
     }
@@ -180,15 +185,22 @@ impl Handshake {
 pub(crate) struct Transport(snow::TransportState);
 
 impl Transport {
-    /// Encrypts one frame's plaintext and appends the whole frame to `dst`.
-    pub(crate) fn seal_frame(&mut self, plaintext: &[u8], dst: &mut BytesMut) {
+    /// Encrypts one message's plaintext: the ciphertext with its 16-byte tag.
+    pub(crate) fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
         let mut ct = vec![0u8; plaintext.len() + NOISE_MAC_LEN];
-        // Encryption fails only for oversized messages or an exhausted nonce (2^64 frames).
+        // Encryption fails only for oversized messages or an exhausted nonce (2^64 frames); the
+        // callers' frames are at most 65535 bytes.
         let n = self
             .0
             .write_message(plaintext, &mut ct)
             .expect("encrypting a frame below the noise message limit");
-        encode_frame(&ct[..n], dst);
+        ct.truncate(n);
+        ct
+    }
+
+    /// Encrypts one OTA frame's plaintext and appends the whole frame to `dst`.
+    pub(crate) fn seal_frame(&mut self, plaintext: &[u8], dst: &mut BytesMut) {
+        encode_frame(&self.seal(plaintext), dst);
     }
 
     /// Decrypts one frame's ciphertext.
@@ -203,6 +215,7 @@ impl Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::esphome::entropy::Purpose;
 
     #[test]
     fn frames_encode_and_decode_byte_for_byte() {
@@ -241,8 +254,12 @@ mod tests {
     fn handshake_and_transport_between_two_sides() {
         let key = NoiseKey::new([9; 32]);
         let p = prologue(2, 0x1F, 0x04);
-        let mut i = Handshake::initiator(&key, &p, Drbg::new([1; 32], b"i")).unwrap();
-        let mut r = Handshake::responder(&key, &p, Drbg::new([2; 32], b"r")).unwrap();
+        let mut i =
+            Handshake::initiator(&key, &p, SeededRng::new([1; 32], Purpose::OtaClientNoise))
+                .unwrap();
+        let mut r =
+            Handshake::responder(&key, &p, SeededRng::new([2; 32], Purpose::OtaDeviceNoise))
+                .unwrap();
         let m1 = i.write().unwrap();
         assert_eq!(m1.len(), 48, "ephemeral key + tag of the empty payload");
         r.read(&m1).unwrap();
@@ -264,9 +281,18 @@ mod tests {
             (NoiseKey::new([8; 32]), p.clone()),
             (NoiseKey::new([9; 32]), prologue(2, 0x1F, 0x00)),
         ] {
-            let mut i = Handshake::initiator(&key, &prol, Drbg::new([1; 32], b"i")).unwrap();
-            let mut r = Handshake::responder(&NoiseKey::new([9; 32]), &p, Drbg::new([2; 32], b"r"))
-                .unwrap();
+            let mut i = Handshake::initiator(
+                &key,
+                &prol,
+                SeededRng::new([1; 32], Purpose::OtaClientNoise),
+            )
+            .unwrap();
+            let mut r = Handshake::responder(
+                &NoiseKey::new([9; 32]),
+                &p,
+                SeededRng::new([2; 32], Purpose::OtaDeviceNoise),
+            )
+            .unwrap();
             assert_eq!(r.read(&i.write().unwrap()), Err(snow::Error::Decrypt));
         }
     }

@@ -15,11 +15,9 @@ use thiserror::Error;
 
 use super::frame::{self, FrameError, RawMessage};
 use super::message::{API_VERSION, DisconnectRequest, HelloRequest, HelloResponse, Message};
-use super::noise::{
-    self, HANDSHAKE_OK, Handshake, MAC_FAILURE_REASON, SeededRng, ServerHello, Session,
-};
-use super::proto::DecodeError;
+use super::noise::{self, HANDSHAKE_OK, Handshake, MAC_FAILURE_REASON, ServerHello, Transport};
 use crate::esphome::NoiseKey;
+use crate::esphome::entropy::{Purpose, SeededRng};
 
 /// How to connect.
 #[derive(Debug, Clone, Default)]
@@ -127,7 +125,7 @@ pub enum ApiError {
     Frame(#[from] FrameError),
     /// A message from the device could not be decoded.
     #[error("bad message from the device: {0}")]
-    Decode(#[from] DecodeError),
+    Decode(#[from] prost::DecodeError),
     /// The device speaks another API major version.
     #[error("the device speaks API version {major}.{minor}; this client speaks 1.x")]
     ApiVersion {
@@ -167,7 +165,7 @@ pub struct Client {
     config: ClientConfig,
     state: ClientState,
     handshake: Option<Handshake>,
-    session: Option<Session>,
+    session: Option<Transport>,
     rx: BytesMut,
     tx: VecDeque<Bytes>,
     events: VecDeque<ClientEvent>,
@@ -201,8 +199,8 @@ impl Client {
         match c.config.noise_key.clone() {
             None => c.queue_hello(),
             Some(key) => {
-                let rng = SeededRng::new(entropy, b"esphome-api client noise");
-                let started = Handshake::new(&key, &noise::prologue(&[]), rng, true)
+                let rng = SeededRng::new(entropy, Purpose::ApiClientNoise);
+                let started = Handshake::initiator(&key, &noise::prologue(&[]), rng)
                     .and_then(|mut hs| hs.write().map(|m| (hs, m)));
                 match started {
                     Ok((hs, msg1)) => {

@@ -9,9 +9,9 @@
 //! in the buffer. What it does not do: encrypt (see [`super::noise`]) or interpret payloads.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::DecodeError;
+use prost::encoding::{decode_varint, encode_varint};
 use thiserror::Error;
-
-use super::proto::{self, DecodeError};
 
 /// First byte of a plaintext frame.
 pub const PLAINTEXT_INDICATOR: u8 = 0x00;
@@ -70,8 +70,8 @@ pub enum FrameError {
 pub fn encode_plaintext(msg_type: u16, payload: &[u8], dst: &mut BytesMut) {
     dst.reserve(1 + 3 + 3 + payload.len());
     dst.put_u8(PLAINTEXT_INDICATOR);
-    proto::put_varint(dst, payload.len() as u64);
-    proto::put_varint(dst, u64::from(msg_type));
+    encode_varint(payload.len() as u64, dst);
+    encode_varint(u64::from(msg_type), dst);
     dst.put_slice(payload);
 }
 
@@ -86,7 +86,7 @@ pub fn decode_plaintext(src: &mut BytesMut) -> Result<Option<RawMessage>, FrameE
             got: indicator,
         });
     }
-    let Some((len, n1)) = proto::get_varint(&src[1..])? else {
+    let Some((len, n1)) = get_varint(&src[1..])? else {
         return Ok(None);
     };
     if len > MAX_MESSAGE_LEN as u64 {
@@ -95,7 +95,7 @@ pub fn decode_plaintext(src: &mut BytesMut) -> Result<Option<RawMessage>, FrameE
             max: MAX_MESSAGE_LEN,
         });
     }
-    let Some((msg_type, n2)) = proto::get_varint(&src[1 + n1..])? else {
+    let Some((msg_type, n2)) = get_varint(&src[1 + n1..])? else {
         return Ok(None);
     };
     let msg_type = u16::try_from(msg_type).map_err(|_| FrameError::MessageType(msg_type))?;
@@ -109,6 +109,18 @@ pub fn decode_plaintext(src: &mut BytesMut) -> Result<Option<RawMessage>, FrameE
         msg_type,
         payload: src.split_to(len).freeze(),
     }))
+}
+
+/// A varint from the front of `buf` and the bytes it took; `Ok(None)` while `buf` ends inside
+/// it (more bytes may come). Longer than 10 bytes, or a 10th byte above 1, is an error.
+fn get_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, DecodeError> {
+    let complete = buf.iter().take(10).any(|b| b & 0x80 == 0);
+    if !complete && buf.len() < 10 {
+        return Ok(None);
+    }
+    let mut rest = buf;
+    let value = decode_varint(&mut rest)?;
+    Ok(Some((value, buf.len() - rest.len())))
 }
 
 /// Appends one Noise frame carrying `payload` (at most 65535 bytes; may be empty).
@@ -221,6 +233,28 @@ mod tests {
             decode_plaintext(&mut BytesMut::from(&[0x00, 0x00, 0x80, 0x80, 0x04][..])),
             Err(FrameError::MessageType(65536))
         );
+    }
+
+    #[test]
+    fn header_varints() {
+        for (v, bytes) in [
+            (0u64, &[0x00][..]),
+            (300, &[0xAC, 0x02]),
+            (
+                u64::MAX,
+                &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            ),
+        ] {
+            let mut b = BytesMut::new();
+            encode_varint(v, &mut b);
+            assert_eq!(&b[..], bytes, "{v}");
+            let mut longer = b.to_vec();
+            longer.push(0x7F);
+            assert_eq!(get_varint(&longer), Ok(Some((v, bytes.len()))));
+            assert_eq!(get_varint(&bytes[..bytes.len() - 1]), Ok(None));
+        }
+        assert!(get_varint(&[0xFF; 10]).is_err());
+        assert!(get_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02]).is_err());
     }
 
     #[test]

@@ -11,12 +11,23 @@
 //! | 9 | `DeviceInfoRequest` | — |
 //! | 10 | `DeviceInfoResponse` | 1 `uses_password` (before 2026.1), 2 `name`, 3 `mac_address`, 4 `esphome_version`, 5 `compilation_time`, 6 `model`, 7 `has_deep_sleep`, 8 `project_name`, 9 `project_version`, 10 `webserver_port`, 12 `manufacturer`, 13 `friendly_name`, 16 `suggested_area`, 19 `api_encryption_supported` |
 //!
+//! The payloads are `#[derive(prost::Message)]` structs. Presence follows ESPHome's encoder, so
+//! our bytes are ESPHome's: the strings ESPHome writes even when empty (`encode_string(.., true)`:
+//! `HelloResponse`'s and most of `DeviceInfoResponse`'s) are `required` fields, which prost
+//! always writes; every other field is proto3 (written only when not 0, false or empty). ESPHome
+//! writes `project_name`/`project_version` only with a project; here an empty `project_name`
+//! means none, so `project_version` is then left out too (a project with an empty version is
+//! sent without field 9, which every decoder reads as the same empty string).
+//!
+//! Decoding is prost's: unknown fields (and groups) are skipped, repeated scalars keep the last
+//! value, varints are truncated to `uint32`; a truncated payload, invalid UTF-8 in a string, or a
+//! known field with the wrong wire type is a [`prost::DecodeError`].
+//!
 //! What it does not do: entities, states, logs, services or any other message; a message with
 //! another id decodes as [`Message::Other`] and is left to the caller (which ignores it).
 
 use bytes::{Bytes, BytesMut};
-
-use super::proto::{self, DecodeError, Reader};
+use prost::{DecodeError, Message as _};
 
 /// Message type ids.
 pub mod msg_type {
@@ -43,66 +54,88 @@ pub mod msg_type {
 pub const API_VERSION: (u32, u32) = (1, 19);
 
 /// The first message of a connection, from the client.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct HelloRequest {
     /// Who is asking ("ota-agent 0.1.0"); the device only logs it.
+    #[prost(string, tag = "1")]
     pub client_info: String,
     /// The client's API major version.
+    #[prost(uint32, tag = "2")]
     pub api_version_major: u32,
     /// The client's API minor version.
+    #[prost(uint32, tag = "3")]
     pub api_version_minor: u32,
 }
 
 /// The device's answer to [`HelloRequest`]; since 2026.1 it also authenticates the connection.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct HelloResponse {
     /// The device's API major version (1).
+    #[prost(uint32, tag = "1")]
     pub api_version_major: u32,
     /// The device's API minor version.
+    #[prost(uint32, tag = "2")]
     pub api_version_minor: u32,
     /// The ESPHome version ("2026.10.0"); older devices sent "ESPHome v… on …".
+    #[prost(string, required, tag = "3")]
     pub server_info: String,
     /// The node name.
+    #[prost(string, required, tag = "4")]
     pub name: String,
 }
 
 /// Either side asks to close the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct DisconnectRequest {
     /// Why (ESPHome 2026 `DisconnectReason`; 0 when unspecified).
+    #[prost(uint32, tag = "1")]
     pub reason: u32,
 }
 
 /// What the device says about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct DeviceInfoResponse {
     /// Whether the API has a password (field 1; devices before 2026.1 only).
+    #[prost(bool, tag = "1")]
     pub uses_password: bool,
     /// Node name (`esphome: name:`).
+    #[prost(string, required, tag = "2")]
     pub name: String,
     /// Wi-Fi or Ethernet MAC, `AC:BC:32:89:0E:A9`.
+    #[prost(string, required, tag = "3")]
     pub mac_address: String,
     /// ESPHome version the firmware was built with.
+    #[prost(string, required, tag = "4")]
     pub esphome_version: String,
     /// Build time of the firmware.
+    #[prost(string, required, tag = "5")]
     pub compilation_time: String,
     /// The board (`esp32dev`, `nodemcuv2`, …).
+    #[prost(string, required, tag = "6")]
     pub model: String,
     /// The firmware has deep sleep.
+    #[prost(bool, tag = "7")]
     pub has_deep_sleep: bool,
     /// `esphome: project: name:`; empty without a project.
+    #[prost(string, tag = "8")]
     pub project_name: String,
     /// `esphome: project: version:`; empty without a project. What the device runs.
+    #[prost(string, tag = "9")]
     pub project_version: String,
     /// Port of the `web_server`, 0 without one.
+    #[prost(uint32, tag = "10")]
     pub webserver_port: u32,
     /// "Espressif", "Raspberry Pi", "Beken", …
+    #[prost(string, required, tag = "12")]
     pub manufacturer: String,
     /// `esphome: friendly_name:`.
+    #[prost(string, required, tag = "13")]
     pub friendly_name: String,
     /// `esphome: area:`.
+    #[prost(string, tag = "16")]
     pub suggested_area: String,
     /// The firmware can do Noise encryption of the API.
+    #[prost(bool, tag = "19")]
     pub api_encryption_supported: bool,
 }
 
@@ -165,42 +198,24 @@ impl Message {
         }
     }
 
-    /// Appends the protobuf payload (not the frame).
-    ///
-    /// Field order and presence follow ESPHome's encoder: strings of `HelloResponse` and
-    /// `DeviceInfoResponse` are written even when empty, numbers and flags only when set.
+    /// Appends the protobuf payload (not the frame), as ESPHome's encoder writes it (see the
+    /// module docs for field presence).
     pub fn encode_payload(&self, dst: &mut BytesMut) {
         match self {
-            Self::HelloRequest(m) => {
-                proto::put_string_nonempty(dst, 1, &m.client_info);
-                proto::put_uint32(dst, 2, m.api_version_major);
-                proto::put_uint32(dst, 3, m.api_version_minor);
+            Self::HelloRequest(m) => put(m, dst),
+            Self::HelloResponse(m) => put(m, dst),
+            Self::DisconnectRequest(m) => put(m, dst),
+            Self::DeviceInfoResponse(m)
+                if m.project_name.is_empty() && !m.project_version.is_empty() =>
+            {
+                // No project: ESPHome writes neither field 8 nor 9.
+                let without = DeviceInfoResponse {
+                    project_version: String::new(),
+                    ..(**m).clone()
+                };
+                put(&without, dst);
             }
-            Self::HelloResponse(m) => {
-                proto::put_uint32(dst, 1, m.api_version_major);
-                proto::put_uint32(dst, 2, m.api_version_minor);
-                proto::put_string(dst, 3, &m.server_info);
-                proto::put_string(dst, 4, &m.name);
-            }
-            Self::DisconnectRequest(m) => proto::put_uint32(dst, 1, m.reason),
-            Self::DeviceInfoResponse(m) => {
-                proto::put_bool(dst, 1, m.uses_password);
-                proto::put_string(dst, 2, &m.name);
-                proto::put_string(dst, 3, &m.mac_address);
-                proto::put_string(dst, 4, &m.esphome_version);
-                proto::put_string(dst, 5, &m.compilation_time);
-                proto::put_string(dst, 6, &m.model);
-                proto::put_bool(dst, 7, m.has_deep_sleep);
-                if !m.project_name.is_empty() {
-                    proto::put_string(dst, 8, &m.project_name);
-                    proto::put_string(dst, 9, &m.project_version);
-                }
-                proto::put_uint32(dst, 10, m.webserver_port);
-                proto::put_string(dst, 12, &m.manufacturer);
-                proto::put_string(dst, 13, &m.friendly_name);
-                proto::put_string_nonempty(dst, 16, &m.suggested_area);
-                proto::put_bool(dst, 19, m.api_encryption_supported);
-            }
+            Self::DeviceInfoResponse(m) => put(m.as_ref(), dst),
             Self::Other { payload, .. } => dst.extend_from_slice(payload),
             Self::DisconnectResponse
             | Self::PingRequest
@@ -212,65 +227,14 @@ impl Message {
     /// Decodes a payload of type `msg_type`. Unknown fields are skipped; empty messages ignore
     /// their payload, as protobuf does.
     pub fn decode(msg_type: u16, payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(payload);
         Ok(match msg_type {
-            msg_type::HELLO_REQUEST => {
-                let mut m = HelloRequest::default();
-                while let Some((field, v)) = r.next_field()? {
-                    match field {
-                        1 => m.client_info = v.as_string().unwrap_or_default(),
-                        2 => m.api_version_major = v.as_u32().unwrap_or_default(),
-                        3 => m.api_version_minor = v.as_u32().unwrap_or_default(),
-                        _ => {}
-                    }
-                }
-                Self::HelloRequest(m)
-            }
-            msg_type::HELLO_RESPONSE => {
-                let mut m = HelloResponse::default();
-                while let Some((field, v)) = r.next_field()? {
-                    match field {
-                        1 => m.api_version_major = v.as_u32().unwrap_or_default(),
-                        2 => m.api_version_minor = v.as_u32().unwrap_or_default(),
-                        3 => m.server_info = v.as_string().unwrap_or_default(),
-                        4 => m.name = v.as_string().unwrap_or_default(),
-                        _ => {}
-                    }
-                }
-                Self::HelloResponse(m)
-            }
+            msg_type::HELLO_REQUEST => Self::HelloRequest(HelloRequest::decode(payload)?),
+            msg_type::HELLO_RESPONSE => Self::HelloResponse(HelloResponse::decode(payload)?),
             msg_type::DISCONNECT_REQUEST => {
-                let mut m = DisconnectRequest::default();
-                while let Some((field, v)) = r.next_field()? {
-                    if field == 1 {
-                        m.reason = v.as_u32().unwrap_or_default();
-                    }
-                }
-                Self::DisconnectRequest(m)
+                Self::DisconnectRequest(DisconnectRequest::decode(payload)?)
             }
             msg_type::DEVICE_INFO_RESPONSE => {
-                let mut m = DeviceInfoResponse::default();
-                while let Some((field, v)) = r.next_field()? {
-                    let s = || v.as_string().unwrap_or_default();
-                    match field {
-                        1 => m.uses_password = v.as_bool().unwrap_or_default(),
-                        2 => m.name = s(),
-                        3 => m.mac_address = s(),
-                        4 => m.esphome_version = s(),
-                        5 => m.compilation_time = s(),
-                        6 => m.model = s(),
-                        7 => m.has_deep_sleep = v.as_bool().unwrap_or_default(),
-                        8 => m.project_name = s(),
-                        9 => m.project_version = s(),
-                        10 => m.webserver_port = v.as_u32().unwrap_or_default(),
-                        12 => m.manufacturer = s(),
-                        13 => m.friendly_name = s(),
-                        16 => m.suggested_area = s(),
-                        19 => m.api_encryption_supported = v.as_bool().unwrap_or_default(),
-                        _ => {}
-                    }
-                }
-                Self::DeviceInfoResponse(Box::new(m))
+                Self::DeviceInfoResponse(Box::new(DeviceInfoResponse::decode(payload)?))
             }
             msg_type::DISCONNECT_RESPONSE => Self::DisconnectResponse,
             msg_type::PING_REQUEST => Self::PingRequest,
@@ -289,6 +253,11 @@ impl Message {
         self.encode_payload(&mut b);
         b
     }
+}
+
+/// Appends one message's fields.
+fn put(m: &impl prost::Message, dst: &mut BytesMut) {
+    dst.extend_from_slice(&m.encode_to_vec());
 }
 
 #[cfg(test)]
@@ -370,5 +339,44 @@ mod tests {
         assert_eq!(o.msg_type(), 42);
         assert_eq!(&o.payload()[..], &[1, 2, 3]);
         assert!(Message::decode(10, &[0x12, 0x09, b'a']).is_err());
+    }
+
+    #[test]
+    fn field_presence_follows_esphome() {
+        // Forced strings are written empty; numbers, flags and optional strings are not.
+        let hello = Message::HelloResponse(HelloResponse::default());
+        assert_eq!(&hello.payload()[..], &h("1a00 2200")[..]);
+        let info = DeviceInfoResponse {
+            project_version: "1.0".into(),
+            ..DeviceInfoResponse::default()
+        };
+        let forced = h("1200 1a00 2200 2a00 3200 6200 6a00");
+        // Without a project name there is no project: the version is not sent either.
+        assert_eq!(
+            &Message::DeviceInfoResponse(Box::new(info.clone())).payload()[..],
+            &forced[..]
+        );
+        let with_project = Message::DeviceInfoResponse(Box::new(DeviceInfoResponse {
+            project_name: "p".into(),
+            ..info
+        }));
+        assert_eq!(
+            &with_project.payload()[..],
+            &h("1200 1a00 2200 2a00 3200 4201 70 4a03 312e30 6200 6a00")[..]
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        // Truncated field, invalid UTF-8 in a string, a known field with the wrong wire type.
+        for bad in ["1205 61", "1201 ff", "1501020304"] {
+            assert!(Message::decode(10, &h(bad)).is_err(), "{bad}");
+        }
+        // Unknown fields of every wire type are skipped; a uint32 keeps the low 32 bits.
+        let m = Message::decode(5, &h("08 ffffffff7f 1d01020304 210102030405060708 2a00")).unwrap();
+        assert_eq!(
+            m,
+            Message::DisconnectRequest(DisconnectRequest { reason: u32::MAX })
+        );
     }
 }

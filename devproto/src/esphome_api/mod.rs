@@ -14,8 +14,7 @@
 //! provisioning hand-off of a device that supports encryption but has no key yet.
 //!
 //! # Layout
-//! - [`proto`]: protobuf varints and fields.
-//! - [`message`]: the messages and their ids.
+//! - [`message`]: the messages (`prost` structs) and their ids.
 //! - [`frame`]: plaintext and Noise frames.
 //! - [`noise`]: prologue, server hello, handshake and transport ciphers.
 //! - [`client`]: the client machine; diagram on [`ClientState`].
@@ -47,7 +46,6 @@ pub mod client;
 pub mod frame;
 pub mod message;
 pub mod noise;
-pub mod proto;
 pub mod server;
 
 #[cfg(test)]

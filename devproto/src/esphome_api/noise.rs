@@ -15,19 +15,16 @@
 //! The prologue is `"NoiseAPIInit" ‖ u16 BE length of the client hello ‖ client hello`, which is
 //! `"NoiseAPIInit\x00\x00"` for every client in the field.
 //!
-//! What it does not do: draw randomness. Ephemeral keys come from the 32 bytes of entropy the
-//! machine was built with (SHA-256 in counter mode), so tests with fixed entropy get byte-exact
-//! handshakes; security rests on the driver passing OS randomness.
+//! What it does not do: draw randomness, or run the handshake itself. Ephemeral keys come from
+//! the 32 bytes of entropy the machine was built with (a ChaCha20 stream, see
+//! `crate::esphome::entropy`), so tests with fixed entropy get byte-exact handshakes; security
+//! rests on the driver passing OS randomness. The handshake and transport ciphers are ESPHome
+//! OTA's (`crate::esphome::noise`): the same Noise pattern, another prologue.
 
-use sha2::{Digest, Sha256};
-use snow::params::{CipherChoice, DHChoice, HashChoice};
-use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
-use snow::types::{Cipher, Dh, Hash, Random};
+pub(crate) use crate::esphome::noise::{Handshake, Transport};
 
-use crate::esphome::NoiseKey;
-
-/// Noise protocol name.
-pub const PROTOCOL: &str = "Noise_NNpsk0_25519_ChaChaPoly_SHA256";
+/// Noise protocol name (the same as ESPHome OTA's).
+pub use crate::esphome::noise::PROTOCOL;
 
 /// The fixed start of the prologue.
 pub const PROLOGUE_PREFIX: &[u8; 12] = b"NoiseAPIInit";
@@ -100,137 +97,6 @@ impl ServerHello {
     }
 }
 
-/// SHA-256 in counter mode over the machine's entropy and a purpose label.
-#[derive(Clone)]
-pub(crate) struct SeededRng {
-    seed: [u8; 32],
-    label: &'static [u8],
-    block: u64,
-    buffer: [u8; 32],
-    offset: usize,
-}
-
-impl SeededRng {
-    pub(crate) fn new(seed: [u8; 32], label: &'static [u8]) -> Self {
-        Self {
-            seed,
-            label,
-            block: 0,
-            buffer: [0; 32],
-            offset: 32,
-        }
-    }
-
-    fn fill(&mut self, out: &mut [u8]) {
-        for byte in out {
-            if self.offset == 32 {
-                let digest = Sha256::new()
-                    .chain_update(self.label)
-                    .chain_update(self.block.to_be_bytes())
-                    .chain_update(self.seed)
-                    .finalize();
-                self.buffer.copy_from_slice(&digest);
-                self.block += 1;
-                self.offset = 0;
-            }
-            *byte = self.buffer[self.offset];
-            self.offset += 1;
-        }
-    }
-}
-
-impl Random for SeededRng {
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
-        self.fill(dest);
-        Ok(())
-    }
-}
-
-/// Randomness from the seed; every primitive from snow's default resolver.
-struct Resolver(SeededRng);
-
-impl CryptoResolver for Resolver {
-    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
-        Some(Box::new(self.0.clone()))
-    }
-    fn resolve_dh(&self, _: &DHChoice) -> Option<Box<dyn Dh>> {
-        None
-    }
-    fn resolve_hash(&self, _: &HashChoice) -> Option<Box<dyn Hash>> {
-        None
-    }
-    fn resolve_cipher(&self, _: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        None
-    }
-}
-
-/// One side of the two-message handshake.
-pub(crate) struct Handshake(snow::HandshakeState);
-
-impl Handshake {
-    pub(crate) fn new(
-        key: &NoiseKey,
-        prologue: &[u8],
-        rng: SeededRng,
-        initiator: bool,
-    ) -> Result<Self, snow::Error> {
-        let params = PROTOCOL.parse().expect("a valid noise protocol name");
-        let resolver = FallbackResolver::new(Box::new(Resolver(rng)), Box::new(DefaultResolver));
-        let builder = snow::Builder::with_resolver(params, Box::new(resolver))
-            .psk(0, key.bytes())?
-            .prologue(prologue)?;
-        Ok(Self(if initiator {
-            builder.build_initiator()?
-        } else {
-            builder.build_responder()?
-        }))
-    }
-
-    /// The next handshake message, with an empty payload.
-    pub(crate) fn write(&mut self) -> Result<Vec<u8>, snow::Error> {
-        let mut buf = vec![0u8; MAX_HANDSHAKE_LEN];
-        let n = self.0.write_message(&[], &mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
-    }
-
-    /// Reads the peer's handshake message.
-    pub(crate) fn read(&mut self, message: &[u8]) -> Result<(), snow::Error> {
-        let mut payload = vec![0u8; message.len()];
-        self.0.read_message(message, &mut payload).map(|_| ())
-    }
-
-    /// The transport ciphers, once both messages went through.
-    pub(crate) fn into_transport(self) -> Result<Session, snow::Error> {
-        self.0.into_transport_mode().map(Session)
-    }
-}
-
-/// The transport ciphers after the handshake.
-pub(crate) struct Session(snow::TransportState);
-
-impl Session {
-    /// Encrypts one message's plaintext (`u16 type ‖ u16 len ‖ payload`).
-    pub(crate) fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
-        let mut ct = vec![0u8; plaintext.len() + MAC_LEN];
-        // Fails only for a message over 65535 bytes or after 2^64 messages.
-        let n = self
-            .0
-            .write_message(plaintext, &mut ct)
-            .expect("encrypting a message below the noise limit");
-        ct.truncate(n);
-        ct
-    }
-
-    /// Decrypts one frame's ciphertext.
-    pub(crate) fn open(&mut self, ciphertext: &[u8]) -> Result<Vec<u8>, snow::Error> {
-        let mut pt = vec![0u8; ciphertext.len()];
-        let n = self.0.read_message(ciphertext, &mut pt)?;
-        pt.truncate(n);
-        Ok(pt)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,19 +137,5 @@ mod tests {
             })
         );
         assert_eq!(ServerHello::parse(&[]), None);
-    }
-
-    #[test]
-    fn seeded_streams_are_deterministic() {
-        let mut a = SeededRng::new([3; 32], b"x");
-        let mut b = SeededRng::new([3; 32], b"x");
-        let mut c = SeededRng::new([3; 32], b"y");
-        let (mut x, mut y, mut z) = ([0u8; 70], [0u8; 70], [0u8; 70]);
-        a.fill(&mut x);
-        b.fill(&mut y[..33]);
-        b.fill(&mut y[33..]);
-        c.fill(&mut z);
-        assert_eq!(x, y);
-        assert_ne!(x, z);
     }
 }

@@ -18,9 +18,10 @@ use super::frame::{self, RawMessage};
 use super::message::{API_VERSION, DeviceInfoResponse, HelloRequest, HelloResponse, Message};
 use super::noise::{
     self, HANDSHAKE_OK, HANDSHAKE_REJECT, Handshake, MAC_FAILURE_REASON, MAX_HANDSHAKE_LEN,
-    SeededRng, ServerHello, Session,
+    ServerHello, Transport,
 };
 use crate::esphome::NoiseKey;
+use crate::esphome::entropy::{Purpose, SeededRng};
 
 /// What the device says about itself.
 #[derive(Debug, Clone)]
@@ -71,7 +72,7 @@ pub struct Server {
     state: ServerState,
     rng: SeededRng,
     handshake: Option<Handshake>,
-    session: Option<Session>,
+    session: Option<Transport>,
     rx: BytesMut,
     tx: VecDeque<Bytes>,
     events: VecDeque<ServerEvent>,
@@ -99,7 +100,7 @@ impl Server {
         Self {
             config,
             state,
-            rng: SeededRng::new(entropy, b"esphome-api server noise"),
+            rng: SeededRng::new(entropy, Purpose::ApiServerNoise),
             handshake: None,
             session: None,
             rx: BytesMut::new(),
@@ -219,7 +220,7 @@ impl Server {
             ServerState::AwaitClientHello => {
                 // The client hello's contents are reserved for flags; they bind the prologue.
                 let prologue = noise::prologue(&payload);
-                match Handshake::new(&key, &prologue, self.rng.clone(), false) {
+                match Handshake::responder(&key, &prologue, self.rng.clone()) {
                     Ok(hs) => {
                         let hello = ServerHello::encode(&self.config.name, &self.config.mac);
                         let mut out = BytesMut::new();

@@ -1,3 +1,5 @@
+//! Hand-written: espflash owns its serial port (blocking I/O); the agent needs a sans-I/O machine.
+//!
 //! The flasher: the client side of the ROM bootloader protocol, as a state machine.
 //!
 //! What it does: connects (SYNC attempts, each connect attempt preceded by a reset the driver

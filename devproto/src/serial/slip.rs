@@ -1,3 +1,5 @@
+//! Hand-written: SLIP crates are io/tokio codecs; this skips boot-log bytes, sans-I/O (<200 lines).
+//!
 //! SLIP framing (RFC 1055 as the ESP ROM bootloader uses it).
 //!
 //! What it does: wraps a packet in `C0 … C0` with `C0` → `DB DC` and `DB` → `DB DD`

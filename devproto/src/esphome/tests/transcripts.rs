@@ -1,8 +1,10 @@
 //! Golden transcripts of the main flows, checked byte for byte in both roles: the client must
 //! send exactly the `C` segments when fed the `D` segments, and the device must answer exactly
 //! the `D` segments when fed the `C` segments. Control bytes are written from the protocol
-//! reference; nonces, cnonces and Noise frames follow from the fixed test entropy, and every
-//! authentication response below was recomputed independently (Python's hashlib).
+//! reference; nonces, cnonces and Noise frames follow from the fixed test entropy (ChaCha20
+//! streams, see `entropy`). The nonces and cnonces below were recomputed independently (the
+//! ChaCha20 of Python's `cryptography` with the seed as key and the purpose as 64-bit stream
+//! nonce, then `hashlib`), and so was every authentication response (Python's hashlib).
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -78,10 +80,10 @@ fn no_password_v2_plain() {
 #[test]
 fn sha256_password() {
     let img = image(100, 1);
-    let nonce = "51a8e6aa55feeb4c13656d039bac4f014ad7df99bc6ca4e5e6bd4b7f404a24ba";
-    let cnonce = "c97c7bfd384ff63fd810d81dffe9d5e77cf0ae098f9f4e3c70cd4bfe984efe1d";
+    let nonce = "493bd4e5b54cf600b43d290a84c7a41b477bbfe1e874bebf4fedfa9b6626437d";
+    let cnonce = "f8f071533df7a04569a79927748eb2c1fc945a877e2e2ce2df69cbca3331b1e1";
     // sha256("otapass" ‖ nonce ‖ cnonce), computed with Python's hashlib.
-    let response = "3320f7e8d4851c6b814be75946530b66eb1b258d89b3fd821b5c3cc500d86cd6";
+    let response = "e875236f67d2df3fc4177daa2a8bbd71759278fc02b0c46904321735d073b5f9";
     assert_eq!(
         AuthScheme::Sha256.response(
             &Password::new("otapass"),
@@ -155,10 +157,10 @@ fn legacy_md5_device() {
     // A device before 2026.5 (no extended protocol) with MD5 auth (before 2025.10): legacy
     // ack 0x40, an MD5 challenge, and no OTA type byte.
     let img = image(100, 1);
-    let nonce = "48fbee43c787632f654b0dc4a8c2b2bb";
-    let cnonce = "c97c7bfd384ff63fd810d81dffe9d5e7";
+    let nonce = "73129fda84e2020e401f137de2c24a3a";
+    let cnonce = "f8f071533df7a04569a79927748eb2c1";
     // md5("otapass" ‖ nonce ‖ cnonce), computed with Python's hashlib.
-    let response = "10fb2cb44a1534e60fcddded396cefce";
+    let response = "9f8c4b165b56e11a82968a6c1cde6818";
     let mut challenge = vec![0x01];
     challenge.extend_from_slice(nonce.as_bytes());
     let mut s = vec![
@@ -365,32 +367,32 @@ fn noise() {
         c([0x1F]),
         d([0x48, 0x04]),
         c(h(
-            "01003100 1de22f3d84207ef304c4708c05f127d68ce495724bd21a925d4dabe9f9b5b13d \
-             386f04b8ae811030e4d79cb74a7ace4c",
+            "01003100 58c2f792c7fdd977ff1d84e7cae1c2379926a1e3c1607e3d99e838457e11e761 \
+             b0447f2d84574dfa743bd2d2ff161d40",
         )),
         d(h(
-            "01003100 9247b7d8200c2df643a0e12e49ecdb7481d50d279a33ca7f0bc3c821ed2d3b7f \
-             48d8912c1f42b38bd4931258003da7b4",
+            "01003100 dbceb2292451be23cfe6dbd3880abdf630175c635b4ff76e95282c6b12c73726 \
+             4319d4bd7731602142dfca65beb1069f",
         )),
-        d(h("010011 a46ca1b86c56805b8447978681d3e5e126")),
-        c(h("010011 1df8a2de1b900f8eae5b65f76a530ca900")),
-        c(h("010014 0485a51c1b5a0262eb415ce0219a15d65d7acd43")),
-        d(h("010011 5ba163a34e8d5e9c8e7fa47031117b9c00")),
+        d(h("010011 1390f3c6de5338678f244607206b199378")),
+        c(h("010011 f7c2a49ba5908928ebd311478e7c415031")),
+        c(h("010014 ac176dc97c59f947a05792514da1ad72aef5bfa3")),
+        d(h("010011 7d5fa25f6377c693eccf035b489385434b")),
         c(h(
-            "010030 c897c26506a7396e264e7d9768e5ed501c6aef8e821d3bd38c6a7db87cac7e33 \
-             8bc70ed822550b6d65bca0de4e824e94",
+            "010030 b859b0f8c22c1d967cc995e0f0635bca0d7331d0bd1cea3351b97ca80da5a24f \
+             7f022eaf28a4eee0d9249cc052741be1",
         )),
-        d(h("010011 5860688d7ee4a3ca12d3b56b7eb39f719c")),
+        d(h("010011 d05d48bc684871b0c84f9ed078a9c9219a")),
         c(h(
-            "010074 c783267e771ef44b8bfa481c99766c4c7b605dbf458aab8f8573baa849040f1a \
-             01c39e1c49c3408aae270af5be4304372fc9f6e79b9b3239385a057ff3d64fe07ee3042f \
-             899a07a46d9a3760688ecef4f07c21def044861a8db9c960ddc60a40f4c479006d8ebb00 \
-             8aa6f72b599d313ef8312616",
+            "010074 b9e370a409d1b2c1a6ed7c2f6b70ae6eed540dbb8153707c7333545faedda07567 \
+             db09f766e9b23262f354c6b9c4e5dae39e4cd3722a492f3df1e0e0e6e4d2c80a3283aa75 \
+             99f01f192ed606066d95078883f861fa5f66fe76ca92267e9c5bb3965fb669c881cea729 \
+             803b13440691efd9d4d895",
         )),
-        d(h("010011 749bdcc7e7841dfa37e2495d7f5f1680cb")),
-        d(h("010011 71943faa807f412ef58bdcbb028c7be36b")),
-        d(h("010011 6ef43b2768dfe99cfdf3285977266d6e74")),
-        c(h("010011 3cc1549525432552778b66fcef9c02770c")),
+        d(h("010011 4196d0f62acc649e4a389529744ec49ff1")),
+        d(h("010011 0f288be6b2e3aa251d261f9108b602cc67")),
+        d(h("010011 555734dfe03853a6f7a6a4bc9c457c8bb6")),
+        c(h("010011 183ef07c73cf55e73ef60faae1aafe3efe")),
     ];
     let events = check_both(
         ClientConfig {
@@ -418,8 +420,8 @@ fn noise_wrong_key_and_encryption_required() {
         c([0x1F]),
         d([0x48, 0x04]),
         c(h(
-            "01003100 1de22f3d84207ef304c4708c05f127d68ce495724bd21a925d4dabe9f9b5b13d \
-             6af23a678844d0ae6e452e7b7a0088da",
+            "01003100 58c2f792c7fdd977ff1d84e7cae1c2379926a1e3c1607e3d99e838457e11e761 \
+             8dd258e1ed9191938646f9097bda18aa",
         )),
         d(h("010016 01 48616e647368616b65204d4143206661696c757265")),
     ];
