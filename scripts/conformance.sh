@@ -4,7 +4,7 @@
 # Installs Debian's mosquitto and prometheus and, in a Python >= 3.12 virtualenv, ESPHome's own
 # uploader (the `esphome` package) and `esptool`; then runs the tests of the `ota-conformance`
 # crate, which exist only with `--features conformance`. Every test there fails (never skips) when
-# its peer is missing.
+# its peer is missing. Then it runs every fuzz target briefly (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,3 +60,12 @@ export PATH="$VENV/bin:$PATH"
 
 # 3. The tests.
 cargo test --locked -p ota-conformance --features conformance -- --test-threads 2 "$@"
+
+# 4. Every fuzz target for a short while (OTA_FUZZ_SECONDS each, 20 by default), so the fuzz
+#    crates keep building and the parsers keep surviving arbitrary input. Longer runs:
+#    `scripts/fuzz.sh 600`. OTA_FUZZ_SECONDS=0 leaves this step out, and says so.
+if [ "${OTA_FUZZ_SECONDS:-20}" = 0 ]; then
+  echo "conformance: fuzz targets NOT run (OTA_FUZZ_SECONDS=0)"
+else
+  scripts/fuzz.sh "${OTA_FUZZ_SECONDS:-20}"
+fi
