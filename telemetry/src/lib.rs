@@ -5,8 +5,7 @@
 //!   carries one trace from otad to the agent.
 //! - [`metrics`]: OpenTelemetry instruments, pushed over OTLP and rendered for a Prometheus scrape
 //!   endpoint (`/metrics`) for sites without a collector.
-//! - [`prometheus`]: the Prometheus text format rendered from collected metrics, and the
-//!   `/metrics` HTTP endpoint.
+//! - [`prometheus`]: the `/metrics` HTTP endpoint serving the Prometheus text format.
 //!
 //! This crate knows nothing about OTA: the services define their own spans and instruments.
 

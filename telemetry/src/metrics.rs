@@ -3,9 +3,11 @@
 //!
 //! [`Metrics`] owns an `SdkMeterProvider` of its own (never the global one: tests run several
 //! otads and agents in one process) with two readers:
-//! - a `ManualReader` that [`Metrics::render_prometheus`] collects on every scrape and renders
-//!   in the Prometheus text format ([`crate::prometheus`]); [`crate::prometheus::serve`] serves
-//!   it at `GET /metrics`;
+//! - the `opentelemetry-prometheus` exporter with a `prometheus::Registry` of its own, which
+//!   [`Metrics::render_prometheus`] gathers on every scrape and encodes in the Prometheus text
+//!   format; [`crate::prometheus::serve`] serves it at `GET /metrics`. The exporter is
+//!   configured to keep the catalog's names: no unit suffix (the names carry their units), no
+//!   `target_info` family and no `otel_scope_*` labels; monotonic sums get `_total`;
 //! - when an OTLP endpoint is configured (the service's config, or `OTEL_EXPORTER_OTLP_ENDPOINT`
 //!   / `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`) and `OTEL_METRICS_EXPORTER` is not `none`, a
 //!   `PeriodicReader` pushing over OTLP/gRPC every `OTEL_METRIC_EXPORT_INTERVAL` ms (60 s by
@@ -61,16 +63,8 @@
 //! What this module does not do: define OTA instruments (the services do), install a global
 //! provider, or serve anything but `/metrics`.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use opentelemetry::metrics::{Meter, MeterProvider as _};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
-use opentelemetry_sdk::metrics::reader::MetricReader;
-use opentelemetry_sdk::metrics::{
-    InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
-};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 /// Bucket boundaries (seconds) for gRPC latencies: 1 ms to 10 s.
 pub const RPC_SECONDS: &[f64] = &[
@@ -130,34 +124,11 @@ fn service(name: &str) -> opentelemetry_sdk::Resource {
         .build()
 }
 
-/// A `ManualReader` the provider and [`Metrics`] share (the provider takes its readers by
-/// value).
-#[derive(Debug, Clone)]
-struct SharedReader(Arc<ManualReader>);
-
-impl MetricReader for SharedReader {
-    fn register_pipeline(&self, pipeline: std::sync::Weak<Pipeline>) {
-        self.0.register_pipeline(pipeline)
-    }
-    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
-        self.0.collect(rm)
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-    fn temporality(&self, kind: InstrumentKind) -> Temporality {
-        self.0.temporality(kind)
-    }
-}
-
-/// One service instance's meter provider and its Prometheus reader. Cheap to clone.
+/// One service instance's meter provider and its Prometheus registry. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     provider: SdkMeterProvider,
-    reader: SharedReader,
+    registry: ::prometheus::Registry,
     otlp: bool,
 }
 
@@ -184,10 +155,16 @@ impl Metrics {
         resource: opentelemetry_sdk::Resource,
         otlp: Option<Option<String>>,
     ) -> anyhow::Result<Metrics> {
-        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+        let registry = ::prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_units()
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()?;
         let mut builder = SdkMeterProvider::builder()
             .with_resource(resource)
-            .with_reader(reader.clone());
+            .with_reader(exporter);
         let pushing = otlp.is_some();
         if let Some(endpoint) = otlp {
             use opentelemetry_otlp::WithExportConfig as _;
@@ -201,7 +178,7 @@ impl Metrics {
         }
         Ok(Metrics {
             provider: builder.build(),
-            reader,
+            registry,
             otlp: pushing,
         })
     }
@@ -216,11 +193,16 @@ impl Metrics {
         self.otlp
     }
 
-    /// Collects now (running every observable callback) and renders the Prometheus text.
+    /// Collects now (running every observable callback) and renders the Prometheus text. A
+    /// collection that fails (a provider already shut down) renders nothing; the exporter logs
+    /// why.
     pub fn render_prometheus(&self) -> Result<String, String> {
-        let mut rm = ResourceMetrics::default();
-        self.reader.collect(&mut rm).map_err(|e| e.to_string())?;
-        Ok(crate::prometheus::render(&crate::prometheus::families(&rm)))
+        use ::prometheus::Encoder as _;
+        let mut text = Vec::new();
+        ::prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut text)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(text).map_err(|e| e.to_string())
     }
 
     /// Pushes what is pending and stops the readers. Blocks while the OTLP exporter sends; call
@@ -252,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn instruments_render_through_the_manual_reader() {
+    fn instruments_render_through_the_exporter() {
         let m = Metrics::prometheus_only("test");
         let meter = m.meter("test");
         let c = meter
@@ -295,6 +277,37 @@ queue_depth{site=\"a\"} 7
 ";
         assert_eq!(m.render_prometheus().unwrap(), expected);
         // A second scrape of unchanged state is identical (cumulative, stable order).
+        assert_eq!(m.render_prometheus().unwrap(), expected);
+        m.shutdown();
+    }
+
+    #[test]
+    fn catalog_names_survive_the_exporter() {
+        // Units in the names and in the instruments, as the services declare them: no unit
+        // suffix is appended, no target_info family or otel_scope_* label is added, and
+        // counters get exactly one `_total`.
+        let m = Metrics::prometheus_only("otad");
+        let meter = m.meter("otad");
+        let h = meter
+            .f64_histogram("ota_rpc_duration_seconds")
+            .with_unit("s")
+            .with_boundaries(vec![1.0])
+            .build();
+        h.record(0.5, &[KeyValue::new("rpc", "r")]);
+        let b = meter
+            .u64_counter("ota_firmware_download_bytes")
+            .with_unit("By")
+            .build();
+        b.add(3, &[KeyValue::new("site", "a")]);
+        let expected = "\
+# TYPE ota_firmware_download_bytes_total counter
+ota_firmware_download_bytes_total{site=\"a\"} 3
+# TYPE ota_rpc_duration_seconds histogram
+ota_rpc_duration_seconds_bucket{rpc=\"r\",le=\"1\"} 1
+ota_rpc_duration_seconds_bucket{rpc=\"r\",le=\"+Inf\"} 1
+ota_rpc_duration_seconds_sum{rpc=\"r\"} 0.5
+ota_rpc_duration_seconds_count{rpc=\"r\"} 1
+";
         assert_eq!(m.render_prometheus().unwrap(), expected);
         m.shutdown();
     }
