@@ -9,7 +9,11 @@
 //! FLASH_* in 1 KiB blocks, or a zlib stream through FLASH_DEFL_*), verifies it with
 //! SPI_FLASH_MD5 and optionally leaves the loader. It retries a failed data block (three
 //! attempts, as esptool), refuses to write an image built for another chip or too large for the
-//! flash before anything is erased, and reports progress as bytes written.
+//! flash before anything is erased, and reports progress as bytes written. With
+//! [`FlasherConfig::hold_last_block`] it stops before the last data block
+//! ([`Event::LastBlock`]) until the driver calls [`Flasher::release_last_block`]: the driver's
+//! point of no return. [`Job::Md5`] only reads the MD5 of a flash region (how a restarted agent
+//! finds out whether an interrupted write completed).
 //!
 //! What it does not do: I/O or reading the clock. Feed it received bytes and the time, drain
 //! [`Flasher::poll_transmit`] to the port, act on [`Flasher::poll_event`] (play a reset, change
@@ -101,6 +105,9 @@ pub struct FlasherConfig {
     pub flash_size: Option<u32>,
     /// SPI_ATTACH argument: 0 for the default SPI flash pins.
     pub spi_attach_arg: u32,
+    /// Stop before the last data block of a write ([`Event::LastBlock`]) until
+    /// [`Flasher::release_last_block`].
+    pub hold_last_block: bool,
 }
 
 impl Default for FlasherConfig {
@@ -124,6 +131,7 @@ impl Default for FlasherConfig {
             expect_chip: None,
             flash_size: None,
             spi_attach_arg: 0,
+            hold_last_block: false,
         }
     }
 }
@@ -147,6 +155,14 @@ pub enum Job {
         offset: u32,
         /// The bytes to write.
         image: Bytes,
+    },
+    /// Connect, detect the chip, and read the MD5 of `len` bytes of flash at `offset`
+    /// ([`Outcome::flash_md5`]; `None` when the ROM has no MD5 command).
+    Md5 {
+        /// Flash offset.
+        offset: u32,
+        /// Bytes.
+        len: u32,
     },
 }
 
@@ -243,6 +259,8 @@ pub struct Outcome {
     pub verified_md5: Option<[u8; 16]>,
     /// Data blocks sent again after a failure or timeout.
     pub block_retries: u32,
+    /// For [`Job::Md5`]: the MD5 the ROM computed over the region.
+    pub flash_md5: Option<[u8; 16]>,
     /// The baud rate the port ended at.
     pub baud: u32,
 }
@@ -264,6 +282,9 @@ pub enum Event {
     Detected(ChipInfo),
     /// A data block was acknowledged.
     Progress(Progress),
+    /// With [`FlasherConfig::hold_last_block`]: the last data block is next; the flasher waits
+    /// for [`Flasher::release_last_block`].
+    LastBlock,
     /// The run is over.
     Finished(Result<Outcome, FlashError>),
 }
@@ -504,6 +525,7 @@ enum Step {
     Begin,
     Data { index: usize, attempt: u32 },
     Md5,
+    RegionMd5,
     EndBegin,
     End,
 }
@@ -523,7 +545,7 @@ impl Step {
             | Step::SetParams => Stage::Configuring,
             Step::Begin => Stage::Erasing,
             Step::Data { .. } => Stage::Writing,
-            Step::Md5 => Stage::Verifying,
+            Step::Md5 | Step::RegionMd5 => Stage::Verifying,
             Step::EndBegin | Step::End => Stage::Leaving,
         }
     }
@@ -556,6 +578,8 @@ enum State {
     AwaitBaud,
     /// Dropping input after the baud change.
     Settle { until: Duration },
+    /// Holding the last data block until the driver releases it.
+    AwaitRelease { index: usize },
     /// Finished (successfully or not).
     Done,
 }
@@ -582,6 +606,8 @@ pub struct Flasher {
     wire_bytes: u64,
     block_retries: u32,
     verified_md5: Option<[u8; 16]>,
+    flash_md5: Option<[u8; 16]>,
+    last_released: bool,
     erase_started: bool,
     detected_reported: bool,
     skipped_replies: u64,
@@ -614,6 +640,8 @@ impl Flasher {
             wire_bytes: 0,
             block_retries: 0,
             verified_md5: None,
+            flash_md5: None,
+            last_released: false,
             erase_started: false,
             detected_reported: false,
             skipped_replies: 0,
@@ -661,7 +689,10 @@ impl Flasher {
         match self.state {
             State::Syncing { deadline, .. } | State::Command { deadline, .. } => Some(deadline),
             State::SyncPause { until, .. } | State::Settle { until } => Some(until),
-            State::AwaitReset { .. } | State::AwaitBaud | State::Done => None,
+            State::AwaitReset { .. }
+            | State::AwaitBaud
+            | State::AwaitRelease { .. }
+            | State::Done => None,
         }
     }
 
@@ -691,6 +722,14 @@ impl Flasher {
         if let State::AwaitReset { attempt } = self.state {
             self.decoder.clear();
             self.send_sync(attempt, 0, now);
+        }
+    }
+
+    /// The driver recorded its point of no return: the last data block goes out now.
+    pub fn release_last_block(&mut self, now: Duration) {
+        if let State::AwaitRelease { index } = self.state {
+            self.last_released = true;
+            self.send_data(index, 0, now);
         }
     }
 
@@ -857,7 +896,7 @@ impl Flasher {
                     12
                 }
             }
-            Step::Md5 => {
+            Step::Md5 | Step::RegionMd5 => {
                 if resp.data.len() >= Md5Format::RomHex.len() + 2 {
                     Md5Format::RomHex.len()
                 } else {
@@ -958,7 +997,7 @@ impl Flasher {
                 self.report_detected();
                 self.next_step(now);
             }
-            Step::Md5 => {
+            Step::Md5 | Step::RegionMd5 => {
                 let format = if payload.len() == Md5Format::RomHex.len() {
                     Md5Format::RomHex
                 } else {
@@ -974,6 +1013,10 @@ impl Flasher {
                         ),
                     });
                 };
+                if step == Step::RegionMd5 {
+                    self.flash_md5 = Some(actual);
+                    return self.next_step(now);
+                }
                 let expected = self.plan.as_ref().map(|p| p.md5).unwrap_or_default();
                 if actual != expected {
                     return self.fail(FlashError::Md5Mismatch { expected, actual });
@@ -1063,6 +1106,9 @@ impl Flasher {
             } else {
                 self.queue.push_back(Step::ChangeBaud);
             }
+        }
+        if matches!(self.job, Job::Md5 { .. }) && rom.has_md5() {
+            self.queue.push_back(Step::RegionMd5);
         }
         if matches!(self.job, Job::Write { .. }) {
             self.queue.push_back(Step::Begin);
@@ -1226,6 +1272,20 @@ impl Flasher {
                 self.events.push_back(Event::Stage(Stage::Verifying));
                 self.send(step, Command::SpiFlashMd5 { addr, size }, timeout, now);
             }
+            Step::RegionMd5 => {
+                let Job::Md5 { offset, len } = self.job else {
+                    return self.next_step(now);
+                };
+                let timeout = self
+                    .cfg
+                    .scaled_timeout(self.cfg.md5_timeout_per_mb, u64::from(len));
+                self.events.push_back(Event::Stage(Stage::Verifying));
+                let cmd = Command::SpiFlashMd5 {
+                    addr: offset,
+                    size: len,
+                };
+                self.send(step, cmd, timeout, now);
+            }
             Step::EndBegin => {
                 self.events.push_back(Event::Stage(Stage::Leaving));
                 self.send(step, Command::FlashBegin(self.begin(0, 0, 0)), t, now);
@@ -1259,6 +1319,15 @@ impl Flasher {
         let Some(plan) = &self.plan else {
             return self.finish();
         };
+        if self.cfg.hold_last_block
+            && !self.last_released
+            && attempt == 0
+            && index + 1 == plan.blocks.len()
+        {
+            self.state = State::AwaitRelease { index };
+            self.events.push_back(Event::LastBlock);
+            return;
+        }
         let block = &plan.blocks[index];
         let seq = index as u32;
         let (cmd, timeout) = if plan.compressed {
@@ -1344,6 +1413,7 @@ impl Flasher {
             compressed,
             verified_md5: self.verified_md5,
             block_retries: self.block_retries,
+            flash_md5: self.flash_md5,
             baud: self.baud,
         };
         self.report_detected();

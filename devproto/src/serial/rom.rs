@@ -107,6 +107,9 @@ pub struct RomCounters {
     pub blocks_failed: u64,
     /// Bytes written to flash (uncompressed).
     pub bytes_written: u64,
+    /// Write sessions that reached their end (the last announced block, or the end of the zlib
+    /// stream, was written): images received in full.
+    pub writes_completed: u64,
     /// Bytes erased.
     pub bytes_erased: u64,
     /// SPI_FLASH_MD5 requests.
@@ -572,10 +575,14 @@ impl RomDevice {
         if u64::from(addr) + data.len() as u64 > u64::from(*offset) + u64::from(*size) {
             return Err(RomError::FLASH_WRITE);
         }
+        let completes = seq == *next_seq && seq + 1 == *blocks;
         if seq == *next_seq {
             *next_seq += 1;
         }
         self.program(addr, data);
+        if completes {
+            self.counters.writes_completed += 1;
+        }
         Ok(())
     }
 
@@ -630,7 +637,11 @@ impl RomDevice {
             return Err(RomError::DEFLATE);
         }
         *written += out.len() as u32;
+        let completes = *finished;
         self.program(offset + at, &out);
+        if completes {
+            self.counters.writes_completed += 1;
+        }
         Ok(())
     }
 }

@@ -28,6 +28,8 @@ struct Pair {
     events: Vec<Event>,
     resets: u32,
     line_up: bool,
+    /// Blocks the ROM had acknowledged when the flasher held the last one.
+    held_at_blocks: Option<u64>,
 }
 
 impl Pair {
@@ -39,6 +41,7 @@ impl Pair {
             events: Vec::new(),
             resets: 0,
             line_up: true,
+            held_at_blocks: None,
         }
     }
 
@@ -72,6 +75,15 @@ impl Pair {
                         self.flasher.reset_done(self.now);
                     }
                     Event::SetBaud(_) => self.flasher.baud_changed(self.now),
+                    Event::LastBlock => {
+                        self.held_at_blocks = Some(self.rom.counters().blocks_ok);
+                        assert!(
+                            self.flasher.poll_transmit().is_none()
+                                && self.flasher.poll_timeout().is_none(),
+                            "nothing goes out while the last block is held"
+                        );
+                        self.flasher.release_last_block(self.now);
+                    }
                     Event::Finished(result) => {
                         let result = result.clone();
                         self.events.push(ev);
@@ -603,5 +615,49 @@ proptest! {
         framed.extend_from_slice(&bytes);
         f.handle_input(&framed, Duration::from_millis(1));
         f.handle_timeout(Duration::from_secs(100));
+    }
+}
+
+#[test]
+fn serial_flasher_holds_the_last_block_until_released_and_reads_region_md5s() {
+    for compress in [false, true] {
+        let image = app_image(20 * 1024 + 3);
+        let config = FlasherConfig {
+            hold_last_block: true,
+            ..cfg(compress)
+        };
+        let mut pair = Pair::new(config, write_job(&image), RomConfig::esp32());
+        let out = pair.run().expect("flash");
+        let blocks = pair.rom.counters().blocks_ok;
+        assert_eq!(pair.held_at_blocks, Some(blocks - 1), "compress {compress}");
+        assert_eq!(pair.rom.counters().writes_completed, 1);
+        assert!(out.verified_md5.is_some());
+        assert_flash_holds(&pair.rom, 0x10000, &image);
+
+        // A second run reads the region's MD5 only: the padded image's.
+        let mut padded = image.to_vec();
+        padded.resize(padded.len().div_ceil(4) * 4, 0xFF);
+        let job = Job::Md5 {
+            offset: 0x10000,
+            len: padded.len() as u32,
+        };
+        let rom = std::mem::replace(&mut pair.rom, RomDevice::new(RomConfig::esp32()));
+        let mut md5_pair = Pair::new(cfg(compress), job.clone(), RomConfig::esp32());
+        md5_pair.rom = rom;
+        let out = md5_pair.run().expect("md5");
+        let want: [u8; 16] = Md5::digest(&padded).into();
+        assert_eq!(out.flash_md5, Some(want));
+        assert_eq!(
+            md5_pair.rom.counters().writes_completed,
+            1,
+            "nothing written"
+        );
+        assert_eq!(md5_pair.rom.counters().begins, 1);
+        // A region that differs.
+        md5_pair.rom.flash_mut()[0x10000] ^= 0xFF;
+        let rom = std::mem::replace(&mut md5_pair.rom, RomDevice::new(RomConfig::esp32()));
+        let mut again = Pair::new(FlasherConfig::default(), job, RomConfig::esp32());
+        again.rom = rom;
+        assert_ne!(again.run().expect("md5").flash_md5, Some(want));
     }
 }
