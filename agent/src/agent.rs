@@ -15,11 +15,17 @@
 //! - check: each device asked through its transport within the command's timeout; answers are
 //!   not journaled (a check that loses its answer times out at the server as 5019).
 //! - update: ignored if the journal knows the task attempt (a resend after reconnect); otherwise
-//!   marked started in the journal, the image's signatures checked against the site's trust
-//!   policy (`trust`: 5013 if refused), the image downloaded and verified (5009 if its sha256
-//!   differs), handed to the transport,
+//!   marked started in the journal (with the command and the transport instance), the image's
+//!   signatures checked against the site's trust policy (`trust`: 5013 if refused), the image
+//!   downloaded and verified (5009 if its sha256 differs), handed to the transport with the
+//!   attempt's [`Commitment`] (the transport asks it for the durable *committing* mark right
+//!   before its point of no return and the *committed* mark when the device accepted the image),
 //!   progress forwarded (throttled: on status changes and at most once a second otherwise), and
-//!   the result journaled.
+//!   the result journaled. A failure after the committing mark that did not show the device kept
+//!   its firmware is reported with `device_may_have_image` (never retried automatically).
+//! - after a restart: every attempt the journal holds unfinished is given to its transport's
+//!   `recover` (which looks at the device and never sends the image again) and its result
+//!   journaled; meanwhile it counts as running.
 //! - cancel: the running job's cancellation token; the transport decides what is safe.
 //!
 //! # Traces
@@ -45,9 +51,12 @@ use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::download;
-use crate::journal::{Journal, TaskMark};
+use crate::journal::{Interrupted, Journal, TaskMark};
 use crate::report;
-use crate::transport::{DeviceReport, TransferProgress, Transport, UpdateJob};
+use crate::transport::{
+    CommitLog, CommitStage, Commitment, DeviceReport, RecoverJob, TransferProgress, Transport,
+    UpdateJob,
+};
 use crate::trust::TrustPolicy;
 
 /// Version reported in the hello.
@@ -80,6 +89,8 @@ pub struct Agent {
     agent_id: String,
     transports: Vec<Arc<dyn Transport>>,
     trust: TrustPolicy,
+    /// Attempts that were running when the agent last stopped, until `run` recovers them.
+    recovering: Mutex<Vec<Interrupted>>,
     journal: Arc<Mutex<Journal>>,
     journaled: Notify,
     jobs: Mutex<HashMap<String, CancellationToken>>,
@@ -136,8 +147,8 @@ fn now_ms() -> i64 {
 
 impl Agent {
     /// Opens the journal and prepares the agent, with no trusted signing keys (unsigned images
-    /// are installed). Attempts that were running when the agent last stopped are reported as
-    /// interrupted: the agent cannot know how far the device got.
+    /// are installed). Attempts that were running when the agent last stopped are recovered by
+    /// [`Agent::run`]: their transports look at the devices (see [`Transport::recover`]).
     pub fn new(
         opts: AgentOptions,
         transports: Vec<Arc<dyn Transport>>,
@@ -152,27 +163,42 @@ impl Agent {
         trust: TrustPolicy,
     ) -> anyhow::Result<Arc<Agent>> {
         let agent_id = load_agent_id(&opts.data_dir)?;
+        let journal = Journal::open(&opts.data_dir)?;
+        Ok(Self::assemble(opts, agent_id, journal, transports, trust))
+    }
+
+    /// Like [`Agent::with_trust`], with a [`Failpoint`](crate::journal::Failpoint) watching the
+    /// journal (crash-point tests).
+    #[cfg(feature = "failpoints")]
+    pub fn with_failpoint(
+        opts: AgentOptions,
+        transports: Vec<Arc<dyn Transport>>,
+        trust: TrustPolicy,
+        failpoint: Arc<crate::journal::Failpoint>,
+    ) -> anyhow::Result<Arc<Agent>> {
+        let agent_id = load_agent_id(&opts.data_dir)?;
         let mut journal = Journal::open(&opts.data_dir)?;
-        for (task, attempt) in journal.interrupted_tasks() {
-            warn!(task.id = %task, attempt, "an update was running when the agent stopped; reporting it interrupted");
-            journal.append_report(pb::agent_message::Body::Result(pb::TaskResult {
-                task_id: task.clone(),
-                attempt,
-                status: UpgradeStatus::Failure.code() as i32,
-                error: Some(report::error(&TaskError::new(
-                    ErrorCode::SendFailed,
-                    "the agent restarted during this update; the device may not have received the whole image",
-                ))),
-                at_ms: now_ms(),
-                ..Default::default()
-            }))?;
-            journal.finish_task(&task, attempt)?;
+        journal.set_failpoint(failpoint);
+        Ok(Self::assemble(opts, agent_id, journal, transports, trust))
+    }
+
+    fn assemble(
+        opts: AgentOptions,
+        agent_id: String,
+        journal: Journal,
+        transports: Vec<Arc<dyn Transport>>,
+        trust: TrustPolicy,
+    ) -> Arc<Agent> {
+        let recovering = journal.interrupted_tasks();
+        for i in &recovering {
+            warn!(task.id = %i.task, attempt = i.attempt, mark = ?i.mark, "an update was running when the agent stopped; it is looked at once the transports are up");
         }
-        Ok(Arc::new(Agent {
+        Arc::new(Agent {
             opts,
             agent_id,
             transports,
             trust,
+            recovering: Mutex::new(recovering),
             journal: Arc::new(Mutex::new(journal)),
             journaled: Notify::new(),
             jobs: Mutex::new(HashMap::new()),
@@ -180,7 +206,7 @@ impl Agent {
             last_inventory: Mutex::new(HashMap::new()),
             full_inventory_owed: AtomicBool::new(false),
             instruments: std::sync::OnceLock::new(),
-        }))
+        })
     }
 
     /// This installation's id.
@@ -364,6 +390,7 @@ impl Agent {
     /// Runs until `shutdown`: the session loop with reconnects, and the inventory watcher.
     pub async fn run(self: Arc<Self>, channel: Channel, shutdown: CancellationToken) {
         let watcher = tokio::spawn(self.clone().watch_inventory(shutdown.clone()));
+        tokio::spawn(self.clone().recover_interrupted());
         let mut delay = self.opts.reconnect_min;
         loop {
             let started = tokio::time::Instant::now();
@@ -573,6 +600,39 @@ impl Agent {
         Ok(())
     }
 
+    fn check_result(
+        &self,
+        transport: &Arc<dyn Transport>,
+        check_id: String,
+        local: &str,
+        answer: Result<crate::transport::CheckReport, TaskError>,
+    ) -> pb::CheckResult {
+        match answer {
+            Ok(r) => pb::CheckResult {
+                check_id,
+                device_local_id: local.to_owned(),
+                reachable: r.reachable,
+                device: Some(report::device(
+                    transport.kind(),
+                    &r.device,
+                    &self.tags_of(local),
+                )),
+                update_available: r.update_available,
+                error: None,
+                awaiting_wakeup: false,
+            },
+            Err(e) => pb::CheckResult {
+                check_id,
+                device_local_id: local.to_owned(),
+                reachable: false,
+                device: None,
+                update_available: None,
+                error: Some(report::error(&e)),
+                awaiting_wakeup: false,
+            },
+        }
+    }
+
     async fn run_check(self: Arc<Self>, c: pb::CheckCommand) {
         let deadline = Duration::from_millis(u64::from(c.timeout_ms.max(1000)));
         let checks = c.device_local_ids.iter().map(|local| {
@@ -597,28 +657,7 @@ impl Agent {
                         // Leave a little of the server's timeout for the answer to travel.
                         let budget = deadline.mul_f64(0.9);
                         match tokio::time::timeout(budget, transport.check(&local, budget)).await {
-                            Ok(Ok(r)) => pb::CheckResult {
-                                check_id,
-                                device_local_id: local.clone(),
-                                reachable: r.reachable,
-                                device: Some(report::device(
-                                    transport.kind(),
-                                    &r.device,
-                                    &agent.tags_of(&local),
-                                )),
-                                update_available: r.update_available,
-                                error: None,
-                                awaiting_wakeup: false,
-                            },
-                            Ok(Err(e)) => pb::CheckResult {
-                                check_id,
-                                device_local_id: local.clone(),
-                                reachable: false,
-                                device: None,
-                                update_available: None,
-                                error: Some(report::error(&e)),
-                                awaiting_wakeup: false,
-                            },
+                            Ok(r) => agent.check_result(&transport, check_id, &local, r),
                             Err(_) => return,
                         }
                     }
@@ -643,7 +682,7 @@ impl Agent {
             .task_mark(&u.task_id, u.attempt);
         if let Some(mark) = known {
             debug!(task.id = %u.task_id, attempt = u.attempt, ?mark, "update command for a known attempt ignored");
-            if mark == TaskMark::Started {
+            if mark != TaskMark::Finished {
                 self.send_now(pb::agent_message::Body::CommandAck(pb::CommandAck {
                     command_id,
                     accepted: true,
@@ -679,12 +718,12 @@ impl Agent {
         };
         let started = {
             let journal = self.journal.clone();
-            let (task, attempt) = (u.task_id.clone(), u.attempt);
+            let (cmd, instance) = (u.clone(), transport.instance().to_owned());
             tokio::task::spawn_blocking(move || {
                 journal
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .start_task(&task, attempt)
+                    .start_attempt(&cmd, &instance)
             })
             .await??
         };
@@ -701,33 +740,25 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(u.task_id.clone(), token.clone());
-        // Not a child of the session's span: the task continues the trace otad sent with it.
-        let span = info_span!(
-            parent: None,
-            "agent.task",
-            task.id = %u.task_id,
-            attempt = u.attempt,
-            device.id = %format!("{}/{}", self.opts.site_id, u.device_local_id),
-            device.local_id = %u.device_local_id,
-            site.id = %self.opts.site_id,
-            firmware.id = %firmware.id,
-            transport = transport_name(transport.kind()),
-            outcome = tracing::field::Empty,
-            error.code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
+        let span = self.task_span(&u, transport.kind(), Some(&firmware.id));
         ota_telemetry::traces::set_parent_from(&span, trace);
         let agent = self.clone();
         tokio::spawn(
             async move {
+                let commit = agent.commitment(&u.task_id, u.attempt, CommitStage::Before);
                 let transfer = agent.instruments().map(|m| m.transfer(transport.kind()));
                 let cancelled = token.clone();
-                let outcome = agent.run_update(&u, &firmware, transport, token, channel).await;
+                let outcome = agent
+                    .run_update(&u, &firmware, transport, token, channel, commit.clone())
+                    .await;
                 if let Some(t) = transfer {
                     t.finish(outcome.as_ref().err(), cancelled.is_cancelled());
                 }
-                if let Err(e) = agent.finish_update(&u, outcome).await {
-                    warn!(error = %e, "could not journal the result; it will be reported as interrupted after a restart");
+                if let Err(e) = agent
+                    .finish_update(&u.task_id, u.attempt, outcome, &commit)
+                    .await
+                {
+                    warn!(error = %e, "could not journal the result; the attempt is recovered after a restart");
                 }
                 agent.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&u.task_id);
             }
@@ -736,10 +767,46 @@ impl Agent {
         Ok(())
     }
 
-    async fn progress(&self, u: &pb::UpdateCommand, p: &TransferProgress) {
+    /// The `agent.task` span of an attempt. Not a child of the session's span: the task
+    /// continues the trace otad sent with it.
+    fn task_span(
+        &self,
+        u: &pb::UpdateCommand,
+        kind: crate::transport::TransportKind,
+        firmware_id: Option<&str>,
+    ) -> tracing::Span {
+        info_span!(
+            parent: None,
+            "agent.task",
+            task.id = %u.task_id,
+            attempt = u.attempt,
+            device.id = %format!("{}/{}", self.opts.site_id, u.device_local_id),
+            device.local_id = %u.device_local_id,
+            site.id = %self.opts.site_id,
+            firmware.id = %firmware_id.unwrap_or_default(),
+            transport = transport_name(kind),
+            outcome = tracing::field::Empty,
+            error.code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    }
+
+    /// The marks of an attempt, kept in the journal.
+    fn commitment(&self, task: &str, attempt: u32, stage: CommitStage) -> Commitment {
+        Commitment::new(
+            Arc::new(JournalMarks {
+                journal: self.journal.clone(),
+                task: task.to_owned(),
+                attempt,
+            }),
+            stage,
+        )
+    }
+
+    async fn progress(&self, task_id: &str, attempt: u32, p: &TransferProgress) {
         let body = pb::agent_message::Body::Progress(pb::TaskProgress {
-            task_id: u.task_id.clone(),
-            attempt: u.attempt,
+            task_id: task_id.to_owned(),
+            attempt,
             status: p.status.code() as i32,
             progress: p.percent.unwrap_or(0.0),
             remaining_s: p.remaining_s,
@@ -760,6 +827,7 @@ impl Agent {
         transport: Arc<dyn Transport>,
         cancel: CancellationToken,
         channel: Channel,
+        commit: Commitment,
     ) -> Result<(crate::transport::UpdateReport, u64), TaskError> {
         let started = tokio::time::Instant::now();
         match self.trust.check(firmware)? {
@@ -767,7 +835,8 @@ impl Agent {
             None => warn!("installing unsigned firmware: this site's policy allows it"),
         }
         self.progress(
-            u,
+            &u.task_id,
+            u.attempt,
             &TransferProgress {
                 status: UpgradeStatus::AgentPreparing,
                 percent: None,
@@ -792,42 +861,66 @@ impl Agent {
             image: Arc::new(image),
             downgrade: u.downgrade,
             schedule: u.schedule,
-            timeout: Duration::from_secs(u64::from(if u.timeout_s == 0 {
-                600
-            } else {
-                u.timeout_s
-            })),
+            timeout: transfer_budget(u.timeout_s),
+            wake_timeout: wake_budget(u.wake_timeout_s),
+            commit,
         };
+        let transfer = self.transfer_span(&u.task_id, &u.device_local_id, &*transport, firmware);
+        let sent_bytes = self.instruments().map(|m| m.bytes(transport.kind()));
+        let (ptx, prx) = mpsc::unbounded_channel::<TransferProgress>();
+        let update = transport.update(job, ptx, cancel);
+        let result = self
+            .follow(&u.task_id, u.attempt, update, prx, sent_bytes, transfer)
+            .await;
+        result.map(|r| (r, started.elapsed().as_millis() as u64))
+    }
+
+    fn transfer_span(
+        &self,
+        task_id: &str,
+        device: &str,
+        transport: &dyn Transport,
+        firmware: &pb::FirmwareRef,
+    ) -> tracing::Span {
         let kind = transport_name(transport.kind());
-        let transfer = info_span!(
+        info_span!(
             "device.transfer",
             otel.name = %format!("{kind}.transfer"),
             transport = kind,
             transport.instance = %transport.instance(),
-            device.id = %format!("{}/{}", self.opts.site_id, u.device_local_id),
+            device.id = %format!("{}/{}", self.opts.site_id, device),
             site.id = %self.opts.site_id,
             firmware.id = %firmware.id,
-            task.id = %u.task_id,
+            task.id = %task_id,
             bytes.total = firmware.size,
             bytes.sent = tracing::field::Empty,
             outcome = tracing::field::Empty,
             error.code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
-        );
-        let mut sent_bytes = self.instruments().map(|m| m.bytes(transport.kind()));
-        let (ptx, mut prx) = mpsc::unbounded_channel::<TransferProgress>();
+        )
+    }
+
+    /// Runs a transport's work for an attempt to its end, forwarding its progress (throttled:
+    /// status changes at once, otherwise at most once per `progress_interval`).
+    async fn follow(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        work: futures::future::BoxFuture<'_, Result<crate::transport::UpdateReport, TaskError>>,
+        mut prx: mpsc::UnboundedReceiver<TransferProgress>,
+        mut sent_bytes: Option<crate::metrics::BytesMeter>,
+        transfer: tracing::Span,
+    ) -> Result<crate::transport::UpdateReport, TaskError> {
         let mut bytes_sent = 0u64;
-        let update = transport
-            .update(job, ptx, cancel)
-            .instrument(transfer.clone());
-        tokio::pin!(update);
+        let work = work.instrument(transfer.clone());
+        tokio::pin!(work);
         let mut last: Option<(UpgradeStatus, tokio::time::Instant)> = None;
         let mut pending: Option<TransferProgress> = None;
         let mut flush = tokio::time::interval(self.opts.progress_interval);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
-                r = &mut update => break r,
+                r = &mut work => break r,
                 Some(p) = prx.recv() => {
                     if let Some(m) = &mut sent_bytes {
                         m.progress(&p);
@@ -840,7 +933,7 @@ impl Agent {
                     if due {
                         last = Some((p.status, tokio::time::Instant::now()));
                         pending = None;
-                        self.progress(u, &p).await;
+                        self.progress(task_id, attempt, &p).await;
                     } else {
                         pending = Some(p);
                     }
@@ -848,7 +941,7 @@ impl Agent {
                 _ = flush.tick() => {
                     if let Some(p) = pending.take() {
                         last = Some((p.status, tokio::time::Instant::now()));
-                        self.progress(u, &p).await;
+                        self.progress(task_id, attempt, &p).await;
                     }
                 }
             }
@@ -874,15 +967,20 @@ impl Agent {
         }
         drop(transfer);
         if let Some(p) = pending.take() {
-            self.progress(u, &p).await;
+            self.progress(task_id, attempt, &p).await;
         }
-        result.map(|r| (r, started.elapsed().as_millis() as u64))
+        result
     }
 
+    /// Journals an attempt's result, then its finished mark. A failure after the point of no
+    /// return that did not show the device kept its firmware is marked
+    /// `device_may_have_image` (the server never retries it automatically).
     async fn finish_update(
         &self,
-        u: &pb::UpdateCommand,
+        task_id: &str,
+        attempt: u32,
         outcome: Result<(crate::transport::UpdateReport, u64), TaskError>,
+        commit: &Commitment,
     ) -> anyhow::Result<()> {
         let span = tracing::Span::current();
         match &outcome {
@@ -897,8 +995,8 @@ impl Agent {
             Ok((r, duration_ms)) => {
                 info!(from = ?r.from.version, to = ?r.to.version, duration_ms, "update succeeded");
                 pb::TaskResult {
-                    task_id: u.task_id.clone(),
-                    attempt: u.attempt,
+                    task_id: task_id.to_owned(),
+                    attempt,
                     status: UpgradeStatus::Success.code() as i32,
                     error: None,
                     from: Some(report::version(&r.from)),
@@ -909,11 +1007,19 @@ impl Agent {
                     device_may_have_image: false,
                 }
             }
-            Err(e) => {
-                warn!(code = e.code.code(), error = %e.message, "update failed");
+            Err(mut e) => {
+                let may_have_image = commit.may_have_image();
+                if may_have_image {
+                    e.message.push_str(
+                        "; the device may already run the new image (the attempt passed the \
+                         point of no return), so it is not retried automatically: check the \
+                         device",
+                    );
+                }
+                warn!(code = e.code.code(), error = %e.message, may_have_image, "update failed");
                 pb::TaskResult {
-                    task_id: u.task_id.clone(),
-                    attempt: u.attempt,
+                    task_id: task_id.to_owned(),
+                    attempt,
                     status: if e.code == ErrorCode::Timeout {
                         UpgradeStatus::Timeout
                     } else {
@@ -922,6 +1028,7 @@ impl Agent {
                     .code() as i32,
                     error: Some(report::error(&e)),
                     at_ms: now_ms(),
+                    device_may_have_image: may_have_image,
                     ..Default::default()
                 }
             }
@@ -929,7 +1036,7 @@ impl Agent {
         self.journal_report(pb::agent_message::Body::Result(result))
             .await?;
         let journal = self.journal.clone();
-        let (task, attempt) = (u.task_id.clone(), u.attempt);
+        let task = task_id.to_owned();
         tokio::task::spawn_blocking(move || {
             journal
                 .lock()
@@ -938,5 +1045,154 @@ impl Agent {
         })
         .await??;
         Ok(())
+    }
+
+    /// Finds out how the attempts that were running when the agent stopped ended, one task
+    /// each, through their transports (which look at the devices and send nothing again). Each
+    /// counts as running meanwhile: a resent command for it is ignored, a cancel reaches it.
+    async fn recover_interrupted(self: Arc<Self>) {
+        let interrupted =
+            std::mem::take(&mut *self.recovering.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut running = Vec::new();
+        for i in interrupted {
+            let token = CancellationToken::new();
+            self.jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(i.task.clone(), token.clone());
+            let agent = self.clone();
+            running.push(tokio::spawn(async move {
+                let task = i.task.clone();
+                agent.recover_one(i, token).await;
+                agent
+                    .jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&task);
+            }));
+        }
+        for r in running {
+            let _ = r.await;
+        }
+    }
+
+    async fn recover_one(self: &Arc<Self>, i: Interrupted, cancel: CancellationToken) {
+        let stage = match i.mark {
+            TaskMark::Started | TaskMark::Finished => CommitStage::Before,
+            TaskMark::Committing => CommitStage::Committing,
+            TaskMark::Committed => CommitStage::Committed,
+        };
+        let commit = self.commitment(&i.task, i.attempt, stage);
+        let transport = i.transport.as_deref().and_then(|name| {
+            self.transports
+                .iter()
+                .find(|t| t.instance() == name)
+                .cloned()
+        });
+        let (Some(u), Some(transport)) = (i.command.clone(), transport) else {
+            warn!(task.id = %i.task, attempt = i.attempt, mark = ?i.mark, "an update was running when the agent stopped and cannot be looked at; reporting it interrupted");
+            let e = TaskError::new(
+                ErrorCode::SendFailed,
+                "the agent restarted during this update; the device may not have received the whole image",
+            );
+            if let Err(e) = self
+                .finish_update(&i.task, i.attempt, Err(e), &commit)
+                .await
+            {
+                warn!(error = %e, "could not journal the interrupted attempt");
+            }
+            return;
+        };
+        let firmware = u.firmware.clone().unwrap_or_default();
+        let span = self.task_span(&u, transport.kind(), Some(&firmware.id));
+        async {
+            info!(mark = ?i.mark, "an update was running when the agent stopped; looking at the device");
+            let started = tokio::time::Instant::now();
+            let job = RecoverJob {
+                task_id: u.task_id.clone(),
+                attempt: u.attempt,
+                device: u.device_local_id.clone(),
+                target_version: firmware.version.clone(),
+                target_file_version: firmware.file_version,
+                note: i.note.clone(),
+                timeout: transfer_budget(u.timeout_s),
+                wake_timeout: wake_budget(u.wake_timeout_s),
+                commit: commit.clone(),
+            };
+            let transfer = self.transfer_span(&u.task_id, &u.device_local_id, &*transport, &firmware);
+            let (ptx, prx) = mpsc::unbounded_channel::<TransferProgress>();
+            let work = transport.recover(job, ptx, cancel);
+            let outcome = self
+                .follow(&u.task_id, u.attempt, work, prx, None, transfer)
+                .await
+                .map(|r| (r, started.elapsed().as_millis() as u64));
+            if let Err(e) = self
+                .finish_update(&u.task_id, u.attempt, outcome, &commit)
+                .await
+            {
+                warn!(error = %e, "could not journal the recovered attempt's result");
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The transfer budget of a command (0: 10 minutes).
+fn transfer_budget(timeout_s: u32) -> Duration {
+    Duration::from_secs(u64::from(if timeout_s == 0 { 600 } else { timeout_s }))
+}
+
+/// The wake-up budget of a command (0: 7 days).
+fn wake_budget(wake_timeout_s: u32) -> Duration {
+    if wake_timeout_s == 0 {
+        crate::transport::DEFAULT_WAKE_TIMEOUT
+    } else {
+        Duration::from_secs(u64::from(wake_timeout_s))
+    }
+}
+
+/// An attempt's marks in the journal, for its transport's [`Commitment`].
+#[derive(Debug)]
+struct JournalMarks {
+    journal: Arc<Mutex<Journal>>,
+    task: String,
+    attempt: u32,
+}
+
+impl CommitLog for JournalMarks {
+    fn committing(
+        &self,
+        note: serde_json::Value,
+    ) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        let journal = self.journal.clone();
+        let (task, attempt) = (self.task.clone(), self.attempt);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                journal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .mark_committing(&task, attempt, note)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+        })
+    }
+
+    fn committed(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        let journal = self.journal.clone();
+        let (task, attempt) = (self.task.clone(), self.attempt);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                journal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .mark_committed(&task, attempt)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+        })
     }
 }

@@ -8,8 +8,17 @@
 //! report takes effect exactly once.
 //!
 //! Task marks make update commands idempotent: a command for a task attempt the journal already
-//! knows is not started again, and an attempt that was started but never finished (the agent
-//! died mid-transfer) is reported as interrupted at startup instead of being silently retried.
+//! knows is not started again. Each attempt has up to four marks, each fsynced before the agent
+//! goes on: *started* (with the command and the transport, so a restarted agent knows what was
+//! being installed where), *committing* (right before the transport's point of no return, with
+//! the transport's note of what to look at), *committed* (the device accepted the image) and
+//! *finished* (its result is journaled). An attempt that was started but never finished (the
+//! agent died) is handed to its transport's recovery after a restart instead of being repeated;
+//! the marks say how far it got.
+//!
+//! With the `failpoints` feature, [`Failpoint`] simulates a SIGKILL right after the k-th durable
+//! write (crash-point tests): that write reaches the disk, then it and every later journal
+//! operation hang for ever.
 //!
 //! # Format
 //! `journal.log` is a sequence of records `u32 LE length | u32 LE crc32 | JSON`. A torn or
@@ -38,19 +47,102 @@ const KEEP_FINISHED: usize = 10_000;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Record {
-    Report { seq: u64, msg: String },
-    Acked { seq: u64 },
-    TaskStarted { task: String, attempt: u32 },
-    TaskFinished { task: String, attempt: u32 },
+    Report {
+        seq: u64,
+        msg: String,
+    },
+    Acked {
+        seq: u64,
+    },
+    TaskStarted {
+        task: String,
+        attempt: u32,
+        /// The update command (protobuf, base64); absent in journals of older agents.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cmd: Option<String>,
+        /// The transport instance that runs it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transport: Option<String>,
+    },
+    TaskCommitting {
+        task: String,
+        attempt: u32,
+        note: serde_json::Value,
+    },
+    TaskCommitted {
+        task: String,
+        attempt: u32,
+    },
+    TaskFinished {
+        task: String,
+        attempt: u32,
+    },
+}
+
+impl Record {
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    fn describe(&self) -> String {
+        match self {
+            Record::Report { msg, .. } => {
+                use pb::agent_message::Body;
+                let body = base64::engine::general_purpose::STANDARD
+                    .decode(msg)
+                    .ok()
+                    .and_then(|b| pb::AgentMessage::decode(b.as_slice()).ok())
+                    .and_then(|m| m.body);
+                match body {
+                    Some(Body::Inventory(_)) => "inventory".into(),
+                    Some(Body::Progress(p)) => format!("progress {}", p.status),
+                    Some(Body::Result(r)) => format!("result {}", r.status),
+                    Some(Body::CheckResult(_)) => "check result".into(),
+                    _ => "report".into(),
+                }
+            }
+            Record::Acked { seq } => format!("ack {seq}"),
+            Record::TaskStarted { .. } => "task started".into(),
+            Record::TaskCommitting { .. } => "task committing".into(),
+            Record::TaskCommitted { .. } => "task committed".into(),
+            Record::TaskFinished { .. } => "task finished".into(),
+        }
+    }
 }
 
 /// What the journal knows about a task attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TaskMark {
     /// Started here, no result yet.
     Started,
+    /// The transport was about to pass its point of no return; no result yet.
+    Committing,
+    /// The device accepted the image; no result yet.
+    Committed,
     /// Its result is journaled.
     Finished,
+}
+
+/// An attempt that was started but never finished: the agent stopped during it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interrupted {
+    /// Task id.
+    pub task: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// How far it got.
+    pub mark: TaskMark,
+    /// The update command (absent in journals of older agents).
+    pub command: Option<pb::UpdateCommand>,
+    /// The transport instance that ran it.
+    pub transport: Option<String>,
+    /// The transport's note from the committing mark.
+    pub note: Option<serde_json::Value>,
+}
+
+/// What is kept of an unfinished attempt.
+#[derive(Debug, Clone, Default)]
+struct Open {
+    cmd: Option<String>,
+    transport: Option<String>,
+    note: Option<serde_json::Value>,
 }
 
 /// The journal.
@@ -63,7 +155,10 @@ pub struct Journal {
     acked: u64,
     pending: BTreeMap<u64, pb::AgentMessage>,
     tasks: HashMap<(String, u32), TaskMark>,
+    open: HashMap<(String, u32), Open>,
     finished_order: VecDeque<(String, u32)>,
+    #[cfg(feature = "failpoints")]
+    failpoint: Option<std::sync::Arc<Failpoint>>,
 }
 
 fn encode_record(r: &Record) -> Vec<u8> {
@@ -92,7 +187,10 @@ impl Journal {
             acked: 0,
             pending: BTreeMap::new(),
             tasks: HashMap::new(),
+            open: HashMap::new(),
             finished_order: VecDeque::new(),
+            #[cfg(feature = "failpoints")]
+            failpoint: None,
         };
         let mut pos = 0usize;
         while pos + 8 <= bytes.len() {
@@ -145,10 +243,50 @@ impl Journal {
                 self.next_seq = self.next_seq.max(seq + 1);
             }
             Record::Acked { seq } => self.drop_acked(seq),
-            Record::TaskStarted { task, attempt } => {
-                self.tasks.insert((task, attempt), TaskMark::Started);
+            Record::TaskStarted {
+                task,
+                attempt,
+                cmd,
+                transport,
+            } => {
+                let key = (task, attempt);
+                self.open.insert(
+                    key.clone(),
+                    Open {
+                        cmd,
+                        transport,
+                        note: None,
+                    },
+                );
+                self.tasks.insert(key, TaskMark::Started);
+            }
+            Record::TaskCommitting {
+                task,
+                attempt,
+                note,
+            } => {
+                let key = (task, attempt);
+                if self
+                    .tasks
+                    .get(&key)
+                    .is_some_and(|m| *m < TaskMark::Committing)
+                {
+                    self.open.entry(key.clone()).or_default().note = Some(note);
+                    self.tasks.insert(key, TaskMark::Committing);
+                }
+            }
+            Record::TaskCommitted { task, attempt } => {
+                let key = (task, attempt);
+                if self
+                    .tasks
+                    .get(&key)
+                    .is_some_and(|m| *m < TaskMark::Committed)
+                {
+                    self.tasks.insert(key, TaskMark::Committed);
+                }
             }
             Record::TaskFinished { task, attempt } => {
+                self.open.remove(&(task.clone(), attempt));
                 self.finished_order.push_back((task.clone(), attempt));
                 self.tasks.insert((task, attempt), TaskMark::Finished);
                 while self.finished_order.len() > KEEP_FINISHED {
@@ -166,14 +304,34 @@ impl Journal {
         self.pending = self.pending.split_off(&(self.acked + 1));
     }
 
+    /// With a tripped failpoint, journal operations hang here.
+    #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+    fn failpoint_check(&self, durable: bool) {
+        #[cfg(feature = "failpoints")]
+        if let Some(fp) = &self.failpoint {
+            fp.before_operation(durable);
+        }
+    }
+
     fn write(&mut self, r: &Record, sync: bool) -> io::Result<()> {
+        self.failpoint_check(sync);
         let bytes = encode_record(r);
         self.file.write_all(&bytes)?;
         if sync {
             self.file.sync_data()?;
         }
         self.size += bytes.len() as u64;
+        #[cfg(feature = "failpoints")]
+        if sync && let Some(fp) = &self.failpoint {
+            fp.after_durable_write(r.describe());
+        }
         Ok(())
+    }
+
+    /// Test support: from now on `failpoint` watches (and may stop) every write.
+    #[cfg(feature = "failpoints")]
+    pub fn set_failpoint(&mut self, failpoint: std::sync::Arc<Failpoint>) {
+        self.failpoint = Some(failpoint);
     }
 
     /// Journals a report (durably) and returns it with its seq.
@@ -206,6 +364,7 @@ impl Journal {
 
     /// Reports not yet acknowledged, in order.
     pub fn unacked(&self) -> Vec<pb::AgentMessage> {
+        self.failpoint_check(false);
         self.pending.values().cloned().collect()
     }
 
@@ -221,23 +380,91 @@ impl Journal {
 
     /// What the journal knows about a task attempt.
     pub fn task_mark(&self, task: &str, attempt: u32) -> Option<TaskMark> {
+        self.failpoint_check(false);
         self.tasks.get(&(task.to_string(), attempt)).copied()
     }
 
     /// Records (durably) that an attempt starts; refuses if it is already known.
     pub fn start_task(&mut self, task: &str, attempt: u32) -> io::Result<bool> {
+        self.start(task, attempt, None, None)
+    }
+
+    /// Records (durably) that the attempt of `command` starts on the transport instance
+    /// `transport`, keeping both for a restarted agent; refuses if it is already known.
+    pub fn start_attempt(
+        &mut self,
+        command: &pb::UpdateCommand,
+        transport: &str,
+    ) -> io::Result<bool> {
+        let cmd = base64::engine::general_purpose::STANDARD.encode(command.encode_to_vec());
+        self.start(
+            &command.task_id,
+            command.attempt,
+            Some(cmd),
+            Some(transport.to_owned()),
+        )
+    }
+
+    fn start(
+        &mut self,
+        task: &str,
+        attempt: u32,
+        cmd: Option<String>,
+        transport: Option<String>,
+    ) -> io::Result<bool> {
         if self.task_mark(task, attempt).is_some() {
             return Ok(false);
         }
-        self.write(
-            &Record::TaskStarted {
-                task: task.into(),
-                attempt,
-            },
-            true,
-        )?;
-        self.tasks.insert((task.into(), attempt), TaskMark::Started);
+        let r = Record::TaskStarted {
+            task: task.into(),
+            attempt,
+            cmd,
+            transport,
+        };
+        self.write(&r, true)?;
+        self.apply(r);
         Ok(true)
+    }
+
+    /// Records (durably) that the attempt is about to pass its transport's point of no return,
+    /// with the transport's `note`. Does nothing for an attempt that is not open or got further.
+    pub fn mark_committing(
+        &mut self,
+        task: &str,
+        attempt: u32,
+        note: serde_json::Value,
+    ) -> io::Result<()> {
+        if self
+            .task_mark(task, attempt)
+            .is_none_or(|m| m >= TaskMark::Committing)
+        {
+            return Ok(());
+        }
+        let r = Record::TaskCommitting {
+            task: task.into(),
+            attempt,
+            note,
+        };
+        self.write(&r, true)?;
+        self.apply(r);
+        Ok(())
+    }
+
+    /// Records (durably) that the device accepted the attempt's image.
+    pub fn mark_committed(&mut self, task: &str, attempt: u32) -> io::Result<()> {
+        if self
+            .task_mark(task, attempt)
+            .is_none_or(|m| m >= TaskMark::Committed)
+        {
+            return Ok(());
+        }
+        let r = Record::TaskCommitted {
+            task: task.into(),
+            attempt,
+        };
+        self.write(&r, true)?;
+        self.apply(r);
+        Ok(())
     }
 
     /// Records that an attempt's result is journaled.
@@ -251,15 +478,32 @@ impl Journal {
         Ok(())
     }
 
-    /// Attempts started but never finished (the agent stopped during them).
-    pub fn interrupted_tasks(&self) -> Vec<(String, u32)> {
-        let mut v: Vec<_> = self
+    /// Attempts started but never finished (the agent stopped during them), in task order.
+    pub fn interrupted_tasks(&self) -> Vec<Interrupted> {
+        let mut v: Vec<Interrupted> = self
             .tasks
             .iter()
-            .filter(|(_, m)| **m == TaskMark::Started)
-            .map(|(k, _)| k.clone())
+            .filter(|(_, m)| **m != TaskMark::Finished)
+            .map(|((task, attempt), mark)| {
+                let open = self
+                    .open
+                    .get(&(task.clone(), *attempt))
+                    .cloned()
+                    .unwrap_or_default();
+                Interrupted {
+                    task: task.clone(),
+                    attempt: *attempt,
+                    mark: *mark,
+                    command: open.cmd.as_deref().and_then(|c| {
+                        let bytes = base64::engine::general_purpose::STANDARD.decode(c).ok()?;
+                        pb::UpdateCommand::decode(bytes.as_slice()).ok()
+                    }),
+                    transport: open.transport,
+                    note: open.note,
+                }
+            })
             .collect();
-        v.sort();
+        v.sort_by(|a, b| (&a.task, a.attempt).cmp(&(&b.task, b.attempt)));
         v
     }
 
@@ -282,8 +526,25 @@ impl Journal {
             }));
         }
         for (k, m) in &self.tasks {
-            if *m == TaskMark::Started {
-                out.extend(encode_record(&Record::TaskStarted {
+            if *m == TaskMark::Finished {
+                continue;
+            }
+            let open = self.open.get(k).cloned().unwrap_or_default();
+            out.extend(encode_record(&Record::TaskStarted {
+                task: k.0.clone(),
+                attempt: k.1,
+                cmd: open.cmd,
+                transport: open.transport,
+            }));
+            if *m >= TaskMark::Committing {
+                out.extend(encode_record(&Record::TaskCommitting {
+                    task: k.0.clone(),
+                    attempt: k.1,
+                    note: open.note.unwrap_or_default(),
+                }));
+            }
+            if *m >= TaskMark::Committed {
+                out.extend(encode_record(&Record::TaskCommitted {
                     task: k.0.clone(),
                     attempt: k.1,
                 }));
@@ -307,6 +568,145 @@ impl Journal {
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.size = out.len() as u64;
         Ok(())
+    }
+}
+
+/// Test support: stands for a SIGKILL of the agent right after its k-th durable journal write
+/// (counted from [`Failpoint::arm`]). That write reaches the disk; then the writing thread, and
+/// with it every later journal operation (they wait for the journal's lock), hang for ever, so
+/// the disk holds exactly what the kill would leave and the agent can take no further step that
+/// depends on the journal. The test then drops the agent's runtime and starts a new agent on
+/// the same directory.
+#[cfg(feature = "failpoints")]
+#[derive(Debug, Default)]
+pub struct Failpoint {
+    state: std::sync::Mutex<FailpointState>,
+    tripped: tokio::sync::Notify,
+}
+
+/// Where a [`Failpoint`] kills the agent.
+#[cfg(feature = "failpoints")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KillMode {
+    /// Right after the write reached the disk: the writer never gets control back.
+    #[default]
+    AfterWrite,
+    /// At the next durable write after that write: the agent goes on (a transport takes the
+    /// step after the mark) until it makes something else durable.
+    AtNextDurableWrite,
+}
+
+#[cfg(feature = "failpoints")]
+#[derive(Debug, Default)]
+struct FailpointState {
+    armed: bool,
+    kill_at: Option<(String, usize)>,
+    mode: KillMode,
+    writes: Vec<String>,
+    tripped: Option<String>,
+    /// The agent hangs in the journal: it is as good as killed.
+    hung: bool,
+}
+
+#[cfg(feature = "failpoints")]
+impl Failpoint {
+    /// A failpoint that counts nothing until armed.
+    pub fn new() -> std::sync::Arc<Failpoint> {
+        std::sync::Arc::new(Failpoint::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FailpointState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records durable writes from now (described: `task started`, `task committing`,
+    /// `task committed`, `task finished`, `progress <status>`, `result <status>`, `inventory`,
+    /// `check result`); kills right after the `n`-th (from 1) write described as `kill_at.0`
+    /// (`None`: only records).
+    pub fn arm(&self, kill_at: Option<(String, usize)>) {
+        self.arm_with(kill_at, KillMode::AfterWrite);
+    }
+
+    /// [`Failpoint::arm`] with a choice of where exactly the kill happens.
+    pub fn arm_with(&self, kill_at: Option<(String, usize)>, mode: KillMode) {
+        let mut st = self.lock();
+        st.armed = true;
+        st.kill_at = kill_at;
+        st.mode = mode;
+        st.writes.clear();
+    }
+
+    /// The durable writes since [`Failpoint::arm`], described.
+    pub fn writes(&self) -> Vec<String> {
+        self.lock().writes.clone()
+    }
+
+    /// The write the agent was killed after, once it was.
+    pub fn tripped(&self) -> Option<String> {
+        self.lock().tripped.clone()
+    }
+
+    /// Waits until the agent hangs in its journal (right after the kill write, or at the
+    /// operation after it): from then on it takes no step that depends on the journal, and its
+    /// runtime can be dropped. Returns the kill write.
+    pub async fn wait_killed(&self) -> String {
+        loop {
+            let notified = self.tripped.notified();
+            {
+                let st = self.lock();
+                if st.hung
+                    && let Some(w) = &st.tripped
+                {
+                    return w.clone();
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn hang_now(&self) -> ! {
+        self.lock().hung = true;
+        self.tripped.notify_waiters();
+        hang()
+    }
+
+    fn before_operation(&self, durable: bool) {
+        let hang = {
+            let st = self.lock();
+            st.tripped.is_some() && (durable || st.mode == KillMode::AfterWrite)
+        };
+        if hang {
+            self.hang_now();
+        }
+    }
+
+    fn after_durable_write(&self, what: String) {
+        let (kill, mode) = {
+            let mut st = self.lock();
+            if !st.armed {
+                return;
+            }
+            st.writes.push(what.clone());
+            let nth = st.writes.iter().filter(|w| **w == what).count();
+            let kill = st
+                .kill_at
+                .as_ref()
+                .is_some_and(|(w, n)| *w == what && *n == nth);
+            if kill {
+                st.tripped = Some(format!("{what} #{nth} (write {})", st.writes.len()));
+            }
+            (kill, st.mode)
+        };
+        if kill && mode == KillMode::AfterWrite {
+            self.hang_now();
+        }
+    }
+}
+
+#[cfg(feature = "failpoints")]
+fn hang() -> ! {
+    loop {
+        std::thread::park();
     }
 }
 
@@ -368,7 +768,12 @@ mod tests {
         assert_eq!(j.task_mark("t1", 1), Some(TaskMark::Started));
         assert_eq!(j.task_mark("t2", 1), Some(TaskMark::Finished));
         assert_eq!(j.task_mark("t2", 2), None);
-        assert_eq!(j.interrupted_tasks(), vec![("t1".to_string(), 1)]);
+        let interrupted: Vec<_> = j
+            .interrupted_tasks()
+            .into_iter()
+            .map(|i| (i.task, i.attempt, i.mark))
+            .collect();
+        assert_eq!(interrupted, vec![("t1".to_string(), 1, TaskMark::Started)]);
     }
 
     #[test]
@@ -393,7 +798,12 @@ mod tests {
             [99, 100]
         );
         assert_eq!(j.task_mark("t", 1), Some(TaskMark::Finished));
-        assert_eq!(j.interrupted_tasks(), vec![("u".to_string(), 3)]);
+        let interrupted: Vec<_> = j
+            .interrupted_tasks()
+            .into_iter()
+            .map(|i| (i.task, i.attempt))
+            .collect();
+        assert_eq!(interrupted, vec![("u".to_string(), 3)]);
         assert_eq!(j.append_report(heartbeat()).unwrap().seq, 101);
         // With nothing pending, the counter still survives compaction.
         j.ack(101).unwrap();
@@ -401,5 +811,90 @@ mod tests {
         drop(j);
         let mut j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.append_report(heartbeat()).unwrap().seq, 102);
+    }
+
+    fn command(task: &str, attempt: u32) -> pb::UpdateCommand {
+        pb::UpdateCommand {
+            task_id: task.into(),
+            attempt,
+            device_local_id: "plug".into(),
+            firmware: Some(pb::FirmwareRef {
+                id: "fw-1".into(),
+                version: "2.0.0".into(),
+                ..Default::default()
+            }),
+            timeout_s: 60,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn commit_marks_and_what_recovery_needs_survive_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            assert!(j.start_attempt(&command("a", 1), "esphome").unwrap());
+            assert!(j.start_attempt(&command("b", 2), "serial").unwrap());
+            assert!(j.start_attempt(&command("c", 1), "zigbee").unwrap());
+            assert!(!j.start_attempt(&command("c", 1), "zigbee").unwrap());
+            j.mark_committing("b", 2, serde_json::json!({"md5": "00ff"}))
+                .unwrap();
+            j.mark_committing("c", 1, serde_json::json!({"v": 1}))
+                .unwrap();
+            // A second committing mark keeps the first note.
+            j.mark_committing("c", 1, serde_json::json!({"v": 2}))
+                .unwrap();
+            j.mark_committed("c", 1).unwrap();
+            // Marks of unknown or finished attempts are ignored.
+            j.mark_committed("nope", 1).unwrap();
+            j.start_attempt(&command("d", 1), "esphome").unwrap();
+            j.finish_task("d", 1).unwrap();
+            j.mark_committing("d", 1, serde_json::Value::Null).unwrap();
+            assert_eq!(j.task_mark("d", 1), Some(TaskMark::Finished));
+        }
+        let check = |j: &Journal| {
+            let i = j.interrupted_tasks();
+            let marks: Vec<_> = i.iter().map(|i| (i.task.as_str(), i.mark)).collect();
+            assert_eq!(
+                marks,
+                [
+                    ("a", TaskMark::Started),
+                    ("b", TaskMark::Committing),
+                    ("c", TaskMark::Committed)
+                ]
+            );
+            assert_eq!(i[0].command.as_ref().unwrap(), &command("a", 1));
+            assert_eq!(i[0].transport.as_deref(), Some("esphome"));
+            assert_eq!(i[0].note, None);
+            assert_eq!(i[1].note, Some(serde_json::json!({"md5": "00ff"})));
+            assert_eq!(i[2].note, Some(serde_json::json!({"v": 1})));
+            assert_eq!(i[2].command.as_ref().unwrap().attempt, 1);
+        };
+        let mut j = Journal::open(dir.path()).unwrap();
+        check(&j);
+        j.compact().unwrap();
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        check(&j);
+    }
+
+    #[test]
+    fn journals_of_older_agents_still_open() {
+        // An agent before the commit marks wrote task_started without the command.
+        let dir = tempfile::tempdir().unwrap();
+        let old = encode_record(&Record::TaskStarted {
+            task: "t".into(),
+            attempt: 4,
+            cmd: None,
+            transport: None,
+        });
+        let json = String::from_utf8(old[8..].to_vec()).unwrap();
+        assert_eq!(json, r#"{"t":"task_started","task":"t","attempt":4}"#);
+        std::fs::write(dir.path().join(FILE), &old).unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let i = j.interrupted_tasks();
+        assert_eq!(i.len(), 1);
+        assert_eq!((i[0].attempt, i[0].mark), (4, TaskMark::Started));
+        assert!(i[0].command.is_none() && i[0].transport.is_none());
     }
 }

@@ -68,6 +68,8 @@ fn job(image: Arc<VerifiedImage>) -> UpdateJob {
         downgrade: false,
         schedule: false,
         timeout: Duration::from_secs(60),
+        wake_timeout: ota_agent::transport::DEFAULT_WAKE_TIMEOUT,
+        commit: Default::default(),
     }
 }
 

@@ -61,6 +61,8 @@ fn job(device: &str, image: Arc<VerifiedImage>) -> UpdateJob {
         downgrade: false,
         schedule: false,
         timeout: Duration::from_secs(60),
+        wake_timeout: ota_agent::transport::DEFAULT_WAKE_TIMEOUT,
+        commit: Default::default(),
     }
 }
 
@@ -463,24 +465,35 @@ async fn serial_transport_cancel_and_timeout() {
     );
     assert_eq!(sim.counters().begins, 0);
 
+    // The transfer budget runs from the erase: a ROM that never answers is a connect failure,
+    // however small the budget.
     let silent = sim_with(Faults {
         silent: true,
         ..Faults::default()
     });
-    let t = SerialTransport::new(SerialConfig {
-        ports: vec![port_cfg(&silent)],
-        ..SerialConfig::default()
-    })
-    .expect("config");
+    let t = transport(port_cfg(&silent));
     let (tx, _rx) = mpsc::unbounded_channel();
     let mut j = job("serial-bench", verified(app(Chip::Esp32, 4096)));
-    j.timeout = Duration::from_millis(300);
+    j.timeout = Duration::from_millis(1);
+    let err = t
+        .update(j, tx, CancellationToken::new())
+        .await
+        .expect_err("no sync");
+    assert_eq!(err.code, ErrorCode::ConnectFailed, "{err}");
+
+    // Once the flash is erased the budget runs: a write that takes longer is cut.
+    let sim = EspRomSim::start(RomConfig::esp32()).expect("pty");
+    let t = transport(port_cfg(&sim));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut j = job("serial-bench", verified(app(Chip::Esp32, 256 * 1024)));
+    j.timeout = Duration::from_millis(1);
     let err = t
         .update(j, tx, CancellationToken::new())
         .await
         .expect_err("timeout");
     assert_eq!(err.code, ErrorCode::Timeout, "{err}");
-    assert!(err.message.contains("nothing was written"), "{err}");
+    assert!(err.message.contains("incomplete"), "{err}");
+    assert_eq!(sim.counters().writes_completed, 0);
 }
 
 #[tokio::test]

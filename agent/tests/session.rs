@@ -1,6 +1,10 @@
 //! The agent's core against a real otad over gRPC: inventory, an update with progress, results
 //! journaled while the server is down and delivered exactly once after it is back, commands
-//! resent after a reconnect not run twice, and interrupted updates reported after an agent restart.
+//! resent after a reconnect not run twice, an update interrupted by killing the agent recovered
+//! (not repeated) by the restarted agent.
+//!
+//! (`crash_points.rs` kills the agent after every journal write of an update, with the real
+//! transports and their simulators.)
 //!
 //! The transport here is scripted by the test (the core's boundary is the `Transport` trait);
 //! the real transports have their own tests against their simulators.
@@ -9,12 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use ota_agent::agent::{Agent, AgentOptions};
 use ota_agent::transport::{
-    CheckReport, DeviceReport, PowerSource, ProgressSink, TransferProgress, Transport,
-    TransportKind, UpdateJob, UpdateReport, VersionInfo,
+    CheckReport, CommitStage, DeviceReport, PowerSource, ProgressSink, RecoverJob,
+    TransferProgress, Transport, TransportKind, UpdateJob, UpdateReport, VersionInfo,
 };
 use ota_domain::status::{TaskError, UpgradeStatus};
 use ota_firmware::Chip;
@@ -27,21 +30,37 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-/// A transport whose updates block until the test releases them.
+/// A recovery the transport was asked for: task, attempt, how far it got, its note.
+type Recovered = (String, u32, CommitStage, Option<serde_json::Value>);
+
+/// A transport whose updates block until the test releases them (after passing their point of
+/// no return, when `commits`), and whose recoveries answer that the device runs 2.0.0.
 #[derive(Debug)]
 struct Scripted {
     inventory: watch::Sender<Vec<DeviceReport>>,
     release: Arc<Semaphore>,
     updates: Mutex<Vec<(String, u32, Bytes)>>,
+    commits: bool,
+    committing_done: std::sync::atomic::AtomicBool,
+    recovered: Mutex<Vec<Recovered>>,
 }
 
 impl Scripted {
     fn new(version: &str) -> Arc<Scripted> {
+        Self::build(version, false)
+    }
+    fn committing(version: &str) -> Arc<Scripted> {
+        Self::build(version, true)
+    }
+    fn build(version: &str, commits: bool) -> Arc<Scripted> {
         let (tx, _) = watch::channel(vec![device(version)]);
         Arc::new(Scripted {
             inventory: tx,
             release: Arc::new(Semaphore::new(0)),
             updates: Mutex::new(Vec::new()),
+            commits,
+            committing_done: false.into(),
+            recovered: Mutex::new(Vec::new()),
         })
     }
     fn calls(&self) -> usize {
@@ -101,6 +120,13 @@ impl Transport for Scripted {
                 job.image.bytes.clone(),
             ));
             let total = job.image.bytes.len() as u64;
+            if self.commits {
+                job.commit
+                    .committing(serde_json::json!({"last_block": total}))
+                    .await?;
+                self.committing_done
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             let _ = progress.send(TransferProgress {
                 status: UpgradeStatus::Updating,
                 percent: Some(50.0),
@@ -123,6 +149,30 @@ impl Transport for Scripted {
                     ..Default::default()
                 },
                 wire_bytes: total,
+            })
+        })
+    }
+    fn recover<'a>(
+        &'a self,
+        job: RecoverJob,
+        _progress: ProgressSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
+        Box::pin(async move {
+            self.recovered.lock().unwrap().push((
+                job.task_id.clone(),
+                job.attempt,
+                job.commit.stage(),
+                job.note.clone(),
+            ));
+            self.inventory
+                .send_modify(|d| d[0].current_version = Some(job.target_version.clone()));
+            Ok(UpdateReport {
+                to: VersionInfo {
+                    version: Some(job.target_version),
+                    ..Default::default()
+                },
+                ..Default::default()
             })
         })
     }
@@ -329,14 +379,29 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
     let agent_dir = tempfile::tempdir().unwrap();
     let server = start_server(server_dir.path(), "127.0.0.1:0").await;
     let channel = lazy_channel(server.addr);
-    let transport = Scripted::new("1.0.0");
-    let agent = Agent::new(
-        options(agent_dir.path()),
-        vec![transport.clone() as Arc<dyn Transport>],
-    )
-    .unwrap();
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
+
+    // The first agent "process", on its own runtime. Its transport passes the point of no return
+    // (the journal gets the committing mark) and then blocks, as if the last block were in flight.
+    let transport = Scripted::committing("1.0.0");
+    let process = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    {
+        let (t, dir, addr) = (
+            transport.clone(),
+            agent_dir.path().to_path_buf(),
+            server.addr,
+        );
+        process
+            .spawn(async move {
+                let agent = Agent::new(options(&dir), vec![t as Arc<dyn Transport>]).unwrap();
+                tokio::spawn(agent.run(lazy_channel(addr), CancellationToken::new()));
+            })
+            .await
+            .unwrap();
+    }
     let app = server.app.clone();
     wait_until("the device", || {
         app.core.read().devices.contains_key("home/lamp")
@@ -355,17 +420,22 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
         .task
         .unwrap()
         .id;
-    wait_until("the transport to start", || transport.calls() == 1).await;
+    wait_until("the point of no return", || {
+        transport
+            .committing_done
+            .load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
 
-    // The agent dies mid-transfer (its runtime tasks are dropped, the journal stays).
-    stop.cancel();
-    running.await.unwrap();
-    drop(agent);
+    // The agent is killed: its runtime and every task on it are dropped where they stand; the
+    // journal keeps what it made durable.
+    tokio::task::spawn_blocking(move || process.shutdown_timeout(Duration::from_millis(200)))
+        .await
+        .unwrap();
 
-    // A new agent process on the same data dir reports the attempt as interrupted (transient),
-    // the server retries with a new attempt, and that one is allowed to run.
+    // A new agent process on the same data dir: the attempt is handed to the transport's
+    // recovery, which looks at the device; nothing is sent again.
     let transport2 = Scripted::new("1.0.0");
-    transport2.release.add_permits(1);
     let agent = Agent::new(
         options(agent_dir.path()),
         vec![transport2.clone() as Arc<dyn Transport>],
@@ -373,35 +443,51 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
     .unwrap();
     let stop = CancellationToken::new();
     let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
-    wait_until("the interruption to be recorded", || {
-        app.core.read().tasks.get(&task_id).is_some_and(|t| {
-            t.error
-                .as_ref()
-                .is_some_and(|e| e.message.contains("agent restarted"))
-                || t.attempt >= 2
-        })
+    wait_until("the task to succeed", || {
+        app.core
+            .read()
+            .tasks
+            .get(&task_id)
+            .is_some_and(|t| t.phase == ota_domain::projection::TaskPhase::Succeeded)
     })
     .await;
-    let state_attempt = app.core.read().tasks[&task_id].attempt;
-    assert!(state_attempt >= 1);
-    let mut events = pb::event_service_client::EventServiceClient::new(channel.clone())
-        .tail(pb::TailEventsRequest {
-            types: vec!["TaskFailed".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let failed = events.next().await.unwrap().unwrap();
-    assert!(
-        failed.payload_json.contains("agent restarted"),
-        "{}",
-        failed.payload_json
+    let recovered = transport2.recovered.lock().unwrap().clone();
+    assert_eq!(
+        recovered,
+        vec![(
+            task_id.clone(),
+            1,
+            CommitStage::Committing,
+            Some(serde_json::json!({"last_block": fw.size}))
+        )],
+        "the interrupted attempt, at its committing mark, with the transport's note"
     );
-    assert!(
-        failed.payload_json.contains("\"retry_at_ms\":"),
-        "a transient failure is retried"
-    );
+    assert_eq!(transport2.calls(), 0, "the image was not sent again");
+    {
+        let state = app.core.read();
+        let t = &state.tasks[&task_id];
+        assert_eq!(t.attempt, 1, "no second attempt");
+        assert_eq!(t.to.as_ref().unwrap().version, "2.0.0");
+    }
+    assert_eq!(count_events(&server, "TaskSucceeded"), 1);
+    assert_eq!(count_events(&server, "TaskFailed"), 0);
+    assert_eq!(count_events(&server, "TaskDispatched"), 1);
+
+    // A restart after that recovers nothing.
+    stop.cancel();
+    running.await.unwrap();
+    let transport3 = Scripted::new("2.0.0");
+    let agent = Agent::new(
+        options(agent_dir.path()),
+        vec![transport3.clone() as Arc<dyn Transport>],
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
+    wait_until("a new session", || app.sessions.is_connected("home")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(transport3.recovered.lock().unwrap().is_empty());
+    assert_eq!(count_events(&server, "TaskSucceeded"), 1);
     stop.cancel();
     running.await.unwrap();
     server.shutdown().await.unwrap();

@@ -158,6 +158,8 @@ async fn project_write(image: &[u8], compress: bool) -> EspRomSim {
         downgrade: false,
         schedule: false,
         timeout: Duration::from_secs(120),
+        wake_timeout: ota_agent::transport::DEFAULT_WAKE_TIMEOUT,
+        commit: Default::default(),
     };
     let started = tokio::time::Instant::now();
     let report = transport

@@ -201,6 +201,8 @@ fn job(device: &str, image: Arc<VerifiedImage>) -> UpdateJob {
         downgrade: false,
         schedule: false,
         timeout: Duration::from_secs(120),
+        wake_timeout: ota_agent::transport::DEFAULT_WAKE_TIMEOUT,
+        commit: Default::default(),
     }
 }
 

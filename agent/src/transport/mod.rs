@@ -9,16 +9,29 @@
 //! Every failure leaves a transport as a [`TaskError`] whose code is the product's status model
 //! (see `ota_domain::status`) and whose message says what the device or bridge meant, without
 //! secrets.
+//!
+//! # Exactly once
+//! Each transport has one point of no return per attempt: the step after which the device may
+//! install the image without any further word from the agent (ESPHome: the last image block;
+//! serial: the last FLASH_DATA block; zigbee2mqtt: the update or schedule request, after which
+//! zigbee2mqtt runs the transfer on its own). Right before it, the transport asks the core for
+//! the durable *committing* mark through the job's [`Commitment`] (and waits for it: the core
+//! fsyncs its journal), handing over a note of what a restarted agent needs to find out how the
+//! attempt ended; once the device accepted the image it asks for the *committed* mark. After an
+//! agent restart the core gives every interrupted attempt to [`Transport::recover`], which looks
+//! at the device instead of sending anything again.
 
 pub mod esphome;
 pub mod serial;
 pub mod zigbee;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use ota_domain::status::ErrorCode;
 use ota_domain::status::{TaskError, UpgradeStatus};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -136,8 +149,208 @@ pub struct UpdateJob {
     pub downgrade: bool,
     /// For sleepy devices: schedule the update for the device's next wake-up instead of now.
     pub schedule: bool,
-    /// Give up after this long (the per-device timeout of the rollout).
+    /// The transfer budget: give up when the transfer has not ended this long after it started
+    /// (the first image byte; for zigbee2mqtt the request or the wake-up). Waits before it (for
+    /// a wake-up, for the network's update slot) do not count. Once the point of no return is
+    /// passed the attempt is not cut short: its real outcome is reported.
     pub timeout: Duration,
+    /// The wake-up budget: how long a sleepy device may take to wake up (and the job to wait for
+    /// the network's update slot) before the attempt fails with 5016.
+    pub wake_timeout: Duration,
+    /// The attempt's point of no return (see the module documentation).
+    pub commit: Commitment,
+}
+
+/// The default wake-up budget: 7 days.
+pub const DEFAULT_WAKE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How far an attempt got with respect to its point of no return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CommitStage {
+    /// Nothing irrevocable has happened: the device keeps its firmware.
+    Before,
+    /// The irrevocable step was about to happen (or happened): the device may take the image.
+    Committing,
+    /// The device accepted the image.
+    Committed,
+}
+
+/// Where the core keeps an attempt's marks (its journal).
+pub trait CommitLog: Send + Sync + std::fmt::Debug {
+    /// Records durably that the irrevocable step is about to happen, with the transport's
+    /// `note` for a restarted agent. Returns once it is on disk; an error means the step must
+    /// not be taken.
+    fn committing(&self, note: serde_json::Value) -> BoxFuture<'_, Result<(), String>>;
+
+    /// Records durably that the device accepted the image.
+    fn committed(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+const NOT_TAKEN: u8 = 3;
+
+/// An attempt's point of no return, shared by the transport (which passes it) and the core
+/// (which keeps it durably and reads it when the attempt ends). Clones share the state.
+#[derive(Debug, Clone)]
+pub struct Commitment {
+    log: Option<Arc<dyn CommitLog>>,
+    state: Arc<AtomicU8>,
+}
+
+impl Default for Commitment {
+    fn default() -> Self {
+        Self::untracked()
+    }
+}
+
+impl Commitment {
+    /// Marks kept in memory only (a transport used without the agent's core, tests).
+    pub fn untracked() -> Self {
+        Self {
+            log: None,
+            state: Arc::new(AtomicU8::new(0)),
+        }
+    }
+
+    /// Marks kept in `log`, starting at `stage` (an attempt recovered after a restart).
+    pub fn new(log: Arc<dyn CommitLog>, stage: CommitStage) -> Self {
+        Self {
+            log: Some(log),
+            state: Arc::new(AtomicU8::new(stage as u8)),
+        }
+    }
+
+    /// Where the attempt stands.
+    pub fn stage(&self) -> CommitStage {
+        match self.state.load(Ordering::SeqCst) {
+            0 => CommitStage::Before,
+            1 | NOT_TAKEN => CommitStage::Committing,
+            _ => CommitStage::Committed,
+        }
+    }
+
+    /// Asks for the durable committing mark right before the point of no return, with what a
+    /// restarted agent needs to know (`note`). Asked again (a re-sent schedule), it returns at
+    /// once. An error (the journal could not be written) means: do not take the step; nothing
+    /// irrevocable happened, the error is 5010 and may be retried.
+    pub async fn committing(&self, note: serde_json::Value) -> Result<(), TaskError> {
+        if self.stage() != CommitStage::Before {
+            return Ok(());
+        }
+        if let Some(log) = &self.log {
+            log.committing(note).await.map_err(|e| {
+                TaskError::new(
+                    ErrorCode::SendFailed,
+                    format!(
+                        "the agent could not record the update in its journal ({e}); nothing \
+                         irrevocable was sent to the device"
+                    ),
+                )
+            })?;
+        }
+        let _ = self
+            .state
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The device accepted the image: asks for the durable committed mark. A journal failure is
+    /// logged; the attempt goes on (a restart would then look at the device as after
+    /// `committing`).
+    pub async fn committed(&self) {
+        if self.stage() == CommitStage::Committed {
+            return;
+        }
+        if let Some(log) = &self.log
+            && let Err(e) = log.committed().await
+        {
+            tracing::warn!(error = %e, "could not journal that the device accepted the image");
+        }
+        self.state.store(2, Ordering::SeqCst);
+    }
+
+    /// The transport found out that the device did not take the image after all (it refused
+    /// it, or it still runs its old firmware and settled before accepting it): a failure is
+    /// then retryable again. Ignored once the device accepted the image.
+    pub fn not_taken(&self) {
+        let _ = self
+            .state
+            .compare_exchange(1, NOT_TAKEN, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Whether a failure now must be reported as "the device may already run the new image"
+    /// (never retried automatically): the point of no return was passed and nothing showed that
+    /// the device did not take the image.
+    pub fn may_have_image(&self) -> bool {
+        matches!(self.state.load(Ordering::SeqCst), 1 | 2)
+    }
+}
+
+/// Awaited once per attempt right before the point of no return (the last image block); an
+/// error stops the attempt there, with nothing irrevocable sent.
+pub type BeforeLastBlock<'a> = Box<dyn FnOnce() -> BoxFuture<'a, Result<(), String>> + Send + 'a>;
+
+/// The hook that asks `commit` for its committing mark with `note`.
+pub fn committing_hook(commit: &Commitment, note: serde_json::Value) -> BeforeLastBlock<'static> {
+    let commit = commit.clone();
+    Box::new(move || Box::pin(async move { commit.committing(note).await.map_err(|e| e.message) }))
+}
+
+/// Runs `work` under a transfer budget of `limit`: it starts when `started` first holds an
+/// instant (the transfer began) and is enforced only while `commit` is before its point of no
+/// return; expiring there drops `work` and answers `expired()`. After the point of no return the
+/// real outcome is awaited (each protocol phase has its own timeouts).
+pub(crate) async fn under_budget<T>(
+    work: impl std::future::Future<Output = Result<T, TaskError>>,
+    limit: Duration,
+    mut started: watch::Receiver<Option<tokio::time::Instant>>,
+    commit: &Commitment,
+    expired: impl FnOnce() -> TaskError,
+) -> Result<T, TaskError> {
+    tokio::pin!(work);
+    let mut enforce = true;
+    loop {
+        let since = *started.borrow_and_update();
+        let expiry = async move {
+            match since {
+                Some(t) if enforce => tokio::time::sleep_until(t + limit).await,
+                _ => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut work => return r,
+            r = started.changed(), if enforce => if r.is_err() { enforce = false },
+            () = expiry => {
+                if commit.stage() == CommitStage::Before {
+                    return Err(expired());
+                }
+                tracing::info!("transfer budget used up after the point of no return: waiting for the device's outcome");
+                enforce = false;
+            }
+        }
+    }
+}
+
+/// An attempt that was running when the agent stopped, handed to [`Transport::recover`].
+#[derive(Debug, Clone)]
+pub struct RecoverJob {
+    /// Task id at the server.
+    pub task_id: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// The device, by its `local_id`.
+    pub device: String,
+    /// The firmware's version at the server.
+    pub target_version: String,
+    /// The firmware's Zigbee OTA file version, for Zigbee images.
+    pub target_file_version: Option<u32>,
+    /// The note the transport gave with the committing mark (`None` before it).
+    pub note: Option<serde_json::Value>,
+    /// The transfer budget (as in [`UpdateJob::timeout`]).
+    pub timeout: Duration,
+    /// The wake-up budget (as in [`UpdateJob::wake_timeout`]).
+    pub wake_timeout: Duration,
+    /// The attempt's marks, at the stage the journal holds.
+    pub commit: Commitment,
 }
 
 /// A progress report from a running transfer, in the product's status model.
@@ -224,12 +437,56 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     /// Installs the job's image on the device, reporting progress. Honours `cancel` where the
     /// transport can stop safely (before any byte was sent, or while waiting for a wake-up);
     /// once the device may have committed the image, cancel is ignored and the outcome reported.
+    /// Asks `job.commit` for the committing mark right before its point of no return and for the
+    /// committed mark once the device accepted the image.
     fn update<'a>(
         &'a self,
         job: UpdateJob,
         progress: ProgressSink,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<UpdateReport, TaskError>>;
+
+    /// Finds out how an attempt that was running when the agent stopped ended, by looking at
+    /// the device; never sends the image again. Success when the device runs the target; a
+    /// failure marked [`Commitment::not_taken`] when it certainly did not take the image. The
+    /// default cannot look: the attempt is reported interrupted (retryable only if the
+    /// committing mark was never written).
+    fn recover<'a>(
+        &'a self,
+        job: RecoverJob,
+        _progress: ProgressSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
+        Box::pin(async move {
+            Err(TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "the agent restarted during the update of {}; this transport cannot look at \
+                     the device",
+                    job.device
+                ),
+            ))
+        })
+    }
+
+    /// Looks at these devices now (the server waits for them) and updates the inventory with
+    /// what it finds. The default does nothing: the inventory is live.
+    fn probe<'a>(&'a self, _devices: &'a [String]) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// Whether `device` sleeps: it answers only when it wakes up by itself (a battery Zigbee
+    /// end device), so a check is answered "awaiting wake-up" and asked again when it next
+    /// talks.
+    fn is_sleepy(&self, _device: &str) -> bool {
+        false
+    }
+
+    /// Resolves when `device` next talks (any message of it reaches the transport). The
+    /// default never resolves.
+    fn next_contact<'a>(&'a self, _device: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(futures::future::pending())
+    }
 }
 
 /// Changes one device's report in a transport's fixed list (configured ESPHome devices, serial

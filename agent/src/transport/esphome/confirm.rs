@@ -15,13 +15,20 @@
 //!   again; its version cannot be confirmed;
 //! - no answer within the reboot timeout: [`RebootWatch::give_up`] (5018, see the module
 //!   documentation of [`super`] for why not 5016).
+//!
+//! After an agent restart in the middle of an update, [`RecoveryWatch`] decides from the same
+//! answers, knowing only the committing note and whether the device had accepted the image:
+//! the target is success; the old version, steadily for `settle`, is "not taken" (5010,
+//! retryable) when the device had not accepted the image yet, and "rolled back" (5018) when it
+//! had; any other version is 5018; no answer within the reboot timeout is 5018 (the device may
+//! run the image: a person looks).
 
 use std::time::Duration;
 
 use ota_devproto::esphome_api::DeviceInfoResponse;
 use ota_domain::status::{ErrorCode, TaskError};
 
-use super::UpdatePlan;
+use super::{RecoveryNote, UpdatePlan};
 
 /// How the transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +230,148 @@ impl<'a> RebootWatch<'a> {
     }
 }
 
+/// What [`RecoveryWatch`] concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryVerdict {
+    /// Ask again after the poll interval.
+    Wait,
+    /// The device runs the image (`None`: it has no API and had accepted the image).
+    Back(Option<Box<DeviceInfoResponse>>),
+    /// The device certainly did not take the image: it can be sent again.
+    NotTaken(TaskError),
+    /// The update failed, or the agent cannot tell (the device may run the image).
+    Failed(TaskError),
+}
+
+/// Watches a device after an agent restart interrupted its update past the point of no return.
+#[derive(Debug)]
+pub struct RecoveryWatch<'a> {
+    device: &'a str,
+    note: &'a RecoveryNote,
+    committed: bool,
+    settle: Duration,
+    old_since: Option<Duration>,
+}
+
+impl<'a> RecoveryWatch<'a> {
+    /// A watch for `device` whose update wrote `note`; `committed`: the device had answered
+    /// that it accepted the image.
+    pub fn new(device: &'a str, note: &'a RecoveryNote, committed: bool, settle: Duration) -> Self {
+        Self {
+            device,
+            note,
+            committed,
+            settle,
+            old_since: None,
+        }
+    }
+
+    /// Takes one answer, `elapsed` after the watch started.
+    pub fn observe(&mut self, elapsed: Duration, answer: Answer) -> RecoveryVerdict {
+        let device = self.device;
+        match answer {
+            Answer::Away => {
+                self.old_since = None;
+                RecoveryVerdict::Wait
+            }
+            Answer::PortAnswers if self.committed => RecoveryVerdict::Back(None),
+            Answer::PortAnswers => RecoveryVerdict::Failed(TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "the agent restarted while the last block of the image was going out to \
+                     {device}, which has no native API: whether it installed the image cannot be \
+                     told; check it"
+                ),
+            )),
+            Answer::Info(info) => {
+                let v = &info.project_version;
+                let built = &info.compilation_time;
+                let target = if v.is_empty() {
+                    // No `esphome: project:`: a new build time means a new firmware.
+                    self.note
+                        .before_build
+                        .as_ref()
+                        .filter(|_| !built.is_empty())
+                        .map(|b| b != built)
+                } else {
+                    Some(self.note.expected.contains(v))
+                };
+                let old = if v.is_empty() {
+                    self.note.before_build.as_ref() == Some(built)
+                } else {
+                    self.note.before_version.as_ref() == Some(v)
+                };
+                match target {
+                    Some(true) => return RecoveryVerdict::Back(Some(info)),
+                    None => {
+                        return RecoveryVerdict::Failed(TaskError::new(
+                            ErrorCode::SendFailed,
+                            format!(
+                                "{device} reports neither a project version nor a build time to \
+                                 compare: whether it installed the image cannot be told; check it"
+                            ),
+                        ));
+                    }
+                    Some(false) => {}
+                }
+                if !old {
+                    let now = if v.is_empty() { built } else { v };
+                    return RecoveryVerdict::Failed(TaskError::new(
+                        ErrorCode::DeviceReportedFailure,
+                        format!(
+                            "{device} runs {now}, neither what it ran before the update nor {}",
+                            self.note
+                                .expected
+                                .first()
+                                .map_or("the target", String::as_str)
+                        ),
+                    ));
+                }
+                let since = *self.old_since.get_or_insert(elapsed);
+                if elapsed.saturating_sub(since) < self.settle {
+                    return RecoveryVerdict::Wait;
+                }
+                let now = if v.is_empty() {
+                    "its old build".to_owned()
+                } else {
+                    v.clone()
+                };
+                if self.committed {
+                    RecoveryVerdict::Failed(TaskError::new(
+                        ErrorCode::DeviceReportedFailure,
+                        format!(
+                            "{device} had accepted the image but runs {now} again: the new \
+                             firmware was rolled back (it did not boot, or crashed until the \
+                             bootloader restored the previous one)"
+                        ),
+                    ))
+                } else {
+                    RecoveryVerdict::NotTaken(TaskError::new(
+                        ErrorCode::SendFailed,
+                        format!(
+                            "the agent restarted before {device} had the whole image; it still \
+                             runs {now} and did not take the image: the update can be sent again"
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The failure when the device did not answer within `within`.
+    pub fn give_up(&self, within: Duration) -> TaskError {
+        TaskError::new(
+            ErrorCode::DeviceReportedFailure,
+            format!(
+                "{}: no answer within {} after the agent restarted during its update; it may run \
+                 the new image: check it",
+                self.device,
+                humantime::format_duration(within)
+            ),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +550,86 @@ mod tests {
         );
         let e = w.give_up(Duration::from_secs(120), true);
         assert!(e.message.contains("safe mode"), "{}", e.message);
+    }
+
+    fn note() -> RecoveryNote {
+        RecoveryNote {
+            expected: vec!["2.0.0".into()],
+            before_version: Some("1.0.0".into()),
+            before_build: Some("Jan  1 2026, 00:00:00".into()),
+        }
+    }
+
+    #[test]
+    fn recovery_of_an_update_that_passed_the_point_of_no_return() {
+        let n = note();
+        // The target: success, whether or not it was seen away first.
+        let mut w = RecoveryWatch::new("plug", &n, false, SETTLE);
+        assert_eq!(w.observe(secs(0), Answer::Away), RecoveryVerdict::Wait);
+        assert!(matches!(
+            w.observe(secs(1), Answer::Info(info("2.0.0", "b"))),
+            RecoveryVerdict::Back(Some(_))
+        ));
+        // The old version, steadily: not taken before the device accepted the image…
+        let mut w = RecoveryWatch::new("plug", &n, false, SETTLE);
+        assert_eq!(
+            w.observe(secs(0), Answer::Info(info("1.0.0", "a"))),
+            RecoveryVerdict::Wait
+        );
+        // (a reboot in between restarts the settling)
+        assert_eq!(w.observe(secs(10), Answer::Away), RecoveryVerdict::Wait);
+        assert_eq!(
+            w.observe(secs(20), Answer::Info(info("1.0.0", "a"))),
+            RecoveryVerdict::Wait
+        );
+        let RecoveryVerdict::NotTaken(e) = w.observe(secs(35), Answer::Info(info("1.0.0", "a")))
+        else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::SendFailed);
+        // …rolled back after it.
+        let mut w = RecoveryWatch::new("plug", &n, true, SETTLE);
+        assert_eq!(
+            w.observe(secs(0), Answer::Info(info("1.0.0", "a"))),
+            RecoveryVerdict::Wait
+        );
+        let RecoveryVerdict::Failed(e) = w.observe(secs(15), Answer::Info(info("1.0.0", "a")))
+        else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::DeviceReportedFailure);
+        assert!(e.message.contains("rolled back"), "{}", e.message);
+        // Another version: 5018 at once.
+        let mut w = RecoveryWatch::new("plug", &n, false, SETTLE);
+        let RecoveryVerdict::Failed(e) = w.observe(secs(0), Answer::Info(info("3.0.0", "c")))
+        else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::DeviceReportedFailure);
+        // No API: success only when the device had accepted the image.
+        assert_eq!(
+            RecoveryWatch::new("plug", &n, true, SETTLE).observe(secs(0), Answer::PortAnswers),
+            RecoveryVerdict::Back(None)
+        );
+        assert!(matches!(
+            RecoveryWatch::new("plug", &n, false, SETTLE).observe(secs(0), Answer::PortAnswers),
+            RecoveryVerdict::Failed(_)
+        ));
+        // Without project versions the build time decides.
+        let n = RecoveryNote {
+            expected: vec!["2.0.0".into()],
+            before_version: None,
+            before_build: Some("a".into()),
+        };
+        let mut w = RecoveryWatch::new("plug", &n, false, SETTLE);
+        assert!(matches!(
+            w.observe(secs(0), Answer::Info(info("", "b"))),
+            RecoveryVerdict::Back(_)
+        ));
+        assert_eq!(
+            w.observe(secs(0), Answer::Info(info("", "a"))),
+            RecoveryVerdict::Wait
+        );
+        assert_eq!(w.give_up(secs(120)).code, ErrorCode::DeviceReportedFailure);
     }
 }

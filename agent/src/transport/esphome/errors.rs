@@ -50,6 +50,13 @@ pub fn task_error(ctx: &Context<'_>, err: &AttemptError) -> TaskError {
             format!("cancelled before any image byte was sent to {device}; it keeps its firmware"),
         ),
         AttemptError::Ota(e) => client_error(ctx, e),
+        AttemptError::NotCommitted(why) => TaskError::new(
+            ErrorCode::SendFailed,
+            format!(
+                "the upload to {device} stopped before its last block ({why}); the device keeps \
+                 its firmware"
+            ),
+        ),
     }
 }
 

@@ -15,12 +15,18 @@
 //!      ESP application image for the device's chip (`ota_firmware::inspect` with
 //!      `Expected::EspApp`); merged factory images are refused (5013) because a device would
 //!      reject them (ESP32: 0x80) or worse;
-//!   2. the running version, through the API (the report's `from`);
+//!   2. the running version, through the API (the report's `from`); a device that already runs
+//!      one of the expected versions succeeds at once, without a byte sent (so a retry that lands
+//!      on a device that took the image does not flash it again);
 //!   3. the transfer: native OTA through `ota_devproto::esphome::Client` with ESPHome's timeouts
 //!      (20 s connect and handshake, 160 s per read or write in the data phase), TCP_NODELAY as
 //!      espota2 sets it, retries after network failures only (never after a device error code,
 //!      never once the last image block was sent), the pause between them cancellable; or the
-//!      web_server's `/update` (multipart POST, basic auth, 20 s connect / 120 s read);
+//!      web_server's `/update` (multipart POST, basic auth, 20 s connect / 120 s read). Right
+//!      before the last image block (the last piece of the body) leaves, the job's
+//!      [`Commitment`] gets its durable committing mark with a [`RecoveryNote`] (the point of no
+//!      return: the device verifies and commits without another word from us); the device's
+//!      `0x45` (or "Update Successful!") gets the committed mark;
 //!   4. the device reboots: the API is asked every `reboot_poll` until the device answers on the
 //!      expected version (success), on another version after having gone away (5018: "came back
 //!      on 1.0.0: the new firmware was rolled back"), still on the old version without ever
@@ -32,7 +38,15 @@
 //!   2; bytes sent on version 1 and on the web_server path); 6 once the device answered
 //!   `0x44`/`0x45` (or "Update Successful!") and while it reboots. Cancel is honoured until the
 //!   first image byte goes out (and in the pause before a retry); afterwards the outcome is
-//!   reported.
+//!   reported. The transfer budget (the job's timeout) runs from the first image byte and cuts
+//!   the upload only before the point of no return.
+//! - **Recover** (after an agent restart): before the point of no return one look at the API
+//!   decides (the target: success; else 5010, retryable); after it the API is asked every
+//!   `reboot_poll` for up to `reboot_timeout` ([`confirm::RecoveryWatch`]): the target is
+//!   success, the old version steadily for `reboot_settle` is "not taken" (5010, retryable)
+//!   before the device's `0x45` and "rolled back" (5018) after it; silence is 5018 with "the
+//!   device may run the image". Nothing is ever sent.
+//! - **Probe**: asks the named idle devices now (the server waits for them).
 //!
 //! The expected version is the firmware's version at the server, or the application version of
 //! the image's `esp_app_desc_t` (ESPHome writes the project version there when downgrade
@@ -114,7 +128,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use ota_devproto::esphome::{ClientConfig, OtaType};
 use ota_devproto::esphome_api::DeviceInfoResponse;
-use ota_domain::status::{ErrorCode, TaskError};
+use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use ota_firmware::esp::EspError;
 use ota_firmware::{Expected, FirmwareImage, ImageError, inspect};
 use tokio::sync::watch;
@@ -123,13 +137,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::api::ProbeError;
-use self::confirm::{Answer, Commit, RebootWatch, Verdict};
+use self::confirm::{Answer, Commit, RebootWatch, RecoveryVerdict, RecoveryWatch, Verdict};
 use self::native::Timeouts;
 use self::progress::{Reporter, Stage};
 use self::web::{WebError, WebTarget};
 use super::{
-    CheckReport, DeviceReport, ProgressSink, Transport, TransportKind, UpdateJob, UpdateReport,
-    VerifiedImage, VersionInfo,
+    CheckReport, CommitStage, Commitment, DeviceReport, ProgressSink, RecoverJob, Transport,
+    TransportKind, UpdateJob, UpdateReport, VerifiedImage, VersionInfo,
 };
 
 /// What an update must end on, decided from the job alone.
@@ -231,6 +245,17 @@ pub fn preflight(
 struct Transferred {
     wire_bytes: u64,
     commit: Commit,
+}
+
+/// What a restarted agent needs to find out how an update ended (the committing mark's note).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryNote {
+    /// Versions that count as "the device runs the image" ([`UpdatePlan::expected`]).
+    pub expected: Vec<String>,
+    /// The project version the device ran before, when its API told.
+    pub before_version: Option<String>,
+    /// The build time of what it ran before, when its API told.
+    pub before_build: Option<String>,
 }
 
 fn unix_ms() -> Option<i64> {
@@ -399,7 +424,7 @@ impl EsphomeTransport {
     }
 
     /// Asks the API, then (if it does not answer) whether the OTA port does, by `deadline`.
-    async fn probe(&self, e: &Entry, deadline: Instant) -> Probe {
+    async fn ask(&self, e: &Entry, deadline: Instant) -> Probe {
         let mut api_error = None;
         if e.cfg.api_port != 0 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -444,7 +469,7 @@ impl EsphomeTransport {
                 let Ok(_guard) = e.busy.try_lock() else {
                     return;
                 };
-                let probe = self.probe(e, Instant::now() + budget).await;
+                let probe = self.ask(e, Instant::now() + budget).await;
                 self.apply_probe(idx, e, &probe);
             })
             .await;
@@ -477,7 +502,7 @@ impl EsphomeTransport {
                 update_available: None,
             });
         };
-        let probe = self.probe(&e, Instant::now() + deadline).await;
+        let probe = self.ask(&e, Instant::now() + deadline).await;
         let report = self.apply_probe(idx, &e, &probe);
         match probe {
             Probe::Api(_) => Ok(CheckReport {
@@ -552,6 +577,18 @@ impl EsphomeTransport {
         } else {
             None
         };
+        if let Some(info) = &before
+            && !info.project_version.is_empty()
+            && plan.expected.contains(&info.project_version)
+        {
+            tracing::info!(version = %info.project_version, "already on the target version; nothing sent");
+            let v = version_info(Some(info), None);
+            return Ok(UpdateReport {
+                from: v.clone(),
+                to: v,
+                wire_bytes: 0,
+            });
+        }
         tracing::info!(
             method = ?e.cfg.method,
             from = before.as_ref().map(|i| i.project_version.as_str()),
@@ -559,16 +596,30 @@ impl EsphomeTransport {
             bytes = job.image.bytes.len(),
             "esphome update"
         );
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let note = serde_json::to_value(RecoveryNote {
+            expected: plan.expected.clone(),
+            before_version: before.as_ref().and_then(|i| nonempty(&i.project_version)),
+            before_build: before.as_ref().and_then(|i| nonempty(&i.compilation_time)),
+        })
+        .unwrap_or_default();
+        let point = NoReturn {
+            commit: &job.commit,
+            note: &note,
+        };
         let transferred = match e.cfg.method {
             Method::Native => {
-                self.transfer_native(&e, job.image.bytes.clone(), &reporter, &cancel)
+                self.transfer_native(&e, job.image.bytes.clone(), &reporter, &cancel, point)
                     .await?
             }
             Method::WebServer => {
-                self.transfer_web(&e, job.image.bytes.clone(), &reporter, &cancel)
+                self.transfer_web(&e, job.image.bytes.clone(), &reporter, &cancel, point)
                     .await?
             }
         };
+        if transferred.commit == Commit::Confirmed {
+            job.commit.committed().await;
+        }
         reporter.rebooting(format!(
             "{} reboots into the new firmware; waiting for it to come back (up to {})",
             job.device,
@@ -576,7 +627,15 @@ impl EsphomeTransport {
         ));
         let after = self
             .wait_for_return(&e, &plan, before.as_ref(), &transferred.commit, &reporter)
-            .await?;
+            .await
+            .inspect_err(|err| {
+                // "did not install the image: it still runs … and did not reboot".
+                if matches!(transferred.commit, Commit::Maybe(_))
+                    && err.code == ErrorCode::SendFailed
+                {
+                    job.commit.not_taken();
+                }
+            })?;
         if let Some(info) = &after {
             self.update_report(idx, |r| apply_info(r, info));
         }
@@ -593,6 +652,7 @@ impl EsphomeTransport {
         image: Bytes,
         reporter: &Reporter,
         cancel: &CancellationToken,
+        point: NoReturn<'_>,
     ) -> Result<Transferred, TaskError> {
         let s = &self.settings;
         let timeouts = Timeouts {
@@ -623,7 +683,7 @@ impl EsphomeTransport {
                 String::new()
             };
             reporter.preparing(format!("connecting to {addr}{note}"));
-            let r = native::upload(
+            let r = native::upload_with(
                 &e.cfg.host,
                 e.cfg.ota_port(),
                 config.clone(),
@@ -631,6 +691,7 @@ impl EsphomeTransport {
                 timeouts,
                 cancel,
                 |ev| reporter.ota_event(ev),
+                point.hook(),
             )
             .await;
             match r {
@@ -662,7 +723,11 @@ impl EsphomeTransport {
                         }
                     }
                 }
-                Err(err) => return Err(errors::task_error(&ctx, &err)),
+                Err(err) => {
+                    // A device error byte after the last block: it refused the image.
+                    point.commit.not_taken();
+                    return Err(errors::task_error(&ctx, &err));
+                }
             }
         }
         unreachable!("the last attempt returns")
@@ -674,6 +739,7 @@ impl EsphomeTransport {
         image: Bytes,
         reporter: &Reporter,
         cancel: &CancellationToken,
+        point: NoReturn<'_>,
     ) -> Result<Transferred, TaskError> {
         let s = &self.settings;
         let web_cfg = e.cfg.web.clone().unwrap_or_default();
@@ -701,12 +767,18 @@ impl EsphomeTransport {
             let r2 = reporter.clone();
             let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let st = started.clone();
-            let (sent, result) = web::upload(&target, image.clone(), cancel, move |done, total| {
-                if !st.swap(true, Ordering::Relaxed) {
-                    r2.start_sending("sending the firmware to /update".into());
-                }
-                r2.bytes(done, total);
-            })
+            let (sent, result) = web::upload_with(
+                &target,
+                image.clone(),
+                cancel,
+                move |done, total| {
+                    if !st.swap(true, Ordering::Relaxed) {
+                        r2.start_sending("sending the firmware to /update".into());
+                    }
+                    r2.bytes(done, total);
+                },
+                point.hook(),
+            )
             .await;
             let network = matches!(
                 result,
@@ -736,17 +808,151 @@ impl EsphomeTransport {
                         )),
                     });
                 }
-                Err(err) if network && attempt < attempts => {
+                Err(err) if network && attempt < attempts && !sent.complete => {
                     tracing::warn!(attempt, error = %err, "web_server attempt failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(s.retry_delay) => {}
                         () = cancel.cancelled() => return Err(web_error(device, &addr, &WebError::Cancelled, sent)),
                     }
                 }
-                Err(err) => return Err(web_error(device, &addr, &err, sent)),
+                Err(err) => {
+                    if matches!(err, WebError::Refused(_) | WebError::Status { .. }) {
+                        // The device answered: it did not take the image.
+                        point.commit.not_taken();
+                    }
+                    return Err(web_error(device, &addr, &err, sent));
+                }
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// After an agent restart: finds out how an interrupted update of this device ended. Before
+    /// the point of no return one look decides (target: success; else 5010, retryable); after it
+    /// the device is asked every `reboot_poll` for up to `reboot_timeout` ([`RecoveryWatch`]).
+    async fn do_recover(
+        &self,
+        job: RecoverJob,
+        progress: ProgressSink,
+    ) -> Result<UpdateReport, TaskError> {
+        let (idx, e) = self.entry(&job.device)?;
+        // Wait for an inventory probe of this device to end; nothing else runs on it now.
+        let _guard = e.busy.lock().await;
+        let s = &self.settings;
+        let device = e.cfg.name.as_str();
+        let reporter = Reporter::new(progress, 0, Arc::new(Stage::default()));
+        let stage = job.commit.stage();
+        let note: Option<RecoveryNote> = job
+            .note
+            .as_ref()
+            .and_then(|n| serde_json::from_value(n.clone()).ok());
+        let from = VersionInfo {
+            version: note.as_ref().and_then(|n| n.before_version.clone()),
+            date_code: note.as_ref().and_then(|n| n.before_build.clone()),
+            ..VersionInfo::default()
+        };
+        let Some(note) = note.filter(|_| stage != CommitStage::Before) else {
+            reporter.preparing(format!(
+                "the agent restarted before the point of no return; asking {device} what it runs"
+            ));
+            let limit = s.connect_timeout + s.handshake_timeout;
+            return match self.device_info(&e, limit).await {
+                Ok(info) => {
+                    self.update_report(idx, |r| apply_info(r, &info));
+                    if !info.project_version.is_empty()
+                        && info.project_version == job.target_version
+                    {
+                        Ok(UpdateReport {
+                            from,
+                            to: version_info(Some(&info), None),
+                            wire_bytes: 0,
+                        })
+                    } else {
+                        Err(TaskError::new(
+                            ErrorCode::SendFailed,
+                            format!(
+                                "the agent restarted before anything irrevocable was sent; {device} \
+                                 runs {}, the update can be sent again",
+                                if info.project_version.is_empty() {
+                                    "its old firmware"
+                                } else {
+                                    info.project_version.as_str()
+                                }
+                            ),
+                        ))
+                    }
+                }
+                Err(err) => Err(TaskError::new(
+                    ErrorCode::SendFailed,
+                    format!(
+                        "the agent restarted before anything irrevocable was sent; {device} did \
+                         not answer ({err}); the update can be sent again"
+                    ),
+                )),
+            };
+        };
+        let committed = stage == CommitStage::Committed;
+        let detail = format!(
+            "the agent restarted {}; waiting for {device} to tell what it runs (up to {})",
+            if committed {
+                "after the device accepted the image"
+            } else {
+                "while the last block was going out"
+            },
+            humantime::format_duration(s.reboot_timeout)
+        );
+        if committed {
+            reporter.rebooting(detail);
+        } else {
+            reporter.send(UpgradeStatus::Updating, Some(100.0), Some(0), detail);
+        }
+        let started = Instant::now();
+        let deadline = started + s.reboot_timeout;
+        let mut watch = RecoveryWatch::new(device, &note, committed, s.reboot_settle);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let answer = if e.cfg.api_port == 0 {
+                let limit = s.connect_timeout.min(left);
+                if api::port_answers(&e.cfg.host, e.cfg.ota_port(), limit).await {
+                    Answer::PortAnswers
+                } else {
+                    Answer::Away
+                }
+            } else {
+                match self.device_info(&e, left).await {
+                    Ok(info) => Answer::Info(Box::new(info)),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "no answer yet");
+                        Answer::Away
+                    }
+                }
+            };
+            if let Answer::Info(info) = &answer {
+                self.update_report(idx, |r| apply_info(r, info));
+            }
+            match watch.observe(started.elapsed(), answer) {
+                RecoveryVerdict::Wait => {}
+                RecoveryVerdict::Back(info) => {
+                    job.commit.committed().await;
+                    return Ok(UpdateReport {
+                        from,
+                        to: version_info(info.as_deref(), Some(&job.target_version)),
+                        wire_bytes: 0,
+                    });
+                }
+                RecoveryVerdict::NotTaken(err) => {
+                    job.commit.not_taken();
+                    return Err(err);
+                }
+                RecoveryVerdict::Failed(err) => return Err(err),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(s.reboot_poll.min(left)).await;
+        }
+        Err(watch.give_up(s.reboot_timeout))
     }
 
     /// After the transfer: asks the device every `reboot_poll` until [`RebootWatch`] decides,
@@ -819,6 +1025,20 @@ impl EsphomeTransport {
     }
 }
 
+/// The point of no return of one update: the job's marks and the note for a restarted agent.
+#[derive(Debug, Clone, Copy)]
+struct NoReturn<'a> {
+    commit: &'a Commitment,
+    note: &'a serde_json::Value,
+}
+
+impl NoReturn<'_> {
+    /// The hook the uploaders await right before the last image block.
+    fn hook(self) -> native::BeforeLastBlock<'static> {
+        super::committing_hook(self.commit, self.note.clone())
+    }
+}
+
 fn web_error(device: &str, addr: &str, err: &WebError, sent: web::Sent) -> TaskError {
     let (code, msg) = match err {
         WebError::Connect(e) => (
@@ -876,6 +1096,13 @@ fn web_error(device: &str, addr: &str, err: &WebError, sent: web::Sent) -> TaskE
             ErrorCode::Timeout,
             format!("{device}'s web_server made no progress for {t:?}"),
         ),
+        WebError::NotCommitted(why) => (
+            ErrorCode::SendFailed,
+            format!(
+                "the upload to {device} stopped before its last piece ({why}); it keeps its \
+                 firmware"
+            ),
+        ),
     };
     TaskError::new(code, msg)
 }
@@ -930,24 +1157,54 @@ impl Transport for EsphomeTransport {
                 let stage = Arc::new(Stage::default());
                 let limit = job.timeout;
                 let device = job.device.clone();
+                let commit = job.commit.clone();
+                let since = stage.sending_since();
                 let run = self.do_update(job, progress, cancel, stage.clone());
-                match tokio::time::timeout(limit, run).await {
-                    Ok(r) => r,
-                    Err(_) => Err(TaskError::new(
+                super::under_budget(run, limit, since, &commit, || {
+                    TaskError::new(
                         ErrorCode::Timeout,
                         format!(
-                            "the update of {device} did not finish within {}{}",
+                            "the upload to {device} did not finish within {} of its start; it \
+                             was cut, the device keeps its old firmware",
                             humantime::format_duration(limit),
-                            match stage.get() {
-                                Stage::PREPARING => "; nothing was sent",
-                                Stage::SENDING => "; the upload was cut, the device keeps its old firmware",
-                                _ => "; the device had accepted the image but was not confirmed back: check it",
-                            }
                         ),
-                    )),
-                }
+                    )
+                })
+                .await
             }
             .instrument(span),
         )
+    }
+
+    fn recover<'a>(
+        &'a self,
+        job: RecoverJob,
+        progress: ProgressSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
+        let span = tracing::info_span!(
+            "esphome recover",
+            device.id = %job.device,
+            task.id = %job.task_id,
+            attempt = job.attempt,
+        );
+        Box::pin(self.do_recover(job, progress).instrument(span))
+    }
+
+    fn probe<'a>(&'a self, devices: &'a [String]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let budget = self.settings.connect_timeout + self.settings.handshake_timeout;
+            let wanted = devices.iter().filter_map(|d| self.by_id.get(d).copied());
+            futures::future::join_all(wanted.map(|idx| async move {
+                let e = &self.devices[idx];
+                // A device busy with a check or an update is being looked at already.
+                let Ok(_guard) = e.busy.try_lock() else {
+                    return;
+                };
+                let probe = self.ask(e, Instant::now() + budget).await;
+                self.apply_probe(idx, e, &probe);
+            }))
+            .await;
+        })
     }
 }

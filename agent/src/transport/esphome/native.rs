@@ -5,8 +5,10 @@
 //! the data blocks and on again for the final reads (as espota2 does); the handshake (up to
 //! authentication) within the handshake timeout in total; in the data phase every read and write
 //! within the data timeout; a device error byte that arrives while a block is being written
-//! still counts; cancellation only until the first image byte is handed to the socket; every
-//! event of the machine to the caller.
+//! still counts; cancellation only until the first image byte is handed to the socket; a hook
+//! awaited right before the last image block goes to the socket (the point of no return: the
+//! device verifies and commits the image without any further word from us); every event of the
+//! machine to the caller.
 //! What it does not do: retry, map errors to the status model, or wait for the reboot (that is
 //! the transport in `super`).
 
@@ -46,6 +48,9 @@ pub enum AttemptError {
     /// Cancelled before any image byte was sent.
     #[error("cancelled before any image byte was sent")]
     Cancelled,
+    /// The hook before the last image block refused; the block was not sent.
+    #[error("stopped before the last image block: {0}")]
+    NotCommitted(String),
 }
 
 impl AttemptError {
@@ -54,7 +59,7 @@ impl AttemptError {
         match self {
             Self::Connect(_) | Self::ConnectTimeout(_) => true,
             Self::Ota(e) => e.is_retryable(),
-            Self::Cancelled => false,
+            Self::Cancelled | Self::NotCommitted(_) => false,
         }
     }
 
@@ -102,6 +107,12 @@ impl Link for TcpStream {
 
 impl Link for tokio::io::DuplexStream {}
 
+pub use crate::transport::BeforeLastBlock;
+
+fn no_hook<'a>() -> BeforeLastBlock<'a> {
+    Box::new(|| Box::pin(async { Ok(()) }))
+}
+
 /// Runs one upload of `image` to `host:port`: connects within the connect timeout, then
 /// [`run`]. `on_event` sees every event of the machine (a block's `Progress` once it is
 /// written). `cancel` ends the attempt only until the first image block goes to the socket;
@@ -115,6 +126,31 @@ pub async fn upload(
     cancel: &CancellationToken,
     on_event: impl FnMut(&Event),
 ) -> Result<Uploaded, AttemptError> {
+    upload_with(
+        host,
+        port,
+        config,
+        image,
+        timeouts,
+        cancel,
+        on_event,
+        no_hook(),
+    )
+    .await
+}
+
+/// [`upload`] with a hook awaited right before the last image block is written.
+#[allow(clippy::too_many_arguments)]
+pub async fn upload_with(
+    host: &str,
+    port: u16,
+    config: ClientConfig,
+    image: Bytes,
+    timeouts: Timeouts,
+    cancel: &CancellationToken,
+    on_event: impl FnMut(&Event),
+    before_last: BeforeLastBlock<'_>,
+) -> Result<Uploaded, AttemptError> {
     let client = Client::new(config, image, rand::random())?;
     let connect = TcpStream::connect((host, port));
     let stream = tokio::select! {
@@ -125,19 +161,32 @@ pub async fn upload(
         },
         () = cancel.cancelled() => return Err(AttemptError::Cancelled),
     };
-    run(stream, client, timeouts, cancel, on_event).await
+    run_with(stream, client, timeouts, cancel, on_event, before_last).await
 }
 
 /// Drives `client` over a connected `stream` to its end: the handshake (up to authentication)
 /// within `timeouts.handshake` from now, every read and write of the data phase within
 /// `timeouts.data`.
 pub async fn run<S: Link>(
+    stream: S,
+    client: Client,
+    timeouts: Timeouts,
+    cancel: &CancellationToken,
+    on_event: impl FnMut(&Event),
+) -> Result<Uploaded, AttemptError> {
+    run_with(stream, client, timeouts, cancel, on_event, no_hook()).await
+}
+
+/// [`run`] with a hook awaited right before the last image block is written.
+pub async fn run_with<S: Link>(
     mut stream: S,
     mut client: Client,
     timeouts: Timeouts,
     cancel: &CancellationToken,
     mut on_event: impl FnMut(&Event),
+    before_last: BeforeLastBlock<'_>,
 ) -> Result<Uploaded, AttemptError> {
+    let mut before_last = Some(before_last);
     // Control fields are tiny: never wait for a delayed ACK.
     stream.set_nodelay(true);
     let handshake_deadline = Instant::now() + timeouts.handshake;
@@ -146,6 +195,12 @@ pub async fn run<S: Link>(
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         while let Some(bytes) = client.poll_transmit() {
+            // The machine just handed out the last image block: it is not written yet.
+            if client.may_have_committed()
+                && let Some(hook) = before_last.take()
+            {
+                hook().await.map_err(AttemptError::NotCommitted)?;
+            }
             let state = client.state();
             let is_data = matches!(
                 state,

@@ -12,13 +12,27 @@ use std::time::Duration;
 
 use ota_devproto::esphome::{Compression, Event, Phase};
 use ota_domain::status::UpgradeStatus;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::super::{ProgressSink, TransferProgress};
 
-/// Where an update is, for the message of a task timeout.
-#[derive(Debug, Default)]
-pub(super) struct Stage(AtomicU8);
+/// Where an update is, for the message of a task timeout, and when the transfer started (the
+/// transfer budget runs from then).
+#[derive(Debug)]
+pub(super) struct Stage {
+    stage: AtomicU8,
+    sending_since: watch::Sender<Option<Instant>>,
+}
+
+impl Default for Stage {
+    fn default() -> Self {
+        Self {
+            stage: AtomicU8::new(Self::PREPARING),
+            sending_since: watch::Sender::new(None),
+        }
+    }
+}
 
 impl Stage {
     pub(super) const PREPARING: u8 = 0;
@@ -26,11 +40,25 @@ impl Stage {
     pub(super) const REBOOTING: u8 = 2;
 
     pub(super) fn set(&self, s: u8) {
-        self.0.store(s, Ordering::Relaxed);
+        self.stage.store(s, Ordering::Relaxed);
+        if s == Self::SENDING {
+            self.sending_since.send_if_modified(|since| {
+                since.is_none() && {
+                    *since = Some(Instant::now());
+                    true
+                }
+            });
+        }
     }
 
+    #[cfg(test)]
     pub(super) fn get(&self) -> u8 {
-        self.0.load(Ordering::Relaxed)
+        self.stage.load(Ordering::Relaxed)
+    }
+
+    /// When the first image byte went out (of the first connection that got that far).
+    pub(super) fn sending_since(&self) -> watch::Receiver<Option<Instant>> {
+        self.sending_since.subscribe()
     }
 }
 

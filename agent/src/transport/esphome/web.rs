@@ -82,6 +82,9 @@ pub enum WebError {
     /// Nothing moved for the read timeout.
     #[error("no progress for {0:?}")]
     ReadTimeout(Duration),
+    /// The hook before the last image piece refused; the piece was not sent.
+    #[error("stopped before the last image piece: {0}")]
+    NotCommitted(String),
 }
 
 /// What the upload got to before it ended.
@@ -100,6 +103,19 @@ pub async fn upload(
     image: Bytes,
     cancel: &CancellationToken,
     on_progress: impl Fn(u64, u64) + Send + Sync + 'static,
+) -> (Sent, Result<(), WebError>) {
+    let hook: super::native::BeforeLastBlock<'static> = Box::new(|| Box::pin(async { Ok(()) }));
+    upload_with(target, image, cancel, on_progress, hook).await
+}
+
+/// [`upload`] with a hook awaited right before the last piece of the image goes to the socket
+/// (the device commits when the body ends); an error stops the upload there.
+pub async fn upload_with(
+    target: &WebTarget<'_>,
+    image: Bytes,
+    cancel: &CancellationToken,
+    on_progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    before_last: super::native::BeforeLastBlock<'static>,
 ) -> (Sent, Result<(), WebError>) {
     let stream = tokio::select! {
         r = timeout(target.connect_timeout, TcpStream::connect((target.host, target.port))) => match r {
@@ -138,20 +154,42 @@ pub async fn upload(
     let n_pieces = pieces.len();
     pieces.push((tail, 0));
     let (a, s, c) = (activity.clone(), sent.clone(), complete.clone());
+    let hook = Arc::new(std::sync::Mutex::new(Some(before_last)));
+    let refused: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let refused_in_body = refused.clone();
+    let on_progress = Arc::new(on_progress);
     // A piece is polled once the previous one is in the socket: count it then.
-    let body = futures::stream::iter(pieces.into_iter().enumerate()).map(
-        move |(i, (piece, image_bytes))| {
-            a.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-            if i > 0 && i <= n_pieces {
-                let done = s.fetch_add(image_bytes, Ordering::Relaxed) + image_bytes;
-                on_progress(done, total);
-            }
-            if i == n_pieces {
-                c.store(1, Ordering::Relaxed);
-            }
-            Ok::<_, io::Error>(Frame::data(piece))
+    let body = futures::stream::iter(pieces.into_iter().enumerate()).then(
+        move |(i, (piece, image_bytes)): (usize, (Bytes, u64))| {
+            let (a, s, c) = (a.clone(), s.clone(), c.clone());
+            let on_progress = on_progress.clone();
+            let refused = refused_in_body.clone();
+            // The last image piece: the device commits once the body ends.
+            let hook = (i + 1 == n_pieces)
+                .then(|| hook.lock().unwrap_or_else(|p| p.into_inner()).take())
+                .flatten();
+            let piece: futures::future::BoxFuture<'static, io::Result<Frame<Bytes>>> =
+                Box::pin(async move {
+                    if let Some(hook) = hook
+                        && let Err(why) = hook().await
+                    {
+                        *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                        return Err(io::Error::other(why));
+                    }
+                    a.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    if i > 0 && i <= n_pieces {
+                        let done = s.fetch_add(image_bytes, Ordering::Relaxed) + image_bytes;
+                        on_progress(done, total);
+                    }
+                    if i == n_pieces {
+                        c.store(1, Ordering::Relaxed);
+                    }
+                    Ok(Frame::data(piece))
+                });
+            piece
         },
     );
+    let body: futures::stream::BoxStream<'static, io::Result<Frame<Bytes>>> = Box::pin(body);
     let mut request = hyper::Request::post("/update")
         .header(header::HOST, format!("{}:{}", target.host, target.port))
         .header(
@@ -219,5 +257,9 @@ pub async fn upload(
     }
     .await;
     driver.abort();
-    (snapshot(&sent, &complete), result)
+    let refused = refused.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match refused {
+        Some(why) => (snapshot(&sent, &complete), Err(WebError::NotCommitted(why))),
+        None => (snapshot(&sent, &complete), result),
+    }
 }

@@ -5,7 +5,8 @@
 //! change is logged as a warning and the sequence skipped, as esptool does), shuttles bytes
 //! between the port and [`Flasher`], sleeps until its timeouts, changes the port's baud rate when
 //! asked, and passes every event to the caller. A run can be cancelled while nothing has been
-//! erased yet.
+//! erased yet. With a hook ([`run_with`]) the flasher holds the last data block until the hook
+//! returns (the transport's point of no return).
 //!
 //! What it does not do: decide anything about the protocol (that is `ota_devproto::serial`) or
 //! about images and progress reports (that is the transport in `super`).
@@ -20,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::transport::BeforeLastBlock;
 
 /// The baud rate the ROM bootloader is reached at.
 pub const ROM_BAUD: u32 = 115_200;
@@ -45,6 +48,9 @@ pub enum DriveError {
     /// Cancelled before anything was erased.
     #[error("cancelled before anything was written")]
     Cancelled,
+    /// The hook before the last data block refused; the block was not sent.
+    #[error("stopped before the last data block: {0}")]
+    NotCommitted(String),
 }
 
 impl DriveError {
@@ -99,9 +105,25 @@ pub async fn run(
     cfg: FlasherConfig,
     job: Job,
     reset_steps: impl Fn(u32) -> Vec<ResetStep>,
-    mut on_event: impl FnMut(&Event),
+    on_event: impl FnMut(&Event),
     cancel: &CancellationToken,
 ) -> Result<Outcome, DriveError> {
+    run_with(port, cfg, job, reset_steps, on_event, cancel, None).await
+}
+
+/// [`run`] with a hook awaited right before the last data block of a write goes out
+/// (`cfg.hold_last_block` is set for it).
+pub async fn run_with(
+    port: &mut SerialStream,
+    mut cfg: FlasherConfig,
+    job: Job,
+    reset_steps: impl Fn(u32) -> Vec<ResetStep>,
+    mut on_event: impl FnMut(&Event),
+    cancel: &CancellationToken,
+    before_last: Option<BeforeLastBlock<'_>>,
+) -> Result<Outcome, DriveError> {
+    cfg.hold_last_block = before_last.is_some();
+    let mut before_last = before_last;
     let start = Instant::now();
     let now = move || start.elapsed();
     let mut flasher = Flasher::new(cfg, job);
@@ -128,6 +150,12 @@ pub async fn run(
                     port.set_baud_rate(*baud)
                         .map_err(|e| DriveError::Port(io::Error::other(e)))?;
                     flasher.baud_changed(now());
+                }
+                Event::LastBlock => {
+                    if let Some(hook) = before_last.take() {
+                        hook().await.map_err(DriveError::NotCommitted)?;
+                    }
+                    flasher.release_last_block(now());
                 }
                 Event::Finished(result) => return result.clone().map_err(DriveError::Flash),
                 _ => {}

@@ -11,13 +11,23 @@
 //! 2. connects and detects the chip: no answer is 5006 with what to do; another chip than the
 //!    image's, or a flash too small for the image, is 5013 before anything is erased;
 //! 3. writes (compressed when the ROM can inflate), reporting 2 "updating" with percent and
-//!    remaining seconds by bytes written; a ROM error or the port going away mid-write is 5010;
-//! 4. verifies the flash MD5 against the image (else 5009), reports 6 "downloaded", and starts
-//!    the new firmware: a hard reset through RTS, or on a `no-reset` port the ROM's "run user
-//!    code".
+//!    remaining seconds by bytes written; a ROM error or the port going away mid-write is 5010.
+//!    Right before the last FLASH_DATA block the job's committing mark is made durable, with a
+//!    [`RecoveryNote`] (region and MD5): the point of no return;
+//! 4. verifies the flash MD5 against the image (else 5009), records the committed mark, reports
+//!    6 "downloaded", and starts the new firmware: a hard reset through RTS, or on a `no-reset`
+//!    port the ROM's "run user code".
 //!
 //! Progress during connecting and detecting is 100 ("preparing at the site"). Cancel is honoured
-//! until the erase starts. Every failure is a [`TaskError`] a person can act on.
+//! until the erase starts; the transfer budget (the job's timeout) runs from the erase and cuts
+//! the write only before the point of no return. Every failure is a [`TaskError`] a person can
+//! act on.
+//!
+//! **Recover** (after an agent restart) compares the MD5 of the noted flash region
+//! (SPI_FLASH_MD5, through [`Job::Md5`]) with the image's: equal is success without writing
+//! again, different is 5010 (retryable: the write did not complete); a port or ROM that does not
+//! answer, or a ROM without the MD5 command, leaves it undecided (the device may have the
+//! image). **Probe** looks at the named ports now.
 //!
 //! What it does not do: know the firmware version running on the chip (the ROM cannot tell; the
 //! report's `from` is empty), discover ports by itself (ports come from the configuration), run
@@ -49,8 +59,8 @@ use tracing::Instrument;
 
 use self::driver::DriveError;
 use super::{
-    CheckReport, DeviceReport, ProgressSink, TransferProgress, Transport, TransportKind, UpdateJob,
-    UpdateReport, VersionInfo,
+    CheckReport, CommitStage, DeviceReport, ProgressSink, RecoverJob, TransferProgress, Transport,
+    TransportKind, UpdateJob, UpdateReport, VersionInfo,
 };
 
 /// What an update will write, decided from the image alone.
@@ -166,6 +176,41 @@ pub fn task_error(port: &SerialPortConfig, err: &DriveError, wrote: bool) -> Tas
             ErrorCode::Other,
             "cancelled before anything was written to the flash",
         ),
+        DriveError::NotCommitted(why) => TaskError::new(
+            ErrorCode::SendFailed,
+            format!(
+                "flashing {p} stopped before the last block ({why}); the flash is incomplete, \
+                 flash again"
+            ),
+        ),
+    }
+}
+
+/// What a restarted agent needs to find out whether an interrupted write completed (the
+/// committing mark's note): the region and the MD5 it must hold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryNote {
+    /// Flash offset.
+    pub offset: u32,
+    /// Bytes (the image padded to a multiple of 4 with 0xFF, as written).
+    pub len: u32,
+    /// Lowercase hex MD5 of those bytes.
+    pub md5: String,
+    /// The image's application version, when it has one.
+    pub version: Option<String>,
+}
+
+impl RecoveryNote {
+    fn new(plan: &WritePlan, image: &[u8]) -> Self {
+        use md5::{Digest, Md5};
+        let mut padded = image.to_vec();
+        padded.resize(padded.len().div_ceil(4) * 4, 0xFF);
+        Self {
+            offset: plan.offset,
+            len: padded.len() as u32,
+            md5: hex::encode(Md5::digest(&padded)),
+            version: plan.version.clone(),
+        }
     }
 }
 
@@ -486,7 +531,11 @@ impl SerialTransport {
             written: 0,
         };
         let mut erased = false;
-        let run = driver::run(
+        let note = serde_json::to_value(RecoveryNote::new(&plan, &image)).unwrap_or_default();
+        let hook = super::committing_hook(&job.commit, note);
+        // The transfer budget runs from the erase (the first change to the flash).
+        let (began, since) = watch::channel(None);
+        let run = driver::run_with(
             &mut stream,
             cfg,
             Job::Write {
@@ -495,32 +544,39 @@ impl SerialTransport {
             },
             |attempt| mode.enter_bootloader(attempt),
             |ev| {
-                erased |= matches!(ev, Event::Stage(Stage::Erasing));
+                if matches!(ev, Event::Stage(Stage::Erasing)) {
+                    erased = true;
+                    began.send_if_modified(|t| t.is_none() && t.replace(Instant::now()).is_none());
+                }
                 mapper.on_event(ev);
             },
             &cancel,
+            Some(hook),
         );
-        let result = match tokio::time::timeout(job.timeout, run).await {
-            Ok(r) => r,
-            Err(_) => {
-                drop(stream);
-                return Err(TaskError::new(
+        let limit = job.timeout;
+        let result =
+            super::under_budget(async { Ok(run.await) }, limit, since, &job.commit, || {
+                TaskError::new(
                     ErrorCode::Timeout,
                     format!(
-                        "flashing {} did not finish within {:?}{}",
+                        "flashing {} did not finish within {} of the erase; the flash is \
+                         incomplete, flash again",
                         port.port.display(),
-                        job.timeout,
-                        if erased {
-                            "; the flash is incomplete, flash again"
-                        } else {
-                            "; nothing was written"
-                        }
+                        humantime::format_duration(limit),
                     ),
-                ));
+                )
+            })
+            .await;
+        let result = match result {
+            Ok(r) => r,
+            Err(timeout) => {
+                drop(stream);
+                return Err(timeout);
             }
         };
         match result {
             Ok(outcome) => {
+                job.commit.committed().await;
                 self.finish_update(&mut stream, port, mode, &outcome, &mapper)
                     .await;
                 drop(stream);
@@ -542,6 +598,14 @@ impl SerialTransport {
                 })
             }
             Err(e) => {
+                if let DriveError::Flash(
+                    ota_devproto::serial::FlashError::Md5Mismatch { .. }
+                    | ota_devproto::serial::FlashError::Rom { .. },
+                ) = &e
+                {
+                    // The ROM answered: the flash does not hold the image.
+                    job.commit.not_taken();
+                }
                 let wrote =
                     erased || matches!(&e, DriveError::Flash(f) if f.stage().touches_flash());
                 if !wrote {
@@ -592,6 +656,130 @@ impl SerialTransport {
             retries = outcome.block_retries,
             "serial flash done"
         );
+    }
+}
+
+impl SerialTransport {
+    /// After an agent restart: whether the interrupted write completed, from the MD5 of the
+    /// flash region (SPI_FLASH_MD5) against the committing note; never writes.
+    async fn do_recover(
+        &self,
+        job: RecoverJob,
+        progress: ProgressSink,
+    ) -> Result<UpdateReport, TaskError> {
+        let (idx, entry) = self.entry(&job.device)?;
+        let port = &entry.cfg;
+        let p = port.port.display().to_string();
+        let _guard = entry.busy.lock().await;
+        let note: Option<RecoveryNote> = job
+            .note
+            .as_ref()
+            .and_then(|n| serde_json::from_value(n.clone()).ok());
+        let Some(note) = note.filter(|_| job.commit.stage() != CommitStage::Before) else {
+            return Err(TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "the agent restarted before the last block was written to {p}; the flash is \
+                     untouched or incomplete, flash again"
+                ),
+            ));
+        };
+        let say = |detail: String| {
+            let _ = progress.send(TransferProgress {
+                status: UpgradeStatus::Updating,
+                percent: Some(100.0),
+                remaining_s: Some(0),
+                bytes_sent: u64::from(note.len),
+                bytes_total: u64::from(note.len),
+                detail,
+            });
+        };
+        say(format!(
+            "the agent restarted at the end of the write; reading the flash MD5 on {p}"
+        ));
+        let mut stream = driver::open_port(&port.port).map_err(|e| {
+            self.update_report(idx, |r| r.reachable = false);
+            let te = task_error(port, &e, false);
+            TaskError::new(
+                te.code,
+                format!("{}; whether the write completed cannot be told", te.message),
+            )
+        })?;
+        let mode = port.reset;
+        let outcome = driver::run(
+            &mut stream,
+            self.flasher_config(port),
+            Job::Md5 {
+                offset: note.offset,
+                len: note.len,
+            },
+            |attempt| mode.enter_bootloader(attempt),
+            |_| {},
+            &CancellationToken::new(),
+        )
+        .await
+        .map_err(|e| {
+            let te = task_error(port, &e, false);
+            TaskError::new(
+                te.code,
+                format!(
+                    "{}; whether the write completed cannot be told: check it",
+                    te.message
+                ),
+            )
+        })?;
+        // The ROM answered: the port is there.
+        self.update_report(idx, |r| {
+            r.reachable = true;
+            r.last_seen_ms = unix_ms();
+        });
+        match outcome.flash_md5 {
+            Some(md5) if hex::encode(md5) == note.md5 => {
+                job.commit.committed().await;
+                say(format!(
+                    "flash MD5 {} verified; resetting into the new firmware",
+                    note.md5
+                ));
+                if mode != ResetMode::NoReset {
+                    driver::play_reset(&mut stream, &mode.hard_reset(), "into the new firmware")
+                        .await;
+                }
+                drop(stream);
+                self.update_report(idx, |r| {
+                    r.reachable = true;
+                    r.current_version = note.version.clone();
+                    r.last_seen_ms = unix_ms();
+                });
+                Ok(UpdateReport {
+                    from: VersionInfo::default(),
+                    to: VersionInfo {
+                        version: note.version.or(Some(job.target_version)),
+                        ..VersionInfo::default()
+                    },
+                    wire_bytes: 0,
+                })
+            }
+            Some(md5) => {
+                job.commit.not_taken();
+                Err(TaskError::new(
+                    ErrorCode::SendFailed,
+                    format!(
+                        "the agent restarted during the write to {p} and the flash does not hold \
+                         the image (MD5 {} instead of {}): the write did not complete, flash again",
+                        hex::encode(md5),
+                        note.md5
+                    ),
+                ))
+            }
+            None => Err(TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "the agent restarted during the write to {p} and the {} ROM has no MD5 \
+                     command: whether the write completed cannot be told; check it",
+                    outcome.chip.chip
+                ),
+            )),
+        }
     }
 }
 
@@ -649,5 +837,36 @@ impl Transport for SerialTransport {
             attempt = job.attempt,
         );
         Box::pin(self.do_update(job, progress, cancel).instrument(span))
+    }
+
+    fn recover<'a>(
+        &'a self,
+        job: RecoverJob,
+        progress: ProgressSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
+        let span = tracing::info_span!(
+            "serial recover",
+            device.id = %job.device,
+            task.id = %job.task_id,
+            attempt = job.attempt,
+        );
+        Box::pin(self.do_recover(job, progress).instrument(span))
+    }
+
+    fn probe<'a>(&'a self, devices: &'a [String]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            for d in devices {
+                let Ok((idx, entry)) = self.entry(d) else {
+                    continue;
+                };
+                let Ok(_guard) = entry.busy.try_lock() else {
+                    continue;
+                };
+                let reachable =
+                    entry.cfg.port.exists() && driver::open_port(&entry.cfg.port).is_ok();
+                self.update_report(idx, |r| r.reachable = reachable);
+            }
+        })
     }
 }
