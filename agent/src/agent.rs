@@ -13,7 +13,9 @@
 //!
 //! # Commands
 //! - check: each device asked through its transport within the command's timeout; answers are
-//!   not journaled (a check that loses its answer times out at the server as 5019).
+//!   not journaled (a check that loses its answer times out at the server as 5019). A sleepy
+//!   device (a battery Zigbee end device) is answered "awaiting wake-up" at once; when it next
+//!   talks it is asked, and that answer is journaled (seq != 0) for the same check id.
 //! - update: ignored if the journal knows the task attempt (a resend after reconnect); otherwise
 //!   marked started in the journal (with the command and the transport instance), the image's
 //!   signatures checked against the site's trust policy (`trust`: 5013 if refused), the image
@@ -27,6 +29,8 @@
 //!   `recover` (which looks at the device and never sends the image again) and its result
 //!   journaled; meanwhile it counts as running.
 //! - cancel: the running job's cancellation token; the transport decides what is safe.
+//! - probe: the transports look at the named devices now, and what they find is journaled as an
+//!   inventory change even when nothing changed.
 //!
 //! # Traces
 //! Each update runs in an `agent.task` span (and each check in an `agent.check` span) whose
@@ -98,6 +102,8 @@ pub struct Agent {
     last_inventory: Mutex<HashMap<String, pb::DeviceReport>>,
     /// A session asked for a full inventory while a transport's list was still incomplete.
     full_inventory_owed: AtomicBool,
+    /// Checks waiting for a sleepy device to talk, by device.
+    sleepy_checks: Mutex<HashMap<String, Vec<String>>>,
     /// Set by `Agent::enable_metrics` (`crate::metrics`).
     instruments: std::sync::OnceLock<Arc<crate::metrics::AgentInstruments>>,
 }
@@ -205,6 +211,7 @@ impl Agent {
             session_tx: Mutex::new(None),
             last_inventory: Mutex::new(HashMap::new()),
             full_inventory_owed: AtomicBool::new(false),
+            sleepy_checks: Mutex::new(HashMap::new()),
             instruments: std::sync::OnceLock::new(),
         })
     }
@@ -592,12 +599,134 @@ impl Agent {
             }
             Some(pb::server_message::Body::Probe(p)) => {
                 debug!(devices = p.device_local_ids.len(), "probe requested");
+                tokio::spawn(self.clone().probe(p.device_local_ids));
             }
             Some(pb::server_message::Body::Welcome(_))
             | Some(pb::server_message::Body::Ping(_))
             | None => {}
         }
         Ok(())
+    }
+
+    /// Looks at `devices` now (their transports probe them) and journals what is found as an
+    /// inventory change, whether or not anything changed: the server waits for the answer.
+    async fn probe(self: Arc<Self>, devices: Vec<String>) {
+        let mut per_transport: Vec<(Arc<dyn Transport>, Vec<String>)> = Vec::new();
+        for d in &devices {
+            let Some((t, _)) = self.find_device(d) else {
+                continue;
+            };
+            match per_transport.iter_mut().find(|(u, _)| Arc::ptr_eq(u, &t)) {
+                Some((_, ids)) => ids.push(d.clone()),
+                None => per_transport.push((t, vec![d.clone()])),
+            }
+        }
+        futures::future::join_all(per_transport.iter().map(|(t, ids)| t.probe(ids))).await;
+        let mut found: Vec<pb::DeviceReport> = {
+            let now = self.inventory_now();
+            let mut last = self
+                .last_inventory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            devices
+                .iter()
+                .filter_map(|d| now.get(d).cloned())
+                .inspect(|r| {
+                    last.insert(r.local_id.clone(), r.clone());
+                })
+                .collect()
+        };
+        if found.is_empty() {
+            return;
+        }
+        found.sort_by(|a, b| a.local_id.cmp(&b.local_id));
+        if let Err(e) = self
+            .journal_report(pb::agent_message::Body::Inventory(pb::Inventory {
+                full: false,
+                devices: found,
+                removed_local_ids: Vec::new(),
+            }))
+            .await
+        {
+            warn!(error = %e, "could not journal a probe's answer");
+        }
+    }
+
+    /// A check of a sleepy device: "awaiting wake-up" now; when the device next talks it is
+    /// checked again and the real answer is journaled (one look answers every check waiting
+    /// for that device).
+    fn check_when_awake(
+        self: &Arc<Self>,
+        transport: Arc<dyn Transport>,
+        check_id: String,
+        local: String,
+        budget: Duration,
+    ) {
+        {
+            let mut waiting = self.sleepy_checks.lock().unwrap_or_else(|p| p.into_inner());
+            let ids = waiting.entry(local.clone()).or_default();
+            let first = ids.is_empty();
+            ids.push(check_id);
+            if !first {
+                return;
+            }
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let woke = tokio::time::timeout(
+                crate::transport::DEFAULT_WAKE_TIMEOUT,
+                transport.next_contact(&local),
+            )
+            .await
+            .is_ok();
+            let answer = if woke {
+                debug!(device = %local, "the sleepy device talked; checking it now");
+                agent.ask(&transport, &local, budget).await
+            } else {
+                Err(TaskError::new(
+                    ErrorCode::Offline,
+                    format!(
+                        "{local} did not wake up within {}",
+                        humantime::format_duration(crate::transport::DEFAULT_WAKE_TIMEOUT)
+                    ),
+                ))
+            };
+            let ids = agent
+                .sleepy_checks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&local)
+                .unwrap_or_default();
+            for check_id in ids {
+                let body = pb::agent_message::Body::CheckResult(agent.check_result(
+                    &transport,
+                    check_id,
+                    &local,
+                    answer.clone(),
+                ));
+                if let Err(e) = agent.journal_report(body).await {
+                    warn!(error = %e, "could not journal a sleepy device's check result");
+                }
+            }
+        });
+    }
+
+    async fn ask(
+        &self,
+        transport: &Arc<dyn Transport>,
+        local: &str,
+        budget: Duration,
+    ) -> Result<crate::transport::CheckReport, TaskError> {
+        match tokio::time::timeout(budget, transport.check(local, budget)).await {
+            Ok(r) => r,
+            Err(_) => Err(TaskError::new(
+                ErrorCode::BulkCheckTimeout,
+                format!(
+                    "no answer from {local} within {}",
+                    humantime::format_duration(budget)
+                ),
+            )),
+        }
     }
 
     fn check_result(
@@ -640,6 +769,27 @@ impl Agent {
             let check_id = c.check_id.clone();
             let local = local.clone();
             async move {
+                if let Some((transport, device)) = agent.find_device(&local)
+                    && transport.is_sleepy(&local)
+                {
+                    // Asking now would wait for a wake-up the check cannot wait for.
+                    agent.send_now(pb::agent_message::Body::CheckResult(pb::CheckResult {
+                        check_id: check_id.clone(),
+                        device_local_id: local.clone(),
+                        reachable: device.reachable,
+                        device: Some(report::device(
+                            transport.kind(),
+                            &device,
+                            &agent.tags_of(&local),
+                        )),
+                        update_available: None,
+                        error: None,
+                        awaiting_wakeup: true,
+                    }));
+                    let budget = deadline.max(SLEEPY_CHECK_BUDGET);
+                    agent.check_when_awake(transport, check_id, local, budget);
+                    return;
+                }
                 let answer = match agent.find_device(&local) {
                     None => pb::CheckResult {
                         check_id,
@@ -1137,6 +1287,10 @@ impl Agent {
         .await
     }
 }
+
+/// How long the check of a sleepy device may take once it talked (zigbee2mqtt waits up to 60 s
+/// for the device's answer to its image notify).
+const SLEEPY_CHECK_BUDGET: Duration = Duration::from_secs(90);
 
 /// The transfer budget of a command (0: 10 minutes).
 fn transfer_budget(timeout_s: u32) -> Duration {

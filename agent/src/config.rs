@@ -254,6 +254,14 @@ impl AgentConfig {
         {
             errors.push(format!("utc_offset_minutes {off} is outside -840..=840"));
         }
+        if let Some(zone) = &cfg.timezone
+            && !looks_like_iana_zone(zone)
+        {
+            errors.push(format!(
+                "timezone {zone:?} is not an IANA zone name (like \"Europe/Berlin\" or \"UTC\"); \
+                 otad opens maintenance windows in this zone"
+            ));
+        }
         if let Some(serial) = &cfg.serial
             && let Err(e) = serial.validate()
         {
@@ -305,7 +313,8 @@ impl AgentConfig {
         self.trust.resolve(&self.base_dir).map_err(ConfigError)
     }
 
-    /// The site's zone: configured, or the system's, or "UTC".
+    /// The site's IANA zone name, reported in the hello (otad opens maintenance windows in it):
+    /// configured, or the system's (`iana-time-zone`), or "UTC".
     pub fn timezone(&self) -> String {
         self.timezone
             .clone()
@@ -322,9 +331,57 @@ impl AgentConfig {
     }
 }
 
+/// Whether `zone` has the shape of an IANA zone name (`Europe/Berlin`, `UTC`,
+/// `America/Argentina/Buenos_Aires`, `Etc/GMT+2`); the zone database itself is otad's.
+fn looks_like_iana_zone(zone: &str) -> bool {
+    !zone.is_empty()
+        && zone.len() <= 64
+        && zone.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-+".contains(c))
+        })
+        && zone.starts_with(|c: char| c.is_ascii_uppercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timezones_are_iana_names() {
+        for ok in [
+            "UTC",
+            "Europe/Berlin",
+            "America/Argentina/Buenos_Aires",
+            "Etc/GMT+2",
+            "America/Port-au-Prince",
+        ] {
+            assert!(looks_like_iana_zone(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "+01:00",
+            "europe/berlin",
+            "Europe//Berlin",
+            "Europe/../x",
+            "CET 1",
+        ] {
+            assert!(!looks_like_iana_zone(bad), "{bad}");
+        }
+        let c = AgentConfig::parse(
+            "site_id = \"home\"\nserver = \"http://127.0.0.1:7600\"\ndata_dir = \"/tmp/x\"\ntimezone = \"+01:00\"\n",
+        );
+        assert!(format!("{:?}", c.unwrap_err()).contains("IANA"));
+        let c = AgentConfig::parse(
+            "site_id = \"home\"\nserver = \"http://127.0.0.1:7600\"\ndata_dir = \"/tmp/x\"\ntimezone = \"Europe/Berlin\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.timezone(), "Europe/Berlin");
+    }
 
     #[test]
     fn minimal_config() {

@@ -1,7 +1,7 @@
 //! The agent's core against a real otad over gRPC: inventory, an update with progress, results
 //! journaled while the server is down and delivered exactly once after it is back, commands
 //! resent after a reconnect not run twice, an update interrupted by killing the agent recovered
-//! (not repeated) by the restarted agent.
+//! (not repeated) by the restarted agent, probes and checks of sleepy devices.
 //!
 //! (`crash_points.rs` kills the agent after every journal write of an update, with the real
 //! transports and their simulators.)
@@ -206,7 +206,7 @@ fn options(dir: &std::path::Path) -> AgentOptions {
     AgentOptions {
         site_id: "home".into(),
         data_dir: dir.to_path_buf(),
-        timezone: "UTC".into(),
+        timezone: "Europe/Berlin".into(),
         utc_offset_minutes: 0,
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
@@ -288,12 +288,13 @@ async fn results_produced_while_the_server_is_down_arrive_exactly_once() {
     let stop = CancellationToken::new();
     let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
 
-    // The inventory arrives.
+    // The inventory arrives; the hello named the site's zone (maintenance windows use it).
     let app = server.app.clone();
     wait_until("the device to be reported", || {
         app.core.read().devices.contains_key("home/lamp")
     })
     .await;
+    assert_eq!(app.core.read().sites["home"].timezone, "Europe/Berlin");
 
     // An update: downloaded, verified, handed to the transport, progress reported.
     let fw = upload_app(channel.clone(), "2.0.0").await;
