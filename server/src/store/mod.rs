@@ -38,6 +38,7 @@
 //! layer), retention or deletion of events (the log is append-only).
 
 mod codec;
+mod disk_sync;
 pub mod mem;
 mod recover;
 pub mod sled;
@@ -49,6 +50,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+pub(crate) use self::disk_sync::{create_dir_all_durable, sync_dir};
 pub use self::mem::MemEventStore;
 pub use self::sled::{OpenValidation, SledEventStore, SledOptions};
 pub use self::stats::{LatencySnapshot, StoreStats};

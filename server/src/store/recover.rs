@@ -17,7 +17,10 @@ use super::codec::{
     FORMAT_VERSION, head_value, index_key, index_prefix, index_value, log_key, open_record,
     parse_head_value, parse_index_key, parse_index_value, peek_count, seq_of_log_key,
 };
-use super::sled::{ACKED_KEY, FORMAT_KEY, OpenValidation, SledOptions, Trees, corrupt, sled_error};
+use super::disk_sync::DiskSync;
+use super::sled::{
+    ACKED_KEY, FORMAT_KEY, OpenValidation, SledOptions, Trees, corrupt, durable_flush, sled_error,
+};
 use super::{Corruption, StoreError};
 
 /// What open found.
@@ -83,8 +86,16 @@ struct Scan {
 }
 
 /// Validates the store and, if needed and allowed, repairs it. See the module docs.
-pub(crate) fn recover(trees: &Trees, options: &SledOptions) -> Result<Recovered, StoreError> {
-    check_format(trees)?;
+///
+/// Every write it makes (the format marker of a new store, completed index entries,
+/// the acknowledged mark, a truncation) is made durable with [`durable_flush`] before it
+/// returns, like an append.
+pub(crate) fn recover(
+    trees: &Trees,
+    sync: &mut DiskSync,
+    options: &SledOptions,
+) -> Result<Recovered, StoreError> {
+    check_format(trees, sync)?;
     let full_from = full_check_from(trees, options)?;
     let full = options.validation == OpenValidation::Full;
     let key_scan = matches!(
@@ -107,12 +118,12 @@ pub(crate) fn recover(trees: &Trees, options: &SledOptions) -> Result<Recovered,
                     keep_up_to = keep,
                     "event log damaged; truncating it as the operator requested"
                 );
-                truncate_after(trees, keep)?;
+                truncate_after(trees, sync, keep)?;
                 let again = SledOptions {
                     truncate_corrupt_tail_after: None,
                     ..options.clone()
                 };
-                return recover(trees, &again);
+                return recover(trees, sync, &again);
             }
             _ => {
                 error!(seq = problem.seq, reason = %problem.reason, "event log corrupt; refusing to open");
@@ -150,7 +161,7 @@ pub(crate) fn recover(trees: &Trees, options: &SledOptions) -> Result<Recovered,
         wrote = true;
     }
     if wrote {
-        trees.db.flush().map_err(sled_error)?;
+        durable_flush(trees, sync)?;
     }
     Ok(Recovered {
         last_seq: scan.last_seq,
@@ -160,7 +171,7 @@ pub(crate) fn recover(trees: &Trees, options: &SledOptions) -> Result<Recovered,
 }
 
 /// Checks the format marker, writing it into a new store.
-fn check_format(trees: &Trees) -> Result<(), StoreError> {
+fn check_format(trees: &Trees, sync: &mut DiskSync) -> Result<(), StoreError> {
     match trees.meta.get(FORMAT_KEY).map_err(sled_error)? {
         Some(value) => {
             let found = <[u8; 4]>::try_from(value.as_ref()).map_or(0, u32::from_be_bytes);
@@ -178,7 +189,7 @@ fn check_format(trees: &Trees) -> Result<(), StoreError> {
                 .meta
                 .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()[..])
                 .map_err(sled_error)?;
-            trees.db.flush().map_err(sled_error)?;
+            durable_flush(trees, sync)?;
             Ok(())
         }
         // Data without a format marker: not written by this store.
@@ -542,7 +553,7 @@ fn check_index(
 
 /// Deletes every record after `keep` and the derived entries of their events, then
 /// records `keep` as the acknowledged mark. Operator-requested only.
-fn truncate_after(trees: &Trees, keep: u64) -> Result<(), StoreError> {
+fn truncate_after(trees: &Trees, sync: &mut DiskSync, keep: u64) -> Result<(), StoreError> {
     if keep > 0 {
         let (key, value) = trees
             .log
@@ -621,7 +632,7 @@ fn truncate_after(trees: &Trees, keep: u64) -> Result<(), StoreError> {
         .meta
         .insert(ACKED_KEY, &keep.to_be_bytes()[..])
         .map_err(sled_error)?;
-    trees.db.flush().map_err(sled_error)?;
+    durable_flush(trees, sync)?;
     warn!(
         kept_up_to = keep,
         removed_records = doomed.len(),

@@ -54,11 +54,13 @@
 //! # Group commit
 //!
 //! A separate flusher thread loops: it takes the highest written seq, calls sled
-//! `flush` (write + fsync) once for everything written so far, publishes the new durable
-//! mark and answers exactly the appenders it covers (a queue ordered by seq). While one
-//! flush runs, the writer fills the next records. Readers and subscriptions never look
-//! past the durable mark. After a failed insert or flush the store is fail-stop: see
-//! [`StoreError::Io`].
+//! `flush` once for everything written so far, then makes it durable itself (sled's flush
+//! ends with `sync_file_range`, which survives a process crash but not a power cut):
+//! `fdatasync` of sled's data file and fsync of any new sled blob file and of `blobs/`
+//! (module `disk_sync`). Only then it publishes the new durable mark and answers exactly
+//! the appenders it covers (a queue ordered by seq). While one flush runs, the writer
+//! fills the next records. Readers and subscriptions never look past the durable mark.
+//! After a failed insert, flush or sync the store is fail-stop: see [`StoreError::Io`].
 //!
 //! # Open and recovery
 //!
@@ -94,6 +96,7 @@ use super::codec::{
     self, index_key, index_key_into, index_value, log_key, open_record, parse_head_value,
     parse_index_key, parse_index_value, seq_of_log_key,
 };
+use super::disk_sync::{self, DiskSync, SyncCounters};
 use super::recover;
 use super::stats::LatencyHistogram;
 use super::subscription::DurableLog;
@@ -110,11 +113,16 @@ pub(crate) const FORMAT_KEY: &[u8] = b"format_version";
 pub(crate) const ACKED_KEY: &[u8] = b"acked_seq";
 
 /// Appends are grouped into one record until it would exceed this many bytes of
-/// events (a larger single append gets a record of its own). It keeps sled's pages,
-/// which split at 16 entries, below its blob threshold (128 KiB with 512 KiB segments).
-const GROUP_RECORD_BYTES: usize = 8 * 1024;
+/// events (a larger single append gets a record of its own). It keeps a full sled leaf of
+/// the `log` tree (at most 17 entries, 20 right after a truncation merged two; sled splits
+/// a leaf above 16) below sled's blob threshold (a serialized page of 131,020 bytes with
+/// 512 KiB segments), so ordinary appends never make sled write a blob file (see
+/// `disk_sync`): 20 × (6,144 + 9 record header + ~20 entry overhead) < 124,000.
+const GROUP_RECORD_BYTES: usize = 6 * 1024;
 /// Appends queued for the writer thread before `append` waits.
 const QUEUE_DEPTH: usize = 4096;
+/// Stream heads the writer remembers (see `GroupWriter::heads`); cleared when full.
+const HEADS_CACHE: usize = 65_536;
 
 /// How much of the log [`SledEventStore::open`] verifies before returning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +241,8 @@ struct Shared {
     stop: AtomicBool,
     append_latency: LatencyHistogram,
     flush_latency: LatencyHistogram,
+    /// The fsyncs done after sled's flushes.
+    sync_counters: Arc<SyncCounters>,
 }
 
 /// Work for the writer thread.
@@ -279,6 +289,7 @@ impl std::fmt::Debug for SledEventStore {
         f.debug_struct("SledEventStore")
             .field("durable_seq", &self.shared.durable_seq())
             .field("written_seq", &self.shared.written.load(Ordering::Relaxed))
+            .field("sync_counters", &self.shared.sync_counters)
             .finish_non_exhaustive()
     }
 }
@@ -292,7 +303,10 @@ impl SledEventStore {
         let span = info_span!("event_store_open", path = %path.display());
         let _enter = span.enter();
         let started = Instant::now();
+        disk_sync::create_dir_all_durable(path)?;
         let db = open_db(path, &options)?;
+        let sync_counters = Arc::new(SyncCounters::default());
+        let mut sync = DiskSync::open(path, Arc::clone(&sync_counters))?;
         let sled_open = started.elapsed();
         let trees = Trees {
             log: db.open_tree(LOG_TREE).map_err(sled_error)?,
@@ -301,7 +315,7 @@ impl SledEventStore {
             meta: db.open_tree(META_TREE).map_err(sled_error)?,
             db,
         };
-        let recovered = recover::recover(&trees, &options)?;
+        let recovered = recover::recover(&trees, &mut sync, &options)?;
         let last_seq = recovered.last_seq;
         let (durable, _) = watch::channel(DurableMark {
             seq: last_seq,
@@ -315,12 +329,13 @@ impl SledEventStore {
             stop: AtomicBool::new(false),
             append_latency: LatencyHistogram::default(),
             flush_latency: LatencyHistogram::default(),
+            sync_counters,
         });
         let flusher = std::thread::Builder::new()
             .name("event-store-flush".into())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run_flusher(shared)
+                move || run_flusher(shared, sync)
             })?;
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let writer = std::thread::Builder::new()
@@ -436,6 +451,10 @@ struct GroupWriter<'a> {
     group_bytes: usize,
     /// Streams written by the group: (version, seq of its last event).
     overlay: HashMap<String, (u64, u64)>,
+    /// Heads written by earlier groups of this writer, so the version check of a stream
+    /// written recently needs no sled read. Only this thread writes heads while the store
+    /// is open, so an entry is never stale; a stream not in it is read from sled.
+    heads: HashMap<String, (u64, u64)>,
     record: Vec<u8>,
     key: Vec<u8>,
 }
@@ -466,6 +485,7 @@ impl<'a> GroupWriter<'a> {
             group: Vec::new(),
             group_bytes: 0,
             overlay: HashMap::new(),
+            heads: HashMap::new(),
             record: Vec::new(),
             key: Vec::new(),
         }
@@ -521,7 +541,11 @@ impl<'a> GroupWriter<'a> {
         }
         let mut before = Vec::with_capacity(batch.len());
         for sa in &batch {
-            let actual = match self.overlay.get(&sa.stream) {
+            let cached = self
+                .overlay
+                .get(&sa.stream)
+                .or_else(|| self.heads.get(&sa.stream));
+            let actual = match cached {
                 Some(&(version, _)) => version,
                 None => match self.shared.written_head(&sa.stream) {
                     Ok(head) => head.map_or(0, |(version, _)| version),
@@ -588,10 +612,13 @@ impl<'a> GroupWriter<'a> {
             &mut self.key,
         );
         drop(parts);
-        self.overlay.clear();
         self.group_bytes = 0;
         match written {
             Ok(()) => {
+                if self.heads.len() + self.overlay.len() > HEADS_CACHE {
+                    self.heads.clear();
+                }
+                self.heads.extend(self.overlay.drain());
                 // Queue the waiters before publishing the seq, so the flush that covers
                 // it finds them.
                 let mut waiters = self.shared.waiters();
@@ -610,6 +637,8 @@ impl<'a> GroupWriter<'a> {
                 self.flusher.unpark();
             }
             Err(err) => {
+                self.overlay.clear();
+                self.heads.clear();
                 let err = sled_error(err);
                 error!(first_seq, error = %err, "event store write failed; refusing further appends");
                 self.failed = Some(err.clone());
@@ -923,7 +952,7 @@ impl Drop for PanicGuard<'_> {
 }
 
 /// The group-commit loop. See the module documentation.
-fn run_flusher(shared: Arc<Shared>) {
+fn run_flusher(shared: Arc<Shared>, mut sync: DiskSync) {
     let _guard = PanicGuard {
         shared: &shared,
         thread: "flusher",
@@ -933,7 +962,7 @@ fn run_flusher(shared: Arc<Shared>) {
         let target = shared.written.load(Ordering::Acquire);
         if target > durable {
             let started = Instant::now();
-            match shared.trees.db.flush() {
+            match durable_flush(&shared.trees, &mut sync) {
                 Ok(bytes) => {
                     let elapsed = started.elapsed();
                     shared.flush_latency.record(elapsed);
@@ -951,7 +980,7 @@ fn run_flusher(shared: Arc<Shared>) {
                         .meta
                         .insert(ACKED_KEY, &target.to_be_bytes()[..])
                     {
-                        fail(&shared, "recording the acknowledged seq", err);
+                        fail(&shared, "recording the acknowledged seq", sled_error(err));
                         return;
                     }
                 }
@@ -967,13 +996,20 @@ fn run_flusher(shared: Arc<Shared>) {
         }
         std::thread::park();
     }
-    if let Err(err) = shared.trees.db.flush() {
+    if let Err(err) = durable_flush(&shared.trees, &mut sync) {
         warn!(error = %err, "final flush of the event store failed");
     }
 }
 
-fn fail(shared: &Shared, what: &str, err: ::sled::Error) {
-    let err = sled_error(err);
+/// sled's flush, then what makes it survive a power cut (see `disk_sync`). Returns the
+/// bytes sled wrote.
+pub(crate) fn durable_flush(trees: &Trees, sync: &mut DiskSync) -> Result<usize, StoreError> {
+    let bytes = trees.db.flush().map_err(sled_error)?;
+    sync.sync()?;
+    Ok(bytes)
+}
+
+fn fail(shared: &Shared, what: &str, err: StoreError) {
     error!(error = %err, "event store {what} failed; refusing further appends");
     shared.publish_failure(err);
 }
@@ -1061,6 +1097,7 @@ mod tests {
             stop: AtomicBool::new(false),
             append_latency: LatencyHistogram::default(),
             flush_latency: LatencyHistogram::default(),
+            sync_counters: Arc::default(),
         }
     }
 
@@ -1130,6 +1167,87 @@ mod tests {
             .collect();
         assert_eq!(outcomes, vec![(1, 1), (2, 1), (3, 2)]);
         assert_eq!(shared.read_stream("a", 1).unwrap().len(), 2);
+    }
+
+    fn one_event(stream: &str, payload_len: usize) -> Vec<StreamAppend> {
+        vec![StreamAppend::new(
+            stream,
+            ExpectedVersion::Any,
+            vec![NewEvent {
+                event_type: "E".into(),
+                schema_version: 1,
+                payload: vec![7; payload_len],
+                actor: String::new(),
+                recorded_at_ms: 0,
+            }],
+        )]
+    }
+
+    #[tokio::test]
+    async fn every_acknowledged_append_was_fdatasynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SledEventStore::open(dir.path().join("events"), SledOptions::default()).unwrap();
+        let counters = Arc::clone(&store.shared.sync_counters);
+        // Open made the format marker durable through the same path.
+        let at_open = counters.data_syncs.load(Ordering::Relaxed);
+        assert!(at_open >= 1);
+        for i in 0..3 {
+            store.append(one_event("s", 10)).await.unwrap();
+            // One flush per sequential append, each followed by its fdatasync.
+            assert_eq!(counters.data_syncs.load(Ordering::Relaxed), at_open + i + 1);
+        }
+        assert_eq!(store.stats().flush_latency.count, 3);
+        // Small records never make sled write a blob file.
+        assert_eq!(counters.blob_syncs.load(Ordering::Relaxed), 0);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn blob_files_of_large_appends_are_synced_before_the_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        let store = SledEventStore::open(&path, SledOptions::default()).unwrap();
+        let counters = Arc::clone(&store.shared.sync_counters);
+        // Far above sled's blob threshold: sled writes it to `blobs/`.
+        store.append(one_event("big", 512 * 1024)).await.unwrap();
+        let blobs = std::fs::read_dir(path.join("blobs")).unwrap().count();
+        assert!(blobs >= 1, "sled wrote no blob file");
+        assert!(counters.blob_syncs.load(Ordering::Relaxed) >= 1);
+        store.close().await.unwrap();
+        let store = SledEventStore::open(&path, SledOptions::default()).unwrap();
+        assert_eq!(store.read_from(1, 10).unwrap()[0].payload.len(), 512 * 1024);
+    }
+
+    #[test]
+    fn later_groups_check_versions_against_the_written_heads() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let mut writer = GroupWriter::new(&shared, std::thread::current());
+        writer.handle(append("a", ExpectedVersion::NoStream, 10).0);
+        writer.write_group();
+        assert_eq!(writer.heads.get("a"), Some(&(1, 1)));
+        // A new group: the check sees the head the first group wrote.
+        let (stale, mut stale_rx) = append("a", ExpectedVersion::NoStream, 10);
+        writer.handle(stale);
+        assert!(matches!(
+            stale_rx.try_recv().unwrap(),
+            Err(StoreError::Conflict { actual: 1, .. })
+        ));
+        let (next, mut next_rx) = append("a", ExpectedVersion::Exact(1), 10);
+        writer.handle(next);
+        writer.write_group();
+        shared.publish_durable(2);
+        assert_eq!(next_rx.try_recv().unwrap().unwrap().streams[0].version, 2);
+        assert_eq!(shared.written_head("a").unwrap(), Some((2, 2)));
+        // A stream the writer has not seen is read from sled.
+        let mut fresh = GroupWriter::new(&shared, std::thread::current());
+        let (again, mut again_rx) = append("a", ExpectedVersion::Exact(1), 10);
+        fresh.handle(again);
+        assert!(matches!(
+            again_rx.try_recv().unwrap(),
+            Err(StoreError::Conflict { actual: 2, .. })
+        ));
     }
 
     #[test]
