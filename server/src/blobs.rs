@@ -5,12 +5,21 @@
 //! validated upload is fsynced and renamed into place, so a failed or interrupted upload leaves
 //! nothing behind (temporary files are removed at startup). The event log, not this directory,
 //! says which firmware exists: blobs that no firmware references are garbage-collected at startup.
+//!
+//! Durability: [`BlobStore::commit`] returns only once the image survives a power cut: the file
+//! is fsynced, a new prefix directory's entry in `sha256/` is fsynced, and after the rename the
+//! prefix directory is fsynced. The caller records the firmware in the event log only after
+//! that, so a durable event never names a blob that a power cut can take away. Directories
+//! created at open are made durable the same way. Removal (garbage collection, `tmp/` at start)
+//! is not synced: a removal undone by a power cut is redone at the next start.
 
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
+
+use crate::store::{create_dir_all_durable, sync_dir};
 
 /// The blob directory.
 #[derive(Debug, Clone)]
@@ -27,15 +36,19 @@ pub struct BlobWriter {
 }
 
 impl BlobStore {
-    /// Opens (creating) `<data_dir>/blobs` and empties its `tmp/`.
+    /// Opens (creating) `<data_dir>/blobs` and empties its `tmp/`. New directories, and the
+    /// data directory's own entry in its parent, are fsynced.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let root = data_dir.join("blobs");
         let tmp = root.join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
-        std::fs::create_dir_all(&tmp)?;
-        std::fs::create_dir_all(root.join("sha256"))?;
+        create_dir_all_durable(&tmp)?;
+        create_dir_all_durable(&root.join("sha256"))?;
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         Ok(Self { root })
     }
 
@@ -66,28 +79,31 @@ impl BlobStore {
         })
     }
 
-    /// Makes a finished upload durable under its sha256. If the blob already exists the
-    /// temporary file is dropped.
+    /// Makes a finished upload durable under its sha256 (see the module documentation). If
+    /// the blob already exists the temporary file is dropped and the existing one is synced
+    /// (an earlier process may have stopped between its rename and the directory's fsync).
     pub async fn commit(&self, mut writer: BlobWriter, sha256: &str) -> io::Result<PathBuf> {
         writer.file.flush().await?;
         writer.file.sync_all().await?;
         let target = self.path_of(sha256);
-        if target.is_file() {
-            tokio::fs::remove_file(&writer.path).await?;
-            return Ok(target);
-        }
-        let dir = target
-            .parent()
-            .ok_or_else(|| io::Error::other("blob path has no parent"))?
-            .to_path_buf();
-        tokio::fs::create_dir_all(&dir).await?;
-        tokio::fs::rename(&writer.path, &target).await?;
-        // Make the rename itself durable.
-        let dir_for_sync = dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::open(dir_for_sync)?.sync_all())
-            .await
-            .map_err(io::Error::other)??;
-        Ok(target)
+        let upload = writer.path.clone();
+        drop(writer);
+        tokio::task::spawn_blocking(move || {
+            let dir = target
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            create_dir_all_durable(dir)?;
+            if target.is_file() {
+                std::fs::remove_file(&upload)?;
+                std::fs::File::open(&target)?.sync_all()?;
+            } else {
+                std::fs::rename(&upload, &target)?;
+            }
+            sync_dir(dir)?;
+            Ok(target)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// Reads a whole blob.
