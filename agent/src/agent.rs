@@ -132,6 +132,7 @@ fn load_agent_id(dir: &std::path::Path) -> std::io::Result<String> {
     std::fs::write(&tmp, &id)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &path)?;
+    crate::journal::fsync_dir(dir)?;
     Ok(id)
 }
 

@@ -26,6 +26,15 @@
 //! died, never fsynced, never sent): it and anything after it are cut off at open. When the file
 //! grows past a threshold it is rewritten with only what is still needed (pending reports and
 //! recent task marks) into a temporary file that atomically replaces it.
+//!
+//! # Durability
+//! Reports and task marks are `fdatasync`ed before [`Journal::append_report`],
+//! [`Journal::start_task`] and [`Journal::finish_task`] return, so they survive a power cut, not
+//! only a crash of the agent. Acks are not synced (losing one means a harmless resend). Names
+//! are made durable too: opening fsyncs the data directory's parent (its entry, also for a
+//! directory someone else created just before) and, when it creates `journal.log`, the data
+//! directory; compaction fsyncs the directory after its rename. [`fsync_dir`] is the helper
+//! the agent also uses for its `agent-id` file.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -161,6 +170,17 @@ pub struct Journal {
     failpoint: Option<std::sync::Arc<Failpoint>>,
 }
 
+/// Fsyncs a directory, making the entries created or renamed in it durable (a file's own fsync
+/// does not cover its name).
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)?.sync_all()
+}
+
 fn encode_record(r: &Record) -> Vec<u8> {
     let json = serde_json::to_vec(r).unwrap_or_else(|e| unreachable!("records serialise: {e}"));
     let mut out = Vec::with_capacity(json.len() + 8);
@@ -171,16 +191,25 @@ fn encode_record(r: &Record) -> Vec<u8> {
 }
 
 impl Journal {
-    /// Opens (creating) the journal in `dir`, replaying it.
+    /// Opens (creating) the journal in `dir`, replaying it. A new directory and a new
+    /// `journal.log` are made durable (their directory entries fsynced) before it returns.
     pub fn open(dir: &Path) -> io::Result<Journal> {
         std::fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
         let path = dir.join(FILE);
         let mut bytes = Vec::new();
-        if path.exists() {
+        let existed = path.exists();
+        if existed {
             File::open(&path)?.read_to_end(&mut bytes)?;
         }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if !existed {
+            fsync_dir(dir)?;
+        }
         let mut j = Journal {
-            file: OpenOptions::new().create(true).append(true).open(&path)?,
+            file,
             path,
             size: 0,
             next_seq: 1,
@@ -563,7 +592,7 @@ impl Journal {
         }
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
+            fsync_dir(dir)?;
         }
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.size = out.len() as u64;
