@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Tier 2: conformance against real outside peers.
 #
-# Installs Debian's mosquitto and prometheus and, in a Python >= 3.12 virtualenv, ESPHome's own
-# uploader (the `esphome` package) and `esptool`; then runs the tests of the `ota-conformance`
-# crate, which exist only with `--features conformance`. Every test there fails (never skips) when
-# its peer is missing. Then it runs every fuzz target briefly (scripts/fuzz.sh).
+# Installs Debian's mosquitto, prometheus and strace and, in a Python >= 3.12 virtualenv,
+# ESPHome's own uploader (the `esphome` package) and `esptool`; then runs the tests of the
+# `ota-conformance` crate, which exist only with `--features conformance`. Every test there fails
+# (never skips) when its peer is missing. Then it runs every fuzz target briefly (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# durability.rs runs otad and ota-agent under strace to see their fsyncs.
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 if [ ${#need_apt[@]} -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
