@@ -26,7 +26,7 @@ use crate::model::{
     AgentSource, DeviceFacts, EspFacts, FirmwareFormat, Labels, TransportInstance, VersionInfo,
     ZigbeeFacts,
 };
-use crate::rollout::spec::{RolloutSpec, UpgradeType};
+use crate::rollout::spec::{RolloutSpec, RolloutSpecV1, UpgradeType};
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 
 /// Stream names.
@@ -301,12 +301,72 @@ pub struct TaskCreated {
     pub initial_backoff_s: u32,
     /// Backoff cap, seconds.
     pub max_backoff_s: u32,
-    /// Per-device timeout, seconds.
+    /// Transfer budget, seconds, from the start of the transfer; 0: by transport.
     pub timeout_s: u32,
     /// Serial: explicit flash offset.
     pub flash_offset: Option<u32>,
     /// Created by the auto-upgrade switch.
     pub auto: bool,
+    /// Wake-up budget, seconds, while the device sleeps; 0: 7 days.
+    pub wake_timeout_s: u32,
+}
+
+/// Schema version 1 of [`TaskCreated`]: before the wake-up budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCreatedV1 {
+    /// See [`TaskCreated`].
+    pub task_id: String,
+    /// See [`TaskCreated`].
+    pub device_id: String,
+    /// See [`TaskCreated`].
+    pub site_id: String,
+    /// See [`TaskCreated`].
+    pub rollout_id: Option<String>,
+    /// See [`TaskCreated`].
+    pub stage: u32,
+    /// See [`TaskCreated`].
+    pub firmware_id: String,
+    /// See [`TaskCreated`].
+    pub target: VersionInfo,
+    /// See [`TaskCreated`].
+    pub upgrade_type: UpgradeType,
+    /// See [`TaskCreated`].
+    pub downgrade: bool,
+    /// See [`TaskCreated`].
+    pub max_attempts: u32,
+    /// See [`TaskCreated`].
+    pub initial_backoff_s: u32,
+    /// See [`TaskCreated`].
+    pub max_backoff_s: u32,
+    /// See [`TaskCreated`].
+    pub timeout_s: u32,
+    /// See [`TaskCreated`].
+    pub flash_offset: Option<u32>,
+    /// See [`TaskCreated`].
+    pub auto: bool,
+}
+
+impl From<TaskCreatedV1> for TaskCreated {
+    fn from(v1: TaskCreatedV1) -> Self {
+        Self {
+            task_id: v1.task_id,
+            device_id: v1.device_id,
+            site_id: v1.site_id,
+            rollout_id: v1.rollout_id,
+            stage: v1.stage,
+            firmware_id: v1.firmware_id,
+            target: v1.target,
+            upgrade_type: v1.upgrade_type,
+            downgrade: v1.downgrade,
+            max_attempts: v1.max_attempts,
+            initial_backoff_s: v1.initial_backoff_s,
+            max_backoff_s: v1.max_backoff_s,
+            timeout_s: v1.timeout_s,
+            flash_offset: v1.flash_offset,
+            auto: v1.auto,
+            wake_timeout_s: 0,
+        }
+    }
 }
 
 /// The server is checking preconditions right before dispatch. Status 14.
@@ -393,6 +453,40 @@ pub struct TaskSucceeded {
     pub wire_bytes: u64,
     /// The agent report this came from.
     pub source: Option<AgentSource>,
+    /// The server had already ended the task (timed it out, or cancelled it after it was sent)
+    /// when the site reported this success: the device is the truth, the task succeeded late.
+    pub late: bool,
+}
+
+/// Schema version 1 of [`TaskSucceeded`]: before late successes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSucceededV1 {
+    /// See [`TaskSucceeded`].
+    pub attempt: u32,
+    /// See [`TaskSucceeded`].
+    pub from: VersionInfo,
+    /// See [`TaskSucceeded`].
+    pub to: VersionInfo,
+    /// See [`TaskSucceeded`].
+    pub duration_ms: u64,
+    /// See [`TaskSucceeded`].
+    pub wire_bytes: u64,
+    /// See [`TaskSucceeded`].
+    pub source: Option<AgentSource>,
+}
+
+impl From<TaskSucceededV1> for TaskSucceeded {
+    fn from(v1: TaskSucceededV1) -> Self {
+        Self {
+            attempt: v1.attempt,
+            from: v1.from,
+            to: v1.to,
+            duration_ms: v1.duration_ms,
+            wire_bytes: v1.wire_bytes,
+            source: v1.source,
+            late: false,
+        }
+    }
 }
 
 /// An attempt failed. With `retry_at_ms` the task goes back to queued and is dispatched again
@@ -429,6 +523,25 @@ pub struct RolloutCreated {
     pub id: String,
     /// Validated spec.
     pub spec: RolloutSpec,
+}
+
+/// Schema version 1 of [`RolloutCreated`]: the spec before switchable gates, the wake-up budget,
+/// `on_asleep`, the failure budget and per-site zones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutCreatedV1 {
+    /// See [`RolloutCreated`].
+    pub id: String,
+    /// See [`RolloutCreated`].
+    pub spec: RolloutSpecV1,
+}
+
+impl From<RolloutCreatedV1> for RolloutCreated {
+    fn from(v1: RolloutCreatedV1) -> Self {
+        Self {
+            id: v1.id,
+            spec: v1.spec.into(),
+        }
+    }
 }
 
 /// Devices of one stage, decided when the rollout starts.
@@ -699,17 +812,17 @@ domain_events! {
     DeviceRemoved = 1,
     DeviceChecked = 1,
     AutoUpgradeSet = 1,
-    TaskCreated = 1,
+    TaskCreated = 2,
     TaskPreparing = 1,
     TaskHeld = 1,
     TaskConfirmed = 1,
     TaskSkipped = 1,
     TaskDispatched = 1,
     TaskProgressed = 1,
-    TaskSucceeded = 1,
+    TaskSucceeded = 2,
     TaskFailed = 1,
     TaskCancelled = 1,
-    RolloutCreated = 1,
+    RolloutCreated = 2,
     RolloutStarted = 1,
     BatchCheckStarted = 1,
     BatchCheckCompleted = 1,
@@ -752,6 +865,15 @@ impl DomainEvent {
         match (type_name, version) {
             ("DeviceReported", 1) => postcard::from_bytes::<DeviceReportedV1>(bytes)
                 .map(|old| Self::DeviceReported(old.into()))
+                .map_err(malformed),
+            ("TaskCreated", 1) => postcard::from_bytes::<TaskCreatedV1>(bytes)
+                .map(|old| Self::TaskCreated(old.into()))
+                .map_err(malformed),
+            ("TaskSucceeded", 1) => postcard::from_bytes::<TaskSucceededV1>(bytes)
+                .map(|old| Self::TaskSucceeded(old.into()))
+                .map_err(malformed),
+            ("RolloutCreated", 1) => postcard::from_bytes::<RolloutCreatedV1>(bytes)
+                .map(|old| Self::RolloutCreated(old.into()))
                 .map_err(malformed),
             _ => Err(DecodeError::NoUpcaster {
                 type_name: type_name.to_string(),

@@ -5,14 +5,20 @@
 //! What it does not do: I/O of any kind, spawning tasks, reading the clock. Callers pass `now`.
 //!
 //! # Layout
+//! - [`decision`]: [`decision::Change`], what a decision wants written and its concurrency check.
 //! - [`status`]: Tuya-numbered upgrade statuses and error codes, [`status::TaskError`].
 //! - [`model`]: value types stored in events (versions, device facts, firmware facts).
 //! - [`events`]: every stored event, its schema version and codec, upcasters.
 //! - [`projection`]: [`projection::FleetState`], the state folded from the log.
 //! - [`tasks`]: decisions about one device update (fit, preflight, retries).
+//! - [`dispatch`]: the dispatch decision over every unfinished task (budgets, limits, probes).
 //! - [`rollout`]: rollout specification, planning and scheduling.
 
+pub mod decision;
+pub mod dispatch;
 pub mod events;
+#[cfg(test)]
+pub(crate) mod fixture;
 pub mod model;
 pub mod projection;
 pub mod rollout;

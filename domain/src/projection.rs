@@ -87,6 +87,8 @@ pub enum TaskPhase {
     Held,
     /// 100: sent to the site, no report yet (or the site reports it is preparing).
     AgentPreparing,
+    /// 13 at the site: the agent has the task and waits for the network's update slot.
+    SiteQueued,
     /// 5: waiting for the device to wake up.
     WaitingForWakeup,
     /// 2: transferring.
@@ -109,7 +111,7 @@ impl TaskPhase {
     /// The Tuya status shown for this phase.
     pub fn status(self) -> UpgradeStatus {
         match self {
-            Self::Queued => UpgradeStatus::Queued,
+            Self::Queued | Self::SiteQueued => UpgradeStatus::Queued,
             Self::Preparing | Self::Held => UpgradeStatus::Preparing,
             Self::AgentPreparing => UpgradeStatus::AgentPreparing,
             Self::WaitingForWakeup => UpgradeStatus::WaitingForWakeup,
@@ -130,17 +132,45 @@ impl TaskPhase {
         )
     }
 
-    /// The site is working on the task (counts against concurrency limits).
+    /// The site has the task (its agent was sent the update command).
     pub fn is_at_site(self) -> bool {
         matches!(
             self,
-            Self::AgentPreparing | Self::WaitingForWakeup | Self::Updating | Self::Downloaded
+            Self::AgentPreparing
+                | Self::SiteQueued
+                | Self::WaitingForWakeup
+                | Self::Updating
+                | Self::Downloaded
         )
     }
 
-    /// Cancelling is safe: nothing was sent to the device, or it waits for a wake-up.
+    /// The task holds a slot of its network and site (counts against concurrency limits): it
+    /// is sent and neither waits for a wake-up nor for the site's own update slot.
+    pub fn holds_slot(self) -> bool {
+        matches!(
+            self,
+            Self::AgentPreparing | Self::Updating | Self::Downloaded
+        )
+    }
+
+    /// Cancelling is safe: nothing has reached the device yet — the task waits at the server,
+    /// for a wake-up, for the site's slot, or the agent is still preparing (downloading,
+    /// connecting; the agent stops before the first byte reaches the device, and reports the
+    /// real outcome if it was too late).
     pub fn is_cancellable(self) -> bool {
-        matches!(self, Self::Queued | Self::Held | Self::WaitingForWakeup)
+        matches!(
+            self,
+            Self::Queued
+                | Self::Held
+                | Self::WaitingForWakeup
+                | Self::SiteQueued
+                | Self::AgentPreparing
+        )
+    }
+
+    /// Waiting for a sleepy device to wake up: not a failure, and not holding a slot.
+    pub fn is_asleep(self) -> bool {
+        self == Self::WaitingForWakeup
     }
 
     /// Lowercase name.
@@ -150,6 +180,7 @@ impl TaskPhase {
             Self::Preparing => "preparing",
             Self::Held => "held",
             Self::AgentPreparing => "agent-preparing",
+            Self::SiteQueued => "queued-at-site",
             Self::WaitingForWakeup => "waiting-for-wakeup",
             Self::Updating => "updating",
             Self::Downloaded => "downloaded",
@@ -195,8 +226,19 @@ pub struct TaskView {
     pub finished_at_ms: Option<i64>,
     /// Next dispatch after a transient failure or a hold.
     pub next_attempt_at_ms: Option<i64>,
-    /// Per-device timeout of the current attempt.
+    /// When the budget of the current phase runs out: while the site prepares (from dispatch)
+    /// and transfers (from the first progress 2 or 6) the transfer budget, while it waits for a
+    /// wake-up or its network slot (progress 5 or 13) the wake-up budget. `None`: not at a site.
     pub timeout_at_ms: Option<i64>,
+    /// When the current transfer started (first progress 2 or 6 of the attempt).
+    pub transfer_started_ms: Option<i64>,
+    /// When the current wait for a wake-up (or the site's slot) started.
+    pub waiting_since_ms: Option<i64>,
+    /// The server ended the task (timeout, deadline, cancel) rather than its site: a success the
+    /// site reports later for the same attempt still counts.
+    pub ended_by_server: bool,
+    /// Succeeded after the server had ended it.
+    pub late: bool,
     /// Waits for a weak-signal confirmation.
     pub awaiting_confirmation: bool,
     /// An operator confirmed a weak-signal warning: do not hold again for signal.
@@ -328,6 +370,9 @@ pub struct RolloutView {
     pub tasks_by_device: HashMap<String, String>,
     /// When it was paused, while it is paused.
     pub paused_at_ms: Option<i64>,
+    /// When an operator last resumed it: failures that ended before then were seen and accepted,
+    /// so they no longer count against the rollout-wide failure budget.
+    pub failures_accepted_at_ms: Option<i64>,
 }
 
 impl RolloutView {
@@ -389,6 +434,34 @@ pub struct TokenView {
     pub created_by: String,
     /// Revoked.
     pub revoked: bool,
+}
+
+fn succeed(task: &mut TaskView, e: &TaskSucceeded, at: i64) {
+    task.phase = TaskPhase::Succeeded;
+    task.progress = 100.0;
+    task.remaining_s = None;
+    task.timeout_at_ms = None;
+    task.from = Some(e.from.clone());
+    task.to = Some(e.to.clone());
+    task.finished_at_ms = Some(at);
+}
+
+/// A task's transfer budget in seconds, the transport's default resolved.
+pub fn effective_timeout_s(c: &TaskCreated, transport: model::Transport) -> u32 {
+    if c.timeout_s == 0 {
+        crate::rollout::spec::default_device_timeout_s(transport)
+    } else {
+        c.timeout_s
+    }
+}
+
+/// A task's wake-up budget in seconds, the default resolved.
+pub fn effective_wake_timeout_s(c: &TaskCreated) -> u32 {
+    if c.wake_timeout_s == 0 {
+        crate::rollout::spec::DEFAULT_WAKE_TIMEOUT_S
+    } else {
+        c.wake_timeout_s
+    }
 }
 
 /// Everything the server knows, as of `last_seq`.
@@ -545,6 +618,10 @@ impl FleetState {
                     finished_at_ms: None,
                     next_attempt_at_ms: None,
                     timeout_at_ms: None,
+                    transfer_started_ms: None,
+                    waiting_since_ms: None,
+                    ended_by_server: false,
+                    late: false,
                     awaiting_confirmation: false,
                     signal_confirmed: false,
                     requested_by: meta.actor.clone(),
@@ -555,15 +632,42 @@ impl FleetState {
             );
             return;
         }
+        let transfer_budget_ms = {
+            let Some(task) = self.tasks.get(id) else {
+                return;
+            };
+            let transport = self
+                .devices
+                .get(&task.created.device_id)
+                .and_then(|d| d.facts.transport)
+                .unwrap_or(model::Transport::Esphome);
+            i64::from(effective_timeout_s(&task.created, transport)) * 1000
+        };
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
+        let at = meta.recorded_at_ms;
         if task.phase.is_terminal() {
-            // A late report for an ended task (e.g. an agent's result after a cancel or timeout)
-            // changes nothing.
+            // A late report for an ended task changes nothing — except a success for the attempt
+            // the server itself ended (timeout, deadline, cancel): the device is the truth.
+            if let DomainEvent::TaskSucceeded(e) = event
+                && e.late
+                && e.attempt == task.attempt
+                && task.ended_by_server
+            {
+                task.updated_at_ms = at;
+                task.late = true;
+                task.error = None;
+                task.remind.clear();
+                let device_id = task.created.device_id.clone();
+                succeed(task, e, at);
+                if let Some(d) = self.devices.get_mut(&device_id) {
+                    d.facts.current = e.to.clone();
+                }
+            }
             return;
         }
-        task.updated_at_ms = meta.recorded_at_ms;
+        task.updated_at_ms = at;
         match event {
             DomainEvent::TaskPreparing(_) => {
                 task.phase = TaskPhase::Preparing;
@@ -586,22 +690,24 @@ impl FleetState {
                 } else {
                     task.phase = TaskPhase::Cancelled;
                     task.remind = "cancelled after the weak-signal warning".into();
-                    task.finished_at_ms = Some(meta.recorded_at_ms);
+                    task.finished_at_ms = Some(at);
                 }
             }
             DomainEvent::TaskSkipped(e) => {
                 task.phase = TaskPhase::Skipped;
                 task.error = Some(TaskError::new(e.code, e.remind.clone()));
                 task.remind = e.remind.clone();
-                task.finished_at_ms = Some(meta.recorded_at_ms);
+                task.finished_at_ms = Some(at);
             }
             DomainEvent::TaskDispatched(e) => {
                 task.phase = TaskPhase::AgentPreparing;
                 task.attempt = e.attempt;
                 task.command_id = Some(e.command_id);
                 task.timeout_at_ms = Some(e.timeout_at_ms);
+                task.transfer_started_ms = None;
+                task.waiting_since_ms = None;
                 task.scheduled = e.schedule;
-                task.started_at_ms.get_or_insert(meta.recorded_at_ms);
+                task.started_at_ms.get_or_insert(at);
                 task.next_attempt_at_ms = None;
                 task.error = None;
                 task.remind.clear();
@@ -612,12 +718,37 @@ impl FleetState {
                 if e.attempt != task.attempt {
                     return;
                 }
+                let wake_budget_ms = i64::from(effective_wake_timeout_s(&task.created)) * 1000;
                 task.phase = match e.status {
                     UpgradeStatus::WaitingForWakeup => TaskPhase::WaitingForWakeup,
+                    UpgradeStatus::Queued => TaskPhase::SiteQueued,
                     UpgradeStatus::Updating => TaskPhase::Updating,
                     UpgradeStatus::Downloaded => TaskPhase::Downloaded,
                     _ => TaskPhase::AgentPreparing,
                 };
+                // Phase budgets: waiting (for a wake-up or the site's slot) runs the wake-up
+                // budget from when it began; the transfer budget starts with the transfer.
+                match task.phase {
+                    TaskPhase::WaitingForWakeup | TaskPhase::SiteQueued => {
+                        let since = *task.waiting_since_ms.get_or_insert(at);
+                        task.transfer_started_ms = None;
+                        task.timeout_at_ms = Some(since + wake_budget_ms);
+                    }
+                    TaskPhase::Updating | TaskPhase::Downloaded => {
+                        task.waiting_since_ms = None;
+                        if task.transfer_started_ms.is_none() {
+                            task.transfer_started_ms = Some(at);
+                            task.timeout_at_ms = Some(at + transfer_budget_ms);
+                        }
+                    }
+                    _ => {
+                        // Preparing again after a wait (the device woke, the slot is free): a
+                        // fresh transfer budget.
+                        if task.waiting_since_ms.take().is_some() {
+                            task.timeout_at_ms = Some(at + transfer_budget_ms);
+                        }
+                    }
+                }
                 task.progress = e.progress;
                 task.remaining_s = e.remaining_s;
                 task.bytes_sent = e.bytes_sent;
@@ -627,14 +758,10 @@ impl FleetState {
                 if e.attempt != task.attempt {
                     return;
                 }
-                task.phase = TaskPhase::Succeeded;
-                task.progress = 100.0;
-                task.remaining_s = None;
-                task.from = Some(e.from.clone());
-                task.to = Some(e.to.clone());
-                task.finished_at_ms = Some(meta.recorded_at_ms);
                 task.error = None;
+                task.late = e.late;
                 let device_id = task.created.device_id.clone();
+                succeed(task, e, at);
                 if let Some(d) = self.devices.get_mut(&device_id) {
                     d.facts.current = e.to.clone();
                 }
@@ -645,6 +772,9 @@ impl FleetState {
                 }
                 task.error = Some(e.error.clone());
                 task.remaining_s = None;
+                task.timeout_at_ms = None;
+                task.transfer_started_ms = None;
+                task.waiting_since_ms = None;
                 if e.retry_at_ms.is_some() {
                     task.phase = TaskPhase::Queued;
                     task.next_attempt_at_ms = e.retry_at_ms;
@@ -654,15 +784,19 @@ impl FleetState {
                     } else {
                         TaskPhase::Failed
                     };
+                    task.ended_by_server = e.source.is_none();
                     task.awaiting_confirmation = false;
-                    task.finished_at_ms = Some(meta.recorded_at_ms);
+                    task.finished_at_ms = Some(at);
                 }
             }
             DomainEvent::TaskCancelled(e) => {
+                // Only a task its site has can still succeed there.
+                task.ended_by_server = task.phase.is_at_site();
                 task.phase = TaskPhase::Cancelled;
                 task.remind = e.reason.clone();
                 task.awaiting_confirmation = false;
-                task.finished_at_ms = Some(meta.recorded_at_ms);
+                task.timeout_at_ms = None;
+                task.finished_at_ms = Some(at);
             }
             _ => {}
         }
@@ -686,6 +820,7 @@ impl FleetState {
                     batch_check: None,
                     tasks_by_device: HashMap::new(),
                     paused_at_ms: None,
+                    failures_accepted_at_ms: None,
                 },
             );
             return;
@@ -779,6 +914,7 @@ impl FleetState {
             DomainEvent::RolloutResumed(e) => {
                 r.state = RolloutState::Running;
                 r.state_reason = e.reason.clone();
+                r.failures_accepted_at_ms = Some(at);
                 // Timers of the stage in progress resume where they stopped: the deadline and
                 // the end of the soak move by the time spent paused.
                 let paused_for = r.paused_at_ms.take().map_or(0, |p| (at - p).max(0));

@@ -274,26 +274,28 @@ pub fn preflight(input: PreflightInput<'_>) -> Preflight {
     }
     if device.power_source == PowerSource::Battery
         && let Some(battery) = device.battery_percent
-        && battery < preconditions.min_battery_percent
+        && let Some(min) = preconditions.min_battery_percent
+        && battery < min
     {
         return Preflight::Skip {
             code: ErrorCode::Other,
             remind: format!(
-                "battery at {battery} %, below the {} % an OTA update needs: charge or replace the battery, then update again",
-                preconditions.min_battery_percent
+                "battery at {battery} %, below the {min} % an OTA update needs: charge or replace the battery, then update again"
             ),
         };
     }
     if !task.signal_confirmed {
-        let weak = match device.signal {
-            Some(Signal::LinkQuality(lq)) if lq < preconditions.min_linkquality => Some(format!(
-                "link quality {lq} is below {}",
-                preconditions.min_linkquality
-            )),
-            Some(Signal::RssiDbm(rssi)) if rssi < preconditions.min_rssi_dbm => Some(format!(
-                "Wi-Fi signal {rssi} dBm is below {} dBm",
-                preconditions.min_rssi_dbm
-            )),
+        let weak = match (
+            device.signal,
+            preconditions.min_linkquality,
+            preconditions.min_rssi_dbm,
+        ) {
+            (Some(Signal::LinkQuality(lq)), Some(min), _) if lq < min => {
+                Some(format!("link quality {lq} is below {min}"))
+            }
+            (Some(Signal::RssiDbm(rssi)), _, Some(min)) if rssi < min => {
+                Some(format!("Wi-Fi signal {rssi} dBm is below {min} dBm"))
+            }
             _ => None,
         };
         if let Some(why) = weak {
@@ -451,6 +453,7 @@ mod tests {
                 timeout_s: 600,
                 flash_offset: None,
                 auto: false,
+                wake_timeout_s: 0,
             },
             phase: TaskPhase::Queued,
             attempt: 0,
@@ -467,6 +470,10 @@ mod tests {
             finished_at_ms: None,
             next_attempt_at_ms: None,
             timeout_at_ms: None,
+            transfer_started_ms: None,
+            waiting_since_ms: None,
+            ended_by_server: false,
+            late: false,
             awaiting_confirmation: false,
             signal_confirmed: false,
             requested_by: String::new(),

@@ -96,9 +96,19 @@ fn spec() -> RolloutSpec {
         }),
         upgrade_type: UpgradeType::Forced,
         allow_downgrade: false,
-        preconditions: Preconditions::default(),
+        preconditions: Preconditions {
+            min_battery_percent: Some(60),
+            min_linkquality: None,
+            min_rssi_dbm: Some(-80),
+        },
         batch_check: true,
         batch_check_timeout_s: 60,
+        wake_timeout_s: 86_400,
+        on_asleep: OnAsleep::Continue,
+        failure_budget: FailureBudget::Limit(Threshold::Percent(5.0)),
+        site_timezones: [("home".to_string(), "Europe/Berlin".to_string())]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -198,6 +208,7 @@ fn samples() -> Vec<DomainEvent> {
             timeout_s: 1800,
             flash_offset: None,
             auto: false,
+            wake_timeout_s: 604_800,
         }
         .into(),
         TaskPreparing {}.into(),
@@ -239,6 +250,7 @@ fn samples() -> Vec<DomainEvent> {
             duration_ms: 600_000,
             wire_bytes: 2000,
             source: source(),
+            late: true,
         }
         .into(),
         TaskFailed {
@@ -432,6 +444,40 @@ fn device_reported_v1_golden_upcasts() {
     };
     assert_eq!(e.facts.name, "kitchen");
     assert!(e.facts.tags.is_empty());
+}
+
+#[test]
+fn version_1_of_tasks_and_rollouts_upcasts_to_the_old_behaviour() {
+    let golden = read_golden();
+    let line = |ty: &str| unhex(&golden[&(ty.to_string(), 1)]);
+    let DomainEvent::TaskCreated(t) =
+        DomainEvent::decode("TaskCreated", 1, &line("TaskCreated")).unwrap()
+    else {
+        panic!("wrong variant");
+    };
+    assert_eq!(
+        (t.timeout_s, t.wake_timeout_s),
+        (1800, 0),
+        "0: the default wake-up budget"
+    );
+    let DomainEvent::TaskSucceeded(s) =
+        DomainEvent::decode("TaskSucceeded", 1, &line("TaskSucceeded")).unwrap()
+    else {
+        panic!("wrong variant");
+    };
+    assert!(!s.late);
+    let DomainEvent::RolloutCreated(r) =
+        DomainEvent::decode("RolloutCreated", 1, &line("RolloutCreated")).unwrap()
+    else {
+        panic!("wrong variant");
+    };
+    // Old rollouts keep their behaviour: every gate on, no rollout-wide budget, deadlines as
+    // written (0 was "none").
+    assert_eq!(r.spec.preconditions, Preconditions::default());
+    assert_eq!(r.spec.failure_budget, FailureBudget::Off);
+    assert_eq!(r.spec.on_asleep, OnAsleep::Wait);
+    assert_eq!(r.spec.stages[1].deadline_s, 0);
+    assert!(r.spec.site_timezones.is_empty());
 }
 
 fn hex(b: &[u8]) -> String {

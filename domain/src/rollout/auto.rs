@@ -103,6 +103,7 @@ pub fn due(state: &FleetState) -> Vec<TaskCreated> {
             timeout_s: r.spec.device_timeout_s,
             flash_offset: None,
             auto: true,
+            wake_timeout_s: r.spec.wake_timeout_s,
         });
     }
     out

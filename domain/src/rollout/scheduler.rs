@@ -73,15 +73,21 @@
 
 use std::collections::BTreeSet;
 
+use crate::decision::Change;
+use crate::events::streams;
 use crate::events::{
     BatchCheckCompleted, BatchCheckStarted, DomainEvent, Exclusion, RolloutAborted,
     RolloutCompleted, RolloutPaused, StageDevicesExcluded, StageFailed, StageSoaking, StageStarted,
     StageSucceeded, TaskCancelled, TaskCreated, TaskFailed,
 };
-use crate::projection::{FleetState, RolloutState, RolloutView, StageState, TaskPhase, TaskView};
+use crate::projection::{
+    FleetState, RolloutState, RolloutView, StageState, StageView, TaskPhase, TaskView,
+};
 use crate::rollout::plan::exclusion_reason;
-use crate::rollout::spec::{FailureAction, StageSpec, Threshold, UpgradeType};
-use crate::rollout::window;
+use crate::rollout::spec::{
+    FailureAction, FailureBudget, OnAsleep, StageSpec, Threshold, UpgradeType,
+};
+use crate::rollout::window::{self, SiteZone};
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 use crate::tasks::target_version;
 
@@ -125,6 +131,31 @@ impl Reconcile {
         self.requeue_at = Some(self.requeue_at.map_or(at, |t| t.min(at)));
     }
 
+    /// The decision as changes to the log. Every write of a step depends on the rollout stream
+    /// being as the step saw it (its events, or a guard when it has none): an abort or pause
+    /// recorded meanwhile makes the whole step be decided again, so no task is created or
+    /// changed for a rollout in a state the step did not see.
+    pub fn changes(&self, rollout_id: &str) -> Vec<Change> {
+        let mut out = Vec::new();
+        if self.is_empty() {
+            return out;
+        }
+        out.push(Change::unchanged(
+            streams::rollout(rollout_id),
+            self.rollout_events.clone(),
+        ));
+        for t in &self.new_tasks {
+            out.push(Change::new_stream(
+                streams::task(&t.task_id),
+                vec![t.clone().into()],
+            ));
+        }
+        for (task_id, e) in &self.task_events {
+            out.push(Change::unchanged(streams::task(task_id), vec![e.clone()]));
+        }
+        out
+    }
+
     /// The batch check this decision starts, if any.
     pub fn batch_check_started(&self) -> Option<&BatchCheckStarted> {
         self.rollout_events.iter().find_map(|e| match e {
@@ -146,6 +177,9 @@ pub struct Input<'a> {
     /// A batch check of this rollout is running in this server process (its answers are being
     /// awaited). After a restart none is, and an unfinished check is started again.
     pub batch_check_in_flight: bool,
+    /// Most tasks one step creates ([`MAX_NEW_TASKS_PER_STEP`]; tests lower it to exercise the
+    /// steps that create the rest of a stage).
+    pub max_new_tasks: usize,
 }
 
 // === ids ===
@@ -186,8 +220,10 @@ pub struct StageCounts {
     pub devices: u32,
     /// Devices that have no task yet.
     pub without_task: u32,
-    /// Tasks that have not ended.
+    /// Tasks that have not ended (the asleep ones included).
     pub unfinished: u32,
+    /// Unfinished tasks waiting for their device to wake up (status 5): never failures.
+    pub asleep: u32,
     /// Succeeded (3).
     pub succeeded: u32,
     /// Failed (4).
@@ -217,6 +253,11 @@ impl StageCounts {
     /// Every device has a task and every task ended.
     pub fn all_ended(&self) -> bool {
         self.without_task == 0 && self.unfinished == 0
+    }
+
+    /// Every device has a task and every task ended, or only waits for its device to wake up.
+    pub fn all_ended_but_asleep(&self) -> bool {
+        self.without_task == 0 && self.unfinished == self.asleep
     }
 }
 
@@ -255,7 +296,12 @@ pub fn stage_counts(r: &RolloutView, state: &FleetState, index: usize) -> StageC
             }
             TaskPhase::Skipped => c.skipped += 1,
             TaskPhase::Cancelled => c.cancelled += 1,
-            _ => c.unfinished += 1,
+            phase => {
+                c.unfinished += 1;
+                if phase.is_asleep() {
+                    c.asleep += 1;
+                }
+            }
         }
     }
     c
@@ -288,8 +334,15 @@ pub enum Verdict {
     Undecided,
 }
 
-/// Judges a stage from its counts.
-pub fn verdict(stage: &StageSpec, c: &StageCounts) -> Verdict {
+/// Judges a stage from its counts. With `asleep_done`, devices waiting for a wake-up count as
+/// ended for the stage (`on_asleep = "continue"`, or the stage's deadline has passed): the stage
+/// can advance without them; they finish later.
+pub fn verdict(stage: &StageSpec, c: &StageCounts, asleep_done: bool) -> Verdict {
+    let ended = if asleep_done {
+        c.all_ended_but_asleep()
+    } else {
+        c.all_ended()
+    };
     let limit = failure_limit(stage, c.devices);
     let failures = c.failures();
     if failures >= limit {
@@ -305,20 +358,30 @@ pub fn verdict(stage: &StageSpec, c: &StageCounts) -> Verdict {
     }
     match stage.success_threshold {
         None => {
-            if c.all_ended() {
+            if ended {
                 Verdict::SuccessMet
             } else {
                 Verdict::Undecided
             }
         }
         Some(t) => {
-            let eligible = c.eligible();
+            // Devices the stage does not wait for are not measured either.
+            let eligible = if asleep_done {
+                c.eligible().saturating_sub(c.asleep)
+            } else {
+                c.eligible()
+            };
             let needed = t.of(eligible).min(eligible);
             if c.succeeded >= needed {
                 Verdict::SuccessMet
-            } else if c.all_ended() {
+            } else if ended {
+                let asleep = if asleep_done && c.asleep > 0 {
+                    format!(", {} asleep not counted", c.asleep)
+                } else {
+                    String::new()
+                };
                 Verdict::Failed(format!(
-                    "stage {}: every device has ended but only {} succeeded, {needed} needed (success threshold {} of {eligible} eligible devices)",
+                    "stage {}: every device has ended but only {} succeeded, {needed} needed (success threshold {} of {eligible} eligible devices{asleep})",
                     stage.name,
                     c.succeeded,
                     describe_threshold(t)
@@ -332,31 +395,79 @@ pub fn verdict(stage: &StageSpec, c: &StageCounts) -> Verdict {
 
 // === the reconcile ===
 
-fn site_offset(state: &FleetState, site_id: &str) -> i32 {
-    state.sites.get(site_id).map_or(0, |s| s.utc_offset_minutes)
-}
-
-/// Distinct UTC offsets of the sites of `devices`.
-fn offsets<'a>(state: &FleetState, devices: impl IntoIterator<Item = &'a String>) -> BTreeSet<i32> {
-    devices
+/// Distinct zones of the sites of `devices`, for this rollout.
+fn zones<'a>(
+    r: &RolloutView,
+    state: &FleetState,
+    devices: impl IntoIterator<Item = &'a String>,
+) -> Vec<SiteZone> {
+    let sites: BTreeSet<&str> = devices
         .into_iter()
         .filter_map(|d| crate::model::split_device_id(d).map(|(site, _)| site))
-        .map(|site| site_offset(state, site))
-        .collect()
+        .collect();
+    let mut out: Vec<SiteZone> = Vec::new();
+    for site in sites {
+        let z = window::site_zone(state, Some(&r.spec), site);
+        if !out.contains(&z) {
+            out.push(z);
+        }
+    }
+    out
 }
 
-/// Whether the window (if any) is open at one or more of these offsets; else when it next opens.
-fn window_gate(r: &RolloutView, offsets: &BTreeSet<i32>, now: i64) -> Result<(), Option<i64>> {
+/// Whether the window (if any) is open in one or more of these zones; else when it next opens.
+fn window_gate(r: &RolloutView, zones: &[SiteZone], now: i64) -> Result<(), Option<i64>> {
     let Some(w) = &r.spec.window else {
         return Ok(());
     };
-    if offsets.is_empty() || offsets.iter().any(|o| window::is_open(w, *o, now)) {
+    if zones.is_empty() || zones.iter().any(|z| window::is_open(w, *z, now)) {
         return Ok(());
     }
-    Err(offsets
+    Err(zones
         .iter()
-        .filter_map(|o| window::next_open(w, *o, now))
+        .filter_map(|z| window::next_open(w, *z, now))
         .min())
+}
+
+/// The rollout-wide failure budget in devices (`None`: off), resolved against today's plan.
+pub fn failure_budget(r: &RolloutView) -> Option<u32> {
+    let targets: u32 = r.stages.iter().map(|s| s.device_ids.len() as u32).sum();
+    match r.spec.failure_budget {
+        FailureBudget::Off => None,
+        FailureBudget::Limit(t) => Some(t.of(targets).max(1)),
+        FailureBudget::Default => {
+            let largest_stage_limit = r
+                .stages
+                .iter()
+                .zip(&r.spec.stages)
+                .map(|(s, spec)| failure_limit(spec, s.device_ids.len() as u32))
+                .max()
+                .unwrap_or(1);
+            Some(
+                Threshold::Percent(10.0)
+                    .of(targets)
+                    .max(largest_stage_limit)
+                    .max(1),
+            )
+        }
+    }
+}
+
+/// Failures across the rollout that count against its budget: failed or timed-out tasks of
+/// every stage (stragglers of finished stages included), except those an operator accepted by
+/// resuming after they ended.
+pub fn budget_failures(r: &RolloutView, state: &FleetState) -> u32 {
+    r.tasks_by_device
+        .values()
+        .filter_map(|id| state.tasks.get(id))
+        .filter(|t| matches!(t.phase, TaskPhase::Failed | TaskPhase::TimedOut))
+        .filter(|t| {
+            !matches!(
+                (r.failures_accepted_at_ms, t.finished_at_ms),
+                (Some(accepted), Some(finished)) if finished <= accepted
+            )
+        })
+        .count() as u32
 }
 
 fn all_stage_devices(r: &RolloutView) -> Vec<String> {
@@ -367,12 +478,55 @@ fn all_stage_devices(r: &RolloutView) -> Vec<String> {
 }
 
 /// Decides the next step of a rollout. See the module documentation.
+///
+/// After the steps, the rollout-wide failure budget: when the failures across the rollout
+/// (stragglers of finished stages included) reach it and the step itself did not stop or end the
+/// rollout (a stage's own threshold, with its own action, goes first), the rollout pauses instead
+/// of taking the step.
 pub fn reconcile(input: Input<'_>) -> Reconcile {
+    let out = steps(input);
+    let r = input.rollout;
+    if r.state != RolloutState::Running {
+        return out;
+    }
+    let stops = out.rollout_events.iter().any(|e| {
+        matches!(
+            e,
+            DomainEvent::StageFailed(_)
+                | DomainEvent::RolloutPaused(_)
+                | DomainEvent::RolloutAborted(_)
+                | DomainEvent::RolloutCompleted(_)
+        )
+    });
+    if stops {
+        return out;
+    }
+    if let Some(budget) = failure_budget(r) {
+        let failures = budget_failures(r, input.state);
+        if failures >= budget {
+            let mut paused = Reconcile::default();
+            paused.rollout_events.push(
+                RolloutPaused {
+                    reason: format!(
+                        "failure budget: {failures} device(s) failed or timed out across the rollout ≥ budget {budget}; resume to accept them and go on"
+                    ),
+                    automatic: true,
+                }
+                .into(),
+            );
+            return paused;
+        }
+    }
+    out
+}
+
+fn steps(input: Input<'_>) -> Reconcile {
     let Input {
         rollout: r,
         state,
         now_ms: now,
         batch_check_in_flight,
+        max_new_tasks,
     } = input;
     let mut out = Reconcile::default();
     if r.state != RolloutState::Running {
@@ -389,7 +543,7 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
                 return out;
             }
             let targets = all_stage_devices(r);
-            if !check_only && let Err(next) = window_gate(r, &offsets(state, &targets), now) {
+            if !check_only && let Err(next) = window_gate(r, &zones(r, state, &targets), now) {
                 if let Some(at) = next {
                     out.requeue(at);
                 }
@@ -429,7 +583,9 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
         }
     }
 
-    // 2. Stage deadlines: unfinished tasks of every started stage time out.
+    // 2. Stage deadlines: unfinished tasks of every started stage time out — except those
+    //    asleep (waiting for a wake-up): they are not failures, they finish later within their
+    //    wake-up budget, and the stage goes on without them.
     for (index, stage) in r.stages.iter().enumerate() {
         if !matches!(
             stage.state,
@@ -444,7 +600,7 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
             .device_ids
             .iter()
             .filter_map(|d| rollout_task(r, state, d))
-            .filter(|t| !t.phase.is_terminal())
+            .filter(|t| !t.phase.is_terminal() && !t.phase.is_asleep())
             .collect();
         if unfinished.is_empty() {
             continue;
@@ -472,7 +628,10 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
                 }
                 .into(),
             ));
-            if t.phase == TaskPhase::WaitingForWakeup {
+            if t.phase.is_at_site() && t.phase.is_cancellable() {
+                // The agent stops what it can stop safely (before the first byte). A transfer
+                // already running is not interrupted: it finishes, and its success still counts
+                // (late).
                 out.cancels.push(CancelOrder {
                     site_id: t.created.site_id.clone(),
                     task_id: t.created.task_id.clone(),
@@ -518,7 +677,7 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
     match stage.state {
         StageState::Pending => {
             if !stage.device_ids.is_empty()
-                && let Err(next) = window_gate(r, &offsets(state, &stage.device_ids), now)
+                && let Err(next) = window_gate(r, &zones(r, state, &stage.device_ids), now)
             {
                 if let Some(at) = next {
                     out.requeue(at);
@@ -533,7 +692,7 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
                 }
                 .into(),
             );
-            let remaining = ensure_tasks(r, state, index, now, &mut out);
+            let remaining = ensure_tasks(r, state, index, now, max_new_tasks, &mut out);
             if remaining == 0 {
                 out.rollout_events
                     .push(StageSucceeded { index: idx }.into());
@@ -544,12 +703,12 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
         }
         StageState::Running | StageState::Failed => {
             let before = out.rollout_events.len() + out.new_tasks.len();
-            ensure_tasks(r, state, index, now, &mut out);
+            ensure_tasks(r, state, index, now, max_new_tasks, &mut out);
             if out.rollout_events.len() + out.new_tasks.len() != before {
                 return out;
             }
             let counts = stage_counts(r, state, index);
-            match verdict(spec, &counts) {
+            match verdict(spec, &counts, asleep_done(r, stage, now)) {
                 Verdict::Failed(reason) => fail_stage(r, state, idx, spec, reason, &mut out),
                 Verdict::SuccessMet if spec.soak_s > 0 => {
                     let until = now + i64::from(spec.soak_s) * 1000;
@@ -573,7 +732,7 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
             let counts = stage_counts(r, state, index);
             let limit = failure_limit(spec, counts.devices);
             if counts.failures() >= limit {
-                let reason = match verdict(spec, &counts) {
+                let reason = match verdict(spec, &counts, asleep_done(r, stage, now)) {
                     Verdict::Failed(reason) => format!("{reason}, while soaking"),
                     _ => format!(
                         "stage {}: {} failure(s) ≥ threshold {limit} while soaking",
@@ -611,11 +770,17 @@ fn requeue_window(
     let Some(w) = &r.spec.window else {
         return;
     };
-    for o in offsets(state, &r.stages[index].device_ids) {
-        if let Some(at) = window::next_change(w, o, now) {
+    for z in zones(r, state, &r.stages[index].device_ids) {
+        if let Some(at) = window::next_change(w, z, now) {
             out.requeue(at);
         }
     }
+}
+
+/// Whether a stage no longer waits for its devices that sleep: the spec says so
+/// (`on_asleep = "continue"`), or the stage's deadline has passed.
+fn asleep_done(r: &RolloutView, stage: &StageView, now: i64) -> bool {
+    r.spec.on_asleep == OnAsleep::Continue || stage.deadline_at_ms.is_some_and(|d| d <= now)
 }
 
 /// At most this many tasks are created by one step. A step is one append to the log, which holds
@@ -631,6 +796,7 @@ fn ensure_tasks(
     state: &FleetState,
     index: usize,
     now: i64,
+    max_new_tasks: usize,
     out: &mut Reconcile,
 ) -> usize {
     let stage = &r.stages[index];
@@ -683,7 +849,7 @@ fn ensure_tasks(
             continue;
         };
         with_task += 1;
-        if out.new_tasks.len() >= MAX_NEW_TASKS_PER_STEP {
+        if out.new_tasks.len() >= max_new_tasks.max(1) {
             // The next step creates it.
             out.requeue(now);
             continue;
@@ -705,6 +871,7 @@ fn ensure_tasks(
             timeout_s: spec.device_timeout_s,
             flash_offset: None,
             auto: false,
+            wake_timeout_s: spec.wake_timeout_s,
         });
     }
     if fw.is_none() && with_task < stage.device_ids.len() - excluded.len() {
@@ -767,9 +934,11 @@ fn fail_stage(
     }
 }
 
-/// Aborting a rollout: `RolloutAborted`, and every task of it that is safe to cancel (queued,
-/// held, waiting for wake-up) is cancelled; waiting-for-wake-up tasks also get a `CancelCommand`
-/// at their site. Running transfers are left to finish and report.
+/// Aborting a rollout: `RolloutAborted`, and every task of it that is safe to cancel — queued,
+/// held, waiting for a wake-up or the site's slot, or still being prepared by the agent
+/// (downloading, connecting) — is cancelled; those its site has also get a `CancelCommand` (the
+/// agent stops before the first byte reaches the device; if it was too late, it reports the real
+/// outcome and a success still counts). Running transfers are left to finish and report.
 pub fn abort(r: &RolloutView, state: &FleetState, reason: &str, automatic: bool) -> Reconcile {
     let mut out = Reconcile::default();
     out.rollout_events.push(
@@ -795,7 +964,7 @@ pub fn abort(r: &RolloutView, state: &FleetState, reason: &str, automatic: bool)
             }
             .into(),
         ));
-        if t.phase == TaskPhase::WaitingForWakeup {
+        if t.phase.is_at_site() {
             out.cancels.push(CancelOrder {
                 site_id: t.created.site_id.clone(),
                 task_id: t.created.task_id.clone(),

@@ -4,6 +4,8 @@
 //! [`RolloutSpec::validate`]; the result is stored in the `RolloutCreated` event, so these types
 //! follow the event compatibility rules (never rename, reorder or remove a field).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::Transport;
@@ -131,7 +133,8 @@ pub struct StageSpec {
     /// What stopping means.
     pub on_failure: FailureAction,
     /// Batch-check timeout of the stage: devices unfinished this long after the stage started
-    /// count as timed out (5016). 0: no deadline.
+    /// count as timed out (5016), except those asleep then (they finish later). 0: no deadline
+    /// (only when written explicitly: the API's default is [`DEFAULT_STAGE_DEADLINE_S`]).
     pub deadline_s: u32,
     /// Soak time after success.
     pub soak_s: u32,
@@ -193,26 +196,77 @@ pub struct MaintenanceWindow {
     pub weekdays: Vec<u8>,
 }
 
-/// Checks right before each dispatch, defaults resolved.
+/// The gates checked right before each dispatch, defaults resolved; `None` switches a gate off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preconditions {
     /// Battery devices below are skipped with a reminder.
-    pub min_battery_percent: u8,
+    pub min_battery_percent: Option<u8>,
     /// Zigbee link quality below waits for confirmation (5005).
-    pub min_linkquality: u8,
+    pub min_linkquality: Option<u8>,
     /// Wi-Fi RSSI below waits for confirmation (5005).
-    pub min_rssi_dbm: i16,
+    pub min_rssi_dbm: Option<i16>,
 }
 
 impl Default for Preconditions {
     fn default() -> Self {
         Self {
-            min_battery_percent: 70,
-            min_linkquality: 30,
-            min_rssi_dbm: -85,
+            min_battery_percent: Some(70),
+            min_linkquality: Some(30),
+            min_rssi_dbm: Some(-85),
         }
     }
 }
+
+/// [`Preconditions`] as stored by [`RolloutSpecV1`]: every gate on, 0 meant the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreconditionsV1 {
+    /// See [`Preconditions`].
+    pub min_battery_percent: u8,
+    /// See [`Preconditions`].
+    pub min_linkquality: u8,
+    /// See [`Preconditions`].
+    pub min_rssi_dbm: i16,
+}
+
+impl From<PreconditionsV1> for Preconditions {
+    fn from(v1: PreconditionsV1) -> Self {
+        Self {
+            min_battery_percent: Some(v1.min_battery_percent),
+            min_linkquality: Some(v1.min_linkquality),
+            min_rssi_dbm: Some(v1.min_rssi_dbm),
+        }
+    }
+}
+
+/// What a stage does about devices waiting for a wake-up (status 5). They never count as
+/// failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OnAsleep {
+    /// The stage waits for them (within its deadline) before the next stage starts.
+    #[default]
+    Wait,
+    /// The next stage may start while they finish later.
+    Continue,
+}
+
+/// The rollout-wide failure budget: failures (failed or timed out, stragglers of finished
+/// stages included, failures accepted by a resume not) that pause the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub enum FailureBudget {
+    /// 10 % of all targets (rounded up), and never below the largest stage failure limit, so
+    /// the default never stops a stage before its own threshold would.
+    #[default]
+    Default,
+    /// No rollout-wide budget.
+    Off,
+    /// This many devices, or this share of all targets.
+    Limit(Threshold),
+}
+
+/// The default wake-up budget: a week.
+pub const DEFAULT_WAKE_TIMEOUT_S: u32 = 7 * 24 * 3600;
+/// The default stage deadline: a day.
+pub const DEFAULT_STAGE_DEADLINE_S: u32 = 24 * 3600;
 
 /// A validated rollout specification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,7 +281,8 @@ pub struct RolloutSpec {
     pub stages: Vec<StageSpec>,
     /// Concurrency.
     pub concurrency: Concurrency,
-    /// Per-device timeout in seconds; 0: by transport (30 min Zigbee, 10 min otherwise).
+    /// Transfer budget per device in seconds, from the start of the transfer; 0: by transport
+    /// (30 min Zigbee, 10 min otherwise).
     pub device_timeout_s: u32,
     /// Retries.
     pub retry: RetryPolicy,
@@ -243,6 +298,82 @@ pub struct RolloutSpec {
     pub batch_check: bool,
     /// Its timeout in seconds.
     pub batch_check_timeout_s: u32,
+    /// Wake-up budget per task in seconds; 0: [`DEFAULT_WAKE_TIMEOUT_S`].
+    pub wake_timeout_s: u32,
+    /// What a stage does about devices that sleep.
+    pub on_asleep: OnAsleep,
+    /// The rollout-wide failure budget.
+    pub failure_budget: FailureBudget,
+    /// IANA zone per site for the maintenance window (overrides what agents report).
+    pub site_timezones: BTreeMap<String, String>,
+}
+
+/// [`RolloutSpec`] as stored by `RolloutCreated` v1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSpecV1 {
+    /// See [`RolloutSpec`].
+    pub name: String,
+    /// See [`RolloutSpec`].
+    pub firmware_id: String,
+    /// See [`RolloutSpec`].
+    pub selector: Selector,
+    /// See [`RolloutSpec`].
+    pub stages: Vec<StageSpec>,
+    /// See [`RolloutSpec`].
+    pub concurrency: Concurrency,
+    /// See [`RolloutSpec`].
+    pub device_timeout_s: u32,
+    /// See [`RolloutSpec`].
+    pub retry: RetryPolicy,
+    /// See [`RolloutSpec`].
+    pub window: Option<MaintenanceWindow>,
+    /// See [`RolloutSpec`].
+    pub upgrade_type: UpgradeType,
+    /// See [`RolloutSpec`].
+    pub allow_downgrade: bool,
+    /// See [`RolloutSpec`].
+    pub preconditions: PreconditionsV1,
+    /// See [`RolloutSpec`].
+    pub batch_check: bool,
+    /// See [`RolloutSpec`].
+    pub batch_check_timeout_s: u32,
+}
+
+impl From<RolloutSpecV1> for RolloutSpec {
+    /// Rollouts created before v2 keep their behaviour: no rollout-wide budget, stage deadlines
+    /// as written (0 was "none").
+    fn from(v1: RolloutSpecV1) -> Self {
+        Self {
+            name: v1.name,
+            firmware_id: v1.firmware_id,
+            selector: v1.selector,
+            stages: v1.stages,
+            concurrency: v1.concurrency,
+            device_timeout_s: v1.device_timeout_s,
+            retry: v1.retry,
+            window: v1.window,
+            upgrade_type: v1.upgrade_type,
+            allow_downgrade: v1.allow_downgrade,
+            preconditions: v1.preconditions.into(),
+            batch_check: v1.batch_check,
+            batch_check_timeout_s: v1.batch_check_timeout_s,
+            wake_timeout_s: 0,
+            on_asleep: OnAsleep::Wait,
+            failure_budget: FailureBudget::Off,
+            site_timezones: BTreeMap::new(),
+        }
+    }
+}
+
+impl RolloutSpec {
+    /// The wake-up budget in seconds, default resolved.
+    pub fn wake_timeout_s(&self) -> u32 {
+        if self.wake_timeout_s == 0 {
+            DEFAULT_WAKE_TIMEOUT_S
+        } else {
+            self.wake_timeout_s
+        }
+    }
 }
 
 /// Per-device timeout when the spec leaves it at 0.

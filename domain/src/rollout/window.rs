@@ -5,15 +5,77 @@
 //! start crosses midnight (22:00–05:00), and it belongs to the day it **opens** on: with
 //! `weekdays = [1]` (Monday), 22:00–05:00 is open from Monday 22:00 to Tuesday 05:00.
 //!
-//! **Local time is the site's reported UTC offset.** otad has no time-zone database: agents
-//! send their IANA zone and their current UTC offset in every hello (`AgentHello.timezone`,
-//! `utc_offset_minutes`), and the server uses the offset of the last hello. A daylight-saving
-//! change therefore takes effect when the agent next reconnects. A site that never said hello
-//! is taken to be on UTC.
+//! **Local time is the site's IANA zone** ([`SiteZone`], resolved by [`site_zone`]): the zone the
+//! rollout spec names for the site, else the zone the site's agent reports in its hello
+//! (`AgentHello.timezone`), looked up in the time-zone database compiled into otad (`chrono-tz`),
+//! so daylight-saving changes apply at the moment they happen. A site whose agent reported no
+//! known zone uses the UTC offset it reported (a DST change then applies at its next hello); a
+//! site that never said hello is on UTC.
 //!
 //! Pure functions of `now` (Unix ms); nothing here reads a clock.
 
-use crate::rollout::spec::MaintenanceWindow;
+use chrono::{Offset, TimeZone};
+
+use crate::projection::FleetState;
+use crate::rollout::spec::{MaintenanceWindow, RolloutSpec};
+
+/// How a site tells local time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteZone {
+    /// An IANA zone: the offset follows daylight saving.
+    Iana(chrono_tz::Tz),
+    /// A fixed UTC offset in minutes.
+    Offset(i32),
+}
+
+impl From<i32> for SiteZone {
+    fn from(minutes: i32) -> Self {
+        Self::Offset(minutes)
+    }
+}
+
+impl SiteZone {
+    /// The UTC offset in minutes in effect at `utc_ms`.
+    pub fn offset_minutes_at(self, utc_ms: i64) -> i32 {
+        match self {
+            Self::Offset(m) => m,
+            Self::Iana(tz) => chrono::DateTime::from_timestamp_millis(utc_ms)
+                .map(|t| {
+                    tz.offset_from_utc_datetime(&t.naive_utc())
+                        .fix()
+                        .local_minus_utc()
+                        / 60
+                })
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Parses an IANA zone name ("Europe/Berlin"); `None` for anything the database does not know.
+pub fn parse_zone(name: &str) -> Option<chrono_tz::Tz> {
+    if name.is_empty() || name.len() > 64 {
+        return None;
+    }
+    name.parse::<chrono_tz::Tz>().ok()
+}
+
+/// The zone of a site for a rollout: the spec's `site_timezones` entry, else the zone its agent
+/// reported, else the offset its agent reported, else UTC.
+pub fn site_zone(state: &FleetState, spec: Option<&RolloutSpec>, site_id: &str) -> SiteZone {
+    if let Some(tz) = spec
+        .and_then(|s| s.site_timezones.get(site_id))
+        .and_then(|z| parse_zone(z))
+    {
+        return SiteZone::Iana(tz);
+    }
+    match state.sites.get(site_id) {
+        Some(site) => match parse_zone(&site.timezone) {
+            Some(tz) => SiteZone::Iana(tz),
+            None => SiteZone::Offset(site.utc_offset_minutes),
+        },
+        None => SiteZone::Offset(0),
+    }
+}
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
@@ -32,8 +94,13 @@ fn opens_on(w: &MaintenanceWindow, weekday: u8) -> bool {
     w.weekdays.is_empty() || w.weekdays.contains(&weekday)
 }
 
-/// Whether dispatching may happen now at a site with this UTC offset.
-pub fn is_open(w: &MaintenanceWindow, utc_offset_minutes: i32, now_ms: i64) -> bool {
+/// Whether dispatching may happen now at a site in this zone.
+pub fn is_open(w: &MaintenanceWindow, zone: impl Into<SiteZone>, now_ms: i64) -> bool {
+    let offset = zone.into().offset_minutes_at(now_ms);
+    is_open_at_offset(w, offset, now_ms)
+}
+
+fn is_open_at_offset(w: &MaintenanceWindow, utc_offset_minutes: i32, now_ms: i64) -> bool {
     let (_, minute, weekday) = local(now_ms, utc_offset_minutes);
     let (start, end) = (w.start_minute, w.end_minute);
     if start < end {
@@ -48,15 +115,26 @@ pub fn is_open(w: &MaintenanceWindow, utc_offset_minutes: i32, now_ms: i64) -> b
 }
 
 /// The next moment after `now_ms` at which the window opens or closes, within the next eight
-/// days; `None` if it never changes (no weekday can open it).
-pub fn next_change(w: &MaintenanceWindow, utc_offset_minutes: i32, now_ms: i64) -> Option<i64> {
-    let open_now = is_open(w, utc_offset_minutes, now_ms);
-    let offset_ms = i64::from(utc_offset_minutes) * MINUTE_MS;
-    let (today, _, _) = local(now_ms, utc_offset_minutes);
+/// days; `None` if it never changes (no weekday can open it). In an IANA zone the candidate
+/// instants use the offset in effect around them, so a boundary on a daylight-saving day is right
+/// (a boundary inside the skipped hour of a spring-forward night falls on the first instant
+/// after it).
+pub fn next_change(w: &MaintenanceWindow, zone: impl Into<SiteZone>, now_ms: i64) -> Option<i64> {
+    let zone = zone.into();
+    let open_now = is_open(w, zone, now_ms);
+    let offset_now = zone.offset_minutes_at(now_ms);
+    let (today, _, _) = local(now_ms, offset_now);
     let mut candidates: Vec<i64> = Vec::new();
     for day in today - 1..=today + 8 {
         for minute in [w.start_minute, w.end_minute] {
-            let at = day * DAY_MS + i64::from(minute) * MINUTE_MS - offset_ms;
+            let local_ms = day * DAY_MS + i64::from(minute) * MINUTE_MS;
+            let guess = local_ms - i64::from(offset_now) * MINUTE_MS;
+            let offset = zone.offset_minutes_at(guess);
+            let mut at = local_ms - i64::from(offset) * MINUTE_MS;
+            if zone.offset_minutes_at(at) != offset {
+                // The local time does not exist that day (clocks jumped over it).
+                at = at.max(guess);
+            }
             if at > now_ms {
                 candidates.push(at);
             }
@@ -65,15 +143,16 @@ pub fn next_change(w: &MaintenanceWindow, utc_offset_minutes: i32, now_ms: i64) 
     candidates.sort_unstable();
     candidates
         .into_iter()
-        .find(|at| is_open(w, utc_offset_minutes, *at) != open_now)
+        .find(|at| is_open(w, zone, *at) != open_now)
 }
 
 /// `now_ms` if the window is open, else when it next opens (`None`: never).
-pub fn next_open(w: &MaintenanceWindow, utc_offset_minutes: i32, now_ms: i64) -> Option<i64> {
-    if is_open(w, utc_offset_minutes, now_ms) {
+pub fn next_open(w: &MaintenanceWindow, zone: impl Into<SiteZone>, now_ms: i64) -> Option<i64> {
+    let zone = zone.into();
+    if is_open(w, zone, now_ms) {
         Some(now_ms)
     } else {
-        next_change(w, utc_offset_minutes, now_ms)
+        next_change(w, zone, now_ms)
     }
 }
 
@@ -193,5 +272,48 @@ mod tests {
         assert!(is_open(&w, -300, saturday_10_local));
         assert_eq!(next_open(&w, -300, MONDAY), Some(saturday_10_local));
         assert!(open_minutes_per_week(&w) == 120);
+    }
+
+    #[test]
+    fn daylight_saving_applies_when_it_happens() {
+        // Europe/Berlin switches to summer time on 2026-03-29 at 02:00 local (01:00 UTC).
+        let berlin = SiteZone::Iana(parse_zone("Europe/Berlin").unwrap());
+        let w = window("03:00", "04:00", &[]);
+        // 2026-03-28 00:00 UTC (Saturday).
+        let saturday = 1_774_656_000_000;
+        // Saturday (winter time, +01:00): 03:00 local is 02:00 UTC.
+        assert!(is_open(&w, berlin, saturday + 2 * H));
+        assert!(!is_open(&w, berlin, saturday + H));
+        // Sunday (summer time, +02:00): 03:00 local is 01:00 UTC, no reconnect needed.
+        let sunday = saturday + 24 * H;
+        assert!(is_open(&w, berlin, sunday + H));
+        assert!(!is_open(&w, berlin, sunday + 2 * H));
+        assert_eq!(next_open(&w, berlin, saturday + 5 * H), Some(sunday + H));
+        // A fixed offset keeps the winter offset and is an hour off after the change.
+        assert!(!is_open(&w, 60, sunday + H));
+    }
+
+    #[test]
+    fn a_boundary_in_the_skipped_hour_falls_after_it() {
+        let berlin = SiteZone::Iana(parse_zone("Europe/Berlin").unwrap());
+        // 02:30 local does not exist on 2026-03-29.
+        let w = window("02:30", "05:00", &[]);
+        let saturday = 1_774_656_000_000;
+        let sunday = saturday + 24 * H;
+        let opens = next_open(&w, berlin, saturday + 12 * H).unwrap();
+        assert!(opens >= sunday + H, "{opens}");
+        assert!(opens <= sunday + H + 30 * MINUTE_MS, "{opens}");
+        assert!(is_open(&w, berlin, opens));
+    }
+
+    #[test]
+    fn unknown_zone_names_are_refused() {
+        assert!(parse_zone("../../etc/passwd").is_none());
+        assert!(parse_zone("").is_none());
+        assert!(parse_zone("Mars/Olympus").is_none());
+        assert_eq!(
+            parse_zone("America/New_York").map(|z| z.name()),
+            Some("America/New_York")
+        );
     }
 }
