@@ -98,6 +98,7 @@ fn task_events(task: u64, devices: u64) -> Vec<DomainEvent> {
             max_backoff_s: 900,
             timeout_s: 1800,
             flash_offset: None,
+            wake_timeout_s: 0,
             auto: false,
         }
         .into(),
@@ -140,6 +141,7 @@ fn task_events(task: u64, devices: u64) -> Vec<DomainEvent> {
             },
             duration_ms: 600_000,
             wire_bytes: 160_000,
+            late: false,
             source: Some(AgentSource {
                 agent_id: "agent-1".into(),
                 seq: task * 10 + 9,

@@ -89,56 +89,7 @@ pub struct Applied {
     pub event: DomainEvent,
 }
 
-/// What a decision function wants recorded on one stream.
-#[derive(Debug, Clone)]
-pub struct Change {
-    /// Stream name (see `ota_domain::events::streams`).
-    pub stream: String,
-    /// Concurrency check.
-    pub expect: Expect,
-    /// Events, in order.
-    pub events: Vec<DomainEvent>,
-}
-
-/// The concurrency check of a [`Change`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// No check.
-    Any,
-    /// The stream must not exist yet.
-    New,
-    /// The stream must be exactly as the decision saw it in the projection.
-    Unchanged,
-}
-
-impl Change {
-    /// Events on a stream that must not have changed since the decision looked at it.
-    pub fn unchanged(stream: impl Into<String>, events: Vec<DomainEvent>) -> Self {
-        Self {
-            stream: stream.into(),
-            expect: Expect::Unchanged,
-            events,
-        }
-    }
-
-    /// Events on a new stream.
-    pub fn new_stream(stream: impl Into<String>, events: Vec<DomainEvent>) -> Self {
-        Self {
-            stream: stream.into(),
-            expect: Expect::New,
-            events,
-        }
-    }
-
-    /// Events without a concurrency check (facts that are true whatever else happened).
-    pub fn any(stream: impl Into<String>, events: Vec<DomainEvent>) -> Self {
-        Self {
-            stream: stream.into(),
-            expect: Expect::Any,
-            events,
-        }
-    }
-}
+pub use ota_domain::decision::{Change, Expect};
 
 /// The result of a successful [`Core::execute`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,35 +345,40 @@ impl Core {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 let changes = decide(&p.state)?;
                 let now = self.clock.now_ms();
-                changes
-                    .into_iter()
-                    .filter(|c| !c.events.is_empty())
-                    .map(|c| {
-                        let expected = match c.expect {
-                            Expect::Any => ExpectedVersion::Any,
-                            Expect::New => ExpectedVersion::NoStream,
-                            Expect::Unchanged => match p.versions.get(&c.stream) {
-                                Some(v) => ExpectedVersion::Exact(*v),
-                                None => ExpectedVersion::NoStream,
-                            },
-                        };
-                        StreamAppend {
-                            stream: c.stream,
-                            expected,
-                            events: c
-                                .events
-                                .iter()
-                                .map(|e| NewEvent {
-                                    event_type: e.type_name().to_string(),
-                                    schema_version: e.schema_version(),
-                                    payload: e.encode(),
-                                    actor: label.clone(),
-                                    recorded_at_ms: now,
-                                })
-                                .collect(),
-                        }
-                    })
-                    .collect()
+                // Guards (no events, an expected version) only matter next to something written.
+                if changes.iter().all(Change::is_guard) {
+                    Vec::new()
+                } else {
+                    changes
+                        .into_iter()
+                        .filter(|c| !c.is_guard() || c.expect != Expect::Any)
+                        .map(|c| {
+                            let expected = match c.expect {
+                                Expect::Any => ExpectedVersion::Any,
+                                Expect::New => ExpectedVersion::NoStream,
+                                Expect::Unchanged => match p.versions.get(&c.stream) {
+                                    Some(v) => ExpectedVersion::Exact(*v),
+                                    None => ExpectedVersion::NoStream,
+                                },
+                            };
+                            StreamAppend {
+                                stream: c.stream,
+                                expected,
+                                events: c
+                                    .events
+                                    .iter()
+                                    .map(|e| NewEvent {
+                                        event_type: e.type_name().to_string(),
+                                        schema_version: e.schema_version(),
+                                        payload: e.encode(),
+                                        actor: label.clone(),
+                                        recorded_at_ms: now,
+                                    })
+                                    .collect(),
+                            }
+                        })
+                        .collect()
+                }
             };
             if batch.is_empty() {
                 return Ok(Committed {

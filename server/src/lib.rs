@@ -8,9 +8,11 @@
 //! - [`core`]: the store plus the projected fleet state; every write goes through
 //!   [`core::Core::execute`].
 //! - [`api`]: the gRPC services, wire conversions and error mapping.
-//! - [`dispatch`]: moves queued tasks to their sites and times out the ones that overstay.
+//! - [`dispatch`]: the dispatcher loop around `ota_domain::dispatch::decide` (moves queued tasks
+//!   to their sites, times out the ones past their phase budget, probes unreachable devices).
 //! - [`rollouts`]: drives running rollouts (batch check, stages, thresholds, soak, deadlines)
 //!   and creates auto-upgrade tasks.
+//! - [`reconcile_loop`]: the loop skeleton both share.
 //! - [`sessions`]: live agent sessions (commands down, heartbeats, check answers).
 //! - [`blobs`]: content-addressed firmware images on disk.
 //! - [`metrics`]: the OpenTelemetry instruments of the metric catalog and the gauges computed
@@ -31,6 +33,7 @@ pub mod core;
 pub mod dispatch;
 pub mod limits;
 pub mod metrics;
+pub mod reconcile_loop;
 pub mod rollouts;
 pub mod security;
 pub mod server;

@@ -207,6 +207,7 @@ fn stage_device_state(rollout: &RolloutView, device_id: &str, state: &FleetState
         None | Some(TaskPhase::Queued | TaskPhase::Preparing | TaskPhase::Held) => "pending",
         Some(
             TaskPhase::AgentPreparing
+            | TaskPhase::SiteQueued
             | TaskPhase::WaitingForWakeup
             | TaskPhase::Updating
             | TaskPhase::Downloaded,
@@ -281,7 +282,7 @@ pub fn state_gauges(state: &FleetState, now_ms: i64) -> StateGauges {
             .or_default() += 1;
         if t.phase == TaskPhase::Queued
             && t.next_attempt_at_ms.is_none_or(|at| at <= now_ms)
-            && crate::dispatch::released_by_rollout(state, t, now_ms).is_some()
+            && ota_domain::dispatch::released_by_rollout(state, t, now_ms).is_some()
         {
             *queue.entry(t.created.site_id.clone()).or_default() += 1;
         }

@@ -33,29 +33,20 @@ use ota_domain::model::Actor;
 use ota_domain::projection::RolloutState;
 use ota_domain::rollout::scheduler::{self, CancelOrder, Input, Reconcile};
 use ota_domain::rollout::{auto, scheduler::batch_check_completed};
-use ota_proto::v1 as pb;
+use ota_domain::status::UpgradeStatus;
 use tokio::sync::Notify;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::error::ApiError;
 use crate::app::App;
 use crate::core::{Change, CoreError};
+use crate::reconcile_loop::{self, LoopSpec, Woke};
 
-/// How often a pass runs even when nothing happened.
-const SAFETY_TICK: Duration = Duration::from_secs(30);
 /// The shortest sleep between passes that were asked for by time.
 const MIN_SLEEP: Duration = Duration::from_millis(50);
 /// After a batch check could not run, wait this long before trying again.
 const CHECK_RETRY: Duration = Duration::from_secs(5);
-/// After a pass, the loop rests this many times as long as the pass took before it looks at
-/// new events. A pass costs O(devices of the running rollouts); on a large fleet reports arrive faster than
-/// passes end, and back-to-back passes would take a whole core (and hold the projection's read
-/// lock that reports wait for). Resting keeps the loop under 1/(1 + factor) of a core; events
-/// that arrive meanwhile coalesce into the next pass. Cheap passes (small fleets, paused time in
-/// tests) rest for next to nothing.
-const PASS_REST_FACTOR: u32 = 4;
 
 /// Starts the rollout loop.
 pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -71,15 +62,14 @@ pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHan
 fn is_relevant(e: &DomainEvent) -> bool {
     !matches!(
         e,
-        DomainEvent::TaskProgressed(_)
-            | DomainEvent::TaskDispatched(_)
+        DomainEvent::TaskDispatched(_)
             | DomainEvent::TaskHeld(_)
             | DomainEvent::TaskPreparing(_)
-            | DomainEvent::DeviceChecked(_)
             | DomainEvent::FirmwareSignatureAdded(_)
             | DomainEvent::TokenCreated(_)
             | DomainEvent::TokenRevoked(_)
-    )
+            | DomainEvent::DeviceChecked(_)
+    ) && !matches!(e, DomainEvent::TaskProgressed(p) if p.status != UpgradeStatus::WaitingForWakeup)
 }
 
 #[derive(Debug, Clone)]
@@ -93,49 +83,28 @@ struct Rollouts {
 
 impl Rollouts {
     async fn run(self, shutdown: CancellationToken) {
-        let mut applied = self.app.core.subscribe_applied();
-        loop {
-            let started = tokio::time::Instant::now();
-            let next_due = match self.pass().await {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(error = %e, "rollout pass failed; retrying soon");
-                    Some(self.app.now_ms() + 1000)
+        let spec = LoopSpec {
+            name: "rollouts",
+            relevant: is_relevant,
+            min_sleep: MIN_SLEEP,
+        };
+        let app = self.app.clone();
+        let dispatch_wake = app.dispatch_wake.clone();
+        reconcile_loop::run(
+            app,
+            spec,
+            self.wake.clone(),
+            shutdown,
+            || self.pass(),
+            |woke| {
+                if woke == Woke::Timer {
+                    // A deadline, soak end or window change is due: the dispatcher may have
+                    // tasks to release that no event will tell it about (a window that opened).
+                    dispatch_wake.notify_one();
                 }
-            };
-            let rest = started.elapsed() * PASS_REST_FACTOR;
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(rest) => {}
-            }
-            let sleep_for = next_due
-                .map(|at| Duration::from_millis((at - self.app.now_ms()).max(0) as u64))
-                .unwrap_or(SAFETY_TICK)
-                .clamp(MIN_SLEEP, SAFETY_TICK);
-            let wake = async {
-                loop {
-                    match applied.recv().await {
-                        Ok(a) if is_relevant(&a.event) => return,
-                        Ok(_) => continue,
-                        Err(RecvError::Lagged(_)) => return,
-                        Err(RecvError::Closed) => std::future::pending::<()>().await,
-                    }
-                }
-            };
-            let timer = tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.wake.notified() => false,
-                () = tokio::time::sleep(sleep_for) => true,
-                () = wake => false,
-            };
-            // Coalesce a burst of events into one pass.
-            while let Ok(_) | Err(TryRecvError::Lagged(_)) = applied.try_recv() {}
-            if timer {
-                // A deadline, soak end or window change is due: the dispatcher may have tasks to
-                // release that no event will tell it about (a window that opened).
-                self.app.dispatch_wake.notify_one();
-            }
-        }
+            },
+        )
+        .await;
         debug!("rollout loop stopped");
     }
 
@@ -173,10 +142,11 @@ impl Rollouts {
                             state,
                             now_ms: now,
                             batch_check_in_flight: in_flight,
+                            max_new_tasks: scheduler::MAX_NEW_TASKS_PER_STEP,
                         }),
                         None => Reconcile::default(),
                     };
-                    Ok(changes(&id, &decision))
+                    Ok(decision.changes(&id))
                 })
                 .await;
             if let Err(e) = recorded {
@@ -325,27 +295,6 @@ impl Rollouts {
     }
 }
 
-/// The decision as changes to the log.
-fn changes(rollout_id: &str, d: &Reconcile) -> Vec<Change> {
-    let mut out = Vec::new();
-    if !d.rollout_events.is_empty() {
-        out.push(Change::unchanged(
-            streams::rollout(rollout_id),
-            d.rollout_events.clone(),
-        ));
-    }
-    for t in &d.new_tasks {
-        out.push(Change::new_stream(
-            streams::task(&t.task_id),
-            vec![t.clone().into()],
-        ));
-    }
-    for (task_id, e) in &d.task_events {
-        out.push(Change::unchanged(streams::task(task_id), vec![e.clone()]));
-    }
-    out
-}
-
 /// The span of a rollout step that changed something (a stage transition, tasks created or
 /// ended), a new root per step; `Span::none()` for a pass that changed nothing, so idle passes
 /// cost no traces. Its events are the log lines of [`log_decision`].
@@ -400,14 +349,8 @@ fn log_decision(rollout_id: &str, d: &Reconcile) {
 /// welcome no longer lists the task.
 pub fn send_cancels(app: &App, cancels: &[CancelOrder]) {
     for c in cancels {
-        let msg = pb::ServerMessage {
-            command_id: app.sessions.next_command_id(),
-            trace_context: Default::default(),
-            body: Some(pb::server_message::Body::Cancel(pb::CancelCommand {
-                task_id: c.task_id.clone(),
-                reason: c.reason.clone(),
-            })),
-        };
+        let msg =
+            crate::api::commands::cancel(&c.task_id, &c.reason, app.sessions.next_command_id());
         if let Err(e) = app.sessions.send(&c.site_id, msg) {
             debug!(task.id = %c.task_id, error = %e, "cancel not delivered");
         }

@@ -103,7 +103,24 @@ impl Server {
             resource: None,
         })?);
         core.set_observer(metrics.clone());
-        let sessions = Arc::new(Sessions::new());
+        // Command ids stay unique across restarts: start above every id in the log and above
+        // a time-based floor (ids issued but never recorded, like cancels, came from below the
+        // previous run's floor plus what it issued, far less than 1,000 per millisecond).
+        let first_command_id = {
+            let state = core.read();
+            let recorded = state
+                .tasks
+                .values()
+                .filter_map(|t| t.command_id)
+                .max()
+                .unwrap_or(0);
+            recorded.saturating_add(1).max(
+                u64::try_from(core.clock().now_ms())
+                    .unwrap_or(0)
+                    .saturating_mul(1000),
+            )
+        };
+        let sessions = Arc::new(Sessions::starting_at(first_command_id));
         metrics.observe(&core, &sessions);
         let shutdown = CancellationToken::new();
         // Stops the metrics endpoint again if the start fails below.

@@ -69,11 +69,17 @@ pub enum SendError {
 }
 
 impl Sessions {
-    /// A fresh, empty registry.
+    /// A fresh, empty registry whose command ids start at 1 (tests).
     pub fn new() -> Self {
+        Self::starting_at(1)
+    }
+
+    /// A fresh, empty registry whose command ids start at `first_command_id` (see
+    /// `Server::start`: ids stay unique across restarts).
+    pub fn starting_at(first_command_id: u64) -> Self {
         Self {
             next_session: AtomicU64::new(1),
-            next_command: AtomicU64::new(1),
+            next_command: AtomicU64::new(first_command_id.max(1)),
             ..Default::default()
         }
     }
@@ -221,9 +227,9 @@ impl Sessions {
         rx
     }
 
-    /// Hands the check answer of an agent of `site_id` to whoever waits for it. Returns false if
-    /// nobody does (the check already timed out, or it asked another site).
-    pub fn answer_check(&self, site_id: &str, answer: CheckAnswer) -> bool {
+    /// Hands the check answer of an agent of `site_id` to whoever waits for it. Gives the answer
+    /// back if nobody does (the check already timed out, or it asked another site).
+    pub fn answer_check(&self, site_id: &str, answer: CheckAnswer) -> Result<(), Box<CheckAnswer>> {
         let key = (
             answer.check_id.clone(),
             site_id.to_string(),
@@ -235,8 +241,8 @@ impl Sessions {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
         match waiter {
-            Some(tx) => tx.send(answer).is_ok(),
-            None => false,
+            Some(tx) => tx.send(answer).map_err(Box::new),
+            None => Err(Box::new(answer)),
         }
     }
 

@@ -342,7 +342,7 @@ async fn stage_deadline_times_out_unfinished_devices_with_5016() {
         .create(spec(
             &fw,
             vec![pb::Stage {
-                deadline_s: 300,
+                deadline_s: Some(300),
                 failure_threshold: threshold(2),
                 ..stage("all", percent(100.0))
             }],
@@ -938,22 +938,25 @@ async fn plan_lists_stages_exclusions_and_an_estimate_and_records_nothing() {
     assert_eq!(e.code(), Code::FailedPrecondition);
 }
 
-#[tokio::test(start_paused = true)]
+/// On sled, in real time (sled commits on its own threads, which a paused clock would race):
+/// what each restarted otad reads back is what the previous one made durable on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_mid_rollout_resume_without_duplicate_tasks_or_uploads() {
-    let mut otad = Otad::start(MONDAY).await;
-    let fw = otad.upload_esp("2.0.0").await;
+    let ms = Duration::from_millis;
+    let mut otad = Otad::start_sled(MONDAY).await;
+    let fw = otad.upload_now("node", "2.0.0", esp_image("2.0.0")).await;
     let site = FakeSite::connect(
         &otad,
         "home",
         0,
-        esp_fleet("n", 6, Behavior::Succeed, mins(2)),
+        esp_fleet("n", 6, Behavior::Succeed, ms(300)),
     )
     .await;
     let mut s = spec(
         &fw,
         vec![
             pb::Stage {
-                soak_s: 60,
+                soak_s: 2,
                 ..stage("canary", count(2))
             },
             stage("rest", percent(100.0)),
@@ -972,27 +975,27 @@ async fn restarts_mid_rollout_resume_without_duplicate_tasks_or_uploads() {
         otad
     }
     // While the canary transfers run...
-    otad.until("canary transfers under way", secs(1), mins(30), |_| {
+    otad.until("canary transfers under way", ms(5), secs(30), |_| {
         (site.log().transfers.len() == 2).then_some(())
     })
     .await;
     otad = restart(otad, &site).await;
     // ...while the canary soaks...
     let id = r.id.clone();
-    otad.until("soaking", secs(1), mins(30), |s| {
+    otad.until("soaking", ms(5), secs(30), |s| {
         (s.rollouts[&id].stages[0].state == ota_domain::projection::StageState::Soaking)
             .then_some(())
     })
     .await;
-    tokio::time::sleep(secs(20)).await;
+    tokio::time::sleep(ms(500)).await;
     otad = restart(otad, &site).await;
     // ...and in the middle of the last stage.
-    otad.until("last stage under way", secs(1), mins(30), |_| {
+    otad.until("last stage under way", ms(5), secs(30), |_| {
         (site.log().transfers.len() >= 4).then_some(())
     })
     .await;
     otad = restart(otad, &site).await;
-    otad.until_rollout(&r.id, "completed", mins(60)).await;
+    otad.until_rollout(&r.id, "completed", secs(60)).await;
 
     let done = otad.rollout(&r.id).await;
     assert_eq!(
@@ -1029,7 +1032,7 @@ async fn restarts_mid_rollout_resume_without_duplicate_tasks_or_uploads() {
     let soaking = at(&|e| matches!(e, DomainEvent::StageSoaking(s) if s.index == 0));
     let succeeded = at(&|e| matches!(e, DomainEvent::StageSucceeded(s) if s.index == 0));
     assert!(
-        (60_000..62_000).contains(&(succeeded - soaking)),
+        (2_000..3_500).contains(&(succeeded - soaking)),
         "{}",
         succeeded - soaking
     );

@@ -322,6 +322,64 @@ async fn malformed_appends_are_rejected(f: Fixture) {
     assert_eq!(s.last_seq(), 0);
 }
 
+/// A stream with no events and an expected version is a guard: it writes nothing, and the
+/// append goes through only while the guarded stream is at the expected version.
+async fn guards_check_without_writing(f: Fixture) {
+    let s = &f.store;
+    s.append(one("rollout", ExpectedVersion::Any, b"r1"))
+        .await
+        .unwrap();
+    let guarded = |expected| {
+        let mut batch = vec![StreamAppend::new("rollout", expected, vec![])];
+        batch.extend(one("task", ExpectedVersion::Any, b"t"));
+        batch
+    };
+    let ok = s.append(guarded(ExpectedVersion::Exact(1))).await.unwrap();
+    assert_eq!((ok.first_seq, ok.last_seq), (2, 2));
+    assert_eq!(
+        s.stream_version("rollout").unwrap(),
+        1,
+        "a guard writes nothing"
+    );
+    assert_eq!(s.read_stream("rollout", 1).unwrap().len(), 1);
+    // The guarded stream moved on: the whole append is refused, nothing of it is written.
+    s.append(one("rollout", ExpectedVersion::Any, b"r2"))
+        .await
+        .unwrap();
+    assert_conflict(
+        s.append(guarded(ExpectedVersion::Exact(1))).await,
+        "rollout",
+        2,
+    );
+    assert_eq!(s.stream_version("task").unwrap(), 1);
+    assert_eq!(s.last_seq(), 3);
+    // A batch of guards only, or a guard without an expected version, is malformed.
+    let invalid = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Invalid(_)));
+    assert!(invalid(
+        s.append(vec![StreamAppend::new(
+            "rollout",
+            ExpectedVersion::Exact(2),
+            vec![]
+        )])
+        .await
+    ));
+    let mut unchecked = vec![StreamAppend::new("rollout", ExpectedVersion::Any, vec![])];
+    unchecked.extend(one("task", ExpectedVersion::Any, b"t"));
+    assert!(invalid(s.append(unchecked).await));
+    // A guard on a stream that must not exist yet.
+    let mut fresh = vec![StreamAppend::new(
+        "never",
+        ExpectedVersion::NoStream,
+        vec![],
+    )];
+    fresh.extend(one("task", ExpectedVersion::Any, b"t"));
+    s.append(fresh).await.unwrap();
+    assert_eq!(s.stream_version("never").unwrap(), 0);
+    // Subscribers see only the written events.
+    let seen: Vec<u64> = s.read_from(1, 100).unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seen, [1, 2, 3, 4]);
+}
+
 async fn collect(sub: &mut Subscription, n: usize) -> Vec<RecordedEvent> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
@@ -598,6 +656,7 @@ contract!(
     racing_writers_on_one_stream,
     multi_stream_appends_are_atomic,
     malformed_appends_are_rejected,
+    guards_check_without_writing,
     subscribe_from_start_middle_and_end,
     subscribers_see_every_event_while_writers_race,
     slow_subscriber_neither_blocks_nor_loses,

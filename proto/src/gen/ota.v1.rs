@@ -2242,6 +2242,14 @@ pub struct Task {
     pub bytes_sent: u64,
     #[prost(uint64, tag = "26")]
     pub bytes_total: u64,
+    /// Succeeded after the server had already ended the task (timed out or cancelled it): the
+    /// device reported the target version later, and the device is the truth.
+    #[prost(bool, tag = "27")]
+    pub late: bool,
+    /// When the budget of the current phase runs out: the transfer budget while transferring, the
+    /// wake-up budget while waiting for a wake-up. 0: none running.
+    #[prost(int64, tag = "28")]
+    pub phase_deadline_ms: i64,
 }
 /// Which devices: every set field must match; repeated fields match any of their values.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2322,7 +2330,8 @@ pub struct GetDeviceRequest {
 pub struct DeviceCheck {
     #[prost(string, tag = "1")]
     pub device_id: ::prost::alloc::string::String,
-    /// 0 none, 1 available; failure (4) when the check itself failed (see error).
+    /// 0 none, 1 available; 5 waiting for wake-up (a sleepy device: the answer comes when it next
+    /// talks, and the check is updated then); failure (4) when the check itself failed (see error).
     #[prost(enumeration = "UpgradeStatus", tag = "2")]
     pub status: i32,
     #[prost(message, optional, tag = "3")]
@@ -2383,6 +2392,10 @@ pub struct BatchCheckResponse {
     /// Other failures (offline, site disconnected).
     #[prost(uint32, tag = "5")]
     pub failed: u32,
+    /// Sleepy devices asleep now (status 5): not failures; each check is completed when the
+    /// device next talks.
+    #[prost(uint32, tag = "6")]
+    pub asleep: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct UpdateDeviceRequest {
@@ -2398,13 +2411,16 @@ pub struct UpdateDeviceRequest {
     /// Answer only when the task has ended (success, failure, timeout).
     #[prost(bool, tag = "5")]
     pub wait: bool,
-    /// Per-device timeout; 0: the transport's default.
+    /// Transfer budget; 0: the transport's default.
     #[prost(uint32, tag = "6")]
     pub timeout_s: u32,
     /// Serial flashing only: write at this offset instead of the default (0x0 for factory images,
     /// the application offset for application images).
     #[prost(uint32, optional, tag = "7")]
     pub flash_offset: ::core::option::Option<u32>,
+    /// Wake-up budget for a sleepy device; 0: 7 days.
+    #[prost(uint32, tag = "8")]
+    pub wake_timeout_s: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct UpdateDeviceResponse {
@@ -3816,9 +3832,11 @@ pub struct Stage {
     #[prost(enumeration = "FailureAction", tag = "6")]
     pub on_failure: i32,
     /// The batch-check timeout of the stage: devices not finished this long after the stage started
-    /// count as timed out (5016). 0: no deadline.
-    #[prost(uint32, tag = "7")]
-    pub deadline_s: u32,
+    /// count as timed out (5016); devices asleep then (waiting for a wake-up, status 5) are not
+    /// failed: the stage goes on without them and they finish later under the wake-up budget.
+    /// Unset: 24 h. 0: no deadline (the stage may then wait for ever for an offline device).
+    #[prost(uint32, optional, tag = "7")]
+    pub deadline_s: ::core::option::Option<u32>,
     /// After the success threshold is met, wait this long (watching for late failures) before the
     /// next stage.
     #[prost(uint32, tag = "8")]
@@ -3879,17 +3897,36 @@ pub struct MaintenanceWindow {
     #[prost(uint32, repeated, tag = "3")]
     pub weekdays: ::prost::alloc::vec::Vec<u32>,
 }
+/// The gates checked right before each dispatch. Unset: the default; 0: the gate is off.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Preconditions {
-    /// Battery devices below this are skipped with a reminder; 0: 70.
-    #[prost(uint32, tag = "1")]
-    pub min_battery_percent: u32,
-    /// Zigbee devices below this link quality wait for confirmation (5005); 0: 30.
-    #[prost(uint32, tag = "2")]
-    pub min_linkquality: u32,
-    /// Wi-Fi devices below this RSSI (dBm) wait for confirmation (5005); 0: -85.
-    #[prost(int32, tag = "3")]
-    pub min_rssi_dbm: i32,
+    /// Battery devices below this are skipped with a reminder; unset: 70.
+    #[prost(uint32, optional, tag = "1")]
+    pub min_battery_percent: ::core::option::Option<u32>,
+    /// Zigbee devices below this link quality wait for confirmation (5005); unset: 30.
+    #[prost(uint32, optional, tag = "2")]
+    pub min_linkquality: ::core::option::Option<u32>,
+    /// Wi-Fi devices below this RSSI (dBm) wait for confirmation (5005); unset: -85.
+    #[prost(int32, optional, tag = "3")]
+    pub min_rssi_dbm: ::core::option::Option<i32>,
+}
+/// Failures (failed or timed out, stragglers of finished stages included) across the whole
+/// rollout that pause it. Unset: 10 % of all targets, at least the largest stage failure limit.
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct FailureBudget {
+    #[prost(oneof = "failure_budget::Budget", tags = "1, 2")]
+    pub budget: ::core::option::Option<failure_budget::Budget>,
+}
+/// Nested message and enum types in `FailureBudget`.
+pub mod failure_budget {
+    #[derive(Clone, Copy, PartialEq, ::prost::Oneof)]
+    pub enum Budget {
+        #[prost(message, tag = "1")]
+        Limit(super::Threshold),
+        /// No rollout-wide budget: only the stages' thresholds.
+        #[prost(bool, tag = "2")]
+        Off(bool),
+    }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RolloutSpec {
@@ -3905,7 +3942,8 @@ pub struct RolloutSpec {
     pub stages: ::prost::alloc::vec::Vec<Stage>,
     #[prost(message, optional, tag = "5")]
     pub concurrency: ::core::option::Option<ConcurrencyLimits>,
-    /// Per-device timeout; 0: 30 min for Zigbee, 10 min otherwise.
+    /// Transfer budget per device: from the start of the transfer to its end (waiting for a wake-up
+    /// or for the network's update slot does not count); 0: 30 min for Zigbee, 10 min otherwise.
     #[prost(uint32, tag = "6")]
     pub device_timeout_s: u32,
     #[prost(message, optional, tag = "7")]
@@ -3926,6 +3964,20 @@ pub struct RolloutSpec {
     /// Timeout of that batch check; 0: 60 s.
     #[prost(uint32, tag = "13")]
     pub batch_check_timeout_s: u32,
+    /// Wake-up budget: how long a task may wait for a sleepy device to wake up; 0: 7 days.
+    #[prost(uint32, tag = "14")]
+    pub wake_timeout_s: u32,
+    #[prost(enumeration = "OnAsleep", tag = "15")]
+    pub on_asleep: i32,
+    #[prost(message, optional, tag = "16")]
+    pub failure_budget: ::core::option::Option<FailureBudget>,
+    /// IANA time zone per site id ("Europe/Berlin") for the maintenance window; sites not listed use
+    /// the zone their agent reports.
+    #[prost(map = "string, string", tag = "17")]
+    pub site_timezones: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StageStatus {
@@ -4012,6 +4064,11 @@ pub struct Rollout {
     /// Devices excluded at planning time, with the reason.
     #[prost(message, repeated, tag = "13")]
     pub exclusions: ::prost::alloc::vec::Vec<Exclusion>,
+    /// The rollout-wide failure budget in devices (0: off) and the failures counted against it.
+    #[prost(uint32, tag = "14")]
+    pub failure_budget: u32,
+    #[prost(uint32, tag = "15")]
+    pub failures: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Exclusion {
@@ -4225,6 +4282,36 @@ impl FailureAction {
         match value {
             "FAILURE_ACTION_PAUSE" => Some(Self::Pause),
             "FAILURE_ACTION_ABORT" => Some(Self::Abort),
+            _ => None,
+        }
+    }
+}
+/// What a stage does about devices that sleep (battery Zigbee end devices waiting for a wake-up).
+/// They are never counted as failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum OnAsleep {
+    /// The stage waits for them (within its deadline) before the next stage starts.
+    Wait = 0,
+    /// The next stage may start; they finish later (the rollout completes when they have).
+    Continue = 1,
+}
+impl OnAsleep {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Wait => "ON_ASLEEP_WAIT",
+            Self::Continue => "ON_ASLEEP_CONTINUE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ON_ASLEEP_WAIT" => Some(Self::Wait),
+            "ON_ASLEEP_CONTINUE" => Some(Self::Continue),
             _ => None,
         }
     }

@@ -32,11 +32,12 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::auth::{Caller, caller};
+use super::commands::update_command;
 use super::convert;
 use super::error::ApiError;
 use crate::app::App;
 use crate::core::{Change, CoreError};
-use crate::dispatch::{TaskSpanFields, task_span, update_command};
+use crate::dispatch::{TaskSpanFields, task_span};
 use crate::sessions::Session;
 
 /// The service.
@@ -160,7 +161,17 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let connected = AgentConnected {
             agent_id: hello.agent_id.clone(),
             agent_version: hello.agent_version.chars().take(64).collect(),
-            timezone: hello.timezone.chars().take(64).collect(),
+            // Only a zone the database knows is kept (windows then follow it, daylight saving
+            // included); anything else leaves the site on its reported UTC offset.
+            timezone: match ota_domain::rollout::window::parse_zone(hello.timezone.trim()) {
+                Some(tz) => tz.name().to_string(),
+                None => {
+                    if !hello.timezone.is_empty() {
+                        warn!(site.id = %hello.site_id, "the agent's time zone is not an IANA zone name; using its UTC offset");
+                    }
+                    String::new()
+                }
+            },
             utc_offset_minutes: hello.utc_offset_minutes.clamp(-14 * 60, 14 * 60),
             transports,
             peer,
@@ -451,6 +462,7 @@ async fn handle_report(
                     matches!(
                         s,
                         UpgradeStatus::AgentPreparing
+                            | UpgradeStatus::Queued
                             | UpgradeStatus::WaitingForWakeup
                             | UpgradeStatus::Updating
                             | UpgradeStatus::Downloaded
@@ -458,7 +470,7 @@ async fn handle_report(
                 })
                 .ok_or_else(|| {
                     ReportError::Refused(format!(
-                        "progress with status {} is not 100, 5, 2 or 6",
+                        "progress with status {} is not 100, 13, 5, 2 or 6",
                         p.status
                     ))
                 })?;
@@ -493,14 +505,25 @@ async fn handle_report(
         Some(pb::agent_message::Body::Result(r)) => {
             let status =
                 UpgradeStatus::from_code(r.status as u32).unwrap_or(UpgradeStatus::Failure);
-            let outcome = result_error(status, agent_error(r.error.as_ref()));
+            let mut outcome = result_error(status, agent_error(r.error.as_ref()));
+            if r.device_may_have_image
+                && let Err(e) = &mut outcome
+            {
+                e.message.push_str(
+                    " — the device may already run the new image: check it before updating it again (not retried automatically)",
+                );
+            }
             let now = app.now_ms();
             let jitter = rand::random::<f64>();
             let mut refused = None;
             app.core
                 .execute::<ApiError, _>(&actor, |state| {
                     refused = None;
-                    if let Err(why) = check_task(state, &r.task_id, r.attempt, &site) {
+                    // The device is the truth: a success for the attempt the server itself ended
+                    // (timed out, cancelled after it was sent) still makes the task a success.
+                    let late =
+                        outcome.is_ok() && is_late_success(state, &r.task_id, r.attempt, &site);
+                    if !late && let Err(why) = check_task(state, &r.task_id, r.attempt, &site) {
                         refused = Some(why);
                         return Ok(vec![]);
                     }
@@ -513,6 +536,7 @@ async fn handle_report(
                             duration_ms: r.duration_ms,
                             wire_bytes: r.wire_bytes,
                             source: source.clone(),
+                            late,
                         }
                         .into(),
                         Err(error) => TaskFailed {
@@ -520,26 +544,39 @@ async fn handle_report(
                             error: error.clone(),
                             timed_out: status == UpgradeStatus::Timeout,
                             retry_at_ms: match after_failure(task, error, now, jitter) {
-                                AfterFailure::RetryAt(at) => Some(at),
-                                AfterFailure::Final => None,
+                                AfterFailure::RetryAt(at) if !r.device_may_have_image => Some(at),
+                                _ => None,
                             },
                             source: source.clone(),
                         }
                         .into(),
                     };
-                    Ok(vec![Change::unchanged(
-                        streams::task(&r.task_id),
-                        vec![event],
-                    )])
+                    let mut changes =
+                        vec![Change::unchanged(streams::task(&r.task_id), vec![event])];
+                    if let Some(rollout) = &task.created.rollout_id {
+                        ota_domain::decision::ensure_guard(
+                            &mut changes,
+                            &streams::rollout(rollout),
+                        );
+                    }
+                    Ok(changes)
                 })
                 .await?;
             refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
         }
         Some(pb::agent_message::Body::CheckResult(c)) => {
-            if !app.sessions.answer_check(&site, c) {
+            // Someone waits for it (a check running now)...
+            let c = match app.sessions.answer_check(&site, c) {
+                Ok(()) => return Ok(()),
+                Err(c) => *c,
+            };
+            if seq == 0 {
                 debug!("late or unknown check answer dropped");
+                return Ok(());
             }
-            Ok(())
+            // ...or a journaled answer: a sleepy device answering, after waking up, a check it
+            // was asleep for (status 5). It completes that check.
+            record_wake_answer(app, &actor, &site, c, source).await
         }
         Some(pb::agent_message::Body::CommandAck(a)) => {
             if a.accepted {
@@ -582,6 +619,53 @@ async fn handle_report(
     }
 }
 
+/// Records the answer a sleepy device gave when it woke up, for the check it was asleep for.
+async fn record_wake_answer(
+    app: &Arc<App>,
+    actor: &Actor,
+    site: &str,
+    answer: pb::CheckResult,
+    source: Option<AgentSource>,
+) -> Result<(), ReportError> {
+    let device_id = model::device_id(site, &answer.device_local_id);
+    let mut refused = None;
+    app.core
+        .execute::<ApiError, _>(actor, |state| {
+            refused = None;
+            let Some(d) = state.devices.get(&device_id) else {
+                refused = Some("a check answer for a device this site never reported".to_string());
+                return Ok(vec![]);
+            };
+            let waiting = d.last_check.as_ref().is_some_and(|(c, _)| {
+                c.check_id == answer.check_id && c.status == UpgradeStatus::WaitingForWakeup
+            });
+            if !waiting {
+                refused = Some(
+                    "a journaled check answer for a check the device is not asleep for".to_string(),
+                );
+                return Ok(vec![]);
+            }
+            let firmware_id = d
+                .last_check
+                .as_ref()
+                .and_then(|(c, _)| c.firmware_id.clone());
+            let checked = super::devices::answer_to_checked(
+                state,
+                &answer.check_id,
+                firmware_id.as_deref(),
+                d,
+                &answer,
+                source.clone(),
+            );
+            Ok(vec![Change::any(
+                streams::device(&device_id),
+                vec![checked.into()],
+            )])
+        })
+        .await?;
+    refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
+}
+
 /// Longest error message an agent may put into the log.
 const MAX_AGENT_ERROR: usize = 1000;
 
@@ -596,6 +680,22 @@ fn agent_error(e: Option<&pb::TaskError>) -> Option<TaskError> {
         e.message.truncate(end);
     }
     Some(e)
+}
+
+/// A success for a task of this site whose current attempt the server ended (a timeout, a stage
+/// deadline, a cancel after the command was sent): it counts, late.
+fn is_late_success(
+    state: &ota_domain::projection::FleetState,
+    task_id: &str,
+    attempt: u32,
+    site: &str,
+) -> bool {
+    state.tasks.get(task_id).is_some_and(|t| {
+        t.created.site_id == site
+            && t.attempt == attempt
+            && t.phase.is_terminal()
+            && t.ended_by_server
+    })
 }
 
 /// A report about a task must come from the task's site, for its current attempt, while the task

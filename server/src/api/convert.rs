@@ -13,8 +13,9 @@ use ota_domain::projection::{
     TaskPhase, TaskView,
 };
 use ota_domain::rollout::spec::{
-    Concurrency, FailureAction, MaintenanceWindow, Preconditions, RetryPolicy, RolloutSpec,
-    Selector, StageSize, StageSpec, Threshold, UpgradeType,
+    Concurrency, DEFAULT_STAGE_DEADLINE_S, FailureAction, FailureBudget, MaintenanceWindow,
+    OnAsleep, Preconditions, RetryPolicy, RolloutSpec, Selector, StageSize, StageSpec, Threshold,
+    UpgradeType,
 };
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use ota_proto::v1 as pb;
@@ -365,6 +366,8 @@ pub fn task(t: &TaskView) -> pb::Task {
         requested_by: Some(actor_from_label(&t.requested_by)),
         bytes_sent: t.bytes_sent,
         bytes_total: t.bytes_total,
+        late: t.late,
+        phase_deadline_ms: t.timeout_at_ms.unwrap_or_default(),
     }
 }
 
@@ -374,7 +377,7 @@ pub fn counts<'a>(tasks: impl IntoIterator<Item = &'a TaskView>) -> pb::TaskCoun
     for t in tasks {
         c.total += 1;
         match t.phase {
-            TaskPhase::Queued => c.queued += 1,
+            TaskPhase::Queued | TaskPhase::SiteQueued => c.queued += 1,
             TaskPhase::Preparing | TaskPhase::AgentPreparing => c.preparing += 1,
             TaskPhase::Held if t.awaiting_confirmation => c.awaiting_confirmation += 1,
             TaskPhase::Held => c.queued += 1,
@@ -485,6 +488,8 @@ pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
         started_at_ms: r.started_at_ms.unwrap_or_default(),
         finished_at_ms: r.finished_at_ms.unwrap_or_default(),
         exclusions: r.exclusions.iter().map(exclusion).collect(),
+        failure_budget: ota_domain::rollout::scheduler::failure_budget(r).unwrap_or(0),
+        failures: ota_domain::rollout::scheduler::budget_failures(r, state),
     }
 }
 
@@ -734,7 +739,15 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
             }
             None => return Err(format!("{label} needs a size: count or cumulative_percent")),
         };
-        for (what, v) in [("deadline_s", st.deadline_s), ("soak_s", st.soak_s)] {
+        // Unset: a day (a week when a maintenance window limits the hours: a stage may need
+        // several windows); 0 written explicitly: no deadline.
+        let default_deadline = if s.maintenance_window.is_some() {
+            MAX_STAGE_TIMER_S
+        } else {
+            DEFAULT_STAGE_DEADLINE_S
+        };
+        let deadline_s = st.deadline_s.unwrap_or(default_deadline);
+        for (what, v) in [("deadline_s", deadline_s), ("soak_s", st.soak_s)] {
             if v > MAX_STAGE_TIMER_S {
                 return Err(format!(
                     "{label}.{what} is {v}: at most {MAX_STAGE_TIMER_S} (7 days)"
@@ -766,7 +779,7 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
                 &format!("{label}.failure_threshold"),
             )?,
             on_failure,
-            deadline_s: st.deadline_s,
+            deadline_s,
             soak_s: st.soak_s,
         });
     }
@@ -779,7 +792,11 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
             success_threshold: None,
             failure_threshold: None,
             on_failure: FailureAction::Pause,
-            deadline_s: 0,
+            deadline_s: if s.maintenance_window.is_some() {
+                MAX_STAGE_TIMER_S
+            } else {
+                DEFAULT_STAGE_DEADLINE_S
+            },
             soak_s: 0,
         });
     }
@@ -805,8 +822,24 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
     };
     let r = s.retry.unwrap_or_default();
     let rd = RetryPolicy::default();
+    if r.max_attempts > MAX_ATTEMPTS {
+        return Err(format!(
+            "spec.retry.max_attempts is {}: at most {MAX_ATTEMPTS}",
+            r.max_attempts
+        ));
+    }
+    for (what, v) in [
+        ("initial_backoff_s", r.initial_backoff_s),
+        ("max_backoff_s", r.max_backoff_s),
+    ] {
+        if v > MAX_STAGE_TIMER_S {
+            return Err(format!(
+                "spec.retry.{what} is {v}: at most {MAX_STAGE_TIMER_S} (7 days)"
+            ));
+        }
+    }
     let retry = RetryPolicy {
-        max_attempts: pick(r.max_attempts, rd.max_attempts).min(20),
+        max_attempts: pick(r.max_attempts, rd.max_attempts),
         initial_backoff_s: pick(r.initial_backoff_s, rd.initial_backoff_s),
         max_backoff_s: pick(r.max_backoff_s, rd.max_backoff_s),
     };
@@ -857,25 +890,56 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
             s.batch_check_timeout_s
         ));
     }
-    let p = s.preconditions.unwrap_or_default();
-    let pd = Preconditions::default();
-    let preconditions = Preconditions {
-        min_battery_percent: if p.min_battery_percent == 0 {
-            pd.min_battery_percent
-        } else {
-            p.min_battery_percent.min(100) as u8
-        },
-        min_linkquality: if p.min_linkquality == 0 {
-            pd.min_linkquality
-        } else {
-            p.min_linkquality.min(255) as u8
-        },
-        min_rssi_dbm: if p.min_rssi_dbm == 0 {
-            pd.min_rssi_dbm
-        } else {
-            p.min_rssi_dbm.clamp(-120, 0) as i16
-        },
+    let preconditions = preconditions_from(s.preconditions.as_ref())?;
+    if s.wake_timeout_s > MAX_WAKE_TIMEOUT_S {
+        return Err(format!(
+            "spec.wake_timeout_s is {}: at most {MAX_WAKE_TIMEOUT_S} (30 days)",
+            s.wake_timeout_s
+        ));
+    }
+    let on_asleep = match pb::OnAsleep::try_from(s.on_asleep) {
+        Ok(pb::OnAsleep::Wait) => OnAsleep::Wait,
+        Ok(pb::OnAsleep::Continue) => OnAsleep::Continue,
+        Err(_) => {
+            return Err(format!(
+                "spec.on_asleep {} is unknown: 0 wait, 1 continue",
+                s.on_asleep
+            ));
+        }
     };
+    let failure_budget = match s.failure_budget.as_ref().and_then(|b| b.budget.as_ref()) {
+        None => FailureBudget::Default,
+        Some(pb::failure_budget::Budget::Off(true)) => FailureBudget::Off,
+        Some(pb::failure_budget::Budget::Off(false)) => FailureBudget::Default,
+        Some(pb::failure_budget::Budget::Limit(t)) => {
+            match threshold_from(Some(t), "spec.failure_budget.limit")? {
+                Some(t) => FailureBudget::Limit(t),
+                None => FailureBudget::Default,
+            }
+        }
+    };
+    if s.site_timezones.len() > 1000 {
+        return Err(format!(
+            "spec.site_timezones has {} entries: at most 1000",
+            s.site_timezones.len()
+        ));
+    }
+    let mut site_timezones = std::collections::BTreeMap::new();
+    for (site, zone) in &s.site_timezones {
+        if super::agents::validate_site_id(site).is_err() {
+            return Err(format!(
+                "spec.site_timezones: {} is not a site id",
+                quote(site)
+            ));
+        }
+        let Some(tz) = ota_domain::rollout::window::parse_zone(zone.trim()) else {
+            return Err(format!(
+                "spec.site_timezones[{site}]: {} is not an IANA time zone (like \"Europe/Berlin\")",
+                quote(zone)
+            ));
+        };
+        site_timezones.insert(site.clone(), tz.name().to_string());
+    }
     Ok(RolloutSpec {
         name: clip(name),
         firmware_id: s.firmware_id.trim().to_string(),
@@ -894,6 +958,69 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
         } else {
             s.batch_check_timeout_s
         },
+        wake_timeout_s: if s.wake_timeout_s == 0 {
+            ota_domain::rollout::spec::DEFAULT_WAKE_TIMEOUT_S
+        } else {
+            s.wake_timeout_s
+        },
+        on_asleep,
+        failure_budget,
+        site_timezones,
+    })
+}
+
+/// Most attempts a retry policy may ask for.
+const MAX_ATTEMPTS: u32 = 20;
+/// Longest wake-up budget.
+const MAX_WAKE_TIMEOUT_S: u32 = 30 * 24 * 3600;
+
+/// At most 100 characters of what a client sent, quoted, for error messages.
+fn quote(s: &str) -> String {
+    let mut out: String = s.chars().take(100).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    format!("{out:?}")
+}
+
+/// The gates: unset takes the default, 0 switches a gate off, anything else is bounded.
+fn preconditions_from(p: Option<&pb::Preconditions>) -> Result<Preconditions, String> {
+    let p = p.cloned().unwrap_or_default();
+    let d = Preconditions::default();
+    let battery = match p.min_battery_percent {
+        None => d.min_battery_percent,
+        Some(0) => None,
+        Some(v) if v <= 100 => Some(v as u8),
+        Some(v) => {
+            return Err(format!(
+                "spec.preconditions.min_battery_percent is {v}: 0 (off) to 100"
+            ));
+        }
+    };
+    let lq = match p.min_linkquality {
+        None => d.min_linkquality,
+        Some(0) => None,
+        Some(v) if v <= 255 => Some(v as u8),
+        Some(v) => {
+            return Err(format!(
+                "spec.preconditions.min_linkquality is {v}: 0 (off) to 255"
+            ));
+        }
+    };
+    let rssi = match p.min_rssi_dbm {
+        None => d.min_rssi_dbm,
+        Some(0) => None,
+        Some(v) if (-120..0).contains(&v) => Some(v as i16),
+        Some(v) => {
+            return Err(format!(
+                "spec.preconditions.min_rssi_dbm is {v}: -120 to -1 dBm, or 0 (off)"
+            ));
+        }
+    };
+    Ok(Preconditions {
+        min_battery_percent: battery,
+        min_linkquality: lq,
+        min_rssi_dbm: rssi,
     })
 }
 
@@ -933,7 +1060,7 @@ pub fn spec_to_pb(s: &RolloutSpec) -> pb::RolloutSpec {
                     FailureAction::Pause => pb::FailureAction::Pause as i32,
                     FailureAction::Abort => pb::FailureAction::Abort as i32,
                 },
-                deadline_s: st.deadline_s,
+                deadline_s: Some(st.deadline_s),
                 soak_s: st.soak_s,
             })
             .collect(),
@@ -957,12 +1084,31 @@ pub fn spec_to_pb(s: &RolloutSpec) -> pb::RolloutSpec {
         upgrade_type: s.upgrade_type.code() as i32,
         allow_downgrade: s.allow_downgrade,
         preconditions: Some(pb::Preconditions {
-            min_battery_percent: u32::from(s.preconditions.min_battery_percent),
-            min_linkquality: u32::from(s.preconditions.min_linkquality),
-            min_rssi_dbm: i32::from(s.preconditions.min_rssi_dbm),
+            min_battery_percent: Some(s.preconditions.min_battery_percent.map_or(0, u32::from)),
+            min_linkquality: Some(s.preconditions.min_linkquality.map_or(0, u32::from)),
+            min_rssi_dbm: Some(s.preconditions.min_rssi_dbm.map_or(0, i32::from)),
         }),
         skip_batch_check: !s.batch_check,
         batch_check_timeout_s: s.batch_check_timeout_s,
+        wake_timeout_s: s.wake_timeout_s(),
+        on_asleep: match s.on_asleep {
+            OnAsleep::Wait => pb::OnAsleep::Wait as i32,
+            OnAsleep::Continue => pb::OnAsleep::Continue as i32,
+        },
+        failure_budget: Some(pb::FailureBudget {
+            budget: match s.failure_budget {
+                FailureBudget::Default => None,
+                FailureBudget::Off => Some(pb::failure_budget::Budget::Off(true)),
+                FailureBudget::Limit(t) => {
+                    threshold_to(Some(t)).map(pb::failure_budget::Budget::Limit)
+                }
+            },
+        }),
+        site_timezones: s
+            .site_timezones
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -989,11 +1135,77 @@ mod tests {
         assert_eq!(s.stages.len(), 2);
         assert_eq!(s.stages[1].size, StageSize::CumulativePercent(100.0));
         assert_eq!(s.concurrency.per_zigbee_network, 1);
-        assert_eq!(s.preconditions.min_battery_percent, 70);
+        assert_eq!(s.preconditions.min_battery_percent, Some(70));
         assert!(s.batch_check);
         assert_eq!(s.batch_check_timeout_s, 60);
+        // Every stage gets a deadline of a day unless one is written, the added one included.
+        assert_eq!(s.stages[0].deadline_s, 24 * 3600);
+        assert_eq!(s.stages[1].deadline_s, 24 * 3600);
+        assert_eq!(s.failure_budget, FailureBudget::Default);
+        assert_eq!(s.wake_timeout_s(), 7 * 24 * 3600);
         // Round trip through the wire keeps it.
         assert_eq!(spec_from_pb(&spec_to_pb(&s)).unwrap(), s);
+    }
+
+    #[test]
+    fn gates_and_deadlines_can_be_switched_off_explicitly() {
+        let mut p = minimal_spec();
+        p.stages[0].deadline_s = Some(0);
+        p.preconditions = Some(pb::Preconditions {
+            min_battery_percent: Some(0),
+            min_linkquality: Some(0),
+            min_rssi_dbm: None,
+        });
+        p.failure_budget = Some(pb::FailureBudget {
+            budget: Some(pb::failure_budget::Budget::Off(true)),
+        });
+        let s = spec_from_pb(&p).unwrap();
+        assert_eq!(s.stages[0].deadline_s, 0, "0 written: no deadline");
+        assert_eq!(s.preconditions.min_battery_percent, None);
+        assert_eq!(s.preconditions.min_linkquality, None);
+        assert_eq!(
+            s.preconditions.min_rssi_dbm,
+            Some(-85),
+            "unset: the default"
+        );
+        assert_eq!(s.failure_budget, FailureBudget::Off);
+        assert_eq!(spec_from_pb(&spec_to_pb(&s)).unwrap(), s);
+    }
+
+    #[test]
+    fn out_of_range_numbers_and_zones_are_refused() {
+        let bad = |f: &dyn Fn(&mut pb::RolloutSpec)| {
+            let mut p = minimal_spec();
+            f(&mut p);
+            spec_from_pb(&p).unwrap_err()
+        };
+        let e = bad(&|p| {
+            p.retry = Some(pb::RetryPolicy {
+                max_attempts: u32::MAX,
+                ..Default::default()
+            })
+        });
+        assert!(
+            e.contains("max_attempts") && e.contains("at most 20"),
+            "{e}"
+        );
+        let e = bad(&|p| {
+            p.preconditions = Some(pb::Preconditions {
+                min_battery_percent: Some(u32::MAX),
+                ..Default::default()
+            })
+        });
+        assert!(e.contains("min_battery_percent"), "{e}");
+        let e = bad(&|p| {
+            p.site_timezones
+                .insert("home".into(), "../../etc/passwd".repeat(1000));
+        });
+        assert!(e.contains("not an IANA time zone") && e.len() < 300, "{e}");
+        let mut p = minimal_spec();
+        p.site_timezones
+            .insert("home".into(), "Europe/Berlin".into());
+        let s = spec_from_pb(&p).unwrap();
+        assert_eq!(s.site_timezones["home"], "Europe/Berlin");
     }
 
     #[test]

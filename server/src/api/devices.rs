@@ -10,7 +10,7 @@ use ota_domain::events::{
     AutoUpgradeSet, DeviceChecked, TaskCancelled, TaskConfirmed, TaskCreated, streams,
 };
 use ota_domain::model;
-use ota_domain::projection::{DeviceView, FleetState, TaskPhase};
+use ota_domain::projection::{DeviceView, FleetState};
 use ota_domain::rollout::select;
 use ota_domain::rollout::spec::{RetryPolicy, UpgradeType};
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
@@ -142,7 +142,6 @@ pub async fn check_devices(
     let mut events = Vec::new();
     {
         let state = app.core.read();
-        let catalog: Vec<_> = state.firmware.values().map(|f| &f.registered).collect();
         for id in device_ids {
             if let Some(done) = results.get(id) {
                 events.push((id.clone(), done.clone()));
@@ -160,42 +159,7 @@ pub async fn check_devices(
                     ErrorCode::BulkCheckTimeout,
                     format!("no answer within {}", humantime::format_duration(timeout)),
                 ),
-                Some(a) => {
-                    let error = convert::task_error_from(a.error.as_ref());
-                    let facts = a
-                        .device
-                        .as_ref()
-                        .and_then(|r| convert::device_facts_from(r).ok())
-                        .map(|(_, f)| f)
-                        .unwrap_or_else(|| d.facts.clone());
-                    let target = match firmware_id {
-                        Some(fid) => state.firmware.get(fid).map(|f| &f.registered),
-                        None => best_firmware(catalog.iter().copied(), &facts),
-                    };
-                    let available = target.is_some_and(|fw| {
-                        firmware_fits(fw, &facts).is_ok()
-                            && !is_on_target(fw, &facts)
-                            && !is_downgrade(fw, &facts)
-                    }) || a.update_available == Some(true)
-                        && firmware_id.is_none()
-                        && target.is_some();
-                    DeviceChecked {
-                        check_id: check_id.to_string(),
-                        firmware_id: target.map(|f| f.id.clone()),
-                        status: if error.is_some() {
-                            UpgradeStatus::Failure
-                        } else if available {
-                            UpgradeStatus::Available
-                        } else {
-                            UpgradeStatus::None
-                        },
-                        reachable: a.reachable,
-                        current: facts.current.clone(),
-                        update_available: a.update_available,
-                        error,
-                        source: None,
-                    }
-                }
+                Some(a) => answer_to_checked(&state, check_id, firmware_id, d, &a, None),
             };
             events.push((id.clone(), checked));
         }
@@ -213,6 +177,66 @@ pub async fn check_devices(
             .await?;
     }
     Ok(events.into_iter().map(|(_, e)| e).collect())
+}
+
+/// What a device's answer to a check means, as the event to record. A sleepy device that did not
+/// answer because it sleeps is status 5 (waiting for wake-up), not a failure; its site answers
+/// again when it wakes. `source` is the journaled report of such a later answer.
+pub fn answer_to_checked(
+    state: &FleetState,
+    check_id: &str,
+    firmware_id: Option<&str>,
+    d: &DeviceView,
+    a: &pb::CheckResult,
+    source: Option<model::AgentSource>,
+) -> DeviceChecked {
+    let error = convert::task_error_from(a.error.as_ref());
+    if a.awaiting_wakeup && error.is_none() {
+        return DeviceChecked {
+            check_id: check_id.to_string(),
+            firmware_id: firmware_id.map(str::to_string),
+            status: UpgradeStatus::WaitingForWakeup,
+            // Reachable means what the site says of the device, in lists and checks alike: a
+            // sleepy device its site knows is reachable, it just sleeps now.
+            reachable: d.facts.reachable,
+            current: d.facts.current.clone(),
+            update_available: None,
+            error: None,
+            source,
+        };
+    }
+    let catalog: Vec<_> = state.firmware.values().map(|f| &f.registered).collect();
+    let facts = a
+        .device
+        .as_ref()
+        .and_then(|r| convert::device_facts_from(r).ok())
+        .map(|(_, f)| f)
+        .unwrap_or_else(|| d.facts.clone());
+    let target = match firmware_id {
+        Some(fid) => state.firmware.get(fid).map(|f| &f.registered),
+        None => best_firmware(catalog.iter().copied(), &facts),
+    };
+    let available = target.is_some_and(|fw| {
+        firmware_fits(fw, &facts).is_ok() && !is_on_target(fw, &facts) && !is_downgrade(fw, &facts)
+    }) || a.update_available == Some(true)
+        && firmware_id.is_none()
+        && target.is_some();
+    DeviceChecked {
+        check_id: check_id.to_string(),
+        firmware_id: target.map(|f| f.id.clone()),
+        status: if error.is_some() {
+            UpgradeStatus::Failure
+        } else if available {
+            UpgradeStatus::Available
+        } else {
+            UpgradeStatus::None
+        },
+        reachable: a.reachable,
+        current: facts.current.clone(),
+        update_available: a.update_available,
+        error,
+        source,
+    }
 }
 
 fn failed_check(
@@ -461,6 +485,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let mut resp = pb::BatchCheckResponse::default();
         for (id, c) in ids.iter().zip(&checks) {
             match (c.status, c.error.as_ref().map(|e| e.code)) {
+                (UpgradeStatus::WaitingForWakeup, None) => resp.asleep += 1,
                 (_, Some(ErrorCode::BulkCheckTimeout)) => resp.timed_out += 1,
                 (_, Some(_)) => resp.failed += 1,
                 (UpgradeStatus::Available, None) => resp.available += 1,
@@ -493,6 +518,9 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         }
         if req.timeout_s > 24 * 3600 {
             return Err(ApiError::invalid("timeout_s is at most 86400 (24 h)").into());
+        }
+        if req.wake_timeout_s > 30 * 24 * 3600 {
+            return Err(ApiError::invalid("wake_timeout_s is at most 2592000 (30 days)").into());
         }
         let task_id = new_id("task");
         let span = tracing::Span::current();
@@ -560,6 +588,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                             timeout_s: req.timeout_s,
                             flash_offset: req.flash_offset,
                             auto: false,
+                            wake_timeout_s: req.wake_timeout_s,
                         }
                         .into(),
                     ],
@@ -708,25 +737,26 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                         t.phase.status().code()
                     )));
                 }
-                if t.phase == TaskPhase::WaitingForWakeup {
+                if t.phase.is_at_site() {
                     notify_agent = Some((d.site_id.clone(), t.clone()));
                 }
                 task_id = t.created.task_id.clone();
-                Ok(vec![Change::unchanged(
+                let mut changes = vec![Change::unchanged(
                     streams::task(&t.created.task_id),
                     vec![TaskCancelled { reason: reason.clone() }.into()],
-                )])
+                )];
+                if let Some(r) = &t.created.rollout_id {
+                    ota_domain::decision::ensure_guard(&mut changes, &streams::rollout(r));
+                }
+                Ok(changes)
             })
             .await?;
         if let Some((site, t)) = notify_agent {
-            let msg = pb::ServerMessage {
-                command_id: self.app.sessions.next_command_id(),
-                trace_context: Default::default(),
-                body: Some(pb::server_message::Body::Cancel(pb::CancelCommand {
-                    task_id: t.created.task_id.clone(),
-                    reason: reason.clone(),
-                })),
-            };
+            let msg = super::commands::cancel(
+                &t.created.task_id,
+                &reason,
+                self.app.sessions.next_command_id(),
+            );
             if let Err(e) = self.app.sessions.send(&site, msg) {
                 tracing::warn!(error = %e, "cancel not delivered to the agent; it will learn at reconnect");
             }

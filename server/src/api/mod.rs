@@ -7,6 +7,7 @@ pub mod access;
 pub mod agents;
 pub mod auth;
 pub mod authn;
+pub mod commands;
 pub mod convert;
 pub mod devices;
 pub mod error;

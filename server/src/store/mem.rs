@@ -84,6 +84,10 @@ impl EventStore for MemEventStore {
                 let mut seq = first_seq;
                 let mut streams = Vec::with_capacity(batch.len());
                 for (sa, version) in batch.into_iter().zip(before) {
+                    if sa.events.is_empty() {
+                        // A guard: checked above, writes nothing.
+                        continue;
+                    }
                     let mut version = version;
                     let mut seqs = Vec::with_capacity(sa.events.len());
                     for ev in sa.events {

@@ -123,7 +123,9 @@ pub struct StreamAppend {
     pub stream: String,
     /// Optimistic-concurrency check for this stream.
     pub expected: ExpectedVersion,
-    /// At least one event.
+    /// The events. Empty makes this a *guard*: nothing is written to the stream, but the append
+    /// goes through only if the stream is at `expected` (which must then not be `Any`). A batch
+    /// needs at least one event in all.
     pub events: Vec<NewEvent>,
 }
 
@@ -369,8 +371,10 @@ pub(crate) fn validate_batch(batch: &[StreamAppend]) -> Result<usize, StoreError
                 "stream `{name}` appears twice in one batch"
             )));
         }
-        if sa.events.is_empty() {
-            return Err(StoreError::Invalid(format!("stream `{name}`: no events")));
+        if sa.events.is_empty() && sa.expected == ExpectedVersion::Any {
+            return Err(StoreError::Invalid(format!(
+                "stream `{name}`: no events and no expected version"
+            )));
         }
         for ev in &sa.events {
             if ev.event_type.is_empty() || ev.event_type.len() > MAX_EVENT_TYPE_BYTES {
@@ -392,6 +396,9 @@ pub(crate) fn validate_batch(batch: &[StreamAppend]) -> Result<usize, StoreError
             payload_bytes += ev.payload.len();
         }
         events += sa.events.len();
+    }
+    if events == 0 {
+        return Err(StoreError::Invalid("the batch holds no event".into()));
     }
     if events > MAX_EVENTS_PER_APPEND {
         return Err(StoreError::Invalid(format!(

@@ -561,6 +561,12 @@ impl<'a> GroupWriter<'a> {
             }
             before.push(actual);
         }
+        // Guards (no events) were checked above and write nothing.
+        let (batch, before): (Vec<StreamAppend>, Vec<u64>) = batch
+            .into_iter()
+            .zip(before)
+            .filter(|(sa, _)| !sa.events.is_empty())
+            .unzip();
         let first_seq = self.next_seq;
         let mut seq = first_seq;
         let mut streams = Vec::with_capacity(batch.len());

@@ -7,7 +7,7 @@
 //! Time-dependent tests run with `start_paused = true` on the in-memory event store: the sled
 //! store commits on its own threads, and while a paused runtime waits for another thread tokio
 //! advances the clock to the next timer, which would make window and deadline tests flaky. The
-//! restart test uses sled, where only durability matters.
+//! restart tests use sled (`Otad::start_sled`), where only durability and order matter.
 
 #![allow(dead_code)]
 
@@ -158,7 +158,8 @@ impl Otad {
         id
     }
 
-    async fn upload_now(&self, name: &str, version: &str, bytes: Vec<u8>) -> String {
+    /// Uploads a firmware without touching the clock (tests with time running).
+    pub async fn upload_now(&self, name: &str, version: &str, bytes: Vec<u8>) -> String {
         let msgs = vec![
             pb::UploadFirmwareRequest {
                 part: Some(pb::upload_firmware_request::Part::Metadata(
@@ -185,12 +186,7 @@ impl Otad {
 
     /// An ESPHome (ESP32) application image of `version`.
     pub async fn upload_esp(&self, version: &str) -> String {
-        let bytes = EspAppBuilder::new(Chip::Esp32)
-            .version(version)
-            .project_name("node")
-            .payload_size(4096)
-            .build();
-        self.upload("node", version, bytes).await
+        self.upload("node", version, esp_image(version)).await
     }
 
     /// A Zigbee OTA file for the devices of [`zigbee`].
@@ -290,6 +286,15 @@ pub fn threshold(n: u32) -> Option<pb::Threshold> {
     })
 }
 
+/// An ESPHome (ESP32) application image of `version`.
+pub fn esp_image(version: &str) -> Vec<u8> {
+    EspAppBuilder::new(Chip::Esp32)
+        .version(version)
+        .project_name("node")
+        .payload_size(4096)
+        .build()
+}
+
 /// A spec without a batch check (tests that want one turn it on).
 pub fn spec(firmware_id: &str, stages: Vec<pb::Stage>) -> pb::RolloutSpec {
     pb::RolloutSpec {
@@ -367,6 +372,11 @@ pub enum Behavior {
     Hang,
     /// A sleepy device: reports waiting for wake-up (5) and never wakes.
     Sleepy,
+    /// A sleepy device that wakes up after this long (waiting for wake-up, 5, meanwhile), then
+    /// updates like `Succeed`.
+    SleepsFor(Duration),
+    /// The agent prepares (100) for ever, as if its download hung; a cancel stops it.
+    HangPreparing,
 }
 
 #[derive(Debug, Clone)]
@@ -408,6 +418,10 @@ pub struct SiteLog {
     pub max_in_flight: usize,
     pub max_by_network: BTreeMap<String, usize>,
     pub max_esphome: usize,
+    /// Probe commands: when (ms on otad's clock) and which devices.
+    pub probes: Vec<(i64, Vec<String>)>,
+    /// Command ids of every command received, in order.
+    pub command_ids: Vec<u64>,
 }
 
 impl SiteLog {
@@ -436,8 +450,12 @@ struct Inner {
     out: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
     answer_checks: AtomicBool,
     known: Mutex<HashSet<(String, u32)>>,
-    /// Sleepy transfers that wait for a wake-up (safe to cancel), by task id.
+    /// Sleepy transfers that wait for a wake-up, or preparations (safe to cancel), by task id.
     waiting: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Devices that came back without the agent noticing yet: a probe reports them.
+    back_quietly: Mutex<HashSet<String>>,
+    /// Sleepy devices asleep for checks, with the check they were asked in (if any).
+    asleep: Mutex<HashMap<String, Option<String>>>,
     clock: Mutex<Option<Clock>>,
 }
 
@@ -470,6 +488,8 @@ impl FakeSite {
             answer_checks: AtomicBool::new(true),
             known: Mutex::new(HashSet::new()),
             waiting: Mutex::new(HashMap::new()),
+            back_quietly: Mutex::new(HashSet::new()),
+            asleep: Mutex::new(HashMap::new()),
             clock: Mutex::new(None),
         });
         let s = FakeSite {
@@ -551,6 +571,45 @@ impl FakeSite {
             }));
     }
 
+    /// The device answers again, but the agent does not know yet: it reports the device only
+    /// when otad asks it to probe.
+    pub fn come_back_quietly(&self, local: &str) {
+        self.inner
+            .back_quietly
+            .lock()
+            .unwrap()
+            .insert(local.to_string());
+    }
+
+    /// The device sleeps: checks are answered "asleep" (status 5) until it wakes.
+    pub fn answer_asleep(&self, local: &str) {
+        self.inner
+            .asleep
+            .lock()
+            .unwrap()
+            .insert(local.to_string(), None);
+    }
+
+    /// The sleeping device wakes up: the agent answers the check it was asked in while asleep,
+    /// as a journaled report.
+    pub fn wake_and_answer(&self, local: &str) {
+        let check_id = self.inner.asleep.lock().unwrap().remove(local).flatten();
+        let Some(check_id) = check_id else {
+            return;
+        };
+        let report = self.inner.devices.lock().unwrap()[local].report.clone();
+        self.inner
+            .journaled(pb::agent_message::Body::CheckResult(pb::CheckResult {
+                check_id,
+                device_local_id: local.to_string(),
+                reachable: true,
+                device: Some(report),
+                update_available: None,
+                error: None,
+                awaiting_wakeup: false,
+            }));
+    }
+
     /// Closes the session (the agent lost its connection).
     pub fn disconnect(&self) {
         self.inner.out.lock().unwrap().take();
@@ -621,7 +680,11 @@ impl FakeSite {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = inbound.next().await {
+                if msg.command_id != 0 {
+                    inner.log.lock().unwrap().command_ids.push(msg.command_id);
+                }
                 match msg.body {
+                    Some(pb::server_message::Body::Probe(p)) => inner.on_probe(p),
                     Some(pb::server_message::Body::Check(c)) => inner.on_check(c),
                     Some(pb::server_message::Body::Update(u)) => inner.on_update(u),
                     Some(pb::server_message::Body::Cancel(c)) => inner.on_cancel(c),
@@ -662,6 +725,25 @@ impl Inner {
             let Some(d) = devices.get(&local) else {
                 continue;
             };
+            if let Some(pending) = self.asleep.lock().unwrap().get_mut(&local) {
+                // Asleep: "status 5" now (not journaled, like a real agent's first answer).
+                *pending = Some(c.check_id.clone());
+                if let Some(tx) = self.out.lock().unwrap().as_ref() {
+                    let _ = tx.send(pb::AgentMessage {
+                        seq: 0,
+                        body: Some(pb::agent_message::Body::CheckResult(pb::CheckResult {
+                            check_id: c.check_id.clone(),
+                            device_local_id: local.clone(),
+                            reachable: false,
+                            device: None,
+                            update_available: None,
+                            error: None,
+                            awaiting_wakeup: true,
+                        })),
+                    });
+                }
+                continue;
+            }
             self.journaled(pb::agent_message::Body::CheckResult(pb::CheckResult {
                 check_id: c.check_id.clone(),
                 device_local_id: local,
@@ -670,6 +752,36 @@ impl Inner {
                 update_available: None,
                 error: None,
                 awaiting_wakeup: false,
+            }));
+        }
+    }
+
+    fn on_probe(&self, p: pb::ProbeCommand) {
+        let now = self.now_ms();
+        self.log
+            .lock()
+            .unwrap()
+            .probes
+            .push((now, p.device_local_ids.clone()));
+        let mut back = self.back_quietly.lock().unwrap();
+        let mut found = Vec::new();
+        {
+            let mut devices = self.devices.lock().unwrap();
+            for local in &p.device_local_ids {
+                if back.remove(local)
+                    && let Some(d) = devices.get_mut(local)
+                {
+                    d.report.reachable = true;
+                    found.push(d.report.clone());
+                }
+            }
+        }
+        drop(back);
+        if !found.is_empty() {
+            self.journaled(pb::agent_message::Body::Inventory(pb::Inventory {
+                full: false,
+                devices: found,
+                removed_local_ids: vec![],
             }));
         }
     }
@@ -754,7 +866,10 @@ impl Inner {
             log.max_esphome = log.max_esphome.max(esp);
             earlier
         };
-        let sleepy = d.behavior == Behavior::Sleepy;
+        let sleepy = matches!(
+            d.behavior,
+            Behavior::Sleepy | Behavior::SleepsFor(_) | Behavior::HangPreparing
+        );
         let task_id = u.task_id.clone();
         let this = self.clone();
         let handle = tokio::spawn(async move { this.simulate(u, d, earlier + 1).await });
@@ -790,6 +905,13 @@ impl Inner {
             Behavior::Hang => {
                 self.progress(&u, pb::UpgradeStatus::Updating, 10.0);
                 std::future::pending::<()>().await;
+            }
+            Behavior::HangPreparing => std::future::pending::<()>().await,
+            Behavior::SleepsFor(sleep) => {
+                self.progress(&u, pb::UpgradeStatus::WaitingForWakeup, 0.0);
+                tokio::time::sleep(sleep).await;
+                // Awake: from here on nothing can stop the transfer.
+                self.waiting.lock().unwrap().remove(&u.task_id);
             }
             _ => {}
         }
