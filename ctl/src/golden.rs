@@ -264,7 +264,7 @@ fn stage_spec(name: &str, size: pb::stage::Size) -> pb::Stage {
             value: Some(pb::threshold::Value::Percent(90.0)),
         }),
         on_failure: 1,
-        deadline_s: 3_600,
+        deadline_s: Some(3_600),
         soak_s: 600,
     }
 }
@@ -312,12 +312,22 @@ fn spec() -> pb::RolloutSpec {
         upgrade_type: 0,
         allow_downgrade: false,
         preconditions: Some(pb::Preconditions {
-            min_battery_percent: 70,
-            min_linkquality: 30,
-            min_rssi_dbm: -85,
+            min_battery_percent: Some(70),
+            min_linkquality: Some(30),
+            min_rssi_dbm: Some(-85),
         }),
         skip_batch_check: false,
         batch_check_timeout_s: 60,
+        wake_timeout_s: 604_800,
+        on_asleep: pb::OnAsleep::Wait as i32,
+        failure_budget: Some(pb::FailureBudget {
+            budget: Some(pb::failure_budget::Budget::Limit(pb::Threshold {
+                value: Some(pb::threshold::Value::Percent(10.0)),
+            })),
+        }),
+        site_timezones: [("home".to_string(), "Europe/Berlin".to_string())]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -376,6 +386,8 @@ fn running_rollout() -> pb::Rollout {
             code: 5000,
             reason: "already on 2.3".into(),
         }],
+        failure_budget: 1,
+        failures: 0,
     }
 }
 
@@ -636,11 +648,19 @@ fn render_device_check(o: &mut String) {
                 reachable: true,
                 ..Default::default()
             },
+            pb::DeviceCheck {
+                device_id: "home/remote".into(),
+                status: 5,
+                current: version("1.0", None),
+                reachable: true,
+                ..Default::default()
+            },
         ],
         available: 1,
         up_to_date: 1,
         timed_out: 1,
         failed: 0,
+        asleep: 1,
     };
     case(
         o,

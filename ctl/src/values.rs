@@ -30,6 +30,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e}; expected a duration such as \"30s\", \"10m\" or \"1h\""))
 }
 
+/// A duration, or "none" (also "off") for none at all: `Duration::ZERO`.
+pub fn parse_duration_or_none(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "none" | "off" => Ok(Duration::ZERO),
+        t => parse_duration(t).map_err(|e| format!("{e}, or \"none\"")),
+    }
+}
+
+/// A limit that can be switched off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    /// No limit.
+    Off,
+    /// This threshold.
+    At(Threshold),
+}
+
+/// A threshold, or "none" (also "off") for no limit at all.
+pub fn parse_threshold_or_none(s: &str) -> Result<Limit, String> {
+    match s.trim() {
+        "none" | "off" => Ok(Limit::Off),
+        t => parse_threshold(t)
+            .map(Limit::At)
+            .map_err(|e| format!("{e}, or \"none\"")),
+    }
+}
+
 /// Whole seconds of a duration, for the API's `u32` second fields.
 pub fn duration_secs(d: Duration) -> Result<u32, String> {
     u32::try_from(d.as_secs()).map_err(|_| format!("{} is too long", fmt_secs(d.as_secs())))

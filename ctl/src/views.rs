@@ -151,6 +151,10 @@ pub struct TaskJson {
     pub bytes_sent: u64,
     /// Bytes in total.
     pub bytes_total: u64,
+    /// Succeeded after the server had ended it (timed out or cancelled).
+    pub late: bool,
+    /// When the budget of the current phase runs out (0: none).
+    pub phase_deadline_ms: i64,
 }
 
 impl TaskJson {
@@ -183,6 +187,8 @@ impl TaskJson {
             requested_by: actor(t.requested_by.as_ref()),
             bytes_sent: t.bytes_sent,
             bytes_total: t.bytes_total,
+            late: t.late,
+            phase_deadline_ms: t.phase_deadline_ms,
         }
     }
 }
@@ -270,7 +276,7 @@ mod tests {
         };
         assert_eq!(
             json(&TaskJson::new(&t)),
-            r#"{"id":"t-1","device_id":"home/0x01","site_id":"home","rollout_id":"","stage":0,"firmware_id":"fw-00","target":null,"status":{"code":2,"name":"updating"},"progress":45.5,"remaining_s":80,"error":null,"remind":"","attempt":1,"max_attempts":3,"upgrade_type":{"code":2,"name":"forced"},"downgrade":false,"from":{"version":"1.0","file_version":16,"software_build_id":"","date_code":""},"to":null,"created_at_ms":0,"started_at_ms":0,"finished_at_ms":0,"next_attempt_at_ms":0,"awaiting_confirmation":false,"requested_by":null,"bytes_sent":0,"bytes_total":0}"#
+            r#"{"id":"t-1","device_id":"home/0x01","site_id":"home","rollout_id":"","stage":0,"firmware_id":"fw-00","target":null,"status":{"code":2,"name":"updating"},"progress":45.5,"remaining_s":80,"error":null,"remind":"","attempt":1,"max_attempts":3,"upgrade_type":{"code":2,"name":"forced"},"downgrade":false,"from":{"version":"1.0","file_version":16,"software_build_id":"","date_code":""},"to":null,"created_at_ms":0,"started_at_ms":0,"finished_at_ms":0,"next_attempt_at_ms":0,"awaiting_confirmation":false,"requested_by":null,"bytes_sent":0,"bytes_total":0,"late":false,"phase_deadline_ms":0}"#
         );
     }
 

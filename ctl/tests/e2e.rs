@@ -1288,7 +1288,12 @@ async fn rollout_plan_create_start_watch_and_lifecycle_errors() {
     assert_eq!(last["rollout"]["state"]["name"], "completed", "{last:#}");
     assert_eq!(last["rollout"]["totals"]["succeeded"], 4, "{last:#}");
     let show = otad.ctl_async(&["rollout", "show", &id]).await.ok();
-    assert!(show.stdout.contains("State     completed"), "{show:#?}");
+    assert!(
+        show.stdout
+            .lines()
+            .any(|l| l.starts_with("State ") && l.trim_end().ends_with(" completed")),
+        "{show:#?}"
+    );
 
     // Lifecycle errors are the server's words, exit 2.
     let pause = otad.ctl_async(&["rollout", "pause", &id]).await;

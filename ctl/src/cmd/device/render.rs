@@ -232,6 +232,8 @@ pub fn checks(r: &CheckReportJson) -> String {
         };
         let note = if c.error.is_some() {
             err(c.error.as_ref())
+        } else if c.asleep() && c.remind.is_empty() {
+            "asleep: the check completes when it next wakes up".to_string()
         } else {
             c.remind.clone()
         };
@@ -250,6 +252,12 @@ pub fn checks(r: &CheckReportJson) -> String {
         "\n\n{} available, {} up to date, {} no answer in time (5019), {} failed",
         r.available, r.up_to_date, r.timed_out, r.failed
     ));
+    if r.asleep > 0 {
+        out.push_str(&format!(
+            ", {} asleep (each answers when it next wakes up; `otactl device show` has it then)",
+            r.asleep
+        ));
+    }
     let late: Vec<&str> = r
         .checks
         .iter()

@@ -26,6 +26,7 @@ pub fn resolve_update(
         wait: false,
         timeout_s: timeout_s(timeout)?,
         flash_offset: None,
+        wake_timeout_s: 0,
     })
 }
 
@@ -42,6 +43,7 @@ pub fn resolve_flash(
         wait: false,
         timeout_s: timeout_s(timeout)?,
         flash_offset: a.offset,
+        wake_timeout_s: 0,
     })
 }
 

@@ -123,7 +123,7 @@ pub struct DeviceListJson {
 pub struct CheckJson {
     /// Device.
     pub device_id: String,
-    /// 0 none, 1 available, 4 failure.
+    /// 0 none, 1 available, 4 failure, 5 asleep (answers when it wakes).
     pub status: EnumJson,
     /// What it runs.
     pub current: Option<VersionJson>,
@@ -170,6 +170,11 @@ impl CheckJson {
                 .is_some_and(|e| e.code == pb::ErrorCode::BulkCheckTimeout as i32)
     }
 
+    /// A sleepy device asleep now (status 5): it answers when it wakes. Not a failure.
+    pub fn asleep(&self) -> bool {
+        self.status.code == pb::UpgradeStatus::WaitingForWakeup as i32
+    }
+
     /// No answer within the timeout (5019).
     pub fn timed_out(&self) -> bool {
         self.error
@@ -191,6 +196,8 @@ pub struct CheckReportJson {
     pub timed_out: u32,
     /// Other failures.
     pub failed: u32,
+    /// Sleepy devices asleep now (status 5): not failures, they answer when they wake.
+    pub asleep: u32,
 }
 
 impl CheckReportJson {
@@ -202,6 +209,7 @@ impl CheckReportJson {
             up_to_date: r.up_to_date,
             timed_out: r.timed_out,
             failed: r.failed,
+            asleep: r.asleep,
         }
     }
 
@@ -213,12 +221,14 @@ impl CheckReportJson {
         let available =
             u32::from(!v.failed() && v.status.code == pb::UpgradeStatus::Available as i32);
         let up_to_date = u32::from(!v.failed() && v.status.code == pb::UpgradeStatus::None as i32);
+        let asleep = u32::from(v.asleep());
         Self {
             checks: vec![v],
             available,
             up_to_date,
             timed_out,
             failed,
+            asleep,
         }
     }
 }
@@ -287,7 +297,7 @@ mod tests {
         let r = CheckReportJson::single(&timed_out);
         assert_eq!(
             json(&r),
-            r#"{"checks":[{"device_id":"home/a","status":{"code":4,"name":"failure"},"current":null,"available_firmware_id":"","available":null,"can_upgrade":false,"remind":"","error":{"code":5019,"name":"bulk-check-timeout","message":"no answer in 60s"},"reachable":false,"checked_at_ms":0}],"available":0,"up_to_date":0,"timed_out":1,"failed":0}"#
+            r#"{"checks":[{"device_id":"home/a","status":{"code":4,"name":"failure"},"current":null,"available_firmware_id":"","available":null,"can_upgrade":false,"remind":"","error":{"code":5019,"name":"bulk-check-timeout","message":"no answer in 60s"},"reachable":false,"checked_at_ms":0}],"available":0,"up_to_date":0,"timed_out":1,"failed":0,"asleep":0}"#
         );
         assert!(r.checks[0].failed() && r.checks[0].timed_out());
         let ok = pb::DeviceCheck {

@@ -16,7 +16,15 @@ count \"2\" or a percentage \"10%\"):
   firmware = \"fw-1a2b3c4d5e6f7a8b\"   # required
   upgrade_type = \"notify\"            # notify | forced | check
   allow_downgrade = false
-  device_timeout = \"30m\"             # default: 30m for Zigbee, 10m otherwise
+  device_timeout = \"30m\"             # transfer budget, from the start of the transfer;
+                                     # default: 30m for Zigbee, 10m otherwise
+  wake_timeout = \"7d\"                # how long a sleepy device may sleep before its
+                                     # update fails (5016); default 7 days
+  on_asleep = \"wait\"                 # wait | continue: does a stage wait for devices that
+                                     # sleep? (they never count as failures)
+  failure_budget = \"10%\"             # failed + timed-out devices across the rollout that
+                                     # pause it (stragglers included); default 10% of the
+                                     # targets, at least the largest stage threshold; or none
   batch_check = true                 # one availability check of all targets first
   batch_check_timeout = \"60s\"
 
@@ -42,7 +50,9 @@ count \"2\" or a percentage \"10%\"):
   failure_threshold = \"1\"            # default: 1 for stages of <= 10 devices, else \"10%\"
   success_threshold = \"100%\"         # default: every device that was not skipped
   on_failure = \"pause\"               # pause | abort
-  deadline = \"1h\"                    # unfinished devices then count as timed out (5016)
+  deadline = \"1h\"                    # unfinished devices then time out (5016), sleeping
+                                     # ones go on; default 24h (7 days with a window);
+                                     # \"none\": no deadline
   soak = \"10m\"                       # wait after success before the next stage
 
   [[stages]]
@@ -60,12 +70,15 @@ count \"2\" or a percentage \"10%\"):
   initial_backoff = \"30s\"
   max_backoff = \"15m\"
 
-  [window]                           # maintenance window, site local time
-  start = \"22:00\"
-  end = \"05:00\"
+  [window]                           # maintenance window in each site's local time (the
+  start = \"22:00\"                    # IANA zone its agent reports, daylight saving
+  end = \"05:00\"                      # included)
   weekdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]   # or 0 (Sunday) .. 6
 
-  [preconditions]
+  [site_timezones]                   # zone per site, instead of what its agent reports
+  home = \"Europe/Berlin\"
+
+  [preconditions]                    # gates checked right before each dispatch; 0: off
   min_battery_percent = 70
   min_linkquality = 30
   min_rssi_dbm = -85";
@@ -182,8 +195,9 @@ pub struct SpecFlags {
     /// Then waves reaching these cumulative percentages of all targets ("5,25,100").
     #[arg(long, value_parser = values::parse_percent_list, value_name = "P,P,...")]
     pub waves: Option<values::Percents>,
-    /// Stage deadline: devices not finished this long after their stage started time out.
-    #[arg(long, value_parser = values::parse_duration, value_name = "DURATION")]
+    /// Stage deadline: devices not finished this long after their stage started time out
+    /// (sleeping ones go on); default 24h; "none" for no deadline.
+    #[arg(long, value_parser = values::parse_duration_or_none, value_name = "DURATION|none")]
     pub deadline: Option<Duration>,
     /// Soak time after each successful stage.
     #[arg(long, value_parser = values::parse_duration, value_name = "DURATION")]
@@ -197,9 +211,19 @@ pub struct SpecFlags {
     /// What a stage crossing its failure threshold does.
     #[arg(long, value_enum)]
     pub on_failure: Option<FailureActionArg>,
-    /// Per-device timeout.
+    /// Transfer budget per device, from the start of its transfer.
     #[arg(long, value_parser = values::parse_duration, value_name = "DURATION")]
     pub device_timeout: Option<Duration>,
+    /// How long a sleepy device may sleep before its update fails (default 7 days).
+    #[arg(long, value_parser = values::parse_duration, value_name = "DURATION")]
+    pub wake_timeout: Option<Duration>,
+    /// Whether a stage waits for devices that sleep (they never count as failures).
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub on_asleep: Option<OnAsleepArg>,
+    /// Failed or timed-out devices across the rollout that pause it: a count, a percentage of
+    /// all targets, or "none" (default: 10%, at least the largest stage threshold).
+    #[arg(long, value_parser = values::parse_threshold_or_none, value_name = "N|P%|none")]
+    pub failure_budget: Option<values::Limit>,
     /// Attempts per device, including the first.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
@@ -218,6 +242,15 @@ pub struct SpecFlags {
     /// Skip the availability check of all targets before the first stage.
     #[arg(long)]
     pub skip_batch_check: bool,
+}
+
+/// What a stage does about devices that sleep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnAsleepArg {
+    /// The stage waits for them (within its deadline).
+    Wait,
+    /// The next stage may start; they finish later.
+    Continue,
 }
 
 /// Failure actions a user can name.

@@ -446,7 +446,11 @@ mod tests {
             out.starts_with("ro-1 running: stage 1/1 canary (running): 1/5 done;"),
             "{out}"
         );
-        assert!(out.contains("State     aborted"), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("State ") && l.trim_end().ends_with(" aborted")),
+            "{out}"
+        );
     }
 
     #[tokio::test]

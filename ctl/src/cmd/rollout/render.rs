@@ -81,6 +81,17 @@ pub fn rollout(r: &RolloutJson) -> String {
             "Totals",
             format!("{} devices: {}", r.totals.total, counts_line(&r.totals)),
         ),
+        (
+            "Failure budget",
+            if r.failure_budget == 0 {
+                "off (only the stages' thresholds)".to_string()
+            } else {
+                format!(
+                    "{} of {} used (failed or timed out across the rollout; it pauses at {})",
+                    r.failures, r.failure_budget, r.failure_budget
+                )
+            },
+        ),
         ("Created", when_by(r.created_at_ms, r.created_by.as_ref())),
         ("Started", fmt_time(r.started_at_ms)),
         ("Finished", fmt_time(r.finished_at_ms)),

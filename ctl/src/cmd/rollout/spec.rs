@@ -11,7 +11,7 @@ use std::fmt;
 use ota_proto::v1 as pb;
 use serde::Deserialize;
 
-use super::args::{FailureActionArg, SpecFlags};
+use super::args::{FailureActionArg, OnAsleepArg, SpecFlags};
 use crate::cli::{TransportArg, UpgradeTypeArg};
 use crate::values;
 
@@ -28,8 +28,17 @@ pub struct RawSpec {
     /// Allow older versions.
     #[serde(default)]
     pub allow_downgrade: bool,
-    /// Per-device timeout.
+    /// Transfer budget per device.
     pub device_timeout: Option<DurationValue>,
+    /// Wake-up budget.
+    pub wake_timeout: Option<DurationValue>,
+    /// wait | continue.
+    pub on_asleep: Option<String>,
+    /// A count, a percentage or "none".
+    pub failure_budget: Option<ThresholdValue>,
+    /// IANA zone per site.
+    #[serde(default)]
+    pub site_timezones: std::collections::BTreeMap<String, String>,
     /// Run the batch check first (default true).
     pub batch_check: Option<bool>,
     /// Its timeout.
@@ -264,7 +273,13 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
             }
             .to_string()
         }),
-        deadline: f.deadline.map(secs),
+        deadline: f.deadline.map(|d| {
+            if d.is_zero() {
+                DurationValue::Text("none".into())
+            } else {
+                secs(d)
+            }
+        }),
         soak: f.soak.map(secs),
     };
     let mut stages = Vec::new();
@@ -294,6 +309,19 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
         upgrade_type: f.upgrade_type.map(|u| upgrade_type_text(u).to_string()),
         allow_downgrade: f.allow_downgrade,
         device_timeout: f.device_timeout.map(secs),
+        wake_timeout: f.wake_timeout.map(secs),
+        on_asleep: f.on_asleep.map(|a| {
+            match a {
+                OnAsleepArg::Wait => "wait",
+                OnAsleepArg::Continue => "continue",
+            }
+            .to_string()
+        }),
+        failure_budget: f.failure_budget.map(|b| match b {
+            values::Limit::Off => ThresholdValue::Text("none".into()),
+            values::Limit::At(t) => threshold(t),
+        }),
+        site_timezones: Default::default(),
         batch_check: f.skip_batch_check.then_some(false),
         batch_check_timeout: None,
         selector: RawSelector {
@@ -342,6 +370,9 @@ pub fn flags_given(f: &SpecFlags) -> bool {
         || f.success_threshold.is_some()
         || f.on_failure.is_some()
         || f.device_timeout.is_some()
+        || f.wake_timeout.is_some()
+        || f.on_asleep.is_some()
+        || f.failure_budget.is_some()
         || f.max_attempts.is_some()
         || f.concurrency.is_some()
         || f.window.is_some()
@@ -514,26 +545,60 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
         p.add("retry.max_backoff", "is shorter than retry.initial_backoff");
     }
     let window = raw.window.as_ref().map(|w| window(&mut p, w));
+    // Absent: the server's default; 0: the gate is off.
     let preconditions = raw.preconditions.as_ref().map(|c| pb::Preconditions {
-        min_battery_percent: p.u32_in(
-            "preconditions.min_battery_percent",
-            c.min_battery_percent,
-            0,
-            100,
-        ),
-        min_linkquality: p.u32_in("preconditions.min_linkquality", c.min_linkquality, 0, 255),
+        min_battery_percent: c
+            .min_battery_percent
+            .map(|v| p.u32_in("preconditions.min_battery_percent", Some(v), 0, 100)),
+        min_linkquality: c
+            .min_linkquality
+            .map(|v| p.u32_in("preconditions.min_linkquality", Some(v), 0, 255)),
         min_rssi_dbm: match c.min_rssi_dbm {
-            None => 0,
-            Some(v) if (-127..=0).contains(&v) => i32::try_from(v).unwrap_or(0),
+            None => None,
+            Some(v) if (-120..=0).contains(&v) => Some(i32::try_from(v).unwrap_or(0)),
             Some(v) => {
                 p.add(
                     "preconditions.min_rssi_dbm",
-                    format!("{v} is outside -127..0 (dBm are negative)"),
+                    format!("{v} is outside -120..-1 (dBm are negative), or 0 (off)"),
                 );
-                0
+                None
             }
         },
     });
+    let on_asleep = match raw.on_asleep.as_deref() {
+        None | Some("wait") => pb::OnAsleep::Wait,
+        Some("continue") => pb::OnAsleep::Continue,
+        Some(other) => {
+            p.add(
+                "on_asleep",
+                format!("{other:?} is not one of wait, continue"),
+            );
+            pb::OnAsleep::Wait
+        }
+    };
+    let failure_budget = match &raw.failure_budget {
+        None => None,
+        Some(ThresholdValue::Text(t)) if matches!(t.trim(), "none" | "off") => {
+            Some(pb::FailureBudget {
+                budget: Some(pb::failure_budget::Budget::Off(true)),
+            })
+        }
+        Some(v) => p
+            .threshold("failure_budget", Some(v))
+            .map(|t| pb::FailureBudget {
+                budget: Some(pb::failure_budget::Budget::Limit(t)),
+            }),
+    };
+    let mut site_timezones = std::collections::HashMap::new();
+    for (site, zone) in &raw.site_timezones {
+        if zone.trim().is_empty() {
+            p.add(
+                format!("site_timezones.{site}"),
+                "is empty (an IANA zone such as Europe/Berlin)",
+            );
+        }
+        site_timezones.insert(site.clone(), zone.trim().to_string());
+    }
 
     let spec = pb::RolloutSpec {
         name: name.to_string(),
@@ -542,6 +607,10 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
         stages,
         concurrency,
         device_timeout_s: p.secs("device_timeout", raw.device_timeout.as_ref()),
+        wake_timeout_s: p.secs("wake_timeout", raw.wake_timeout.as_ref()),
+        on_asleep: on_asleep as i32,
+        failure_budget,
+        site_timezones,
         retry,
         maintenance_window: window,
         upgrade_type: upgrade_type as i32,
@@ -692,7 +761,12 @@ fn stages(p: &mut Problems, raw: &[RawStage]) -> Vec<pb::Stage> {
             success_threshold: p.threshold(&at("success_threshold"), s.success_threshold.as_ref()),
             failure_threshold: p.threshold(&at("failure_threshold"), s.failure_threshold.as_ref()),
             on_failure: on_failure as i32,
-            deadline_s: p.secs(&at("deadline"), s.deadline.as_ref()),
+            // Absent: the server's default (24 h); "none" or 0: no deadline.
+            deadline_s: match &s.deadline {
+                None => None,
+                Some(DurationValue::Text(t)) if matches!(t.trim(), "none" | "off") => Some(0),
+                Some(d) => Some(p.secs(&at("deadline"), Some(d))),
+            },
             soak_s: p.secs(&at("soak"), s.soak.as_ref()),
             size,
         });
@@ -840,7 +914,7 @@ min_rssi_dbm = -80
             })
         );
         assert_eq!(canary.on_failure, pb::FailureAction::Abort as i32);
-        assert_eq!((canary.deadline_s, canary.soak_s), (3600, 600));
+        assert_eq!((canary.deadline_s, canary.soak_s), (Some(3600), 600));
         assert_eq!(s.stages[1].name, "stage-2");
         assert_eq!(
             s.stages[1].size,
@@ -851,7 +925,7 @@ min_rssi_dbm = -80
         let w = s.maintenance_window.as_ref().unwrap();
         assert_eq!((w.start.as_str(), w.end.as_str()), ("22:00", "05:00"));
         assert_eq!(w.weekdays, [1, 2, 3]);
-        assert_eq!(s.preconditions.unwrap().min_rssi_dbm, -80);
+        assert_eq!(s.preconditions.unwrap().min_rssi_dbm, Some(-80));
     }
 
     #[test]
@@ -997,7 +1071,7 @@ min_rssi_dbm = -80
         assert!(
             s.stages
                 .iter()
-                .all(|s| s.deadline_s == 3600 && s.soak_s == 600)
+                .all(|s| s.deadline_s == Some(3600) && s.soak_s == 600)
         );
         assert_eq!(
             s.stages[2].failure_threshold,

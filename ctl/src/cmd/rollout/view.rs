@@ -89,8 +89,19 @@ pub struct SpecJson {
     pub stages: Vec<StageSpecJson>,
     /// Concurrency limits (0: server default).
     pub concurrency: Option<ConcurrencyJson>,
-    /// Per-device timeout, seconds (0: by transport).
+    /// Transfer budget per device, seconds (0: by transport).
     pub device_timeout_s: u32,
+    /// Wake-up budget, seconds.
+    pub wake_timeout_s: u32,
+    /// wait or continue: whether a stage waits for devices that sleep.
+    pub on_asleep: &'static str,
+    /// The rollout-wide failure budget: a threshold, or null for the default or when off
+    /// (see `failure_budget_off`).
+    pub failure_budget: Option<ThresholdJson>,
+    /// No rollout-wide failure budget.
+    pub failure_budget_off: bool,
+    /// IANA zone per site for the window.
+    pub site_timezones: std::collections::BTreeMap<String, String>,
     /// Retries.
     pub retry: Option<RetryJson>,
     /// Maintenance window.
@@ -99,7 +110,7 @@ pub struct SpecJson {
     pub upgrade_type: EnumJson,
     /// Downgrades allowed.
     pub allow_downgrade: bool,
-    /// Preconditions (0: server default).
+    /// Preconditions (0: the gate is off).
     pub preconditions: Option<PreconditionsJson>,
     /// No batch check first.
     pub skip_batch_check: bool,
@@ -194,7 +205,7 @@ impl SpecJson {
                     success_threshold: threshold(st.success_threshold.as_ref()),
                     failure_threshold: threshold(st.failure_threshold.as_ref()),
                     on_failure: EnumJson::new(st.on_failure, vocab::failure_action_name),
-                    deadline_s: st.deadline_s,
+                    deadline_s: st.deadline_s.unwrap_or_default(),
                     soak_s: st.soak_s,
                 })
                 .collect(),
@@ -205,6 +216,24 @@ impl SpecJson {
                 per_esphome_site: c.per_esphome_site,
             }),
             device_timeout_s: s.device_timeout_s,
+            wake_timeout_s: s.wake_timeout_s,
+            on_asleep: match pb::OnAsleep::try_from(s.on_asleep) {
+                Ok(pb::OnAsleep::Continue) => "continue",
+                _ => "wait",
+            },
+            failure_budget: match s.failure_budget.as_ref().and_then(|b| b.budget.as_ref()) {
+                Some(pb::failure_budget::Budget::Limit(t)) => threshold(Some(t)),
+                _ => None,
+            },
+            failure_budget_off: matches!(
+                s.failure_budget.as_ref().and_then(|b| b.budget.as_ref()),
+                Some(pb::failure_budget::Budget::Off(true))
+            ),
+            site_timezones: s
+                .site_timezones
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             retry: s.retry.as_ref().map(|r| RetryJson {
                 max_attempts: r.max_attempts,
                 initial_backoff_s: r.initial_backoff_s,
@@ -218,9 +247,9 @@ impl SpecJson {
             upgrade_type: EnumJson::new(s.upgrade_type, vocab::upgrade_type_name),
             allow_downgrade: s.allow_downgrade,
             preconditions: s.preconditions.as_ref().map(|p| PreconditionsJson {
-                min_battery_percent: p.min_battery_percent,
-                min_linkquality: p.min_linkquality,
-                min_rssi_dbm: p.min_rssi_dbm,
+                min_battery_percent: p.min_battery_percent.unwrap_or_default(),
+                min_linkquality: p.min_linkquality.unwrap_or_default(),
+                min_rssi_dbm: p.min_rssi_dbm.unwrap_or_default(),
             }),
             skip_batch_check: s.skip_batch_check,
             batch_check_timeout_s: s.batch_check_timeout_s,
@@ -374,6 +403,10 @@ pub struct RolloutJson {
     pub finished_at_ms: i64,
     /// Devices excluded at planning, with reasons.
     pub exclusions: Vec<ExclusionJson>,
+    /// The rollout-wide failure budget in devices (0: off).
+    pub failure_budget: u32,
+    /// Failures counted against it.
+    pub failures: u32,
 }
 
 impl RolloutJson {
@@ -407,6 +440,8 @@ impl RolloutJson {
             started_at_ms: r.started_at_ms,
             finished_at_ms: r.finished_at_ms,
             exclusions: r.exclusions.iter().map(exclusion).collect(),
+            failure_budget: r.failure_budget,
+            failures: r.failures,
         }
     }
 }
