@@ -27,12 +27,12 @@
 //!   first report is sent.
 //!
 //! The peer is `strace` on `PATH` (scripts/conformance.sh installs it); without it the tests
-//! fail. `otad` and `ota-agent` are built by cargo first, once per run, in the test's profile.
+//! fail. `otad` and `ota-agent` are built by cargo first, once per run, in the test's profile
+//! (`support/bins.rs`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use ota_firmware::Chip;
@@ -45,6 +45,10 @@ use ota_sim::esphome::Platform;
 use ota_sim::esphome_node::{EsphomeNode, NodeConfig};
 use std::io::{BufRead as _, BufReader};
 use tonic::transport::{Channel, Endpoint};
+
+#[path = "support/bins.rs"]
+mod bins;
+use bins::binaries;
 
 const SITE: &str = "lab";
 const DEVICE: &str = "lab/plug";
@@ -62,84 +66,6 @@ fn strace() -> PathBuf {
             "strace not found on PATH: scripts/conformance.sh installs it (apt-get install strace)"
         )
     })
-}
-
-/// `otad` and `ota-agent`, built by cargo once per test process in the test's profile, so the
-/// tests never run stale binaries.
-fn binaries() -> (PathBuf, PathBuf) {
-    static BINARIES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    BINARIES
-        .get_or_init(|| {
-            (
-                cargo_build("ota-server", "otad"),
-                cargo_build("ota-agent", "ota-agent"),
-            )
-        })
-        .clone()
-}
-
-/// `cargo build -p <package> --bin <bin>` in this test's profile; the executable cargo reports.
-fn cargo_build(package: &str, bin: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile = exe
-        .parent() // deps
-        .and_then(Path::parent) // <profile>
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-        .expect("the test runs from target/<profile>/deps");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--message-format=json-render-diagnostics"])
-        .args(["-p", package, "--bin", bin])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit());
-    // The variables cargo sets to describe this test's package must not reach the build: build
-    // scripts that watch them (ring: CARGO_MANIFEST_DIR, CARGO_PKG_*) would rebuild, and with
-    // them everything above, here and in every ordinary build after it.
-    for (name, _) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with("CARGO_PKG_")
-            || matches!(
-                name,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_MANIFEST_LINKS"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "OUT_DIR"
-            )
-        {
-            cmd.env_remove(name);
-        }
-    }
-    match profile {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        custom => {
-            cmd.args(["--profile", custom]);
-        }
-    }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed (see its errors above)"
-    );
-    let path = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("{cmd:?} reported no executable for {bin}"));
-    assert!(path.exists(), "{bin} not found at {}", path.display());
-    path
 }
 
 /// A program running under strace; both are stopped on drop.
