@@ -351,7 +351,7 @@ async fn a_rollout_survives_sigkills_of_otad_and_the_agent_and_updates_each_devi
     while otad_kills.len() < OTAD_KILLS || agent_kills.len() < AGENT_KILLS {
         sleep(plan.millis(250, 1100)).await;
         let agent_turn = agent_kills.len() < AGENT_KILLS
-            && (otad_kills.len() >= OTAD_KILLS || plan.next() % 5 == 0);
+            && (otad_kills.len() >= OTAD_KILLS || plan.next().is_multiple_of(5));
         let victim = if agent_turn { &mut agent } else { &mut otad };
         victim.kill();
         if agent_turn {
@@ -404,7 +404,7 @@ async fn a_rollout_survives_sigkills_of_otad_and_the_agent_and_updates_each_devi
         otad.tail_of_log(),
         agent.tail_of_log()
     );
-    let totals = done.totals.clone().unwrap_or_default();
+    let totals = done.totals.unwrap_or_default();
     assert_eq!(totals.succeeded as usize, DEVICES, "{totals:?}");
 
     // The kills happened while the rollout ran, not after it.
