@@ -614,3 +614,93 @@ mod serial {
 async fn serial_no_image_twice_whatever_the_kill_point() {
     matrix("serial", serial::scenario).await;
 }
+
+// ----- zigbee2mqtt -----
+
+mod zigbee {
+    use super::*;
+    use ota_agent::transport::zigbee::{ZigbeeConfig, ZigbeeTransport};
+    use ota_firmware::builders::ZigbeeOtaBuilder;
+    use ota_sim::broker::EmbeddedBroker;
+    use ota_sim::z2m::{SimDevice, Z2mSim, Z2mSimConfig};
+
+    const BULB: &str = "0x000b57fffec6a5b2";
+    const REMOTE: &str = "0x000d6ffffe2b3c4d";
+
+    /// The bridge and its broker, kept alive with the scenario.
+    struct Bridge {
+        _broker: EmbeddedBroker,
+        sim: Z2mSim,
+    }
+
+    async fn scenario(device: SimDevice, image_type: u16) -> Scenario {
+        let broker = EmbeddedBroker::start().expect("broker");
+        let mut sc = Z2mSimConfig::new(broker.host(), broker.port());
+        let ieee = device.ieee.clone();
+        sc.devices = vec![device];
+        let sim = Z2mSim::start_virtual(sc)
+            .await
+            .expect("zigbee2mqtt simulator");
+        let mut cfg = ZigbeeConfig::new("home", broker.host(), broker.port());
+        cfg.timeouts.reconnect_delay = Duration::from_millis(100);
+        cfg.timeouts.request = Duration::from_secs(5);
+        cfg.timeouts.completion_grace = Duration::from_secs(1);
+        let make: MakeTransports = Arc::new(move || {
+            let cfg = cfg.clone();
+            Box::pin(async move {
+                vec![Arc::new(ZigbeeTransport::start(cfg).await.expect("zigbee"))
+                    as Arc<dyn Transport>]
+            })
+        });
+        let version = 0x2404_0000u32;
+        let image = ZigbeeOtaBuilder::new(0x117C, image_type, version)
+            .header_string("crash")
+            .upgrade_image(6_000)
+            .build();
+        let bridge = Arc::new(Bridge {
+            _broker: broker,
+            sim,
+        });
+        let counted = bridge.clone();
+        let id = ieee.clone();
+        Scenario {
+            make,
+            device: format!("home/{ieee}"),
+            firmware_name: format!("zigbee-{image_type:x}"),
+            version: version.to_string(),
+            image,
+            received: Box::new(move || {
+                counted
+                    .sim
+                    .device(&id)
+                    .map_or(0, |d| d.received_images.len())
+            }),
+            known: |d| !d.current.version.is_empty(),
+            _devices: Box::new(bridge),
+        }
+    }
+
+    /// A mains bulb: `update`, followed to its end.
+    pub(super) async fn mains() -> Scenario {
+        scenario(SimDevice::mains_router(BULB, "bulb"), 0x2803).await
+    }
+
+    /// A battery remote that wakes every 30 simulated minutes: `schedule`, run at a wake-up.
+    pub(super) async fn sleepy() -> Scenario {
+        scenario(
+            SimDevice::sleepy_end_device(REMOTE, "remote", Some(Duration::from_secs(1800))),
+            0x11C1,
+        )
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zigbee2mqtt_mains_no_image_twice_whatever_the_kill_point() {
+    matrix("z2m-mains", zigbee::mains).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zigbee2mqtt_sleepy_no_image_twice_whatever_the_kill_point() {
+    matrix("z2m-sleepy", zigbee::sleepy).await;
+}

@@ -517,9 +517,10 @@ async fn one_update_at_a_time_per_network() {
     );
     let watch = async {
         held(&s.sim, BULB).await;
-        // The second job waits for the slot: it says so, and zigbee2mqtt has heard nothing.
+        // The second job waits for the slot: it says so (13, queued at the site), and
+        // zigbee2mqtt has heard nothing.
         let queued: TransferProgress = timeout(T, rx_b.recv()).await.unwrap().unwrap();
-        assert_eq!(queued.status, UpgradeStatus::AgentPreparing);
+        assert_eq!(queued.status, UpgradeStatus::Queued);
         assert!(queued.detail.starts_with("queued"), "{}", queued.detail);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(request_topics(&s.sim), ["update"]);
@@ -804,5 +805,378 @@ async fn task_timeout_aborts_the_transfer_and_reports_5016() {
     .unwrap();
     assert_eq!(request_topics(&s.sim), ["update", "update/abort"]);
     assert_eq!(s.sim.device(BULB).unwrap().installed_version, 0x2309_3620);
+    s.sim.shutdown().await;
+}
+
+/// The remote's images for a second remote of another image type.
+fn other_remote_image(version: u32) -> Arc<VerifiedImage> {
+    verified(
+        ZigbeeOtaBuilder::new(0x117C, 0x11C2, version)
+            .header_string("remote 24.5")
+            .upgrade_image(20_000)
+            .build(),
+        version,
+    )
+}
+
+/// When the device's transfer began and ended, in simulated ms: its first `updating` and its
+/// last state message before it was idle on a new version.
+fn transfer_window(sim: &Z2mSim, name: &str) -> (u64, u64) {
+    let topic = format!("zigbee2mqtt/{name}");
+    let states: Vec<_> = sim
+        .published()
+        .into_iter()
+        .filter(|l| l.topic == topic)
+        .collect();
+    let start = states
+        .iter()
+        .find(|l| l.payload.contains("\"state\":\"updating\""))
+        .expect("a transfer")
+        .at_ms;
+    let end = states
+        .iter()
+        .rev()
+        .find(|l| l.payload.contains("\"state\":\"updating\""))
+        .expect("a transfer")
+        .at_ms;
+    (start, end)
+}
+
+#[tokio::test]
+async fn a_sleepy_device_that_wakes_after_six_hours_completes() {
+    let six_hours = Duration::from_secs(6 * 3600);
+    let s = site(
+        vec![SimDevice::sleepy_end_device(
+            REMOTE,
+            "remote",
+            Some(six_hours),
+        )],
+        |_| {},
+    )
+    .await;
+    let image = remote_image(0x2404_0000);
+    // A transfer budget far below six hours: waiting for the wake-up does not count.
+    let mut j = job(REMOTE, Arc::clone(&image));
+    j.timeout = Duration::from_secs(20);
+    let (r, progress) = run(&s.zigbee, j).await;
+    let report = r.unwrap();
+    assert_eq!(report.to.file_version, Some(0x2404_0000));
+    assert_eq!(
+        statuses(&progress),
+        [
+            UpgradeStatus::WaitingForWakeup,
+            UpgradeStatus::Updating,
+            UpgradeStatus::Downloaded
+        ]
+    );
+    let remote = s.sim.device(REMOTE).unwrap();
+    assert_eq!(remote.received_images, vec![image.bytes.to_vec()]);
+    assert_eq!(remote.wakes, 1);
+    let (start, _) = transfer_window(&s.sim, "remote");
+    assert!(
+        start >= six_hours.as_millis() as u64,
+        "the transfer began at the wake-up, {start} ms in"
+    );
+    assert_eq!(request_topics(&s.sim), ["schedule"]);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_wake_up_budget_ends_a_job_whose_device_sleeps_on() {
+    let s = site(
+        vec![SimDevice::sleepy_end_device(REMOTE, "remote", None)],
+        |_| {},
+    )
+    .await;
+    let mut j = job(REMOTE, remote_image(0x2404_0000));
+    j.wake_timeout = Duration::from_millis(500);
+    let (r, progress) = run(&s.zigbee, j).await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert!(e.message.contains("did not wake up"), "{e}");
+    assert_eq!(statuses(&progress), [UpgradeStatus::WaitingForWakeup]);
+    assert_eq!(request_topics(&s.sim), ["schedule", "unschedule"]);
+    assert!(!s.sim.device(REMOTE).unwrap().scheduled);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sleeping_device_does_not_block_a_mains_device_on_the_same_network() {
+    let s = site(
+        vec![
+            SimDevice::sleepy_end_device(REMOTE, "remote", None),
+            SimDevice::mains_router(BULB, "bulb"),
+        ],
+        |_| {},
+    )
+    .await;
+    let remote_img = remote_image(0x2404_0000);
+    let bulb_img = bulb_image(0x2309_9999, 8_000);
+    let (tx_r, mut rx_r) = mpsc::unbounded_channel();
+    let sleeper = s.zigbee.update(
+        job(REMOTE, Arc::clone(&remote_img)),
+        tx_r,
+        CancellationToken::new(),
+    );
+    let script = async {
+        // The remote's schedule is armed: it holds no slot.
+        while rx_r.recv().await.unwrap().status != UpgradeStatus::WaitingForWakeup {}
+        assert!(s.sim.device(REMOTE).unwrap().scheduled);
+        // A mains update on the same network runs now: the schedule is withdrawn first, so
+        // a wake-up meanwhile cannot start a second transfer.
+        let (bulb, bulb_progress) = run(&s.zigbee, job(BULB, Arc::clone(&bulb_img))).await;
+        bulb.unwrap();
+        assert_eq!(
+            statuses(&bulb_progress)[..2],
+            [UpgradeStatus::Queued, UpgradeStatus::AgentPreparing]
+        );
+        // Meanwhile the remote waited for the slot (13), and is armed again (5).
+        let mut seen = Vec::new();
+        loop {
+            let p: TransferProgress = rx_r.recv().await.unwrap();
+            seen.push(p.status);
+            if p.status == UpgradeStatus::WaitingForWakeup {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            [UpgradeStatus::Queued, UpgradeStatus::WaitingForWakeup]
+        );
+        assert!(s.sim.device(REMOTE).unwrap().scheduled);
+        s.sim.wake(REMOTE);
+    };
+    let (r, ()) = tokio::join!(timeout(T, sleeper), script);
+    r.unwrap().unwrap();
+    assert_eq!(
+        request_topics(&s.sim),
+        ["schedule", "unschedule", "update", "schedule"]
+    );
+    assert_eq!(
+        s.sim.device(REMOTE).unwrap().received_images,
+        vec![remote_img.bytes.to_vec()]
+    );
+    assert_eq!(
+        s.sim.device(BULB).unwrap().received_images,
+        vec![bulb_img.bytes.to_vec()]
+    );
+    let (_, bulb_end) = transfer_window(&s.sim, "bulb");
+    let (remote_start, _) = transfer_window(&s.sim, "remote");
+    assert!(remote_start > bulb_end, "never side by side");
+    s.sim.shutdown().await;
+}
+
+/// The bridge's requests and device states, in simulated ms (for failure messages).
+fn sim_log(sim: &Z2mSim) -> String {
+    let mut all: Vec<_> = sim
+        .published()
+        .into_iter()
+        .filter(|l| !l.topic.contains("/bridge/"))
+        .map(|l| (l.at_ms, format!("state {} {}", l.topic, l.payload)))
+        .collect();
+    all.extend(
+        sim.requests()
+            .into_iter()
+            .map(|l| (l.at_ms, format!("request {} {:.120}", l.topic, l.payload))),
+    );
+    all.sort_by_key(|x| x.0);
+    all.iter()
+        .map(|(t, l)| format!("{t:>10} {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The device's transfers, in simulated ms: each run of consecutive `updating` states (first,
+/// last) and the highest progress it reported.
+fn transfer_runs(sim: &Z2mSim, name: &str) -> Vec<(u64, u64, f64)> {
+    let topic = format!("zigbee2mqtt/{name}");
+    let mut runs: Vec<(u64, u64, f64)> = Vec::new();
+    let mut open = false;
+    for l in sim.published().into_iter().filter(|l| l.topic == topic) {
+        let v: serde_json::Value = serde_json::from_str(&l.payload).unwrap();
+        let u = &v["update"];
+        if u["state"] == "updating" {
+            let p = u["progress"].as_f64().unwrap_or(0.0);
+            match runs.last_mut() {
+                Some(r) if open => {
+                    r.1 = l.at_ms;
+                    r.2 = r.2.max(p);
+                }
+                _ => runs.push((l.at_ms, l.at_ms, p)),
+            }
+            open = true;
+        } else {
+            open = false;
+        }
+    }
+    runs
+}
+
+#[tokio::test]
+async fn two_devices_that_wake_at_once_take_turns() {
+    const REMOTE2: &str = "0x000d6ffffe2b3c4e";
+    // Both are woken by the test, at the same simulated instant; both hold their transfer at
+    // 1 % until the test lets it go on.
+    let s = site(
+        vec![
+            SimDevice::sleepy_end_device(REMOTE, "remote", None).held_at(1.0),
+            SimDevice::sleepy_end_device(REMOTE2, "remote2", None)
+                .with_image_ids(0x117C, 0x11C2)
+                .held_at(1.0),
+        ],
+        |_| {},
+    )
+    .await;
+    let img1 = remote_image(0x2404_0000);
+    let img2 = other_remote_image(0x2404_0000);
+    let (tx1, mut rx1) = mpsc::unbounded_channel();
+    let (tx2, mut rx2) = mpsc::unbounded_channel();
+    let a = s.zigbee.update(
+        job(REMOTE, Arc::clone(&img1)),
+        tx1,
+        CancellationToken::new(),
+    );
+    let b = s.zigbee.update(
+        job(REMOTE2, Arc::clone(&img2)),
+        tx2,
+        CancellationToken::new(),
+    );
+    let script = async {
+        // With the network free, both schedules are armed.
+        timeout(
+            T,
+            s.sim
+                .wait_until(|s| s.devices().iter().filter(|d| d.scheduled).count() == 2),
+        )
+        .await
+        .expect("both armed");
+        s.sim.wake(REMOTE);
+        s.sim.wake(REMOTE2);
+        // Both woke and started; the agent lets one go on, aborts the other's run and
+        // withdraws its schedule.
+        timeout(
+            T,
+            s.sim.wait_until(|s| {
+                let d = s.devices();
+                let held: Vec<_> = d.iter().filter(|d| d.held).collect();
+                held.len() == 1
+                    && d.iter().all(|d| d.held || !d.scheduled)
+                    && s.requests()
+                        .iter()
+                        .any(|r| r.topic.ends_with("update/abort"))
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "one run aborted and unscheduled, one held:\n{}",
+                sim_log(&s.sim)
+            )
+        });
+        let winner = if s.sim.device(REMOTE).unwrap().held {
+            REMOTE
+        } else {
+            REMOTE2
+        };
+        let (loser, loser_rx) = if winner == REMOTE {
+            (REMOTE2, &mut rx2)
+        } else {
+            (REMOTE, &mut rx1)
+        };
+        // The loser waits for the slot (13), holding nothing armed.
+        let mut last = None;
+        while let Ok(p) = loser_rx.try_recv() {
+            last = Some(p.status);
+        }
+        assert_eq!(
+            last,
+            Some(UpgradeStatus::Queued),
+            "{loser} waits for the slot"
+        );
+        // Nothing is armed while the winner runs: the loser's device may wake freely.
+        s.sim.release(loser);
+        s.sim.wake(loser);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!s.sim.device(loser).unwrap().scheduled);
+        assert_eq!(
+            transfer_runs(&s.sim, if loser == REMOTE { "remote" } else { "remote2" }).len(),
+            1
+        );
+        // The winner finishes; the loser's schedule is armed again and runs at its next wake-up.
+        s.sim.release(winner);
+        timeout(
+            T,
+            s.sim
+                .wait_until(|s| s.device(loser).is_some_and(|d| d.scheduled)),
+        )
+        .await
+        .expect("armed again once the network is free");
+        s.sim.wake(loser);
+        (winner, loser)
+    };
+    let (ra, rb, (winner, _loser)) = tokio::join!(timeout(T, a), timeout(T, b), script);
+    ra.unwrap().unwrap();
+    rb.unwrap().unwrap();
+    for (id, img) in [(REMOTE, &img1), (REMOTE2, &img2)] {
+        assert_eq!(
+            s.sim.device(id).unwrap().received_images,
+            vec![img.bytes.to_vec()],
+            "{id} installed its image once"
+        );
+    }
+    let (w, l) = if winner == REMOTE {
+        ("remote", "remote2")
+    } else {
+        ("remote2", "remote")
+    };
+    let won = transfer_runs(&s.sim, w);
+    let lost = transfer_runs(&s.sim, l);
+    assert_eq!(won.len(), 1, "{won:?}");
+    assert_eq!(lost.len(), 2, "{lost:?}");
+    assert!(
+        lost[0].2 <= 1.0,
+        "the aborted run went no further: {lost:?}"
+    );
+    assert!(lost[1].0 > won[0].1, "never side by side: {won:?} {lost:?}");
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sleepy_device_is_seen_waking_by_its_own_messages() {
+    let s = site(
+        vec![
+            SimDevice::sleepy_end_device(REMOTE, "remote", None),
+            SimDevice::mains_router(BULB, "bulb"),
+        ],
+        |_| {},
+    )
+    .await;
+    assert!(s.zigbee.is_sleepy(REMOTE) && s.zigbee.is_sleepy("remote"));
+    assert!(!s.zigbee.is_sleepy(BULB) && !s.zigbee.is_sleepy("nobody"));
+    // What zigbee2mqtt publishes on its own (a schedule's state) is not the device talking.
+    let contact = s.zigbee.next_contact(REMOTE);
+    tokio::pin!(contact);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let job_cancel = cancel.clone();
+    let scheduled = s
+        .zigbee
+        .update(job(REMOTE, remote_image(0x2404_0000)), tx, job_cancel);
+    tokio::pin!(scheduled);
+    tokio::select! {
+        () = &mut contact => panic!("a schedule's state is not a wake-up"),
+        _ = &mut scheduled => panic!("the job waits for the wake-up"),
+        () = async {
+            timeout(T, s.sim.wait_until(|s| s.device(REMOTE).is_some_and(|d| d.scheduled)))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        } => {}
+    }
+    cancel.cancel();
+    assert!(scheduled.await.is_err());
+    // The device wakes up: its message is the contact.
+    s.sim.wake(REMOTE);
+    timeout(T, contact).await.expect("the wake-up is seen");
     s.sim.shutdown().await;
 }

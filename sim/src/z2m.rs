@@ -8,7 +8,9 @@
 //! from the request's `url` (HTTP GET) or `hex`, or from the simulator's index; each device
 //! installs exactly the bytes the bridge fetched, if its manufacturer code, image type and a
 //! newer file version match. Devices: mains routers, sleepy end devices (wake interval or woken
-//! by the test), devices that abort at 100 %, never respond, stall, or lack OTA support.
+//! by the test; a waking device talks, so its state is published with a new `last_seen`),
+//! devices that abort at 100 %, never respond, stall, or lack OTA support. Each device counts
+//! the images it installed in full (`DeviceSnapshot::received_images`) and its wake-ups.
 //! Restarts and broker outages are survived like zigbee2mqtt does.
 //!
 //! Time: every OTA delay (query wait, block pacing, 30 s progress cadence, 120 s announce wait,

@@ -234,6 +234,11 @@ impl Commitment {
     /// irrevocable happened, the error is 5010 and may be retried.
     pub async fn committing(&self, note: serde_json::Value) -> Result<(), TaskError> {
         if self.stage() != CommitStage::Before {
+            // A step taken again after the device was seen not to take the image (a schedule
+            // armed again): the journal holds the mark already, the step is irrevocable again.
+            let _ = self
+                .state
+                .compare_exchange(NOT_TAKEN, 1, Ordering::SeqCst, Ordering::SeqCst);
             return Ok(());
         }
         if let Some(log) = &self.log {
@@ -512,4 +517,26 @@ pub(crate) fn update_report(
         }
     });
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_step_taken_again_after_not_taken_is_irrevocable_again() {
+        let c = Commitment::untracked();
+        assert!(!c.may_have_image());
+        c.committing(serde_json::Value::Null).await.unwrap();
+        assert!(c.may_have_image());
+        c.not_taken();
+        assert!(!c.may_have_image());
+        assert_eq!(c.stage(), CommitStage::Committing);
+        // A schedule armed again.
+        c.committing(serde_json::Value::Null).await.unwrap();
+        assert!(c.may_have_image());
+        c.committed().await;
+        c.not_taken();
+        assert!(c.may_have_image(), "accepted stays accepted");
+    }
 }

@@ -12,15 +12,37 @@
 //!   sha256 checked against the job). Mains devices get `ota_update/update`; sleepy devices (end
 //!   devices on battery, when `schedule_sleepy`) and jobs asking for it get `ota_update/schedule`,
 //!   run by zigbee2mqtt when the device next wakes up.
-//! - **Progress** from the device's state: 100 until zigbee2mqtt reports anything (and while a
-//!   job queues for the network's update slot), 5 while `scheduled`, 2 while `updating` with
-//!   percent and remaining seconds, 6 at 100 % while the device restarts (≤ 120 s; not a stall).
+//! - **Progress** from the device's state: 100 until zigbee2mqtt reports anything, 13 while a
+//!   job waits at the site for the network's update slot, 5 while its schedule waits for the
+//!   wake-up, 2 while `updating` with percent and remaining seconds, 6 at 100 % while the device
+//!   restarts (≤ 120 s; not a stall).
 //! - **Completion**: the `update` response, or the state going `idle` with `installed_version`
 //!   equal to the image's file version (the only sign for scheduled runs). Errors are classified
-//!   by `ota_devproto::z2m::errors` (both zigbee2mqtt wordings).
-//! - **One update at a time per network** (configurable): a semaphore in the transport. A
-//!   second job waits for the slot, reporting 100 "queued …"; a scheduled job holds the slot
-//!   while it waits for the wake-up, because zigbee2mqtt starts it on its own.
+//!   by `ota_devproto::z2m::errors` (both zigbee2mqtt wordings); "no image" for a device that
+//!   reports the target is success (an earlier attempt got it).
+//! - **Update slots per network** (`max_concurrent_updates`, 1 by default; `slots`): a mains
+//!   job waits for a slot (13). A sleepy job holds none while it waits for its wake-up; its
+//!   schedule is armed in zigbee2mqtt only while a wake-up could take a slot (no transfer runs
+//!   and no mains job waits, with the default limit) and withdrawn (`unschedule`, 13) when
+//!   another transfer takes it, then armed again: zigbee2mqtt runs a schedule on the device's
+//!   own request whatever else runs, so an armed schedule could start beside another transfer.
+//!   When the device wakes its transfer holds a slot; two armed devices that wake in the
+//!   moment it takes to withdraw the others: the later run is aborted and waits for the next
+//!   wake-up.
+//! - **Budgets**: the wake-up budget (`wake_timeout`) runs while a job waits for its slot or its
+//!   wake-up (then: unscheduled, 5016); the transfer budget from the `update` request or the
+//!   wake-up: before 100 % the transfer is aborted (`update/abort`) and the job ends with 5016;
+//!   after 100 % (the device has the whole image) the outcome is awaited.
+//! - **Exactly once**: the first `update`/`schedule` request of a job is its point of no return
+//!   (zigbee2mqtt then runs the transfer on its own): the job's committing mark comes first,
+//!   with a [`RecoveryNote`]; 100 % is the committed mark. **Recover** after an agent restart:
+//!   a transfer zigbee2mqtt still runs (its state, or "in progress" to a `check` or an
+//!   `unschedule`) is followed to its end; an armed schedule whose image went as hex is waited
+//!   for; otherwise the device's installed version decides (target: success; else 5010, or 5018
+//!   when it had the whole image). Device states are not retained, so zigbee2mqtt is asked.
+//! - **Sleepy devices** (battery end devices) are reported as such to the core: a check of one
+//!   is answered "awaiting wake-up" and asked again when the device next talks (a state message
+//!   that changes more than its `update` block, such as its `last_seen`).
 //! - **Outages**: reconnects and subscribes again. When the broker connection or zigbee2mqtt
 //!   itself went away during a job, the job asks zigbee2mqtt again (`check`): "already in
 //!   progress" means the transfer goes on; otherwise the device's reported version decides
@@ -43,25 +65,29 @@
 //! - `net`: the MQTT connection, inventory, request correlation.
 //! - `images`: the image HTTP endpoint.
 //! - `job`: the pure state-message tracker.
+//! - `slots`: the network's update slots (pure).
+//! - `flow`: the life of one job: waiting, arming, following; recovery's attach.
 
 pub mod config;
+mod flow;
 mod images;
 mod job;
 mod net;
+mod slots;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ota_devproto::z2m::{
-    CheckData, ImageSource, OtaOp, Topics, UpdateData, Z2mErrorKind, Z2mVersion, classify,
-    to_task_error,
+    CheckData, ImageSource, OtaOp, OtaState, Topics, Z2mVersion, to_task_error,
 };
-use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
+use ota_domain::status::{ErrorCode, TaskError};
 use rumqttc::tokio_rustls::rustls;
 use rumqttc::{AsyncClient, MqttOptions, TlsConfiguration, Transport as MqttTransport};
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -69,12 +95,14 @@ pub use config::{ImageEndpoint, MqttTls, ZigbeeConfig, ZigbeeTimeouts};
 
 use crate::secret::Secret;
 use crate::transport::{
-    CheckReport, DeviceReport, ProgressSink, TransferProgress, Transport, TransportKind, UpdateJob,
-    UpdateReport, VersionInfo,
+    CheckReport, CommitStage, DeviceReport, ProgressSink, RecoverJob, Transport, TransportKind,
+    UpdateJob, UpdateReport, VersionInfo,
 };
+use flow::Cx;
 use images::{ImageServer, sha256_hex};
-use job::{Tracker, Verdict};
-use net::{Net, NetEvent, PendingRequest};
+use job::Tracker;
+use net::{Net, NetEvent};
+use slots::{Book, JobKey};
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +144,11 @@ pub enum ZigbeeError {
 pub struct ZigbeeTransport {
     cfg: ZigbeeConfig,
     net: Arc<Net>,
-    slots: Arc<Semaphore>,
+    /// The network's update slots (see `slots`).
+    book: Mutex<Book>,
+    /// Bumped on every change of `book`, so waiting jobs look again.
+    book_changed: watch::Sender<u64>,
+    next_key: AtomicU64,
     images: Option<ImageServer>,
     _stop: DropGuard,
 }
@@ -214,7 +246,9 @@ impl ZigbeeTransport {
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(&net).drive(eventloop, cfg.timeouts.reconnect_delay, stop.clone()));
         Ok(Self {
-            slots: Arc::new(Semaphore::new(cfg.max_concurrent_updates)),
+            book: Mutex::new(Book::new(cfg.max_concurrent_updates)),
+            book_changed: watch::Sender::new(0),
+            next_key: AtomicU64::new(1),
             cfg,
             net,
             images,
@@ -300,21 +334,8 @@ impl ZigbeeTransport {
         progress: ProgressSink,
         cancel: CancellationToken,
     ) -> Result<UpdateReport, TaskError> {
-        let started = Instant::now();
-        let deadline = started + job.timeout;
-        let say = |p: TransferProgress| {
-            let _ = progress.send(p);
-        };
         let image = &job.image;
         let total = image.bytes.len() as u64;
-        let preparing = |detail: String| TransferProgress {
-            status: UpgradeStatus::AgentPreparing,
-            percent: None,
-            remaining_s: None,
-            bytes_sent: 0,
-            bytes_total: total,
-            detail,
-        };
 
         // The image: exactly the verified bytes, and a Zigbee OTA file.
         let actual = sha256_hex(&image.bytes);
@@ -402,31 +423,6 @@ impl ZigbeeTransport {
             });
         }
 
-        // One update at a time on this network.
-        let _slot = match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                say(preparing(format!(
-                    "queued: another update runs on zigbee2mqtt network '{}' (at most {} at a time)",
-                    self.cfg.network, self.cfg.max_concurrent_updates
-                )));
-                tokio::select! {
-                    p = Arc::clone(&self.slots).acquire_owned() => p.map_err(|_| {
-                        TaskError::new(ErrorCode::Other, "the zigbee transport is shutting down")
-                    })?,
-                    _ = cancel.cancelled() => return Err(cancelled("while queued; nothing was sent")),
-                    _ = sleep_until(deadline) => return Err(TaskError::new(
-                        ErrorCode::Timeout,
-                        format!("still queued behind other updates on network '{}' after {}",
-                            self.cfg.network, humantime::format_duration(job.timeout)),
-                    )),
-                }
-            }
-        };
-        if cancel.is_cancelled() {
-            return Err(cancelled("before anything was sent"));
-        }
-
         // How the image travels.
         let mut lease = None;
         let source = match &self.images {
@@ -439,228 +435,284 @@ impl ZigbeeTransport {
             _ => ImageSource::hex(&image.bytes, None),
         };
         let schedule = job.schedule || (self.cfg.schedule_sleepy && sleepy);
-        let op = if schedule {
-            OtaOp::Schedule
-        } else {
-            OtaOp::Update
-        };
-        let mut events = self.net.events.subscribe();
-        let mut pending = Some(
-            self.net
-                .request(op, job.downgrade, &ieee, Some(source))
-                .await?,
-        );
+        let note = serde_json::to_value(RecoveryNote {
+            target,
+            before: before.file_version,
+            schedule,
+            url: lease.is_some(),
+        })
+        .unwrap_or_default();
         tracing::info!(
             task.id = %job.task_id, attempt = job.attempt, device = %ieee,
             network = %self.cfg.network, schedule, delivery = if lease.is_some() { "url" } else { "hex" },
-            "zigbee2mqtt OTA request sent"
+            "zigbee2mqtt OTA job"
         );
-        say(preparing(if schedule {
-            "schedule request sent to zigbee2mqtt".into()
-        } else {
-            "update request sent to zigbee2mqtt".into()
-        }));
-
-        let mut tracker = Tracker::new(target, total, schedule);
-        let mut grace: Option<Instant> = None;
-        let mut verify: Option<PendingRequest> = None;
-        let mut suspect = false;
-        let mut aborting: Option<Instant> = None;
-        let mut cancel_seen = false;
-        let report = |update: Option<UpdateData>| {
-            let mut from = from.clone();
-            let mut to = to_target.clone();
-            if let Some(d) = update {
-                if let Some(f) = d.from {
-                    from.file_version = f.file_version.or(from.file_version);
-                    from.software_build_id =
-                        f.software_build_id_string().or(from.software_build_id);
-                    from.date_code = f.date_code.or(from.date_code);
-                }
-                if let Some(t) = d.to {
-                    to.software_build_id = t.software_build_id_string();
-                    to.date_code = t.date_code;
-                }
-            }
-            UpdateReport {
-                from,
-                to,
-                wire_bytes: total,
-            }
+        let slot = Slot::new(self);
+        let cx = Cx {
+            task_id: &job.task_id,
+            ieee,
+            name: before.name.clone(),
+            target,
+            total,
+            timeout: job.timeout,
+            wake_timeout: job.wake_timeout,
+            downgrade: job.downgrade,
+            commit: &job.commit,
+            progress: &progress,
+            cancel: &cancel,
+            from,
+            to: to_target,
+            key: slot.key,
         };
-
-        loop {
-            tokio::select! {
-                // State messages first: those that arrived before a response are part of it.
-                biased;
-                ev = events.recv() => match ev {
-                    Ok(NetEvent::State { ieee: who, update: Some(u) }) if who == ieee => {
-                        let (p, verdict) = tracker.on_state(&u);
-                        if let Some(p) = p {
-                            say(p);
-                        }
-                        match verdict {
-                            Verdict::Pending => {}
-                            Verdict::ReachedTarget => {
-                                if schedule || pending.is_none() {
-                                    return Ok(report(None));
-                                }
-                                // The update response (with build ids) follows right away.
-                                grace.get_or_insert(Instant::now() + self.cfg.timeouts.completion_grace);
-                            }
-                            Verdict::ScheduledRunFailed => {
-                                self.unschedule(&ieee).await;
-                                return Err(TaskError::new(
-                                    ErrorCode::SendFailed,
-                                    format!(
-                                        "the scheduled update of {} failed when the device woke up (zigbee2mqtt's log has the cause); the agent unscheduled it",
-                                        before.name
-                                    ),
-                                ));
-                            }
-                            Verdict::ScheduledRunFoundNoImage => {
-                                return Err(to_task_error(&format!(
-                                    "Update of '{}' failed (No image currently available)",
-                                    before.name
-                                )));
-                            }
-                        }
-                    }
-                    Ok(NetEvent::State { .. }) => {}
-                    Ok(NetEvent::Disconnected) => suspect = true,
-                    Ok(NetEvent::Bridge { online: false }) => suspect = true,
-                    Ok(ev @ (NetEvent::Subscribed { .. } | NetEvent::Bridge { online: true })) => {
-                        if let NetEvent::Subscribed { generation } = ev {
-                            tracing::info!(task.id = %job.task_id, generation, "zigbee job: MQTT connection is back");
-                        }
-                        if suspect {
-                            if schedule {
-                                if tracker.started() {
-                                    self.unschedule(&ieee).await;
-                                    return Err(TaskError::new(
-                                        ErrorCode::SendFailed,
-                                        format!(
-                                            "zigbee2mqtt or the MQTT broker went away during the scheduled transfer to {}; the agent unscheduled it; retry",
-                                            before.name
-                                        ),
-                                    ));
-                                }
-                                // The schedule survives restarts (zigbee2mqtt ≥ 2.8 persists it).
-                                suspect = false;
-                            } else {
-                                // Did the transfer survive? Ask again (the previous answer may be lost).
-                                verify = Some(self.net.request(OtaOp::Check, false, &ieee, None).await?);
-                            }
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(task.id = %job.task_id, skipped = n, "zigbee job fell behind the network's messages");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(TaskError::new(ErrorCode::Other, "the zigbee transport stopped"));
-                    }
-                },
-                resp = async { (&mut pending.as_mut().expect("guarded").rx).await }, if pending.is_some() => {
-                    pending = None;
-                    let Ok(resp) = resp else { continue };
-                    if resp.is_ok() {
-                        if schedule {
-                            continue;
-                        }
-                        let data = UpdateData::from_value(&resp.data);
-                        if let Some(v) = data.as_ref().and_then(|d| d.to.as_ref()).and_then(|t| t.file_version)
-                            && v != target
-                        {
-                            return Err(TaskError::new(
-                                ErrorCode::DeviceReportedFailure,
-                                format!("zigbee2mqtt reports version {v} after the update, expected {target}"),
-                            ));
-                        }
-                        return Ok(report(data));
-                    }
-                    let msg = resp.error.unwrap_or_default();
-                    if aborting.is_some() && classify(&msg) == Z2mErrorKind::Aborted {
-                        return Err(cancelled("zigbee2mqtt aborted the transfer before it started"));
-                    }
-                    return Err(to_task_error(&msg));
-                }
-                r = async { (&mut verify.as_mut().expect("guarded").rx).await }, if verify.is_some() => {
-                    verify = None;
-                    let Ok(resp) = r else { continue };
-                    if !resp.is_ok() && matches!(classify(resp.error.as_deref().unwrap_or_default()), Z2mErrorKind::InProgress) {
-                        // zigbee2mqtt still runs our transfer.
-                        suspect = false;
-                        continue;
-                    }
-                    let installed = self.net.report(&ieee).and_then(|r| r.file_version);
-                    if installed == Some(target) {
-                        return Ok(report(None));
-                    }
-                    let why = resp.error.map(|e| format!(" ({e})")).unwrap_or_default();
-                    return Err(TaskError::new(
-                        ErrorCode::SendFailed,
-                        format!(
-                            "the update of {} did not complete: zigbee2mqtt or the MQTT broker went away during the transfer and the device still reports version {}{why}; retry",
-                            before.name,
-                            installed.map_or("unknown".to_string(), |v| v.to_string()),
-                        ),
-                    ));
-                }
-                _ = async { sleep_until(grace.expect("guarded")).await }, if grace.is_some() => {
-                    return Ok(report(None));
-                }
-                _ = cancel.cancelled(), if !cancel_seen => {
-                    cancel_seen = true;
-                    if schedule && !tracker.started() {
-                        self.unschedule(&ieee).await;
-                        return Err(cancelled("the schedule was removed before the device woke up"));
-                    }
-                    if !schedule && tracker.max_percent() <= 0.0 && pending.is_some() {
-                        tracing::info!(task.id = %job.task_id, "cancel: aborting the update before any block was sent");
-                        let _ = self.net.request(OtaOp::Abort, false, &ieee, None).await;
-                        aborting = Some(Instant::now() + self.cfg.timeouts.request);
-                    } else {
-                        tracing::info!(task.id = %job.task_id, "cancel ignored: the image is on its way to the device");
-                    }
-                }
-                _ = async { sleep_until(aborting.expect("guarded")).await }, if aborting.is_some() => {
-                    return Err(cancelled("the update was aborted before any block was sent"));
-                }
-                _ = sleep_until(deadline) => {
-                    // Stop waiting for the update's response before aborting it.
-                    drop(pending.take());
-                    if schedule && !tracker.started() {
-                        self.unschedule(&ieee).await;
-                    } else if !tracker.downloaded() {
-                        let _ = self.net.request(OtaOp::Abort, false, &ieee, None).await;
-                    }
-                    return Err(TaskError::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "no outcome for {} within the task timeout of {} (last progress {:.2} %)",
-                            before.name,
-                            humantime::format_duration(job.timeout),
-                            tracker.max_percent()
-                        ),
-                    ));
-                }
-            }
-        }
+        let result = if schedule {
+            self.run_sleeper(&cx, Some(source), note, false).await
+        } else {
+            self.run_mains(&cx, source, note).await
+        };
+        drop(lease);
+        result
     }
 
-    /// Removes a schedule, waiting briefly for zigbee2mqtt's answer.
-    async fn unschedule(&self, ieee: &str) {
-        match self.net.request(OtaOp::Unschedule, false, ieee, None).await {
-            Ok(mut p) => {
-                if tokio::time::timeout(self.cfg.timeouts.request, &mut p.rx)
-                    .await
-                    .is_err()
+    /// After an agent restart: what became of an interrupted job, from the device's update state
+    /// (see the module documentation).
+    async fn run_recover(
+        &self,
+        job: RecoverJob,
+        progress: ProgressSink,
+        cancel: CancellationToken,
+    ) -> Result<UpdateReport, TaskError> {
+        let note: Option<RecoveryNote> = job
+            .note
+            .as_ref()
+            .and_then(|n| serde_json::from_value(n.clone()).ok());
+        let stage = job.commit.stage();
+        // zigbee2mqtt's retained device list and the device's state first.
+        let known = tokio::time::timeout(RECOVER_WAIT, async {
+            loop {
+                if let Some(ieee) = self.net.resolve(&job.device)
+                    && self.net.lock().connected
                 {
-                    tracing::warn!(device = %ieee, "zigbee2mqtt did not confirm the unschedule");
+                    return ieee;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        let Ok(ieee) = known else {
+            return Err(TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "the agent restarted during the update of {}; zigbee2mqtt on network '{}' did \
+                     not tell about the device within {}",
+                    job.device,
+                    self.cfg.network,
+                    humantime::format_duration(RECOVER_WAIT)
+                ),
+            ));
+        };
+        let before = self.net.report(&ieee).unwrap_or_default();
+        let target = note
+            .as_ref()
+            .map(|n| n.target)
+            .or(job.target_file_version)
+            .unwrap_or_default();
+        let to = VersionInfo {
+            version: Some(job.target_version.clone()),
+            file_version: Some(target),
+            software_build_id: before.software_build_id.clone(),
+            date_code: before.date_code.clone(),
+        };
+        let from = VersionInfo {
+            file_version: note.as_ref().and_then(|n| n.before),
+            ..VersionInfo::default()
+        };
+        let version = |v: Option<u32>| v.map_or("unknown".to_string(), |v| v.to_string());
+        let Some(note) = note.filter(|_| stage != CommitStage::Before) else {
+            if self.installed(&ieee) == Some(target) {
+                return Ok(UpdateReport {
+                    from,
+                    to,
+                    wire_bytes: 0,
+                });
+            }
+            return Err(TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "the agent restarted before anything was sent to zigbee2mqtt for {}; the \
+                     update can be sent again",
+                    before.name,
+                ),
+            ));
+        };
+        let slot = Slot::new(self);
+        let cx = Cx {
+            task_id: &job.task_id,
+            ieee: ieee.clone(),
+            name: before.name.clone(),
+            target,
+            total: 0,
+            timeout: job.timeout,
+            wake_timeout: job.wake_timeout,
+            downgrade: false,
+            commit: &job.commit,
+            progress: &progress,
+            cancel: &cancel,
+            from: from.clone(),
+            to: to.clone(),
+            key: slot.key,
+        };
+        let mut events = self.net.events.subscribe();
+        let cached = self
+            .net
+            .lock()
+            .devices
+            .get(&ieee)
+            .and_then(|e| e.state.update.as_ref().and_then(|u| u.state));
+        // Device states are not retained: a state seen since the agent started tells; else
+        // zigbee2mqtt is asked. A schedule is withdrawn (it may point at the image endpoint of
+        // the agent that stopped): "in progress" means the device woke and its run goes on. A
+        // mains update is checked: "in progress" means the transfer goes on. Both requests make
+        // zigbee2mqtt publish the device's state (its installed version) before answering.
+        let running = match cached {
+            Some(OtaState::Updating) => true,
+            Some(OtaState::Scheduled) if !note.url => {
+                tracing::info!(device = %ieee, "the schedule is armed in zigbee2mqtt: waiting for the wake-up");
+                return self
+                    .run_sleeper(&cx, None, serde_json::Value::Null, true)
+                    .await;
+            }
+            _ => {
+                let op = if note.schedule {
+                    OtaOp::Unschedule
+                } else {
+                    OtaOp::Check
+                };
+                match self.ask(op, false, &ieee, None).await {
+                    flow::Asked::Ok => false,
+                    flow::Asked::Refused(_, ota_devproto::z2m::Z2mErrorKind::InProgress) => true,
+                    flow::Asked::Refused(e, _) => {
+                        return Err(TaskError::new(
+                            e.code,
+                            format!(
+                                "the agent restarted during the update of {} and could not ask \
+                                 zigbee2mqtt how it ended: {}",
+                                before.name, e.message
+                            ),
+                        ));
+                    }
+                    flow::Asked::NoAnswer => {
+                        return Err(TaskError::new(
+                            ErrorCode::SendFailed,
+                            format!(
+                                "the agent restarted during the update of {}; zigbee2mqtt did not \
+                                 answer how it ended",
+                                before.name
+                            ),
+                        ));
+                    }
                 }
             }
-            Err(e) => tracing::warn!(device = %ieee, error = %e, "unschedule not sent"),
+        };
+        if running {
+            tracing::info!(device = %ieee, "zigbee2mqtt still runs the transfer: following it");
+            self.with_book(|b| b.attach(slot.key));
+            return self
+                .follow(
+                    &cx,
+                    None,
+                    Tracker::attached(target, 0),
+                    &mut events,
+                    note.schedule,
+                )
+                .await;
         }
+        let installed = self.installed(&ieee);
+        if installed == Some(target) {
+            job.commit.committed().await;
+            return Ok(UpdateReport {
+                from,
+                to,
+                wire_bytes: 0,
+            });
+        }
+        if stage == CommitStage::Committed {
+            return Err(TaskError::new(
+                ErrorCode::DeviceReportedFailure,
+                format!(
+                    "{} had the whole image before the agent restarted, but reports version {} \
+                     now: check it",
+                    before.name,
+                    version(installed)
+                ),
+            ));
+        }
+        job.commit.not_taken();
+        Err(TaskError::new(
+            ErrorCode::SendFailed,
+            format!(
+                "the agent restarted during the update of {}; zigbee2mqtt runs nothing for it \
+                 {}and it reports version {}: the update can be sent again",
+                before.name,
+                if note.schedule {
+                    "(its schedule was removed) "
+                } else {
+                    ""
+                },
+                version(installed)
+            ),
+        ))
+    }
+
+    /// Reads or changes the book; waiting jobs are woken when it changed.
+    fn with_book<T>(&self, f: impl FnOnce(&mut Book) -> T) -> T {
+        let (r, version) = {
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            let r = f(&mut book);
+            (r, book.version())
+        };
+        self.book_changed.send_if_modified(|v| {
+            let changed = *v != version;
+            *v = version;
+            changed
+        });
+        r
+    }
+}
+
+/// What a restarted agent needs to find out how a zigbee2mqtt job ended (the committing
+/// mark's note).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryNote {
+    /// The image's file version.
+    pub target: u32,
+    /// The device's file version before.
+    pub before: Option<u32>,
+    /// The job scheduled the update (a sleepy device).
+    pub schedule: bool,
+    /// The image went as a URL on the agent's endpoint (gone after a restart), not as hex.
+    pub url: bool,
+}
+
+/// How long a recovery waits for zigbee2mqtt to list the device.
+const RECOVER_WAIT: Duration = Duration::from_secs(60);
+
+/// A job's place in the network's book; freed however the job ends.
+struct Slot<'a> {
+    transport: &'a ZigbeeTransport,
+    key: JobKey,
+}
+
+impl<'a> Slot<'a> {
+    fn new(transport: &'a ZigbeeTransport) -> Self {
+        let key = transport.next_key.fetch_add(1, Ordering::Relaxed);
+        Self { transport, key }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let key = self.key;
+        self.transport.with_book(|b| b.done(key));
     }
 }
 
@@ -747,6 +799,50 @@ impl Transport for ZigbeeTransport {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
         Box::pin(self.run_update(job, progress, cancel))
+    }
+
+    fn recover<'a>(
+        &'a self,
+        job: RecoverJob,
+        progress: ProgressSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
+        Box::pin(self.run_recover(job, progress, cancel))
+    }
+
+    fn is_sleepy(&self, device: &str) -> bool {
+        let Some(ieee) = self.net.resolve(device) else {
+            return false;
+        };
+        self.net
+            .lock()
+            .devices
+            .get(&ieee)
+            .is_some_and(|e| e.info.is_sleepy())
+    }
+
+    fn next_contact<'a>(&'a self, device: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut events = self.net.events.subscribe();
+            let Some(ieee) = self.net.resolve(device) else {
+                return futures::future::pending().await;
+            };
+            loop {
+                match events.recv().await {
+                    // zigbee2mqtt's own OTA state messages (a schedule's state) are not the
+                    // device talking: see `NetEvent::State::talked`.
+                    Ok(NetEvent::State {
+                        ieee: who,
+                        talked: true,
+                        ..
+                    }) if who == ieee => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return futures::future::pending().await;
+                    }
+                    _ => {}
+                }
+            }
+        })
     }
 }
 

@@ -9,7 +9,8 @@
 //!   and response), `schedule`/`unschedule` (run on the device's next own request), and
 //!   `update/abort` (ok at once, the update's error at its next block request);
 //! - device-initiated requests on wake-up (scheduled runs, automatic checks within
-//!   `update_check_interval`);
+//!   `update_check_interval`); a device that wakes talks: with `last_seen` published, its state
+//!   goes out with the new `last_seen`;
 //! - the whole cached device state in every state message, sorted keys;
 //! - restarts: offline, running sessions lost, cached `updating` → `idle`, everything
 //!   republished.
@@ -75,6 +76,8 @@ pub struct DeviceSnapshot {
     pub held: bool,
     /// An operation runs (`check`, `update`).
     pub in_progress: Option<&'static str>,
+    /// Times the device woke up (sleepy devices).
+    pub wakes: u64,
     /// The cached state zigbee2mqtt publishes.
     pub state: Value,
 }
@@ -89,6 +92,8 @@ struct Dev {
     hold_at: Option<f64>,
     holding: bool,
     awake_until: Option<Instant>,
+    /// Wake-ups so far.
+    wakes: u64,
     wake: watch::Sender<u64>,
     release: watch::Sender<u64>,
 }
@@ -190,6 +195,7 @@ impl Shared {
                     hold_at: d.hold_at,
                     holding: false,
                     awake_until: None,
+                    wakes: 0,
                     wake: watch::channel(0).0,
                     release: watch::channel(0).0,
                     cfg: d.clone(),
@@ -855,11 +861,18 @@ impl Shared {
             .is_some_and(|t| Instant::now() < t)
     }
 
+    /// The device woke up and talks: it is awake for the awake window, and (with `last_seen`
+    /// published) zigbee2mqtt publishes its state with the new `last_seen`, the sign a
+    /// subscriber sees of a sleepy device being awake.
     fn set_awake(&self, ieee: &str) {
         let mut st = self.lock();
         if let Some(i) = find_idx(&st, ieee) {
             st.devices[i].awake_until = Some(Instant::now() + self.cfg.timings.awake_window);
+            st.devices[i].wakes += 1;
             self.touch(&mut st, i);
+            if self.cfg.last_seen != LastSeen::Disable && st.online {
+                self.publish_device(&mut st, i, &json!({}));
+            }
         }
     }
 
@@ -1009,12 +1022,9 @@ impl Shared {
                     self.publish_device(&mut st, idx, &patch::finished(version, now));
                     return;
                 }
-                Outcome::Aborted => {
-                    st.schedules.remove(&ieee);
-                    return;
-                }
-                Outcome::Failed(_) => {
-                    // "If a scheduled update fails, it will remain scheduled."
+                Outcome::Aborted | Outcome::Failed(_) => {
+                    // "If a scheduled update fails, it will remain scheduled." An abort is a
+                    // failure of the run too (herdsman throws "OTA … was aborted").
                     self.publish_device(&mut st, idx, &patch::state(OtaState::Scheduled));
                     attempts += 1;
                     if attempts >= self.cfg.scheduled_retry_limit {
@@ -1314,6 +1324,7 @@ impl Shared {
             scheduled: st.schedules.contains_key(&d.cfg.ieee),
             held: d.holding,
             in_progress: st.in_progress.get(&d.cfg.ieee).map(|o| o.kind),
+            wakes: d.wakes,
             state: Value::Object(d.cache.map().clone()),
         })
     }

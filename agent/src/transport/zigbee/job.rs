@@ -14,6 +14,10 @@
 //!                  └──── run failed ◄───────┘   idle @ old version after updating ✘
 //! ```
 //!
+//! An *attached* tracker follows a transfer it did not start (after an agent restart, when no
+//! response will come): it starts as if `updating` was seen, and `idle`, `available` or
+//! `scheduled` on another version than the target is the end of the run without the image.
+//!
 //! What it does not do: read responses, clocks or connections (the transport does).
 
 use ota_devproto::z2m::{OtaState, UpdateState};
@@ -32,6 +36,8 @@ pub(crate) enum Verdict {
     ScheduledRunFailed,
     /// A scheduled run ended on the old version (no usable image; zigbee2mqtt unscheduled it).
     ScheduledRunFoundNoImage,
+    /// An attached tracker saw the run end without the target.
+    EndedWithoutTarget,
 }
 
 /// Follows one update through the device's state messages.
@@ -40,6 +46,7 @@ pub(crate) struct Tracker {
     target: u32,
     total_bytes: u64,
     scheduled_mode: bool,
+    attached: bool,
     seen_updating: bool,
     last: Option<TransferProgress>,
     max_percent: f64,
@@ -51,9 +58,19 @@ impl Tracker {
             target,
             total_bytes,
             scheduled_mode,
+            attached: false,
             seen_updating: false,
             last: None,
             max_percent: 0.0,
+        }
+    }
+
+    /// A tracker for a transfer that runs already and whose response will not come.
+    pub(crate) fn attached(target: u32, total_bytes: u64) -> Self {
+        Self {
+            attached: true,
+            seen_updating: true,
+            ..Self::new(target, total_bytes, true)
         }
     }
 
@@ -78,6 +95,14 @@ impl Tracker {
             && matches!(u.state, Some(OtaState::Idle | OtaState::Available) | None)
         {
             return (None, Verdict::ReachedTarget);
+        }
+        if self.attached
+            && matches!(
+                u.state,
+                Some(OtaState::Idle | OtaState::Available | OtaState::Scheduled)
+            )
+        {
+            return (None, Verdict::EndedWithoutTarget);
         }
         let progress = match u.state {
             Some(OtaState::Updating) => {
@@ -226,6 +251,31 @@ mod tests {
         assert_eq!(
             t.clone().on_state(&st(OtaState::Idle, 6, None, None)).1,
             Verdict::ScheduledRunFoundNoImage
+        );
+        assert_eq!(
+            t.on_state(&st(OtaState::Idle, 7, None, None)).1,
+            Verdict::ReachedTarget
+        );
+    }
+
+    #[test]
+    fn an_attached_tracker_needs_no_response() {
+        let mut t = Tracker::attached(7, 100);
+        assert!(t.started());
+        let (p, v) = t.on_state(&st(OtaState::Updating, 6, Some(60.0), Some(5)));
+        assert_eq!(p.unwrap().status, UpgradeStatus::Updating);
+        assert_eq!(v, Verdict::Pending);
+        assert_eq!(
+            t.clone()
+                .on_state(&st(OtaState::Available, 6, None, None))
+                .1,
+            Verdict::EndedWithoutTarget
+        );
+        assert_eq!(
+            t.clone()
+                .on_state(&st(OtaState::Scheduled, 6, None, None))
+                .1,
+            Verdict::EndedWithoutTarget
         );
         assert_eq!(
             t.on_state(&st(OtaState::Idle, 7, None, None)).1,

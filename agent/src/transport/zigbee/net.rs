@@ -34,6 +34,10 @@ pub(crate) enum NetEvent {
     State {
         ieee: String,
         update: Option<UpdateState>,
+        /// The message changed more than the `update` block (`last_seen`, `linkquality`, an
+        /// attribute): the device itself talked. zigbee2mqtt's own OTA state messages (a
+        /// schedule, an unschedule) change only the `update` block.
+        talked: bool,
     },
     /// Connected and subscribed again (`generation` counts connections).
     Subscribed { generation: u64 },
@@ -222,16 +226,28 @@ impl Net {
             let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
                 return;
             };
-            let update = {
+            let (update, talked) = {
                 let Some(e) = st.devices.get_mut(&ieee) else {
                     return;
                 };
+                let without_update = |m: &serde_json::Map<String, Value>| {
+                    let mut m = m.clone();
+                    m.remove("update");
+                    m
+                };
+                let before = without_update(e.cache.map());
                 e.cache.apply(&Value::Object(map));
+                // The first state heard (at a start or reconnect) tells nothing new.
+                let talked = !before.is_empty() && without_update(e.cache.map()) != before;
                 e.state = DeviceState::from_map(e.cache.map().clone());
-                e.state.update.clone()
+                (e.state.update.clone(), talked)
             };
             drop(st);
-            let _ = self.events.send(NetEvent::State { ieee, update });
+            let _ = self.events.send(NetEvent::State {
+                ieee,
+                update,
+                talked,
+            });
             self.publish_inventory();
             return;
         }

@@ -1,0 +1,638 @@
+//! The life of one zigbee2mqtt job on its network: a mains job waits for an update slot and runs
+//! `update`; a sleepy job keeps a `schedule` armed while the network may take a wake-up (see
+//! [`super::slots`]) and becomes a transfer when its device wakes; both are then followed to
+//! their end. Recovery after an agent restart attaches to what zigbee2mqtt still runs.
+//!
+//! Points of no return: the first `update` or `schedule` request (zigbee2mqtt then runs the
+//! transfer on its own) is preceded by the durable committing mark; progress at 100 % (the
+//! device has the whole image and ends the upgrade) gets the committed mark. A zigbee2mqtt error
+//! for the update, a scheduled run that failed or found no image, a schedule withdrawn before
+//! the device woke, an abort that zigbee2mqtt confirmed: the device keeps its firmware
+//! ([`Commitment::not_taken`]).
+//!
+//! Budgets: the wake-up budget runs while a job waits (for its slot, for the wake-up); the
+//! transfer budget from the `update` request or the wake-up; when it ends before 100 % the
+//! transfer is aborted (`update/abort`) and the job ends with 5016 once zigbee2mqtt confirms;
+//! after 100 % the outcome is awaited.
+//!
+//! What it does not do: decide the slots (`slots`), parse states (`job`), talk MQTT (`net`).
+
+use std::time::Duration;
+
+use ota_devproto::z2m::{ImageSource, OtaOp, UpdateData, Z2mErrorKind, classify, to_task_error};
+use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
+use tokio::sync::broadcast;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::job::{Tracker, Verdict};
+use super::net::{NetEvent, PendingRequest};
+use super::slots::{JobKey, Started};
+use super::{ZigbeeTransport, cancelled};
+use crate::transport::{Commitment, ProgressSink, TransferProgress, UpdateReport, VersionInfo};
+
+/// What a recovered or new job knows, for the flows.
+pub(super) struct Cx<'a> {
+    pub(super) task_id: &'a str,
+    pub(super) ieee: String,
+    pub(super) name: String,
+    pub(super) target: u32,
+    pub(super) total: u64,
+    pub(super) timeout: Duration,
+    pub(super) wake_timeout: Duration,
+    pub(super) downgrade: bool,
+    pub(super) commit: &'a Commitment,
+    pub(super) progress: &'a ProgressSink,
+    pub(super) cancel: &'a CancellationToken,
+    pub(super) from: VersionInfo,
+    pub(super) to: VersionInfo,
+    pub(super) key: JobKey,
+}
+
+impl Cx<'_> {
+    fn say(&self, p: TransferProgress) {
+        let _ = self.progress.send(p);
+    }
+
+    fn status(&self, status: UpgradeStatus, detail: String) {
+        self.say(TransferProgress {
+            status,
+            percent: None,
+            remaining_s: None,
+            bytes_sent: 0,
+            bytes_total: self.total,
+            detail,
+        });
+    }
+
+    /// The success report, completed from the update response when there is one.
+    pub(super) fn report(&self, update: Option<UpdateData>) -> UpdateReport {
+        let mut from = self.from.clone();
+        let mut to = self.to.clone();
+        if let Some(d) = update {
+            if let Some(f) = d.from {
+                from.file_version = f.file_version.or(from.file_version);
+                from.software_build_id = f.software_build_id_string().or(from.software_build_id);
+                from.date_code = f.date_code.or(from.date_code);
+            }
+            if let Some(t) = d.to {
+                to.software_build_id = t.software_build_id_string();
+                to.date_code = t.date_code;
+            }
+        }
+        UpdateReport {
+            from,
+            to,
+            wire_bytes: self.total,
+        }
+    }
+
+    fn budget_error(&self, tracker: &Tracker) -> TaskError {
+        TaskError::new(
+            ErrorCode::Timeout,
+            format!(
+                "no outcome for {} within the transfer budget of {} (last progress {:.2} %)",
+                self.name,
+                humantime::format_duration(self.timeout),
+                tracker.max_percent()
+            ),
+        )
+    }
+}
+
+/// How zigbee2mqtt answered a request.
+#[derive(Debug)]
+pub(super) enum Asked {
+    Ok,
+    Refused(TaskError, Z2mErrorKind),
+    NoAnswer,
+}
+
+/// Why the job sent an abort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abort {
+    Cancel,
+    Budget,
+}
+
+impl ZigbeeTransport {
+    /// Publishes a request and waits (the request timeout) for its answer.
+    pub(super) async fn ask(
+        &self,
+        op: OtaOp,
+        downgrade: bool,
+        ieee: &str,
+        image: Option<ImageSource>,
+    ) -> Asked {
+        let mut pending = match self.net.request(op, downgrade, ieee, image).await {
+            Ok(p) => p,
+            Err(e) => return Asked::Refused(e, Z2mErrorKind::Other),
+        };
+        match tokio::time::timeout(self.cfg.timeouts.request, &mut pending.rx).await {
+            Ok(Ok(resp)) if resp.is_ok() => Asked::Ok,
+            Ok(Ok(resp)) => {
+                let msg = resp.error.unwrap_or_default();
+                Asked::Refused(to_task_error(&msg), classify(&msg))
+            }
+            _ => Asked::NoAnswer,
+        }
+    }
+
+    /// A mains job: waits for an update slot (status 13, the wake-up budget), then sends
+    /// `update` after the committing mark and follows it.
+    pub(super) async fn run_mains(
+        &self,
+        cx: &Cx<'_>,
+        source: ImageSource,
+        note: serde_json::Value,
+    ) -> Result<UpdateReport, TaskError> {
+        let key = cx.key;
+        self.with_book(|b| b.enqueue(key));
+        let mut changes = self.book_changed.subscribe();
+        let wait_deadline = Instant::now() + cx.wake_timeout;
+        let mut said = false;
+        loop {
+            if self.with_book(|b| b.try_grant(key)) {
+                break;
+            }
+            if !said {
+                said = true;
+                let armed = self.with_book(|b| b.armed());
+                cx.status(
+                    UpgradeStatus::Queued,
+                    if armed > 0 && self.with_book(|b| b.active()) == 0 {
+                        format!(
+                            "queued: withdrawing {armed} schedule(s) of sleepy devices on \
+                             zigbee2mqtt network '{}' first",
+                            self.cfg.network
+                        )
+                    } else {
+                        format!(
+                            "queued: another update runs on zigbee2mqtt network '{}' (at most {} \
+                             at a time)",
+                            self.cfg.network, self.cfg.max_concurrent_updates
+                        )
+                    },
+                );
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() {
+                    return Err(TaskError::new(ErrorCode::Other, "the zigbee transport is shutting down"));
+                },
+                () = cx.cancel.cancelled() => return Err(cancelled("while queued; nothing was sent")),
+                () = sleep_until(wait_deadline) => return Err(TaskError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "still queued for an update slot on network '{}' after {}; nothing was sent",
+                        self.cfg.network,
+                        humantime::format_duration(cx.wake_timeout)
+                    ),
+                )),
+            }
+        }
+        if cx.cancel.is_cancelled() {
+            return Err(cancelled("before anything was sent"));
+        }
+        cx.commit.committing(note).await?;
+        let mut events = self.net.events.subscribe();
+        let pending = self
+            .net
+            .request(OtaOp::Update, cx.downgrade, &cx.ieee, Some(source))
+            .await
+            .inspect_err(|_| cx.commit.not_taken())?;
+        tracing::info!(task.id = %cx.task_id, device = %cx.ieee, network = %self.cfg.network, "zigbee2mqtt update request sent");
+        cx.status(
+            UpgradeStatus::AgentPreparing,
+            "update request sent to zigbee2mqtt".into(),
+        );
+        let tracker = Tracker::new(cx.target, cx.total, false);
+        self.follow(cx, Some(pending), tracker, &mut events, false)
+            .await
+    }
+
+    /// A sleepy job: its schedule armed while the network may take a wake-up (status 5),
+    /// withdrawn while it may not (status 13), until the device wakes; then its transfer is
+    /// followed. `source` is what the schedule carries (`None` after an agent restart: an armed
+    /// schedule is followed but cannot be armed again).
+    pub(super) async fn run_sleeper(
+        &self,
+        cx: &Cx<'_>,
+        source: Option<ImageSource>,
+        note: serde_json::Value,
+        armed_at_start: bool,
+    ) -> Result<UpdateReport, TaskError> {
+        let key = cx.key;
+        self.with_book(|b| {
+            b.add_sleeper(key);
+            b.set_armed(key, armed_at_start);
+        });
+        let mut armed = armed_at_start;
+        let mut events = self.net.events.subscribe();
+        let mut changes = self.book_changed.subscribe();
+        let wait_deadline = Instant::now() + cx.wake_timeout;
+        let mut tracker = Tracker::new(cx.target, cx.total, true);
+        let mut said: Option<UpgradeStatus> = None;
+        let mut retry_at: Option<Instant> = None;
+        // An over-the-limit run was aborted: wait for it to end before arming or disarming.
+        let mut aborted_run = false;
+        // A cancel or the wake-up budget came while the run was starting: follow it anyway.
+        let mut too_late = false;
+        let withdrawn = || {
+            cx.commit.not_taken();
+            TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "the schedule of {} was withdrawn for another transfer after an agent \
+                     restart and cannot be armed again without the image; the update is sent \
+                     again",
+                    cx.name
+                ),
+            )
+        };
+        loop {
+            let may = self.with_book(|b| b.may_arm());
+            if !aborted_run && !too_late {
+                if may && !armed && retry_at.is_none_or(|t| Instant::now() >= t) {
+                    let Some(src) = &source else {
+                        return Err(withdrawn());
+                    };
+                    cx.commit.committing(note.clone()).await?;
+                    match self
+                        .ask(OtaOp::Schedule, cx.downgrade, &cx.ieee, Some(src.clone()))
+                        .await
+                    {
+                        Asked::Ok | Asked::NoAnswer => {
+                            armed = true;
+                            retry_at = None;
+                            self.with_book(|b| b.set_armed(key, true));
+                            tracing::info!(task.id = %cx.task_id, device = %cx.ieee, "schedule armed");
+                        }
+                        Asked::Refused(_, Z2mErrorKind::InProgress) => {
+                            // Another operation on the device (a check): try again shortly.
+                            retry_at = Some(Instant::now() + Duration::from_secs(1));
+                        }
+                        Asked::Refused(e, _) => {
+                            cx.commit.not_taken();
+                            return Err(e);
+                        }
+                    }
+                } else if !may && armed && retry_at.is_none_or(|t| Instant::now() >= t) {
+                    match self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
+                        Asked::Ok => {
+                            armed = false;
+                            retry_at = None;
+                            self.with_book(|b| b.set_armed(key, false));
+                            tracing::info!(task.id = %cx.task_id, device = %cx.ieee, "schedule withdrawn: another transfer holds the network's slot");
+                            if source.is_none() {
+                                return Err(withdrawn());
+                            }
+                        }
+                        // The run is starting (its state tells), or zigbee2mqtt is busy: ask
+                        // again shortly.
+                        _ => retry_at = Some(Instant::now() + Duration::from_secs(1)),
+                    }
+                }
+            }
+            let status = if armed {
+                UpgradeStatus::WaitingForWakeup
+            } else {
+                UpgradeStatus::Queued
+            };
+            if said != Some(status) {
+                said = Some(status);
+                cx.status(
+                    status,
+                    if armed {
+                        "scheduled: waiting for the device to wake up and ask for its image".into()
+                    } else {
+                        format!(
+                            "waiting for an update slot on zigbee2mqtt network '{}': the \
+                             schedule is armed when no other transfer runs",
+                            self.cfg.network
+                        )
+                    },
+                );
+            }
+            let retry = retry_at;
+            tokio::select! {
+                biased;
+                ev = events.recv() => match ev {
+                    Ok(NetEvent::State { ieee, update: Some(u), .. }) if ieee == cx.ieee => {
+                        let (_, verdict) = tracker.on_state(&u);
+                        match verdict {
+                            Verdict::ReachedTarget => {
+                                cx.commit.committed().await;
+                                return Ok(cx.report(None));
+                            }
+                            Verdict::ScheduledRunFailed | Verdict::ScheduledRunFoundNoImage
+                                if aborted_run =>
+                            {
+                                // The aborted run ended: withdraw the schedule, wait again.
+                                aborted_run = false;
+                                tracker = Tracker::new(cx.target, cx.total, true);
+                                if let Asked::Ok = self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
+                                    armed = false;
+                                    self.with_book(|b| b.set_armed(key, false));
+                                }
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        if tracker.started() && !aborted_run {
+                            match self.with_book(|b| b.sleeper_started(key)) {
+                                Started::Within => {
+                                    tracing::info!(task.id = %cx.task_id, device = %cx.ieee, "the device woke: its scheduled transfer runs");
+                                    // Report where the transfer stands now.
+                                    let mut fresh = Tracker::new(cx.target, cx.total, true);
+                                    if let (Some(p), _) = fresh.on_state(&u) {
+                                        cx.say(p);
+                                    }
+                                    return self.follow(cx, None, fresh, &mut events, true).await;
+                                }
+                                Started::OverLimit => {
+                                    tracing::warn!(task.id = %cx.task_id, device = %cx.ieee, "the device woke while another transfer holds the network's last slot: aborting its run");
+                                    armed = false;
+                                    aborted_run = true;
+                                    let _ = self.ask(OtaOp::Abort, false, &cx.ieee, None).await;
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(task.id = %cx.task_id, skipped = n, "zigbee job fell behind the network's messages");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(TaskError::new(ErrorCode::Other, "the zigbee transport stopped"));
+                    }
+                },
+                r = changes.changed() => if r.is_err() {
+                    return Err(TaskError::new(ErrorCode::Other, "the zigbee transport is shutting down"));
+                },
+                () = async { sleep_until(retry.unwrap_or_else(Instant::now)).await }, if retry.is_some() => {}
+                () = cx.cancel.cancelled(), if !too_late => {
+                    if !armed && !aborted_run {
+                        cx.commit.not_taken();
+                        return Err(cancelled("while waiting for an update slot; nothing was armed"));
+                    }
+                    if let Asked::Ok = self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
+                        cx.commit.not_taken();
+                        return Err(cancelled("the schedule was removed before the device woke up"));
+                    }
+                    tracing::info!(task.id = %cx.task_id, "cancel came as the device woke: following its transfer");
+                    too_late = true;
+                }
+                () = sleep_until(wait_deadline), if !too_late => {
+                    if !armed && !aborted_run {
+                        cx.commit.not_taken();
+                    } else if let Asked::Ok = self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
+                        cx.commit.not_taken();
+                    } else {
+                        too_late = true;
+                        continue;
+                    }
+                    return Err(TaskError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "{} did not wake up within {} (the wake-up budget); the schedule was removed",
+                            cx.name,
+                            humantime::format_duration(cx.wake_timeout)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Follows a transfer to its end: the update response (when `pending`), the device's state,
+    /// and outages of the broker or of zigbee2mqtt. The transfer budget runs from now.
+    pub(super) async fn follow(
+        &self,
+        cx: &Cx<'_>,
+        mut pending: Option<PendingRequest>,
+        mut tracker: Tracker,
+        events: &mut broadcast::Receiver<NetEvent>,
+        schedule: bool,
+    ) -> Result<UpdateReport, TaskError> {
+        let mut deadline = Some(Instant::now() + cx.timeout);
+        let mut grace: Option<Instant> = None;
+        let mut verify: Option<PendingRequest> = None;
+        let mut suspect = false;
+        let mut aborting: Option<(Instant, Abort)> = None;
+        let mut cancel_seen = false;
+        loop {
+            tokio::select! {
+                // State messages first: those that arrived before a response are part of it.
+                biased;
+                ev = events.recv() => match ev {
+                    Ok(NetEvent::State { ieee: who, update: Some(u), .. }) if who == cx.ieee => {
+                        let (p, verdict) = tracker.on_state(&u);
+                        if let Some(p) = p {
+                            cx.say(p);
+                        }
+                        if tracker.downloaded() {
+                            cx.commit.committed().await;
+                        }
+                        match verdict {
+                            Verdict::Pending => {}
+                            Verdict::ReachedTarget => {
+                                cx.commit.committed().await;
+                                if schedule || pending.is_none() {
+                                    return Ok(cx.report(None));
+                                }
+                                // The update response (with build ids) follows right away.
+                                grace.get_or_insert(Instant::now() + self.cfg.timeouts.completion_grace);
+                            }
+                            Verdict::ScheduledRunFailed => {
+                                self.unschedule(&cx.ieee).await;
+                                cx.commit.not_taken();
+                                return Err(match aborting {
+                                    Some((_, Abort::Budget)) => cx.budget_error(&tracker),
+                                    Some((_, Abort::Cancel)) => cancelled("the scheduled run was aborted"),
+                                    None => TaskError::new(
+                                        ErrorCode::SendFailed,
+                                        format!(
+                                            "the scheduled update of {} failed when the device woke up (zigbee2mqtt's log has the cause); the agent unscheduled it",
+                                            cx.name
+                                        ),
+                                    ),
+                                });
+                            }
+                            Verdict::ScheduledRunFoundNoImage => {
+                                if self.installed(&cx.ieee) == Some(cx.target) {
+                                    // It runs the image already (an earlier attempt got it).
+                                    cx.commit.committed().await;
+                                    return Ok(cx.report(None));
+                                }
+                                cx.commit.not_taken();
+                                return Err(to_task_error(&format!(
+                                    "Update of '{}' failed (No image currently available)",
+                                    cx.name
+                                )));
+                            }
+                            Verdict::EndedWithoutTarget => {
+                                let now = u.installed_version.map_or("an unknown version".to_string(), |v| v.to_string());
+                                if tracker.downloaded() || cx.commit.stage() == crate::transport::CommitStage::Committed {
+                                    return Err(TaskError::new(
+                                        ErrorCode::DeviceReportedFailure,
+                                        format!("the transfer to {} ended, but the device reports {now}, not {}", cx.name, cx.target),
+                                    ));
+                                }
+                                cx.commit.not_taken();
+                                if let Some((_, Abort::Budget)) = aborting {
+                                    return Err(cx.budget_error(&tracker));
+                                }
+                                return Err(TaskError::new(
+                                    ErrorCode::SendFailed,
+                                    format!("the transfer to {} ended before the whole image was sent; it still reports {now}", cx.name),
+                                ));
+                            }
+                        }
+                    }
+                    Ok(NetEvent::State { .. }) => {}
+                    Ok(NetEvent::Disconnected) => suspect = true,
+                    Ok(NetEvent::Bridge { online: false }) => suspect = true,
+                    Ok(ev @ (NetEvent::Subscribed { .. } | NetEvent::Bridge { online: true })) => {
+                        if let NetEvent::Subscribed { generation } = ev {
+                            tracing::info!(task.id = %cx.task_id, generation, "zigbee job: MQTT connection is back");
+                        }
+                        if suspect {
+                            if schedule {
+                                self.unschedule(&cx.ieee).await;
+                                if !tracker.downloaded() {
+                                    cx.commit.not_taken();
+                                }
+                                return Err(TaskError::new(
+                                    ErrorCode::SendFailed,
+                                    format!(
+                                        "zigbee2mqtt or the MQTT broker went away during the scheduled transfer to {}; the agent unscheduled it; retry",
+                                        cx.name
+                                    ),
+                                ));
+                            }
+                            // Did the transfer survive? Ask again (the previous answer may be lost).
+                            verify = Some(self.net.request(OtaOp::Check, false, &cx.ieee, None).await?);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(task.id = %cx.task_id, skipped = n, "zigbee job fell behind the network's messages");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(TaskError::new(ErrorCode::Other, "the zigbee transport stopped"));
+                    }
+                },
+                resp = async { (&mut pending.as_mut().expect("guarded").rx).await }, if pending.is_some() => {
+                    pending = None;
+                    let Ok(resp) = resp else { continue };
+                    if resp.is_ok() {
+                        let data = UpdateData::from_value(&resp.data);
+                        if let Some(v) = data.as_ref().and_then(|d| d.to.as_ref()).and_then(|t| t.file_version)
+                            && v != cx.target
+                        {
+                            return Err(TaskError::new(
+                                ErrorCode::DeviceReportedFailure,
+                                format!("zigbee2mqtt reports version {v} after the update, expected {}", cx.target),
+                            ));
+                        }
+                        cx.commit.committed().await;
+                        return Ok(cx.report(data));
+                    }
+                    let msg = resp.error.unwrap_or_default();
+                    if classify(&msg) == Z2mErrorKind::NoImage
+                        && self.installed(&cx.ieee) == Some(cx.target)
+                    {
+                        // "No image" for a device that runs the image already (an earlier
+                        // attempt got it, and the agent did not know its version).
+                        tracing::info!(task.id = %cx.task_id, "the device already runs the target");
+                        cx.commit.committed().await;
+                        return Ok(cx.report(None));
+                    }
+                    // zigbee2mqtt's update failed: the device keeps its firmware.
+                    cx.commit.not_taken();
+                    return Err(match aborting {
+                        Some((_, Abort::Cancel)) if classify(&msg) == Z2mErrorKind::Aborted => {
+                            cancelled("zigbee2mqtt aborted the transfer before it started")
+                        }
+                        Some((_, Abort::Budget)) => cx.budget_error(&tracker),
+                        _ => to_task_error(&msg),
+                    });
+                }
+                r = async { (&mut verify.as_mut().expect("guarded").rx).await }, if verify.is_some() => {
+                    verify = None;
+                    let Ok(resp) = r else { continue };
+                    if !resp.is_ok() && matches!(classify(resp.error.as_deref().unwrap_or_default()), Z2mErrorKind::InProgress) {
+                        // zigbee2mqtt still runs our transfer.
+                        suspect = false;
+                        continue;
+                    }
+                    let installed = self.net.report(&cx.ieee).and_then(|r| r.file_version);
+                    if installed == Some(cx.target) {
+                        cx.commit.committed().await;
+                        return Ok(cx.report(None));
+                    }
+                    if !tracker.downloaded() {
+                        cx.commit.not_taken();
+                    }
+                    let why = resp.error.map(|e| format!(" ({e})")).unwrap_or_default();
+                    return Err(TaskError::new(
+                        ErrorCode::SendFailed,
+                        format!(
+                            "the update of {} did not complete: zigbee2mqtt or the MQTT broker went away during the transfer and the device still reports version {}{why}; retry",
+                            cx.name,
+                            installed.map_or("unknown".to_string(), |v| v.to_string()),
+                        ),
+                    ));
+                }
+                () = async { sleep_until(grace.expect("guarded")).await }, if grace.is_some() => {
+                    return Ok(cx.report(None));
+                }
+                () = cx.cancel.cancelled(), if !cancel_seen => {
+                    cancel_seen = true;
+                    if !schedule && tracker.max_percent() <= 0.0 && pending.is_some() && aborting.is_none() {
+                        tracing::info!(task.id = %cx.task_id, "cancel: aborting the update before any block was sent");
+                        let _ = self.net.request(OtaOp::Abort, false, &cx.ieee, None).await;
+                        aborting = Some((Instant::now() + self.cfg.timeouts.request, Abort::Cancel));
+                    } else {
+                        tracing::info!(task.id = %cx.task_id, "cancel ignored: the image is on its way to the device");
+                    }
+                }
+                () = async { sleep_until(aborting.expect("guarded").0).await }, if aborting.is_some() => {
+                    // zigbee2mqtt did not confirm the abort: whether the device took anything is
+                    // not known.
+                    return Err(match aborting.map(|a| a.1) {
+                        Some(Abort::Cancel) => cancelled("the update was aborted before any block was sent"),
+                        _ => cx.budget_error(&tracker),
+                    });
+                }
+                () = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    deadline = None;
+                    if tracker.downloaded() {
+                        tracing::info!(task.id = %cx.task_id, "transfer budget used up at 100 %: waiting for the device's outcome");
+                        continue;
+                    }
+                    tracing::info!(task.id = %cx.task_id, "transfer budget used up: aborting the transfer");
+                    let _ = self.net.request(OtaOp::Abort, false, &cx.ieee, None).await;
+                    aborting = Some((Instant::now() + self.cfg.timeouts.request, Abort::Budget));
+                }
+            }
+        }
+    }
+
+    /// The file version the device reports now, as far as zigbee2mqtt told.
+    pub(super) fn installed(&self, ieee: &str) -> Option<u32> {
+        self.net.report(ieee).and_then(|r| r.file_version)
+    }
+
+    /// Removes a schedule, waiting briefly for zigbee2mqtt's answer.
+    pub(super) async fn unschedule(&self, ieee: &str) {
+        match self.ask(OtaOp::Unschedule, false, ieee, None).await {
+            Asked::Ok => {}
+            Asked::NoAnswer => {
+                tracing::warn!(device = %ieee, "zigbee2mqtt did not confirm the unschedule");
+            }
+            Asked::Refused(e, _) => {
+                tracing::warn!(device = %ieee, error = %e, "unschedule refused");
+            }
+        }
+    }
+}
