@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use md5::Md5;
-use ota_agent::transport::zigbee::{ImageEndpoint, ZigbeeConfig, ZigbeeTransport};
+use ota_agent::transport::zigbee::{ImageEndpoint, RecoveryNote, ZigbeeConfig, ZigbeeTransport};
 use ota_agent::transport::{
-    PowerSource, Signal, TransferProgress, Transport, UpdateJob, UpdateReport, VerifiedImage,
+    CommitLog, CommitStage, Commitment, PowerSource, RecoverJob, Signal, TransferProgress,
+    Transport, UpdateJob, UpdateReport, VerifiedImage,
 };
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use ota_firmware::builders::ZigbeeOtaBuilder;
@@ -855,7 +856,8 @@ async fn a_sleepy_device_that_wakes_after_six_hours_completes() {
     )
     .await;
     let image = remote_image(0x2404_0000);
-    // A transfer budget far below six hours: waiting for the wake-up does not count.
+    // Six hours pass on the bridge's virtual clock (its schedule stays armed, no block timeout
+    // runs); the agent's budgets run in real time here, see the next test.
     let mut j = job(REMOTE, Arc::clone(&image));
     j.timeout = Duration::from_secs(20);
     let (r, progress) = run(&s.zigbee, j).await;
@@ -878,6 +880,39 @@ async fn a_sleepy_device_that_wakes_after_six_hours_completes() {
         "the transfer began at the wake-up, {start} ms in"
     );
     assert_eq!(request_topics(&s.sim), ["schedule"]);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_transfer_budget_starts_with_the_transfer_not_with_the_wait_for_the_wake_up() {
+    let s = site(
+        vec![SimDevice::sleepy_end_device(REMOTE, "remote", None)],
+        |_| {},
+    )
+    .await;
+    let image = remote_image(0x2404_0000);
+    // The device sleeps (real time) for longer than the whole transfer budget.
+    let mut j = job(REMOTE, Arc::clone(&image));
+    j.timeout = Duration::from_secs(1);
+    j.wake_timeout = Duration::from_secs(5);
+    let wake = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        s.sim.wake(REMOTE);
+    };
+    let ((r, progress), ()) = tokio::join!(run(&s.zigbee, j), wake);
+    r.unwrap();
+    assert_eq!(
+        statuses(&progress),
+        [
+            UpgradeStatus::WaitingForWakeup,
+            UpgradeStatus::Updating,
+            UpgradeStatus::Downloaded
+        ]
+    );
+    assert_eq!(
+        s.sim.device(REMOTE).unwrap().received_images,
+        vec![image.bytes.to_vec()]
+    );
     s.sim.shutdown().await;
 }
 
@@ -1178,5 +1213,319 @@ async fn a_sleepy_device_is_seen_waking_by_its_own_messages() {
     // The device wakes up: its message is the contact.
     s.sim.wake(REMOTE);
     timeout(T, contact).await.expect("the wake-up is seen");
+    s.sim.shutdown().await;
+}
+
+// ----- recovery after an agent restart -----
+
+/// The journal's marks, as the core would keep them.
+#[derive(Debug, Default)]
+struct Marks(std::sync::Mutex<Vec<(&'static str, serde_json::Value)>>);
+
+impl CommitLog for Marks {
+    fn committing(
+        &self,
+        note: serde_json::Value,
+    ) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        self.0.lock().unwrap().push(("committing", note));
+        Box::pin(async { Ok(()) })
+    }
+    fn committed(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(("committed", serde_json::Value::Null));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Marks {
+    fn kinds(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap().iter().map(|m| m.0).collect()
+    }
+    fn note(&self) -> Option<serde_json::Value> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m.0 == "committing")
+            .map(|m| m.1.clone())
+    }
+}
+
+/// What the core hands a transport for an attempt the journal holds unfinished.
+fn recover_job(
+    device: &str,
+    image: &VerifiedImage,
+    stage: CommitStage,
+    note: Option<serde_json::Value>,
+) -> (RecoverJob, Arc<Marks>) {
+    let marks = Arc::new(Marks::default());
+    let job = RecoverJob {
+        task_id: format!("task-{device}"),
+        attempt: 1,
+        device: device.to_string(),
+        target_version: image.version.clone(),
+        target_file_version: image.file_version,
+        note,
+        timeout: Duration::from_secs(60),
+        wake_timeout: ota_agent::transport::DEFAULT_WAKE_TIMEOUT,
+        commit: Commitment::new(marks.clone(), stage),
+    };
+    (job, marks)
+}
+
+fn note(target: u32, before: u32, schedule: bool) -> serde_json::Value {
+    serde_json::to_value(RecoveryNote {
+        target,
+        before: Some(before),
+        schedule,
+        url: false,
+    })
+    .unwrap()
+}
+
+async fn recover(
+    zigbee: &ZigbeeTransport,
+    job: RecoverJob,
+) -> (Result<UpdateReport, TaskError>, Vec<TransferProgress>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let r = timeout(T, zigbee.recover(job, tx, CancellationToken::new()))
+        .await
+        .expect("the recovery ends");
+    let mut seen = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        seen.push(p);
+    }
+    (r, seen)
+}
+
+#[tokio::test]
+async fn a_restarted_agent_follows_the_transfer_zigbee2mqtt_still_runs() {
+    let Site {
+        broker,
+        sim,
+        zigbee,
+    } = site(
+        vec![SimDevice::mains_router(BULB, "bulb").held_at(30.0)],
+        |_| {},
+    )
+    .await;
+    let image = bulb_image(0x2309_9999, 8_000);
+    // The first agent sends the update and dies mid-transfer.
+    let marks = Arc::new(Marks::default());
+    let mut j = job(BULB, Arc::clone(&image));
+    j.commit = Commitment::new(marks.clone(), CommitStage::Before);
+    {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let running = zigbee.update(j, tx, CancellationToken::new());
+        tokio::select! {
+            _ = running => panic!("the transfer is held"),
+            () = held(&sim, BULB) => {}
+        }
+    }
+    drop(zigbee);
+    assert_eq!(marks.kinds(), ["committing"]);
+    // The restarted agent: zigbee2mqtt still runs the transfer ("in progress" to a check).
+    let zigbee = transport(transport_config(&broker, "home", "zigbee2mqtt")).await;
+    zigbee.wait_for_device(BULB, T).await.unwrap();
+    let (job, marks2) = recover_job(BULB, &image, CommitStage::Committing, marks.note());
+    let commit = job.commit.clone();
+    let recovering = recover(&zigbee, job);
+    let release = async {
+        timeout(
+            T,
+            sim.wait_until(|s| s.requests().iter().any(|r| r.topic.ends_with("check"))),
+        )
+        .await
+        .unwrap();
+        sim.release(BULB);
+    };
+    let ((r, progress), ()) = tokio::join!(recovering, release);
+    let report = r.unwrap();
+    assert_eq!(report.to.file_version, Some(0x2309_9999));
+    assert!(statuses(&progress).contains(&UpgradeStatus::Updating));
+    assert_eq!(marks2.kinds(), ["committed"]);
+    assert_eq!(commit.stage(), CommitStage::Committed);
+    assert_eq!(
+        sim.device(BULB).unwrap().received_images,
+        vec![image.bytes.to_vec()]
+    );
+    assert_eq!(
+        request_topics(&sim),
+        ["update", "check"],
+        "nothing sent again"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_agent_reports_what_the_device_runs_when_nothing_runs() {
+    let s = site(
+        vec![
+            SimDevice::mains_router(BULB, "bulb"),
+            SimDevice::mains_router(PLUG, "plug").with_file_version(0x2309_9999),
+        ],
+        |_| {},
+    )
+    .await;
+    let image = bulb_image(0x2309_9999, 8_000);
+    let old = 0x2309_3620;
+
+    // The device had the whole image (committed) but runs its old version: final 5018.
+    let (j, _) = recover_job(
+        BULB,
+        &image,
+        CommitStage::Committed,
+        Some(note(0x2309_9999, old, false)),
+    );
+    let commit = j.commit.clone();
+    let e = recover(&s.zigbee, j).await.0.unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeviceReportedFailure, "{e}");
+    assert!(commit.may_have_image(), "never retried automatically");
+
+    // The request may have gone, nothing ran, the device runs its old version: 5010, retryable.
+    let (j, _) = recover_job(
+        BULB,
+        &image,
+        CommitStage::Committing,
+        Some(note(0x2309_9999, old, false)),
+    );
+    let commit = j.commit.clone();
+    let e = recover(&s.zigbee, j).await.0.unwrap_err();
+    assert_eq!(e.code, ErrorCode::SendFailed, "{e}");
+    assert!(!commit.may_have_image(), "the device did not take it");
+
+    // A device on the target: success, whatever the mark.
+    for stage in [CommitStage::Before, CommitStage::Committing] {
+        let n = (stage != CommitStage::Before).then(|| note(0x2309_9999, old, false));
+        let (j, _) = recover_job(PLUG, &image, stage, n);
+        let report = recover(&s.zigbee, j).await.0.unwrap();
+        assert_eq!(
+            (report.to.file_version, report.wire_bytes),
+            (Some(0x2309_9999), 0)
+        );
+    }
+    // No mark, old version: nothing was sent, 5010 without asking zigbee2mqtt.
+    let before = s.sim.requests().len();
+    let (j, _) = recover_job(BULB, &image, CommitStage::Before, None);
+    let e = recover(&s.zigbee, j).await.0.unwrap_err();
+    assert_eq!(e.code, ErrorCode::SendFailed, "{e}");
+    assert_eq!(s.sim.requests().len(), before);
+    assert!(s.sim.devices().iter().all(|d| d.received_images.is_empty()));
+    s.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_agent_follows_an_armed_schedule_it_heard() {
+    let Site {
+        broker,
+        sim,
+        zigbee,
+    } = site(
+        vec![SimDevice::sleepy_end_device(REMOTE, "remote", None)],
+        |_| {},
+    )
+    .await;
+    let image = remote_image(0x2404_0000);
+    // A transport that hears the schedule being armed (as one running beside the first would).
+    let listener = transport(transport_config(&broker, "home", "zigbee2mqtt")).await;
+    listener.wait_for_device(REMOTE, T).await.unwrap();
+    // The first agent arms the schedule (hex) and dies.
+    let marks = Arc::new(Marks::default());
+    let mut j = job(REMOTE, Arc::clone(&image));
+    j.commit = Commitment::new(marks.clone(), CommitStage::Before);
+    {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let running = zigbee.update(j, tx, CancellationToken::new());
+        tokio::select! {
+            _ = running => panic!("the device sleeps"),
+            () = async {
+                timeout(T, sim.wait_until(|s| s.device(REMOTE).is_some_and(|d| d.scheduled)))
+                    .await
+                    .unwrap();
+                // The listener has heard the state too.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } => {}
+        }
+    }
+    drop(zigbee);
+    let note = marks.note();
+    assert!(note.is_some());
+
+    // It heard the armed schedule: it waits for the wake-up and follows the run.
+    let (j, marks2) = recover_job(REMOTE, &image, CommitStage::Committing, note.clone());
+    let recovering = recover(&listener, j);
+    let wake = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sim.wake(REMOTE);
+    };
+    let ((r, progress), ()) = tokio::join!(recovering, wake);
+    r.unwrap();
+    assert_eq!(
+        statuses(&progress),
+        [
+            UpgradeStatus::WaitingForWakeup,
+            UpgradeStatus::Updating,
+            UpgradeStatus::Downloaded
+        ]
+    );
+    assert_eq!(marks2.kinds(), ["committed"]);
+    assert_eq!(
+        request_topics(&sim),
+        ["schedule"],
+        "the schedule was not sent again"
+    );
+    assert_eq!(
+        sim.device(REMOTE).unwrap().received_images,
+        vec![image.bytes.to_vec()]
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_agent_withdraws_a_schedule_it_did_not_hear_and_the_update_is_sent_again() {
+    let s = site(
+        vec![SimDevice::sleepy_end_device(REMOTE, "remote", None)],
+        |_| {},
+    )
+    .await;
+    let image = remote_image(0x2404_0000);
+    // The first agent's schedule, armed before this transport started (states are not
+    // retained: it never heard it).
+    let first = transport(transport_config(&s.broker, "home", "zigbee2mqtt")).await;
+    first.wait_for_device(REMOTE, T).await.unwrap();
+    let marks = Arc::new(Marks::default());
+    let mut j = job(REMOTE, Arc::clone(&image));
+    j.commit = Commitment::new(marks.clone(), CommitStage::Before);
+    {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let running = first.update(j, tx, CancellationToken::new());
+        tokio::select! {
+            _ = running => panic!("the device sleeps"),
+            () = async {
+                timeout(T, s.sim.wait_until(|s| s.device(REMOTE).is_some_and(|d| d.scheduled)))
+                    .await
+                    .unwrap();
+            } => {}
+        }
+    }
+    drop(first);
+    let fresh = transport(transport_config(&s.broker, "home", "zigbee2mqtt")).await;
+    fresh.wait_for_device(REMOTE, T).await.unwrap();
+    let (j, _) = recover_job(REMOTE, &image, CommitStage::Committing, marks.note());
+    let commit = j.commit.clone();
+    let e = recover(&fresh, j).await.0.unwrap_err();
+    assert_eq!(e.code, ErrorCode::SendFailed, "{e}");
+    assert!(
+        !commit.may_have_image(),
+        "retryable: the device took nothing"
+    );
+    assert!(!s.sim.device(REMOTE).unwrap().scheduled);
+    assert_eq!(request_topics(&s.sim), ["schedule", "unschedule"]);
+    // Woken now, it installs nothing: the retry will schedule it again.
+    s.sim.wake(REMOTE);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.sim.device(REMOTE).unwrap().received_images.is_empty());
     s.sim.shutdown().await;
 }
