@@ -521,7 +521,7 @@ impl ZigbeeTransport {
                         return Err(TaskError::new(ErrorCode::Other, "the zigbee transport stopped"));
                     }
                 },
-                resp = async { (&mut pending.as_mut().expect("guarded").rx).await }, if pending.is_some() => {
+                resp = answer(&mut pending), if pending.is_some() => {
                     pending = None;
                     let Ok(resp) = resp else { continue };
                     if resp.is_ok() {
@@ -557,7 +557,7 @@ impl ZigbeeTransport {
                         _ => to_task_error(&msg),
                     });
                 }
-                r = async { (&mut verify.as_mut().expect("guarded").rx).await }, if verify.is_some() => {
+                r = answer(&mut verify), if verify.is_some() => {
                     verify = None;
                     let Ok(resp) = r else { continue };
                     if !resp.is_ok() && matches!(classify(resp.error.as_deref().unwrap_or_default()), Z2mErrorKind::InProgress) {
@@ -583,7 +583,7 @@ impl ZigbeeTransport {
                         ),
                     ));
                 }
-                () = async { sleep_until(grace.expect("guarded")).await }, if grace.is_some() => {
+                () = until(grace), if grace.is_some() => {
                     return Ok(cx.report(None));
                 }
                 () = cx.cancel.cancelled(), if !cancel_seen => {
@@ -596,7 +596,7 @@ impl ZigbeeTransport {
                         tracing::info!(task.id = %cx.task_id, "cancel ignored: the image is on its way to the device");
                     }
                 }
-                () = async { sleep_until(aborting.expect("guarded").0).await }, if aborting.is_some() => {
+                () = until(aborting.map(|a| a.0)), if aborting.is_some() => {
                     // zigbee2mqtt did not confirm the abort: whether the device took anything is
                     // not known.
                     return Err(match aborting.map(|a| a.1) {
@@ -604,7 +604,7 @@ impl ZigbeeTransport {
                         _ => cx.budget_error(&tracker),
                     });
                 }
-                () = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                () = until(deadline), if deadline.is_some() => {
                     deadline = None;
                     if tracker.downloaded() {
                         tracing::info!(task.id = %cx.task_id, "transfer budget used up at 100 %: waiting for the device's outcome");
@@ -634,5 +634,24 @@ impl ZigbeeTransport {
                 tracing::warn!(device = %ieee, error = %e, "unschedule refused");
             }
         }
+    }
+}
+
+/// The answer to `request`, or never when there is none (for a `select!` branch guarded by
+/// `is_some`).
+async fn answer(
+    request: &mut Option<PendingRequest>,
+) -> Result<ota_devproto::z2m::Response, tokio::sync::oneshot::error::RecvError> {
+    match request {
+        Some(r) => (&mut r.rx).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no such instant.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
