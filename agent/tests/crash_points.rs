@@ -260,6 +260,10 @@ struct Scenario {
     received: Box<dyn Fn() -> usize + Send + Sync>,
     /// Whether otad knows enough of the device to update it.
     known: fn(&ota_domain::model::DeviceFacts) -> bool,
+    /// Makes the device talk, while otad does not know enough of it yet (zigbee2mqtt publishes
+    /// a device's state only when it changes or the device talks; states are not retained, so
+    /// an agent that connected after the bridge's start has not heard them).
+    nudge: Box<dyn Fn() + Send + Sync>,
     /// Keeps the simulators alive.
     _devices: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -290,15 +294,31 @@ async fn run_once(scenario: Scenario, kill_at: Option<(String, usize)>, mode: Ki
     )
     .await;
     let device = scenario.device.clone();
-    wait_for("the device at otad", Duration::from_secs(20), || {
-        let state = otad.server.app.core.read();
-        state
-            .devices
-            .get(&device)
-            .filter(|d| d.facts.reachable && (scenario.known)(&d.facts))
-            .map(|_| ())
+    let known = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut polls = 0u32;
+        loop {
+            let ok = {
+                let state = otad.server.app.core.read();
+                state
+                    .devices
+                    .get(&device)
+                    .is_some_and(|d| d.facts.reachable && (scenario.known)(&d.facts))
+            };
+            if ok {
+                return;
+            }
+            polls += 1;
+            if polls.is_multiple_of(10) {
+                (scenario.nudge)();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
     .await;
+    if known.is_err() {
+        let d = otad.server.app.core.read().devices.get(&device).cloned();
+        panic!("timed out waiting for the device at otad: {d:#?}");
+    }
     let fw = otad
         .upload(
             &scenario.firmware_name,
@@ -547,6 +567,7 @@ mod esphome {
             image,
             received: Box::new(move || counted.device().snapshot().uploads as usize),
             known: |d| !d.current.version.is_empty(),
+            nudge: Box::new(|| {}),
             _devices: Box::new(node),
         }
     }
@@ -605,6 +626,7 @@ mod serial {
             image,
             received: Box::new(move || counted.counters().writes_completed as usize),
             known: |_| true,
+            nudge: Box::new(|| {}),
             _devices: Box::new(sim),
         }
     }
@@ -662,6 +684,8 @@ mod zigbee {
             sim,
         });
         let counted = bridge.clone();
+        let nudged = bridge.clone();
+        let nudged_id = ieee.clone();
         let id = ieee.clone();
         Scenario {
             make,
@@ -676,6 +700,7 @@ mod zigbee {
                     .map_or(0, |d| d.received_images.len())
             }),
             known: |d| !d.current.version.is_empty(),
+            nudge: Box::new(move || nudged.sim.wake(&nudged_id)),
             _devices: Box::new(bridge),
         }
     }
