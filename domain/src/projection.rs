@@ -8,13 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::{Deserialize, Serialize};
+
 use crate::events::*;
 use crate::model::{self, DeviceFacts, TransportInstance, VersionInfo};
 use crate::rollout::spec::RolloutSpec;
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 
 /// Envelope facts of a recorded event that projections use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventMeta {
     /// Global sequence number.
     pub seq: u64,
@@ -25,7 +27,7 @@ pub struct EventMeta {
 }
 
 /// A firmware in the catalog.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FirmwareView {
     /// As registered.
     pub registered: FirmwareRegistered,
@@ -38,7 +40,7 @@ pub struct FirmwareView {
 }
 
 /// A recorded firmware signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignatureView {
     /// Key name.
     pub key_id: String,
@@ -51,7 +53,7 @@ pub struct SignatureView {
 }
 
 /// A device.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceView {
     /// `<site>/<local>`.
     pub id: String,
@@ -76,7 +78,7 @@ pub struct DeviceView {
 }
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TaskPhase {
     /// 13: waiting for dispatch (also between retries).
     Queued,
@@ -194,7 +196,7 @@ impl TaskPhase {
 }
 
 /// A device update.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskView {
     /// As created.
     pub created: TaskCreated,
@@ -254,7 +256,7 @@ pub struct TaskView {
 }
 
 /// Lifecycle of a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RolloutState {
     /// Created, not started.
     Draft,
@@ -287,7 +289,7 @@ impl RolloutState {
 }
 
 /// Lifecycle of a stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StageState {
     /// Not started.
     Pending,
@@ -302,7 +304,7 @@ pub enum StageState {
 }
 
 /// One stage of a rollout.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageView {
     /// Name.
     pub name: String,
@@ -326,7 +328,7 @@ pub struct StageView {
 }
 
 /// The bulk check of a rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchCheckView {
     /// Check id.
     pub check_id: String,
@@ -341,7 +343,7 @@ pub struct BatchCheckView {
 }
 
 /// A rollout.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutView {
     /// Id.
     pub id: String,
@@ -391,7 +393,7 @@ impl RolloutView {
 }
 
 /// A site and its agent.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SiteView {
     /// Id.
     pub id: String,
@@ -416,7 +418,7 @@ pub struct SiteView {
 }
 
 /// An operator token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenView {
     /// Public id.
     pub id: String,
@@ -464,8 +466,14 @@ pub fn effective_wake_timeout_s(c: &TaskCreated) -> u32 {
     }
 }
 
+/// The shape of the projection as stored in snapshots (postcard: not self-describing). Bump it
+/// whenever a type of this module changes shape: a snapshot of another shape is ignored and the
+/// state is rebuilt from the log. `tests/golden_events.rs` fails when the shape changes without
+/// a bump.
+pub const SNAPSHOT_SCHEMA: u32 = 1;
+
 /// Everything the server knows, as of `last_seq`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetState {
     /// Last applied event.
     pub last_seq: u64,

@@ -490,3 +490,91 @@ fn unhex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
         .collect()
 }
+
+// === the projection's snapshot shape ===
+
+fn projection_golden_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/projection.txt")
+}
+
+/// Every sample folded into a state, once on each kind of stream (the projection ignores what
+/// it cannot place), so most fields of the state hold something.
+fn sample_state() -> ota_domain::projection::FleetState {
+    use ota_domain::projection::{EventMeta, FleetState};
+    let streams = [
+        "firmware/fw-1",
+        "device/home/hall-switch",
+        "site/home",
+        "rollout/ro-1",
+        "task/task-1",
+        "access/tokens",
+    ];
+    let mut state = FleetState::default();
+    let mut seq = 0;
+    for stream in streams {
+        for e in samples() {
+            seq += 1;
+            let meta = EventMeta {
+                seq,
+                recorded_at_ms: 1_790_000_000_000 + seq as i64,
+                actor: "golden".into(),
+            };
+            state.apply(&meta, stream, &e);
+        }
+    }
+    state
+}
+
+/// Snapshots (otad's `snapshot` module) store the projection with postcard, which is not
+/// self-describing: a snapshot is only readable by a build whose projection has the same shape
+/// and folds events the same way. This golden line holds the encoding of a state built from
+/// every sample; when it changes, bump `projection::SNAPSHOT_SCHEMA` (old snapshots are then
+/// ignored and the state is rebuilt from the log) and refresh with
+/// `OTA_UPDATE_GOLDEN=1 cargo test -p ota-domain --test golden_events`.
+#[test]
+fn the_snapshot_shape_changes_only_with_a_new_schema_number() {
+    use ota_domain::projection::{FleetState, SNAPSHOT_SCHEMA};
+    let state = sample_state();
+    let bytes = postcard::to_stdvec(&state).expect("encode");
+    let back: FleetState = postcard::from_bytes(&bytes).expect("decode");
+    assert_eq!(
+        back, state,
+        "the projection does not round-trip through postcard"
+    );
+    assert!(state.tasks.len() + state.devices.len() + state.rollouts.len() >= 3);
+
+    let line = format!("{SNAPSHOT_SCHEMA} {}", hex(&bytes));
+    if std::env::var_os("OTA_UPDATE_GOLDEN").is_some() {
+        std::fs::write(
+            projection_golden_path(),
+            format!(
+                "# The projection as a snapshot stores it: <SNAPSHOT_SCHEMA> <postcard hex>.\n\
+                 # See the_snapshot_shape_changes_only_with_a_new_schema_number.\n{line}\n"
+            ),
+        )
+        .expect("write the golden projection");
+        return;
+    }
+    let golden = std::fs::read_to_string(projection_golden_path()).unwrap_or_default();
+    let golden = golden
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap_or_default();
+    let (golden_schema, golden_hex) = golden.split_once(' ').unwrap_or(("", ""));
+    if golden_hex == hex(&bytes) {
+        assert_eq!(
+            golden_schema,
+            SNAPSHOT_SCHEMA.to_string(),
+            "SNAPSHOT_SCHEMA changed but the shape did not: refresh the golden line"
+        );
+        return;
+    }
+    assert_ne!(
+        golden_schema,
+        SNAPSHOT_SCHEMA.to_string(),
+        "the projection's stored shape (or how it folds events) changed, but \
+         projection::SNAPSHOT_SCHEMA is still {SNAPSHOT_SCHEMA}: bump it so old snapshots are \
+         ignored, then refresh with OTA_UPDATE_GOLDEN=1"
+    );
+    panic!("SNAPSHOT_SCHEMA is new: refresh the golden line with OTA_UPDATE_GOLDEN=1");
+}

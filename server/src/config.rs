@@ -61,6 +61,9 @@ pub struct Config {
     pub insecure_plaintext: bool,
     /// Per-caller rate limits of expensive RPCs.
     pub rate_limits: RateLimits,
+    /// Write a projection snapshot (`<data_dir>/snapshots/`) after this many new events, so a
+    /// restart replays only the events after it; 0: never.
+    pub snapshot_every_events: u64,
 }
 
 /// The PEM files of the TLS listener.
@@ -139,6 +142,7 @@ impl Default for Config {
             // The development default of in-process servers; `load` never starts from it.
             insecure_plaintext: true,
             rate_limits: RateLimits::default(),
+            snapshot_every_events: 100_000,
         }
     }
 }
@@ -168,6 +172,10 @@ pub struct Flags {
     /// Largest gRPC message accepted, in bytes [default: 4 MiB].
     #[arg(long, env = "OTAD_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Write a projection snapshot after this many new events, so a restart replays only the
+    /// events after it; 0: never [default: 100000].
+    #[arg(long, env = "OTAD_SNAPSHOT_EVERY_EVENTS")]
+    pub snapshot_every_events: Option<u64>,
     /// Agent heartbeat interval, e.g. "15s" [default: 15s].
     #[arg(long, env = "OTAD_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -234,6 +242,7 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
     rate_limits: Option<RateLimits>,
+    snapshot_every_events: Option<u64>,
 }
 
 /// Every problem found while loading, one per line.
@@ -296,6 +305,9 @@ impl Config {
         if let Some(v) = file.max_message_bytes {
             c.max_message_bytes = v;
         }
+        if let Some(v) = file.snapshot_every_events {
+            c.snapshot_every_events = v;
+        }
         for (key, value, slot) in [
             (
                 "heartbeat_interval",
@@ -346,6 +358,9 @@ impl Config {
         }
         if let Some(v) = flags.max_message_bytes {
             c.max_message_bytes = v;
+        }
+        if let Some(v) = flags.snapshot_every_events {
+            c.snapshot_every_events = v;
         }
         if let Some(v) = flags.heartbeat_interval {
             c.heartbeat_interval = v;

@@ -22,6 +22,7 @@ use ota_domain::projection::{EventMeta, FleetState, TaskPhase};
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::snapshot;
 use crate::store::{
     EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamAppend,
 };
@@ -134,6 +135,17 @@ pub trait CoreObserver: Send + Sync + std::fmt::Debug {
 struct Projection {
     state: FleetState,
     versions: HashMap<String, u64>,
+    /// The last applied event's stream and stream version (where a snapshot is taken).
+    last_event: (String, u64),
+}
+
+/// Where and how often the core writes projection snapshots (`crate::snapshot`).
+#[derive(Debug, Clone)]
+pub struct SnapshotSettings {
+    /// The snapshot directory (`<data_dir>/snapshots`).
+    pub dir: std::path::PathBuf,
+    /// A snapshot after this many new events; 0: never write (an existing one is still used).
+    pub every_events: u64,
 }
 
 /// The store and the projection.
@@ -144,6 +156,8 @@ pub struct Core {
     events_tx: broadcast::Sender<Arc<Applied>>,
     clock: Clock,
     replay: Duration,
+    /// The snapshot the startup began from (its sequence number), if any.
+    from_snapshot: Option<u64>,
     observer: OnceLock<Arc<dyn CoreObserver>>,
 }
 
@@ -180,10 +194,45 @@ impl Core {
     /// Fails if any stored event cannot be decoded: the server must not run on a state it
     /// cannot explain.
     pub async fn start(store: Arc<dyn EventStore>, clock: Clock) -> Result<Arc<Core>, CoreError> {
+        Self::start_with_snapshots(store, clock, None).await
+    }
+
+    /// Like [`Core::start`], but starts from the newest usable snapshot in `snapshots.dir`
+    /// (replaying only the events after it) and writes a new snapshot every
+    /// `snapshots.every_events` events in the background.
+    pub async fn start_with_snapshots(
+        store: Arc<dyn EventStore>,
+        clock: Clock,
+        snapshots: Option<SnapshotSettings>,
+    ) -> Result<Arc<Core>, CoreError> {
         let started = tokio::time::Instant::now();
-        let mut state = FleetState::default();
-        let mut versions: HashMap<String, u64> = HashMap::new();
-        let mut next = 1u64;
+        let loaded = snapshots.as_ref().and_then(|s| {
+            snapshot::load_newest(
+                &s.dir,
+                |point| {
+                    let at = store.read_from(point.seq, 1).map_err(|e| e.to_string())?;
+                    Ok(at.first().is_some_and(|r| {
+                        r.seq == point.seq
+                            && r.stream == point.stream
+                            && r.stream_version == point.stream_version
+                    }))
+                },
+                |path, why| warn!(path = %path.display(), reason = %why, "projection snapshot not used; replaying the log instead"),
+            )
+        });
+        let from_snapshot = loaded.as_ref().map(|l| l.point.seq);
+        let (mut state, mut versions, mut last_event) = match loaded {
+            Some(l) => {
+                info!(path = %l.path.display(), seq = l.point.seq, "projection snapshot loaded");
+                (
+                    l.projected.state,
+                    l.projected.versions,
+                    (l.point.stream, l.point.stream_version),
+                )
+            }
+            None => (FleetState::default(), HashMap::new(), (String::new(), 0)),
+        };
+        let mut next = from_snapshot.map_or(1, |seq| seq + 1);
         loop {
             let batch = store.read_from(next, 8192)?;
             if batch.is_empty() {
@@ -195,11 +244,16 @@ impl Core {
                 versions.insert(r.stream.clone(), r.stream_version);
                 next = r.seq + 1;
             }
+            if let Some(r) = batch.last() {
+                last_event = (r.stream.clone(), r.stream_version);
+            }
         }
         let replay = started.elapsed();
         let last = next - 1;
         info!(
             events = last,
+            replayed = last - from_snapshot.unwrap_or(0),
+            from_snapshot = from_snapshot.unwrap_or(0),
             replay_ms = replay.as_millis() as u64,
             firmware = state.firmware.len(),
             devices = state.devices.len(),
@@ -211,11 +265,16 @@ impl Core {
         let (events_tx, _) = broadcast::channel(4096);
         let core = Arc::new(Core {
             store,
-            projection: RwLock::new(Projection { state, versions }),
+            projection: RwLock::new(Projection {
+                state,
+                versions,
+                last_event,
+            }),
             applied_tx,
             events_tx,
             clock,
             replay,
+            from_snapshot,
             observer: OnceLock::new(),
         });
         let projector = Arc::downgrade(&core);
@@ -235,7 +294,76 @@ impl Core {
             }
             debug!("projector stopped");
         });
+        if let Some(settings) = snapshots.filter(|s| s.every_events > 0) {
+            core.spawn_snapshot_writer(settings, from_snapshot.unwrap_or(0));
+        }
         Ok(core)
+    }
+
+    /// Writes a snapshot whenever `every_events` events were applied since the last one. The
+    /// projection is encoded under its read lock (writers wait that long); the file is
+    /// written on a blocking thread.
+    fn spawn_snapshot_writer(self: &Arc<Self>, settings: SnapshotSettings, mut last_written: u64) {
+        let core = Arc::downgrade(self);
+        let mut applied = self.applied_tx.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let seq = *applied.borrow_and_update();
+                if seq >= last_written.saturating_add(settings.every_events) {
+                    let Some(core) = core.upgrade() else { break };
+                    match core.write_snapshot(&settings.dir).await {
+                        Ok(Some(point)) => last_written = point.seq,
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(error = %e, "could not write a projection snapshot; trying again later");
+                            last_written = seq;
+                        }
+                    }
+                }
+                if applied.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Writes a snapshot of the projection as it is now into `dir`; none for an empty log.
+    pub async fn write_snapshot(
+        &self,
+        dir: &std::path::Path,
+    ) -> std::io::Result<Option<snapshot::SnapshotPoint>> {
+        let started = tokio::time::Instant::now();
+        let (point, body) = {
+            let p = self
+                .projection
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if p.state.last_seq == 0 {
+                return Ok(None);
+            }
+            let point = snapshot::SnapshotPoint {
+                seq: p.state.last_seq,
+                stream: p.last_event.0.clone(),
+                stream_version: p.last_event.1,
+            };
+            (point, snapshot::encode(&p.state, &p.versions))
+        };
+        let encoded = started.elapsed();
+        let dir = dir.to_owned();
+        let written = point.clone();
+        let bytes = body.len();
+        let path = tokio::task::spawn_blocking(move || snapshot::write(&dir, &written, &body))
+            .await
+            .map_err(std::io::Error::other)??;
+        info!(
+            path = %path.display(),
+            seq = point.seq,
+            bytes,
+            encode_ms = encoded.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "projection snapshot written"
+        );
+        Ok(Some(point))
     }
 
     fn apply_recorded(&self, r: RecordedEvent) {
@@ -270,6 +398,7 @@ impl Core {
             p.state.apply(&meta, &applied.stream, &applied.event);
             p.versions
                 .insert(applied.stream.clone(), applied.stream_version);
+            p.last_event = (applied.stream.clone(), applied.stream_version);
             if let Some(o) = observer {
                 o.applied(&p.state, &applied, task_before);
             }
@@ -306,6 +435,23 @@ impl Core {
     /// How long the startup replay took.
     pub fn replay_duration(&self) -> Duration {
         self.replay
+    }
+
+    /// The version of `stream` as the projection knows it (0: no event yet).
+    pub fn stream_version(&self, stream: &str) -> u64 {
+        self.projection
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .versions
+            .get(stream)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The sequence number of the snapshot the startup began from; none: the whole log was
+    /// replayed.
+    pub fn started_from_snapshot(&self) -> Option<u64> {
+        self.from_snapshot
     }
 
     /// Sequence number of the last event applied to the projection.

@@ -38,6 +38,7 @@ pub mod rollouts;
 pub mod security;
 pub mod server;
 pub mod sessions;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -17,7 +17,7 @@ use crate::api;
 use crate::app::App;
 use crate::blobs::BlobStore;
 use crate::config::Config;
-use crate::core::{Clock, Core};
+use crate::core::{Clock, Core, SnapshotSettings};
 use crate::metrics::ServerMetrics;
 use crate::sessions::Sessions;
 use crate::store::{EventStore, SledEventStore, SledOptions};
@@ -37,6 +37,8 @@ pub struct Server {
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     dispatcher: tokio::task::JoinHandle<()>,
     rollouts: tokio::task::JoinHandle<()>,
+    /// Where the projection snapshot goes at shutdown (none when snapshots are off).
+    snapshot_dir: Option<std::path::PathBuf>,
 }
 
 /// Opens the sled store under `<data_dir>/events`.
@@ -76,7 +78,12 @@ impl Server {
                 config.data_dir.display()
             )
         })?;
-        let core = Core::start(store, clock.clone())
+        let snapshots = SnapshotSettings {
+            dir: crate::snapshot::dir_of(&config.data_dir),
+            every_events: config.snapshot_every_events,
+        };
+        let snapshot_dir = (config.snapshot_every_events > 0).then(|| snapshots.dir.clone());
+        let core = Core::start_with_snapshots(store, clock.clone(), Some(snapshots))
             .await
             .context("cannot replay the event log")?;
         {
@@ -227,6 +234,7 @@ impl Server {
             serve,
             dispatcher,
             rollouts,
+            snapshot_dir,
         })
     }
 
@@ -256,6 +264,12 @@ impl Server {
             .flush()
             .await
             .context("final flush of the event log")?;
+        if let Some(dir) = &self.snapshot_dir {
+            // The next start replays nothing; a failure only makes it slower.
+            if let Err(e) = self.app.core.write_snapshot(dir).await {
+                warn!(error = %e, "could not write the projection snapshot at shutdown");
+            }
+        }
         info!("event log flushed; otad stopped");
         Ok(())
     }

@@ -38,7 +38,7 @@
 //! layer), retention or deletion of events (the log is append-only).
 
 mod codec;
-mod disk_sync;
+pub(crate) mod disk_sync;
 pub mod mem;
 mod recover;
 pub mod sled;
