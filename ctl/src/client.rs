@@ -297,6 +297,8 @@ pub fn describe(code: Code, message: &str, local: bool, settings: &Settings) -> 
             "otad did not accept the token{}: check --token / OTACTL_TOKEN (expired or revoked?)",
             suffix(&msg)
         ),
+        // Four eyes: the role is fine, the person is not; the server's message says so.
+        Code::PermissionDenied if msg.contains("(four eyes)") => msg.to_string(),
         Code::PermissionDenied => format!(
             "permission denied{}: this needs a token with a higher role (viewer < operator < admin)",
             suffix(&msg)

@@ -109,6 +109,29 @@ impl pb::rollout_service_server::RolloutService for Rollouts {
         )))
     }
 
+    async fn approve(
+        &self,
+        r: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        record(&self.log, "Approve", r.get_ref());
+        Err(Status::permission_denied(format!(
+            "you created rollout {}: another operator or admin must approve or deny it (four eyes)",
+            r.get_ref().id
+        )))
+    }
+
+    async fn deny(
+        &self,
+        r: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        record(&self.log, "Deny", r.get_ref());
+        Err(Status::failed_precondition(format!(
+            "rollout {} does not need approval: start it with `otactl rollout start {}`",
+            r.get_ref().id,
+            r.get_ref().id
+        )))
+    }
+
     async fn get(
         &self,
         r: Request<pb::GetRolloutRequest>,

@@ -325,6 +325,7 @@ fn spec() -> pb::RolloutSpec {
                 value: Some(pb::threshold::Value::Percent(10.0)),
             })),
         }),
+        require_approval: true,
         site_timezones: [("home".to_string(), "Europe/Berlin".to_string())]
             .into_iter()
             .collect(),
@@ -388,6 +389,16 @@ fn running_rollout() -> pb::Rollout {
         }],
         failure_budget: 1,
         failures: 0,
+        approval: Some(pb::Approval {
+            state: pb::approval::State::Approved as i32,
+            required_by: String::new(),
+            decided_by: Some(pb::Actor {
+                name: "bob".into(),
+                role: "operator".into(),
+            }),
+            decided_at_ms: 1_790_000_000_000,
+            reason: "release notes read".into(),
+        }),
     }
 }
 

@@ -672,6 +672,28 @@ pub struct RolloutAborted {
     pub automatic: bool,
 }
 
+/// The rollout needs the approval of a second person before it can start (four eyes); recorded
+/// with `RolloutCreated`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutApprovalRequired {
+    /// What asks for it: "otad setting require_approval" or "the rollout's spec".
+    pub required_by: String,
+}
+
+/// Another operator approved the rollout (the event's actor); it may start now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutApproved {
+    /// Why, as the approver wrote it.
+    pub reason: String,
+}
+
+/// Another operator denied the rollout (the event's actor); it ends without having run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutDenied {
+    /// Why, as the approver wrote it.
+    pub reason: String,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Access
 // ---------------------------------------------------------------------------------------------
@@ -835,6 +857,9 @@ domain_events! {
     RolloutResumed = 1,
     RolloutCompleted = 1,
     RolloutAborted = 1,
+    RolloutApprovalRequired = 1,
+    RolloutApproved = 1,
+    RolloutDenied = 1,
     TokenCreated = 1,
     TokenRevoked = 1,
 }

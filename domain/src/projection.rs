@@ -375,6 +375,36 @@ pub struct RolloutView {
     /// When an operator last resumed it: failures that ended before then were seen and accepted,
     /// so they no longer count against the rollout-wide failure budget.
     pub failures_accepted_at_ms: Option<i64>,
+    /// The four-eyes approval, when one is required.
+    pub approval: Approval,
+}
+
+/// Where a rollout stands with its approval (four eyes: `rollout::approval`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Approval {
+    /// None is required.
+    #[default]
+    NotRequired,
+    /// Required (by the named setting) and not given yet.
+    Pending {
+        /// "otad setting require_approval" or "the rollout's spec".
+        required_by: String,
+    },
+    /// Given.
+    Approved(ApprovalVerdict),
+    /// Refused: the rollout ended without running.
+    Denied(ApprovalVerdict),
+}
+
+/// Who approved or denied a rollout, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalVerdict {
+    /// The actor ("bob (operator)").
+    pub by: String,
+    /// When.
+    pub at_ms: i64,
+    /// Why.
+    pub reason: String,
 }
 
 impl RolloutView {
@@ -470,7 +500,7 @@ pub fn effective_wake_timeout_s(c: &TaskCreated) -> u32 {
 /// whenever a type of this module changes shape: a snapshot of another shape is ignored and the
 /// state is rebuilt from the log. `tests/golden_events.rs` fails when the shape changes without
 /// a bump.
-pub const SNAPSHOT_SCHEMA: u32 = 1;
+pub const SNAPSHOT_SCHEMA: u32 = 2;
 
 /// Everything the server knows, as of `last_seq`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -829,6 +859,7 @@ impl FleetState {
                     tasks_by_device: HashMap::new(),
                     paused_at_ms: None,
                     failures_accepted_at_ms: None,
+                    approval: Approval::NotRequired,
                 },
             );
             return;
@@ -957,6 +988,28 @@ impl FleetState {
             DomainEvent::RolloutAborted(e) => {
                 r.state = RolloutState::Aborted;
                 r.state_reason = e.reason.clone();
+                r.finished_at_ms = Some(at);
+            }
+            DomainEvent::RolloutApprovalRequired(e) => {
+                r.approval = Approval::Pending {
+                    required_by: e.required_by.clone(),
+                };
+            }
+            DomainEvent::RolloutApproved(e) => {
+                r.approval = Approval::Approved(ApprovalVerdict {
+                    by: meta.actor.clone(),
+                    at_ms: at,
+                    reason: e.reason.clone(),
+                });
+            }
+            DomainEvent::RolloutDenied(e) => {
+                r.approval = Approval::Denied(ApprovalVerdict {
+                    by: meta.actor.clone(),
+                    at_ms: at,
+                    reason: e.reason.clone(),
+                });
+                r.state = RolloutState::Aborted;
+                r.state_reason = format!("denied by {}: {}", meta.actor, e.reason);
                 r.finished_at_ms = Some(at);
             }
             _ => {}

@@ -340,6 +340,18 @@ fn samples() -> Vec<DomainEvent> {
             automatic: false,
         }
         .into(),
+        RolloutApprovalRequired {
+            required_by: "otad setting require_approval".into(),
+        }
+        .into(),
+        RolloutApproved {
+            reason: "release notes read".into(),
+        }
+        .into(),
+        RolloutDenied {
+            reason: "not before the holidays".into(),
+        }
+        .into(),
         TokenCreated {
             id: "tok-1".into(),
             name: "alice".into(),

@@ -64,6 +64,8 @@ pub struct Config {
     /// Write a projection snapshot (`<data_dir>/snapshots/`) after this many new events, so a
     /// restart replays only the events after it; 0: never.
     pub snapshot_every_events: u64,
+    /// Four eyes: every new rollout needs the approval of a second operator before it starts.
+    pub require_approval: bool,
 }
 
 /// The PEM files of the TLS listener.
@@ -143,6 +145,7 @@ impl Default for Config {
             insecure_plaintext: true,
             rate_limits: RateLimits::default(),
             snapshot_every_events: 100_000,
+            require_approval: false,
         }
     }
 }
@@ -176,6 +179,10 @@ pub struct Flags {
     /// events after it; 0: never [default: 100000].
     #[arg(long, env = "OTAD_SNAPSHOT_EVERY_EVENTS")]
     pub snapshot_every_events: Option<u64>,
+    /// Four eyes: every new rollout needs the approval of a second operator (`otactl rollout
+    /// approve`) before it can start.
+    #[arg(long, env = "OTAD_REQUIRE_APPROVAL")]
+    pub require_approval: bool,
     /// Agent heartbeat interval, e.g. "15s" [default: 15s].
     #[arg(long, env = "OTAD_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -243,6 +250,7 @@ struct FileConfig {
     insecure_plaintext: Option<bool>,
     rate_limits: Option<RateLimits>,
     snapshot_every_events: Option<u64>,
+    require_approval: Option<bool>,
 }
 
 /// Every problem found while loading, one per line.
@@ -308,6 +316,9 @@ impl Config {
         if let Some(v) = file.snapshot_every_events {
             c.snapshot_every_events = v;
         }
+        if let Some(v) = file.require_approval {
+            c.require_approval = v;
+        }
         for (key, value, slot) in [
             (
                 "heartbeat_interval",
@@ -361,6 +372,9 @@ impl Config {
         }
         if let Some(v) = flags.snapshot_every_events {
             c.snapshot_every_events = v;
+        }
+        if flags.require_approval {
+            c.require_approval = true;
         }
         if let Some(v) = flags.heartbeat_interval {
             c.heartbeat_interval = v;

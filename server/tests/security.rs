@@ -1089,3 +1089,175 @@ async fn expensive_calls_are_rate_limited_per_caller() {
     assert!(not_limited(&other), "Check was limited too");
     server.shutdown().await.unwrap();
 }
+
+fn rollouts(ch: &Channel) -> pb::rollout_service_client::RolloutServiceClient<Channel> {
+    pb::rollout_service_client::RolloutServiceClient::new(ch.clone())
+}
+
+fn action(id: &str, reason: &str) -> pb::RolloutActionRequest {
+    pb::RolloutActionRequest {
+        id: id.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Four eyes (`require_approval`): a rollout starts only after an operator or admin other than
+/// its creator approved it; a viewer can neither approve nor deny; a denial ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_needs_approval_starts_only_after_another_operator_approved_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("Test CA");
+    let mut cfg = tls_config(dir.path(), &pki);
+    cfg.require_approval = true;
+    let server = start(cfg, Clock::new()).await;
+    let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let ch = tls_channel(&server, &pki.ca_pem(), None).await;
+    let alice = create_token(&ch, &admin, "alice", pb::Role::Operator, 0).await;
+    let bob = create_token(&ch, &admin, "bob", pb::Role::Operator, 0).await;
+    let vera = create_token(&ch, &admin, "vera", pb::Role::Viewer, 0).await;
+    let app = EspAppBuilder::new(Chip::Esp32).version("2.0.0").build();
+    let fw = upload(&ch, &admin, "app", "2.0.0", &app).await;
+    let spec = pb::RolloutSpec {
+        name: "spring".into(),
+        firmware_id: fw.id.clone(),
+        stages: vec![pb::Stage {
+            name: "all".into(),
+            size: Some(pb::stage::Size::CumulativePercent(100.0)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let create = |token: &str| {
+        authed(
+            pb::CreateRolloutRequest {
+                spec: Some(spec.clone()),
+                start: true,
+            },
+            token,
+        )
+    };
+
+    // Asked to start at once, it stays a draft that waits for approval.
+    let r = rollouts(&ch)
+        .create(create(&alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, pb::RolloutState::Draft as i32);
+    let approval = r.approval.clone().expect("approval in the rollout");
+    assert_eq!(approval.state, pb::approval::State::Pending as i32);
+    assert_eq!(approval.required_by, "otad setting require_approval");
+    assert!(r.spec.as_ref().unwrap().require_approval);
+
+    let e = rollouts(&ch)
+        .start(authed(action(&r.id, ""), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains("needs the approval of another operator"),
+        "{e:?}"
+    );
+
+    // Not by its creator, not by a viewer, not without a reason.
+    let e = rollouts(&ch)
+        .approve(authed(action(&r.id, "looks fine"), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().starts_with("you created rollout"), "{e:?}");
+    assert_denied(
+        rollouts(&ch)
+            .approve(authed(action(&r.id, "looks fine"), &vera))
+            .await,
+        "this needs the operator role",
+    );
+    assert_denied(
+        rollouts(&ch).deny(authed(action(&r.id, "no"), &vera)).await,
+        "this needs the operator role",
+    );
+    let e = rollouts(&ch)
+        .approve(authed(action(&r.id, "  "), &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    let approved = rollouts(&ch)
+        .approve(authed(action(&r.id, "release notes read"), &bob))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    assert_eq!(approved.state, pb::approval::State::Approved as i32);
+    assert_eq!(approved.decided_by.unwrap().name, "bob");
+    assert_eq!(approved.reason, "release notes read");
+    let e = rollouts(&ch)
+        .deny(authed(action(&r.id, "too late"), &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("already approved by bob (operator)"),
+        "{e:?}"
+    );
+    let started = rollouts(&ch)
+        .start(authed(action(&r.id, ""), &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(started.state, pb::RolloutState::Draft as i32);
+
+    // A denial ends the rollout; it can never start.
+    let r2 = rollouts(&ch)
+        .create(create(&alice))
+        .await
+        .unwrap()
+        .into_inner();
+    let denied = rollouts(&ch)
+        .deny(authed(action(&r2.id, "not before the holidays"), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied.state, pb::RolloutState::Aborted as i32);
+    assert_eq!(
+        denied.state_reason,
+        "denied by bootstrap-admin (admin): not before the holidays"
+    );
+    let e = rollouts(&ch)
+        .start(authed(action(&r2.id, ""), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // Who approved and why is in the log.
+    let approvals: Vec<pb::Event> = events(&ch)
+        .tail(authed(
+            pb::TailEventsRequest {
+                types: vec!["RolloutApproved".into(), "RolloutDenied".into()],
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .filter_map(|e| async move { e.ok() })
+        .collect()
+        .await;
+    let seen: Vec<(&str, &str)> = approvals
+        .iter()
+        .map(|e| (e.r#type.as_str(), e.actor.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("RolloutApproved", "bob (operator)"),
+            ("RolloutDenied", "bootstrap-admin (admin)")
+        ]
+    );
+}

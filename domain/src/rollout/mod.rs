@@ -11,6 +11,7 @@
 //!
 //! Everything here is pure: callers pass the fleet state and `now`.
 
+pub mod approval;
 pub mod auto;
 pub mod lifecycle;
 pub mod plan;

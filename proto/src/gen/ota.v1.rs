@@ -3978,6 +3978,10 @@ pub struct RolloutSpec {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Four eyes: the rollout can start only after another operator approved it (`Approve`). otad's
+    /// `require_approval` setting makes every rollout require it.
+    #[prost(bool, tag = "18")]
+    pub require_approval: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StageStatus {
@@ -4069,6 +4073,71 @@ pub struct Rollout {
     pub failure_budget: u32,
     #[prost(uint32, tag = "15")]
     pub failures: u32,
+    /// Four eyes; unset when the rollout needs no approval.
+    #[prost(message, optional, tag = "16")]
+    pub approval: ::core::option::Option<Approval>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Approval {
+    #[prost(enumeration = "approval::State", tag = "1")]
+    pub state: i32,
+    /// What requires it: "otad setting require_approval" or "the rollout's spec".
+    #[prost(string, tag = "2")]
+    pub required_by: ::prost::alloc::string::String,
+    /// Who approved or denied it, when and why.
+    #[prost(message, optional, tag = "3")]
+    pub decided_by: ::core::option::Option<Actor>,
+    #[prost(int64, tag = "4")]
+    pub decided_at_ms: i64,
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// Nested message and enum types in `Approval`.
+pub mod approval {
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum State {
+        Unspecified = 0,
+        /// Required, not given yet: the rollout cannot start.
+        Pending = 1,
+        Approved = 2,
+        /// The rollout ended without running.
+        Denied = 3,
+    }
+    impl State {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Unspecified => "STATE_UNSPECIFIED",
+                Self::Pending => "STATE_PENDING",
+                Self::Approved => "STATE_APPROVED",
+                Self::Denied => "STATE_DENIED",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "STATE_UNSPECIFIED" => Some(Self::Unspecified),
+                "STATE_PENDING" => Some(Self::Pending),
+                "STATE_APPROVED" => Some(Self::Approved),
+                "STATE_DENIED" => Some(Self::Denied),
+                _ => None,
+            }
+        }
+    }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Exclusion {
@@ -4528,6 +4597,51 @@ pub mod rollout_service_client {
                 .insert(GrpcMethod::new("ota.v1.RolloutService", "Abort"));
             self.inner.unary(req, path, codec).await
         }
+        /// Four eyes: approves a draft that requires approval, so it can start. Only an operator or
+        /// admin who did not create it (PermissionDenied otherwise); `reason` is required.
+        pub async fn approve(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RolloutActionRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ota.v1.RolloutService/Approve",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ota.v1.RolloutService", "Approve"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Four eyes: denies a draft that requires approval; it ends (aborted) without having run.
+        pub async fn deny(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RolloutActionRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ota.v1.RolloutService/Deny",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ota.v1.RolloutService", "Deny"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn get(
             &mut self,
             request: impl tonic::IntoRequest<super::GetRolloutRequest>,
@@ -4640,6 +4754,17 @@ pub mod rollout_service_server {
         ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status>;
         /// Stops dispatching and cancels what is safe to cancel; running transfers finish.
         async fn abort(
+            &self,
+            request: tonic::Request<super::RolloutActionRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status>;
+        /// Four eyes: approves a draft that requires approval, so it can start. Only an operator or
+        /// admin who did not create it (PermissionDenied otherwise); `reason` is required.
+        async fn approve(
+            &self,
+            request: tonic::Request<super::RolloutActionRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status>;
+        /// Four eyes: denies a draft that requires approval; it ends (aborted) without having run.
+        async fn deny(
             &self,
             request: tonic::Request<super::RolloutActionRequest>,
         ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status>;
@@ -4998,6 +5123,96 @@ pub mod rollout_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = AbortSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ota.v1.RolloutService/Approve" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApproveSvc<T: RolloutService>(pub Arc<T>);
+                    impl<
+                        T: RolloutService,
+                    > tonic::server::UnaryService<super::RolloutActionRequest>
+                    for ApproveSvc<T> {
+                        type Response = super::Rollout;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RolloutActionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RolloutService>::approve(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApproveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ota.v1.RolloutService/Deny" => {
+                    #[allow(non_camel_case_types)]
+                    struct DenySvc<T: RolloutService>(pub Arc<T>);
+                    impl<
+                        T: RolloutService,
+                    > tonic::server::UnaryService<super::RolloutActionRequest>
+                    for DenySvc<T> {
+                        type Response = super::Rollout;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RolloutActionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RolloutService>::deny(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DenySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

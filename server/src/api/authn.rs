@@ -75,7 +75,9 @@ pub fn required_role(path: &str) -> Role {
         | "RolloutService/Start"
         | "RolloutService/Pause"
         | "RolloutService/Resume"
-        | "RolloutService/Abort" => Role::Operator,
+        | "RolloutService/Abort"
+        | "RolloutService/Approve"
+        | "RolloutService/Deny" => Role::Operator,
         _ => Role::Admin,
     }
 }

@@ -9,8 +9,8 @@ use ota_domain::model::{
     TransportInstance, VersionInfo, ZigbeeFacts,
 };
 use ota_domain::projection::{
-    DeviceView, FirmwareView, FleetState, RolloutState, RolloutView, SiteView, StageState,
-    TaskPhase, TaskView,
+    Approval, DeviceView, FirmwareView, FleetState, RolloutState, RolloutView, SiteView,
+    StageState, TaskPhase, TaskView,
 };
 use ota_domain::rollout::spec::{
     Concurrency, DEFAULT_STAGE_DEADLINE_S, FailureAction, FailureBudget, MaintenanceWindow,
@@ -470,9 +470,11 @@ pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
         totals.queued += planned - totals.total;
         totals.total = planned;
     }
+    let mut spec = spec_to_pb(&r.spec);
+    spec.require_approval = r.approval != Approval::NotRequired;
     pb::Rollout {
         id: r.id.clone(),
-        spec: Some(spec_to_pb(&r.spec)),
+        spec: Some(spec),
         state: rollout_state(r.state),
         state_reason: r.state_reason.clone(),
         current_stage: r.current_stage(),
@@ -490,6 +492,29 @@ pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
         exclusions: r.exclusions.iter().map(exclusion).collect(),
         failure_budget: ota_domain::rollout::scheduler::failure_budget(r).unwrap_or(0),
         failures: ota_domain::rollout::scheduler::budget_failures(r, state),
+        approval: approval(&r.approval),
+    }
+}
+
+/// A rollout's four-eyes approval on the wire (none when not required).
+fn approval(a: &Approval) -> Option<pb::Approval> {
+    use pb::approval::State;
+    let decided = |state: State, v: &ota_domain::projection::ApprovalVerdict| pb::Approval {
+        state: state as i32,
+        required_by: String::new(),
+        decided_by: Some(actor_from_label(&v.by)),
+        decided_at_ms: v.at_ms,
+        reason: v.reason.clone(),
+    };
+    match a {
+        Approval::NotRequired => None,
+        Approval::Pending { required_by } => Some(pb::Approval {
+            state: State::Pending as i32,
+            required_by: required_by.clone(),
+            ..Default::default()
+        }),
+        Approval::Approved(v) => Some(decided(State::Approved, v)),
+        Approval::Denied(v) => Some(decided(State::Denied, v)),
     }
 }
 
@@ -1104,6 +1129,8 @@ pub fn spec_to_pb(s: &RolloutSpec) -> pb::RolloutSpec {
                 }
             },
         }),
+        // Filled by `rollout` from the rollout's approval (not part of the domain spec).
+        require_approval: false,
         site_timezones: s
             .site_timezones
             .iter()

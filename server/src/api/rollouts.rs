@@ -1,4 +1,5 @@
-//! `RolloutService`: create, plan, start, pause, resume, abort, read and watch staged rollouts.
+//! `RolloutService`: create, plan, approve or deny (four eyes, `ota_domain::rollout::approval`),
+//! start, pause, resume, abort, read and watch staged rollouts.
 //!
 //! Handlers check the lifecycle (`ota_domain::rollout::lifecycle`) inside the decision they run
 //! through `Core::execute`, so two operators racing on the same rollout cannot both win: the
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use futures::Stream;
 use ota_domain::events::{DomainEvent, RolloutCreated, RolloutPaused, RolloutResumed, streams};
 use ota_domain::projection::{FleetState, RolloutView, TaskView};
+use ota_domain::rollout::approval::{self, ApprovalError};
 use ota_domain::rollout::lifecycle::{Action, transition};
 use ota_domain::rollout::plan::{self, Plan};
 use ota_domain::rollout::scheduler;
@@ -124,11 +126,46 @@ fn rollout_tasks<'a>(r: &RolloutView, state: &'a FleetState) -> Vec<&'a TaskView
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::RolloutProgress, Status>> + Send>>;
 
+fn approval_error(e: ApprovalError) -> ApiError {
+    match e {
+        ApprovalError::OwnRollout(_) => ApiError::PermissionDenied(e.to_string()),
+        ApprovalError::NoReason => ApiError::invalid(e.to_string()),
+        _ => ApiError::precondition(e.to_string()),
+    }
+}
+
 impl RolloutApi {
     fn answer(&self, id: &str) -> Result<Response<pb::Rollout>, Status> {
         let state = self.app.core.read();
         let r = find(&state, id)?;
         Ok(Response::new(convert::rollout(r, &state)))
+    }
+
+    /// Records an approval or a denial (four eyes) decided by `approval::decide`.
+    async fn decide_approval(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+        approve: bool,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let who = caller(&request);
+        who.require(Role::Operator)?;
+        let req = request.into_inner();
+        let actor = who.actor();
+        let label = actor.label();
+        self.app
+            .core
+            .execute::<ApiError, _>(&actor, |state| {
+                let r = find(state, &req.id)?;
+                let event =
+                    approval::decide(r, &label, approve, &req.reason).map_err(approval_error)?;
+                Ok(vec![Change::unchanged(
+                    streams::rollout(&r.id),
+                    vec![event],
+                )])
+            })
+            .await?;
+        info!(approved = approve, "rollout approval decided");
+        self.answer(&req.id)
     }
 
     /// Runs a lifecycle move that records one event on the rollout stream.
@@ -167,6 +204,12 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
         let req = request.into_inner();
         let spec = spec_from(req.spec.as_ref())?;
         let id = new_id("ro");
+        let needs_approval = approval::required(
+            self.app.config.require_approval,
+            req.spec.as_ref().is_some_and(|s| s.require_approval),
+        );
+        // A rollout that needs approval stays a draft even when asked to start.
+        let start = req.start && needs_approval.is_none();
         self.app
             .core
             .execute::<ApiError, _>(&who.actor(), |state| {
@@ -178,13 +221,14 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
                     }
                     .into(),
                 ];
-                if req.start {
+                events.extend(needs_approval.clone());
+                if start {
                     events.push(plan::plan(&spec, state).started_event().into());
                 }
                 Ok(vec![Change::new_stream(streams::rollout(&id), events)])
             })
             .await?;
-        info!(rollout.id = %id, start = req.start, "rollout created");
+        info!(rollout.id = %id, start, approval = needs_approval.is_some(), "rollout created");
         self.answer(&id)
     }
 
@@ -237,6 +281,7 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
             .execute::<ApiError, _>(&who.actor(), |state| {
                 let r = find(state, &id)?;
                 lifecycle(r, Action::Start)?;
+                approval::may_start(r).map_err(|e| ApiError::precondition(e.to_string()))?;
                 require_firmware(state, &r.spec)?;
                 let started = plan::plan(&r.spec, state).started_event();
                 Ok(vec![Change::unchanged(
@@ -313,6 +358,22 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
         self.app.dispatch_wake.notify_one();
         info!(cancelled_at_sites = cancels.len(), "rollout aborted");
         self.answer(&req.id)
+    }
+
+    #[tracing::instrument(skip_all, fields(rollout.id = %request.get_ref().id))]
+    async fn approve(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        self.decide_approval(request, true).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rollout.id = %request.get_ref().id))]
+    async fn deny(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        self.decide_approval(request, false).await
     }
 
     async fn get(

@@ -25,6 +25,9 @@ count \"2\" or a percentage \"10%\"):
   failure_budget = \"10%\"             # failed + timed-out devices across the rollout that
                                      # pause it (stragglers included); default 10% of the
                                      # targets, at least the largest stage threshold; or none
+  require_approval = false           # four eyes: another operator must `otactl rollout
+                                     # approve` it before it can start (otad's
+                                     # require_approval setting makes it always on)
   batch_check = true                 # one availability check of all targets first
   batch_check_timeout = \"60s\"
 
@@ -126,6 +129,22 @@ pub enum RolloutCmd {
     ///   otactl rollout abort ro-0192f3c1 --reason "battery drain reported"
     #[command(verbatim_doc_comment)]
     Abort(RolloutActionArgs),
+    /// Approve a rollout that needs approval (four eyes), so it can start
+    ///
+    /// Only an operator or admin who did not create it can approve it; the reason is recorded
+    /// with the approval. A rollout needs approval when its spec says `require_approval = true`
+    /// or otad runs with `require_approval`.
+    ///
+    /// Example:
+    ///   otactl rollout approve ro-0192f3c1 --reason "release notes read, canary size ok"
+    #[command(verbatim_doc_comment)]
+    Approve(ApprovalArgs),
+    /// Deny a rollout that needs approval: it ends without having run
+    ///
+    /// Example:
+    ///   otactl rollout deny ro-0192f3c1 --reason "not before the holidays"
+    #[command(verbatim_doc_comment)]
+    Deny(ApprovalArgs),
     /// List rollouts
     ///
     /// Example:
@@ -224,6 +243,10 @@ pub struct SpecFlags {
     /// all targets, or "none" (default: 10%, at least the largest stage threshold).
     #[arg(long, value_parser = values::parse_threshold_or_none, value_name = "N|P%|none")]
     pub failure_budget: Option<values::Limit>,
+    /// Four eyes: another operator must approve the rollout (`otactl rollout approve`)
+    /// before it can start.
+    #[arg(long)]
+    pub require_approval: bool,
     /// Attempts per device, including the first.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
@@ -284,6 +307,17 @@ pub struct PlanArgs {
     /// The spec.
     #[command(flatten)]
     pub spec: SpecSourceArgs,
+}
+
+/// `rollout approve|deny`.
+#[derive(Debug, Args)]
+pub struct ApprovalArgs {
+    /// Rollout id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Why (required; recorded in the event log with your name).
+    #[arg(long)]
+    pub reason: String,
 }
 
 /// `rollout start|pause|resume|abort`.

@@ -1,4 +1,4 @@
-//! `otactl rollout create|plan|start|pause|resume|abort|list|show|watch`.
+//! `otactl rollout create|plan|approve|deny|start|pause|resume|abort|list|show|watch`.
 //!
 //! `args` are the flags, `view` the JSON documents, `render` the tables; `spec` reads a spec
 //! from a TOML file or from flags, `watch` follows a rollout live.
@@ -15,7 +15,9 @@ use anyhow::Context as _;
 use ota_proto::v1 as pb;
 
 pub use self::args::RolloutCmd;
-use self::args::{CreateArgs, RolloutActionArgs, RolloutListArgs, RolloutStateArg, SpecSourceArgs};
+use self::args::{
+    ApprovalArgs, CreateArgs, RolloutActionArgs, RolloutListArgs, RolloutStateArg, SpecSourceArgs,
+};
 use self::view::{PlanJson, RolloutJson, RolloutListJson};
 use super::{Ctx, id};
 
@@ -96,6 +98,8 @@ pub async fn run(ctx: &Ctx, cmd: RolloutCmd) -> anyhow::Result<()> {
         RolloutCmd::Pause(a) => action(ctx, Action::Pause, &a).await,
         RolloutCmd::Resume(a) => action(ctx, Action::Resume, &a).await,
         RolloutCmd::Abort(a) => action(ctx, Action::Abort, &a).await,
+        RolloutCmd::Approve(a) => decide_approval(ctx, true, &a).await,
+        RolloutCmd::Deny(a) => decide_approval(ctx, false, &a).await,
         RolloutCmd::List(a) => list(ctx, &a).await,
         RolloutCmd::Show(a) => {
             let rollout_id = id("rollout", &a.id)?;
@@ -147,6 +151,25 @@ async fn list(ctx: &Ctx, a: &RolloutListArgs) -> anyhow::Result<()> {
     }
     ctx.out
         .show(&RolloutListJson { rollouts }, render::rollout_list)?;
+    Ok(())
+}
+
+async fn decide_approval(ctx: &Ctx, approve: bool, a: &ApprovalArgs) -> anyhow::Result<()> {
+    let req = pb::RolloutActionRequest {
+        id: id("rollout", &a.id)?,
+        reason: a.reason.clone(),
+    };
+    let api = ctx.api().await?;
+    let mut client = api.rollout();
+    let answer = if approve {
+        client.approve(api.unary(req)).await
+    } else {
+        client.deny(api.unary(req)).await
+    };
+    let r = answer
+        .map(tonic::Response::into_inner)
+        .map_err(|s| api.error(&s))?;
+    ctx.out.show(&RolloutJson::new(&r), render::acted)?;
     Ok(())
 }
 
@@ -563,6 +586,17 @@ mod tests {
             err.to_string(),
             "rollout ro-1 is completed; only running, paused or draft rollouts can be aborted"
         );
+
+        // Four eyes: the server's refusal reaches the operator as it is; a reason is required.
+        let (ctx, _) = fake::ctx(&server.url, OutputFormat::Table);
+        let err = run(&ctx, parse(&["approve", "ro-1", "--reason", "read it"]))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("you created rollout ro-1"),
+            "{err}"
+        );
+        assert!(crate::cli::Cli::try_parse_from(["otactl", "rollout", "deny", "ro-1"]).is_err());
 
         let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Table);
         run(&ctx, parse(&["list"])).await.unwrap();

@@ -1,7 +1,8 @@
 //! How the results of `otactl rollout ...` read in a terminal.
 
 use super::view::{
-    CountsJson, ExclusionJson, PlanJson, RolloutJson, RolloutListJson, StageSpecJson, ThresholdJson,
+    ApprovalJson, CountsJson, ExclusionJson, PlanJson, RolloutJson, RolloutListJson, StageSpecJson,
+    ThresholdJson,
 };
 use crate::output::{fields, fmt_secs, fmt_time, render, section, table};
 use crate::views::{en, when_by};
@@ -68,7 +69,7 @@ pub fn rollout_list(l: &RolloutListJson) -> String {
 /// `rollout show`, create, start, pause, resume, abort.
 pub fn rollout(r: &RolloutJson) -> String {
     let spec = r.spec.as_ref();
-    let mut out = fields(&[
+    let mut rows = vec![
         ("ID", r.id.clone()),
         ("Name", spec.map_or_else(String::new, |s| s.name.clone())),
         (
@@ -95,7 +96,11 @@ pub fn rollout(r: &RolloutJson) -> String {
         ("Created", when_by(r.created_at_ms, r.created_by.as_ref())),
         ("Started", fmt_time(r.started_at_ms)),
         ("Finished", fmt_time(r.finished_at_ms)),
-    ]);
+    ];
+    if let Some(a) = &r.approval {
+        rows.insert(5, ("Approval", approval_line(a)));
+    }
+    let mut out = fields(&rows);
     let mut t = table(&[
         "#", "stage", "size", "state", "devices", "counts", "deadline", "soak",
     ]);
@@ -238,7 +243,14 @@ pub fn progress_line(r: &RolloutJson) -> String {
 
 /// `rollout create`: the rollout and what to do next.
 pub fn created(v: &RolloutJson, started: bool) -> String {
-    let next = if started {
+    let pending = v.approval.as_ref().is_some_and(|a| a.state == "pending");
+    let next = if pending {
+        format!(
+            "It needs the approval of another operator before it can start: they run `otactl \
+             rollout approve {} --reason …` (check it with `otactl rollout plan {}`).",
+            v.id, v.id
+        )
+    } else if started {
         format!("Follow it with `otactl rollout watch {}`.", v.id)
     } else {
         format!(
@@ -248,6 +260,22 @@ pub fn created(v: &RolloutJson, started: bool) -> String {
         )
     };
     format!("Created rollout {}. {next}\n\n{}", v.id, rollout(v))
+}
+
+/// "pending (otad setting require_approval)", "approved by bob at …: reason".
+fn approval_line(a: &ApprovalJson) -> String {
+    if a.state == "pending" {
+        return format!(
+            "pending ({}): another operator runs `otactl rollout approve`",
+            a.required_by
+        );
+    }
+    format!(
+        "{} {}: {}",
+        a.state,
+        when_by(a.decided_at_ms, a.decided_by.as_ref()),
+        a.reason
+    )
 }
 
 /// `rollout start|pause|resume|abort`: the state it is in now.

@@ -39,6 +39,9 @@ pub struct RawSpec {
     /// IANA zone per site.
     #[serde(default)]
     pub site_timezones: std::collections::BTreeMap<String, String>,
+    /// Four eyes: another operator must approve it before it starts.
+    #[serde(default)]
+    pub require_approval: bool,
     /// Run the batch check first (default true).
     pub batch_check: Option<bool>,
     /// Its timeout.
@@ -322,6 +325,7 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
             values::Limit::At(t) => threshold(t),
         }),
         site_timezones: Default::default(),
+        require_approval: f.require_approval,
         batch_check: f.skip_batch_check.then_some(false),
         batch_check_timeout: None,
         selector: RawSelector {
@@ -374,6 +378,7 @@ pub fn flags_given(f: &SpecFlags) -> bool {
         || f.on_asleep.is_some()
         || f.failure_budget.is_some()
         || f.max_attempts.is_some()
+        || f.require_approval
         || f.concurrency.is_some()
         || f.window.is_some()
         || f.upgrade_type.is_some()
@@ -618,6 +623,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
         preconditions,
         skip_batch_check: raw.batch_check == Some(false),
         batch_check_timeout_s: p.secs("batch_check_timeout", raw.batch_check_timeout.as_ref()),
+        require_approval: raw.require_approval,
     };
     if p.0.is_empty() {
         Ok(spec)

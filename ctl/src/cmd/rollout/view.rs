@@ -95,6 +95,8 @@ pub struct SpecJson {
     pub wake_timeout_s: u32,
     /// wait or continue: whether a stage waits for devices that sleep.
     pub on_asleep: &'static str,
+    /// Four eyes: another operator must approve it before it starts.
+    pub require_approval: bool,
     /// The rollout-wide failure budget: a threshold, or null for the default or when off
     /// (see `failure_budget_off`).
     pub failure_budget: Option<ThresholdJson>,
@@ -221,6 +223,7 @@ impl SpecJson {
                 Ok(pb::OnAsleep::Continue) => "continue",
                 _ => "wait",
             },
+            require_approval: s.require_approval,
             failure_budget: match s.failure_budget.as_ref().and_then(|b| b.budget.as_ref()) {
                 Some(pb::failure_budget::Budget::Limit(t)) => threshold(Some(t)),
                 _ => None,
@@ -407,6 +410,39 @@ pub struct RolloutJson {
     pub failure_budget: u32,
     /// Failures counted against it.
     pub failures: u32,
+    /// Four eyes; null when the rollout needs no approval.
+    pub approval: Option<ApprovalJson>,
+}
+
+/// A rollout's four-eyes approval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalJson {
+    /// pending, approved or denied.
+    pub state: &'static str,
+    /// What requires it (while pending).
+    pub required_by: String,
+    /// Who approved or denied it.
+    pub decided_by: Option<ActorJson>,
+    /// When (Unix ms; 0 while pending).
+    pub decided_at_ms: i64,
+    /// Why.
+    pub reason: String,
+}
+
+impl ApprovalJson {
+    fn new(a: &pb::Approval) -> Self {
+        Self {
+            state: match pb::approval::State::try_from(a.state) {
+                Ok(pb::approval::State::Approved) => "approved",
+                Ok(pb::approval::State::Denied) => "denied",
+                _ => "pending",
+            },
+            required_by: a.required_by.clone(),
+            decided_by: actor(a.decided_by.as_ref()),
+            decided_at_ms: a.decided_at_ms,
+            reason: a.reason.clone(),
+        }
+    }
 }
 
 impl RolloutJson {
@@ -442,6 +478,7 @@ impl RolloutJson {
             exclusions: r.exclusions.iter().map(exclusion).collect(),
             failure_budget: r.failure_budget,
             failures: r.failures,
+            approval: r.approval.as_ref().map(ApprovalJson::new),
         }
     }
 }
