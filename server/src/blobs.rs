@@ -3,7 +3,9 @@
 //! Layout under the data directory: `blobs/sha256/<2 hex>/<64 hex>` for stored images and
 //! `blobs/tmp/` for uploads in flight. An upload streams into a temporary file; only a complete,
 //! validated upload is fsynced and renamed into place, so a failed or interrupted upload leaves
-//! nothing behind (temporary files are removed at startup). The event log, not this directory,
+//! nothing behind: a [`BlobWriter`] that is dropped before [`BlobStore::commit`] (a refused
+//! upload, a stream error, a client that cancelled, an idle timeout) removes its temporary file,
+//! and whatever a crash left in `tmp/` is removed at startup. The event log, not this directory,
 //! says which firmware exists: blobs that no firmware references are garbage-collected at startup.
 //!
 //! Durability: [`BlobStore::commit`] returns only once the image survives a power cut: the file
@@ -27,12 +29,14 @@ pub struct BlobStore {
     root: PathBuf,
 }
 
-/// An upload being written.
+/// An upload being written. Dropping it before [`BlobStore::commit`] removes its temporary file.
 #[derive(Debug)]
 pub struct BlobWriter {
     file: tokio::fs::File,
     path: PathBuf,
     written: u64,
+    /// `commit` took over the temporary file.
+    committed: bool,
 }
 
 impl BlobStore {
@@ -76,6 +80,7 @@ impl BlobStore {
             file,
             path,
             written: 0,
+            committed: false,
         })
     }
 
@@ -87,20 +92,27 @@ impl BlobStore {
         writer.file.sync_all().await?;
         let target = self.path_of(sha256);
         let upload = writer.path.clone();
+        writer.committed = true;
         drop(writer);
         tokio::task::spawn_blocking(move || {
-            let dir = target
-                .parent()
-                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
-            create_dir_all_durable(dir)?;
-            if target.is_file() {
-                std::fs::remove_file(&upload)?;
-                std::fs::File::open(&target)?.sync_all()?;
-            } else {
-                std::fs::rename(&upload, &target)?;
+            let moved = (|| {
+                let dir = target
+                    .parent()
+                    .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+                create_dir_all_durable(dir)?;
+                if target.is_file() {
+                    std::fs::remove_file(&upload)?;
+                    std::fs::File::open(&target)?.sync_all()?;
+                } else {
+                    std::fs::rename(&upload, &target)?;
+                }
+                sync_dir(dir)?;
+                Ok(target)
+            })();
+            if moved.is_err() {
+                let _ = std::fs::remove_file(&upload);
             }
-            sync_dir(dir)?;
-            Ok(target)
+            moved
         })
         .await
         .map_err(io::Error::other)?
@@ -170,10 +182,26 @@ impl BlobWriter {
         tokio::fs::read(&self.path).await
     }
 
-    /// Abandons the upload, removing the temporary file.
+    /// Abandons the upload, removing the temporary file (as dropping it does).
     pub async fn abort(self) {
-        drop(self.file);
-        let _ = tokio::fs::remove_file(&self.path).await;
+        drop(self);
+    }
+
+    /// The temporary file (tests).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // An unlink is one short system call; it also works while tokio still closes the file.
+        if !self.committed
+            && let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove an abandoned upload");
+        }
     }
 }
 
@@ -194,10 +222,20 @@ mod tests {
         assert!(blobs.contains(sha));
         assert_eq!(blobs.read(sha).await.unwrap(), b"hello");
 
-        // An abandoned upload leaves nothing, and a restart empties tmp/.
+        // An abandoned upload leaves nothing, dropped or aborted...
         let mut w = blobs.begin().await.unwrap();
         w.write(b"partial").await.unwrap();
+        let tmp = w.path().to_path_buf();
+        assert!(tmp.is_file());
         drop(w);
+        assert!(!tmp.exists(), "a dropped upload removes its file");
+        let mut w = blobs.begin().await.unwrap();
+        w.write(b"partial").await.unwrap();
+        let tmp = w.path().to_path_buf();
+        w.abort().await;
+        assert!(!tmp.exists(), "an aborted upload removes its file");
+        // ...and a restart empties tmp/ of what a crash left.
+        std::fs::write(dir.path().join("blobs/tmp/upload-0000000000000001"), b"x").unwrap();
         let blobs = BlobStore::open(dir.path()).unwrap();
         assert_eq!(
             std::fs::read_dir(dir.path().join("blobs/tmp"))

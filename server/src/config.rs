@@ -39,6 +39,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// An agent silent this long is marked disconnected.
     pub agent_timeout: Duration,
+    /// A firmware upload that sends nothing for this long is dropped (its temporary file too).
+    pub upload_idle_timeout: Duration,
     /// OTLP/gRPC endpoint for traces and metrics (`OTEL_EXPORTER_OTLP_ENDPOINT` also works).
     pub otlp_endpoint: Option<String>,
     /// Service name in traces (`OTEL_SERVICE_NAME` also works).
@@ -133,6 +135,7 @@ impl Default for Config {
             max_message_bytes: 4 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(15),
             agent_timeout: Duration::from_secs(45),
+            upload_idle_timeout: Duration::from_secs(60),
             otlp_endpoint: None,
             service_name: "otad".into(),
             trace_sample_ratio: None,
@@ -189,6 +192,9 @@ pub struct Flags {
     /// Mark an agent disconnected after this much silence, e.g. "45s" [default: 45s].
     #[arg(long, env = "OTAD_AGENT_TIMEOUT", value_parser = parse_duration)]
     pub agent_timeout: Option<Duration>,
+    /// Drop a firmware upload that sends nothing for this long, e.g. "60s" [default: 60s].
+    #[arg(long, env = "OTAD_UPLOAD_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub upload_idle_timeout: Option<Duration>,
     /// OTLP/gRPC endpoint for traces and metrics, e.g. http://127.0.0.1:4317. Falls back to
     /// OTEL_EXPORTER_OTLP_ENDPOINT. Unset: no export.
     #[arg(long, env = "OTAD_OTLP_ENDPOINT")]
@@ -238,6 +244,7 @@ struct FileConfig {
     max_message_bytes: Option<usize>,
     heartbeat_interval: Option<String>,
     agent_timeout: Option<String>,
+    upload_idle_timeout: Option<String>,
     otlp_endpoint: Option<String>,
     service_name: Option<String>,
     trace_sample_ratio: Option<f64>,
@@ -326,6 +333,11 @@ impl Config {
                 &mut c.heartbeat_interval,
             ),
             ("agent_timeout", &file.agent_timeout, &mut c.agent_timeout),
+            (
+                "upload_idle_timeout",
+                &file.upload_idle_timeout,
+                &mut c.upload_idle_timeout,
+            ),
         ] {
             if let Some(s) = value {
                 match parse_duration(s) {
@@ -381,6 +393,9 @@ impl Config {
         }
         if let Some(v) = flags.agent_timeout {
             c.agent_timeout = v;
+        }
+        if let Some(v) = flags.upload_idle_timeout {
+            c.upload_idle_timeout = v;
         }
         if let Some(v) = &flags.otlp_endpoint {
             c.otlp_endpoint = Some(v.clone());
@@ -456,6 +471,9 @@ impl Config {
                 "max_message_bytes = {} is too small: at least 65536 (firmware chunks are up to 1 MiB; 4 MiB recommended)",
                 c.max_message_bytes
             ));
+        }
+        if c.upload_idle_timeout.is_zero() {
+            errors.push("upload_idle_timeout must be greater than 0".into());
         }
         if c.heartbeat_interval.is_zero() {
             errors.push("heartbeat_interval must be greater than 0".into());

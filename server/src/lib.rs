@@ -18,6 +18,7 @@
 //! - [`metrics`]: the OpenTelemetry instruments of the metric catalog and the gauges computed
 //!   from the projection at collection time.
 //! - [`config`], [`telemetry`], [`server`]: configuration, logs and traces, wiring.
+//! - [`quote`]: the one way errors and logs repeat what a client sent (at most 100 characters).
 //! - [`tls`], [`tokens`], [`limits`], [`security`]: the listener's TLS and agent identities,
 //!   operator tokens, rate limits, and the access setup at startup (the authentication layer
 //!   itself is `api::authn`).
@@ -33,6 +34,7 @@ pub mod core;
 pub mod dispatch;
 pub mod limits;
 pub mod metrics;
+pub mod quote;
 pub mod reconcile_loop;
 pub mod rollouts;
 pub mod security;

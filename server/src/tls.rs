@@ -157,7 +157,7 @@ pub enum IdentityError {
     #[error("the client certificate names more than one site")]
     TwoSites,
     /// A site id outside the rules.
-    #[error("the client certificate names an invalid site id {0:?}")]
+    #[error("the client certificate names an invalid site id {}", crate::quote::quote(.0))]
     BadSite(String),
 }
 

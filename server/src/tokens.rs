@@ -156,11 +156,15 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
     if !ok {
         return Err(format!(
-            "token name {name:?} is not valid: 1-64 letters, digits, '.', '_', '-' or '@' (who it is for: \"alice\", \"ci\")"
+            "token name {} is not valid: 1-64 letters, digits, '.', '_', '-' or '@' (who it is for: \"alice\", \"ci\")",
+            crate::quote::quote(name)
         ));
     }
     if RESERVED_NAMES.contains(&name) {
-        return Err(format!("token name {name:?} is reserved; choose another"));
+        return Err(format!(
+            "token name {} is reserved; choose another",
+            crate::quote::quote(name)
+        ));
     }
     Ok(())
 }

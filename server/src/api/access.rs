@@ -20,6 +20,7 @@ use super::error::{ApiError, ApiResult};
 use super::limits::MAX_TOKEN_TTL_S;
 use crate::app::App;
 use crate::core::Change;
+use crate::quote::quote;
 use crate::tokens::{self, NewToken};
 
 /// The service.
@@ -146,7 +147,8 @@ impl pb::access_service_server::AccessService for AccessApi {
             .execute::<ApiError, _>(&who.actor(), |state| {
                 let t = state.tokens.get(&id).ok_or_else(|| {
                     ApiError::not_found(format!(
-                        "no token {id:?}: `otactl token list` shows the tokens"
+                        "no token {}: `otactl token list` shows the tokens",
+                        quote(&id)
                     ))
                 })?;
                 if t.revoked {

@@ -34,10 +34,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::auth::{Caller, caller};
 use super::commands::update_command;
 use super::convert;
-use super::error::ApiError;
+use super::error::{ApiError, stream_status};
 use crate::app::App;
 use crate::core::{Change, CoreError};
 use crate::dispatch::{TaskSpanFields, task_span};
+use crate::quote::quote;
 use crate::sessions::Session;
 
 /// The service.
@@ -57,17 +58,12 @@ type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>>
 
 /// Site ids: what the config and certificates use.
 pub fn validate_site_id(site: &str) -> Result<(), ApiError> {
-    let ok = !site.is_empty()
-        && site.len() <= 64
-        && site
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !site.starts_with('.');
-    if ok {
+    if crate::tls::valid_site_id(site) {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(
-            "site id {site:?} is not valid: 1-64 letters, digits, '-', '_' or '.'"
+            "site id {} is not valid: 1-64 letters, digits, '-', '_' or '.'",
+            quote(site)
         )))
     }
 }
@@ -88,7 +84,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
             .await
-            .map_err(|_| ApiError::DeadlineExceeded("no hello within 10 s".into()))??;
+            .map_err(|_| ApiError::DeadlineExceeded("no hello within 10 s".into()))?
+            .map_err(stream_status)?;
         let hello = match first.and_then(|m| m.body) {
             Some(pb::agent_message::Body::Hello(h)) => h,
             _ => {
@@ -392,7 +389,8 @@ async fn handle_report(
             for d in &inv.devices {
                 match convert::device_facts_from(d) {
                     Ok(r) => reports.push(r),
-                    Err(e) => warn!(error = %e, "device report ignored"),
+                    // The message quotes what it repeats (at most 100 characters).
+                    Err(e) => warn!(seq, error = %e, "device report ignored"),
                 }
             }
             let now = app.now_ms();
@@ -666,20 +664,9 @@ async fn record_wake_answer(
     refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
 }
 
-/// Longest error message an agent may put into the log.
-const MAX_AGENT_ERROR: usize = 1000;
-
-/// An agent's error, with its message bounded.
+/// An agent's error, with its message bounded (`convert::MAX_ERROR_MESSAGE`).
 fn agent_error(e: Option<&pb::TaskError>) -> Option<TaskError> {
-    let mut e = convert::task_error_from(e)?;
-    if e.message.len() > MAX_AGENT_ERROR {
-        let mut end = MAX_AGENT_ERROR;
-        while !e.message.is_char_boundary(end) {
-            end -= 1;
-        }
-        e.message.truncate(end);
-    }
-    Some(e)
+    convert::task_error_from(e)
 }
 
 /// A success for a task of this site whose current attempt the server ended (a timeout, a stage
@@ -707,7 +694,7 @@ fn check_task(
     site: &str,
 ) -> Result<(), String> {
     let Some(t) = state.tasks.get(task_id) else {
-        return Err(format!("unknown task {task_id}"));
+        return Err(format!("unknown task {}", quote(task_id)));
     };
     if t.created.site_id != site {
         return Err(format!("task {task_id} belongs to another site"));

@@ -165,7 +165,8 @@ impl Guard {
         match (&caller, path.as_str()) {
             (Caller::Agent { .. }, CONNECT | DOWNLOAD) => {}
             (Caller::Agent { site_id }, _) => {
-                warn!(%peer, site.id = %site_id, rpc = %path, "an agent certificate was used for an operator call");
+                // Any path a client sends, so quoted.
+                warn!(%peer, site.id = %site_id, rpc = %crate::quote::quote(&path), "an agent certificate was used for an operator call");
                 return Err(Status::permission_denied(
                     "agent credentials cannot call this",
                 ));

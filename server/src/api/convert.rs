@@ -20,6 +20,8 @@ use ota_domain::rollout::spec::{
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use ota_proto::v1 as pb;
 
+use crate::quote::quote;
+
 /// Tuya status number on the wire.
 pub fn status(s: UpgradeStatus) -> i32 {
     s.code() as i32
@@ -38,18 +40,22 @@ pub fn task_error(e: &TaskError) -> pb::TaskError {
     }
 }
 
+/// Longest error message from an agent that is stored (bytes).
+pub const MAX_ERROR_MESSAGE: usize = 1000;
+
 /// A wire error into the domain: code 0 (or no message) is "no error"; unknown codes are kept
-/// as 5099 with the number in the message.
+/// as 5099 with the number in the message. The message is cut to [`MAX_ERROR_MESSAGE`] bytes.
 pub fn task_error_from(e: Option<&pb::TaskError>) -> Option<TaskError> {
     let e = e?;
     if e.code == 0 {
         return None;
     }
+    let message = clip_to(&e.message, MAX_ERROR_MESSAGE);
     match ErrorCode::from_code(e.code as u32) {
-        Some(code) => Some(TaskError::new(code, e.message.clone())),
+        Some(code) => Some(TaskError::new(code, message)),
         None => Some(TaskError::new(
             ErrorCode::Other,
-            format!("error {}: {}", e.code, e.message),
+            format!("error {}: {message}", e.code),
         )),
     }
 }
@@ -64,14 +70,17 @@ pub fn version(v: &VersionInfo) -> pb::VersionInfo {
     }
 }
 
-/// Version from the wire.
+/// Longest version string (and build id, date code) that is stored, in bytes.
+const MAX_VERSION: usize = 64;
+
+/// Version from the wire; its strings cut to 64 bytes.
 pub fn version_from(v: Option<&pb::VersionInfo>) -> VersionInfo {
     let Some(v) = v else {
         return VersionInfo::default();
     };
-    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let non_empty = |s: &str| (!s.is_empty()).then(|| clip_to(s, MAX_VERSION));
     VersionInfo {
-        version: v.version.clone(),
+        version: clip_to(&v.version, MAX_VERSION),
         file_version: v.file_version,
         software_build_id: non_empty(&v.software_build_id),
         date_code: non_empty(&v.date_code),
@@ -578,10 +587,15 @@ pub fn site(s: &SiteView, state: &FleetState, last_heartbeat_ms: i64) -> pb::Sit
 const MAX_FIELD: usize = 256;
 
 fn clip(s: &str) -> String {
-    if s.len() <= MAX_FIELD {
+    clip_to(s, MAX_FIELD)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn clip_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_string();
     }
-    let mut end = MAX_FIELD;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -596,7 +610,8 @@ pub fn device_facts_from(r: &pb::DeviceReport) -> Result<(String, DeviceFacts), 
     }
     if local.len() > 128 || local.contains(['/', '\0']) || local.chars().any(char::is_whitespace) {
         return Err(format!(
-            "device local_id {local:?} is not valid: at most 128 characters, no '/', no spaces"
+            "device local_id {} is not valid: at most 128 characters, no '/', no spaces",
+            quote(local)
         ));
     }
     let transport = transport_from(r.transport)?;
@@ -650,7 +665,12 @@ fn threshold_to(t: Option<Threshold>) -> Option<pb::Threshold> {
 }
 
 fn parse_hhmm(s: &str, what: &str) -> Result<u16, String> {
-    let err = || format!("maintenance window {what} {s:?} is not a time like \"22:30\"");
+    let err = || {
+        format!(
+            "maintenance window {what} {} is not a time like \"22:30\"",
+            quote(s)
+        )
+    };
     let (h, m) = s.split_once(':').ok_or_else(err)?;
     let h: u16 = h.parse().map_err(|_| err())?;
     let m: u16 = m.parse().map_err(|_| err())?;
@@ -692,6 +712,14 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
         return Err(format!(
             "spec.selector lists {list_len} values: at most 10000 in total"
         ));
+    }
+    for site in &sel.site_ids {
+        if super::agents::validate_site_id(site).is_err() {
+            return Err(format!(
+                "spec.selector.site_ids: {} is not a site id (1-64 letters, digits, '-', '_' or '.')",
+                quote(site)
+            ));
+        }
     }
     let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
     let selector = Selector {
@@ -998,15 +1026,6 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
 const MAX_ATTEMPTS: u32 = 20;
 /// Longest wake-up budget.
 const MAX_WAKE_TIMEOUT_S: u32 = 30 * 24 * 3600;
-
-/// At most 100 characters of what a client sent, quoted, for error messages.
-fn quote(s: &str) -> String {
-    let mut out: String = s.chars().take(100).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    format!("{out:?}")
-}
 
 /// The gates: unset takes the default, 0 switches a gate off, anything else is bounded.
 fn preconditions_from(p: Option<&pb::Preconditions>) -> Result<Preconditions, String> {

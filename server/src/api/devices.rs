@@ -26,6 +26,7 @@ use super::error::{ApiError, ApiResult};
 use super::paging::Page;
 use crate::app::App;
 use crate::core::Change;
+use crate::quote::quote;
 
 /// Largest number of devices one batch check may ask.
 pub const MAX_BATCH_CHECK: usize = 10_000;
@@ -60,7 +61,8 @@ fn find_device<'a>(state: &'a FleetState, id: &str) -> ApiResult<&'a DeviceView>
     }
     state.devices.get(id).filter(|d| !d.removed).ok_or_else(|| {
         ApiError::not_found(format!(
-            "no device {id:?}: `otactl device list` shows the known devices"
+            "no device {}: `otactl device list` shows the known devices",
+            quote(id)
         ))
     })
 }
@@ -164,9 +166,19 @@ pub async fn check_devices(
             events.push((id.clone(), checked));
         }
     }
+    // Only devices the log knows get an event: a stream is never named after an id nobody
+    // reported (callers refuse such ids; this keeps it so whatever the caller).
+    let recorded: Vec<(String, DeviceChecked)> = {
+        let state = app.core.read();
+        events
+            .iter()
+            .filter(|(id, _)| state.devices.contains_key(id))
+            .cloned()
+            .collect()
+    };
     // One append per chunk: a check of a large fleet has more devices than one append may hold
     // (`store::MAX_EVENTS_PER_APPEND`); each device's result stands alone.
-    for chunk in events.chunks(crate::store::MAX_EVENTS_PER_APPEND / 4) {
+    for chunk in recorded.chunks(crate::store::MAX_EVENTS_PER_APPEND / 4) {
         app.core
             .execute::<ApiError, _>(actor, |_| {
                 Ok(chunk
@@ -400,6 +412,9 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let req = request.into_inner();
         let timeout = timeout_or(req.timeout_ms, 30_000)?;
         let firmware = self.firmware_arg(&req.firmware_id)?;
+        // Like Get and BatchCheck: a device that does not exist (or was removed) is NOT_FOUND,
+        // and nothing is recorded for it.
+        find_device(&self.app.core.read(), &req.device_id)?;
         let check_id = new_id("chk");
         let ids = vec![req.device_id.clone()];
         let checks = check_devices(
@@ -537,7 +552,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             .execute::<ApiError, _>(&who.actor(), |state| {
                 let d = find_device(state, &req.device_id)?;
                 let fw = state.firmware.get(&req.firmware_id).ok_or_else(|| {
-                    ApiError::not_found(format!("no firmware {:?}: `otactl firmware list` shows the catalog", req.firmware_id))
+                    ApiError::not_found(format!("no firmware {}: `otactl firmware list` shows the catalog", quote(&req.firmware_id)))
                 })?;
                 if let Some(t) = state.active_task_of(&d.id) {
                     return Err(ApiError::precondition(format!(
@@ -658,7 +673,9 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             let state = self.app.core.read();
             if !req.task_id.is_empty() {
                 if !state.tasks.contains_key(&req.task_id) {
-                    return Err(ApiError::not_found(format!("no task {:?}", req.task_id)).into());
+                    return Err(
+                        ApiError::not_found(format!("no task {}", quote(&req.task_id))).into(),
+                    );
                 }
                 req.task_id.clone()
             } else {
@@ -871,7 +888,7 @@ impl DeviceApi {
         if state.firmware.contains_key(id) {
             Ok(Some(id.to_string()))
         } else {
-            Err(ApiError::not_found(format!("no firmware {id:?}")))
+            Err(ApiError::not_found(format!("no firmware {}", quote(id))))
         }
     }
 }

@@ -2,7 +2,14 @@
 //!
 //! Handlers return [`ApiError`]; only here does it become a `tonic::Status`. Internal failures
 //! are logged with their detail and answered with a short message, so storage paths or stack
-//! details never reach a client.
+//! details never reach a client. Messages repeat what a client sent only through
+//! [`crate::quote::quote`] (at most 100 characters).
+//!
+//! Size limits have one code everywhere: a message larger than `max_message_bytes` (a unary
+//! request, a message of a stream), a firmware chunk over 1 MiB and a firmware file over
+//! `max_firmware_bytes` are `RESOURCE_EXHAUSTED`, gRPC's convention for size limits. Too many
+//! values in one field (a list over its bound) are `INVALID_ARGUMENT`: the request is malformed,
+//! not large. [`stream_status`] brings tonic's own codes for streamed messages in line.
 
 use tonic::{Code, Status};
 
@@ -117,5 +124,44 @@ impl From<std::io::Error> for ApiError {
     }
 }
 
+/// A read error of a streaming request (`Streaming::message`) as the API answers it: a message
+/// over the size limit is `RESOURCE_EXHAUSTED` (tonic says `OUT_OF_RANGE`), bytes that are no
+/// message of the expected type are `INVALID_ARGUMENT` (tonic says `INTERNAL`: the client sent
+/// them). Anything else (the client went away, cancelled) keeps its code.
+pub fn stream_status(s: Status) -> Status {
+    let m = s.message();
+    match s.code() {
+        Code::OutOfRange if m.contains("message length too large") => Status::resource_exhausted(
+            format!("a message is too large: {}", crate::quote::quote(m)),
+        ),
+        Code::Internal
+            if m.starts_with("failed to decode Protobuf message")
+                || m.starts_with("protocol error") =>
+        {
+            Status::invalid_argument(format!("malformed message: {}", crate::quote::quote(m)))
+        }
+        _ => s,
+    }
+}
+
 /// Result of an API handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_errors_get_the_api_codes() {
+        let big = Status::out_of_range(
+            "Error, decoded message length too large: found 5000000 bytes, the limit is: 4194304 bytes",
+        );
+        assert_eq!(stream_status(big).code(), Code::ResourceExhausted);
+        let garbage = Status::internal("failed to decode Protobuf message: invalid wire type");
+        assert_eq!(stream_status(garbage).code(), Code::InvalidArgument);
+        let gone = Status::cancelled("h2 protocol error: stream reset");
+        assert_eq!(stream_status(gone).code(), Code::Cancelled);
+        let other = Status::internal("disk on fire");
+        assert_eq!(stream_status(other).code(), Code::Internal);
+    }
+}

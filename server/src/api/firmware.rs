@@ -20,10 +20,11 @@ use tracing::{Instrument, info, info_span};
 
 use super::auth::{Caller, Role, caller};
 use super::convert;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, stream_status};
 use super::paging::Page;
 use crate::app::App;
 use crate::core::Change;
+use crate::quote::quote;
 
 /// Largest chunk a client may send in one message.
 pub const MAX_CHUNK: usize = 1024 * 1024;
@@ -56,7 +57,8 @@ pub fn validate_name(name: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(
-            "firmware name {name:?} is not valid: 1-64 letters, digits, '.', '_' or '-', not starting with '.' (no paths)"
+            "firmware name {} is not valid: 1-64 letters, digits, '.', '_' or '-', not starting with '.' (no paths)",
+            quote(name)
         )))
     }
 }
@@ -64,7 +66,8 @@ pub fn validate_name(name: &str) -> ApiResult<()> {
 fn validate_version(v: &str) -> ApiResult<()> {
     if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control() || c == '/' || c == '\\') {
         return Err(ApiError::invalid(format!(
-            "firmware version {v:?} is not valid: 1-64 printable characters without slashes"
+            "firmware version {} is not valid: 1-64 printable characters without slashes",
+            quote(v)
         )));
     }
     Ok(())
@@ -79,8 +82,8 @@ fn validate_signature(s: &pb::FirmwareSignature) -> ApiResult<()> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     {
         return Err(ApiError::invalid(format!(
-            "signature key_id {:?} is not valid: 1-64 letters, digits, '.', '_' or '-'",
-            s.key_id
+            "signature key_id {} is not valid: 1-64 letters, digits, '.', '_' or '-'",
+            quote(&s.key_id)
         )));
     }
     if s.signature.len() != 64 {
@@ -118,7 +121,8 @@ fn validate_metadata(m: &pb::UploadMetadata, max_bytes: u64) -> ApiResult<Option
             || v.chars().any(char::is_control)
         {
             return Err(ApiError::invalid(format!(
-                "label {k:?} is not valid: keys 1-64 characters, values up to 256, no control characters"
+                "label {} is not valid: keys 1-64 characters, values up to 256, no control characters",
+                quote(k)
             )));
         }
     }
@@ -281,10 +285,12 @@ fn resolve_id(state: &ota_domain::projection::FleetState, id: &str) -> ApiResult
     match matches.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(ApiError::not_found(format!(
-            "no firmware {id:?}: `otactl firmware list` shows the catalog"
+            "no firmware {}: `otactl firmware list` shows the catalog",
+            quote(id)
         ))),
         many => Err(ApiError::invalid(format!(
-            "{id:?} matches {} firmware ids; give more of the id",
+            "{} matches {} firmware ids; give more of the id",
+            quote(id),
             many.len()
         ))),
     }
@@ -295,6 +301,15 @@ fn firmware_pb(state: &ota_domain::projection::FleetState, id: &str) -> Option<p
         .firmware
         .get(id)
         .map(|fw| convert::firmware(fw, state.active_rollouts_using(id)))
+}
+
+/// The answer to an upload that stalled.
+fn idle_error(idle: std::time::Duration) -> Status {
+    ApiError::DeadlineExceeded(format!(
+        "the upload sent nothing for {}; it was dropped (otad upload_idle_timeout)",
+        humantime::format_duration(idle)
+    ))
+    .into()
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::FirmwareChunk, Status>> + Send>>;
@@ -309,7 +324,12 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
         who.require(Role::Admin)?;
         let mut stream = request.into_inner();
         let max = self.app.config.max_firmware_bytes;
-        let metadata = match stream.message().await? {
+        let idle = self.app.config.upload_idle_timeout;
+        let first = tokio::time::timeout(idle, stream.message())
+            .await
+            .map_err(|_| idle_error(idle))?
+            .map_err(stream_status)?;
+        let metadata = match first {
             Some(pb::UploadFirmwareRequest {
                 part: Some(pb::upload_firmware_request::Part::Metadata(m)),
             }) => m,
@@ -442,6 +462,15 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
             .core
             .execute::<ApiError, _>(&who.actor(), |state| {
                 id = resolve_id(state, &req.firmware_id)?;
+                // The same signature again changes nothing and records nothing; a new signature
+                // under a known key replaces the old one.
+                let known = state.firmware[&id]
+                    .signatures
+                    .iter()
+                    .any(|s| s.key_id == sig.key_id && s.signature == sig.signature);
+                if known {
+                    return Ok(vec![]);
+                }
                 Ok(vec![Change::any(
                     streams::firmware(&id),
                     vec![
@@ -586,34 +615,42 @@ impl FirmwareApi {
         mut stream: Streaming<pb::UploadFirmwareRequest>,
     ) -> Result<Response<pb::UploadFirmwareResponse>, Status> {
         let max = self.app.config.max_firmware_bytes;
+        let idle = self.app.config.upload_idle_timeout;
+        // Dropped with this future (a client that cancels, a stream error, the idle timeout), the
+        // writer removes its temporary file.
         let mut writer = self.app.blobs.begin().await.map_err(ApiError::from)?;
         let mut hasher = FirmwareHasher::new();
-        let received: ApiResult<()> = async {
-            while let Some(msg) = stream.message().await.map_err(|s| ApiError::invalid(format!("upload interrupted: {}", s.message())))? {
+        let received: Result<(), Status> = async {
+            loop {
+                let next = tokio::time::timeout(idle, stream.message())
+                    .await
+                    .map_err(|_| idle_error(idle))?
+                    .map_err(stream_status)?;
+                let Some(msg) = next else { break };
                 let chunk = match msg.part {
                     Some(pb::upload_firmware_request::Part::Chunk(c)) => c,
                     Some(pb::upload_firmware_request::Part::Metadata(_)) => {
-                        return Err(ApiError::invalid("metadata may only be sent once, first"));
+                        return Err(ApiError::invalid("metadata may only be sent once, first").into());
                     }
                     None => continue,
                 };
                 if chunk.len() > MAX_CHUNK {
-                    return Err(ApiError::invalid(format!("chunks are at most {MAX_CHUNK} bytes")));
+                    return Err(ApiError::ResourceExhausted(format!("chunks are at most {MAX_CHUNK} bytes")).into());
                 }
                 if writer.written() + chunk.len() as u64 > max {
                     return Err(ApiError::ResourceExhausted(format!(
                         "the file is larger than {max} bytes, the most this server accepts (otad --max-firmware-bytes)"
-                    )));
+                    )).into());
                 }
                 hasher.update(&chunk);
-                writer.write(&chunk).await?;
+                writer.write(&chunk).await.map_err(ApiError::from)?;
             }
             Ok(())
         }
         .await;
         if let Err(e) = received {
             writer.abort().await;
-            return Err(e.into());
+            return Err(e);
         }
         let digests = hasher.finish();
         let sha256 = digests.sha256_hex();

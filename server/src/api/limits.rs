@@ -15,6 +15,7 @@ use ota_proto::v1 as pb;
 use prost::Message;
 
 use super::error::{ApiError, ApiResult};
+use crate::quote::quote;
 
 /// Longest device id (`<site>/<local>`: 64 + 1 + 128).
 pub const MAX_DEVICE_ID: usize = 200;
@@ -42,7 +43,8 @@ fn ident(field: &str, v: &str, max: usize) -> ApiResult<()> {
     }
     if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(ApiError::invalid(format!(
-            "{field} {v:?} contains spaces or control characters"
+            "{field} {} contains spaces or control characters",
+            quote(v)
         )));
     }
     Ok(())
@@ -118,6 +120,12 @@ pub fn selector(field: &str, s: &pb::DeviceSelector) -> ApiResult<()> {
     }
     for v in &s.site_ids {
         ident(&format!("{field}.site_ids"), v, MAX_SITE_ID)?;
+        if super::agents::validate_site_id(v).is_err() {
+            return Err(ApiError::invalid(format!(
+                "{field}.site_ids: {} is not a site id (1-64 letters, digits, '-', '_' or '.')",
+                quote(v)
+            )));
+        }
     }
     for t in &s.transports {
         known(&format!("{field}.transports"), *t, pb::Transport::try_from)?;

@@ -32,6 +32,7 @@ use super::error::{ApiError, ApiResult};
 use super::paging::Page;
 use crate::app::App;
 use crate::core::Change;
+use crate::quote::quote;
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -52,7 +53,8 @@ fn find<'a>(state: &'a FleetState, id: &str) -> ApiResult<&'a RolloutView> {
     }
     state.rollouts.get(id.trim()).ok_or_else(|| {
         ApiError::not_found(format!(
-            "no rollout {id:?}: `otactl rollout list` shows the rollouts"
+            "no rollout {}: `otactl rollout list` shows the rollouts",
+            quote(id)
         ))
     })
 }

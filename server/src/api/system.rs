@@ -9,6 +9,7 @@ use super::auth::{Role, caller};
 use super::convert;
 use super::error::ApiError;
 use crate::app::App;
+use crate::quote::quote;
 
 /// Both services.
 #[derive(Debug, Clone)]
@@ -102,7 +103,8 @@ impl pb::site_service_server::SiteService for SystemApi {
         let state = self.app.core.read();
         let site = state.sites.get(id).ok_or_else(|| {
             ApiError::not_found(format!(
-                "no site {id:?}: `otactl site list` shows the known sites"
+                "no site {}: `otactl site list` shows the known sites",
+                quote(id)
             ))
         })?;
         let hb = self.app.sessions.last_heartbeat(id).unwrap_or_default();

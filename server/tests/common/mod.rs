@@ -78,6 +78,9 @@ impl TestServer {
     pub fn sites(&self) -> pb::site_service_client::SiteServiceClient<Channel> {
         pb::site_service_client::SiteServiceClient::new(self.channel.clone())
     }
+    pub fn rollouts(&self) -> pb::rollout_service_client::RolloutServiceClient<Channel> {
+        pb::rollout_service_client::RolloutServiceClient::new(self.channel.clone())
+    }
     pub fn agent(&self) -> pb::agent_service_client::AgentServiceClient<Channel> {
         pb::agent_service_client::AgentServiceClient::new(self.channel.clone())
     }
@@ -137,4 +140,48 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Sends raw bytes as gRPC messages (a valid message encoded, or garbage) and decodes what the
+/// server answers as `D` (by default `ServerMessage`s).
+#[derive(Debug)]
+pub struct RawCodec<D = pb::ServerMessage>(std::marker::PhantomData<D>);
+
+impl<D> Default for RawCodec<D> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+#[derive(Debug)]
+pub struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl<D: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<D> {
+    type Encode = Vec<u8>;
+    type Decode = D;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<D>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
 }
