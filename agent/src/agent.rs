@@ -9,7 +9,11 @@
 //! with the server's acknowledged journal seq, resends every journaled report above it, and a
 //! full inventory. It then streams reports as they are journaled, heartbeats, and answers
 //! commands until the stream breaks; then it waits (exponential backoff with full jitter,
-//! 0.5 s doubling to 30 s, reset after a session that lasted a minute) and dials again.
+//! 0.5 s doubling to 30 s, reset after a session that lasted a minute) and dials again. A
+//! report otad refuses (`Refused`: its content is wrong, and sending it again would be refused
+//! again) is logged with its seq and the reason, counted (`ota_agent_reports_refused_total`) and
+//! dropped from the journal: it is never sent again. A session otad ends with an error status
+//! (a broken session rule) is logged with the status and dialled again like any other.
 //!
 //! # Commands
 //! - check: each device asked through its transport within the command's timeout; answers are
@@ -550,7 +554,7 @@ impl Agent {
                 }
                 msg = inbound.next() => match msg {
                     None => return Ok(()),
-                    Some(Err(status)) => anyhow::bail!("stream from the server broke: {}", status.message()),
+                    Some(Err(status)) => anyhow::bail!("stream from the server broke: {:?}: {}", status.code(), status.message()),
                     Some(Ok(m)) => self.clone().on_command(m, channel.clone()).await?,
                 },
             }
@@ -574,6 +578,27 @@ impl Agent {
                         .ack(a.acked_seq)
                 })
                 .await??;
+            }
+            Some(pb::server_message::Body::Refused(r)) => {
+                let journal = self.journal.clone();
+                let seq = r.seq;
+                let kind = tokio::task::spawn_blocking(move || {
+                    journal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .refuse(seq)
+                })
+                .await??;
+                let reason: String = r.reason.chars().take(200).collect();
+                warn!(
+                    seq,
+                    kind = kind.unwrap_or("unknown"),
+                    %reason,
+                    "otad refused a report; it is dropped from the journal and not sent again"
+                );
+                if let Some(m) = self.instruments() {
+                    m.report_refused(kind.unwrap_or("unknown"));
+                }
             }
             Some(pb::server_message::Body::Check(c)) => {
                 let span = info_span!(parent: None, "agent.check", check.id = %c.check_id, site.id = %self.opts.site_id, devices = c.device_local_ids.len());

@@ -7,6 +7,14 @@
 //! server's acknowledgement is sent again; the server ignores seqs it already applied, so each
 //! report takes effect exactly once.
 //!
+//! A report the server *refuses* (its content is wrong: a task that is unknown or ended, a status
+//! out of range, an oversized inventory) is dropped too, with a `refused` record: sending it
+//! again would only be refused again, so it is never sent again (the agent logs and counts each
+//! refusal). Like acks, refusals are not fsynced: one lost in a crash means the report is sent
+//! once more and refused once more. An agent older than this record type stops reading its
+//! journal at the first `refused` record (it looks like a torn tail), so downgrading an agent
+//! needs a journal without them (one that was compacted, or emptied by acks).
+//!
 //! Task marks make update commands idempotent: a command for a task attempt the journal already
 //! knows is not started again. Each attempt has up to four marks, each fsynced before the agent
 //! goes on: *started* (with the command and the transport, so a restarted agent knows what was
@@ -63,6 +71,10 @@ enum Record {
     Acked {
         seq: u64,
     },
+    /// The server refused the report with this seq: it is never sent again.
+    Refused {
+        seq: u64,
+    },
     TaskStarted {
         task: String,
         attempt: u32,
@@ -108,6 +120,7 @@ impl Record {
                 }
             }
             Record::Acked { seq } => format!("ack {seq}"),
+            Record::Refused { seq } => format!("refused {seq}"),
             Record::TaskStarted { .. } => "task started".into(),
             Record::TaskCommitting { .. } => "task committing".into(),
             Record::TaskCommitted { .. } => "task committed".into(),
@@ -269,9 +282,12 @@ impl Journal {
                 {
                     self.pending.insert(seq, m);
                 }
-                self.next_seq = self.next_seq.max(seq + 1);
+                self.next_seq = self.next_seq.max(seq.saturating_add(1));
             }
             Record::Acked { seq } => self.drop_acked(seq),
+            Record::Refused { seq } => {
+                self.pending.remove(&seq);
+            }
             Record::TaskStarted {
                 task,
                 attempt,
@@ -329,8 +345,11 @@ impl Journal {
 
     fn drop_acked(&mut self, seq: u64) {
         self.acked = self.acked.max(seq);
-        self.next_seq = self.next_seq.max(seq + 1);
-        self.pending = self.pending.split_off(&(self.acked + 1));
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+        self.pending = match self.acked.checked_add(1) {
+            Some(above) => self.pending.split_off(&above),
+            None => BTreeMap::new(),
+        };
     }
 
     /// With a tripped failpoint, journal operations hang here.
@@ -372,7 +391,7 @@ impl Journal {
         };
         let encoded = base64::engine::general_purpose::STANDARD.encode(msg.encode_to_vec());
         self.write(&Record::Report { seq, msg: encoded }, true)?;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         self.pending.insert(seq, msg.clone());
         Ok(msg)
     }
@@ -389,6 +408,25 @@ impl Journal {
             self.compact()?;
         }
         Ok(())
+    }
+
+    /// The server refused the report `seq`: it is dropped and never sent again. Returns what
+    /// kind of report it was (`inventory`, `progress`, `result`, `check_result`), `None` when the
+    /// journal holds no such report (already dropped, or seq 0).
+    pub fn refuse(&mut self, seq: u64) -> io::Result<Option<&'static str>> {
+        let Some(m) = self.pending.remove(&seq) else {
+            return Ok(None);
+        };
+        // Not fsynced, like acks: losing it means one more refusal.
+        self.write(&Record::Refused { seq }, false)?;
+        use pb::agent_message::Body;
+        Ok(Some(match m.body {
+            Some(Body::Inventory(_)) => "inventory",
+            Some(Body::Progress(_)) => "progress",
+            Some(Body::Result(_)) => "result",
+            Some(Body::CheckResult(_)) => "check_result",
+            _ => "unknown",
+        }))
     }
 
     /// Reports not yet acknowledged, in order.
@@ -542,7 +580,7 @@ impl Journal {
         let mut out = Vec::new();
         out.extend(encode_record(&Record::Acked { seq: self.acked }));
         // Keep the seq counter even when nothing is pending.
-        if self.pending.is_empty() && self.next_seq > self.acked + 1 {
+        if self.pending.is_empty() && self.next_seq > self.acked.saturating_add(1) {
             out.extend(encode_record(&Record::Acked {
                 seq: self.next_seq - 1,
             }));
@@ -762,6 +800,43 @@ mod tests {
         assert_eq!(seqs, [3, 4, 5]);
         assert_eq!(j.last_seq(), 5);
         assert_eq!(j.acked(), 2);
+    }
+
+    #[test]
+    fn refused_reports_are_dropped_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let inventory = || {
+            pb::agent_message::Body::Inventory(pb::Inventory {
+                full: true,
+                ..Default::default()
+            })
+        };
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            j.append_report(heartbeat()).unwrap();
+            j.append_report(inventory()).unwrap();
+            j.append_report(heartbeat()).unwrap();
+            assert_eq!(j.refuse(2).unwrap(), Some("inventory"));
+            assert_eq!(j.refuse(2).unwrap(), None, "already dropped");
+            assert_eq!(j.refuse(0).unwrap(), None);
+            assert_eq!(j.refuse(99).unwrap(), None);
+            let seqs: Vec<u64> = j.unacked().iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, [1, 3]);
+        }
+        // Not sent again after a restart either, and seqs go on.
+        let mut j = Journal::open(dir.path()).unwrap();
+        let seqs: Vec<u64> = j.unacked().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 3]);
+        assert_eq!(j.append_report(heartbeat()).unwrap().seq, 4);
+        j.compact().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let seqs: Vec<u64> = j.unacked().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 3, 4]);
+        // An absurd ack (a server that acknowledged u64::MAX before sessions had rules) does not
+        // overflow the seq counter.
+        let mut j = j;
+        j.ack(u64::MAX).unwrap();
+        assert!(j.unacked().is_empty());
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub struct AgentInstruments {
     transfer_duration: Histogram<f64>,
     active: UpDownCounter<i64>,
     download_bytes: Counter<u64>,
+    reports_refused: Counter<u64>,
 }
 
 impl AgentInstruments {
@@ -78,6 +79,12 @@ impl AgentInstruments {
                 .with_description("Firmware bytes downloaded from otad.")
                 .with_unit("By")
                 .build(),
+            reports_refused: meter
+                .u64_counter("ota_agent_reports_refused")
+                .with_description(
+                    "Journaled reports otad refused, by kind; each is dropped from the journal.",
+                )
+                .build(),
         };
         // Series exist from the start (0 reconnects, 0 bytes, 0 active transfers per transport),
         // so dashboards and rate() see a fresh agent instead of "no data".
@@ -100,6 +107,12 @@ impl AgentInstruments {
     /// The session is dialled again.
     pub(crate) fn reconnecting(&self) {
         self.reconnects.add(1, std::slice::from_ref(&self.site));
+    }
+
+    /// otad refused a journaled report of this kind.
+    pub(crate) fn report_refused(&self, kind: &'static str) {
+        self.reports_refused
+            .add(1, &[self.site.clone(), KeyValue::new("kind", kind)]);
     }
 
     /// A verified image of `bytes` came from otad.

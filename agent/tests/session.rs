@@ -648,3 +648,98 @@ async fn devices_of_a_bridge_that_has_not_listed_them_yet_are_not_reported_gone(
     running.await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// The prometheus value of a counter series whose line contains every one of `labels`.
+fn counter(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_otad_refuses_is_counted_dropped_from_the_journal_and_never_sent_again() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path(), "127.0.0.1:0").await;
+    let channel = lazy_channel(server.addr);
+    // A report otad will refuse waits in the journal: progress of a task it does not know.
+    {
+        let mut j = ota_agent::journal::Journal::open(agent_dir.path()).unwrap();
+        let m = j
+            .append_report(pb::agent_message::Body::Progress(pb::TaskProgress {
+                task_id: "task-unknown".into(),
+                attempt: 1,
+                status: pb::UpgradeStatus::Updating as i32,
+                ..Default::default()
+            }))
+            .unwrap();
+        assert_eq!(m.seq, 1);
+    }
+    let metrics = ota_telemetry::metrics::Metrics::prometheus_only("ota-agent");
+    let start_agent = |with_metrics: bool| {
+        let agent = Agent::new(
+            options(agent_dir.path()),
+            vec![Scripted::new("1.0.0") as Arc<dyn Transport>],
+        )
+        .unwrap();
+        if with_metrics {
+            agent.enable_metrics(&metrics);
+        }
+        agent
+    };
+    let agent = start_agent(true);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
+    let app = server.app.clone();
+    wait_until("the device to be reported", || {
+        app.core.read().devices.contains_key("home/lamp")
+    })
+    .await;
+    wait_until("nothing pending in the journal", || {
+        agent.unacked_count() == 0
+    })
+    .await;
+    let refused_at_otad = || {
+        let text = app.metrics.provider().render_prometheus().unwrap();
+        counter(
+            &text,
+            "ota_reports_refused_total",
+            &["kind=\"progress\"", "site=\"home\""],
+        )
+    };
+    assert_eq!(refused_at_otad(), Some(1.0));
+    let text = metrics.render_prometheus().unwrap();
+    assert_eq!(
+        counter(
+            &text,
+            "ota_agent_reports_refused_total",
+            &["kind=\"progress\"", "site=\"home\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // Refused, not acknowledged: nothing of seq 1 is in the log.
+    assert_eq!(count_events(&server, "TaskProgressed"), 0);
+
+    // A restarted agent (new session, journal read from disk) does not send it again.
+    stop.cancel();
+    running.await.unwrap();
+    let acked_before = agent.acked_seq();
+    drop(agent);
+    let agent = start_agent(false);
+    assert_eq!(agent.unacked_count(), 0, "the refusal is in the journal");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
+    wait_until("the new session's inventory to be acknowledged", || {
+        agent.acked_seq() > acked_before
+    })
+    .await;
+    assert_eq!(
+        refused_at_otad(),
+        Some(1.0),
+        "the refused report came again"
+    );
+    stop.cancel();
+    running.await.unwrap();
+    server.shutdown().await.unwrap();
+}

@@ -4,7 +4,7 @@
 //! - Counters and histograms are recorded where things happen: the gRPC layer
 //!   (`api::rpc_metrics`), task results and store appends reported by the core
 //!   ([`crate::core::CoreObserver`], live events only: replay at startup counts nothing), and
-//!   firmware downloads (`api::firmware`).
+//!   firmware downloads (`api::firmware`), agent reports refused (`api::agents`).
 //! - Gauges are observed at collection time from the projection ([`FleetState`]), the live
 //!   sessions and the store, so a scrape always shows the current state and nothing has to be
 //!   kept in sync.
@@ -38,6 +38,7 @@ pub struct ServerMetrics {
     firmware_download_bytes: Counter<u64>,
     append_duration: Histogram<f64>,
     appended_events: Counter<u64>,
+    reports_refused: Counter<u64>,
 }
 
 impl ServerMetrics {
@@ -80,6 +81,10 @@ impl ServerMetrics {
                 .u64_counter("ota_store_appended_events")
                 .with_description("Events appended to the log by this process.")
                 .build(),
+            reports_refused: meter
+                .u64_counter("ota_reports_refused")
+                .with_description("Journaled agent reports refused (never recorded), by site and report kind.")
+                .build(),
             metrics,
         })
     }
@@ -112,6 +117,18 @@ impl ServerMetrics {
     pub fn firmware_served(&self, site: &str, bytes: u64) {
         self.firmware_download_bytes
             .add(bytes, &[KeyValue::new("site", site.to_string())]);
+    }
+
+    /// A journaled report of `site`'s agent was refused; `kind` is `inventory`, `progress`,
+    /// `result`, `check_result` or `unknown`.
+    pub fn report_refused(&self, site: &str, kind: &'static str) {
+        self.reports_refused.add(
+            1,
+            &[
+                KeyValue::new("site", site.to_string()),
+                KeyValue::new("kind", kind),
+            ],
+        );
     }
 
     /// Registers the gauges computed at collection time. They hold the core and the sessions

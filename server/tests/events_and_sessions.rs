@@ -185,10 +185,8 @@ async fn inventory_becomes_devices_once_and_disconnect_makes_them_unreachable() 
     assert_eq!(list.devices[1].id, "home/kitchen");
     let events_before = ts.app().core.store().last_seq();
 
-    // The same report again (a resend after reconnect) is acknowledged and changes nothing.
-    agent.send(1, inv.clone()).await;
-    assert_eq!(agent.next_ack().await, 1);
-    // An identical inventory under a new seq records nothing either.
+    // An identical inventory under a new seq is acknowledged and records nothing. (The same
+    // seq again would break the session's rules: `agent_session.rs`.)
     agent.send(2, inv).await;
     assert_eq!(agent.next_ack().await, 2);
     assert_eq!(ts.app().core.store().last_seq(), events_before);
@@ -275,7 +273,17 @@ async fn reports_for_tasks_of_other_sites_are_refused() {
             }),
         )
         .await;
-    // Acknowledged (so it is not resent forever) but nothing recorded.
-    assert_eq!(agent.next_ack().await, 1);
+    // Refused (so the agent drops it instead of sending it for ever), never acknowledged, and
+    // nothing recorded.
+    let m = tokio::time::timeout(Duration::from_secs(10), agent.rx.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(pb::server_message::Body::Refused(r)) = m.body else {
+        panic!("expected a refusal, got {m:?}");
+    };
+    assert_eq!(r.seq, 1);
+    assert_eq!(r.reason, "unknown task \"task-nope\"");
     assert_eq!(ts.app().core.store().last_seq(), 1, "only AgentConnected");
 }

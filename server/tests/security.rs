@@ -537,6 +537,31 @@ impl Session {
         }
     }
 
+    /// Reads until the session ends with an error status; that status.
+    async fn ended(&mut self) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), self.rx.message())
+                .await
+                .expect("the session ends within 20 s")
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the session ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    }
+
+    /// Waits for the refusal of report `seq` (acks and commands before it are skipped); its reason.
+    async fn refused(&mut self, seq: u64) -> String {
+        loop {
+            if let Some(pb::server_message::Body::Refused(r)) = self.next(false).await.body
+                && r.seq == seq
+            {
+                return r.reason;
+            }
+        }
+    }
+
     async fn acked(&mut self, seq: u64) {
         loop {
             if let Some(pb::server_message::Body::Ack(a)) = self.next(true).await.body
@@ -723,7 +748,8 @@ async fn agent_certificates_are_bound_to_their_site() {
         })
     };
     away_agent.send(2, result(pb::UpgradeStatus::Success)).await;
-    away_agent.acked(2).await;
+    let why = away_agent.refused(2).await;
+    assert!(why.contains("another site"), "{why}");
     let task_now = |ch: Channel, admin: String, id: String| async move {
         devices(&ch)
             .watch_task(authed(
@@ -771,22 +797,21 @@ async fn agent_certificates_are_bound_to_their_site() {
         "no task at this site installs this firmware",
     );
 
-    // A replayed report (same seq, different content) is applied once.
+    // A replayed report (same seq, different content) is applied once: in the same session it
+    // breaks the session's rules (FAILED_PRECONDITION, not applied); after a reconnect the
+    // welcome tells the agent to start above it.
     home_agent.send(2, result(pb::UpgradeStatus::Success)).await;
     home_agent.acked(2).await;
     home_agent
         .send(3, inventory(vec![device("lamp", "1.1.1")]))
         .await;
+    home_agent.acked(3).await;
     home_agent
         .send(3, inventory(vec![device("lamp", "6.6.6")]))
         .await;
-    home_agent
-        .send(
-            4,
-            pb::agent_message::Body::Heartbeat(pb::Heartbeat::default()),
-        )
-        .await;
-    home_agent.acked(4).await;
+    let ended = home_agent.ended().await;
+    assert_eq!(ended.code(), Code::FailedPrecondition, "{ended:?}");
+    let mut home_agent = connect_as(&home, "home", "agent-home").await.unwrap();
     let t = task_now(op.clone(), admin.clone(), task.id.clone()).await;
     assert_eq!(t.status, pb::UpgradeStatus::Success as i32, "{t:?}");
     assert_eq!(

@@ -39,6 +39,7 @@
 //! | `ota_devices` | gauge | site, transport, reachable | devices not removed; reachable `true`/`false` |
 //! | `ota_devices_by_version` | gauge | transport, model, version | devices not removed by current version |
 //! | `ota_firmware_download_bytes_total` | counter | site | firmware bytes served to agents |
+//! | `ota_reports_refused_total` | counter | site, kind | journaled agent reports refused and never recorded (unknown or ended task, status out of range, oversized inventory, ...); kind inventory, progress, result, check_result or unknown |
 //! | `ota_store_append_duration_seconds` | histogram | | one append, until durable |
 //! | `ota_store_appended_events_total` | counter | | events appended by this process |
 //! | `ota_store_log_events` | gauge | | highest durable sequence number |
@@ -57,6 +58,7 @@
 //! | `ota_agent_transfer_duration_seconds` | histogram | site, transport, result | command received to result |
 //! | `ota_agent_active_transfers` | gauge | site, transport | updates running now |
 //! | `ota_agent_journal_pending` | gauge | site | journaled reports otad has not acknowledged |
+//! | `ota_agent_reports_refused_total` | counter | site, kind | journaled reports otad refused; each is dropped from the journal (same kind vocabulary) |
 //! | `ota_agent_devices` | gauge | site, transport, reachable | devices the transports report |
 //! | `ota_agent_download_bytes_total` | counter | site | firmware bytes downloaded from otad |
 //!

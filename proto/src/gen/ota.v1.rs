@@ -1462,7 +1462,8 @@ pub mod firmware_service_server {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentMessage {
     /// Journal sequence number for reports that need exactly-once delivery (strictly increasing per
-    /// agent_id, from 1); 0 for hello and heartbeats.
+    /// agent_id, from 1, at most 2^63 - 1; see the session rules above); 0 for hello and
+    /// heartbeats.
     #[prost(uint64, tag = "1")]
     pub seq: u64,
     #[prost(oneof = "agent_message::Body", tags = "2, 3, 4, 5, 6, 7, 8")]
@@ -1501,7 +1502,7 @@ pub struct ServerMessage {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
-    #[prost(oneof = "server_message::Body", tags = "3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "server_message::Body", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
     pub body: ::core::option::Option<server_message::Body>,
 }
 /// Nested message and enum types in `ServerMessage`.
@@ -1522,6 +1523,9 @@ pub mod server_message {
         Ping(super::Ping),
         #[prost(message, tag = "9")]
         Probe(super::ProbeCommand),
+        /// A journaled report the server will not take.
+        #[prost(message, tag = "10")]
+        Refused(super::Refused),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1533,15 +1537,18 @@ pub struct AgentHello {
     /// Stable id of this agent installation (persisted next to its journal).
     #[prost(string, tag = "3")]
     pub agent_id: ::prost::alloc::string::String,
-    /// Highest journal seq this agent has written.
+    /// Highest journal seq this agent has written (at most 2^63 - 1).
     #[prost(uint64, tag = "4")]
     pub last_seq: u64,
-    /// IANA time zone of the site ("Europe/Berlin"), for maintenance windows.
+    /// IANA time zone of the site ("Europe/Berlin"), for maintenance windows; a name the server's
+    /// zone database does not know is not stored (the site then follows utc_offset_minutes).
     #[prost(string, tag = "5")]
     pub timezone: ::prost::alloc::string::String,
+    /// Transport instances of a kind the server does not know are ignored.
     #[prost(message, repeated, tag = "6")]
     pub transports: ::prost::alloc::vec::Vec<TransportInstance>,
-    /// UTC offset of the site now, in minutes (used when the server does not know the zone).
+    /// UTC offset of the site now, in minutes (used when the server does not know the zone);
+    /// clamped to +-14 h.
     #[prost(int32, tag = "7")]
     pub utc_offset_minutes: i32,
 }
@@ -1585,9 +1592,23 @@ pub struct ActiveTask {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ack {
-    /// Every report with seq \<= acked_seq is durable at the server.
+    /// The report with this seq is durable at the server (or changed nothing that needed
+    /// recording), and so is every report with a lower seq except those refused (a Refused message
+    /// for them came earlier on this stream).
     #[prost(uint64, tag = "1")]
     pub acked_seq: u64,
+}
+/// The server will not take one journaled report: its content is wrong (a task that is unknown,
+/// of another site or already ended, a status out of range, an inventory of more than 10,000
+/// devices, ...) and sending it again would be refused again. Nothing of it was recorded. The
+/// agent logs and counts it and drops it from its journal: a refused report is never sent again.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Refused {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// Why, in a few words (inputs quoted to at most 100 characters).
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ping {}

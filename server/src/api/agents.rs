@@ -5,8 +5,25 @@
 //! above; then it resends the update commands of every task it believes runs at the site (the
 //! agent ignores those it already knows). Reports are applied strictly in order, each at most
 //! once: an event that results from a report carries the report's `(agent_id, seq)`, and the
-//! projection remembers the highest seq per agent. Every report is acknowledged once its events
-//! are durable.
+//! projection remembers the highest seq per agent (a report whose seq it already holds changes
+//! nothing, even when two sessions of one agent overlap).
+//!
+//! Every journaled report gets exactly one answer, in order: an `Ack` once its events are
+//! durable (or it changed nothing worth an event), or a `Refused` with a short reason when the
+//! server will not take it (unknown or ended task, status out of range, oversized inventory,
+//! ...: sending it again could not change that). A refused report is never acknowledged as
+//! durable; it is logged and counted (`ota_reports_refused_total`).
+//!
+//! The session rules (the proto's `agent.proto` lists them for the agent's side) are checked
+//! before a message is handled, by [`check_seq`]: one hello; seqs strictly increasing, at most
+//! [`MAX_SEQ`], at most [`MAX_SEQ_GAP`] past the higher of the session's last seq and the
+//! hello's `last_seq` (reports that changed nothing leave no seq in the log, so the welcome's
+//! `acked_seq` may lag the agent's journal; the hello says how far it got). A message that
+//! breaks one ends the session with `FAILED_PRECONDITION` or `INVALID_ARGUMENT` and is neither
+//! acknowledged nor refused; bytes that are no message end it with `INVALID_ARGUMENT`, an
+//! oversized message with `RESOURCE_EXHAUSTED`, a report the server could not record (its own
+//! failure) with `UNAVAILABLE`. Errors and logs quote what the agent sent with
+//! [`crate::quote::quote`].
 //!
 //! Silence longer than the agent timeout ends the session: the site is marked disconnected, so
 //! its devices show as unreachable and new tasks for it wait (5020). Tasks that run at the site
@@ -26,7 +43,7 @@ use ota_domain::model::{self, Actor, AgentSource, DeviceFacts, Signal};
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use ota_domain::tasks::{AfterFailure, after_failure, result_error};
 use ota_proto::v1 as pb;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -55,6 +72,68 @@ impl AgentApi {
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+
+/// Highest seq a journaled report may carry: 2^63 - 1 (seqs stay exact as JSON numbers in
+/// signed 64-bit fields, and `u64::MAX` can never poison the acknowledged seq).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// How far a report's seq may jump past the higher of the session's last seq and the hello's
+/// `last_seq`.
+pub const MAX_SEQ_GAP: u64 = 1_000_000;
+
+/// Checks a message against the session rules, given the last seq of the session (the
+/// welcome's `acked_seq` before the first report) and the hello's `last_seq`. `Err` is the status
+/// that ends the session. Any message with a seq is a journaled report for these rules (a
+/// heartbeat or command ack with a seq too: acknowledged like one that changed nothing).
+pub fn check_seq(
+    seq: u64,
+    body: Option<&pb::agent_message::Body>,
+    last: u64,
+    hello_last: u64,
+) -> Result<(), Status> {
+    use pb::agent_message::Body;
+    if let Some(Body::Hello(_)) = body {
+        return Err(Status::failed_precondition(
+            "a session has one hello, and it was sent: a second hello ends the session",
+        ));
+    }
+    if seq == 0 {
+        return Ok(());
+    }
+    if seq > MAX_SEQ {
+        return Err(Status::invalid_argument(format!(
+            "seq {seq} is out of range: at most {MAX_SEQ} (2^63 - 1)"
+        )));
+    }
+    if seq <= last {
+        return Err(Status::failed_precondition(format!(
+            "seq {seq} is not above {last}, the last seq of this session: seqs strictly increase"
+        )));
+    }
+    let base = last.max(hello_last);
+    // Resent reports lie below the hello's last_seq.
+    if seq.saturating_sub(base) > MAX_SEQ_GAP {
+        return Err(Status::invalid_argument(format!(
+            "seq {seq} jumps more than {MAX_SEQ_GAP} past {base} (the last seq of this session or the hello's last_seq)"
+        )));
+    }
+    Ok(())
+}
+
+/// The report kind, for logs and the refusal metric.
+fn kind_of(body: Option<&pb::agent_message::Body>) -> &'static str {
+    use pb::agent_message::Body;
+    match body {
+        Some(Body::Inventory(_)) => "inventory",
+        Some(Body::Progress(_)) => "progress",
+        Some(Body::Result(_)) => "result",
+        Some(Body::CheckResult(_)) => "check_result",
+        Some(Body::Heartbeat(_)) => "heartbeat",
+        Some(Body::CommandAck(_)) => "command_ack",
+        Some(Body::Hello(_)) => "hello",
+        None => "unknown",
+    }
+}
 
 /// Site ids: what the config and certificates use.
 pub fn validate_site_id(site: &str) -> Result<(), ApiError> {
@@ -118,6 +197,13 @@ impl pb::agent_service_server::AgentService for AgentApi {
             )
             .into());
         }
+        if hello.last_seq > MAX_SEQ {
+            return Err(ApiError::invalid(format!(
+                "hello.last_seq {} is out of range: at most {MAX_SEQ} (2^63 - 1)",
+                hello.last_seq
+            ))
+            .into());
+        }
         match &who {
             Caller::Agent { site_id } if *site_id != hello.site_id => {
                 warn!(site.id = %hello.site_id, certificate.site = %site_id, %peer, "an agent tried to open a session for another site");
@@ -157,7 +243,12 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let transports = convert::transport_instances_from(&hello.transports);
         let connected = AgentConnected {
             agent_id: hello.agent_id.clone(),
-            agent_version: hello.agent_version.chars().take(64).collect(),
+            agent_version: hello
+                .agent_version
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect(),
             // Only a zone the database knows is kept (windows then follow it, daylight saving
             // included); anything else leaves the site on its reported UTC offset.
             timezone: match ota_domain::rollout::window::parse_zone(hello.timezone.trim()) {
@@ -239,10 +330,16 @@ impl pb::agent_service_server::AgentService for AgentApi {
         app.dispatch_wake.notify_one();
 
         let span = info_span!("agent.session", site.id = %hello.site_id, agent.id = %hello.agent_id, session = session.session_id);
-        tokio::spawn(run_session(app, session, inbound, acked).instrument(span));
+        let (end_tx, end_rx) = oneshot::channel::<Status>();
+        tokio::spawn(
+            run_session(app, session, inbound, acked, hello.last_seq, end_tx).instrument(span),
+        );
 
-        let out = ReceiverStream::new(rx).map(Ok);
-        Ok(Response::new(Box::pin(out)))
+        // Everything the session queued, then (when it ended on a broken rule) that status. The
+        // queue ends when the session is over and unregistered (every sender dropped).
+        let messages = ReceiverStream::new(rx).map(Ok);
+        let end = futures::stream::once(end_rx).filter_map(|r| async move { r.ok().map(Err) });
+        Ok(Response::new(Box::pin(messages.chain(end))))
     }
 }
 
@@ -250,49 +347,87 @@ async fn run_session(
     app: Arc<App>,
     session: Arc<Session>,
     mut inbound: Streaming<pb::AgentMessage>,
-    mut acked: u64,
+    welcome_acked: u64,
+    hello_last: u64,
+    end: oneshot::Sender<Status>,
 ) {
     info!("agent connected");
     let timeout = app.config.agent_timeout;
-    let reason = loop {
+    // The last seq of this session: acknowledged or refused.
+    let mut last = welcome_acked;
+    let (reason, status): (String, Option<Status>) = loop {
         let next = tokio::select! {
-            () = app.shutdown.cancelled() => break "the server is shutting down".to_string(),
+            () = app.shutdown.cancelled() => break ("the server is shutting down".to_string(), None),
             next = tokio::time::timeout(timeout, inbound.message()) => next,
         };
         let msg = match next {
-            Err(_) => break format!("no message for {}", humantime::format_duration(timeout)),
-            Ok(Err(status)) => break format!("stream error: {}", status.message()),
-            Ok(Ok(None)) => break "the agent closed the session".to_string(),
+            Err(_) => {
+                break (
+                    format!("no message for {}", humantime::format_duration(timeout)),
+                    None,
+                );
+            }
+            Ok(Err(status)) => {
+                let answer = stream_status(status);
+                let reason = format!("stream error: {}", answer.message());
+                // Garbage and oversized messages get their answer; a client that went away
+                // needs none.
+                match answer.code() {
+                    tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => {
+                        break (reason, Some(answer));
+                    }
+                    _ => break (reason, None),
+                }
+            }
+            Ok(Ok(None)) => break ("the agent closed the session".to_string(), None),
             Ok(Ok(Some(m))) => m,
         };
         if app.sessions.get(&session.site_id).map(|s| s.session_id) != Some(session.session_id) {
-            break "replaced by a newer session".to_string();
+            break ("replaced by a newer session".to_string(), None);
         }
         session
             .last_heartbeat_ms
             .store(app.now_ms(), Ordering::Relaxed);
         let seq = msg.seq;
-        if seq != 0 && seq <= acked {
-            debug!(seq, "duplicate report ignored");
-            send_ack(&session, acked);
-            continue;
+        let kind = kind_of(msg.body.as_ref());
+        if let Err(status) = check_seq(seq, msg.body.as_ref(), last, hello_last) {
+            warn!(seq, kind, rule = %status.message(), "the agent broke a session rule; ending the session");
+            break (
+                format!("session rule broken: {}", status.message()),
+                Some(status),
+            );
         }
         match handle_report(&app, &session, seq, msg.body).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if seq != 0 {
+                    last = seq;
+                    send_ack(&session, seq);
+                }
+            }
             Err(ReportError::Refused(why)) => {
-                warn!(seq, %why, "report refused");
+                warn!(seq, kind, reason = %why, "report refused: not recorded, not acknowledged");
+                app.metrics.report_refused(&session.site_id, kind);
+                // An unjournaled report (seq 0) gets no answer, as it gets no ack.
+                if seq != 0 {
+                    last = seq;
+                    send_refused(&session, seq, why);
+                }
             }
             Err(ReportError::Server(e)) => {
-                // Not acknowledged: the agent resends it after reconnecting.
+                // Neither acknowledged nor refused: the agent sends it again after reconnecting.
                 warn!(seq, error = %e, "could not record a report; ending the session");
-                break format!("server could not record a report: {e}");
+                break (
+                    format!("server could not record a report: {e}"),
+                    Some(Status::unavailable(
+                        "the server could not record a report; reconnect and send it again",
+                    )),
+                );
             }
         }
-        if seq != 0 {
-            acked = acked.max(seq);
-            send_ack(&session, acked);
-        }
     };
+    if let Some(status) = status {
+        let _ = end.send(status);
+    }
     if app.sessions.unregister(&session) {
         info!(%reason, "agent disconnected");
         let event = AgentDisconnected {
@@ -325,9 +460,35 @@ fn send_ack(session: &Session, acked: u64) {
     });
 }
 
+fn send_refused(session: &Session, seq: u64, reason: String) {
+    let _ = session.tx.try_send(pb::ServerMessage {
+        command_id: 0,
+        trace_context: Default::default(),
+        body: Some(pb::server_message::Body::Refused(pb::Refused {
+            seq,
+            reason,
+        })),
+    });
+}
+
+/// Whether the report `source` names was applied before (its seq is at or below the highest the
+/// log holds for the agent): applying it again changes nothing.
+fn applied_before(
+    state: &ota_domain::projection::FleetState,
+    source: Option<&AgentSource>,
+) -> bool {
+    source.is_some_and(|s| {
+        state
+            .agent_seqs
+            .get(&s.agent_id)
+            .is_some_and(|&seen| seen >= s.seq)
+    })
+}
+
 #[derive(Debug)]
 enum ReportError {
-    /// The report is wrong; acknowledged anyway so the agent does not resend it forever.
+    /// The report is wrong and will not be recorded: answered with a refusal (never an ack), so
+    /// the agent drops it instead of sending it again.
     Refused(String),
     /// The server could not record it.
     Server(ApiError),
@@ -373,8 +534,10 @@ async fn handle_report(
     let actor = Actor::agent(&session.site_id);
     let site = session.site_id.clone();
     match body {
+        // A hello never gets here (`check_seq`); an empty body is a report of a kind this server
+        // does not know (a newer agent's), which it cannot record.
         None | Some(pb::agent_message::Body::Hello(_)) => Err(ReportError::Refused(
-            "unexpected hello or empty message".into(),
+            "a report of a kind this server does not know (empty body)".into(),
         )),
         Some(pb::agent_message::Body::Heartbeat(_)) => Ok(()),
         Some(pb::agent_message::Body::Inventory(inv)) => {
@@ -401,6 +564,9 @@ async fn handle_report(
             let removed: Vec<String> = inv.removed_local_ids.clone();
             app.core
                 .execute::<ApiError, _>(&actor, |state| {
+                    if applied_before(state, source.as_ref()) {
+                        return Ok(vec![]);
+                    }
                     let mut changes = Vec::new();
                     let mut listed = HashSet::new();
                     for (local, facts) in &reports {
@@ -472,10 +638,15 @@ async fn handle_report(
                         p.status
                     ))
                 })?;
+            let progress = if p.progress.is_finite() {
+                p.progress.clamp(0.0, 100.0)
+            } else {
+                0.0
+            };
             let event = TaskProgressed {
                 attempt: p.attempt,
                 status,
-                progress: p.progress.clamp(0.0, 100.0),
+                progress,
                 remaining_s: p.remaining_s,
                 bytes_sent: p.bytes_sent,
                 bytes_total: p.bytes_total,
@@ -486,6 +657,9 @@ async fn handle_report(
             app.core
                 .execute::<ApiError, _>(&actor, |state| {
                     refused = None;
+                    if applied_before(state, source.as_ref()) {
+                        return Ok(vec![]);
+                    }
                     match check_task(state, &p.task_id, p.attempt, &site) {
                         Ok(()) => Ok(vec![Change::any(
                             streams::task(&p.task_id),
@@ -501,8 +675,19 @@ async fn handle_report(
             refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
         }
         Some(pb::agent_message::Body::Result(r)) => {
-            let status =
-                UpgradeStatus::from_code(r.status as u32).unwrap_or(UpgradeStatus::Failure);
+            let status = UpgradeStatus::from_code(r.status as u32)
+                .filter(|s| {
+                    matches!(
+                        s,
+                        UpgradeStatus::Success | UpgradeStatus::Failure | UpgradeStatus::Timeout
+                    )
+                })
+                .ok_or_else(|| {
+                    ReportError::Refused(format!(
+                        "result with status {} is not 3, 4 or 7",
+                        r.status
+                    ))
+                })?;
             let mut outcome = result_error(status, agent_error(r.error.as_ref()));
             if r.device_may_have_image
                 && let Err(e) = &mut outcome
@@ -517,6 +702,9 @@ async fn handle_report(
             app.core
                 .execute::<ApiError, _>(&actor, |state| {
                     refused = None;
+                    if applied_before(state, source.as_ref()) {
+                        return Ok(vec![]);
+                    }
                     // The device is the truth: a success for the attempt the server itself ended
                     // (timed out, cancelled after it was sent) still makes the task a success.
                     let late =
@@ -587,6 +775,9 @@ async fn handle_report(
             let jitter = rand::random::<f64>();
             app.core
                 .execute::<ApiError, _>(&actor, |state| {
+                    if applied_before(state, source.as_ref()) {
+                        return Ok(vec![]);
+                    }
                     let Some(task) = state.tasks.values().find(|t| {
                         t.created.site_id == site
                             && t.command_id == Some(a.command_id)
@@ -630,6 +821,9 @@ async fn record_wake_answer(
     app.core
         .execute::<ApiError, _>(actor, |state| {
             refused = None;
+            if applied_before(state, source.as_ref()) {
+                return Ok(vec![]);
+            }
             let Some(d) = state.devices.get(&device_id) else {
                 refused = Some("a check answer for a device this site never reported".to_string());
                 return Ok(vec![]);
@@ -731,6 +925,47 @@ mod tests {
         let mut c = a.clone();
         c.reachable = true;
         assert!(significant_change(&a, &c));
+    }
+
+    #[test]
+    fn the_seq_rules() {
+        use pb::agent_message::Body;
+        let inv = Body::Inventory(pb::Inventory::default());
+        let ok = |seq, last, hello| check_seq(seq, Some(&inv), last, hello).is_ok();
+        let code = |seq, last, hello| {
+            check_seq(seq, Some(&inv), last, hello)
+                .err()
+                .map(|s| s.code())
+        };
+        assert!(ok(0, 5, 0), "seq 0: not journaled, no rule");
+        assert!(ok(6, 5, 0));
+        assert!(ok(6, 5, 9), "a resent report, below the hello's last_seq");
+        assert!(ok(5 + MAX_SEQ_GAP, 5, 0));
+        assert_eq!(
+            code(6 + MAX_SEQ_GAP, 5, 0),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert!(
+            ok(3_000_000, 5, 2_500_000),
+            "the hello's last_seq extends the gap"
+        );
+        assert_eq!(code(5, 5, 0), Some(tonic::Code::FailedPrecondition));
+        assert_eq!(code(4, 5, 9), Some(tonic::Code::FailedPrecondition));
+        assert_eq!(code(u64::MAX, 5, 0), Some(tonic::Code::InvalidArgument));
+        assert_eq!(
+            code(MAX_SEQ + 1, MAX_SEQ - 1, MAX_SEQ),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert!(ok(MAX_SEQ, MAX_SEQ - 1, 0));
+        let hello = Body::Hello(pb::AgentHello::default());
+        assert_eq!(
+            check_seq(0, Some(&hello), 0, 0).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert!(
+            check_seq(0, None, 0, 0).is_ok(),
+            "an unknown body is refused later"
+        );
     }
 
     #[test]

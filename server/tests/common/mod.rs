@@ -185,3 +185,168 @@ impl<D: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCo
         tonic_prost::ProstDecoder::default()
     }
 }
+
+/// An agent session driven byte by byte: messages go out as given (or as raw bytes), every
+/// server message comes back as it is.
+pub struct RawAgent {
+    pub tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    pub rx: tonic::Streaming<pb::ServerMessage>,
+}
+
+pub fn hello_message(site: &str, agent_id: &str, last_seq: u64) -> pb::AgentMessage {
+    pb::AgentMessage {
+        seq: 0,
+        body: Some(pb::agent_message::Body::Hello(pb::AgentHello {
+            site_id: site.into(),
+            agent_version: "test".into(),
+            agent_id: agent_id.into(),
+            last_seq,
+            timezone: "Europe/Berlin".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+impl RawAgent {
+    /// Opens a session whose first message is `first` (encoded as is); the welcome, or the
+    /// status the server refused the session with.
+    pub async fn open(
+        channel: &Channel,
+        first: Vec<u8>,
+    ) -> Result<(RawAgent, pb::Welcome), tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+        tx.send(first).await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let mut inbound = grpc
+            .streaming(
+                tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                http::uri::PathAndQuery::from_static("/ota.v1.AgentService/Connect"),
+                RawCodec::<pb::ServerMessage>::default(),
+            )
+            .await?
+            .into_inner();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
+            .await
+            .expect("the server answers the hello within 10 s")?
+            .expect("a welcome");
+        let Some(pb::server_message::Body::Welcome(w)) = first.body else {
+            panic!("expected a welcome, got {first:?}");
+        };
+        Ok((RawAgent { tx, rx: inbound }, w))
+    }
+
+    /// A session with a plain hello.
+    pub async fn connect(
+        channel: &Channel,
+        site: &str,
+        agent_id: &str,
+        last_seq: u64,
+    ) -> Result<(RawAgent, pb::Welcome), tonic::Status> {
+        use prost::Message;
+        Self::open(
+            channel,
+            hello_message(site, agent_id, last_seq).encode_to_vec(),
+        )
+        .await
+    }
+
+    pub async fn send(&self, seq: u64, body: pb::agent_message::Body) {
+        use prost::Message;
+        let m = pb::AgentMessage {
+            seq,
+            body: Some(body),
+        };
+        self.send_raw(m.encode_to_vec()).await;
+    }
+
+    pub async fn send_raw(&self, bytes: Vec<u8>) {
+        // The server may already have ended the session; the answer says so.
+        let _ = self.tx.send(bytes).await;
+    }
+
+    /// The next server message that is an ack or a refusal (commands and pings skipped), `None`
+    /// when the stream ended well, `Err` with the status it ended with.
+    pub async fn next_answer(&mut self) -> Result<Option<pb::ServerMessage>, tonic::Status> {
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(20), self.rx.message())
+                .await
+                .expect("the server answers within 20 s")?;
+            match m {
+                None => return Ok(None),
+                Some(m)
+                    if matches!(
+                        m.body,
+                        Some(
+                            pb::server_message::Body::Ack(_) | pb::server_message::Body::Refused(_)
+                        )
+                    ) =>
+                {
+                    return Ok(Some(m));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The next answer, which must be an ack; its seq.
+    pub async fn acked(&mut self) -> u64 {
+        match self.next_answer().await {
+            Ok(Some(pb::ServerMessage {
+                body: Some(pb::server_message::Body::Ack(a)),
+                ..
+            })) => a.acked_seq,
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+
+    /// The next answer, which must be a refusal; its seq and reason.
+    pub async fn refused(&mut self) -> (u64, String) {
+        match self.next_answer().await {
+            Ok(Some(pb::ServerMessage {
+                body: Some(pb::server_message::Body::Refused(r)),
+                ..
+            })) => (r.seq, r.reason),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Reads until the session ends, which must be with a status: that status (answers before
+    /// it are returned too).
+    pub async fn ended_with(&mut self) -> (Vec<pb::ServerMessage>, tonic::Status) {
+        let mut answers = Vec::new();
+        loop {
+            match self.next_answer().await {
+                Ok(Some(m)) => answers.push(m),
+                Ok(None) => panic!("the session ended without an error status after {answers:?}"),
+                Err(s) => return (answers, s),
+            }
+        }
+    }
+}
+
+/// The seqs of `agent_id`'s reports that events in the log came from (the events' `source`), as
+/// `EventService.Tail` shows them, in log order (one seq may have several events).
+pub async fn report_seqs_in_log(ts: &TestServer, agent_id: &str) -> Vec<u64> {
+    use futures::StreamExt;
+    let events: Vec<pb::Event> = ts
+        .events()
+        .tail(pb::TailEventsRequest {
+            from_seq: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    events
+        .iter()
+        .filter_map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e.payload_json).ok()?;
+            let source = v.get("source")?;
+            (source.get("agent_id")?.as_str()? == agent_id).then(|| source.get("seq")?.as_u64())?
+        })
+        .collect()
+}
