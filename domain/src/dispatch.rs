@@ -395,8 +395,11 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
             load.add(&slot_of(state, t), &t.created.task_id);
         }
     }
-    let mut probed: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut still_probing: HashMap<String, (i64, u32)> = HashMap::new();
+    let mut probing = Probing {
+        before: probes,
+        probed: BTreeMap::new(),
+        still_probing: HashMap::new(),
+    };
 
     for t in &at_site {
         time_out_if_due(state, t, now, next_command_id, &mut out);
@@ -452,31 +455,9 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
             preconditions: &preconditions,
         }) {
             Preflight::Dispatch { schedule } => {
-                let attempt = t.attempt + 1;
-                let command_id = next_command_id();
                 let transport = device.facts.transport.unwrap_or(Transport::Esphome);
-                let timeout_at_ms =
-                    now + i64::from(effective_timeout_s(&t.created, transport)) * 1000;
-                push_task_change(
-                    t,
-                    TaskDispatched {
-                        attempt,
-                        command_id,
-                        timeout_at_ms,
-                        schedule,
-                    }
-                    .into(),
-                    &mut out,
-                );
-                out.commands.push(Command::Update {
-                    site_id: t.created.site_id.clone(),
-                    task_id: t.created.task_id.clone(),
-                    attempt,
-                    command_id,
-                    schedule,
-                });
+                send_update(t, transport, schedule, now, next_command_id, &mut out);
                 load.add(&slot, &t.created.task_id);
-                out.due(timeout_at_ms, now);
             }
             Preflight::Hold {
                 error,
@@ -484,41 +465,9 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
                 needs_confirmation,
             } => {
                 let offline = error.code == ErrorCode::Offline && !device.removed;
-                let same_hold = t.phase == TaskPhase::Held
-                    && t.error.as_ref().map(|e| e.code) == Some(error.code)
-                    && t.next_attempt_at_ms.is_none();
-                if !same_hold {
-                    push_task_change(
-                        t,
-                        TaskHeld {
-                            error,
-                            remind,
-                            needs_confirmation,
-                            retry_at_ms: None,
-                        }
-                        .into(),
-                        &mut out,
-                    );
-                }
+                hold(t, error, remind, needs_confirmation, &mut out);
                 if offline && site_connected {
-                    let id = &t.created.device_id;
-                    let (last_at, n) = probes.last.get(id).copied().unwrap_or((i64::MIN, 0));
-                    let due_at = if n == 0 {
-                        now
-                    } else {
-                        last_at.saturating_add(probe_interval_ms(n))
-                    };
-                    if due_at <= now {
-                        probed
-                            .entry(t.created.site_id.clone())
-                            .or_default()
-                            .push(device.local_id.clone());
-                        still_probing.insert(id.clone(), (now, n + 1));
-                        out.due(now + probe_interval_ms(n + 1), now);
-                    } else {
-                        still_probing.insert(id.clone(), (last_at, n));
-                        out.due(due_at, now);
-                    }
+                    probing.offline(t, &device.local_id, now, &mut out);
                 }
             }
             Preflight::Skip { code, remind } => {
@@ -526,19 +475,118 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
             }
         }
     }
-    for (site_id, mut locals) in probed {
-        locals.sort();
-        locals.dedup();
-        out.commands.push(Command::Probe {
-            site_id,
-            device_local_ids: locals,
-            command_id: next_command_id(),
-        });
-    }
-    out.probes = ProbeMemory {
-        last: still_probing,
-    };
+    probing.finish(next_command_id, &mut out);
     out
+}
+
+/// Step 2, a task that may go: its next attempt is recorded and its update command sent.
+fn send_update(
+    t: &TaskView,
+    transport: Transport,
+    schedule: bool,
+    now: i64,
+    next_command_id: &dyn Fn() -> u64,
+    out: &mut DispatchDecision,
+) {
+    let attempt = t.attempt + 1;
+    let command_id = next_command_id();
+    let timeout_at_ms = now + i64::from(effective_timeout_s(&t.created, transport)) * 1000;
+    push_task_change(
+        t,
+        TaskDispatched {
+            attempt,
+            command_id,
+            timeout_at_ms,
+            schedule,
+        }
+        .into(),
+        out,
+    );
+    out.commands.push(Command::Update {
+        site_id: t.created.site_id.clone(),
+        task_id: t.created.task_id.clone(),
+        attempt,
+        command_id,
+        schedule,
+    });
+    out.due(timeout_at_ms, now);
+}
+
+/// Step 2, a task that must wait: held, unless it already is for the same reason.
+fn hold(
+    t: &TaskView,
+    error: TaskError,
+    remind: String,
+    needs_confirmation: bool,
+    out: &mut DispatchDecision,
+) {
+    let same_hold = t.phase == TaskPhase::Held
+        && t.error.as_ref().map(|e| e.code) == Some(error.code)
+        && t.next_attempt_at_ms.is_none();
+    if !same_hold {
+        push_task_change(
+            t,
+            TaskHeld {
+                error,
+                remind,
+                needs_confirmation,
+                retry_at_ms: None,
+            }
+            .into(),
+            out,
+        );
+    }
+}
+
+/// The probes of one pass: offline devices of connected sites, each asked again after a
+/// growing interval.
+struct Probing<'a> {
+    /// What earlier passes probed.
+    before: &'a ProbeMemory,
+    /// Local device ids to probe now, per site.
+    probed: BTreeMap<String, Vec<String>>,
+    /// The memory the next pass starts from.
+    still_probing: HashMap<String, (i64, u32)>,
+}
+
+impl Probing<'_> {
+    /// A task held because its device is offline, at a connected site.
+    fn offline(&mut self, t: &TaskView, local_id: &str, now: i64, out: &mut DispatchDecision) {
+        let id = &t.created.device_id;
+        let (last_at, n) = self.before.last.get(id).copied().unwrap_or((i64::MIN, 0));
+        let due_at = if n == 0 {
+            now
+        } else {
+            last_at.saturating_add(probe_interval_ms(n))
+        };
+        if due_at <= now {
+            self.probed
+                .entry(t.created.site_id.clone())
+                .or_default()
+                .push(local_id.to_string());
+            self.still_probing.insert(id.clone(), (now, n + 1));
+            out.due(now + probe_interval_ms(n + 1), now);
+        } else {
+            self.still_probing.insert(id.clone(), (last_at, n));
+            out.due(due_at, now);
+        }
+    }
+
+    /// One probe command per site, and the memory for the next pass.
+    fn finish(self, next_command_id: &dyn Fn() -> u64, out: &mut DispatchDecision) {
+        for (site_id, mut locals) in self.probed {
+            locals.sort();
+            locals.dedup();
+            out.commands.push(Command::Probe {
+                site_id,
+                device_local_ids: locals,
+                command_id: next_command_id(),
+            });
+        }
+        out.probes = ProbeMemory {
+            last: self.still_probing,
+        };
+    }
 }
 
 /// Step 1: an at-site task past the budget of its phase times out.

@@ -468,6 +468,140 @@ pub struct TokenView {
     pub revoked: bool,
 }
 
+/// A resumed rollout: the stage in progress continues where it stopped, its timers moved by the
+/// time spent paused; a failed stage runs again with the failures seen so far accepted.
+fn resumed(r: &mut RolloutView, e: &RolloutResumed, at: i64) {
+    r.state = RolloutState::Running;
+    r.state_reason = e.reason.clone();
+    r.failures_accepted_at_ms = Some(at);
+    // Timers of the stage in progress resume where they stopped: the deadline and
+    // the end of the soak move by the time spent paused.
+    let paused_for = r.paused_at_ms.take().map_or(0, |p| (at - p).max(0));
+    for s in &mut r.stages {
+        if !matches!(
+            s.state,
+            StageState::Running | StageState::Soaking | StageState::Failed
+        ) {
+            continue;
+        }
+        if let Some(d) = s.deadline_at_ms.as_mut() {
+            *d += paused_for;
+        }
+        if let Some(u) = s.soak_until_ms.as_mut() {
+            *u += paused_for;
+        }
+        // A failed stage continues from where it stopped; the failures the operator
+        // saw are accepted by resuming.
+        if s.state == StageState::Failed {
+            s.state = StageState::Running;
+            s.failure_reason = None;
+            s.finished_at_ms = None;
+            s.failures_accepted_at_ms = Some(at);
+        }
+    }
+}
+
+impl RolloutView {
+    /// A new draft.
+    fn created(id: &str, e: &RolloutCreated, meta: &EventMeta) -> Self {
+        RolloutView {
+            id: id.to_string(),
+            spec: e.spec.clone(),
+            state: RolloutState::Draft,
+            state_reason: String::new(),
+            created_at_ms: meta.recorded_at_ms,
+            created_by: meta.actor.clone(),
+            started_at_ms: None,
+            finished_at_ms: None,
+            stages: Vec::new(),
+            exclusions: Vec::new(),
+            batch_check: None,
+            tasks_by_device: HashMap::new(),
+            paused_at_ms: None,
+            failures_accepted_at_ms: None,
+            approval: Approval::NotRequired,
+        }
+    }
+}
+
+/// A new attempt went to the agent: its transfer budget runs from now.
+fn dispatched(task: &mut TaskView, e: &TaskDispatched, at: i64) {
+    task.phase = TaskPhase::AgentPreparing;
+    task.attempt = e.attempt;
+    task.command_id = Some(e.command_id);
+    task.timeout_at_ms = Some(e.timeout_at_ms);
+    task.transfer_started_ms = None;
+    task.waiting_since_ms = None;
+    task.scheduled = e.schedule;
+    task.started_at_ms.get_or_insert(at);
+    task.next_attempt_at_ms = None;
+    task.error = None;
+    task.remind.clear();
+    task.progress = 0.0;
+    task.remaining_s = None;
+}
+
+/// The current attempt failed: queued again for its retry, or ended.
+fn failed(task: &mut TaskView, e: &TaskFailed, at: i64) {
+    task.error = Some(e.error.clone());
+    task.remaining_s = None;
+    task.timeout_at_ms = None;
+    task.transfer_started_ms = None;
+    task.waiting_since_ms = None;
+    if e.retry_at_ms.is_some() {
+        task.phase = TaskPhase::Queued;
+        task.next_attempt_at_ms = e.retry_at_ms;
+    } else {
+        task.phase = if e.timed_out {
+            TaskPhase::TimedOut
+        } else {
+            TaskPhase::Failed
+        };
+        task.ended_by_server = e.source.is_none();
+        task.awaiting_confirmation = false;
+        task.finished_at_ms = Some(at);
+    }
+}
+
+/// A progress report of the task's current attempt: its phase, and the phase's budget.
+fn progressed(task: &mut TaskView, e: &TaskProgressed, at: i64, transfer_budget_ms: i64) {
+    let wake_budget_ms = i64::from(effective_wake_timeout_s(&task.created)) * 1000;
+    task.phase = match e.status {
+        UpgradeStatus::WaitingForWakeup => TaskPhase::WaitingForWakeup,
+        UpgradeStatus::Queued => TaskPhase::SiteQueued,
+        UpgradeStatus::Updating => TaskPhase::Updating,
+        UpgradeStatus::Downloaded => TaskPhase::Downloaded,
+        _ => TaskPhase::AgentPreparing,
+    };
+    // Phase budgets: waiting (for a wake-up or the site's slot) runs the wake-up
+    // budget from when it began; the transfer budget starts with the transfer.
+    match task.phase {
+        TaskPhase::WaitingForWakeup | TaskPhase::SiteQueued => {
+            let since = *task.waiting_since_ms.get_or_insert(at);
+            task.transfer_started_ms = None;
+            task.timeout_at_ms = Some(since + wake_budget_ms);
+        }
+        TaskPhase::Updating | TaskPhase::Downloaded => {
+            task.waiting_since_ms = None;
+            if task.transfer_started_ms.is_none() {
+                task.transfer_started_ms = Some(at);
+                task.timeout_at_ms = Some(at + transfer_budget_ms);
+            }
+        }
+        _ => {
+            // Preparing again after a wait (the device woke, the slot is free): a
+            // fresh transfer budget.
+            if task.waiting_since_ms.take().is_some() {
+                task.timeout_at_ms = Some(at + transfer_budget_ms);
+            }
+        }
+    }
+    task.progress = e.progress;
+    task.remaining_s = e.remaining_s;
+    task.bytes_sent = e.bytes_sent;
+    task.bytes_total = e.bytes_total;
+}
+
 fn succeed(task: &mut TaskView, e: &TaskSucceeded, at: i64) {
     task.phase = TaskPhase::Succeeded;
     task.progress = 100.0;
@@ -627,47 +761,7 @@ impl FleetState {
 
     fn apply_task(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
         if let DomainEvent::TaskCreated(e) = event {
-            if let Some(d) = self.devices.get_mut(&e.device_id) {
-                d.current_task = Some(id.to_string());
-            }
-            if let Some(rollout_id) = &e.rollout_id
-                && !e.auto
-                && let Some(r) = self.rollouts.get_mut(rollout_id)
-            {
-                r.tasks_by_device
-                    .insert(e.device_id.clone(), id.to_string());
-            }
-            self.tasks.insert(
-                id.to_string(),
-                TaskView {
-                    created: e.clone(),
-                    phase: TaskPhase::Queued,
-                    attempt: 0,
-                    progress: 0.0,
-                    remaining_s: None,
-                    bytes_sent: 0,
-                    bytes_total: 0,
-                    error: None,
-                    remind: String::new(),
-                    from: None,
-                    to: None,
-                    created_at_ms: meta.recorded_at_ms,
-                    started_at_ms: None,
-                    finished_at_ms: None,
-                    next_attempt_at_ms: None,
-                    timeout_at_ms: None,
-                    transfer_started_ms: None,
-                    waiting_since_ms: None,
-                    ended_by_server: false,
-                    late: false,
-                    awaiting_confirmation: false,
-                    signal_confirmed: false,
-                    requested_by: meta.actor.clone(),
-                    command_id: None,
-                    scheduled: false,
-                    updated_at_ms: meta.recorded_at_ms,
-                },
-            );
+            self.task_created(meta, id, e);
             return;
         }
         let transfer_budget_ms = {
@@ -737,60 +831,9 @@ impl FleetState {
                 task.remind = e.remind.clone();
                 task.finished_at_ms = Some(at);
             }
-            DomainEvent::TaskDispatched(e) => {
-                task.phase = TaskPhase::AgentPreparing;
-                task.attempt = e.attempt;
-                task.command_id = Some(e.command_id);
-                task.timeout_at_ms = Some(e.timeout_at_ms);
-                task.transfer_started_ms = None;
-                task.waiting_since_ms = None;
-                task.scheduled = e.schedule;
-                task.started_at_ms.get_or_insert(at);
-                task.next_attempt_at_ms = None;
-                task.error = None;
-                task.remind.clear();
-                task.progress = 0.0;
-                task.remaining_s = None;
-            }
-            DomainEvent::TaskProgressed(e) => {
-                if e.attempt != task.attempt {
-                    return;
-                }
-                let wake_budget_ms = i64::from(effective_wake_timeout_s(&task.created)) * 1000;
-                task.phase = match e.status {
-                    UpgradeStatus::WaitingForWakeup => TaskPhase::WaitingForWakeup,
-                    UpgradeStatus::Queued => TaskPhase::SiteQueued,
-                    UpgradeStatus::Updating => TaskPhase::Updating,
-                    UpgradeStatus::Downloaded => TaskPhase::Downloaded,
-                    _ => TaskPhase::AgentPreparing,
-                };
-                // Phase budgets: waiting (for a wake-up or the site's slot) runs the wake-up
-                // budget from when it began; the transfer budget starts with the transfer.
-                match task.phase {
-                    TaskPhase::WaitingForWakeup | TaskPhase::SiteQueued => {
-                        let since = *task.waiting_since_ms.get_or_insert(at);
-                        task.transfer_started_ms = None;
-                        task.timeout_at_ms = Some(since + wake_budget_ms);
-                    }
-                    TaskPhase::Updating | TaskPhase::Downloaded => {
-                        task.waiting_since_ms = None;
-                        if task.transfer_started_ms.is_none() {
-                            task.transfer_started_ms = Some(at);
-                            task.timeout_at_ms = Some(at + transfer_budget_ms);
-                        }
-                    }
-                    _ => {
-                        // Preparing again after a wait (the device woke, the slot is free): a
-                        // fresh transfer budget.
-                        if task.waiting_since_ms.take().is_some() {
-                            task.timeout_at_ms = Some(at + transfer_budget_ms);
-                        }
-                    }
-                }
-                task.progress = e.progress;
-                task.remaining_s = e.remaining_s;
-                task.bytes_sent = e.bytes_sent;
-                task.bytes_total = e.bytes_total;
+            DomainEvent::TaskDispatched(e) => dispatched(task, e, at),
+            DomainEvent::TaskProgressed(e) if e.attempt == task.attempt => {
+                progressed(task, e, at, transfer_budget_ms);
             }
             DomainEvent::TaskSucceeded(e) => {
                 if e.attempt != task.attempt {
@@ -804,29 +847,7 @@ impl FleetState {
                     d.facts.current = e.to.clone();
                 }
             }
-            DomainEvent::TaskFailed(e) => {
-                if e.attempt != task.attempt {
-                    return;
-                }
-                task.error = Some(e.error.clone());
-                task.remaining_s = None;
-                task.timeout_at_ms = None;
-                task.transfer_started_ms = None;
-                task.waiting_since_ms = None;
-                if e.retry_at_ms.is_some() {
-                    task.phase = TaskPhase::Queued;
-                    task.next_attempt_at_ms = e.retry_at_ms;
-                } else {
-                    task.phase = if e.timed_out {
-                        TaskPhase::TimedOut
-                    } else {
-                        TaskPhase::Failed
-                    };
-                    task.ended_by_server = e.source.is_none();
-                    task.awaiting_confirmation = false;
-                    task.finished_at_ms = Some(at);
-                }
-            }
+            DomainEvent::TaskFailed(e) if e.attempt == task.attempt => failed(task, e, at),
             DomainEvent::TaskCancelled(e) => {
                 // Only a task its site has can still succeed there.
                 task.ended_by_server = task.phase.is_at_site();
@@ -840,28 +861,54 @@ impl FleetState {
         }
     }
 
+    fn task_created(&mut self, meta: &EventMeta, id: &str, e: &TaskCreated) {
+        if let Some(d) = self.devices.get_mut(&e.device_id) {
+            d.current_task = Some(id.to_string());
+        }
+        if let Some(rollout_id) = &e.rollout_id
+            && !e.auto
+            && let Some(r) = self.rollouts.get_mut(rollout_id)
+        {
+            r.tasks_by_device
+                .insert(e.device_id.clone(), id.to_string());
+        }
+        self.tasks.insert(
+            id.to_string(),
+            TaskView {
+                created: e.clone(),
+                phase: TaskPhase::Queued,
+                attempt: 0,
+                progress: 0.0,
+                remaining_s: None,
+                bytes_sent: 0,
+                bytes_total: 0,
+                error: None,
+                remind: String::new(),
+                from: None,
+                to: None,
+                created_at_ms: meta.recorded_at_ms,
+                started_at_ms: None,
+                finished_at_ms: None,
+                next_attempt_at_ms: None,
+                timeout_at_ms: None,
+                transfer_started_ms: None,
+                waiting_since_ms: None,
+                ended_by_server: false,
+                late: false,
+                awaiting_confirmation: false,
+                signal_confirmed: false,
+                requested_by: meta.actor.clone(),
+                command_id: None,
+                scheduled: false,
+                updated_at_ms: meta.recorded_at_ms,
+            },
+        );
+    }
+
     fn apply_rollout(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
         if let DomainEvent::RolloutCreated(e) = event {
-            self.rollouts.insert(
-                id.to_string(),
-                RolloutView {
-                    id: id.to_string(),
-                    spec: e.spec.clone(),
-                    state: RolloutState::Draft,
-                    state_reason: String::new(),
-                    created_at_ms: meta.recorded_at_ms,
-                    created_by: meta.actor.clone(),
-                    started_at_ms: None,
-                    finished_at_ms: None,
-                    stages: Vec::new(),
-                    exclusions: Vec::new(),
-                    batch_check: None,
-                    tasks_by_device: HashMap::new(),
-                    paused_at_ms: None,
-                    failures_accepted_at_ms: None,
-                    approval: Approval::NotRequired,
-                },
-            );
+            self.rollouts
+                .insert(id.to_string(), RolloutView::created(id, e, meta));
             return;
         }
         let Some(r) = self.rollouts.get_mut(id) else {
@@ -950,36 +997,7 @@ impl FleetState {
                 r.state_reason = e.reason.clone();
                 r.paused_at_ms = Some(at);
             }
-            DomainEvent::RolloutResumed(e) => {
-                r.state = RolloutState::Running;
-                r.state_reason = e.reason.clone();
-                r.failures_accepted_at_ms = Some(at);
-                // Timers of the stage in progress resume where they stopped: the deadline and
-                // the end of the soak move by the time spent paused.
-                let paused_for = r.paused_at_ms.take().map_or(0, |p| (at - p).max(0));
-                for s in &mut r.stages {
-                    if !matches!(
-                        s.state,
-                        StageState::Running | StageState::Soaking | StageState::Failed
-                    ) {
-                        continue;
-                    }
-                    if let Some(d) = s.deadline_at_ms.as_mut() {
-                        *d += paused_for;
-                    }
-                    if let Some(u) = s.soak_until_ms.as_mut() {
-                        *u += paused_for;
-                    }
-                    // A failed stage continues from where it stopped; the failures the operator
-                    // saw are accepted by resuming.
-                    if s.state == StageState::Failed {
-                        s.state = StageState::Running;
-                        s.failure_reason = None;
-                        s.finished_at_ms = None;
-                        s.failures_accepted_at_ms = Some(at);
-                    }
-                }
-            }
+            DomainEvent::RolloutResumed(e) => resumed(r, e, at),
             DomainEvent::RolloutCompleted(e) => {
                 r.state = RolloutState::Completed;
                 r.state_reason = e.summary.clone();

@@ -311,9 +311,7 @@ fn duration(s: u64) -> String {
 /// Plans `spec` against today's fleet. Pure: the same state gives the same plan.
 pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
     let mut warnings = Vec::new();
-    let mut exclusions = Vec::new();
-    let sel = &spec.selector;
-    if select::is_empty(sel) {
+    if select::is_empty(&spec.selector) {
         warnings.push("the selector is empty: it selects every device of the fleet".into());
     }
     let fw = state.firmware.get(&spec.firmware_id).map(|f| &f.registered);
@@ -323,7 +321,29 @@ pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
             spec.firmware_id
         ));
     }
+    let (targets, exclusions) = select_targets(spec, fw, state, &mut warnings);
+    let ordered = spread_across_sites(&targets);
+    let (stages, estimated_s) = plan_stages(spec, &ordered, &mut warnings);
+    target_warnings(spec, state, &ordered, &mut warnings);
+    Plan {
+        target_count: ordered.len() as u32,
+        stages,
+        exclusions,
+        warnings,
+        estimated_s,
+    }
+}
 
+/// The devices the selector matches that can take the firmware, and the exclusions (sorted by
+/// device) of those that cannot or that no site reports.
+fn select_targets<'a>(
+    spec: &RolloutSpec,
+    fw: Option<&FirmwareRegistered>,
+    state: &'a FleetState,
+    warnings: &mut Vec<String>,
+) -> (Vec<&'a DeviceView>, Vec<Exclusion>) {
+    let sel = &spec.selector;
+    let mut exclusions = Vec::new();
     let named: HashSet<&str> = sel.device_ids.iter().map(String::as_str).collect();
     for id in &sel.device_ids {
         if !state.devices.contains_key(id) && !sel.exclude_device_ids.contains(id) {
@@ -363,7 +383,16 @@ pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
         ));
     }
 
-    let ordered = spread_across_sites(&targets);
+    (targets, exclusions)
+}
+
+/// The stages cut from the ordered targets, each with its estimate, and the whole estimate
+/// (batch check, stages, soaks).
+fn plan_stages(
+    spec: &RolloutSpec,
+    ordered: &[&DeviceView],
+    warnings: &mut Vec<String>,
+) -> (Vec<StagePlan>, u64) {
     let sizes: Vec<StageSize> = spec.stages.iter().map(|s| s.size).collect();
     let counts = stage_sizes(&sizes, ordered.len());
     let check_only = spec.upgrade_type == UpgradeType::Check;
@@ -413,6 +442,17 @@ pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
         });
     }
 
+    (stages, total_s)
+}
+
+/// Warnings about the targets as a whole: none, sleepy devices, short timeouts, the window.
+fn target_warnings(
+    spec: &RolloutSpec,
+    state: &FleetState,
+    ordered: &[&DeviceView],
+    warnings: &mut Vec<String>,
+) {
+    let check_only = spec.upgrade_type == UpgradeType::Check;
     if ordered.is_empty() {
         warnings.push(
             "no device needs this firmware: the rollout would complete without updating anything"
@@ -474,14 +514,6 @@ pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
                 unknown.join(", ")
             ));
         }
-    }
-
-    Plan {
-        target_count: ordered.len() as u32,
-        stages,
-        exclusions,
-        warnings,
-        estimated_s: total_s,
     }
 }
 

@@ -44,7 +44,7 @@
 //!   The stage is re-evaluated from its current counts and continues where it stopped.
 //!
 //! # Timers
-//! - The **stage deadline** (`deadline_s`, the "batch-check timeout" of a stage) runs
+//! - The **stage deadline** (`deadline_s`, sometimes called the stage's "batch-check timeout") runs
 //!   from `StageStarted`; tasks of the stage that have not ended by then get
 //!   `TaskFailed { timed_out, 5016, retry: none }`. Tasks that only wait (queued, held, waiting
 //!   for wake-up) are thereby stopped; waiting-for-wake-up ones also get a `CancelCommand`.
@@ -520,58 +520,39 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
     out
 }
 
+/// The steps in order; the first one that decides something ends the pass.
 fn steps(input: Input<'_>) -> Reconcile {
+    let mut out = Reconcile::default();
+    if input.rollout.state != RolloutState::Running {
+        return out;
+    }
+    if batch_check_step(input, &mut out).is_break() || stage_deadlines(input, &mut out).is_break() {
+        return out;
+    }
+    current_stage_step(input, &mut out);
+    out
+}
+
+/// What a step function tells [`steps`]: stop here (`Break`) or go on to the next step.
+type Step = std::ops::ControlFlow<()>;
+const DONE: Step = Step::Break(());
+const GO_ON: Step = Step::Continue(());
+
+/// Step 1: the batch check before the first stage (and all a "check" rollout does).
+fn batch_check_step(input: Input<'_>, out: &mut Reconcile) -> Step {
     let Input {
         rollout: r,
         state,
         now_ms: now,
         batch_check_in_flight,
-        max_new_tasks,
+        ..
     } = input;
-    let mut out = Reconcile::default();
-    if r.state != RolloutState::Running {
-        return out;
-    }
     let check_only = r.spec.upgrade_type == UpgradeType::Check;
-
-    // 1. The batch check before the first stage.
-    if r.spec.batch_check || check_only {
-        let completed = r.batch_check.as_ref().is_some_and(|b| b.completed);
-        if !completed {
-            if let (Some(bc), true) = (&r.batch_check, batch_check_in_flight) {
-                out.requeue(bc.deadline_at_ms + BATCH_CHECK_GRACE_MS);
-                return out;
-            }
-            let targets = all_stage_devices(r);
-            if !check_only && let Err(next) = window_gate(r, &zones(r, state, &targets), now) {
-                if let Some(at) = next {
-                    out.requeue(at);
-                }
-                return out;
-            }
-            let check_id = format!("chk-{}-{now}", r.id);
-            out.rollout_events.push(
-                BatchCheckStarted {
-                    check_id: check_id.clone(),
-                    device_ids: targets.clone(),
-                    deadline_at_ms: now + i64::from(r.spec.batch_check_timeout_s) * 1000,
-                }
-                .into(),
-            );
-            if targets.is_empty() {
-                out.rollout_events.push(
-                    BatchCheckCompleted {
-                        check_id,
-                        timed_out: Vec::new(),
-                        excluded: Vec::new(),
-                    }
-                    .into(),
-                );
-            } else {
-                out.requeue(now + i64::from(r.spec.batch_check_timeout_s) * 1000);
-            }
-            return out;
-        }
+    if !(r.spec.batch_check || check_only) {
+        return GO_ON;
+    }
+    let completed = r.batch_check.as_ref().is_some_and(|b| b.completed);
+    if completed {
         if check_only {
             out.rollout_events.push(
                 RolloutCompleted {
@@ -579,13 +560,56 @@ fn steps(input: Input<'_>) -> Reconcile {
                 }
                 .into(),
             );
-            return out;
+            return DONE;
         }
+        return GO_ON;
     }
+    if let (Some(bc), true) = (&r.batch_check, batch_check_in_flight) {
+        out.requeue(bc.deadline_at_ms + BATCH_CHECK_GRACE_MS);
+        return DONE;
+    }
+    let targets = all_stage_devices(r);
+    if !check_only && let Err(next) = window_gate(r, &zones(r, state, &targets), now) {
+        if let Some(at) = next {
+            out.requeue(at);
+        }
+        return DONE;
+    }
+    let check_id = format!("chk-{}-{now}", r.id);
+    out.rollout_events.push(
+        BatchCheckStarted {
+            check_id: check_id.clone(),
+            device_ids: targets.clone(),
+            deadline_at_ms: now + i64::from(r.spec.batch_check_timeout_s) * 1000,
+        }
+        .into(),
+    );
+    if targets.is_empty() {
+        out.rollout_events.push(
+            BatchCheckCompleted {
+                check_id,
+                timed_out: Vec::new(),
+                excluded: Vec::new(),
+            }
+            .into(),
+        );
+    } else {
+        out.requeue(now + i64::from(r.spec.batch_check_timeout_s) * 1000);
+    }
+    DONE
+}
 
-    // 2. Stage deadlines: unfinished tasks of every started stage time out — except those
-    //    asleep (waiting for a wake-up): they are not failures, they finish later within their
-    //    wake-up budget, and the stage goes on without them.
+/// Step 2: stage deadlines. Unfinished tasks of every started stage time out — except those
+/// asleep (waiting for a wake-up): they are not failures, they finish later within their
+/// wake-up budget, and the stage goes on without them. When any timed out, the pass ends here
+/// and the next one re-counts with the timeouts recorded.
+fn stage_deadlines(input: Input<'_>, out: &mut Reconcile) -> Step {
+    let Input {
+        rollout: r,
+        state,
+        now_ms: now,
+        ..
+    } = input;
     for (index, stage) in r.stages.iter().enumerate() {
         if !matches!(
             stage.state,
@@ -611,47 +635,59 @@ fn steps(input: Input<'_>) -> Reconcile {
         }
         let deadline_s = r.spec.stages.get(index).map_or(0, |s| s.deadline_s);
         for t in unfinished {
-            let reason = format!(
-                "stage {} deadline ({} s after the stage started) passed while the task was {}",
-                stage.name,
-                deadline_s,
-                t.phase.name()
-            );
-            out.task_events.push((
-                t.created.task_id.clone(),
-                TaskFailed {
-                    attempt: t.attempt,
-                    error: TaskError::new(ErrorCode::Timeout, reason.clone()),
-                    timed_out: true,
-                    retry_at_ms: None,
-                    source: None,
-                }
-                .into(),
-            ));
-            if t.phase.is_at_site() && t.phase.is_cancellable() {
-                // The agent stops what it can stop safely (before the first byte). A transfer
-                // already running is not interrupted: it finishes, and its success still counts
-                // (late).
-                out.cancels.push(CancelOrder {
-                    site_id: t.created.site_id.clone(),
-                    task_id: t.created.task_id.clone(),
-                    reason,
-                });
-            }
+            time_out_task(stage, deadline_s, t, out);
         }
     }
-    if !out.task_events.is_empty() {
-        // Re-count on the next pass, with the timeouts recorded.
-        return out;
+    if out.task_events.is_empty() {
+        GO_ON
+    } else {
+        DONE
     }
+}
 
-    // 3. The first stage that has not succeeded.
+/// A task that was still unfinished at its stage's deadline: failed (timed out), and cancelled
+/// at its site when that is still safe.
+fn time_out_task(stage: &StageView, deadline_s: u32, t: &TaskView, out: &mut Reconcile) {
+    let reason = format!(
+        "stage {} deadline ({} s after the stage started) passed while the task was {}",
+        stage.name,
+        deadline_s,
+        t.phase.name()
+    );
+    out.task_events.push((
+        t.created.task_id.clone(),
+        TaskFailed {
+            attempt: t.attempt,
+            error: TaskError::new(ErrorCode::Timeout, reason.clone()),
+            timed_out: true,
+            retry_at_ms: None,
+            source: None,
+        }
+        .into(),
+    ));
+    if t.phase.is_at_site() && t.phase.is_cancellable() {
+        // The agent stops what it can stop safely (before the first byte). A transfer
+        // already running is not interrupted: it finishes, and its success still counts
+        // (late).
+        out.cancels.push(CancelOrder {
+            site_id: t.created.site_id.clone(),
+            task_id: t.created.task_id.clone(),
+            reason,
+        });
+    }
+}
+
+/// Step 3: the first stage that has not succeeded moves on by its state; when every stage
+/// succeeded, the rollout completes once its stragglers have ended.
+fn current_stage_step(input: Input<'_>, out: &mut Reconcile) {
+    let Input {
+        rollout: r, state, ..
+    } = input;
     let Some(index) = r
         .stages
         .iter()
         .position(|s| s.state != StageState::Succeeded)
     else {
-        // Every stage succeeded: complete once stragglers have ended.
         let open = r
             .tasks_by_device
             .values()
@@ -665,96 +701,127 @@ fn steps(input: Input<'_>) -> Reconcile {
                 .into(),
             );
         }
-        return out;
+        return;
     };
-    let stage = &r.stages[index];
     // The plan has one stage per spec stage; a log that disagrees is not acted on.
     let Some(spec) = r.spec.stages.get(index) else {
-        return out;
+        return;
     };
-    let idx = index as u32;
+    match r.stages[index].state {
+        StageState::Pending => start_stage(input, index, spec, out),
+        StageState::Running | StageState::Failed => run_stage(input, index, spec, out),
+        StageState::Soaking => soak_stage(input, index, spec, out),
+        StageState::Succeeded => {}
+    }
+}
 
-    match stage.state {
-        StageState::Pending => {
-            if !stage.device_ids.is_empty()
-                && let Err(next) = window_gate(r, &zones(r, state, &stage.device_ids), now)
-            {
-                if let Some(at) = next {
-                    out.requeue(at);
-                }
-                return out;
-            }
+/// A pending stage starts once its window is open (at one or more of its devices' sites) and
+/// creates its tasks.
+fn start_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Reconcile) {
+    let Input {
+        rollout: r,
+        state,
+        now_ms: now,
+        max_new_tasks,
+        ..
+    } = input;
+    let stage = &r.stages[index];
+    if !stage.device_ids.is_empty()
+        && let Err(next) = window_gate(r, &zones(r, state, &stage.device_ids), now)
+    {
+        if let Some(at) = next {
+            out.requeue(at);
+        }
+        return;
+    }
+    let idx = index as u32;
+    out.rollout_events.push(
+        StageStarted {
+            index: idx,
+            deadline_at_ms: (spec.deadline_s > 0).then(|| now + i64::from(spec.deadline_s) * 1000),
+        }
+        .into(),
+    );
+    let remaining = ensure_tasks(r, state, index, now, max_new_tasks, out);
+    if remaining == 0 {
+        out.rollout_events
+            .push(StageSucceeded { index: idx }.into());
+    } else if spec.deadline_s > 0 {
+        out.requeue(now + i64::from(spec.deadline_s) * 1000);
+    }
+}
+
+/// A running stage (or one resumed after it failed): first the rest of its tasks, then its
+/// verdict — fail, soak, succeed, or wait.
+fn run_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Reconcile) {
+    let Input {
+        rollout: r,
+        state,
+        now_ms: now,
+        max_new_tasks,
+        ..
+    } = input;
+    let stage = &r.stages[index];
+    let idx = index as u32;
+    let before = out.rollout_events.len() + out.new_tasks.len();
+    ensure_tasks(r, state, index, now, max_new_tasks, out);
+    if out.rollout_events.len() + out.new_tasks.len() != before {
+        return;
+    }
+    let counts = stage_counts(r, state, index);
+    match verdict(spec, &counts, asleep_done(r, stage, now)) {
+        Verdict::Failed(reason) => fail_stage(r, state, idx, spec, reason, out),
+        Verdict::SuccessMet if spec.soak_s > 0 => {
+            let until = now + i64::from(spec.soak_s) * 1000;
             out.rollout_events.push(
-                StageStarted {
+                StageSoaking {
                     index: idx,
-                    deadline_at_ms: (spec.deadline_s > 0)
-                        .then(|| now + i64::from(spec.deadline_s) * 1000),
+                    until_ms: until,
                 }
                 .into(),
             );
-            let remaining = ensure_tasks(r, state, index, now, max_new_tasks, &mut out);
-            if remaining == 0 {
-                out.rollout_events
-                    .push(StageSucceeded { index: idx }.into());
-            } else if spec.deadline_s > 0 {
-                out.requeue(now + i64::from(spec.deadline_s) * 1000);
-            }
-            out
+            out.requeue(until);
         }
-        StageState::Running | StageState::Failed => {
-            let before = out.rollout_events.len() + out.new_tasks.len();
-            ensure_tasks(r, state, index, now, max_new_tasks, &mut out);
-            if out.rollout_events.len() + out.new_tasks.len() != before {
-                return out;
-            }
-            let counts = stage_counts(r, state, index);
-            match verdict(spec, &counts, asleep_done(r, stage, now)) {
-                Verdict::Failed(reason) => fail_stage(r, state, idx, spec, reason, &mut out),
-                Verdict::SuccessMet if spec.soak_s > 0 => {
-                    let until = now + i64::from(spec.soak_s) * 1000;
-                    out.rollout_events.push(
-                        StageSoaking {
-                            index: idx,
-                            until_ms: until,
-                        }
-                        .into(),
-                    );
-                    out.requeue(until);
-                }
-                Verdict::SuccessMet => out
-                    .rollout_events
-                    .push(StageSucceeded { index: idx }.into()),
-                Verdict::Undecided => requeue_window(r, state, index, now, &mut out),
-            }
-            out
+        Verdict::SuccessMet => out
+            .rollout_events
+            .push(StageSucceeded { index: idx }.into()),
+        Verdict::Undecided => requeue_window(r, state, index, now, out),
+    }
+}
+
+/// A soaking stage fails when its failures cross the threshold meanwhile, else succeeds when
+/// the soak is over.
+fn soak_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Reconcile) {
+    let Input {
+        rollout: r,
+        state,
+        now_ms: now,
+        ..
+    } = input;
+    let stage = &r.stages[index];
+    let idx = index as u32;
+    let counts = stage_counts(r, state, index);
+    let limit = failure_limit(spec, counts.devices);
+    if counts.failures() >= limit {
+        let reason = match verdict(spec, &counts, asleep_done(r, stage, now)) {
+            Verdict::Failed(reason) => format!("{reason}, while soaking"),
+            _ => format!(
+                "stage {}: {} failure(s) ≥ threshold {limit} while soaking",
+                stage.name,
+                counts.failures()
+            ),
+        };
+        fail_stage(r, state, idx, spec, reason, out);
+        return;
+    }
+    match stage.soak_until_ms {
+        Some(until) if until > now => {
+            out.requeue(until);
+            requeue_window(r, state, index, now, out);
         }
-        StageState::Soaking => {
-            let counts = stage_counts(r, state, index);
-            let limit = failure_limit(spec, counts.devices);
-            if counts.failures() >= limit {
-                let reason = match verdict(spec, &counts, asleep_done(r, stage, now)) {
-                    Verdict::Failed(reason) => format!("{reason}, while soaking"),
-                    _ => format!(
-                        "stage {}: {} failure(s) ≥ threshold {limit} while soaking",
-                        stage.name,
-                        counts.failures()
-                    ),
-                };
-                fail_stage(r, state, idx, spec, reason, &mut out);
-                return out;
-            }
-            match stage.soak_until_ms {
-                Some(until) if until > now => {
-                    out.requeue(until);
-                    requeue_window(r, state, index, now, &mut out);
-                }
-                _ => out
-                    .rollout_events
-                    .push(StageSucceeded { index: idx }.into()),
-            }
-            out
-        }
-        StageState::Succeeded => out,
+        _ => out
+            .rollout_events
+            .push(StageSucceeded { index: idx }.into()),
     }
 }
 
