@@ -336,69 +336,8 @@ impl ZigbeeTransport {
     ) -> Result<UpdateReport, TaskError> {
         let image = &job.image;
         let total = image.bytes.len() as u64;
-
-        // The image: exactly the verified bytes, and a Zigbee OTA file.
-        let actual = sha256_hex(&image.bytes);
-        if !actual.eq_ignore_ascii_case(&image.sha256) {
-            return Err(TaskError::new(
-                ErrorCode::ChecksumMismatch,
-                format!(
-                    "image sha256 is {actual}, the task expects {}",
-                    image.sha256
-                ),
-            ));
-        }
-        let header = ota_firmware::zigbee::parse(&image.bytes).map_err(|e| {
-            TaskError::new(
-                ErrorCode::PrevalidationFailed,
-                format!("the image is not a Zigbee OTA file: {e}"),
-            )
-        })?;
-        let target = header.header.file_version;
-        if let Some(expected) = image.file_version
-            && expected != target
-        {
-            return Err(TaskError::new(
-                ErrorCode::PrevalidationFailed,
-                format!(
-                    "the image's header has file version {target}, the firmware record says {expected}"
-                ),
-            ));
-        }
-
-        // The device, as zigbee2mqtt knows it.
-        let ieee = self
-            .net
-            .resolve(&job.device)
-            .ok_or_else(|| unknown(&job.device, &self.cfg.network))?;
-        let (supports, sleepy) = {
-            let st = self.net.lock();
-            let e = st
-                .devices
-                .get(&ieee)
-                .ok_or_else(|| unknown(&job.device, &self.cfg.network))?;
-            (e.info.can_take_image(), e.info.is_sleepy())
-        };
-        let before = self.net.report(&ieee).unwrap_or_default();
-        if !supports {
-            return Err(TaskError::new(
-                ErrorCode::PrevalidationFailed,
-                format!(
-                    "zigbee2mqtt cannot update {} ({}): it has no OTA support and no OTA cluster",
-                    before.name, ieee
-                ),
-            ));
-        }
-        if let Some((Z2mVersion::V2_0To2_7, version)) = self.net.api() {
-            return Err(TaskError::new(
-                ErrorCode::GatewayRequired,
-                format!(
-                    "zigbee2mqtt {version} on network {} cannot install an image given by the \
-                     agent (url/hex need zigbee2mqtt 2.8 or later); upgrade zigbee2mqtt",
-                    self.cfg.network
-                ),
-            ));
-        }
+        let target = check_image(image)?;
+        let (ieee, before, sleepy) = self.device_to_update(&job.device)?;
         let from = VersionInfo {
             version: before.current_version.clone(),
             file_version: before.file_version,
@@ -473,6 +412,44 @@ impl ZigbeeTransport {
         result
     }
 
+    /// The device, as zigbee2mqtt knows it: its id, its report, and whether it sleeps. Refused
+    /// when zigbee2mqtt cannot update it with an image the agent gives.
+    fn device_to_update(&self, device: &str) -> Result<(String, DeviceReport, bool), TaskError> {
+        let ieee = self
+            .net
+            .resolve(device)
+            .ok_or_else(|| unknown(device, &self.cfg.network))?;
+        let (supports, sleepy) = {
+            let st = self.net.lock();
+            let e = st
+                .devices
+                .get(&ieee)
+                .ok_or_else(|| unknown(device, &self.cfg.network))?;
+            (e.info.can_take_image(), e.info.is_sleepy())
+        };
+        let before = self.net.report(&ieee).unwrap_or_default();
+        if !supports {
+            return Err(TaskError::new(
+                ErrorCode::PrevalidationFailed,
+                format!(
+                    "zigbee2mqtt cannot update {} ({}): it has no OTA support and no OTA cluster",
+                    before.name, ieee
+                ),
+            ));
+        }
+        if let Some((Z2mVersion::V2_0To2_7, version)) = self.net.api() {
+            return Err(TaskError::new(
+                ErrorCode::GatewayRequired,
+                format!(
+                    "zigbee2mqtt {version} on network {} cannot install an image given by the \
+                     agent (url/hex need zigbee2mqtt 2.8 or later); upgrade zigbee2mqtt",
+                    self.cfg.network
+                ),
+            ));
+        }
+        Ok((ieee, before, sleepy))
+    }
+
     /// After an agent restart: what became of an interrupted job, from the device's update state
     /// (see the module documentation).
     async fn run_recover(
@@ -487,29 +464,7 @@ impl ZigbeeTransport {
             .and_then(|n| serde_json::from_value(n.clone()).ok());
         let stage = job.commit.stage();
         // zigbee2mqtt's retained device list and the device's state first.
-        let known = tokio::time::timeout(RECOVER_WAIT, async {
-            loop {
-                if let Some(ieee) = self.net.resolve(&job.device)
-                    && self.net.lock().connected
-                {
-                    return ieee;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
-        let Ok(ieee) = known else {
-            return Err(TaskError::new(
-                ErrorCode::SendFailed,
-                format!(
-                    "the agent restarted during the update of {}; zigbee2mqtt on network '{}' did \
-                     not tell about the device within {}",
-                    job.device,
-                    self.cfg.network,
-                    humantime::format_duration(RECOVER_WAIT)
-                ),
-            ));
-        };
+        let ieee = self.wait_until_listed(&job.device).await?;
         let before = self.net.report(&ieee).unwrap_or_default();
         let target = note
             .as_ref()
@@ -526,7 +481,6 @@ impl ZigbeeTransport {
             file_version: note.as_ref().and_then(|n| n.before),
             ..VersionInfo::default()
         };
-        let version = |v: Option<u32>| v.map_or("unknown".to_string(), |v| v.to_string());
         let Some(note) = note.filter(|_| stage != CommitStage::Before) else {
             if self.installed(&ieee) == Some(target) {
                 return Ok(UpdateReport {
@@ -568,35 +522,140 @@ impl ZigbeeTransport {
             .devices
             .get(&ieee)
             .and_then(|e| e.state.update.as_ref().and_then(|u| u.state));
+        match self.what_runs(cached, &note, &ieee, &before.name).await? {
+            Runs::ArmedSchedule => {
+                tracing::info!(device = %ieee, "the schedule is armed in zigbee2mqtt: waiting for the wake-up");
+                self.run_sleeper(&cx, None, serde_json::Value::Null, true)
+                    .await
+            }
+            Runs::Transfer => {
+                tracing::info!(device = %ieee, "zigbee2mqtt still runs the transfer: following it");
+                self.with_book(|b| b.attach(slot.key));
+                self.follow(
+                    &cx,
+                    None,
+                    Tracker::attached(target, 0),
+                    &mut events,
+                    note.schedule,
+                )
+                .await
+            }
+            Runs::Nothing => {
+                let Cx { from, to, .. } = cx;
+                let report = UpdateReport {
+                    from,
+                    to,
+                    wire_bytes: 0,
+                };
+                self.nothing_runs(&job, &ieee, &before.name, note.schedule, report)
+                    .await
+            }
+        }
+    }
+
+    /// zigbee2mqtt runs nothing for a device whose job an agent restart interrupted after the
+    /// committing mark: the installed version decides.
+    async fn nothing_runs(
+        &self,
+        job: &RecoverJob,
+        ieee: &str,
+        name: &str,
+        scheduled: bool,
+        report: UpdateReport,
+    ) -> Result<UpdateReport, TaskError> {
+        let target = report.to.file_version;
+        let installed = self.installed(ieee);
+        if installed.is_some() && installed == target {
+            job.commit.committed().await;
+            return Ok(report);
+        }
+        if job.commit.stage() == CommitStage::Committed {
+            return Err(TaskError::new(
+                ErrorCode::DeviceReportedFailure,
+                format!(
+                    "{name} had the whole image before the agent restarted, but reports version {} \
+                     now: check it",
+                    version_text(installed)
+                ),
+            ));
+        }
+        job.commit.not_taken();
+        Err(TaskError::new(
+            ErrorCode::SendFailed,
+            format!(
+                "the agent restarted during the update of {name}; zigbee2mqtt runs nothing for it \
+                 {}and it reports version {}: the update can be sent again",
+                if scheduled {
+                    "(its schedule was removed) "
+                } else {
+                    ""
+                },
+                version_text(installed)
+            ),
+        ))
+    }
+
+    /// Waits (up to [`RECOVER_WAIT`]) until zigbee2mqtt is connected and lists the device.
+    async fn wait_until_listed(&self, device: &str) -> Result<String, TaskError> {
+        let known = tokio::time::timeout(RECOVER_WAIT, async {
+            loop {
+                if let Some(ieee) = self.net.resolve(device)
+                    && self.net.lock().connected
+                {
+                    return ieee;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        known.map_err(|_| {
+            TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "the agent restarted during the update of {}; zigbee2mqtt on network '{}' did \
+                     not tell about the device within {}",
+                    device,
+                    self.cfg.network,
+                    humantime::format_duration(RECOVER_WAIT)
+                ),
+            )
+        })
+    }
+
+    /// What zigbee2mqtt runs for a device whose job was interrupted by an agent restart.
+    async fn what_runs(
+        &self,
+        cached: Option<OtaState>,
+        note: &RecoveryNote,
+        ieee: &str,
+        name: &str,
+    ) -> Result<Runs, TaskError> {
         // Device states are not retained: a state seen since the agent started tells; else
         // zigbee2mqtt is asked. A schedule is withdrawn (it may point at the image endpoint of
         // the agent that stopped): "in progress" means the device woke and its run goes on. A
         // mains update is checked: "in progress" means the transfer goes on. Both requests make
         // zigbee2mqtt publish the device's state (its installed version) before answering.
-        let running = match cached {
-            Some(OtaState::Updating) => true,
-            Some(OtaState::Scheduled) if !note.url => {
-                tracing::info!(device = %ieee, "the schedule is armed in zigbee2mqtt: waiting for the wake-up");
-                return self
-                    .run_sleeper(&cx, None, serde_json::Value::Null, true)
-                    .await;
-            }
+        Ok(match cached {
+            Some(OtaState::Updating) => Runs::Transfer,
+            Some(OtaState::Scheduled) if !note.url => Runs::ArmedSchedule,
             _ => {
                 let op = if note.schedule {
                     OtaOp::Unschedule
                 } else {
                     OtaOp::Check
                 };
-                match self.ask(op, false, &ieee, None).await {
-                    flow::Asked::Ok => false,
-                    flow::Asked::Refused(_, ota_devproto::z2m::Z2mErrorKind::InProgress) => true,
+                match self.ask(op, false, ieee, None).await {
+                    flow::Asked::Ok => Runs::Nothing,
+                    flow::Asked::Refused(_, ota_devproto::z2m::Z2mErrorKind::InProgress) => {
+                        Runs::Transfer
+                    }
                     flow::Asked::Refused(e, _) => {
                         return Err(TaskError::new(
                             e.code,
                             format!(
                                 "the agent restarted during the update of {} and could not ask \
                                  zigbee2mqtt how it ended: {}",
-                                before.name, e.message
+                                name, e.message
                             ),
                         ));
                     }
@@ -606,61 +665,13 @@ impl ZigbeeTransport {
                             format!(
                                 "the agent restarted during the update of {}; zigbee2mqtt did not \
                                  answer how it ended",
-                                before.name
+                                name
                             ),
                         ));
                     }
                 }
             }
-        };
-        if running {
-            tracing::info!(device = %ieee, "zigbee2mqtt still runs the transfer: following it");
-            self.with_book(|b| b.attach(slot.key));
-            return self
-                .follow(
-                    &cx,
-                    None,
-                    Tracker::attached(target, 0),
-                    &mut events,
-                    note.schedule,
-                )
-                .await;
-        }
-        let installed = self.installed(&ieee);
-        if installed == Some(target) {
-            job.commit.committed().await;
-            return Ok(UpdateReport {
-                from,
-                to,
-                wire_bytes: 0,
-            });
-        }
-        if stage == CommitStage::Committed {
-            return Err(TaskError::new(
-                ErrorCode::DeviceReportedFailure,
-                format!(
-                    "{} had the whole image before the agent restarted, but reports version {} \
-                     now: check it",
-                    before.name,
-                    version(installed)
-                ),
-            ));
-        }
-        job.commit.not_taken();
-        Err(TaskError::new(
-            ErrorCode::SendFailed,
-            format!(
-                "the agent restarted during the update of {}; zigbee2mqtt runs nothing for it \
-                 {}and it reports version {}: the update can be sent again",
-                before.name,
-                if note.schedule {
-                    "(its schedule was removed) "
-                } else {
-                    ""
-                },
-                version(installed)
-            ),
-        ))
+        })
     }
 
     /// Reads or changes the book; waiting jobs are woken when it changed.
@@ -677,6 +688,54 @@ impl ZigbeeTransport {
         });
         r
     }
+}
+
+/// The image: exactly the verified bytes, and a Zigbee OTA file of the version the firmware
+/// record names. Its file version is the target.
+fn check_image(image: &crate::transport::VerifiedImage) -> Result<u32, TaskError> {
+    let actual = sha256_hex(&image.bytes);
+    if !actual.eq_ignore_ascii_case(&image.sha256) {
+        return Err(TaskError::new(
+            ErrorCode::ChecksumMismatch,
+            format!(
+                "image sha256 is {actual}, the task expects {}",
+                image.sha256
+            ),
+        ));
+    }
+    let header = ota_firmware::zigbee::parse(&image.bytes).map_err(|e| {
+        TaskError::new(
+            ErrorCode::PrevalidationFailed,
+            format!("the image is not a Zigbee OTA file: {e}"),
+        )
+    })?;
+    let target = header.header.file_version;
+    if let Some(expected) = image.file_version
+        && expected != target
+    {
+        return Err(TaskError::new(
+            ErrorCode::PrevalidationFailed,
+            format!(
+                "the image's header has file version {target}, the firmware record says {expected}"
+            ),
+        ));
+    }
+    Ok(target)
+}
+
+/// A file version as a message shows it.
+fn version_text(v: Option<u32>) -> String {
+    v.map_or("unknown".to_string(), |v| v.to_string())
+}
+
+/// What zigbee2mqtt runs for a device after an agent restart.
+enum Runs {
+    /// A transfer (a mains update, or a sleeper that woke): it is followed.
+    Transfer,
+    /// A schedule the agent armed, still waiting for the wake-up.
+    ArmedSchedule,
+    /// Nothing: the installed version decides.
+    Nothing,
 }
 
 /// What a restarted agent needs to find out how a zigbee2mqtt job ended (the committing

@@ -599,45 +599,12 @@ impl Client {
                 self.negotiate()?;
             }
             ClientState::NoiseHandshake => return Ok(false),
-            ClientState::AwaitAuthRequest => {
-                self.expect(
-                    first,
-                    &[
-                        response::AUTH_OK,
-                        response::REQUEST_AUTH,
-                        response::REQUEST_SHA256_AUTH,
-                    ],
-                )?;
-                let _ = self.rx().split_to(1);
-                match AuthScheme::from_request_byte(first) {
-                    None => self.start_data(),
-                    Some(scheme) => {
-                        if self.config.password.is_none() {
-                            return Err(ClientError::PasswordRequired);
-                        }
-                        self.auth = Some(scheme);
-                        self.set_phase(Phase::Authenticating);
-                        self.state = ClientState::AwaitNonce;
-                    }
-                }
-            }
+            ClientState::AwaitAuthRequest => self.on_auth_request(first)?,
             ClientState::AwaitNonce => {
                 self.check_error(first)?;
-                let scheme = self.auth.expect("a challenge was received");
-                if self.rx().len() < scheme.hex_len() {
+                if !self.answer_nonce()? {
                     return Ok(false);
                 }
-                let nonce = self.rx().split_to(scheme.hex_len());
-                let cnonce = scheme.client_cnonce(&mut self.auth_rng);
-                let password = self
-                    .config
-                    .password
-                    .as_ref()
-                    .expect("checked on the challenge");
-                let answer = scheme.response(password, &nonce, cnonce.as_bytes());
-                self.send_field(cnonce.as_bytes());
-                self.send_field(answer.as_bytes());
-                self.state = ClientState::AwaitAuthResult;
             }
             ClientState::AwaitAuthResult => {
                 self.expect(first, &[response::AUTH_OK])?;
@@ -693,6 +660,53 @@ impl Client {
             }
             ClientState::Done | ClientState::Failed => return Ok(false),
         }
+        Ok(true)
+    }
+
+    /// The device's answer to the hello: no authentication, or a challenge to come.
+    fn on_auth_request(&mut self, first: u8) -> Result<(), ClientError> {
+        self.expect(
+            first,
+            &[
+                response::AUTH_OK,
+                response::REQUEST_AUTH,
+                response::REQUEST_SHA256_AUTH,
+            ],
+        )?;
+        let _ = self.rx().split_to(1);
+        match AuthScheme::from_request_byte(first) {
+            None => self.start_data(),
+            Some(scheme) => {
+                if self.config.password.is_none() {
+                    return Err(ClientError::PasswordRequired);
+                }
+                self.auth = Some(scheme);
+                self.set_phase(Phase::Authenticating);
+                self.state = ClientState::AwaitNonce;
+            }
+        }
+        Ok(())
+    }
+
+    /// The challenge's nonce: answered with our cnonce and the digest; false while it is
+    /// incomplete.
+    fn answer_nonce(&mut self) -> Result<bool, ClientError> {
+        // Both were checked when the challenge was announced (`on_auth_request`).
+        let (Some(scheme), true) = (self.auth, self.config.password.is_some()) else {
+            return Err(ClientError::PasswordRequired);
+        };
+        if self.rx().len() < scheme.hex_len() {
+            return Ok(false);
+        }
+        let nonce = self.rx().split_to(scheme.hex_len());
+        let cnonce = scheme.client_cnonce(&mut self.auth_rng);
+        let Some(password) = self.config.password.as_ref() else {
+            return Err(ClientError::PasswordRequired);
+        };
+        let answer = scheme.response(password, &nonce, cnonce.as_bytes());
+        self.send_field(cnonce.as_bytes());
+        self.send_field(answer.as_bytes());
+        self.state = ClientState::AwaitAuthResult;
         Ok(true)
     }
 

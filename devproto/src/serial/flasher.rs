@@ -887,24 +887,7 @@ impl Flasher {
     }
 
     fn handle_reply(&mut self, step: Step, op: Op, resp: Response, now: Duration) {
-        let payload_len = match step {
-            // 20 bytes from ESP32-S3 on, 12 from the ESP32-S2.
-            Step::SecurityInfo => {
-                if resp.data.len() >= 22 {
-                    20
-                } else {
-                    12
-                }
-            }
-            Step::Md5 | Step::RegionMd5 => {
-                if resp.data.len() >= Md5Format::RomHex.len() + 2 {
-                    Md5Format::RomHex.len()
-                } else {
-                    Md5Format::StubRaw.len()
-                }
-            }
-            _ => 0,
-        };
+        let payload_len = reply_payload_len(step, resp.data.len());
         let payload = match resp.outcome(payload_len) {
             Ok(p) => p.to_vec(),
             Err(StatusError::Rom(error)) => {
@@ -932,21 +915,7 @@ impl Flasher {
                     ),
                 }
             }
-            Step::SecurityInfo => {
-                // `flags u32, flash_crypt_cnt u8, key_purposes [u8; 7]` then, after the ESP32-S2,
-                // `chip_id u32, api_version u32`.
-                let chip = if payload.len() == 20 {
-                    let id =
-                        u32::from_le_bytes([payload[12], payload[13], payload[14], payload[15]]);
-                    u16::try_from(id).ok().and_then(Chip::from_image_chip_id)
-                } else {
-                    Some(Chip::Esp32S2)
-                };
-                match chip {
-                    Some(chip) => self.on_chip(chip, now),
-                    None => self.fail(FlashError::UnknownChip { magic: self.magic }),
-                }
-            }
+            Step::SecurityInfo => self.on_security_info(&payload, now),
             Step::ReadRtcCali => {
                 self.rtc_cali = value;
                 self.next_step(now);
@@ -997,55 +966,8 @@ impl Flasher {
                 self.report_detected();
                 self.next_step(now);
             }
-            Step::Md5 | Step::RegionMd5 => {
-                let format = if payload.len() == Md5Format::RomHex.len() {
-                    Md5Format::RomHex
-                } else {
-                    Md5Format::StubRaw
-                };
-                let Some(actual) = format.decode(&payload) else {
-                    return self.fail(FlashError::Protocol {
-                        stage: Stage::Verifying,
-                        op,
-                        detail: format!(
-                            "MD5 reply {:?} is not hex",
-                            String::from_utf8_lossy(&payload)
-                        ),
-                    });
-                };
-                if step == Step::RegionMd5 {
-                    self.flash_md5 = Some(actual);
-                    return self.next_step(now);
-                }
-                let expected = self.plan.as_ref().map(|p| p.md5).unwrap_or_default();
-                if actual != expected {
-                    return self.fail(FlashError::Md5Mismatch { expected, actual });
-                }
-                self.verified_md5 = Some(actual);
-                self.next_step(now);
-            }
-            Step::Data { index, .. } => {
-                if let Some(plan) = &self.plan {
-                    let b = &plan.blocks[index];
-                    self.bytes_written = b.written_after;
-                    let progress = Progress {
-                        written: self.bytes_written,
-                        total: plan.len,
-                        wire_sent: plan.blocks[..=index]
-                            .iter()
-                            .map(|b| b.data.len() as u64)
-                            .sum(),
-                        wire_total: plan.wire_total,
-                    };
-                    self.events.push_back(Event::Progress(progress));
-                }
-                if let Some(plan) = &self.plan
-                    && index + 1 < plan.blocks.len()
-                {
-                    return self.send_data(index + 1, 0, now);
-                }
-                self.next_step(now);
-            }
+            Step::Md5 | Step::RegionMd5 => self.on_md5(step, op, &payload, now),
+            Step::Data { index, .. } => self.on_block_written(index, now),
             Step::Attach
             | Step::IdStart
             | Step::IdRestore
@@ -1054,6 +976,76 @@ impl Flasher {
             | Step::EndBegin
             | Step::End => self.next_step(now),
         }
+    }
+
+    /// `GET_SECURITY_INFO`: the chip, from its id (ESP32-S3 on) or its reply's length (S2).
+    fn on_security_info(&mut self, payload: &[u8], now: Duration) {
+        // `flags u32, flash_crypt_cnt u8, key_purposes [u8; 7]` then, after the ESP32-S2,
+        // `chip_id u32, api_version u32`.
+        let chip = if payload.len() == 20 {
+            let id = u32::from_le_bytes([payload[12], payload[13], payload[14], payload[15]]);
+            u16::try_from(id).ok().and_then(Chip::from_image_chip_id)
+        } else {
+            Some(Chip::Esp32S2)
+        };
+        match chip {
+            Some(chip) => self.on_chip(chip, now),
+            None => self.fail(FlashError::UnknownChip { magic: self.magic }),
+        }
+    }
+
+    /// `SPI_FLASH_MD5`: of the region asked about (recovery), or of the image just written,
+    /// which must match the plan's.
+    fn on_md5(&mut self, step: Step, op: Op, payload: &[u8], now: Duration) {
+        let format = if payload.len() == Md5Format::RomHex.len() {
+            Md5Format::RomHex
+        } else {
+            Md5Format::StubRaw
+        };
+        let Some(actual) = format.decode(payload) else {
+            return self.fail(FlashError::Protocol {
+                stage: Stage::Verifying,
+                op,
+                detail: format!(
+                    "MD5 reply {:?} is not hex",
+                    String::from_utf8_lossy(payload)
+                ),
+            });
+        };
+        if step == Step::RegionMd5 {
+            self.flash_md5 = Some(actual);
+            return self.next_step(now);
+        }
+        let expected = self.plan.as_ref().map(|p| p.md5).unwrap_or_default();
+        if actual != expected {
+            return self.fail(FlashError::Md5Mismatch { expected, actual });
+        }
+        self.verified_md5 = Some(actual);
+        self.next_step(now);
+    }
+
+    /// A `FLASH_DATA`/`FLASH_DEFL_DATA` block was written: progress, then the next block.
+    fn on_block_written(&mut self, index: usize, now: Duration) {
+        if let Some(plan) = &self.plan {
+            let b = &plan.blocks[index];
+            self.bytes_written = b.written_after;
+            let progress = Progress {
+                written: self.bytes_written,
+                total: plan.len,
+                wire_sent: plan.blocks[..=index]
+                    .iter()
+                    .map(|b| b.data.len() as u64)
+                    .sum(),
+                wire_total: plan.wire_total,
+            };
+            self.events.push_back(Event::Progress(progress));
+        }
+        if let Some(plan) = &self.plan
+            && index + 1 < plan.blocks.len()
+        {
+            return self.send_data(index + 1, 0, now);
+        }
+        self.next_step(now);
     }
 
     fn on_rom_error(&mut self, step: Step, op: Op, error: RomError, now: Duration) {
@@ -1166,17 +1158,7 @@ impl Flasher {
                 let Some(r) = regs else {
                     return self.next_step(now);
                 };
-                // RDID: command byte 0x9F, 24 bits back. Lengths are in bits minus one.
-                let mut writes = Vec::new();
-                match r.miso_dlen {
-                    Some(miso) => writes.push(RegWrite::new(miso, 24 - 1)),
-                    None => writes.push(RegWrite::new(r.usr1, (24 - 1) << 8)),
-                }
-                writes.push(RegWrite::new(r.usr, SPI_USR_COMMAND | SPI_USR_MISO));
-                writes.push(RegWrite::new(r.usr2, (7 << 28) | u32::from(SPIFLASH_RDID)));
-                writes.push(RegWrite::new(r.w0, 0));
-                writes.push(RegWrite::new(r.cmd, SPI_CMD_USR));
-                self.send(step, Command::WriteReg(writes), t, now);
+                self.send(step, Command::WriteReg(rdid_writes(&r)), t, now);
             }
             Step::IdRestore => {
                 let Some(r) = regs else {
@@ -1231,61 +1213,10 @@ impl Flasher {
                 if let Err(e) = self.prepare() {
                     return self.fail(e);
                 }
-                let Some(plan) = &self.plan else {
-                    return self.finish();
-                };
-                let (cmd, timeout) = if plan.compressed {
-                    let erase = (plan.len as u32).div_ceil(ROM_BLOCK_SIZE) * ROM_BLOCK_SIZE;
-                    let b = self.begin(erase, plan.blocks.len() as u32, plan.offset);
-                    (
-                        Command::FlashDeflBegin(b),
-                        self.cfg
-                            .scaled_timeout(self.cfg.erase_timeout_per_mb, u64::from(erase)),
-                    )
-                } else {
-                    let size = plan.len as u32;
-                    let erase = if rom.chip == Chip::Esp8266 {
-                        esp8266_erase_size(plan.offset, size)
-                    } else {
-                        size
-                    };
-                    let b = self.begin(erase, plan.blocks.len() as u32, plan.offset);
-                    (
-                        Command::FlashBegin(b),
-                        self.cfg
-                            .scaled_timeout(self.cfg.erase_timeout_per_mb, plan.len),
-                    )
-                };
-                self.erase_started = true;
-                self.events.push_back(Event::Stage(Stage::Erasing));
-                self.send(step, cmd, timeout, now);
+                self.send_begin(rom.chip, now);
             }
             Step::Data { index, attempt } => self.send_data(index, attempt, now),
-            Step::Md5 => {
-                let Some(plan) = &self.plan else {
-                    return self.next_step(now);
-                };
-                let (addr, size) = (plan.offset, plan.len as u32);
-                let timeout = self
-                    .cfg
-                    .scaled_timeout(self.cfg.md5_timeout_per_mb, plan.len);
-                self.events.push_back(Event::Stage(Stage::Verifying));
-                self.send(step, Command::SpiFlashMd5 { addr, size }, timeout, now);
-            }
-            Step::RegionMd5 => {
-                let Job::Md5 { offset, len } = self.job else {
-                    return self.next_step(now);
-                };
-                let timeout = self
-                    .cfg
-                    .scaled_timeout(self.cfg.md5_timeout_per_mb, u64::from(len));
-                self.events.push_back(Event::Stage(Stage::Verifying));
-                let cmd = Command::SpiFlashMd5 {
-                    addr: offset,
-                    size: len,
-                };
-                self.send(step, cmd, timeout, now);
-            }
+            Step::Md5 | Step::RegionMd5 => self.send_md5(step, now),
             Step::EndBegin => {
                 self.events.push_back(Event::Stage(Stage::Leaving));
                 self.send(step, Command::FlashBegin(self.begin(0, 0, 0)), t, now);
@@ -1303,6 +1234,51 @@ impl Flasher {
                 attempt: 0,
             });
         }
+    }
+
+    /// `FLASH_BEGIN` (or its deflate form) for the prepared plan: the erase starts.
+    fn send_begin(&mut self, chip: Chip, now: Duration) {
+        let Some(plan) = &self.plan else {
+            return self.finish();
+        };
+        let (cmd, timeout) = if plan.compressed {
+            let erase = (plan.len as u32).div_ceil(ROM_BLOCK_SIZE) * ROM_BLOCK_SIZE;
+            let b = self.begin(erase, plan.blocks.len() as u32, plan.offset);
+            (
+                Command::FlashDeflBegin(b),
+                self.cfg
+                    .scaled_timeout(self.cfg.erase_timeout_per_mb, u64::from(erase)),
+            )
+        } else {
+            let size = plan.len as u32;
+            let erase = if chip == Chip::Esp8266 {
+                esp8266_erase_size(plan.offset, size)
+            } else {
+                size
+            };
+            let b = self.begin(erase, plan.blocks.len() as u32, plan.offset);
+            (
+                Command::FlashBegin(b),
+                self.cfg
+                    .scaled_timeout(self.cfg.erase_timeout_per_mb, plan.len),
+            )
+        };
+        self.erase_started = true;
+        self.events.push_back(Event::Stage(Stage::Erasing));
+        self.send(Step::Begin, cmd, timeout, now);
+    }
+
+    /// `SPI_FLASH_MD5` of the image just written (`Md5`) or of the region asked about
+    /// (`RegionMd5`).
+    fn send_md5(&mut self, step: Step, now: Duration) {
+        let (addr, size, bytes) = match (step, &self.job, &self.plan) {
+            (Step::RegionMd5, Job::Md5 { offset, len }, _) => (*offset, *len, u64::from(*len)),
+            (Step::Md5, _, Some(plan)) => (plan.offset, plan.len as u32, plan.len),
+            _ => return self.next_step(now),
+        };
+        let timeout = self.cfg.scaled_timeout(self.cfg.md5_timeout_per_mb, bytes);
+        self.events.push_back(Event::Stage(Stage::Verifying));
+        self.send(step, Command::SpiFlashMd5 { addr, size }, timeout, now);
     }
 
     fn begin(&self, size: u32, num_blocks: u32, offset: u32) -> Begin {
@@ -1469,6 +1445,43 @@ fn compressed_blocks(data: &[u8]) -> Vec<Block> {
         last.written_after = data.len() as u64;
     }
     blocks
+}
+
+/// The register writes that run the SPI flash's RDID (command byte 0x9F, 24 bits back; lengths
+/// are in bits minus one).
+fn rdid_writes(r: &super::chip::SpiRegs) -> Vec<RegWrite> {
+    let mut writes = Vec::new();
+    match r.miso_dlen {
+        Some(miso) => writes.push(RegWrite::new(miso, 24 - 1)),
+        None => writes.push(RegWrite::new(r.usr1, (24 - 1) << 8)),
+    }
+    writes.push(RegWrite::new(r.usr, SPI_USR_COMMAND | SPI_USR_MISO));
+    writes.push(RegWrite::new(r.usr2, (7 << 28) | u32::from(SPIFLASH_RDID)));
+    writes.push(RegWrite::new(r.w0, 0));
+    writes.push(RegWrite::new(r.cmd, SPI_CMD_USR));
+    writes
+}
+
+/// How many data bytes a reply to `step` carries before its status bytes.
+fn reply_payload_len(step: Step, data_len: usize) -> usize {
+    match step {
+        // 20 bytes from ESP32-S3 on, 12 from the ESP32-S2.
+        Step::SecurityInfo => {
+            if data_len >= 22 {
+                20
+            } else {
+                12
+            }
+        }
+        Step::Md5 | Step::RegionMd5 => {
+            if data_len >= Md5Format::RomHex.len() + 2 {
+                Md5Format::RomHex.len()
+            } else {
+                Md5Format::StubRaw.len()
+            }
+        }
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

@@ -108,6 +108,19 @@ pub(super) enum Asked {
     NoAnswer,
 }
 
+/// A schedule withdrawn after an agent restart cannot be armed again (the image is gone).
+fn withdrawn(cx: &Cx<'_>) -> TaskError {
+    cx.commit.not_taken();
+    TaskError::new(
+        ErrorCode::SendFailed,
+        format!(
+            "the schedule of {} was withdrawn for another transfer after an agent restart and \
+             cannot be armed again without the image; the update is sent again",
+            cx.name
+        ),
+    )
+}
+
 /// Why the job sent an abort.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Abort {
@@ -214,6 +227,10 @@ impl ZigbeeTransport {
     /// withdrawn while it may not (status 13), until the device wakes; then its transfer is
     /// followed. `source` is what the schedule carries (`None` after an agent restart: an armed
     /// schedule is followed but cannot be armed again).
+    ///
+    /// Long because it is one select loop whose arms share the job's waiting state (armed, retry
+    /// time, an aborted run, a cancel that came too late); what needs none of it is in
+    /// [`Self::arm_or_withdraw`] and [`withdrawn`].
     pub(super) async fn run_sleeper(
         &self,
         cx: &Cx<'_>,
@@ -237,61 +254,11 @@ impl ZigbeeTransport {
         let mut aborted_run = false;
         // A cancel or the wake-up budget came while the run was starting: follow it anyway.
         let mut too_late = false;
-        let withdrawn = || {
-            cx.commit.not_taken();
-            TaskError::new(
-                ErrorCode::SendFailed,
-                format!(
-                    "the schedule of {} was withdrawn for another transfer after an agent \
-                     restart and cannot be armed again without the image; the update is sent \
-                     again",
-                    cx.name
-                ),
-            )
-        };
         loop {
             let may = self.with_book(|b| b.may_arm());
             if !aborted_run && !too_late {
-                if may && !armed && retry_at.is_none_or(|t| Instant::now() >= t) {
-                    let Some(src) = &source else {
-                        return Err(withdrawn());
-                    };
-                    cx.commit.committing(note.clone()).await?;
-                    match self
-                        .ask(OtaOp::Schedule, cx.downgrade, &cx.ieee, Some(src.clone()))
-                        .await
-                    {
-                        Asked::Ok | Asked::NoAnswer => {
-                            armed = true;
-                            retry_at = None;
-                            self.with_book(|b| b.set_armed(key, true));
-                            tracing::info!(task.id = %cx.task_id, device = %cx.ieee, "schedule armed");
-                        }
-                        Asked::Refused(_, Z2mErrorKind::InProgress) => {
-                            // Another operation on the device (a check): try again shortly.
-                            retry_at = Some(Instant::now() + Duration::from_secs(1));
-                        }
-                        Asked::Refused(e, _) => {
-                            cx.commit.not_taken();
-                            return Err(e);
-                        }
-                    }
-                } else if !may && armed && retry_at.is_none_or(|t| Instant::now() >= t) {
-                    match self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
-                        Asked::Ok => {
-                            armed = false;
-                            retry_at = None;
-                            self.with_book(|b| b.set_armed(key, false));
-                            tracing::info!(task.id = %cx.task_id, device = %cx.ieee, "schedule withdrawn: another transfer holds the network's slot");
-                            if source.is_none() {
-                                return Err(withdrawn());
-                            }
-                        }
-                        // The run is starting (its state tells), or zigbee2mqtt is busy: ask
-                        // again shortly.
-                        _ => retry_at = Some(Instant::now() + Duration::from_secs(1)),
-                    }
-                }
+                self.arm_or_withdraw(cx, source.as_ref(), &note, may, &mut armed, &mut retry_at)
+                    .await?;
             }
             let status = if armed {
                 UpgradeStatus::WaitingForWakeup
@@ -404,8 +371,67 @@ impl ZigbeeTransport {
         }
     }
 
+    /// A sleepy job's schedule follows the network's slots: armed when a wake-up may take one
+    /// (after the committing mark), withdrawn when it may not; a busy zigbee2mqtt is asked again
+    /// a second later.
+    async fn arm_or_withdraw(
+        &self,
+        cx: &Cx<'_>,
+        source: Option<&ImageSource>,
+        note: &serde_json::Value,
+        may: bool,
+        armed: &mut bool,
+        retry_at: &mut Option<Instant>,
+    ) -> Result<(), TaskError> {
+        if may && !*armed && retry_at.is_none_or(|t| Instant::now() >= t) {
+            let Some(src) = source else {
+                return Err(withdrawn(cx));
+            };
+            cx.commit.committing(note.clone()).await?;
+            match self
+                .ask(OtaOp::Schedule, cx.downgrade, &cx.ieee, Some(src.clone()))
+                .await
+            {
+                Asked::Ok | Asked::NoAnswer => {
+                    *armed = true;
+                    *retry_at = None;
+                    self.with_book(|b| b.set_armed(cx.key, true));
+                    tracing::info!(task.id = %cx.task_id, device = %cx.ieee, "schedule armed");
+                }
+                Asked::Refused(_, Z2mErrorKind::InProgress) => {
+                    // Another operation on the device (a check): try again shortly.
+                    *retry_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+                Asked::Refused(e, _) => {
+                    cx.commit.not_taken();
+                    return Err(e);
+                }
+            }
+        } else if !may && *armed && retry_at.is_none_or(|t| Instant::now() >= t) {
+            match self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
+                Asked::Ok => {
+                    *armed = false;
+                    *retry_at = None;
+                    self.with_book(|b| b.set_armed(cx.key, false));
+                    tracing::info!(task.id = %cx.task_id, device = %cx.ieee, "schedule withdrawn: another transfer holds the network's slot");
+                    if source.is_none() {
+                        return Err(withdrawn(cx));
+                    }
+                }
+                // The run is starting (its state tells), or zigbee2mqtt is busy: ask
+                // again shortly.
+                _ => *retry_at = Some(Instant::now() + Duration::from_secs(1)),
+            }
+        }
+        Ok(())
+    }
+
     /// Follows a transfer to its end: the update response (when `pending`), the device's state,
     /// and outages of the broker or of zigbee2mqtt. The transfer budget runs from now.
+    ///
+    /// Long because it is one select loop whose arms share the transfer's state (deadline,
+    /// grace, abort, suspected outage); each outcome is its own method ([`Self::run_ended`],
+    /// [`Self::update_answered`], [`Self::verified`]).
     pub(super) async fn follow(
         &self,
         cx: &Cx<'_>,
@@ -443,49 +469,9 @@ impl ZigbeeTransport {
                                 // The update response (with build ids) follows right away.
                                 grace.get_or_insert(Instant::now() + self.cfg.timeouts.completion_grace);
                             }
-                            Verdict::ScheduledRunFailed => {
-                                self.unschedule(&cx.ieee).await;
-                                cx.commit.not_taken();
-                                return Err(match aborting {
-                                    Some((_, Abort::Budget)) => cx.budget_error(&tracker),
-                                    Some((_, Abort::Cancel)) => cancelled("the scheduled run was aborted"),
-                                    None => TaskError::new(
-                                        ErrorCode::SendFailed,
-                                        format!(
-                                            "the scheduled update of {} failed when the device woke up (zigbee2mqtt's log has the cause); the agent unscheduled it",
-                                            cx.name
-                                        ),
-                                    ),
-                                });
-                            }
-                            Verdict::ScheduledRunFoundNoImage => {
-                                if self.installed(&cx.ieee) == Some(cx.target) {
-                                    // It runs the image already (an earlier attempt got it).
-                                    cx.commit.committed().await;
-                                    return Ok(cx.report(None));
-                                }
-                                cx.commit.not_taken();
-                                return Err(to_task_error(&format!(
-                                    "Update of '{}' failed (No image currently available)",
-                                    cx.name
-                                )));
-                            }
-                            Verdict::EndedWithoutTarget => {
-                                let now = u.installed_version.map_or("an unknown version".to_string(), |v| v.to_string());
-                                if tracker.downloaded() || cx.commit.stage() == crate::transport::CommitStage::Committed {
-                                    return Err(TaskError::new(
-                                        ErrorCode::DeviceReportedFailure,
-                                        format!("the transfer to {} ended, but the device reports {now}, not {}", cx.name, cx.target),
-                                    ));
-                                }
-                                cx.commit.not_taken();
-                                if let Some((_, Abort::Budget)) = aborting {
-                                    return Err(cx.budget_error(&tracker));
-                                }
-                                return Err(TaskError::new(
-                                    ErrorCode::SendFailed,
-                                    format!("the transfer to {} ended before the whole image was sent; it still reports {now}", cx.name),
-                                ));
+                            ended => {
+                                let installed = u.installed_version;
+                                return self.run_ended(cx, ended, installed, aborting.map(|a| a.1), &tracker).await;
                             }
                         }
                     }
@@ -524,38 +510,7 @@ impl ZigbeeTransport {
                 resp = answer(&mut pending), if pending.is_some() => {
                     pending = None;
                     let Ok(resp) = resp else { continue };
-                    if resp.is_ok() {
-                        let data = UpdateData::from_value(&resp.data);
-                        if let Some(v) = data.as_ref().and_then(|d| d.to.as_ref()).and_then(|t| t.file_version)
-                            && v != cx.target
-                        {
-                            return Err(TaskError::new(
-                                ErrorCode::DeviceReportedFailure,
-                                format!("zigbee2mqtt reports version {v} after the update, expected {}", cx.target),
-                            ));
-                        }
-                        cx.commit.committed().await;
-                        return Ok(cx.report(data));
-                    }
-                    let msg = resp.error.unwrap_or_default();
-                    if classify(&msg) == Z2mErrorKind::NoImage
-                        && self.installed(&cx.ieee) == Some(cx.target)
-                    {
-                        // "No image" for a device that runs the image already (an earlier
-                        // attempt got it, and the agent did not know its version).
-                        tracing::info!(task.id = %cx.task_id, "the device already runs the target");
-                        cx.commit.committed().await;
-                        return Ok(cx.report(None));
-                    }
-                    // zigbee2mqtt's update failed: the device keeps its firmware.
-                    cx.commit.not_taken();
-                    return Err(match aborting {
-                        Some((_, Abort::Cancel)) if classify(&msg) == Z2mErrorKind::Aborted => {
-                            cancelled("zigbee2mqtt aborted the transfer before it started")
-                        }
-                        Some((_, Abort::Budget)) => cx.budget_error(&tracker),
-                        _ => to_task_error(&msg),
-                    });
+                    return self.update_answered(cx, resp, aborting.map(|a| a.1), &tracker).await;
                 }
                 r = answer(&mut verify), if verify.is_some() => {
                     verify = None;
@@ -565,23 +520,7 @@ impl ZigbeeTransport {
                         suspect = false;
                         continue;
                     }
-                    let installed = self.net.report(&cx.ieee).and_then(|r| r.file_version);
-                    if installed == Some(cx.target) {
-                        cx.commit.committed().await;
-                        return Ok(cx.report(None));
-                    }
-                    if !tracker.downloaded() {
-                        cx.commit.not_taken();
-                    }
-                    let why = resp.error.map(|e| format!(" ({e})")).unwrap_or_default();
-                    return Err(TaskError::new(
-                        ErrorCode::SendFailed,
-                        format!(
-                            "the update of {} did not complete: zigbee2mqtt or the MQTT broker went away during the transfer and the device still reports version {}{why}; retry",
-                            cx.name,
-                            installed.map_or("unknown".to_string(), |v| v.to_string()),
-                        ),
-                    ));
+                    return self.verified(cx, resp, &tracker).await;
                 }
                 () = until(grace), if grace.is_some() => {
                     return Ok(cx.report(None));
@@ -616,6 +555,150 @@ impl ZigbeeTransport {
                 }
             }
         }
+    }
+
+    /// A transfer's run ended without the target (`ended` is not `Pending` or `ReachedTarget`):
+    /// what the job reports.
+    async fn run_ended(
+        &self,
+        cx: &Cx<'_>,
+        ended: Verdict,
+        installed: Option<u32>,
+        aborting: Option<Abort>,
+        tracker: &Tracker,
+    ) -> Result<UpdateReport, TaskError> {
+        match ended {
+            Verdict::ScheduledRunFailed => {
+                self.unschedule(&cx.ieee).await;
+                cx.commit.not_taken();
+                Err(match aborting {
+                    Some(Abort::Budget) => cx.budget_error(tracker),
+                    Some(Abort::Cancel) => cancelled("the scheduled run was aborted"),
+                    None => TaskError::new(
+                        ErrorCode::SendFailed,
+                        format!(
+                            "the scheduled update of {} failed when the device woke up (zigbee2mqtt's log has the cause); the agent unscheduled it",
+                            cx.name
+                        ),
+                    ),
+                })
+            }
+            Verdict::ScheduledRunFoundNoImage => {
+                if self.installed(&cx.ieee) == Some(cx.target) {
+                    // It runs the image already (an earlier attempt got it).
+                    cx.commit.committed().await;
+                    return Ok(cx.report(None));
+                }
+                cx.commit.not_taken();
+                Err(to_task_error(&format!(
+                    "Update of '{}' failed (No image currently available)",
+                    cx.name
+                )))
+            }
+            Verdict::EndedWithoutTarget => {
+                let now = installed.map_or("an unknown version".to_string(), |v| v.to_string());
+                if tracker.downloaded()
+                    || cx.commit.stage() == crate::transport::CommitStage::Committed
+                {
+                    return Err(TaskError::new(
+                        ErrorCode::DeviceReportedFailure,
+                        format!(
+                            "the transfer to {} ended, but the device reports {now}, not {}",
+                            cx.name, cx.target
+                        ),
+                    ));
+                }
+                cx.commit.not_taken();
+                if aborting == Some(Abort::Budget) {
+                    return Err(cx.budget_error(tracker));
+                }
+                Err(TaskError::new(
+                    ErrorCode::SendFailed,
+                    format!(
+                        "the transfer to {} ended before the whole image was sent; it still reports {now}",
+                        cx.name
+                    ),
+                ))
+            }
+            // The loop handles these itself; never passed here.
+            Verdict::Pending | Verdict::ReachedTarget => Err(TaskError::new(
+                ErrorCode::Other,
+                "the zigbee job took a running transfer for ended",
+            )),
+        }
+    }
+
+    /// zigbee2mqtt answered the update request: the transfer's outcome.
+    async fn update_answered(
+        &self,
+        cx: &Cx<'_>,
+        resp: ota_devproto::z2m::Response,
+        aborting: Option<Abort>,
+        tracker: &Tracker,
+    ) -> Result<UpdateReport, TaskError> {
+        if resp.is_ok() {
+            let data = UpdateData::from_value(&resp.data);
+            if let Some(v) = data
+                .as_ref()
+                .and_then(|d| d.to.as_ref())
+                .and_then(|t| t.file_version)
+                && v != cx.target
+            {
+                return Err(TaskError::new(
+                    ErrorCode::DeviceReportedFailure,
+                    format!(
+                        "zigbee2mqtt reports version {v} after the update, expected {}",
+                        cx.target
+                    ),
+                ));
+            }
+            cx.commit.committed().await;
+            return Ok(cx.report(data));
+        }
+        let msg = resp.error.unwrap_or_default();
+        if classify(&msg) == Z2mErrorKind::NoImage && self.installed(&cx.ieee) == Some(cx.target) {
+            // "No image" for a device that runs the image already (an earlier
+            // attempt got it, and the agent did not know its version).
+            tracing::info!(task.id = %cx.task_id, "the device already runs the target");
+            cx.commit.committed().await;
+            return Ok(cx.report(None));
+        }
+        // zigbee2mqtt's update failed: the device keeps its firmware.
+        cx.commit.not_taken();
+        Err(match aborting {
+            Some(Abort::Cancel) if classify(&msg) == Z2mErrorKind::Aborted => {
+                cancelled("zigbee2mqtt aborted the transfer before it started")
+            }
+            Some(Abort::Budget) => cx.budget_error(tracker),
+            _ => to_task_error(&msg),
+        })
+    }
+
+    /// zigbee2mqtt answered the check sent after an outage, and it runs no transfer for the
+    /// device: the installed version decides.
+    async fn verified(
+        &self,
+        cx: &Cx<'_>,
+        resp: ota_devproto::z2m::Response,
+        tracker: &Tracker,
+    ) -> Result<UpdateReport, TaskError> {
+        let installed = self.net.report(&cx.ieee).and_then(|r| r.file_version);
+        if installed == Some(cx.target) {
+            cx.commit.committed().await;
+            return Ok(cx.report(None));
+        }
+        if !tracker.downloaded() {
+            cx.commit.not_taken();
+        }
+        let why = resp.error.map(|e| format!(" ({e})")).unwrap_or_default();
+        Err(TaskError::new(
+            ErrorCode::SendFailed,
+            format!(
+                "the update of {} did not complete: zigbee2mqtt or the MQTT broker went away during the transfer and the device still reports version {}{why}; retry",
+                cx.name,
+                installed.map_or("unknown".to_string(), |v| v.to_string()),
+            ),
+        ))
     }
 
     /// The file version the device reports now, as far as zigbee2mqtt told.
