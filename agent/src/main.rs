@@ -12,6 +12,10 @@ use ota_agent::site::Site;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
+/// Exit status when the configuration or the command line cannot be used (`EX_USAGE` of
+/// sysexits.h): nothing was started.
+const EXIT_USAGE: u8 = 64;
+
 /// ota-agent — one per site: reports the site's Zigbee (zigbee2mqtt), ESPHome and serial devices
 /// to otad and runs the updates it is given.
 ///
@@ -37,7 +41,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ota-agent: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     if cli.metrics_listen.is_some() {
@@ -48,7 +52,7 @@ fn main() -> ExitCode {
             && let Err(e) = tls.client_config(&config.base_dir)
         {
             eprintln!("ota-agent: {e:#}");
-            return ExitCode::from(64);
+            return ExitCode::from(EXIT_USAGE);
         }
         println!(
             "configuration OK: site {} → {}",

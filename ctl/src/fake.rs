@@ -4,8 +4,9 @@
 //! with chosen exclusions, a refused action, a token that is not there. (`tests/e2e.rs` and
 //! `tests/security.rs` run the same commands against a real otad.)
 //!
-//! The fakes record every request they get and answer from a script; they hold no logic of
-//! their own, so tests check what otactl sends and how it presents what comes back.
+//! The fakes record every request they get and answer from a script; the little logic they
+//! hold is echoing (a created rollout's spec and state) and refusing ids they do not know
+//! (`Get`, `RevokeToken`), so tests check what otactl sends and how it presents what comes back.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

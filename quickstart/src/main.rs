@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use ota_quickstart::{Quickstart, QuickstartOptions};
 
+/// Exit status when the configuration or the command line cannot be used (`EX_USAGE` of
+/// sysexits.h): nothing was started.
+const EXIT_USAGE: u8 = 64;
+
 /// ota-quickstart — otad, one ota-agent and a simulated site with sample firmware, in one
 /// process, so otactl has a fleet to work on at once.
 ///
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
         && let Err(e) = ota_quickstart::reset_data_dir(&cli.data_dir)
     {
         eprintln!("ota-quickstart: {e:#}");
-        return ExitCode::from(64);
+        return ExitCode::from(EXIT_USAGE);
     }
     let opts = QuickstartOptions {
         data_dir: cli.data_dir,

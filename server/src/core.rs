@@ -9,7 +9,8 @@
 //! only ever reflects acknowledged events and applies them strictly in sequence order. After an
 //! `execute` returns, the projection already contains its events (read-your-writes).
 //!
-//! What this module does not do: protobuf (that is `api`), scheduling (that is `scheduler`),
+//! What this module does not do: protobuf (that is `api`), the dispatch and rollout loops (that
+//! is `dispatch` and `rollouts`, around `ota_domain::dispatch` and `ota_domain::rollout::scheduler`),
 //! or any decision itself.
 
 use std::collections::HashMap;

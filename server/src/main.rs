@@ -8,13 +8,17 @@ use ota_server::config::{Config, Flags};
 use ota_server::core::Clock;
 use ota_server::server::{Server, open_store};
 
+/// Exit status when the configuration or the command line cannot be used (`EX_USAGE` of
+/// sysexits.h): nothing was started.
+const EXIT_USAGE: u8 = 64;
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
     let config = match Config::load_with_env(&flags, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("otad: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
