@@ -468,18 +468,31 @@ async fn factory_image_is_refused_before_connecting() {
 #[tokio::test]
 async fn cancel_is_honoured_before_data_and_ignored_after() {
     let node = start(node_config());
+    // The device answers so slowly that no image byte can go before the cancel, whenever the
+    // cancel comes: it is sent with the job's first progress report.
     node.device().inject_once(Fault::Slow {
-        per_response: Duration::from_millis(300),
+        per_response: Duration::from_secs(120),
     });
     let t = transport(device(&node));
     let cancel = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel::<TransferProgress>();
     let c = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        c.cancel();
+    let canceller = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(p) = rx.recv().await {
+            c.cancel();
+            seen.push(p);
+        }
+        seen
     });
     let image = verified(app("2.0.0", 100_000), "2.0.0");
-    let (result, progress) = update_with(&t, job(image.clone()), cancel).await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        t.update(job(image.clone()), tx, cancel),
+    )
+    .await
+    .expect("a cancel does not wait for the slow device");
+    let progress = canceller.await.unwrap();
     let e = err(result);
     assert!(
         e.message.contains("cancelled before any image byte"),

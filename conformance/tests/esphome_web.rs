@@ -178,12 +178,25 @@ fn node(platform: Platform, web: WebConfig, key: Option<[u8; 32]>) -> EsphomeNod
     EsphomeNode::start(c).expect("bind loopback ports")
 }
 
-/// Waits (real time) until the device is back up after a reboot.
+/// Waits (real time) until the device is back up on the new image: its second boot (a fresh
+/// node has booted once), whatever the machine's load.
 async fn back_up(node: &EsphomeNode) {
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    timeout(Duration::from_secs(10), node.device().wait_for(Power::Up))
-        .await
-        .expect("the device comes back");
+    let device = node.device();
+    let mut power = device.watch_power();
+    timeout(Duration::from_secs(10), async {
+        loop {
+            let snap = device.snapshot();
+            if snap.boots >= 2 && snap.power == Power::Up {
+                return;
+            }
+            if power.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the device comes back");
+    assert!(device.snapshot().boots >= 2, "the device rebooted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,15 +137,25 @@ async fn encrypted_api_and_safe_mode() {
     ));
     // Safe mode: the API goes away, native OTA stays.
     node.api.set_enabled(false);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(matches!(
-        device_info(node.api_addr(), Some(key)).await,
-        Err(Probe::Refused)
-    ));
+    timeout(Duration::from_secs(5), async {
+        while !matches!(
+            device_info(node.api_addr(), Some(key)).await,
+            Err(Probe::Refused)
+        ) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the API refuses connections in safe mode");
     assert!(TcpStream::connect(node.ota_addr()).await.is_ok());
     node.api.set_enabled(true);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(device_info(node.api_addr(), Some(key)).await.is_ok());
+    timeout(Duration::from_secs(5), async {
+        while device_info(node.api_addr(), Some(key)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the API answers again after safe mode");
 }
 
 /// One `POST /update` with a multipart body; returns status line and body.
