@@ -524,6 +524,47 @@ impl RolloutView {
     }
 }
 
+/// An event of one of the rollout's stages.
+fn stage_event(r: &mut RolloutView, event: &DomainEvent, at: i64) {
+    match event {
+        DomainEvent::StageStarted(e) => {
+            if let Some(s) = r.stages.get_mut(e.index as usize) {
+                s.state = StageState::Running;
+                s.started_at_ms = Some(at);
+                s.deadline_at_ms = e.deadline_at_ms;
+            }
+        }
+        DomainEvent::StageDevicesExcluded(e) => {
+            let excluded: std::collections::HashSet<&str> =
+                e.excluded.iter().map(|x| x.device_id.as_str()).collect();
+            if let Some(s) = r.stages.get_mut(e.index as usize) {
+                s.device_ids.retain(|d| !excluded.contains(d.as_str()));
+            }
+            r.exclusions.extend(e.excluded.iter().cloned());
+        }
+        DomainEvent::StageSoaking(e) => {
+            if let Some(s) = r.stages.get_mut(e.index as usize) {
+                s.state = StageState::Soaking;
+                s.soak_until_ms = Some(e.until_ms);
+            }
+        }
+        DomainEvent::StageSucceeded(e) => {
+            if let Some(s) = r.stages.get_mut(e.index as usize) {
+                s.state = StageState::Succeeded;
+                s.finished_at_ms = Some(at);
+            }
+        }
+        DomainEvent::StageFailed(e) => {
+            if let Some(s) = r.stages.get_mut(e.index as usize) {
+                s.state = StageState::Failed;
+                s.finished_at_ms = Some(at);
+                s.failure_reason = Some(e.reason.clone());
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A new attempt went to the agent: its transfer budget runs from now.
 fn dispatched(task: &mut TaskView, e: &TaskDispatched, at: i64) {
     task.phase = TaskPhase::AgentPreparing;
@@ -958,40 +999,11 @@ impl FleetState {
                 }
                 r.exclusions.extend(e.excluded.iter().cloned());
             }
-            DomainEvent::StageStarted(e) => {
-                if let Some(s) = r.stages.get_mut(e.index as usize) {
-                    s.state = StageState::Running;
-                    s.started_at_ms = Some(at);
-                    s.deadline_at_ms = e.deadline_at_ms;
-                }
-            }
-            DomainEvent::StageDevicesExcluded(e) => {
-                let excluded: std::collections::HashSet<&str> =
-                    e.excluded.iter().map(|x| x.device_id.as_str()).collect();
-                if let Some(s) = r.stages.get_mut(e.index as usize) {
-                    s.device_ids.retain(|d| !excluded.contains(d.as_str()));
-                }
-                r.exclusions.extend(e.excluded.iter().cloned());
-            }
-            DomainEvent::StageSoaking(e) => {
-                if let Some(s) = r.stages.get_mut(e.index as usize) {
-                    s.state = StageState::Soaking;
-                    s.soak_until_ms = Some(e.until_ms);
-                }
-            }
-            DomainEvent::StageSucceeded(e) => {
-                if let Some(s) = r.stages.get_mut(e.index as usize) {
-                    s.state = StageState::Succeeded;
-                    s.finished_at_ms = Some(at);
-                }
-            }
-            DomainEvent::StageFailed(e) => {
-                if let Some(s) = r.stages.get_mut(e.index as usize) {
-                    s.state = StageState::Failed;
-                    s.finished_at_ms = Some(at);
-                    s.failure_reason = Some(e.reason.clone());
-                }
-            }
+            DomainEvent::StageStarted(_)
+            | DomainEvent::StageDevicesExcluded(_)
+            | DomainEvent::StageSoaking(_)
+            | DomainEvent::StageSucceeded(_)
+            | DomainEvent::StageFailed(_) => stage_event(r, event, at),
             DomainEvent::RolloutPaused(e) => {
                 r.state = RolloutState::Paused;
                 r.state_reason = e.reason.clone();
