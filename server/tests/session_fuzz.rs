@@ -49,7 +49,12 @@ fn world() -> &'static World {
             .build()
             .unwrap();
         let (ts, firmware_id) = rt.block_on(async {
-            let ts = TestServer::start().await;
+            // One server for every case: its per-caller limit on EventService.Tail (the
+            // check reads the log once per case) would throttle a fast run.
+            let ts = TestServer::start_in(tempfile::tempdir().unwrap(), |c| {
+                c.rate_limits.tail = 0;
+            })
+            .await;
             let image = EspAppBuilder::new(Chip::Esp32)
                 .version("2.0.0")
                 .payload_size(2000)
