@@ -217,6 +217,20 @@ impl Actor {
             format!("{} ({})", self.name, self.role)
         }
     }
+
+    /// The actor of an envelope label (the inverse of [`Actor::label`]).
+    pub fn from_label(label: &str) -> Self {
+        match label.rsplit_once(" (") {
+            Some((name, role)) if role.ends_with(')') => Self {
+                name: name.to_string(),
+                role: role.trim_end_matches(')').to_string(),
+            },
+            _ => Self {
+                name: label.to_string(),
+                role: String::new(),
+            },
+        }
+    }
 }
 
 /// What a site reported about one device.

@@ -117,8 +117,8 @@ pub fn write(dir: &Path, point: &SnapshotPoint, body: &[u8]) -> io::Result<PathB
     Ok(path)
 }
 
-/// Snapshot files by sequence number, newest first.
-fn listed(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+/// Snapshot files by sequence number, newest first (none when `dir` does not exist).
+pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -136,7 +136,7 @@ fn listed(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 fn prune(dir: &Path) -> io::Result<()> {
-    for (_, path) in listed(dir)?.into_iter().skip(KEEP) {
+    for (_, path) in list(dir)?.into_iter().skip(KEEP) {
         std::fs::remove_file(path)?;
     }
     // Temporary files of writes a crash interrupted.
@@ -272,7 +272,7 @@ pub fn load_newest(
     matches: impl Fn(&SnapshotPoint) -> Result<bool, String>,
     mut skipped: impl FnMut(&Path, String),
 ) -> Option<Loaded> {
-    let files = match listed(dir) {
+    let files = match list(dir) {
         Ok(f) => f,
         Err(e) => {
             skipped(dir, format!("cannot list snapshots: {e}"));
@@ -367,7 +367,7 @@ mod tests {
             };
             write(dir.path(), &point, &encode(&state, &HashMap::new())).unwrap();
         }
-        let names: Vec<u64> = listed(dir.path()).unwrap().iter().map(|f| f.0).collect();
+        let names: Vec<u64> = list(dir.path()).unwrap().iter().map(|f| f.0).collect();
         assert_eq!(names, vec![9, 5]);
         // A log that ends at 6 cannot use the snapshot at 9.
         let mut skipped = Vec::new();

@@ -226,21 +226,8 @@ async fn the_core_writes_a_snapshot_every_n_events_in_the_background() {
     fill(&store, 0, 10, "1.0.0").await; // 40 events
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let newest = loop {
-        let mut seqs: Vec<u64> = std::fs::read_dir(dir.path())
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| {
-                        let name = e.file_name().into_string().ok()?;
-                        name.strip_prefix("fleet-")?
-                            .strip_suffix(".snap")?
-                            .parse()
-                            .ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        seqs.sort();
-        if let Some(&n) = seqs.last() {
+        let files = ota_server::snapshot::list(dir.path()).unwrap();
+        if let Some(&(n, _)) = files.first() {
             break n;
         }
         assert!(

@@ -5,13 +5,15 @@
 //!   it is recorded with the rollout (`RolloutApprovalRequired`), so changing the setting later
 //!   does not change what an existing rollout needs;
 //! - only a draft that waits for approval can be approved or denied, by an operator or admin
-//!   who is not the one who created it (the event's actor, `"name (role)"`), with a reason;
+//!   who is not the one who created it (the same token name under another role is the same
+//!   person), with a reason;
 //! - approving twice, or approving after a denial, is refused; a denial ends the rollout;
 //! - a rollout that waits for approval, or was denied, cannot start.
 //!
 //! What this module does not do: roles (the API checks that viewers can do neither) or I/O.
 
 use crate::events::{DomainEvent, RolloutApprovalRequired, RolloutApproved, RolloutDenied};
+use crate::model::Actor;
 use crate::projection::{Approval, RolloutState, RolloutView};
 
 /// Longest reason kept, in characters.
@@ -112,7 +114,7 @@ pub fn may_start(r: &RolloutView) -> Result<(), StartBlocked> {
 /// The event for `actor`'s approval (`approve = true`) or denial of `r`, or why it is refused.
 pub fn decide(
     r: &RolloutView,
-    actor: &str,
+    actor: &Actor,
     approve: bool,
     reason: &str,
 ) -> Result<DomainEvent, ApprovalError> {
@@ -140,7 +142,7 @@ pub fn decide(
             state: r.state.name(),
         });
     }
-    if r.created_by == actor {
+    if Actor::from_label(&r.created_by).name == actor.name {
         return Err(ApprovalError::OwnRollout(r.id.clone()));
     }
     let reason = reason.trim();
@@ -197,14 +199,20 @@ mod tests {
             Err(StartBlocked::AwaitingApproval { .. })
         ));
         assert_eq!(
-            decide(r, "alice (operator)", true, "ok"),
+            decide(r, &Actor::from_label("alice (operator)"), true, "ok"),
             Err(ApprovalError::OwnRollout("ro-1".into()))
         );
         assert_eq!(
-            decide(r, "bob (operator)", true, "  "),
+            decide(r, &Actor::from_label("bob (operator)"), true, "  "),
             Err(ApprovalError::NoReason)
         );
-        let e = decide(r, "bob (operator)", true, "vendor notes read").unwrap();
+        let e = decide(
+            r,
+            &Actor::from_label("bob (operator)"),
+            true,
+            "vendor notes read",
+        )
+        .unwrap();
         apply(&mut state, seq, "bob (operator)", &e);
         let r = &state.rollouts["ro-1"];
         assert_eq!(may_start(r), Ok(()));
@@ -216,7 +224,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            decide(r, "carol (admin)", false, "no"),
+            decide(r, &Actor::from_label("carol (admin)"), false, "no"),
             Err(ApprovalError::AlreadyDecided {
                 verdict: "approved",
                 ..
@@ -229,7 +237,7 @@ mod tests {
         let (mut state, seq) = draft(true);
         let e = decide(
             &state.rollouts["ro-1"],
-            "bob (admin)",
+            &Actor::from_label("bob (admin)"),
             false,
             "not this week",
         )
@@ -239,7 +247,15 @@ mod tests {
         assert_eq!(r.state, RolloutState::Aborted);
         assert_eq!(r.state_reason, "denied by bob (admin): not this week");
         assert!(matches!(may_start(r), Err(StartBlocked::Denied { .. })));
-        assert!(decide(r, "carol (admin)", true, "changed my mind").is_err());
+        assert!(
+            decide(
+                r,
+                &Actor::from_label("carol (admin)"),
+                true,
+                "changed my mind"
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -248,7 +264,7 @@ mod tests {
         let r = &state.rollouts["ro-1"];
         assert_eq!(may_start(r), Ok(()));
         assert_eq!(
-            decide(r, "bob (operator)", true, "x"),
+            decide(r, &Actor::from_label("bob (operator)"), true, "x"),
             Err(ApprovalError::NotRequired("ro-1".into()))
         );
         assert!(required(false, false).is_none());
@@ -256,12 +272,29 @@ mod tests {
     }
 
     #[test]
+    fn the_creator_under_another_role_is_still_the_creator() {
+        let (state, _) = draft(true);
+        assert_eq!(
+            decide(
+                &state.rollouts["ro-1"],
+                &Actor::from_label("alice (admin)"),
+                true,
+                "ok"
+            ),
+            Err(ApprovalError::OwnRollout("ro-1".into()))
+        );
+    }
+
+    #[test]
     fn long_reasons_are_cut() {
         let (state, _) = draft(true);
         let long = "x".repeat(10_000);
-        let Ok(DomainEvent::RolloutApproved(e)) =
-            decide(&state.rollouts["ro-1"], "bob (operator)", true, &long)
-        else {
+        let Ok(DomainEvent::RolloutApproved(e)) = decide(
+            &state.rollouts["ro-1"],
+            &Actor::from_label("bob (operator)"),
+            true,
+            &long,
+        ) else {
             panic!("approval refused");
         };
         assert_eq!(e.reason.chars().count(), MAX_REASON_CHARS);

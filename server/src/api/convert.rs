@@ -175,16 +175,7 @@ pub fn format_from(v: i32) -> Result<Option<FirmwareFormat>, String> {
 
 /// Actor on the wire, from the envelope label `name (role)`.
 pub fn actor_from_label(label: &str) -> pb::Actor {
-    match label.rsplit_once(" (") {
-        Some((name, role)) if role.ends_with(')') => pb::Actor {
-            name: name.to_string(),
-            role: role.trim_end_matches(')').to_string(),
-        },
-        _ => pb::Actor {
-            name: label.to_string(),
-            role: String::new(),
-        },
-    }
+    actor(&Actor::from_label(label))
 }
 
 /// Actor on the wire.

@@ -153,13 +153,12 @@ impl RolloutApi {
         who.require(Role::Operator)?;
         let req = request.into_inner();
         let actor = who.actor();
-        let label = actor.label();
         self.app
             .core
             .execute::<ApiError, _>(&actor, |state| {
                 let r = find(state, &req.id)?;
                 let event =
-                    approval::decide(r, &label, approve, &req.reason).map_err(approval_error)?;
+                    approval::decide(r, &actor, approve, &req.reason).map_err(approval_error)?;
                 Ok(vec![Change::unchanged(
                     streams::rollout(&r.id),
                     vec![event],
