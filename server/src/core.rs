@@ -136,8 +136,6 @@ pub trait CoreObserver: Send + Sync + std::fmt::Debug {
 struct Projection {
     state: FleetState,
     versions: HashMap<String, u64>,
-    /// The last applied event's stream and stream version (where a snapshot is taken).
-    last_event: (String, u64),
 }
 
 /// Where and how often the core writes projection snapshots (`crate::snapshot`).
@@ -222,16 +220,12 @@ impl Core {
             )
         });
         let from_snapshot = loaded.as_ref().map(|l| l.point.seq);
-        let (mut state, mut versions, mut last_event) = match loaded {
+        let (mut state, mut versions) = match loaded {
             Some(l) => {
                 info!(path = %l.path.display(), seq = l.point.seq, "projection snapshot loaded");
-                (
-                    l.projected.state,
-                    l.projected.versions,
-                    (l.point.stream, l.point.stream_version),
-                )
+                (l.projected.state, l.projected.versions)
             }
-            None => (FleetState::default(), HashMap::new(), (String::new(), 0)),
+            None => (FleetState::default(), HashMap::new()),
         };
         let mut next = from_snapshot.map_or(1, |seq| seq + 1);
         loop {
@@ -244,9 +238,6 @@ impl Core {
                 state.apply(&meta(r), &r.stream, &event);
                 versions.insert(r.stream.clone(), r.stream_version);
                 next = r.seq + 1;
-            }
-            if let Some(r) = batch.last() {
-                last_event = (r.stream.clone(), r.stream_version);
             }
         }
         let replay = started.elapsed();
@@ -266,11 +257,7 @@ impl Core {
         let (events_tx, _) = broadcast::channel(4096);
         let core = Arc::new(Core {
             store,
-            projection: RwLock::new(Projection {
-                state,
-                versions,
-                last_event,
-            }),
+            projection: RwLock::new(Projection { state, versions }),
             applied_tx,
             events_tx,
             clock,
@@ -334,7 +321,7 @@ impl Core {
         dir: &std::path::Path,
     ) -> std::io::Result<Option<snapshot::SnapshotPoint>> {
         let started = tokio::time::Instant::now();
-        let (point, body) = {
+        let point_and_body = {
             let p = self
                 .projection
                 .read()
@@ -342,12 +329,24 @@ impl Core {
             if p.state.last_seq == 0 {
                 return Ok(None);
             }
-            let point = snapshot::SnapshotPoint {
-                seq: p.state.last_seq,
-                stream: p.last_event.0.clone(),
-                stream_version: p.last_event.1,
-            };
-            (point, snapshot::encode(&p.state, &p.versions))
+            (p.state.last_seq, snapshot::encode(&p.state, &p.versions))
+        };
+        // The log names the event at that seq (its stream and version, which let a later start
+        // recognise the same log): one read, instead of tracking it on every applied event.
+        let (seq, body) = point_and_body;
+        let at = self
+            .store
+            .read_from(seq, 1)
+            .map_err(std::io::Error::other)?;
+        let Some(event) = at.first().filter(|r| r.seq == seq) else {
+            return Err(std::io::Error::other(format!(
+                "event {seq} is not in the log the projection came from"
+            )));
+        };
+        let point = snapshot::SnapshotPoint {
+            seq,
+            stream: event.stream.clone(),
+            stream_version: event.stream_version,
         };
         let encoded = started.elapsed();
         let dir = dir.to_owned();
@@ -399,7 +398,6 @@ impl Core {
             p.state.apply(&meta, &applied.stream, &applied.event);
             p.versions
                 .insert(applied.stream.clone(), applied.stream_version);
-            p.last_event = (applied.stream.clone(), applied.stream_version);
             if let Some(o) = observer {
                 o.applied(&p.state, &applied, task_before);
             }
