@@ -34,7 +34,7 @@ use ota_domain::projection::TaskPhase;
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{self, open_store};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -108,7 +108,7 @@ impl Drop for AgentProcess {
 }
 
 struct Otad {
-    server: Server,
+    server: wiring::Otad,
     channel: Channel,
     _dir: tempfile::TempDir,
 }
@@ -123,7 +123,7 @@ async fn otad() -> Otad {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let server = Server::start(cfg, store, Clock::new(), listener)
+    let server = wiring::Otad::start(cfg, store, Clock::new(), listener)
         .await
         .expect("otad");
     let channel = Endpoint::from_shared(format!("http://{}", server.addr))

@@ -15,7 +15,7 @@ use ota_firmware::builders::{EspAppBuilder, FactoryImageBuilder};
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 use ota_sim::esprom::{EspRomSim, RomConfig};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -61,7 +61,7 @@ async fn flashing_a_serial_device_through_the_whole_system() {
     };
     let store = open_store(&cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server::start(cfg, store, Clock::new(), listener)
+    let server = Otad::start(cfg, store, Clock::new(), listener)
         .await
         .unwrap();
     let channel = Endpoint::from_shared(format!("http://{}", server.addr))

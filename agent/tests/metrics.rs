@@ -22,7 +22,7 @@ use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -197,7 +197,7 @@ async fn otad_and_agent_endpoints_show_one_update() {
     };
     let store = open_store(&cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server::start(cfg, store, Clock::new(), listener)
+    let server = Otad::start(cfg, store, Clock::new(), listener)
         .await
         .unwrap();
     let otad = server.metrics_addr.expect("otad serves /metrics");

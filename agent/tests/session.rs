@@ -25,7 +25,7 @@ use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -178,7 +178,7 @@ impl Transport for Scripted {
     }
 }
 
-async fn start_server(dir: &std::path::Path, addr: &str) -> Server {
+async fn start_server(dir: &std::path::Path, addr: &str) -> Otad {
     let cfg = Config {
         data_dir: dir.to_path_buf(),
         ..Config::default()
@@ -197,7 +197,7 @@ async fn start_server(dir: &std::path::Path, addr: &str) -> Server {
         }
     };
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    Server::start(cfg, store, Clock::new(), listener)
+    Otad::start(cfg, store, Clock::new(), listener)
         .await
         .unwrap()
 }
@@ -260,7 +260,7 @@ async fn upload_app(channel: Channel, version: &str) -> pb::Firmware {
         .unwrap()
 }
 
-fn count_events(server: &Server, ty: &str) -> usize {
+fn count_events(server: &Otad, ty: &str) -> usize {
     server
         .app
         .core

@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail, ensure};
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 use ota_sim::esphome::Platform;
 use ota_sim::esphome_node::{EsphomeNode, NodeConfig};
 use pb::device_service_client::DeviceServiceClient;
@@ -136,7 +136,7 @@ async fn run(agent_bin: PathBuf, count: usize) -> anyhow::Result<()> {
     };
     let store = open_store(&cfg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = Server::start(cfg, store, Clock::new(), listener).await?;
+    let server = Otad::start(cfg, store, Clock::new(), listener).await?;
     let url = format!("http://{}", server.addr);
 
     let config_path = dir.path().join("agent.toml");

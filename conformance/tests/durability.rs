@@ -40,7 +40,7 @@ use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 use ota_sim::esphome::Platform;
 use ota_sim::esphome_node::{EsphomeNode, NodeConfig};
 use std::io::{BufRead as _, BufReader};
@@ -748,7 +748,7 @@ async fn the_agent_syncs_each_report_before_sending_it() {
     };
     let store = open_store(&cfg).expect("open the event store");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server::start(cfg, store, Clock::new(), listener)
+    let server = Otad::start(cfg, store, Clock::new(), listener)
         .await
         .expect("start otad");
     let url = format!("http://{}", server.addr);

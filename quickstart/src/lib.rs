@@ -44,7 +44,7 @@ use ota_agent::site::Site;
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 use ota_sim::broker::EmbeddedBroker;
 use ota_sim::esphome_node::EsphomeNode;
 use ota_sim::z2m::{Timings, Z2mSim, Z2mSimConfig};
@@ -221,7 +221,7 @@ pub struct Quickstart {
     pub agent_config: PathBuf,
     /// The embedded MQTT broker's address (zigbee2mqtt's topics are under `zigbee2mqtt/`).
     pub mqtt_addr: SocketAddr,
-    server: Server,
+    server: Otad,
     cancel: CancellationToken,
     agent: JoinHandle<()>,
     agent_metrics: ota_agent::metrics::AgentMetrics,
@@ -267,7 +267,7 @@ impl Quickstart {
                     opts.listen
                 )
             })?;
-        let server = Server::start(config, store, Clock::new(), listener).await?;
+        let server = Otad::start(config, store, Clock::new(), listener).await?;
         let grpc_addr = server.addr;
         let metrics_addr = server.metrics_addr;
         let channel = Endpoint::from_shared(format!("http://{grpc_addr}"))?

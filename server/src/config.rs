@@ -10,7 +10,7 @@
 //! certificates). Plaintext only when asked for with `insecure_plaintext = true` or
 //! `--insecure-plaintext`; [`Config::load`] refuses a configuration that says neither.
 //! [`Config::default`] is the in-process development configuration (tests, embedding):
-//! plaintext, so that `Server::start` with defaults behaves like a local development server —
+//! plaintext, so that `Otad::start` with defaults behaves like a local development server —
 //! with the same loud warnings.
 
 use std::collections::BTreeMap;

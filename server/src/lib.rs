@@ -17,11 +17,13 @@
 //! - [`blobs`]: content-addressed firmware images on disk.
 //! - [`metrics`]: the OpenTelemetry instruments of the metric catalog and the gauges computed
 //!   from the projection at collection time.
-//! - [`config`], [`telemetry`], [`server`]: configuration, logs and traces, wiring.
+//! - [`config`], [`telemetry`]: configuration, logs and traces.
+//! - [`wiring`]: [`wiring::Otad`], a running otad: opens the data directory, replays the log,
+//!   starts the loops and mounts the api services on the gRPC server.
 //! - [`quote`]: the one way errors and logs repeat what a client sent (at most 100 characters).
-//! - [`tls`], [`tokens`], [`limits`], [`security`]: the listener's TLS and agent identities,
+//! - [`tls`], [`tokens`], [`rate_limit`], [`security`]: the listener's TLS and agent identities,
 //!   operator tokens, rate limits, and the access setup at startup (the authentication layer
-//!   itself is `api::authn`).
+//!   itself is `api::guard`).
 //!
 //! **Architecture invariant:** only `api` knows protobuf and `tonic::Status`; only `store`
 //! knows sled; decisions live in `ota-domain` and are pure.
@@ -32,16 +34,16 @@ pub mod blobs;
 pub mod config;
 pub mod core;
 pub mod dispatch;
-pub mod limits;
 pub mod metrics;
 pub mod quote;
+pub mod rate_limit;
 pub mod reconcile_loop;
 pub mod rollouts;
 pub mod security;
-pub mod server;
 pub mod sessions;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod wiring;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ota_server::config::{Config, Flags};
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 
 /// Exit status when the configuration or the command line cannot be used (`EX_USAGE` of
 /// sysexits.h): nothing was started.
@@ -55,7 +55,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let server = Server::start(config, store, Clock::new(), listener).await?;
+    let server = Otad::start(config, store, Clock::new(), listener).await?;
     // Scripts and tests wait for this line.
     println!("otad listening on {}", server.addr);
     server.run_until(shutdown_signal()).await

@@ -10,7 +10,7 @@
 //!   kept in sync.
 //!
 //! What this module does not do: serve `/metrics` (that is `ota_telemetry::prometheus`, started
-//! by [`crate::server::Server::start`]) or decide anything.
+//! by [`crate::wiring::Otad::start`]) or decide anything.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};

@@ -75,7 +75,7 @@ impl Sessions {
     }
 
     /// A fresh, empty registry whose command ids start at `first_command_id` (see
-    /// `Server::start`: ids stay unique across restarts).
+    /// `Otad::start`: ids stay unique across restarts).
     pub fn starting_at(first_command_id: u64) -> Self {
         Self {
             next_session: AtomicU64::new(1),

@@ -10,7 +10,7 @@
 //! identifies nobody and is refused.
 //!
 //! Client certificates are optional in the handshake — otactl connects with TLS and a bearer
-//! token — and required per RPC by the authentication layer (`api::authn`).
+//! token — and required per RPC by the authentication layer (`api::guard`).
 
 use std::path::Path;
 use std::time::Duration;

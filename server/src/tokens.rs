@@ -26,7 +26,7 @@ use rand::TryRng as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::api::auth::Role;
+use crate::api::caller::Role;
 use crate::core::{Change, Core, CoreError};
 
 /// Prefix of token ids.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Modules outside `api/` allowed to name protobuf types, each with its reason.
 const PROTOBUF_EDGE: &[(&str, &str)] = &[
     (
-        "server.rs",
+        "wiring.rs",
         "mounts the api services on the tonic server (the gRPC edge)",
     ),
     (

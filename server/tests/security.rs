@@ -11,7 +11,7 @@ use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 use ota_server::config::{Config, RateLimits, TlsFiles};
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
@@ -99,13 +99,13 @@ fn tls_config(dir: &Path, pki: &Pki) -> Config {
     }
 }
 
-async fn start(cfg: Config, clock: Clock) -> Server {
+async fn start(cfg: Config, clock: Clock) -> Otad {
     let store = open_store(&cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Server::start(cfg, store, clock, listener).await.unwrap()
+    Otad::start(cfg, store, clock, listener).await.unwrap()
 }
 
-async fn tls_channel(server: &Server, ca: &str, identity: Option<&Pair>) -> Channel {
+async fn tls_channel(server: &Otad, ca: &str, identity: Option<&Pair>) -> Channel {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name("localhost");
@@ -121,7 +121,7 @@ async fn tls_channel(server: &Server, ca: &str, identity: Option<&Pair>) -> Chan
         .unwrap()
 }
 
-async fn plain_channel(server: &Server) -> Channel {
+async fn plain_channel(server: &Otad) -> Channel {
     Endpoint::from_shared(format!("http://{}", server.addr))
         .unwrap()
         .connect()

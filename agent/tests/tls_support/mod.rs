@@ -10,7 +10,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use ota_proto::v1 as pb;
 use ota_server::config::{Config, TlsFiles};
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
@@ -89,7 +89,7 @@ pub fn write_pair(dir: &Path, stem: &str, pair: &Pair) -> (PathBuf, PathBuf) {
 }
 
 /// An otad with TLS and agent client certificates of `pki`; the admin token it bootstrapped.
-pub async fn start_tls_server(dir: &Path, pki: &Pki) -> (Server, String) {
+pub async fn start_tls_server(dir: &Path, pki: &Pki) -> (Otad, String) {
     let tls = dir.join("tls");
     let (cert, key) = write_pair(&tls, "server", &pki.server());
     std::fs::write(tls.join("ca.pem"), pki.ca_pem()).unwrap();
@@ -106,7 +106,7 @@ pub async fn start_tls_server(dir: &Path, pki: &Pki) -> (Server, String) {
     };
     let store = open_store(&cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server::start(cfg, store, Clock::new(), listener)
+    let server = Otad::start(cfg, store, Clock::new(), listener)
         .await
         .unwrap();
     let admin = std::fs::read_to_string(dir.join("data/admin.token"))
@@ -117,7 +117,7 @@ pub async fn start_tls_server(dir: &Path, pki: &Pki) -> (Server, String) {
 }
 
 /// An operator's channel (TLS, no client certificate).
-pub async fn operator_channel(server: &Server, pki: &Pki) -> Channel {
+pub async fn operator_channel(server: &Otad, pki: &Pki) -> Channel {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(pki.ca_pem()))
         .domain_name("localhost");
@@ -203,7 +203,7 @@ pub async fn update(ch: &Channel, admin: &str, device: &str, firmware_id: &str) 
 
 /// Waits (on applied events, not on a timer) until `f` holds for the server's state.
 pub async fn wait_for_state(
-    server: &Server,
+    server: &Otad,
     what: &str,
     f: impl Fn(&ota_domain::projection::FleetState) -> bool,
 ) {

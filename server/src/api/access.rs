@@ -14,10 +14,10 @@ use ota_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use super::auth::{Role, caller};
+use super::bounds::MAX_TOKEN_TTL_S;
+use super::caller::{Role, caller};
 use super::convert;
 use super::error::{ApiError, ApiResult};
-use super::limits::MAX_TOKEN_TTL_S;
 use crate::app::App;
 use crate::core::Change;
 use crate::quote::quote;

@@ -48,7 +48,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::auth::{Caller, caller};
+use super::caller::{Caller, caller};
 use super::commands::update_command;
 use super::convert;
 use super::error::{ApiError, stream_status};
@@ -222,7 +222,9 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 .into());
             }
             Caller::Anonymous => {
-                return Err(ApiError::Unauthenticated(super::auth::UNAUTHENTICATED.into()).into());
+                return Err(
+                    ApiError::Unauthenticated(super::caller::UNAUTHENTICATED.into()).into(),
+                );
             }
         }
 

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
-use super::auth::{Role, caller};
+use super::caller::{Role, caller};
 use super::convert;
 use super::error::{ApiError, ApiResult};
 use super::paging::Page;

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
-use super::auth::{Role, caller};
+use super::caller::{Role, caller};
 use super::error::ApiError;
 use crate::app::App;
 use crate::core::decode;

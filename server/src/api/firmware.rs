@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span};
 
-use super::auth::{Caller, Role, caller};
+use super::caller::{Caller, Role, caller};
 use super::convert;
 use super::error::{ApiError, ApiResult, stream_status};
 use super::paging::Page;

@@ -5,15 +5,15 @@
 
 pub mod access;
 pub mod agents;
-pub mod auth;
-pub mod authn;
+pub mod bounds;
+pub mod caller;
 pub mod commands;
 pub mod convert;
 pub mod devices;
 pub mod error;
 pub mod events;
 pub mod firmware;
-pub mod limits;
+pub mod guard;
 pub mod paging;
 pub mod rollouts;
 pub mod rpc_metrics;

@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span};
 
-use super::auth::{Role, caller};
+use super::caller::{Role, caller};
 use super::convert;
 use super::devices::new_id;
 use super::error::{ApiError, ApiResult};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ota_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::auth::{Role, caller};
+use super::caller::{Role, caller};
 use super::convert;
 use super::error::ApiError;
 use crate::app::App;

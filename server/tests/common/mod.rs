@@ -7,12 +7,12 @@ use std::sync::Arc;
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
+use ota_server::wiring::{Otad, open_store};
 use tonic::transport::Channel;
 
 pub struct TestServer {
     pub dir: tempfile::TempDir,
-    pub server: Option<Server>,
+    pub server: Option<Otad>,
     pub channel: Channel,
 }
 
@@ -36,7 +36,7 @@ impl TestServer {
         tweak(&mut cfg);
         let store = open_store(&cfg).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = Server::start(cfg, store, Clock::new(), listener)
+        let server = Otad::start(cfg, store, Clock::new(), listener)
             .await
             .unwrap();
         let channel = Channel::from_shared(format!("http://{}", server.addr))

@@ -24,8 +24,8 @@ use ota_proto::v1 as pb;
 use ota_server::app::App;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::server::{Server, open_store};
 use ota_server::store::{EventStore, MemEventStore};
+use ota_server::wiring::{self, open_store};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -43,7 +43,7 @@ pub struct Otad {
     pub dir: Arc<tempfile::TempDir>,
     /// The in-memory store (kept across restarts), or `None` for sled.
     mem: Option<MemEventStore>,
-    pub server: Option<Server>,
+    pub server: Option<wiring::Otad>,
     pub channel: Channel,
 }
 
@@ -78,7 +78,7 @@ impl Otad {
             None => open_store(&cfg).unwrap(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = Server::start(cfg, store, Clock::starting_at(at_ms), listener)
+        let server = wiring::Otad::start(cfg, store, Clock::starting_at(at_ms), listener)
             .await
             .unwrap();
         let channel = Channel::from_shared(format!("http://{}", server.addr))

@@ -1,5 +1,5 @@
 //! Wiring: open the data directory, replay the log, start the background loops and serve gRPC
-//! on a listener the caller bound. Tests call [`Server::start`] with `127.0.0.1:0`; `main` adds
+//! on a listener the caller bound. Tests call [`Otad::start`] with `127.0.0.1:0`; `main` adds
 //! signals and telemetry.
 
 use std::future::Future;
@@ -23,9 +23,9 @@ use crate::sessions::Sessions;
 use crate::store::{EventStore, SledEventStore, SledOptions};
 use ota_telemetry::metrics::{Metrics, MetricsConfig};
 
-/// A running server.
+/// A running otad.
 #[derive(Debug)]
-pub struct Server {
+pub struct Otad {
     /// Shared state, for tests and embedding.
     pub app: Arc<App>,
     /// Where it listens.
@@ -59,14 +59,14 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
     Ok(Arc::new(store))
 }
 
-impl Server {
-    /// Replays the log and serves on `listener` until [`Server::shutdown`].
+impl Otad {
+    /// Replays the log and serves on `listener` until [`Otad::shutdown`].
     pub async fn start(
         config: Config,
         store: Arc<dyn EventStore>,
         clock: Clock,
         listener: TcpListener,
-    ) -> anyhow::Result<Server> {
+    ) -> anyhow::Result<Otad> {
         let addr = listener.local_addr()?;
         let tls = match &config.tls {
             Some(files) => Some(crate::tls::load(files, clock.now_ms() / 1000)?),
@@ -163,7 +163,7 @@ impl Server {
         let dispatcher = crate::dispatch::spawn(app.clone(), shutdown.clone());
         let rollouts = crate::rollouts::spawn(app.clone(), shutdown.clone());
 
-        let guard = Arc::new(api::authn::Guard::new(app.clone(), tls.is_some()));
+        let guard = Arc::new(api::guard::Guard::new(app.clone(), tls.is_some()));
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &tls {
             builder = builder
@@ -176,7 +176,7 @@ impl Server {
         let router = builder
             .layer(api::rpc_trace::RpcTraceLayer)
             .layer(api::rpc_metrics::RpcMetricsLayer::new(metrics))
-            .layer(api::authn::GuardLayer::new(guard))
+            .layer(api::guard::GuardLayer::new(guard))
             .add_service(
                 pb::firmware_service_server::FirmwareServiceServer::new(
                     api::firmware::FirmwareApi::new(app.clone()),
@@ -225,7 +225,7 @@ impl Server {
         );
         info!(%addr, "otad listening");
         started.disarm();
-        Ok(Server {
+        Ok(Otad {
             app,
             addr,
             metrics_addr,

@@ -1,7 +1,7 @@
-//! Limits on every field of every request, checked before a handler runs.
+//! Bounds on every field of every request, checked before a handler runs.
 //!
-//! The authentication layer (`authn`) hands every single-message request here with its gRPC
-//! path. The message is decoded as its type — malformed protobuf becomes `InvalidArgument`
+//! The guard in front of every service (`guard`) hands every single-message request here with
+//! its gRPC path. The message is decoded as its type — malformed protobuf becomes `InvalidArgument`
 //! instead of tonic's `Internal` — and every string, list and enum is checked against a bound:
 //! ids have no spaces or control characters, names and labels are bounded, enums must be
 //! values this server knows. The handlers still check meaning (which firmware, which state);

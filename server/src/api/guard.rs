@@ -1,4 +1,4 @@
-//! The authentication layer: every gRPC request passes here before it reaches a service.
+//! The guard (authentication layer): every gRPC request passes here before it reaches a service.
 //!
 //! In order, for each request:
 //! 1. **Who**: a client certificate verified by the TLS handshake is an agent of the site its
@@ -12,10 +12,10 @@
 //!    (or development mode). An operator needs the role [`required_role`] names for the RPC —
 //!    the whole policy in one table, which every handler checks again (`Caller::require`); an
 //!    RPC missing from the table needs admin.
-//! 3. **How often**: expensive RPCs take a token from the caller's bucket (`crate::limits`);
+//! 3. **How often**: expensive RPCs take a token from the caller's bucket (`crate::rate_limit`);
 //!    an empty bucket is `ResourceExhausted` with the wait.
 //! 4. **What**: a single-message request is read whole (at most `max_message_bytes`, within
-//!    30 s), decoded as its type and checked field by field (`limits`), so malformed protobuf is
+//!    30 s), decoded as its type and checked field by field (`bounds`), so malformed protobuf is
 //!    `InvalidArgument` and no handler sees an unbounded string or an unknown enum value.
 //!
 //! Responses: tonic answers a message it cannot decode with `Internal`; that is rewritten to
@@ -34,10 +34,10 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::warn;
 
-use super::auth::{Caller, Role, UNAUTHENTICATED};
-use super::limits;
+use super::bounds;
+use super::caller::{Caller, Role, UNAUTHENTICATED};
 use crate::app::App;
-use crate::limits::{Expensive, RateLimiter};
+use crate::rate_limit::{Expensive, RateLimiter};
 use crate::tokens;
 
 /// How long a single-message request may take to arrive.
@@ -189,7 +189,7 @@ impl Guard {
             )));
         }
         req.extensions_mut().insert(caller);
-        if limits::check(&path, &[]).is_none() {
+        if bounds::check(&path, &[]).is_none() {
             // Streaming requests and unknown paths: checked by their handler (or unimplemented).
             return Ok(req);
         }
@@ -210,7 +210,7 @@ impl Guard {
                 })?;
         let bytes = collected.to_bytes();
         let message = grpc_message(&bytes)?;
-        if let Some(Err(e)) = limits::check(&path, message) {
+        if let Some(Err(e)) = bounds::check(&path, message) {
             return Err(e.into());
         }
         Ok(http::Request::from_parts(

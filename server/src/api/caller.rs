@@ -1,9 +1,10 @@
 //! Who is calling, and what they may do.
 //!
-//! Every handler asks [`caller`] for the identity the authentication layer (`authn`) attached to
-//! the request, and checks it with [`Caller::require`]. The layer attaches the local
-//! administrator only in development mode (plaintext listener, no access tokens), which otad
-//! announces loudly; a request that reached a handler without the layer has no rights at all.
+//! Every handler asks [`caller`] for the identity the guard in front of every service
+//! (`guard`) attached to the request, and checks it with [`Caller::require`]. The guard
+//! attaches the local administrator only in development mode (plaintext listener, no access
+//! tokens), which otad announces loudly; a request that reached a handler without the guard has
+//! no rights at all.
 
 use ota_domain::model::Actor;
 use tonic::Request;
