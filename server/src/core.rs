@@ -23,6 +23,7 @@ use ota_domain::projection::{EventMeta, FleetState, TaskPhase};
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::lock::RwLockExt;
 use crate::snapshot;
 use crate::store::{
     EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamAppend,
@@ -322,10 +323,7 @@ impl Core {
     ) -> std::io::Result<Option<snapshot::SnapshotPoint>> {
         let started = tokio::time::Instant::now();
         let point_and_body = {
-            let p = self
-                .projection
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let p = self.projection.read_locked();
             if p.state.last_seq == 0 {
                 return Ok(None);
             }
@@ -386,10 +384,7 @@ impl Core {
             event,
         });
         {
-            let mut p = self
-                .projection
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut p = self.projection.write_locked();
             let observer = self.observer.get();
             let task_before = observer
                 .and_then(|_| applied.stream.strip_prefix(streams::TASK_PREFIX))
@@ -414,11 +409,7 @@ impl Core {
 
     /// A snapshot of the state. Keep the guard short: writers wait for it.
     pub fn read(&self) -> StateGuard<'_> {
-        StateGuard(
-            self.projection
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+        StateGuard(self.projection.read_locked())
     }
 
     /// The store.
@@ -439,8 +430,7 @@ impl Core {
     /// The version of `stream` as the projection knows it (0: no event yet).
     pub fn stream_version(&self, stream: &str) -> u64 {
         self.projection
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .read_locked()
             .versions
             .get(stream)
             .copied()
@@ -484,10 +474,7 @@ impl Core {
         let label = actor.label();
         for attempt in 0..8 {
             let batch: Vec<StreamAppend> = {
-                let p = self
-                    .projection
-                    .read()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let p = self.projection.read_locked();
                 let changes = decide(&p.state)?;
                 let now = self.clock.now_ms();
                 // Guards (no events, an expected version) only matter next to something written.

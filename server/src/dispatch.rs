@@ -23,14 +23,14 @@ use ota_domain::events::{DomainEvent, TaskFailed, streams};
 use ota_domain::model::{Actor, Transport};
 use ota_domain::projection::{FleetState, TaskView};
 use ota_domain::status::{ErrorCode, TaskError};
-use ota_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::api::commands;
 use crate::app::App;
 use crate::core::{Change, CoreError};
+use crate::lock::MutexExt;
 use crate::reconcile_loop::{self, LoopSpec};
+use crate::to_agent::{self, ToAgent};
 
 /// Starts the dispatcher loop.
 pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -136,11 +136,11 @@ pub fn task_span(
     span
 }
 
-/// A command ready to send: the wire message and what its span says.
+/// A command ready to send: the message to the agent and what its span says.
 #[derive(Debug)]
 struct Outgoing {
     command: Command,
-    message: pb::ServerMessage,
+    message: ToAgent,
     span: TaskSpanFields,
 }
 
@@ -148,7 +148,7 @@ struct Outgoing {
 pub async fn pass(app: &Arc<App>, probes: &Mutex<ProbeMemory>) -> Result<Option<i64>, CoreError> {
     let sessions = app.sessions.clone();
     let now = app.now_ms();
-    let memory = probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let memory = probes.locked().clone();
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut decided = None;
     app.core
@@ -166,7 +166,7 @@ pub async fn pass(app: &Arc<App>, probes: &Mutex<ProbeMemory>) -> Result<Option<
                 .commands
                 .iter()
                 .filter_map(|c| {
-                    let message = commands::server_message(state, c)?;
+                    let message = to_agent::from_decision(state, c)?;
                     let span = match c {
                         Command::Update { task_id, .. } | Command::Cancel { task_id, .. } => state
                             .tasks
@@ -190,7 +190,7 @@ pub async fn pass(app: &Arc<App>, probes: &Mutex<ProbeMemory>) -> Result<Option<
     let Some(decision) = decided else {
         return Ok(None);
     };
-    *probes.lock().unwrap_or_else(|p| p.into_inner()) = decision.probes.clone();
+    *probes.locked() = decision.probes.clone();
     for out in outgoing {
         send(app, out).await?;
     }

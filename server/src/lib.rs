@@ -13,7 +13,12 @@
 //! - [`rollouts`]: drives running rollouts (batch check, stages, thresholds, soak, deadlines)
 //!   and creates auto-upgrade tasks.
 //! - [`reconcile_loop`]: the loop skeleton both share.
-//! - [`sessions`]: live agent sessions (commands down, heartbeats, check answers).
+//! - [`checks`]: checks through the sites (ask, wait with one timeout, record each answer),
+//!   for the device API and the rollouts' batch checks.
+//! - [`sessions`]: live agent sessions (messages down, heartbeats, check answers).
+//! - [`to_agent`]: what otad says to an agent (welcome, acks, commands) in its own terms;
+//!   `api::agents` writes it as protobuf.
+//! - [`lock`]: taking a `std::sync` lock whose holder panicked.
 //! - [`blobs`]: content-addressed firmware images on disk.
 //! - [`metrics`]: the OpenTelemetry instruments of the metric catalog and the gauges computed
 //!   from the projection at collection time.
@@ -31,9 +36,11 @@
 pub mod api;
 pub mod app;
 pub mod blobs;
+pub mod checks;
 pub mod config;
 pub mod core;
 pub mod dispatch;
+pub mod lock;
 pub mod metrics;
 pub mod quote;
 pub mod rate_limit;
@@ -45,5 +52,6 @@ pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod to_agent;
 pub mod tokens;
 pub mod wiring;

@@ -38,9 +38,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::api::error::ApiError;
 use crate::app::App;
+use crate::checks;
 use crate::core::{Change, CoreError};
+use crate::lock::MutexExt;
 use crate::reconcile_loop::{self, LoopSpec, Woke};
 
 /// The shortest sleep between passes that were asked for by time.
@@ -109,10 +110,7 @@ impl Rollouts {
     }
 
     fn in_flight(&self, rollout_id: &str) -> bool {
-        self.checks_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(rollout_id)
+        self.checks_in_flight.locked().contains(rollout_id)
     }
 
     /// One pass over every running rollout, then auto-upgrade. Returns the next wake-up.
@@ -200,13 +198,12 @@ impl Rollouts {
     }
 
     /// Runs a rollout's batch check in the background: one check of all its targets through
-    /// their agents with one timeout (`api::devices::check_devices`, which records a
+    /// their agents with one timeout (`checks::check_devices`, which records a
     /// `DeviceChecked` per device, 5019 for those that do not answer), then
     /// `BatchCheckCompleted`.
     fn start_batch_check(&self, rollout_id: &str, bc: BatchCheckStarted) {
         self.checks_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .insert(rollout_id.to_string());
         let this = self.clone();
         let rollout_id = rollout_id.to_string();
@@ -214,10 +211,7 @@ impl Rollouts {
         tokio::spawn(
             async move {
                 let outcome = this.run_batch_check(&rollout_id, &bc).await;
-                this.checks_in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&rollout_id);
+                this.checks_in_flight.locked().remove(&rollout_id);
                 if let Err(e) = outcome {
                     warn!(error = %e, "batch check could not run; it will be started again");
                     tokio::time::sleep(CHECK_RETRY).await;
@@ -232,7 +226,7 @@ impl Rollouts {
         &self,
         rollout_id: &str,
         bc: &BatchCheckStarted,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CoreError> {
         let app = &self.app;
         let (firmware_id, live) = {
             let state = app.core.read();
@@ -254,7 +248,7 @@ impl Rollouts {
             timeout_ms = timeout.as_millis() as u64,
             "batch check started"
         );
-        let checks = crate::api::devices::check_devices(
+        let checks = checks::check_devices(
             app,
             &Actor::system(),
             &bc.check_id,
@@ -271,7 +265,7 @@ impl Rollouts {
             })
             .count();
         app.core
-            .execute::<ApiError, _>(&Actor::system(), |state| {
+            .execute::<CoreError, _>(&Actor::system(), |state| {
                 let Some(r) = state.rollouts.get(rollout_id) else {
                     return Ok(vec![]);
                 };
@@ -349,8 +343,7 @@ fn log_decision(rollout_id: &str, d: &Reconcile) {
 /// welcome no longer lists the task.
 pub fn send_cancels(app: &App, cancels: &[CancelOrder]) {
     for c in cancels {
-        let msg =
-            crate::api::commands::cancel(&c.task_id, &c.reason, app.sessions.next_command_id());
+        let msg = crate::to_agent::cancel(&c.task_id, &c.reason, app.sessions.next_command_id());
         if let Err(e) = app.sessions.send(&c.site_id, msg) {
             debug!(task.id = %c.task_id, error = %e, "cancel not delivered");
         }

@@ -4,8 +4,13 @@
 //! This is the only in-memory state of the server that is not a projection of the log. It is
 //! lost on restart on purpose: agents reconnect and say it again.
 //!
+//! A session carries what otad says to its agent in the server's own terms
+//! ([`crate::to_agent::ToAgent`]); `api::agents` converts each message to protobuf when it writes
+//! the stream, and converts the agents' check answers into [`CheckAnswer`]s before they arrive
+//! here.
+//!
 //! Tracing: [`Sessions::send`] stamps every command with the W3C context of the span that sends
-//! it (`ServerMessage.trace_context`), so the agent's work for a command joins the command's
+//! it (`ToAgent::trace_context`, on the wire `ServerMessage.trace_context`), so the agent's work for a command joins the command's
 //! trace. The trace a task was created in (an `Update` call, a rollout step) is remembered here
 //! too ([`Sessions::remember_trace`]), so its dispatch, however much later, continues that
 //! trace; it is a hint that a restart loses, never an event.
@@ -14,8 +19,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use ota_proto::v1 as pb;
+use ota_domain::model::DeviceFacts;
+use ota_domain::status::TaskError;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::lock::MutexExt;
+use crate::to_agent::ToAgent;
 
 /// One connected agent.
 #[derive(Debug)]
@@ -26,16 +35,33 @@ pub struct Session {
     pub site_id: String,
     /// Agent installation id.
     pub agent_id: String,
-    /// Commands to the agent.
-    pub tx: mpsc::Sender<pb::ServerMessage>,
+    /// Messages to the agent, in order.
+    pub tx: mpsc::Sender<ToAgent>,
     /// Last message from the agent, Unix ms.
     pub last_heartbeat_ms: AtomicI64,
     /// Remote address.
     pub peer: String,
 }
 
-/// What a check waiter receives.
-pub type CheckAnswer = pb::CheckResult;
+/// A device's answer to a check, as its agent gave it (converted from the wire by
+/// `api::agents`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckAnswer {
+    /// The check.
+    pub check_id: String,
+    /// Device, local to the site.
+    pub device_local_id: String,
+    /// Whether the site reached the device.
+    pub reachable: bool,
+    /// Fresh facts about the device, when the agent sent valid ones.
+    pub facts: Option<DeviceFacts>,
+    /// The bridge's own opinion (zigbee2mqtt check), when it has one.
+    pub update_available: Option<bool>,
+    /// What went wrong, if anything.
+    pub error: Option<TaskError>,
+    /// The device is asleep: status 5, not a failure.
+    pub awaiting_wakeup: bool,
+}
 
 /// All sessions.
 #[derive(Debug, Default)]
@@ -90,7 +116,7 @@ impl Sessions {
         site_id: &str,
         agent_id: &str,
         peer: String,
-        tx: mpsc::Sender<pb::ServerMessage>,
+        tx: mpsc::Sender<ToAgent>,
         now_ms: i64,
     ) -> (std::sync::Arc<Session>, Option<std::sync::Arc<Session>>) {
         let session = std::sync::Arc::new(Session {
@@ -103,15 +129,14 @@ impl Sessions {
         });
         let old = self
             .by_site
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .insert(site_id.to_string(), session.clone());
         (session, old)
     }
 
     /// Removes the session if it is still the current one for its site. Returns whether it was.
     pub fn unregister(&self, session: &Session) -> bool {
-        let mut map = self.by_site.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.by_site.locked();
         match map.get(&session.site_id) {
             Some(current) if current.session_id == session.session_id => {
                 map.remove(&session.site_id);
@@ -123,11 +148,7 @@ impl Sessions {
 
     /// The current session of a site.
     pub fn get(&self, site_id: &str) -> Option<std::sync::Arc<Session>> {
-        self.by_site
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(site_id)
-            .cloned()
+        self.by_site.locked().get(site_id).cloned()
     }
 
     /// Whether the site has an agent connected now.
@@ -137,7 +158,7 @@ impl Sessions {
 
     /// Number of connected agents.
     pub fn connected_count(&self) -> usize {
-        self.by_site.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.by_site.locked().len()
     }
 
     /// A fresh command id.
@@ -147,7 +168,7 @@ impl Sessions {
 
     /// Sends a message to a site's agent without waiting. A message without a trace context
     /// gets the current span's.
-    pub fn send(&self, site_id: &str, mut msg: pb::ServerMessage) -> Result<(), SendError> {
+    pub fn send(&self, site_id: &str, mut msg: ToAgent) -> Result<(), SendError> {
         let session = self
             .get(site_id)
             .ok_or_else(|| SendError::NotConnected(site_id.to_string()))?;
@@ -166,7 +187,7 @@ impl Sessions {
         if context.is_empty() {
             return;
         }
-        let mut links = self.trace_links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut links = self.trace_links.locked();
         if links.len() >= MAX_TRACE_LINKS {
             links.clear();
         }
@@ -175,28 +196,19 @@ impl Sessions {
 
     /// The trace a task was created in, if this process remembers it.
     pub fn trace_of(&self, task_id: &str) -> Option<HashMap<String, String>> {
-        self.trace_links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(task_id)
-            .cloned()
+        self.trace_links.locked().get(task_id).cloned()
     }
 
     /// Records that a site mentioned a device.
     pub fn touch_device(&self, device_id: &str, now_ms: i64) {
         self.last_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .insert(device_id.to_string(), now_ms);
     }
 
     /// When a site last mentioned a device in this server's lifetime.
     pub fn last_seen(&self, device_id: &str) -> Option<i64> {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(device_id)
-            .copied()
+        self.last_seen.locked().get(device_id).copied()
     }
 
     /// Last heartbeat of a site's agent, Unix ms.
@@ -213,17 +225,14 @@ impl Sessions {
         local_id: &str,
     ) -> oneshot::Receiver<CheckAnswer> {
         let (tx, rx) = oneshot::channel();
-        self.check_waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                (
-                    check_id.to_string(),
-                    site_id.to_string(),
-                    local_id.to_string(),
-                ),
-                tx,
-            );
+        self.check_waiters.locked().insert(
+            (
+                check_id.to_string(),
+                site_id.to_string(),
+                local_id.to_string(),
+            ),
+            tx,
+        );
         rx
     }
 
@@ -235,11 +244,7 @@ impl Sessions {
             site_id.to_string(),
             answer.device_local_id.clone(),
         );
-        let waiter = self
-            .check_waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        let waiter = self.check_waiters.locked().remove(&key);
         match waiter {
             Some(tx) => tx.send(answer).map_err(Box::new),
             None => Err(Box::new(answer)),
@@ -249,8 +254,7 @@ impl Sessions {
     /// Forgets waiters of a check (after its timeout).
     pub fn forget_check(&self, check_id: &str) {
         self.check_waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .retain(|(id, _, _), _| id != check_id);
     }
 }

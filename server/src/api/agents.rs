@@ -49,14 +49,15 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::caller::{Caller, caller};
-use super::commands::update_command;
 use super::convert;
 use super::error::{ApiError, stream_status};
+use super::server_message;
 use crate::app::App;
 use crate::core::{Change, CoreError};
 use crate::dispatch::{TaskSpanFields, task_span};
 use crate::quote::quote;
-use crate::sessions::Session;
+use crate::sessions::{CheckAnswer, Session};
+use crate::to_agent::{self, ActiveTask, Body, ToAgent, Welcome};
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -229,7 +230,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         }
 
         let app = self.app.clone();
-        let (tx, rx) = mpsc::channel::<pb::ServerMessage>(1024);
+        let (tx, rx) = mpsc::channel::<ToAgent>(1024);
         let now = app.now_ms();
         let (session, old) = app.sessions.register(
             &hello.site_id,
@@ -287,12 +288,12 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     let local = model::split_device_id(&t.created.device_id)
                         .map(|(_, l)| l.to_string())
                         .unwrap_or_default();
-                    active.push(pb::ActiveTask {
+                    active.push(ActiveTask {
                         task_id: t.created.task_id.clone(),
                         attempt: t.attempt,
                         device_local_id: local,
                     });
-                    if let Some(m) = update_command(
+                    if let Some(m) = to_agent::update(
                         &state,
                         t,
                         t.command_id
@@ -302,21 +303,17 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     }
                 }
             }
-            let welcome = pb::ServerMessage {
-                command_id: 0,
-                trace_context: Default::default(),
-                body: Some(pb::server_message::Body::Welcome(pb::Welcome {
-                    server_version: env!("CARGO_PKG_VERSION").into(),
-                    heartbeat_interval_s: app.config.heartbeat_interval.as_secs().max(1) as u32,
-                    acked_seq: acked,
-                    active_tasks: active,
-                })),
-            };
+            let welcome = ToAgent::session(Body::Welcome(Welcome {
+                server_version: env!("CARGO_PKG_VERSION").into(),
+                heartbeat_interval_s: app.config.heartbeat_interval.as_secs().max(1) as u32,
+                acked_seq: acked,
+                active_tasks: active,
+            }));
             let _ = tx.try_send(welcome);
             (acked, resend)
         };
         for (mut m, fields, attempt) in resend {
-            if let Some(pb::server_message::Body::Update(u)) = &m.body {
+            if let Body::Update(u) = &m.body {
                 let span = task_span(
                     &app,
                     "task.resend",
@@ -339,7 +336,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
 
         // Everything the session queued, then (when it ended on a broken rule) that status. The
         // queue ends when the session is over and unregistered (every sender dropped).
-        let messages = ReceiverStream::new(rx).map(Ok);
+        let messages = ReceiverStream::new(rx).map(|m| Ok(server_message::to_pb(m)));
         let end = futures::stream::once(end_rx).filter_map(|r| async move { r.ok().map(Err) });
         Ok(Response::new(Box::pin(messages.chain(end))))
     }
@@ -455,22 +452,15 @@ async fn run_session(
 }
 
 fn send_ack(session: &Session, acked: u64) {
-    let _ = session.tx.try_send(pb::ServerMessage {
-        command_id: 0,
-        trace_context: Default::default(),
-        body: Some(pb::server_message::Body::Ack(pb::Ack { acked_seq: acked })),
-    });
+    let _ = session
+        .tx
+        .try_send(ToAgent::session(Body::Ack { acked_seq: acked }));
 }
 
 fn send_refused(session: &Session, seq: u64, reason: String) {
-    let _ = session.tx.try_send(pb::ServerMessage {
-        command_id: 0,
-        trace_context: Default::default(),
-        body: Some(pb::server_message::Body::Refused(pb::Refused {
-            seq,
-            reason,
-        })),
-    });
+    let _ = session
+        .tx
+        .try_send(ToAgent::session(Body::Refused { seq, reason }));
 }
 
 /// Whether the report `source` names was applied before (its seq is at or below the highest the
@@ -754,7 +744,7 @@ async fn handle_report(
         }
         Some(pb::agent_message::Body::CheckResult(c)) => {
             // Someone waits for it (a check running now)...
-            let c = match app.sessions.answer_check(&site, c) {
+            let c = match app.sessions.answer_check(&site, check_answer(c)) {
                 Ok(()) => return Ok(()),
                 Err(c) => *c,
             };
@@ -815,7 +805,7 @@ async fn record_wake_answer(
     app: &Arc<App>,
     actor: &Actor,
     site: &str,
-    answer: pb::CheckResult,
+    answer: CheckAnswer,
     source: Option<AgentSource>,
 ) -> Result<(), ReportError> {
     let device_id = model::device_id(site, &answer.device_local_id);
@@ -843,7 +833,7 @@ async fn record_wake_answer(
                 .last_check
                 .as_ref()
                 .and_then(|(c, _)| c.firmware_id.clone());
-            let checked = super::devices::answer_to_checked(
+            let checked = crate::checks::answer_to_checked(
                 state,
                 &answer.check_id,
                 firmware_id.as_deref(),
@@ -858,6 +848,24 @@ async fn record_wake_answer(
         })
         .await?;
     refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
+}
+
+/// A device's answer to a check, in the server's terms: the error bounded, the facts kept only
+/// when the report is valid (the check then falls back to what the site reported before).
+fn check_answer(c: pb::CheckResult) -> CheckAnswer {
+    CheckAnswer {
+        facts: c
+            .device
+            .as_ref()
+            .and_then(|r| convert::device_facts_from(r).ok())
+            .map(|(_, f)| f),
+        error: agent_error(c.error.as_ref()),
+        check_id: c.check_id,
+        device_local_id: c.device_local_id,
+        reachable: c.reachable,
+        update_available: c.update_available,
+        awaiting_wakeup: c.awaiting_wakeup,
+    }
 }
 
 /// An agent's error, with its message bounded (`convert::MAX_ERROR_MESSAGE`).

@@ -13,6 +13,8 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::lock::MutexExt;
+
 use super::stats::LatencyHistogram;
 use super::subscription::DurableLog;
 use super::{
@@ -52,9 +54,7 @@ impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied append: appends
         // check everything before the first push.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.locked()
     }
 }
 

@@ -92,6 +92,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn};
 
+use crate::lock::MutexExt;
+
 use super::codec::{
     self, index_key, index_key_into, index_value, log_key, open_record, parse_head_value,
     parse_index_key, parse_index_value, seq_of_log_key,
@@ -707,9 +709,7 @@ impl Shared {
 
     fn waiters(&self) -> MutexGuard<'_, VecDeque<Waiter>> {
         // Pushing and popping cannot leave the queue half-updated.
-        self.waiters
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.waiters.locked()
     }
 
     /// Publishes `seq` as durable and answers exactly the waiters it covers.
