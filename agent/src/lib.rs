@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod report;
 pub mod secret;
 pub mod site;
+mod sync;
 pub mod tls;
 pub mod transport;
 pub mod trust;
