@@ -32,6 +32,26 @@ pub const MAX_SELECTOR_VALUES: usize = 10_000;
 /// Longest token lifetime: ten years.
 pub const MAX_TOKEN_TTL_S: u64 = 10 * 366 * 24 * 3600;
 
+// Rollout specs (sizes here; `convert::spec_from_pb` checks the numbers and the meaning).
+/// Longest rollout name.
+pub const MAX_SPEC_NAME: usize = 200;
+/// Most stages of one rollout.
+pub const MAX_STAGES: usize = 50;
+/// Longest stage deadline, soak time or retry backoff, seconds (7 days).
+pub const MAX_STAGE_TIMER_S: u32 = 7 * 24 * 3600;
+/// Most devices (or sites, networks) a rollout may update at once, per limit.
+pub const MAX_CONCURRENCY: u32 = 100_000;
+/// Most attempts a retry policy may ask for.
+pub const MAX_ATTEMPTS: u32 = 20;
+/// Longest time one device may take, seconds (24 h).
+pub const MAX_DEVICE_TIMEOUT_S: u32 = 24 * 3600;
+/// Longest wait for the batch check's answers, seconds (1 h).
+pub const MAX_BATCH_CHECK_TIMEOUT_S: u32 = 3600;
+/// Longest wake-up budget for sleeping devices, seconds (30 days).
+pub const MAX_WAKE_TIMEOUT_S: u32 = 30 * 24 * 3600;
+/// Most per-site time zones one spec may name.
+pub const MAX_SITE_TIMEZONES: usize = 1000;
+
 fn too_long(field: &str, max: usize) -> ApiError {
     ApiError::invalid(format!("{field} is longer than {max} bytes"))
 }
@@ -167,12 +187,12 @@ fn threshold(field: &str, t: Option<&pb::Threshold>) -> ApiResult<()> {
 
 /// A rollout spec (the meaning is checked by `convert::spec_from_pb`).
 pub fn spec(s: &pb::RolloutSpec) -> ApiResult<()> {
-    line("spec.name", &s.name, 200)?;
+    line("spec.name", &s.name, MAX_SPEC_NAME)?;
     ident("spec.firmware_id", &s.firmware_id, MAX_ID)?;
     if let Some(sel) = &s.selector {
         selector("spec.selector", sel)?;
     }
-    count("spec.stages", s.stages.len(), 50)?;
+    count("spec.stages", s.stages.len(), MAX_STAGES)?;
     for (i, st) in s.stages.iter().enumerate() {
         let label = format!("spec.stages[{i}]");
         line(&format!("{label}.name"), &st.name, 64)?;

@@ -20,6 +20,11 @@ use ota_domain::rollout::spec::{
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use ota_proto::v1 as pb;
 
+use super::bounds::{
+    MAX_ATTEMPTS, MAX_BATCH_CHECK_TIMEOUT_S, MAX_CONCURRENCY, MAX_DEVICE_TIMEOUT_S,
+    MAX_SELECTOR_VALUES, MAX_SITE_TIMEZONES, MAX_SPEC_NAME, MAX_STAGE_TIMER_S, MAX_STAGES,
+    MAX_WAKE_TIMEOUT_S,
+};
 use crate::quote::quote;
 
 /// Tuya status number on the wire.
@@ -633,15 +638,168 @@ pub fn device_facts_from(r: &pb::DeviceReport) -> Result<(String, DeviceFacts), 
 // Rollout specs
 // ---------------------------------------------------------------------------------------------
 
-fn threshold_from(t: Option<&pb::Threshold>, what: &str) -> Result<Option<Threshold>, String> {
+/// Why a wire rollout spec was refused: the field, as the caller wrote it (for example
+/// `spec.stages[1] (canary).soak_s`), and what is wrong with it. `Display` is the message the
+/// caller sees; it starts with the field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    /// The field the problem is in.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: SpecProblem,
+}
+
+/// What is wrong with one field of a rollout spec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpecProblem {
+    /// Empty, but required.
+    Required,
+    /// Empty or longer than this many characters.
+    RequiredAtMost(usize),
+    /// A rollout without stages.
+    NoStages,
+    /// A stage without a size.
+    NoSize,
+    /// More entries (`noun`) than allowed.
+    TooMany {
+        count: usize,
+        max: usize,
+        noun: &'static str,
+    },
+    /// More selector values in total than allowed.
+    TooManyValues { count: usize, max: usize },
+    /// A number above its bound; `note` says the bound for people, like " (7 days)".
+    AtMost {
+        value: u64,
+        max: u64,
+        note: &'static str,
+    },
+    /// A number outside the range `allowed` describes.
+    OutOfRange {
+        value: String,
+        allowed: &'static str,
+    },
+    /// Zero where at least one is needed.
+    Zero,
+    /// A cumulative percentage below the previous stage's.
+    NotCumulative { value: f64, previous: f64 },
+    /// A number that does not fit 16 bits.
+    Not16Bits(u32),
+    /// An enum number this server does not know; `expected` lists the known ones.
+    UnknownValue { value: i32, expected: &'static str },
+    /// A wire value the shared converters refused (their message).
+    Wire(String),
+    /// A list of transports holding `TRANSPORT_UNSPECIFIED`.
+    ContainsUnspecified,
+    /// A value that is not what the field holds (`expected`: "a site id", ...).
+    NotA {
+        value: String,
+        expected: &'static str,
+    },
+    /// Not a time of day like "22:30".
+    NotTime(String),
+    /// Not a weekday number.
+    NotWeekday(u32),
+    /// A maintenance window that never opens.
+    EmptyWindow,
+    /// A value smaller than another field's, which bounds it from below.
+    SmallerThan {
+        value: u32,
+        other: &'static str,
+        other_value: u32,
+    },
+    /// `upgrade_type` check with `skip_batch_check`.
+    CheckWithoutBatchCheck,
+}
+
+impl SpecError {
+    fn new(field: impl Into<String>, problem: SpecProblem) -> Self {
+        SpecError {
+            field: field.into(),
+            problem,
+        }
+    }
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use SpecProblem as P;
+        f.write_str(&self.field)?;
+        match &self.problem {
+            P::Required => write!(f, " is required"),
+            P::RequiredAtMost(max) => write!(f, " is required (at most {max} characters)"),
+            P::NoStages => write!(
+                f,
+                ": at least one stage is required (e.g. a canary of 1 device, then 100 %)"
+            ),
+            P::NoSize => write!(f, " needs a size: count or cumulative_percent"),
+            P::TooMany { count, max, noun } => write!(f, " has {count} {noun}: at most {max}"),
+            P::TooManyValues { count, max } => {
+                write!(f, " lists {count} values: at most {max} in total")
+            }
+            P::AtMost { value, max, note } => write!(f, " is {value}: at most {max}{note}"),
+            P::OutOfRange { value, allowed } => write!(f, " is {value}: {allowed}"),
+            P::Zero => write!(f, " must be at least 1"),
+            P::NotCumulative { value, previous } => write!(
+                f,
+                " {value} is smaller than the previous stage's {previous}: percentages are cumulative"
+            ),
+            P::Not16Bits(v) => write!(f, " {v} does not fit 16 bits"),
+            P::UnknownValue { value, expected } => write!(f, " {value} is unknown{expected}"),
+            P::Wire(e) => write!(f, ": {e}"),
+            P::ContainsUnspecified => write!(f, " contains TRANSPORT_UNSPECIFIED"),
+            P::NotA { value, expected } => write!(f, ": {} is not {expected}", quote(value)),
+            P::NotTime(v) => write!(f, " {} is not a time like \"22:30\"", quote(v)),
+            P::NotWeekday(d) => write!(f, " {d} is not 0 (Sunday) .. 6 (Saturday)"),
+            P::EmptyWindow => write!(
+                f,
+                " start and end are equal: the window would never open (omit it for 'any time')"
+            ),
+            P::SmallerThan {
+                value,
+                other,
+                other_value,
+            } => write!(f, " ({value}) is smaller than {other} ({other_value})"),
+            P::CheckWithoutBatchCheck => write!(
+                f,
+                " check runs only the batch check: skip_batch_check cannot be set with it"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+type SpecResult<T> = Result<T, SpecError>;
+
+/// `value` at most `max`, else [`SpecProblem::AtMost`] for `field`.
+fn at_most(field: impl Into<String>, value: u32, max: u32, note: &'static str) -> SpecResult<()> {
+    if value > max {
+        return Err(SpecError::new(
+            field,
+            SpecProblem::AtMost {
+                value: u64::from(value),
+                max: u64::from(max),
+                note,
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn threshold_from(t: Option<&pb::Threshold>, what: &str) -> SpecResult<Option<Threshold>> {
     match t.and_then(|t| t.value.as_ref()) {
         None => Ok(None),
         Some(pb::threshold::Value::Count(c)) => Ok(Some(Threshold::Count(*c))),
         Some(pb::threshold::Value::Percent(p)) if (0.0..=100.0).contains(p) => {
             Ok(Some(Threshold::Percent(*p)))
         }
-        Some(pb::threshold::Value::Percent(p)) => Err(format!(
-            "{what} is {p} %: a percentage must be between 0 and 100"
+        Some(pb::threshold::Value::Percent(p)) => Err(SpecError::new(
+            what,
+            SpecProblem::OutOfRange {
+                value: format!("{p} %"),
+                allowed: "a percentage must be between 0 and 100",
+            },
         )),
     }
 }
@@ -655,11 +813,11 @@ fn threshold_to(t: Option<Threshold>) -> Option<pb::Threshold> {
     })
 }
 
-fn parse_hhmm(s: &str, what: &str) -> Result<u16, String> {
+fn parse_hhmm(s: &str, what: &str) -> SpecResult<u16> {
     let err = || {
-        format!(
-            "maintenance window {what} {} is not a time like \"22:30\"",
-            quote(s)
+        SpecError::new(
+            format!("maintenance window {what}"),
+            SpecProblem::NotTime(s.to_string()),
         )
     };
     let (h, m) = s.split_once(':').ok_or_else(err)?;
@@ -671,319 +829,45 @@ fn parse_hhmm(s: &str, what: &str) -> Result<u16, String> {
     Ok(h * 60 + m)
 }
 
-/// Longest stage deadline or soak time, seconds.
-const MAX_STAGE_TIMER_S: u32 = 7 * 24 * 3600;
-
-/// Validates a wire spec into the domain, resolving defaults. The message names the field.
-pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
+/// Validates a wire spec into the domain, resolving defaults. The error names the field.
+pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
     let name = s.name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err("spec.name is required (at most 200 characters)".into());
+    if name.is_empty() || name.len() > MAX_SPEC_NAME {
+        return Err(SpecError::new(
+            "spec.name",
+            SpecProblem::RequiredAtMost(MAX_SPEC_NAME),
+        ));
     }
     if s.firmware_id.trim().is_empty() {
-        return Err("spec.firmware_id is required".into());
+        return Err(SpecError::new("spec.firmware_id", SpecProblem::Required));
     }
-    let sel = s.selector.clone().unwrap_or_default();
-    let mut transports = Vec::new();
-    for t in &sel.transports {
-        match transport_from(*t).map_err(|e| format!("spec.selector.transports: {e}"))? {
-            Some(t) => transports.push(t),
-            None => return Err("spec.selector.transports contains TRANSPORT_UNSPECIFIED".into()),
-        }
-    }
-    let list_len = sel.site_ids.len()
-        + sel.models.len()
-        + sel.vendors.len()
-        + sel.chips.len()
-        + sel.tags.len()
-        + sel.device_ids.len()
-        + sel.exclude_device_ids.len()
-        + sel.networks.len();
-    if list_len > 10_000 {
-        return Err(format!(
-            "spec.selector lists {list_len} values: at most 10000 in total"
-        ));
-    }
-    for site in &sel.site_ids {
-        if super::agents::validate_site_id(site).is_err() {
-            return Err(format!(
-                "spec.selector.site_ids: {} is not a site id (1-64 letters, digits, '-', '_' or '.')",
-                quote(site)
-            ));
-        }
-    }
-    let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
-    let selector = Selector {
-        site_ids: sel.site_ids.clone(),
-        transports,
-        models: sel.models.clone(),
-        vendors: sel.vendors.clone(),
-        manufacturer_code: sel
-            .manufacturer_code
-            .map(|v| {
-                u16::try_from(v).map_err(|_| {
-                    format!("spec.selector.manufacturer_code {v} does not fit 16 bits")
-                })
-            })
-            .transpose()?,
-        image_type: sel
-            .image_type
-            .map(|v| {
-                u16::try_from(v)
-                    .map_err(|_| format!("spec.selector.image_type {v} does not fit 16 bits"))
-            })
-            .transpose()?,
-        chips: sel.chips.clone(),
-        min_version: non_empty(&sel.min_version),
-        max_version: non_empty(&sel.max_version),
-        tags: sel.tags.clone(),
-        device_ids: sel.device_ids.clone(),
-        exclude_device_ids: sel.exclude_device_ids.clone(),
-        networks: sel.networks.clone(),
-    };
-
-    if s.stages.is_empty() {
-        return Err(
-            "spec.stages: at least one stage is required (e.g. a canary of 1 device, then 100 %)"
-                .into(),
-        );
-    }
-    if s.stages.len() > 50 {
-        return Err(format!(
-            "spec.stages has {} stages: at most 50",
-            s.stages.len()
-        ));
-    }
-    let mut stages = Vec::new();
-    let mut last_percent = 0.0f64;
-    for (i, st) in s.stages.iter().enumerate() {
-        let label = if st.name.is_empty() {
-            format!("spec.stages[{i}]")
-        } else {
-            format!("spec.stages[{i}] ({})", st.name)
-        };
-        let size = match st.size {
-            Some(pb::stage::Size::Count(0)) => {
-                return Err(format!("{label}.count must be at least 1"));
-            }
-            Some(pb::stage::Size::Count(c)) => StageSize::Count(c),
-            Some(pb::stage::Size::CumulativePercent(p)) => {
-                if !(p > 0.0 && p <= 100.0) {
-                    return Err(format!(
-                        "{label}.cumulative_percent is {p}: must be more than 0 and at most 100"
-                    ));
-                }
-                if p < last_percent {
-                    return Err(format!(
-                        "{label}.cumulative_percent {p} is smaller than the previous stage's {last_percent}: percentages are cumulative"
-                    ));
-                }
-                last_percent = p;
-                StageSize::CumulativePercent(p)
-            }
-            None => return Err(format!("{label} needs a size: count or cumulative_percent")),
-        };
-        // Unset: a day (a week when a maintenance window limits the hours: a stage may need
-        // several windows); 0 written explicitly: no deadline.
-        let default_deadline = if s.maintenance_window.is_some() {
-            MAX_STAGE_TIMER_S
-        } else {
-            DEFAULT_STAGE_DEADLINE_S
-        };
-        let deadline_s = st.deadline_s.unwrap_or(default_deadline);
-        for (what, v) in [("deadline_s", deadline_s), ("soak_s", st.soak_s)] {
-            if v > MAX_STAGE_TIMER_S {
-                return Err(format!(
-                    "{label}.{what} is {v}: at most {MAX_STAGE_TIMER_S} (7 days)"
-                ));
-            }
-        }
-        let on_failure = match pb::FailureAction::try_from(st.on_failure) {
-            Ok(pb::FailureAction::Pause) => FailureAction::Pause,
-            Ok(pb::FailureAction::Abort) => FailureAction::Abort,
-            Err(_) => return Err(format!("{label}.on_failure {} is unknown", st.on_failure)),
-        };
-        stages.push(StageSpec {
-            name: if st.name.trim().is_empty() {
-                if i == 0 && s.stages.len() > 1 {
-                    "canary".to_string()
-                } else {
-                    format!("wave-{i}")
-                }
-            } else {
-                clip(st.name.trim())
-            },
-            size,
-            success_threshold: threshold_from(
-                st.success_threshold.as_ref(),
-                &format!("{label}.success_threshold"),
-            )?,
-            failure_threshold: threshold_from(
-                st.failure_threshold.as_ref(),
-                &format!("{label}.failure_threshold"),
-            )?,
-            on_failure,
-            deadline_s,
-            soak_s: st.soak_s,
-        });
-    }
-    // The last stage reaches everyone.
-    if !matches!(stages.last().map(|s| s.size), Some(StageSize::CumulativePercent(p)) if p >= 100.0)
-    {
-        stages.push(StageSpec {
-            name: "rest".into(),
-            size: StageSize::CumulativePercent(100.0),
-            success_threshold: None,
-            failure_threshold: None,
-            on_failure: FailureAction::Pause,
-            deadline_s: if s.maintenance_window.is_some() {
-                MAX_STAGE_TIMER_S
-            } else {
-                DEFAULT_STAGE_DEADLINE_S
-            },
-            soak_s: 0,
-        });
-    }
-
-    let c = s.concurrency.unwrap_or_default();
-    for (what, v) in [
-        ("global", c.global),
-        ("per_site", c.per_site),
-        ("per_zigbee_network", c.per_zigbee_network),
-        ("per_esphome_site", c.per_esphome_site),
-    ] {
-        if v > 100_000 {
-            return Err(format!("spec.concurrency.{what} is {v}: at most 100000"));
-        }
-    }
-    let d = Concurrency::default();
-    let pick = |v: u32, default: u32| if v == 0 { default } else { v };
-    let concurrency = Concurrency {
-        global: pick(c.global, d.global),
-        per_site: pick(c.per_site, d.per_site),
-        per_zigbee_network: pick(c.per_zigbee_network, d.per_zigbee_network),
-        per_esphome_site: pick(c.per_esphome_site, d.per_esphome_site),
-    };
-    let r = s.retry.unwrap_or_default();
-    let rd = RetryPolicy::default();
-    if r.max_attempts > MAX_ATTEMPTS {
-        return Err(format!(
-            "spec.retry.max_attempts is {}: at most {MAX_ATTEMPTS}",
-            r.max_attempts
-        ));
-    }
-    for (what, v) in [
-        ("initial_backoff_s", r.initial_backoff_s),
-        ("max_backoff_s", r.max_backoff_s),
-    ] {
-        if v > MAX_STAGE_TIMER_S {
-            return Err(format!(
-                "spec.retry.{what} is {v}: at most {MAX_STAGE_TIMER_S} (7 days)"
-            ));
-        }
-    }
-    let retry = RetryPolicy {
-        max_attempts: pick(r.max_attempts, rd.max_attempts),
-        initial_backoff_s: pick(r.initial_backoff_s, rd.initial_backoff_s),
-        max_backoff_s: pick(r.max_backoff_s, rd.max_backoff_s),
-    };
-    if retry.max_backoff_s < retry.initial_backoff_s {
-        return Err(format!(
-            "spec.retry.max_backoff_s ({}) is smaller than initial_backoff_s ({})",
-            retry.max_backoff_s, retry.initial_backoff_s
-        ));
-    }
-    let window = match &s.maintenance_window {
-        None => None,
-        Some(w) => {
-            let start = parse_hhmm(&w.start, "start")?;
-            let end = parse_hhmm(&w.end, "end")?;
-            if start == end {
-                return Err("maintenance window start and end are equal: the window would never open (omit it for 'any time')".into());
-            }
-            if let Some(d) = w.weekdays.iter().find(|d| **d > 6) {
-                return Err(format!(
-                    "maintenance window weekday {d} is not 0 (Sunday) .. 6 (Saturday)"
-                ));
-            }
-            Some(MaintenanceWindow {
-                start_minute: start,
-                end_minute: end,
-                weekdays: w.weekdays.iter().map(|d| *d as u8).collect(),
-            })
-        }
-    };
-    let upgrade_type = UpgradeType::from_code(s.upgrade_type as u32).ok_or_else(|| {
-        format!(
-            "spec.upgrade_type {} is unknown: 0 notify, 2 forced, 3 check",
-            s.upgrade_type
-        )
-    })?;
-    if upgrade_type == UpgradeType::Check && s.skip_batch_check {
-        return Err("spec.upgrade_type check runs only the batch check: skip_batch_check cannot be set with it".into());
-    }
-    if s.device_timeout_s > 24 * 3600 {
-        return Err(format!(
-            "spec.device_timeout_s is {}: at most 86400 (24 h)",
-            s.device_timeout_s
-        ));
-    }
-    if s.batch_check_timeout_s > 3600 {
-        return Err(format!(
-            "spec.batch_check_timeout_s is {}: at most 3600 (1 h)",
-            s.batch_check_timeout_s
-        ));
-    }
+    let selector = selector_from_pb("spec.selector", &s.selector.clone().unwrap_or_default())?;
+    let stages = stages_from_pb(s)?;
+    let concurrency = concurrency_from_pb(s.concurrency.unwrap_or_default())?;
+    let retry = retry_from_pb(s.retry.unwrap_or_default())?;
+    let window = s
+        .maintenance_window
+        .as_ref()
+        .map(window_from_pb)
+        .transpose()?;
+    let upgrade_type = upgrade_type_from_pb(s)?;
+    check_timeouts(s)?;
     let preconditions = preconditions_from(s.preconditions.as_ref())?;
-    if s.wake_timeout_s > MAX_WAKE_TIMEOUT_S {
-        return Err(format!(
-            "spec.wake_timeout_s is {}: at most {MAX_WAKE_TIMEOUT_S} (30 days)",
-            s.wake_timeout_s
-        ));
-    }
     let on_asleep = match pb::OnAsleep::try_from(s.on_asleep) {
         Ok(pb::OnAsleep::Wait) => OnAsleep::Wait,
         Ok(pb::OnAsleep::Continue) => OnAsleep::Continue,
         Err(_) => {
-            return Err(format!(
-                "spec.on_asleep {} is unknown: 0 wait, 1 continue",
-                s.on_asleep
+            return Err(SpecError::new(
+                "spec.on_asleep",
+                SpecProblem::UnknownValue {
+                    value: s.on_asleep,
+                    expected: ": 0 wait, 1 continue",
+                },
             ));
         }
     };
-    let failure_budget = match s.failure_budget.as_ref().and_then(|b| b.budget.as_ref()) {
-        None => FailureBudget::Default,
-        Some(pb::failure_budget::Budget::Off(true)) => FailureBudget::Off,
-        Some(pb::failure_budget::Budget::Off(false)) => FailureBudget::Default,
-        Some(pb::failure_budget::Budget::Limit(t)) => {
-            match threshold_from(Some(t), "spec.failure_budget.limit")? {
-                Some(t) => FailureBudget::Limit(t),
-                None => FailureBudget::Default,
-            }
-        }
-    };
-    if s.site_timezones.len() > 1000 {
-        return Err(format!(
-            "spec.site_timezones has {} entries: at most 1000",
-            s.site_timezones.len()
-        ));
-    }
-    let mut site_timezones = std::collections::BTreeMap::new();
-    for (site, zone) in &s.site_timezones {
-        if super::agents::validate_site_id(site).is_err() {
-            return Err(format!(
-                "spec.site_timezones: {} is not a site id",
-                quote(site)
-            ));
-        }
-        let Some(tz) = ota_domain::rollout::window::parse_zone(zone.trim()) else {
-            return Err(format!(
-                "spec.site_timezones[{site}]: {} is not an IANA time zone (like \"Europe/Berlin\")",
-                quote(zone)
-            ));
-        };
-        site_timezones.insert(site.clone(), tz.name().to_string());
-    }
+    let failure_budget = failure_budget_from_pb(s.failure_budget.as_ref())?;
+    let site_timezones = site_timezones_from_pb(&s.site_timezones)?;
     Ok(RolloutSpec {
         name: clip(name),
         firmware_id: s.firmware_id.trim().to_string(),
@@ -1013,22 +897,412 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
     })
 }
 
-/// Most attempts a retry policy may ask for.
-const MAX_ATTEMPTS: u32 = 20;
-/// Longest wake-up budget.
-const MAX_WAKE_TIMEOUT_S: u32 = 30 * 24 * 3600;
+/// A wire selector into the domain; `field` names it in errors (`spec.selector`, `selector`).
+pub fn selector_from_pb(field: &str, sel: &pb::DeviceSelector) -> SpecResult<Selector> {
+    let mut transports = Vec::new();
+    for t in &sel.transports {
+        let at = || format!("{field}.transports");
+        match transport_from(*t).map_err(|e| SpecError::new(at(), SpecProblem::Wire(e)))? {
+            Some(t) => transports.push(t),
+            None => return Err(SpecError::new(at(), SpecProblem::ContainsUnspecified)),
+        }
+    }
+    let list_len = sel.site_ids.len()
+        + sel.models.len()
+        + sel.vendors.len()
+        + sel.chips.len()
+        + sel.tags.len()
+        + sel.device_ids.len()
+        + sel.exclude_device_ids.len()
+        + sel.networks.len();
+    if list_len > MAX_SELECTOR_VALUES {
+        return Err(SpecError::new(
+            field,
+            SpecProblem::TooManyValues {
+                count: list_len,
+                max: MAX_SELECTOR_VALUES,
+            },
+        ));
+    }
+    for site in &sel.site_ids {
+        if super::agents::validate_site_id(site).is_err() {
+            return Err(SpecError::new(
+                format!("{field}.site_ids"),
+                SpecProblem::NotA {
+                    value: site.clone(),
+                    expected: "a site id (1-64 letters, digits, '-', '_' or '.')",
+                },
+            ));
+        }
+    }
+    let u16_field = |name: &str, v: Option<u32>| {
+        v.map(|v| {
+            u16::try_from(v)
+                .map_err(|_| SpecError::new(format!("{field}.{name}"), SpecProblem::Not16Bits(v)))
+        })
+        .transpose()
+    };
+    let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+    Ok(Selector {
+        site_ids: sel.site_ids.clone(),
+        transports,
+        models: sel.models.clone(),
+        vendors: sel.vendors.clone(),
+        manufacturer_code: u16_field("manufacturer_code", sel.manufacturer_code)?,
+        image_type: u16_field("image_type", sel.image_type)?,
+        chips: sel.chips.clone(),
+        min_version: non_empty(&sel.min_version),
+        max_version: non_empty(&sel.max_version),
+        tags: sel.tags.clone(),
+        device_ids: sel.device_ids.clone(),
+        exclude_device_ids: sel.exclude_device_ids.clone(),
+        networks: sel.networks.clone(),
+    })
+}
+
+/// The stages, with a final 100 % stage added when the last one does not reach everyone.
+fn stages_from_pb(s: &pb::RolloutSpec) -> SpecResult<Vec<StageSpec>> {
+    if s.stages.is_empty() {
+        return Err(SpecError::new("spec.stages", SpecProblem::NoStages));
+    }
+    if s.stages.len() > MAX_STAGES {
+        return Err(SpecError::new(
+            "spec.stages",
+            SpecProblem::TooMany {
+                count: s.stages.len(),
+                max: MAX_STAGES,
+                noun: "stages",
+            },
+        ));
+    }
+    // Unset: a day (a week when a maintenance window limits the hours: a stage may need
+    // several windows); 0 written explicitly: no deadline.
+    let default_deadline = if s.maintenance_window.is_some() {
+        MAX_STAGE_TIMER_S
+    } else {
+        DEFAULT_STAGE_DEADLINE_S
+    };
+    let mut stages = Vec::new();
+    let mut last_percent = 0.0f64;
+    for (i, st) in s.stages.iter().enumerate() {
+        let size = stage_size_from_pb(&stage_label(i, st), st, &mut last_percent)?;
+        stages.push(stage_from_pb(
+            i,
+            s.stages.len(),
+            st,
+            size,
+            default_deadline,
+        )?);
+    }
+    // The last stage reaches everyone.
+    if !matches!(stages.last().map(|s| s.size), Some(StageSize::CumulativePercent(p)) if p >= 100.0)
+    {
+        stages.push(StageSpec {
+            name: "rest".into(),
+            size: StageSize::CumulativePercent(100.0),
+            success_threshold: None,
+            failure_threshold: None,
+            on_failure: FailureAction::Pause,
+            deadline_s: default_deadline,
+            soak_s: 0,
+        });
+    }
+    Ok(stages)
+}
+
+/// How errors name stage `i`: `spec.stages[1]`, or `spec.stages[1] (canary)` when named.
+fn stage_label(i: usize, st: &pb::Stage) -> String {
+    if st.name.is_empty() {
+        format!("spec.stages[{i}]")
+    } else {
+        format!("spec.stages[{i}] ({})", st.name)
+    }
+}
+
+/// A stage's size; cumulative percentages may not shrink from `last_percent`, which is moved on.
+fn stage_size_from_pb(
+    label: &str,
+    st: &pb::Stage,
+    last_percent: &mut f64,
+) -> SpecResult<StageSize> {
+    match st.size {
+        Some(pb::stage::Size::Count(0)) => {
+            Err(SpecError::new(format!("{label}.count"), SpecProblem::Zero))
+        }
+        Some(pb::stage::Size::Count(c)) => Ok(StageSize::Count(c)),
+        Some(pb::stage::Size::CumulativePercent(p)) => {
+            let field = || format!("{label}.cumulative_percent");
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(SpecError::new(
+                    field(),
+                    SpecProblem::OutOfRange {
+                        value: p.to_string(),
+                        allowed: "must be more than 0 and at most 100",
+                    },
+                ));
+            }
+            if p < *last_percent {
+                return Err(SpecError::new(
+                    field(),
+                    SpecProblem::NotCumulative {
+                        value: p,
+                        previous: *last_percent,
+                    },
+                ));
+            }
+            *last_percent = p;
+            Ok(StageSize::CumulativePercent(p))
+        }
+        None => Err(SpecError::new(label, SpecProblem::NoSize)),
+    }
+}
+
+/// Stage `i` of `count`, its size already read; unnamed stages are `canary` (the first of
+/// several) or `wave-<i>`.
+fn stage_from_pb(
+    i: usize,
+    count: usize,
+    st: &pb::Stage,
+    size: StageSize,
+    default_deadline: u32,
+) -> SpecResult<StageSpec> {
+    let label = stage_label(i, st);
+    let deadline_s = st.deadline_s.unwrap_or(default_deadline);
+    for (what, v) in [("deadline_s", deadline_s), ("soak_s", st.soak_s)] {
+        at_most(format!("{label}.{what}"), v, MAX_STAGE_TIMER_S, " (7 days)")?;
+    }
+    let on_failure = match pb::FailureAction::try_from(st.on_failure) {
+        Ok(pb::FailureAction::Pause) => FailureAction::Pause,
+        Ok(pb::FailureAction::Abort) => FailureAction::Abort,
+        Err(_) => {
+            return Err(SpecError::new(
+                format!("{label}.on_failure"),
+                SpecProblem::UnknownValue {
+                    value: st.on_failure,
+                    expected: "",
+                },
+            ));
+        }
+    };
+    let name = if !st.name.trim().is_empty() {
+        clip(st.name.trim())
+    } else if i == 0 && count > 1 {
+        "canary".to_string()
+    } else {
+        format!("wave-{i}")
+    };
+    Ok(StageSpec {
+        name,
+        size,
+        success_threshold: threshold_from(
+            st.success_threshold.as_ref(),
+            &format!("{label}.success_threshold"),
+        )?,
+        failure_threshold: threshold_from(
+            st.failure_threshold.as_ref(),
+            &format!("{label}.failure_threshold"),
+        )?,
+        on_failure,
+        deadline_s,
+        soak_s: st.soak_s,
+    })
+}
+
+/// Concurrency limits: 0 takes the default.
+fn concurrency_from_pb(c: pb::ConcurrencyLimits) -> SpecResult<Concurrency> {
+    for (what, v) in [
+        ("global", c.global),
+        ("per_site", c.per_site),
+        ("per_zigbee_network", c.per_zigbee_network),
+        ("per_esphome_site", c.per_esphome_site),
+    ] {
+        at_most(format!("spec.concurrency.{what}"), v, MAX_CONCURRENCY, "")?;
+    }
+    let d = Concurrency::default();
+    Ok(Concurrency {
+        global: or_default(c.global, d.global),
+        per_site: or_default(c.per_site, d.per_site),
+        per_zigbee_network: or_default(c.per_zigbee_network, d.per_zigbee_network),
+        per_esphome_site: or_default(c.per_esphome_site, d.per_esphome_site),
+    })
+}
+
+/// `v`, or `default` when `v` is 0 (unset on the wire).
+fn or_default(v: u32, default: u32) -> u32 {
+    if v == 0 { default } else { v }
+}
+
+/// The retry policy: 0 takes the default; the backoff may not shrink.
+fn retry_from_pb(r: pb::RetryPolicy) -> SpecResult<RetryPolicy> {
+    at_most("spec.retry.max_attempts", r.max_attempts, MAX_ATTEMPTS, "")?;
+    for (what, v) in [
+        ("initial_backoff_s", r.initial_backoff_s),
+        ("max_backoff_s", r.max_backoff_s),
+    ] {
+        at_most(
+            format!("spec.retry.{what}"),
+            v,
+            MAX_STAGE_TIMER_S,
+            " (7 days)",
+        )?;
+    }
+    let d = RetryPolicy::default();
+    let retry = RetryPolicy {
+        max_attempts: or_default(r.max_attempts, d.max_attempts),
+        initial_backoff_s: or_default(r.initial_backoff_s, d.initial_backoff_s),
+        max_backoff_s: or_default(r.max_backoff_s, d.max_backoff_s),
+    };
+    if retry.max_backoff_s < retry.initial_backoff_s {
+        return Err(SpecError::new(
+            "spec.retry.max_backoff_s",
+            SpecProblem::SmallerThan {
+                value: retry.max_backoff_s,
+                other: "initial_backoff_s",
+                other_value: retry.initial_backoff_s,
+            },
+        ));
+    }
+    Ok(retry)
+}
+
+/// A maintenance window: `HH:MM` start and end that differ, weekdays 0 (Sunday) to 6.
+fn window_from_pb(w: &pb::MaintenanceWindow) -> SpecResult<MaintenanceWindow> {
+    let start = parse_hhmm(&w.start, "start")?;
+    let end = parse_hhmm(&w.end, "end")?;
+    if start == end {
+        return Err(SpecError::new(
+            "maintenance window",
+            SpecProblem::EmptyWindow,
+        ));
+    }
+    if let Some(d) = w.weekdays.iter().find(|d| **d > 6) {
+        return Err(SpecError::new(
+            "maintenance window weekday",
+            SpecProblem::NotWeekday(*d),
+        ));
+    }
+    Ok(MaintenanceWindow {
+        start_minute: start,
+        end_minute: end,
+        weekdays: w.weekdays.iter().map(|d| *d as u8).collect(),
+    })
+}
+
+/// The upgrade type; `check` runs only the batch check, so it cannot skip it.
+fn upgrade_type_from_pb(s: &pb::RolloutSpec) -> SpecResult<UpgradeType> {
+    let upgrade_type = UpgradeType::from_code(s.upgrade_type as u32).ok_or_else(|| {
+        SpecError::new(
+            "spec.upgrade_type",
+            SpecProblem::UnknownValue {
+                value: s.upgrade_type,
+                expected: ": 0 notify, 2 forced, 3 check",
+            },
+        )
+    })?;
+    if upgrade_type == UpgradeType::Check && s.skip_batch_check {
+        return Err(SpecError::new(
+            "spec.upgrade_type",
+            SpecProblem::CheckWithoutBatchCheck,
+        ));
+    }
+    Ok(upgrade_type)
+}
+
+/// The device, batch-check and wake-up timeouts are within their bounds.
+fn check_timeouts(s: &pb::RolloutSpec) -> SpecResult<()> {
+    at_most(
+        "spec.device_timeout_s",
+        s.device_timeout_s,
+        MAX_DEVICE_TIMEOUT_S,
+        " (24 h)",
+    )?;
+    at_most(
+        "spec.batch_check_timeout_s",
+        s.batch_check_timeout_s,
+        MAX_BATCH_CHECK_TIMEOUT_S,
+        " (1 h)",
+    )?;
+    at_most(
+        "spec.wake_timeout_s",
+        s.wake_timeout_s,
+        MAX_WAKE_TIMEOUT_S,
+        " (30 days)",
+    )
+}
+
+/// The failure budget: unset or `off: false` is the default.
+fn failure_budget_from_pb(b: Option<&pb::FailureBudget>) -> SpecResult<FailureBudget> {
+    Ok(match b.and_then(|b| b.budget.as_ref()) {
+        None => FailureBudget::Default,
+        Some(pb::failure_budget::Budget::Off(true)) => FailureBudget::Off,
+        Some(pb::failure_budget::Budget::Off(false)) => FailureBudget::Default,
+        Some(pb::failure_budget::Budget::Limit(t)) => {
+            match threshold_from(Some(t), "spec.failure_budget.limit")? {
+                Some(t) => FailureBudget::Limit(t),
+                None => FailureBudget::Default,
+            }
+        }
+    })
+}
+
+/// Per-site time zones: site ids and IANA zone names (stored by their canonical name).
+fn site_timezones_from_pb(
+    zones: &std::collections::HashMap<String, String>,
+) -> SpecResult<std::collections::BTreeMap<String, String>> {
+    if zones.len() > MAX_SITE_TIMEZONES {
+        return Err(SpecError::new(
+            "spec.site_timezones",
+            SpecProblem::TooMany {
+                count: zones.len(),
+                max: MAX_SITE_TIMEZONES,
+                noun: "entries",
+            },
+        ));
+    }
+    let mut site_timezones = std::collections::BTreeMap::new();
+    for (site, zone) in zones {
+        if super::agents::validate_site_id(site).is_err() {
+            return Err(SpecError::new(
+                "spec.site_timezones",
+                SpecProblem::NotA {
+                    value: site.clone(),
+                    expected: "a site id",
+                },
+            ));
+        }
+        let Some(tz) = ota_domain::rollout::window::parse_zone(zone.trim()) else {
+            return Err(SpecError::new(
+                format!("spec.site_timezones[{site}]"),
+                SpecProblem::NotA {
+                    value: zone.clone(),
+                    expected: "an IANA time zone (like \"Europe/Berlin\")",
+                },
+            ));
+        };
+        site_timezones.insert(site.clone(), tz.name().to_string());
+    }
+    Ok(site_timezones)
+}
 
 /// The gates: unset takes the default, 0 switches a gate off, anything else is bounded.
-fn preconditions_from(p: Option<&pb::Preconditions>) -> Result<Preconditions, String> {
+fn preconditions_from(p: Option<&pb::Preconditions>) -> SpecResult<Preconditions> {
     let p = p.cloned().unwrap_or_default();
     let d = Preconditions::default();
+    let out_of_range = |what: &str, v: String, allowed| {
+        SpecError::new(
+            format!("spec.preconditions.{what}"),
+            SpecProblem::OutOfRange { value: v, allowed },
+        )
+    };
     let battery = match p.min_battery_percent {
         None => d.min_battery_percent,
         Some(0) => None,
         Some(v) if v <= 100 => Some(v as u8),
         Some(v) => {
-            return Err(format!(
-                "spec.preconditions.min_battery_percent is {v}: 0 (off) to 100"
+            return Err(out_of_range(
+                "min_battery_percent",
+                v.to_string(),
+                "0 (off) to 100",
             ));
         }
     };
@@ -1037,8 +1311,10 @@ fn preconditions_from(p: Option<&pb::Preconditions>) -> Result<Preconditions, St
         Some(0) => None,
         Some(v) if v <= 255 => Some(v as u8),
         Some(v) => {
-            return Err(format!(
-                "spec.preconditions.min_linkquality is {v}: 0 (off) to 255"
+            return Err(out_of_range(
+                "min_linkquality",
+                v.to_string(),
+                "0 (off) to 255",
             ));
         }
     };
@@ -1047,8 +1323,10 @@ fn preconditions_from(p: Option<&pb::Preconditions>) -> Result<Preconditions, St
         Some(0) => None,
         Some(v) if (-120..0).contains(&v) => Some(v as i16),
         Some(v) => {
-            return Err(format!(
-                "spec.preconditions.min_rssi_dbm is {v}: -120 to -1 dBm, or 0 (off)"
+            return Err(out_of_range(
+                "min_rssi_dbm",
+                v.to_string(),
+                "-120 to -1 dBm, or 0 (off)",
             ));
         }
     };
@@ -1214,7 +1492,7 @@ mod tests {
         let bad = |f: &dyn Fn(&mut pb::RolloutSpec)| {
             let mut p = minimal_spec();
             f(&mut p);
-            spec_from_pb(&p).unwrap_err()
+            spec_from_pb(&p).unwrap_err().to_string()
         };
         let e = bad(&|p| {
             p.retry = Some(pb::RetryPolicy {
@@ -1252,12 +1530,18 @@ mod tests {
         assert!(
             spec_from_pb(&s)
                 .unwrap_err()
+                .to_string()
                 .contains("spec.stages[0] (canary).cumulative_percent")
         );
 
         let mut s = minimal_spec();
         s.upgrade_type = 1;
-        assert!(spec_from_pb(&s).unwrap_err().contains("upgrade_type"));
+        assert!(
+            spec_from_pb(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("upgrade_type")
+        );
 
         let mut s = minimal_spec();
         s.maintenance_window = Some(pb::MaintenanceWindow {
@@ -1265,7 +1549,7 @@ mod tests {
             end: "05:00".into(),
             weekdays: vec![],
         });
-        assert!(spec_from_pb(&s).unwrap_err().contains("22:30"));
+        assert!(spec_from_pb(&s).unwrap_err().to_string().contains("22:30"));
 
         let mut s = minimal_spec();
         s.selector = Some(pb::DeviceSelector {
@@ -1275,12 +1559,209 @@ mod tests {
         assert!(
             spec_from_pb(&s)
                 .unwrap_err()
+                .to_string()
                 .contains("unknown transport 99")
         );
 
         let mut s = minimal_spec();
         s.stages.clear();
-        assert!(spec_from_pb(&s).unwrap_err().contains("at least one stage"));
+        assert!(
+            spec_from_pb(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("at least one stage")
+        );
+    }
+
+    #[test]
+    fn spec_error_messages_are_exact() {
+        let bad = |f: &dyn Fn(&mut pb::RolloutSpec)| {
+            let mut p = minimal_spec();
+            f(&mut p);
+            spec_from_pb(&p).unwrap_err().to_string()
+        };
+        type Edit<'a> = &'a dyn Fn(&mut pb::RolloutSpec);
+        let cases: Vec<(Edit<'_>, &str)> = vec![
+            (
+                &|p| p.name = " ".into(),
+                "spec.name is required (at most 200 characters)",
+            ),
+            (&|p| p.firmware_id.clear(), "spec.firmware_id is required"),
+            (
+                &|p| {
+                    p.selector = Some(pb::DeviceSelector {
+                        transports: vec![0],
+                        ..Default::default()
+                    })
+                },
+                "spec.selector.transports contains TRANSPORT_UNSPECIFIED",
+            ),
+            (
+                &|p| {
+                    p.selector = Some(pb::DeviceSelector {
+                        tags: vec!["t".into(); 10_001],
+                        ..Default::default()
+                    })
+                },
+                "spec.selector lists 10001 values: at most 10000 in total",
+            ),
+            (
+                &|p| {
+                    p.selector = Some(pb::DeviceSelector {
+                        site_ids: vec!["a b".into()],
+                        ..Default::default()
+                    })
+                },
+                "spec.selector.site_ids: \"a b\" is not a site id (1-64 letters, digits, '-', '_' or '.')",
+            ),
+            (
+                &|p| {
+                    p.selector = Some(pb::DeviceSelector {
+                        image_type: Some(70_000),
+                        ..Default::default()
+                    })
+                },
+                "spec.selector.image_type 70000 does not fit 16 bits",
+            ),
+            (
+                &|p| p.stages[0].size = Some(pb::stage::Size::Count(0)),
+                "spec.stages[0] (canary).count must be at least 1",
+            ),
+            (
+                &|p| p.stages[0].size = None,
+                "spec.stages[0] (canary) needs a size: count or cumulative_percent",
+            ),
+            (
+                &|p| {
+                    p.stages[0].size = Some(pb::stage::Size::CumulativePercent(50.0));
+                    p.stages.push(pb::Stage {
+                        size: Some(pb::stage::Size::CumulativePercent(10.0)),
+                        ..Default::default()
+                    });
+                },
+                "spec.stages[1].cumulative_percent 10 is smaller than the previous stage's 50: percentages are cumulative",
+            ),
+            (
+                &|p| p.stages[0].soak_s = 700_000,
+                "spec.stages[0] (canary).soak_s is 700000: at most 604800 (7 days)",
+            ),
+            (
+                &|p| p.stages[0].on_failure = 9,
+                "spec.stages[0] (canary).on_failure 9 is unknown",
+            ),
+            (
+                &|p| {
+                    p.stages[0].failure_threshold = Some(pb::Threshold {
+                        value: Some(pb::threshold::Value::Percent(101.0)),
+                    })
+                },
+                "spec.stages[0] (canary).failure_threshold is 101 %: a percentage must be between 0 and 100",
+            ),
+            (
+                &|p| p.stages = vec![p.stages[0].clone(); 51],
+                "spec.stages has 51 stages: at most 50",
+            ),
+            (
+                &|p| {
+                    p.concurrency = Some(pb::ConcurrencyLimits {
+                        per_site: 100_001,
+                        ..Default::default()
+                    })
+                },
+                "spec.concurrency.per_site is 100001: at most 100000",
+            ),
+            (
+                &|p| {
+                    p.retry = Some(pb::RetryPolicy {
+                        initial_backoff_s: 60,
+                        max_backoff_s: 30,
+                        ..Default::default()
+                    })
+                },
+                "spec.retry.max_backoff_s (30) is smaller than initial_backoff_s (60)",
+            ),
+            (
+                &|p| {
+                    p.maintenance_window = Some(pb::MaintenanceWindow {
+                        start: "22:00".into(),
+                        end: "22:00".into(),
+                        weekdays: vec![],
+                    })
+                },
+                "maintenance window start and end are equal: the window would never open (omit it for 'any time')",
+            ),
+            (
+                &|p| {
+                    p.maintenance_window = Some(pb::MaintenanceWindow {
+                        start: "22:00".into(),
+                        end: "6".into(),
+                        weekdays: vec![],
+                    })
+                },
+                "maintenance window end \"6\" is not a time like \"22:30\"",
+            ),
+            (
+                &|p| {
+                    p.maintenance_window = Some(pb::MaintenanceWindow {
+                        start: "22:00".into(),
+                        end: "06:00".into(),
+                        weekdays: vec![7],
+                    })
+                },
+                "maintenance window weekday 7 is not 0 (Sunday) .. 6 (Saturday)",
+            ),
+            (
+                &|p| p.upgrade_type = 1,
+                "spec.upgrade_type 1 is unknown: 0 notify, 2 forced, 3 check",
+            ),
+            (
+                &|p| {
+                    p.upgrade_type = 3;
+                    p.skip_batch_check = true;
+                },
+                "spec.upgrade_type check runs only the batch check: skip_batch_check cannot be set with it",
+            ),
+            (
+                &|p| p.device_timeout_s = 86_401,
+                "spec.device_timeout_s is 86401: at most 86400 (24 h)",
+            ),
+            (
+                &|p| p.batch_check_timeout_s = 3601,
+                "spec.batch_check_timeout_s is 3601: at most 3600 (1 h)",
+            ),
+            (
+                &|p| p.wake_timeout_s = u32::MAX,
+                "spec.wake_timeout_s is 4294967295: at most 2592000 (30 days)",
+            ),
+            (
+                &|p| {
+                    p.preconditions = Some(pb::Preconditions {
+                        min_rssi_dbm: Some(5),
+                        ..Default::default()
+                    })
+                },
+                "spec.preconditions.min_rssi_dbm is 5: -120 to -1 dBm, or 0 (off)",
+            ),
+            (
+                &|p| p.on_asleep = 7,
+                "spec.on_asleep 7 is unknown: 0 wait, 1 continue",
+            ),
+            (
+                &|p| {
+                    p.site_timezones.insert("a b".into(), "UTC".into());
+                },
+                "spec.site_timezones: \"a b\" is not a site id",
+            ),
+            (
+                &|p| {
+                    p.site_timezones.insert("home".into(), "Mars/Base".into());
+                },
+                "spec.site_timezones[home]: \"Mars/Base\" is not an IANA time zone (like \"Europe/Berlin\")",
+            ),
+        ];
+        for (f, want) in cases {
+            assert_eq!(bad(f), want);
+        }
     }
 
     #[test]

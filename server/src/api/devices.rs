@@ -108,19 +108,7 @@ fn check_pb(state: &FleetState, device_id: &str, c: &DeviceChecked, at_ms: i64) 
 }
 
 fn selector_from(sel: &pb::DeviceSelector) -> ApiResult<ota_domain::rollout::spec::Selector> {
-    let spec = pb::RolloutSpec {
-        name: "check".into(),
-        firmware_id: "-".into(),
-        selector: Some(sel.clone()),
-        stages: vec![pb::Stage {
-            size: Some(pb::stage::Size::CumulativePercent(100.0)),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    convert::spec_from_pb(&spec)
-        .map(|s| s.selector)
-        .map_err(|e| ApiError::invalid(e.replace("spec.selector", "selector")))
+    convert::selector_from_pb("selector", sel).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;

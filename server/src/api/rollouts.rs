@@ -61,7 +61,7 @@ fn find<'a>(state: &'a FleetState, id: &str) -> ApiResult<&'a RolloutView> {
 
 fn spec_from(spec: Option<&pb::RolloutSpec>) -> ApiResult<RolloutSpec> {
     let spec = spec.ok_or_else(|| ApiError::invalid("spec is required"))?;
-    convert::spec_from_pb(spec).map_err(ApiError::invalid)
+    convert::spec_from_pb(spec).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 fn require_firmware(state: &FleetState, spec: &RolloutSpec) -> ApiResult<()> {
