@@ -304,15 +304,28 @@ impl Config {
             insecure_plaintext: false,
             ..Config::default()
         };
+        let service_name_in_file = c.apply_file(&file, &mut errors);
+        c.apply_flags(flags, &env, service_name_in_file, &mut errors);
+        c.apply_transport_security(flags, &file, &mut errors);
+        c.check_bounds(&mut errors);
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
 
+    /// The config file's values over the defaults; `true` when it names the service.
+    fn apply_file(&mut self, file: &FileConfig, errors: &mut Vec<String>) -> bool {
+        let c = self;
         if let Some(s) = &file.listen {
             match s.parse() {
                 Ok(a) => c.listen = a,
                 Err(e) => errors.push(format!("config file: listen = {s:?}: {e}")),
             }
         }
-        if let Some(v) = file.data_dir {
-            c.data_dir = v;
+        if let Some(v) = &file.data_dir {
+            c.data_dir = v.clone();
         }
         if let Some(v) = file.max_firmware_bytes {
             c.max_firmware_bytes = v;
@@ -347,18 +360,16 @@ impl Config {
             }
         }
         if file.otlp_endpoint.is_some() {
-            c.otlp_endpoint = file.otlp_endpoint;
+            c.otlp_endpoint = file.otlp_endpoint.clone();
         }
-        let mut service_name_set = false;
-        if let Some(v) = file.service_name {
-            c.service_name = v;
-            service_name_set = true;
+        if let Some(v) = &file.service_name {
+            c.service_name = v.clone();
         }
         if file.trace_sample_ratio.is_some() {
             c.trace_sample_ratio = file.trace_sample_ratio;
         }
-        if let Some(v) = file.resource_attributes {
-            c.resource_attributes = v;
+        if let Some(v) = &file.resource_attributes {
+            c.resource_attributes = v.clone();
         }
         if let Some(v) = file.log_format {
             c.log_format = v;
@@ -369,7 +380,22 @@ impl Config {
                 Err(e) => errors.push(format!("config file: metrics_listen = {s:?}: {e}")),
             }
         }
+        if let Some(v) = file.rate_limits {
+            c.rate_limits = v;
+        }
+        file.service_name.is_some()
+    }
 
+    /// The flags (and `OTAD_*` variables) over the file; the OpenTelemetry variables read
+    /// through `env` fill the endpoint and the service name when nothing else set them.
+    fn apply_flags(
+        &mut self,
+        flags: &Flags,
+        env: &impl Fn(&str) -> Option<String>,
+        service_name_in_file: bool,
+        errors: &mut Vec<String>,
+    ) {
+        let c = self;
         if let Some(v) = flags.listen {
             c.listen = v;
         }
@@ -401,13 +427,11 @@ impl Config {
             c.otlp_endpoint = Some(v.clone());
         }
         if c.otlp_endpoint.is_none() {
-            c.otlp_endpoint = ota_telemetry::traces::env_otlp_endpoint(&env);
+            c.otlp_endpoint = ota_telemetry::traces::env_otlp_endpoint(env);
         }
         if let Some(v) = &flags.service_name {
             c.service_name = v.clone();
-            service_name_set = true;
-        }
-        if !service_name_set
+        } else if !service_name_in_file
             && let Some(v) =
                 env(ota_telemetry::traces::ENV_SERVICE_NAME).filter(|s| !s.trim().is_empty())
         {
@@ -430,13 +454,20 @@ impl Config {
             c.metrics_listen = Some(v);
         }
         c.truncate_corrupt_tail_after = flags.truncate_corrupt_tail_after;
-        if let Some(v) = file.rate_limits {
-            c.rate_limits = v;
-        }
+    }
+
+    /// TLS files (flags over file) or plaintext, asked for explicitly: exactly one of them.
+    fn apply_transport_security(
+        &mut self,
+        flags: &Flags,
+        file: &FileConfig,
+        errors: &mut Vec<String>,
+    ) {
+        let c = self;
         c.insecure_plaintext = flags.insecure_plaintext || file.insecure_plaintext == Some(true);
-        let cert = flags.tls_cert.clone().or(file.tls_cert);
-        let key = flags.tls_key.clone().or(file.tls_key);
-        let client_ca = flags.tls_client_ca.clone().or(file.tls_client_ca);
+        let cert = flags.tls_cert.clone().or(file.tls_cert.clone());
+        let key = flags.tls_key.clone().or(file.tls_key.clone());
+        let client_ca = flags.tls_client_ca.clone().or(file.tls_client_ca.clone());
         match (cert, key) {
             (Some(cert), Some(key)) => {
                 c.tls = Some(TlsFiles {
@@ -462,7 +493,11 @@ impl Config {
                 "otad serves gRPC over TLS: set tls_cert and tls_key (and tls_client_ca for agents; `otactl pki` makes them, see deploy/README.md), or pass --insecure-plaintext on a development machine".into(),
             );
         }
+    }
 
+    /// Sizes and durations that cannot work.
+    fn check_bounds(&self, errors: &mut Vec<String>) {
+        let c = self;
         if c.max_firmware_bytes == 0 {
             errors.push("max_firmware_bytes must be greater than 0".into());
         }
@@ -484,11 +519,6 @@ impl Config {
                 humantime::format_duration(c.agent_timeout),
                 humantime::format_duration(c.heartbeat_interval)
             ));
-        }
-        if errors.is_empty() {
-            Ok(c)
-        } else {
-            Err(ConfigError(errors))
         }
     }
 }

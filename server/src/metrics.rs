@@ -405,17 +405,25 @@ pub fn state_gauges(state: &FleetState, now_ms: i64) -> StateGauges {
 }
 
 fn register_gauges(meter: &Meter, core: Weak<Core>, sessions: Weak<Sessions>) {
-    // Every state gauge reads the projection once per collection through this.
-    fn with_state<R: Default>(core: &Weak<Core>, f: impl FnOnce(StateGauges) -> R) -> R {
-        match core.upgrade() {
-            Some(core) => {
-                let now = core.clock().now_ms();
-                let gauges = state_gauges(&core.read(), now);
-                f(gauges)
-            }
-            None => R::default(),
+    register_state_gauges(meter, &core);
+    register_agent_gauges(meter, &core, sessions);
+    register_store_gauges(meter, &core);
+}
+
+/// Every state gauge reads the projection once per collection through this.
+fn with_state<R: Default>(core: &Weak<Core>, f: impl FnOnce(StateGauges) -> R) -> R {
+    match core.upgrade() {
+        Some(core) => {
+            let now = core.clock().now_ms();
+            let gauges = state_gauges(&core.read(), now);
+            f(gauges)
         }
+        None => R::default(),
     }
+}
+
+/// The gauges computed from the projection (see [`state_gauges`]).
+fn register_state_gauges(meter: &Meter, core: &Weak<Core>) {
     macro_rules! state_gauge {
         ($name:literal, $help:literal, $field:ident) => {{
             let core = core.clone();
@@ -458,20 +466,22 @@ fn register_gauges(meter: &Meter, core: Weak<Core>, sessions: Weak<Sessions>) {
         "Released tasks waiting to be sent to their site's agent.",
         queue_depth
     );
-    {
-        let core = core.clone();
-        meter
-            .f64_observable_gauge("ota_rollout_progress_ratio")
-            .with_description("Finished devices of a rollout over all its devices.")
-            .with_callback(move |o| {
-                with_state(&core, |g| {
-                    for (labels, v) in &g.progress {
-                        o.observe(*v, labels);
-                    }
-                })
+    let core = core.clone();
+    meter
+        .f64_observable_gauge("ota_rollout_progress_ratio")
+        .with_description("Finished devices of a rollout over all its devices.")
+        .with_callback(move |o| {
+            with_state(&core, |g| {
+                for (labels, v) in &g.progress {
+                    o.observe(*v, labels);
+                }
             })
-            .build();
-    }
+        })
+        .build();
+}
+
+/// The agents' sessions: how many are open, and per known site whether its agent is up.
+fn register_agent_gauges(meter: &Meter, core: &Weak<Core>, sessions: Weak<Sessions>) {
     {
         let sessions = sessions.clone();
         meter
@@ -484,55 +494,69 @@ fn register_gauges(meter: &Meter, core: Weak<Core>, sessions: Weak<Sessions>) {
             })
             .build();
     }
-    {
-        let core = core.clone();
-        meter
-            .u64_observable_gauge("ota_agent_up")
-            .with_description("1 while the site's agent is connected, 0 otherwise.")
-            .with_callback(move |o| {
-                let (Some(core), Some(sessions)) = (core.upgrade(), sessions.upgrade()) else {
-                    return;
-                };
-                let sites: Vec<String> = core.read().sites.keys().cloned().collect();
-                for site in sites {
-                    let up = u64::from(sessions.is_connected(&site));
-                    o.observe(up, &[kv("site", site)]);
-                }
-            })
-            .build();
-    }
-    {
-        let core = core.clone();
-        meter
-            .u64_observable_gauge("ota_store_log_events")
-            .with_description("Highest durable sequence number of the event log.")
-            .with_callback(move |o| {
-                if let Some(core) = core.upgrade() {
-                    o.observe(core.store().last_seq(), &[]);
-                }
-            })
-            .build();
-    }
-    {
-        let core = core.clone();
-        meter
-            .u64_observable_gauge("ota_store_log_bytes")
-            .with_description("Size of the event store on disk.")
-            .with_unit("By")
-            .with_callback(move |o| {
-                if let Some(core) = core.upgrade() {
-                    o.observe(core.store().stats().disk_bytes, &[]);
-                }
-            })
-            .build();
-    }
+    let core = core.clone();
     meter
-        .u64_observable_gauge("ota_projection_lag_events")
-        .with_description("Durable events not yet applied to the projection.")
+        .u64_observable_gauge("ota_agent_up")
+        .with_description("1 while the site's agent is connected, 0 otherwise.")
+        .with_callback(move |o| {
+            let (Some(core), Some(sessions)) = (core.upgrade(), sessions.upgrade()) else {
+                return;
+            };
+            let sites: Vec<String> = core.read().sites.keys().cloned().collect();
+            for site in sites {
+                let up = u64::from(sessions.is_connected(&site));
+                o.observe(up, &[kv("site", site)]);
+            }
+        })
+        .build();
+}
+
+/// The event store and the projector: log length, size on disk, events not yet applied.
+fn register_store_gauges(meter: &Meter, core: &Weak<Core>) {
+    core_gauge(
+        meter,
+        core,
+        "ota_store_log_events",
+        "Highest durable sequence number of the event log.",
+        None,
+        |core| core.store().last_seq(),
+    );
+    core_gauge(
+        meter,
+        core,
+        "ota_store_log_bytes",
+        "Size of the event store on disk.",
+        Some("By"),
+        |core| core.store().stats().disk_bytes,
+    );
+    core_gauge(
+        meter,
+        core,
+        "ota_projection_lag_events",
+        "Durable events not yet applied to the projection.",
+        None,
+        |core| core.store().last_seq().saturating_sub(core.applied_seq()),
+    );
+}
+
+/// A gauge of one unlabelled value read from the core at each collection.
+fn core_gauge(
+    meter: &Meter,
+    core: &Weak<Core>,
+    name: &'static str,
+    help: &'static str,
+    unit: Option<&'static str>,
+    read: fn(&Core) -> u64,
+) {
+    let core = core.clone();
+    let mut gauge = meter.u64_observable_gauge(name).with_description(help);
+    if let Some(unit) = unit {
+        gauge = gauge.with_unit(unit);
+    }
+    gauge
         .with_callback(move |o| {
             if let Some(core) = core.upgrade() {
-                let head = core.store().last_seq();
-                o.observe(head.saturating_sub(core.applied_seq()), &[]);
+                o.observe(read(&core), &[]);
             }
         })
         .build();

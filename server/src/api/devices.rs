@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
+use super::bounds::{MAX_DEVICE_TIMEOUT_S, MAX_WAKE_TIMEOUT_S};
 use super::caller::{Role, caller};
 use super::convert;
 use super::error::{ApiError, ApiResult};
@@ -109,6 +110,137 @@ fn check_pb(state: &FleetState, device_id: &str, c: &DeviceChecked, at_ms: i64) 
 
 fn selector_from(sel: &pb::DeviceSelector) -> ApiResult<ota_domain::rollout::spec::Selector> {
     convert::selector_from_pb("selector", sel).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// The upgrade type of an `UpdateDevice` request (not `check`: that installs nothing) and its
+/// timeouts within their bounds.
+fn update_request_checked(req: &pb::UpdateDeviceRequest) -> ApiResult<UpgradeType> {
+    let upgrade_type = UpgradeType::from_code(req.upgrade_type as u32).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "upgrade_type {} is unknown: 0 notify, 2 forced, 3 check",
+            req.upgrade_type
+        ))
+    })?;
+    if upgrade_type == UpgradeType::Check {
+        return Err(ApiError::invalid(
+            "upgrade_type check installs nothing: use DeviceService.Check",
+        ));
+    }
+    if req.timeout_s > MAX_DEVICE_TIMEOUT_S {
+        return Err(ApiError::invalid(format!(
+            "timeout_s is at most {MAX_DEVICE_TIMEOUT_S} (24 h)"
+        )));
+    }
+    if req.wake_timeout_s > MAX_WAKE_TIMEOUT_S {
+        return Err(ApiError::invalid(format!(
+            "wake_timeout_s is at most {MAX_WAKE_TIMEOUT_S} (30 days)"
+        )));
+    }
+    Ok(upgrade_type)
+}
+
+/// Decides an `UpdateDevice`: the device and firmware exist, the device has no active task,
+/// the image fits it, is not what it runs, and is older only when allowed; then one task.
+fn decide_update(
+    state: &FleetState,
+    req: &pb::UpdateDeviceRequest,
+    task_id: &str,
+    upgrade_type: UpgradeType,
+) -> ApiResult<Vec<Change>> {
+    let d = find_device(state, &req.device_id)?;
+    let fw = state.firmware.get(&req.firmware_id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no firmware {}: `otactl firmware list` shows the catalog",
+            quote(&req.firmware_id)
+        ))
+    })?;
+    if let Some(t) = state.active_task_of(&d.id) {
+        return Err(ApiError::precondition(format!(
+            "device {} already has task {} ({}); cancel it or wait for it to end",
+            d.id,
+            t.created.task_id,
+            t.phase.name()
+        )));
+    }
+    let fw = &fw.registered;
+    if let Err(why) = firmware_fits(fw, &d.facts) {
+        return Err(ApiError::precondition(format!("5013: {why}")));
+    }
+    if is_on_target(fw, &d.facts) {
+        return Err(ApiError::precondition(format!(
+            "5000: {} already runs {}",
+            d.id,
+            target_version(fw).version
+        )));
+    }
+    if is_downgrade(fw, &d.facts) && !req.allow_downgrade {
+        return Err(ApiError::precondition(format!(
+            "{} runs {}, newer than {}: pass allow_downgrade to install an older version",
+            d.id,
+            d.facts.current.version,
+            target_version(fw).version
+        )));
+    }
+    if req.flash_offset.is_some() && d.facts.transport != Some(model::Transport::Serial) {
+        return Err(ApiError::invalid("flash_offset is only for serial devices"));
+    }
+    let retry = RetryPolicy::default();
+    Ok(vec![Change::new_stream(
+        streams::task(task_id),
+        vec![
+            TaskCreated {
+                task_id: task_id.to_string(),
+                device_id: d.id.clone(),
+                site_id: d.site_id.clone(),
+                rollout_id: None,
+                stage: 0,
+                firmware_id: fw.id.clone(),
+                target: target_version(fw),
+                upgrade_type,
+                downgrade: req.allow_downgrade,
+                max_attempts: retry.max_attempts,
+                initial_backoff_s: retry.initial_backoff_s,
+                max_backoff_s: retry.max_backoff_s,
+                timeout_s: req.timeout_s,
+                flash_offset: req.flash_offset,
+                auto: false,
+                wake_timeout_s: req.wake_timeout_s,
+            }
+            .into(),
+        ],
+    )])
+}
+
+impl DeviceApi {
+    /// Waits until the task has ended (or the server shuts down).
+    async fn wait_until_ended(&self, task_id: &str) -> Result<(), Status> {
+        let mut applied = self.app.core.subscribe_applied();
+        let stream = streams::task(task_id);
+        loop {
+            {
+                let state = self.app.core.read();
+                if state
+                    .tasks
+                    .get(task_id)
+                    .is_some_and(|t| t.phase.is_terminal())
+                {
+                    return Ok(());
+                }
+            }
+            let next = tokio::select! {
+                () = self.app.shutdown.cancelled() => {
+                    return Err(ApiError::Unavailable("the server is shutting down; the task continues after it restarts".into()).into());
+                }
+                next = applied.recv() => next,
+            };
+            match next {
+                Ok(a) if a.stream == stream => {}
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
 }
 
 type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
@@ -285,24 +417,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let who = caller(&request);
         who.require(Role::Operator)?;
         let req = request.into_inner();
-        let upgrade_type = UpgradeType::from_code(req.upgrade_type as u32).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "upgrade_type {} is unknown: 0 notify, 2 forced, 3 check",
-                req.upgrade_type
-            ))
-        })?;
-        if upgrade_type == UpgradeType::Check {
-            return Err(ApiError::invalid(
-                "upgrade_type check installs nothing: use DeviceService.Check",
-            )
-            .into());
-        }
-        if req.timeout_s > 24 * 3600 {
-            return Err(ApiError::invalid("timeout_s is at most 86400 (24 h)").into());
-        }
-        if req.wake_timeout_s > 30 * 24 * 3600 {
-            return Err(ApiError::invalid("wake_timeout_s is at most 2592000 (30 days)").into());
-        }
+        let upgrade_type = update_request_checked(&req)?;
         let task_id = new_id("task");
         let span = tracing::Span::current();
         span.record("task.id", task_id.as_str());
@@ -311,69 +426,11 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             .sessions
             .remember_trace(&task_id, ota_telemetry::traces::inject(&span));
         let _guard = self.app.task_creation.lock().await;
-        let retry = RetryPolicy::default();
         let from = self
             .app
             .core
             .execute::<ApiError, _>(&who.actor(), |state| {
-                let d = find_device(state, &req.device_id)?;
-                let fw = state.firmware.get(&req.firmware_id).ok_or_else(|| {
-                    ApiError::not_found(format!("no firmware {}: `otactl firmware list` shows the catalog", quote(&req.firmware_id)))
-                })?;
-                if let Some(t) = state.active_task_of(&d.id) {
-                    return Err(ApiError::precondition(format!(
-                        "device {} already has task {} ({}); cancel it or wait for it to end",
-                        d.id,
-                        t.created.task_id,
-                        t.phase.name()
-                    )));
-                }
-                let fw = &fw.registered;
-                if let Err(why) = firmware_fits(fw, &d.facts) {
-                    return Err(ApiError::precondition(format!("5013: {why}")));
-                }
-                if is_on_target(fw, &d.facts) {
-                    return Err(ApiError::precondition(format!(
-                        "5000: {} already runs {}",
-                        d.id,
-                        target_version(fw).version
-                    )));
-                }
-                if is_downgrade(fw, &d.facts) && !req.allow_downgrade {
-                    return Err(ApiError::precondition(format!(
-                        "{} runs {}, newer than {}: pass allow_downgrade to install an older version",
-                        d.id,
-                        d.facts.current.version,
-                        target_version(fw).version
-                    )));
-                }
-                if req.flash_offset.is_some() && d.facts.transport != Some(model::Transport::Serial) {
-                    return Err(ApiError::invalid("flash_offset is only for serial devices"));
-                }
-                Ok(vec![Change::new_stream(
-                    streams::task(&task_id),
-                    vec![
-                        TaskCreated {
-                            task_id: task_id.clone(),
-                            device_id: d.id.clone(),
-                            site_id: d.site_id.clone(),
-                            rollout_id: None,
-                            stage: 0,
-                            firmware_id: fw.id.clone(),
-                            target: target_version(fw),
-                            upgrade_type,
-                            downgrade: req.allow_downgrade,
-                            max_attempts: retry.max_attempts,
-                            initial_backoff_s: retry.initial_backoff_s,
-                            max_backoff_s: retry.max_backoff_s,
-                            timeout_s: req.timeout_s,
-                            flash_offset: req.flash_offset,
-                            auto: false,
-                            wake_timeout_s: req.wake_timeout_s,
-                        }
-                        .into(),
-                    ],
-                )])
+                decide_update(state, &req, &task_id, upgrade_type)
             })
             .await
             .map(|_| {
@@ -388,32 +445,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         self.app.dispatch_wake.notify_one();
 
         if req.wait {
-            let mut applied = self.app.core.subscribe_applied();
-            let stream = streams::task(&task_id);
-            loop {
-                {
-                    let state = self.app.core.read();
-                    if state
-                        .tasks
-                        .get(&task_id)
-                        .is_some_and(|t| t.phase.is_terminal())
-                    {
-                        break;
-                    }
-                }
-                let next = tokio::select! {
-                    () = self.app.shutdown.cancelled() => {
-                        return Err(ApiError::Unavailable("the server is shutting down; the task continues after it restarts".into()).into());
-                    }
-                    next = applied.recv() => next,
-                };
-                match next {
-                    Ok(a) if a.stream == stream => {}
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
+            self.wait_until_ended(&task_id).await?;
         }
         let state = self.app.core.read();
         let t = state

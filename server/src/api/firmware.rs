@@ -606,150 +606,149 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
     }
 }
 
+/// An upload received, checked and parsed, not yet committed.
+struct Received {
+    id: String,
+    sha256: String,
+    digests: ota_firmware::Digests,
+    format: FirmwareFormat,
+    zigbee: Option<ZigbeeFacts>,
+    esp: Option<EspFacts>,
+}
+
 impl FirmwareApi {
+    /// Receives the chunks after the metadata, then registers the image: read, check and
+    /// parse the bytes, decide (the same bytes again, or a name and version taken), then make
+    /// the blob durable and record the event. Whatever is refused before the commit leaves no
+    /// file behind.
     async fn receive(
         &self,
         who: Caller,
         metadata: pb::UploadMetadata,
         format: Option<FirmwareFormat>,
-        mut stream: Streaming<pb::UploadFirmwareRequest>,
+        stream: Streaming<pb::UploadFirmwareRequest>,
     ) -> Result<Response<pb::UploadFirmwareResponse>, Status> {
-        let max = self.app.config.max_firmware_bytes;
-        let idle = self.app.config.upload_idle_timeout;
         // Dropped with this future (a client that cancels, a stream error, the idle timeout), the
         // writer removes its temporary file.
         let mut writer = self.app.blobs.begin().await.map_err(ApiError::from)?;
-        let mut hasher = FirmwareHasher::new();
-        let received: Result<(), Status> = async {
-            loop {
-                let next = tokio::time::timeout(idle, stream.message())
-                    .await
-                    .map_err(|_| idle_error(idle))?
-                    .map_err(stream_status)?;
-                let Some(msg) = next else { break };
-                let chunk = match msg.part {
-                    Some(pb::upload_firmware_request::Part::Chunk(c)) => c,
-                    Some(pb::upload_firmware_request::Part::Metadata(_)) => {
-                        return Err(ApiError::invalid("metadata may only be sent once, first").into());
-                    }
-                    None => continue,
-                };
-                if chunk.len() > MAX_CHUNK {
-                    return Err(ApiError::ResourceExhausted(format!("chunks are at most {MAX_CHUNK} bytes")).into());
-                }
-                if writer.written() + chunk.len() as u64 > max {
-                    return Err(ApiError::ResourceExhausted(format!(
-                        "the file is larger than {max} bytes, the most this server accepts (otad --max-firmware-bytes)"
-                    )).into());
-                }
-                hasher.update(&chunk);
-                writer.write(&chunk).await.map_err(ApiError::from)?;
-            }
-            Ok(())
+        let received = async {
+            let received = self
+                .read_and_parse(&mut writer, &metadata, format, stream)
+                .await?;
+            let already = already_registered(&self.app.core.read(), &received.id, &metadata)?;
+            Ok::<_, Status>((received, already))
         }
         .await;
-        if let Err(e) = received {
-            writer.abort().await;
-            return Err(e);
-        }
-        let digests = hasher.finish();
-        let sha256 = digests.sha256_hex();
-        let checks: ApiResult<Vec<u8>> = async {
-            if writer.written() == 0 {
-                return Err(ApiError::invalid("the upload has no bytes"));
-            }
-            if metadata.size != 0 && metadata.size != writer.written() {
-                return Err(ApiError::invalid(format!(
-                    "the upload announced {} bytes but sent {}",
-                    metadata.size,
-                    writer.written()
-                )));
-            }
-            if !metadata.sha256.is_empty() && !metadata.sha256.eq_ignore_ascii_case(&sha256) {
-                return Err(ApiError::invalid(format!(
-                    "sha256 mismatch: the upload announced {}, the bytes received hash to {sha256}",
-                    metadata.sha256
-                )));
-            }
-            Ok(writer.read_back().await?)
-        }
-        .await;
-        let bytes = match checks {
-            Ok(b) => b,
+        let (received, already) = match received {
+            Ok(r) => r,
             Err(e) => {
                 writer.abort().await;
-                return Err(e.into());
-            }
-        };
-        let parsed = ota_firmware::inspect(&bytes, expected_for(format, &metadata.chip))
-            .map_err(|e| ApiError::invalid(format!("not a valid firmware image: {e}")))
-            .and_then(|image| facts_from_image(&image, &metadata));
-        let (fw_format, zigbee, esp) = match parsed {
-            Ok(f) => f,
-            Err(e) => {
-                writer.abort().await;
-                return Err(e.into());
-            }
-        };
-        drop(bytes);
-        let id = format!("fw-{}", &sha256[..16]);
-
-        // Decide before making the blob durable, so a refused upload stores nothing.
-        let decision: ApiResult<bool> = {
-            let state = self.app.core.read();
-            if let Some(existing) = state.firmware.get(&id) {
-                let r = &existing.registered;
-                if r.name == metadata.name && r.version == metadata.version {
-                    Ok(true)
-                } else {
-                    Err(ApiError::AlreadyExists(format!(
-                        "these bytes are already registered as {} {} ({id})",
-                        r.name, r.version
-                    )))
-                }
-            } else if let Some(other) = state.firmware.values().find(|f| {
-                f.registered.name == metadata.name && f.registered.version == metadata.version
-            }) {
-                Err(ApiError::AlreadyExists(format!(
-                    "{} {} is already registered with different content ({}); upload under another version",
-                    metadata.name, metadata.version, other.registered.id
-                )))
-            } else {
-                Ok(false)
-            }
-        };
-        let already = match decision {
-            Ok(a) => a,
-            Err(e) => {
-                writer.abort().await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         if already {
             writer.abort().await;
             let state = self.app.core.read();
             return Ok(Response::new(pb::UploadFirmwareResponse {
-                firmware: firmware_pb(&state, &id),
+                firmware: firmware_pb(&state, &received.id),
                 already_existed: true,
             }));
         }
         self.app
             .blobs
-            .commit(writer, &sha256)
+            .commit(writer, &received.sha256)
             .await
             .map_err(ApiError::from)?;
+        let id = self.register(&who, &metadata, received).await?;
+        let state = self.app.core.read();
+        Ok(Response::new(pb::UploadFirmwareResponse {
+            firmware: firmware_pb(&state, &id),
+            already_existed: false,
+        }))
+    }
+
+    /// Reads the chunks into `writer` (bounded by `max_firmware_bytes`, each read by the idle
+    /// timeout), checks them against the metadata's size and digest and parses the image.
+    async fn read_and_parse(
+        &self,
+        writer: &mut crate::blobs::BlobWriter,
+        metadata: &pb::UploadMetadata,
+        format: Option<FirmwareFormat>,
+        mut stream: Streaming<pb::UploadFirmwareRequest>,
+    ) -> Result<Received, Status> {
+        let max = self.app.config.max_firmware_bytes;
+        let idle = self.app.config.upload_idle_timeout;
+        let mut hasher = FirmwareHasher::new();
+        loop {
+            let next = tokio::time::timeout(idle, stream.message())
+                .await
+                .map_err(|_| idle_error(idle))?
+                .map_err(stream_status)?;
+            let Some(msg) = next else { break };
+            let chunk = match msg.part {
+                Some(pb::upload_firmware_request::Part::Chunk(c)) => c,
+                Some(pb::upload_firmware_request::Part::Metadata(_)) => {
+                    return Err(ApiError::invalid("metadata may only be sent once, first").into());
+                }
+                None => continue,
+            };
+            if chunk.len() > MAX_CHUNK {
+                return Err(ApiError::ResourceExhausted(format!(
+                    "chunks are at most {MAX_CHUNK} bytes"
+                ))
+                .into());
+            }
+            if writer.written() + chunk.len() as u64 > max {
+                return Err(ApiError::ResourceExhausted(format!(
+                    "the file is larger than {max} bytes, the most this server accepts (otad --max-firmware-bytes)"
+                )).into());
+            }
+            hasher.update(&chunk);
+            writer.write(&chunk).await.map_err(ApiError::from)?;
+        }
+        let digests = hasher.finish();
+        let sha256 = digests.sha256_hex();
+        let bytes = check_received(writer, metadata, &sha256).await?;
+        let image = ota_firmware::inspect(&bytes, expected_for(format, &metadata.chip))
+            .map_err(|e| ApiError::invalid(format!("not a valid firmware image: {e}")))?;
+        let (format, zigbee, esp) = facts_from_image(&image, metadata)?;
+        Ok(Received {
+            id: format!("fw-{}", &sha256[..16]),
+            sha256,
+            digests,
+            format,
+            zigbee,
+            esp,
+        })
+    }
+
+    /// Records the committed image (and its signature, when the upload carried one).
+    async fn register(
+        &self,
+        who: &Caller,
+        metadata: &pb::UploadMetadata,
+        received: Received,
+    ) -> ApiResult<String> {
+        let Received {
+            id,
+            sha256,
+            digests,
+            format,
+            zigbee,
+            esp,
+        } = received;
         let registered = FirmwareRegistered {
             id: id.clone(),
             name: metadata.name.clone(),
             version: metadata.version.clone(),
-            format: fw_format,
-            channel: if fw_format == FirmwareFormat::ZigbeeOta {
+            format,
+            channel: if format == FirmwareFormat::ZigbeeOta {
                 3
             } else {
                 0
             },
             size: digests.len(),
-            sha256: sha256.clone(),
+            sha256,
             md5: digests.md5_hex(),
             sha512: digests.sha512_hex(),
             zigbee,
@@ -779,12 +778,66 @@ impl FirmwareApi {
                 Ok(vec![Change::unchanged(streams::firmware(&id), events)])
             })
             .await?;
-        info!(firmware.id = %id, format = fw_format.name(), size = registered.size, "firmware registered");
-        let state = self.app.core.read();
-        Ok(Response::new(pb::UploadFirmwareResponse {
-            firmware: firmware_pb(&state, &id),
-            already_existed: false,
-        }))
+        info!(firmware.id = %id, format = format.name(), size = registered.size, "firmware registered");
+        Ok(id)
+    }
+}
+
+/// The received bytes, read back, when they are not empty and match the size and SHA-256 the
+/// metadata announced.
+async fn check_received(
+    writer: &mut crate::blobs::BlobWriter,
+    metadata: &pb::UploadMetadata,
+    sha256: &str,
+) -> ApiResult<Vec<u8>> {
+    if writer.written() == 0 {
+        return Err(ApiError::invalid("the upload has no bytes"));
+    }
+    if metadata.size != 0 && metadata.size != writer.written() {
+        return Err(ApiError::invalid(format!(
+            "the upload announced {} bytes but sent {}",
+            metadata.size,
+            writer.written()
+        )));
+    }
+    if !metadata.sha256.is_empty() && !metadata.sha256.eq_ignore_ascii_case(sha256) {
+        return Err(ApiError::invalid(format!(
+            "sha256 mismatch: the upload announced {}, the bytes received hash to {sha256}",
+            metadata.sha256
+        )));
+    }
+    Ok(writer.read_back().await?)
+}
+
+/// Decides before the blob is made durable, so a refused upload stores nothing: `true` when
+/// these bytes are already registered under the same name and version; refused when they are
+/// registered under another, or the name and version hold other bytes.
+fn already_registered(
+    state: &ota_domain::projection::FleetState,
+    id: &str,
+    metadata: &pb::UploadMetadata,
+) -> ApiResult<bool> {
+    if let Some(existing) = state.firmware.get(id) {
+        let r = &existing.registered;
+        if r.name == metadata.name && r.version == metadata.version {
+            Ok(true)
+        } else {
+            Err(ApiError::AlreadyExists(format!(
+                "these bytes are already registered as {} {} ({id})",
+                r.name, r.version
+            )))
+        }
+    } else if let Some(other) = state
+        .firmware
+        .values()
+        .find(|f| f.registered.name == metadata.name && f.registered.version == metadata.version)
+    {
+        Err(ApiError::AlreadyExists(format!(
+            "{} {} is already registered with different content ({}); upload under another version",
+            metadata.name, metadata.version, other.registered.id
+        )))
+    } else {
+        Ok(false)
     }
 }
 

@@ -250,8 +250,48 @@ fn scan(
     full: bool,
     acked: u64,
 ) -> Result<Scan, Stop> {
+    check_starts_at_one(trees)?;
+    let start = if key_scan {
+        1
+    } else {
+        match trees.log.range(..=log_key(full_from)).next_back() {
+            Some(item) => seq_of_log_key(&item?.0).unwrap_or(1),
+            None => 1,
+        }
+    };
     let mut scan = Scan::default();
-    // The log must start at seq 1, whatever the scan covers.
+    let walked = walk_records(trees, start, full_from, &mut scan)?;
+    // A missing tail is the root cause of the dangling index entries and heads it
+    // leaves behind, so it is reported before them.
+    if acked > scan.last_seq {
+        return Err(damaged(
+            scan.last_seq + 1,
+            Corruption::TruncatedTail {
+                last_present: scan.last_seq,
+                acknowledged: acked,
+            },
+        ));
+    }
+    if scan.scanned_records == 0 {
+        if !trees.index.is_empty() || !trees.heads.is_empty() {
+            return Err(damaged(
+                1,
+                Corruption::IndexMismatch(
+                    "the log is empty but the stream index or heads are not".into(),
+                ),
+            ));
+        }
+        return Ok(scan);
+    }
+    check_heads(trees, &walked, &mut scan)?;
+    if full {
+        check_orphans(trees, &walked.heads_seen, &scan)?;
+    }
+    Ok(scan)
+}
+
+/// The log must start at seq 1, whatever the scan covers.
+fn check_starts_at_one(trees: &Trees) -> Result<(), Stop> {
     if let Some((key, _)) = trees.log.first()? {
         let first = seq_of_log_key(&key).unwrap_or(0);
         if first != 1 {
@@ -263,21 +303,33 @@ fn scan(
             ));
         }
     }
-    let start = if key_scan {
-        1
-    } else {
-        match trees.log.range(..=log_key(full_from)).next_back() {
-            Some(item) => seq_of_log_key(&item?.0).unwrap_or(1),
-            None => 1,
-        }
-    };
+    Ok(())
+}
+
+/// What the walk over the records learnt for the checks after it.
+struct Walked {
+    /// Events of the last fully checked record. Its index check waits until the walk knows
+    /// whether it is the last record of the log (then missing entries are completed).
+    pending: Option<Vec<Indexed>>,
+    /// Per stream, its last (version, seq) among the fully checked records.
+    heads_seen: HashMap<String, (u64, u64)>,
+}
+
+/// Walks the records from `start`: no gaps or overlaps, a readable event count in each,
+/// and the full check (checksum, events, index entries) from the record holding
+/// `full_from` on. Counts into `scan` and sets its `last_seq`.
+fn walk_records(
+    trees: &Trees,
+    start: u64,
+    full_from: u64,
+    scan: &mut Scan,
+) -> Result<Walked, Stop> {
     let mut expected = start;
     let mut previous: Option<(u64, IVec)> = None;
-    // Events of the last fully checked record; its index check waits until we know
-    // whether it is the last record of the log (then missing entries are completed).
-    let mut pending: Option<Vec<Indexed>> = None;
-    // Per stream, its last (version, seq) among the fully checked records.
-    let mut heads_seen: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut walked = Walked {
+        pending: None,
+        heads_seen: HashMap::new(),
+    };
     for item in trees.log.range(log_key(start)..) {
         let (key, value) = item?;
         let Some(first) = seq_of_log_key(&key) else {
@@ -287,29 +339,7 @@ fn scan(
             ));
         };
         if first != expected {
-            // A damaged event count in the previous, unverified record also looks like a
-            // gap: verify it to name the real problem.
-            if let Some((prev_first, prev_value)) = &previous
-                && let Err(reason) = open_record(*prev_first, prev_value)
-            {
-                return Err(damaged(*prev_first, reason));
-            }
-            return Err(if first > expected {
-                damaged(
-                    expected,
-                    Corruption::Missing {
-                        next_present: first,
-                    },
-                )
-            } else {
-                damaged(
-                    first,
-                    Corruption::Undecodable(format!(
-                        "record overlaps the previous one, which ends at seq {}",
-                        expected - 1
-                    )),
-                )
-            });
+            return Err(out_of_sequence(expected, first, previous.as_ref()));
         }
         let count = match peek_count(&value) {
             Some(count) if count > 0 => u64::from(count),
@@ -322,49 +352,59 @@ fn scan(
         };
         let end = first.saturating_add(count - 1);
         if end >= full_from {
-            if let Some(events) = pending.take() {
+            if let Some(events) = walked.pending.take() {
                 check_index(trees, &events, None)?;
             }
             let events = decode(first, &value)?;
             scan.fully_checked_events += events.len() as u64;
             for e in &events {
-                heads_seen.insert(e.stream.clone(), (e.version, e.seq));
+                walked
+                    .heads_seen
+                    .insert(e.stream.clone(), (e.version, e.seq));
             }
-            pending = Some(events);
+            walked.pending = Some(events);
         }
         expected = end + 1;
         scan.scanned_records += 1;
         previous = Some((first, value));
     }
     scan.last_seq = expected - 1;
-    // A missing tail is the root cause of the dangling index entries and heads it
-    // leaves behind, so it is reported before them.
-    if acked > scan.last_seq {
-        return Err(damaged(
-            scan.last_seq + 1,
-            Corruption::TruncatedTail {
-                last_present: scan.last_seq,
-                acknowledged: acked,
+    Ok(walked)
+}
+
+/// The damage when a record starts at `first` instead of `expected`: a gap, an overlap, or
+/// — found by verifying it — a damaged event count in the `previous`, unverified record
+/// (which also looks like a gap).
+fn out_of_sequence(expected: u64, first: u64, previous: Option<&(u64, IVec)>) -> Stop {
+    if let Some((prev_first, prev_value)) = previous
+        && let Err(reason) = open_record(*prev_first, prev_value)
+    {
+        return damaged(*prev_first, reason);
+    }
+    if first > expected {
+        damaged(
+            expected,
+            Corruption::Missing {
+                next_present: first,
             },
-        ));
+        )
+    } else {
+        damaged(
+            first,
+            Corruption::Undecodable(format!(
+                "record overlaps the previous one, which ends at seq {}",
+                expected - 1
+            )),
+        )
     }
+}
 
-    if scan.scanned_records == 0 {
-        if !trees.index.is_empty() || !trees.heads.is_empty() {
-            return Err(damaged(
-                1,
-                Corruption::IndexMismatch(
-                    "the log is empty but the stream index or heads are not".into(),
-                ),
-            ));
-        }
-        return Ok(scan);
-    }
-
-    // The last record: missing index entries and heads still at their previous version
-    // are the mark of a crash mid-append, and are completed.
+/// Checks the last record's index entries and every fully checked stream's head. Missing
+/// index entries of the last record and heads still at their previous version are the mark
+/// of a crash mid-append, and are collected in `scan.fixes`.
+fn check_heads(trees: &Trees, walked: &Walked, scan: &mut Scan) -> Result<(), Stop> {
     let mut last_record_first_version: HashMap<&str, u64> = HashMap::new();
-    if let Some(events) = &pending {
+    if let Some(events) = &walked.pending {
         check_index(trees, events, Some(&mut scan.fixes))?;
         for e in events {
             last_record_first_version
@@ -372,66 +412,76 @@ fn scan(
                 .or_insert(e.version);
         }
     }
-
-    let mut expected_heads: Vec<(&String, &(u64, u64))> = heads_seen.iter().collect();
+    let mut expected_heads: Vec<(&String, &(u64, u64))> = walked.heads_seen.iter().collect();
     expected_heads.sort_by_key(|(_, (_, seq))| *seq);
     for (stream, &(version, seq)) in expected_heads {
-        let head = match trees.heads.get(stream.as_bytes())? {
-            None => None,
-            Some(value) => Some(parse_head_value(&value).ok_or_else(|| {
-                damaged(
-                    seq,
-                    Corruption::HeadMismatch(format!(
-                        "head of stream `{stream}` is {} bytes",
-                        value.len()
-                    )),
-                )
-            })?),
-        };
-        if head == Some((version, seq)) {
-            continue;
+        let first_version = last_record_first_version.get(stream.as_str()).copied();
+        if let Some(fix) = check_head(trees, stream, version, seq, first_version, scan.last_seq)? {
+            scan.fixes.push(fix);
         }
-        if let Some((_, head_seq)) = head
-            && head_seq > scan.last_seq
-        {
-            return Err(damaged(
-                scan.last_seq + 1,
+    }
+    Ok(())
+}
+
+/// Checks one stream's head against its last event (`version` at `seq`). When the stream
+/// has events in the last record (the first of them `first_version`) and the head is just
+/// before them, the append was interrupted: the fix is returned.
+fn check_head(
+    trees: &Trees,
+    stream: &str,
+    version: u64,
+    seq: u64,
+    first_version: Option<u64>,
+    last_seq: u64,
+) -> Result<Option<Fix>, Stop> {
+    let head = match trees.heads.get(stream.as_bytes())? {
+        None => None,
+        Some(value) => Some(parse_head_value(&value).ok_or_else(|| {
+            damaged(
+                seq,
                 Corruption::HeadMismatch(format!(
-                    "stream `{stream}` has its head at seq {head_seq}, beyond the end of the \
-                     log at seq {}: the log's tail is missing",
-                    scan.last_seq
+                    "head of stream `{stream}` is {} bytes",
+                    value.len()
                 )),
-            ));
-        }
-        if let Some(&first_version) = last_record_first_version.get(stream.as_str()) {
-            let interrupted = match head {
-                None => first_version == 1,
-                Some((v, _)) => v + 1 == first_version,
-            };
-            if interrupted {
-                scan.fixes.push(Fix::Head {
-                    stream: stream.clone(),
-                    value: head_value(version, seq),
-                });
-                continue;
-            }
-        }
-        let found = match head {
-            None => "no head".to_owned(),
-            Some((v, s)) => format!("head version {v} at seq {s}"),
-        };
+            )
+        })?),
+    };
+    if head == Some((version, seq)) {
+        return Ok(None);
+    }
+    if let Some((_, head_seq)) = head
+        && head_seq > last_seq
+    {
         return Err(damaged(
-            seq,
+            last_seq + 1,
             Corruption::HeadMismatch(format!(
-                "stream `{stream}` has {found}, but its last event is version {version} at seq {seq}"
+                "stream `{stream}` has its head at seq {head_seq}, beyond the end of the \
+                 log at seq {last_seq}: the log's tail is missing"
             )),
         ));
     }
-
-    if full {
-        check_orphans(trees, &heads_seen, &scan)?;
+    if let Some(first_version) = first_version {
+        let interrupted = match head {
+            None => first_version == 1,
+            Some((v, _)) => v + 1 == first_version,
+        };
+        if interrupted {
+            return Ok(Some(Fix::Head {
+                stream: stream.to_owned(),
+                value: head_value(version, seq),
+            }));
+        }
     }
-    Ok(scan)
+    let found = match head {
+        None => "no head".to_owned(),
+        Some((v, s)) => format!("head version {v} at seq {s}"),
+    };
+    Err(damaged(
+        seq,
+        Corruption::HeadMismatch(format!(
+            "stream `{stream}` has {found}, but its last event is version {version} at seq {seq}"
+        )),
+    ))
 }
 
 /// Full validation only: heads of streams without events, index entries beyond the log
