@@ -40,6 +40,7 @@ use ota_domain::events::{
     TaskProgressed, TaskSucceeded, streams,
 };
 use ota_domain::model::{self, Actor, AgentSource, DeviceFacts, Signal};
+use ota_domain::projection::FleetState;
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use ota_domain::tasks::{AfterFailure, after_failure, result_error};
 use ota_proto::v1 as pb;
@@ -81,6 +82,9 @@ pub const MAX_SEQ: u64 = i64::MAX as u64;
 /// How far a report's seq may jump past the higher of the session's last seq and the hello's
 /// `last_seq`.
 pub const MAX_SEQ_GAP: u64 = 1_000_000;
+
+/// Most devices one inventory may list (and, separately, name as removed).
+const MAX_INVENTORY: usize = 10_000;
 
 /// Checks a message against the session rules, given the last seq of the session (the
 /// welcome's `acked_seq` before the first report) and the hello's `last_seq`. `Err` is the status
@@ -519,12 +523,16 @@ async fn handle_report(
     seq: u64,
     body: Option<pb::agent_message::Body>,
 ) -> Result<(), ReportError> {
-    let source = (seq != 0).then(|| AgentSource {
-        agent_id: session.agent_id.clone(),
+    let report = Report {
+        app,
+        actor: Actor::agent(&session.site_id),
+        site: &session.site_id,
         seq,
-    });
-    let actor = Actor::agent(&session.site_id);
-    let site = session.site_id.clone();
+        source: (seq != 0).then(|| AgentSource {
+            agent_id: session.agent_id.clone(),
+            seq,
+        }),
+    };
     match body {
         // A hello never gets here (`check_seq`); an empty body is a report of a kind this server
         // does not know (a newer agent's), which it cannot record.
@@ -532,219 +540,12 @@ async fn handle_report(
             "a report of a kind this server does not know (empty body)".into(),
         )),
         Some(pb::agent_message::Body::Heartbeat(_)) => Ok(()),
-        Some(pb::agent_message::Body::Inventory(inv)) => {
-            if inv.devices.len() > 10_000 || inv.removed_local_ids.len() > 10_000 {
-                return Err(ReportError::Refused(format!(
-                    "inventory of {} devices ({} removed) exceeds 10000",
-                    inv.devices.len(),
-                    inv.removed_local_ids.len()
-                )));
-            }
-            let mut reports = Vec::new();
-            for d in &inv.devices {
-                match convert::device_facts_from(d) {
-                    Ok(r) => reports.push(r),
-                    // The message quotes what it repeats (at most 100 characters).
-                    Err(e) => warn!(seq, error = %e, "device report ignored"),
-                }
-            }
-            let now = app.now_ms();
-            for (local, _) in &reports {
-                app.sessions
-                    .touch_device(&model::device_id(&site, local), now);
-            }
-            let removed: Vec<String> = inv.removed_local_ids.clone();
-            app.core
-                .execute::<ApiError, _>(&actor, |state| {
-                    if applied_before(state, source.as_ref()) {
-                        return Ok(vec![]);
-                    }
-                    let mut changes = Vec::new();
-                    let mut listed = HashSet::new();
-                    for (local, facts) in &reports {
-                        let id = model::device_id(&site, local);
-                        listed.insert(id.clone());
-                        let changed = match state.devices.get(&id) {
-                            Some(d) if !d.removed => significant_change(&d.facts, facts),
-                            _ => true,
-                        };
-                        if changed {
-                            changes.push(Change::any(
-                                streams::device(&id),
-                                vec![
-                                    DeviceReported {
-                                        facts: facts.clone(),
-                                        source: source.clone(),
-                                    }
-                                    .into(),
-                                ],
-                            ));
-                        }
-                    }
-                    let mut gone: Vec<String> =
-                        removed.iter().map(|l| model::device_id(&site, l)).collect();
-                    if inv.full {
-                        gone.extend(
-                            state
-                                .devices
-                                .values()
-                                .filter(|d| {
-                                    d.site_id == site && !d.removed && !listed.contains(&d.id)
-                                })
-                                .map(|d| d.id.clone()),
-                        );
-                    }
-                    for id in gone {
-                        if state.devices.get(&id).is_some_and(|d| !d.removed) {
-                            changes.push(Change::any(
-                                streams::device(&id),
-                                vec![
-                                    DeviceRemoved {
-                                        source: source.clone(),
-                                    }
-                                    .into(),
-                                ],
-                            ));
-                        }
-                    }
-                    Ok(changes)
-                })
-                .await?;
-            Ok(())
-        }
-        Some(pb::agent_message::Body::Progress(p)) => {
-            let status = UpgradeStatus::from_code(p.status as u32)
-                .filter(|s| {
-                    matches!(
-                        s,
-                        UpgradeStatus::AgentPreparing
-                            | UpgradeStatus::Queued
-                            | UpgradeStatus::WaitingForWakeup
-                            | UpgradeStatus::Updating
-                            | UpgradeStatus::Downloaded
-                    )
-                })
-                .ok_or_else(|| {
-                    ReportError::Refused(format!(
-                        "progress with status {} is not 100, 13, 5, 2 or 6",
-                        p.status
-                    ))
-                })?;
-            let progress = if p.progress.is_finite() {
-                p.progress.clamp(0.0, 100.0)
-            } else {
-                0.0
-            };
-            let event = TaskProgressed {
-                attempt: p.attempt,
-                status,
-                progress,
-                remaining_s: p.remaining_s,
-                bytes_sent: p.bytes_sent,
-                bytes_total: p.bytes_total,
-                detail: p.detail.chars().take(200).collect(),
-                source: source.clone(),
-            };
-            let mut refused = None;
-            app.core
-                .execute::<ApiError, _>(&actor, |state| {
-                    refused = None;
-                    if applied_before(state, source.as_ref()) {
-                        return Ok(vec![]);
-                    }
-                    match check_task(state, &p.task_id, p.attempt, &site) {
-                        Ok(()) => Ok(vec![Change::any(
-                            streams::task(&p.task_id),
-                            vec![event.clone().into()],
-                        )]),
-                        Err(why) => {
-                            refused = Some(why);
-                            Ok(vec![])
-                        }
-                    }
-                })
-                .await?;
-            refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
-        }
-        Some(pb::agent_message::Body::Result(r)) => {
-            let status = UpgradeStatus::from_code(r.status as u32)
-                .filter(|s| {
-                    matches!(
-                        s,
-                        UpgradeStatus::Success | UpgradeStatus::Failure | UpgradeStatus::Timeout
-                    )
-                })
-                .ok_or_else(|| {
-                    ReportError::Refused(format!(
-                        "result with status {} is not 3, 4 or 7",
-                        r.status
-                    ))
-                })?;
-            let mut outcome = result_error(status, agent_error(r.error.as_ref()));
-            if r.device_may_have_image
-                && let Err(e) = &mut outcome
-            {
-                e.message.push_str(
-                    " — the device may already run the new image: check it before updating it again (not retried automatically)",
-                );
-            }
-            let now = app.now_ms();
-            let jitter = rand::random::<f64>();
-            let mut refused = None;
-            app.core
-                .execute::<ApiError, _>(&actor, |state| {
-                    refused = None;
-                    if applied_before(state, source.as_ref()) {
-                        return Ok(vec![]);
-                    }
-                    // The device is the truth: a success for the attempt the server itself ended
-                    // (timed out, cancelled after it was sent) still makes the task a success.
-                    let late =
-                        outcome.is_ok() && is_late_success(state, &r.task_id, r.attempt, &site);
-                    if !late && let Err(why) = check_task(state, &r.task_id, r.attempt, &site) {
-                        refused = Some(why);
-                        return Ok(vec![]);
-                    }
-                    let task = &state.tasks[&r.task_id];
-                    let event: DomainEvent = match &outcome {
-                        Ok(()) => TaskSucceeded {
-                            attempt: r.attempt,
-                            from: convert::version_from(r.from.as_ref()),
-                            to: convert::version_from(r.to.as_ref()),
-                            duration_ms: r.duration_ms,
-                            wire_bytes: r.wire_bytes,
-                            source: source.clone(),
-                            late,
-                        }
-                        .into(),
-                        Err(error) => TaskFailed {
-                            attempt: r.attempt,
-                            error: error.clone(),
-                            timed_out: status == UpgradeStatus::Timeout,
-                            retry_at_ms: match after_failure(task, error, now, jitter) {
-                                AfterFailure::RetryAt(at) if !r.device_may_have_image => Some(at),
-                                _ => None,
-                            },
-                            source: source.clone(),
-                        }
-                        .into(),
-                    };
-                    let mut changes =
-                        vec![Change::unchanged(streams::task(&r.task_id), vec![event])];
-                    if let Some(rollout) = &task.created.rollout_id {
-                        ota_domain::decision::ensure_guard(
-                            &mut changes,
-                            &streams::rollout(rollout),
-                        );
-                    }
-                    Ok(changes)
-                })
-                .await?;
-            refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
-        }
+        Some(pb::agent_message::Body::Inventory(inv)) => report.inventory(&inv).await,
+        Some(pb::agent_message::Body::Progress(p)) => report.progress(&p).await,
+        Some(pb::agent_message::Body::Result(r)) => report.result(&r).await,
         Some(pb::agent_message::Body::CheckResult(c)) => {
             // Someone waits for it (a check running now)...
-            let c = match app.sessions.answer_check(&site, check_answer(c)) {
+            let c = match app.sessions.answer_check(report.site, check_answer(c)) {
                 Ok(()) => return Ok(()),
                 Err(c) => *c,
             };
@@ -754,80 +555,282 @@ async fn handle_report(
             }
             // ...or a journaled answer: a sleepy device answering, after waking up, a check it
             // was asleep for (status 5). It completes that check.
-            record_wake_answer(app, &actor, &site, c, source).await
+            report.wake_answer(c).await
         }
-        Some(pb::agent_message::Body::CommandAck(a)) => {
-            if a.accepted {
-                return Ok(());
-            }
-            let error = agent_error(a.error.as_ref()).unwrap_or_else(|| {
-                TaskError::new(ErrorCode::Other, "the agent refused the command")
-            });
-            let now = app.now_ms();
-            let jitter = rand::random::<f64>();
-            app.core
-                .execute::<ApiError, _>(&actor, |state| {
-                    if applied_before(state, source.as_ref()) {
-                        return Ok(vec![]);
-                    }
-                    let Some(task) = state.tasks.values().find(|t| {
-                        t.created.site_id == site
-                            && t.command_id == Some(a.command_id)
-                            && t.phase.is_at_site()
-                    }) else {
-                        return Ok(vec![]);
-                    };
-                    Ok(vec![Change::unchanged(
-                        streams::task(&task.created.task_id),
-                        vec![
-                            TaskFailed {
-                                attempt: task.attempt,
-                                error: error.clone(),
-                                timed_out: false,
-                                retry_at_ms: match after_failure(task, &error, now, jitter) {
-                                    AfterFailure::RetryAt(at) => Some(at),
-                                    AfterFailure::Final => None,
-                                },
-                                source: source.clone(),
-                            }
-                            .into(),
-                        ],
-                    )])
-                })
-                .await?;
-            Ok(())
-        }
+        Some(pb::agent_message::Body::CommandAck(a)) => report.command_ack(&a).await,
     }
 }
 
-/// Records the answer a sleepy device gave when it woke up, for the check it was asleep for.
-async fn record_wake_answer(
-    app: &Arc<App>,
-    actor: &Actor,
-    site: &str,
-    answer: CheckAnswer,
+/// One report of a session being handled: who sent it and under which journal seq.
+struct Report<'a> {
+    app: &'a Arc<App>,
+    actor: Actor,
+    site: &'a str,
+    seq: u64,
+    /// The report's `(agent_id, seq)`, carried by the events it results in (none for seq 0).
     source: Option<AgentSource>,
-) -> Result<(), ReportError> {
-    let device_id = model::device_id(site, &answer.device_local_id);
-    let mut refused = None;
-    app.core
-        .execute::<ApiError, _>(actor, |state| {
-            refused = None;
-            if applied_before(state, source.as_ref()) {
-                return Ok(vec![]);
+}
+
+impl Report<'_> {
+    /// Records what `decide` makes of the state, unless the report was applied before. A
+    /// refusal `decide` returns records nothing and becomes the report's answer.
+    async fn record(
+        &self,
+        mut decide: impl FnMut(&FleetState) -> Result<Vec<Change>, String>,
+    ) -> Result<(), ReportError> {
+        let mut refused = None;
+        self.app
+            .core
+            .execute::<ApiError, _>(&self.actor, |state| {
+                refused = None;
+                if applied_before(state, self.source.as_ref()) {
+                    return Ok(vec![]);
+                }
+                decide(state).or_else(|why| {
+                    refused = Some(why);
+                    Ok(vec![])
+                })
+            })
+            .await?;
+        refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
+    }
+
+    /// The site's devices: reported facts (recorded when they changed significantly) and
+    /// removals (named, or every device a full inventory leaves out).
+    async fn inventory(&self, inv: &pb::Inventory) -> Result<(), ReportError> {
+        if inv.devices.len() > MAX_INVENTORY || inv.removed_local_ids.len() > MAX_INVENTORY {
+            return Err(ReportError::Refused(format!(
+                "inventory of {} devices ({} removed) exceeds {MAX_INVENTORY}",
+                inv.devices.len(),
+                inv.removed_local_ids.len()
+            )));
+        }
+        let mut reports = Vec::new();
+        for d in &inv.devices {
+            match convert::device_facts_from(d) {
+                Ok(r) => reports.push(r),
+                // The message quotes what it repeats (at most 100 characters).
+                Err(e) => warn!(seq = self.seq, error = %e, "device report ignored"),
             }
-            let Some(d) = state.devices.get(&device_id) else {
-                refused = Some("a check answer for a device this site never reported".to_string());
+        }
+        let now = self.app.now_ms();
+        for (local, _) in &reports {
+            self.app
+                .sessions
+                .touch_device(&model::device_id(self.site, local), now);
+        }
+        self.record(|state| Ok(self.inventory_changes(state, &reports, inv)))
+            .await
+    }
+
+    fn inventory_changes(
+        &self,
+        state: &FleetState,
+        reports: &[(String, DeviceFacts)],
+        inv: &pb::Inventory,
+    ) -> Vec<Change> {
+        let site = self.site;
+        let mut changes = Vec::new();
+        let mut listed = HashSet::new();
+        for (local, facts) in reports {
+            let id = model::device_id(site, local);
+            listed.insert(id.clone());
+            let changed = match state.devices.get(&id) {
+                Some(d) if !d.removed => significant_change(&d.facts, facts),
+                _ => true,
+            };
+            if changed {
+                let event = DeviceReported {
+                    facts: facts.clone(),
+                    source: self.source.clone(),
+                };
+                changes.push(Change::any(streams::device(&id), vec![event.into()]));
+            }
+        }
+        let mut gone: Vec<String> = inv
+            .removed_local_ids
+            .iter()
+            .map(|l| model::device_id(site, l))
+            .collect();
+        if inv.full {
+            gone.extend(
+                state
+                    .devices
+                    .values()
+                    .filter(|d| d.site_id == site && !d.removed && !listed.contains(&d.id))
+                    .map(|d| d.id.clone()),
+            );
+        }
+        for id in gone {
+            if state.devices.get(&id).is_some_and(|d| !d.removed) {
+                let event = DeviceRemoved {
+                    source: self.source.clone(),
+                };
+                changes.push(Change::any(streams::device(&id), vec![event.into()]));
+            }
+        }
+        changes
+    }
+
+    /// Progress of a task's current attempt (one of the in-flight statuses).
+    async fn progress(&self, p: &pb::TaskProgress) -> Result<(), ReportError> {
+        let status = UpgradeStatus::from_code(p.status as u32)
+            .filter(|s| {
+                matches!(
+                    s,
+                    UpgradeStatus::AgentPreparing
+                        | UpgradeStatus::Queued
+                        | UpgradeStatus::WaitingForWakeup
+                        | UpgradeStatus::Updating
+                        | UpgradeStatus::Downloaded
+                )
+            })
+            .ok_or_else(|| {
+                ReportError::Refused(format!(
+                    "progress with status {} is not 100, 13, 5, 2 or 6",
+                    p.status
+                ))
+            })?;
+        let progress = if p.progress.is_finite() {
+            p.progress.clamp(0.0, 100.0)
+        } else {
+            0.0
+        };
+        let event = TaskProgressed {
+            attempt: p.attempt,
+            status,
+            progress,
+            remaining_s: p.remaining_s,
+            bytes_sent: p.bytes_sent,
+            bytes_total: p.bytes_total,
+            detail: p.detail.chars().take(200).collect(),
+            source: self.source.clone(),
+        };
+        self.record(|state| {
+            check_task(state, &p.task_id, p.attempt, self.site)?;
+            Ok(vec![Change::any(
+                streams::task(&p.task_id),
+                vec![event.clone().into()],
+            )])
+        })
+        .await
+    }
+
+    /// The outcome of a task's attempt: success (late when the server had ended the attempt),
+    /// failure or timeout (with its retry time, never for a device that may have the image).
+    async fn result(&self, r: &pb::TaskResult) -> Result<(), ReportError> {
+        let status = UpgradeStatus::from_code(r.status as u32)
+            .filter(|s| {
+                matches!(
+                    s,
+                    UpgradeStatus::Success | UpgradeStatus::Failure | UpgradeStatus::Timeout
+                )
+            })
+            .ok_or_else(|| {
+                ReportError::Refused(format!("result with status {} is not 3, 4 or 7", r.status))
+            })?;
+        let mut outcome = result_error(status, agent_error(r.error.as_ref()));
+        if r.device_may_have_image
+            && let Err(e) = &mut outcome
+        {
+            e.message.push_str(
+                " — the device may already run the new image: check it before updating it again (not retried automatically)",
+            );
+        }
+        let now = self.app.now_ms();
+        let jitter = rand::random::<f64>();
+        self.record(|state| {
+            // The device is the truth: a success for the attempt the server itself ended
+            // (timed out, cancelled after it was sent) still makes the task a success.
+            let late = outcome.is_ok() && is_late_success(state, &r.task_id, r.attempt, self.site);
+            if !late {
+                check_task(state, &r.task_id, r.attempt, self.site)?;
+            }
+            let task = &state.tasks[&r.task_id];
+            let event: DomainEvent = match &outcome {
+                Ok(()) => TaskSucceeded {
+                    attempt: r.attempt,
+                    from: convert::version_from(r.from.as_ref()),
+                    to: convert::version_from(r.to.as_ref()),
+                    duration_ms: r.duration_ms,
+                    wire_bytes: r.wire_bytes,
+                    source: self.source.clone(),
+                    late,
+                }
+                .into(),
+                Err(error) => TaskFailed {
+                    attempt: r.attempt,
+                    error: error.clone(),
+                    timed_out: status == UpgradeStatus::Timeout,
+                    retry_at_ms: match after_failure(task, error, now, jitter) {
+                        AfterFailure::RetryAt(at) if !r.device_may_have_image => Some(at),
+                        _ => None,
+                    },
+                    source: self.source.clone(),
+                }
+                .into(),
+            };
+            let mut changes = vec![Change::unchanged(streams::task(&r.task_id), vec![event])];
+            if let Some(rollout) = &task.created.rollout_id {
+                ota_domain::decision::ensure_guard(&mut changes, &streams::rollout(rollout));
+            }
+            Ok(changes)
+        })
+        .await
+    }
+
+    /// A command the agent acknowledged; a refused one fails the task's attempt it carried.
+    async fn command_ack(&self, a: &pb::CommandAck) -> Result<(), ReportError> {
+        if a.accepted {
+            return Ok(());
+        }
+        let error = agent_error(a.error.as_ref())
+            .unwrap_or_else(|| TaskError::new(ErrorCode::Other, "the agent refused the command"));
+        let now = self.app.now_ms();
+        let jitter = rand::random::<f64>();
+        self.record(|state| {
+            let Some(task) = state.tasks.values().find(|t| {
+                t.created.site_id == self.site
+                    && t.command_id == Some(a.command_id)
+                    && t.phase.is_at_site()
+            }) else {
                 return Ok(vec![]);
+            };
+            Ok(vec![Change::unchanged(
+                streams::task(&task.created.task_id),
+                vec![
+                    TaskFailed {
+                        attempt: task.attempt,
+                        error: error.clone(),
+                        timed_out: false,
+                        retry_at_ms: match after_failure(task, &error, now, jitter) {
+                            AfterFailure::RetryAt(at) => Some(at),
+                            AfterFailure::Final => None,
+                        },
+                        source: self.source.clone(),
+                    }
+                    .into(),
+                ],
+            )])
+        })
+        .await
+    }
+
+    /// Records the answer a sleepy device gave when it woke up, for the check it was asleep
+    /// for.
+    async fn wake_answer(&self, answer: CheckAnswer) -> Result<(), ReportError> {
+        let device_id = model::device_id(self.site, &answer.device_local_id);
+        self.record(|state| {
+            let Some(d) = state.devices.get(&device_id) else {
+                return Err("a check answer for a device this site never reported".to_string());
             };
             let waiting = d.last_check.as_ref().is_some_and(|(c, _)| {
                 c.check_id == answer.check_id && c.status == UpgradeStatus::WaitingForWakeup
             });
             if !waiting {
-                refused = Some(
+                return Err(
                     "a journaled check answer for a check the device is not asleep for".to_string(),
                 );
-                return Ok(vec![]);
             }
             let firmware_id = d
                 .last_check
@@ -839,15 +842,15 @@ async fn record_wake_answer(
                 firmware_id.as_deref(),
                 d,
                 &answer,
-                source.clone(),
+                self.source.clone(),
             );
             Ok(vec![Change::any(
                 streams::device(&device_id),
                 vec![checked.into()],
             )])
         })
-        .await?;
-    refused.map_or(Ok(()), |w| Err(ReportError::Refused(w)))
+        .await
+    }
 }
 
 /// A device's answer to a check, in the server's terms: the error bounded, the facts kept only
