@@ -55,6 +55,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::sync::LockExt;
+
 const FILE: &str = "journal.log";
 /// Rewrite the file when it is larger than this.
 const COMPACT_BYTES: u64 = 4 * 1024 * 1024;
@@ -683,7 +685,7 @@ impl Failpoint {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FailpointState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Records durable writes from now (described: `task started`, `task committing`,

@@ -21,6 +21,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_serial::{SerialPort, SerialStream};
 
+use crate::sync::LockExt;
+
 pub use ota_devproto::serial::rom::{
     BlockFault, Faults, RomConfig, RomCounters, RomDevice, RomEvent,
 };
@@ -81,7 +83,7 @@ impl EspRomSim {
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.locked()
     }
 
     /// A copy of the whole flash.
@@ -182,7 +184,7 @@ async fn run(
         let mut out = Vec::new();
         let mut unplug = false;
         {
-            let mut g = shared.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = shared.locked();
             g.rx_bytes += n as u64;
             g.rom.handle_input(&buf[..n]);
             while let Some(frame) = g.rom.poll_transmit() {

@@ -15,4 +15,5 @@ pub mod esphome_api;
 pub mod esphome_node;
 pub mod esphome_web;
 pub mod esprom;
+mod sync;
 pub mod z2m;

@@ -36,6 +36,8 @@ use ota_domain::status::{TaskError, UpgradeStatus};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::LockExt;
+
 /// Which kind of transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportKind {
@@ -503,7 +505,7 @@ pub(crate) fn update_report(
     idx: usize,
     f: impl FnOnce(&mut DeviceReport),
 ) -> DeviceReport {
-    let mut reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+    let mut reports = reports.locked();
     f(&mut reports[idx]);
     let report = reports[idx].clone();
     let snapshot = reports.clone();

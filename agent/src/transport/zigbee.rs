@@ -94,6 +94,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 pub use config::{ImageEndpoint, MqttTls, ZigbeeConfig, ZigbeeTimeouts};
 
 use crate::secret::Secret;
+use crate::sync::LockExt;
 use crate::transport::{
     CheckReport, CommitStage, DeviceReport, ProgressSink, RecoverJob, Transport, TransportKind,
     UpdateJob, UpdateReport, VersionInfo,
@@ -677,7 +678,7 @@ impl ZigbeeTransport {
     /// Reads or changes the book; waiting jobs are woken when it changed.
     fn with_book<T>(&self, f: impl FnOnce(&mut Book) -> T) -> T {
         let (r, version) = {
-            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            let mut book = self.book.locked();
             let r = f(&mut book);
             (r, book.version())
         };

@@ -19,6 +19,7 @@ use ota_devproto::esphome::{Compression, ErrorCode};
 use tokio::sync::watch;
 
 use super::Platform;
+use crate::sync::LockExt;
 
 /// Whether the device answers on the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -208,7 +209,7 @@ impl DeviceModel {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Everything tests may want to look at.

@@ -40,6 +40,7 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::LockExt;
 use crate::z2m::config::{Behavior, IndexImage, LastSeen, SimDevice, Z2mSimConfig};
 use crate::z2m::image::{self, ImageHeader};
 use crate::z2m::io::{self, Incoming, Link, LinkCmd};
@@ -229,7 +230,7 @@ impl Shared {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     fn elapsed_ms(&self) -> u64 {

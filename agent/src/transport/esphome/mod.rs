@@ -145,6 +145,7 @@ use super::{
     CheckReport, CommitStage, Commitment, DeviceReport, ProgressSink, RecoverJob, Transport,
     TransportKind, UpdateJob, UpdateReport, VerifiedImage, VersionInfo,
 };
+use crate::sync::LockExt;
 
 /// What an update must end on, decided from the job alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,7 +405,7 @@ impl EsphomeTransport {
     }
 
     fn report(&self, idx: usize) -> DeviceReport {
-        self.reports.lock().unwrap_or_else(|e| e.into_inner())[idx].clone()
+        self.reports.locked()[idx].clone()
     }
 
     async fn device_info(

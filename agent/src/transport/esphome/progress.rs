@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::super::{ProgressSink, TransferProgress};
+use crate::sync::LockExt;
 
 /// Where an update is, for the message of a task timeout, and when the transfer started (the
 /// transfer budget runs from then).
@@ -94,7 +95,7 @@ impl Reporter {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut ReporterState) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self.0.locked())
     }
 
     pub(super) fn send(

@@ -26,6 +26,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::secret::Secret;
+use crate::sync::LockExt;
 
 /// The form field ESPHome's client uses (the device does not check it).
 pub const FORM_FIELD: &str = "update";
@@ -165,15 +166,13 @@ pub async fn upload_with(
             let on_progress = on_progress.clone();
             let refused = refused_in_body.clone();
             // The last image piece: the device commits once the body ends.
-            let hook = (i + 1 == n_pieces)
-                .then(|| hook.lock().unwrap_or_else(|p| p.into_inner()).take())
-                .flatten();
+            let hook = (i + 1 == n_pieces).then(|| hook.locked().take()).flatten();
             let piece: futures::future::BoxFuture<'static, io::Result<Frame<Bytes>>> =
                 Box::pin(async move {
                     if let Some(hook) = hook
                         && let Err(why) = hook().await
                     {
-                        *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                        *refused.locked() = Some(why.clone());
                         return Err(io::Error::other(why));
                     }
                     a.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -257,7 +256,7 @@ pub async fn upload_with(
     }
     .await;
     driver.abort();
-    let refused = refused.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let refused = refused.locked().take();
     match refused {
         Some(why) => (snapshot(&sent, &complete), Err(WebError::NotCommitted(why))),
         None => (snapshot(&sent, &complete), result),

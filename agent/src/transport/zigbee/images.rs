@@ -22,6 +22,8 @@ use ota_domain::status::{ErrorCode, TaskError};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::LockExt;
+
 #[derive(Debug)]
 struct Served {
     bytes: Bytes,
@@ -57,7 +59,7 @@ impl Drop for ImageLease {
 }
 
 fn lock(tokens: &Tokens) -> std::sync::MutexGuard<'_, HashMap<String, Served>> {
-    tokens.lock().unwrap_or_else(|e| e.into_inner())
+    tokens.locked()
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {

@@ -25,6 +25,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::LockExt;
 use crate::transport::{DeviceReport, PowerSource, Signal};
 
 /// What running jobs hear about.
@@ -121,7 +122,7 @@ impl Net {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, NetState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     pub(crate) fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
