@@ -17,6 +17,11 @@ use ota_firmware::esp::{EspFactoryImage, EspImage};
 use ota_firmware::zigbee::ZigbeeOtaFile;
 use ota_firmware::{Chip, Digests, Expected, FirmwareHasher, FirmwareImage, inspect};
 
+/// Exit status when at least one file is refused.
+const EXIT_REFUSED: u8 = 1;
+/// Exit status for bad arguments or an unreadable file.
+const EXIT_USAGE: u8 = 2;
+
 struct Args {
     expect: Expected,
     json: bool,
@@ -209,7 +214,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(msg) => {
             eprintln!("{msg}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let mut status = ExitCode::SUCCESS;
@@ -218,7 +223,7 @@ fn main() -> ExitCode {
             Ok(read) => read,
             Err(e) => {
                 eprintln!("{path}: cannot read: {e}");
-                return ExitCode::from(2);
+                return ExitCode::from(EXIT_USAGE);
             }
         };
         let result = inspect(&bytes, args.expect);
@@ -251,7 +256,7 @@ fn main() -> ExitCode {
             }
         }
         if result.is_err() {
-            status = ExitCode::from(1);
+            status = ExitCode::from(EXIT_REFUSED);
         }
     }
     status
