@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ota_agent::agent::{Agent, AgentOptions};
+use ota_agent::agent::Agent;
 use ota_agent::config::AgentConfig;
 use ota_agent::site::Site;
 use tokio_util::sync::CancellationToken;
@@ -88,16 +88,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let _telemetry = ota_telemetry::traces::init(&tracing)?;
     let cancel = CancellationToken::new();
     let site = Site::start(&config, cancel.clone()).await?;
-    let options = AgentOptions {
-        site_id: config.site_id.clone(),
-        data_dir: config.data_dir.clone(),
-        timezone: config.timezone(),
-        utc_offset_minutes: config.utc_offset_minutes(),
-        reconnect_min: config.reconnect.min,
-        reconnect_max: config.reconnect.max,
-        tags: Site::tags(&config),
-        progress_interval: Duration::from_secs(1),
-    };
+    let options = Site::agent_options(&config, Duration::from_secs(1));
     let trust = config.trust_policy()?;
     if trust.require_signed() {
         tracing::info!(keys = ?trust.key_ids(), "only firmware signed by a trusted key is installed");
@@ -127,29 +118,11 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     )
     .await?;
     let running = tokio::spawn(agent.run(channel, cancel.clone()));
-    shutdown_signal().await;
+    ota_telemetry::signal::shutdown_signal().await;
     tracing::info!("shutting down");
     cancel.cancel();
     let _ = running.await;
     site.join().await;
     metrics.join().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::AgentOptions;
 use crate::config::AgentConfig;
 use crate::transport::Transport;
 use crate::transport::esphome::EsphomeTransport;
@@ -68,6 +69,20 @@ impl Site {
             }
         }
         tags
+    }
+
+    /// The agent's options from the configuration; `progress_interval` is the binary's choice.
+    pub fn agent_options(config: &AgentConfig, progress_interval: Duration) -> AgentOptions {
+        AgentOptions {
+            site_id: config.site_id.clone(),
+            data_dir: config.data_dir.clone(),
+            timezone: config.timezone(),
+            utc_offset_minutes: config.utc_offset_minutes(),
+            reconnect_min: config.reconnect.min,
+            reconnect_max: config.reconnect.max,
+            tags: Self::tags(config),
+            progress_interval,
+        }
     }
 
     /// Waits for the background loops to end (after the cancel token fired).

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ota_agent::agent::{Agent, AgentOptions};
+use ota_agent::agent::Agent;
 use ota_agent::config::AgentConfig;
 use ota_agent::site::Site;
 use ota_proto::v1 as pb;
@@ -167,6 +167,187 @@ pub struct SimulatedDevice {
     pub firmware_id: String,
 }
 
+/// Creates the data directory and marks it as the quickstart's (`--reset` wipes only those).
+fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    std::fs::write(
+        data_dir.join(MARKER_FILE),
+        "ota-quickstart data directory\n",
+    )
+    .with_context(|| format!("cannot write to {}", data_dir.display()))
+}
+
+/// otad, in development mode, on its store in the data directory.
+async fn start_server(opts: &QuickstartOptions) -> anyhow::Result<Otad> {
+    let config = Config {
+        listen: opts.listen,
+        data_dir: opts.data_dir.clone(),
+        metrics_listen: opts.metrics_listen,
+        insecure_plaintext: true,
+        ..Config::default()
+    };
+    let store = open_store(&config)?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another otad or quickstart running? try --listen)",
+                opts.listen
+            )
+        })?;
+    Otad::start(config, store, Clock::new(), listener).await
+}
+
+/// One sample image per firmware the planned devices run, uploaded unless the catalog has it.
+async fn upload_samples(
+    channel: &Channel,
+    zigbee_plan: &[fleet::ZigbeeDevice],
+    esp_plan: &[fleet::EspDevice],
+    tuning: &Tuning,
+) -> anyhow::Result<Vec<SampleFirmware>> {
+    let catalog = samples::catalog(channel.clone()).await?;
+    let mut wanted: Vec<(&str, _)> = Vec::new();
+    for d in zigbee_plan {
+        let name = d.model.firmware.0;
+        if !wanted.iter().any(|(n, _)| *n == name) {
+            wanted.push((
+                name,
+                samples::zigbee_sample(&d.model, tuning.zigbee_image_bytes),
+            ));
+        }
+    }
+    for d in esp_plan {
+        let name = d.kind.firmware.0;
+        if !wanted.iter().any(|(n, _)| *n == name) {
+            wanted.push((name, samples::esp_sample(&d.kind, tuning.esp_image_bytes)));
+        }
+    }
+    let mut firmware = Vec::new();
+    for (_, sample) in wanted {
+        firmware.push(samples::ensure_uploaded(channel.clone(), &catalog, sample).await?);
+    }
+    Ok(firmware)
+}
+
+/// The devices as the banner and the tests see them, each with the sample firmware it takes.
+fn simulated_devices(
+    site: &str,
+    zigbee_plan: &[fleet::ZigbeeDevice],
+    esp_plan: &[fleet::EspDevice],
+    firmware: &[SampleFirmware],
+) -> Vec<SimulatedDevice> {
+    let firmware_of = |name: &str| {
+        firmware
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.id.clone())
+            .unwrap_or_default()
+    };
+    let zigbee = zigbee_plan.iter().map(|d| SimulatedDevice {
+        id: format!("{site}/{}", d.ieee),
+        name: d.friendly_name.clone(),
+        transport: "zigbee2mqtt",
+        model: d.model.model.into(),
+        sleepy: d.model.sleepy,
+        firmware_id: firmware_of(d.model.firmware.0),
+    });
+    let esphome = esp_plan.iter().map(|d| SimulatedDevice {
+        id: format!("{site}/{}", d.name),
+        name: d.name.clone(),
+        transport: "esphome",
+        model: d.kind.board.into(),
+        sleepy: false,
+        firmware_id: firmware_of(d.kind.firmware.0),
+    });
+    zigbee.chain(esphome).collect()
+}
+
+/// Each ESPHome device's plan, OTA port and API port, for the agent's configuration file.
+type EspPorts = Vec<(fleet::EspDevice, u16, u16)>;
+
+/// The ESPHome simulators, and each device's ports for the agent's file.
+fn start_esphome_nodes(
+    esp_plan: &[fleet::EspDevice],
+    saved: &SimState,
+    tuning: &Tuning,
+) -> anyhow::Result<(Vec<EsphomeNode>, EspPorts)> {
+    let mut nodes = Vec::new();
+    let mut esp_ports = Vec::new();
+    for d in esp_plan {
+        let node = EsphomeNode::start(fleet::esphome_node(d, saved, tuning.esphome_reboot))
+            .with_context(|| format!("cannot start the ESPHome simulator {}", d.name))?;
+        esp_ports.push((d.clone(), node.ota_addr().port(), node.api_addr().port()));
+        nodes.push(node);
+    }
+    Ok((nodes, esp_ports))
+}
+
+/// The zigbee2mqtt simulator on the embedded broker, with timings shortened for the tour.
+async fn start_zigbee(
+    broker: &EmbeddedBroker,
+    zigbee_plan: &[fleet::ZigbeeDevice],
+    saved: &SimState,
+    tuning: &Tuning,
+) -> anyhow::Result<Z2mSim> {
+    let mut z2m = Z2mSimConfig::new(broker.host(), broker.port());
+    z2m.devices = zigbee_plan
+        .iter()
+        .map(|d| fleet::zigbee_sim_device(d, saved, tuning.sleepy_wake_interval))
+        .collect();
+    z2m.timings = Timings {
+        image_block_response_delay: tuning.zigbee_block_delay,
+        image_block_request_timeout: Duration::from_secs(10),
+        query_timeout: Duration::from_secs(10),
+        announce_wait: Duration::from_secs(5),
+        progress_interval: Duration::from_secs(1),
+        query_delay: Duration::from_millis(100),
+        awake_window: Duration::from_secs(10),
+        ..Timings::default()
+    };
+    z2m.epoch_ms = now_ms();
+    // The agent may subscribe after the bridge published: keep device states retained.
+    z2m.retain_device_state = true;
+    Ok(Z2mSim::start(z2m).await?)
+}
+
+/// The running agent and what it started.
+struct StartedAgent {
+    agent: JoinHandle<()>,
+    metrics: ota_agent::metrics::AgentMetrics,
+    site: Site,
+}
+
+/// The agent, built from its configuration file like the `ota-agent` binary builds it.
+async fn start_agent(
+    agent_config: &Path,
+    opts: &QuickstartOptions,
+    tuning: &Tuning,
+    channel: &Channel,
+    cancel: &CancellationToken,
+) -> anyhow::Result<StartedAgent> {
+    let config = AgentConfig::load(agent_config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let site = Site::start(&config, cancel.clone()).await?;
+    let agent = Agent::with_trust(
+        Site::agent_options(&config, tuning.progress_interval),
+        site.transports.clone(),
+        config.trust_policy()?,
+    )?;
+    let metrics = ota_agent::metrics::start(
+        &agent,
+        opts.agent_metrics_listen,
+        config.telemetry.otlp_endpoint.clone(),
+        cancel.clone(),
+    )
+    .await?;
+    let agent = tokio::spawn(agent.run(channel.clone(), cancel.clone()));
+    Ok(StartedAgent {
+        agent,
+        metrics,
+        site,
+    })
+}
+
 /// The simulators, shared with the task that saves their versions.
 #[derive(Debug)]
 struct Sims {
@@ -241,35 +422,10 @@ impl Quickstart {
     /// (or [`Tuning::ready_timeout`] passed; then it logs a warning and returns anyway).
     pub async fn start_with(opts: QuickstartOptions, tuning: Tuning) -> anyhow::Result<Quickstart> {
         let data_dir = opts.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-        std::fs::write(
-            data_dir.join(MARKER_FILE),
-            "ota-quickstart data directory\n",
-        )
-        .with_context(|| format!("cannot write to {}", data_dir.display()))?;
+        prepare_data_dir(&data_dir)?;
         let saved = SimState::load(&data_dir);
-
-        // otad, in development mode.
-        let config = Config {
-            listen: opts.listen,
-            data_dir: data_dir.clone(),
-            metrics_listen: opts.metrics_listen,
-            insecure_plaintext: true,
-            ..Config::default()
-        };
-        let store = open_store(&config)?;
-        let listener = tokio::net::TcpListener::bind(opts.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (is another otad or quickstart running? try --listen)",
-                    opts.listen
-                )
-            })?;
-        let server = Otad::start(config, store, Clock::new(), listener).await?;
+        let server = start_server(&opts).await?;
         let grpc_addr = server.addr;
-        let metrics_addr = server.metrics_addr;
         let channel = Endpoint::from_shared(format!("http://{grpc_addr}"))?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
@@ -277,94 +433,18 @@ impl Quickstart {
         // The devices and their sample firmware.
         let esp_plan = fleet::esphome_devices(opts.esphome_devices);
         let zigbee_plan = fleet::zigbee_devices(opts.zigbee_mains, opts.zigbee_sleepy);
-        let catalog = samples::catalog(channel.clone()).await?;
-        let mut firmware: Vec<SampleFirmware> = Vec::new();
-        let mut wanted = Vec::new();
-        for d in &zigbee_plan {
-            if !wanted
-                .iter()
-                .any(|(n, _): &(&str, _)| *n == d.model.firmware.0)
-            {
-                wanted.push((
-                    d.model.firmware.0,
-                    samples::zigbee_sample(&d.model, tuning.zigbee_image_bytes),
-                ));
-            }
-        }
-        for d in &esp_plan {
-            if !wanted
-                .iter()
-                .any(|(n, _): &(&str, _)| *n == d.kind.firmware.0)
-            {
-                wanted.push((
-                    d.kind.firmware.0,
-                    samples::esp_sample(&d.kind, tuning.esp_image_bytes),
-                ));
-            }
-        }
-        for (_, sample) in wanted {
-            firmware.push(samples::ensure_uploaded(channel.clone(), &catalog, sample).await?);
-        }
-        let firmware_of = |name: &str| {
-            firmware
-                .iter()
-                .find(|f| f.name == name)
-                .map(|f| f.id.clone())
-                .unwrap_or_default()
-        };
-        let mut devices: Vec<SimulatedDevice> = zigbee_plan
-            .iter()
-            .map(|d| SimulatedDevice {
-                id: format!("{}/{}", opts.site, d.ieee),
-                name: d.friendly_name.clone(),
-                transport: "zigbee2mqtt",
-                model: d.model.model.into(),
-                sleepy: d.model.sleepy,
-                firmware_id: firmware_of(d.model.firmware.0),
-            })
-            .collect();
-        devices.extend(esp_plan.iter().map(|d| SimulatedDevice {
-            id: format!("{}/{}", opts.site, d.name),
-            name: d.name.clone(),
-            transport: "esphome",
-            model: d.kind.board.into(),
-            sleepy: false,
-            firmware_id: firmware_of(d.kind.firmware.0),
-        }));
+        let firmware = upload_samples(&channel, &zigbee_plan, &esp_plan, &tuning).await?;
+        let devices = simulated_devices(&opts.site, &zigbee_plan, &esp_plan, &firmware);
 
         // The simulated site.
         let broker = tokio::task::spawn_blocking(EmbeddedBroker::start)
             .await?
             .context("cannot start the embedded MQTT broker")?;
-        let mut nodes = Vec::new();
-        let mut esp_ports = Vec::new();
-        for d in &esp_plan {
-            let node = EsphomeNode::start(fleet::esphome_node(d, &saved, tuning.esphome_reboot))
-                .with_context(|| format!("cannot start the ESPHome simulator {}", d.name))?;
-            esp_ports.push((d.clone(), node.ota_addr().port(), node.api_addr().port()));
-            nodes.push(node);
-        }
-        let mut z2m = Z2mSimConfig::new(broker.host(), broker.port());
-        z2m.devices = zigbee_plan
-            .iter()
-            .map(|d| fleet::zigbee_sim_device(d, &saved, tuning.sleepy_wake_interval))
-            .collect();
-        z2m.timings = Timings {
-            image_block_response_delay: tuning.zigbee_block_delay,
-            image_block_request_timeout: Duration::from_secs(10),
-            query_timeout: Duration::from_secs(10),
-            announce_wait: Duration::from_secs(5),
-            progress_interval: Duration::from_secs(1),
-            query_delay: Duration::from_millis(100),
-            awake_window: Duration::from_secs(10),
-            ..Timings::default()
-        };
-        z2m.epoch_ms = now_ms();
-        // The agent may subscribe after the bridge published: keep device states retained.
-        z2m.retain_device_state = true;
-        let zigbee = Z2mSim::start(z2m).await?;
+        let (nodes, esp_ports) = start_esphome_nodes(&esp_plan, &saved, &tuning)?;
+        let zigbee = start_zigbee(&broker, &zigbee_plan, &saved, &tuning).await?;
 
         // The agent, from the configuration file an operator would write.
+        let cancel = CancellationToken::new();
         let agent_dir = data_dir.join("agent");
         std::fs::create_dir_all(&agent_dir)?;
         let text = fleet::agent_toml(
@@ -376,32 +456,7 @@ impl Quickstart {
         );
         let agent_config = agent_dir.join("agent.toml");
         write_private(&agent_config, &text)?;
-        let config = AgentConfig::load(&agent_config).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let cancel = CancellationToken::new();
-        let site_tasks = Site::start(&config, cancel.clone()).await?;
-        let agent = Agent::with_trust(
-            AgentOptions {
-                site_id: config.site_id.clone(),
-                data_dir: config.data_dir.clone(),
-                timezone: config.timezone(),
-                utc_offset_minutes: config.utc_offset_minutes(),
-                reconnect_min: config.reconnect.min,
-                reconnect_max: config.reconnect.max,
-                tags: Site::tags(&config),
-                progress_interval: tuning.progress_interval,
-            },
-            site_tasks.transports.clone(),
-            config.trust_policy()?,
-        )?;
-        let agent_metrics = ota_agent::metrics::start(
-            &agent,
-            opts.agent_metrics_listen,
-            config.telemetry.otlp_endpoint.clone(),
-            cancel.clone(),
-        )
-        .await?;
-        let agent_metrics_addr = agent_metrics.addr;
-        let agent = tokio::spawn(agent.run(channel.clone(), cancel.clone()));
+        let started = start_agent(&agent_config, &opts, &tuning, &channel, &cancel).await?;
 
         let sims = Arc::new(Sims {
             esphome: nodes,
@@ -417,8 +472,8 @@ impl Quickstart {
 
         let qs = Quickstart {
             grpc_addr,
-            metrics_addr,
-            agent_metrics_addr,
+            metrics_addr: server.metrics_addr,
+            agent_metrics_addr: started.metrics.addr,
             site: opts.site.clone(),
             firmware,
             devices,
@@ -427,9 +482,9 @@ impl Quickstart {
             mqtt_addr: broker.addr(),
             server,
             cancel,
-            agent,
-            agent_metrics,
-            site_tasks,
+            agent: started.agent,
+            agent_metrics: started.metrics,
+            site_tasks: started.site,
             sims,
             saver,
             broker,
