@@ -11,7 +11,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -118,99 +118,18 @@ pub async fn upload_with(
     on_progress: impl Fn(u64, u64) + Send + Sync + 'static,
     before_last: super::native::BeforeLastBlock<'static>,
 ) -> (Sent, Result<(), WebError>) {
-    let stream = tokio::select! {
-        r = timeout(target.connect_timeout, TcpStream::connect((target.host, target.port))) => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return (Sent::default(), Err(WebError::Connect(e))),
-            Err(_) => return (Sent::default(), Err(WebError::ConnectTimeout(target.connect_timeout))),
-        },
-        () = cancel.cancelled() => return (Sent::default(), Err(WebError::Cancelled)),
+    let stream = match connect(target, cancel).await {
+        Ok(stream) => stream,
+        Err(e) => return (Sent::default(), Err(e)),
     };
-    let _ = stream.set_nodelay(true);
-    let start = Instant::now();
-    // Milliseconds since `start` of the last sign of life; image bytes out; body complete.
-    let activity = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let complete = Arc::new(AtomicU64::new(0));
-    let snapshot = |sent: &AtomicU64, complete: &AtomicU64| Sent {
-        image_bytes: sent.load(Ordering::Relaxed),
-        complete: complete.load(Ordering::Relaxed) == 1,
-    };
-
+    let tracker = Arc::new(Tracker::new());
     let boundary = format!("otaagent{}", hex::encode(rand::random::<[u8; 16]>()));
-    let head = Bytes::from(format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"{FORM_FIELD}\"; \
-         filename=\"firmware.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-    ));
-    let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
-    let content_length = head.len() + image.len() + tail.len();
-    let total = image.len() as u64;
-    let mut pieces: Vec<(Bytes, u64)> = vec![(head, 0)];
-    let mut offset = 0;
-    while offset < image.len() {
-        let end = (offset + PIECE).min(image.len());
-        pieces.push((image.slice(offset..end), (end - offset) as u64));
-        offset = end;
-    }
-    let n_pieces = pieces.len();
-    pieces.push((tail, 0));
-    let (a, s, c) = (activity.clone(), sent.clone(), complete.clone());
-    let hook = Arc::new(std::sync::Mutex::new(Some(before_last)));
-    let refused: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    let refused_in_body = refused.clone();
-    let on_progress = Arc::new(on_progress);
-    // A piece is polled once the previous one is in the socket: count it then.
-    let body = futures::stream::iter(pieces.into_iter().enumerate()).then(
-        move |(i, (piece, image_bytes)): (usize, (Bytes, u64))| {
-            let (a, s, c) = (a.clone(), s.clone(), c.clone());
-            let on_progress = on_progress.clone();
-            let refused = refused_in_body.clone();
-            // The last image piece: the device commits once the body ends.
-            let hook = (i + 1 == n_pieces).then(|| hook.locked().take()).flatten();
-            let piece: futures::future::BoxFuture<'static, io::Result<Frame<Bytes>>> =
-                Box::pin(async move {
-                    if let Some(hook) = hook
-                        && let Err(why) = hook().await
-                    {
-                        *refused.locked() = Some(why.clone());
-                        return Err(io::Error::other(why));
-                    }
-                    a.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    if i > 0 && i <= n_pieces {
-                        let done = s.fetch_add(image_bytes, Ordering::Relaxed) + image_bytes;
-                        on_progress(done, total);
-                    }
-                    if i == n_pieces {
-                        c.store(1, Ordering::Relaxed);
-                    }
-                    Ok(Frame::data(piece))
-                });
-            piece
-        },
-    );
-    let body: futures::stream::BoxStream<'static, io::Result<Frame<Bytes>>> = Box::pin(body);
-    let mut request = hyper::Request::post("/update")
-        .header(header::HOST, format!("{}:{}", target.host, target.port))
-        .header(
-            header::CONTENT_TYPE,
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .header(header::CONTENT_LENGTH, content_length)
-        .header(header::CONNECTION, "close")
-        .header(
-            header::USER_AGENT,
-            concat!("ota-agent/", env!("CARGO_PKG_VERSION")),
-        );
-    if let (Some(user), Some(password)) = (target.username, target.password) {
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("{user}:{}", password.expose()));
-        request = request.header(header::AUTHORIZATION, format!("Basic {token}"));
-    }
-    let request = match request.body(StreamBody::new(body)) {
+    let body = MultipartBody::new(&boundary, image, tracker.clone(), on_progress, before_last);
+    let refused = body.refused.clone();
+    let request = match request(target, &boundary, body) {
         Ok(r) => r,
-        Err(e) => return (Sent::default(), Err(WebError::Http(e.to_string()))),
+        Err(e) => return (Sent::default(), Err(e)),
     };
-
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(pair) => pair,
@@ -221,44 +140,212 @@ pub async fn upload_with(
             tracing::debug!(error = %e, "web_server connection ended");
         }
     });
-    let result = async {
-        let mut response = std::pin::pin!(sender.send_request(request));
-        let response = loop {
-            let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-            let stall_deadline = start + last + target.read_timeout;
-            tokio::select! {
-                r = &mut response => break r.map_err(|e| WebError::Http(e.to_string()))?,
-                () = sleep_until(stall_deadline) => {
-                    let now_last = Duration::from_millis(activity.load(Ordering::Relaxed));
-                    if now_last == last {
-                        return Err(WebError::ReadTimeout(target.read_timeout));
-                    }
-                }
-            }
-        };
-        let status = response.status().as_u16();
-        let body = timeout(target.read_timeout, response.into_body().collect())
-            .await
-            .map_err(|_| WebError::ReadTimeout(target.read_timeout))?
-            .map_err(|e| WebError::Http(e.to_string()))?
-            .to_bytes();
-        let text: String = String::from_utf8_lossy(&body)
-            .trim()
-            .chars()
-            .take(200)
-            .collect();
-        match status {
-            200 if text.contains("Successful") => Ok(()),
-            200 => Err(WebError::Refused(text)),
-            401 => Err(WebError::Unauthorized),
-            _ => Err(WebError::Status { status, body: text }),
-        }
-    }
-    .await;
+    let result = exchange(&mut sender, request, &tracker, target.read_timeout).await;
     driver.abort();
     let refused = refused.locked().take();
     match refused {
-        Some(why) => (snapshot(&sent, &complete), Err(WebError::NotCommitted(why))),
-        None => (snapshot(&sent, &complete), result),
+        Some(why) => (tracker.sent(), Err(WebError::NotCommitted(why))),
+        None => (tracker.sent(), result),
+    }
+}
+
+/// The TCP connection to the web_server, within the connect timeout.
+async fn connect(
+    target: &WebTarget<'_>,
+    cancel: &CancellationToken,
+) -> Result<TcpStream, WebError> {
+    let stream = tokio::select! {
+        r = timeout(target.connect_timeout, TcpStream::connect((target.host, target.port))) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(WebError::Connect(e)),
+            Err(_) => return Err(WebError::ConnectTimeout(target.connect_timeout)),
+        },
+        () = cancel.cancelled() => return Err(WebError::Cancelled),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// What the body has done, shared between the body stream and the stall watch.
+struct Tracker {
+    start: Instant,
+    /// Milliseconds since `start` of the last sign of life.
+    activity: AtomicU64,
+    /// Image bytes handed to the socket.
+    image_bytes: AtomicU64,
+    /// The whole body was handed to the socket.
+    complete: AtomicBool,
+}
+
+impl Tracker {
+    fn new() -> Tracker {
+        Tracker {
+            start: Instant::now(),
+            activity: AtomicU64::new(0),
+            image_bytes: AtomicU64::new(0),
+            complete: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        self.activity
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last_activity(&self) -> Duration {
+        Duration::from_millis(self.activity.load(Ordering::Relaxed))
+    }
+
+    fn sent(&self) -> Sent {
+        Sent {
+            image_bytes: self.image_bytes.load(Ordering::Relaxed),
+            complete: self.complete.load(Ordering::Relaxed),
+        }
+    }
+}
+
+type BodyStream = futures::stream::BoxStream<'static, io::Result<Frame<Bytes>>>;
+
+/// The `multipart/form-data` body: the part head, the image in [`PIECE`]s, the closing
+/// boundary. A piece is polled once the previous one is in the socket: it is counted then.
+struct MultipartBody {
+    stream: BodyStream,
+    content_length: usize,
+    /// Why the hook before the last image piece refused, when it did.
+    refused: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl MultipartBody {
+    fn new(
+        boundary: &str,
+        image: Bytes,
+        tracker: Arc<Tracker>,
+        on_progress: impl Fn(u64, u64) + Send + Sync + 'static,
+        before_last: super::native::BeforeLastBlock<'static>,
+    ) -> MultipartBody {
+        let head = Bytes::from(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{FORM_FIELD}\"; \
+             filename=\"firmware.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ));
+        let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+        let content_length = head.len() + image.len() + tail.len();
+        let total = image.len() as u64;
+        let mut pieces: Vec<(Bytes, u64)> = vec![(head, 0)];
+        let mut offset = 0;
+        while offset < image.len() {
+            let end = (offset + PIECE).min(image.len());
+            pieces.push((image.slice(offset..end), (end - offset) as u64));
+            offset = end;
+        }
+        let n_pieces = pieces.len();
+        pieces.push((tail, 0));
+        let hook = Arc::new(std::sync::Mutex::new(Some(before_last)));
+        let refused: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let refused_in_body = refused.clone();
+        let on_progress = Arc::new(on_progress);
+        let stream = futures::stream::iter(pieces.into_iter().enumerate()).then(
+            move |(i, (piece, image_bytes)): (usize, (Bytes, u64))| {
+                let tracker = tracker.clone();
+                let on_progress = on_progress.clone();
+                let refused = refused_in_body.clone();
+                // The last image piece: the device commits once the body ends.
+                let hook = (i + 1 == n_pieces).then(|| hook.locked().take()).flatten();
+                let piece: futures::future::BoxFuture<'static, io::Result<Frame<Bytes>>> =
+                    Box::pin(async move {
+                        if let Some(hook) = hook
+                            && let Err(why) = hook().await
+                        {
+                            *refused.locked() = Some(why.clone());
+                            return Err(io::Error::other(why));
+                        }
+                        tracker.touch();
+                        if i > 0 && i <= n_pieces {
+                            let done = tracker
+                                .image_bytes
+                                .fetch_add(image_bytes, Ordering::Relaxed)
+                                + image_bytes;
+                            on_progress(done, total);
+                        }
+                        if i == n_pieces {
+                            tracker.complete.store(true, Ordering::Relaxed);
+                        }
+                        Ok(Frame::data(piece))
+                    });
+                piece
+            },
+        );
+        MultipartBody {
+            stream: Box::pin(stream),
+            content_length,
+            refused,
+        }
+    }
+}
+
+/// `POST /update` with ESPHome's headers (and Basic auth when configured).
+fn request(
+    target: &WebTarget<'_>,
+    boundary: &str,
+    body: MultipartBody,
+) -> Result<hyper::Request<StreamBody<BodyStream>>, WebError> {
+    let mut request = hyper::Request::post("/update")
+        .header(header::HOST, format!("{}:{}", target.host, target.port))
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .header(header::CONTENT_LENGTH, body.content_length)
+        .header(header::CONNECTION, "close")
+        .header(
+            header::USER_AGENT,
+            concat!("ota-agent/", env!("CARGO_PKG_VERSION")),
+        );
+    if let (Some(user), Some(password)) = (target.username, target.password) {
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{user}:{}", password.expose()));
+        request = request.header(header::AUTHORIZATION, format!("Basic {token}"));
+    }
+    request
+        .body(StreamBody::new(body.stream))
+        .map_err(|e| WebError::Http(e.to_string()))
+}
+
+/// Sends the request and reads the answer; a stall of `read_timeout` while the body goes out
+/// or while waiting for the answer ends it.
+async fn exchange(
+    sender: &mut hyper::client::conn::http1::SendRequest<StreamBody<BodyStream>>,
+    request: hyper::Request<StreamBody<BodyStream>>,
+    tracker: &Tracker,
+    read_timeout: Duration,
+) -> Result<(), WebError> {
+    let mut response = std::pin::pin!(sender.send_request(request));
+    let response = loop {
+        let last = tracker.last_activity();
+        let stall_deadline = tracker.start + last + read_timeout;
+        tokio::select! {
+            r = &mut response => break r.map_err(|e| WebError::Http(e.to_string()))?,
+            () = sleep_until(stall_deadline) => {
+                if tracker.last_activity() == last {
+                    return Err(WebError::ReadTimeout(read_timeout));
+                }
+            }
+        }
+    };
+    let status = response.status().as_u16();
+    let body = timeout(read_timeout, response.into_body().collect())
+        .await
+        .map_err(|_| WebError::ReadTimeout(read_timeout))?
+        .map_err(|e| WebError::Http(e.to_string()))?
+        .to_bytes();
+    let text: String = String::from_utf8_lossy(&body)
+        .trim()
+        .chars()
+        .take(200)
+        .collect();
+    match status {
+        200 if text.contains("Successful") => Ok(()),
+        200 => Err(WebError::Refused(text)),
+        401 => Err(WebError::Unauthorized),
+        _ => Err(WebError::Status { status, body: text }),
     }
 }
