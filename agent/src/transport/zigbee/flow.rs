@@ -19,7 +19,9 @@
 
 use std::time::Duration;
 
-use ota_devproto::z2m::{ImageSource, OtaOp, UpdateData, Z2mErrorKind, classify, to_task_error};
+use ota_devproto::z2m::{
+    ImageSource, OtaOp, UpdateData, UpdateState, Z2mErrorKind, classify, to_task_error,
+};
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep_until};
@@ -128,6 +130,62 @@ enum Abort {
     Budget,
 }
 
+/// A sleepy job's waiting state, shared by the arms of [`ZigbeeTransport::run_sleeper`]'s loop.
+struct Waiting {
+    armed: bool,
+    tracker: Tracker,
+    said: Option<UpgradeStatus>,
+    retry_at: Option<Instant>,
+    /// An over-the-limit run was aborted: wait for it to end before arming or disarming.
+    aborted_run: bool,
+    /// A cancel or the wake-up budget came while the run was starting: follow it anyway.
+    too_late: bool,
+}
+
+/// What a sleeper's state change means for its waiting.
+enum Woke {
+    /// Still waiting.
+    Asleep,
+    /// The job ended.
+    Ended(Result<UpdateReport, TaskError>),
+    /// Its scheduled transfer runs: follow it from here.
+    Transfer(Tracker),
+}
+
+/// A followed transfer's state, shared by the arms of [`ZigbeeTransport::follow`]'s loop.
+struct Following {
+    /// The update request, until it is answered.
+    pending: Option<PendingRequest>,
+    tracker: Tracker,
+    /// A scheduled transfer (no update request to answer).
+    schedule: bool,
+    /// The transfer budget, until used up.
+    deadline: Option<Instant>,
+    /// After 100 %: how long the update response may take.
+    grace: Option<Instant>,
+    /// The check sent after an outage.
+    verify: Option<PendingRequest>,
+    /// The broker or zigbee2mqtt went away: the transfer may not have survived.
+    suspect: bool,
+    /// An abort was sent (until when it must be confirmed, and why).
+    aborting: Option<(Instant, Abort)>,
+    cancel_seen: bool,
+}
+
+/// A job's event stream lagged (logged, the job goes on) or closed (the job ends).
+fn fell_behind_or_stopped(cx: &Cx<'_>, e: broadcast::error::RecvError) -> Result<(), TaskError> {
+    match e {
+        broadcast::error::RecvError::Lagged(n) => {
+            tracing::warn!(task.id = %cx.task_id, skipped = n, "zigbee job fell behind the network's messages");
+            Ok(())
+        }
+        broadcast::error::RecvError::Closed => Err(TaskError::new(
+            ErrorCode::Other,
+            "the zigbee transport stopped",
+        )),
+    }
+}
+
 impl ZigbeeTransport {
     /// Publishes a request and waits (the request timeout) for its answer.
     pub(super) async fn ask(
@@ -228,9 +286,9 @@ impl ZigbeeTransport {
     /// followed. `source` is what the schedule carries (`None` after an agent restart: an armed
     /// schedule is followed but cannot be armed again).
     ///
-    /// Long because it is one select loop whose arms share the job's waiting state (armed, retry
-    /// time, an aborted run, a cancel that came too late); what needs none of it is in
-    /// [`Self::arm_or_withdraw`] and [`withdrawn`].
+    /// One select loop over the job's [`Waiting`] state; each arm is its own method
+    /// ([`Self::sleeper_state`], [`Self::sleeper_cancelled`], [`Self::sleeper_out_of_time`]),
+    /// what needs none of the state is in [`Self::arm_or_withdraw`] and [`withdrawn`].
     pub(super) async fn run_sleeper(
         &self,
         cx: &Cx<'_>,
@@ -243,132 +301,166 @@ impl ZigbeeTransport {
             b.add_sleeper(key);
             b.set_armed(key, armed_at_start);
         });
-        let mut armed = armed_at_start;
         let mut events = self.net.events.subscribe();
         let mut changes = self.book_changed.subscribe();
         let wait_deadline = Instant::now() + cx.wake_timeout;
-        let mut tracker = Tracker::new(cx.target, cx.total, true);
-        let mut said: Option<UpgradeStatus> = None;
-        let mut retry_at: Option<Instant> = None;
-        // An over-the-limit run was aborted: wait for it to end before arming or disarming.
-        let mut aborted_run = false;
-        // A cancel or the wake-up budget came while the run was starting: follow it anyway.
-        let mut too_late = false;
+        let mut w = Waiting {
+            armed: armed_at_start,
+            tracker: Tracker::new(cx.target, cx.total, true),
+            said: None,
+            retry_at: None,
+            aborted_run: false,
+            too_late: false,
+        };
         loop {
             let may = self.with_book(|b| b.may_arm());
-            if !aborted_run && !too_late {
-                self.arm_or_withdraw(cx, source.as_ref(), &note, may, &mut armed, &mut retry_at)
-                    .await?;
+            if !w.aborted_run && !w.too_late {
+                self.arm_or_withdraw(
+                    cx,
+                    source.as_ref(),
+                    &note,
+                    may,
+                    &mut w.armed,
+                    &mut w.retry_at,
+                )
+                .await?;
             }
-            let status = if armed {
-                UpgradeStatus::WaitingForWakeup
-            } else {
-                UpgradeStatus::Queued
-            };
-            if said != Some(status) {
-                said = Some(status);
-                cx.status(
-                    status,
-                    if armed {
-                        "scheduled: waiting for the device to wake up and ask for its image".into()
-                    } else {
-                        format!(
-                            "waiting for an update slot on zigbee2mqtt network '{}': the \
-                             schedule is armed when no other transfer runs",
-                            self.cfg.network
-                        )
-                    },
-                );
-            }
-            let retry = retry_at;
+            self.say_waiting(cx, &mut w);
+            let retry = w.retry_at;
             tokio::select! {
                 biased;
                 ev = events.recv() => match ev {
                     Ok(NetEvent::State { ieee, update: Some(u), .. }) if ieee == cx.ieee => {
-                        let (_, verdict) = tracker.on_state(&u);
-                        match verdict {
-                            Verdict::ReachedTarget => {
-                                cx.commit.committed().await;
-                                return Ok(cx.report(None));
-                            }
-                            Verdict::ScheduledRunFailed | Verdict::ScheduledRunFoundNoImage
-                                if aborted_run =>
-                            {
-                                // The aborted run ended: withdraw the schedule, wait again.
-                                aborted_run = false;
-                                tracker = Tracker::new(cx.target, cx.total, true);
-                                if let Asked::Ok = self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
-                                    armed = false;
-                                    self.with_book(|b| b.set_armed(key, false));
-                                }
-                                continue;
-                            }
-                            _ => {}
-                        }
-                        if tracker.started() && !aborted_run {
-                            match self.with_book(|b| b.sleeper_started(key)) {
-                                Started::Within => {
-                                    tracing::info!(task.id = %cx.task_id, device = %cx.ieee, "the device woke: its scheduled transfer runs");
-                                    // Report where the transfer stands now.
-                                    let mut fresh = Tracker::new(cx.target, cx.total, true);
-                                    if let (Some(p), _) = fresh.on_state(&u) {
-                                        cx.say(p);
-                                    }
-                                    return self.follow(cx, None, fresh, &mut events, true).await;
-                                }
-                                Started::OverLimit => {
-                                    tracing::warn!(task.id = %cx.task_id, device = %cx.ieee, "the device woke while another transfer holds the network's last slot: aborting its run");
-                                    armed = false;
-                                    aborted_run = true;
-                                    let _ = self.ask(OtaOp::Abort, false, &cx.ieee, None).await;
-                                }
+                        match self.sleeper_state(cx, &mut w, &u).await {
+                            Woke::Asleep => {}
+                            Woke::Ended(r) => return r,
+                            Woke::Transfer(fresh) => {
+                                return self.follow(cx, None, fresh, &mut events, true).await;
                             }
                         }
                     }
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(task.id = %cx.task_id, skipped = n, "zigbee job fell behind the network's messages");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(TaskError::new(ErrorCode::Other, "the zigbee transport stopped"));
-                    }
+                    Err(e) => fell_behind_or_stopped(cx, e)?,
                 },
                 r = changes.changed() => if r.is_err() {
                     return Err(TaskError::new(ErrorCode::Other, "the zigbee transport is shutting down"));
                 },
                 () = async { sleep_until(retry.unwrap_or_else(Instant::now)).await }, if retry.is_some() => {}
-                () = cx.cancel.cancelled(), if !too_late => {
-                    if !armed && !aborted_run {
-                        cx.commit.not_taken();
-                        return Err(cancelled("while waiting for an update slot; nothing was armed"));
-                    }
-                    if let Asked::Ok = self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
-                        cx.commit.not_taken();
-                        return Err(cancelled("the schedule was removed before the device woke up"));
-                    }
-                    tracing::info!(task.id = %cx.task_id, "cancel came as the device woke: following its transfer");
-                    too_late = true;
-                }
-                () = sleep_until(wait_deadline), if !too_late => {
-                    if !armed && !aborted_run {
-                        cx.commit.not_taken();
-                    } else if let Asked::Ok = self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
-                        cx.commit.not_taken();
-                    } else {
-                        too_late = true;
-                        continue;
-                    }
-                    return Err(TaskError::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "{} did not wake up within {} (the wake-up budget); the schedule was removed",
-                            cx.name,
-                            humantime::format_duration(cx.wake_timeout)
-                        ),
-                    ));
-                }
+                () = cx.cancel.cancelled(), if !w.too_late => self.sleeper_cancelled(cx, &mut w).await?,
+                () = sleep_until(wait_deadline), if !w.too_late => self.sleeper_out_of_time(cx, &mut w).await?,
             }
         }
+    }
+
+    /// Tells, once per change, whether the schedule is armed or waits for a slot.
+    fn say_waiting(&self, cx: &Cx<'_>, w: &mut Waiting) {
+        let status = if w.armed {
+            UpgradeStatus::WaitingForWakeup
+        } else {
+            UpgradeStatus::Queued
+        };
+        if w.said == Some(status) {
+            return;
+        }
+        w.said = Some(status);
+        cx.status(
+            status,
+            if w.armed {
+                "scheduled: waiting for the device to wake up and ask for its image".into()
+            } else {
+                format!(
+                    "waiting for an update slot on zigbee2mqtt network '{}': the schedule is \
+                     armed when no other transfer runs",
+                    self.cfg.network
+                )
+            },
+        );
+    }
+
+    /// The sleeper's device state changed: it may have the target, its aborted run may have
+    /// ended, or its scheduled transfer may have started (within the network's slots or over
+    /// them).
+    async fn sleeper_state(&self, cx: &Cx<'_>, w: &mut Waiting, u: &UpdateState) -> Woke {
+        let (_, verdict) = w.tracker.on_state(u);
+        match verdict {
+            Verdict::ReachedTarget => {
+                cx.commit.committed().await;
+                return Woke::Ended(Ok(cx.report(None)));
+            }
+            Verdict::ScheduledRunFailed | Verdict::ScheduledRunFoundNoImage if w.aborted_run => {
+                // The aborted run ended: withdraw the schedule, wait again.
+                w.aborted_run = false;
+                w.tracker = Tracker::new(cx.target, cx.total, true);
+                if let Asked::Ok = self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
+                    w.armed = false;
+                    self.with_book(|b| b.set_armed(cx.key, false));
+                }
+                return Woke::Asleep;
+            }
+            _ => {}
+        }
+        if !w.tracker.started() || w.aborted_run {
+            return Woke::Asleep;
+        }
+        match self.with_book(|b| b.sleeper_started(cx.key)) {
+            Started::Within => {
+                tracing::info!(task.id = %cx.task_id, device = %cx.ieee, "the device woke: its scheduled transfer runs");
+                // Report where the transfer stands now.
+                let mut fresh = Tracker::new(cx.target, cx.total, true);
+                if let (Some(p), _) = fresh.on_state(u) {
+                    cx.say(p);
+                }
+                Woke::Transfer(fresh)
+            }
+            Started::OverLimit => {
+                tracing::warn!(task.id = %cx.task_id, device = %cx.ieee, "the device woke while another transfer holds the network's last slot: aborting its run");
+                w.armed = false;
+                w.aborted_run = true;
+                let _ = self.ask(OtaOp::Abort, false, &cx.ieee, None).await;
+                Woke::Asleep
+            }
+        }
+    }
+
+    /// A cancel while the sleeper waits: nothing armed, or the schedule removed, ends the job;
+    /// a schedule that cannot be removed any more (the device woke) is followed.
+    async fn sleeper_cancelled(&self, cx: &Cx<'_>, w: &mut Waiting) -> Result<(), TaskError> {
+        if !w.armed && !w.aborted_run {
+            cx.commit.not_taken();
+            return Err(cancelled(
+                "while waiting for an update slot; nothing was armed",
+            ));
+        }
+        if let Asked::Ok = self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
+            cx.commit.not_taken();
+            return Err(cancelled(
+                "the schedule was removed before the device woke up",
+            ));
+        }
+        tracing::info!(task.id = %cx.task_id, "cancel came as the device woke: following its transfer");
+        w.too_late = true;
+        Ok(())
+    }
+
+    /// The wake-up budget is used up: the job ends unless its schedule cannot be removed any
+    /// more (the device woke), then it is followed.
+    async fn sleeper_out_of_time(&self, cx: &Cx<'_>, w: &mut Waiting) -> Result<(), TaskError> {
+        if !w.armed && !w.aborted_run {
+            cx.commit.not_taken();
+        } else if let Asked::Ok = self.ask(OtaOp::Unschedule, false, &cx.ieee, None).await {
+            cx.commit.not_taken();
+        } else {
+            w.too_late = true;
+            return Ok(());
+        }
+        Err(TaskError::new(
+            ErrorCode::Timeout,
+            format!(
+                "{} did not wake up within {} (the wake-up budget); the schedule was removed",
+                cx.name,
+                humantime::format_duration(cx.wake_timeout)
+            ),
+        ))
     }
 
     /// A sleepy job's schedule follows the network's slots: armed when a wake-up may take one
@@ -429,132 +521,173 @@ impl ZigbeeTransport {
     /// Follows a transfer to its end: the update response (when `pending`), the device's state,
     /// and outages of the broker or of zigbee2mqtt. The transfer budget runs from now.
     ///
-    /// Long because it is one select loop whose arms share the transfer's state (deadline,
-    /// grace, abort, suspected outage); each outcome is its own method ([`Self::run_ended`],
+    /// One select loop over the transfer's [`Following`] state; each arm is its own method
+    /// ([`Self::followed_state`], [`Self::network_back`], [`Self::follow_cancelled`],
+    /// [`Self::budget_used_up`]) and each outcome too ([`Self::run_ended`],
     /// [`Self::update_answered`], [`Self::verified`]).
     pub(super) async fn follow(
         &self,
         cx: &Cx<'_>,
-        mut pending: Option<PendingRequest>,
-        mut tracker: Tracker,
+        pending: Option<PendingRequest>,
+        tracker: Tracker,
         events: &mut broadcast::Receiver<NetEvent>,
         schedule: bool,
     ) -> Result<UpdateReport, TaskError> {
-        let mut deadline = Some(Instant::now() + cx.timeout);
-        let mut grace: Option<Instant> = None;
-        let mut verify: Option<PendingRequest> = None;
-        let mut suspect = false;
-        let mut aborting: Option<(Instant, Abort)> = None;
-        let mut cancel_seen = false;
+        let mut f = Following {
+            pending,
+            tracker,
+            schedule,
+            deadline: Some(Instant::now() + cx.timeout),
+            grace: None,
+            verify: None,
+            suspect: false,
+            aborting: None,
+            cancel_seen: false,
+        };
         loop {
             tokio::select! {
                 // State messages first: those that arrived before a response are part of it.
                 biased;
                 ev = events.recv() => match ev {
                     Ok(NetEvent::State { ieee: who, update: Some(u), .. }) if who == cx.ieee => {
-                        let (p, verdict) = tracker.on_state(&u);
-                        if let Some(p) = p {
-                            cx.say(p);
-                        }
-                        if tracker.downloaded() {
-                            cx.commit.committed().await;
-                        }
-                        match verdict {
-                            Verdict::Pending => {}
-                            Verdict::ReachedTarget => {
-                                cx.commit.committed().await;
-                                if schedule || pending.is_none() {
-                                    return Ok(cx.report(None));
-                                }
-                                // The update response (with build ids) follows right away.
-                                grace.get_or_insert(Instant::now() + self.cfg.timeouts.completion_grace);
-                            }
-                            ended => {
-                                let installed = u.installed_version;
-                                return self.run_ended(cx, ended, installed, aborting.map(|a| a.1), &tracker).await;
-                            }
+                        if let Some(outcome) = self.followed_state(cx, &mut f, &u).await {
+                            return outcome;
                         }
                     }
                     Ok(NetEvent::State { .. }) => {}
-                    Ok(NetEvent::Disconnected) => suspect = true,
-                    Ok(NetEvent::Bridge { online: false }) => suspect = true,
+                    Ok(NetEvent::Disconnected) => f.suspect = true,
+                    Ok(NetEvent::Bridge { online: false }) => f.suspect = true,
                     Ok(ev @ (NetEvent::Subscribed { .. } | NetEvent::Bridge { online: true })) => {
                         if let NetEvent::Subscribed { generation } = ev {
                             tracing::info!(task.id = %cx.task_id, generation, "zigbee job: MQTT connection is back");
                         }
-                        if suspect {
-                            if schedule {
-                                self.unschedule(&cx.ieee).await;
-                                if !tracker.downloaded() {
-                                    cx.commit.not_taken();
-                                }
-                                return Err(TaskError::new(
-                                    ErrorCode::SendFailed,
-                                    format!(
-                                        "zigbee2mqtt or the MQTT broker went away during the scheduled transfer to {}; the agent unscheduled it; retry",
-                                        cx.name
-                                    ),
-                                ));
-                            }
-                            // Did the transfer survive? Ask again (the previous answer may be lost).
-                            verify = Some(self.net.request(OtaOp::Check, false, &cx.ieee, None).await?);
-                        }
+                        self.network_back(cx, &mut f).await?;
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(task.id = %cx.task_id, skipped = n, "zigbee job fell behind the network's messages");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(TaskError::new(ErrorCode::Other, "the zigbee transport stopped"));
-                    }
+                    Err(e) => fell_behind_or_stopped(cx, e)?,
                 },
-                resp = answer(&mut pending), if pending.is_some() => {
-                    pending = None;
+                resp = answer(&mut f.pending), if f.pending.is_some() => {
+                    f.pending = None;
                     let Ok(resp) = resp else { continue };
-                    return self.update_answered(cx, resp, aborting.map(|a| a.1), &tracker).await;
+                    return self.update_answered(cx, resp, f.aborting.map(|a| a.1), &f.tracker).await;
                 }
-                r = answer(&mut verify), if verify.is_some() => {
-                    verify = None;
+                r = answer(&mut f.verify), if f.verify.is_some() => {
+                    f.verify = None;
                     let Ok(resp) = r else { continue };
                     if !resp.is_ok() && matches!(classify(resp.error.as_deref().unwrap_or_default()), Z2mErrorKind::InProgress) {
                         // zigbee2mqtt still runs our transfer.
-                        suspect = false;
+                        f.suspect = false;
                         continue;
                     }
-                    return self.verified(cx, resp, &tracker).await;
+                    return self.verified(cx, resp, &f.tracker).await;
                 }
-                () = until(grace), if grace.is_some() => {
+                () = until(f.grace), if f.grace.is_some() => {
                     return Ok(cx.report(None));
                 }
-                () = cx.cancel.cancelled(), if !cancel_seen => {
-                    cancel_seen = true;
-                    if !schedule && tracker.max_percent() <= 0.0 && pending.is_some() && aborting.is_none() {
-                        tracing::info!(task.id = %cx.task_id, "cancel: aborting the update before any block was sent");
-                        let _ = self.net.request(OtaOp::Abort, false, &cx.ieee, None).await;
-                        aborting = Some((Instant::now() + self.cfg.timeouts.request, Abort::Cancel));
-                    } else {
-                        tracing::info!(task.id = %cx.task_id, "cancel ignored: the image is on its way to the device");
-                    }
-                }
-                () = until(aborting.map(|a| a.0)), if aborting.is_some() => {
+                () = cx.cancel.cancelled(), if !f.cancel_seen => self.follow_cancelled(cx, &mut f).await,
+                () = until(f.aborting.map(|a| a.0)), if f.aborting.is_some() => {
                     // zigbee2mqtt did not confirm the abort: whether the device took anything is
                     // not known.
-                    return Err(match aborting.map(|a| a.1) {
+                    return Err(match f.aborting.map(|a| a.1) {
                         Some(Abort::Cancel) => cancelled("the update was aborted before any block was sent"),
-                        _ => cx.budget_error(&tracker),
+                        _ => cx.budget_error(&f.tracker),
                     });
                 }
-                () = until(deadline), if deadline.is_some() => {
-                    deadline = None;
-                    if tracker.downloaded() {
-                        tracing::info!(task.id = %cx.task_id, "transfer budget used up at 100 %: waiting for the device's outcome");
-                        continue;
-                    }
-                    tracing::info!(task.id = %cx.task_id, "transfer budget used up: aborting the transfer");
-                    let _ = self.net.request(OtaOp::Abort, false, &cx.ieee, None).await;
-                    aborting = Some((Instant::now() + self.cfg.timeouts.request, Abort::Budget));
-                }
+                () = until(f.deadline), if f.deadline.is_some() => self.budget_used_up(cx, &mut f).await,
             }
         }
+    }
+
+    /// The device's state during a followed transfer: progress, the committed mark at 100 %,
+    /// and the outcome when the run ended (or the grace for the update response).
+    async fn followed_state(
+        &self,
+        cx: &Cx<'_>,
+        f: &mut Following,
+        u: &UpdateState,
+    ) -> Option<Result<UpdateReport, TaskError>> {
+        let (p, verdict) = f.tracker.on_state(u);
+        if let Some(p) = p {
+            cx.say(p);
+        }
+        if f.tracker.downloaded() {
+            cx.commit.committed().await;
+        }
+        match verdict {
+            Verdict::Pending => None,
+            Verdict::ReachedTarget => {
+                cx.commit.committed().await;
+                if f.schedule || f.pending.is_none() {
+                    return Some(Ok(cx.report(None)));
+                }
+                // The update response (with build ids) follows right away.
+                f.grace
+                    .get_or_insert(Instant::now() + self.cfg.timeouts.completion_grace);
+                None
+            }
+            ended => {
+                let aborting = f.aborting.map(|a| a.1);
+                Some(
+                    self.run_ended(cx, ended, u.installed_version, aborting, &f.tracker)
+                        .await,
+                )
+            }
+        }
+    }
+
+    /// The broker or zigbee2mqtt is back after an outage during the transfer: a scheduled
+    /// transfer is unscheduled and fails; an update is checked (its answer may be lost).
+    async fn network_back(&self, cx: &Cx<'_>, f: &mut Following) -> Result<(), TaskError> {
+        if !f.suspect {
+            return Ok(());
+        }
+        if f.schedule {
+            self.unschedule(&cx.ieee).await;
+            if !f.tracker.downloaded() {
+                cx.commit.not_taken();
+            }
+            return Err(TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "zigbee2mqtt or the MQTT broker went away during the scheduled transfer to {}; the agent unscheduled it; retry",
+                    cx.name
+                ),
+            ));
+        }
+        // Did the transfer survive? Ask again (the previous answer may be lost).
+        f.verify = Some(
+            self.net
+                .request(OtaOp::Check, false, &cx.ieee, None)
+                .await?,
+        );
+        Ok(())
+    }
+
+    /// A cancel during a followed transfer aborts it only before any block was sent.
+    async fn follow_cancelled(&self, cx: &Cx<'_>, f: &mut Following) {
+        f.cancel_seen = true;
+        if !f.schedule
+            && f.tracker.max_percent() <= 0.0
+            && f.pending.is_some()
+            && f.aborting.is_none()
+        {
+            tracing::info!(task.id = %cx.task_id, "cancel: aborting the update before any block was sent");
+            let _ = self.net.request(OtaOp::Abort, false, &cx.ieee, None).await;
+            f.aborting = Some((Instant::now() + self.cfg.timeouts.request, Abort::Cancel));
+        } else {
+            tracing::info!(task.id = %cx.task_id, "cancel ignored: the image is on its way to the device");
+        }
+    }
+
+    /// The transfer budget is used up: aborted before 100 %, awaited after.
+    async fn budget_used_up(&self, cx: &Cx<'_>, f: &mut Following) {
+        f.deadline = None;
+        if f.tracker.downloaded() {
+            tracing::info!(task.id = %cx.task_id, "transfer budget used up at 100 %: waiting for the device's outcome");
+            return;
+        }
+        tracing::info!(task.id = %cx.task_id, "transfer budget used up: aborting the transfer");
+        let _ = self.net.request(OtaOp::Abort, false, &cx.ieee, None).await;
+        f.aborting = Some((Instant::now() + self.cfg.timeouts.request, Abort::Budget));
     }
 
     /// A transfer's run ended without the target (`ended` is not `Pending` or `ReachedTarget`):
