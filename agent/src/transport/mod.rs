@@ -21,6 +21,19 @@
 //! agent restart the core gives every interrupted attempt to [`Transport::recover`], which looks
 //! at the device instead of sending anything again.
 
+/// The span of one update or recovery on a transport: `job_span!("esphome update", job)` names
+/// the device, the task and the attempt of an [`UpdateJob`] or a [`RecoverJob`].
+macro_rules! job_span {
+    ($name:literal, $job:expr) => {
+        tracing::info_span!(
+            $name,
+            device.id = %$job.device,
+            task.id = %$job.task_id,
+            attempt = $job.attempt,
+        )
+    };
+}
+
 pub mod esphome;
 pub mod serial;
 pub mod zigbee;

@@ -856,41 +856,7 @@ impl EsphomeTransport {
             reporter.preparing(format!(
                 "the agent restarted before the point of no return; asking {device} what it runs"
             ));
-            let limit = s.connect_timeout + s.handshake_timeout;
-            return match self.device_info(&e, limit).await {
-                Ok(info) => {
-                    self.update_report(idx, |r| apply_info(r, &info));
-                    if !info.project_version.is_empty()
-                        && info.project_version == job.target_version
-                    {
-                        Ok(UpdateReport {
-                            from,
-                            to: version_info(Some(&info), None),
-                            wire_bytes: 0,
-                        })
-                    } else {
-                        Err(TaskError::new(
-                            ErrorCode::SendFailed,
-                            format!(
-                                "the agent restarted before anything irrevocable was sent; {device} \
-                                 runs {}, the update can be sent again",
-                                if info.project_version.is_empty() {
-                                    "its old firmware"
-                                } else {
-                                    info.project_version.as_str()
-                                }
-                            ),
-                        ))
-                    }
-                }
-                Err(err) => Err(TaskError::new(
-                    ErrorCode::SendFailed,
-                    format!(
-                        "the agent restarted before anything irrevocable was sent; {device} did \
-                         not answer ({err}); the update can be sent again"
-                    ),
-                )),
-            };
+            return self.recover_before_commit(idx, &e, &job, from).await;
         };
         let committed = stage == CommitStage::Committed;
         let detail = format!(
@@ -915,22 +881,7 @@ impl EsphomeTransport {
             if left.is_zero() {
                 break;
             }
-            let answer = if e.cfg.api_port == 0 {
-                let limit = s.connect_timeout.min(left);
-                if api::port_answers(&e.cfg.host, e.cfg.ota_port(), limit).await {
-                    Answer::PortAnswers
-                } else {
-                    Answer::Away
-                }
-            } else {
-                match self.device_info(&e, left).await {
-                    Ok(info) => Answer::Info(Box::new(info)),
-                    Err(err) => {
-                        tracing::debug!(error = %err, "no answer yet");
-                        Answer::Away
-                    }
-                }
-            };
+            let answer = self.look_at(&e, left).await;
             if let Answer::Info(info) = &answer {
                 self.update_report(idx, |r| apply_info(r, info));
             }
@@ -956,6 +907,73 @@ impl EsphomeTransport {
         Err(watch.give_up(s.reboot_timeout))
     }
 
+    /// Recovery before the point of no return: one look decides (the target: success; anything
+    /// else: 5010, the update can be sent again).
+    async fn recover_before_commit(
+        &self,
+        idx: usize,
+        e: &Entry,
+        job: &RecoverJob,
+        from: VersionInfo,
+    ) -> Result<UpdateReport, TaskError> {
+        let device = e.cfg.name.as_str();
+        let limit = self.settings.connect_timeout + self.settings.handshake_timeout;
+        match self.device_info(e, limit).await {
+            Ok(info) => {
+                self.update_report(idx, |r| apply_info(r, &info));
+                if !info.project_version.is_empty() && info.project_version == job.target_version {
+                    Ok(UpdateReport {
+                        from,
+                        to: version_info(Some(&info), None),
+                        wire_bytes: 0,
+                    })
+                } else {
+                    Err(TaskError::new(
+                        ErrorCode::SendFailed,
+                        format!(
+                            "the agent restarted before anything irrevocable was sent; {device} \
+                             runs {}, the update can be sent again",
+                            if info.project_version.is_empty() {
+                                "its old firmware"
+                            } else {
+                                info.project_version.as_str()
+                            }
+                        ),
+                    ))
+                }
+            }
+            Err(err) => Err(TaskError::new(
+                ErrorCode::SendFailed,
+                format!(
+                    "the agent restarted before anything irrevocable was sent; {device} did \
+                     not answer ({err}); the update can be sent again"
+                ),
+            )),
+        }
+    }
+
+    /// One look at a device that may be rebooting: its native API's device info, or (without an
+    /// API) whether its OTA port answers, within `left`.
+    async fn look_at(&self, e: &Entry, left: Duration) -> Answer {
+        let s = &self.settings;
+        if e.cfg.api_port == 0 {
+            let limit = s.connect_timeout.min(left);
+            if api::port_answers(&e.cfg.host, e.cfg.ota_port(), limit).await {
+                Answer::PortAnswers
+            } else {
+                Answer::Away
+            }
+        } else {
+            match self.device_info(e, left).await {
+                Ok(info) => Answer::Info(Box::new(info)),
+                Err(err) => {
+                    tracing::debug!(error = %err, "no answer yet");
+                    Answer::Away
+                }
+            }
+        }
+    }
+
     /// After the transfer: asks the device every `reboot_poll` until [`RebootWatch`] decides,
     /// or the reboot timeout passes. `Ok(None)` when the device has no API.
     async fn wait_for_return(
@@ -976,22 +994,7 @@ impl EsphomeTransport {
             if left.is_zero() {
                 break;
             }
-            let answer = if e.cfg.api_port == 0 {
-                let limit = s.connect_timeout.min(left);
-                if api::port_answers(&e.cfg.host, e.cfg.ota_port(), limit).await {
-                    Answer::PortAnswers
-                } else {
-                    Answer::Away
-                }
-            } else {
-                match self.device_info(e, left).await {
-                    Ok(info) => Answer::Info(Box::new(info)),
-                    Err(err) => {
-                        tracing::debug!(error = %err, "not back yet");
-                        Answer::Away
-                    }
-                }
-            };
+            let answer = self.look_at(e, left).await;
             let was_away = watch.seen_away();
             match watch.observe(started.elapsed(), answer) {
                 Verdict::Wait => {}
@@ -1147,12 +1150,7 @@ impl Transport for EsphomeTransport {
         progress: ProgressSink,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        let span = tracing::info_span!(
-            "esphome update",
-            device.id = %job.device,
-            task.id = %job.task_id,
-            attempt = job.attempt,
-        );
+        let span = job_span!("esphome update", job);
         Box::pin(
             async move {
                 let stage = Arc::new(Stage::default());
@@ -1183,12 +1181,7 @@ impl Transport for EsphomeTransport {
         progress: ProgressSink,
         _cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        let span = tracing::info_span!(
-            "esphome recover",
-            device.id = %job.device,
-            task.id = %job.task_id,
-            attempt = job.attempt,
-        );
+        let span = job_span!("esphome recover", job);
         Box::pin(self.do_recover(job, progress).instrument(span))
     }
 

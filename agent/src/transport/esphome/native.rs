@@ -217,14 +217,7 @@ pub async fn run_with<S: Link>(
                 timeouts.data
             };
             let write = timeout(limit, stream.write_all(&bytes));
-            let written = if data_started {
-                write.await
-            } else {
-                tokio::select! {
-                    r = write => r,
-                    () = cancel.cancelled() => return Err(AttemptError::Cancelled),
-                }
-            };
+            let written = cancellable(write, cancel, !data_started).await?;
             match written {
                 Ok(Ok(())) => {}
                 // ESPHome's uploader treats a failure to send the final 00 as success.
@@ -269,14 +262,7 @@ pub async fn run_with<S: Link>(
                 () = sleep_until(deadline) => None,
             }
         };
-        let got = if data_started {
-            read.await
-        } else {
-            tokio::select! {
-                r = read => r,
-                () = cancel.cancelled() => return Err(AttemptError::Cancelled),
-            }
-        };
+        let got = cancellable(read, cancel, !data_started).await?;
         match got {
             Some(Ok(0)) | Some(Err(_)) => client.handle_eof()?,
             Some(Ok(n)) => client.handle_input(&buf[..n])?,
@@ -288,6 +274,22 @@ pub async fn run_with<S: Link>(
         negotiated,
         wire_bytes: client.progress().total,
     })
+}
+
+/// `work`, given up on a cancel while `may_cancel` (before the first data block went out; after
+/// it the upload runs to its end).
+async fn cancellable<T>(
+    work: impl std::future::Future<Output = T>,
+    cancel: &CancellationToken,
+    may_cancel: bool,
+) -> Result<T, AttemptError> {
+    if !may_cancel {
+        return Ok(work.await);
+    }
+    tokio::select! {
+        r = work => Ok(r),
+        () = cancel.cancelled() => Err(AttemptError::Cancelled),
+    }
 }
 
 #[cfg(test)]

@@ -59,8 +59,8 @@ use tracing::Instrument;
 
 use self::driver::DriveError;
 use super::{
-    CheckReport, CommitStage, DeviceReport, ProgressSink, RecoverJob, TransferProgress, Transport,
-    TransportKind, UpdateJob, UpdateReport, VersionInfo,
+    CheckReport, CommitStage, Commitment, DeviceReport, ProgressSink, RecoverJob, TransferProgress,
+    Transport, TransportKind, UpdateJob, UpdateReport, VersionInfo,
 };
 
 /// What an update will write, decided from the image alone.
@@ -229,6 +229,18 @@ struct ProgressMapper {
 }
 
 impl ProgressMapper {
+    fn new(sink: ProgressSink, total: u64, port: &SerialPortConfig) -> ProgressMapper {
+        ProgressMapper {
+            sink,
+            total,
+            port: port.port.display().to_string(),
+            write_started: None,
+            last_percent: None,
+            last_sent: None,
+            written: 0,
+        }
+    }
+
     fn send(
         &self,
         status: UpgradeStatus,
@@ -521,15 +533,7 @@ impl SerialTransport {
             ..self.flasher_config(port)
         };
         let mode = port.reset;
-        let mut mapper = ProgressMapper {
-            sink: progress,
-            total: image.len() as u64,
-            port: port.port.display().to_string(),
-            write_started: None,
-            last_percent: None,
-            last_sent: None,
-            written: 0,
-        };
+        let mut mapper = ProgressMapper::new(progress, image.len() as u64, port);
         let mut erased = false;
         let note = serde_json::to_value(RecoveryNote::new(&plan, &image)).unwrap_or_default();
         let hook = super::committing_hook(&job.commit, note);
@@ -580,14 +584,7 @@ impl SerialTransport {
                 self.finish_update(&mut stream, port, mode, &outcome, &mapper)
                     .await;
                 drop(stream);
-                self.update_report(idx, |r| {
-                    r.reachable = true;
-                    r.chip = Some(outcome.chip.chip.esptool_name().to_owned());
-                    r.platform = Some(platform_of(outcome.chip.chip).to_owned());
-                    r.model = describe_chip(&outcome.chip);
-                    r.current_version = plan.version.clone();
-                    r.last_seen_ms = unix_ms();
-                });
+                self.record_flashed(idx, &outcome, plan.version.clone());
                 Ok(UpdateReport {
                     from: VersionInfo::default(),
                     to: VersionInfo {
@@ -597,28 +594,20 @@ impl SerialTransport {
                     wire_bytes: outcome.wire_bytes,
                 })
             }
-            Err(e) => {
-                if let DriveError::Flash(
-                    ota_devproto::serial::FlashError::Md5Mismatch { .. }
-                    | ota_devproto::serial::FlashError::Rom { .. },
-                ) = &e
-                {
-                    // The ROM answered: the flash does not hold the image.
-                    job.commit.not_taken();
-                }
-                let wrote =
-                    erased || matches!(&e, DriveError::Flash(f) if f.stage().touches_flash());
-                if !wrote {
-                    // Nothing was changed: let the old firmware run again.
-                    driver::play_reset(&mut stream, &mode.hard_reset(), "back to the application")
-                        .await;
-                }
-                // After a failed write the chip stays in its bootloader, ready for another try,
-                // rather than booting a half-written image.
-                drop(stream);
-                Err(task_error(port, &e, wrote))
-            }
+            Err(e) => Err(flash_failed(stream, port, mode, &job.commit, erased, &e).await),
         }
+    }
+
+    /// The device's report after a flash that took: the chip as the ROM named it, the version.
+    fn record_flashed(&self, idx: usize, outcome: &Outcome, version: Option<String>) {
+        self.update_report(idx, |r| {
+            r.reachable = true;
+            r.chip = Some(outcome.chip.chip.esptool_name().to_owned());
+            r.platform = Some(platform_of(outcome.chip.chip).to_owned());
+            r.model = describe_chip(&outcome.chip);
+            r.current_version = version;
+            r.last_seen_ms = unix_ms();
+        });
     }
 
     async fn finish_update(
@@ -783,6 +772,35 @@ impl SerialTransport {
     }
 }
 
+/// A flash that failed: the commitment learns whether the flash holds the image, an untouched
+/// chip is reset into its old firmware, and the port is closed.
+async fn flash_failed(
+    mut stream: tokio_serial::SerialStream,
+    port: &SerialPortConfig,
+    mode: ResetMode,
+    commit: &Commitment,
+    erased: bool,
+    e: &DriveError,
+) -> TaskError {
+    if let DriveError::Flash(
+        ota_devproto::serial::FlashError::Md5Mismatch { .. }
+        | ota_devproto::serial::FlashError::Rom { .. },
+    ) = e
+    {
+        // The ROM answered: the flash does not hold the image.
+        commit.not_taken();
+    }
+    let wrote = erased || matches!(e, DriveError::Flash(f) if f.stage().touches_flash());
+    if !wrote {
+        // Nothing was changed: let the old firmware run again.
+        driver::play_reset(&mut stream, &mode.hard_reset(), "back to the application").await;
+    }
+    // After a failed write the chip stays in its bootloader, ready for another try, rather than
+    // booting a half-written image.
+    drop(stream);
+    task_error(port, e, wrote)
+}
+
 fn busy(port: &SerialPortConfig) -> TaskError {
     TaskError::new(
         ErrorCode::OneAtATime,
@@ -830,12 +848,7 @@ impl Transport for SerialTransport {
         progress: ProgressSink,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        let span = tracing::info_span!(
-            "serial update",
-            device.id = %job.device,
-            task.id = %job.task_id,
-            attempt = job.attempt,
-        );
+        let span = job_span!("serial update", job);
         Box::pin(self.do_update(job, progress, cancel).instrument(span))
     }
 
@@ -845,12 +858,7 @@ impl Transport for SerialTransport {
         progress: ProgressSink,
         _cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        let span = tracing::info_span!(
-            "serial recover",
-            device.id = %job.device,
-            task.id = %job.task_id,
-            attempt = job.attempt,
-        );
+        let span = job_span!("serial recover", job);
         Box::pin(self.do_recover(job, progress).instrument(span))
     }
 
