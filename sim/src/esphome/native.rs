@@ -215,7 +215,12 @@ fn record(model: &DeviceModel, img: &ReceivedImage, outcome: UploadOutcome) -> B
 
 /// Reads and discards until the client closes, for at most 2 s.
 async fn linger(stream: &mut TcpStream) {
-    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    discard_until_closed(stream, std::time::Duration::from_secs(2)).await;
+}
+
+/// Reads and discards until the client closes, for at most `limit`.
+async fn discard_until_closed(stream: &mut TcpStream, limit: std::time::Duration) {
+    let deadline = Instant::now() + limit;
     let mut sink = vec![0u8; 16 * 1024];
     loop {
         tokio::select! {
@@ -229,13 +234,5 @@ async fn linger(stream: &mut TcpStream) {
 /// A stalled (wedged) device: answers nothing more and never times out by itself; the
 /// connection ends when the client leaves (what it still sends is discarded), or after an hour.
 async fn stall(stream: &mut TcpStream) {
-    let deadline = Instant::now() + std::time::Duration::from_secs(3600);
-    let mut sink = vec![0u8; 16 * 1024];
-    loop {
-        tokio::select! {
-            biased;
-            r = stream.read(&mut sink) => if matches!(r, Ok(0) | Err(_)) { return },
-            () = sleep_until(deadline) => return,
-        }
-    }
+    discard_until_closed(stream, std::time::Duration::from_secs(3600)).await;
 }

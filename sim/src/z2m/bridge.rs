@@ -542,24 +542,8 @@ impl Shared {
             self.respond(&mut st, op, Response::error(msg, tx));
             return;
         };
-        let ieee = st.devices[idx].cfg.ieee.clone();
-        let name = st.devices[idx].cfg.friendly_name.clone();
         if op == OtaOp::Abort {
-            let running = st.in_progress.get(&ieee).is_some_and(|o| o.is_update);
-            if running {
-                if let Some(o) = st.in_progress.remove(&ieee) {
-                    o.abort.cancel();
-                }
-                self.publish_device(&mut st, idx, &patch::state(OtaState::Available));
-                self.respond(
-                    &mut st,
-                    OtaOp::Abort,
-                    Response::ok(response::id_data(&req.id), tx),
-                );
-            } else {
-                let msg = self.text.nothing_to_abort(&name);
-                self.respond(&mut st, OtaOp::Abort, Response::error(msg, tx));
-            }
+            self.on_abort(&mut st, idx, &req);
             return;
         }
         let image = if self.cfg.version.accepts_images() {
@@ -567,22 +551,11 @@ impl Shared {
         } else {
             None
         };
-        let supported = st.devices[idx].cfg.supports_ota
-            || (image.is_some() && op != OtaOp::Unschedule)
-            || (self.cfg.version.accepts_images()
-                && op == OtaOp::Check
-                && matches!(req.image, Some(ImageSource::Url(_))));
-        let busy = st.in_progress.contains_key(&ieee);
-        let error = match self.cfg.version {
-            Z2mVersion::V2_8Plus if busy => Some(self.text.in_progress(&name)),
-            _ if !supported => Some(self.text.not_supported(&name)),
-            Z2mVersion::V2_0To2_7 if busy => Some(self.text.in_progress(&name)),
-            _ => None,
-        };
-        if let Some(msg) = error {
+        if let Some(msg) = self.refusal(&st, idx, op, &req, image.is_some()) {
             self.respond(&mut st, op, Response::error(msg, tx));
             return;
         }
+        let ieee = st.devices[idx].cfg.ieee.clone();
         match op {
             OtaOp::Unschedule => {
                 if let Some(s) = st.schedules.remove(&ieee)
@@ -594,82 +567,129 @@ impl Shared {
                 self.respond(&mut st, op, Response::ok(response::id_data(&req.id), tx));
             }
             OtaOp::Schedule => {
-                let url = match &image {
-                    Some(ImageSource::Url(u)) => Some(u.clone()),
-                    Some(ImageSource::Hex { file_name, .. }) => Some(format!(
-                        "{}/ota/{}",
-                        self.cfg.data_path,
-                        file_name
-                            .clone()
-                            .unwrap_or_else(|| format!("{ieee}_{}", self.now_ms()))
-                    )),
-                    None => None,
-                };
-                if let Some(old) = st.schedules.remove(&ieee)
-                    && let Some(w) = old.waiter
-                {
-                    w.abort();
-                }
-                st.schedules.insert(
-                    ieee.clone(),
-                    Schedule {
-                        image,
-                        downgrade: t.downgrade,
-                        waiter: None,
-                    },
-                );
-                self.publish_device(&mut st, idx, &patch::state(OtaState::Scheduled));
-                let data = ScheduleData {
-                    id: req.id.clone(),
-                    url,
-                };
-                self.respond(&mut st, op, Response::ok(data.to_value(), tx));
+                self.on_schedule(&mut st, idx, &req, image, t.downgrade);
                 drop(st);
                 self.spawn_schedule_waiter(&ieee);
             }
             OtaOp::Check => {
-                let abort = CancellationToken::new();
                 let me = Arc::clone(self);
                 let (ieee2, downgrade) = (ieee.clone(), t.downgrade);
-                let id = st.new_op_id();
-                let task = tokio::spawn(async move {
-                    me.run_check(ieee2, id, req, downgrade).await;
+                start_op(&mut st, ieee, "check", CancellationToken::new(), |id| {
+                    tokio::spawn(async move {
+                        me.run_check(ieee2, id, req, downgrade).await;
+                    })
                 });
-                st.in_progress.insert(
-                    ieee,
-                    Op {
-                        id,
-                        kind: "check",
-                        task: Some(task.abort_handle()),
-                        abort,
-                        is_update: false,
-                        applied: None,
-                    },
-                );
             }
             OtaOp::Update => {
                 let abort = CancellationToken::new();
                 let me = Arc::clone(self);
                 let (ieee2, abort2) = (ieee.clone(), abort.clone());
-                let id = st.new_op_id();
-                let task = tokio::spawn(async move {
-                    let outcome = me.session(&ieee2, image, t.downgrade, false, &abort2).await;
-                    me.finish_manual(&ieee2, id, &req, outcome);
+                start_op(&mut st, ieee, "update", abort, |id| {
+                    tokio::spawn(async move {
+                        let outcome = me.session(&ieee2, image, t.downgrade, false, &abort2).await;
+                        me.finish_manual(&ieee2, id, &req, outcome);
+                    })
                 });
-                st.in_progress.insert(
-                    ieee,
-                    Op {
-                        id,
-                        kind: "update",
-                        task: Some(task.abort_handle()),
-                        abort,
-                        is_update: true,
-                        applied: None,
-                    },
-                );
             }
             OtaOp::Abort => {}
         }
+    }
+
+    /// `update/abort`: stops a running update (the device is `available` again); anything else
+    /// has nothing to abort.
+    fn on_abort(&self, st: &mut State, idx: usize, req: &OtaRequest) {
+        let tx = req.transaction.clone();
+        let ieee = st.devices[idx].cfg.ieee.clone();
+        let running = st.in_progress.get(&ieee).is_some_and(|o| o.is_update);
+        if running {
+            if let Some(o) = st.in_progress.remove(&ieee) {
+                o.abort.cancel();
+            }
+            self.publish_device(st, idx, &patch::state(OtaState::Available));
+            self.respond(
+                st,
+                OtaOp::Abort,
+                Response::ok(response::id_data(&req.id), tx),
+            );
+        } else {
+            let msg = self
+                .text
+                .nothing_to_abort(&st.devices[idx].cfg.friendly_name);
+            self.respond(st, OtaOp::Abort, Response::error(msg, tx));
+        }
+    }
+
+    /// Why zigbee2mqtt (of the simulated version) refuses `op` for the device: it does not
+    /// support OTA, or another operation runs on it (checked first from 2.8 on).
+    fn refusal(
+        &self,
+        st: &State,
+        idx: usize,
+        op: OtaOp,
+        req: &OtaRequest,
+        has_image: bool,
+    ) -> Option<String> {
+        let ieee = &st.devices[idx].cfg.ieee;
+        let name = &st.devices[idx].cfg.friendly_name;
+        let supported = st.devices[idx].cfg.supports_ota
+            || (has_image && op != OtaOp::Unschedule)
+            || (self.cfg.version.accepts_images()
+                && op == OtaOp::Check
+                && matches!(req.image, Some(ImageSource::Url(_))));
+        let busy = st.in_progress.contains_key(ieee);
+        match self.cfg.version {
+            Z2mVersion::V2_8Plus if busy => Some(self.text.in_progress(name)),
+            _ if !supported => Some(self.text.not_supported(name)),
+            Z2mVersion::V2_0To2_7 if busy => Some(self.text.in_progress(name)),
+            _ => None,
+        }
+    }
+
+    /// `update/schedule`: replaces the device's schedule and answers with the image's URL (the
+    /// caller starts the waiter for the device's next request).
+    fn on_schedule(
+        &self,
+        st: &mut State,
+        idx: usize,
+        req: &OtaRequest,
+        image: Option<ImageSource>,
+        downgrade: bool,
+    ) {
+        let ieee = st.devices[idx].cfg.ieee.clone();
+        let url = match &image {
+            Some(ImageSource::Url(u)) => Some(u.clone()),
+            Some(ImageSource::Hex { file_name, .. }) => Some(format!(
+                "{}/ota/{}",
+                self.cfg.data_path,
+                file_name
+                    .clone()
+                    .unwrap_or_else(|| format!("{ieee}_{}", self.now_ms()))
+            )),
+            None => None,
+        };
+        if let Some(old) = st.schedules.remove(&ieee)
+            && let Some(w) = old.waiter
+        {
+            w.abort();
+        }
+        st.schedules.insert(
+            ieee,
+            Schedule {
+                image,
+                downgrade,
+                waiter: None,
+            },
+        );
+        self.publish_device(st, idx, &patch::state(OtaState::Scheduled));
+        let data = ScheduleData {
+            id: req.id.clone(),
+            url,
+        };
+        self.respond(
+            st,
+            OtaOp::Schedule,
+            Response::ok(data.to_value(), req.transaction.clone()),
+        );
     }
 
     fn finish_manual(&self, ieee: &str, op_id: u64, req: &OtaRequest, outcome: Outcome) {
@@ -1349,6 +1369,30 @@ impl Shared {
     pub(crate) fn topics(&self) -> &Topics {
         &self.topics
     }
+}
+
+/// Records a check or an update as the device's running operation; `spawn` starts it with its
+/// op id.
+fn start_op(
+    st: &mut State,
+    ieee: String,
+    kind: &'static str,
+    abort: CancellationToken,
+    spawn: impl FnOnce(u64) -> tokio::task::JoinHandle<()>,
+) {
+    let id = st.new_op_id();
+    let task = spawn(id);
+    st.in_progress.insert(
+        ieee,
+        Op {
+            id,
+            kind,
+            task: Some(task.abort_handle()),
+            abort,
+            is_update: kind == "update",
+            applied: None,
+        },
+    );
 }
 
 /// Marks a device as waiting at its test gate for as long as it lives.
