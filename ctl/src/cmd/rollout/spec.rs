@@ -485,6 +485,15 @@ impl Problems {
         })
     }
 
+    /// A required text field, trimmed; `why` when it is absent or blank.
+    fn required(&mut self, field: &str, value: Option<&str>, why: &str) -> String {
+        let value = value.map(str::trim).unwrap_or_default();
+        if value.is_empty() {
+            self.add(field, why);
+        }
+        value.to_string()
+    }
+
     fn nonempty_list(&mut self, field: &str, list: &[String]) -> Vec<String> {
         for (i, v) in list.iter().enumerate() {
             if v.trim().is_empty() {
@@ -498,116 +507,31 @@ impl Problems {
 /// Checks a raw spec and builds the API message.
 pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecError> {
     let mut p = Problems(Vec::new());
-
-    let name = raw.name.as_deref().map(str::trim).unwrap_or_default();
-    if name.is_empty() {
-        p.add("name", "is required (a human name for the rollout)");
-    }
-    let firmware = raw.firmware.as_deref().map(str::trim).unwrap_or_default();
-    if firmware.is_empty() {
-        p.add(
-            "firmware",
-            "is required (a firmware id, see `otactl firmware list`)",
-        );
-    }
-
-    let upgrade_type = match raw.upgrade_type.as_deref() {
-        None | Some("notify") => pb::UpgradeType::Notify,
-        Some("forced") => pb::UpgradeType::Forced,
-        Some("check") => pb::UpgradeType::Check,
-        Some(other) => {
-            p.add(
-                "upgrade_type",
-                format!("\"{other}\" is not one of notify, forced, check"),
-            );
-            pb::UpgradeType::Notify
-        }
-    };
-
+    let name = p.required(
+        "name",
+        raw.name.as_deref(),
+        "is required (a human name for the rollout)",
+    );
+    let firmware = p.required(
+        "firmware",
+        raw.firmware.as_deref(),
+        "is required (a firmware id, see `otactl firmware list`)",
+    );
+    let upgrade_type = upgrade_type(&mut p, raw.upgrade_type.as_deref());
     let selector = selector(&mut p, &raw.selector);
     let stages = stages(&mut p, &raw.stages);
-
-    let concurrency = raw.concurrency.as_ref().map(|c| pb::ConcurrencyLimits {
-        global: p.u32_in("concurrency.global", c.global, 0, 100_000),
-        per_site: p.u32_in("concurrency.per_site", c.per_site, 0, 100_000),
-        per_zigbee_network: p.u32_in(
-            "concurrency.per_zigbee_network",
-            c.per_zigbee_network,
-            0,
-            1000,
-        ),
-        per_esphome_site: p.u32_in("concurrency.per_esphome_site", c.per_esphome_site, 0, 1000),
-    });
-    let retry = raw.retry.as_ref().map(|r| pb::RetryPolicy {
-        max_attempts: p.u32_in("retry.max_attempts", r.max_attempts, 0, 100),
-        initial_backoff_s: p.secs("retry.initial_backoff", r.initial_backoff.as_ref()),
-        max_backoff_s: p.secs("retry.max_backoff", r.max_backoff.as_ref()),
-    });
-    if let Some(r) = &retry
-        && r.max_backoff_s != 0
-        && r.max_backoff_s < r.initial_backoff_s
-    {
-        p.add("retry.max_backoff", "is shorter than retry.initial_backoff");
-    }
+    let concurrency = raw.concurrency.as_ref().map(|c| concurrency(&mut p, c));
+    let retry = raw.retry.as_ref().map(|r| retry(&mut p, r));
     let window = raw.window.as_ref().map(|w| window(&mut p, w));
     // Absent: the server's default; 0: the gate is off.
-    let preconditions = raw.preconditions.as_ref().map(|c| pb::Preconditions {
-        min_battery_percent: c
-            .min_battery_percent
-            .map(|v| p.u32_in("preconditions.min_battery_percent", Some(v), 0, 100)),
-        min_linkquality: c
-            .min_linkquality
-            .map(|v| p.u32_in("preconditions.min_linkquality", Some(v), 0, 255)),
-        min_rssi_dbm: match c.min_rssi_dbm {
-            None => None,
-            Some(v) if (-120..=0).contains(&v) => Some(i32::try_from(v).unwrap_or(0)),
-            Some(v) => {
-                p.add(
-                    "preconditions.min_rssi_dbm",
-                    format!("{v} is outside -120..-1 (dBm are negative), or 0 (off)"),
-                );
-                None
-            }
-        },
-    });
-    let on_asleep = match raw.on_asleep.as_deref() {
-        None | Some("wait") => pb::OnAsleep::Wait,
-        Some("continue") => pb::OnAsleep::Continue,
-        Some(other) => {
-            p.add(
-                "on_asleep",
-                format!("{other:?} is not one of wait, continue"),
-            );
-            pb::OnAsleep::Wait
-        }
-    };
-    let failure_budget = match &raw.failure_budget {
-        None => None,
-        Some(ThresholdValue::Text(t)) if matches!(t.trim(), "none" | "off") => {
-            Some(pb::FailureBudget {
-                budget: Some(pb::failure_budget::Budget::Off(true)),
-            })
-        }
-        Some(v) => p
-            .threshold("failure_budget", Some(v))
-            .map(|t| pb::FailureBudget {
-                budget: Some(pb::failure_budget::Budget::Limit(t)),
-            }),
-    };
-    let mut site_timezones = std::collections::HashMap::new();
-    for (site, zone) in &raw.site_timezones {
-        if zone.trim().is_empty() {
-            p.add(
-                format!("site_timezones.{site}"),
-                "is empty (an IANA zone such as Europe/Berlin)",
-            );
-        }
-        site_timezones.insert(site.clone(), zone.trim().to_string());
-    }
+    let preconditions = raw.preconditions.as_ref().map(|c| preconditions(&mut p, c));
+    let on_asleep = on_asleep(&mut p, raw.on_asleep.as_deref());
+    let failure_budget = failure_budget(&mut p, raw.failure_budget.as_ref());
+    let site_timezones = site_timezones(&mut p, &raw.site_timezones);
 
     let spec = pb::RolloutSpec {
-        name: name.to_string(),
-        firmware_id: firmware.to_string(),
+        name,
+        firmware_id: firmware,
         selector: Some(selector),
         stages,
         concurrency,
@@ -633,6 +557,116 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
             problems: p.0,
         })
     }
+}
+
+fn upgrade_type(p: &mut Problems, raw: Option<&str>) -> pb::UpgradeType {
+    match raw {
+        None | Some("notify") => pb::UpgradeType::Notify,
+        Some("forced") => pb::UpgradeType::Forced,
+        Some("check") => pb::UpgradeType::Check,
+        Some(other) => {
+            p.add(
+                "upgrade_type",
+                format!("\"{other}\" is not one of notify, forced, check"),
+            );
+            pb::UpgradeType::Notify
+        }
+    }
+}
+
+fn concurrency(p: &mut Problems, c: &RawConcurrency) -> pb::ConcurrencyLimits {
+    pb::ConcurrencyLimits {
+        global: p.u32_in("concurrency.global", c.global, 0, 100_000),
+        per_site: p.u32_in("concurrency.per_site", c.per_site, 0, 100_000),
+        per_zigbee_network: p.u32_in(
+            "concurrency.per_zigbee_network",
+            c.per_zigbee_network,
+            0,
+            1000,
+        ),
+        per_esphome_site: p.u32_in("concurrency.per_esphome_site", c.per_esphome_site, 0, 1000),
+    }
+}
+
+fn retry(p: &mut Problems, r: &RawRetry) -> pb::RetryPolicy {
+    let retry = pb::RetryPolicy {
+        max_attempts: p.u32_in("retry.max_attempts", r.max_attempts, 0, 100),
+        initial_backoff_s: p.secs("retry.initial_backoff", r.initial_backoff.as_ref()),
+        max_backoff_s: p.secs("retry.max_backoff", r.max_backoff.as_ref()),
+    };
+    if retry.max_backoff_s != 0 && retry.max_backoff_s < retry.initial_backoff_s {
+        p.add("retry.max_backoff", "is shorter than retry.initial_backoff");
+    }
+    retry
+}
+
+fn preconditions(p: &mut Problems, c: &RawPreconditions) -> pb::Preconditions {
+    pb::Preconditions {
+        min_battery_percent: c
+            .min_battery_percent
+            .map(|v| p.u32_in("preconditions.min_battery_percent", Some(v), 0, 100)),
+        min_linkquality: c
+            .min_linkquality
+            .map(|v| p.u32_in("preconditions.min_linkquality", Some(v), 0, 255)),
+        min_rssi_dbm: match c.min_rssi_dbm {
+            None => None,
+            Some(v) if (-120..=0).contains(&v) => Some(i32::try_from(v).unwrap_or(0)),
+            Some(v) => {
+                p.add(
+                    "preconditions.min_rssi_dbm",
+                    format!("{v} is outside -120..-1 (dBm are negative), or 0 (off)"),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn on_asleep(p: &mut Problems, raw: Option<&str>) -> pb::OnAsleep {
+    match raw {
+        None | Some("wait") => pb::OnAsleep::Wait,
+        Some("continue") => pb::OnAsleep::Continue,
+        Some(other) => {
+            p.add(
+                "on_asleep",
+                format!("{other:?} is not one of wait, continue"),
+            );
+            pb::OnAsleep::Wait
+        }
+    }
+}
+
+fn failure_budget(p: &mut Problems, raw: Option<&ThresholdValue>) -> Option<pb::FailureBudget> {
+    match raw {
+        None => None,
+        Some(ThresholdValue::Text(t)) if matches!(t.trim(), "none" | "off") => {
+            Some(pb::FailureBudget {
+                budget: Some(pb::failure_budget::Budget::Off(true)),
+            })
+        }
+        Some(v) => p
+            .threshold("failure_budget", Some(v))
+            .map(|t| pb::FailureBudget {
+                budget: Some(pb::failure_budget::Budget::Limit(t)),
+            }),
+    }
+}
+
+fn site_timezones(
+    p: &mut Problems,
+    raw: &std::collections::BTreeMap<String, String>,
+) -> std::collections::HashMap<String, String> {
+    let mut site_timezones = std::collections::HashMap::new();
+    for (site, zone) in raw {
+        if zone.trim().is_empty() {
+            p.add(
+                format!("site_timezones.{site}"),
+                "is empty (an IANA zone such as Europe/Berlin)",
+            );
+        }
+        site_timezones.insert(site.clone(), zone.trim().to_string());
+    }
+    site_timezones
 }
 
 fn selector(p: &mut Problems, s: &RawSelector) -> pb::DeviceSelector {
