@@ -22,6 +22,7 @@ use self::args::{
 };
 use self::view::{DeletedJson, FirmwareJson, FirmwareListJson, KeygenJson};
 use super::{Ctx, Failed, id};
+use crate::client::Api;
 use crate::{keys, output};
 
 /// Maps a format flag.
@@ -119,6 +120,16 @@ pub fn resolve_upload(a: &UploadArgs) -> anyhow::Result<UploadPlan> {
     })
 }
 
+/// The firmware `fw_id` names (a full id, or a prefix otad resolves).
+pub(super) async fn get(api: &Api, fw_id: String) -> anyhow::Result<pb::Firmware> {
+    Ok(api
+        .call(
+            api.firmware()
+                .get(api.unary(pb::GetFirmwareRequest { id: fw_id })),
+        )
+        .await?)
+}
+
 /// Runs a `firmware` command.
 pub async fn run(ctx: &Ctx, cmd: FirmwareCmd) -> anyhow::Result<()> {
     match cmd {
@@ -127,12 +138,7 @@ pub async fn run(ctx: &Ctx, cmd: FirmwareCmd) -> anyhow::Result<()> {
         FirmwareCmd::Show(a) => {
             let fw_id = id("firmware", &a.id)?;
             let api = ctx.api().await?;
-            let f = api
-                .call(
-                    api.firmware()
-                        .get(api.unary(pb::GetFirmwareRequest { id: fw_id })),
-                )
-                .await?;
+            let f = get(api, fw_id).await?;
             ctx.out.show(&FirmwareJson::new(&f), render::firmware)?;
             Ok(())
         }
@@ -194,12 +200,7 @@ async fn rm(ctx: &Ctx, a: &FirmwareRmArgs) -> anyhow::Result<()> {
     }
     let api = ctx.api().await?;
     // Resolve a prefix to the full id, and show what is about to go.
-    let f = api
-        .call(
-            api.firmware()
-                .get(api.unary(pb::GetFirmwareRequest { id: fw_id })),
-        )
-        .await?;
+    let f = get(api, fw_id).await?;
     if !a.yes {
         let q = format!(
             "Delete firmware {} ({} {}, {})?",
@@ -230,12 +231,7 @@ async fn sign(ctx: &Ctx, a: &FirmwareSignArgs) -> anyhow::Result<()> {
     }
     let key = keys::read_signing_key(&a.key)?;
     let api = ctx.api().await?;
-    let f = api
-        .call(
-            api.firmware()
-                .get(api.unary(pb::GetFirmwareRequest { id: fw_id })),
-        )
-        .await?;
+    let f = get(api, fw_id).await?;
     let sig = keys::sign_sha256_hex(&key, &f.sha256)?;
     let signed = api
         .call(

@@ -153,12 +153,7 @@ pub fn part_path(path: &Path) -> PathBuf {
 pub async fn download(ctx: &Ctx, a: &FirmwareDownloadArgs) -> anyhow::Result<()> {
     let fw_id = id("firmware", &a.id)?;
     let api = ctx.api().await?;
-    let f = api
-        .call(
-            api.firmware()
-                .get(api.unary(pb::GetFirmwareRequest { id: fw_id })),
-        )
-        .await?;
+    let f = super::get(api, fw_id).await?;
     let dest = a.out.clone().unwrap_or_else(|| default_download_name(&f));
     if dest.exists() && !a.force {
         anyhow::bail!(
