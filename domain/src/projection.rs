@@ -255,6 +255,40 @@ pub struct TaskView {
     pub updated_at_ms: i64,
 }
 
+impl TaskView {
+    /// A task as created at `at_ms` by `requested_by`: queued, nothing sent yet.
+    pub fn queued(created: TaskCreated, at_ms: i64, requested_by: String) -> TaskView {
+        TaskView {
+            created,
+            phase: TaskPhase::Queued,
+            attempt: 0,
+            progress: 0.0,
+            remaining_s: None,
+            bytes_sent: 0,
+            bytes_total: 0,
+            error: None,
+            remind: String::new(),
+            from: None,
+            to: None,
+            created_at_ms: at_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            next_attempt_at_ms: None,
+            timeout_at_ms: None,
+            transfer_started_ms: None,
+            waiting_since_ms: None,
+            ended_by_server: false,
+            late: false,
+            awaiting_confirmation: false,
+            signal_confirmed: false,
+            requested_by,
+            command_id: None,
+            scheduled: false,
+            updated_at_ms: at_ms,
+        }
+    }
+}
+
 /// Lifecycle of a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RolloutState {
@@ -915,34 +949,7 @@ impl FleetState {
         }
         self.tasks.insert(
             id.to_string(),
-            TaskView {
-                created: e.clone(),
-                phase: TaskPhase::Queued,
-                attempt: 0,
-                progress: 0.0,
-                remaining_s: None,
-                bytes_sent: 0,
-                bytes_total: 0,
-                error: None,
-                remind: String::new(),
-                from: None,
-                to: None,
-                created_at_ms: meta.recorded_at_ms,
-                started_at_ms: None,
-                finished_at_ms: None,
-                next_attempt_at_ms: None,
-                timeout_at_ms: None,
-                transfer_started_ms: None,
-                waiting_since_ms: None,
-                ended_by_server: false,
-                late: false,
-                awaiting_confirmation: false,
-                signal_confirmed: false,
-                requested_by: meta.actor.clone(),
-                command_id: None,
-                scheduled: false,
-                updated_at_ms: meta.recorded_at_ms,
-            },
+            TaskView::queued(e.clone(), meta.recorded_at_ms, meta.actor.clone()),
         );
     }
 

@@ -388,7 +388,6 @@ mod tests {
     use super::*;
     use crate::events::TaskCreated;
     use crate::model::{EspFacts, VersionInfo, ZigbeeFacts};
-    use crate::projection::TaskPhase;
     use crate::rollout::spec::UpgradeType;
 
     fn zigbee_fw(version: u32) -> FirmwareRegistered {
@@ -436,8 +435,8 @@ mod tests {
     }
 
     fn task() -> TaskView {
-        TaskView {
-            created: TaskCreated {
+        TaskView::queued(
+            TaskCreated {
                 task_id: "t".into(),
                 device_id: "home/d".into(),
                 site_id: "home".into(),
@@ -455,32 +454,9 @@ mod tests {
                 auto: false,
                 wake_timeout_s: 0,
             },
-            phase: TaskPhase::Queued,
-            attempt: 0,
-            progress: 0.0,
-            remaining_s: None,
-            bytes_sent: 0,
-            bytes_total: 0,
-            error: None,
-            remind: String::new(),
-            from: None,
-            to: None,
-            created_at_ms: 0,
-            started_at_ms: None,
-            finished_at_ms: None,
-            next_attempt_at_ms: None,
-            timeout_at_ms: None,
-            transfer_started_ms: None,
-            waiting_since_ms: None,
-            ended_by_server: false,
-            late: false,
-            awaiting_confirmation: false,
-            signal_confirmed: false,
-            requested_by: String::new(),
-            command_id: None,
-            scheduled: false,
-            updated_at_ms: 0,
-        }
+            0,
+            String::new(),
+        )
     }
 
     fn run(
