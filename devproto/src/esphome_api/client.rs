@@ -333,16 +333,8 @@ impl Client {
     }
 
     fn queue(&mut self, message: &Message) {
-        let payload = message.payload();
-        let mut out = BytesMut::new();
-        match &mut self.session {
-            Some(session) => {
-                let ct = session.seal(&frame::noise_data(message.msg_type(), &payload));
-                frame::encode_noise_frame(&ct, &mut out);
-            }
-            None => frame::encode_plaintext(message.msg_type(), &payload, &mut out),
-        }
-        self.tx.push_back(out.freeze());
+        let frame = noise::encode_message(self.session.as_mut(), message);
+        self.tx.push_back(frame);
     }
 
     fn process(&mut self) -> Result<(), ApiError> {

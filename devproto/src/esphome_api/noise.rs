@@ -23,6 +23,26 @@
 
 pub(crate) use crate::esphome::noise::{Handshake, Transport};
 
+use bytes::{Bytes, BytesMut};
+
+use super::frame;
+use super::message::Message;
+
+/// `message` as it goes on the wire: sealed in a Noise frame once the handshake set up
+/// `session`, a plaintext frame without one.
+pub(crate) fn encode_message(session: Option<&mut Transport>, message: &Message) -> Bytes {
+    let payload = message.payload();
+    let mut out = BytesMut::new();
+    match session {
+        Some(session) => {
+            let ct = session.seal(&frame::noise_data(message.msg_type(), &payload));
+            frame::encode_noise_frame(&ct, &mut out);
+        }
+        None => frame::encode_plaintext(message.msg_type(), &payload, &mut out),
+    }
+    out.freeze()
+}
+
 /// Noise protocol name (the same as ESPHome OTA's).
 pub use crate::esphome::noise::PROTOCOL;
 

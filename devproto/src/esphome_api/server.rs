@@ -175,16 +175,8 @@ impl Server {
     }
 
     fn queue(&mut self, message: &Message) {
-        let payload = message.payload();
-        let mut out = BytesMut::new();
-        match &mut self.session {
-            Some(session) => {
-                let ct = session.seal(&frame::noise_data(message.msg_type(), &payload));
-                frame::encode_noise_frame(&ct, &mut out);
-            }
-            None => frame::encode_plaintext(message.msg_type(), &payload, &mut out),
-        }
-        self.tx.push_back(out.freeze());
+        let frame = noise::encode_message(self.session.as_mut(), message);
+        self.tx.push_back(frame);
     }
 
     /// One step on the buffered input; false when more input is needed.
