@@ -26,10 +26,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, VerifyingKey};
 use ota_domain::status::{ErrorCode, TaskError};
+use ota_firmware::key_text::decode_key_text;
 use ota_proto::v1 as pb;
 use serde::Deserialize;
 
@@ -54,30 +53,6 @@ pub struct TrustConfig {
 pub struct TrustPolicy {
     keys: BTreeMap<String, VerifyingKey>,
     require_signed: bool,
-}
-
-/// Decodes the 32 bytes of a public key given as base64 or hex (blank and `#` lines ignored).
-pub fn decode_key_text(text: &str) -> Result<[u8; 32], String> {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let [line] = lines.as_slice() else {
-        return Err(format!(
-            "expected one line with the base64 of 32 bytes, found {} lines",
-            lines.len()
-        ));
-    };
-    let bytes = if line.len() == 64 && line.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode(line).map_err(|e| e.to_string())?
-    } else {
-        STANDARD
-            .decode(line)
-            .map_err(|e| format!("not base64 ({e})"))?
-    };
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("expected 32 bytes, found {}", bytes.len()))
 }
 
 fn valid_key_id(id: &str) -> bool {
@@ -224,6 +199,8 @@ impl TrustPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
     use ed25519_dalek::{Signer as _, SigningKey};
     use sha2::Digest as _;
 

@@ -11,39 +11,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _};
 use rand::TryRng as _;
 
-/// Decodes the 32 bytes a key file holds.
-pub fn decode_key_text(text: &str) -> Result<[u8; 32], String> {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let [line] = lines.as_slice() else {
-        return Err(format!(
-            "expected one line with the base64 of 32 bytes, found {} lines",
-            lines.len()
-        ));
-    };
-    let bytes = if line.len() == 64 && line.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode(line).map_err(|e| e.to_string())?
-    } else {
-        STANDARD
-            .decode(line)
-            .map_err(|e| format!("not base64 ({e})"))?
-    };
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("expected 32 bytes, found {}", bytes.len()))
-}
-
-/// The text of a key file for these bytes.
-pub fn encode_key_text(bytes: &[u8; 32]) -> String {
-    format!("{}\n", STANDARD.encode(bytes))
-}
+pub use ota_firmware::key_text::{decode_key_text, encode_key_text};
 
 /// Reads a private key file.
 pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
@@ -141,24 +112,6 @@ mod tests {
             return false;
         };
         public.verify(&digest, &sig).is_ok()
-    }
-
-    #[test]
-    fn key_text_round_trips_and_rejects_junk() {
-        let bytes = [7u8; 32];
-        let text = encode_key_text(&bytes);
-        assert_eq!(text, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n");
-        assert_eq!(decode_key_text(&text), Ok(bytes));
-        assert_eq!(decode_key_text(&format!("# comment\n\n{text}")), Ok(bytes));
-        assert_eq!(decode_key_text(&hex::encode(bytes)), Ok(bytes));
-        assert!(decode_key_text("").unwrap_err().contains("found 0 lines"));
-        assert!(
-            decode_key_text("AAAA")
-                .unwrap_err()
-                .contains("expected 32 bytes")
-        );
-        assert!(decode_key_text("!!").unwrap_err().contains("not base64"));
-        assert!(decode_key_text("a\nb").is_err());
     }
 
     #[test]
