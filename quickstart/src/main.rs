@@ -118,30 +118,9 @@ async fn run(opts: QuickstartOptions) -> anyhow::Result<()> {
     );
     let qs = Quickstart::start(opts).await?;
     println!("{}", qs.banner());
-    shutdown_signal().await;
+    ota_telemetry::signal::shutdown_signal().await;
     eprintln!("ota-quickstart: shutting down…");
     qs.shutdown().await;
     eprintln!("ota-quickstart: stopped; the data directory is kept");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

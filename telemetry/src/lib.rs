@@ -6,9 +6,12 @@
 //! - [`metrics`]: OpenTelemetry instruments, pushed over OTLP and rendered for a Prometheus scrape
 //!   endpoint (`/metrics`) for sites without a collector.
 //! - [`prometheus`]: the `/metrics` HTTP endpoint serving the Prometheus text format.
+//! - [`signal`]: the Ctrl-C / SIGTERM wait the service binaries share (not telemetry; here
+//!   because they all depend on this crate).
 //!
 //! This crate knows nothing about OTA: the services define their own spans and instruments.
 
 pub mod metrics;
 pub mod prometheus;
+pub mod signal;
 pub mod traces;
