@@ -759,25 +759,9 @@ impl Shared {
             return;
         }
         self.touch(&mut st, idx);
-        let (available, meta) = self.index_lookup(&st, idx, downgrade);
-        let installed = st.devices[idx].installed;
-        let latest = meta.as_ref().map_or(installed, |(_, h)| h.file_version);
-        let state = if available {
-            OtaState::Available
-        } else {
-            OtaState::Idle
-        };
+        let (available, meta) = self.publish_check(&mut st, idx, downgrade);
         let source = meta.as_ref().map(|(m, _)| m.url.clone());
         let notes = meta.as_ref().and_then(|(m, _)| m.release_notes.clone());
-        let p = patch::versions(
-            self.cfg.version,
-            state,
-            installed,
-            latest,
-            source.as_deref(),
-            notes.as_deref(),
-        );
-        self.publish_device(&mut st, idx, &p);
         let data = CheckData {
             id: req.id.clone(),
             update_available: available,
@@ -931,7 +915,18 @@ impl Shared {
             return;
         }
         st.last_check.insert(ieee, now);
-        let (available, meta) = self.index_lookup(st, idx, false);
+        self.publish_check(st, idx, false);
+    }
+
+    /// A check's result as the device's state: the index lookup, published as the device's
+    /// versions (state, installed, latest, source, notes); returned for the check's answer.
+    fn publish_check(
+        &self,
+        st: &mut State,
+        idx: usize,
+        downgrade: bool,
+    ) -> (bool, Option<(IndexImage, ImageHeader)>) {
+        let (available, meta) = self.index_lookup(st, idx, downgrade);
         let installed = st.devices[idx].installed;
         let latest = meta.as_ref().map_or(installed, |(_, h)| h.file_version);
         let state = if available {
@@ -948,6 +943,7 @@ impl Shared {
             meta.as_ref().and_then(|(m, _)| m.release_notes.as_deref()),
         );
         self.publish_device(st, idx, &p);
+        (available, meta)
     }
 
     fn spawn_schedule_waiter(self: &Arc<Self>, ieee: &str) {
