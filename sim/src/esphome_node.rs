@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use ota_devproto::esphome::NoiseKey;
 use tokio::net::{TcpListener, TcpStream};
@@ -141,15 +140,8 @@ where
                 }
                 continue;
             }
-            let l = match listener.take() {
-                Some(l) => l,
-                None => match rebind(addr).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(what, %addr, error = %e, "esphome sim: cannot rebind");
-                        return;
-                    }
-                },
+            let Some(l) = listener::kept_or_rebound(listener.take(), addr, what).await else {
+                return;
             };
             tokio::select! {
                 accepted = l.accept() => {
@@ -178,16 +170,4 @@ where
             }
         }
     })
-}
-
-async fn rebind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let mut last = None;
-    for _ in 0..50 {
-        match listener::bind(addr) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(last.unwrap_or_else(|| io::Error::other("rebind failed")))
 }

@@ -57,15 +57,8 @@ where
                 }
                 continue;
             }
-            let l = match listener.take() {
-                Some(l) => l,
-                None => match rebind(addr).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(%addr, error = %e, "esphome sim: cannot rebind");
-                        return;
-                    }
-                },
+            let Some(l) = kept_or_rebound(listener.take(), addr, "port").await else {
+                return;
             };
             tokio::select! {
                 accepted = l.accept() => {
@@ -89,6 +82,25 @@ where
             }
         }
     })
+}
+
+/// The listener kept from the last turn, or (after a power cycle dropped it) a new one on the
+/// same address; `None`, logged, when the address cannot be bound again.
+pub(crate) async fn kept_or_rebound(
+    kept: Option<TcpListener>,
+    addr: SocketAddr,
+    what: &str,
+) -> Option<TcpListener> {
+    if kept.is_some() {
+        return kept;
+    }
+    match rebind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(what, %addr, error = %e, "esphome sim: cannot rebind");
+            None
+        }
+    }
 }
 
 async fn rebind(addr: SocketAddr) -> io::Result<TcpListener> {
