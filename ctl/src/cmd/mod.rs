@@ -80,6 +80,33 @@ pub fn id(kind: &str, raw: &str) -> anyhow::Result<String> {
     Ok(t.to_string())
 }
 
+/// Every page of a list: `fetch` is called again, with the page token of the previous answer
+/// set by `set_page`, until an answer has none (`next` gives an answer's token). The answers
+/// come back in order.
+pub(crate) async fn all_pages<Req: Clone, Resp>(
+    mut req: Req,
+    set_page: impl Fn(&mut Req, Option<ota_proto::v1::PageRequest>),
+    mut fetch: impl AsyncFnMut(Req) -> anyhow::Result<Resp>,
+    next: impl Fn(&Resp) -> &str,
+) -> anyhow::Result<Vec<Resp>> {
+    let mut pages = Vec::new();
+    loop {
+        let r = fetch(req.clone()).await?;
+        let token = next(&r).to_string();
+        pages.push(r);
+        if token.is_empty() {
+            return Ok(pages);
+        }
+        set_page(
+            &mut req,
+            Some(ota_proto::v1::PageRequest {
+                page_size: 0,
+                page_token: token,
+            }),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

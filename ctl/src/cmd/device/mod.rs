@@ -14,7 +14,7 @@ use ota_proto::v1 as pb;
 pub use self::args::DeviceCmd;
 use self::args::{AutoUpgradeArgs, CancelArgs, ConfirmArgs, DeviceListArgs, OnOff};
 use self::view::{AutoUpgradeJson, DeviceJson, DeviceListJson};
-use super::{Ctx, id};
+use super::{Ctx, all_pages, id};
 use crate::cli::{IdArg, transport};
 use crate::views::TaskJson;
 
@@ -59,20 +59,21 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCmd) -> anyhow::Result<()> {
     }
 }
 
-async fn list(ctx: &Ctx, mut req: pb::ListDevicesRequest) -> anyhow::Result<()> {
+async fn list(ctx: &Ctx, req: pb::ListDevicesRequest) -> anyhow::Result<()> {
     let api = ctx.api().await?;
-    let mut devices = Vec::new();
-    let total = loop {
-        let r = api.call(api.device().list(api.unary(req.clone()))).await?;
-        devices.extend(r.devices.iter().map(DeviceJson::new));
-        if r.next_page_token.is_empty() {
-            break r.total;
-        }
-        req.page = Some(pb::PageRequest {
-            page_size: 0,
-            page_token: r.next_page_token,
-        });
-    };
+    let pages = all_pages(
+        req,
+        |r, p| r.page = p,
+        async |req| Ok(api.call(api.device().list(api.unary(req))).await?),
+        |r| &r.next_page_token,
+    )
+    .await?;
+    let devices = pages
+        .iter()
+        .flat_map(|r| &r.devices)
+        .map(DeviceJson::new)
+        .collect();
+    let total = pages.last().map_or(0, |r| r.total);
     ctx.out
         .show(&DeviceListJson { devices, total }, render::device_list)?;
     Ok(())

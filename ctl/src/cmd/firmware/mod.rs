@@ -21,7 +21,7 @@ use self::args::{
     FirmwareListArgs, FirmwareRmArgs, FirmwareSignArgs, FormatArg, KeygenArgs, UploadArgs,
 };
 use self::view::{DeletedJson, FirmwareJson, FirmwareListJson, KeygenJson};
-use super::{Ctx, Failed, id};
+use super::{Ctx, Failed, all_pages, id};
 use crate::client::Api;
 use crate::{keys, output};
 
@@ -159,22 +159,19 @@ pub fn resolve_list(a: &FirmwareListArgs) -> pb::ListFirmwareRequest {
 }
 
 async fn list(ctx: &Ctx, a: &FirmwareListArgs) -> anyhow::Result<()> {
-    let mut req = resolve_list(a);
     let api = ctx.api().await?;
-    let mut all = Vec::new();
-    loop {
-        let r = api
-            .call(api.firmware().list(api.unary(req.clone())))
-            .await?;
-        all.extend(r.firmware.iter().map(FirmwareJson::new));
-        if r.next_page_token.is_empty() {
-            break;
-        }
-        req.page = Some(pb::PageRequest {
-            page_size: 0,
-            page_token: r.next_page_token,
-        });
-    }
+    let pages = all_pages(
+        resolve_list(a),
+        |r, p| r.page = p,
+        async |req| Ok(api.call(api.firmware().list(api.unary(req))).await?),
+        |r| &r.next_page_token,
+    )
+    .await?;
+    let all = pages
+        .iter()
+        .flat_map(|r| &r.firmware)
+        .map(FirmwareJson::new)
+        .collect();
     ctx.out
         .show(&FirmwareListJson { firmware: all }, render::firmware_list)?;
     Ok(())

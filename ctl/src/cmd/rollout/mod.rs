@@ -19,7 +19,7 @@ use self::args::{
     ApprovalArgs, CreateArgs, RolloutActionArgs, RolloutListArgs, RolloutStateArg, SpecSourceArgs,
 };
 use self::view::{PlanJson, RolloutJson, RolloutListJson};
-use super::{Ctx, id};
+use super::{Ctx, all_pages, id};
 
 /// Reads and checks the spec a command was given.
 pub fn resolve_spec(a: &SpecSourceArgs) -> anyhow::Result<pb::RolloutSpec> {
@@ -133,22 +133,22 @@ async fn create(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<()> {
 
 async fn list(ctx: &Ctx, a: &RolloutListArgs) -> anyhow::Result<()> {
     let api = ctx.api().await?;
-    let mut req = pb::ListRolloutsRequest {
+    let req = pb::ListRolloutsRequest {
         page: None,
         state: a.state.map_or(0, |s| state(s) as i32),
     };
-    let mut rollouts = Vec::new();
-    loop {
-        let r = api.call(api.rollout().list(api.unary(req.clone()))).await?;
-        rollouts.extend(r.rollouts.iter().map(RolloutJson::new));
-        if r.next_page_token.is_empty() {
-            break;
-        }
-        req.page = Some(pb::PageRequest {
-            page_size: 0,
-            page_token: r.next_page_token,
-        });
-    }
+    let pages = all_pages(
+        req,
+        |r, p| r.page = p,
+        async |req| Ok(api.call(api.rollout().list(api.unary(req))).await?),
+        |r| &r.next_page_token,
+    )
+    .await?;
+    let rollouts = pages
+        .iter()
+        .flat_map(|r| &r.rollouts)
+        .map(RolloutJson::new)
+        .collect();
     ctx.out
         .show(&RolloutListJson { rollouts }, render::rollout_list)?;
     Ok(())
