@@ -55,6 +55,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+#[cfg(feature = "failpoints")]
 use crate::sync::LockExt;
 
 const FILE: &str = "journal.log";
