@@ -3,13 +3,12 @@
 //! answered with a refusal (never an ack) and counted, the welcome's `acked_seq` stays right, and
 //! what an agent sends is quoted (at most 100 characters) in errors and logs.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use common::*;
 use ota_proto::v1 as pb;
+use ota_testkit::otad::*;
+use ota_testkit::session::*;
 use prost::Message;
 use tonic::Code;
 
@@ -74,7 +73,7 @@ fn heartbeat() -> pb::agent_message::Body {
     pb::agent_message::Body::Heartbeat(pb::Heartbeat::default())
 }
 
-async fn version_of(ts: &TestServer, id: &str) -> String {
+async fn version_of(ts: &TestOtad, id: &str) -> String {
     ts.devices()
         .get(pb::GetDeviceRequest { id: id.into() })
         .await
@@ -87,9 +86,11 @@ async fn version_of(ts: &TestServer, id: &str) -> String {
 
 #[tokio::test]
 async fn seq_max_ends_the_session_acknowledges_nothing_and_the_welcome_stays_right() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let ch = ts.channel.clone();
-    let (mut agent, welcome) = RawAgent::connect(&ch, "home", "agent-1", 0).await.unwrap();
+    let (mut agent, welcome) = AgentSession::connect(&ch, "home", "agent-1", 0)
+        .await
+        .unwrap();
     assert_eq!(welcome.acked_seq, 0);
     agent
         .send(1, inventory(vec![device("lamp", "1.0.0")]))
@@ -107,26 +108,30 @@ async fn seq_max_ends_the_session_acknowledges_nothing_and_the_welcome_stays_rig
     assert!(status.message().contains("out of range"), "{status:?}");
     assert!(status.message().len() < 200);
     assert_eq!(version_of(&ts, "home/lamp").await, "1.0.0");
-    assert_eq!(report_seqs_in_log(&ts, "agent-1").await, vec![1]);
+    assert_eq!(ts.report_seqs_in_log("agent-1").await, vec![1]);
 
     // The welcome says what was applied, and a later report is applied.
-    let (mut agent, welcome) = RawAgent::connect(&ch, "home", "agent-1", 1).await.unwrap();
+    let (mut agent, welcome) = AgentSession::connect(&ch, "home", "agent-1", 1)
+        .await
+        .unwrap();
     assert_eq!(welcome.acked_seq, 1);
     agent
         .send(2, inventory(vec![device("lamp", "2.0.0")]))
         .await;
     assert_eq!(agent.acked().await, 2);
     assert_eq!(version_of(&ts, "home/lamp").await, "2.0.0");
-    assert_eq!(report_seqs_in_log(&ts, "agent-1").await, vec![1, 2]);
+    assert_eq!(ts.report_seqs_in_log("agent-1").await, vec![1, 2]);
 }
 
 #[tokio::test]
 async fn seqs_strictly_increase_with_bounded_gaps() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let ch = ts.channel.clone();
 
     // The same seq twice in one session: FAILED_PRECONDITION, the second not acknowledged.
-    let (mut agent, _) = RawAgent::connect(&ch, "home", "a-dup", 0).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "home", "a-dup", 0)
+        .await
+        .unwrap();
     agent.send(1, inventory(vec![device("d1", "1")])).await;
     assert_eq!(agent.acked().await, 1);
     agent.send(1, inventory(vec![device("d1", "2")])).await;
@@ -136,7 +141,9 @@ async fn seqs_strictly_increase_with_bounded_gaps() {
     assert!(status.message().contains("strictly increase"), "{status:?}");
 
     // Going back: the same.
-    let (mut agent, w) = RawAgent::connect(&ch, "home", "a-dup", 1).await.unwrap();
+    let (mut agent, w) = AgentSession::connect(&ch, "home", "a-dup", 1)
+        .await
+        .unwrap();
     assert_eq!(w.acked_seq, 1);
     agent.send(3, inventory(vec![device("d1", "3")])).await;
     assert_eq!(agent.acked().await, 3);
@@ -145,13 +152,15 @@ async fn seqs_strictly_increase_with_bounded_gaps() {
     assert_eq!(version_of(&ts, "home/d1").await, "3");
 
     // A seq below the welcome's acked_seq (already applied): the same.
-    let (mut agent, w) = RawAgent::connect(&ch, "home", "a-dup", 3).await.unwrap();
+    let (mut agent, w) = AgentSession::connect(&ch, "home", "a-dup", 3)
+        .await
+        .unwrap();
     assert_eq!(w.acked_seq, 3);
     agent.send(3, inventory(vec![device("d1", "5")])).await;
     assert_eq!(agent.ended_with().await.1.code(), Code::FailedPrecondition);
 
     // More than 1,000,000 past the last seq and the hello's last_seq: INVALID_ARGUMENT...
-    let (mut agent, _) = RawAgent::connect(&ch, "gap", "a-gap", 0).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "gap", "a-gap", 0).await.unwrap();
     agent
         .send(1_000_001, inventory(vec![device("d1", "1")]))
         .await;
@@ -159,7 +168,7 @@ async fn seqs_strictly_increase_with_bounded_gaps() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("jumps"), "{status:?}");
     // ...exactly 1,000,000 is fine...
-    let (mut agent, _) = RawAgent::connect(&ch, "gap", "a-gap", 0).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "gap", "a-gap", 0).await.unwrap();
     agent
         .send(1_000_000, inventory(vec![device("d1", "2")]))
         .await;
@@ -167,7 +176,7 @@ async fn seqs_strictly_increase_with_bounded_gaps() {
     drop(agent);
     // ...and the hello's last_seq counts: reports that recorded nothing leave no seq in the log,
     // so the agent's journal may be far ahead of the welcome.
-    let (mut agent, w) = RawAgent::connect(&ch, "gap", "a-gap", 5_000_000)
+    let (mut agent, w) = AgentSession::connect(&ch, "gap", "a-gap", 5_000_000)
         .await
         .unwrap();
     assert_eq!(w.acked_seq, 1_000_000);
@@ -181,7 +190,7 @@ async fn seqs_strictly_increase_with_bounded_gaps() {
     assert_eq!(agent.acked().await, 5_000_002);
 
     // The hello's last_seq itself is bounded.
-    let err = RawAgent::connect(&ch, "gap", "a-gap", MAX_SEQ + 1)
+    let err = AgentSession::connect(&ch, "gap", "a-gap", MAX_SEQ + 1)
         .await
         .err()
         .unwrap();
@@ -189,7 +198,7 @@ async fn seqs_strictly_increase_with_bounded_gaps() {
 
     // A heartbeat carries seq 0 and gets no answer; one with a seq is a report like any other
     // for the rules (acknowledged, nothing recorded), and u64::MAX is still out of range.
-    let (mut agent, _) = RawAgent::connect(&ch, "hb", "a-hb", 0).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "hb", "a-hb", 0).await.unwrap();
     agent.send(0, heartbeat()).await;
     agent.send(7, heartbeat()).await;
     assert_eq!(agent.acked().await, 7);
@@ -197,17 +206,17 @@ async fn seqs_strictly_increase_with_bounded_gaps() {
     let (answers, status) = agent.ended_with().await;
     assert!(answers.is_empty());
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(report_seqs_in_log(&ts, "a-hb").await.is_empty());
+    assert!(ts.report_seqs_in_log("a-hb").await.is_empty());
 }
 
 #[tokio::test]
 async fn a_second_hello_garbage_and_oversized_messages_end_the_session_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let ts = TestServer::start_in(dir, |c| c.max_message_bytes = 64 * 1024).await;
+    let ts = TestOtad::start_in(dir, |c| c.max_message_bytes = 64 * 1024).await;
     let ch = ts.channel.clone();
 
     // A second hello.
-    let (mut agent, _) = RawAgent::connect(&ch, "home", "a-1", 0).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "home", "a-1", 0).await.unwrap();
     agent.send(1, inventory(vec![device("d1", "1")])).await;
     assert_eq!(agent.acked().await, 1);
     agent
@@ -218,7 +227,7 @@ async fn a_second_hello_garbage_and_oversized_messages_end_the_session_with_an_e
     assert!(status.message().contains("one hello"), "{status:?}");
 
     // Bytes that are no AgentMessage after a valid hello (the bug: grpc-status OK).
-    let (mut agent, _) = RawAgent::connect(&ch, "home", "a-1", 1).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "home", "a-1", 1).await.unwrap();
     agent.send_raw(vec![0x0a, 0xff, 0xff, 0xff]).await;
     let (_, status) = agent.ended_with().await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -238,7 +247,7 @@ async fn a_second_hello_garbage_and_oversized_messages_end_the_session_with_an_e
     }
     .encode_to_vec();
     assert!(big.len() > 64 * 1024);
-    let (mut agent, _) = RawAgent::connect(&ch, "home", "a-1", 1).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "home", "a-1", 1).await.unwrap();
     agent.send_raw(big).await;
     let (answers, status) = agent.ended_with().await;
     assert!(answers.is_empty());
@@ -247,19 +256,21 @@ async fn a_second_hello_garbage_and_oversized_messages_end_the_session_with_an_e
     if let Some(pb::agent_message::Body::Hello(h)) = &mut huge_hello.body {
         h.agent_version = "v".repeat(100_000);
     }
-    let err = RawAgent::open(&ch, huge_hello.encode_to_vec())
+    let err = AgentSession::open(&ch, None, huge_hello.encode_to_vec())
         .await
         .err()
         .unwrap();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert_eq!(report_seqs_in_log(&ts, "a-1").await, vec![1]);
+    assert_eq!(ts.report_seqs_in_log("a-1").await, vec![1]);
 }
 
 #[tokio::test]
 async fn refused_reports_are_answered_counted_and_never_acknowledged() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let ch = ts.channel.clone();
-    let (mut agent, _) = RawAgent::connect(&ch, "home", "agent-r", 0).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "home", "agent-r", 0)
+        .await
+        .unwrap();
     agent
         .send(1, inventory(vec![device("lamp", "1.0.0")]))
         .await;
@@ -332,7 +343,7 @@ async fn refused_reports_are_answered_counted_and_never_acknowledged() {
         .send(6, inventory(vec![device("lamp", "1.1.0")]))
         .await;
     assert_eq!(agent.acked().await, 6);
-    assert_eq!(report_seqs_in_log(&ts, "agent-r").await, vec![1, 6]);
+    assert_eq!(ts.report_seqs_in_log("agent-r").await, vec![1, 6]);
 
     // Counted by kind.
     let text = ts.app().metrics.provider().render_prometheus().unwrap();
@@ -352,7 +363,9 @@ async fn refused_reports_are_answered_counted_and_never_acknowledged() {
 
     // A refused report is not "applied": the welcome says 6, and a fresh report above it works.
     drop(agent);
-    let (mut agent, welcome) = RawAgent::connect(&ch, "home", "agent-r", 6).await.unwrap();
+    let (mut agent, welcome) = AgentSession::connect(&ch, "home", "agent-r", 6)
+        .await
+        .unwrap();
     assert_eq!(welcome.acked_seq, 6);
     agent
         .send(7, inventory(vec![device("lamp", "1.2.0")]))
@@ -362,7 +375,7 @@ async fn refused_reports_are_answered_counted_and_never_acknowledged() {
 
 #[tokio::test]
 async fn hello_values_outside_their_bounds_are_not_stored() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let ch = ts.channel.clone();
     let mut hello = hello_message("odd", "agent-o", 0);
     if let Some(pb::agent_message::Body::Hello(h)) = &mut hello.body {
@@ -383,7 +396,9 @@ async fn hello_values_outside_their_bounds_are_not_stored() {
             },
         ];
     }
-    let (_agent, _) = RawAgent::open(&ch, hello.encode_to_vec()).await.unwrap();
+    let (_agent, _) = AgentSession::open(&ch, None, hello.encode_to_vec())
+        .await
+        .unwrap();
     let site = ts
         .sites()
         .get(pb::GetSiteRequest { id: "odd".into() })
@@ -400,7 +415,9 @@ async fn hello_values_outside_their_bounds_are_not_stored() {
     assert_eq!(site.transports[0].kind, pb::Transport::Esphome as i32);
 
     // A device of an unknown transport kind is not stored either.
-    let (mut agent, _) = RawAgent::connect(&ch, "odd", "agent-o", 0).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "odd", "agent-o", 0)
+        .await
+        .unwrap();
     let mut d = device("x", "1");
     d.transport = 999;
     agent.send(1, inventory(vec![d, device("y", "1")])).await;
@@ -417,13 +434,13 @@ async fn hello_values_outside_their_bounds_are_not_stored() {
 #[tokio::test]
 async fn a_megabyte_of_input_is_quoted_in_errors_and_never_reaches_a_log_line_whole() {
     let log = log_lines();
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let ch = ts.channel.clone();
     let huge = "x".repeat(1024 * 1024);
 
     // A 1 MB site id: INVALID_ARGUMENT with a short message (the bug: a 786 KB trailer, which
     // the client saw as a transport error).
-    let err = RawAgent::connect(&ch, &huge, "agent-m", 0)
+    let err = AgentSession::connect(&ch, &huge, "agent-m", 0)
         .await
         .err()
         .unwrap();
@@ -433,7 +450,9 @@ async fn a_megabyte_of_input_is_quoted_in_errors_and_never_reaches_a_log_line_wh
 
     // A 1 MB device local id: the device is ignored, the rest of the report recorded, and the
     // log line saying so quotes 100 characters of it.
-    let (mut agent, _) = RawAgent::connect(&ch, "home", "agent-m", 0).await.unwrap();
+    let (mut agent, _) = AgentSession::connect(&ch, "home", "agent-m", 0)
+        .await
+        .unwrap();
     agent
         .send(1, inventory(vec![device(&huge, "1"), device("ok", "1")]))
         .await;

@@ -1,23 +1,22 @@
 //! The event log as a stream, and agent sessions: hello, inventory, acknowledgements, duplicates,
 //! disconnects.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures::StreamExt;
 use ota_firmware::builders::ZigbeeOtaBuilder;
 use ota_proto::v1 as pb;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use ota_testkit::otad::*;
+use ota_testkit::session::*;
+use ota_testkit::site::esphome;
+use ota_testkit::upload::*;
 use tonic::Code;
 
 #[tokio::test]
 async fn tail_catches_up_then_follows() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let f1 = ZigbeeOtaBuilder::new(1, 2, 3).upgrade_image(100).build();
-    upload(&ts, meta("a", "1"), &f1).await.unwrap();
+    ts.try_upload(meta("a", "1"), &f1).await.unwrap();
 
     let all: Vec<pb::Event> = ts
         .events()
@@ -52,7 +51,7 @@ async fn tail_catches_up_then_follows() {
         .into_inner();
     assert_eq!(live.next().await.unwrap().unwrap().seq, 1);
     let f2 = ZigbeeOtaBuilder::new(1, 2, 4).upgrade_image(100).build();
-    upload(&ts, meta("b", "1"), &f2).await.unwrap();
+    ts.try_upload(meta("b", "1"), &f2).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), live.next())
         .await
         .unwrap()
@@ -75,101 +74,20 @@ async fn tail_catches_up_then_follows() {
     assert!(none.is_empty());
 }
 
-struct FakeAgent {
-    tx: mpsc::Sender<pb::AgentMessage>,
-    rx: tonic::Streaming<pb::ServerMessage>,
-}
-
-impl FakeAgent {
-    async fn connect(
-        ts: &TestServer,
-        site: &str,
-        agent_id: &str,
-    ) -> Result<(FakeAgent, pb::Welcome), tonic::Status> {
-        let (tx, rx) = mpsc::channel(64);
-        tx.send(pb::AgentMessage {
-            seq: 0,
-            body: Some(pb::agent_message::Body::Hello(pb::AgentHello {
-                site_id: site.into(),
-                agent_version: "test".into(),
-                agent_id: agent_id.into(),
-                timezone: "Europe/Berlin".into(),
-                ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
-        let mut inbound = ts
-            .agent()
-            .connect(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let first = inbound.next().await.unwrap().unwrap();
-        let Some(pb::server_message::Body::Welcome(w)) = first.body else {
-            panic!("expected a welcome, got {first:?}");
-        };
-        Ok((FakeAgent { tx, rx: inbound }, w))
-    }
-
-    async fn send(&self, seq: u64, body: pb::agent_message::Body) {
-        self.tx
-            .send(pb::AgentMessage {
-                seq,
-                body: Some(body),
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn next_ack(&mut self) -> u64 {
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), self.rx.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            if let Some(pb::server_message::Body::Ack(a)) = m.body {
-                return a.acked_seq;
-            }
-        }
-    }
-}
-
-fn esphome_device(local: &str, version: &str) -> pb::DeviceReport {
-    pb::DeviceReport {
-        local_id: local.into(),
-        transport: pb::Transport::Esphome as i32,
-        network: "esphome".into(),
-        name: local.into(),
-        model: "esp32dev".into(),
-        chip: "esp32".into(),
-        platform: "esp32".into(),
-        current: Some(pb::VersionInfo {
-            version: version.into(),
-            ..Default::default()
-        }),
-        power_source: pb::PowerSource::Mains as i32,
-        reachable: true,
-        supports_ota: true,
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn inventory_becomes_devices_once_and_disconnect_makes_them_unreachable() {
-    let ts = TestServer::start().await;
-    let (mut agent, welcome) = FakeAgent::connect(&ts, "home", "agent-1").await.unwrap();
+    let ts = TestOtad::start().await;
+    let (mut agent, welcome) = AgentSession::connect(&ts.channel, "home", "agent-1", 0)
+        .await
+        .unwrap();
     assert_eq!(welcome.acked_seq, 0);
     let inv = pb::agent_message::Body::Inventory(pb::Inventory {
         full: true,
-        devices: vec![
-            esphome_device("kitchen", "1.0.0"),
-            esphome_device("garage", "1.0.0"),
-        ],
+        devices: vec![esphome("kitchen", "1.0.0"), esphome("garage", "1.0.0")],
         removed_local_ids: vec![],
     });
     agent.send(1, inv.clone()).await;
-    assert_eq!(agent.next_ack().await, 1);
+    assert_eq!(agent.acked().await, 1);
     let list = ts
         .devices()
         .list(pb::ListDevicesRequest::default())
@@ -188,7 +106,7 @@ async fn inventory_becomes_devices_once_and_disconnect_makes_them_unreachable() 
     // An identical inventory under a new seq is acknowledged and records nothing. (The same
     // seq again would break the session's rules: `agent_session.rs`.)
     agent.send(2, inv).await;
-    assert_eq!(agent.next_ack().await, 2);
+    assert_eq!(agent.acked().await, 2);
     assert_eq!(ts.app().core.store().last_seq(), events_before);
 
     // A full inventory without "garage" removes it.
@@ -197,12 +115,12 @@ async fn inventory_becomes_devices_once_and_disconnect_makes_them_unreachable() 
             3,
             pb::agent_message::Body::Inventory(pb::Inventory {
                 full: true,
-                devices: vec![esphome_device("kitchen", "1.0.1")],
+                devices: vec![esphome("kitchen", "1.0.1")],
                 removed_local_ids: vec![],
             }),
         )
         .await;
-    assert_eq!(agent.next_ack().await, 3);
+    assert_eq!(agent.acked().await, 3);
     let list = ts
         .devices()
         .list(pb::ListDevicesRequest::default())
@@ -234,7 +152,9 @@ async fn inventory_becomes_devices_once_and_disconnect_makes_them_unreachable() 
     assert!(!d.reachable);
 
     // Reconnecting: the welcome carries the acknowledged seq, so the agent resends only newer reports.
-    let (_agent, welcome) = FakeAgent::connect(&ts, "home", "agent-1").await.unwrap();
+    let (_agent, welcome) = AgentSession::connect(&ts.channel, "home", "agent-1", 0)
+        .await
+        .unwrap();
     assert_eq!(welcome.acked_seq, 3);
     let site = ts
         .sites()
@@ -249,41 +169,80 @@ async fn inventory_becomes_devices_once_and_disconnect_makes_them_unreachable() 
 
 #[tokio::test]
 async fn bad_hellos_are_refused() {
-    let ts = TestServer::start().await;
-    let err = FakeAgent::connect(&ts, "../x", "a").await.err().unwrap();
+    let ts = TestOtad::start().await;
+    let err = AgentSession::connect(&ts.channel, "../x", "a", 0)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("site id"), "{}", err.message());
-    let err = FakeAgent::connect(&ts, "home", "").await.err().unwrap();
+    let err = AgentSession::connect(&ts.channel, "home", "", 0)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]
 async fn reports_for_tasks_of_other_sites_are_refused() {
-    let ts = TestServer::start().await;
-    let (mut agent, _) = FakeAgent::connect(&ts, "home", "agent-1").await.unwrap();
-    agent
-        .send(
-            1,
-            pb::agent_message::Body::Progress(pb::TaskProgress {
-                task_id: "task-nope".into(),
-                attempt: 1,
-                status: pb::UpgradeStatus::Updating as i32,
-                progress: 10.0,
-                ..Default::default()
-            }),
-        )
+    let ts = TestOtad::start().await;
+    // A task at "away": its lamp is updated.
+    let (mut away, _) = AgentSession::connect(&ts.channel, "away", "agent-away", 0)
+        .await
+        .unwrap();
+    away.send(1, inventory(vec![esphome("lamp", "1.0.0")]))
         .await;
-    // Refused (so the agent drops it instead of sending it for ever), never acknowledged, and
-    // nothing recorded.
-    let m = tokio::time::timeout(Duration::from_secs(10), agent.rx.next())
+    assert_eq!(away.acked().await, 1);
+    let fw = upload_firmware(&ts.channel, meta("lamp", "2.0.0"), &esp_image("2.0.0")).await;
+    let task = ts
+        .devices()
+        .update(pb::UpdateDeviceRequest {
+            device_id: "away/lamp".into(),
+            firmware_id: fw.id,
+            ..Default::default()
+        })
         .await
         .unwrap()
-        .unwrap()
+        .into_inner()
+        .task
         .unwrap();
-    let Some(pb::server_message::Body::Refused(r)) = m.body else {
-        panic!("expected a refusal, got {m:?}");
+    let Some(pb::server_message::Body::Update(u)) = away.command().await.body else {
+        panic!("expected the update command at away");
     };
-    assert_eq!(r.seq, 1);
-    assert_eq!(r.reason, "unknown task \"task-nope\"");
-    assert_eq!(ts.app().core.store().last_seq(), 1, "only AgentConnected");
+    assert_eq!(u.task_id, task.id);
+
+    // The home agent reports progress for away's task, then for a task nobody has: both are
+    // refused (so the agent drops them instead of sending them for ever), never acknowledged,
+    // and nothing is recorded from them.
+    let (mut home, _) = AgentSession::connect(&ts.channel, "home", "agent-home", 0)
+        .await
+        .unwrap();
+    let recorded = ts.app().core.store().last_seq();
+    let progress = |task_id: &str| {
+        pb::agent_message::Body::Progress(pb::TaskProgress {
+            task_id: task_id.into(),
+            attempt: u.attempt,
+            status: pb::UpgradeStatus::Updating as i32,
+            progress: 10.0,
+            ..Default::default()
+        })
+    };
+    home.send(1, progress(&task.id)).await;
+    assert_eq!(
+        home.refused().await,
+        (1, format!("task {} belongs to another site", task.id))
+    );
+    home.send(2, progress("task-nope")).await;
+    assert_eq!(
+        home.refused().await,
+        (2, "unknown task \"task-nope\"".to_string())
+    );
+    assert_eq!(ts.app().core.store().last_seq(), recorded);
+    let progress_now = ts.app().core.read().tasks[&task.id].progress;
+    assert_eq!(progress_now, 0.0);
+
+    // The same report from away counts.
+    away.send(2, progress(&task.id)).await;
+    assert_eq!(away.acked().await, 2);
+    assert_eq!(ts.app().core.read().tasks[&task.id].progress, 10.0);
 }

@@ -1,13 +1,12 @@
 //! The firmware catalog over real gRPC: uploads of every format, refusals with the reason and
 //! nothing left behind, downloads, deletes, restarts.
 
-mod common;
-
-use common::*;
 use futures::StreamExt;
 use ota_firmware::Chip;
 use ota_firmware::builders::{EspAppBuilder, FactoryImageBuilder, ZigbeeOtaBuilder};
 use ota_proto::v1 as pb;
+use ota_testkit::otad::*;
+use ota_testkit::upload::*;
 use tonic::Code;
 
 fn zigbee_file() -> Vec<u8> {
@@ -22,9 +21,10 @@ fn zigbee_file() -> Vec<u8> {
 
 #[tokio::test]
 async fn zigbee_upload_records_the_parsed_header() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let bytes = zigbee_file();
-    let resp = upload(&ts, meta("tradfri-bulb", "2.3.093"), &bytes)
+    let resp = ts
+        .try_upload(meta("tradfri-bulb", "2.3.093"), &bytes)
         .await
         .unwrap();
     assert!(!resp.already_existed);
@@ -89,7 +89,7 @@ async fn zigbee_upload_records_the_parsed_header() {
 
 #[tokio::test]
 async fn esp_app_upload_and_claims() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let app = EspAppBuilder::new(Chip::Esp32C3)
         .version("2026.11.1")
         .project_name("kitchen")
@@ -98,7 +98,7 @@ async fn esp_app_upload_and_claims() {
     // A wrong chip claim is refused, naming both chips.
     let mut m = meta("kitchen", "2026.11.1");
     m.chip = "esp32".into();
-    let err = upload(&ts, m, &app).await.unwrap_err();
+    let err = ts.try_upload(m, &app).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
         err.message().contains("claimed ESP32") && err.message().contains("ESP32-C3"),
@@ -108,7 +108,7 @@ async fn esp_app_upload_and_claims() {
 
     let mut m = meta("kitchen", "2026.11.1");
     m.chip = "esp32c3".into();
-    let fw = upload(&ts, m, &app).await.unwrap().firmware.unwrap();
+    let fw = ts.try_upload(m, &app).await.unwrap().firmware.unwrap();
     assert_eq!(fw.format, pb::FirmwareFormat::EspApp as i32);
     let esp = fw.esp.unwrap();
     assert_eq!(esp.chip, "esp32c3");
@@ -118,13 +118,14 @@ async fn esp_app_upload_and_claims() {
 
 #[tokio::test]
 async fn factory_images_only_when_declared() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let app = EspAppBuilder::new(Chip::Esp32)
         .version("1.0.0")
         .payload_size(20_000)
         .build();
     let factory = FactoryImageBuilder::new(Chip::Esp32).app(app).build();
-    let err = upload(&ts, meta("kitchen", "1.0.0"), &factory)
+    let err = ts
+        .try_upload(meta("kitchen", "1.0.0"), &factory)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -136,14 +137,14 @@ async fn factory_images_only_when_declared() {
 
     let mut m = meta("kitchen-factory", "1.0.0");
     m.format = pb::FirmwareFormat::EspFactory as i32;
-    let fw = upload(&ts, m, &factory).await.unwrap().firmware.unwrap();
+    let fw = ts.try_upload(m, &factory).await.unwrap().firmware.unwrap();
     assert_eq!(fw.format, pb::FirmwareFormat::EspFactory as i32);
     assert_eq!(fw.esp.unwrap().app_offset, Some(0x10000));
 }
 
 #[tokio::test]
 async fn refused_uploads_leave_nothing_behind() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let cases: Vec<(pb::UploadMetadata, Vec<u8>, Code, &str)> = vec![
         (
             meta("junk", "1"),
@@ -209,7 +210,7 @@ async fn refused_uploads_leave_nothing_behind() {
     ];
     for (m, bytes, code, words) in cases {
         let name = m.name.clone();
-        let err = upload(&ts, m, &bytes).await.unwrap_err();
+        let err = ts.try_upload(m, &bytes).await.unwrap_err();
         assert_eq!(err.code(), code, "{name}: {}", err.message());
         assert!(
             err.message().contains(words),
@@ -237,22 +238,25 @@ async fn refused_uploads_leave_nothing_behind() {
 
 #[tokio::test]
 async fn duplicates_and_conflicting_versions() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let a = zigbee_file();
-    upload(&ts, meta("bulb", "1"), &a).await.unwrap();
-    let again = upload(&ts, meta("bulb", "1"), &a).await.unwrap();
+    ts.try_upload(meta("bulb", "1"), &a).await.unwrap();
+    let again = ts.try_upload(meta("bulb", "1"), &a).await.unwrap();
     assert!(again.already_existed);
     let b = ZigbeeOtaBuilder::new(0x117C, 0x2803, 0x2309_3632)
         .upgrade_image(1000)
         .build();
-    let err = upload(&ts, meta("bulb", "1"), &b).await.unwrap_err();
+    let err = ts.try_upload(meta("bulb", "1"), &b).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(
         err.message().contains("different content"),
         "{}",
         err.message()
     );
-    let err = upload(&ts, meta("other-name", "9"), &a).await.unwrap_err();
+    let err = ts
+        .try_upload(meta("other-name", "9"), &a)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(
         err.message().contains("already registered as bulb 1"),
@@ -264,8 +268,9 @@ async fn duplicates_and_conflicting_versions() {
 
 #[tokio::test]
 async fn delete_removes_the_blob_and_survives_restart() {
-    let ts = TestServer::start().await;
-    let keep = upload(&ts, meta("keep", "1"), &zigbee_file())
+    let ts = TestOtad::start().await;
+    let keep = ts
+        .try_upload(meta("keep", "1"), &zigbee_file())
         .await
         .unwrap()
         .firmware
@@ -274,7 +279,8 @@ async fn delete_removes_the_blob_and_survives_restart() {
         .version("1.2.3")
         .payload_size(10_000)
         .build();
-    let gone = upload(&ts, meta("gone", "1.2.3"), &gone_bytes)
+    let gone = ts
+        .try_upload(meta("gone", "1.2.3"), &gone_bytes)
         .await
         .unwrap()
         .firmware
@@ -330,8 +336,9 @@ async fn delete_removes_the_blob_and_survives_restart() {
 
 #[tokio::test]
 async fn signatures_are_validated_and_recorded() {
-    let ts = TestServer::start().await;
-    let fw = upload(&ts, meta("bulb", "1"), &zigbee_file())
+    let ts = TestOtad::start().await;
+    let fw = ts
+        .try_upload(meta("bulb", "1"), &zigbee_file())
         .await
         .unwrap()
         .firmware

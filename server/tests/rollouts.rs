@@ -1,8 +1,6 @@
 //! Staged rollouts end to end: otad in-process, fake site agents over real gRPC with simulated
 //! devices that take (paused) time.
 
-mod rollouts_support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -10,7 +8,8 @@ use futures::StreamExt;
 use ota_domain::events::DomainEvent;
 use ota_domain::projection::TaskPhase;
 use ota_proto::v1 as pb;
-use rollouts_support::*;
+use ota_testkit::otad::*;
+use ota_testkit::site::*;
 use tonic::Code;
 
 fn secs(n: u64) -> Duration {
@@ -39,7 +38,7 @@ fn esp_fleet(prefix: &str, n: usize, behavior: Behavior, duration: Duration) -> 
 }
 
 /// The rollout's task of a device, from the projection.
-fn task_of(otad: &Otad, rollout: &str, device: &str) -> Option<ota_domain::projection::TaskView> {
+fn task_of(otad: &TestOtad, rollout: &str, device: &str) -> Option<ota_domain::projection::TaskView> {
     let app = otad.app();
     let state = app.core.read();
     let id = state.rollouts.get(rollout)?.tasks_by_device.get(device)?;
@@ -48,7 +47,7 @@ fn task_of(otad: &Otad, rollout: &str, device: &str) -> Option<ota_domain::proje
 
 #[tokio::test(start_paused = true)]
 async fn canary_soaks_then_waves_follow_and_watch_streams_until_completion() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let site = FakeSite::connect(
         &otad,
@@ -117,7 +116,7 @@ async fn canary_soaks_then_waves_follow_and_watch_streams_until_completion() {
     assert_eq!(locals.len(), 10);
 
     // The canary soaked 2 minutes, and no later device was touched before it succeeded.
-    let events = otad.events();
+    let events = otad.recorded();
     let at = |pred: &dyn Fn(&DomainEvent) -> bool| {
         events
             .iter()
@@ -145,7 +144,7 @@ async fn canary_soaks_then_waves_follow_and_watch_streams_until_completion() {
 
 #[tokio::test(start_paused = true)]
 async fn failure_threshold_pauses_with_reason_and_resume_continues() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let mut devices = esp_fleet("n", 4, Behavior::Succeed, secs(10));
     devices[0].behavior = Behavior::Fail(pb::ErrorCode::DeviceReportedFailure as i32);
@@ -240,7 +239,7 @@ async fn failure_threshold_pauses_with_reason_and_resume_continues() {
 
 #[tokio::test(start_paused = true)]
 async fn abort_cancels_queued_and_waiting_tasks_but_lets_transfers_finish() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_zigbee(0x0200).await;
     let mut sleepy = zigbee("sleepy", "zb-b", 0x0100);
     sleepy.power_source = pb::PowerSource::Battery as i32;
@@ -333,7 +332,7 @@ async fn abort_cancels_queued_and_waiting_tasks_but_lets_transfers_finish() {
 
 #[tokio::test(start_paused = true)]
 async fn stage_deadline_times_out_unfinished_devices_with_5016() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let mut devices = esp_fleet("n", 3, Behavior::Succeed, secs(30));
     devices[1].behavior = Behavior::Hang;
@@ -372,7 +371,7 @@ async fn stage_deadline_times_out_unfinished_devices_with_5016() {
 
 #[tokio::test(start_paused = true)]
 async fn batch_check_lists_devices_of_a_silent_site_with_5019_and_keeps_them() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let north = FakeSite::connect(
         &otad,
@@ -408,7 +407,7 @@ async fn batch_check_lists_devices_of_a_silent_site_with_5019_and_keeps_them() {
         (north.log().check_commands, south.log().check_commands),
         (1, 1)
     );
-    let events = otad.events();
+    let events = otad.recorded();
     let started = events
         .iter()
         .find_map(|(_, at, e)| matches!(e, DomainEvent::BatchCheckStarted(_)).then_some(*at))
@@ -437,7 +436,7 @@ async fn batch_check_lists_devices_of_a_silent_site_with_5019_and_keeps_them() {
 
 #[tokio::test(start_paused = true)]
 async fn concurrency_limits_hold_at_the_sites() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let zfw = otad.upload_zigbee(0x0200).await;
     let efw = otad.upload_esp("2.0.0").await;
     let zig = |net: &str, i: usize| {
@@ -504,7 +503,7 @@ async fn concurrency_limits_hold_at_the_sites() {
 #[tokio::test(start_paused = true)]
 async fn maintenance_window_in_site_local_time_gates_dispatch() {
     // 20:00 UTC on a Monday; the site is at UTC+1, so 21:00 local.
-    let otad = Otad::start(MONDAY + 20 * HOUR).await;
+    let otad = TestOtad::in_memory_at(MONDAY + 20 * HOUR).await;
     let fw = otad.upload_esp("2.0.0").await;
     let site = FakeSite::connect(
         &otad,
@@ -577,7 +576,7 @@ async fn maintenance_window_in_site_local_time_gates_dispatch() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_errors_are_retried_with_backoff_and_others_are_not() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let site = FakeSite::connect(
         &otad,
@@ -636,7 +635,7 @@ async fn transient_errors_are_retried_with_backoff_and_others_are_not() {
 
 #[tokio::test(start_paused = true)]
 async fn weak_signal_waits_for_confirmation() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let mut weak = esphome("weak", "1.0.0");
     weak.signal = Some(pb::Signal {
@@ -694,7 +693,7 @@ async fn weak_signal_waits_for_confirmation() {
 
 #[tokio::test(start_paused = true)]
 async fn battery_below_70_percent_is_skipped_with_a_reminder() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_zigbee(0x0200).await;
     let mut low = zigbee("remote", "zb", 0x0100);
     low.power_source = pb::PowerSource::Battery as i32;
@@ -738,7 +737,7 @@ async fn battery_below_70_percent_is_skipped_with_a_reminder() {
 
 #[tokio::test(start_paused = true)]
 async fn plan_lists_stages_exclusions_and_an_estimate_and_records_nothing() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let mut esp8266 = esphome("c-8266", "1.0.0");
     esp8266.chip = "esp8266".into();
@@ -943,7 +942,7 @@ async fn plan_lists_stages_exclusions_and_an_estimate_and_records_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_mid_rollout_resume_without_duplicate_tasks_or_uploads() {
     let ms = Duration::from_millis;
-    let mut otad = Otad::start_sled(MONDAY).await;
+    let mut otad = TestOtad::sled_at(MONDAY).await;
     let fw = otad.upload_now("node", "2.0.0", esp_image("2.0.0")).await;
     let site = FakeSite::connect(
         &otad,
@@ -968,7 +967,7 @@ async fn restarts_mid_rollout_resume_without_duplicate_tasks_or_uploads() {
     });
     let r = otad.create(s).await;
 
-    async fn restart(otad: Otad, site: &FakeSite) -> Otad {
+    async fn restart(otad: TestOtad, site: &FakeSite) -> TestOtad {
         site.disconnect();
         let otad = otad.restart().await;
         site.reconnect(&otad).await;
@@ -1011,7 +1010,7 @@ async fn restarts_mid_rollout_resume_without_duplicate_tasks_or_uploads() {
     assert!(per_device.values().all(|n| *n == 1), "{per_device:?}");
     drop(log);
     let mut created: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, _, e) in otad.events() {
+    for (_, _, e) in otad.recorded() {
         if let DomainEvent::TaskCreated(t) = e {
             *created.entry(t.device_id).or_default() += 1;
         }
@@ -1021,7 +1020,7 @@ async fn restarts_mid_rollout_resume_without_duplicate_tasks_or_uploads() {
     // Restarted otad resent the update commands of tasks at the site; the agent knew them.
     assert!(site.log().repeated_updates >= 2);
     // The soak continued from its recorded end instead of starting again after the restart.
-    let events = otad.events();
+    let events = otad.recorded();
     let at = |pred: &dyn Fn(&DomainEvent) -> bool| {
         events
             .iter()
@@ -1040,7 +1039,7 @@ async fn restarts_mid_rollout_resume_without_duplicate_tasks_or_uploads() {
 
 #[tokio::test(start_paused = true)]
 async fn auto_upgrade_applies_a_completed_rollouts_firmware_to_a_device_that_appears_later() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let site = FakeSite::connect(
         &otad,
@@ -1095,7 +1094,7 @@ async fn auto_upgrade_applies_a_completed_rollouts_firmware_to_a_device_that_app
 
 #[tokio::test(start_paused = true)]
 async fn check_only_rollouts_install_nothing_and_the_api_refuses_bad_requests() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let site = FakeSite::connect(
         &otad,

@@ -9,132 +9,17 @@ use futures::StreamExt;
 use ota_firmware::Chip;
 use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
-use ota_server::config::{Config, RateLimits, TlsFiles};
+use ota_server::config::RateLimits;
 use ota_server::core::Clock;
-use ota_server::wiring::{Otad, open_store};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use ota_testkit::otad::{admin_token, config, files_under, plain_channel, start_server};
+use ota_testkit::pki::{Pki, tls_channel, tls_config};
+use ota_testkit::session::{AgentSession, hello_message, inventory};
+use ota_testkit::site::esphome;
+use ota_testkit::upload::{CHUNK, app_meta, authed, upload_app_as, upload_messages};
+use prost::Message as _;
+use rcgen::{ExtendedKeyUsagePurpose, SanType};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request};
-
-/// A CA, as `otactl pki` makes one.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, PEM.
-#[derive(Clone)]
-struct Pair {
-    cert: String,
-    key: String,
-}
-
-impl Pki {
-    fn new(cn: &str) -> Pki {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        Pki {
-            ca: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn ca_pem(&self) -> String {
-        self.ca.pem()
-    }
-
-    fn issue(&self, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose) -> Pair {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = sans;
-        params.extended_key_usages = vec![usage];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        Pair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    fn server(&self) -> Pair {
-        self.issue(
-            vec![
-                SanType::DnsName("localhost".try_into().unwrap()),
-                SanType::IpAddress("127.0.0.1".parse().unwrap()),
-            ],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-
-    fn site(&self, site: &str) -> Pair {
-        self.issue(
-            vec![SanType::URI(format!("ota-site:{site}").try_into().unwrap())],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )
-    }
-}
-
-fn tls_config(dir: &Path, pki: &Pki) -> Config {
-    let tls = dir.join("tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    let server = pki.server();
-    std::fs::write(tls.join("server.pem"), &server.cert).unwrap();
-    std::fs::write(tls.join("server.key"), &server.key).unwrap();
-    std::fs::write(tls.join("ca.pem"), pki.ca_pem()).unwrap();
-    Config {
-        data_dir: dir.join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: Some(TlsFiles {
-            cert: tls.join("server.pem"),
-            key: tls.join("server.key"),
-            client_ca: Some(tls.join("ca.pem")),
-        }),
-        insecure_plaintext: false,
-        ..Config::default()
-    }
-}
-
-async fn start(cfg: Config, clock: Clock) -> Otad {
-    let store = open_store(&cfg).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Otad::start(cfg, store, clock, listener).await.unwrap()
-}
-
-async fn tls_channel(server: &Otad, ca: &str, identity: Option<&Pair>) -> Channel {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some(p) = identity {
-        tls = tls.identity(Identity::from_pem(&p.cert, &p.key));
-    }
-    Endpoint::from_shared(format!("https://{}", server.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-async fn plain_channel(server: &Otad) -> Channel {
-    Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-fn authed<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
 
 fn system(ch: &Channel) -> pb::system_service_client::SystemServiceClient<Channel> {
     pb::system_service_client::SystemServiceClient::new(ch.clone())
@@ -167,43 +52,6 @@ async fn create_token(ch: &Channel, admin: &str, name: &str, role: pb::Role, ttl
         .unwrap()
         .into_inner()
         .token
-}
-
-fn upload_messages(name: &str, version: &str, bytes: &[u8]) -> Vec<pb::UploadFirmwareRequest> {
-    vec![
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Metadata(
-                pb::UploadMetadata {
-                    name: name.into(),
-                    version: version.into(),
-                    format: pb::FirmwareFormat::EspApp as i32,
-                    ..Default::default()
-                },
-            )),
-        },
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Chunk(bytes.to_vec())),
-        },
-    ]
-}
-
-async fn upload(
-    ch: &Channel,
-    token: &str,
-    name: &str,
-    version: &str,
-    bytes: &[u8],
-) -> pb::Firmware {
-    firmware(ch)
-        .upload(authed(
-            futures::stream::iter(upload_messages(name, version, bytes)),
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .firmware
-        .unwrap()
 }
 
 async fn all_events(ch: &Channel, token: &str) -> Vec<pb::Event> {
@@ -239,7 +87,7 @@ async fn operators_need_a_valid_token_and_the_role() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new("Test CA");
     let cfg = tls_config(dir.path(), &pki);
-    let server = start(cfg.clone(), Clock::new()).await;
+    let server = start_server(cfg.clone(), Clock::new()).await;
 
     // The bootstrap admin token: a private file in the data directory.
     let token_file = dir.path().join("data/admin.token");
@@ -254,7 +102,7 @@ async fn operators_need_a_valid_token_and_the_role() {
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    let ch = tls_channel(&server, &pki.ca_pem(), None).await;
+    let ch = tls_channel(server.addr, &pki.ca_pem(), None).await;
     // No token, a wrong secret for a real id, garbage, another scheme: the same answer.
     assert_unauthenticated(system(&ch).status(pb::StatusRequest {}).await);
     let (admin_id, _) = admin.split_once('.').unwrap();
@@ -290,6 +138,19 @@ async fn operators_need_a_valid_token_and_the_role() {
     let viewer = create_token(&ch, &admin, "vera", pb::Role::Viewer, 0).await;
     let operator = create_token(&ch, &admin, "oscar", pb::Role::Operator, 0).await;
     let short = create_token(&ch, &admin, "temp", pb::Role::Operator, 3600).await;
+    let short_created_ms = Clock::new().now_ms();
+    // The one-hour token works from the start.
+    let temp = system(&ch)
+        .status(authed(pb::StatusRequest {}, &short))
+        .await
+        .unwrap()
+        .into_inner()
+        .caller
+        .unwrap();
+    assert_eq!(
+        (temp.name.as_str(), temp.role.as_str()),
+        ("temp", "operator")
+    );
 
     let who = system(&ch)
         .status(authed(pb::StatusRequest {}, &viewer))
@@ -308,7 +169,7 @@ async fn operators_need_a_valid_token_and_the_role() {
     assert_denied(
         firmware(&ch)
             .upload(authed(
-                futures::stream::iter(upload_messages("app", "1.0.0", &app)),
+                futures::stream::iter(upload_messages(app_meta("app", "1.0.0", None), &app, CHUNK)),
                 &viewer,
             ))
             .await,
@@ -372,13 +233,13 @@ async fn operators_need_a_valid_token_and_the_role() {
     assert_denied(
         firmware(&ch)
             .upload(authed(
-                futures::stream::iter(upload_messages("app", "1.0.0", &app)),
+                futures::stream::iter(upload_messages(app_meta("app", "1.0.0", None), &app, CHUNK)),
                 &operator,
             ))
             .await,
         "this needs the admin role",
     );
-    let fw = upload(&ch, &admin, "app", "1.0.0", &app).await;
+    let fw = upload_app_as(&ch, &admin, "app", "1.0.0", &app, None).await;
     assert_eq!(fw.created_by.unwrap().name, "bootstrap-admin");
 
     // Revoked tokens stop working; the last admin token cannot be revoked.
@@ -435,12 +296,23 @@ async fn operators_need_a_valid_token_and_the_role() {
         .unwrap();
     assert_eq!(registered.actor, "bootstrap-admin (admin)");
 
-    // Two hours later the token with a one-hour lifetime has expired; the others still work,
-    // and the admin token file is left alone.
+    // 59 minutes after it was made the one-hour token still works; two hours after, it has
+    // expired while the others still work, and the admin token file is left alone.
     server.shutdown().await.unwrap();
-    let later = Clock::starting_at(Clock::new().now_ms() + 2 * 3600 * 1000);
-    let server = start(cfg, later).await;
-    let ch = tls_channel(&server, &pki.ca_pem(), None).await;
+    let at_59_min = Clock::starting_at(short_created_ms + 59 * 60 * 1000);
+    let server = start_server(cfg.clone(), at_59_min).await;
+    let ch = tls_channel(server.addr, &pki.ca_pem(), None).await;
+    assert!(
+        system(&ch)
+            .status(authed(pb::StatusRequest {}, &short))
+            .await
+            .is_ok(),
+        "the one-hour token expired before its hour"
+    );
+    server.shutdown().await.unwrap();
+    let later = Clock::starting_at(short_created_ms + 2 * 3600 * 1000);
+    let server = start_server(cfg, later).await;
+    let ch = tls_channel(server.addr, &pki.ca_pem(), None).await;
     assert_unauthenticated(
         system(&ch)
             .status(authed(pb::StatusRequest {}, &short))
@@ -460,145 +332,14 @@ async fn operators_need_a_valid_token_and_the_role() {
     server.shutdown().await.unwrap();
 }
 
-/// A fake agent: the session stream of `AgentService.Connect`.
-struct Session {
-    tx: mpsc::Sender<pb::AgentMessage>,
-    rx: tonic::Streaming<pb::ServerMessage>,
-}
-
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Session")
-    }
-}
-
-fn hello(site: &str, agent_id: &str) -> pb::AgentMessage {
-    pb::AgentMessage {
-        seq: 0,
-        body: Some(pb::agent_message::Body::Hello(pb::AgentHello {
-            site_id: site.into(),
-            agent_version: "test".into(),
-            agent_id: agent_id.into(),
-            timezone: "UTC".into(),
-            ..Default::default()
-        })),
-    }
-}
-
-type Outbound = ReceiverStream<pb::AgentMessage>;
-
-async fn open_session(
+async fn connect_as(
     ch: &Channel,
-    request: impl FnOnce(Outbound) -> Request<Outbound>,
-    first: pb::AgentMessage,
-) -> Result<Session, tonic::Status> {
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(first).await.unwrap();
-    let mut client = pb::agent_service_client::AgentServiceClient::new(ch.clone());
-    let mut inbound = client
-        .connect(request(ReceiverStream::new(rx)))
-        .await?
-        .into_inner();
-    let welcome = inbound.message().await?.expect("a welcome");
-    assert!(
-        matches!(welcome.body, Some(pb::server_message::Body::Welcome(_))),
-        "{welcome:?}"
-    );
-    Ok(Session { tx, rx: inbound })
-}
-
-async fn connect_as(ch: &Channel, site: &str, agent_id: &str) -> Result<Session, tonic::Status> {
-    open_session(ch, Request::new, hello(site, agent_id)).await
-}
-
-impl Session {
-    async fn send(&self, seq: u64, body: pb::agent_message::Body) {
-        self.tx
-            .send(pb::AgentMessage {
-                seq,
-                body: Some(body),
-            })
-            .await
-            .unwrap();
-    }
-
-    /// The next message that is not an ack or a ping, or the next ack (`want_ack`).
-    async fn next(&mut self, want_ack: bool) -> pb::ServerMessage {
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(20), self.rx.message())
-                .await
-                .expect("a message from the server within 20 s")
-                .unwrap()
-                .expect("the session is open");
-            let is_ack = matches!(m.body, Some(pb::server_message::Body::Ack(_)));
-            if is_ack == want_ack && !matches!(m.body, Some(pb::server_message::Body::Ping(_))) {
-                return m;
-            }
-        }
-    }
-
-    /// Reads until the session ends with an error status; that status.
-    async fn ended(&mut self) -> tonic::Status {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(20), self.rx.message())
-                .await
-                .expect("the session ends within 20 s")
-            {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("the session ended without an error"),
-                Err(status) => return status,
-            }
-        }
-    }
-
-    /// Waits for the refusal of report `seq` (acks and commands before it are skipped); its reason.
-    async fn refused(&mut self, seq: u64) -> String {
-        loop {
-            if let Some(pb::server_message::Body::Refused(r)) = self.next(false).await.body
-                && r.seq == seq
-            {
-                return r.reason;
-            }
-        }
-    }
-
-    async fn acked(&mut self, seq: u64) {
-        loop {
-            if let Some(pb::server_message::Body::Ack(a)) = self.next(true).await.body
-                && a.acked_seq >= seq
-            {
-                return;
-            }
-        }
-    }
-}
-
-fn device(local: &str, version: &str) -> pb::DeviceReport {
-    pb::DeviceReport {
-        local_id: local.into(),
-        transport: pb::Transport::Esphome as i32,
-        network: "esphome".into(),
-        name: local.into(),
-        model: "esp32dev".into(),
-        chip: "esp32".into(),
-        platform: "esp32".into(),
-        current: Some(pb::VersionInfo {
-            version: version.into(),
-            ..Default::default()
-        }),
-        power_source: pb::PowerSource::Mains as i32,
-        reachable: true,
-        supports_ota: true,
-        ..Default::default()
-    }
-}
-
-fn inventory(devices: Vec<pb::DeviceReport>) -> pb::agent_message::Body {
-    pb::agent_message::Body::Inventory(pb::Inventory {
-        full: false,
-        devices,
-        removed_local_ids: vec![],
-    })
+    site: &str,
+    agent_id: &str,
+) -> Result<AgentSession, tonic::Status> {
+    AgentSession::connect(ch, site, agent_id, 0)
+        .await
+        .map(|(s, _)| s)
 }
 
 async fn version_of(ch: &Channel, admin: &str, id: &str) -> Option<String> {
@@ -613,23 +354,20 @@ async fn version_of(ch: &Channel, admin: &str, id: &str) -> Option<String> {
 async fn agent_certificates_are_bound_to_their_site() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new("Test CA");
-    let server = start(tls_config(dir.path(), &pki), Clock::new()).await;
-    let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let server = start_server(tls_config(dir.path(), &pki), Clock::new()).await;
+    let admin = admin_token(&dir.path().join("data"));
     let ca = pki.ca_pem();
-    let op = tls_channel(&server, &ca, None).await;
+    let op = tls_channel(server.addr, &ca, None).await;
     let home_cert = pki.site("home");
-    let home = tls_channel(&server, &ca, Some(&home_cert)).await;
-    let away = tls_channel(&server, &ca, Some(&pki.site("away"))).await;
+    let home = tls_channel(server.addr, &ca, Some(&home_cert)).await;
+    let away = tls_channel(server.addr, &ca, Some(&pki.site("away"))).await;
 
     // The home agent's session, and its device.
     let mut home_agent = connect_as(&home, "home", "agent-home").await.unwrap();
     home_agent
-        .send(1, inventory(vec![device("lamp", "1.0.0")]))
+        .send(1, inventory(vec![esphome("lamp", "1.0.0")]))
         .await;
-    home_agent.acked(1).await;
+    home_agent.acked_through(1).await;
     assert_eq!(
         version_of(&op, &admin, "home/lamp").await.as_deref(),
         Some("1.0.0")
@@ -655,10 +393,14 @@ async fn agent_certificates_are_bound_to_their_site() {
         "agent credentials cannot call this",
     );
     // An operator token is no agent certificate.
-    let err = open_session(&op, |s| authed(s, &admin), hello("home", "agent-y"))
-        .await
-        .err()
-        .unwrap();
+    let err = AgentSession::open(
+        &op,
+        Some(&admin),
+        hello_message("home", "agent-y", 0).encode_to_vec(),
+    )
+    .await
+    .err()
+    .unwrap();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert_eq!(err.message(), "agent sessions need an agent certificate");
     // A certificate of our CA that names no site, and none at all, identify nobody.
@@ -666,7 +408,7 @@ async fn agent_certificates_are_bound_to_their_site() {
         vec![SanType::DnsName("agent.example".try_into().unwrap())],
         ExtendedKeyUsagePurpose::ClientAuth,
     );
-    let nobody = tls_channel(&server, &ca, Some(&nameless)).await;
+    let nobody = tls_channel(server.addr, &ca, Some(&nameless)).await;
     assert_unauthenticated(connect_as(&nobody, "home", "agent-z").await);
     assert_unauthenticated(connect_as(&op, "home", "agent-z").await);
     // A certificate of another CA does not get through the handshake.
@@ -690,17 +432,25 @@ async fn agent_certificates_are_bound_to_their_site() {
         Ok::<_, Box<dyn std::error::Error>>(())
     }
     .await;
+    let err = refused.expect_err("a foreign client certificate was accepted");
+    // The refusal is otad's TLS alert for a certificate of an unknown CA, not some other error.
+    let mut chain = format!("{err}");
+    let mut source = err.source();
+    while let Some(e) = source {
+        chain.push_str(&format!(" / {e}"));
+        source = e.source();
+    }
     assert!(
-        refused.is_err(),
-        "a foreign client certificate was accepted"
+        chain.contains("received fatal alert: UnknownCA"),
+        "not the TLS refusal: {chain}"
     );
 
     // The away agent reports "lamp": that is away/lamp; home/lamp does not change.
     let mut away_agent = connect_as(&away, "away", "agent-away").await.unwrap();
     away_agent
-        .send(1, inventory(vec![device("lamp", "9.9.9")]))
+        .send(1, inventory(vec![esphome("lamp", "9.9.9")]))
         .await;
-    away_agent.acked(1).await;
+    away_agent.acked_through(1).await;
     assert_eq!(
         version_of(&op, &admin, "away/lamp").await.as_deref(),
         Some("9.9.9")
@@ -715,7 +465,7 @@ async fn agent_certificates_are_bound_to_their_site() {
         .version("1.1.0")
         .payload_size(3000)
         .build();
-    let fw = upload(&op, &admin, "lamp-fw", "1.1.0", &app).await;
+    let fw = upload_app_as(&op, &admin, "lamp-fw", "1.1.0", &app, None).await;
     let task = devices(&op)
         .update(authed(
             pb::UpdateDeviceRequest {
@@ -730,7 +480,7 @@ async fn agent_certificates_are_bound_to_their_site() {
         .into_inner()
         .task
         .unwrap();
-    let command = home_agent.next(false).await;
+    let command = home_agent.command().await;
     let Some(pb::server_message::Body::Update(u)) = command.body else {
         panic!("expected the update command, got {command:?}");
     };
@@ -748,7 +498,8 @@ async fn agent_certificates_are_bound_to_their_site() {
         })
     };
     away_agent.send(2, result(pb::UpgradeStatus::Success)).await;
-    let why = away_agent.refused(2).await;
+    let (seq, why) = away_agent.refused().await;
+    assert_eq!(seq, 2);
     assert!(why.contains("another site"), "{why}");
     let task_now = |ch: Channel, admin: String, id: String| async move {
         devices(&ch)
@@ -801,15 +552,15 @@ async fn agent_certificates_are_bound_to_their_site() {
     // breaks the session's rules (FAILED_PRECONDITION, not applied); after a reconnect the
     // welcome tells the agent to start above it.
     home_agent.send(2, result(pb::UpgradeStatus::Success)).await;
-    home_agent.acked(2).await;
+    home_agent.acked_through(2).await;
     home_agent
-        .send(3, inventory(vec![device("lamp", "1.1.1")]))
+        .send(3, inventory(vec![esphome("lamp", "1.1.1")]))
         .await;
-    home_agent.acked(3).await;
+    home_agent.acked_through(3).await;
     home_agent
-        .send(3, inventory(vec![device("lamp", "6.6.6")]))
+        .send(3, inventory(vec![esphome("lamp", "6.6.6")]))
         .await;
-    let ended = home_agent.ended().await;
+    let ended = home_agent.ended_with().await.1;
     assert_eq!(ended.code(), Code::FailedPrecondition, "{ended:?}");
     let mut home_agent = connect_as(&home, "home", "agent-home").await.unwrap();
     let t = task_now(op.clone(), admin.clone(), task.id.clone()).await;
@@ -844,7 +595,7 @@ async fn agent_certificates_are_bound_to_their_site() {
             .into_inner()
     };
     let pending = tokio::spawn(check(op.clone(), admin.clone()));
-    let asked = home_agent.next(false).await;
+    let asked = home_agent.command().await;
     let Some(pb::server_message::Body::Check(c)) = asked.body else {
         panic!("expected a check, got {asked:?}");
     };
@@ -852,7 +603,7 @@ async fn agent_certificates_are_bound_to_their_site() {
         check_id: c.check_id.clone(),
         device_local_id: "lamp".into(),
         reachable: true,
-        device: Some(device("lamp", "1.1.0")),
+        device: Some(esphome("lamp", "1.1.0")),
         ..Default::default()
     });
     away_agent.send(0, answer.clone()).await;
@@ -863,7 +614,7 @@ async fn agent_certificates_are_bound_to_their_site() {
         "another site answered a check of home/lamp"
     );
     let pending = tokio::spawn(check(op.clone(), admin.clone()));
-    let asked = home_agent.next(false).await;
+    let asked = home_agent.command().await;
     let Some(pb::server_message::Body::Check(c)) = asked.body else {
         panic!("expected a check, got {asked:?}");
     };
@@ -874,7 +625,7 @@ async fn agent_certificates_are_bound_to_their_site() {
                 check_id: c.check_id.clone(),
                 device_local_id: "lamp".into(),
                 reachable: true,
-                device: Some(device("lamp", "1.1.0")),
+                device: Some(esphome("lamp", "1.1.0")),
                 ..Default::default()
             }),
         )
@@ -888,19 +639,11 @@ async fn agent_certificates_are_bound_to_their_site() {
     server.shutdown().await.unwrap();
 }
 
-fn plain_config(dir: &Path) -> Config {
-    Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    }
-}
-
 #[tokio::test]
 async fn development_mode_is_explicit_and_ends_with_the_first_token() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(plain_config(dir.path()), Clock::new()).await;
-    let ch = plain_channel(&server).await;
+    let server = start_server(config(dir.path()), Clock::new()).await;
+    let ch = plain_channel(server.addr).await;
     let s = system(&ch)
         .status(pb::StatusRequest {})
         .await
@@ -953,28 +696,13 @@ struct Evil {
     two: u64,
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn malformed_oversized_and_unknown_inputs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = plain_config(dir.path());
+    let mut cfg = config(dir.path());
     cfg.max_message_bytes = 64 * 1024;
-    let server = start(cfg, Clock::new()).await;
-    let ch = plain_channel(&server).await;
+    let server = start_server(cfg, Clock::new()).await;
+    let ch = plain_channel(server.addr).await;
 
     // Malformed protobuf, unary: InvalidArgument (tonic alone says Internal).
     let mut grpc = tonic::client::Grpc::new(ch.clone());
@@ -1035,16 +763,20 @@ async fn malformed_oversized_and_unknown_inputs_are_refused() {
     let app = EspAppBuilder::new(Chip::Esp32).payload_size(1000).build();
     let err = firmware(&ch)
         .upload(futures::stream::iter(upload_messages(
-            "../../etc/passwd",
-            "1",
+            app_meta("../../etc/passwd", "1", None),
             &app,
+            CHUNK,
         )))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("no paths"), "{err:?}");
     let err = firmware(&ch)
-        .upload(futures::stream::iter(upload_messages("ok", "../1", &app)))
+        .upload(futures::stream::iter(upload_messages(
+            app_meta("ok", "../1", None),
+            &app,
+            CHUNK,
+        )))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -1056,15 +788,19 @@ async fn malformed_oversized_and_unknown_inputs_are_refused() {
 
     // An oversized upload stream stops at max_firmware_bytes (4 MiB here) and leaves nothing.
     server.shutdown().await.unwrap();
-    let mut cfg = plain_config(dir.path());
+    let mut cfg = config(dir.path());
     cfg.max_firmware_bytes = 100_000;
-    let server = start(cfg, Clock::new()).await;
-    let ch = plain_channel(&server).await;
+    let server = start_server(cfg, Clock::new()).await;
+    let ch = plain_channel(server.addr).await;
     let big = EspAppBuilder::new(Chip::Esp32)
         .payload_size(150_000)
         .build();
     let err = firmware(&ch)
-        .upload(futures::stream::iter(upload_messages("big", "1", &big)))
+        .upload(futures::stream::iter(upload_messages(
+            app_meta("big", "1", None),
+            &big,
+            CHUNK,
+        )))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
@@ -1075,19 +811,37 @@ async fn malformed_oversized_and_unknown_inputs_are_refused() {
 #[tokio::test]
 async fn expensive_calls_are_rate_limited_per_caller() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = plain_config(dir.path());
+    let mut cfg = config(dir.path());
     cfg.rate_limits = RateLimits {
         batch_check: 2,
         ..RateLimits::default()
     };
-    let server = start(cfg, Clock::new()).await;
-    let ch = plain_channel(&server).await;
-    async fn ask(ch: &Channel) -> Result<tonic::Response<pb::BatchCheckResponse>, tonic::Status> {
+    let server = start_server(cfg, Clock::new()).await;
+    let ch = plain_channel(server.addr).await;
+    // Two callers: alice (the first token, made in development mode) and bob.
+    let alice = access(&ch)
+        .create_token(pb::CreateTokenRequest {
+            name: "alice".into(),
+            role: pb::Role::Admin as i32,
+            ttl_s: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let bob = create_token(&ch, &alice, "bob", pb::Role::Operator, 0).await;
+    async fn ask(
+        ch: &Channel,
+        token: &str,
+    ) -> Result<tonic::Response<pb::BatchCheckResponse>, tonic::Status> {
         devices(ch)
-            .batch_check(pb::BatchCheckRequest {
-                device_ids: vec!["home/nothing".into()],
-                ..Default::default()
-            })
+            .batch_check(authed(
+                pb::BatchCheckRequest {
+                    device_ids: vec!["home/nothing".into()],
+                    ..Default::default()
+                },
+                token,
+            ))
             .await
     }
     fn not_limited<T>(r: &Result<T, tonic::Status>) -> bool {
@@ -1096,20 +850,38 @@ async fn expensive_calls_are_rate_limited_per_caller() {
             .is_none_or(|e| e.code() != Code::ResourceExhausted)
     }
     for _ in 0..2 {
-        assert!(not_limited(&ask(&ch).await));
+        assert!(not_limited(&ask(&ch, &alice).await));
     }
-    let err = ask(&ch).await.unwrap_err();
+    let err = ask(&ch, &alice).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert_eq!(
         err.message(),
         "too many requests of this kind; try again in 30s"
     );
+    // Another caller has buckets of its own; alice's stays empty meanwhile.
+    for _ in 0..2 {
+        assert!(
+            not_limited(&ask(&ch, &bob).await),
+            "bob was limited by alice's calls"
+        );
+    }
+    assert_eq!(
+        ask(&ch, &bob).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        ask(&ch, &alice).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
     // Other RPCs are not affected.
     let other = devices(&ch)
-        .check(pb::CheckDeviceRequest {
-            device_id: "home/nothing".into(),
-            ..Default::default()
-        })
+        .check(authed(
+            pb::CheckDeviceRequest {
+                device_id: "home/nothing".into(),
+                ..Default::default()
+            },
+            &alice,
+        ))
         .await;
     assert!(not_limited(&other), "Check was limited too");
     server.shutdown().await.unwrap();
@@ -1134,17 +906,14 @@ async fn a_rollout_that_needs_approval_starts_only_after_another_operator_approv
     let pki = Pki::new("Test CA");
     let mut cfg = tls_config(dir.path(), &pki);
     cfg.require_approval = true;
-    let server = start(cfg, Clock::new()).await;
-    let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let ch = tls_channel(&server, &pki.ca_pem(), None).await;
+    let server = start_server(cfg, Clock::new()).await;
+    let admin = admin_token(&dir.path().join("data"));
+    let ch = tls_channel(server.addr, &pki.ca_pem(), None).await;
     let alice = create_token(&ch, &admin, "alice", pb::Role::Operator, 0).await;
     let bob = create_token(&ch, &admin, "bob", pb::Role::Operator, 0).await;
     let vera = create_token(&ch, &admin, "vera", pb::Role::Viewer, 0).await;
     let app = EspAppBuilder::new(Chip::Esp32).version("2.0.0").build();
-    let fw = upload(&ch, &admin, "app", "2.0.0", &app).await;
+    let fw = upload_app_as(&ch, &admin, "app", "2.0.0", &app, None).await;
     let spec = pb::RolloutSpec {
         name: "spring".into(),
         firmware_id: fw.id.clone(),

@@ -10,15 +10,15 @@
 //! nothing in the log; and after a reconnect the welcome's `acked_seq` is the highest seq the log
 //! holds for the agent.
 
-mod common;
-
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use common::*;
 use ota_firmware::Chip;
 use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
+use ota_testkit::otad::*;
+use ota_testkit::session::*;
+use ota_testkit::upload::*;
 use proptest::prelude::*;
 use prost::Message;
 use tonic::Code;
@@ -30,7 +30,7 @@ static PANICS: AtomicUsize = AtomicUsize::new(0);
 
 struct World {
     rt: tokio::runtime::Runtime,
-    ts: TestServer,
+    ts: TestOtad,
     firmware_id: String,
     cases: AtomicU64,
 }
@@ -51,7 +51,7 @@ fn world() -> &'static World {
         let (ts, firmware_id) = rt.block_on(async {
             // One server for every case: its per-caller limit on EventService.Tail (the
             // check reads the log once per case) would throttle a fast run.
-            let ts = TestServer::start_in(tempfile::tempdir().unwrap(), |c| {
+            let ts = TestOtad::start_in(tempfile::tempdir().unwrap(), |c| {
                 c.rate_limits.tail = 0;
             })
             .await;
@@ -59,7 +59,8 @@ fn world() -> &'static World {
                 .version("2.0.0")
                 .payload_size(2000)
                 .build();
-            let fw = upload(&ts, meta("fuzz", "2.0.0"), &image)
+            let fw = ts
+                .try_upload(meta("fuzz", "2.0.0"), &image)
                 .await
                 .unwrap()
                 .firmware
@@ -214,7 +215,7 @@ async fn run_case(hello_last: u64, ops: Vec<(SeqOp, BodyOp)>) -> Result<(), Test
     let agent_id = format!("agent-{n}");
 
     // A session with one device and a task running for it.
-    let (mut agent, welcome) = RawAgent::connect(&ts.channel, &site, &agent_id, hello_last)
+    let (mut agent, welcome) = AgentSession::connect(&ts.channel, &site, &agent_id, hello_last)
         .await
         .unwrap();
     prop_assert_eq!(welcome.acked_seq, 0);
@@ -403,7 +404,7 @@ async fn run_case(hello_last: u64, ops: Vec<(SeqOp, BodyOp)>) -> Result<(), Test
     let wanted: Vec<u64> = expected.iter().map(|(s, _)| *s).collect();
     prop_assert_eq!(&answered, &wanted, "every report answered once, in order");
 
-    let in_log = report_seqs_in_log(ts, &agent_id).await;
+    let in_log = ts.report_seqs_in_log(&agent_id).await;
     for ((seq, acked), (_, no_op)) in answers.iter().zip(&expected) {
         if *acked {
             prop_assert!(
@@ -425,7 +426,7 @@ async fn run_case(hello_last: u64, ops: Vec<(SeqOp, BodyOp)>) -> Result<(), Test
     }
 
     // The welcome after a reconnect is what the log holds.
-    let (_again, welcome) = RawAgent::connect(&ts.channel, &site, &agent_id, highest)
+    let (_again, welcome) = AgentSession::connect(&ts.channel, &site, &agent_id, highest)
         .await
         .unwrap();
     prop_assert_eq!(welcome.acked_seq, in_log.iter().copied().max().unwrap_or(0));

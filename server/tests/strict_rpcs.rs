@@ -3,25 +3,25 @@
 //! stream error and a stall, every size limit answers RESOURCE_EXHAUSTED, stored numbers and ids
 //! are bounded, and repeating a signature records nothing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures::StreamExt;
 use ota_firmware::Chip;
 use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
+use ota_testkit::otad::*;
+use ota_testkit::session::*;
+use ota_testkit::upload::*;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-fn last_seq(ts: &TestServer) -> u64 {
+fn last_seq(ts: &TestOtad) -> u64 {
     ts.app().core.store().last_seq()
 }
 
-fn tmp_uploads(ts: &TestServer) -> Vec<std::path::PathBuf> {
+fn tmp_uploads(ts: &TestOtad) -> Vec<std::path::PathBuf> {
     files_under(&ts.dir.path().join("blobs/tmp"))
 }
 
@@ -38,7 +38,7 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 /// A device `home/lamp` (ESPHome, esp32, 1.0.0) reported by an agent that stays connected
 /// while the returned session lives.
 async fn with_a_device(
-    ts: &TestServer,
+    ts: &TestOtad,
 ) -> (
     mpsc::Sender<pb::AgentMessage>,
     tonic::Streaming<pb::ServerMessage>,
@@ -97,7 +97,7 @@ async fn with_a_device(
 
 #[tokio::test]
 async fn checking_a_device_that_does_not_exist_is_not_found_and_records_nothing() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let _agent = with_a_device(&ts).await;
     let before = last_seq(&ts);
     for id in ["x", "", "nosite/x", "../../etc/passwd", "home/nothing"] {
@@ -139,11 +139,11 @@ async fn checking_a_device_that_does_not_exist_is_not_found_and_records_nothing(
 
 #[tokio::test]
 async fn a_megabyte_name_is_a_short_invalid_argument() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let huge = "n".repeat(1024 * 1024);
     let app = EspAppBuilder::new(Chip::Esp32).payload_size(1000).build();
     for m in [meta(&huge, "1"), meta("ok", &huge)] {
-        let err = upload(&ts, m, &app).await.unwrap_err();
+        let err = ts.try_upload(m, &app).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{:?}", err.code());
         assert!(err.message().len() < 300, "{} bytes", err.message().len());
         assert!(err.message().contains("nnn…\""), "{}", err.message());
@@ -180,7 +180,7 @@ async fn a_megabyte_name_is_a_short_invalid_argument() {
 #[tokio::test]
 async fn uploads_leave_no_temporary_file_after_a_cancel_a_stream_error_or_a_stall() {
     let dir = tempfile::tempdir().unwrap();
-    let ts = TestServer::start_in(dir, |c| {
+    let ts = TestOtad::start_in(dir, |c| {
         c.upload_idle_timeout = Duration::from_millis(300);
     })
     .await;
@@ -245,14 +245,14 @@ async fn uploads_leave_no_temporary_file_after_a_cancel_a_stream_error_or_a_stal
 
     // Nothing was registered, and a complete upload still works.
     assert_eq!(last_seq(&ts), 0);
-    upload(&ts, meta("fw", "1"), &app).await.unwrap();
+    ts.try_upload(meta("fw", "1"), &app).await.unwrap();
     assert!(tmp_uploads(&ts).is_empty());
 }
 
 #[tokio::test]
 async fn every_size_limit_is_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
-    let ts = TestServer::start_in(dir, |c| c.max_message_bytes = 64 * 1024).await;
+    let ts = TestOtad::start_in(dir, |c| c.max_message_bytes = 64 * 1024).await;
     let big = "x".repeat(100 * 1024);
     let raw = |m: &dyn Fn() -> Vec<u8>| m();
     // Unary requests of several services, and server-streaming ones.
@@ -344,7 +344,7 @@ async fn every_size_limit_is_resource_exhausted() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     let dir = tempfile::tempdir().unwrap();
-    let ts2 = TestServer::start_in(dir, |c| {
+    let ts2 = TestOtad::start_in(dir, |c| {
         c.max_message_bytes = 4 * 1024 * 1024;
         c.max_firmware_bytes = 8 * 1024 * 1024;
     })
@@ -382,7 +382,7 @@ fn spec_with(f: impl FnOnce(&mut pb::RolloutSpec)) -> pb::RolloutSpec {
 
 #[tokio::test]
 async fn stored_numbers_and_ids_are_bounded() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let _agent = with_a_device(&ts).await;
     let before = last_seq(&ts);
     let bad: Vec<(&str, pb::RolloutSpec)> = vec![
@@ -469,9 +469,10 @@ async fn stored_numbers_and_ids_are_bounded() {
 
 #[tokio::test]
 async fn the_same_signature_twice_records_one_event() {
-    let ts = TestServer::start().await;
+    let ts = TestOtad::start().await;
     let app = EspAppBuilder::new(Chip::Esp32).payload_size(1000).build();
-    let fw = upload(&ts, meta("fw", "1"), &app)
+    let fw = ts
+        .try_upload(meta("fw", "1"), &app)
         .await
         .unwrap()
         .firmware

@@ -5,14 +5,13 @@
 //! gates, windows in the site's IANA zone, the rollout-wide failure budget, and command ids that
 //! stay unique across restarts.
 
-mod rollouts_support;
-
 use std::time::Duration;
 
 use ota_domain::events::DomainEvent;
 use ota_domain::projection::TaskPhase;
 use ota_proto::v1 as pb;
-use rollouts_support::*;
+use ota_testkit::otad::*;
+use ota_testkit::site::*;
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -36,21 +35,21 @@ fn sleepy(local: &str, network: &str) -> pb::DeviceReport {
     }
 }
 
-fn task_of(otad: &Otad, rollout: &str, device: &str) -> ota_domain::projection::TaskView {
+fn task_of(otad: &TestOtad, rollout: &str, device: &str) -> ota_domain::projection::TaskView {
     let app = otad.app();
     let state = app.core.read();
     let id = &state.rollouts[rollout].tasks_by_device[device];
     state.tasks[id].clone()
 }
 
-fn single_task(otad: &Otad, device: &str) -> ota_domain::projection::TaskView {
+fn single_task(otad: &TestOtad, device: &str) -> ota_domain::projection::TaskView {
     let app = otad.app();
     let state = app.core.read();
     let id = state.devices[device].current_task.clone().expect("a task");
     state.tasks[&id].clone()
 }
 
-async fn update(otad: &Otad, device: &str, firmware: &str) -> pb::Task {
+async fn update(otad: &TestOtad, device: &str, firmware: &str) -> pb::Task {
     otad.devices()
         .update(pb::UpdateDeviceRequest {
             device_id: device.into(),
@@ -67,7 +66,7 @@ async fn update(otad: &Otad, device: &str, firmware: &str) -> pb::Task {
 
 #[tokio::test(start_paused = true)]
 async fn a_device_that_sleeps_six_hours_completes_a_rollout_with_default_settings() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_zigbee(2).await;
     let _site = FakeSite::connect(
         &otad,
@@ -113,7 +112,7 @@ async fn a_device_that_sleeps_six_hours_completes_a_rollout_with_default_setting
 
 #[tokio::test(start_paused = true)]
 async fn a_success_after_the_stage_deadline_counts_and_is_marked_late() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let _site = FakeSite::connect(
         &otad,
@@ -154,7 +153,7 @@ async fn a_success_after_the_stage_deadline_counts_and_is_marked_late() {
     assert_eq!(slow.phase, TaskPhase::Succeeded);
     assert!(slow.late);
     let late_events = otad
-        .events()
+        .recorded()
         .into_iter()
         .filter(|(_, _, e)| matches!(e, DomainEvent::TaskSucceeded(s) if s.late))
         .count();
@@ -182,7 +181,7 @@ async fn a_success_after_the_stage_deadline_counts_and_is_marked_late() {
 
 #[tokio::test(start_paused = true)]
 async fn an_update_for_a_device_that_was_away_starts_right_after_a_probe_finds_it() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let mut away = esphome("plug", "1.0.0");
     away.reachable = false;
@@ -237,7 +236,7 @@ async fn an_update_for_a_device_that_was_away_starts_right_after_a_probe_finds_i
 
 #[tokio::test(start_paused = true)]
 async fn a_check_of_sleepy_devices_says_asleep_and_completes_when_they_wake() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_zigbee(2).await;
     let site = FakeSite::connect(
         &otad,
@@ -296,7 +295,7 @@ async fn a_check_of_sleepy_devices_says_asleep_and_completes_when_they_wake() {
 
 #[tokio::test(start_paused = true)]
 async fn one_update_per_zigbee_network_across_rollouts_and_single_updates() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_zigbee(2).await;
     let devices: Vec<Dev> = (0..6)
         .map(|i| {
@@ -360,7 +359,7 @@ async fn one_update_per_zigbee_network_across_rollouts_and_single_updates() {
 
 #[tokio::test(start_paused = true)]
 async fn abort_stops_what_the_agent_is_still_preparing() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let site = FakeSite::connect(
         &otad,
@@ -405,7 +404,7 @@ async fn abort_stops_what_the_agent_is_still_preparing() {
 
 #[tokio::test(start_paused = true)]
 async fn gates_switched_off_let_a_low_battery_device_update() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_zigbee(2).await;
     let low = pb::DeviceReport {
         battery_percent: Some(20),
@@ -445,7 +444,7 @@ async fn the_window_follows_the_sites_iana_zone() {
     // Monday 00:00 UTC is Sunday 19:00 in New York (UTC-5 in January). The agent reports offset
     // 0 (its window would open at 22:00 UTC); the spec says the site is in New York, where
     // 22:00 is 03:00 UTC.
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let site = FakeSite::connect(
         &otad,
@@ -475,7 +474,7 @@ async fn the_window_follows_the_sites_iana_zone() {
 
 #[tokio::test(start_paused = true)]
 async fn failures_spread_over_stages_pause_the_rollout_at_its_failure_budget() {
-    let otad = Otad::start(MONDAY).await;
+    let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
     let mut devices = Vec::new();
     for i in 0..6 {
@@ -523,7 +522,7 @@ async fn failures_spread_over_stages_pause_the_rollout_at_its_failure_budget() {
 /// Not paused: the sled store commits on its own threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_ids_stay_unique_across_restarts() {
-    let mut otad = Otad::start_sled(MONDAY).await;
+    let mut otad = TestOtad::sled_at(MONDAY).await;
     let fw = otad.upload_now("node", "2.0.0", esp_image("2.0.0")).await;
     let devices: Vec<Dev> = (0..3)
         .map(|i| {

@@ -1,15 +1,12 @@
-//! Test support for rollouts: an in-process otad whose clock starts where the test says, and fake
-//! site agents that speak `AgentService` over real gRPC like an agent would — hello, inventory,
-//! answers to check commands, update commands run by simulated devices that take (paused tokio)
-//! time and report progress and results, journal sequence numbers resent after a reconnect, and
-//! idempotent handling of repeated update commands.
+//! Fake sites: agents that speak `AgentService` over real gRPC like an agent would — hello,
+//! inventory, answers to check commands, update commands run by simulated devices that take
+//! (paused tokio) time and report progress and results, journal sequence numbers resent after a
+//! reconnect, and idempotent handling of repeated update commands. Also the device reports and
+//! rollout specs the tests give them.
 //!
-//! Time-dependent tests run with `start_paused = true` on the in-memory event store: the sled
-//! store commits on its own threads, and while a paused runtime waits for another thread tokio
-//! advances the clock to the next timer, which would make window and deadline tests flaky. The
-//! restart tests use sled (`Otad::start_sled`), where only durability and order matter.
-
-#![allow(dead_code)]
+//! A fake site's hello is [`crate::session::hello_message`]'s with its own zone; the session
+//! itself is a typed stream, since the site answers by itself (a test that drives a session
+//! message by message uses [`crate::session::AgentSession`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,250 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use ota_domain::events::DomainEvent;
-use ota_firmware::Chip;
-use ota_firmware::builders::{EspAppBuilder, ZigbeeOtaBuilder};
 use ota_proto::v1 as pb;
-use ota_server::app::App;
-use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::store::{EventStore, MemEventStore};
-use ota_server::wiring::{self, open_store};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
 
-/// 2026-01-05 00:00 UTC, a Monday.
-pub const MONDAY: i64 = 1_767_571_200_000;
-pub const HOUR: i64 = 3_600_000;
+use crate::otad::TestOtad;
+
 /// How often fake agents send a heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-
-// === otad ===
-
-pub struct Otad {
-    pub dir: Arc<tempfile::TempDir>,
-    /// The in-memory store (kept across restarts), or `None` for sled.
-    mem: Option<MemEventStore>,
-    pub server: Option<wiring::Otad>,
-    pub channel: Channel,
-}
-
-fn config(dir: &std::path::Path) -> Config {
-    Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        max_firmware_bytes: 4 * 1024 * 1024,
-        // Fake agents send no heartbeats; paused time may run for days.
-        agent_timeout: Duration::from_secs(365 * 24 * 3600),
-        heartbeat_interval: Duration::from_secs(24 * 3600),
-        ..Config::default()
-    }
-}
-
-impl Otad {
-    /// otad on the in-memory store, its clock at `at_ms`.
-    pub async fn start(at_ms: i64) -> Otad {
-        let mem = MemEventStore::new();
-        Self::boot(Arc::new(tempfile::tempdir().unwrap()), Some(mem), at_ms).await
-    }
-
-    /// otad on sled in a temporary directory.
-    pub async fn start_sled(at_ms: i64) -> Otad {
-        Self::boot(Arc::new(tempfile::tempdir().unwrap()), None, at_ms).await
-    }
-
-    async fn boot(dir: Arc<tempfile::TempDir>, mem: Option<MemEventStore>, at_ms: i64) -> Otad {
-        let cfg = config(dir.path());
-        let store: Arc<dyn EventStore> = match &mem {
-            Some(m) => Arc::new(m.clone()),
-            None => open_store(&cfg).unwrap(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = wiring::Otad::start(cfg, store, Clock::starting_at(at_ms), listener)
-            .await
-            .unwrap();
-        let channel = Channel::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Otad {
-            dir,
-            mem,
-            server: Some(server),
-            channel,
-        }
-    }
-
-    /// Stops otad (sites must have disconnected, watches ended) and starts it again on the same
-    /// log, its clock continuing where it was.
-    pub async fn restart(mut self) -> Otad {
-        let now = self.app().now_ms();
-        let old = Arc::downgrade(&self.app());
-        self.server.take().unwrap().shutdown().await.unwrap();
-        // Agent sessions of the old instance end as their tasks notice; only then is the event
-        // store (and sled's file lock) released.
-        while old.strong_count() > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Self::boot(self.dir.clone(), self.mem.take(), now).await
-    }
-
-    pub fn app(&self) -> Arc<App> {
-        self.server.as_ref().unwrap().app.clone()
-    }
-
-    pub fn now_ms(&self) -> i64 {
-        self.app().now_ms()
-    }
-
-    pub fn rollouts(&self) -> pb::rollout_service_client::RolloutServiceClient<Channel> {
-        pb::rollout_service_client::RolloutServiceClient::new(self.channel.clone())
-    }
-    pub fn devices(&self) -> pb::device_service_client::DeviceServiceClient<Channel> {
-        pb::device_service_client::DeviceServiceClient::new(self.channel.clone())
-    }
-    pub fn firmware(&self) -> pb::firmware_service_client::FirmwareServiceClient<Channel> {
-        pb::firmware_service_client::FirmwareServiceClient::new(self.channel.clone())
-    }
-    pub fn agent(&self) -> pb::agent_service_client::AgentServiceClient<Channel> {
-        pb::agent_service_client::AgentServiceClient::new(self.channel.clone())
-    }
-
-    /// Every recorded event, decoded, with its stream and time.
-    pub fn events(&self) -> Vec<(String, i64, DomainEvent)> {
-        let app = self.app();
-        let store = app.core.store();
-        let mut out = Vec::new();
-        let mut next = 1;
-        loop {
-            let batch = store.read_from(next, 4096).unwrap();
-            if batch.is_empty() {
-                return out;
-            }
-            for r in batch {
-                next = r.seq + 1;
-                let e = ota_server::core::decode(&r).unwrap();
-                out.push((r.stream, r.recorded_at_ms, e));
-            }
-        }
-    }
-
-    /// Uploads a firmware. The upload path does file I/O that a paused clock would race
-    /// through (tokio advances paused time while the runtime waits for other threads), so time
-    /// runs normally for the few milliseconds of the upload.
-    pub async fn upload(&self, name: &str, version: &str, bytes: Vec<u8>) -> String {
-        tokio::time::resume();
-        let id = self.upload_now(name, version, bytes).await;
-        tokio::time::pause();
-        id
-    }
-
-    /// Uploads a firmware without touching the clock (tests with time running).
-    pub async fn upload_now(&self, name: &str, version: &str, bytes: Vec<u8>) -> String {
-        let msgs = vec![
-            pb::UploadFirmwareRequest {
-                part: Some(pb::upload_firmware_request::Part::Metadata(
-                    pb::UploadMetadata {
-                        name: name.into(),
-                        version: version.into(),
-                        ..Default::default()
-                    },
-                )),
-            },
-            pb::UploadFirmwareRequest {
-                part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
-            },
-        ];
-        self.firmware()
-            .upload(futures::stream::iter(msgs))
-            .await
-            .unwrap()
-            .into_inner()
-            .firmware
-            .unwrap()
-            .id
-    }
-
-    /// An ESPHome (ESP32) application image of `version`.
-    pub async fn upload_esp(&self, version: &str) -> String {
-        self.upload("node", version, esp_image(version)).await
-    }
-
-    /// A Zigbee OTA file for the devices of [`zigbee`].
-    pub async fn upload_zigbee(&self, file_version: u32) -> String {
-        let bytes = ZigbeeOtaBuilder::new(0x117C, 0x2803, file_version)
-            .upgrade_image(2000)
-            .build();
-        self.upload("bulb", &file_version.to_string(), bytes).await
-    }
-
-    pub async fn rollout(&self, id: &str) -> pb::Rollout {
-        self.rollouts()
-            .get(pb::GetRolloutRequest { id: id.into() })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    pub async fn create(&self, spec: pb::RolloutSpec) -> pb::Rollout {
-        self.rollouts()
-            .create(pb::CreateRolloutRequest {
-                spec: Some(spec),
-                start: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    /// Polls the projection every `step` of (paused) time until `f` answers, at most `within`.
-    pub async fn until<T>(
-        &self,
-        what: &str,
-        step: Duration,
-        within: Duration,
-        mut f: impl FnMut(&ota_domain::projection::FleetState) -> Option<T>,
-    ) -> T {
-        let app = self.app();
-        let give_up = Instant::now() + within;
-        loop {
-            if let Some(v) = f(&app.core.read()) {
-                return v;
-            }
-            if Instant::now() >= give_up {
-                for (stream, at, e) in self.events() {
-                    eprintln!(
-                        "{stream} {:.3} h {} {}",
-                        (at - MONDAY) as f64 / HOUR as f64,
-                        e.type_name(),
-                        e.to_json().chars().take(160).collect::<String>()
-                    );
-                }
-                panic!("gave up waiting for {what} after {within:?}");
-            }
-            tokio::time::sleep(step).await;
-        }
-    }
-
-    /// Waits until the rollout is in `state` (by name: "running", "paused", ...).
-    pub async fn until_rollout(&self, id: &str, state: &str, within: Duration) {
-        self.until(
-            &format!("rollout {id} {state}"),
-            Duration::from_secs(1),
-            within,
-            |s| {
-                s.rollouts
-                    .get(id)
-                    .filter(|r| r.state.name() == state)
-                    .map(|_| ())
-            },
-        )
-        .await
-    }
-}
 
 // === specs ===
 
@@ -284,15 +47,6 @@ pub fn threshold(n: u32) -> Option<pb::Threshold> {
     Some(pb::Threshold {
         value: Some(pb::threshold::Value::Count(n)),
     })
-}
-
-/// An ESPHome (ESP32) application image of `version`.
-pub fn esp_image(version: &str) -> Vec<u8> {
-    EspAppBuilder::new(Chip::Esp32)
-        .version(version)
-        .project_name("node")
-        .payload_size(4096)
-        .build()
 }
 
 /// A spec without a batch check (tests that want one turn it on).
@@ -468,7 +222,7 @@ pub struct FakeSite {
 
 impl FakeSite {
     /// Connects to otad and reports a full inventory.
-    pub async fn connect(otad: &Otad, site: &str, offset_minutes: i32, devices: Vec<Dev>) -> Self {
+    pub async fn connect(otad: &TestOtad, site: &str, offset_minutes: i32, devices: Vec<Dev>) -> Self {
         let inner = Arc::new(Inner {
             site: site.into(),
             agent_id: format!("agent-{site}"),
@@ -616,27 +370,22 @@ impl FakeSite {
     }
 
     /// Opens a new session to (a restarted) otad and resends what it has not acknowledged.
-    pub async fn reconnect(&self, otad: &Otad) {
+    pub async fn reconnect(&self, otad: &TestOtad) {
         self.open(otad).await;
     }
 
-    async fn open(&self, otad: &Otad) {
+    async fn open(&self, otad: &TestOtad) {
         *self.inner.clock.lock().unwrap() = Some(otad.app().core.clock().clone());
         let (tx, rx) = mpsc::unbounded_channel();
         let last_seq = self.inner.journal.lock().unwrap().next - 1;
-        tx.send(pb::AgentMessage {
-            seq: 0,
-            body: Some(pb::agent_message::Body::Hello(pb::AgentHello {
-                site_id: self.inner.site.clone(),
-                agent_version: "fake".into(),
-                agent_id: self.inner.agent_id.clone(),
-                last_seq,
-                timezone: "Etc/Test".into(),
-                utc_offset_minutes: self.inner.offset_minutes,
-                transports: vec![],
-            })),
-        })
-        .unwrap();
+        let mut hello =
+            crate::session::hello_message(&self.inner.site, &self.inner.agent_id, last_seq);
+        if let Some(pb::agent_message::Body::Hello(h)) = &mut hello.body {
+            h.agent_version = "fake".into();
+            h.timezone = "Etc/Test".into();
+            h.utc_offset_minutes = self.inner.offset_minutes;
+        }
+        tx.send(hello).unwrap();
         let mut inbound = otad
             .agent()
             .connect(UnboundedReceiverStream::new(rx))
