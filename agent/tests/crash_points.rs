@@ -32,9 +32,10 @@ use ota_agent::trust::TrustPolicy;
 use ota_domain::events::DomainEvent;
 use ota_domain::projection::TaskPhase;
 use ota_proto::v1 as pb;
-use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::wiring::{self, open_store};
+use ota_server::wiring;
+use ota_testkit::otad::{config, lazy_channel, start_server};
+use ota_testkit::upload::{meta, upload_firmware};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -115,20 +116,8 @@ struct Otad {
 
 async fn otad() -> Otad {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    let store = open_store(&cfg).expect("sled store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let server = wiring::Otad::start(cfg, store, Clock::new(), listener)
-        .await
-        .expect("otad");
-    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-        .expect("endpoint")
-        .connect_lazy();
+    let server = start_server(config(dir.path()), Clock::new()).await;
+    let channel = lazy_channel(server.addr);
     Otad {
         server,
         channel,
@@ -138,27 +127,7 @@ async fn otad() -> Otad {
 
 impl Otad {
     async fn upload(&self, name: &str, version: &str, bytes: Vec<u8>) -> pb::Firmware {
-        let msgs = vec![
-            pb::UploadFirmwareRequest {
-                part: Some(pb::upload_firmware_request::Part::Metadata(
-                    pb::UploadMetadata {
-                        name: name.into(),
-                        version: version.into(),
-                        ..Default::default()
-                    },
-                )),
-            },
-            pb::UploadFirmwareRequest {
-                part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
-            },
-        ];
-        pb::firmware_service_client::FirmwareServiceClient::new(self.channel.clone())
-            .upload(futures::stream::iter(msgs))
-            .await
-            .expect("upload")
-            .into_inner()
-            .firmware
-            .expect("firmware")
+        upload_firmware(&self.channel, meta(name, version), &bytes).await
     }
 
     /// A rollout of `firmware` to one device, with quick retries.

@@ -13,60 +13,34 @@ use ota_agent::transport::serial::{SerialConfig, SerialPortConfig, SerialTranspo
 use ota_devproto::serial::Chip;
 use ota_firmware::builders::{EspAppBuilder, FactoryImageBuilder};
 use ota_proto::v1 as pb;
-use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::wiring::{Otad, open_store};
 use ota_sim::esprom::{EspRomSim, RomConfig};
+use ota_testkit::otad::{config, lazy_channel, start_server};
+use ota_testkit::upload::{meta, upload_firmware};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+/// Uploads `bytes` as `format`.
 async fn upload(
-    channel: Channel,
+    channel: &Channel,
     name: &str,
     version: &str,
-    bytes: Vec<u8>,
+    bytes: &[u8],
     format: pb::FirmwareFormat,
 ) -> pb::Firmware {
-    let msgs = vec![
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Metadata(
-                pb::UploadMetadata {
-                    name: name.into(),
-                    version: version.into(),
-                    format: format as i32,
-                    ..Default::default()
-                },
-            )),
-        },
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
-        },
-    ];
-    pb::firmware_service_client::FirmwareServiceClient::new(channel)
-        .upload(futures::stream::iter(msgs))
-        .await
-        .unwrap()
-        .into_inner()
-        .firmware
-        .unwrap()
+    let meta = pb::UploadMetadata {
+        format: format as i32,
+        ..meta(name, version)
+    };
+    upload_firmware(channel, meta, bytes).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flashing_a_serial_device_through_the_whole_system() {
     let server_dir = tempfile::tempdir().unwrap();
     let agent_dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data_dir: server_dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    let store = open_store(&cfg).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Otad::start(cfg, store, Clock::new(), listener)
-        .await
-        .unwrap();
-    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect_lazy();
+    let server = start_server(config(server_dir.path()), Clock::new()).await;
+    let channel = lazy_channel(server.addr);
 
     let rom = EspRomSim::start(RomConfig::esp32()).unwrap();
     let serial = Arc::new(
@@ -124,10 +98,10 @@ async fn flashing_a_serial_device_through_the_whole_system() {
         .payload_size(120_000)
         .build();
     let fw = upload(
-        channel.clone(),
+        &channel,
         "bench-app",
         "2026.11.1",
-        app.clone(),
+        &app,
         pb::FirmwareFormat::EspApp,
     )
     .await;
@@ -187,10 +161,10 @@ async fn flashing_a_serial_device_through_the_whole_system() {
         .build();
     let factory = FactoryImageBuilder::new(Chip::Esp32).app(app2).build();
     let fw2 = upload(
-        channel.clone(),
+        &channel,
         "bench-factory",
         "2026.11.2",
-        factory.clone(),
+        &factory,
         pb::FirmwareFormat::EspFactory,
     )
     .await;

@@ -17,16 +17,14 @@ use ota_agent::transport::{
 };
 use ota_domain::projection::TaskPhase;
 use ota_domain::status::{TaskError, UpgradeStatus};
-use ota_firmware::Chip;
-use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::wiring::{Otad, open_store};
+use ota_testkit::otad::{config, lazy_channel, start_server, wait_until};
+use ota_testkit::upload::upload_lamp_app;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 /// An ESPHome-like transport: reports half the image, waits for the test, reports all of it.
 #[derive(Debug)]
@@ -148,62 +146,17 @@ fn assert_series(body: &str, series: &str, expected: f64) {
     assert_eq!(value(body, series), Some(expected), "{series} in:\n{body}");
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
-async fn upload_app(channel: Channel, version: &str) -> pb::Firmware {
-    let bytes = EspAppBuilder::new(Chip::Esp32)
-        .version(version)
-        .payload_size(30_000)
-        .build();
-    let msgs = vec![
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Metadata(
-                pb::UploadMetadata {
-                    name: "lamp".into(),
-                    version: version.into(),
-                    ..Default::default()
-                },
-            )),
-        },
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
-        },
-    ];
-    pb::firmware_service_client::FirmwareServiceClient::new(channel)
-        .upload(futures::stream::iter(msgs))
-        .await
-        .unwrap()
-        .into_inner()
-        .firmware
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otad_and_agent_endpoints_show_one_update() {
     let server_dir = tempfile::tempdir().unwrap();
     let agent_dir = tempfile::tempdir().unwrap();
     let cfg = Config {
-        data_dir: server_dir.path().to_path_buf(),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..Config::default()
+        ..config(server_dir.path())
     };
-    let store = open_store(&cfg).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Otad::start(cfg, store, Clock::new(), listener)
-        .await
-        .unwrap();
+    let server = start_server(cfg, Clock::new()).await;
     let otad = server.metrics_addr.expect("otad serves /metrics");
-    let channel: Channel = Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect_lazy();
+    let channel = lazy_channel(server.addr);
 
     let (inventory, _) = watch::channel(vec![device("1.0.0")]);
     let transport = Arc::new(Scripted {
@@ -241,7 +194,7 @@ async fn otad_and_agent_endpoints_show_one_update() {
         app.core.read().devices.contains_key("home/lamp")
     })
     .await;
-    let fw = upload_app(channel.clone(), "2.0.0").await;
+    let fw = upload_lamp_app(&channel, "2.0.0").await;
     let task_id = pb::device_service_client::DeviceServiceClient::new(channel.clone())
         .update(pb::UpdateDeviceRequest {
             device_id: "home/lamp".into(),

@@ -9,14 +9,16 @@
 //! the receiver holds, under a single trace id, the spans of both services with the device,
 //! site, transport and firmware attributes.
 //!
-//! `otad` is built by cargo first, once per run (`otad_binary`), so it is never stale;
+//! `otad` is built by cargo first, once per run (`ota_testkit::bins::otad`), so it is never stale;
 //! `ota-agent` is this package's binary.
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
+
+use ota_testkit::upload::{app_meta, upload_firmware};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -32,7 +34,7 @@ use ota_proto::v1 as pb;
 use ota_sim::esphome::Platform;
 use ota_sim::esphome_node::{EsphomeNode, NodeConfig};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 const SITE: &str = "lab";
 const DEVICE: &str = "lab/plug";
@@ -124,87 +126,6 @@ impl Receiver {
 
 // === the processes ===
 
-/// The `otad` binary, built by cargo once per test process, so the test never runs against a
-/// stale otad left in `target/` by an older build.
-///
-/// The build is `cargo build -p ota-server --bin otad` with the profile this test was built
-/// with (read from the test's own path, `target/<profile>/deps/`), run by `$CARGO` (which cargo
-/// sets for tests) or else the cargo that compiled this test. The environment passes through,
-/// so `CARGO_TARGET_DIR`, `CARGO_BUILD_TARGET`, `CARGO_INCREMENTAL`, `RUSTFLAGS` and the other
-/// cargo settings apply as they did to the test build, except the variables that describe the
-/// test's own package (see [`describes_the_test_package`]); the binary is the one cargo
-/// reports.
-fn otad_binary() -> PathBuf {
-    static OTAD: OnceLock<PathBuf> = OnceLock::new();
-    OTAD.get_or_init(build_otad).clone()
-}
-
-fn build_otad() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile = exe
-        .parent() // deps
-        .and_then(Path::parent) // <profile>
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-        .expect("the test runs from target/<profile>/deps");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--message-format=json-render-diagnostics"])
-        .args(["-p", "ota-server", "--bin", "otad"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(describes_the_test_package) {
-            cmd.env_remove(name);
-        }
-    }
-    match profile {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        custom => {
-            cmd.args(["--profile", custom]);
-        }
-    }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed (see its errors above)"
-    );
-    let path = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "otad")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("{cmd:?} reported no executable for otad"));
-    assert!(path.exists(), "otad not found at {}", path.display());
-    path
-}
-
-/// Whether `name` is one of the variables cargo sets for a running test to describe the test's
-/// own package. A build started from the test must not see them: build scripts that watch
-/// them (ring watches `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`) would rebuild, and with them
-/// everything above, in this build and again in every ordinary build after it.
-fn describes_the_test_package(name: &str) -> bool {
-    name.starts_with("CARGO_PKG_")
-        || matches!(
-            name,
-            "CARGO_MANIFEST_DIR"
-                | "CARGO_MANIFEST_PATH"
-                | "CARGO_MANIFEST_LINKS"
-                | "CARGO_CRATE_NAME"
-                | "CARGO_BIN_NAME"
-                | "CARGO_PRIMARY_PACKAGE"
-                | "CARGO_TARGET_TMPDIR"
-                | "CARGO_RUSTC_CURRENT_DIR"
-                | "OUT_DIR"
-        )
-}
-
 /// The telemetry environment of both services: the receiver, fast batches, nothing inherited.
 fn otel_env(c: &mut Command, receiver: std::net::SocketAddr) {
     for k in [
@@ -247,7 +168,7 @@ impl Drop for Proc {
 
 fn start_otad(dir: &Path, receiver: std::net::SocketAddr) -> (Proc, String) {
     let log = dir.join("otad.log");
-    let mut c = Command::new(otad_binary());
+    let mut c = Command::new(ota_testkit::bins::otad());
     c.arg("--insecure-plaintext")
         .arg("--listen")
         .arg("127.0.0.1:0")
@@ -308,31 +229,6 @@ fn start_agent(
         child: c.spawn().expect("spawn ota-agent"),
         log,
     }
-}
-
-async fn upload(channel: Channel, bytes: Vec<u8>) -> pb::Firmware {
-    let msgs = vec![
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Metadata(
-                pb::UploadMetadata {
-                    name: "acme-plug".into(),
-                    version: "2.0.0".into(),
-                    format: pb::FirmwareFormat::EspApp as i32,
-                    ..Default::default()
-                },
-            )),
-        },
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
-        },
-    ];
-    pb::firmware_service_client::FirmwareServiceClient::new(channel)
-        .upload(futures::stream::iter(msgs))
-        .await
-        .expect("upload")
-        .into_inner()
-        .firmware
-        .expect("firmware in the answer")
 }
 
 /// Spans of one service in one trace, by name.
@@ -417,7 +313,7 @@ async fn one_update_is_one_trace_across_otad_and_the_agent() {
         .project_name("acme.plug")
         .payload_size(64 * 1024)
         .build();
-    let fw = upload(channel.clone(), image).await;
+    let fw = upload_firmware(&channel, app_meta("acme-plug", "2.0.0", None), &image).await;
     let resp = tokio::time::timeout(
         Duration::from_secs(90),
         devices.update(pb::UpdateDeviceRequest {

@@ -8,8 +8,6 @@
 //!
 //! One test in this binary: it installs the global tracing subscriber.
 
-mod tls_support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +24,9 @@ use ota_devproto::serial::Chip;
 use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 use ota_sim::esprom::{EspRomSim, RomConfig};
-use tls_support::*;
+use ota_testkit::otad::{update_and_wait, wait_for_state};
+use ota_testkit::pki::{Pki, operator_channel, start_tls_server, write_pair};
+use ota_testkit::upload::{authed, signature, upload_app_as};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
@@ -72,7 +72,7 @@ async fn no_secret_appears_in_logs_events_or_errors() {
         .init();
 
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
+    let pki = Pki::new("Test CA");
     let (server, admin) = start_tls_server(dir.path(), &pki).await;
     let op = operator_channel(&server, &pki).await;
 
@@ -203,7 +203,7 @@ password = "{WEB_PASSWORD}"
         .version("2026.11.1")
         .payload_size(40_000)
         .build();
-    let fw = upload(
+    let fw = upload_app_as(
         &op,
         &admin,
         "bench",
@@ -212,7 +212,7 @@ password = "{WEB_PASSWORD}"
         Some(signature(&release, "release", &signed)),
     )
     .await;
-    let t = update(&op, &admin, "lab/serial-bench", &fw.id).await;
+    let t = update_and_wait(&op, &admin, "lab/serial-bench", &fw.id).await;
     assert_eq!(t.status, pb::UpgradeStatus::Success as i32, "{t:?}");
     assert_eq!(rom.flash_range(0x10000, signed.len()), signed);
     let traffic = rom.traffic().0;
@@ -220,8 +220,8 @@ password = "{WEB_PASSWORD}"
         .version("2026.11.2")
         .payload_size(40_000)
         .build();
-    let fw = upload(&op, &admin, "bench", "2026.11.2", &unsigned, None).await;
-    let t = update(&op, &admin, "lab/serial-bench", &fw.id).await;
+    let fw = upload_app_as(&op, &admin, "bench", "2026.11.2", &unsigned, None).await;
+    let t = update_and_wait(&op, &admin, "lab/serial-bench", &fw.id).await;
     let e = t.error.expect("refused");
     assert_eq!(e.code, pb::ErrorCode::PrevalidationFailed as i32);
     errors.push(e.message);

@@ -20,12 +20,12 @@ use ota_agent::transport::{
     TransferProgress, Transport, TransportKind, UpdateJob, UpdateReport, VersionInfo,
 };
 use ota_domain::status::{TaskError, UpgradeStatus};
-use ota_firmware::Chip;
-use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
 use ota_server::wiring::{Otad, open_store};
+use ota_testkit::otad::wait_until;
+use ota_testkit::upload::upload_lamp_app;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -222,44 +222,6 @@ fn lazy_channel(addr: std::net::SocketAddr) -> Channel {
         .connect_lazy()
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
-async fn upload_app(channel: Channel, version: &str) -> pb::Firmware {
-    let bytes = EspAppBuilder::new(Chip::Esp32)
-        .version(version)
-        .payload_size(30_000)
-        .build();
-    let msgs = vec![
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Metadata(
-                pb::UploadMetadata {
-                    name: "lamp".into(),
-                    version: version.into(),
-                    ..Default::default()
-                },
-            )),
-        },
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
-        },
-    ];
-    pb::firmware_service_client::FirmwareServiceClient::new(channel)
-        .upload(futures::stream::iter(msgs))
-        .await
-        .unwrap()
-        .into_inner()
-        .firmware
-        .unwrap()
-}
-
 fn count_events(server: &Otad, ty: &str) -> usize {
     server
         .app
@@ -297,7 +259,7 @@ async fn results_produced_while_the_server_is_down_arrive_exactly_once() {
     assert_eq!(app.core.read().sites["home"].timezone, "Europe/Berlin");
 
     // An update: downloaded, verified, handed to the transport, progress reported.
-    let fw = upload_app(channel.clone(), "2.0.0").await;
+    let fw = upload_lamp_app(&channel, "2.0.0").await;
     let resp = pb::device_service_client::DeviceServiceClient::new(channel.clone())
         .update(pb::UpdateDeviceRequest {
             device_id: "home/lamp".into(),
@@ -408,7 +370,7 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
         app.core.read().devices.contains_key("home/lamp")
     })
     .await;
-    let fw = upload_app(channel.clone(), "2.0.0").await;
+    let fw = upload_lamp_app(&channel, "2.0.0").await;
     let task_id = pb::device_service_client::DeviceServiceClient::new(channel.clone())
         .update(pb::UpdateDeviceRequest {
             device_id: "home/lamp".into(),

@@ -4,8 +4,6 @@
 //! records every image it is handed); the serial transport has the same check in front of it
 //! (see `secrets.rs`).
 
-mod tls_support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +22,9 @@ use ota_domain::status::TaskError;
 use ota_firmware::Chip;
 use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
-use tls_support::*;
+use ota_testkit::otad::{update_and_wait, wait_for_state};
+use ota_testkit::pki::{Pki, operator_channel, start_tls_server, write_pair};
+use ota_testkit::upload::{signature, upload_app_as};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
@@ -122,7 +122,7 @@ fn app(version: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_signed_untampered_firmware_reaches_the_device() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
+    let pki = Pki::new("Test CA");
     let (server, admin) = start_tls_server(dir.path(), &pki).await;
     let op = operator_channel(&server, &pki).await;
 
@@ -172,7 +172,7 @@ async fn only_signed_untampered_firmware_reaches_the_device() {
 
     // Signed by the trusted key: installed.
     let v1 = app("1.1.0");
-    let fw = upload(
+    let fw = upload_app_as(
         &op,
         &admin,
         "lamp",
@@ -181,7 +181,7 @@ async fn only_signed_untampered_firmware_reaches_the_device() {
         Some(signature(&release, "release", &v1)),
     )
     .await;
-    let t = update(&op, &admin, "home/lamp", &fw.id).await;
+    let t = update_and_wait(&op, &admin, "home/lamp", &fw.id).await;
     assert_eq!(t.status, pb::UpgradeStatus::Success as i32, "{t:?}");
     assert_eq!(transport.images(), [Bytes::from(v1.clone())]);
 
@@ -195,13 +195,13 @@ async fn only_signed_untampered_firmware_reaches_the_device() {
 
     // Unsigned: refused before anything is downloaded or sent.
     let v2 = app("1.2.0");
-    let fw = upload(&op, &admin, "lamp", "1.2.0", &v2, None).await;
-    let t = update(&op, &admin, "home/lamp", &fw.id).await;
+    let fw = upload_app_as(&op, &admin, "lamp", "1.2.0", &v2, None).await;
+    let t = update_and_wait(&op, &admin, "home/lamp", &fw.id).await;
     refused(&t, pb::ErrorCode::PrevalidationFailed, "not signed");
 
     // Signed by someone else under the trusted key's name: refused.
     let v3 = app("1.3.0");
-    let fw = upload(
+    let fw = upload_app_as(
         &op,
         &admin,
         "lamp",
@@ -210,12 +210,12 @@ async fn only_signed_untampered_firmware_reaches_the_device() {
         Some(signature(&stranger, "release", &v3)),
     )
     .await;
-    let t = update(&op, &admin, "home/lamp", &fw.id).await;
+    let t = update_and_wait(&op, &admin, "home/lamp", &fw.id).await;
     refused(&t, pb::ErrorCode::PrevalidationFailed, "does not verify");
 
     // Signed only by a key this site does not trust: refused.
     let v4 = app("1.4.0");
-    let fw = upload(
+    let fw = upload_app_as(
         &op,
         &admin,
         "lamp",
@@ -224,12 +224,12 @@ async fn only_signed_untampered_firmware_reaches_the_device() {
         Some(signature(&stranger, "other", &v4)),
     )
     .await;
-    let t = update(&op, &admin, "home/lamp", &fw.id).await;
+    let t = update_and_wait(&op, &admin, "home/lamp", &fw.id).await;
     refused(&t, pb::ErrorCode::PrevalidationFailed, "does not trust");
 
     // Properly signed, but the bytes served are not the signed ones: the hash check refuses.
     let v5 = app("1.5.0");
-    let fw = upload(
+    let fw = upload_app_as(
         &op,
         &admin,
         "lamp",
@@ -243,7 +243,7 @@ async fn only_signed_untampered_firmware_reaches_the_device() {
     let mid = tampered.len() / 2;
     tampered[mid] ^= 0xff;
     std::fs::write(&blob, &tampered).unwrap();
-    let t = update(&op, &admin, "home/lamp", &fw.id).await;
+    let t = update_and_wait(&op, &admin, "home/lamp", &fw.id).await;
     refused(&t, pb::ErrorCode::ChecksumMismatch, "sha256");
 
     assert_eq!(

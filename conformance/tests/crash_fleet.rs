@@ -26,12 +26,9 @@ use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 use ota_sim::esphome::Platform;
 use ota_sim::esphome_node::{EsphomeNode, NodeConfig};
+use ota_testkit::upload::{app_meta, upload_firmware};
 use tokio::time::{Instant, sleep};
 use tonic::transport::{Channel, Endpoint};
-
-#[path = "support/bins.rs"]
-mod bins;
-use bins::binaries;
 
 const SITE: &str = "lab";
 const DEVICES: usize = 30;
@@ -179,28 +176,7 @@ async fn upload(channel: Channel) -> pb::Firmware {
         .project_name(PROJECT)
         .payload_size(48 * 1024)
         .build();
-    let msgs = vec![
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Metadata(
-                pb::UploadMetadata {
-                    name: "acme-node".into(),
-                    version: "2.0.0".into(),
-                    format: pb::FirmwareFormat::EspApp as i32,
-                    ..Default::default()
-                },
-            )),
-        },
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Chunk(image)),
-        },
-    ];
-    pb::firmware_service_client::FirmwareServiceClient::new(channel)
-        .upload(futures::stream::iter(msgs))
-        .await
-        .expect("upload")
-        .into_inner()
-        .firmware
-        .expect("firmware in the answer")
+    upload_firmware(&channel, app_meta("acme-node", "2.0.0", None), &image).await
 }
 
 fn stage(name: &str, size: pb::stage::Size) -> pb::Stage {
@@ -268,7 +244,7 @@ async fn all_events(channel: Channel) -> Vec<pb::Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_survives_sigkills_of_otad_and_the_agent_and_updates_each_device_once() {
-    let (otad_bin, agent_bin) = binaries();
+    let (otad_bin, agent_bin) = (ota_testkit::bins::otad(), ota_testkit::bins::agent());
     let dir = tempfile::tempdir().unwrap();
     let seed = std::env::var("CRASH_FLEET_SEED")
         .ok()

@@ -28,9 +28,11 @@
 //!
 //! The peer is `strace` on `PATH` (scripts/conformance.sh installs it); without it the tests
 //! fail. `otad` and `ota-agent` are built by cargo first, once per run, in the test's profile
-//! (`support/bins.rs`).
+//! (`ota_testkit::bins`).
 
 use std::collections::HashSet;
+
+use ota_testkit::upload::{app_meta, upload_firmware};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -45,10 +47,6 @@ use ota_sim::esphome::Platform;
 use ota_sim::esphome_node::{EsphomeNode, NodeConfig};
 use std::io::{BufRead as _, BufReader};
 use tonic::transport::{Channel, Endpoint};
-
-#[path = "support/bins.rs"]
-mod bins;
-use bins::binaries;
 
 const SITE: &str = "lab";
 const DEVICE: &str = "lab/plug";
@@ -516,34 +514,9 @@ fn app(version: &str) -> Vec<u8> {
         .build()
 }
 
-async fn upload(channel: Channel, name: &str, version: &str, bytes: Vec<u8>) -> pb::Firmware {
-    let msgs = vec![
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Metadata(
-                pb::UploadMetadata {
-                    name: name.into(),
-                    version: version.into(),
-                    format: pb::FirmwareFormat::EspApp as i32,
-                    ..Default::default()
-                },
-            )),
-        },
-        pb::UploadFirmwareRequest {
-            part: Some(pb::upload_firmware_request::Part::Chunk(bytes)),
-        },
-    ];
-    pb::firmware_service_client::FirmwareServiceClient::new(channel)
-        .upload(futures::stream::iter(msgs))
-        .await
-        .expect("upload")
-        .into_inner()
-        .firmware
-        .expect("firmware in the answer")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otad_makes_blob_and_event_durable_before_it_answers() {
-    let (otad, _) = binaries();
+    let otad = ota_testkit::bins::otad();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("otad-data");
     let data_arg = data.display().to_string();
@@ -586,7 +559,7 @@ async fn otad_makes_blob_and_event_durable_before_it_answers() {
     let mut shas = Vec::new();
     for (i, marker) in markers.iter().enumerate() {
         let version = format!("1.0.{i}");
-        let fw = upload(channel.clone(), marker, &version, app(&version)).await;
+        let fw = upload_firmware(&channel, app_meta(marker, &version, None), &app(&version)).await;
         assert_eq!(fw.name, *marker);
         shas.push(fw.sha256);
     }
@@ -732,7 +705,7 @@ fn agent_config(url: &str, data_dir: &Path, node: &EsphomeNode) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_syncs_each_report_before_sending_it() {
-    let (_, agent_bin) = binaries();
+    let agent_bin = ota_testkit::bins::agent();
     let dir = tempfile::tempdir().unwrap();
 
     let mut node_config = NodeConfig::new("plug", Platform::Esp32);
@@ -784,7 +757,12 @@ async fn the_agent_syncs_each_report_before_sending_it() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let fw = upload(channel.clone(), "acme-plug", "2.0.0", app("2.0.0")).await;
+    let fw = upload_firmware(
+        &channel,
+        app_meta("acme-plug", "2.0.0", None),
+        &app("2.0.0"),
+    )
+    .await;
     let task = tokio::time::timeout(
         Duration::from_secs(120),
         devices.update(pb::UpdateDeviceRequest {

@@ -6,9 +6,7 @@
 //! with `ota-firmware`'s builders. Devices come from a fake site agent that this file plays
 //! over `AgentService.Connect`, so checks and updates run through the server's real dispatch.
 //!
-//! `otad` is built by cargo first, once per run (`support::otad_binary`), so it is never stale.
-
-mod support;
+//! `otad` is built by cargo first, once per run (`ota_testkit::bins::otad`), so it is never stale.
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
@@ -24,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
-use support::otad_binary;
+use ota_testkit::bins::otad as otad_binary;
 
 // === harness ===
 

@@ -4,9 +4,7 @@
 //! rollout, a wrong token and no token are refused, and a site certificate from `otactl pki`
 //! is accepted by otad's TLS listener as that site's agent.
 //!
-//! `otad` is built by cargo first, once per run (`support::otad_binary`), so it is never stale.
-
-mod support;
+//! `otad` is built by cargo first, once per run (`ota_testkit::bins::otad`), so it is never stale.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -16,7 +14,7 @@ use ota_firmware::Chip;
 use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
 
-use support::otad_binary;
+use ota_testkit::bins::otad as otad_binary;
 
 /// What an otactl run did.
 #[derive(Debug)]

@@ -38,7 +38,11 @@ fn esp_fleet(prefix: &str, n: usize, behavior: Behavior, duration: Duration) -> 
 }
 
 /// The rollout's task of a device, from the projection.
-fn task_of(otad: &TestOtad, rollout: &str, device: &str) -> Option<ota_domain::projection::TaskView> {
+fn task_of(
+    otad: &TestOtad,
+    rollout: &str,
+    device: &str,
+) -> Option<ota_domain::projection::TaskView> {
     let app = otad.app();
     let state = app.core.read();
     let id = state.rollouts.get(rollout)?.tasks_by_device.get(device)?;

@@ -21,8 +21,8 @@ use ota_proto::v1 as pb;
 use ota_server::app::App;
 use ota_server::config::Config;
 use ota_server::core::Clock;
-use ota_server::wiring::{self, open_store};
 use ota_server::store::{EventStore, MemEventStore};
+use ota_server::wiring::{self, open_store};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -60,7 +60,9 @@ pub async fn start_server(cfg: Config, clock: Clock) -> wiring::Otad {
 
 async fn start_on(cfg: Config, store: Arc<dyn EventStore>, clock: Clock) -> wiring::Otad {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    wiring::Otad::start(cfg, store, clock, listener).await.unwrap()
+    wiring::Otad::start(cfg, store, clock, listener)
+        .await
+        .unwrap()
 }
 
 /// A plaintext channel to `addr`, connected now.

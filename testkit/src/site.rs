@@ -222,7 +222,12 @@ pub struct FakeSite {
 
 impl FakeSite {
     /// Connects to otad and reports a full inventory.
-    pub async fn connect(otad: &TestOtad, site: &str, offset_minutes: i32, devices: Vec<Dev>) -> Self {
+    pub async fn connect(
+        otad: &TestOtad,
+        site: &str,
+        offset_minutes: i32,
+        devices: Vec<Dev>,
+    ) -> Self {
         let inner = Arc::new(Inner {
             site: site.into(),
             agent_id: format!("agent-{site}"),
