@@ -46,7 +46,7 @@ use ota_server::wiring::{Otad, open_store};
 use ota_sim::esphome::Platform;
 use ota_sim::esphome_node::{EsphomeNode, NodeConfig};
 use std::io::{BufRead as _, BufReader};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 const SITE: &str = "lab";
 const DEVICE: &str = "lab/plug";
