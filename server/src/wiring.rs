@@ -59,6 +59,91 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
     Ok(Arc::new(store))
 }
 
+/// Opens the firmware blobs and replays the log into the core (from the newest usable
+/// snapshot), then checks the blobs against the catalog. Also the snapshot directory, when
+/// snapshots are written.
+async fn open_data(
+    config: &Config,
+    store: Arc<dyn EventStore>,
+    clock: &Clock,
+) -> anyhow::Result<(Arc<Core>, BlobStore, Option<std::path::PathBuf>)> {
+    let blobs = BlobStore::open(&config.data_dir).with_context(|| {
+        format!(
+            "cannot open firmware blobs in {}",
+            config.data_dir.display()
+        )
+    })?;
+    let snapshots = SnapshotSettings {
+        dir: snapshots_dir(config),
+        every_events: config.snapshot_every_events,
+    };
+    let core = Core::start_with_snapshots(store, clock.clone(), Some(snapshots))
+        .await
+        .context("cannot replay the event log")?;
+    check_blobs(&core, &blobs);
+    let snapshot_dir = (config.snapshot_every_events > 0).then(|| snapshots_dir(config));
+    Ok((core, blobs, snapshot_dir))
+}
+
+fn snapshots_dir(config: &Config) -> std::path::PathBuf {
+    crate::snapshot::dir_of(&config.data_dir)
+}
+
+/// Removes firmware blobs no firmware refers to, and warns about firmware whose image is
+/// missing from the data directory.
+fn check_blobs(core: &Core, blobs: &BlobStore) {
+    let state = core.read();
+    let referenced = state
+        .firmware
+        .values()
+        .map(|f| f.registered.sha256.clone())
+        .collect();
+    match blobs.remove_unreferenced(&referenced) {
+        Ok(0) => {}
+        Ok(n) => info!(removed = n, "removed firmware blobs no firmware refers to"),
+        Err(e) => warn!(error = %e, "could not clean up firmware blobs"),
+    }
+    for fw in state.firmware.values() {
+        if !blobs.contains(&fw.registered.sha256) {
+            warn!(firmware.id = %fw.registered.id, "the image of this firmware is missing from the data directory");
+        }
+    }
+}
+
+/// Command ids stay unique across restarts: start above every id in the log and above a
+/// time-based floor (ids issued but never recorded, like cancels, came from below the previous
+/// run's floor plus what it issued, far less than 1,000 per millisecond).
+fn first_command_id(core: &Core) -> u64 {
+    let state = core.read();
+    let recorded = state
+        .tasks
+        .values()
+        .filter_map(|t| t.command_id)
+        .max()
+        .unwrap_or(0);
+    recorded.saturating_add(1).max(
+        u64::try_from(core.clock().now_ms())
+            .unwrap_or(0)
+            .saturating_mul(1000),
+    )
+}
+
+/// Serves Prometheus metrics at `at` (path `/metrics`) until `shutdown`; the bound address.
+async fn serve_metrics(
+    at: SocketAddr,
+    metrics: &ServerMetrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(at)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {at}"))?;
+    let bound = listener.local_addr()?;
+    info!(addr = %bound, "serving Prometheus metrics at /metrics");
+    let serve =
+        ota_telemetry::prometheus::serve(listener, metrics.provider().clone(), shutdown.clone());
+    Ok((bound, serve))
+}
+
 impl Otad {
     /// Replays the log and serves on `listener` until [`Otad::shutdown`].
     pub async fn start(
@@ -68,65 +153,17 @@ impl Otad {
         listener: TcpListener,
     ) -> anyhow::Result<Otad> {
         let addr = listener.local_addr()?;
-        let tls = match &config.tls {
-            Some(files) => Some(crate::tls::load(files, clock.now_ms() / 1000)?),
-            None => None,
-        };
-        let blobs = BlobStore::open(&config.data_dir).with_context(|| {
-            format!(
-                "cannot open firmware blobs in {}",
-                config.data_dir.display()
-            )
-        })?;
-        let snapshots = SnapshotSettings {
-            dir: crate::snapshot::dir_of(&config.data_dir),
-            every_events: config.snapshot_every_events,
-        };
-        let snapshot_dir = (config.snapshot_every_events > 0).then(|| snapshots.dir.clone());
-        let core = Core::start_with_snapshots(store, clock.clone(), Some(snapshots))
-            .await
-            .context("cannot replay the event log")?;
-        {
-            let state = core.read();
-            let referenced = state
-                .firmware
-                .values()
-                .map(|f| f.registered.sha256.clone())
-                .collect();
-            match blobs.remove_unreferenced(&referenced) {
-                Ok(0) => {}
-                Ok(n) => info!(removed = n, "removed firmware blobs no firmware refers to"),
-                Err(e) => warn!(error = %e, "could not clean up firmware blobs"),
-            }
-            for fw in state.firmware.values() {
-                if !blobs.contains(&fw.registered.sha256) {
-                    warn!(firmware.id = %fw.registered.id, "the image of this firmware is missing from the data directory");
-                }
-            }
-        }
+        let tls = (config.tls.as_ref())
+            .map(|files| crate::tls::load(files, clock.now_ms() / 1000))
+            .transpose()?;
+        let (core, blobs, snapshot_dir) = open_data(&config, store, &clock).await?;
         let metrics = ServerMetrics::new(Metrics::new(&MetricsConfig {
             service_name: config.service_name.clone(),
             otlp_endpoint: config.otlp_endpoint.clone(),
             resource: None,
         })?);
         core.set_observer(metrics.clone());
-        // Command ids stay unique across restarts: start above every id in the log and above
-        // a time-based floor (ids issued but never recorded, like cancels, came from below the
-        // previous run's floor plus what it issued, far less than 1,000 per millisecond).
-        let first_command_id = {
-            let state = core.read();
-            let recorded = state
-                .tasks
-                .values()
-                .filter_map(|t| t.command_id)
-                .max()
-                .unwrap_or(0);
-            recorded.saturating_add(1).max(
-                u64::try_from(core.clock().now_ms())
-                    .unwrap_or(0)
-                    .saturating_mul(1000),
-            )
-        };
+        let first_command_id = first_command_id(&core);
         let sessions = Arc::new(Sessions::starting_at(first_command_id));
         metrics.observe(&core, &sessions);
         let shutdown = CancellationToken::new();
@@ -134,16 +171,7 @@ impl Otad {
         let started = shutdown.clone().drop_guard();
         let (metrics_addr, metrics_serve) = match config.metrics_listen {
             Some(at) => {
-                let listener = TcpListener::bind(at)
-                    .await
-                    .with_context(|| format!("cannot listen for metrics on {at}"))?;
-                let bound = listener.local_addr()?;
-                info!(addr = %bound, "serving Prometheus metrics at /metrics");
-                let serve = ota_telemetry::prometheus::serve(
-                    listener,
-                    metrics.provider().clone(),
-                    shutdown.clone(),
-                );
+                let (bound, serve) = serve_metrics(at, &metrics, &shutdown).await?;
                 (Some(bound), Some(serve))
             }
             None => (None, None),

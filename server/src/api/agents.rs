@@ -152,6 +152,96 @@ pub fn validate_site_id(site: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The hello's fields within their bounds: a valid site id, an agent id, at most 64 transports
+/// with short names, a `last_seq` in range.
+fn check_hello(hello: &pb::AgentHello) -> Result<(), ApiError> {
+    validate_site_id(&hello.site_id)?;
+    if hello.agent_id.is_empty()
+        || hello.agent_id.len() > 128
+        || hello
+            .agent_id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(ApiError::invalid(
+            "hello.agent_id is required (at most 128 characters, no spaces)",
+        ));
+    }
+    if hello.transports.len() > 64
+        || hello
+            .transports
+            .iter()
+            .any(|t| t.name.len() > 128 || t.name.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "hello.transports: at most 64, names of at most 128 characters",
+        ));
+    }
+    if hello.last_seq > MAX_SEQ {
+        return Err(ApiError::invalid(format!(
+            "hello.last_seq {} is out of range: at most {MAX_SEQ} (2^63 - 1)",
+            hello.last_seq
+        )));
+    }
+    Ok(())
+}
+
+/// The caller may open a session for the hello's site: an agent certificate of that site (or,
+/// in development mode, the local administrator).
+fn check_session_caller(who: &Caller, hello: &pb::AgentHello, peer: &str) -> Result<(), Status> {
+    match who {
+        Caller::Agent { site_id } if *site_id != hello.site_id => {
+            warn!(site.id = %hello.site_id, certificate.site = %site_id, %peer, "an agent tried to open a session for another site");
+            return Err(ApiError::PermissionDenied(
+                "these credentials are not valid for that site".into(),
+            )
+            .into());
+        }
+        Caller::Agent { .. } => {}
+        // Development mode: the local administrator may act as any agent.
+        Caller::Operator { .. } if who.is_local_admin() => {}
+        Caller::Operator { .. } => {
+            return Err(ApiError::PermissionDenied(
+                "agent sessions need an agent certificate".into(),
+            )
+            .into());
+        }
+        Caller::Anonymous => {
+            return Err(ApiError::Unauthenticated(super::caller::UNAUTHENTICATED.into()).into());
+        }
+    }
+    Ok(())
+}
+
+/// The event a session's start records: the hello's agent, version, time zone (kept only
+/// when the database knows it), UTC offset and transports, and the peer's address.
+fn agent_connected(hello: &pb::AgentHello, peer: String) -> AgentConnected {
+    let transports = convert::transport_instances_from(&hello.transports);
+    AgentConnected {
+        agent_id: hello.agent_id.clone(),
+        agent_version: hello
+            .agent_version
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect(),
+        // Only a zone the database knows is kept (windows then follow it, daylight saving
+        // included); anything else leaves the site on its reported UTC offset.
+        timezone: match ota_domain::rollout::window::parse_zone(hello.timezone.trim()) {
+            Some(tz) => tz.name().to_string(),
+            None => {
+                if !hello.timezone.is_empty() {
+                    warn!(site.id = %hello.site_id, "the agent's time zone is not an IANA zone name; using its UTC offset");
+                }
+                String::new()
+            }
+        },
+        utc_offset_minutes: hello.utc_offset_minutes.clamp(-14 * 60, 14 * 60),
+        transports,
+        peer,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for AgentApi {
     type ConnectStream = ServerStream;
@@ -178,60 +268,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 );
             }
         };
-        validate_site_id(&hello.site_id)?;
-        if hello.agent_id.is_empty()
-            || hello.agent_id.len() > 128
-            || hello
-                .agent_id
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(ApiError::invalid(
-                "hello.agent_id is required (at most 128 characters, no spaces)",
-            )
-            .into());
-        }
-        if hello.transports.len() > 64
-            || hello
-                .transports
-                .iter()
-                .any(|t| t.name.len() > 128 || t.name.chars().any(char::is_control))
-        {
-            return Err(ApiError::invalid(
-                "hello.transports: at most 64, names of at most 128 characters",
-            )
-            .into());
-        }
-        if hello.last_seq > MAX_SEQ {
-            return Err(ApiError::invalid(format!(
-                "hello.last_seq {} is out of range: at most {MAX_SEQ} (2^63 - 1)",
-                hello.last_seq
-            ))
-            .into());
-        }
-        match &who {
-            Caller::Agent { site_id } if *site_id != hello.site_id => {
-                warn!(site.id = %hello.site_id, certificate.site = %site_id, %peer, "an agent tried to open a session for another site");
-                return Err(ApiError::PermissionDenied(
-                    "these credentials are not valid for that site".into(),
-                )
-                .into());
-            }
-            Caller::Agent { .. } => {}
-            // Development mode: the local administrator may act as any agent.
-            Caller::Operator { .. } if who.is_local_admin() => {}
-            Caller::Operator { .. } => {
-                return Err(ApiError::PermissionDenied(
-                    "agent sessions need an agent certificate".into(),
-                )
-                .into());
-            }
-            Caller::Anonymous => {
-                return Err(
-                    ApiError::Unauthenticated(super::caller::UNAUTHENTICATED.into()).into(),
-                );
-            }
-        }
+        check_hello(&hello)?;
+        check_session_caller(&who, &hello, &peer)?;
 
         let app = self.app.clone();
         let (tx, rx) = mpsc::channel::<ToAgent>(1024);
@@ -247,30 +285,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             info!(site.id = %hello.site_id, "a new session replaces the previous one");
         }
 
-        let transports = convert::transport_instances_from(&hello.transports);
-        let connected = AgentConnected {
-            agent_id: hello.agent_id.clone(),
-            agent_version: hello
-                .agent_version
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(64)
-                .collect(),
-            // Only a zone the database knows is kept (windows then follow it, daylight saving
-            // included); anything else leaves the site on its reported UTC offset.
-            timezone: match ota_domain::rollout::window::parse_zone(hello.timezone.trim()) {
-                Some(tz) => tz.name().to_string(),
-                None => {
-                    if !hello.timezone.is_empty() {
-                        warn!(site.id = %hello.site_id, "the agent's time zone is not an IANA zone name; using its UTC offset");
-                    }
-                    String::new()
-                }
-            },
-            utc_offset_minutes: hello.utc_offset_minutes.clamp(-14 * 60, 14 * 60),
-            transports,
-            peer,
-        };
+        let connected = agent_connected(&hello, peer);
         let site_stream = streams::site(&hello.site_id);
         app.core
             .execute::<ApiError, _>(&Actor::agent(&hello.site_id), |_| {
