@@ -96,9 +96,20 @@ struct Raw {
 }
 
 impl Raw {
+    /// Opens the database once the closed store's sled has let go of its file lock: sled's own
+    /// background flusher may hold it for a moment after `close` (the store's open waits the same
+    /// way, `SledOptions::lock_wait`).
     fn open(path: &Path) -> Self {
-        Raw {
-            db: sled::open(path).unwrap(),
+        let mut tries = 0;
+        loop {
+            match sled::open(path) {
+                Ok(db) => return Raw { db },
+                Err(e) if tries < 200 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("open the closed store's sled database: {e}"),
+            }
         }
     }
     fn tree(&self, name: &str) -> sled::Tree {
