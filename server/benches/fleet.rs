@@ -20,7 +20,7 @@
 //!    makespan against the lower bound those limits imply: per stage, the number of rounds the
 //!    tightest limit forces times the duration, summed over the stages (no soak).
 //!
-//! The simulated agents send what `ota-agent` sends (`agent/src/agent.rs`): a hello with the
+//! The simulated agents send what `ota-agent` sends (`agent/src/agent/`): a hello with the
 //! last journal seq, a full inventory after the welcome, heartbeats, a `CheckResult` per device
 //! asked about, and per update a `CommandAck`, progress reports (preparing at the site, updating,
 //! 100 %), the `TaskResult` and, a quarter of a second later, the changed inventory. Reports are
