@@ -123,3 +123,129 @@ fn the_loops_do_not_reach_into_the_api() {
         bad.join("\n")
     );
 }
+
+/// Product crates whose `src/` the function-length rule covers (generated code is not).
+const PRODUCT_CRATES: &[&str] = &[
+    "agent",
+    "ctl",
+    "devproto",
+    "domain",
+    "firmware",
+    "quickstart",
+    "server",
+    "sim",
+    "telemetry",
+];
+
+/// Longest product function without a written reason (ARCHITECTURE.md, Conventions).
+const MAX_FN_LINES: usize = 120;
+
+/// Brace depth change of a line, ignoring comments, string and char literals.
+fn brace_delta(line: &str) -> (i64, bool) {
+    let code = line.split("//").next().unwrap_or_default();
+    let (mut delta, mut opened, mut in_str) = (0i64, false, false);
+    let mut chars = code.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if in_str => {
+                chars.next();
+            }
+            '"' => in_str = !in_str,
+            '\'' if !in_str => {
+                // A char literal ('{', '\'') is skipped; a lifetime ('a) is not a literal.
+                let rest: String = chars.clone().take(3).collect();
+                if rest.starts_with('\\') || rest.chars().nth(1) == Some('\'') {
+                    while let Some(n) = chars.next() {
+                        if n == '\\' {
+                            chars.next();
+                        } else if n == '\'' {
+                            break;
+                        }
+                    }
+                }
+            }
+            '{' if !in_str => {
+                delta += 1;
+                opened = true;
+            }
+            '}' if !in_str => delta -= 1,
+            _ => {}
+        }
+    }
+    (delta, opened)
+}
+
+/// Index of the line that ends the item starting at `start` (its braces balanced, or its `;`).
+fn item_end(lines: &[&str], start: usize) -> usize {
+    let (mut depth, mut started) = (0i64, false);
+    for (i, line) in lines.iter().enumerate().skip(start) {
+        let (delta, opened) = brace_delta(line);
+        depth += delta;
+        started |= opened;
+        if (started && depth <= 0) || (!started && line.trim_end().ends_with(';')) {
+            return i;
+        }
+    }
+    lines.len().saturating_sub(1)
+}
+
+fn is_fn_start(line: &str) -> bool {
+    let mut words = line.split_whitespace().peekable();
+    while let Some(w) = words.peek() {
+        if w.starts_with("pub") || ["const", "async", "unsafe", "extern"].contains(w) {
+            words.next();
+        } else {
+            break;
+        }
+    }
+    words.next() == Some("fn")
+}
+
+#[test]
+fn no_long_product_function_without_a_reason() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut long = Vec::new();
+    for krate in PRODUCT_CRATES {
+        let mut files = Vec::new();
+        rust_files(&root.join(krate).join("src"), &mut files);
+        for path in files {
+            let shown = path
+                .strip_prefix(&root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            if shown.contains("/gen/") || shown.ends_with("tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read source");
+            let lines: Vec<&str> = text.lines().collect();
+            let mut i = 0;
+            while i < lines.len() {
+                if lines[i].contains("#[cfg(test)]") {
+                    i = item_end(&lines, i + 1) + 1;
+                    continue;
+                }
+                if is_fn_start(lines[i]) {
+                    let end = item_end(&lines, i);
+                    let length = end - i + 1;
+                    let above = lines[..i]
+                        .iter()
+                        .rev()
+                        .skip_while(|l| l.trim_start().starts_with("#["))
+                        .take(6)
+                        .any(|l| l.contains("long-fn:"));
+                    if length > MAX_FN_LINES && !above {
+                        long.push(format!("{shown}:{} ({length} lines)", i + 1));
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines: split them along their steps, or write \
+         `// long-fn: <why>` above one that is honestly one table:\n{}",
+        long.join("\n")
+    );
+}
