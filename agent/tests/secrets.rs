@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
-use ota_agent::agent::{Agent, AgentOptions};
+use ota_agent::agent::Agent;
 use ota_agent::config::AgentConfig;
 use ota_agent::site::Site;
 use ota_agent::transport::esphome::EsphomeConfig;
@@ -167,16 +167,7 @@ password = "{WEB_PASSWORD}"
     let cancel = CancellationToken::new();
     let site_transports = Site::start(&config, cancel.clone()).await.unwrap();
     let agent = Agent::with_trust(
-        AgentOptions {
-            site_id: config.site_id.clone(),
-            data_dir: config.data_dir.clone(),
-            timezone: config.timezone(),
-            utc_offset_minutes: config.utc_offset_minutes(),
-            reconnect_min: config.reconnect.min,
-            reconnect_max: config.reconnect.max,
-            tags: config.tags.clone(),
-            progress_interval: Duration::from_millis(20),
-        },
+        Site::agent_options(&config, Duration::from_millis(20)),
         site_transports.transports.clone(),
         config.trust_policy().unwrap(),
     )
