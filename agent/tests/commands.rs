@@ -6,15 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use ota_agent::agent::{Agent, AgentOptions};
-use ota_agent::transport::{
-    CheckReport, DeviceReport, PowerSource, ProgressSink, Transport, TransportKind, UpdateJob,
-    UpdateReport,
-};
-use ota_domain::status::{ErrorCode, TaskError};
+use ota_agent::transport::{DeviceReport, PowerSource};
 use ota_proto::v1 as pb;
-use tokio::sync::{Notify, mpsc, watch};
+use ota_testkit::agent::{ScriptedTransport, agent};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
@@ -72,15 +67,6 @@ impl ScriptedOtad {
     }
 }
 
-/// A battery remote that answers only when awake, and a plug that was unplugged.
-#[derive(Debug)]
-struct Site {
-    inventory: watch::Sender<Vec<DeviceReport>>,
-    probes: Mutex<Vec<Vec<String>>>,
-    checks: Mutex<Vec<String>>,
-    talks: Notify,
-}
-
 fn device(local_id: &str, power: PowerSource, reachable: bool) -> DeviceReport {
     DeviceReport {
         local_id: local_id.into(),
@@ -96,71 +82,10 @@ fn device(local_id: &str, power: PowerSource, reachable: bool) -> DeviceReport {
     }
 }
 
-impl Transport for Site {
-    fn kind(&self) -> TransportKind {
-        TransportKind::Zigbee2Mqtt
-    }
-    fn instance(&self) -> &str {
-        "zigbee"
-    }
-    fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
-        self.inventory.subscribe()
-    }
-    fn check<'a>(
-        &'a self,
-        device: &'a str,
-        _deadline: Duration,
-    ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
-        Box::pin(async move {
-            self.checks.lock().unwrap().push(device.to_string());
-            let d = self
-                .inventory
-                .borrow()
-                .iter()
-                .find(|d| d.local_id == device)
-                .cloned()
-                .ok_or_else(|| TaskError::new(ErrorCode::Offline, "unknown"))?;
-            Ok(CheckReport {
-                reachable: true,
-                device: d,
-                update_available: Some(true),
-            })
-        })
-    }
-    fn update<'a>(
-        &'a self,
-        _job: UpdateJob,
-        _progress: ProgressSink,
-        _cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        Box::pin(async { Err(TaskError::new(ErrorCode::Other, "not in this test")) })
-    }
-    fn probe<'a>(&'a self, devices: &'a [String]) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            self.probes.lock().unwrap().push(devices.to_vec());
-            // The plug is back.
-            self.inventory.send_modify(|list| {
-                for d in list.iter_mut().filter(|d| devices.contains(&d.local_id)) {
-                    d.reachable = true;
-                }
-            });
-        })
-    }
-    fn is_sleepy(&self, device: &str) -> bool {
-        device == "remote"
-    }
-    fn next_contact<'a>(&'a self, device: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            assert_eq!(device, "remote");
-            self.talks.notified().await;
-        })
-    }
-}
-
 struct Harness {
     otad: ScriptedOtad,
     from_agent: mpsc::UnboundedReceiver<pb::AgentMessage>,
-    site: Arc<Site>,
+    site: Arc<ScriptedTransport>,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -179,31 +104,17 @@ async fn start() -> Harness {
             .add_service(svc)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    let site = Arc::new(Site {
-        inventory: watch::channel(vec![
+    // A battery remote that answers only when awake, and a plug that was unplugged.
+    let site = Arc::new(
+        ScriptedTransport::zigbee(vec![
             device("remote", PowerSource::Battery, true),
             device("plug", PowerSource::Mains, false),
         ])
-        .0,
-        probes: Mutex::default(),
-        checks: Mutex::default(),
-        talks: Notify::new(),
-    });
+        .update_available(true)
+        .sleepy("remote"),
+    );
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::new(
-        AgentOptions {
-            site_id: "home".into(),
-            data_dir: dir.path().to_path_buf(),
-            timezone: "UTC".into(),
-            utc_offset_minutes: 0,
-            reconnect_min: Duration::from_millis(20),
-            reconnect_max: Duration::from_millis(200),
-            tags: Default::default(),
-            progress_interval: Duration::from_millis(10),
-        },
-        vec![site.clone() as Arc<dyn Transport>],
-    )
-    .unwrap();
+    let agent = agent("home", dir.path(), vec![site.clone()]);
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
@@ -271,7 +182,7 @@ async fn a_probe_is_answered_with_a_journaled_inventory_change_even_without_a_ch
     assert_eq!(ids, ["plug"], "only what the site knows");
     assert!(inv.devices[0].reachable, "what the probe found");
     assert_eq!(
-        *h.site.probes.lock().unwrap(),
+        h.site.probes(),
         vec![vec!["plug".to_string()]],
         "the transport looked at its device"
     );
@@ -321,11 +232,7 @@ async fn a_sleepy_device_is_checked_when_it_next_talks() {
         unreachable!()
     };
     assert!(!p.awaiting_wakeup && p.update_available == Some(true));
-    assert_eq!(
-        *h.site.checks.lock().unwrap(),
-        ["plug"],
-        "the remote was not asked"
-    );
+    assert_eq!(h.site.checks(), ["plug"], "the remote was not asked");
 
     // A second check while it sleeps waits too.
     h.otad.send(check("c2"));
@@ -337,7 +244,7 @@ async fn a_sleepy_device_is_checked_when_it_next_talks() {
         .await;
 
     // The remote talks: it is asked once, and both checks get the real answer, journaled.
-    h.site.talks.notify_waiters();
+    h.site.wake();
     let mut answered = Vec::new();
     for _ in 0..2 {
         let m = h.next(is_result("remote")).await;
@@ -351,15 +258,6 @@ async fn a_sleepy_device_is_checked_when_it_next_talks() {
     }
     answered.sort();
     assert_eq!(answered, ["c1", "c2"]);
-    assert_eq!(
-        h.site
-            .checks
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|d| *d == "remote")
-            .count(),
-        1
-    );
+    assert_eq!(h.site.checks().iter().filter(|d| *d == "remote").count(), 1);
     h.stop.cancel();
 }

@@ -34,6 +34,7 @@ use ota_domain::projection::TaskPhase;
 use ota_proto::v1 as pb;
 use ota_server::core::Clock;
 use ota_server::wiring;
+use ota_testkit::agent::options;
 use ota_testkit::otad::{config, lazy_channel, start_server};
 use ota_testkit::upload::{meta, upload_firmware};
 use tokio_util::sync::CancellationToken;
@@ -62,15 +63,9 @@ impl AgentProcess {
         rt.spawn(async move {
             let transports = make().await;
             let opts = AgentOptions {
-                site_id: "home".into(),
-                data_dir: dir,
-                timezone: "UTC".into(),
-                utc_offset_minutes: 0,
-                reconnect_min: Duration::from_millis(20),
-                reconnect_max: Duration::from_millis(200),
-                tags: Default::default(),
                 // Progress only on status changes: fewer writes, the same kinds of kill points.
                 progress_interval: Duration::from_secs(3600),
+                ..options("home", &dir)
             };
             let agent = match failpoint {
                 Some(fp) => Agent::with_failpoint(opts, transports, TrustPolicy::default(), fp),

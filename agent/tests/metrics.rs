@@ -9,105 +9,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use ota_agent::agent::{Agent, AgentOptions};
-use ota_agent::transport::{
-    CheckReport, DeviceReport, PowerSource, ProgressSink, TransferProgress, Transport,
-    TransportKind, UpdateJob, UpdateReport, VersionInfo,
-};
 use ota_domain::projection::TaskPhase;
-use ota_domain::status::{TaskError, UpgradeStatus};
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
+use ota_testkit::agent::{ScriptedTransport, agent};
 use ota_testkit::otad::{config, lazy_channel, start_server, wait_until};
 use ota_testkit::upload::upload_lamp_app;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-
-/// An ESPHome-like transport: reports half the image, waits for the test, reports all of it.
-#[derive(Debug)]
-struct Scripted {
-    inventory: watch::Sender<Vec<DeviceReport>>,
-    release: Arc<Semaphore>,
-}
-
-fn device(version: &str) -> DeviceReport {
-    DeviceReport {
-        local_id: "lamp".into(),
-        network: "esphome".into(),
-        name: "lamp".into(),
-        model: "esp32dev".into(),
-        chip: Some("esp32".into()),
-        platform: Some("esp32".into()),
-        current_version: Some(version.into()),
-        power_source: PowerSource::Mains,
-        reachable: true,
-        supports_ota: true,
-        ..Default::default()
-    }
-}
-
-impl Transport for Scripted {
-    fn kind(&self) -> TransportKind {
-        TransportKind::Esphome
-    }
-    fn instance(&self) -> &str {
-        "esphome"
-    }
-    fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
-        self.inventory.subscribe()
-    }
-    fn check<'a>(
-        &'a self,
-        _device: &'a str,
-        _deadline: Duration,
-    ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
-        Box::pin(async move {
-            Ok(CheckReport {
-                reachable: true,
-                device: self.inventory.borrow()[0].clone(),
-                update_available: None,
-            })
-        })
-    }
-    fn update<'a>(
-        &'a self,
-        job: UpdateJob,
-        progress: ProgressSink,
-        _cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        Box::pin(async move {
-            let total = job.image.bytes.len() as u64;
-            let report = |sent: u64| TransferProgress {
-                status: UpgradeStatus::Updating,
-                percent: Some((sent * 100 / total) as f32),
-                remaining_s: Some(1),
-                bytes_sent: sent,
-                bytes_total: total,
-                detail: "sending".into(),
-            };
-            let _ = progress.send(report(total / 2));
-            self.release.acquire().await.unwrap().forget();
-            let _ = progress.send(report(total));
-            let to = job.image.version.clone();
-            self.inventory
-                .send_modify(|d| d[0].current_version = Some(to.clone()));
-            Ok(UpdateReport {
-                from: VersionInfo {
-                    version: Some("1.0.0".into()),
-                    ..Default::default()
-                },
-                to: VersionInfo {
-                    version: Some(to),
-                    ..Default::default()
-                },
-                wire_bytes: total,
-            })
-        })
-    }
-}
 
 /// `GET /metrics` over plain HTTP/1.1: the content type and the body.
 async fn scrape(addr: SocketAddr) -> (String, String) {
@@ -158,25 +68,9 @@ async fn otad_and_agent_endpoints_show_one_update() {
     let otad = server.metrics_addr.expect("otad serves /metrics");
     let channel = lazy_channel(server.addr);
 
-    let (inventory, _) = watch::channel(vec![device("1.0.0")]);
-    let transport = Arc::new(Scripted {
-        inventory,
-        release: Arc::new(Semaphore::new(0)),
-    });
-    let agent = Agent::new(
-        AgentOptions {
-            site_id: "home".into(),
-            data_dir: agent_dir.path().to_path_buf(),
-            timezone: "UTC".into(),
-            utc_offset_minutes: 0,
-            reconnect_min: Duration::from_millis(20),
-            reconnect_max: Duration::from_millis(200),
-            tags: Default::default(),
-            progress_interval: Duration::from_millis(10),
-        },
-        vec![transport.clone() as Arc<dyn Transport>],
-    )
-    .unwrap();
+    // An ESPHome-like transport: reports half the image, waits for the test, reports all of it.
+    let transport = Arc::new(ScriptedTransport::esphome("1.0.0").gated());
+    let agent = agent("home", agent_dir.path(), vec![transport.clone()]);
     let stop = CancellationToken::new();
     let agent_metrics = ota_agent::metrics::start(
         &agent,
@@ -240,7 +134,7 @@ async fn otad_and_agent_endpoints_show_one_update() {
     );
 
     // The device finishes; the new version is reported.
-    transport.release.add_permits(1);
+    transport.release(1);
     wait_until("the task to succeed and the new version to arrive", || {
         let state = app.core.read();
         state.tasks[&task_id].phase == TaskPhase::Succeeded

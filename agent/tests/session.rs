@@ -9,173 +9,24 @@
 //! The transport here is scripted by the test (the core's boundary is the `Transport` trait);
 //! the real transports have their own tests against their simulators.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use ota_agent::agent::{Agent, AgentOptions};
-use ota_agent::transport::{
-    CheckReport, CommitStage, DeviceReport, PowerSource, ProgressSink, RecoverJob,
-    TransferProgress, Transport, TransportKind, UpdateJob, UpdateReport, VersionInfo,
-};
-use ota_domain::status::{TaskError, UpgradeStatus};
+use ota_agent::transport::{CommitStage, DeviceReport, PowerSource, Transport};
 use ota_proto::v1 as pb;
 use ota_server::config::Config;
 use ota_server::core::Clock;
 use ota_server::wiring::{Otad, open_store};
+use ota_testkit::agent::ScriptedTransport;
 use ota_testkit::otad::wait_until;
 use ota_testkit::upload::upload_lamp_app;
-use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-/// A recovery the transport was asked for: task, attempt, how far it got, its note.
-type Recovered = (String, u32, CommitStage, Option<serde_json::Value>);
-
-/// A transport whose updates block until the test releases them (after passing their point of
-/// no return, when `commits`), and whose recoveries answer that the device runs 2.0.0.
-#[derive(Debug)]
-struct Scripted {
-    inventory: watch::Sender<Vec<DeviceReport>>,
-    release: Arc<Semaphore>,
-    updates: Mutex<Vec<(String, u32, Bytes)>>,
-    commits: bool,
-    committing_done: std::sync::atomic::AtomicBool,
-    recovered: Mutex<Vec<Recovered>>,
-}
-
-impl Scripted {
-    fn new(version: &str) -> Arc<Scripted> {
-        Self::build(version, false)
-    }
-    fn committing(version: &str) -> Arc<Scripted> {
-        Self::build(version, true)
-    }
-    fn build(version: &str, commits: bool) -> Arc<Scripted> {
-        let (tx, _) = watch::channel(vec![device(version)]);
-        Arc::new(Scripted {
-            inventory: tx,
-            release: Arc::new(Semaphore::new(0)),
-            updates: Mutex::new(Vec::new()),
-            commits,
-            committing_done: false.into(),
-            recovered: Mutex::new(Vec::new()),
-        })
-    }
-    fn calls(&self) -> usize {
-        self.updates.lock().unwrap().len()
-    }
-}
-
-fn device(version: &str) -> DeviceReport {
-    DeviceReport {
-        local_id: "lamp".into(),
-        network: "esphome".into(),
-        name: "lamp".into(),
-        model: "esp32dev".into(),
-        chip: Some("esp32".into()),
-        platform: Some("esp32".into()),
-        current_version: Some(version.into()),
-        power_source: PowerSource::Mains,
-        reachable: true,
-        supports_ota: true,
-        ..Default::default()
-    }
-}
-
-impl Transport for Scripted {
-    fn kind(&self) -> TransportKind {
-        TransportKind::Esphome
-    }
-    fn instance(&self) -> &str {
-        "esphome"
-    }
-    fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
-        self.inventory.subscribe()
-    }
-    fn check<'a>(
-        &'a self,
-        _device: &'a str,
-        _deadline: Duration,
-    ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
-        Box::pin(async move {
-            Ok(CheckReport {
-                reachable: true,
-                device: self.inventory.borrow()[0].clone(),
-                update_available: None,
-            })
-        })
-    }
-    fn update<'a>(
-        &'a self,
-        job: UpdateJob,
-        progress: ProgressSink,
-        _cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        Box::pin(async move {
-            self.updates.lock().unwrap().push((
-                job.task_id.clone(),
-                job.attempt,
-                job.image.bytes.clone(),
-            ));
-            let total = job.image.bytes.len() as u64;
-            if self.commits {
-                job.commit
-                    .committing(serde_json::json!({"last_block": total}))
-                    .await?;
-                self.committing_done
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-            let _ = progress.send(TransferProgress {
-                status: UpgradeStatus::Updating,
-                percent: Some(50.0),
-                remaining_s: Some(1),
-                bytes_sent: total / 2,
-                bytes_total: total,
-                detail: "sending".into(),
-            });
-            self.release.acquire().await.unwrap().forget();
-            let to = job.image.version.clone();
-            self.inventory
-                .send_modify(|d| d[0].current_version = Some(to.clone()));
-            Ok(UpdateReport {
-                from: VersionInfo {
-                    version: Some("1.0.0".into()),
-                    ..Default::default()
-                },
-                to: VersionInfo {
-                    version: Some(to),
-                    ..Default::default()
-                },
-                wire_bytes: total,
-            })
-        })
-    }
-    fn recover<'a>(
-        &'a self,
-        job: RecoverJob,
-        _progress: ProgressSink,
-        _cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        Box::pin(async move {
-            self.recovered.lock().unwrap().push((
-                job.task_id.clone(),
-                job.attempt,
-                job.commit.stage(),
-                job.note.clone(),
-            ));
-            self.inventory
-                .send_modify(|d| d[0].current_version = Some(job.target_version.clone()));
-            Ok(UpdateReport {
-                to: VersionInfo {
-                    version: Some(job.target_version),
-                    ..Default::default()
-                },
-                ..Default::default()
-            })
-        })
-    }
+/// The ESPHome lamp on 'version', its updates blocked until the test releases them.
+fn scripted(version: &str) -> Arc<ScriptedTransport> {
+    Arc::new(ScriptedTransport::esphome(version).gated())
 }
 
 async fn start_server(dir: &std::path::Path, addr: &str) -> Otad {
@@ -202,16 +53,11 @@ async fn start_server(dir: &std::path::Path, addr: &str) -> Otad {
         .unwrap()
 }
 
+/// The zone is the site's own (the first test checks the hello carries it).
 fn options(dir: &std::path::Path) -> AgentOptions {
     AgentOptions {
-        site_id: "home".into(),
-        data_dir: dir.to_path_buf(),
         timezone: "Europe/Berlin".into(),
-        utc_offset_minutes: 0,
-        reconnect_min: Duration::from_millis(20),
-        reconnect_max: Duration::from_millis(200),
-        tags: Default::default(),
-        progress_interval: Duration::from_millis(10),
+        ..ota_testkit::agent::options("home", dir)
     }
 }
 
@@ -241,7 +87,7 @@ async fn results_produced_while_the_server_is_down_arrive_exactly_once() {
     let server = start_server(server_dir.path(), "127.0.0.1:0").await;
     let addr = server.addr;
     let channel = lazy_channel(addr);
-    let transport = Scripted::new("1.0.0");
+    let transport = scripted("1.0.0");
     let agent = Agent::new(
         options(agent_dir.path()),
         vec![transport.clone() as Arc<dyn Transport>],
@@ -280,7 +126,7 @@ async fn results_produced_while_the_server_is_down_arrive_exactly_once() {
     })
     .await;
     {
-        let calls = transport.updates.lock().unwrap();
+        let calls = transport.updates();
         assert_eq!(calls[0].1, 1, "first attempt");
         assert_eq!(
             calls[0].2.len() as u64,
@@ -292,7 +138,7 @@ async fn results_produced_while_the_server_is_down_arrive_exactly_once() {
     // The server goes away; the device finishes meanwhile; the result waits in the journal.
     drop(app);
     server.shutdown().await.unwrap();
-    transport.release.add_permits(1);
+    transport.release(1);
     wait_until("the result to be journaled", || agent.unacked_count() > 0).await;
 
     // The server comes back on the same address: the agent reconnects and delivers.
@@ -345,7 +191,7 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
 
     // The first agent "process", on its own runtime. Its transport passes the point of no return
     // (the journal gets the committing mark) and then blocks, as if the last block were in flight.
-    let transport = Scripted::committing("1.0.0");
+    let transport = Arc::new(ScriptedTransport::esphome("1.0.0").gated().committing());
     let process = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -383,12 +229,7 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
         .task
         .unwrap()
         .id;
-    wait_until("the point of no return", || {
-        transport
-            .committing_done
-            .load(std::sync::atomic::Ordering::SeqCst)
-    })
-    .await;
+    wait_until("the point of no return", || transport.committing_done()).await;
 
     // The agent is killed: its runtime and every task on it are dropped where they stand; the
     // journal keeps what it made durable.
@@ -398,7 +239,7 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
 
     // A new agent process on the same data dir: the attempt is handed to the transport's
     // recovery, which looks at the device; nothing is sent again.
-    let transport2 = Scripted::new("1.0.0");
+    let transport2 = scripted("1.0.0");
     let agent = Agent::new(
         options(agent_dir.path()),
         vec![transport2.clone() as Arc<dyn Transport>],
@@ -414,7 +255,7 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
             .is_some_and(|t| t.phase == ota_domain::projection::TaskPhase::Succeeded)
     })
     .await;
-    let recovered = transport2.recovered.lock().unwrap().clone();
+    let recovered = transport2.recovered();
     assert_eq!(
         recovered,
         vec![(
@@ -439,7 +280,7 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
     // A restart after that recovers nothing.
     stop.cancel();
     running.await.unwrap();
-    let transport3 = Scripted::new("2.0.0");
+    let transport3 = scripted("2.0.0");
     let agent = Agent::new(
         options(agent_dir.path()),
         vec![transport3.clone() as Arc<dyn Transport>],
@@ -449,33 +290,11 @@ async fn an_update_interrupted_by_an_agent_restart_is_reported_not_repeated() {
     let running = tokio::spawn(agent.clone().run(channel.clone(), stop.clone()));
     wait_until("a new session", || app.sessions.is_connected("home")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(transport3.recovered.lock().unwrap().is_empty());
+    assert!(transport3.recovered().is_empty());
     assert_eq!(count_events(&server, "TaskSucceeded"), 1);
     stop.cancel();
     running.await.unwrap();
     server.shutdown().await.unwrap();
-}
-
-/// A zigbee2mqtt-like transport whose device list arrives late (the retained `bridge/devices`).
-#[derive(Debug)]
-struct LateBridge {
-    inventory: watch::Sender<Vec<DeviceReport>>,
-    complete: std::sync::atomic::AtomicBool,
-}
-
-impl LateBridge {
-    fn new(devices: Vec<DeviceReport>, complete: bool) -> Arc<LateBridge> {
-        Arc::new(LateBridge {
-            inventory: watch::channel(devices).0,
-            complete: complete.into(),
-        })
-    }
-    /// The bridge publishes its whole list.
-    fn publish(&self, devices: Vec<DeviceReport>) {
-        self.complete
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.inventory.send_replace(devices);
-    }
 }
 
 fn zigbee_device(local_id: &str) -> DeviceReport {
@@ -489,46 +308,6 @@ fn zigbee_device(local_id: &str) -> DeviceReport {
         reachable: true,
         supports_ota: true,
         ..Default::default()
-    }
-}
-
-impl Transport for LateBridge {
-    fn kind(&self) -> TransportKind {
-        TransportKind::Zigbee2Mqtt
-    }
-    fn instance(&self) -> &str {
-        "zigbee"
-    }
-    fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
-        self.inventory.subscribe()
-    }
-    fn inventory_complete(&self) -> bool {
-        self.complete.load(std::sync::atomic::Ordering::SeqCst)
-    }
-    fn check<'a>(
-        &'a self,
-        device: &'a str,
-        _deadline: Duration,
-    ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
-        Box::pin(async move {
-            Err(TaskError::new(
-                ota_domain::status::ErrorCode::Offline,
-                format!("{device} is not checked in this test"),
-            ))
-        })
-    }
-    fn update<'a>(
-        &'a self,
-        job: UpdateJob,
-        _progress: ProgressSink,
-        _cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        Box::pin(async move {
-            Err(TaskError::new(
-                ota_domain::status::ErrorCode::Offline,
-                format!("{} is not updated in this test", job.device),
-            ))
-        })
     }
 }
 
@@ -549,8 +328,11 @@ async fn devices_of_a_bridge_that_has_not_listed_them_yet_are_not_reported_gone(
     };
 
     // First run: both transports know their devices.
-    let esphome = Scripted::new("1.0.0");
-    let bridge = LateBridge::new(vec![zigbee_device("bulb"), zigbee_device("plug")], true);
+    let esphome = scripted("1.0.0");
+    let bridge = Arc::new(ScriptedTransport::zigbee(vec![
+        zigbee_device("bulb"),
+        zigbee_device("plug"),
+    ]));
     let agent = Agent::new(
         options(agent_dir.path()),
         vec![
@@ -570,8 +352,8 @@ async fn devices_of_a_bridge_that_has_not_listed_them_yet_are_not_reported_gone(
 
     // The agent restarts; the bridge has not published its list yet, and the lamp was updated
     // meanwhile. The session's first inventory must not call the Zigbee devices gone.
-    let esphome = Scripted::new("1.0.1");
-    let bridge = LateBridge::new(Vec::new(), false);
+    let esphome = scripted("1.0.1");
+    let bridge = Arc::new(ScriptedTransport::zigbee(Vec::new()).incomplete());
     let agent = Agent::new(
         options(agent_dir.path()),
         vec![
@@ -641,7 +423,7 @@ async fn a_report_otad_refuses_is_counted_dropped_from_the_journal_and_never_sen
     let start_agent = |with_metrics: bool| {
         let agent = Agent::new(
             options(agent_dir.path()),
-            vec![Scripted::new("1.0.0") as Arc<dyn Transport>],
+            vec![scripted("1.0.0") as Arc<dyn Transport>],
         )
         .unwrap();
         if with_metrics {

@@ -5,112 +5,23 @@
 //! (see `secrets.rs`).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use futures::future::BoxFuture;
-use ota_agent::agent::{Agent, AgentOptions};
+use ota_agent::agent::Agent;
 use ota_agent::tls::TlsConfig;
-use ota_agent::transport::{
-    CheckReport, DeviceReport, PowerSource, ProgressSink, Transport, TransportKind, UpdateJob,
-    UpdateReport, VersionInfo,
-};
+use ota_agent::transport::Transport;
 use ota_agent::trust::TrustPolicy;
-use ota_domain::status::TaskError;
 use ota_firmware::Chip;
 use ota_firmware::builders::EspAppBuilder;
 use ota_proto::v1 as pb;
+use ota_testkit::agent::{ScriptedTransport, options};
 use ota_testkit::otad::{update_and_wait, wait_for_state};
 use ota_testkit::pki::{Pki, operator_channel, start_tls_server, write_pair};
 use ota_testkit::upload::{signature, upload_app_as};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-
-/// A transport that installs whatever it is handed, and remembers it.
-#[derive(Debug)]
-struct Recording {
-    inventory: watch::Sender<Vec<DeviceReport>>,
-    images: Mutex<Vec<Bytes>>,
-}
-
-impl Recording {
-    fn new() -> Arc<Recording> {
-        let (tx, _) = watch::channel(vec![DeviceReport {
-            local_id: "lamp".into(),
-            network: "esphome".into(),
-            name: "lamp".into(),
-            model: "esp32dev".into(),
-            chip: Some("esp32".into()),
-            platform: Some("esp32".into()),
-            current_version: Some("1.0.0".into()),
-            power_source: PowerSource::Mains,
-            reachable: true,
-            supports_ota: true,
-            ..Default::default()
-        }]);
-        Arc::new(Recording {
-            inventory: tx,
-            images: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn images(&self) -> Vec<Bytes> {
-        self.images.lock().unwrap().clone()
-    }
-}
-
-impl Transport for Recording {
-    fn kind(&self) -> TransportKind {
-        TransportKind::Esphome
-    }
-    fn instance(&self) -> &str {
-        "esphome"
-    }
-    fn inventory(&self) -> watch::Receiver<Vec<DeviceReport>> {
-        self.inventory.subscribe()
-    }
-    fn check<'a>(
-        &'a self,
-        _device: &'a str,
-        _deadline: Duration,
-    ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
-        Box::pin(async move {
-            Ok(CheckReport {
-                reachable: true,
-                device: self.inventory.borrow()[0].clone(),
-                update_available: None,
-            })
-        })
-    }
-    fn update<'a>(
-        &'a self,
-        job: UpdateJob,
-        _progress: ProgressSink,
-        _cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
-        Box::pin(async move {
-            self.images.lock().unwrap().push(job.image.bytes.clone());
-            let to = job.image.version.clone();
-            let from = self.inventory.borrow()[0].current_version.clone();
-            self.inventory
-                .send_modify(|d| d[0].current_version = Some(to.clone()));
-            Ok(UpdateReport {
-                from: VersionInfo {
-                    version: from,
-                    ..Default::default()
-                },
-                to: VersionInfo {
-                    version: Some(to),
-                    ..Default::default()
-                },
-                wire_bytes: job.image.bytes.len() as u64,
-            })
-        })
-    }
-}
 
 fn app(version: &str) -> Vec<u8> {
     EspAppBuilder::new(Chip::Esp32)
@@ -147,18 +58,10 @@ async fn only_signed_untampered_firmware_reaches_the_device() {
         BTreeMap::from([("release".to_string(), release.verifying_key())]),
         true,
     );
-    let transport = Recording::new();
+    // A transport that installs whatever it is handed, and remembers it.
+    let transport = Arc::new(ScriptedTransport::esphome("1.0.0"));
     let agent = Agent::with_trust(
-        AgentOptions {
-            site_id: "home".into(),
-            data_dir: dir.path().join("agent-data"),
-            timezone: "UTC".into(),
-            utc_offset_minutes: 0,
-            reconnect_min: Duration::from_millis(20),
-            reconnect_max: Duration::from_millis(200),
-            tags: Default::default(),
-            progress_interval: Duration::from_millis(10),
-        },
+        options("home", &dir.path().join("agent-data")),
         vec![transport.clone() as Arc<dyn Transport>],
         trust,
     )

@@ -10,11 +10,15 @@
 //!   devices; device reports and rollout specs.
 //! - [`pki`]: a test CA made with rcgen (no key is checked in), certificates for otad and for
 //!   sites, TLS configurations and channels.
+//! - `agent` (feature `agent`): the real agent core in a test — its options, a scripted
+//!   transport, a run the test stops.
 //! - [`bins`]: the workspace's executables, built by cargo first so a test never runs a stale one.
 //!
 //! What it does not do: start outside peers (mosquitto, prometheus: the conformance tier does),
 //! or hide failures — helpers panic with what they were waiting for.
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod bins;
 pub mod otad;
 pub mod pki;
