@@ -33,6 +33,7 @@
 //! once its pause or abort is durable.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use crate::decision::{Change, ensure_guard};
 use crate::events::{TaskDispatched, TaskFailed, TaskHeld, TaskSkipped, streams};
@@ -45,11 +46,12 @@ use crate::rollout::spec::{Concurrency, Preconditions};
 use crate::rollout::window;
 use crate::status::{ErrorCode, TaskError};
 use crate::tasks::{Preflight, PreflightInput, preflight};
+use crate::time::UnixMillis;
 
 /// First probe interval for a device a task waits for.
-pub const PROBE_FIRST_MS: i64 = 2_000;
+pub const PROBE_FIRST: Duration = Duration::from_secs(2);
 /// Longest probe interval (an agent's default inventory interval).
-pub const PROBE_MAX_MS: i64 = 300_000;
+pub const PROBE_MAX: Duration = Duration::from_secs(300);
 
 /// A command for an agent, decided by [`decide`]; the server turns it into the wire message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,15 +98,15 @@ pub enum Command {
 /// probes again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeMemory {
-    last: HashMap<String, (i64, u32)>,
+    last: HashMap<String, (UnixMillis, u32)>,
 }
 
 impl ProbeMemory {
     /// When the next probe of `device_id` is due, if it was probed before.
-    pub fn next_due(&self, device_id: &str) -> Option<i64> {
+    pub fn next_due(&self, device_id: &str) -> Option<UnixMillis> {
         self.last
             .get(device_id)
-            .map(|(at, n)| at + probe_interval_ms(*n))
+            .map(|(at, n)| *at + probe_interval(*n))
     }
 
     /// Devices remembered.
@@ -119,17 +121,17 @@ impl ProbeMemory {
 }
 
 /// The interval after the `n`-th probe in a row (1-based): 2 s, 4 s, 8 s, … up to 5 minutes.
-pub fn probe_interval_ms(n: u32) -> i64 {
+pub fn probe_interval(n: u32) -> Duration {
     let doublings = n.saturating_sub(1).min(20);
-    (PROBE_FIRST_MS << doublings).min(PROBE_MAX_MS)
+    (PROBE_FIRST * (1 << doublings)).min(PROBE_MAX)
 }
 
 /// What [`decide`] looks at.
 pub struct DispatchInput<'a> {
     /// The fleet.
     pub state: &'a FleetState,
-    /// Now, Unix ms.
-    pub now_ms: i64,
+    /// Now.
+    pub now_ms: UnixMillis,
     /// Whether a site has an agent session now.
     pub connected: &'a dyn Fn(&str) -> bool,
     /// A fresh command id per call.
@@ -154,13 +156,13 @@ pub struct DispatchDecision {
     /// Then send these.
     pub commands: Vec<Command>,
     /// Look again at this time at the latest (events also trigger a look).
-    pub next_due_ms: Option<i64>,
+    pub next_due_ms: Option<UnixMillis>,
     /// The probe memory once the decision is recorded.
     pub probes: ProbeMemory,
 }
 
 impl DispatchDecision {
-    fn due(&mut self, at: i64, now: i64) {
+    fn due(&mut self, at: UnixMillis, now: UnixMillis) {
         if at > now {
             self.next_due_ms = Some(self.next_due_ms.map_or(at, |d| d.min(at)));
         }
@@ -182,7 +184,7 @@ fn single_update_limits() -> Concurrency {
 pub fn released_by_rollout(
     state: &FleetState,
     task: &TaskView,
-    now_ms: i64,
+    now_ms: UnixMillis,
 ) -> Option<Concurrency> {
     let Some(rollout_id) = &task.created.rollout_id else {
         return Some(single_update_limits());
@@ -484,13 +486,13 @@ fn send_update(
     t: &TaskView,
     transport: Transport,
     schedule: bool,
-    now: i64,
+    now: UnixMillis,
     next_command_id: &dyn Fn() -> u64,
     out: &mut DispatchDecision,
 ) {
     let attempt = t.attempt + 1;
     let command_id = next_command_id();
-    let timeout_at_ms = now + i64::from(effective_timeout_s(&t.created, transport)) * 1000;
+    let timeout_at_ms = now.plus_secs(u64::from(effective_timeout_s(&t.created, transport)));
     push_task_change(
         t,
         TaskDispatched {
@@ -546,18 +548,29 @@ struct Probing<'a> {
     /// Local device ids to probe now, per site.
     probed: BTreeMap<String, Vec<String>>,
     /// The memory the next pass starts from.
-    still_probing: HashMap<String, (i64, u32)>,
+    still_probing: HashMap<String, (UnixMillis, u32)>,
 }
 
 impl Probing<'_> {
     /// A task held because its device is offline, at a connected site.
-    fn offline(&mut self, t: &TaskView, local_id: &str, now: i64, out: &mut DispatchDecision) {
+    fn offline(
+        &mut self,
+        t: &TaskView,
+        local_id: &str,
+        now: UnixMillis,
+        out: &mut DispatchDecision,
+    ) {
         let id = &t.created.device_id;
-        let (last_at, n) = self.before.last.get(id).copied().unwrap_or((i64::MIN, 0));
+        let (last_at, n) = self
+            .before
+            .last
+            .get(id)
+            .copied()
+            .unwrap_or((UnixMillis::MIN, 0));
         let due_at = if n == 0 {
             now
         } else {
-            last_at.saturating_add(probe_interval_ms(n))
+            last_at + probe_interval(n)
         };
         if due_at <= now {
             self.probed
@@ -565,7 +578,7 @@ impl Probing<'_> {
                 .or_default()
                 .push(local_id.to_string());
             self.still_probing.insert(id.clone(), (now, n + 1));
-            out.due(now + probe_interval_ms(n + 1), now);
+            out.due(now + probe_interval(n + 1), now);
         } else {
             self.still_probing.insert(id.clone(), (last_at, n));
             out.due(due_at, now);
@@ -593,7 +606,7 @@ impl Probing<'_> {
 fn time_out_if_due(
     state: &FleetState,
     t: &TaskView,
-    now: i64,
+    now: UnixMillis,
     next_command_id: &dyn Fn() -> u64,
     out: &mut DispatchDecision,
 ) {

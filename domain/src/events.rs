@@ -28,6 +28,7 @@ use crate::model::{
 };
 use crate::rollout::spec::{RolloutSpec, RolloutSpecV1, UpgradeType};
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
+use crate::time::UnixMillis;
 
 /// Stream names.
 pub mod streams {
@@ -384,7 +385,7 @@ pub struct TaskHeld {
     /// Waits for `ConfirmWarning` (5005) rather than for time to pass.
     pub needs_confirmation: bool,
     /// When the server looks again (for 5012/5020).
-    pub retry_at_ms: Option<i64>,
+    pub retry_at_ms: Option<UnixMillis>,
 }
 
 /// An operator answered a weak-signal warning.
@@ -412,7 +413,7 @@ pub struct TaskDispatched {
     /// Command id on the agent session.
     pub command_id: u64,
     /// When the per-device timeout expires.
-    pub timeout_at_ms: i64,
+    pub timeout_at_ms: UnixMillis,
     /// Scheduled for a sleepy device's wake-up.
     pub schedule: bool,
 }
@@ -500,7 +501,7 @@ pub struct TaskFailed {
     /// The failure is a timeout (status 7).
     pub timed_out: bool,
     /// When to try again, if the error is transient and attempts remain.
-    pub retry_at_ms: Option<i64>,
+    pub retry_at_ms: Option<UnixMillis>,
     /// The agent report this came from; `None` when the server decided (timeouts, deadlines).
     pub source: Option<AgentSource>,
 }
@@ -581,7 +582,7 @@ pub struct BatchCheckStarted {
     /// Devices asked.
     pub device_ids: Vec<String>,
     /// When unanswered devices get 5019.
-    pub deadline_at_ms: i64,
+    pub deadline_at_ms: UnixMillis,
 }
 
 /// The bulk check ended (all answered, or the deadline passed).
@@ -601,7 +602,7 @@ pub struct StageStarted {
     /// Stage index.
     pub index: u32,
     /// When its deadline (batch-check timeout) expires; `None`: no deadline.
-    pub deadline_at_ms: Option<i64>,
+    pub deadline_at_ms: Option<UnixMillis>,
 }
 
 /// Devices were taken out of a stage when it started (or later, before they got a task): a
@@ -621,7 +622,7 @@ pub struct StageSoaking {
     /// Stage index.
     pub index: u32,
     /// Soak ends.
-    pub until_ms: i64,
+    pub until_ms: UnixMillis,
 }
 
 /// A stage succeeded.
@@ -710,7 +711,7 @@ pub struct TokenCreated {
     /// Hash of the secret (hex).
     pub secret_hash: String,
     /// Expiry, Unix ms; 0 never.
-    pub expires_at_ms: i64,
+    pub expires_at_ms: UnixMillis,
 }
 
 /// A token was revoked.

@@ -4,6 +4,7 @@
 //! Only compiled for tests.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::decision::{Change, Expect};
 use crate::events::*;
@@ -12,11 +13,12 @@ use crate::model::{
 };
 use crate::projection::{EventMeta, FleetState};
 use crate::rollout::spec::*;
+use crate::time::UnixMillis;
 
 /// 2026-01-05 00:00 UTC, a Monday.
-pub const T0: i64 = 1_767_571_200_000;
+pub const T0: UnixMillis = UnixMillis::from_unix_ms(1_767_571_200_000);
 /// A second.
-pub const S: i64 = 1000;
+pub const S: Duration = Duration::from_secs(1);
 /// The firmware of the fixtures.
 pub const FW: &str = "fw-new";
 
@@ -33,7 +35,7 @@ pub struct Log {
 
 impl Log {
     /// Appends one event without a check.
-    pub fn event(&mut self, at: i64, stream: &str, e: impl Into<DomainEvent>) -> &mut Self {
+    pub fn event(&mut self, at: UnixMillis, stream: &str, e: impl Into<DomainEvent>) -> &mut Self {
         let e = e.into();
         let seq = self.events.len() as u64 + 1;
         let meta = EventMeta {
@@ -51,7 +53,7 @@ impl Log {
     /// (`seen`), like `Core::execute` and the store do. Refused as a whole on any conflict.
     pub fn commit(
         &mut self,
-        at: i64,
+        at: UnixMillis,
         changes: &[Change],
         seen: &HashMap<String, u64>,
     ) -> Result<(), String> {
@@ -201,7 +203,7 @@ pub fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
 }
 
 /// A site's agent said hello.
-pub fn connected(log: &mut Log, at: i64, site: &str) {
+pub fn connected(log: &mut Log, at: UnixMillis, site: &str) {
     log.event(
         at,
         &streams::site(site),
@@ -217,7 +219,7 @@ pub fn connected(log: &mut Log, at: i64, site: &str) {
 }
 
 /// Creates rollout `id` with `spec` and starts it with today's plan.
-pub fn start_rollout(log: &mut Log, at: i64, id: &str, spec: RolloutSpec) {
+pub fn start_rollout(log: &mut Log, at: UnixMillis, id: &str, spec: RolloutSpec) {
     let p = crate::rollout::plan::plan(&spec, &log.state);
     log.event(
         at,

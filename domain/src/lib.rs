@@ -13,6 +13,7 @@
 //! - [`tasks`]: decisions about one device update (fit, preflight, retries).
 //! - [`dispatch`]: the dispatch decision over every unfinished task (budgets, limits, probes).
 //! - [`rollout`]: rollout specification, planning and scheduling.
+//! - [`time`]: [`time::UnixMillis`], the type of every instant (durations are `Duration`).
 
 pub mod decision;
 pub mod dispatch;
@@ -24,3 +25,4 @@ pub mod projection;
 pub mod rollout;
 pub mod status;
 pub mod tasks;
+pub mod time;

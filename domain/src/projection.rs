@@ -7,6 +7,7 @@
 //! whose earlier events were written by a buggy build.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,7 @@ use crate::events::*;
 use crate::model::{self, DeviceFacts, TransportInstance, VersionInfo};
 use crate::rollout::spec::RolloutSpec;
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
+use crate::time::UnixMillis;
 
 /// Envelope facts of a recorded event that projections use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +23,7 @@ pub struct EventMeta {
     /// Global sequence number.
     pub seq: u64,
     /// When it was recorded, Unix ms.
-    pub recorded_at_ms: i64,
+    pub recorded_at_ms: UnixMillis,
     /// Who caused it (`name (role)`).
     pub actor: String,
 }
@@ -32,7 +34,7 @@ pub struct FirmwareView {
     /// As registered.
     pub registered: FirmwareRegistered,
     /// When.
-    pub created_at_ms: i64,
+    pub created_at_ms: UnixMillis,
     /// By whom.
     pub created_by: String,
     /// Signatures: key id, signature, when, by whom.
@@ -47,7 +49,7 @@ pub struct SignatureView {
     /// Signature bytes.
     pub signature: Vec<u8>,
     /// When.
-    pub added_at_ms: i64,
+    pub added_at_ms: UnixMillis,
     /// By whom.
     pub added_by: String,
 }
@@ -64,15 +66,15 @@ pub struct DeviceView {
     /// Last reported facts.
     pub facts: DeviceFacts,
     /// First report.
-    pub first_seen_ms: i64,
+    pub first_seen_ms: UnixMillis,
     /// Last report that changed something (live last-seen is kept by the server).
-    pub last_seen_ms: i64,
+    pub last_seen_ms: UnixMillis,
     /// Auto-upgrade switch.
     pub auto_upgrade: bool,
     /// The site no longer reports it.
     pub removed: bool,
     /// Last check outcome and when.
-    pub last_check: Option<(DeviceChecked, i64)>,
+    pub last_check: Option<(DeviceChecked, UnixMillis)>,
     /// The running or most recent task.
     pub current_task: Option<String>,
 }
@@ -221,21 +223,21 @@ pub struct TaskView {
     /// After.
     pub to: Option<VersionInfo>,
     /// Created at.
-    pub created_at_ms: i64,
+    pub created_at_ms: UnixMillis,
     /// First dispatch.
-    pub started_at_ms: Option<i64>,
+    pub started_at_ms: Option<UnixMillis>,
     /// Ended.
-    pub finished_at_ms: Option<i64>,
+    pub finished_at_ms: Option<UnixMillis>,
     /// Next dispatch after a transient failure or a hold.
-    pub next_attempt_at_ms: Option<i64>,
+    pub next_attempt_at_ms: Option<UnixMillis>,
     /// When the budget of the current phase runs out: while the site prepares (from dispatch)
     /// and transfers (from the first progress 2 or 6) the transfer budget, while it waits for a
     /// wake-up or its network slot (progress 5 or 13) the wake-up budget. `None`: not at a site.
-    pub timeout_at_ms: Option<i64>,
+    pub timeout_at_ms: Option<UnixMillis>,
     /// When the current transfer started (first progress 2 or 6 of the attempt).
-    pub transfer_started_ms: Option<i64>,
+    pub transfer_started_ms: Option<UnixMillis>,
     /// When the current wait for a wake-up (or the site's slot) started.
-    pub waiting_since_ms: Option<i64>,
+    pub waiting_since_ms: Option<UnixMillis>,
     /// The server ended the task (timeout, deadline, cancel) rather than its site: a success the
     /// site reports later for the same attempt still counts.
     pub ended_by_server: bool,
@@ -252,12 +254,12 @@ pub struct TaskView {
     /// Scheduled for wake-up.
     pub scheduled: bool,
     /// Last change.
-    pub updated_at_ms: i64,
+    pub updated_at_ms: UnixMillis,
 }
 
 impl TaskView {
     /// A task as created at `at_ms` by `requested_by`: queued, nothing sent yet.
-    pub fn queued(created: TaskCreated, at_ms: i64, requested_by: String) -> TaskView {
+    pub fn queued(created: TaskCreated, at_ms: UnixMillis, requested_by: String) -> TaskView {
         TaskView {
             created,
             phase: TaskPhase::Queued,
@@ -347,18 +349,18 @@ pub struct StageView {
     /// State.
     pub state: StageState,
     /// Started.
-    pub started_at_ms: Option<i64>,
+    pub started_at_ms: Option<UnixMillis>,
     /// Deadline.
-    pub deadline_at_ms: Option<i64>,
+    pub deadline_at_ms: Option<UnixMillis>,
     /// Soak end.
-    pub soak_until_ms: Option<i64>,
+    pub soak_until_ms: Option<UnixMillis>,
     /// Ended.
-    pub finished_at_ms: Option<i64>,
+    pub finished_at_ms: Option<UnixMillis>,
     /// Why it failed.
     pub failure_reason: Option<String>,
     /// When an operator resumed the rollout after this stage failed: failures recorded up to
     /// then were seen and accepted, so they no longer count against the stage's thresholds.
-    pub failures_accepted_at_ms: Option<i64>,
+    pub failures_accepted_at_ms: Option<UnixMillis>,
 }
 
 /// The bulk check of a rollout.
@@ -369,7 +371,7 @@ pub struct BatchCheckView {
     /// Devices asked.
     pub device_ids: Vec<String>,
     /// Deadline.
-    pub deadline_at_ms: i64,
+    pub deadline_at_ms: UnixMillis,
     /// Ended.
     pub completed: bool,
     /// Devices that did not answer (5019).
@@ -388,13 +390,13 @@ pub struct RolloutView {
     /// Why paused/completed/aborted.
     pub state_reason: String,
     /// Created.
-    pub created_at_ms: i64,
+    pub created_at_ms: UnixMillis,
     /// By.
     pub created_by: String,
     /// Started.
-    pub started_at_ms: Option<i64>,
+    pub started_at_ms: Option<UnixMillis>,
     /// Ended.
-    pub finished_at_ms: Option<i64>,
+    pub finished_at_ms: Option<UnixMillis>,
     /// Stages (empty until started).
     pub stages: Vec<StageView>,
     /// Devices left out.
@@ -405,10 +407,10 @@ pub struct RolloutView {
     /// source are not part of it).
     pub tasks_by_device: HashMap<String, String>,
     /// When it was paused, while it is paused.
-    pub paused_at_ms: Option<i64>,
+    pub paused_at_ms: Option<UnixMillis>,
     /// When an operator last resumed it: failures that ended before then were seen and accepted,
     /// so they no longer count against the rollout-wide failure budget.
-    pub failures_accepted_at_ms: Option<i64>,
+    pub failures_accepted_at_ms: Option<UnixMillis>,
     /// The four-eyes approval, when one is required.
     pub approval: Approval,
 }
@@ -436,7 +438,7 @@ pub struct ApprovalVerdict {
     /// The actor ("bob (operator)").
     pub by: String,
     /// When.
-    pub at_ms: i64,
+    pub at_ms: UnixMillis,
     /// Why.
     pub reason: String,
 }
@@ -474,7 +476,7 @@ pub struct SiteView {
     /// Transports.
     pub transports: Vec<TransportInstance>,
     /// Since.
-    pub connected_since_ms: i64,
+    pub connected_since_ms: UnixMillis,
     /// Remote address.
     pub peer: String,
     /// Why the last session ended.
@@ -493,9 +495,9 @@ pub struct TokenView {
     /// Secret hash.
     pub secret_hash: String,
     /// Expiry; 0 never.
-    pub expires_at_ms: i64,
+    pub expires_at_ms: UnixMillis,
     /// Created.
-    pub created_at_ms: i64,
+    pub created_at_ms: UnixMillis,
     /// By.
     pub created_by: String,
     /// Revoked.
@@ -504,13 +506,16 @@ pub struct TokenView {
 
 /// A resumed rollout: the stage in progress continues where it stopped, its timers moved by the
 /// time spent paused; a failed stage runs again with the failures seen so far accepted.
-fn resumed(r: &mut RolloutView, e: &RolloutResumed, at: i64) {
+fn resumed(r: &mut RolloutView, e: &RolloutResumed, at: UnixMillis) {
     r.state = RolloutState::Running;
     r.state_reason = e.reason.clone();
     r.failures_accepted_at_ms = Some(at);
     // Timers of the stage in progress resume where they stopped: the deadline and
     // the end of the soak move by the time spent paused.
-    let paused_for = r.paused_at_ms.take().map_or(0, |p| (at - p).max(0));
+    let paused_for = r
+        .paused_at_ms
+        .take()
+        .map_or(Duration::ZERO, |p| at.since(p));
     for s in &mut r.stages {
         if !matches!(
             s.state,
@@ -559,7 +564,7 @@ impl RolloutView {
 }
 
 /// An event of one of the rollout's stages.
-fn stage_event(r: &mut RolloutView, event: &DomainEvent, at: i64) {
+fn stage_event(r: &mut RolloutView, event: &DomainEvent, at: UnixMillis) {
     match event {
         DomainEvent::StageStarted(e) => {
             if let Some(s) = r.stages.get_mut(e.index as usize) {
@@ -600,7 +605,7 @@ fn stage_event(r: &mut RolloutView, event: &DomainEvent, at: i64) {
 }
 
 /// A new attempt went to the agent: its transfer budget runs from now.
-fn dispatched(task: &mut TaskView, e: &TaskDispatched, at: i64) {
+fn dispatched(task: &mut TaskView, e: &TaskDispatched, at: UnixMillis) {
     task.phase = TaskPhase::AgentPreparing;
     task.attempt = e.attempt;
     task.command_id = Some(e.command_id);
@@ -617,7 +622,7 @@ fn dispatched(task: &mut TaskView, e: &TaskDispatched, at: i64) {
 }
 
 /// The current attempt failed: queued again for its retry, or ended.
-fn failed(task: &mut TaskView, e: &TaskFailed, at: i64) {
+fn failed(task: &mut TaskView, e: &TaskFailed, at: UnixMillis) {
     task.error = Some(e.error.clone());
     task.remaining_s = None;
     task.timeout_at_ms = None;
@@ -639,8 +644,8 @@ fn failed(task: &mut TaskView, e: &TaskFailed, at: i64) {
 }
 
 /// A progress report of the task's current attempt: its phase, and the phase's budget.
-fn progressed(task: &mut TaskView, e: &TaskProgressed, at: i64, transfer_budget_ms: i64) {
-    let wake_budget_ms = i64::from(effective_wake_timeout_s(&task.created)) * 1000;
+fn progressed(task: &mut TaskView, e: &TaskProgressed, at: UnixMillis, transfer_budget: Duration) {
+    let wake_budget = Duration::from_secs(u64::from(effective_wake_timeout_s(&task.created)));
     task.phase = match e.status {
         UpgradeStatus::WaitingForWakeup => TaskPhase::WaitingForWakeup,
         UpgradeStatus::Queued => TaskPhase::SiteQueued,
@@ -654,20 +659,20 @@ fn progressed(task: &mut TaskView, e: &TaskProgressed, at: i64, transfer_budget_
         TaskPhase::WaitingForWakeup | TaskPhase::SiteQueued => {
             let since = *task.waiting_since_ms.get_or_insert(at);
             task.transfer_started_ms = None;
-            task.timeout_at_ms = Some(since + wake_budget_ms);
+            task.timeout_at_ms = Some(since + wake_budget);
         }
         TaskPhase::Updating | TaskPhase::Downloaded => {
             task.waiting_since_ms = None;
             if task.transfer_started_ms.is_none() {
                 task.transfer_started_ms = Some(at);
-                task.timeout_at_ms = Some(at + transfer_budget_ms);
+                task.timeout_at_ms = Some(at + transfer_budget);
             }
         }
         _ => {
             // Preparing again after a wait (the device woke, the slot is free): a
             // fresh transfer budget.
             if task.waiting_since_ms.take().is_some() {
-                task.timeout_at_ms = Some(at + transfer_budget_ms);
+                task.timeout_at_ms = Some(at + transfer_budget);
             }
         }
     }
@@ -677,7 +682,7 @@ fn progressed(task: &mut TaskView, e: &TaskProgressed, at: i64, transfer_budget_
     task.bytes_total = e.bytes_total;
 }
 
-fn succeed(task: &mut TaskView, e: &TaskSucceeded, at: i64) {
+fn succeed(task: &mut TaskView, e: &TaskSucceeded, at: UnixMillis) {
     task.phase = TaskPhase::Succeeded;
     task.progress = 100.0;
     task.remaining_s = None;
@@ -839,7 +844,7 @@ impl FleetState {
             self.task_created(meta, id, e);
             return;
         }
-        let transfer_budget_ms = {
+        let transfer_budget = {
             let Some(task) = self.tasks.get(id) else {
                 return;
             };
@@ -848,7 +853,7 @@ impl FleetState {
                 .get(&task.created.device_id)
                 .and_then(|d| d.facts.transport)
                 .unwrap_or(model::Transport::Esphome);
-            i64::from(effective_timeout_s(&task.created, transport)) * 1000
+            Duration::from_secs(u64::from(effective_timeout_s(&task.created, transport)))
         };
         let Some(task) = self.tasks.get_mut(id) else {
             return;
@@ -908,7 +913,7 @@ impl FleetState {
             }
             DomainEvent::TaskDispatched(e) => dispatched(task, e, at),
             DomainEvent::TaskProgressed(e) if e.attempt == task.attempt => {
-                progressed(task, e, at, transfer_budget_ms);
+                progressed(task, e, at, transfer_budget);
             }
             DomainEvent::TaskSucceeded(e) => {
                 if e.attempt != task.attempt {

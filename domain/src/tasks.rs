@@ -21,11 +21,14 @@
 //!        └─► cancelled (only from queued, held, waiting for wake-up)
 //! ```
 
+use std::time::Duration;
+
 use crate::events::FirmwareRegistered;
 use crate::model::{DeviceFacts, FirmwareFormat, PowerSource, Signal, Transport, compare_versions};
 use crate::projection::TaskView;
 use crate::rollout::spec::Preconditions;
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
+use crate::time::UnixMillis;
 
 /// The firmware label that lists the device models an image is for (comma-separated, compared
 /// case-insensitively). Without it, only the image's own facts (Zigbee manufacturer code and image
@@ -316,7 +319,7 @@ pub fn preflight(input: PreflightInput<'_>) -> Preflight {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterFailure {
     /// Try again at this time.
-    RetryAt(i64),
+    RetryAt(UnixMillis),
     /// The task ends.
     Final,
 }
@@ -324,28 +327,32 @@ pub enum AfterFailure {
 /// Backoff before attempt `next_attempt` (2 for the first retry): `initial · 2^(n-2)` capped at
 /// `max`, then shortened by up to a quarter by `jitter` (0.0..1.0) so retries of many devices
 /// spread out.
-pub fn backoff_ms(initial_s: u32, max_s: u32, next_attempt: u32, jitter: f64) -> i64 {
+pub fn backoff(initial_s: u32, max_s: u32, next_attempt: u32, jitter: f64) -> Duration {
     let exp = next_attempt.saturating_sub(2).min(30);
     let base = u64::from(initial_s)
         .saturating_mul(1u64 << exp)
         .min(u64::from(max_s))
         * 1000;
     let jitter = jitter.clamp(0.0, 1.0);
-    (base as f64 * (1.0 - 0.25 * jitter)) as i64
+    Duration::from_millis((base as f64 * (1.0 - 0.25 * jitter)) as u64)
 }
 
 /// Decides whether a failed attempt is retried.
-pub fn after_failure(task: &TaskView, error: &TaskError, now_ms: i64, jitter: f64) -> AfterFailure {
+pub fn after_failure(
+    task: &TaskView,
+    error: &TaskError,
+    now: UnixMillis,
+    jitter: f64,
+) -> AfterFailure {
     let c = &task.created;
     if error.code.is_transient() && task.attempt < c.max_attempts {
         AfterFailure::RetryAt(
-            now_ms
-                + backoff_ms(
-                    c.initial_backoff_s,
-                    c.max_backoff_s,
-                    task.attempt + 1,
-                    jitter,
-                ),
+            now + backoff(
+                c.initial_backoff_s,
+                c.max_backoff_s,
+                task.attempt + 1,
+                jitter,
+            ),
         )
     } else {
         AfterFailure::Final
@@ -454,7 +461,7 @@ mod tests {
                 auto: false,
                 wake_timeout_s: 0,
             },
-            0,
+            UnixMillis::EPOCH,
             String::new(),
         )
     }
@@ -632,33 +639,33 @@ mod tests {
         t.attempt = 1;
         let transient = TaskError::new(ErrorCode::ConnectFailed, "no answer");
         assert_eq!(
-            after_failure(&t, &transient, 1000, 0.0),
-            AfterFailure::RetryAt(31_000)
+            after_failure(&t, &transient, UnixMillis::from_unix_ms(1000), 0.0),
+            AfterFailure::RetryAt(UnixMillis::from_unix_ms(31_000))
         );
         t.attempt = 2;
         assert_eq!(
-            after_failure(&t, &transient, 1000, 0.0),
-            AfterFailure::RetryAt(61_000)
+            after_failure(&t, &transient, UnixMillis::from_unix_ms(1000), 0.0),
+            AfterFailure::RetryAt(UnixMillis::from_unix_ms(61_000))
         );
         t.attempt = 3;
         assert_eq!(
-            after_failure(&t, &transient, 1000, 0.0),
+            after_failure(&t, &transient, UnixMillis::from_unix_ms(1000), 0.0),
             AfterFailure::Final
         );
         t.attempt = 1;
         let permanent = TaskError::new(ErrorCode::ChecksumMismatch, "md5");
         assert_eq!(
-            after_failure(&t, &permanent, 1000, 0.0),
+            after_failure(&t, &permanent, UnixMillis::from_unix_ms(1000), 0.0),
             AfterFailure::Final
         );
     }
 
     #[test]
     fn backoff_is_capped_and_jitter_only_shortens() {
-        assert_eq!(backoff_ms(30, 900, 2, 0.0), 30_000);
-        assert_eq!(backoff_ms(30, 900, 3, 0.0), 60_000);
-        assert_eq!(backoff_ms(30, 900, 10, 0.0), 900_000);
-        assert_eq!(backoff_ms(30, 900, 40, 0.0), 900_000);
-        assert_eq!(backoff_ms(30, 900, 2, 1.0), 22_500);
+        assert_eq!(backoff(30, 900, 2, 0.0), Duration::from_millis(30_000));
+        assert_eq!(backoff(30, 900, 3, 0.0), Duration::from_millis(60_000));
+        assert_eq!(backoff(30, 900, 10, 0.0), Duration::from_millis(900_000));
+        assert_eq!(backoff(30, 900, 40, 0.0), Duration::from_millis(900_000));
+        assert_eq!(backoff(30, 900, 2, 1.0), Duration::from_millis(22_500));
     }
 }

@@ -15,6 +15,7 @@ use ota_domain::events::*;
 use ota_domain::model::*;
 use ota_domain::rollout::spec::*;
 use ota_domain::status::*;
+use ota_domain::time::UnixMillis;
 
 fn version(v: &str) -> VersionInfo {
     VersionInfo {
@@ -228,7 +229,7 @@ fn samples() -> Vec<DomainEvent> {
         TaskDispatched {
             attempt: 1,
             command_id: 9,
-            timeout_at_ms: 1_800_000,
+            timeout_at_ms: UnixMillis::from_unix_ms(1_800_000),
             schedule: true,
         }
         .into(),
@@ -260,7 +261,7 @@ fn samples() -> Vec<DomainEvent> {
                 "Device didn't respond to OTA request",
             ),
             timed_out: false,
-            retry_at_ms: Some(30_000),
+            retry_at_ms: Some(UnixMillis::from_unix_ms(30_000)),
             source: source(),
         }
         .into(),
@@ -288,7 +289,7 @@ fn samples() -> Vec<DomainEvent> {
         BatchCheckStarted {
             check_id: "chk-1".into(),
             device_ids: vec!["home/a".into()],
-            deadline_at_ms: 60_000,
+            deadline_at_ms: UnixMillis::from_unix_ms(60_000),
         }
         .into(),
         BatchCheckCompleted {
@@ -299,7 +300,7 @@ fn samples() -> Vec<DomainEvent> {
         .into(),
         StageStarted {
             index: 0,
-            deadline_at_ms: Some(3_600_000),
+            deadline_at_ms: Some(UnixMillis::from_unix_ms(3_600_000)),
         }
         .into(),
         StageDevicesExcluded {
@@ -313,7 +314,7 @@ fn samples() -> Vec<DomainEvent> {
         .into(),
         StageSoaking {
             index: 0,
-            until_ms: 4_000_000,
+            until_ms: UnixMillis::from_unix_ms(4_000_000),
         }
         .into(),
         StageSucceeded { index: 0 }.into(),
@@ -357,7 +358,7 @@ fn samples() -> Vec<DomainEvent> {
             name: "alice".into(),
             role: "operator".into(),
             secret_hash: "00".repeat(32),
-            expires_at_ms: 0,
+            expires_at_ms: UnixMillis::from_unix_ms(0),
         }
         .into(),
         TokenRevoked { id: "tok-1".into() }.into(),
@@ -528,7 +529,7 @@ fn sample_state() -> ota_domain::projection::FleetState {
             seq += 1;
             let meta = EventMeta {
                 seq,
-                recorded_at_ms: 1_790_000_000_000 + seq as i64,
+                recorded_at_ms: UnixMillis::from_unix_ms(1_790_000_000_000 + seq as i64),
                 actor: "golden".into(),
             };
             state.apply(&meta, stream, &e);

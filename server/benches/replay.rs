@@ -105,7 +105,7 @@ fn task_events(task: u64, devices: u64) -> Vec<DomainEvent> {
         TaskDispatched {
             attempt: 1,
             command_id: task,
-            timeout_at_ms: 1_790_000_000_000,
+            timeout_at_ms: ota_domain::time::UnixMillis::from_unix_ms(1_790_000_000_000),
             schedule: false,
         }
         .into(),

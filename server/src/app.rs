@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use ota_domain::time::UnixMillis;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -22,8 +23,8 @@ pub struct App {
     pub config: Config,
     /// Connected agents.
     pub sessions: Arc<Sessions>,
-    /// When the server started, Unix ms.
-    pub started_at_ms: i64,
+    /// When the server started.
+    pub started_at: UnixMillis,
     /// Wakes the task dispatcher after something that may let a task move.
     pub dispatch_wake: Arc<Notify>,
     /// Serialises task creation, so two requests cannot both give a device a task.
@@ -36,8 +37,8 @@ pub struct App {
 }
 
 impl App {
-    /// Milliseconds since the epoch on the server's clock.
-    pub fn now_ms(&self) -> i64 {
-        self.core.clock().now_ms()
+    /// Now, on the server's clock.
+    pub fn now(&self) -> UnixMillis {
+        self.core.clock().now()
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ota_domain::events::{DomainEvent, streams};
 use ota_domain::model::Actor;
 use ota_domain::projection::{EventMeta, FleetState, TaskPhase};
+use ota_domain::time::UnixMillis;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, warn};
 
@@ -35,37 +36,35 @@ use crate::store::{
 /// `tokio::time::Instant`, which is monotonic in production and controllable in tests.
 #[derive(Debug, Clone)]
 pub struct Clock {
-    base_ms: i64,
-    base: tokio::time::Instant,
+    base: UnixMillis,
+    base_instant: tokio::time::Instant,
 }
 
 impl Clock {
     /// A clock starting at the current wall time.
     pub fn new() -> Self {
-        let base_ms = SystemTime::now()
+        let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
-        Self::starting_at(base_ms)
+        Self::starting_at(UnixMillis::EPOCH + since_epoch)
     }
 
     /// A clock starting at a given wall time (tests).
-    pub fn starting_at(base_ms: i64) -> Self {
+    pub fn starting_at(base: UnixMillis) -> Self {
         Self {
-            base_ms,
-            base: tokio::time::Instant::now(),
+            base,
+            base_instant: tokio::time::Instant::now(),
         }
     }
 
-    /// Milliseconds since the Unix epoch.
-    pub fn now_ms(&self) -> i64 {
-        self.base_ms + self.base.elapsed().as_millis() as i64
+    /// Now, on the wall clock.
+    pub fn now(&self) -> UnixMillis {
+        self.base + self.base_instant.elapsed()
     }
 
-    /// The tokio instant at which wall time `at_ms` is reached.
-    pub fn instant_at(&self, at_ms: i64) -> tokio::time::Instant {
-        let offset = (at_ms - self.base_ms).max(0) as u64;
-        self.base + Duration::from_millis(offset)
+    /// The tokio instant at which wall time `at` is reached.
+    pub fn instant_at(&self, at: UnixMillis) -> tokio::time::Instant {
+        self.base_instant + at.since(self.base)
     }
 }
 
@@ -85,7 +84,7 @@ pub struct Applied {
     /// Version of the stream after this event.
     pub stream_version: u64,
     /// When recorded.
-    pub recorded_at_ms: i64,
+    pub recorded_at_ms: UnixMillis,
     /// Who caused it.
     pub actor: String,
     /// The event.
@@ -183,7 +182,7 @@ pub fn decode(r: &RecordedEvent) -> Result<DomainEvent, CoreError> {
 fn meta(r: &RecordedEvent) -> EventMeta {
     EventMeta {
         seq: r.seq,
-        recorded_at_ms: r.recorded_at_ms,
+        recorded_at_ms: UnixMillis::from_unix_ms(r.recorded_at_ms),
         actor: r.actor.clone(),
     }
 }
@@ -379,7 +378,7 @@ impl Core {
             seq: r.seq,
             stream: r.stream,
             stream_version: r.stream_version,
-            recorded_at_ms: r.recorded_at_ms,
+            recorded_at_ms: meta.recorded_at_ms,
             actor: r.actor,
             event,
         });
@@ -476,7 +475,7 @@ impl Core {
             let batch: Vec<StreamAppend> = {
                 let p = self.projection.read_locked();
                 let changes = decide(&p.state)?;
-                let now = self.clock.now_ms();
+                let now = self.clock.now();
                 // Guards (no events, an expected version) only matter next to something written.
                 if changes.iter().all(Change::is_guard) {
                     Vec::new()
@@ -504,7 +503,7 @@ impl Core {
                                         schema_version: e.schema_version(),
                                         payload: e.encode(),
                                         actor: label.clone(),
-                                        recorded_at_ms: now,
+                                        recorded_at_ms: now.as_i64(),
                                     })
                                     .collect(),
                             }

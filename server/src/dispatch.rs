@@ -23,6 +23,7 @@ use ota_domain::events::{DomainEvent, TaskFailed, streams};
 use ota_domain::model::{Actor, Transport};
 use ota_domain::projection::{FleetState, TaskView};
 use ota_domain::status::{ErrorCode, TaskError};
+use ota_domain::time::UnixMillis;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -145,9 +146,12 @@ struct Outgoing {
 }
 
 /// One pass. Returns the next time something becomes due, if any.
-pub async fn pass(app: &Arc<App>, probes: &Mutex<ProbeMemory>) -> Result<Option<i64>, CoreError> {
+pub async fn pass(
+    app: &Arc<App>,
+    probes: &Mutex<ProbeMemory>,
+) -> Result<Option<UnixMillis>, CoreError> {
     let sessions = app.sessions.clone();
-    let now = app.now_ms();
+    let now = app.now();
     let memory = probes.locked().clone();
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut decided = None;
@@ -255,7 +259,7 @@ async fn record_send_failure(
     attempt: u32,
     error: TaskError,
 ) -> Result<(), CoreError> {
-    let now = app.now_ms();
+    let now = app.now();
     let jitter = rand::random::<f64>();
     app.core
         .execute::<CoreError, _>(&Actor::system(), |state| {

@@ -19,13 +19,14 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use ota_domain::projection::{FleetState, RolloutView, StageView, TaskPhase, TaskView};
+use ota_domain::time::UnixMillis;
 use ota_telemetry::metrics::{APPEND_SECONDS, Metrics, RPC_SECONDS, UPDATE_SECONDS};
 
 use crate::core::{Applied, Core, CoreObserver};
 use crate::sessions::Sessions;
 
 /// Rollouts that ended longer ago than this leave the per-stage gauges.
-const FINISHED_ROLLOUT_KEPT_MS: i64 = 3_600_000;
+const FINISHED_ROLLOUT_KEPT: Duration = Duration::from_secs(3_600);
 
 /// otad's instruments on its own meter provider.
 #[derive(Debug)]
@@ -203,7 +204,7 @@ impl CoreObserver for ServerMetrics {
         );
         if let (Some(started), Some(finished)) = (task.started_at_ms, task.finished_at_ms) {
             self.update_duration.record(
-                (finished - started).max(0) as f64 / 1000.0,
+                finished.since(started).as_secs_f64(),
                 &[
                     KeyValue::new("transport", transport),
                     KeyValue::new("result", result),
@@ -237,11 +238,11 @@ fn stage_device_state(rollout: &RolloutView, device_id: &str, state: &FleetState
 
 const STAGE_DEVICE_STATES: [&str; 5] = ["pending", "running", "succeeded", "failed", "skipped"];
 
-fn shown(rollout: &RolloutView, now_ms: i64) -> bool {
+fn shown(rollout: &RolloutView, now: UnixMillis) -> bool {
     !(rollout.state.is_terminal()
         && rollout
             .finished_at_ms
-            .is_some_and(|at| now_ms - at > FINISHED_ROLLOUT_KEPT_MS))
+            .is_some_and(|at| now.since(at) > FINISHED_ROLLOUT_KEPT))
 }
 
 fn stage_counts(
@@ -286,8 +287,8 @@ fn kv(k: &'static str, v: impl Into<opentelemetry::Value>) -> KeyValue {
     KeyValue::new(k, v)
 }
 
-/// Computes the state gauges at `now_ms`.
-pub fn state_gauges(state: &FleetState, now_ms: i64) -> StateGauges {
+/// Computes the state gauges at `now`.
+pub fn state_gauges(state: &FleetState, now: UnixMillis) -> StateGauges {
     let mut g = StateGauges::default();
 
     let mut tasks: BTreeMap<(String, &'static str, String), u64> = BTreeMap::new();
@@ -298,8 +299,8 @@ pub fn state_gauges(state: &FleetState, now_ms: i64) -> StateGauges {
             .entry((t.created.site_id.clone(), transport, status_label(t.phase)))
             .or_default() += 1;
         if t.phase == TaskPhase::Queued
-            && t.next_attempt_at_ms.is_none_or(|at| at <= now_ms)
-            && ota_domain::dispatch::released_by_rollout(state, t, now_ms).is_some()
+            && t.next_attempt_at_ms.is_none_or(|at| at <= now)
+            && ota_domain::dispatch::released_by_rollout(state, t, now).is_some()
         {
             *queue.entry(t.created.site_id.clone()).or_default() += 1;
         }
@@ -329,7 +330,7 @@ pub fn state_gauges(state: &FleetState, now_ms: i64) -> StateGauges {
             .collect();
     for r in state.rollouts.values() {
         *by_state.entry(r.state.name()).or_default() += 1;
-        if !shown(r, now_ms) {
+        if !shown(r, now) {
             continue;
         }
         let (mut finished, mut all) = (0u64, 0u64);
@@ -414,7 +415,7 @@ fn register_gauges(meter: &Meter, core: Weak<Core>, sessions: Weak<Sessions>) {
 fn with_state<R: Default>(core: &Weak<Core>, f: impl FnOnce(StateGauges) -> R) -> R {
     match core.upgrade() {
         Some(core) => {
-            let now = core.clock().now_ms();
+            let now = core.clock().now();
             let gauges = state_gauges(&core.read(), now);
             f(gauges)
         }
@@ -580,7 +581,7 @@ mod tests {
 
     #[test]
     fn an_empty_fleet_still_reports_every_rollout_state() {
-        let g = state_gauges(&FleetState::default(), 0);
+        let g = state_gauges(&FleetState::default(), UnixMillis::EPOCH);
         assert_eq!(g.rollouts.len(), 5);
         assert!(g.rollouts.iter().all(|(_, n)| *n == 0));
         assert!(g.tasks.is_empty() && g.devices.is_empty() && g.queue_depth.is_empty());

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ota_domain::events::DomainEvent;
+use ota_domain::time::UnixMillis;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,9 @@ pub const SAFETY_TICK: Duration = Duration::from_secs(30);
 /// arrive meanwhile coalesce into the next pass. Cheap passes (small fleets, paused time in
 /// tests) rest for next to nothing.
 pub const PASS_REST_FACTOR: u32 = 4;
+
+/// After a failed pass, the loop tries again this soon.
+const RETRY_AFTER_FAILED_PASS: Duration = Duration::from_secs(1);
 
 /// How a loop differs from the other.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +54,7 @@ pub enum Woke {
     Timer,
 }
 
-/// Runs `pass` until `shutdown`. `pass` returns the next time it wants to run (Unix ms);
+/// Runs `pass` until `shutdown`. `pass` returns the next time it wants to run;
 /// `after_wake` learns why the loop woke before each pass.
 pub async fn run<P, F>(
     app: Arc<App>,
@@ -61,7 +65,7 @@ pub async fn run<P, F>(
     mut after_wake: impl FnMut(Woke),
 ) where
     P: FnMut() -> F,
-    F: Future<Output = Result<Option<i64>, CoreError>>,
+    F: Future<Output = Result<Option<UnixMillis>, CoreError>>,
 {
     let mut applied = app.core.subscribe_applied();
     loop {
@@ -70,7 +74,7 @@ pub async fn run<P, F>(
             Ok(due) => due,
             Err(e) => {
                 warn!(error = %e, loop_name = spec.name, "pass failed; retrying soon");
-                Some(app.now_ms() + 1000)
+                Some(app.now() + RETRY_AFTER_FAILED_PASS)
             }
         };
         let rest = started.elapsed() * PASS_REST_FACTOR;
@@ -79,7 +83,7 @@ pub async fn run<P, F>(
             () = tokio::time::sleep(rest) => {}
         }
         let sleep_for = next_due
-            .map(|at| Duration::from_millis((at - app.now_ms()).max(0) as u64))
+            .map(|at| at.since(app.now()))
             .unwrap_or(SAFETY_TICK)
             .clamp(spec.min_sleep, SAFETY_TICK);
         let relevant = spec.relevant;

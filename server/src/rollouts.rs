@@ -34,6 +34,7 @@ use ota_domain::projection::RolloutState;
 use ota_domain::rollout::scheduler::{self, CancelOrder, Input, Reconcile};
 use ota_domain::rollout::{auto, scheduler::batch_check_completed};
 use ota_domain::status::UpgradeStatus;
+use ota_domain::time::UnixMillis;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -114,7 +115,7 @@ impl Rollouts {
     }
 
     /// One pass over every running rollout, then auto-upgrade. Returns the next wake-up.
-    async fn pass(&self) -> Result<Option<i64>, CoreError> {
+    async fn pass(&self) -> Result<Option<UnixMillis>, CoreError> {
         let app = &self.app;
         let running: Vec<String> = {
             let state = app.core.read();
@@ -125,10 +126,10 @@ impl Rollouts {
                 .map(|r| r.id.clone())
                 .collect()
         };
-        let mut next: Option<i64> = None;
+        let mut next: Option<UnixMillis> = None;
         let _creating = app.task_creation.lock().await;
         for id in running {
-            let now = app.now_ms();
+            let now = app.now();
             let in_flight = self.in_flight(&id);
             let mut decision = Reconcile::default();
             let recorded = app
@@ -151,7 +152,7 @@ impl Rollouts {
                 // One rollout's trouble (say, contention with agents' reports on its tasks) does
                 // not hold up the others; it is looked at again shortly.
                 warn!(rollout.id = %id, error = %e, "could not record the rollout's next step; retrying soon");
-                let soon = app.now_ms() + 1000;
+                let soon = app.now() + Duration::from_secs(1);
                 next = Some(next.map_or(soon, |n| n.min(soon)));
                 continue;
             }
@@ -242,7 +243,7 @@ impl Rollouts {
                 .collect();
             (r.spec.firmware_id.clone(), live)
         };
-        let timeout = Duration::from_millis((bc.deadline_at_ms - app.now_ms()).max(0) as u64);
+        let timeout = bc.deadline_at_ms.since(app.now());
         info!(
             devices = live.len(),
             timeout_ms = timeout.as_millis() as u64,

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use ota_domain::model::DeviceFacts;
 use ota_domain::status::TaskError;
+use ota_domain::time::UnixMillis;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lock::MutexExt;
@@ -37,10 +38,23 @@ pub struct Session {
     pub agent_id: String,
     /// Messages to the agent, in order.
     pub tx: mpsc::Sender<ToAgent>,
-    /// Last message from the agent, Unix ms.
-    pub last_heartbeat_ms: AtomicI64,
+    /// Last message from the agent, Unix ms (see [`Session::heard_from`]).
+    last_heartbeat_ms: AtomicI64,
     /// Remote address.
     pub peer: String,
+}
+
+impl Session {
+    /// Records that the agent sent something at `now`.
+    pub fn heard_from(&self, now: UnixMillis) {
+        self.last_heartbeat_ms
+            .store(now.as_i64(), Ordering::Relaxed);
+    }
+
+    /// When the agent last sent something.
+    pub fn last_heartbeat(&self) -> UnixMillis {
+        UnixMillis::from_unix_ms(self.last_heartbeat_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// A device's answer to a check, as its agent gave it (converted from the wire by
@@ -69,8 +83,8 @@ pub struct Sessions {
     by_site: Mutex<HashMap<String, std::sync::Arc<Session>>>,
     next_session: AtomicU64,
     next_command: AtomicU64,
-    /// Device id -> last time its site mentioned it (Unix ms).
-    last_seen: Mutex<HashMap<String, i64>>,
+    /// Device id -> last time its site mentioned it.
+    last_seen: Mutex<HashMap<String, UnixMillis>>,
     /// (check id, site, device local id) -> waiter. The site is the asking session's, so an
     /// agent can answer only for devices of its own site.
     check_waiters: Mutex<HashMap<(String, String, String), oneshot::Sender<CheckAnswer>>>,
@@ -117,14 +131,14 @@ impl Sessions {
         agent_id: &str,
         peer: String,
         tx: mpsc::Sender<ToAgent>,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> (std::sync::Arc<Session>, Option<std::sync::Arc<Session>>) {
         let session = std::sync::Arc::new(Session {
             session_id: self.next_session.fetch_add(1, Ordering::Relaxed),
             site_id: site_id.to_string(),
             agent_id: agent_id.to_string(),
             tx,
-            last_heartbeat_ms: AtomicI64::new(now_ms),
+            last_heartbeat_ms: AtomicI64::new(now.as_i64()),
             peer,
         });
         let old = self
@@ -200,21 +214,18 @@ impl Sessions {
     }
 
     /// Records that a site mentioned a device.
-    pub fn touch_device(&self, device_id: &str, now_ms: i64) {
-        self.last_seen
-            .locked()
-            .insert(device_id.to_string(), now_ms);
+    pub fn touch_device(&self, device_id: &str, now: UnixMillis) {
+        self.last_seen.locked().insert(device_id.to_string(), now);
     }
 
     /// When a site last mentioned a device in this server's lifetime.
-    pub fn last_seen(&self, device_id: &str) -> Option<i64> {
+    pub fn last_seen(&self, device_id: &str) -> Option<UnixMillis> {
         self.last_seen.locked().get(device_id).copied()
     }
 
-    /// Last heartbeat of a site's agent, Unix ms.
-    pub fn last_heartbeat(&self, site_id: &str) -> Option<i64> {
-        self.get(site_id)
-            .map(|s| s.last_heartbeat_ms.load(Ordering::Relaxed))
+    /// Last heartbeat of a site's agent.
+    pub fn last_heartbeat(&self, site_id: &str) -> Option<UnixMillis> {
+        self.get(site_id).map(|s| s.last_heartbeat())
     }
 
     /// Registers interest in a device's answer to a check.

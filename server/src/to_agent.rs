@@ -232,7 +232,7 @@ pub fn update(state: &FleetState, task: &TaskView, command_id: u64) -> Option<To
             .map(|s| Signature {
                 key_id: s.key_id.clone(),
                 signature: s.signature.clone(),
-                added_at_ms: s.added_at_ms,
+                added_at_ms: s.added_at_ms.as_i64(),
             })
             .collect(),
     };

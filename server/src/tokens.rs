@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use ota_domain::events::{TokenCreated, streams};
 use ota_domain::model::Actor;
 use ota_domain::projection::{FleetState, TokenView};
+use ota_domain::time::UnixMillis;
 use rand::TryRng as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -37,6 +38,8 @@ pub const BOOTSTRAP_FILE: &str = "admin.token";
 pub const BOOTSTRAP_NAME: &str = "bootstrap-admin";
 /// Names nobody's token may have: they label the server itself and development mode.
 pub const RESERVED_NAMES: [&str; 2] = ["otad", "local"];
+/// The stored `expires_at_ms` of a token that never expires (0, the epoch).
+const NEVER: UnixMillis = UnixMillis::EPOCH;
 
 /// A freshly made token.
 pub struct NewToken {
@@ -81,14 +84,14 @@ impl NewToken {
         hash_secret(&self.secret)
     }
 
-    /// The event that records it.
-    pub fn created(&self, name: &str, role: Role, expires_at_ms: i64) -> TokenCreated {
+    /// The event that records it (`expires`: `None` for a token that never expires).
+    pub fn created(&self, name: &str, role: Role, expires: Option<UnixMillis>) -> TokenCreated {
         TokenCreated {
             id: self.id.clone(),
             name: name.to_string(),
             role: role.name().to_string(),
             secret_hash: self.secret_hash(),
-            expires_at_ms,
+            expires_at_ms: expires.unwrap_or(NEVER),
         }
     }
 }
@@ -109,13 +112,13 @@ pub fn role_of(t: &TokenView) -> Option<Role> {
 }
 
 /// Whether a token can be used now.
-pub fn is_active(t: &TokenView, now_ms: i64) -> bool {
-    !t.revoked && (t.expires_at_ms == 0 || t.expires_at_ms > now_ms)
+pub fn is_active(t: &TokenView, now: UnixMillis) -> bool {
+    !t.revoked && (t.expires_at_ms == NEVER || t.expires_at_ms > now)
 }
 
 /// Whether any token can be used now.
-pub fn any_active(state: &FleetState, now_ms: i64) -> bool {
-    state.tokens.values().any(|t| is_active(t, now_ms))
+pub fn any_active(state: &FleetState, now: UnixMillis) -> bool {
+    state.tokens.values().any(|t| is_active(t, now))
 }
 
 /// Whether a token was ever created. Then authentication is required even without TLS — also
@@ -125,23 +128,23 @@ pub fn any_created(state: &FleetState) -> bool {
 }
 
 /// Active admin tokens.
-pub fn active_admins(state: &FleetState, now_ms: i64) -> usize {
+pub fn active_admins(state: &FleetState, now: UnixMillis) -> usize {
     state
         .tokens
         .values()
-        .filter(|t| is_active(t, now_ms) && role_of(t) == Some(Role::Admin))
+        .filter(|t| is_active(t, now) && role_of(t) == Some(Role::Admin))
         .count()
 }
 
 /// Who a bearer token belongs to: `(token id, name, role)`. `None` for anything that is not an
 /// active token with this exact secret.
-pub fn verify(state: &FleetState, bearer: &str, now_ms: i64) -> Option<(String, String, Role)> {
+pub fn verify(state: &FleetState, bearer: &str, now: UnixMillis) -> Option<(String, String, Role)> {
     let (id, secret) = bearer.split_once('.')?;
     let token = state.tokens.get(id)?;
     let stored = hex::decode(&token.secret_hash).ok()?;
     let given = Sha256::digest(secret.as_bytes());
     let same: bool = given.as_slice().ct_eq(stored.as_slice()).into();
-    if !same || !is_active(token, now_ms) {
+    if !same || !is_active(token, now) {
         return None;
     }
     Some((token.id.clone(), token.name.clone(), role_of(token)?))
@@ -209,7 +212,7 @@ pub fn write_token_file(path: &Path, token: &NewToken) -> anyhow::Result<()> {
 pub async fn create_admin_token(core: &Core, path: &Path, name: &str) -> anyhow::Result<String> {
     let token = NewToken::generate()?;
     write_token_file(path, &token)?;
-    let created = token.created(name, Role::Admin, 0);
+    let created = token.created(name, Role::Admin, None);
     core.execute::<CoreError, _>(&Actor::system(), |_| {
         Ok(vec![Change::any(
             streams::ACCESS,
@@ -224,7 +227,7 @@ pub async fn create_admin_token(core: &Core, path: &Path, name: &str) -> anyhow:
 /// When authentication is on and no admin token can be used, records one and writes it to
 /// `<data_dir>/admin.token`. Returns the file when it did.
 pub async fn bootstrap(core: &Core, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let now = core.clock().now_ms();
+    let now = core.clock().now();
     if active_admins(&core.read(), now) > 0 {
         return Ok(None);
     }
@@ -243,8 +246,8 @@ mod tests {
             name: "alice".into(),
             role: role.into(),
             secret_hash: t.secret_hash(),
-            expires_at_ms,
-            created_at_ms: 0,
+            expires_at_ms: UnixMillis::from_unix_ms(expires_at_ms),
+            created_at_ms: UnixMillis::EPOCH,
             created_by: "otad (system)".into(),
             revoked: false,
         }
@@ -264,26 +267,45 @@ mod tests {
             .tokens
             .insert(t.id.clone(), view(&t, "operator", 1000));
         assert_eq!(
-            verify(&state, &bearer, 999),
+            verify(&state, &bearer, UnixMillis::from_unix_ms(999)),
             Some((t.id.clone(), "alice".into(), Role::Operator))
         );
-        assert_eq!(verify(&state, &bearer, 1000), None, "expired");
-        assert_eq!(verify(&state, &format!("{id}.{}", "0".repeat(64)), 0), None);
-        assert_eq!(verify(&state, secret, 0), None);
-        assert_eq!(verify(&state, "", 0), None);
         assert_eq!(
-            verify(&state, &format!("tok-0000000000000000.{secret}"), 0),
+            verify(&state, &bearer, UnixMillis::from_unix_ms(1000)),
+            None,
+            "expired"
+        );
+        assert_eq!(
+            verify(
+                &state,
+                &format!("{id}.{}", "0".repeat(64)),
+                UnixMillis::from_unix_ms(0)
+            ),
+            None
+        );
+        assert_eq!(verify(&state, secret, UnixMillis::from_unix_ms(0)), None);
+        assert_eq!(verify(&state, "", UnixMillis::from_unix_ms(0)), None);
+        assert_eq!(
+            verify(
+                &state,
+                &format!("tok-0000000000000000.{secret}"),
+                UnixMillis::from_unix_ms(0)
+            ),
             None
         );
         state.tokens.get_mut(id).unwrap().revoked = true;
-        assert_eq!(verify(&state, &bearer, 0), None, "revoked");
-        assert!(!any_active(&state, 0));
+        assert_eq!(
+            verify(&state, &bearer, UnixMillis::from_unix_ms(0)),
+            None,
+            "revoked"
+        );
+        assert!(!any_active(&state, UnixMillis::EPOCH));
     }
 
     #[test]
     fn only_the_hash_is_recorded() {
         let t = NewToken::generate().unwrap();
-        let e = t.created("ci", Role::Viewer, 0);
+        let e = t.created("ci", Role::Viewer, None);
         let json = ota_domain::events::DomainEvent::from(e).to_json();
         let bearer = t.bearer();
         let secret = bearer.split_once('.').unwrap().1;

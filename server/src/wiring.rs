@@ -122,7 +122,7 @@ fn first_command_id(core: &Core) -> u64 {
         .max()
         .unwrap_or(0);
     recorded.saturating_add(1).max(
-        u64::try_from(core.clock().now_ms())
+        u64::try_from(core.clock().now().as_i64())
             .unwrap_or(0)
             .saturating_mul(1000),
     )
@@ -154,7 +154,7 @@ impl Otad {
     ) -> anyhow::Result<Otad> {
         let addr = listener.local_addr()?;
         let tls = (config.tls.as_ref())
-            .map(|files| crate::tls::load(files, clock.now_ms() / 1000))
+            .map(|files| crate::tls::load(files, clock.now().as_i64() / 1000))
             .transpose()?;
         let (core, blobs, snapshot_dir) = open_data(&config, store, &clock).await?;
         let metrics = ServerMetrics::new(Metrics::new(&MetricsConfig {
@@ -180,7 +180,7 @@ impl Otad {
             shutdown: shutdown.clone(),
             core,
             blobs,
-            started_at_ms: clock.now_ms(),
+            started_at: clock.now(),
             config,
             sessions,
             metrics: metrics.clone(),

@@ -138,7 +138,7 @@ async fn operators_need_a_valid_token_and_the_role() {
     let viewer = create_token(&ch, &admin, "vera", pb::Role::Viewer, 0).await;
     let operator = create_token(&ch, &admin, "oscar", pb::Role::Operator, 0).await;
     let short = create_token(&ch, &admin, "temp", pb::Role::Operator, 3600).await;
-    let short_created_ms = Clock::new().now_ms();
+    let short_created = Clock::new().now();
     // The one-hour token works from the start.
     let temp = system(&ch)
         .status(authed(pb::StatusRequest {}, &short))
@@ -299,7 +299,7 @@ async fn operators_need_a_valid_token_and_the_role() {
     // 59 minutes after it was made the one-hour token still works; two hours after, it has
     // expired while the others still work, and the admin token file is left alone.
     server.shutdown().await.unwrap();
-    let at_59_min = Clock::starting_at(short_created_ms + 59 * 60 * 1000);
+    let at_59_min = Clock::starting_at(short_created + Duration::from_secs(59 * 60));
     let server = start_server(cfg.clone(), at_59_min).await;
     let ch = tls_channel(server.addr, &pki.ca_pem(), None).await;
     assert!(
@@ -310,7 +310,7 @@ async fn operators_need_a_valid_token_and_the_role() {
         "the one-hour token expired before its hour"
     );
     server.shutdown().await.unwrap();
-    let later = Clock::starting_at(short_created_ms + 2 * 3600 * 1000);
+    let later = Clock::starting_at(short_created + Duration::from_secs(2 * 3600));
     let server = start_server(cfg, later).await;
     let ch = tls_channel(server.addr, &pki.ca_pem(), None).await;
     assert_unauthenticated(

@@ -8,6 +8,7 @@ use ota_domain::events::*;
 use ota_domain::model::*;
 use ota_domain::rollout::spec::UpgradeType;
 use ota_domain::status::UpgradeStatus;
+use ota_domain::time::UnixMillis;
 use ota_server::core::{Clock, Core, SnapshotSettings};
 use ota_server::store::{EventStore, ExpectedVersion, MemEventStore, NewEvent, StreamAppend};
 
@@ -70,7 +71,7 @@ fn task(i: u64) -> Vec<DomainEvent> {
         TaskDispatched {
             attempt: 1,
             command_id: i + 1,
-            timeout_at_ms: 1_790_000_600_000,
+            timeout_at_ms: UnixMillis::from_unix_ms(1_790_000_600_000),
             schedule: false,
         }
         .into(),

@@ -165,7 +165,9 @@ impl TestOtad {
             Some(m) => Arc::new(m.clone()),
             None => open_store(&cfg).unwrap(),
         };
-        let clock = at_ms.map_or_else(Clock::new, Clock::starting_at);
+        let clock = at_ms.map_or_else(Clock::new, |ms| {
+            Clock::starting_at(ota_domain::time::UnixMillis::from_unix_ms(ms))
+        });
         let server = start_on(cfg.clone(), store, clock).await;
         let channel = plain_channel(server.addr).await;
         TestOtad {
@@ -204,7 +206,7 @@ impl TestOtad {
 
     /// Milliseconds on otad's clock.
     pub fn now_ms(&self) -> i64 {
-        self.app().now_ms()
+        self.app().now().as_i64()
     }
 
     pub fn firmware(&self) -> pb::firmware_service_client::FirmwareServiceClient<Channel> {

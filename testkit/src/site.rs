@@ -451,7 +451,11 @@ impl FakeSite {
 
 impl Inner {
     fn now_ms(&self) -> i64 {
-        self.clock.lock().unwrap().as_ref().map_or(0, Clock::now_ms)
+        self.clock
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |c| c.now().as_i64())
     }
 
     /// Journals a report and sends it if a session is open (it is resent after a reconnect

@@ -57,7 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 struct Run {
     log: Log,
-    now: i64,
+    now: UnixMillis,
     ids: std::cell::Cell<u64>,
     scheduler: Option<(HashMap<String, u64>, Reconcile)>,
     dispatcher: Option<(HashMap<String, u64>, DispatchDecision)>,

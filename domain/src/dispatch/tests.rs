@@ -1,6 +1,7 @@
 //! Given a fleet, when the dispatcher decides at `now`, then these events and commands.
 
 use std::cell::Cell;
+use std::time::Duration;
 
 use super::*;
 use crate::events::*;
@@ -38,7 +39,7 @@ impl World {
         self
     }
 
-    fn decide(&self, now: i64) -> DispatchDecision {
+    fn decide(&self, now: UnixMillis) -> DispatchDecision {
         let offline = self.offline_sites.clone();
         let connected = move |site: &str| !offline.iter().any(|s| s == site);
         let next = || {
@@ -56,7 +57,7 @@ impl World {
     }
 
     /// Decides and records, as the server does.
-    fn step(&mut self, now: i64) -> DispatchDecision {
+    fn step(&mut self, now: UnixMillis) -> DispatchDecision {
         let d = self.decide(now);
         let seen = self.log.versions.clone();
         self.log
@@ -67,7 +68,7 @@ impl World {
     }
 
     /// Runs the rollout scheduler once at `now` and records it.
-    fn schedule(&mut self, now: i64) {
+    fn schedule(&mut self, now: UnixMillis) {
         let d = reconcile(Input {
             rollout: &self.log.state.rollouts[RO],
             state: &self.log.state,
@@ -107,7 +108,7 @@ impl World {
         );
     }
 
-    fn progress(&mut self, at: i64, task: &str, status: UpgradeStatus) {
+    fn progress(&mut self, at: UnixMillis, task: &str, status: UpgradeStatus) {
         let attempt = self.log.state.tasks[task].attempt;
         self.log.event(
             at,
@@ -299,7 +300,11 @@ fn a_device_that_never_wakes_times_out_at_the_wake_up_budget() {
     w.step(T0);
     w.progress(T0 + S, "t", UpgradeStatus::WaitingForWakeup);
     let week = 7 * 24 * 3600 * S;
-    assert!(w.step(T0 + S + week - 1).changes.is_empty());
+    assert!(
+        w.step(T0 + S + week - Duration::from_millis(1))
+            .changes
+            .is_empty()
+    );
     w.step(T0 + S + week);
     let t = &w.log.state.tasks["t"];
     assert_eq!(t.phase, TaskPhase::TimedOut);
@@ -344,7 +349,10 @@ fn an_unreachable_device_is_probed_with_a_growing_interval() {
             probes.push(now);
         }
     }
-    let gaps: Vec<i64> = probes.windows(2).map(|p| (p[1] - p[0]) / S).collect();
+    let gaps: Vec<u64> = probes
+        .windows(2)
+        .map(|p| p[1].since(p[0]).as_secs())
+        .collect();
     assert_eq!(&gaps[..8], &[2, 4, 8, 16, 32, 64, 128, 256]);
     assert!(gaps[8..].iter().all(|g| *g == 300), "{gaps:?}");
     // The device answers: the next pass dispatches and forgets the probes.
@@ -406,8 +414,8 @@ fn a_success_after_the_server_timed_the_task_out_counts_late() {
 
 #[test]
 fn probe_intervals() {
-    assert_eq!(probe_interval_ms(1), 2_000);
-    assert_eq!(probe_interval_ms(2), 4_000);
-    assert_eq!(probe_interval_ms(9), 300_000);
-    assert_eq!(probe_interval_ms(u32::MAX), 300_000);
+    assert_eq!(probe_interval(1), Duration::from_millis(2_000));
+    assert_eq!(probe_interval(2), Duration::from_millis(4_000));
+    assert_eq!(probe_interval(9), Duration::from_millis(300_000));
+    assert_eq!(probe_interval(u32::MAX), Duration::from_millis(300_000));
 }

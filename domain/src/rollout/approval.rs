@@ -161,6 +161,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::projection::{EventMeta, FleetState};
+    use crate::time::UnixMillis;
 
     fn draft(required: bool) -> (FleetState, u64) {
         let mut state = FleetState::default();
@@ -171,7 +172,7 @@ mod tests {
         .into();
         let meta = |seq| EventMeta {
             seq,
-            recorded_at_ms: 1_000 * seq as i64,
+            recorded_at_ms: UnixMillis::from_unix_ms(1_000 * seq as i64),
             actor: "alice (operator)".into(),
         };
         state.apply(&meta(1), "rollout/ro-1", &created);
@@ -184,7 +185,7 @@ mod tests {
     fn apply(state: &mut FleetState, seq: u64, actor: &str, e: &DomainEvent) {
         let meta = EventMeta {
             seq,
-            recorded_at_ms: 1_000 * seq as i64,
+            recorded_at_ms: UnixMillis::from_unix_ms(1_000 * seq as i64),
             actor: actor.into(),
         };
         state.apply(&meta, "rollout/ro-1", e);

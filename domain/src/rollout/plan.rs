@@ -521,6 +521,7 @@ fn target_warnings(
 mod tests {
     use super::*;
     use crate::model::{DeviceFacts, VersionInfo};
+    use crate::time::UnixMillis;
 
     fn device(id: &str, transport: Transport, network: &str) -> DeviceView {
         let (site, local) = id.split_once('/').unwrap();
@@ -537,8 +538,8 @@ mod tests {
                 },
                 ..Default::default()
             },
-            first_seen_ms: 0,
-            last_seen_ms: 0,
+            first_seen_ms: UnixMillis::EPOCH,
+            last_seen_ms: UnixMillis::EPOCH,
             auto_upgrade: false,
             removed: false,
             last_check: None,

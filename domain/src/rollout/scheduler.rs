@@ -72,6 +72,7 @@
 //! two tasks at once and none is dropped silently.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::decision::Change;
 use crate::events::streams;
@@ -90,10 +91,11 @@ use crate::rollout::spec::{
 use crate::rollout::window::{self, SiteZone};
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 use crate::tasks::target_version;
+use crate::time::UnixMillis;
 
 /// How long after a batch check's deadline the scheduler looks again if the check has not
 /// reported (it normally reports at its deadline at the latest).
-pub const BATCH_CHECK_GRACE_MS: i64 = 10_000;
+pub const BATCH_CHECK_GRACE: Duration = Duration::from_secs(10);
 
 /// A `CancelCommand` to send to a site once the decision is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +120,7 @@ pub struct Reconcile {
     /// Cancel commands to send after recording.
     pub cancels: Vec<CancelOrder>,
     /// Look again at this time at the latest (events also trigger a look).
-    pub requeue_at: Option<i64>,
+    pub requeue_at: Option<UnixMillis>,
 }
 
 impl Reconcile {
@@ -127,7 +129,7 @@ impl Reconcile {
         self.rollout_events.is_empty() && self.new_tasks.is_empty() && self.task_events.is_empty()
     }
 
-    fn requeue(&mut self, at: i64) {
+    fn requeue(&mut self, at: UnixMillis) {
         self.requeue_at = Some(self.requeue_at.map_or(at, |t| t.min(at)));
     }
 
@@ -172,8 +174,8 @@ pub struct Input<'a> {
     pub rollout: &'a RolloutView,
     /// Everything else.
     pub state: &'a FleetState,
-    /// Now, Unix ms.
-    pub now_ms: i64,
+    /// Now.
+    pub now_ms: UnixMillis,
     /// A batch check of this rollout is running in this server process (its answers are being
     /// awaited). After a restart none is, and an unfinished check is started again.
     pub batch_check_in_flight: bool,
@@ -416,7 +418,11 @@ fn zones<'a>(
 }
 
 /// Whether the window (if any) is open in one or more of these zones; else when it next opens.
-fn window_gate(r: &RolloutView, zones: &[SiteZone], now: i64) -> Result<(), Option<i64>> {
+fn window_gate(
+    r: &RolloutView,
+    zones: &[SiteZone],
+    now: UnixMillis,
+) -> Result<(), Option<UnixMillis>> {
     let Some(w) = &r.spec.window else {
         return Ok(());
     };
@@ -565,7 +571,7 @@ fn batch_check_step(input: Input<'_>, out: &mut Reconcile) -> Step {
         return GO_ON;
     }
     if let (Some(bc), true) = (&r.batch_check, batch_check_in_flight) {
-        out.requeue(bc.deadline_at_ms + BATCH_CHECK_GRACE_MS);
+        out.requeue(bc.deadline_at_ms + BATCH_CHECK_GRACE);
         return DONE;
     }
     let targets = all_stage_devices(r);
@@ -580,7 +586,7 @@ fn batch_check_step(input: Input<'_>, out: &mut Reconcile) -> Step {
         BatchCheckStarted {
             check_id: check_id.clone(),
             device_ids: targets.clone(),
-            deadline_at_ms: now + i64::from(r.spec.batch_check_timeout_s) * 1000,
+            deadline_at_ms: now.plus_secs(u64::from(r.spec.batch_check_timeout_s)),
         }
         .into(),
     );
@@ -594,7 +600,7 @@ fn batch_check_step(input: Input<'_>, out: &mut Reconcile) -> Step {
             .into(),
         );
     } else {
-        out.requeue(now + i64::from(r.spec.batch_check_timeout_s) * 1000);
+        out.requeue(now.plus_secs(u64::from(r.spec.batch_check_timeout_s)));
     }
     DONE
 }
@@ -738,7 +744,8 @@ fn start_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Recon
     out.rollout_events.push(
         StageStarted {
             index: idx,
-            deadline_at_ms: (spec.deadline_s > 0).then(|| now + i64::from(spec.deadline_s) * 1000),
+            deadline_at_ms: (spec.deadline_s > 0)
+                .then(|| now.plus_secs(u64::from(spec.deadline_s))),
         }
         .into(),
     );
@@ -747,7 +754,7 @@ fn start_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Recon
         out.rollout_events
             .push(StageSucceeded { index: idx }.into());
     } else if spec.deadline_s > 0 {
-        out.requeue(now + i64::from(spec.deadline_s) * 1000);
+        out.requeue(now.plus_secs(u64::from(spec.deadline_s)));
     }
 }
 
@@ -772,7 +779,7 @@ fn run_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Reconci
     match verdict(spec, &counts, asleep_done(r, stage, now)) {
         Verdict::Failed(reason) => fail_stage(r, state, idx, spec, reason, out),
         Verdict::SuccessMet if spec.soak_s > 0 => {
-            let until = now + i64::from(spec.soak_s) * 1000;
+            let until = now.plus_secs(u64::from(spec.soak_s));
             out.rollout_events.push(
                 StageSoaking {
                     index: idx,
@@ -831,7 +838,7 @@ fn requeue_window(
     r: &RolloutView,
     state: &FleetState,
     index: usize,
-    now: i64,
+    now: UnixMillis,
     out: &mut Reconcile,
 ) {
     let Some(w) = &r.spec.window else {
@@ -846,7 +853,7 @@ fn requeue_window(
 
 /// Whether a stage no longer waits for its devices that sleep: the spec says so
 /// (`on_asleep = "continue"`), or the stage's deadline has passed.
-fn asleep_done(r: &RolloutView, stage: &StageView, now: i64) -> bool {
+fn asleep_done(r: &RolloutView, stage: &StageView, now: UnixMillis) -> bool {
     r.spec.on_asleep == OnAsleep::Continue || stage.deadline_at_ms.is_some_and(|d| d <= now)
 }
 
@@ -862,7 +869,7 @@ fn ensure_tasks(
     r: &RolloutView,
     state: &FleetState,
     index: usize,
-    now: i64,
+    now: UnixMillis,
     max_new_tasks: usize,
     out: &mut Reconcile,
 ) -> usize {

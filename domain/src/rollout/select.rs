@@ -75,6 +75,7 @@ pub fn is_empty(sel: &Selector) -> bool {
 mod tests {
     use super::*;
     use crate::model::{DeviceFacts, Transport, VersionInfo};
+    use crate::time::UnixMillis;
 
     fn device(id: &str, transport: Transport, version: &str, tags: &[&str]) -> DeviceView {
         let (site, local) = id.split_once('/').unwrap();
@@ -92,8 +93,8 @@ mod tests {
                 tags: tags.iter().map(|t| t.to_string()).collect(),
                 ..Default::default()
             },
-            first_seen_ms: 0,
-            last_seen_ms: 0,
+            first_seen_ms: UnixMillis::EPOCH,
+            last_seen_ms: UnixMillis::EPOCH,
             auto_upgrade: false,
             removed: false,
             last_check: None,

@@ -12,12 +12,13 @@
 //! known zone uses the UTC offset it reported (a DST change then applies at its next hello); a
 //! site that never said hello is on UTC.
 //!
-//! Pure functions of `now` (Unix ms); nothing here reads a clock.
+//! Pure functions of `now` ([`UnixMillis`]); nothing here reads a clock.
 
 use chrono::{Offset, TimeZone};
 
 use crate::projection::FleetState;
 use crate::rollout::spec::{MaintenanceWindow, RolloutSpec};
+use crate::time::UnixMillis;
 
 /// How a site tells local time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +36,11 @@ impl From<i32> for SiteZone {
 }
 
 impl SiteZone {
-    /// The UTC offset in minutes in effect at `utc_ms`.
-    pub fn offset_minutes_at(self, utc_ms: i64) -> i32 {
+    /// The UTC offset in minutes in effect at `utc`.
+    pub fn offset_minutes_at(self, utc: UnixMillis) -> i32 {
         match self {
             Self::Offset(m) => m,
-            Self::Iana(tz) => chrono::DateTime::from_timestamp_millis(utc_ms)
+            Self::Iana(tz) => chrono::DateTime::from_timestamp_millis(utc.as_i64())
                 .map(|t| {
                     tz.offset_from_utc_datetime(&t.naive_utc())
                         .fix()
@@ -81,8 +82,8 @@ const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
 
 /// The local day number (days since 1970-01-01 local), minute of the day and weekday (0 Sunday).
-fn local(now_ms: i64, utc_offset_minutes: i32) -> (i64, u16, u8) {
-    let local_ms = now_ms + i64::from(utc_offset_minutes) * MINUTE_MS;
+fn local(now: UnixMillis, utc_offset_minutes: i32) -> (i64, u16, u8) {
+    let local_ms = now.as_i64() + i64::from(utc_offset_minutes) * MINUTE_MS;
     let day = local_ms.div_euclid(DAY_MS);
     let minute = (local_ms.rem_euclid(DAY_MS) / MINUTE_MS) as u16;
     // 1970-01-01 was a Thursday (4).
@@ -95,13 +96,13 @@ fn opens_on(w: &MaintenanceWindow, weekday: u8) -> bool {
 }
 
 /// Whether dispatching may happen now at a site in this zone.
-pub fn is_open(w: &MaintenanceWindow, zone: impl Into<SiteZone>, now_ms: i64) -> bool {
-    let offset = zone.into().offset_minutes_at(now_ms);
-    is_open_at_offset(w, offset, now_ms)
+pub fn is_open(w: &MaintenanceWindow, zone: impl Into<SiteZone>, now: UnixMillis) -> bool {
+    let offset = zone.into().offset_minutes_at(now);
+    is_open_at_offset(w, offset, now)
 }
 
-fn is_open_at_offset(w: &MaintenanceWindow, utc_offset_minutes: i32, now_ms: i64) -> bool {
-    let (_, minute, weekday) = local(now_ms, utc_offset_minutes);
+fn is_open_at_offset(w: &MaintenanceWindow, utc_offset_minutes: i32, now: UnixMillis) -> bool {
+    let (_, minute, weekday) = local(now, utc_offset_minutes);
     let (start, end) = (w.start_minute, w.end_minute);
     if start < end {
         opens_on(w, weekday) && (start..end).contains(&minute)
@@ -114,28 +115,35 @@ fn is_open_at_offset(w: &MaintenanceWindow, utc_offset_minutes: i32, now_ms: i64
     }
 }
 
-/// The next moment after `now_ms` at which the window opens or closes, within the next eight
+/// The next moment after `now` at which the window opens or closes, within the next eight
 /// days; `None` if it never changes (no weekday can open it). In an IANA zone the candidate
 /// instants use the offset in effect around them, so a boundary on a daylight-saving day is right
 /// (a boundary inside the skipped hour of a spring-forward night falls on the first instant
 /// after it).
-pub fn next_change(w: &MaintenanceWindow, zone: impl Into<SiteZone>, now_ms: i64) -> Option<i64> {
+pub fn next_change(
+    w: &MaintenanceWindow,
+    zone: impl Into<SiteZone>,
+    now: UnixMillis,
+) -> Option<UnixMillis> {
     let zone = zone.into();
-    let open_now = is_open(w, zone, now_ms);
-    let offset_now = zone.offset_minutes_at(now_ms);
-    let (today, _, _) = local(now_ms, offset_now);
-    let mut candidates: Vec<i64> = Vec::new();
+    let open_now = is_open(w, zone, now);
+    let offset_now = zone.offset_minutes_at(now);
+    let (today, _, _) = local(now, offset_now);
+    let mut candidates: Vec<UnixMillis> = Vec::new();
     for day in today - 1..=today + 8 {
         for minute in [w.start_minute, w.end_minute] {
+            // Local wall-clock milliseconds of the boundary, then the UTC instant for an offset.
             let local_ms = day * DAY_MS + i64::from(minute) * MINUTE_MS;
-            let guess = local_ms - i64::from(offset_now) * MINUTE_MS;
+            let utc =
+                |offset: i32| UnixMillis::from_unix_ms(local_ms - i64::from(offset) * MINUTE_MS);
+            let guess = utc(offset_now);
             let offset = zone.offset_minutes_at(guess);
-            let mut at = local_ms - i64::from(offset) * MINUTE_MS;
+            let mut at = utc(offset);
             if zone.offset_minutes_at(at) != offset {
                 // The local time does not exist that day (clocks jumped over it).
                 at = at.max(guess);
             }
-            if at > now_ms {
+            if at > now {
                 candidates.push(at);
             }
         }
@@ -146,13 +154,17 @@ pub fn next_change(w: &MaintenanceWindow, zone: impl Into<SiteZone>, now_ms: i64
         .find(|at| is_open(w, zone, *at) != open_now)
 }
 
-/// `now_ms` if the window is open, else when it next opens (`None`: never).
-pub fn next_open(w: &MaintenanceWindow, zone: impl Into<SiteZone>, now_ms: i64) -> Option<i64> {
+/// `now` if the window is open, else when it next opens (`None`: never).
+pub fn next_open(
+    w: &MaintenanceWindow,
+    zone: impl Into<SiteZone>,
+    now: UnixMillis,
+) -> Option<UnixMillis> {
     let zone = zone.into();
-    if is_open(w, zone, now_ms) {
-        Some(now_ms)
+    if is_open(w, zone, now) {
+        Some(now)
     } else {
-        next_change(w, zone, now_ms)
+        next_change(w, zone, now)
     }
 }
 
@@ -195,10 +207,12 @@ pub fn describe(w: &MaintenanceWindow) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// 2026-01-05 00:00 UTC, a Monday.
-    const MONDAY: i64 = 1_767_571_200_000;
-    const H: i64 = 3_600_000;
+    const MONDAY: UnixMillis = UnixMillis::from_unix_ms(1_767_571_200_000);
+    const H: Duration = Duration::from_secs(3_600);
+    const MINUTE: Duration = Duration::from_secs(60);
 
     fn window(start: &str, end: &str, weekdays: &[u8]) -> MaintenanceWindow {
         let m = |s: &str| {
@@ -216,7 +230,7 @@ mod tests {
     fn monday_is_monday() {
         assert_eq!(local(MONDAY, 0), (20_458, 0, 1));
         // One minute before midnight UTC is Sunday 23:59.
-        assert_eq!(local(MONDAY - MINUTE_MS, 0).2, 0);
+        assert_eq!(local(MONDAY - MINUTE, 0).2, 0);
         // At UTC midnight it is already 01:00 Monday at +60 and still Sunday 19:00 at -300.
         assert_eq!(local(MONDAY, 60).1, 60);
         assert_eq!(local(MONDAY, -300).2, 0);
@@ -227,14 +241,14 @@ mod tests {
         let w = window("02:00", "04:30", &[]);
         assert!(!is_open(&w, 0, MONDAY + H));
         assert!(is_open(&w, 0, MONDAY + 2 * H));
-        assert!(is_open(&w, 0, MONDAY + 4 * H + 29 * MINUTE_MS));
-        assert!(!is_open(&w, 0, MONDAY + 4 * H + 30 * MINUTE_MS));
+        assert!(is_open(&w, 0, MONDAY + 4 * H + 29 * MINUTE));
+        assert!(!is_open(&w, 0, MONDAY + 4 * H + 30 * MINUTE));
         // In a site one hour ahead, 02:00 local is 01:00 UTC.
         assert!(is_open(&w, 60, MONDAY + H));
         assert_eq!(next_change(&w, 0, MONDAY), Some(MONDAY + 2 * H));
         assert_eq!(
             next_change(&w, 0, MONDAY + 3 * H),
-            Some(MONDAY + 4 * H + 30 * MINUTE_MS)
+            Some(MONDAY + 4 * H + 30 * MINUTE)
         );
         assert_eq!(next_open(&w, 60, MONDAY), Some(MONDAY + H));
         assert_eq!(next_open(&w, 0, MONDAY + 3 * H), Some(MONDAY + 3 * H));
@@ -248,7 +262,7 @@ mod tests {
         assert!(!is_open(&w, 0, MONDAY + 2 * H));
         assert!(is_open(&w, 0, MONDAY + 22 * H));
         // Tuesday 04:59 is still Monday night.
-        assert!(is_open(&w, 0, MONDAY + 28 * H + 59 * MINUTE_MS));
+        assert!(is_open(&w, 0, MONDAY + 28 * H + 59 * MINUTE));
         assert!(!is_open(&w, 0, MONDAY + 29 * H));
         // Tuesday 22:00 does not open.
         assert!(!is_open(&w, 0, MONDAY + 46 * H));
@@ -268,7 +282,7 @@ mod tests {
         // Saturdays 10:00-12:00 in New York (-05:00).
         let w = window("10:00", "12:00", &[6]);
         let saturday_10_local = MONDAY + 5 * 24 * H + 10 * H + 5 * H;
-        assert!(!is_open(&w, -300, saturday_10_local - MINUTE_MS));
+        assert!(!is_open(&w, -300, saturday_10_local - MINUTE));
         assert!(is_open(&w, -300, saturday_10_local));
         assert_eq!(next_open(&w, -300, MONDAY), Some(saturday_10_local));
         assert!(open_minutes_per_week(&w) == 120);
@@ -280,7 +294,7 @@ mod tests {
         let berlin = SiteZone::Iana(parse_zone("Europe/Berlin").unwrap());
         let w = window("03:00", "04:00", &[]);
         // 2026-03-28 00:00 UTC (Saturday).
-        let saturday = 1_774_656_000_000;
+        let saturday = UnixMillis::from_unix_ms(1_774_656_000_000);
         // Saturday (winter time, +01:00): 03:00 local is 02:00 UTC.
         assert!(is_open(&w, berlin, saturday + 2 * H));
         assert!(!is_open(&w, berlin, saturday + H));
@@ -298,11 +312,11 @@ mod tests {
         let berlin = SiteZone::Iana(parse_zone("Europe/Berlin").unwrap());
         // 02:30 local does not exist on 2026-03-29.
         let w = window("02:30", "05:00", &[]);
-        let saturday = 1_774_656_000_000;
+        let saturday = UnixMillis::from_unix_ms(1_774_656_000_000);
         let sunday = saturday + 24 * H;
         let opens = next_open(&w, berlin, saturday + 12 * H).unwrap();
         assert!(opens >= sunday + H, "{opens}");
-        assert!(opens <= sunday + H + 30 * MINUTE_MS, "{opens}");
+        assert!(opens <= sunday + H + 30 * MINUTE, "{opens}");
         assert!(is_open(&w, berlin, opens));
     }
 

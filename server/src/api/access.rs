@@ -50,8 +50,8 @@ fn info(t: &TokenView) -> pb::TokenInfo {
         id: t.id.clone(),
         name: t.name.clone(),
         role: role_pb(t),
-        created_at_ms: t.created_at_ms,
-        expires_at_ms: t.expires_at_ms,
+        created_at_ms: t.created_at_ms.as_i64(),
+        expires_at_ms: t.expires_at_ms.as_i64(),
         revoked: t.revoked,
         created_by: Some(convert::actor_from_label(&t.created_by)),
     }
@@ -88,16 +88,12 @@ impl pb::access_service_server::AccessService for AccessApi {
             ))
             .into());
         }
-        let expires_at_ms = if req.ttl_s == 0 {
-            0
-        } else {
-            self.app.now_ms() + (req.ttl_s as i64) * 1000
-        };
+        let expires = (req.ttl_s != 0).then(|| self.app.now().plus_secs(req.ttl_s));
         let token = NewToken::generate().map_err(|e| {
             tracing::error!(error = %e, "cannot make a token");
             ApiError::Internal("the server could not make a token; see the otad log".into())
         })?;
-        let created = token.created(name, role, expires_at_ms);
+        let created = token.created(name, role, expires);
         self.app
             .core
             .execute::<ApiError, _>(&who.actor(), |_| {
@@ -141,7 +137,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         let who = caller(&request);
         who.require(Role::Admin)?;
         let id = request.into_inner().id.trim().to_string();
-        let now = self.app.now_ms();
+        let now = self.app.now();
         self.app
             .core
             .execute::<ApiError, _>(&who.actor(), |state| {

@@ -32,7 +32,6 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures::{Stream, StreamExt};
 use ota_domain::events::{
@@ -273,7 +272,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
 
         let app = self.app.clone();
         let (tx, rx) = mpsc::channel::<ToAgent>(1024);
-        let now = app.now_ms();
+        let now = app.now();
         let (session, old) = app.sessions.register(
             &hello.site_id,
             &hello.agent_id,
@@ -403,9 +402,7 @@ async fn run_session(
         if app.sessions.get(&session.site_id).map(|s| s.session_id) != Some(session.session_id) {
             break ("replaced by a newer session".to_string(), None);
         }
-        session
-            .last_heartbeat_ms
-            .store(app.now_ms(), Ordering::Relaxed);
+        session.heard_from(app.now());
         let seq = msg.seq;
         let kind = kind_of(msg.body.as_ref());
         if let Err(status) = check_seq(seq, msg.body.as_ref(), last, hello_last) {
@@ -628,7 +625,7 @@ impl Report<'_> {
                 Err(e) => warn!(seq = self.seq, error = %e, "device report ignored"),
             }
         }
-        let now = self.app.now_ms();
+        let now = self.app.now();
         for (local, _) in &reports {
             self.app
                 .sessions
@@ -752,7 +749,7 @@ impl Report<'_> {
                 " — the device may already run the new image: check it before updating it again (not retried automatically)",
             );
         }
-        let now = self.app.now_ms();
+        let now = self.app.now();
         let jitter = rand::random::<f64>();
         self.record(|state| {
             // The device is the truth: a success for the attempt the server itself ended
@@ -801,7 +798,7 @@ impl Report<'_> {
         }
         let error = agent_error(a.error.as_ref())
             .unwrap_or_else(|| TaskError::new(ErrorCode::Other, "the agent refused the command"));
-        let now = self.app.now_ms();
+        let now = self.app.now();
         let jitter = rand::random::<f64>();
         self.record(|state| {
             let Some(task) = state.tasks.values().find(|t| {

@@ -18,6 +18,7 @@ use ota_domain::rollout::spec::{
     UpgradeType,
 };
 use ota_domain::status::{ErrorCode, TaskError, UpgradeStatus};
+use ota_domain::time::UnixMillis;
 use ota_proto::v1 as pb;
 
 use super::bounds::{
@@ -248,7 +249,7 @@ pub fn firmware(fw: &FirmwareView, active_rollouts: Vec<String>) -> pb::Firmware
         esp: r.esp.as_ref().map(esp_info),
         labels: r.labels.clone().into_iter().collect(),
         release_notes: r.release_notes.clone(),
-        created_at_ms: fw.created_at_ms,
+        created_at_ms: fw.created_at_ms.as_i64(),
         created_by: Some(actor_from_label(&fw.created_by)),
         signatures: fw
             .signatures
@@ -256,7 +257,7 @@ pub fn firmware(fw: &FirmwareView, active_rollouts: Vec<String>) -> pb::Firmware
             .map(|s| pb::FirmwareSignature {
                 key_id: s.key_id.clone(),
                 signature: s.signature.clone(),
-                added_at_ms: s.added_at_ms,
+                added_at_ms: s.added_at_ms.as_i64(),
                 added_by: Some(actor_from_label(&s.added_by)),
             })
             .collect(),
@@ -291,7 +292,7 @@ pub fn device(
     d: &DeviceView,
     state: &FleetState,
     site_connected: bool,
-    live_last_seen_ms: Option<i64>,
+    live_last_seen: Option<UnixMillis>,
 ) -> pb::Device {
     let f = &d.facts;
     let task = d.current_task.as_ref().and_then(|id| state.tasks.get(id));
@@ -330,10 +331,11 @@ pub fn device(
         supports_ota: f.supports_ota,
         hardware_version: f.hardware_version.map(u32::from),
         z2m_state: z2m_state(&f.z2m_state),
-        last_seen_ms: live_last_seen_ms
+        last_seen_ms: live_last_seen
             .unwrap_or(d.last_seen_ms)
-            .max(d.last_seen_ms),
-        first_seen_ms: d.first_seen_ms,
+            .max(d.last_seen_ms)
+            .as_i64(),
+        first_seen_ms: d.first_seen_ms.as_i64(),
         tags: f.tags.clone(),
         auto_upgrade: d.auto_upgrade,
         status: status(upgrade_status),
@@ -363,16 +365,16 @@ pub fn task(t: &TaskView) -> pb::Task {
         downgrade: c.downgrade,
         from: t.from.as_ref().map(version),
         to: t.to.as_ref().map(version),
-        created_at_ms: t.created_at_ms,
-        started_at_ms: t.started_at_ms.unwrap_or_default(),
-        finished_at_ms: t.finished_at_ms.unwrap_or_default(),
-        next_attempt_at_ms: t.next_attempt_at_ms.unwrap_or_default(),
+        created_at_ms: t.created_at_ms.as_i64(),
+        started_at_ms: t.started_at_ms.map_or(0, UnixMillis::as_i64),
+        finished_at_ms: t.finished_at_ms.map_or(0, UnixMillis::as_i64),
+        next_attempt_at_ms: t.next_attempt_at_ms.map_or(0, UnixMillis::as_i64),
         awaiting_confirmation: t.awaiting_confirmation,
         requested_by: Some(actor_from_label(&t.requested_by)),
         bytes_sent: t.bytes_sent,
         bytes_total: t.bytes_total,
         late: t.late,
-        phase_deadline_ms: t.timeout_at_ms.unwrap_or_default(),
+        phase_deadline_ms: t.timeout_at_ms.map_or(0, UnixMillis::as_i64),
     }
 }
 
@@ -458,10 +460,10 @@ pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
             state: stage_state(s.state),
             device_ids: s.device_ids.clone(),
             counts: Some(counts(s.device_ids.iter().filter_map(|d| task_of(d)))),
-            started_at_ms: s.started_at_ms.unwrap_or_default(),
-            deadline_at_ms: s.deadline_at_ms.unwrap_or_default(),
-            soak_until_ms: s.soak_until_ms.unwrap_or_default(),
-            finished_at_ms: s.finished_at_ms.unwrap_or_default(),
+            started_at_ms: s.started_at_ms.map_or(0, UnixMillis::as_i64),
+            deadline_at_ms: s.deadline_at_ms.map_or(0, UnixMillis::as_i64),
+            soak_until_ms: s.soak_until_ms.map_or(0, UnixMillis::as_i64),
+            finished_at_ms: s.finished_at_ms.map_or(0, UnixMillis::as_i64),
         })
         .collect();
     let mut totals = counts(
@@ -491,9 +493,9 @@ pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
             .map(|b| b.timed_out.clone())
             .unwrap_or_default(),
         created_by: Some(actor_from_label(&r.created_by)),
-        created_at_ms: r.created_at_ms,
-        started_at_ms: r.started_at_ms.unwrap_or_default(),
-        finished_at_ms: r.finished_at_ms.unwrap_or_default(),
+        created_at_ms: r.created_at_ms.as_i64(),
+        started_at_ms: r.started_at_ms.map_or(0, UnixMillis::as_i64),
+        finished_at_ms: r.finished_at_ms.map_or(0, UnixMillis::as_i64),
         exclusions: r.exclusions.iter().map(exclusion).collect(),
         failure_budget: ota_domain::rollout::scheduler::failure_budget(r).unwrap_or(0),
         failures: ota_domain::rollout::scheduler::budget_failures(r, state),
@@ -508,7 +510,7 @@ fn approval(a: &Approval) -> Option<pb::Approval> {
         state: state as i32,
         required_by: String::new(),
         decided_by: Some(actor_from_label(&v.by)),
-        decided_at_ms: v.at_ms,
+        decided_at_ms: v.at_ms.as_i64(),
         reason: v.reason.clone(),
     };
     match a {
@@ -549,7 +551,7 @@ pub fn transport_instances_from(list: &[pb::TransportInstance]) -> Vec<Transport
 }
 
 /// A site on the wire.
-pub fn site(s: &SiteView, state: &FleetState, last_heartbeat_ms: i64) -> pb::Site {
+pub fn site(s: &SiteView, state: &FleetState, last_heartbeat: Option<UnixMillis>) -> pb::Site {
     let devices: Vec<&DeviceView> = state
         .devices
         .values()
@@ -565,8 +567,8 @@ pub fn site(s: &SiteView, state: &FleetState, last_heartbeat_ms: i64) -> pb::Sit
         agent_connected: s.connected,
         agent_version: s.agent_version.clone(),
         agent_id: s.agent_id.clone(),
-        connected_since_ms: s.connected_since_ms,
-        last_heartbeat_ms,
+        connected_since_ms: s.connected_since_ms.as_i64(),
+        last_heartbeat_ms: last_heartbeat.map_or(0, UnixMillis::as_i64),
         timezone: s.timezone.clone(),
         transports: s.transports.iter().map(transport_instance).collect(),
         device_count: devices.len() as u32,

@@ -14,6 +14,7 @@ use ota_domain::rollout::select;
 use ota_domain::rollout::spec::{RetryPolicy, UpgradeType};
 use ota_domain::status::{ErrorCode, UpgradeStatus};
 use ota_domain::tasks::{firmware_fits, is_downgrade, is_on_target, target_version};
+use ota_domain::time::UnixMillis;
 use ota_proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -73,7 +74,12 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
 }
 
-fn check_pb(state: &FleetState, device_id: &str, c: &DeviceChecked, at_ms: i64) -> pb::DeviceCheck {
+fn check_pb(
+    state: &FleetState,
+    device_id: &str,
+    c: &DeviceChecked,
+    at: UnixMillis,
+) -> pb::DeviceCheck {
     let fw = c.firmware_id.as_ref().and_then(|id| state.firmware.get(id));
     let device = state.devices.get(device_id);
     let remind = match (&c.error, c.status, device) {
@@ -104,7 +110,7 @@ fn check_pb(state: &FleetState, device_id: &str, c: &DeviceChecked, at_ms: i64) 
         remind,
         error: c.error.as_ref().map(convert::task_error),
         reachable: c.reachable,
-        checked_at_ms: at_ms,
+        checked_at_ms: at.as_i64(),
     }
 }
 
@@ -324,7 +330,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         .await
         .map_err(ApiError::from)?;
         let state = self.app.core.read();
-        let now = self.app.now_ms();
+        let now = self.app.now();
         Ok(Response::new(check_pb(
             &state,
             &req.device_id,
@@ -394,7 +400,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         .await
         .map_err(ApiError::from)?;
         let state = self.app.core.read();
-        let now = self.app.now_ms();
+        let now = self.app.now();
         let mut resp = pb::BatchCheckResponse::default();
         for (id, c) in ids.iter().zip(&checks) {
             match (c.status, c.error.as_ref().map(|e| e.code)) {

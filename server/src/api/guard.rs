@@ -132,7 +132,7 @@ impl Guard {
                 })
                 .map(str::trim)
                 .unwrap_or_default();
-            let found = tokens::verify(&self.app.core.read(), bearer, self.app.now_ms());
+            let found = tokens::verify(&self.app.core.read(), bearer, self.app.now());
             return match found {
                 Some((id, name, role)) => Ok((Caller::Operator { name, role }, id)),
                 None => {

@@ -40,13 +40,13 @@ impl pb::system_service_server::SystemService for SystemApi {
         let who = caller(&request);
         who.require(Role::Viewer)?;
         let app = &self.app;
-        let now = app.now_ms();
+        let now = app.now();
         let stats = app.core.store().stats();
         let state = app.core.read();
         Ok(Response::new(pb::ServerStatus {
             version: env!("CARGO_PKG_VERSION").into(),
-            started_at_ms: app.started_at_ms,
-            uptime_s: ((now - app.started_at_ms).max(0) / 1000) as u64,
+            started_at_ms: app.started_at.as_i64(),
+            uptime_s: now.since(app.started_at).as_secs(),
             event_log: Some(pb::EventLogStatus {
                 last_seq: app.core.applied_seq(),
                 size_bytes: stats.disk_bytes + app.blobs.size_bytes(),
@@ -86,7 +86,7 @@ impl pb::site_service_server::SiteService for SystemApi {
             .sites
             .values()
             .map(|s| {
-                let hb = self.app.sessions.last_heartbeat(&s.id).unwrap_or_default();
+                let hb = self.app.sessions.last_heartbeat(&s.id);
                 convert::site(s, &state, hb)
             })
             .collect();
@@ -107,7 +107,7 @@ impl pb::site_service_server::SiteService for SystemApi {
                 quote(id)
             ))
         })?;
-        let hb = self.app.sessions.last_heartbeat(id).unwrap_or_default();
+        let hb = self.app.sessions.last_heartbeat(id);
         Ok(Response::new(convert::site(site, &state, hb)))
     }
 }

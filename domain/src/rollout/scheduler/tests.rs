@@ -8,10 +8,12 @@ use crate::model::{
 use crate::projection::{EventMeta, FleetState};
 use crate::rollout::spec::*;
 use crate::rollout::{auto, plan};
+use crate::time::UnixMillis;
+use std::time::Duration;
 
 /// 2026-01-05 00:00 UTC, a Monday.
-const T0: i64 = 1_767_571_200_000;
-const S: i64 = 1000;
+const T0: UnixMillis = UnixMillis::from_unix_ms(1_767_571_200_000);
+const S: Duration = Duration::from_secs(1);
 const RO: &str = "ro-1";
 const FW: &str = "fw-new";
 
@@ -121,7 +123,7 @@ impl Given {
         g
     }
 
-    fn event(&mut self, at: i64, stream: &str, e: impl Into<DomainEvent>) -> &mut Self {
+    fn event(&mut self, at: UnixMillis, stream: &str, e: impl Into<DomainEvent>) -> &mut Self {
         self.seq += 1;
         let meta = EventMeta {
             seq: self.seq,
@@ -137,7 +139,7 @@ impl Given {
     }
 
     /// Created and started with today's plan.
-    fn started(&mut self, at: i64, spec: RolloutSpec) -> &mut Self {
+    fn started(&mut self, at: UnixMillis, spec: RolloutSpec) -> &mut Self {
         let p = plan::plan(&spec, &self.state);
         self.event(
             at,
@@ -150,7 +152,7 @@ impl Given {
         self.event(at, &streams::rollout(RO), p.started_event())
     }
 
-    fn when(&self, now: i64) -> Reconcile {
+    fn when(&self, now: UnixMillis) -> Reconcile {
         reconcile(Input {
             rollout: self.rollout(),
             state: &self.state,
@@ -161,7 +163,7 @@ impl Given {
     }
 
     /// Records a decision as the server would.
-    fn record(&mut self, at: i64, d: &Reconcile) -> &mut Self {
+    fn record(&mut self, at: UnixMillis, d: &Reconcile) -> &mut Self {
         for e in &d.rollout_events {
             self.event(at, &streams::rollout(RO), e.clone());
         }
@@ -175,7 +177,7 @@ impl Given {
     }
 
     /// Decides at `now` and records it.
-    fn step(&mut self, now: i64) -> Reconcile {
+    fn step(&mut self, now: UnixMillis) -> Reconcile {
         let d = self.when(now);
         self.record(now, &d);
         d
@@ -185,7 +187,7 @@ impl Given {
         self.rollout().tasks_by_device[device].clone()
     }
 
-    fn dispatched(&mut self, at: i64, device: &str) -> &mut Self {
+    fn dispatched(&mut self, at: UnixMillis, device: &str) -> &mut Self {
         let id = self.task_of(device);
         self.event(
             at,
@@ -199,7 +201,7 @@ impl Given {
         )
     }
 
-    fn progress(&mut self, at: i64, device: &str, status: UpgradeStatus) -> &mut Self {
+    fn progress(&mut self, at: UnixMillis, device: &str, status: UpgradeStatus) -> &mut Self {
         let id = self.task_of(device);
         self.event(
             at,
@@ -217,7 +219,7 @@ impl Given {
         )
     }
 
-    fn succeeded(&mut self, at: i64, device: &str) -> &mut Self {
+    fn succeeded(&mut self, at: UnixMillis, device: &str) -> &mut Self {
         self.dispatched(at, device);
         let id = self.task_of(device);
         self.event(
@@ -241,7 +243,7 @@ impl Given {
         )
     }
 
-    fn failed(&mut self, at: i64, device: &str, code: ErrorCode) -> &mut Self {
+    fn failed(&mut self, at: UnixMillis, device: &str, code: ErrorCode) -> &mut Self {
         self.dispatched(at, device);
         let id = self.task_of(device);
         self.event(
@@ -326,7 +328,7 @@ fn batch_check_runs_first_and_lists_devices_that_did_not_answer() {
         max_new_tasks: MAX_NEW_TASKS_PER_STEP,
     });
     assert!(waiting.is_empty());
-    assert_eq!(waiting.requeue_at, Some(T0 + 31 * S + BATCH_CHECK_GRACE_MS));
+    assert_eq!(waiting.requeue_at, Some(T0 + 31 * S + BATCH_CHECK_GRACE));
     // After a restart nothing is in flight: the check starts again.
     assert_eq!(
         names(&g.when(T0 + 40 * S).rollout_events),
