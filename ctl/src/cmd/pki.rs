@@ -81,15 +81,8 @@ pub struct PkiSiteArgs {
     /// The site id, as in the agent's site_id.
     #[arg(value_name = "SITE")]
     pub site: String,
-    /// Directory of the PKI files (holding ca.pem and ca.key).
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    pub dir: PathBuf,
-    /// Validity in days.
-    #[arg(long, value_name = "DAYS", default_value_t = 825)]
-    pub days: u32,
-    /// Overwrite existing files.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub issue: PkiIssueArgs,
 }
 
 /// `pki issue-server`.
@@ -98,6 +91,14 @@ pub struct PkiServerArgs {
     /// DNS names and IP addresses otad is reached at.
     #[arg(value_name = "NAME", required = true)]
     pub names: Vec<String>,
+    #[command(flatten)]
+    pub issue: PkiIssueArgs,
+}
+
+/// What `pki issue-site` and `pki issue-server` share: where the CA is, how long the
+/// certificate is valid, whether to overwrite.
+#[derive(Debug, Args)]
+pub struct PkiIssueArgs {
     /// Directory of the PKI files (holding ca.pem and ca.key).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub dir: PathBuf,
@@ -244,17 +245,16 @@ fn load_ca(dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
 }
 
 fn issue(
-    dir: &Path,
+    a: &PkiIssueArgs,
     stem: &str,
     cn: &str,
     sans: Vec<SanType>,
     usage: ExtendedKeyUsagePurpose,
-    days: u32,
-    force: bool,
 ) -> anyhow::Result<PkiJson> {
+    let (dir, days) = (a.dir.as_path(), a.days);
     let cert_path = dir.join(format!("{stem}.pem"));
     let key_path = dir.join(format!("{stem}.key"));
-    refuse_overwrite(&[&cert_path, &key_path], force)?;
+    refuse_overwrite(&[&cert_path, &key_path], a.force)?;
     let issuer = load_ca(dir)?;
     let names = sans
         .iter()
@@ -295,13 +295,11 @@ pub fn issue_site(a: &PkiSiteArgs) -> anyhow::Result<PkiJson> {
         .try_into()
         .map_err(|e| anyhow::anyhow!("site id {:?}: {e}", a.site))?;
     issue(
-        &a.dir,
+        &a.issue,
         &format!("site-{}", a.site),
         &format!("ota-agent {}", a.site),
         vec![SanType::URI(uri)],
         ExtendedKeyUsagePurpose::ClientAuth,
-        a.days,
-        a.force,
     )
 }
 
@@ -332,13 +330,11 @@ pub fn issue_server(a: &PkiServerArgs) -> anyhow::Result<PkiJson> {
     }
     let cn = a.names.first().map(|s| s.trim()).unwrap_or("otad");
     issue(
-        &a.dir,
+        &a.issue,
         "server",
         cn,
         sans,
         ExtendedKeyUsagePurpose::ServerAuth,
-        a.days,
-        a.force,
     )
 }
 
@@ -390,6 +386,14 @@ pub fn run(ctx: &Ctx, cmd: PkiCmd) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn issue_args(dir: &Path, force: bool) -> PkiIssueArgs {
+        PkiIssueArgs {
+            dir: dir.to_path_buf(),
+            days: 10,
+            force,
+        }
+    }
+
     fn init(dir: &Path) -> PkiJson {
         init_ca(&PkiInitArgs {
             dir: dir.to_path_buf(),
@@ -416,9 +420,7 @@ mod tests {
 
         let site = issue_site(&PkiSiteArgs {
             site: "home-1".into(),
-            dir: dir.path().to_path_buf(),
-            days: 10,
-            force: false,
+            issue: issue_args(dir.path(), false),
         })
         .unwrap();
         assert_eq!(site.names, ["URI:ota-site:home-1"]);
@@ -438,9 +440,7 @@ mod tests {
 
         let server = issue_server(&PkiServerArgs {
             names: vec!["otad.example".into(), "127.0.0.1".into()],
-            dir: dir.path().to_path_buf(),
-            days: 10,
-            force: false,
+            issue: issue_args(dir.path(), false),
         })
         .unwrap();
         assert_eq!(server.names, ["DNS:otad.example", "IP:127.0.0.1"]);
@@ -449,9 +449,7 @@ mod tests {
             assert!(
                 issue_site(&PkiSiteArgs {
                     site: bad.into(),
-                    dir: dir.path().to_path_buf(),
-                    days: 10,
-                    force: true,
+                    issue: issue_args(dir.path(), true),
                 })
                 .is_err(),
                 "{bad:?}"
@@ -460,9 +458,7 @@ mod tests {
         assert!(
             issue_server(&PkiServerArgs {
                 names: vec!["not a name".into()],
-                dir: dir.path().to_path_buf(),
-                days: 10,
-                force: true,
+                issue: issue_args(dir.path(), true),
             })
             .is_err()
         );
@@ -473,9 +469,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = issue_site(&PkiSiteArgs {
             site: "home".into(),
-            dir: dir.path().to_path_buf(),
-            days: 10,
-            force: false,
+            issue: issue_args(dir.path(), false),
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("otactl pki init-ca"), "{err:#}");
