@@ -246,33 +246,15 @@ mod tests {
     #[test]
     fn upload_requires_name_version_and_both_signing_flags() {
         assert!(parse(&["firmware", "upload", "a.ota", "--version", "1"]).is_err());
-        let err = parse(&[
-            "firmware",
-            "upload",
-            "a",
-            "--name",
-            "n",
-            "--version",
-            "1",
-            "--sign-key",
-            "k",
-        ])
-        .unwrap_err();
+        // A named and versioned upload, with one more flag.
+        let upload = |more: [&str; 2]| {
+            let mut argv = vec!["firmware", "upload", "a", "--name", "n", "--version", "1"];
+            argv.extend(more);
+            parse(&argv)
+        };
+        let err = upload(["--sign-key", "k"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
-        assert!(
-            parse(&[
-                "firmware",
-                "upload",
-                "a",
-                "--name",
-                "n",
-                "--version",
-                "1",
-                "--label",
-                "novalue"
-            ])
-            .is_err()
-        );
+        assert!(upload(["--label", "novalue"]).is_err());
     }
 
     #[test]
