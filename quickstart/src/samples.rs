@@ -52,6 +52,26 @@ pub(crate) struct Sample {
     pub meta: pb::UploadMetadata,
 }
 
+impl Sample {
+    /// The sample of `bytes` for `transport` and `model`, claiming `meta` (its name, version and
+    /// format) with the size and sha256 of `bytes`.
+    fn new(transport: &'static str, model: &str, bytes: Vec<u8>, meta: pb::UploadMetadata) -> Self {
+        let meta = pb::UploadMetadata {
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            ..meta
+        };
+        Self {
+            name: meta.name.clone(),
+            version: meta.version.clone(),
+            transport,
+            model: model.into(),
+            bytes,
+            meta,
+        }
+    }
+}
+
 /// The Zigbee OTA file for `m`, with an upgrade image of `payload` bytes.
 pub(crate) fn zigbee_sample(m: &ZigbeeModel, payload: usize) -> Sample {
     let (name, version, file_version) = m.firmware;
@@ -59,17 +79,14 @@ pub(crate) fn zigbee_sample(m: &ZigbeeModel, payload: usize) -> Sample {
         .header_string(&format!("{} {version}", m.model))
         .upgrade_image(payload)
         .build();
-    Sample {
-        name: name.into(),
-        version: version.into(),
-        transport: "zigbee2mqtt",
-        model: m.model.into(),
-        meta: pb::UploadMetadata {
+    Sample::new(
+        "zigbee2mqtt",
+        m.model,
+        bytes,
+        pb::UploadMetadata {
             name: name.into(),
             version: version.into(),
             format: pb::FirmwareFormat::ZigbeeOta as i32,
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
             manufacturer_code: Some(u32::from(m.manufacturer_code)),
             image_type: Some(u32::from(m.image_type)),
             file_version: Some(file_version),
@@ -88,8 +105,7 @@ pub(crate) fn zigbee_sample(m: &ZigbeeModel, payload: usize) -> Sample {
             ),
             ..Default::default()
         },
-        bytes,
-    }
+    )
 }
 
 /// The ESPHome application image for `k`, with `payload` bytes of filler.
@@ -117,24 +133,20 @@ pub(crate) fn esp_sample(k: &EspKind, payload: usize) -> Sample {
                 .build(),
         ),
     };
-    Sample {
-        name: name.into(),
-        version: version.into(),
-        transport: "esphome",
-        model: k.board.into(),
-        meta: pb::UploadMetadata {
+    Sample::new(
+        "esphome",
+        k.board,
+        bytes,
+        pb::UploadMetadata {
             name: name.into(),
             version: version.into(),
             format: pb::FirmwareFormat::EspApp as i32,
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
             chip: chip.esptool_name().into(),
             labels: [("project".to_string(), k.project.to_string())].into(),
             release_notes: format!("Sample ESPHome firmware of ota-quickstart ({}).", k.project),
             ..Default::default()
         },
-        bytes,
-    }
+    )
 }
 
 /// Writes an `esp_app_desc_t`-shaped record (magic, version at +16, project name at +48) at
