@@ -350,6 +350,18 @@ pub(crate) async fn under_budget<T>(
     }
 }
 
+/// Runs a device check under the core's `deadline`: a check still running then is dropped and
+/// answered [`ErrorCode::BulkCheckTimeout`] with the message `silent` gives.
+pub(crate) async fn check_within(
+    deadline: Duration,
+    check: impl std::future::Future<Output = Result<CheckReport, TaskError>>,
+    silent: impl FnOnce() -> String,
+) -> Result<CheckReport, TaskError> {
+    tokio::time::timeout(deadline, check)
+        .await
+        .unwrap_or_else(|_| Err(TaskError::new(ErrorCode::BulkCheckTimeout, silent())))
+}
+
 /// An attempt that was running when the agent stopped, handed to [`Transport::recover`].
 #[derive(Debug, Clone)]
 pub struct RecoverJob {

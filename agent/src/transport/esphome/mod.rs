@@ -608,15 +608,16 @@ impl EsphomeTransport {
             commit: &job.commit,
             note: &note,
         };
+        let upload = Upload {
+            e: &e,
+            image: job.image.bytes.clone(),
+            reporter: &reporter,
+            cancel: &cancel,
+            point,
+        };
         let transferred = match e.cfg.method {
-            Method::Native => {
-                self.transfer_native(&e, job.image.bytes.clone(), &reporter, &cancel, point)
-                    .await?
-            }
-            Method::WebServer => {
-                self.transfer_web(&e, job.image.bytes.clone(), &reporter, &cancel, point)
-                    .await?
-            }
+            Method::Native => self.transfer_native(upload).await?,
+            Method::WebServer => self.transfer_web(upload).await?,
         };
         if transferred.commit == Commit::Confirmed {
             job.commit.committed().await;
@@ -647,14 +648,7 @@ impl EsphomeTransport {
         })
     }
 
-    async fn transfer_native(
-        &self,
-        e: &Entry,
-        image: Bytes,
-        reporter: &Reporter,
-        cancel: &CancellationToken,
-        point: NoReturn<'_>,
-    ) -> Result<Transferred, TaskError> {
+    async fn transfer_native(&self, up: Upload<'_>) -> Result<Transferred, TaskError> {
         let s = &self.settings;
         let timeouts = Timeouts {
             connect: s.connect_timeout,
@@ -662,37 +656,33 @@ impl EsphomeTransport {
             data: s.data_timeout,
         };
         let config = ClientConfig {
-            password: e.secrets.password.clone(),
-            noise_key: e.secrets.ota_key.clone(),
+            password: up.e.secrets.password.clone(),
+            noise_key: up.e.secrets.ota_key.clone(),
             // With only the api key known, ESPHome's uploader falls back to plaintext.
-            allow_plaintext: e.cfg.allow_plaintext || e.secrets.ota_key_from_api,
+            allow_plaintext: up.e.cfg.allow_plaintext || up.e.secrets.ota_key_from_api,
             compression: true,
             ota_type: OtaType::App,
         };
-        let addr = e.ota_addr();
+        let addr = up.e.ota_addr();
         let ctx = errors::Context {
-            device: &e.cfg.name,
+            device: &up.e.cfg.name,
             addr: &addr,
             timeouts,
-            image_len: image.len(),
+            image_len: up.image.len(),
         };
         let attempts = s.retries + 1;
         for attempt in 1..=attempts {
-            let note = if attempt > 1 {
-                format!(" (attempt {attempt} of {attempts})")
-            } else {
-                String::new()
-            };
-            reporter.preparing(format!("connecting to {addr}{note}"));
+            let note = attempt_note(attempt, attempts);
+            up.reporter.preparing(format!("connecting to {addr}{note}"));
             let r = native::upload_with(
-                &e.cfg.host,
-                e.cfg.ota_port(),
+                &up.e.cfg.host,
+                up.e.cfg.ota_port(),
                 config.clone(),
-                image.clone(),
+                up.image.clone(),
                 timeouts,
-                cancel,
-                |ev| reporter.ota_event(ev),
-                point.hook(),
+                up.cancel,
+                |ev| up.reporter.ota_event(ev),
+                up.point.hook(),
             )
             .await;
             match r {
@@ -705,28 +695,28 @@ impl EsphomeTransport {
                 Err(err) if err.may_have_committed() => {
                     tracing::warn!(error = %err, "connection lost after the last image byte; not retrying");
                     return Ok(Transferred {
-                        wire_bytes: image.len() as u64,
+                        wire_bytes: up.image.len() as u64,
                         commit: Commit::Maybe(errors::task_error(&ctx, &err)),
                     });
                 }
                 Err(err) if err.is_retryable() && attempt < attempts => {
                     let te = errors::task_error(&ctx, &err);
                     tracing::warn!(attempt, error = %te, "native OTA attempt failed; retrying");
-                    reporter.preparing(format!(
+                    up.reporter.preparing(format!(
                         "attempt {attempt} failed ({}); retrying in {}",
                         te.message,
                         humantime::format_duration(s.retry_delay)
                     ));
                     tokio::select! {
                         () = tokio::time::sleep(s.retry_delay) => {}
-                        () = cancel.cancelled() => {
+                        () = up.cancel.cancelled() => {
                             return Err(errors::task_error(&ctx, &native::AttemptError::Cancelled));
                         }
                     }
                 }
                 Err(err) => {
                     // A device error byte after the last block: it refused the image.
-                    point.commit.not_taken();
+                    up.point.commit.not_taken();
                     return Err(errors::task_error(&ctx, &err));
                 }
             }
@@ -734,51 +724,39 @@ impl EsphomeTransport {
         unreachable!("the last attempt returns")
     }
 
-    async fn transfer_web(
-        &self,
-        e: &Entry,
-        image: Bytes,
-        reporter: &Reporter,
-        cancel: &CancellationToken,
-        point: NoReturn<'_>,
-    ) -> Result<Transferred, TaskError> {
+    async fn transfer_web(&self, up: Upload<'_>) -> Result<Transferred, TaskError> {
         let s = &self.settings;
-        let web_cfg = e.cfg.web.clone().unwrap_or_default();
-        let device = e.cfg.name.as_str();
-        let addr = format!("{}:{}", e.cfg.host, web_cfg.port);
+        let web_cfg = up.e.cfg.web.clone().unwrap_or_default();
+        let device = up.e.cfg.name.as_str();
+        let addr = format!("{}:{}", up.e.cfg.host, web_cfg.port);
         let target = WebTarget {
-            host: &e.cfg.host,
+            host: &up.e.cfg.host,
             port: web_cfg.port,
             username: web_cfg.username.as_deref(),
-            password: e.secrets.web_password.as_ref(),
+            password: up.e.secrets.web_password.as_ref(),
             connect_timeout: s.connect_timeout,
             read_timeout: s.web_read_timeout,
         };
-        let total = image.len() as u64;
+        let total = up.image.len() as u64;
         let attempts = s.retries + 1;
         for attempt in 1..=attempts {
-            reporter.preparing(format!(
-                "connecting to the web_server {addr}{}",
-                if attempt > 1 {
-                    format!(" (attempt {attempt} of {attempts})")
-                } else {
-                    String::new()
-                }
-            ));
-            let r2 = reporter.clone();
+            let note = attempt_note(attempt, attempts);
+            up.reporter
+                .preparing(format!("connecting to the web_server {addr}{note}"));
+            let r2 = up.reporter.clone();
             let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let st = started.clone();
             let (sent, result) = web::upload_with(
                 &target,
-                image.clone(),
-                cancel,
+                up.image.clone(),
+                up.cancel,
                 move |done, total| {
                     if !st.swap(true, Ordering::Relaxed) {
                         r2.start_sending("sending the firmware to /update".into());
                     }
                     r2.bytes(done, total);
                 },
-                point.hook(),
+                up.point.hook(),
             )
             .await;
             let network = matches!(
@@ -787,7 +765,7 @@ impl EsphomeTransport {
             );
             match result {
                 Ok(()) => {
-                    reporter.rebooting(format!(
+                    up.reporter.rebooting(format!(
                         "{device} answered \"Update Successful!\"; it reboots now"
                     ));
                     return Ok(Transferred {
@@ -813,13 +791,13 @@ impl EsphomeTransport {
                     tracing::warn!(attempt, error = %err, "web_server attempt failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(s.retry_delay) => {}
-                        () = cancel.cancelled() => return Err(web_error(device, &addr, &WebError::Cancelled, sent)),
+                        () = up.cancel.cancelled() => return Err(web_error(device, &addr, &WebError::Cancelled, sent)),
                     }
                 }
                 Err(err) => {
                     if matches!(err, WebError::Refused(_) | WebError::Status { .. }) {
                         // The device answered: it did not take the image.
-                        point.commit.not_taken();
+                        up.point.commit.not_taken();
                     }
                     return Err(web_error(device, &addr, &err, sent));
                 }
@@ -1029,6 +1007,24 @@ impl EsphomeTransport {
     }
 }
 
+/// One image on its way to one device: what either uploader (native OTA, web_server) is given.
+struct Upload<'a> {
+    e: &'a Entry,
+    image: Bytes,
+    reporter: &'a Reporter,
+    cancel: &'a CancellationToken,
+    point: NoReturn<'a>,
+}
+
+/// `" (attempt 2 of 3)"` after the first attempt, nothing on the first.
+fn attempt_note(attempt: u32, attempts: u32) -> String {
+    if attempt > 1 {
+        format!(" (attempt {attempt} of {attempts})")
+    } else {
+        String::new()
+    }
+}
+
 /// The point of no return of one update: the job's marks and the note for a restarted agent.
 #[derive(Debug, Clone, Copy)]
 struct NoReturn<'a> {
@@ -1130,18 +1126,10 @@ impl Transport for EsphomeTransport {
         deadline: Duration,
     ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
         let span = tracing::info_span!("esphome check", device.id = %device);
-        Box::pin(
-            async move {
-                match tokio::time::timeout(deadline, self.do_check(device, deadline)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(TaskError::new(
-                        ErrorCode::BulkCheckTimeout,
-                        format!("no answer from {device} within {deadline:?}"),
-                    )),
-                }
-            }
-            .instrument(span),
-        )
+        let check = super::check_within(deadline, self.do_check(device, deadline), move || {
+            format!("no answer from {device} within {deadline:?}")
+        });
+        Box::pin(check.instrument(span))
     }
 
     fn update<'a>(

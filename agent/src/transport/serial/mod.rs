@@ -830,16 +830,11 @@ impl Transport for SerialTransport {
         deadline: Duration,
     ) -> BoxFuture<'a, Result<CheckReport, TaskError>> {
         let span = tracing::info_span!("serial check", device.id = %device);
-        Box::pin(async move {
-            let check = self.do_check(device).instrument(span);
-            match tokio::time::timeout(deadline, check).await {
-                Ok(r) => r,
-                Err(_) => Err(TaskError::new(
-                    ErrorCode::BulkCheckTimeout,
-                    format!("no answer from the ROM bootloader of {device} within {deadline:?}"),
-                )),
-            }
-        })
+        Box::pin(super::check_within(
+            deadline,
+            self.do_check(device).instrument(span),
+            move || format!("no answer from the ROM bootloader of {device} within {deadline:?}"),
+        ))
     }
 
     fn update<'a>(
