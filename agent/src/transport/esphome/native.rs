@@ -335,6 +335,13 @@ mod tests {
         .unwrap()
     }
 
+    /// The error of an upload with the ESPHome timeouts, never cancelled, that must fail.
+    async fn failing(ours: DuplexStream, client: Client) -> AttemptError {
+        run(ours, client, ESPHOME, &CancellationToken::new(), |_| {})
+            .await
+            .unwrap_err()
+    }
+
     /// A device on the other end of the pipe that answers until `mute` says so, then only reads.
     fn device(mut end: DuplexStream, config: DeviceConfig, mute: fn(DeviceState, usize) -> bool) {
         tokio::spawn(async move {
@@ -386,15 +393,7 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         device(theirs, DeviceConfig::default(), |_, _| true);
         let t0 = Instant::now();
-        let err = run(
-            ours,
-            client(None),
-            ESPHOME,
-            &CancellationToken::new(),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = failing(ours, client(None)).await;
         assert_eq!(t0.elapsed(), Duration::from_secs(20));
         assert!(
             matches!(
@@ -434,15 +433,7 @@ mod tests {
             }
         });
         let t0 = Instant::now();
-        let err = run(
-            ours,
-            client(Some("pw")),
-            ESPHOME,
-            &CancellationToken::new(),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = failing(ours, client(Some("pw"))).await;
         assert_eq!(t0.elapsed(), Duration::from_secs(20));
         assert!(
             matches!(&err, AttemptError::Ota(ClientError::Timeout { .. })),
