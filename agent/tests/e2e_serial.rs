@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use ota_agent::agent::{Agent, AgentOptions};
 use ota_agent::transport::Transport;
 use ota_agent::transport::serial::{SerialConfig, SerialPortConfig, SerialTransport};
@@ -15,7 +14,8 @@ use ota_firmware::builders::{EspAppBuilder, FactoryImageBuilder};
 use ota_proto::v1 as pb;
 use ota_server::core::Clock;
 use ota_sim::esprom::{EspRomSim, RomConfig};
-use ota_testkit::otad::{config, lazy_channel, start_server};
+use ota_testkit::agent::options;
+use ota_testkit::otad::{all_events, config, lazy_channel, start_server};
 use ota_testkit::upload::{meta, upload_firmware};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -33,6 +33,27 @@ async fn upload(
         ..meta(name, version)
     };
     upload_firmware(channel, meta, bytes).await
+}
+
+/// `DeviceService.Update` of the bench's port to `firmware_id`, waiting for the outcome (at most
+/// a minute).
+async fn flash(
+    devices: &mut pb::device_service_client::DeviceServiceClient<Channel>,
+    firmware_id: &str,
+) -> pb::UpdateDeviceResponse {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        devices.update(pb::UpdateDeviceRequest {
+            device_id: "lab/serial-bench".into(),
+            firmware_id: firmware_id.into(),
+            wait: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,14 +78,8 @@ async fn flashing_a_serial_device_through_the_whole_system() {
     serial.refresh().await;
     let agent = Agent::new(
         AgentOptions {
-            site_id: "lab".into(),
-            data_dir: agent_dir.path().to_path_buf(),
-            timezone: "UTC".into(),
-            utc_offset_minutes: 0,
-            reconnect_min: Duration::from_millis(20),
-            reconnect_max: Duration::from_millis(200),
-            tags: Default::default(),
             progress_interval: Duration::from_millis(5),
+            ..options("lab", agent_dir.path())
         },
         vec![serial.clone() as Arc<dyn Transport>],
     )
@@ -105,19 +120,7 @@ async fn flashing_a_serial_device_through_the_whole_system() {
         pb::FirmwareFormat::EspApp,
     )
     .await;
-    let resp = tokio::time::timeout(
-        Duration::from_secs(60),
-        devices.update(pb::UpdateDeviceRequest {
-            device_id: "lab/serial-bench".into(),
-            firmware_id: fw.id.clone(),
-            wait: true,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .into_inner();
+    let resp = flash(&mut devices, &fw.id).await;
     let task = resp.task.unwrap();
     assert_eq!(task.status, pb::UpgradeStatus::Success as i32, "{task:?}");
     assert_eq!(resp.to.unwrap().version, "2026.11.1");
@@ -128,18 +131,14 @@ async fn flashing_a_serial_device_through_the_whole_system() {
     );
 
     // Progress streamed like any transport's: preparing, updating, downloaded.
-    let progress: Vec<pb::Event> =
-        pb::event_service_client::EventServiceClient::new(channel.clone())
-            .tail(pb::TailEventsRequest {
-                types: vec!["TaskProgressed".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .map(|e| e.unwrap())
-            .collect()
-            .await;
+    let progress = all_events(
+        &channel,
+        pb::TailEventsRequest {
+            types: vec!["TaskProgressed".into()],
+            ..Default::default()
+        },
+    )
+    .await;
     let statuses: Vec<serde_json::Value> = progress
         .iter()
         .map(|e| {
@@ -168,19 +167,7 @@ async fn flashing_a_serial_device_through_the_whole_system() {
         pb::FirmwareFormat::EspFactory,
     )
     .await;
-    let resp = tokio::time::timeout(
-        Duration::from_secs(60),
-        devices.update(pb::UpdateDeviceRequest {
-            device_id: "lab/serial-bench".into(),
-            firmware_id: fw2.id.clone(),
-            wait: true,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .into_inner();
+    let resp = flash(&mut devices, &fw2.id).await;
     assert_eq!(resp.task.unwrap().status, pb::UpgradeStatus::Success as i32);
     assert_eq!(rom.flash_range(0, factory.len()), factory);
 

@@ -591,10 +591,11 @@ async fn two_networks_update_in_parallel() {
     }
 }
 
-#[tokio::test]
-async fn bridge_restart_mid_transfer_fails_for_a_retry() {
+/// Updates the bulb to 0x2309_9999 while the bridge restarts (down for 20 s) once the bulb's
+/// transfer reached `held_at` percent; the site and the update's outcome.
+async fn update_across_a_bridge_restart(held_at: f64) -> (Site, Result<UpdateReport, TaskError>) {
     let s = site(
-        vec![SimDevice::mains_router(BULB, "bulb").held_at(50.0)],
+        vec![SimDevice::mains_router(BULB, "bulb").held_at(held_at)],
         |_| {},
     )
     .await;
@@ -609,7 +610,13 @@ async fn bridge_restart_mid_transfer_fails_for_a_retry() {
         s.sim.restart(Duration::from_secs(20)).await;
     };
     let (r, ()) = tokio::join!(timeout(T, update), restart);
-    let e = r.unwrap().unwrap_err();
+    (s, r.unwrap())
+}
+
+#[tokio::test]
+async fn bridge_restart_mid_transfer_fails_for_a_retry() {
+    let (s, r) = update_across_a_bridge_restart(50.0).await;
+    let e = r.unwrap_err();
     assert_eq!(e.code, ErrorCode::SendFailed, "{e}");
     assert!(e.code.is_transient());
     assert!(e.message.contains("still reports version 587806240"), "{e}");
@@ -620,23 +627,8 @@ async fn bridge_restart_mid_transfer_fails_for_a_retry() {
 
 #[tokio::test]
 async fn bridge_restart_while_the_device_restarts_learns_success_from_state() {
-    let s = site(
-        vec![SimDevice::mains_router(BULB, "bulb").held_at(100.0)],
-        |_| {},
-    )
-    .await;
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let update = s.zigbee.update(
-        job(BULB, bulb_image(0x2309_9999, 8_000)),
-        tx,
-        CancellationToken::new(),
-    );
-    let restart = async {
-        held(&s.sim, BULB).await;
-        s.sim.restart(Duration::from_secs(20)).await;
-    };
-    let (r, ()) = tokio::join!(timeout(T, update), restart);
-    let report = r.unwrap().unwrap();
+    let (s, r) = update_across_a_bridge_restart(100.0).await;
+    let report = r.unwrap();
     assert_eq!(report.to.file_version, Some(0x2309_9999));
     assert_eq!(s.sim.device(BULB).unwrap().installed_version, 0x2309_9999);
     s.sim.shutdown().await;

@@ -9,10 +9,13 @@
 //! cargo settings apply as they did to the test build, except the variables that describe the
 //! test's own package (see [`describes_the_test_package`]); the path is the one cargo reports.
 //! When the binary is up to date this takes about a second.
+//!
+//! [`OtadProcess`] runs an otad binary as a child process in development mode.
 
 use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 /// `otad`, fresh.
@@ -103,4 +106,96 @@ pub fn describes_the_test_package(name: &str) -> bool {
                 | "CARGO_RUSTC_CURRENT_DIR"
                 | "OUT_DIR"
         )
+}
+
+/// An otad process in development mode (`otad --insecure-plaintext --listen 127.0.0.1:0
+/// --data-dir <tmp>/data`, stderr to `<tmp>/otad.log`), started once it printed its
+/// `otad listening on <addr>` line; killed on drop.
+#[derive(Debug)]
+pub struct OtadProcess {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl OtadProcess {
+    /// Starts `bin` (for example [`otad`]) and waits for its listening line; panics with its
+    /// log when it exits first.
+    pub fn start(bin: &Path) -> OtadProcess {
+        Self::try_start(bin).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`OtadProcess::start`], with what went wrong as an error instead of a panic.
+    pub fn try_start(bin: &Path) -> Result<OtadProcess, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let log = std::fs::File::create(dir.path().join("otad.log"))
+            .map_err(|e| format!("otad.log: {e}"))?;
+        let mut child = Command::new(bin)
+            .arg("--insecure-plaintext")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let stdout = child.stdout.take().ok_or("otad has no stdout")?;
+        let mut process = OtadProcess {
+            child,
+            addr: String::new(),
+            dir,
+        };
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        process.addr = loop {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| format!("reading otad's stdout: {e}"))?;
+            if n == 0 {
+                return Err(format!("otad exited before listening:\n{}", process.log()));
+            }
+            if let Some(addr) = line.trim().strip_prefix("otad listening on ") {
+                break addr.to_string();
+            }
+        };
+        // Keep draining stdout so otad never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Ok(process)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The temporary directory that holds `data/` and `otad.log` (and whatever the test puts
+    /// there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// otad's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// What otad wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("otad.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for OtadProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -89,6 +89,21 @@ pub fn admin_token(data_dir: &Path) -> String {
         .to_string()
 }
 
+/// The events `request` selects, as `EventService.Tail` on `channel` shows them, in log order.
+/// The request must not follow the log (the answer would never end).
+pub async fn all_events(channel: &Channel, request: pb::TailEventsRequest) -> Vec<pb::Event> {
+    use futures::StreamExt;
+    assert!(!request.follow, "all_events reads to the end of the log");
+    pb::event_service_client::EventServiceClient::new(channel.clone())
+        .tail(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|e| e.unwrap())
+        .collect()
+        .await
+}
+
 /// Polls `f` every 10 ms until it holds, for at most 20 s (then panics naming `what`).
 pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     tokio::time::timeout(Duration::from_secs(20), async {
@@ -232,6 +247,14 @@ impl TestOtad {
         pb::agent_service_client::AgentServiceClient::new(self.channel.clone())
     }
 
+    /// The task of `device` in rollout `rollout`, from the projection.
+    pub fn task_of(&self, rollout: &str, device: &str) -> Option<ota_domain::projection::TaskView> {
+        let app = self.app();
+        let state = app.core.read();
+        let id = state.rollouts.get(rollout)?.tasks_by_device.get(device)?;
+        state.tasks.get(id).cloned()
+    }
+
     /// Every recorded event, decoded, with its stream and time.
     pub fn recorded(&self) -> Vec<(String, i64, DomainEvent)> {
         let app = self.app();
@@ -261,23 +284,23 @@ impl TestOtad {
         crate::upload(&self.channel, None, meta, bytes).await
     }
 
+    /// Every event in the log, as `EventService.Tail` shows them, in log order.
+    pub async fn all_events(&self) -> Vec<pb::Event> {
+        all_events(
+            &self.channel,
+            pb::TailEventsRequest {
+                from_seq: 1,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     /// The seqs of `agent_id`'s reports that events in the log came from (the events'
     /// `source`), as `EventService.Tail` shows them, in log order (one seq may have several
     /// events).
     pub async fn report_seqs_in_log(&self, agent_id: &str) -> Vec<u64> {
-        use futures::StreamExt;
-        let events: Vec<pb::Event> = self
-            .events()
-            .tail(pb::TailEventsRequest {
-                from_seq: 1,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .map(|e| e.unwrap())
-            .collect()
-            .await;
+        let events = self.all_events().await;
         events
             .iter()
             .filter_map(|e| {

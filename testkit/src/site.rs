@@ -61,6 +61,14 @@ pub fn spec(firmware_id: &str, stages: Vec<pb::Stage>) -> pb::RolloutSpec {
     }
 }
 
+/// A rollout action (start, pause, resume, abort) on rollout `id`, with `reason`.
+pub fn action(id: &str, reason: &str) -> pb::RolloutActionRequest {
+    pb::RolloutActionRequest {
+        id: id.into(),
+        reason: reason.into(),
+    }
+}
+
 // === devices ===
 
 pub fn esphome(local: &str, version: &str) -> pb::DeviceReport {
