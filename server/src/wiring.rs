@@ -191,7 +191,7 @@ impl Otad {
         let dispatcher = crate::dispatch::spawn(app.clone(), shutdown.clone());
         let rollouts = crate::rollouts::spawn(app.clone(), shutdown.clone());
 
-        let guard = Arc::new(api::guard::Guard::new(app.clone(), tls.is_some()));
+        let guard = api::guard::Guard::new(app.clone(), tls.is_some());
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &tls {
             builder = builder
@@ -202,9 +202,9 @@ impl Otad {
         let max = app.config.max_message_bytes;
         let system = api::system::SystemApi::new(app.clone(), tls.is_some(), tls.is_some());
         let router = builder
-            .layer(api::rpc_trace::RpcTraceLayer)
-            .layer(api::rpc_metrics::RpcMetricsLayer::new(metrics))
-            .layer(api::guard::GuardLayer::new(guard))
+            .layer(api::rpc_trace::RpcTrace::layer())
+            .layer(api::rpc_metrics::RpcMetrics::layer(metrics))
+            .layer(api::call_layer::CallLayer::new(guard))
             .add_service(
                 pb::firmware_service_server::FirmwareServiceServer::new(
                     api::firmware::FirmwareApi::new(app.clone()),

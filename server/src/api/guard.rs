@@ -21,10 +21,7 @@
 //! Responses: tonic answers a message it cannot decode with `Internal`; that is rewritten to
 //! `InvalidArgument` (it is the client's fault), for the streaming requests decoded in handlers.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +32,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::warn;
 
 use super::bounds;
+use super::call_layer::CallHook;
 use super::caller::{Caller, Role, UNAUTHENTICATED};
 use crate::app::App;
 use crate::rate_limit::{Expensive, RateLimiter};
@@ -273,62 +271,25 @@ fn map_decode_error(mut resp: http::Response<Body>) -> http::Response<Body> {
     resp
 }
 
-/// The layer, for `tonic::transport::Server::layer`.
-#[derive(Debug, Clone)]
-pub struct GuardLayer(Arc<Guard>);
+impl CallHook for Guard {
+    type State = ();
 
-impl GuardLayer {
-    /// Wraps a guard.
-    pub fn new(guard: Arc<Guard>) -> Self {
-        Self(guard)
-    }
-}
-
-impl<S> tower::Layer<S> for GuardLayer {
-    type Service = GuardService<S>;
-
-    fn layer(&self, inner: S) -> GuardService<S> {
-        GuardService {
-            inner,
-            guard: self.0.clone(),
+    async fn before(
+        self: Arc<Self>,
+        req: http::Request<Body>,
+    ) -> Result<(http::Request<Body>, ()), http::Response<Body>> {
+        match self.admit(req).await {
+            Ok(req) => Ok((req, ())),
+            Err(status) => Err(status.into_http()),
         }
     }
-}
 
-/// The layer's service.
-#[derive(Debug, Clone)]
-pub struct GuardService<S> {
-    inner: S,
-    guard: Arc<Guard>,
-}
-
-impl<S> tower::Service<http::Request<Body>> for GuardService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        // The clone that was polled ready goes into the future; a fresh clone stays.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let guard = self.guard.clone();
-        Box::pin(async move {
-            match guard.admit(req).await {
-                Ok(req) => inner.call(req).await.map(map_decode_error),
-                Err(status) => Ok(status.into_http()),
-            }
-        })
+    fn after<E>(
+        &self,
+        (): (),
+        result: Result<http::Response<Body>, E>,
+    ) -> Result<http::Response<Body>, E> {
+        result.map(map_decode_error)
     }
 }
 

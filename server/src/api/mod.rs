@@ -6,6 +6,7 @@
 pub mod access;
 pub mod agents;
 pub mod bounds;
+pub mod call_layer;
 pub mod caller;
 pub mod convert;
 pub mod devices;

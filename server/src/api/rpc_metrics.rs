@@ -12,15 +12,12 @@
 //! cannot create series at will.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
-use std::task::{Context, Poll};
 
-use http_body::Frame;
 use tonic::body::Body;
-use tonic::codegen::Body as HttpBody;
+use tracing::Span;
 
+use super::call_layer::{BodyWatch, CallHook, CallLayer, WatchedBody, grpc_status};
 use crate::metrics::ServerMetrics;
 
 /// The API's `.proto` files, for the set of known methods.
@@ -63,96 +60,68 @@ pub fn rpc_label(path: &str) -> &str {
 
 /// The gRPC code name of a `grpc-status` header value (`0` → `Ok`).
 fn code_name(headers: &http::HeaderMap) -> Option<String> {
-    let code = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())?;
-    Some(format!("{:?}", tonic::Code::from_i32(code)))
+    grpc_status(headers).map(name_of)
 }
 
-/// The layer, for `tonic::transport::Server::layer`.
-#[derive(Debug, Clone)]
-pub struct RpcMetricsLayer(Arc<ServerMetrics>);
+/// The name of a gRPC status code, as tonic spells it.
+fn name_of(code: i32) -> String {
+    format!("{:?}", tonic::Code::from_i32(code))
+}
 
-impl RpcMetricsLayer {
-    /// Records into `metrics`.
-    pub fn new(metrics: Arc<ServerMetrics>) -> Self {
-        Self(metrics)
+/// The metrics hook, for a [`CallLayer`].
+#[derive(Debug)]
+pub struct RpcMetrics(Arc<ServerMetrics>);
+
+impl RpcMetrics {
+    /// The layer that records into `metrics`.
+    pub fn layer(metrics: Arc<ServerMetrics>) -> CallLayer<Self> {
+        CallLayer::new(Self(metrics))
     }
 }
 
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
+impl CallHook for RpcMetrics {
+    /// The `rpc` label and when the call started.
+    type State = (String, tokio::time::Instant);
 
-    fn layer(&self, inner: S) -> RpcMetrics<S> {
-        RpcMetrics {
-            inner,
-            metrics: self.0.clone(),
-        }
-    }
-}
-
-/// The layer's service.
-#[derive(Debug, Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-    metrics: Arc<ServerMetrics>,
-}
-
-impl<S> tower::Service<http::Request<Body>> for RpcMetrics<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+    async fn before(
+        self: Arc<Self>,
+        req: http::Request<Body>,
+    ) -> Result<(http::Request<Body>, Self::State), http::Response<Body>> {
         let rpc = rpc_label(req.uri().path()).to_string();
-        let metrics = self.metrics.clone();
-        let started = tokio::time::Instant::now();
-        Box::pin(async move {
-            let result = inner.call(req).await;
-            metrics.rpc_latency(&rpc, started.elapsed());
-            let resp = match result {
-                Ok(resp) => resp,
-                Err(e) => {
-                    metrics.rpc_finished(&rpc, "Unknown");
-                    return Err(e);
-                }
-            };
-            if let Some(code) = code_name(resp.headers()) {
-                metrics.rpc_finished(&rpc, &code);
-                return Ok(resp);
+        Ok((req, (rpc, tokio::time::Instant::now())))
+    }
+
+    fn after<E>(
+        &self,
+        (rpc, started): Self::State,
+        result: Result<http::Response<Body>, E>,
+    ) -> Result<http::Response<Body>, E> {
+        let metrics = &self.0;
+        metrics.rpc_latency(&rpc, started.elapsed());
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                metrics.rpc_finished(&rpc, "Unknown");
+                return Err(e);
             }
-            Ok(resp.map(|body| {
-                Body::new(CountedBody {
-                    inner: body,
-                    pending: Some((metrics, rpc)),
-                })
-            }))
-        })
+        };
+        if let Some(code) = code_name(resp.headers()) {
+            metrics.rpc_finished(&rpc, &code);
+            return Ok(resp);
+        }
+        let pending = Some((metrics.clone(), rpc));
+        Ok(resp.map(|body| WatchedBody::wrap(body, Span::none(), Count { pending }, false)))
     }
 }
 
-/// A response body that counts its call when the trailers pass (or when it is dropped early).
-struct CountedBody {
-    inner: Body,
+/// Counts its call when the trailers pass (or as `Cancelled` when the body is dropped early).
+#[derive(Debug)]
+struct Count {
     /// Taken when the call is counted.
     pending: Option<(Arc<ServerMetrics>, String)>,
 }
 
-impl CountedBody {
+impl Count {
     fn finish(&mut self, code: &str) {
         if let Some((metrics, rpc)) = self.pending.take() {
             metrics.rpc_finished(&rpc, code);
@@ -160,43 +129,15 @@ impl CountedBody {
     }
 }
 
-impl Drop for CountedBody {
+impl Drop for Count {
     fn drop(&mut self) {
         self.finish("Cancelled");
     }
 }
 
-impl HttpBody for CountedBody {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(code_name) {
-                    this.finish(&code);
-                }
-            }
-            Poll::Ready(Some(Err(status))) => {
-                let code = format!("{:?}", status.code());
-                this.finish(&code);
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+impl BodyWatch for Count {
+    fn status(&mut self, code: i32) {
+        self.finish(&name_of(code));
     }
 }
 

@@ -12,31 +12,22 @@
 //! (`device.id`, `firmware.id`, ...). Nothing from the request body or the credentials goes into
 //! the span.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
-use http_body::Frame;
 use tonic::body::Body;
-use tonic::codegen::Body as HttpBody;
-use tracing::{Instrument, Span, field};
+use tracing::{Span, field};
 
-/// The layer, for `tonic::transport::Server::layer`.
+use super::call_layer::{BodyWatch, CallHook, CallLayer, WatchedBody, grpc_status};
+
+/// The tracing hook, for a [`CallLayer`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RpcTraceLayer;
+pub struct RpcTrace;
 
-impl<S> tower::Layer<S> for RpcTraceLayer {
-    type Service = RpcTrace<S>;
-
-    fn layer(&self, inner: S) -> RpcTrace<S> {
-        RpcTrace { inner }
+impl RpcTrace {
+    /// The layer.
+    pub fn layer() -> CallLayer<Self> {
+        CallLayer::new(Self)
     }
-}
-
-/// The layer's service.
-#[derive(Debug, Clone)]
-pub struct RpcTrace<S> {
-    inner: S,
 }
 
 /// The span of one call to `path` (`/ota.v1.DeviceService/Update`).
@@ -56,121 +47,55 @@ pub fn rpc_span(path: &str) -> Span {
     )
 }
 
-fn record_status(span: &Span, headers: &http::HeaderMap) -> bool {
-    let Some(code) = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
-        return false;
-    };
+fn record_status(span: &Span, code: i32) {
     span.record("rpc.grpc.status_code", code);
     span.record("otel.status_code", if code == 0 { "ok" } else { "error" });
-    true
 }
 
-impl<S> tower::Service<http::Request<Body>> for RpcTrace<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+impl CallHook for RpcTrace {
+    /// The call's span.
+    type State = Span;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+    async fn before(
+        self: Arc<Self>,
+        req: http::Request<Body>,
+    ) -> Result<(http::Request<Body>, Span), http::Response<Body>> {
         let span = rpc_span(req.uri().path());
         ota_telemetry::traces::set_parent(
             &span,
             ota_telemetry::traces::extract_headers(req.headers()),
         );
-        let call_span = span.clone();
-        Box::pin(
-            async move {
-                let resp = inner.call(req).await?;
-                // A trailers-only answer (every error tonic or a layer returns) has its status
-                // in the headers; otherwise it comes with the trailers at the end of the body.
-                let done = record_status(&span, resp.headers());
-                Ok(resp.map(|body| {
-                    Body::new(TracedBody {
-                        inner: body,
-                        span,
-                        done,
-                    })
-                }))
-            }
-            .instrument(call_span),
-        )
+        Ok((req, span))
     }
-}
 
-/// A response body that keeps the call's span open until it ends and records the final status.
-struct TracedBody {
-    inner: Body,
-    span: Span,
-    done: bool,
-}
+    fn span(&self, span: &Span) -> Option<Span> {
+        Some(span.clone())
+    }
 
-impl HttpBody for TracedBody {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        let _enter = this.span.enter();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && !this.done
-                {
-                    this.done = record_status(&this.span, trailers);
-                }
-            }
-            Poll::Ready(Some(Err(status))) if !this.done => {
-                this.span
-                    .record("rpc.grpc.status_code", status.code() as i32);
-                this.span.record("otel.status_code", "error");
-                this.done = true;
-            }
-            _ => {}
+    fn after<E>(
+        &self,
+        span: Span,
+        result: Result<http::Response<Body>, E>,
+    ) -> Result<http::Response<Body>, E> {
+        let resp = result?;
+        // A trailers-only answer (every error tonic or a layer returns) has its status in the
+        // headers; otherwise it comes with the trailers at the end of the body. The span lives
+        // until the body ends.
+        let code = grpc_status(resp.headers());
+        if let Some(code) = code {
+            record_status(&span, code);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let watch = Record(span.clone());
+        Ok(resp.map(|body| WatchedBody::wrap(body, span, watch, code.is_some())))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Records the final status on the call's span.
+#[derive(Debug)]
+struct Record(Span);
 
-    #[test]
-    fn status_comes_from_headers_or_not_at_all() {
-        let span = Span::none();
-        let mut h = http::HeaderMap::new();
-        assert!(!record_status(&span, &h));
-        h.insert("grpc-status", http::HeaderValue::from_static("5"));
-        assert!(record_status(&span, &h));
-        h.insert("grpc-status", http::HeaderValue::from_static("five"));
-        assert!(!record_status(&span, &h));
+impl BodyWatch for Record {
+    fn status(&mut self, code: i32) {
+        record_status(&self.0, code);
     }
 }
