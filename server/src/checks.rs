@@ -209,16 +209,13 @@ fn failed_check(
     code: ErrorCode,
     message: String,
 ) -> DeviceChecked {
-    DeviceChecked {
-        check_id: check_id.to_string(),
-        firmware_id: firmware_id.map(str::to_string),
-        status: UpgradeStatus::Failure,
-        reachable: false,
-        current: d.facts.current.clone(),
-        update_available: None,
-        error: Some(TaskError::new(code, message)),
-        source: None,
-    }
+    unreachable_check(
+        check_id,
+        firmware_id,
+        d.facts.current.clone(),
+        code,
+        message,
+    )
 }
 
 /// The answer for a device its site no longer reports (5012).
@@ -228,21 +225,36 @@ fn gone_check(
     state: &FleetState,
     id: &str,
 ) -> DeviceChecked {
+    let current = state
+        .devices
+        .get(id)
+        .map(|d| d.facts.current.clone())
+        .unwrap_or_default();
+    unreachable_check(
+        check_id,
+        firmware_id,
+        current,
+        ErrorCode::Offline,
+        "its site no longer reports this device".into(),
+    )
+}
+
+/// A failed check of a device that did not answer, still running `current`.
+fn unreachable_check(
+    check_id: &str,
+    firmware_id: Option<&str>,
+    current: model::VersionInfo,
+    code: ErrorCode,
+    message: String,
+) -> DeviceChecked {
     DeviceChecked {
         check_id: check_id.to_string(),
         firmware_id: firmware_id.map(str::to_string),
         status: UpgradeStatus::Failure,
         reachable: false,
-        current: state
-            .devices
-            .get(id)
-            .map(|d| d.facts.current.clone())
-            .unwrap_or_default(),
+        current,
         update_available: None,
-        error: Some(TaskError::new(
-            ErrorCode::Offline,
-            "its site no longer reports this device",
-        )),
+        error: Some(TaskError::new(code, message)),
         source: None,
     }
 }

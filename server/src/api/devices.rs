@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
 use super::bounds::{MAX_DEVICE_TIMEOUT_S, MAX_WAKE_TIMEOUT_S};
-use super::caller::{Role, caller};
+use super::caller::{Caller, Role, caller};
 use super::convert;
 use super::error::{ApiError, ApiResult};
 use super::paging::Page;
@@ -218,6 +218,21 @@ fn decide_update(
 }
 
 impl DeviceApi {
+    /// Records what `decide` returns for `who`, then wakes the dispatcher (the change may let a
+    /// task go or hold it).
+    async fn record(
+        &self,
+        who: &Caller,
+        decide: impl FnMut(&FleetState) -> ApiResult<Vec<Change>>,
+    ) -> Result<(), Status> {
+        self.app
+            .core
+            .execute::<ApiError, _>(&who.actor(), decide)
+            .await?;
+        self.app.dispatch_wake.notify_one();
+        Ok(())
+    }
+
     /// Waits until the task has ended (or the server shuts down).
     async fn wait_until_ended(&self, task_id: &str) -> Result<(), Status> {
         let mut applied = self.app.core.subscribe_applied();
@@ -596,32 +611,29 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         who.require(Role::Operator)?;
         let req = request.into_inner();
         let mut task_id = String::new();
-        self.app
-            .core
-            .execute::<ApiError, _>(&who.actor(), |state| {
-                let d = find_device(state, &req.device_id)?;
-                let t = state
-                    .active_task_of(&d.id)
-                    .filter(|t| t.awaiting_confirmation)
-                    .ok_or_else(|| {
-                        ApiError::precondition(format!(
-                            "device {} has no task waiting for a weak-signal confirmation (5005)",
-                            d.id
-                        ))
-                    })?;
-                task_id = t.created.task_id.clone();
-                Ok(vec![Change::unchanged(
-                    streams::task(&task_id),
-                    vec![
-                        TaskConfirmed {
-                            proceed: req.proceed,
-                        }
-                        .into(),
-                    ],
-                )])
-            })
-            .await?;
-        self.app.dispatch_wake.notify_one();
+        self.record(&who, |state| {
+            let d = find_device(state, &req.device_id)?;
+            let t = state
+                .active_task_of(&d.id)
+                .filter(|t| t.awaiting_confirmation)
+                .ok_or_else(|| {
+                    ApiError::precondition(format!(
+                        "device {} has no task waiting for a weak-signal confirmation (5005)",
+                        d.id
+                    ))
+                })?;
+            task_id = t.created.task_id.clone();
+            Ok(vec![Change::unchanged(
+                streams::task(&task_id),
+                vec![
+                    TaskConfirmed {
+                        proceed: req.proceed,
+                    }
+                    .into(),
+                ],
+            )])
+        })
+        .await?;
         let state = self.app.core.read();
         Ok(Response::new(convert::task(&state.tasks[&task_id])))
     }
@@ -648,31 +660,28 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let who = caller(&request);
         who.require(Role::Operator)?;
         let req = request.into_inner();
-        self.app
-            .core
-            .execute::<ApiError, _>(&who.actor(), |state| {
-                let d = find_device(state, &req.device_id)?;
-                if !d.facts.supports_ota && req.enabled {
-                    return Err(ApiError::precondition(format!(
-                        "{} does not support OTA updates",
-                        d.id
-                    )));
-                }
-                if d.auto_upgrade == req.enabled {
-                    return Ok(vec![]);
-                }
-                Ok(vec![Change::any(
-                    streams::device(&d.id),
-                    vec![
-                        AutoUpgradeSet {
-                            enabled: req.enabled,
-                        }
-                        .into(),
-                    ],
-                )])
-            })
-            .await?;
-        self.app.dispatch_wake.notify_one();
+        self.record(&who, |state| {
+            let d = find_device(state, &req.device_id)?;
+            if !d.facts.supports_ota && req.enabled {
+                return Err(ApiError::precondition(format!(
+                    "{} does not support OTA updates",
+                    d.id
+                )));
+            }
+            if d.auto_upgrade == req.enabled {
+                return Ok(vec![]);
+            }
+            Ok(vec![Change::any(
+                streams::device(&d.id),
+                vec![
+                    AutoUpgradeSet {
+                        enabled: req.enabled,
+                    }
+                    .into(),
+                ],
+            )])
+        })
+        .await?;
         let state = self.app.core.read();
         let d = find_device(&state, &req.device_id)?;
         Ok(Response::new(pb::AutoUpgradeSetting {

@@ -40,6 +40,36 @@ impl Filter {
     }
 }
 
+/// The sending end of one tail: the matching records, up to the limit.
+struct Tail {
+    tx: tokio::sync::mpsc::Sender<Result<pb::Event, Status>>,
+    filter: Filter,
+    /// How many more records may be sent.
+    left: u64,
+}
+
+impl Tail {
+    /// Sends `r` if it matches; false when the tail is over (the limit reached, the client gone).
+    async fn offer(&mut self, r: &RecordedEvent) -> bool {
+        if !self.filter.matches(r) {
+            return true;
+        }
+        if self.tx.send(Ok(to_pb(r))).await.is_err() {
+            return false;
+        }
+        self.left -= 1;
+        self.left > 0
+    }
+
+    /// Ends the tail with the event log's error.
+    async fn fail(&self, e: impl std::fmt::Display) {
+        let _ = self
+            .tx
+            .send(Err(Status::internal(format!("event log: {e}"))))
+            .await;
+    }
+}
+
 /// The wire form of a stored event.
 pub fn to_pb(r: &RecordedEvent) -> pb::Event {
     let payload_json = match decode(r) {
@@ -73,23 +103,25 @@ impl pb::event_service_server::EventService for EventApi {
         if req.stream_prefixes.len() > 64 || req.types.len() > 64 {
             return Err(ApiError::invalid("at most 64 stream prefixes and 64 types").into());
         }
-        let filter = Filter {
-            prefixes: req.stream_prefixes,
-            types: req.types,
-        };
         let from = req.from_seq.max(1);
-        let limit = if req.limit == 0 {
-            u64::MAX
-        } else {
-            u64::from(req.limit)
-        };
         let store = self.app.core.store().clone();
         let shutdown = self.app.shutdown.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let mut out = Tail {
+            tx,
+            filter: Filter {
+                prefixes: req.stream_prefixes,
+                types: req.types,
+            },
+            left: if req.limit == 0 {
+                u64::MAX
+            } else {
+                u64::from(req.limit)
+            },
+        };
         let span = info_span!("events.tail", from_seq = from, follow = req.follow);
         tokio::spawn(
             async move {
-                let mut sent = 0u64;
                 if req.follow {
                     let mut sub = store.subscribe(from);
                     loop {
@@ -100,24 +132,10 @@ impl pb::event_service_server::EventService for EventApi {
                                 None => return,
                             },
                         };
-                        let r = match item {
-                            Ok(r) => r,
-                            Err(e) => {
-                                let _ = tx
-                                    .send(Err(Status::internal(format!("event log: {e}"))))
-                                    .await;
-                                return;
-                            }
-                        };
-                        if !filter.matches(&r) {
-                            continue;
-                        }
-                        if tx.send(Ok(to_pb(&r))).await.is_err() {
-                            return;
-                        }
-                        sent += 1;
-                        if sent >= limit {
-                            return;
+                        match item {
+                            Ok(r) if out.offer(&r).await => {}
+                            Ok(_) => return,
+                            Err(e) => return out.fail(e).await,
                         }
                     }
                 } else {
@@ -126,12 +144,7 @@ impl pb::event_service_server::EventService for EventApi {
                     while next <= end {
                         let batch = match store.read_from(next, 1024) {
                             Ok(b) => b,
-                            Err(e) => {
-                                let _ = tx
-                                    .send(Err(Status::internal(format!("event log: {e}"))))
-                                    .await;
-                                return;
-                            }
+                            Err(e) => return out.fail(e).await,
                         };
                         if batch.is_empty() {
                             return;
@@ -141,14 +154,7 @@ impl pb::event_service_server::EventService for EventApi {
                                 return;
                             }
                             next = r.seq + 1;
-                            if !filter.matches(&r) {
-                                continue;
-                            }
-                            if tx.send(Ok(to_pb(&r))).await.is_err() {
-                                return;
-                            }
-                            sent += 1;
-                            if sent >= limit {
+                            if !out.offer(&r).await {
                                 return;
                             }
                         }

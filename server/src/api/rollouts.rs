@@ -169,18 +169,24 @@ impl RolloutApi {
         self.answer(&req.id)
     }
 
-    /// Runs a lifecycle move that records one event on the rollout stream.
+    /// Runs an operator's lifecycle move that records one event, made from the reason given
+    /// (see [`reason`], with `verb`), on the rollout stream; answers with the rollout.
     async fn simple_move(
         &self,
-        id: &str,
-        actor: &ota_domain::model::Actor,
+        request: Request<pb::RolloutActionRequest>,
         action: Action,
-        event: DomainEvent,
-    ) -> ApiResult<()> {
+        verb: &str,
+        event: impl FnOnce(String) -> DomainEvent,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let who = caller(&request);
+        who.require(Role::Operator)?;
+        let req = request.into_inner();
+        let actor = who.actor();
+        let event = event(reason(&req.reason, verb, &actor.name));
         self.app
             .core
-            .execute::<ApiError, _>(actor, |state| {
-                let r = find(state, id)?;
+            .execute::<ApiError, _>(&actor, |state| {
+                let r = find(state, &req.id)?;
                 lifecycle(r, action)?;
                 Ok(vec![Change::unchanged(
                     streams::rollout(&r.id),
@@ -189,7 +195,7 @@ impl RolloutApi {
             })
             .await?;
         self.app.dispatch_wake.notify_one();
-        Ok(())
+        self.answer(&req.id)
     }
 }
 
@@ -300,16 +306,14 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
         &self,
         request: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let who = caller(&request);
-        who.require(Role::Operator)?;
-        let req = request.into_inner();
-        let event = RolloutPaused {
-            reason: reason(&req.reason, "paused", &who.actor().name),
-            automatic: false,
-        };
-        self.simple_move(&req.id, &who.actor(), Action::Pause, event.into())
-            .await?;
-        self.answer(&req.id)
+        self.simple_move(request, Action::Pause, "paused", |reason| {
+            RolloutPaused {
+                reason,
+                automatic: false,
+            }
+            .into()
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rollout.id = %request.get_ref().id))]
@@ -317,15 +321,10 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
         &self,
         request: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let who = caller(&request);
-        who.require(Role::Operator)?;
-        let req = request.into_inner();
-        let event = RolloutResumed {
-            reason: reason(&req.reason, "resumed", &who.actor().name),
-        };
-        self.simple_move(&req.id, &who.actor(), Action::Resume, event.into())
-            .await?;
-        self.answer(&req.id)
+        self.simple_move(request, Action::Resume, "resumed", |reason| {
+            RolloutResumed { reason }.into()
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rollout.id = %request.get_ref().id))]

@@ -7,7 +7,7 @@
 //! `Corrupt`. Cloning gives another handle to the same store.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
@@ -164,8 +164,7 @@ impl EventStore for MemEventStore {
     }
 
     fn subscribe(&self, from_seq: u64) -> Subscription {
-        let log: Weak<dyn DurableLog> = Arc::downgrade(&self.shared) as Weak<dyn DurableLog>;
-        Subscription::new(log, self.shared.durable.subscribe(), from_seq)
+        Subscription::new(&self.shared, &self.shared.durable, from_seq)
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {

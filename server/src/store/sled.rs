@@ -82,7 +82,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, MutexGuard, Weak};
+use std::sync::{Arc, MutexGuard};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
@@ -1056,8 +1056,7 @@ impl EventStore for SledEventStore {
     }
 
     fn subscribe(&self, from_seq: u64) -> Subscription {
-        let log: Weak<dyn DurableLog> = Arc::downgrade(&self.shared) as Weak<dyn DurableLog>;
-        Subscription::new(log, self.shared.durable.subscribe(), from_seq)
+        Subscription::new(&self.shared, &self.shared.durable, from_seq)
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {

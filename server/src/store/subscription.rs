@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -48,11 +48,15 @@ impl fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn new(
-        log: Weak<dyn DurableLog>,
-        durable: watch::Receiver<DurableMark>,
+    /// The events of `log` from `from_seq` on, woken by its durable mark `durable`; it holds
+    /// the log weakly and ends with [`StoreError::Closed`] once the store is gone.
+    pub(crate) fn new<L: DurableLog>(
+        log: &Arc<L>,
+        durable: &watch::Sender<DurableMark>,
         from_seq: u64,
     ) -> Self {
+        let log: Weak<dyn DurableLog> = Arc::downgrade(log) as Weak<dyn DurableLog>;
+        let durable = durable.subscribe();
         let state = Cursor {
             log,
             durable,
