@@ -7,8 +7,11 @@
 //!   removed;
 //! - payloads are encoded with `postcard` (compact and fast to replay, but not self-describing),
 //!   so *any* change to a payload struct — even adding an optional field — is a new schema
-//!   version: keep the old struct as `…V<n>`, bump the version in [`domain_events!`], and add an
-//!   upcaster arm in [`DomainEvent::decode`] (`(type, old version) => decode old, convert`);
+//!   version: bump the version in [`domain_events!`] and add an upcaster arm in
+//!   [`DomainEvent::decode`]. When the new version only appends fields at the end of the
+//!   payload, the arm decodes the old bytes followed by those fields' values for old events
+//!   (`decode_appended`); otherwise keep the old struct as `…V<n>` and convert
+//!   (`(type, old version) => decode old, convert`);
 //! - `tests/golden_events.rs` decodes checked-in bytes of every event type and version, so an
 //!   accidental change to a payload fails the build's tests.
 //!
@@ -152,81 +155,6 @@ pub struct AgentDisconnected {
 // Devices
 // ---------------------------------------------------------------------------------------------
 
-/// Schema version 1 of [`DeviceReported`]: before tags and the agent source existed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceReportedV1 {
-    /// Facts as of version 1 (no tags).
-    pub facts: DeviceFactsV1,
-}
-
-/// [`DeviceFacts`] as of [`DeviceReportedV1`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceFactsV1 {
-    /// See [`DeviceFacts`].
-    pub transport: Option<crate::model::Transport>,
-    /// See [`DeviceFacts`].
-    pub network: String,
-    /// See [`DeviceFacts`].
-    pub name: String,
-    /// See [`DeviceFacts`].
-    pub model: String,
-    /// See [`DeviceFacts`].
-    pub vendor: String,
-    /// See [`DeviceFacts`].
-    pub manufacturer_code: Option<u16>,
-    /// See [`DeviceFacts`].
-    pub image_type: Option<u16>,
-    /// See [`DeviceFacts`].
-    pub chip: String,
-    /// See [`DeviceFacts`].
-    pub platform: String,
-    /// See [`DeviceFacts`].
-    pub current: VersionInfo,
-    /// See [`DeviceFacts`].
-    pub power_source: crate::model::PowerSource,
-    /// See [`DeviceFacts`].
-    pub battery_percent: Option<u8>,
-    /// See [`DeviceFacts`].
-    pub signal: Option<crate::model::Signal>,
-    /// See [`DeviceFacts`].
-    pub reachable: bool,
-    /// See [`DeviceFacts`].
-    pub supports_ota: bool,
-    /// See [`DeviceFacts`].
-    pub hardware_version: Option<u16>,
-    /// See [`DeviceFacts`].
-    pub z2m_state: String,
-}
-
-impl From<DeviceReportedV1> for DeviceReported {
-    fn from(v1: DeviceReportedV1) -> Self {
-        let f = v1.facts;
-        DeviceReported {
-            facts: DeviceFacts {
-                transport: f.transport,
-                network: f.network,
-                name: f.name,
-                model: f.model,
-                vendor: f.vendor,
-                manufacturer_code: f.manufacturer_code,
-                image_type: f.image_type,
-                chip: f.chip,
-                platform: f.platform,
-                current: f.current,
-                power_source: f.power_source,
-                battery_percent: f.battery_percent,
-                signal: f.signal,
-                reachable: f.reachable,
-                supports_ota: f.supports_ota,
-                hardware_version: f.hardware_version,
-                z2m_state: f.z2m_state,
-                tags: Vec::new(),
-            },
-            source: None,
-        }
-    }
-}
-
 /// A site reported a device (first sighting or a change of its facts).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceReported {
@@ -310,64 +238,6 @@ pub struct TaskCreated {
     pub auto: bool,
     /// Wake-up budget, seconds, while the device sleeps; 0: 7 days.
     pub wake_timeout_s: u32,
-}
-
-/// Schema version 1 of [`TaskCreated`]: before the wake-up budget.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskCreatedV1 {
-    /// See [`TaskCreated`].
-    pub task_id: String,
-    /// See [`TaskCreated`].
-    pub device_id: String,
-    /// See [`TaskCreated`].
-    pub site_id: String,
-    /// See [`TaskCreated`].
-    pub rollout_id: Option<String>,
-    /// See [`TaskCreated`].
-    pub stage: u32,
-    /// See [`TaskCreated`].
-    pub firmware_id: String,
-    /// See [`TaskCreated`].
-    pub target: VersionInfo,
-    /// See [`TaskCreated`].
-    pub upgrade_type: UpgradeType,
-    /// See [`TaskCreated`].
-    pub downgrade: bool,
-    /// See [`TaskCreated`].
-    pub max_attempts: u32,
-    /// See [`TaskCreated`].
-    pub initial_backoff_s: u32,
-    /// See [`TaskCreated`].
-    pub max_backoff_s: u32,
-    /// See [`TaskCreated`].
-    pub timeout_s: u32,
-    /// See [`TaskCreated`].
-    pub flash_offset: Option<u32>,
-    /// See [`TaskCreated`].
-    pub auto: bool,
-}
-
-impl From<TaskCreatedV1> for TaskCreated {
-    fn from(v1: TaskCreatedV1) -> Self {
-        Self {
-            task_id: v1.task_id,
-            device_id: v1.device_id,
-            site_id: v1.site_id,
-            rollout_id: v1.rollout_id,
-            stage: v1.stage,
-            firmware_id: v1.firmware_id,
-            target: v1.target,
-            upgrade_type: v1.upgrade_type,
-            downgrade: v1.downgrade,
-            max_attempts: v1.max_attempts,
-            initial_backoff_s: v1.initial_backoff_s,
-            max_backoff_s: v1.max_backoff_s,
-            timeout_s: v1.timeout_s,
-            flash_offset: v1.flash_offset,
-            auto: v1.auto,
-            wake_timeout_s: 0,
-        }
-    }
 }
 
 /// The server is checking preconditions right before dispatch. Status 14.
@@ -457,37 +327,6 @@ pub struct TaskSucceeded {
     /// The server had already ended the task (timed it out, or cancelled it after it was sent)
     /// when the site reported this success: the device is the truth, the task succeeded late.
     pub late: bool,
-}
-
-/// Schema version 1 of [`TaskSucceeded`]: before late successes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskSucceededV1 {
-    /// See [`TaskSucceeded`].
-    pub attempt: u32,
-    /// See [`TaskSucceeded`].
-    pub from: VersionInfo,
-    /// See [`TaskSucceeded`].
-    pub to: VersionInfo,
-    /// See [`TaskSucceeded`].
-    pub duration_ms: u64,
-    /// See [`TaskSucceeded`].
-    pub wire_bytes: u64,
-    /// See [`TaskSucceeded`].
-    pub source: Option<AgentSource>,
-}
-
-impl From<TaskSucceededV1> for TaskSucceeded {
-    fn from(v1: TaskSucceededV1) -> Self {
-        Self {
-            attempt: v1.attempt,
-            from: v1.from,
-            to: v1.to,
-            duration_ms: v1.duration_ms,
-            wire_bytes: v1.wire_bytes,
-            source: v1.source,
-            late: false,
-        }
-    }
 }
 
 /// An attempt failed. With `retry_at_ms` the task goes back to queued and is dispatched again
@@ -889,14 +728,19 @@ impl DomainEvent {
         }
         // Upcasters: one arm per retired (type, version).
         match (type_name, version) {
-            ("DeviceReported", 1) => postcard::from_bytes::<DeviceReportedV1>(bytes)
-                .map(|old| Self::DeviceReported(old.into()))
+            // v2 appended `facts.tags` (none) and `source` (none).
+            ("DeviceReported", 1) => {
+                decode_appended(bytes, &(Vec::<String>::new(), None::<AgentSource>))
+                    .map(Self::DeviceReported)
+                    .map_err(malformed)
+            }
+            // v2 appended `wake_timeout_s` (0: the default budget).
+            ("TaskCreated", 1) => decode_appended(bytes, &0u32)
+                .map(Self::TaskCreated)
                 .map_err(malformed),
-            ("TaskCreated", 1) => postcard::from_bytes::<TaskCreatedV1>(bytes)
-                .map(|old| Self::TaskCreated(old.into()))
-                .map_err(malformed),
-            ("TaskSucceeded", 1) => postcard::from_bytes::<TaskSucceededV1>(bytes)
-                .map(|old| Self::TaskSucceeded(old.into()))
+            // v2 appended `late` (no).
+            ("TaskSucceeded", 1) => decode_appended(bytes, &false)
+                .map(Self::TaskSucceeded)
                 .map_err(malformed),
             ("RolloutCreated", 1) => postcard::from_bytes::<RolloutCreatedV1>(bytes)
                 .map(|old| Self::RolloutCreated(old.into()))
@@ -920,6 +764,18 @@ impl DomainEvent {
             _ => None,
         }
     }
+}
+
+/// Decodes a retired schema version whose successor only appended fields at the end of the
+/// payload. Postcard writes a struct as its fields in order with nothing around them, so the old
+/// bytes followed by the encoding of the appended fields' values for old events (`appended`) are
+/// the current version's bytes.
+fn decode_appended<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    appended: &impl Serialize,
+) -> Result<T, postcard::Error> {
+    let current = postcard::to_extend(appended, bytes.to_vec())?;
+    postcard::from_bytes(&current)
 }
 
 /// Labels from key/value pairs (used by tests and conversions).
@@ -960,31 +816,13 @@ mod tests {
 
     #[test]
     fn device_reported_v1_is_upcast() {
-        let v1 = DeviceReportedV1 {
-            facts: DeviceFactsV1 {
-                transport: Some(crate::model::Transport::Esphome),
-                network: "esphome".into(),
-                name: "kitchen".into(),
-                model: "esp32dev".into(),
-                vendor: "Espressif".into(),
-                manufacturer_code: None,
-                image_type: None,
-                chip: "esp32".into(),
-                platform: "esp32".into(),
-                current: VersionInfo {
-                    version: "1.0.0".into(),
-                    ..Default::default()
-                },
-                power_source: crate::model::PowerSource::Mains,
-                battery_percent: None,
-                signal: Some(crate::model::Signal::RssiDbm(-60)),
-                reachable: true,
-                supports_ota: true,
-                hardware_version: None,
-                z2m_state: String::new(),
-            },
-        };
-        let bytes = postcard::to_stdvec(&v1).unwrap();
+        // The v1 line of tests/golden/events.txt: an ESPHome node "kitchen" on 1.0.0.
+        let hex = "010107657370686f6d65076b69746368656e08657370333264657609457370726573736966\
+                   000005657370333205657370333205312e302e30000000010001017701010000";
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
         let DomainEvent::DeviceReported(up) =
             DomainEvent::decode("DeviceReported", 1, &bytes).unwrap()
         else {
@@ -992,8 +830,32 @@ mod tests {
         };
         assert_eq!(up.facts.name, "kitchen");
         assert_eq!(up.facts.current.version, "1.0.0");
+        assert_eq!(up.facts.z2m_state, "");
         assert!(up.facts.tags.is_empty());
         assert_eq!(up.source, None);
+    }
+
+    #[test]
+    fn a_version_that_appended_fields_is_read_from_the_old_bytes() {
+        let now = TaskSucceeded {
+            attempt: 2,
+            from: VersionInfo::default(),
+            to: VersionInfo {
+                version: "2.0".into(),
+                ..Default::default()
+            },
+            duration_ms: 1500,
+            wire_bytes: 4096,
+            source: None,
+            late: false,
+        };
+        let mut bytes = postcard::to_stdvec(&now).unwrap();
+        assert_eq!(bytes.pop(), Some(0), "`late` is the last byte");
+        let up = DomainEvent::decode("TaskSucceeded", 1, &bytes).unwrap();
+        assert_eq!(up, DomainEvent::TaskSucceeded(now));
+        bytes.pop();
+        let e = DomainEvent::decode("TaskSucceeded", 1, &bytes).unwrap_err();
+        assert!(matches!(e, DecodeError::Malformed { .. }), "{e}");
     }
 
     #[test]

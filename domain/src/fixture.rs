@@ -11,7 +11,7 @@ use crate::events::*;
 use crate::model::{
     DeviceFacts, EspFacts, FirmwareFormat, PowerSource, Signal, Transport, VersionInfo,
 };
-use crate::projection::{EventMeta, FleetState};
+use crate::projection::{DeviceView, EventMeta, FleetState};
 use crate::rollout::spec::*;
 use crate::time::UnixMillis;
 
@@ -230,4 +230,21 @@ pub fn start_rollout(log: &mut Log, at: UnixMillis, id: &str, spec: RolloutSpec)
         },
     );
     log.event(at, &streams::rollout(id), p.started_event());
+}
+
+/// A device view `<site>/<local>` with `facts`, never seen, checked or updated.
+pub fn device_view(id: &str, facts: DeviceFacts) -> DeviceView {
+    let (site, local) = id.split_once('/').expect("<site>/<local>");
+    DeviceView {
+        id: id.into(),
+        site_id: site.into(),
+        local_id: local.into(),
+        facts,
+        first_seen_ms: UnixMillis::EPOCH,
+        last_seen_ms: UnixMillis::EPOCH,
+        auto_upgrade: false,
+        removed: false,
+        last_check: None,
+        current_task: None,
+    }
 }

@@ -521,30 +521,18 @@ fn target_warnings(
 mod tests {
     use super::*;
     use crate::model::{DeviceFacts, VersionInfo};
-    use crate::time::UnixMillis;
 
     fn device(id: &str, transport: Transport, network: &str) -> DeviceView {
-        let (site, local) = id.split_once('/').unwrap();
-        DeviceView {
-            id: id.into(),
-            site_id: site.into(),
-            local_id: local.into(),
-            facts: DeviceFacts {
-                transport: Some(transport),
-                network: network.into(),
-                current: VersionInfo {
-                    version: "1.0.0".into(),
-                    ..Default::default()
-                },
+        let facts = DeviceFacts {
+            transport: Some(transport),
+            network: network.into(),
+            current: VersionInfo {
+                version: "1.0.0".into(),
                 ..Default::default()
             },
-            first_seen_ms: UnixMillis::EPOCH,
-            last_seen_ms: UnixMillis::EPOCH,
-            auto_upgrade: false,
-            removed: false,
-            last_check: None,
-            current_task: None,
-        }
+            ..Default::default()
+        };
+        crate::fixture::device_view(id, facts)
     }
 
     #[test]

@@ -713,76 +713,97 @@ fn current_stage_step(input: Input<'_>, out: &mut Reconcile) {
     let Some(spec) = r.spec.stages.get(index) else {
         return;
     };
-    match r.stages[index].state {
-        StageState::Pending => start_stage(input, index, spec, out),
-        StageState::Running | StageState::Failed => run_stage(input, index, spec, out),
-        StageState::Soaking => soak_stage(input, index, spec, out),
+    let step = StageStep {
+        r,
+        state,
+        now: input.now_ms,
+        max_new_tasks: input.max_new_tasks,
+        index,
+        idx: index as u32,
+        stage: &r.stages[index],
+        spec,
+    };
+    match step.stage.state {
+        StageState::Pending => start_stage(&step, out),
+        StageState::Running | StageState::Failed => run_stage(&step, out),
+        StageState::Soaking => soak_stage(&step, out),
         StageState::Succeeded => {}
+    }
+}
+
+/// The current stage, for the step that moves it on.
+struct StageStep<'a> {
+    r: &'a RolloutView,
+    state: &'a FleetState,
+    /// Now, Unix ms.
+    now: UnixMillis,
+    /// See [`Input::max_new_tasks`].
+    max_new_tasks: usize,
+    /// The stage's index, as a position and as events carry it.
+    index: usize,
+    idx: u32,
+    stage: &'a StageView,
+    spec: &'a StageSpec,
+}
+
+impl StageStep<'_> {
+    /// Creates the stage's missing tasks; see [`ensure_tasks`].
+    fn ensure_tasks(&self, out: &mut Reconcile) -> usize {
+        ensure_tasks(
+            self.r,
+            self.state,
+            self.index,
+            self.now,
+            self.max_new_tasks,
+            out,
+        )
     }
 }
 
 /// A pending stage starts once its window is open (at one or more of its devices' sites) and
 /// creates its tasks.
-fn start_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Reconcile) {
-    let Input {
-        rollout: r,
-        state,
-        now_ms: now,
-        max_new_tasks,
-        ..
-    } = input;
-    let stage = &r.stages[index];
-    if !stage.device_ids.is_empty()
-        && let Err(next) = window_gate(r, &zones(r, state, &stage.device_ids), now)
+fn start_stage(s: &StageStep<'_>, out: &mut Reconcile) {
+    let (now, deadline_s) = (s.now, s.spec.deadline_s);
+    if !s.stage.device_ids.is_empty()
+        && let Err(next) = window_gate(s.r, &zones(s.r, s.state, &s.stage.device_ids), now)
     {
         if let Some(at) = next {
             out.requeue(at);
         }
         return;
     }
-    let idx = index as u32;
     out.rollout_events.push(
         StageStarted {
-            index: idx,
-            deadline_at_ms: (spec.deadline_s > 0)
-                .then(|| now.plus_secs(u64::from(spec.deadline_s))),
+            index: s.idx,
+            deadline_at_ms: (deadline_s > 0).then(|| now.plus_secs(u64::from(deadline_s))),
         }
         .into(),
     );
-    let remaining = ensure_tasks(r, state, index, now, max_new_tasks, out);
+    let remaining = s.ensure_tasks(out);
     if remaining == 0 {
         out.rollout_events
-            .push(StageSucceeded { index: idx }.into());
-    } else if spec.deadline_s > 0 {
-        out.requeue(now.plus_secs(u64::from(spec.deadline_s)));
+            .push(StageSucceeded { index: s.idx }.into());
+    } else if deadline_s > 0 {
+        out.requeue(now.plus_secs(u64::from(deadline_s)));
     }
 }
 
 /// A running stage (or one resumed after it failed): first the rest of its tasks, then its
 /// verdict — fail, soak, succeed, or wait.
-fn run_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Reconcile) {
-    let Input {
-        rollout: r,
-        state,
-        now_ms: now,
-        max_new_tasks,
-        ..
-    } = input;
-    let stage = &r.stages[index];
-    let idx = index as u32;
+fn run_stage(s: &StageStep<'_>, out: &mut Reconcile) {
     let before = out.rollout_events.len() + out.new_tasks.len();
-    ensure_tasks(r, state, index, now, max_new_tasks, out);
+    s.ensure_tasks(out);
     if out.rollout_events.len() + out.new_tasks.len() != before {
         return;
     }
-    let counts = stage_counts(r, state, index);
-    match verdict(spec, &counts, asleep_done(r, stage, now)) {
-        Verdict::Failed(reason) => fail_stage(r, state, idx, spec, reason, out),
-        Verdict::SuccessMet if spec.soak_s > 0 => {
-            let until = now.plus_secs(u64::from(spec.soak_s));
+    let counts = stage_counts(s.r, s.state, s.index);
+    match verdict(s.spec, &counts, asleep_done(s.r, s.stage, s.now)) {
+        Verdict::Failed(reason) => fail_stage(s.r, s.state, s.idx, s.spec, reason, out),
+        Verdict::SuccessMet if s.spec.soak_s > 0 => {
+            let until = s.now.plus_secs(u64::from(s.spec.soak_s));
             out.rollout_events.push(
                 StageSoaking {
-                    index: idx,
+                    index: s.idx,
                     until_ms: until,
                 }
                 .into(),
@@ -791,44 +812,36 @@ fn run_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Reconci
         }
         Verdict::SuccessMet => out
             .rollout_events
-            .push(StageSucceeded { index: idx }.into()),
-        Verdict::Undecided => requeue_window(r, state, index, now, out),
+            .push(StageSucceeded { index: s.idx }.into()),
+        Verdict::Undecided => requeue_window(s.r, s.state, s.index, s.now, out),
     }
 }
 
 /// A soaking stage fails when its failures cross the threshold meanwhile, else succeeds when
 /// the soak is over.
-fn soak_stage(input: Input<'_>, index: usize, spec: &StageSpec, out: &mut Reconcile) {
-    let Input {
-        rollout: r,
-        state,
-        now_ms: now,
-        ..
-    } = input;
-    let stage = &r.stages[index];
-    let idx = index as u32;
-    let counts = stage_counts(r, state, index);
-    let limit = failure_limit(spec, counts.devices);
+fn soak_stage(s: &StageStep<'_>, out: &mut Reconcile) {
+    let counts = stage_counts(s.r, s.state, s.index);
+    let limit = failure_limit(s.spec, counts.devices);
     if counts.failures() >= limit {
-        let reason = match verdict(spec, &counts, asleep_done(r, stage, now)) {
+        let reason = match verdict(s.spec, &counts, asleep_done(s.r, s.stage, s.now)) {
             Verdict::Failed(reason) => format!("{reason}, while soaking"),
             _ => format!(
                 "stage {}: {} failure(s) ≥ threshold {limit} while soaking",
-                stage.name,
+                s.stage.name,
                 counts.failures()
             ),
         };
-        fail_stage(r, state, idx, spec, reason, out);
+        fail_stage(s.r, s.state, s.idx, s.spec, reason, out);
         return;
     }
-    match stage.soak_until_ms {
-        Some(until) if until > now => {
+    match s.stage.soak_until_ms {
+        Some(until) if until > s.now => {
             out.requeue(until);
-            requeue_window(r, state, index, now, out);
+            requeue_window(s.r, s.state, s.index, s.now, out);
         }
         _ => out
             .rollout_events
-            .push(StageSucceeded { index: idx }.into()),
+            .push(StageSucceeded { index: s.idx }.into()),
     }
 }
 

@@ -75,31 +75,19 @@ pub fn is_empty(sel: &Selector) -> bool {
 mod tests {
     use super::*;
     use crate::model::{DeviceFacts, Transport, VersionInfo};
-    use crate::time::UnixMillis;
 
     fn device(id: &str, transport: Transport, version: &str, tags: &[&str]) -> DeviceView {
-        let (site, local) = id.split_once('/').unwrap();
-        DeviceView {
-            id: id.into(),
-            site_id: site.into(),
-            local_id: local.into(),
-            facts: DeviceFacts {
-                transport: Some(transport),
-                model: "m1".into(),
-                current: VersionInfo {
-                    version: version.into(),
-                    ..Default::default()
-                },
-                tags: tags.iter().map(|t| t.to_string()).collect(),
+        let facts = DeviceFacts {
+            transport: Some(transport),
+            model: "m1".into(),
+            current: VersionInfo {
+                version: version.into(),
                 ..Default::default()
             },
-            first_seen_ms: UnixMillis::EPOCH,
-            last_seen_ms: UnixMillis::EPOCH,
-            auto_upgrade: false,
-            removed: false,
-            last_check: None,
-            current_task: None,
-        }
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        };
+        crate::fixture::device_view(id, facts)
     }
 
     #[test]
