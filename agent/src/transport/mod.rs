@@ -51,37 +51,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sync::LockExt;
 
-/// Which kind of transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TransportKind {
-    /// Zigbee devices through a zigbee2mqtt instance over MQTT.
-    Zigbee2Mqtt,
-    /// ESPHome devices through the native network OTA protocol (or the web_server fallback).
-    Esphome,
-    /// ESP chips on a serial port, through the ROM bootloader.
-    Serial,
-}
-
-/// How a device is powered; battery devices may be sleepy and need a scheduled update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum PowerSource {
-    /// Not known.
-    #[default]
-    Unknown,
-    /// Mains or DC powered: always listening.
-    Mains,
-    /// Battery powered: often asleep.
-    Battery,
-}
-
-/// How the signal of a device is measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// Zigbee link quality indicator, 0–255.
-    LinkQuality(u8),
-    /// Wi-Fi RSSI in dBm (negative).
-    RssiDbm(i16),
-}
+/// Which kind of transport a device is reached through, how it is powered (battery devices may
+/// be sleepy and need a scheduled update) and how its signal is measured: the domain's value
+/// types, one definition for the agent and otad.
+pub use ota_domain::model::{PowerSource, Signal, Transport as TransportKind};
 
 /// What a transport knows about one device. `local_id` is unique within the site.
 #[derive(Debug, Clone, PartialEq, Default)]
