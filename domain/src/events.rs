@@ -29,7 +29,7 @@ use crate::model::{
     AgentSource, DeviceFacts, EspFacts, FirmwareFormat, Labels, TransportInstance, VersionInfo,
     ZigbeeFacts,
 };
-use crate::rollout::spec::{RolloutSpec, RolloutSpecV1, UpgradeType};
+use crate::rollout::spec::{RolloutSpec, RolloutSpecV1, RolloutSpecV2, UpgradeType};
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 use crate::time::UnixMillis;
 
@@ -375,6 +375,24 @@ pub struct RolloutCreatedV1 {
     pub spec: RolloutSpecV1,
 }
 
+/// Schema version 2 of [`RolloutCreated`]: the spec before abort criteria.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutCreatedV2 {
+    /// See [`RolloutCreated`].
+    pub id: String,
+    /// See [`RolloutCreated`].
+    pub spec: RolloutSpecV2,
+}
+
+impl From<RolloutCreatedV2> for RolloutCreated {
+    fn from(v2: RolloutCreatedV2) -> Self {
+        Self {
+            id: v2.id,
+            spec: v2.spec.into(),
+        }
+    }
+}
+
 impl From<RolloutCreatedV1> for RolloutCreated {
     fn from(v1: RolloutCreatedV1) -> Self {
         Self {
@@ -684,7 +702,7 @@ domain_events! {
     TaskSucceeded = 2,
     TaskFailed = 1,
     TaskCancelled = 1,
-    RolloutCreated = 2,
+    RolloutCreated = 3,
     RolloutStarted = 1,
     BatchCheckStarted = 1,
     BatchCheckCompleted = 1,
@@ -743,6 +761,9 @@ impl DomainEvent {
                 .map(Self::TaskSucceeded)
                 .map_err(malformed),
             ("RolloutCreated", 1) => postcard::from_bytes::<RolloutCreatedV1>(bytes)
+                .map(|old| Self::RolloutCreated(old.into()))
+                .map_err(malformed),
+            ("RolloutCreated", 2) => postcard::from_bytes::<RolloutCreatedV2>(bytes)
                 .map(|old| Self::RolloutCreated(old.into()))
                 .map_err(malformed),
             _ => Err(DecodeError::NoUpcaster {

@@ -199,6 +199,7 @@ pub fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
         on_asleep: OnAsleep::Wait,
         failure_budget: FailureBudget::Default,
         site_timezones: Default::default(),
+        abort_criteria: Vec::new(),
     }
 }
 

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use ota_domain::events::*;
 use ota_domain::model::*;
+use ota_domain::rollout::abort::*;
 use ota_domain::rollout::spec::*;
 use ota_domain::status::*;
 use ota_domain::time::UnixMillis;
@@ -110,6 +111,12 @@ fn spec() -> RolloutSpec {
         site_timezones: [("home".to_string(), "Europe/Berlin".to_string())]
             .into_iter()
             .collect(),
+        abort_criteria: vec![AbortCriterion {
+            on: AbortOn::Rejected,
+            percent: 20.0,
+            min_finished: 10,
+            action: AbortAction::Abort,
+        }],
     }
 }
 
@@ -491,6 +498,22 @@ fn version_1_of_tasks_and_rollouts_upcasts_to_the_old_behaviour() {
     assert_eq!(r.spec.on_asleep, OnAsleep::Wait);
     assert_eq!(r.spec.stages[1].deadline_s, 0);
     assert!(r.spec.site_timezones.is_empty());
+}
+
+#[test]
+fn version_2_of_rollouts_upcasts_without_abort_criteria() {
+    let golden = read_golden();
+    let DomainEvent::RolloutCreated(r) = DomainEvent::decode(
+        "RolloutCreated",
+        2,
+        &unhex(&golden[&("RolloutCreated".to_string(), 2)]),
+    )
+    .unwrap() else {
+        panic!("wrong variant");
+    };
+    assert!(r.spec.abort_criteria.is_empty());
+    assert_eq!(r.spec.failure_budget, spec().failure_budget, "the rest is kept");
+    assert_eq!(r.spec.site_timezones, spec().site_timezones);
 }
 
 fn hex(b: &[u8]) -> String {

@@ -6,11 +6,13 @@
 //! - [`lifecycle`]: draft → running ⇄ paused → completed | aborted, and the illegal moves.
 //! - [`scheduler`]: the level-triggered reconcile of a running rollout (batch check, stages,
 //!   thresholds, soak, deadlines, completion) and abort.
+//! - [`abort`]: abort criteria over the devices that finished (AWS IoT Jobs' `abortConfig`).
 //! - [`window`]: maintenance windows in a site's local time.
 //! - [`auto`]: auto-upgrade of devices that appear or fall behind after a rollout completed.
 //!
 //! Everything here is pure: callers pass the fleet state and `now`.
 
+pub mod abort;
 pub mod approval;
 pub mod auto;
 pub mod lifecycle;

@@ -42,6 +42,10 @@
 //! - After an operator **resumes** a stage that failed, the failures recorded until then are
 //!   accepted: they no longer count against the failure threshold nor towards the success target.
 //!   The stage is re-evaluated from its current counts and continues where it stopped.
+//! - After a pass that did not stop the rollout, the rollout-wide checks, in order: the **abort
+//!   criteria** (shares of the devices that *finished*, see [`super::abort`]), then the
+//!   **failure budget** (a count over all targets). Either pauses (or, for a criterion with
+//!   `action = abort`, aborts) instead of taking the step.
 //!
 //! # Timers
 //! - The **stage deadline** (`deadline_s`, sometimes called the stage's "batch-check timeout") runs
@@ -84,6 +88,7 @@ use crate::events::{
 use crate::projection::{
     FleetState, RolloutState, RolloutView, StageState, StageView, TaskPhase, TaskView,
 };
+use crate::rollout::abort::{self, AbortAction, Finished};
 use crate::rollout::plan::exclusion_reason;
 use crate::rollout::spec::{
     FailureAction, FailureBudget, OnAsleep, StageSpec, Threshold, UpgradeType,
@@ -507,6 +512,9 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
     if stops {
         return out;
     }
+    if let Some(stop) = abort_criteria_step(r, input.state) {
+        return stop;
+    }
     if let Some(budget) = failure_budget(r) {
         let failures = budget_failures(r, input.state);
         if failures >= budget {
@@ -524,6 +532,34 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
         }
     }
     out
+}
+
+/// The rollout's abort criteria over its finished devices (see [`super::abort`]): the first
+/// that trips pauses or aborts the rollout instead of the step.
+fn abort_criteria_step(r: &RolloutView, state: &FleetState) -> Option<Reconcile> {
+    if r.spec.abort_criteria.is_empty() {
+        return None;
+    }
+    let tasks = r.tasks_by_device.values().filter_map(|id| state.tasks.get(id));
+    let finished = Finished::count(tasks, r.failures_accepted_at_ms);
+    let tripped = abort::tripped(&r.spec.abort_criteria, &finished)?;
+    Some(match tripped.action {
+        AbortAction::Pause => {
+            let mut paused = Reconcile::default();
+            paused.rollout_events.push(
+                RolloutPaused {
+                    reason: format!(
+                        "{}; resume to accept them and go on",
+                        tripped.reason
+                    ),
+                    automatic: true,
+                }
+                .into(),
+            );
+            paused
+        }
+        AbortAction::Abort => abort(r, state, &tripped.reason, true),
+    })
 }
 
 /// The steps in order; the first one that decides something ends the pass.

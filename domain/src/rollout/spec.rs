@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Transport;
+use crate::rollout::abort::AbortCriterion;
 
 /// How an update is offered (Tuya `upgradeType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -306,6 +307,73 @@ pub struct RolloutSpec {
     pub failure_budget: FailureBudget,
     /// IANA zone per site for the maintenance window (overrides what agents report).
     pub site_timezones: BTreeMap<String, String>,
+    /// Abort criteria over the devices that finished, in the order they are evaluated.
+    pub abort_criteria: Vec<AbortCriterion>,
+}
+
+/// [`RolloutSpec`] as stored by `RolloutCreated` v2: before abort criteria.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSpecV2 {
+    /// See [`RolloutSpec`].
+    pub name: String,
+    /// See [`RolloutSpec`].
+    pub firmware_id: String,
+    /// See [`RolloutSpec`].
+    pub selector: Selector,
+    /// See [`RolloutSpec`].
+    pub stages: Vec<StageSpec>,
+    /// See [`RolloutSpec`].
+    pub concurrency: Concurrency,
+    /// See [`RolloutSpec`].
+    pub device_timeout_s: u32,
+    /// See [`RolloutSpec`].
+    pub retry: RetryPolicy,
+    /// See [`RolloutSpec`].
+    pub window: Option<MaintenanceWindow>,
+    /// See [`RolloutSpec`].
+    pub upgrade_type: UpgradeType,
+    /// See [`RolloutSpec`].
+    pub allow_downgrade: bool,
+    /// See [`RolloutSpec`].
+    pub preconditions: Preconditions,
+    /// See [`RolloutSpec`].
+    pub batch_check: bool,
+    /// See [`RolloutSpec`].
+    pub batch_check_timeout_s: u32,
+    /// See [`RolloutSpec`].
+    pub wake_timeout_s: u32,
+    /// See [`RolloutSpec`].
+    pub on_asleep: OnAsleep,
+    /// See [`RolloutSpec`].
+    pub failure_budget: FailureBudget,
+    /// See [`RolloutSpec`].
+    pub site_timezones: BTreeMap<String, String>,
+}
+
+impl From<RolloutSpecV2> for RolloutSpec {
+    /// Rollouts created before abort criteria have none.
+    fn from(v2: RolloutSpecV2) -> Self {
+        Self {
+            name: v2.name,
+            firmware_id: v2.firmware_id,
+            selector: v2.selector,
+            stages: v2.stages,
+            concurrency: v2.concurrency,
+            device_timeout_s: v2.device_timeout_s,
+            retry: v2.retry,
+            window: v2.window,
+            upgrade_type: v2.upgrade_type,
+            allow_downgrade: v2.allow_downgrade,
+            preconditions: v2.preconditions,
+            batch_check: v2.batch_check,
+            batch_check_timeout_s: v2.batch_check_timeout_s,
+            wake_timeout_s: v2.wake_timeout_s,
+            on_asleep: v2.on_asleep,
+            failure_budget: v2.failure_budget,
+            site_timezones: v2.site_timezones,
+            abort_criteria: Vec::new(),
+        }
+    }
 }
 
 /// [`RolloutSpec`] as stored by `RolloutCreated` v1.
@@ -361,6 +429,7 @@ impl From<RolloutSpecV1> for RolloutSpec {
             on_asleep: OnAsleep::Wait,
             failure_budget: FailureBudget::Off,
             site_timezones: BTreeMap::new(),
+            abort_criteria: Vec::new(),
         }
     }
 }

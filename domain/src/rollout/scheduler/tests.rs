@@ -95,6 +95,7 @@ fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
         on_asleep: OnAsleep::Wait,
         failure_budget: FailureBudget::Default,
         site_timezones: Default::default(),
+        abort_criteria: Vec::new(),
     }
 }
 
@@ -1106,4 +1107,149 @@ fn a_stage_larger_than_one_append_gets_its_tasks_over_several_steps() {
         "one task per device"
     );
     assert!(g.step(T0).new_tasks.is_empty());
+}
+
+const EIGHT: [&str; 8] = ["a/1", "a/2", "b/1", "b/2", "c/1", "c/2", "d/1", "d/2"];
+
+/// One stage of eight devices whose own failure threshold never trips, no failure budget: only
+/// the abort criteria act.
+fn spec_with_criteria(criteria: Vec<crate::rollout::abort::AbortCriterion>) -> RolloutSpec {
+    let mut all = stage("all", StageSize::CumulativePercent(100.0));
+    all.failure_threshold = Some(Threshold::Count(8));
+    let mut s = spec(vec![all]);
+    s.failure_budget = FailureBudget::Off;
+    s.abort_criteria = criteria;
+    s
+}
+
+fn paused_reason(d: &Reconcile) -> Option<&str> {
+    d.rollout_events.iter().find_map(|e| match e {
+        DomainEvent::RolloutPaused(p) => Some(p.reason.as_str()),
+        _ => None,
+    })
+}
+
+#[test]
+fn abort_criteria_count_finished_devices_and_accept_failures_on_resume() {
+    use crate::rollout::abort::{AbortAction, AbortCriterion, AbortOn};
+    let mut g = Given::fleet(&EIGHT);
+    g.started(
+        T0,
+        spec_with_criteria(vec![AbortCriterion {
+            on: AbortOn::Failed,
+            percent: 50.0,
+            min_finished: 4,
+            action: AbortAction::Pause,
+        }]),
+    );
+    g.step(T0);
+    g.failed(T0 + S, "a/1", ErrorCode::DeviceReportedFailure);
+    g.failed(T0 + S, "a/2", ErrorCode::SendFailed);
+    // Asleep is not finished: 2 of 2 finished failed, but fewer than 4 have finished.
+    g.dispatched(T0 + S, "b/1")
+        .progress(T0 + S, "b/1", UpgradeStatus::WaitingForWakeup);
+    g.succeeded(T0 + S, "b/2");
+    assert_eq!(paused_reason(&g.when(T0 + 2 * S)), None);
+
+    // The fourth finished device: 2 of 4 failed, 50 %.
+    g.succeeded(T0 + 3 * S, "c/1");
+    let d = g.when(T0 + 4 * S);
+    assert_eq!(d, g.when(T0 + 4 * S), "deciding twice gives the same answer");
+    assert_eq!(names(&d.rollout_events), ["RolloutPaused"]);
+    assert_eq!(
+        paused_reason(&d),
+        Some(
+            "abort criterion 1 (failed ≥ 50% of ≥ 4 finished → pause): 2 of 4 finished devices failed (50%); resume to accept them and go on"
+        )
+    );
+    g.record(T0 + 4 * S, &d);
+    assert_eq!(g.rollout().state, RolloutState::Paused);
+
+    // Resuming accepts the two failures: they still count as finished, no longer as failures.
+    g.event(
+        T0 + 10 * S,
+        &streams::rollout(RO),
+        RolloutResumed {
+            reason: "two bad units".into(),
+        },
+    );
+    assert_eq!(paused_reason(&g.when(T0 + 11 * S)), None);
+    g.failed(T0 + 12 * S, "c/2", ErrorCode::SendFailed);
+    g.failed(T0 + 12 * S, "d/1", ErrorCode::SendFailed);
+    g.failed(T0 + 12 * S, "d/2", ErrorCode::SendFailed);
+    // 3 new failures of 7 finished: 43 %.
+    assert_eq!(paused_reason(&g.when(T0 + 13 * S)), None);
+    // The sleeper wakes up and fails: 4 of 8.
+    g.failed(T0 + 14 * S, "b/1", ErrorCode::SendFailed);
+    let reason = paused_reason(&g.when(T0 + 15 * S)).map(str::to_string);
+    assert_eq!(
+        reason.as_deref(),
+        Some(
+            "abort criterion 1 (failed ≥ 50% of ≥ 4 finished → pause): 4 of 8 finished devices failed (50%); resume to accept them and go on"
+        )
+    );
+}
+
+#[test]
+fn an_abort_criterion_on_rejections_aborts_and_cancels_what_waits() {
+    use crate::rollout::abort::{AbortAction, AbortCriterion, AbortOn};
+    let mut g = Given::fleet(&EIGHT);
+    g.started(
+        T0,
+        spec_with_criteria(vec![AbortCriterion {
+            on: AbortOn::Rejected,
+            percent: 25.0,
+            min_finished: 2,
+            action: AbortAction::Abort,
+        }]),
+    );
+    g.step(T0);
+    // A checksum mismatch is a failure but not a rejection.
+    g.failed(T0 + S, "a/1", ErrorCode::ChecksumMismatch);
+    g.succeeded(T0 + S, "a/2");
+    g.succeeded(T0 + S, "b/1");
+    assert!(g.when(T0 + 2 * S).rollout_events.is_empty());
+    // 1 rejection of 4 finished: 25 %.
+    g.failed(T0 + 3 * S, "b/2", ErrorCode::PrevalidationFailed);
+    let d = g.when(T0 + 4 * S);
+    let [DomainEvent::RolloutAborted(aborted)] = d.rollout_events.as_slice() else {
+        panic!("{d:?}");
+    };
+    assert!(aborted.automatic);
+    assert_eq!(
+        aborted.reason,
+        "abort criterion 1 (rejected ≥ 25% of ≥ 2 finished → abort): 1 of 4 finished devices rejected the image (25%)"
+    );
+    // The four queued devices are cancelled.
+    assert_eq!(
+        d.task_events
+            .iter()
+            .filter(|(_, e)| matches!(e, DomainEvent::TaskCancelled(_)))
+            .count(),
+        4
+    );
+    g.record(T0 + 4 * S, &d);
+    assert_eq!(g.rollout().state, RolloutState::Aborted);
+}
+
+#[test]
+fn a_stage_threshold_goes_before_the_abort_criteria() {
+    use crate::rollout::abort::{AbortAction, AbortCriterion, AbortOn};
+    let mut g = Given::fleet(&EIGHT);
+    let mut s = spec_with_criteria(vec![AbortCriterion {
+        on: AbortOn::Any,
+        percent: 10.0,
+        min_finished: 1,
+        action: AbortAction::Abort,
+    }]);
+    s.stages[0].failure_threshold = Some(Threshold::Count(1));
+    g.started(T0, s);
+    g.step(T0);
+    g.failed(T0 + S, "a/1", ErrorCode::SendFailed);
+    let d = g.when(T0 + 2 * S);
+    assert_eq!(
+        names(&d.rollout_events),
+        ["StageFailed", "RolloutPaused"],
+        "the stage's own threshold and action decide first"
+    );
 }
