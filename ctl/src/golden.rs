@@ -329,6 +329,20 @@ fn spec() -> pb::RolloutSpec {
         site_timezones: [("home".to_string(), "Europe/Berlin".to_string())]
             .into_iter()
             .collect(),
+        abort_criteria: vec![
+            pb::AbortCriterion {
+                on: pb::abort_criterion::On::Failed as i32,
+                percent: 20.0,
+                min_finished: 10,
+                action: pb::abort_criterion::Action::Pause as i32,
+            },
+            pb::AbortCriterion {
+                on: pb::abort_criterion::On::Rejected as i32,
+                percent: 5.0,
+                min_finished: 1,
+                action: pb::abort_criterion::Action::Abort as i32,
+            },
+        ],
     }
 }
 
@@ -435,6 +449,7 @@ fn plan() -> pb::RolloutPlan {
         }],
         estimated_duration_s: 4_200,
         warnings: vec!["stage wave-1 has no devices".into()],
+        policies: vec!["abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause".into()],
         target_count: 12,
     }
 }

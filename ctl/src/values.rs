@@ -57,6 +57,49 @@ pub fn parse_threshold_or_none(s: &str) -> Result<Limit, String> {
     }
 }
 
+/// One `--abort ON:P%[:MIN_FINISHED[:ACTION]]` flag, checked as far as its shape goes (the
+/// names are checked with the spec, like the file's `[[abort]]` tables).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbortRule {
+    /// failed | timed_out | rejected | any.
+    pub on: String,
+    /// Share of the finished devices.
+    pub percent: f64,
+    /// Finished devices needed before it is evaluated.
+    pub min_finished: Option<u32>,
+    /// pause | abort.
+    pub action: Option<String>,
+}
+
+/// Parses `failed:20%:10:pause` (the `%` is optional; MIN_FINISHED and ACTION may be left
+/// out).
+pub fn parse_abort_rule(s: &str) -> Result<AbortRule, String> {
+    let usage = "expected ON:PERCENT[:MIN_FINISHED[:ACTION]], like failed:20%:10:pause";
+    let parts: Vec<&str> = s.trim().split(':').map(str::trim).collect();
+    if parts.len() < 2 || parts.len() > 4 || parts[0].is_empty() {
+        return Err(usage.to_string());
+    }
+    let percent: f64 = parts[1]
+        .strip_suffix('%')
+        .unwrap_or(parts[1])
+        .trim()
+        .parse()
+        .map_err(|_| format!("{:?} is not a percentage; {usage}", parts[1]))?;
+    let min_finished = match parts.get(2) {
+        None | Some(&"") => None,
+        Some(n) => Some(
+            n.parse::<u32>()
+                .map_err(|_| format!("{n:?} is not a count of devices; {usage}"))?,
+        ),
+    };
+    Ok(AbortRule {
+        on: parts[0].to_string(),
+        percent,
+        min_finished,
+        action: parts.get(3).map(|a| a.to_string()),
+    })
+}
+
 /// Whole seconds of a duration, for the API's `u32` second fields.
 pub fn duration_secs(d: Duration) -> Result<u32, String> {
     u32::try_from(d.as_secs()).map_err(|_| format!("{} is too long", fmt_secs(d.as_secs())))

@@ -512,7 +512,11 @@ fn version_2_of_rollouts_upcasts_without_abort_criteria() {
         panic!("wrong variant");
     };
     assert!(r.spec.abort_criteria.is_empty());
-    assert_eq!(r.spec.failure_budget, spec().failure_budget, "the rest is kept");
+    assert_eq!(
+        r.spec.failure_budget,
+        spec().failure_budget,
+        "the rest is kept"
+    );
     assert_eq!(r.spec.site_timezones, spec().site_timezones);
 }
 

@@ -127,7 +127,10 @@ pub struct Finished {
 
 impl Finished {
     /// Counts `tasks`; failures that ended at or before `accepted_at_ms` count as finished only.
-    pub fn count<'a>(tasks: impl IntoIterator<Item = &'a TaskView>, accepted_at_ms: Option<i64>) -> Self {
+    pub fn count<'a>(
+        tasks: impl IntoIterator<Item = &'a TaskView>,
+        accepted_at_ms: Option<i64>,
+    ) -> Self {
         let mut c = Self::default();
         for t in tasks {
             let accepted = matches!(

@@ -89,6 +89,8 @@ pub struct Plan {
     pub exclusions: Vec<Exclusion>,
     /// Things the operator should know.
     pub warnings: Vec<String>,
+    /// The rollout-wide policies in effect, one line each ("abort criterion 1: …").
+    pub policies: Vec<String>,
     /// Devices that will get a task (the sum of the stages).
     pub target_count: u32,
     /// Estimated duration of the whole rollout, seconds.
@@ -308,6 +310,15 @@ fn duration(s: u64) -> String {
     }
 }
 
+/// The rollout-wide policies of `spec` in words, in the order they are checked.
+pub fn policies(spec: &RolloutSpec) -> Vec<String> {
+    spec.abort_criteria
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("abort criterion {}: {c}", i + 1))
+        .collect()
+}
+
 /// Plans `spec` against today's fleet. Pure: the same state gives the same plan.
 pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
     let mut warnings = Vec::new();
@@ -326,6 +337,7 @@ pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
     let (stages, estimated_s) = plan_stages(spec, &ordered, &mut warnings);
     target_warnings(spec, state, &ordered, &mut warnings);
     Plan {
+        policies: policies(spec),
         target_count: ordered.len() as u32,
         stages,
         exclusions,

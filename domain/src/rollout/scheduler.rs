@@ -540,7 +540,10 @@ fn abort_criteria_step(r: &RolloutView, state: &FleetState) -> Option<Reconcile>
     if r.spec.abort_criteria.is_empty() {
         return None;
     }
-    let tasks = r.tasks_by_device.values().filter_map(|id| state.tasks.get(id));
+    let tasks = r
+        .tasks_by_device
+        .values()
+        .filter_map(|id| state.tasks.get(id));
     let finished = Finished::count(tasks, r.failures_accepted_at_ms);
     let tripped = abort::tripped(&r.spec.abort_criteria, &finished)?;
     Some(match tripped.action {
@@ -548,10 +551,7 @@ fn abort_criteria_step(r: &RolloutView, state: &FleetState) -> Option<Reconcile>
             let mut paused = Reconcile::default();
             paused.rollout_events.push(
                 RolloutPaused {
-                    reason: format!(
-                        "{}; resume to accept them and go on",
-                        tripped.reason
-                    ),
+                    reason: format!("{}; resume to accept them and go on", tripped.reason),
                     automatic: true,
                 }
                 .into(),

@@ -3949,6 +3949,116 @@ pub mod failure_budget {
         Off(bool),
     }
 }
+/// A rule over the devices of a rollout that have *finished* (succeeded, failed or timed out;
+/// devices waiting for a wake-up have not finished, skipped and cancelled ones never count), as
+/// AWS IoT Jobs' abortConfig: once at least `min_finished` devices finished, if `percent` % or
+/// more of them ended as `on` says, the rollout pauses or aborts. Failures accepted by a resume
+/// count as finished only.
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct AbortCriterion {
+    #[prost(enumeration = "abort_criterion::On", tag = "1")]
+    pub on: i32,
+    /// 0 \< percent \<= 100.
+    #[prost(double, tag = "2")]
+    pub percent: f64,
+    /// At least 1; unset (0) is 1.
+    #[prost(uint32, tag = "3")]
+    pub min_finished: u32,
+    #[prost(enumeration = "abort_criterion::Action", tag = "4")]
+    pub action: i32,
+}
+/// Nested message and enum types in `AbortCriterion`.
+pub mod abort_criterion {
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum On {
+        Unspecified = 0,
+        /// Failed (status 4), whatever the reason.
+        Failed = 1,
+        /// Timed out (status 7).
+        TimedOut = 2,
+        /// The device did not take the image (5013 does not fit, 5018 the device reported a failure).
+        Rejected = 3,
+        /// Failed or timed out.
+        Any = 4,
+    }
+    impl On {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Unspecified => "ON_UNSPECIFIED",
+                Self::Failed => "ON_FAILED",
+                Self::TimedOut => "ON_TIMED_OUT",
+                Self::Rejected => "ON_REJECTED",
+                Self::Any => "ON_ANY",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "ON_UNSPECIFIED" => Some(Self::Unspecified),
+                "ON_FAILED" => Some(Self::Failed),
+                "ON_TIMED_OUT" => Some(Self::TimedOut),
+                "ON_REJECTED" => Some(Self::Rejected),
+                "ON_ANY" => Some(Self::Any),
+                _ => None,
+            }
+        }
+    }
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum Action {
+        /// Unset: pause.
+        Unspecified = 0,
+        Pause = 1,
+        Abort = 2,
+    }
+    impl Action {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Unspecified => "ACTION_UNSPECIFIED",
+                Self::Pause => "ACTION_PAUSE",
+                Self::Abort => "ACTION_ABORT",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "ACTION_UNSPECIFIED" => Some(Self::Unspecified),
+                "ACTION_PAUSE" => Some(Self::Pause),
+                "ACTION_ABORT" => Some(Self::Abort),
+                _ => None,
+            }
+        }
+    }
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RolloutSpec {
     /// Human name.
@@ -4003,6 +4113,10 @@ pub struct RolloutSpec {
     /// `require_approval` setting makes every rollout require it.
     #[prost(bool, tag = "18")]
     pub require_approval: bool,
+    /// Abort criteria, evaluated in this order after every step (at most 10); the first that trips
+    /// decides.
+    #[prost(message, repeated, tag = "19")]
+    pub abort_criteria: ::prost::alloc::vec::Vec<AbortCriterion>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StageStatus {
@@ -4220,6 +4334,10 @@ pub struct RolloutPlan {
     pub warnings: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(uint32, tag = "5")]
     pub target_count: u32,
+    /// The rollout-wide policies in effect, one line each for people
+    /// ("abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause").
+    #[prost(string, repeated, tag = "6")]
+    pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RolloutActionRequest {

@@ -51,6 +51,10 @@ pub const MAX_BATCH_CHECK_TIMEOUT_S: u32 = 3600;
 pub const MAX_WAKE_TIMEOUT_S: u32 = 30 * 24 * 3600;
 /// Most per-site time zones one spec may name.
 pub const MAX_SITE_TIMEZONES: usize = 1000;
+/// Abort criteria in a rollout spec.
+pub const MAX_ABORT_CRITERIA: usize = 10;
+/// An abort criterion's `min_finished`.
+pub const MAX_MIN_FINISHED: u32 = 10_000_000;
 
 fn too_long(field: &str, max: usize) -> ApiError {
     ApiError::invalid(format!("{field} is longer than {max} bytes"))

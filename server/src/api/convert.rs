@@ -12,6 +12,7 @@ use ota_domain::projection::{
     Approval, DeviceView, FirmwareView, FleetState, RolloutState, RolloutView, SiteView,
     StageState, TaskPhase, TaskView,
 };
+use ota_domain::rollout::abort::{AbortAction, AbortCriterion, AbortOn};
 use ota_domain::rollout::spec::{
     Concurrency, DEFAULT_STAGE_DEADLINE_S, FailureAction, FailureBudget, MaintenanceWindow,
     OnAsleep, Preconditions, RetryPolicy, RolloutSpec, Selector, StageSize, StageSpec, Threshold,
@@ -22,9 +23,9 @@ use ota_domain::time::UnixMillis;
 use ota_proto::v1 as pb;
 
 use super::bounds::{
-    MAX_ATTEMPTS, MAX_BATCH_CHECK_TIMEOUT_S, MAX_CONCURRENCY, MAX_DEVICE_TIMEOUT_S,
-    MAX_SELECTOR_VALUES, MAX_SITE_TIMEZONES, MAX_SPEC_NAME, MAX_STAGE_TIMER_S, MAX_STAGES,
-    MAX_WAKE_TIMEOUT_S,
+    MAX_ABORT_CRITERIA, MAX_ATTEMPTS, MAX_BATCH_CHECK_TIMEOUT_S, MAX_CONCURRENCY,
+    MAX_DEVICE_TIMEOUT_S, MAX_MIN_FINISHED, MAX_SELECTOR_VALUES, MAX_SITE_TIMEZONES, MAX_SPEC_NAME,
+    MAX_STAGE_TIMER_S, MAX_STAGES, MAX_WAKE_TIMEOUT_S,
 };
 use crate::quote::quote;
 
@@ -870,6 +871,7 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
     };
     let failure_budget = failure_budget_from_pb(s.failure_budget.as_ref())?;
     let site_timezones = site_timezones_from_pb(&s.site_timezones)?;
+    let abort_criteria = abort_criteria_from_pb(&s.abort_criteria)?;
     Ok(RolloutSpec {
         name: clip(name),
         firmware_id: s.firmware_id.trim().to_string(),
@@ -896,6 +898,7 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
         on_asleep,
         failure_budget,
         site_timezones,
+        abort_criteria,
     })
 }
 
@@ -1247,6 +1250,94 @@ fn failure_budget_from_pb(b: Option<&pb::FailureBudget>) -> SpecResult<FailureBu
     })
 }
 
+/// Abort criteria: a kind, a share in (0, 100], at least one finished device, an action.
+fn abort_criteria_from_pb(list: &[pb::AbortCriterion]) -> SpecResult<Vec<AbortCriterion>> {
+    if list.len() > MAX_ABORT_CRITERIA {
+        return Err(SpecError::new(
+            "spec.abort_criteria",
+            SpecProblem::TooMany {
+                count: list.len(),
+                max: MAX_ABORT_CRITERIA,
+                noun: "criteria",
+            },
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let field = |name: &str| format!("spec.abort_criteria[{i}].{name}");
+            let on = match pb::abort_criterion::On::try_from(c.on) {
+                Ok(pb::abort_criterion::On::Failed) => AbortOn::Failed,
+                Ok(pb::abort_criterion::On::TimedOut) => AbortOn::TimedOut,
+                Ok(pb::abort_criterion::On::Rejected) => AbortOn::Rejected,
+                Ok(pb::abort_criterion::On::Any) => AbortOn::Any,
+                Ok(pb::abort_criterion::On::Unspecified) => {
+                    return Err(SpecError::new(field("on"), SpecProblem::Required));
+                }
+                Err(_) => {
+                    return Err(SpecError::new(
+                        field("on"),
+                        SpecProblem::UnknownValue {
+                            value: c.on,
+                            expected: ": 1 failed, 2 timed out, 3 rejected, 4 any",
+                        },
+                    ));
+                }
+            };
+            let action = match pb::abort_criterion::Action::try_from(c.action) {
+                Ok(
+                    pb::abort_criterion::Action::Unspecified | pb::abort_criterion::Action::Pause,
+                ) => AbortAction::Pause,
+                Ok(pb::abort_criterion::Action::Abort) => AbortAction::Abort,
+                Err(_) => {
+                    return Err(SpecError::new(
+                        field("action"),
+                        SpecProblem::UnknownValue {
+                            value: c.action,
+                            expected: ": 1 pause, 2 abort",
+                        },
+                    ));
+                }
+            };
+            if !(c.percent > 0.0 && c.percent <= 100.0) {
+                return Err(SpecError::new(
+                    field("percent"),
+                    SpecProblem::OutOfRange {
+                        value: format!("{} %", c.percent),
+                        allowed: "a share of the finished devices must be above 0 and at most 100",
+                    },
+                ));
+            }
+            at_most(field("min_finished"), c.min_finished, MAX_MIN_FINISHED, "")?;
+            Ok(AbortCriterion {
+                on,
+                percent: c.percent,
+                min_finished: c.min_finished.max(1),
+                action,
+            })
+        })
+        .collect()
+}
+
+fn abort_criteria_to_pb(list: &[AbortCriterion]) -> Vec<pb::AbortCriterion> {
+    list.iter()
+        .map(|c| pb::AbortCriterion {
+            on: match c.on {
+                AbortOn::Failed => pb::abort_criterion::On::Failed,
+                AbortOn::TimedOut => pb::abort_criterion::On::TimedOut,
+                AbortOn::Rejected => pb::abort_criterion::On::Rejected,
+                AbortOn::Any => pb::abort_criterion::On::Any,
+            } as i32,
+            percent: c.percent,
+            min_finished: c.min_finished,
+            action: match c.action {
+                AbortAction::Pause => pb::abort_criterion::Action::Pause,
+                AbortAction::Abort => pb::abort_criterion::Action::Abort,
+            } as i32,
+        })
+        .collect()
+}
+
 /// Per-site time zones: site ids and IANA zone names (stored by their canonical name).
 fn site_timezones_from_pb(
     zones: &std::collections::HashMap<String, String>,
@@ -1426,6 +1517,7 @@ pub fn spec_to_pb(s: &RolloutSpec) -> pb::RolloutSpec {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        abort_criteria: abort_criteria_to_pb(&s.abort_criteria),
     }
 }
 

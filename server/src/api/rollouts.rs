@@ -111,6 +111,7 @@ pub fn plan_pb(p: &Plan) -> pb::RolloutPlan {
         exclusions: p.exclusions.iter().map(convert::exclusion).collect(),
         estimated_duration_s: p.estimated_s.min(u64::from(u32::MAX)) as u32,
         warnings: p.warnings.clone(),
+        policies: p.policies.clone(),
         target_count: p.target_count,
     }
 }

@@ -62,6 +62,13 @@ count \"2\" or a percentage \"10%\"):
   name = \"everyone\"
   percent = 100
 
+  [[abort]]                          # abort criteria over the devices that FINISHED
+  on = \"failed\"                      # failed | timed_out | rejected | any (rejected: the
+                                     # device did not take the image, 5013/5018)
+  percent = 20                       # trips at this share of the finished devices
+  min_finished = 10                  # evaluated once this many have finished (default 1)
+  action = \"pause\"                   # pause | abort (default pause)
+
   [concurrency]                      # 0 or absent: server defaults
   global = 50
   per_site = 10
@@ -247,6 +254,11 @@ pub struct SpecFlags {
     /// before it can start.
     #[arg(long)]
     pub require_approval: bool,
+    /// Abort criterion over the devices that finished (repeatable): ON is failed, timed_out,
+    /// rejected or any; once MIN_FINISHED devices finished (default 1), a share of PERCENT or
+    /// more pauses (default) or aborts the rollout. Example: --abort failed:20%:10:pause
+    #[arg(long = "abort", value_parser = values::parse_abort_rule, value_name = "ON:P%[:MIN[:ACTION]]")]
+    pub abort: Vec<values::AbortRule>,
     /// Attempts per device, including the first.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
@@ -389,6 +401,10 @@ mod tests {
             "10m",
             "--failure-threshold",
             "10%",
+            "--abort",
+            "failed:20%:10:abort",
+            "--abort",
+            "any:50",
             "--start",
         ])
         .unwrap();
@@ -401,7 +417,26 @@ mod tests {
         assert_eq!(f.deadline, Some(Duration::from_secs(3600)));
         assert_eq!(f.soak, Some(Duration::from_secs(600)));
         assert_eq!(f.failure_threshold, Some(values::Threshold::Percent(10.0)));
+        assert_eq!(
+            f.abort,
+            [
+                values::AbortRule {
+                    on: "failed".into(),
+                    percent: 20.0,
+                    min_finished: Some(10),
+                    action: Some("abort".into()),
+                },
+                values::AbortRule {
+                    on: "any".into(),
+                    percent: 50.0,
+                    min_finished: None,
+                    action: None,
+                },
+            ]
+        );
         assert!(parse(&["rollout", "create", "--waves", "50,25"]).is_err());
+        assert!(parse(&["rollout", "create", "--abort", "failed"]).is_err());
+        assert!(parse(&["rollout", "create", "--abort", "failed:x%"]).is_err());
         assert!(parse(&["rollout", "create", "--failure-threshold", "x"]).is_err());
     }
 }

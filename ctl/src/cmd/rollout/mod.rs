@@ -521,6 +521,7 @@ mod tests {
                 }],
                 estimated_duration_s: 1200,
                 warnings: vec!["stage wave-1 has no devices".into()],
+                policies: vec![],
                 target_count: 2,
             },
             ..Default::default()

@@ -100,6 +100,17 @@ pub fn rollout(r: &RolloutJson) -> String {
     if let Some(a) = &r.approval {
         rows.insert(5, ("Approval", approval_line(a)));
     }
+    let criteria = spec
+        .map(|s| s.abort_criteria.as_slice())
+        .unwrap_or_default();
+    if !criteria.is_empty() {
+        let at = rows
+            .iter()
+            .position(|(k, _)| *k == "Failure budget")
+            .map_or(rows.len(), |i| i + 1);
+        let lines: Vec<String> = criteria.iter().map(ToString::to_string).collect();
+        rows.insert(at, ("Abort when", lines.join("\n")));
+    }
     let mut out = fields(&rows);
     let mut t = table(&[
         "#", "stage", "size", "state", "devices", "counts", "deadline", "soak",
@@ -201,6 +212,9 @@ pub fn plan(p: &PlanJson) -> String {
         ]);
     }
     section(&mut out, "Stages", &render(&t, "none"));
+    if !p.policies.is_empty() {
+        section(&mut out, "Policies", &p.policies.join("\n"));
+    }
     section(&mut out, "Excluded", &exclusions(&p.exclusions));
     if !p.warnings.is_empty() {
         section(

@@ -60,6 +60,33 @@ pub struct RawSpec {
     pub window: Option<RawWindow>,
     /// Preconditions.
     pub preconditions: Option<RawPreconditions>,
+    /// Abort criteria, in order.
+    #[serde(default)]
+    pub abort: Vec<RawAbort>,
+}
+
+/// `[[abort]]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAbort {
+    /// failed | timed_out | rejected | any.
+    pub on: Option<String>,
+    /// Share of the finished devices: 20 or "20%".
+    pub percent: Option<PercentValue>,
+    /// Finished devices before it is evaluated.
+    pub min_finished: Option<i64>,
+    /// pause | abort.
+    pub action: Option<String>,
+}
+
+/// A percentage as a number or as text ("20%").
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PercentValue {
+    /// 20.
+    Number(f64),
+    /// "20%".
+    Text(String),
 }
 
 /// `[selector]`.
@@ -358,6 +385,16 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
         }),
         window,
         preconditions: None,
+        abort: f
+            .abort
+            .iter()
+            .map(|a| RawAbort {
+                on: Some(a.on.clone()),
+                percent: Some(PercentValue::Number(a.percent)),
+                min_finished: a.min_finished.map(i64::from),
+                action: a.action.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -379,6 +416,7 @@ pub fn flags_given(f: &SpecFlags) -> bool {
         || f.failure_budget.is_some()
         || f.max_attempts.is_some()
         || f.require_approval
+        || !f.abort.is_empty()
         || f.concurrency.is_some()
         || f.window.is_some()
         || f.upgrade_type.is_some()
@@ -528,6 +566,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
     let on_asleep = on_asleep(&mut p, raw.on_asleep.as_deref());
     let failure_budget = failure_budget(&mut p, raw.failure_budget.as_ref());
     let site_timezones = site_timezones(&mut p, &raw.site_timezones);
+    let abort_criteria = abort_criteria(&mut p, &raw.abort);
 
     let spec = pb::RolloutSpec {
         name,
@@ -548,6 +587,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
         skip_batch_check: raw.batch_check == Some(false),
         batch_check_timeout_s: p.secs("batch_check_timeout", raw.batch_check_timeout.as_ref()),
         require_approval: raw.require_approval,
+        abort_criteria,
     };
     if p.0.is_empty() {
         Ok(spec)
@@ -650,6 +690,85 @@ fn failure_budget(p: &mut Problems, raw: Option<&ThresholdValue>) -> Option<pb::
                 budget: Some(pb::failure_budget::Budget::Limit(t)),
             }),
     }
+}
+
+/// Most abort criteria a spec may hold (otad's bound).
+const MAX_ABORT_CRITERIA: usize = 10;
+
+fn abort_criteria(p: &mut Problems, raw: &[RawAbort]) -> Vec<pb::AbortCriterion> {
+    use pb::abort_criterion::{Action, On};
+    if raw.len() > MAX_ABORT_CRITERIA {
+        p.add(
+            "abort",
+            format!("has {} criteria: at most {MAX_ABORT_CRITERIA}", raw.len()),
+        );
+    }
+    let mut out = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let field = |name: &str| format!("abort[{i}].{name}");
+        let on = match a.on.as_deref().map(|o| o.trim().replace('-', "_")) {
+            Some(o) if o == "failed" => On::Failed,
+            Some(o) if o == "timed_out" => On::TimedOut,
+            Some(o) if o == "rejected" => On::Rejected,
+            Some(o) if o == "any" => On::Any,
+            None => {
+                p.add(
+                    field("on"),
+                    "is required: failed, timed_out, rejected or any",
+                );
+                On::Unspecified
+            }
+            Some(other) => {
+                p.add(
+                    field("on"),
+                    format!("{other:?} is not one of failed, timed_out, rejected, any"),
+                );
+                On::Unspecified
+            }
+        };
+        let percent = match &a.percent {
+            None => {
+                p.add(
+                    field("percent"),
+                    "is required: the share of the finished devices that trips it",
+                );
+                0.0
+            }
+            Some(PercentValue::Number(n)) => *n,
+            Some(PercentValue::Text(t)) => match t.trim().trim_end_matches('%').trim().parse() {
+                Ok(n) => n,
+                Err(_) => {
+                    p.add(field("percent"), format!("{t:?} is not a percentage"));
+                    0.0
+                }
+            },
+        };
+        if a.percent.is_some() && !(percent > 0.0 && percent <= 100.0) {
+            p.add(
+                field("percent"),
+                format!("{percent} is not above 0 and at most 100"),
+            );
+        }
+        let min_finished = p.u32_in(&field("min_finished"), a.min_finished, 1, 10_000_000);
+        let action = match a.action.as_deref().map(str::trim) {
+            None | Some("pause") => Action::Pause,
+            Some("abort") => Action::Abort,
+            Some(other) => {
+                p.add(
+                    field("action"),
+                    format!("{other:?} is not one of pause, abort"),
+                );
+                Action::Pause
+            }
+        };
+        out.push(pb::AbortCriterion {
+            on: on as i32,
+            percent,
+            min_finished,
+            action: action as i32,
+        });
+    }
+    out
 }
 
 fn site_timezones(
@@ -1139,6 +1258,77 @@ min_rssi_dbm = -80
         assert!(
             e.to_string()
                 .starts_with("invalid rollout spec in flags: name: is required")
+        );
+    }
+
+    #[test]
+    fn abort_criteria_map_onto_the_api_with_defaults() {
+        let s = parse_toml(
+            &minimal(
+                "[[abort]]\non = \"failed\"\npercent = 20\nmin_finished = 10\naction = \"abort\"\n\
+                 [[abort]]\non = \"timed-out\"\npercent = \"12.5%\"",
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        use pb::abort_criterion::{Action, On};
+        assert_eq!(
+            s.abort_criteria,
+            [
+                pb::AbortCriterion {
+                    on: On::Failed as i32,
+                    percent: 20.0,
+                    min_finished: 10,
+                    action: Action::Abort as i32,
+                },
+                pb::AbortCriterion {
+                    on: On::TimedOut as i32,
+                    percent: 12.5,
+                    min_finished: 0,
+                    action: Action::Pause as i32,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn abort_criteria_errors_name_the_criterion() {
+        let e = errors(&minimal(
+            "[[abort]]\npercent = 0\nmin_finished = 0\naction = \"rollback-now\"\n\
+             [[abort]]\non = \"late\"\npercent = \"lots\"",
+        ));
+        assert_eq!(
+            e,
+            [
+                (
+                    "abort[0].on".to_string(),
+                    "is required: failed, timed_out, rejected or any".to_string()
+                ),
+                (
+                    "abort[0].percent".to_string(),
+                    "0 is not above 0 and at most 100".to_string()
+                ),
+                (
+                    "abort[0].min_finished".to_string(),
+                    "0 is outside 1-10000000".to_string()
+                ),
+                (
+                    "abort[0].action".to_string(),
+                    "\"rollback-now\" is not one of pause, abort".to_string()
+                ),
+                (
+                    "abort[1].on".to_string(),
+                    "\"late\" is not one of failed, timed_out, rejected, any".to_string()
+                ),
+                (
+                    "abort[1].percent".to_string(),
+                    "\"lots\" is not a percentage".to_string()
+                ),
+                (
+                    "abort[1].percent".to_string(),
+                    "0 is not above 0 and at most 100".to_string()
+                ),
+            ]
         );
     }
 }

@@ -118,6 +118,53 @@ pub struct SpecJson {
     pub skip_batch_check: bool,
     /// Batch check timeout, seconds.
     pub batch_check_timeout_s: u32,
+    /// Abort criteria over the devices that finished, in the order they are checked.
+    pub abort_criteria: Vec<AbortCriterionJson>,
+}
+
+/// One abort criterion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AbortCriterionJson {
+    /// failed, timed_out, rejected or any.
+    pub on: &'static str,
+    /// Share of the finished devices that trips it.
+    pub percent: f64,
+    /// Finished devices before it is evaluated.
+    pub min_finished: u32,
+    /// pause or abort.
+    pub action: &'static str,
+}
+
+impl AbortCriterionJson {
+    fn new(c: &pb::AbortCriterion) -> Self {
+        use pb::abort_criterion::{Action, On};
+        Self {
+            on: match On::try_from(c.on) {
+                Ok(On::Failed) => "failed",
+                Ok(On::TimedOut) => "timed_out",
+                Ok(On::Rejected) => "rejected",
+                Ok(On::Any) => "any",
+                _ => "unknown",
+            },
+            percent: c.percent,
+            min_finished: c.min_finished,
+            action: match Action::try_from(c.action) {
+                Ok(Action::Abort) => "abort",
+                _ => "pause",
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for AbortCriterionJson {
+    /// `failed ≥ 20% of ≥ 10 finished → pause`, as otad words it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ≥ {}% of ≥ {} finished → {}",
+            self.on, self.percent, self.min_finished, self.action
+        )
+    }
 }
 
 /// Concurrency limits.
@@ -256,6 +303,11 @@ impl SpecJson {
             }),
             skip_batch_check: s.skip_batch_check,
             batch_check_timeout_s: s.batch_check_timeout_s,
+            abort_criteria: s
+                .abort_criteria
+                .iter()
+                .map(AbortCriterionJson::new)
+                .collect(),
         }
     }
 }
@@ -516,6 +568,8 @@ pub struct PlanJson {
     pub exclusions: Vec<ExclusionJson>,
     /// Things to know.
     pub warnings: Vec<String>,
+    /// The rollout-wide policies in effect, one line each.
+    pub policies: Vec<String>,
 }
 
 impl PlanJson {
@@ -536,6 +590,7 @@ impl PlanJson {
                 .collect(),
             exclusions: p.exclusions.iter().map(exclusion).collect(),
             warnings: p.warnings.clone(),
+            policies: p.policies.clone(),
         }
     }
 }

@@ -1154,7 +1154,11 @@ fn abort_criteria_count_finished_devices_and_accept_failures_on_resume() {
     // The fourth finished device: 2 of 4 failed, 50 %.
     g.succeeded(T0 + 3 * S, "c/1");
     let d = g.when(T0 + 4 * S);
-    assert_eq!(d, g.when(T0 + 4 * S), "deciding twice gives the same answer");
+    assert_eq!(
+        d,
+        g.when(T0 + 4 * S),
+        "deciding twice gives the same answer"
+    );
     assert_eq!(names(&d.rollout_events), ["RolloutPaused"]);
     assert_eq!(
         paused_reason(&d),

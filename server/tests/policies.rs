@@ -1,0 +1,267 @@
+//! Rollout policies past stages and thresholds, end to end over gRPC with a fake site:
+//! abort criteria over the devices that finished.
+
+use std::time::Duration;
+
+use ota_proto::v1 as pb;
+use ota_testkit::otad::*;
+use ota_testkit::site::*;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn hours(n: u64) -> Duration {
+    Duration::from_secs(3600 * n)
+}
+
+fn criterion(
+    on: pb::abort_criterion::On,
+    percent: f64,
+    min_finished: u32,
+    action: pb::abort_criterion::Action,
+) -> pb::AbortCriterion {
+    pb::AbortCriterion {
+        on: on as i32,
+        percent,
+        min_finished,
+        action: action as i32,
+    }
+}
+
+/// One stage whose own threshold never trips, no failure budget, one device at a time and no
+/// retries: only the abort criteria can stop it.
+fn one_at_a_time(firmware_id: &str, criteria: Vec<pb::AbortCriterion>) -> pb::RolloutSpec {
+    let mut s = spec(
+        firmware_id,
+        vec![pb::Stage {
+            failure_threshold: threshold(100),
+            ..stage("all", percent(100.0))
+        }],
+    );
+    s.failure_budget = Some(pb::FailureBudget {
+        budget: Some(pb::failure_budget::Budget::Off(true)),
+    });
+    s.concurrency = Some(pb::ConcurrencyLimits {
+        global: 1,
+        per_site: 1,
+        per_zigbee_network: 1,
+        per_esphome_site: 1,
+    });
+    s.retry = Some(pb::RetryPolicy {
+        max_attempts: 1,
+        ..Default::default()
+    });
+    s.abort_criteria = criteria;
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_among_the_finished_devices_abort_the_rollout_before_the_rest_is_tried() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    let devices = (0..8)
+        .map(|i| {
+            dev(
+                esphome(&format!("n{i}"), "1.0.0"),
+                Behavior::Fail(pb::ErrorCode::DeviceReportedFailure as i32),
+                secs(30),
+            )
+        })
+        .collect();
+    let site = FakeSite::connect(&otad, "home", 0, devices).await;
+    let r = otad
+        .create(one_at_a_time(
+            &fw,
+            vec![criterion(
+                pb::abort_criterion::On::Rejected,
+                50.0,
+                3,
+                pb::abort_criterion::Action::Abort,
+            )],
+        ))
+        .await;
+    otad.until_rollout(&r.id, "aborted", hours(1)).await;
+    let aborted = otad.rollout(&r.id).await;
+    assert_eq!(
+        aborted.state_reason,
+        "abort criterion 1 (rejected ≥ 50% of ≥ 3 finished → abort): 3 of 3 finished devices rejected the image (100%)"
+    );
+    assert_eq!(
+        site.log().transfers.len(),
+        3,
+        "the rollout stopped after the third finished device"
+    );
+    let totals = aborted.totals.expect("totals");
+    assert_eq!((totals.failed, totals.cancelled), (3, 5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pausing_criterion_waits_for_min_finished_and_resume_accepts_the_failures() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    // One device at a time, dispatched in task-id order: n4, n3, n2, n1, n0 (the log printed by
+    // a failing run shows it). n4 fails.
+    let devices = (0..5)
+        .map(|i| {
+            let behavior = if i == 4 {
+                Behavior::Fail(pb::ErrorCode::SendFailed as i32)
+            } else {
+                Behavior::Succeed
+            };
+            dev(esphome(&format!("n{i}"), "1.0.0"), behavior, secs(30))
+        })
+        .collect();
+    let site = FakeSite::connect(&otad, "home", 0, devices).await;
+    let r = otad
+        .create(one_at_a_time(
+            &fw,
+            vec![criterion(
+                pb::abort_criterion::On::Any,
+                50.0,
+                2,
+                pb::abort_criterion::Action::Pause,
+            )],
+        ))
+        .await;
+    // 1 of 1 finished failed (100 %) does not trip: fewer than 2 finished. 1 of 2 does.
+    otad.until_rollout(&r.id, "paused", hours(1)).await;
+    let paused = otad.rollout(&r.id).await;
+    assert_eq!(
+        paused.state_reason,
+        "abort criterion 1 (any ≥ 50% of ≥ 2 finished → pause): 1 of 2 finished devices failed or timed out (50%); resume to accept them and go on"
+    );
+    let tried: Vec<String> = site
+        .log()
+        .transfers
+        .iter()
+        .map(|t| t.local_id.clone())
+        .collect();
+    assert_eq!(tried, ["n4", "n3"]);
+
+    // Resuming accepts the failure: the rest runs and the rollout completes.
+    otad.rollouts()
+        .resume(pb::RolloutActionRequest {
+            id: r.id.clone(),
+            reason: "one flaky unit".into(),
+        })
+        .await
+        .unwrap();
+    otad.until_rollout(&r.id, "completed", hours(1)).await;
+    let done = otad.rollout(&r.id).await;
+    let totals = done.totals.expect("totals");
+    assert_eq!((totals.succeeded, totals.failed), (4, 1));
+    assert_eq!(site.log().transfers.len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn criteria_are_stored_shown_planned_and_checked() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    let criteria = vec![
+        criterion(
+            pb::abort_criterion::On::Failed,
+            20.0,
+            10,
+            pb::abort_criterion::Action::Pause,
+        ),
+        criterion(
+            pb::abort_criterion::On::TimedOut,
+            5.5,
+            1,
+            pb::abort_criterion::Action::Abort,
+        ),
+    ];
+    let s = one_at_a_time(&fw, criteria.clone());
+    let plan = otad
+        .rollouts()
+        .plan(pb::PlanRolloutRequest {
+            subject: Some(pb::plan_rollout_request::Subject::Spec(s.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        plan.policies,
+        [
+            "abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause",
+            "abort criterion 2: timed_out ≥ 5.5% of ≥ 1 finished → abort"
+        ]
+    );
+    let created = otad
+        .rollouts()
+        .create(pb::CreateRolloutRequest {
+            spec: Some(s.clone()),
+            start: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        otad.rollout(&created.id).await.spec.unwrap().abort_criteria,
+        criteria
+    );
+
+    // Refused specs name the criterion and store nothing.
+    let before = otad.recorded().len();
+    for (bad, message) in [
+        (
+            criterion(
+                pb::abort_criterion::On::Failed,
+                0.0,
+                1,
+                pb::abort_criterion::Action::Pause,
+            ),
+            "spec.abort_criteria[0].percent is 0 %: a share of the finished devices must be above 0 and at most 100",
+        ),
+        (
+            criterion(
+                pb::abort_criterion::On::Unspecified,
+                10.0,
+                1,
+                pb::abort_criterion::Action::Pause,
+            ),
+            "spec.abort_criteria[0].on is required",
+        ),
+        (
+            pb::AbortCriterion {
+                action: 9,
+                ..criterion(
+                    pb::abort_criterion::On::Any,
+                    10.0,
+                    1,
+                    pb::abort_criterion::Action::Pause,
+                )
+            },
+            "spec.abort_criteria[0].action 9 is unknown: 1 pause, 2 abort",
+        ),
+    ] {
+        let mut s = s.clone();
+        s.abort_criteria = vec![bad];
+        let e = otad
+            .rollouts()
+            .create(pb::CreateRolloutRequest {
+                spec: Some(s),
+                start: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), message);
+    }
+    let mut s = s.clone();
+    s.abort_criteria = vec![criteria[0]; 11];
+    let e = otad
+        .rollouts()
+        .create(pb::CreateRolloutRequest {
+            spec: Some(s),
+            start: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.message(),
+        "spec.abort_criteria has 11 criteria: at most 10"
+    );
+    assert_eq!(otad.recorded().len(), before, "refused specs store nothing");
+}
