@@ -29,7 +29,8 @@ use crate::model::{
     AgentSource, DeviceFacts, EspFacts, FirmwareFormat, Labels, TransportInstance, VersionInfo,
     ZigbeeFacts,
 };
-use crate::rollout::spec::{RolloutSpec, RolloutSpecV1, RolloutSpecV2, UpgradeType};
+use crate::rollout::abort::AbortCriterion;
+use crate::rollout::spec::{RolloutSpec, RolloutSpecV1, UpgradeType};
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 use crate::time::UnixMillis;
 
@@ -373,24 +374,6 @@ pub struct RolloutCreatedV1 {
     pub id: String,
     /// See [`RolloutCreated`].
     pub spec: RolloutSpecV1,
-}
-
-/// Schema version 2 of [`RolloutCreated`]: the spec before abort criteria.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RolloutCreatedV2 {
-    /// See [`RolloutCreated`].
-    pub id: String,
-    /// See [`RolloutCreated`].
-    pub spec: RolloutSpecV2,
-}
-
-impl From<RolloutCreatedV2> for RolloutCreated {
-    fn from(v2: RolloutCreatedV2) -> Self {
-        Self {
-            id: v2.id,
-            spec: v2.spec.into(),
-        }
-    }
 }
 
 impl From<RolloutCreatedV1> for RolloutCreated {
@@ -763,8 +746,9 @@ impl DomainEvent {
             ("RolloutCreated", 1) => postcard::from_bytes::<RolloutCreatedV1>(bytes)
                 .map(|old| Self::RolloutCreated(old.into()))
                 .map_err(malformed),
-            ("RolloutCreated", 2) => postcard::from_bytes::<RolloutCreatedV2>(bytes)
-                .map(|old| Self::RolloutCreated(old.into()))
+            // v3 appended `spec.abort_criteria` (none).
+            ("RolloutCreated", 2) => decode_appended(bytes, &Vec::<AbortCriterion>::new())
+                .map(Self::RolloutCreated)
                 .map_err(malformed),
             _ => Err(DecodeError::NoUpcaster {
                 type_name: type_name.to_string(),

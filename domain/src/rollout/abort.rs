@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::projection::{TaskPhase, TaskView};
 use crate::status::ErrorCode;
+use crate::time::UnixMillis;
 
 /// Which finished devices a criterion counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +130,7 @@ impl Finished {
     /// Counts `tasks`; failures that ended at or before `accepted_at_ms` count as finished only.
     pub fn count<'a>(
         tasks: impl IntoIterator<Item = &'a TaskView>,
-        accepted_at_ms: Option<i64>,
+        accepted_at_ms: Option<UnixMillis>,
     ) -> Self {
         let mut c = Self::default();
         for t in tasks {
