@@ -9,9 +9,8 @@
 //! `otad` is built by cargo first, once per run (`ota_testkit::bins::otad`), so it is never stale.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use ota_firmware::Chip;
@@ -22,52 +21,21 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
-use ota_testkit::bins::otad as otad_binary;
+use ota_testkit::bins::{OtadProcess, otad as otad_binary};
 
 // === harness ===
 
-/// A running otad, killed on drop.
+/// A running otad (killed on drop) and the URL otactl is given.
 struct Otad {
-    child: Child,
+    process: OtadProcess,
     url: String,
-    dir: tempfile::TempDir,
 }
 
 impl Otad {
     fn start() -> Otad {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = std::fs::File::create(dir.path().join("otad.log")).expect("log file");
-        let mut child = Command::new(otad_binary())
-            .arg("--insecure-plaintext")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn otad");
-        let mut reader = BufReader::new(child.stdout.take().expect("otad stdout"));
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            let n = reader.read_line(&mut line).expect("read otad stdout");
-            if n == 0 {
-                let log = std::fs::read_to_string(dir.path().join("otad.log")).unwrap_or_default();
-                panic!("otad exited before listening:\n{log}");
-            }
-            if let Some(addr) = line.trim().strip_prefix("otad listening on ") {
-                break addr.to_string();
-            }
-        };
-        // Keep draining stdout so otad never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Otad {
-            child,
-            url: format!("http://{addr}"),
-            dir,
-        }
+        let process = OtadProcess::start(&otad_binary());
+        let url = process.url();
+        Otad { process, url }
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -96,8 +64,30 @@ impl Otad {
         Run::from(out)
     }
 
+    /// Uploads a Zigbee bulb image (file version 0x0100_0002) as `bulb` `version` with
+    /// `otactl firmware upload`; its id.
+    async fn upload_bulb(&self, version: &str) -> String {
+        let file = self.write("bulb.ota", &zigbee_file(0x0100_0002));
+        let up = self
+            .ctl_async(&[
+                "firmware",
+                "upload",
+                &file,
+                "--name",
+                "bulb",
+                "--version",
+                version,
+                "-o",
+                "json",
+            ])
+            .await
+            .ok()
+            .json();
+        up["firmware"]["id"].as_str().expect("id").to_string()
+    }
+
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.process.dir().join(name)
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> String {
@@ -112,13 +102,6 @@ impl Otad {
             .connect()
             .await
             .expect("connect to otad")
-    }
-}
-
-impl Drop for Otad {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -767,23 +750,7 @@ async fn fake_agent(otad: &Otad, site: &str, devices: Vec<(pb::DeviceReport, Beh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_checks_and_updates_through_a_fake_site() {
     let otad = Otad::start();
-    let file = otad.write("bulb.ota", &zigbee_file(0x0100_0002));
-    let up = otad
-        .ctl_async(&[
-            "firmware",
-            "upload",
-            &file,
-            "--name",
-            "bulb",
-            "--version",
-            "1.0.2",
-            "-o",
-            "json",
-        ])
-        .await
-        .ok()
-        .json();
-    let fw = up["firmware"]["id"].as_str().expect("id").to_string();
+    let fw = otad.upload_bulb("1.0.2").await;
 
     let agent = fake_agent(
         &otad,
@@ -1175,23 +1142,7 @@ async fn weak_signal_confirmation_cancel_and_serial_flash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_plan_create_start_watch_and_lifecycle_errors() {
     let otad = Otad::start();
-    let file = otad.write("bulb.ota", &zigbee_file(0x0100_0002));
-    let up = otad
-        .ctl_async(&[
-            "firmware",
-            "upload",
-            &file,
-            "--name",
-            "bulb",
-            "--version",
-            "1.0.2",
-            "-o",
-            "json",
-        ])
-        .await
-        .ok()
-        .json();
-    let fw = up["firmware"]["id"].as_str().expect("id").to_string();
+    let fw = otad.upload_bulb("1.0.2").await;
     let agent = fake_agent(
         &otad,
         "home",

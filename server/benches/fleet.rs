@@ -33,9 +33,8 @@
 //! The machine may be shared with other work: figures are noisy, and are for this machine only.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +47,7 @@ use ota_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
 // tokio's Instant is std's unless time is paused, which it never is here.
+use ota_testkit::bins::OtadProcess;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
@@ -106,79 +106,28 @@ impl Args {
 
 // === otad as a child process ===
 
-/// A running otad, killed on drop.
-struct OtadProcess {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
+/// What the bench reads of a running otad (`ota_testkit::bins::OtadProcess`) besides what the
+/// kit shows.
+trait OtadFigures {
+    /// User plus system CPU time of the process so far.
+    fn cpu(&self) -> Duration;
+    /// Peak resident set size in bytes.
+    fn peak_rss(&self) -> u64;
+    /// Lines otad logged so far.
+    fn log_lines(&self) -> usize;
 }
 
-impl OtadProcess {
-    fn start() -> anyhow::Result<OtadProcess> {
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_otad"));
-        let dir = tempfile::tempdir()?;
-        let log = std::fs::File::create(dir.path().join("otad.log"))?;
-        let mut child = Command::new(&bin)
-            .arg("--insecure-plaintext")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut reader = BufReader::new(child.stdout.take().context("otad stdout")?);
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                let log = std::fs::read_to_string(dir.path().join("otad.log")).unwrap_or_default();
-                bail!("otad exited before listening:\n{log}");
-            }
-            if let Some(addr) = line.trim().strip_prefix("otad listening on ") {
-                break addr.to_string();
-            }
-        };
-        // Keep draining stdout so otad never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Ok(OtadProcess { child, addr, dir })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// User plus system CPU time of the process so far.
+impl OtadFigures for OtadProcess {
     fn cpu(&self) -> Duration {
         proc_cpu(&format!("/proc/{}/stat", self.pid()))
     }
 
-    /// Peak resident set size in bytes.
     fn peak_rss(&self) -> u64 {
         proc_status_kb(self.pid(), "VmHWM:") * 1024
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     fn log_lines(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("otad.log"))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for OtadProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.log().lines().count()
     }
 }
 
@@ -245,31 +194,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// An ESPHome device as the agent's ESPHome transport reports it.
-fn esphome_device(local: &str) -> pb::DeviceReport {
-    pb::DeviceReport {
-        local_id: local.into(),
-        transport: pb::Transport::Esphome as i32,
-        network: "esphome".into(),
-        name: local.into(),
-        model: "esp32dev".into(),
-        chip: "esp32".into(),
-        platform: "esp32".into(),
-        current: Some(pb::VersionInfo {
-            version: "1.0.0".into(),
-            ..Default::default()
-        }),
-        power_source: pb::PowerSource::Mains as i32,
-        signal: Some(pb::Signal {
-            kind: pb::SignalKind::RssiDbm as i32,
-            value: -50,
-        }),
-        reachable: true,
-        supports_ota: true,
-        ..Default::default()
-    }
-}
-
 /// What all agents of a run saw, together.
 #[derive(Debug, Default)]
 struct FleetStats {
@@ -324,7 +248,7 @@ impl SiteAgent {
         let devices = (0..n)
             .map(|i| {
                 let local = format!("node-{i:05}");
-                (local.clone(), esphome_device(&local))
+                (local.clone(), ota_testkit::site::esphome(&local, "1.0.0"))
             })
             .collect();
         let agent = Arc::new(SiteAgent {
@@ -726,7 +650,8 @@ impl Fleet {
         duration: Duration,
         download: bool,
     ) -> anyhow::Result<Fleet> {
-        let otad = OtadProcess::start()?;
+        let otad = OtadProcess::try_start(&PathBuf::from(env!("CARGO_BIN_EXE_otad")))
+            .map_err(anyhow::Error::msg)?;
         let url = otad.url();
         let channel = channel(&url).await?;
         let image = EspAppBuilder::new(Chip::Esp32)

@@ -61,14 +61,6 @@ fn device(local: &str, version: &str) -> pb::DeviceReport {
     }
 }
 
-fn inventory(devices: Vec<pb::DeviceReport>) -> pb::agent_message::Body {
-    pb::agent_message::Body::Inventory(pb::Inventory {
-        full: false,
-        devices,
-        removed_local_ids: vec![],
-    })
-}
-
 fn heartbeat() -> pb::agent_message::Body {
     pb::agent_message::Body::Heartbeat(pb::Heartbeat::default())
 }

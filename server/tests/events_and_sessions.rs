@@ -18,18 +18,7 @@ async fn tail_catches_up_then_follows() {
     let f1 = ZigbeeOtaBuilder::new(1, 2, 3).upgrade_image(100).build();
     ts.try_upload(meta("a", "1"), &f1).await.unwrap();
 
-    let all: Vec<pb::Event> = ts
-        .events()
-        .tail(pb::TailEventsRequest {
-            from_seq: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|e| e.unwrap())
-        .collect()
-        .await;
+    let all = ts.all_events().await;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].seq, 1);
     assert_eq!(all[0].r#type, "FirmwareRegistered");
@@ -60,17 +49,14 @@ async fn tail_catches_up_then_follows() {
     assert_eq!(next.seq, 2);
 
     // Filters.
-    let none: Vec<_> = ts
-        .events()
-        .tail(pb::TailEventsRequest {
+    let none = all_events(
+        &ts.channel,
+        pb::TailEventsRequest {
             types: vec!["TaskCreated".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .collect()
-        .await;
+        },
+    )
+    .await;
     assert!(none.is_empty());
 }
 

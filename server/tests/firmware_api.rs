@@ -334,6 +334,18 @@ async fn delete_removes_the_blob_and_survives_restart() {
     assert_eq!(status.event_log.unwrap().last_seq, 3);
 }
 
+/// A (made-up) 64-byte signature of firmware `id` under `key_id`.
+fn signature_of(id: &str, key_id: &str) -> pb::AddSignatureRequest {
+    pb::AddSignatureRequest {
+        firmware_id: id.into(),
+        signature: Some(pb::FirmwareSignature {
+            key_id: key_id.into(),
+            signature: vec![1; 64],
+            ..Default::default()
+        }),
+    }
+}
+
 #[tokio::test]
 async fn signatures_are_validated_and_recorded() {
     let ts = TestOtad::start().await;
@@ -345,27 +357,13 @@ async fn signatures_are_validated_and_recorded() {
         .unwrap();
     let err = ts
         .firmware()
-        .add_signature(pb::AddSignatureRequest {
-            firmware_id: fw.id.clone(),
-            signature: Some(pb::FirmwareSignature {
-                key_id: "k/1".into(),
-                signature: vec![1; 64],
-                ..Default::default()
-            }),
-        })
+        .add_signature(signature_of(&fw.id, "k/1"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let got = ts
         .firmware()
-        .add_signature(pb::AddSignatureRequest {
-            firmware_id: fw.id.clone(),
-            signature: Some(pb::FirmwareSignature {
-                key_id: "release-2026".into(),
-                signature: vec![1; 64],
-                ..Default::default()
-            }),
-        })
+        .add_signature(signature_of(&fw.id, "release-2026"))
         .await
         .unwrap()
         .into_inner();

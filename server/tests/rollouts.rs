@@ -37,16 +37,11 @@ fn esp_fleet(prefix: &str, n: usize, behavior: Behavior, duration: Duration) -> 
         .collect()
 }
 
-/// The rollout's task of a device, from the projection.
-fn task_of(
-    otad: &TestOtad,
-    rollout: &str,
-    device: &str,
-) -> Option<ota_domain::projection::TaskView> {
-    let app = otad.app();
-    let state = app.core.read();
-    let id = state.rollouts.get(rollout)?.tasks_by_device.get(device)?;
-    state.tasks.get(id).cloned()
+/// A rollout action the rollout's state does not allow: refused with exactly `message`.
+#[track_caller]
+fn assert_refused(e: &tonic::Status, message: &str) {
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.message(), message);
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,7 +172,7 @@ async fn failure_threshold_pauses_with_reason_and_resume_continues() {
     assert_eq!(paused.stages[0].state, pb::StageState::Failed as i32);
     assert_eq!(paused.stages[1].state, pb::StageState::Pending as i32);
     assert_eq!(paused.stages[1].counts.unwrap().total, 0);
-    let failed = task_of(&otad, &r.id, "home/n00").unwrap();
+    let failed = otad.task_of(&r.id, "home/n00").unwrap();
     assert_eq!(failed.phase, TaskPhase::Failed);
     assert_eq!(failed.error.unwrap().code.code(), 5018);
     // 5018 is not transient: no retry.
@@ -187,26 +182,15 @@ async fn failure_threshold_pauses_with_reason_and_resume_continues() {
     tokio::time::sleep(mins(30)).await;
     assert_eq!(site.log().transfers.len(), 2);
 
-    let e = otad
-        .rollouts()
-        .pause(pb::RolloutActionRequest {
-            id: r.id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert_eq!(
-        e.message(),
-        format!("rollout {} is paused: it cannot be paused again", r.id)
+    let e = otad.rollouts().pause(action(&r.id, "")).await.unwrap_err();
+    assert_refused(
+        &e,
+        &format!("rollout {} is paused: it cannot be paused again", r.id),
     );
 
     let resumed = otad
         .rollouts()
-        .resume(pb::RolloutActionRequest {
-            id: r.id.clone(),
-            reason: "n00 is a known bad unit".into(),
-        })
+        .resume(action(&r.id, "n00 is a known bad unit"))
         .await
         .unwrap()
         .into_inner();
@@ -223,21 +207,13 @@ async fn failure_threshold_pauses_with_reason_and_resume_continues() {
     );
     assert_eq!(site.log().transfers.len(), 4);
 
-    let e = otad
-        .rollouts()
-        .resume(pb::RolloutActionRequest {
-            id: r.id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert_eq!(
-        e.message(),
-        format!(
+    let e = otad.rollouts().resume(action(&r.id, "")).await.unwrap_err();
+    assert_refused(
+        &e,
+        &format!(
             "rollout {} is completed: it cannot be resumed (it is final)",
             r.id
-        )
+        ),
     );
 }
 
@@ -278,24 +254,18 @@ async fn abort_cancels_queued_and_waiting_tasks_but_lets_transfers_finish() {
     .await;
     let running = ["home/z1", "home/z2"]
         .into_iter()
-        .find(|d| task_of(&otad, &id, d).unwrap().phase == TaskPhase::Updating)
+        .find(|d| otad.task_of(&id, d).unwrap().phase == TaskPhase::Updating)
         .unwrap();
     let queued = if running == "home/z1" {
         "home/z2"
     } else {
         "home/z1"
     };
-    assert_eq!(
-        task_of(&otad, &id, queued).unwrap().phase,
-        TaskPhase::Queued
-    );
+    assert_eq!(otad.task_of(&id, queued).unwrap().phase, TaskPhase::Queued);
 
     let aborted = otad
         .rollouts()
-        .abort(pb::RolloutActionRequest {
-            id: id.clone(),
-            reason: "battery drain reported".into(),
-        })
+        .abort(action(&id, "battery drain reported"))
         .await
         .unwrap()
         .into_inner();
@@ -304,14 +274,14 @@ async fn abort_cancels_queued_and_waiting_tasks_but_lets_transfers_finish() {
         aborted.state_reason,
         "battery drain reported (aborted by local)"
     );
-    let sleepy_task = task_of(&otad, &id, "home/sleepy").unwrap();
+    let sleepy_task = otad.task_of(&id, "home/sleepy").unwrap();
     assert_eq!(sleepy_task.phase, TaskPhase::Cancelled);
     assert_eq!(
-        task_of(&otad, &id, queued).unwrap().phase,
+        otad.task_of(&id, queued).unwrap().phase,
         TaskPhase::Cancelled
     );
     assert_eq!(
-        task_of(&otad, &id, running).unwrap().phase,
+        otad.task_of(&id, running).unwrap().phase,
         TaskPhase::Updating
     );
 
@@ -360,7 +330,7 @@ async fn stage_deadline_times_out_unfinished_devices_with_5016() {
     let stage = &done.stages[0];
     assert_eq!(stage.deadline_at_ms, stage.started_at_ms + 300_000);
     assert!(done.finished_at_ms >= stage.deadline_at_ms);
-    let hung = task_of(&otad, &r.id, "home/n01").unwrap();
+    let hung = otad.task_of(&r.id, "home/n01").unwrap();
     assert_eq!(hung.phase, TaskPhase::TimedOut);
     let error = hung.error.unwrap();
     assert_eq!(error.code.code(), 5016);
@@ -626,9 +596,9 @@ async fn transient_errors_are_retried_with_backoff_and_others_are_not() {
         assert_eq!((flaky[0].attempt, flaky[1].attempt), (1, 2));
         assert_eq!(log.transfers_of("broken").len(), 1);
     }
-    let t = task_of(&otad, &r.id, "home/flaky").unwrap();
+    let t = otad.task_of(&r.id, "home/flaky").unwrap();
     assert_eq!((t.phase, t.attempt), (TaskPhase::Succeeded, 2));
-    let t = task_of(&otad, &r.id, "home/broken").unwrap();
+    let t = otad.task_of(&r.id, "home/broken").unwrap();
     assert_eq!((t.phase, t.attempt), (TaskPhase::Failed, 1));
     assert_eq!(t.error.unwrap().code.code(), 5009);
     assert_eq!(
@@ -661,7 +631,8 @@ async fn weak_signal_waits_for_confirmation() {
         .await;
     let id = r.id.clone();
     otad.until("the weak device waits", secs(1), mins(5), |_| {
-        task_of(&otad, &id, "home/weak").filter(|t| t.awaiting_confirmation)
+        otad.task_of(&id, "home/weak")
+            .filter(|t| t.awaiting_confirmation)
     })
     .await;
     tokio::time::sleep(mins(10)).await;
@@ -920,10 +891,7 @@ async fn plan_lists_stages_exclusions_and_an_estimate_and_records_nothing() {
     assert_eq!(again, plan);
     let started = otad
         .rollouts()
-        .start(pb::RolloutActionRequest {
-            id: draft.id.clone(),
-            reason: String::new(),
-        })
+        .start(action(&draft.id, ""))
         .await
         .unwrap()
         .into_inner();
@@ -1162,26 +1130,19 @@ async fn check_only_rollouts_install_nothing_and_the_api_refuses_bad_requests() 
         .into_inner();
     let e = otad
         .rollouts()
-        .pause(pb::RolloutActionRequest {
-            id: draft.id.clone(),
-            reason: String::new(),
-        })
+        .pause(action(&draft.id, ""))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert_eq!(
-        e.message(),
-        format!(
+    assert_refused(
+        &e,
+        &format!(
             "rollout {} is draft: it cannot be paused: start it first",
             draft.id
-        )
+        ),
     );
     let aborted = otad
         .rollouts()
-        .abort(pb::RolloutActionRequest {
-            id: draft.id.clone(),
-            reason: String::new(),
-        })
+        .abort(action(&draft.id, ""))
         .await
         .unwrap()
         .into_inner();

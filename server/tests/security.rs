@@ -14,7 +14,7 @@ use ota_server::core::Clock;
 use ota_testkit::otad::{admin_token, config, files_under, plain_channel, start_server};
 use ota_testkit::pki::{Pair, Pki, tls_channel, tls_config};
 use ota_testkit::session::{AgentSession, hello_message, inventory};
-use ota_testkit::site::esphome;
+use ota_testkit::site::{action, esphome};
 use ota_testkit::upload::{CHUNK, app_meta, authed, upload_app_as, upload_messages};
 use prost::Message as _;
 use rcgen::{ExtendedKeyUsagePurpose, SanType};
@@ -193,13 +193,7 @@ async fn operators_need_a_valid_token_and_the_role() {
     );
     assert_denied(
         pb::rollout_service_client::RolloutServiceClient::new(ch.clone())
-            .start(authed(
-                pb::RolloutActionRequest {
-                    id: "ro-1".into(),
-                    reason: String::new(),
-                },
-                &viewer,
-            ))
+            .start(authed(action("ro-1", ""), &viewer))
             .await,
         "this needs the operator role",
     );
@@ -897,13 +891,6 @@ async fn expensive_calls_are_rate_limited_per_caller() {
 
 fn rollouts(ch: &Channel) -> pb::rollout_service_client::RolloutServiceClient<Channel> {
     pb::rollout_service_client::RolloutServiceClient::new(ch.clone())
-}
-
-fn action(id: &str, reason: &str) -> pb::RolloutActionRequest {
-    pb::RolloutActionRequest {
-        id: id.into(),
-        reason: reason.into(),
-    }
 }
 
 /// Four eyes (`require_approval`): a rollout starts only after an operator or admin other than

@@ -163,14 +163,6 @@ fn device(local: &str, version: &str) -> pb::DeviceReport {
     }
 }
 
-fn inventory(devices: Vec<pb::DeviceReport>) -> pb::agent_message::Body {
-    pb::agent_message::Body::Inventory(pb::Inventory {
-        full: false,
-        devices,
-        removed_local_ids: vec![],
-    })
-}
-
 /// What the session rules say of a message (mirrors `api::agents::check_seq`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rule {

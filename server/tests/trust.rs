@@ -35,13 +35,6 @@ fn sleepy(local: &str, network: &str) -> pb::DeviceReport {
     }
 }
 
-fn task_of(otad: &TestOtad, rollout: &str, device: &str) -> ota_domain::projection::TaskView {
-    let app = otad.app();
-    let state = app.core.read();
-    let id = &state.rollouts[rollout].tasks_by_device[device];
-    state.tasks[id].clone()
-}
-
 fn single_task(otad: &TestOtad, device: &str) -> ota_domain::projection::TaskView {
     let app = otad.app();
     let state = app.core.read();
@@ -97,7 +90,7 @@ async fn a_device_that_sleeps_six_hours_completes_a_rollout_with_default_setting
     })
     .await;
     assert_eq!(
-        task_of(&otad, &r.id, "home/remote").phase,
+        otad.task_of(&r.id, "home/remote").unwrap().phase,
         TaskPhase::WaitingForWakeup
     );
     otad.until_rollout(&r.id, "completed", hours(8)).await;
@@ -106,7 +99,7 @@ async fn a_device_that_sleeps_six_hours_completes_a_rollout_with_default_setting
         done.state_reason,
         "2 devices: 2 updated, 0 skipped, 0 failed, 0 timed out, 0 cancelled"
     );
-    let remote = task_of(&otad, &r.id, "home/remote");
+    let remote = otad.task_of(&r.id, "home/remote").unwrap();
     assert_eq!(remote.attempt, 1, "one attempt: sleeping is not a failure");
 }
 
@@ -149,7 +142,7 @@ async fn a_success_after_the_stage_deadline_counts_and_is_marked_late() {
     .await;
     // ...and at 8 min the device reports the new version: a success, late.
     otad.until_rollout(&r.id, "completed", hours(1)).await;
-    let slow = task_of(&otad, &r.id, "home/b-slow");
+    let slow = otad.task_of(&r.id, "home/b-slow").unwrap();
     assert_eq!(slow.phase, TaskPhase::Succeeded);
     assert!(slow.late);
     let late_events = otad
@@ -384,10 +377,7 @@ async fn abort_stops_what_the_agent_is_still_preparing() {
     })
     .await;
     otad.rollouts()
-        .abort(pb::RolloutActionRequest {
-            id: r.id.clone(),
-            reason: "wrong image".into(),
-        })
+        .abort(action(&r.id, "wrong image"))
         .await
         .unwrap();
     otad.until("cancels at the site", secs(1), mins(1), |_| {
@@ -395,7 +385,7 @@ async fn abort_stops_what_the_agent_is_still_preparing() {
     })
     .await;
     for d in ["home/a", "home/b"] {
-        assert_eq!(task_of(&otad, &r.id, d).phase, TaskPhase::Cancelled);
+        assert_eq!(otad.task_of(&r.id, d).unwrap().phase, TaskPhase::Cancelled);
     }
     // Nothing is dispatched any more.
     tokio::time::sleep(mins(30)).await;
@@ -422,7 +412,7 @@ async fn gates_switched_off_let_a_low_battery_device_update() {
         .create(spec(&fw, vec![stage("all", percent(100.0))]))
         .await;
     otad.until_rollout(&gated.id, "completed", mins(30)).await;
-    let t = task_of(&otad, &gated.id, "home/remote");
+    let t = otad.task_of(&gated.id, "home/remote").unwrap();
     assert_eq!(t.phase, TaskPhase::Skipped);
     assert!(t.remind.contains("battery at 20 %"), "{}", t.remind);
     // Switched off (0), it updates.
@@ -434,7 +424,7 @@ async fn gates_switched_off_let_a_low_battery_device_update() {
     let r = otad.create(open).await;
     otad.until_rollout(&r.id, "completed", mins(30)).await;
     assert_eq!(
-        task_of(&otad, &r.id, "home/remote").phase,
+        otad.task_of(&r.id, "home/remote").unwrap().phase,
         TaskPhase::Succeeded
     );
 }
