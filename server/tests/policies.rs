@@ -29,6 +29,30 @@ fn criterion(
     }
 }
 
+/// Site `home` with ESPHome devices n0..n{count} on 1.0.0, each behaving as `behavior(i)` says
+/// and taking 30 s.
+async fn esp_site(otad: &TestOtad, count: usize, behavior: impl Fn(usize) -> Behavior) -> FakeSite {
+    let devices = (0..count)
+        .map(|i| dev(esphome(&format!("n{i}"), "1.0.0"), behavior(i), secs(30)))
+        .collect();
+    FakeSite::connect(otad, "home", 0, devices).await
+}
+
+/// `RolloutService.Create`, as a draft or started.
+async fn create(
+    otad: &TestOtad,
+    spec: pb::RolloutSpec,
+    start: bool,
+) -> Result<pb::Rollout, tonic::Status> {
+    otad.rollouts()
+        .create(pb::CreateRolloutRequest {
+            spec: Some(spec),
+            start,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// One stage whose own threshold never trips, no failure budget, one device at a time and no
 /// retries: only the abort criteria can stop it.
 fn one_at_a_time(firmware_id: &str, criteria: Vec<pb::AbortCriterion>) -> pb::RolloutSpec {
@@ -60,16 +84,10 @@ fn one_at_a_time(firmware_id: &str, criteria: Vec<pb::AbortCriterion>) -> pb::Ro
 async fn rejections_among_the_finished_devices_abort_the_rollout_before_the_rest_is_tried() {
     let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;
-    let devices = (0..8)
-        .map(|i| {
-            dev(
-                esphome(&format!("n{i}"), "1.0.0"),
-                Behavior::Fail(pb::ErrorCode::DeviceReportedFailure as i32),
-                secs(30),
-            )
-        })
-        .collect();
-    let site = FakeSite::connect(&otad, "home", 0, devices).await;
+    let site = esp_site(&otad, 8, |_| {
+        Behavior::Fail(pb::ErrorCode::DeviceReportedFailure as i32)
+    })
+    .await;
     let r = otad
         .create(one_at_a_time(
             &fw,
@@ -102,17 +120,14 @@ async fn a_pausing_criterion_waits_for_min_finished_and_resume_accepts_the_failu
     let fw = otad.upload_esp("2.0.0").await;
     // One device at a time, dispatched in task-id order: n4, n3, n2, n1, n0 (the log printed by
     // a failing run shows it). n4 fails.
-    let devices = (0..5)
-        .map(|i| {
-            let behavior = if i == 4 {
-                Behavior::Fail(pb::ErrorCode::SendFailed as i32)
-            } else {
-                Behavior::Succeed
-            };
-            dev(esphome(&format!("n{i}"), "1.0.0"), behavior, secs(30))
-        })
-        .collect();
-    let site = FakeSite::connect(&otad, "home", 0, devices).await;
+    let site = esp_site(&otad, 5, |i| {
+        if i == 4 {
+            Behavior::Fail(pb::ErrorCode::SendFailed as i32)
+        } else {
+            Behavior::Succeed
+        }
+    })
+    .await;
     let r = otad
         .create(one_at_a_time(
             &fw,
@@ -188,15 +203,7 @@ async fn criteria_are_stored_shown_planned_and_checked() {
             "abort criterion 2: timed_out ≥ 5.5% of ≥ 1 finished → abort"
         ]
     );
-    let created = otad
-        .rollouts()
-        .create(pb::CreateRolloutRequest {
-            spec: Some(s.clone()),
-            start: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&otad, s.clone(), false).await.unwrap();
     assert_eq!(
         otad.rollout(&created.id).await.spec.unwrap().abort_criteria,
         criteria
@@ -238,27 +245,13 @@ async fn criteria_are_stored_shown_planned_and_checked() {
     ] {
         let mut s = s.clone();
         s.abort_criteria = vec![bad];
-        let e = otad
-            .rollouts()
-            .create(pb::CreateRolloutRequest {
-                spec: Some(s),
-                start: false,
-            })
-            .await
-            .unwrap_err();
+        let e = create(&otad, s, false).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(e.message(), message);
     }
     let mut s = s.clone();
     s.abort_criteria = vec![criteria[0]; 11];
-    let e = otad
-        .rollouts()
-        .create(pb::CreateRolloutRequest {
-            spec: Some(s),
-            start: false,
-        })
-        .await
-        .unwrap_err();
+    let e = create(&otad, s, false).await.unwrap_err();
     assert_eq!(
         e.message(),
         "spec.abort_criteria has 11 criteria: at most 10"

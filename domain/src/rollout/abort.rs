@@ -134,10 +134,7 @@ impl Finished {
     ) -> Self {
         let mut c = Self::default();
         for t in tasks {
-            let accepted = matches!(
-                (accepted_at_ms, t.finished_at_ms),
-                (Some(accepted), Some(finished)) if finished <= accepted
-            );
+            let accepted = accepted_by_resume(t.finished_at_ms, accepted_at_ms);
             match t.phase {
                 TaskPhase::Succeeded => c.finished += 1,
                 TaskPhase::Failed => {
@@ -172,6 +169,15 @@ impl Finished {
     }
 }
 
+/// A failure that ended at `finished_at` was accepted by a resume at `accepted_at` (it ended
+/// before the operator resumed): it no longer counts as a failure, only as finished.
+pub fn accepted_by_resume(
+    finished_at: Option<UnixMillis>,
+    accepted_at: Option<UnixMillis>,
+) -> bool {
+    matches!((accepted_at, finished_at), (Some(accepted), Some(finished)) if finished <= accepted)
+}
+
 /// The device did not take the image.
 pub fn is_rejection(code: ErrorCode) -> bool {
     matches!(
@@ -201,8 +207,8 @@ pub fn tripped(criteria: &[AbortCriterion], finished: &Finished) -> Option<Tripp
             return None;
         }
         let matching = finished.matching(c.on);
-        // matching / finished ≥ percent / 100, in integers where possible (no float noise at
-        // exact shares such as 1 of 5 at 20 %).
+        // matching / finished ≥ percent / 100, with a tolerance so exact shares such as 1 of 5
+        // at 20 % trip despite float noise.
         let share = f64::from(matching) * 100.0 / f64::from(finished.finished);
         if matching == 0 || share + 1e-9 < c.percent {
             return None;

@@ -88,7 +88,7 @@ use crate::events::{
 use crate::projection::{
     FleetState, RolloutState, RolloutView, StageState, StageView, TaskPhase, TaskView,
 };
-use crate::rollout::abort::{self, AbortAction, Finished};
+use crate::rollout::abort::{self, AbortAction, AbortOn, Finished};
 use crate::rollout::plan::exclusion_reason;
 use crate::rollout::spec::{
     FailureAction, FailureBudget, OnAsleep, StageSpec, Threshold, UpgradeType,
@@ -294,10 +294,7 @@ pub fn stage_counts(r: &RolloutView, state: &FleetState, index: usize) -> StageC
                 } else {
                     c.timed_out += 1;
                 }
-                if let (Some(accepted), Some(finished)) =
-                    (stage.failures_accepted_at_ms, t.finished_at_ms)
-                    && finished <= accepted
-                {
+                if abort::accepted_by_resume(t.finished_at_ms, stage.failures_accepted_at_ms) {
                     c.accepted_failures += 1;
                 }
             }
@@ -468,17 +465,11 @@ pub fn failure_budget(r: &RolloutView) -> Option<u32> {
 /// every stage (stragglers of finished stages included), except those an operator accepted by
 /// resuming after they ended.
 pub fn budget_failures(r: &RolloutView, state: &FleetState) -> u32 {
-    r.tasks_by_device
+    let tasks = r
+        .tasks_by_device
         .values()
-        .filter_map(|id| state.tasks.get(id))
-        .filter(|t| matches!(t.phase, TaskPhase::Failed | TaskPhase::TimedOut))
-        .filter(|t| {
-            !matches!(
-                (r.failures_accepted_at_ms, t.finished_at_ms),
-                (Some(accepted), Some(finished)) if finished <= accepted
-            )
-        })
-        .count() as u32
+        .filter_map(|id| state.tasks.get(id));
+    Finished::count(tasks, r.failures_accepted_at_ms).matching(AbortOn::Any)
 }
 
 fn all_stage_devices(r: &RolloutView) -> Vec<String> {
