@@ -343,6 +343,14 @@ fn spec() -> pb::RolloutSpec {
                 action: pb::abort_criterion::Action::Abort as i32,
             },
         ],
+        rate: Some(pb::RolloutRate {
+            max_per_minute: 30,
+            ramp: Some(pb::RateRamp {
+                start_per_minute: 2,
+                factor: 2.0,
+                after: Some(pb::rate_ramp::After::AfterSuccesses(5)),
+            }),
+        }),
     }
 }
 
@@ -449,7 +457,10 @@ fn plan() -> pb::RolloutPlan {
         }],
         estimated_duration_s: 4_200,
         warnings: vec!["stage wave-1 has no devices".into()],
-        policies: vec!["abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause".into()],
+        policies: vec![
+            "rate: at most 30/min, ramp from 2/min ×2 every 5 successes".into(),
+            "abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause".into(),
+        ],
         target_count: 12,
     }
 }

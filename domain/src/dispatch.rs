@@ -17,8 +17,10 @@
 //!    rollout (running, its stage started, the maintenance window open in the site's zone)? →
 //!    **fleet-wide limits**: per site, per zigbee2mqtt network and per ESPHome site across every
 //!    rollout and single update, plus its rollout's own global limit; a single update that must
-//!    wait says so once (`TaskHeld` 5002 "queued behind task … on network …") → preflight
-//!    (`crate::tasks::preflight`) → dispatch, hold or skip.
+//!    wait says so once (`TaskHeld` 5002 "queued behind task … on network …") → its
+//!    rollout's **rate** for a first dispatch (`crate::rollout::rate`: starts in the last
+//!    minute, from the log; when none is left, look again when the next slot opens) →
+//!    preflight (`crate::tasks::preflight`) → dispatch, hold or skip.
 //! 3. **Held because the device is unreachable** (5012) → a `Probe` command to its agent now,
 //!    then again after 2 s, 4 s, … up to 5 minutes, so the update starts as soon as the device
 //!    answers (the agent reports it reachable; that event wakes the dispatcher).
@@ -42,6 +44,7 @@ use crate::projection::{
     FleetState, RolloutState, StageState, TaskPhase, TaskView, effective_timeout_s,
     effective_wake_timeout_s,
 };
+use crate::rollout::rate::{self, Allowance};
 use crate::rollout::spec::{Concurrency, Preconditions};
 use crate::rollout::window;
 use crate::status::{ErrorCode, TaskError};
@@ -397,6 +400,7 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
             load.add(&slot_of(state, t), &t.created.task_id);
         }
     }
+    let mut rates = Rates::default();
     let mut probing = Probing {
         before: probes,
         probed: BTreeMap::new(),
@@ -431,6 +435,9 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
             }
             continue;
         }
+        if !rates.allows(state, t, now, &mut out) {
+            continue;
+        }
         let (Some(device), Some(fw)) = (
             state.devices.get(&t.created.device_id),
             state.firmware.get(&t.created.firmware_id),
@@ -460,6 +467,7 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
                 let transport = device.facts.transport.unwrap_or(Transport::Esphome);
                 send_update(t, transport, schedule, now, next_command_id, &mut out);
                 load.add(&slot, &t.created.task_id);
+                rates.took(t, now);
             }
             Preflight::Hold {
                 error,
@@ -479,6 +487,60 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
     }
     probing.finish(next_command_id, &mut out);
     out
+}
+
+/// The rollouts' rates during one pass: what each allowed at the start of the pass, less the
+/// devices this pass started.
+#[derive(Debug, Default)]
+struct Rates<'a> {
+    left: HashMap<&'a str, Option<Allowance>>,
+}
+
+impl<'a> Rates<'a> {
+    /// The rollout task a rate limits: a first dispatch of one of its own devices (retries and
+    /// auto-upgrades that name the rollout as their source are not limited).
+    fn limited(t: &'a TaskView) -> Option<&'a str> {
+        t.created
+            .rollout_id
+            .as_deref()
+            .filter(|_| !t.created.auto && t.started_at_ms.is_none())
+    }
+
+    /// Whether `t`'s rollout rate lets it start now; when not, look again when a slot opens.
+    fn allows(
+        &mut self,
+        state: &'a FleetState,
+        t: &'a TaskView,
+        now: UnixMillis,
+        out: &mut DispatchDecision,
+    ) -> bool {
+        let Some(id) = Self::limited(t) else {
+            return true;
+        };
+        let entry = self.left.entry(id).or_insert_with(|| {
+            state
+                .rollouts
+                .get(id)
+                .and_then(|r| rate::rollout_allowance(r, state, now))
+        });
+        match entry {
+            None => true,
+            Some(a) if a.allowed > 0 => true,
+            Some(a) => {
+                if let Some(at) = a.next_slot_at {
+                    out.due(at, now);
+                }
+                false
+            }
+        }
+    }
+
+    /// `t` was dispatched now.
+    fn took(&mut self, t: &'a TaskView, now: UnixMillis) {
+        if let Some(Some(a)) = Self::limited(t).and_then(|id| self.left.get_mut(id)) {
+            a.started(now);
+        }
+    }
 }
 
 /// Step 2, a task that may go: its next attempt is recorded and its update command sent.

@@ -30,6 +30,7 @@ use crate::model::{
     ZigbeeFacts,
 };
 use crate::rollout::abort::AbortCriterion;
+use crate::rollout::rate::Rate;
 use crate::rollout::spec::{RolloutSpec, RolloutSpecV1, UpgradeType};
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 use crate::time::UnixMillis;
@@ -685,7 +686,7 @@ domain_events! {
     TaskSucceeded = 2,
     TaskFailed = 1,
     TaskCancelled = 1,
-    RolloutCreated = 3,
+    RolloutCreated = 4,
     RolloutStarted = 1,
     BatchCheckStarted = 1,
     BatchCheckCompleted = 1,
@@ -746,8 +747,13 @@ impl DomainEvent {
             ("RolloutCreated", 1) => postcard::from_bytes::<RolloutCreatedV1>(bytes)
                 .map(|old| Self::RolloutCreated(old.into()))
                 .map_err(malformed),
-            // v3 appended `spec.abort_criteria` (none).
-            ("RolloutCreated", 2) => decode_appended(bytes, &Vec::<AbortCriterion>::new())
+            // v3 appended `spec.abort_criteria` (none), v4 `spec.rate` (none).
+            ("RolloutCreated", 2) => {
+                decode_appended(bytes, &(Vec::<AbortCriterion>::new(), None::<Rate>))
+                    .map(Self::RolloutCreated)
+                    .map_err(malformed)
+            }
+            ("RolloutCreated", 3) => decode_appended(bytes, &None::<Rate>)
                 .map(Self::RolloutCreated)
                 .map_err(malformed),
             _ => Err(DecodeError::NoUpcaster {

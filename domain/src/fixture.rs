@@ -200,6 +200,7 @@ pub fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
         failure_budget: FailureBudget::Default,
         site_timezones: Default::default(),
         abort_criteria: Vec::new(),
+        rate: None,
     }
 }
 

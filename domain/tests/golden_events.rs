@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use ota_domain::events::*;
 use ota_domain::model::*;
 use ota_domain::rollout::abort::*;
+use ota_domain::rollout::rate::*;
 use ota_domain::rollout::spec::*;
 use ota_domain::status::*;
 use ota_domain::time::UnixMillis;
@@ -117,6 +118,14 @@ fn spec() -> RolloutSpec {
             min_finished: 10,
             action: AbortAction::Abort,
         }],
+        rate: Some(Rate {
+            max_per_minute: 30,
+            ramp: Some(Ramp {
+                start_per_minute: 2,
+                factor: 2.0,
+                after: RampAfter::Percent(12.5),
+            }),
+        }),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Rollout policies past stages and thresholds, end to end over gRPC with a fake site:
-//! abort criteria over the devices that finished.
+//! abort criteria over the devices that finished; the rate (with its ramp) at which a rollout
+//! starts devices.
 
 use std::time::Duration;
 
@@ -256,5 +257,180 @@ async fn criteria_are_stored_shown_planned_and_checked() {
         e.message(),
         "spec.abort_criteria has 11 criteria: at most 10"
     );
+    assert_eq!(otad.recorded().len(), before, "refused specs store nothing");
+}
+
+// === rate ===
+
+/// One stage over `count` ESPHome devices (5 s each) that the concurrency never limits, at
+/// `rate`.
+async fn rated(count: usize, rate: pb::RolloutRate) -> (TestOtad, FakeSite, String) {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    let devices = (0..count)
+        .map(|i| {
+            dev(
+                esphome(&format!("n{i:02}"), "1.0.0"),
+                Behavior::Succeed,
+                secs(5),
+            )
+        })
+        .collect();
+    let site = FakeSite::connect(&otad, "home", 0, devices).await;
+    let mut s = spec(&fw, vec![stage("all", percent(100.0))]);
+    s.concurrency = Some(pb::ConcurrencyLimits {
+        global: 100,
+        per_site: 100,
+        per_zigbee_network: 1,
+        per_esphome_site: 100,
+    });
+    s.rate = Some(rate);
+    let id = otad.create(s).await.id;
+    (otad, site, id)
+}
+
+/// How many devices started in each minute since the first start, from the log.
+fn starts_per_minute(otad: &TestOtad, id: &str, count: usize) -> Vec<usize> {
+    let mut starts: Vec<i64> = (0..count)
+        .filter_map(|i| otad.task_of(id, &format!("home/n{i:02}"))?.started_at_ms)
+        .map(|at| at.as_i64())
+        .collect();
+    starts.sort_unstable();
+    let first = starts.first().copied().unwrap_or_default();
+    let minutes = starts.last().map_or(0, |last| (last - first) / 60_000 + 1);
+    (0..minutes)
+        .map(|m| {
+            starts
+                .iter()
+                .filter(|s| (**s - first) / 60_000 == m)
+                .count()
+        })
+        .collect()
+}
+
+fn flat(max_per_minute: u32) -> pb::RolloutRate {
+    pb::RolloutRate {
+        max_per_minute,
+        ramp: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn twenty_devices_at_6_per_minute_start_as_the_rate_allows() {
+    let (otad, site, id) = rated(20, flat(6)).await;
+    otad.until_rollout(&id, "completed", hours(1)).await;
+    assert_eq!(starts_per_minute(&otad, &id, 20), [6, 6, 6, 2]);
+    assert_eq!(site.log().transfers.len(), 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_mid_rollout_keeps_the_rate() {
+    let (mut otad, site, id) = rated(20, flat(6)).await;
+    otad.until(
+        "the first minute's devices",
+        Duration::from_millis(100),
+        secs(30),
+        |_| (site.log().transfers.len() == 6).then_some(()),
+    )
+    .await;
+    // otad restarts 10 s into the minute: the six starts are in the log, so the restarted
+    // dispatcher waits for the rest of the minute instead of starting the other 14.
+    tokio::time::sleep(secs(10)).await;
+    site.disconnect();
+    otad = otad.restart().await;
+    site.reconnect(&otad).await;
+    otad.until_rollout(&id, "completed", hours(1)).await;
+    assert_eq!(starts_per_minute(&otad, &id, 20), [6, 6, 6, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ramp_speeds_the_rollout_up_as_devices_succeed() {
+    let (otad, _site, id) = rated(
+        20,
+        pb::RolloutRate {
+            max_per_minute: 30,
+            ramp: Some(pb::RateRamp {
+                start_per_minute: 2,
+                factor: 2.0,
+                after: Some(pb::rate_ramp::After::AfterSuccesses(4)),
+            }),
+        },
+    )
+    .await;
+    otad.until_rollout(&id, "completed", hours(1)).await;
+    // 2, 2 (4 succeeded: 4/min, two more at once), 4 + … : far less than the 10 minutes a flat
+    // 2/min would take.
+    let per_minute = starts_per_minute(&otad, &id, 20);
+    assert_eq!(per_minute[0], 2, "{per_minute:?}");
+    assert_eq!(per_minute[1], 4, "{per_minute:?}");
+    assert!(per_minute.len() <= 4, "{per_minute:?}");
+    assert_eq!(per_minute.iter().sum::<usize>(), 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_is_stored_shown_planned_and_checked() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    let _site = esp_site(&otad, 12, |_| Behavior::Succeed).await;
+    let mut s = spec(&fw, vec![stage("all", percent(100.0))]);
+    let rate = pb::RolloutRate {
+        max_per_minute: 3,
+        ramp: Some(pb::RateRamp {
+            start_per_minute: 1,
+            factor: 3.0,
+            after: Some(pb::rate_ramp::After::AfterPercent(25.0)),
+        }),
+    };
+    s.rate = Some(rate);
+    let plan = |s: pb::RolloutSpec| async {
+        otad.rollouts()
+            .plan(pb::PlanRolloutRequest {
+                subject: Some(pb::plan_rollout_request::Subject::Spec(s)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let paced = plan(s.clone()).await;
+    assert_eq!(
+        paced.policies,
+        ["rate: at most 3/min, ramp from 1/min ×3 every 25% of the targets succeeded"]
+    );
+    let mut unpaced = s.clone();
+    unpaced.rate = None;
+    let unpaced = plan(unpaced).await;
+    assert!(
+        paced.estimated_duration_s > unpaced.estimated_duration_s,
+        "{} vs {}",
+        paced.estimated_duration_s,
+        unpaced.estimated_duration_s
+    );
+    let created = create(&otad, s.clone(), false).await.unwrap();
+    assert_eq!(
+        otad.rollout(&created.id).await.spec.unwrap().rate,
+        Some(rate)
+    );
+
+    // Refused specs name the field and store nothing.
+    let before = otad.recorded().len();
+    for (bad, message) in [
+        (flat(0), "spec.rate.max_per_minute must be at least 1"),
+        (
+            pb::RolloutRate {
+                ramp: Some(pb::RateRamp {
+                    factor: 1.0,
+                    ..rate.ramp.unwrap()
+                }),
+                ..rate
+            },
+            "spec.rate.ramp.factor is 1: the factor must be above 1 and at most 5",
+        ),
+    ] {
+        let mut s = s.clone();
+        s.rate = Some(bad);
+        let e = create(&otad, s, false).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), message);
+    }
     assert_eq!(otad.recorded().len(), before, "refused specs store nothing");
 }

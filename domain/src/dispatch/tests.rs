@@ -419,3 +419,152 @@ fn probe_intervals() {
     assert_eq!(probe_interval(9), Duration::from_millis(300_000));
     assert_eq!(probe_interval(u32::MAX), Duration::from_millis(300_000));
 }
+
+/// A rollout of `n` ESPHome devices at site `a` (no concurrency limit to speak of) with `rate`.
+fn rated_world(n: usize, rate: crate::rollout::rate::Rate) -> World {
+    let mut w = World::new();
+    for i in 0..n {
+        w.device(&format!("a/{i:02}"), esp_device("1.0.0"));
+    }
+    let mut s = spec(vec![stage("all", StageSize::CumulativePercent(100.0))]);
+    s.concurrency = Concurrency {
+        global: 1000,
+        per_site: 1000,
+        per_zigbee_network: 1,
+        per_esphome_site: 1000,
+    };
+    s.rate = Some(rate);
+    start_rollout(&mut w.log, T0, RO, s);
+    w.schedule(T0);
+    w
+}
+
+impl World {
+    /// Runs the dispatcher every second from `T0` for `secs` seconds; every dispatched task
+    /// succeeds `success_after` later. The seconds (from `T0`) of each dispatch, and the times
+    /// the dispatcher asked to look again while tasks waited for the rate.
+    fn run_rated(&mut self, secs: u64, success_after: Duration) -> (Vec<u64>, Vec<u64>) {
+        let (mut at, mut wake_ups) = (Vec::new(), Vec::new());
+        let mut pending: Vec<(UnixMillis, String)> = Vec::new();
+        for s in 0..=secs {
+            let now = T0 + S * u32::try_from(s).unwrap();
+            for (_, task) in pending.iter().filter(|(due, _)| *due == now) {
+                self.log.event(
+                    now,
+                    &streams::task(task),
+                    TaskSucceeded {
+                        attempt: 1,
+                        from: VersionInfo::default(),
+                        to: VersionInfo::default(),
+                        duration_ms: 1,
+                        wire_bytes: 1,
+                        source: None,
+                        late: false,
+                    },
+                );
+            }
+            let d = self.step(now);
+            for task in dispatched_tasks(&d) {
+                at.push(s);
+                pending.push((now + success_after, task));
+            }
+            let waiting = self.log.state.tasks.values().any(|t| t.attempt == 0);
+            if waiting && let Some(due) = d.next_due_ms.filter(|due| *due < now + 600 * S) {
+                wake_ups.push(due.since(T0).as_secs());
+            }
+        }
+        wake_ups.dedup();
+        (at, wake_ups)
+    }
+}
+
+#[test]
+fn a_rate_of_6_per_minute_starts_20_devices_in_4_minutes() {
+    use crate::rollout::rate::Rate;
+    let mut w = rated_world(
+        20,
+        Rate {
+            max_per_minute: 6,
+            ramp: None,
+        },
+    );
+    let (at, wake_ups) = w.run_rated(300, 10 * S);
+    let per_minute: Vec<usize> = (0..5)
+        .map(|m| at.iter().filter(|s| **s / 60 == m).count())
+        .collect();
+    assert_eq!(per_minute, [6, 6, 6, 2, 0], "{at:?}");
+    assert!(
+        at.iter().all(|s| s % 60 == 0),
+        "each minute's starts go at once: {at:?}"
+    );
+    // While devices wait for the rate, the dispatcher asks to look again when the next slot
+    // opens: a minute after the starts that used the rate up.
+    assert_eq!(wake_ups, [60, 120, 180], "{wake_ups:?}");
+    // Retries are not limited: a failed first attempt goes again at its retry time even when
+    // the minute's rate is used up (asserted via the starts: exactly 20 devices started).
+    assert_eq!(at.len(), 20);
+}
+
+#[test]
+fn the_ramp_raises_the_rate_as_devices_succeed() {
+    use crate::rollout::rate::{Ramp, RampAfter, Rate};
+    let mut w = rated_world(
+        20,
+        Rate {
+            max_per_minute: 30,
+            ramp: Some(Ramp {
+                start_per_minute: 2,
+                factor: 2.0,
+                after: RampAfter::Successes(5),
+            }),
+        },
+    );
+    let (at, _) = w.run_rated(600, 10 * S);
+    // 2/min until 5 succeeded (at 130 s: 6), then 4/min (two more at once, two at 180 s when
+    // the 120 s starts are a minute old); 8/min from 10 successes (190 s), 16/min from 15
+    // (200 s). A flat 2/min would need 10 minutes.
+    let mut starts: Vec<(u64, usize)> = Vec::new();
+    for s in at {
+        match starts.last_mut() {
+            Some((t, n)) if *t == s => *n += 1,
+            _ => starts.push((s, 1)),
+        }
+    }
+    assert_eq!(
+        starts,
+        [
+            (0, 2),
+            (60, 2),
+            (120, 2),
+            (130, 2),
+            (180, 2),
+            (190, 6),
+            (200, 4)
+        ]
+    );
+}
+
+#[test]
+fn the_rate_is_read_from_the_log_so_a_new_dispatcher_keeps_it() {
+    use crate::rollout::rate::Rate;
+    let mut w = rated_world(
+        10,
+        Rate {
+            max_per_minute: 4,
+            ramp: None,
+        },
+    );
+    assert_eq!(dispatched_tasks(&w.step(T0)).len(), 4);
+    // A dispatcher with no memory at all (otad restarted) half a minute later: the four starts
+    // are in the projection of the log, so nothing more goes until the minute is over.
+    let fresh = World {
+        log: w.log.clone(),
+        ids: Cell::new(100),
+        probes: ProbeMemory::default(),
+        offline_sites: Vec::new(),
+    };
+    let d = fresh.decide(T0 + 30 * S);
+    assert!(dispatched_tasks(&d).is_empty(), "{:?}", d.commands);
+    assert_eq!(d.next_due_ms, Some(T0 + 60 * S));
+    assert_eq!(dispatched_tasks(&fresh.decide(T0 + 60 * S)).len(), 4);
+}

@@ -7,6 +7,8 @@
 //! - [`scheduler`]: the level-triggered reconcile of a running rollout (batch check, stages,
 //!   thresholds, soak, deadlines, completion) and abort.
 //! - [`abort`]: abort criteria over the devices that finished (AWS IoT Jobs' `abortConfig`).
+//! - [`rate`]: how many devices may start per minute, with an exponential ramp (AWS IoT Jobs'
+//!   `rolloutConfig`).
 //! - [`window`]: maintenance windows in a site's local time.
 //! - [`auto`]: auto-upgrade of devices that appear or fall behind after a rollout completed.
 //!
@@ -17,6 +19,7 @@ pub mod approval;
 pub mod auto;
 pub mod lifecycle;
 pub mod plan;
+pub mod rate;
 pub mod scheduler;
 pub mod select;
 pub mod spec;

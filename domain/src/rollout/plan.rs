@@ -34,6 +34,10 @@
 //! - ESPHome (network OTA): [`ESPHOME_TRANSFER_S`] = 1 min;
 //! - serial (ROM bootloader): [`SERIAL_TRANSFER_S`] = 1 min.
 //!
+//! A rollout's rate ([`crate::rollout::rate`]) paces the simulated starts the same way the
+//! dispatcher does (a sliding minute; a ramp steps up as the simulated devices succeed, every
+//! device of earlier stages counted as a success).
+//!
 //! A stage with a deadline is estimated at most at its deadline (unfinished devices time out
 //! then). The rollout's estimate is the batch-check timeout (when a batch check runs) plus, per
 //! stage, its estimate and its soak time. Time outside a maintenance window is not counted; a
@@ -45,6 +49,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use crate::events::{Exclusion, FirmwareRegistered, PlannedStage, RolloutStarted};
 use crate::model::{PowerSource, Transport};
 use crate::projection::{DeviceView, FleetState};
+use crate::rollout::rate::{self, Allowance, Rate};
 use crate::rollout::select;
 use crate::rollout::spec::{
     Concurrency, RolloutSpec, StageSize, Threshold, UpgradeType, default_device_timeout_s,
@@ -52,6 +57,7 @@ use crate::rollout::spec::{
 use crate::rollout::window;
 use crate::status::ErrorCode;
 use crate::tasks::{firmware_fits, is_downgrade, is_on_target, target_version};
+use crate::time::UnixMillis;
 
 /// Typical time to update one Zigbee device, seconds.
 pub const ZIGBEE_TRANSFER_S: u64 = 20 * 60;
@@ -208,98 +214,206 @@ pub fn spread_across_sites<'a>(targets: &[&'a DeviceView]) -> Vec<&'a DeviceView
     out
 }
 
+/// How a rollout's rate paces the starts of a simulated stage.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace<'a> {
+    /// The rollout's rate.
+    pub rate: &'a Rate,
+    /// The rollout's targets (for a ramp stepped by a share of them).
+    pub targets: u32,
+    /// Devices of earlier stages, all assumed to succeed (the ramp goes on from there).
+    pub succeeded_before: u32,
+}
+
+impl Pace<'_> {
+    /// What the rate allows at `now_s` (seconds into the stage) after `starts` and `done`
+    /// successes in the stage.
+    fn allowance(&self, starts: &[u64], done: u32, now_s: u64) -> Allowance {
+        let ms = |s: u64| {
+            UnixMillis::from_unix_ms(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX))
+        };
+        rate::allowance(
+            self.rate,
+            starts.iter().map(|s| ms(*s)),
+            self.succeeded_before.saturating_add(done),
+            self.targets,
+            ms(now_s),
+        )
+    }
+}
+
 /// Estimated time to update `devices` under `limits`, seconds: greedy list scheduling with the
 /// typical transfer time of each device's transport.
 pub fn estimate_s(devices: &[&DeviceView], limits: &Concurrency) -> u64 {
-    // Devices with the same site, transport and network are interchangeable for the limits.
-    #[derive(Debug)]
-    struct Class {
-        site: usize,
-        network: Option<usize>,
-        esphome: bool,
-        remaining: u32,
-        duration: u64,
-    }
-    let mut sites: HashMap<&str, usize> = HashMap::new();
-    let mut networks: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut classes: BTreeMap<(&str, u8, &str), Class> = BTreeMap::new();
-    for d in devices {
-        let next_site = sites.len();
-        let site = *sites.entry(d.site_id.as_str()).or_insert(next_site);
-        let t = d.facts.transport;
-        let network = (t == Some(Transport::Zigbee2Mqtt)).then(|| {
-            let next = networks.len();
-            *networks
-                .entry((d.site_id.as_str(), d.facts.network.as_str()))
-                .or_insert(next)
-        });
-        let tag = match t {
-            Some(Transport::Zigbee2Mqtt) => 0,
-            Some(Transport::Esphome) => 1,
-            Some(Transport::Serial) => 2,
-            None => 3,
-        };
-        classes
-            .entry((d.site_id.as_str(), tag, d.facts.network.as_str()))
-            .or_insert(Class {
-                site,
-                network,
-                esphome: t == Some(Transport::Esphome),
-                remaining: 0,
-                duration: typical_transfer_s(t),
-            })
-            .remaining += 1;
-    }
-    let mut classes: Vec<Class> = classes.into_values().collect();
-    let lim = |v: u32| v.max(1);
-    let mut running_global = 0u32;
-    let mut running_site = vec![0u32; sites.len()];
-    let mut running_esphome = vec![0u32; sites.len()];
-    let mut running_network = vec![0u32; networks.len()];
-    let mut ends: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    estimate_paced_s(devices, limits, None)
+}
+
+/// [`estimate_s`], with the starts also paced by a rollout's rate (and its ramp, every device
+/// assumed to succeed).
+pub fn estimate_paced_s(
+    devices: &[&DeviceView],
+    limits: &Concurrency,
+    pace: Option<Pace<'_>>,
+) -> u64 {
+    let mut sim = Simulation::new(devices, limits);
     let mut now = 0u64;
+    let mut starts: Vec<u64> = Vec::new();
+    let mut done = 0u32;
     loop {
-        for (i, c) in classes.iter_mut().enumerate() {
-            while c.remaining > 0
-                && running_global < lim(limits.global)
-                && running_site[c.site] < lim(limits.per_site)
-                && c.network
-                    .is_none_or(|n| running_network[n] < lim(limits.per_zigbee_network))
-                && (!c.esphome || running_esphome[c.site] < lim(limits.per_esphome_site))
-            {
-                c.remaining -= 1;
-                running_global += 1;
-                running_site[c.site] += 1;
-                if let Some(n) = c.network {
-                    running_network[n] += 1;
-                }
-                if c.esphome {
-                    running_esphome[c.site] += 1;
-                }
-                ends.push(Reverse((now + c.duration, i)));
-            }
-        }
-        let Some(Reverse((at, _))) = ends.peek().copied() else {
+        let allowed = pace.map(|p| p.allowance(&starts, done, now));
+        let mut budget = allowed.as_ref().map_or(u32::MAX, |a| a.allowed);
+        let started = sim.start_what_fits(now, &mut budget);
+        starts.extend(std::iter::repeat_n(now, started as usize));
+        starts.retain(|s| s + 60 > now);
+        let next_slot = match (pace, sim.waiting()) {
+            (Some(p), true) if budget == 0 => p
+                .allowance(&starts, done, now)
+                .next_slot_at
+                .map(|at| u64::try_from(at.as_i64() / 1000).unwrap_or(u64::MAX)),
+            _ => None,
+        };
+        let next_end = sim.next_end();
+        let Some(at) = [next_end, next_slot].into_iter().flatten().min() else {
             break;
         };
         now = at;
-        while let Some(Reverse((end, i))) = ends.peek().copied() {
-            if end != at {
-                break;
-            }
-            ends.pop();
-            let c = &classes[i];
-            running_global -= 1;
-            running_site[c.site] -= 1;
-            if let Some(n) = c.network {
-                running_network[n] -= 1;
-            }
-            if c.esphome {
-                running_esphome[c.site] -= 1;
-            }
+        if next_end == Some(at) {
+            done += sim.finish_at(at);
         }
     }
     now
+}
+
+/// Devices with the same site, transport and network are interchangeable for the limits.
+#[derive(Debug)]
+struct Class {
+    site: usize,
+    network: Option<usize>,
+    esphome: bool,
+    remaining: u32,
+    duration: u64,
+}
+
+/// The greedy list scheduling of one stage: classes of devices, the slots they hold, and when
+/// the running ones end.
+struct Simulation {
+    classes: Vec<Class>,
+    limits: Concurrency,
+    running_global: u32,
+    running_site: Vec<u32>,
+    running_esphome: Vec<u32>,
+    running_network: Vec<u32>,
+    ends: BinaryHeap<Reverse<(u64, usize)>>,
+}
+
+impl Simulation {
+    fn new(devices: &[&DeviceView], limits: &Concurrency) -> Self {
+        let mut sites: HashMap<&str, usize> = HashMap::new();
+        let mut networks: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut classes: BTreeMap<(&str, u8, &str), Class> = BTreeMap::new();
+        for d in devices {
+            let next_site = sites.len();
+            let site = *sites.entry(d.site_id.as_str()).or_insert(next_site);
+            let t = d.facts.transport;
+            let network = (t == Some(Transport::Zigbee2Mqtt)).then(|| {
+                let next = networks.len();
+                *networks
+                    .entry((d.site_id.as_str(), d.facts.network.as_str()))
+                    .or_insert(next)
+            });
+            let tag = match t {
+                Some(Transport::Zigbee2Mqtt) => 0,
+                Some(Transport::Esphome) => 1,
+                Some(Transport::Serial) => 2,
+                None => 3,
+            };
+            classes
+                .entry((d.site_id.as_str(), tag, d.facts.network.as_str()))
+                .or_insert(Class {
+                    site,
+                    network,
+                    esphome: t == Some(Transport::Esphome),
+                    remaining: 0,
+                    duration: typical_transfer_s(t),
+                })
+                .remaining += 1;
+        }
+        Self {
+            classes: classes.into_values().collect(),
+            limits: *limits,
+            running_global: 0,
+            running_site: vec![0; sites.len()],
+            running_esphome: vec![0; sites.len()],
+            running_network: vec![0; networks.len()],
+            ends: BinaryHeap::new(),
+        }
+    }
+
+    fn fits(&self, c: &Class) -> bool {
+        let lim = |v: u32| v.max(1);
+        let l = &self.limits;
+        c.remaining > 0
+            && self.running_global < lim(l.global)
+            && self.running_site[c.site] < lim(l.per_site)
+            && c.network
+                .is_none_or(|n| self.running_network[n] < lim(l.per_zigbee_network))
+            && (!c.esphome || self.running_esphome[c.site] < lim(l.per_esphome_site))
+    }
+
+    /// Starts at `now` every device the limits and `budget` let start; returns how many.
+    fn start_what_fits(&mut self, now: u64, budget: &mut u32) -> u32 {
+        let mut started = 0;
+        for i in 0..self.classes.len() {
+            while *budget > 0 && self.fits(&self.classes[i]) {
+                *budget -= 1;
+                started += 1;
+                let c = &mut self.classes[i];
+                c.remaining -= 1;
+                let (site, network, esphome, duration) = (c.site, c.network, c.esphome, c.duration);
+                self.running_global += 1;
+                self.running_site[site] += 1;
+                if let Some(n) = network {
+                    self.running_network[n] += 1;
+                }
+                if esphome {
+                    self.running_esphome[site] += 1;
+                }
+                self.ends.push(Reverse((now + duration, i)));
+            }
+        }
+        started
+    }
+
+    /// Devices not started yet.
+    fn waiting(&self) -> bool {
+        self.classes.iter().any(|c| c.remaining > 0)
+    }
+
+    fn next_end(&self) -> Option<u64> {
+        self.ends.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Ends the devices that end at `at`; returns how many.
+    fn finish_at(&mut self, at: u64) -> u32 {
+        let mut n = 0;
+        while let Some(Reverse((end, i))) = self.ends.peek().copied() {
+            if end != at {
+                break;
+            }
+            self.ends.pop();
+            n += 1;
+            let c = &self.classes[i];
+            self.running_global -= 1;
+            self.running_site[c.site] -= 1;
+            if let Some(n) = c.network {
+                self.running_network[n] -= 1;
+            }
+            if c.esphome {
+                self.running_esphome[c.site] -= 1;
+            }
+        }
+        n
+    }
 }
 
 fn duration(s: u64) -> String {
@@ -310,13 +424,16 @@ fn duration(s: u64) -> String {
     }
 }
 
-/// The rollout-wide policies of `spec` in words, in the order they are checked.
+/// The rollout-wide policies of `spec` in words: the rate, then the abort criteria in the order
+/// they are checked.
 pub fn policies(spec: &RolloutSpec) -> Vec<String> {
-    spec.abort_criteria
+    let rate = spec.rate.iter().map(|r| format!("rate: at most {r}"));
+    let criteria = spec
+        .abort_criteria
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("abort criterion {}: {c}", i + 1))
-        .collect()
+        .map(|(i, c)| format!("abort criterion {}: {c}", i + 1));
+    rate.chain(criteria).collect()
 }
 
 /// Plans `spec` against today's fleet. Pure: the same state gives the same plan.
@@ -418,10 +535,15 @@ fn plan_stages(
     for (stage, n) in spec.stages.iter().zip(counts) {
         let devices = &ordered[at..at + n];
         at += n;
+        let pace = spec.rate.as_ref().map(|rate| Pace {
+            rate,
+            targets: u32::try_from(ordered.len()).unwrap_or(u32::MAX),
+            succeeded_before: u32::try_from(at - n).unwrap_or(u32::MAX),
+        });
         let simulated = if check_only {
             0
         } else {
-            estimate_s(devices, &spec.concurrency)
+            estimate_paced_s(devices, &spec.concurrency, pace)
         };
         let deadline = u64::from(stage.deadline_s);
         let estimated_s = if deadline > 0 {
@@ -627,5 +749,50 @@ mod tests {
         // Zigbee one at a time in one slot (2 × 20 min); ESPHome in the other (4 × 1 min).
         assert_eq!(estimate_s(&mixed, &tight), 2 * ZIGBEE_TRANSFER_S);
         assert_eq!(estimate_s(&[], &limits), 0);
+    }
+
+    #[test]
+    fn a_rate_paces_the_estimate() {
+        use crate::rollout::rate::{Ramp, RampAfter};
+        let wide = Concurrency {
+            global: 1000,
+            per_site: 1000,
+            per_zigbee_network: 1,
+            per_esphome_site: 1000,
+        };
+        let e: Vec<DeviceView> = (0..20)
+            .map(|i| device(&format!("a/e{i}"), Transport::Esphome, "esphome"))
+            .collect();
+        let refs: Vec<&DeviceView> = e.iter().collect();
+        assert_eq!(estimate_s(&refs, &wide), ESPHOME_TRANSFER_S);
+        let flat = Rate {
+            max_per_minute: 6,
+            ramp: None,
+        };
+        let pace = |rate| Pace {
+            rate,
+            targets: 20,
+            succeeded_before: 0,
+        };
+        // Starts at 0, 60, 120 and 180 s (6, 6, 6, 2); the last ones take a minute.
+        assert_eq!(estimate_paced_s(&refs, &wide, Some(pace(&flat))), 240);
+        // A ramp from 1/min, ×2 after every 2 successes, as the minute-long transfers succeed:
+        // 1 start at 0 s, 1 at 60 s, 2 at 120 s (2 succeeded), 4 at 180 s (4), the last 12 at
+        // 240 s (8 succeeded: 16/min).
+        let ramp = Rate {
+            max_per_minute: 30,
+            ramp: Some(Ramp {
+                start_per_minute: 1,
+                factor: 2.0,
+                after: RampAfter::Successes(2),
+            }),
+        };
+        assert_eq!(estimate_paced_s(&refs, &wide, Some(pace(&ramp))), 300);
+        // Devices of earlier stages count as successes: the ramp goes on from there.
+        let later = Pace {
+            succeeded_before: 8,
+            ..pace(&ramp)
+        };
+        assert_eq!(estimate_paced_s(&refs, &wide, Some(later)), 120);
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Transport;
 use crate::rollout::abort::AbortCriterion;
+use crate::rollout::rate::Rate;
 
 /// How an update is offered (Tuya `upgradeType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -309,6 +310,9 @@ pub struct RolloutSpec {
     pub site_timezones: BTreeMap<String, String>,
     /// Abort criteria over the devices that finished, in the order they are evaluated.
     pub abort_criteria: Vec<AbortCriterion>,
+    /// How many devices may start per minute, with an optional ramp (`None`: no limit beyond
+    /// the concurrency).
+    pub rate: Option<Rate>,
 }
 
 /// [`RolloutSpec`] as stored by `RolloutCreated` v1.
@@ -365,6 +369,7 @@ impl From<RolloutSpecV1> for RolloutSpec {
             failure_budget: FailureBudget::Off,
             site_timezones: BTreeMap::new(),
             abort_criteria: Vec::new(),
+            rate: None,
         }
     }
 }

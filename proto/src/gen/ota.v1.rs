@@ -4059,6 +4059,45 @@ pub mod abort_criterion {
         }
     }
 }
+/// How many devices a rollout starts per minute (a device's first dispatch; retries are not
+/// counted), in a sliding minute, with an optional exponential ramp up to `max_per_minute` (AWS IoT
+/// Jobs' rolloutConfig). Counted from the log, so a restarted otad keeps the rate.
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct RolloutRate {
+    /// 1 ..= 10000.
+    #[prost(uint32, tag = "1")]
+    pub max_per_minute: u32,
+    /// Unset: always `max_per_minute`.
+    #[prost(message, optional, tag = "2")]
+    pub ramp: ::core::option::Option<RateRamp>,
+}
+/// rate = min(max_per_minute, start_per_minute × factor^steps), a step every `after_successes`
+/// more devices succeeded (or every `after_percent` % of the rollout's targets, rounded up).
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct RateRamp {
+    /// 1 ..= max_per_minute.
+    #[prost(uint32, tag = "1")]
+    pub start_per_minute: u32,
+    /// 1 \< factor \<= 5.
+    #[prost(double, tag = "2")]
+    pub factor: f64,
+    /// Exactly one.
+    #[prost(oneof = "rate_ramp::After", tags = "3, 4")]
+    pub after: ::core::option::Option<rate_ramp::After>,
+}
+/// Nested message and enum types in `RateRamp`.
+pub mod rate_ramp {
+    /// Exactly one.
+    #[derive(Clone, Copy, PartialEq, ::prost::Oneof)]
+    pub enum After {
+        /// 1 ..= 1000000.
+        #[prost(uint32, tag = "3")]
+        AfterSuccesses(u32),
+        /// 0 \< after_percent \<= 100.
+        #[prost(double, tag = "4")]
+        AfterPercent(f64),
+    }
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RolloutSpec {
     /// Human name.
@@ -4117,6 +4156,9 @@ pub struct RolloutSpec {
     /// decides.
     #[prost(message, repeated, tag = "19")]
     pub abort_criteria: ::prost::alloc::vec::Vec<AbortCriterion>,
+    /// Unset: no limit on the starts beyond the concurrency.
+    #[prost(message, optional, tag = "20")]
+    pub rate: ::core::option::Option<RolloutRate>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StageStatus {

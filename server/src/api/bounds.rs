@@ -55,6 +55,12 @@ pub const MAX_SITE_TIMEZONES: usize = 1000;
 pub const MAX_ABORT_CRITERIA: usize = 10;
 /// An abort criterion's `min_finished`.
 pub const MAX_MIN_FINISHED: u32 = 10_000_000;
+/// A rollout's `rate.max_per_minute`.
+pub const MAX_RATE_PER_MINUTE: u32 = 10_000;
+/// A rate ramp's factor (it must also be above 1).
+pub const MAX_RAMP_FACTOR: f64 = 5.0;
+/// A rate ramp's `after_successes`.
+pub const MAX_RAMP_AFTER_SUCCESSES: u32 = 1_000_000;
 
 fn too_long(field: &str, max: usize) -> ApiError {
     ApiError::invalid(format!("{field} is longer than {max} bytes"))

@@ -29,6 +29,8 @@ use super::bounds::{
 };
 use crate::quote::quote;
 
+mod rate;
+
 /// Tuya status number on the wire.
 pub fn status(s: UpgradeStatus) -> i32 {
     s.code() as i32
@@ -872,6 +874,7 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
     let failure_budget = failure_budget_from_pb(s.failure_budget.as_ref())?;
     let site_timezones = site_timezones_from_pb(&s.site_timezones)?;
     let abort_criteria = abort_criteria_from_pb(&s.abort_criteria)?;
+    let rate = rate::rate_from_pb(s.rate.as_ref())?;
     Ok(RolloutSpec {
         name: clip(name),
         firmware_id: s.firmware_id.trim().to_string(),
@@ -899,6 +902,7 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
         failure_budget,
         site_timezones,
         abort_criteria,
+        rate,
     })
 }
 
@@ -1518,6 +1522,7 @@ pub fn spec_to_pb(s: &RolloutSpec) -> pb::RolloutSpec {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         abort_criteria: abort_criteria_to_pb(&s.abort_criteria),
+        rate: s.rate.as_ref().map(rate::rate_to_pb),
     }
 }
 

@@ -69,6 +69,13 @@ count \"2\" or a percentage \"10%\"):
   min_finished = 10                  # evaluated once this many have finished (default 1)
   action = \"pause\"                   # pause | abort (default pause)
 
+  [rate]                             # devices STARTED per minute (first dispatches, counted
+  max_per_minute = 30                # from the log; retries are not counted), 1-10000
+  ramp = { start = 2, factor = 2.0, after_successes = 5 }
+                                     # optional: start at 2/min, ×2 after every 5 more
+                                     # successes (or after_percent = 10: every 10 % of the
+                                     # targets), up to max_per_minute; factor > 1 and <= 5
+
   [concurrency]                      # 0 or absent: server defaults
   global = 50
   per_site = 10
@@ -259,6 +266,9 @@ pub struct SpecFlags {
     /// more pauses (default) or aborts the rollout. Example: --abort failed:20%:10:pause
     #[arg(long = "abort", value_parser = values::parse_abort_rule, value_name = "ON:P%[:MIN[:ACTION]]")]
     pub abort: Vec<values::AbortRule>,
+    /// Most devices the rollout starts per minute (a ramp is set in the spec file's [rate]).
+    #[arg(long, value_name = "N")]
+    pub max_per_minute: Option<u32>,
     /// Attempts per device, including the first.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,

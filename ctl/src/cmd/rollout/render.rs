@@ -100,6 +100,13 @@ pub fn rollout(r: &RolloutJson) -> String {
     if let Some(a) = &r.approval {
         rows.insert(5, ("Approval", approval_line(a)));
     }
+    if let Some(rate) = spec.and_then(|s| s.rate.as_ref()) {
+        let at = rows
+            .iter()
+            .position(|(k, _)| *k == "Failure budget")
+            .unwrap_or(rows.len());
+        rows.insert(at, ("Rate", format!("{rate} (devices started)")));
+    }
     let criteria = spec
         .map(|s| s.abort_criteria.as_slice())
         .unwrap_or_default();

@@ -15,6 +15,9 @@ use super::args::{FailureActionArg, OnAsleepArg, SpecFlags};
 use crate::cli::{TransportArg, UpgradeTypeArg};
 use crate::values;
 
+mod rate;
+pub use rate::RawRate;
+
 /// A spec file as written.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +66,8 @@ pub struct RawSpec {
     /// Abort criteria, in order.
     #[serde(default)]
     pub abort: Vec<RawAbort>,
+    /// Starts per minute, with an optional ramp.
+    pub rate: Option<RawRate>,
 }
 
 /// `[[abort]]`.
@@ -395,6 +400,10 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
                 action: a.action.clone(),
             })
             .collect(),
+        rate: f.max_per_minute.map(|n| RawRate {
+            max_per_minute: Some(i64::from(n)),
+            ramp: None,
+        }),
     }
 }
 
@@ -417,6 +426,7 @@ pub fn flags_given(f: &SpecFlags) -> bool {
         || f.max_attempts.is_some()
         || f.require_approval
         || !f.abort.is_empty()
+        || f.max_per_minute.is_some()
         || f.concurrency.is_some()
         || f.window.is_some()
         || f.upgrade_type.is_some()
@@ -567,6 +577,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
     let failure_budget = failure_budget(&mut p, raw.failure_budget.as_ref());
     let site_timezones = site_timezones(&mut p, &raw.site_timezones);
     let abort_criteria = abort_criteria(&mut p, &raw.abort);
+    let rate = raw.rate.as_ref().map(|r| rate::rate(&mut p, r));
 
     let spec = pb::RolloutSpec {
         name,
@@ -588,6 +599,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
         batch_check_timeout_s: p.secs("batch_check_timeout", raw.batch_check_timeout.as_ref()),
         require_approval: raw.require_approval,
         abort_criteria,
+        rate,
     };
     if p.0.is_empty() {
         Ok(spec)

@@ -120,6 +120,71 @@ pub struct SpecJson {
     pub batch_check_timeout_s: u32,
     /// Abort criteria over the devices that finished, in the order they are checked.
     pub abort_criteria: Vec<AbortCriterionJson>,
+    /// Devices started per minute, or null: no limit beyond the concurrency.
+    pub rate: Option<RateJson>,
+}
+
+/// How many devices a rollout starts per minute.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RateJson {
+    /// Most devices started in any minute.
+    pub max_per_minute: u32,
+    /// The ramp up to it, or null.
+    pub ramp: Option<RampJson>,
+}
+
+/// A rate's exponential ramp: one of `after_successes` and `after_percent` is set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RampJson {
+    /// The rate to begin with, per minute.
+    pub start_per_minute: u32,
+    /// Multiplier per step.
+    pub factor: f64,
+    /// A step every this many more successes, or null.
+    pub after_successes: Option<u32>,
+    /// A step every this share of the targets succeeded, or null.
+    pub after_percent: Option<f64>,
+}
+
+impl RateJson {
+    fn new(r: &pb::RolloutRate) -> Self {
+        use pb::rate_ramp::After;
+        Self {
+            max_per_minute: r.max_per_minute,
+            ramp: r.ramp.as_ref().map(|ramp| RampJson {
+                start_per_minute: ramp.start_per_minute,
+                factor: ramp.factor,
+                after_successes: match ramp.after {
+                    Some(After::AfterSuccesses(n)) => Some(n),
+                    _ => None,
+                },
+                after_percent: match ramp.after {
+                    Some(After::AfterPercent(p)) => Some(p),
+                    _ => None,
+                },
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for RateJson {
+    /// `30/min, ramp from 2/min ×2 every 5 successes`, as otad words it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/min", self.max_per_minute)?;
+        if let Some(r) = &self.ramp {
+            write!(
+                f,
+                ", ramp from {}/min ×{} every ",
+                r.start_per_minute, r.factor
+            )?;
+            match (r.after_successes, r.after_percent) {
+                (Some(n), _) => write!(f, "{n} successes")?,
+                (None, Some(p)) => write!(f, "{p}% of the targets succeeded")?,
+                (None, None) => write!(f, "?")?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One abort criterion.
@@ -308,6 +373,7 @@ impl SpecJson {
                 .iter()
                 .map(AbortCriterionJson::new)
                 .collect(),
+            rate: s.rate.as_ref().map(RateJson::new),
         }
     }
 }
