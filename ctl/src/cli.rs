@@ -84,6 +84,12 @@ pub struct GlobalArgs {
     )]
     pub token: Option<String>,
 
+    /// Development mode only (otad without TLS and before the first token): act as NAME, an
+    /// administrator, instead of the local administrator — to try four eyes without tokens
+    /// (`otactl rollout approve ID --reason … --as bob`). otad refuses it otherwise.
+    #[arg(long = "as", env = "OTACTL_AS", value_name = "NAME", global = true)]
+    pub dev_actor: Option<String>,
+
     /// PEM file with the CA certificate that signed otad's TLS certificate (https only;
     /// without it the system's trusted roots are used).
     #[arg(long, env = "OTACTL_CA_CERT", value_name = "PEM", global = true)]

@@ -32,6 +32,8 @@ pub struct Settings {
     pub server: String,
     /// `authorization` header value, if a token was given.
     auth: Option<MetadataValue<Ascii>>,
+    /// `x-ota-dev-actor` header value, if `--as` was given.
+    dev_actor: Option<MetadataValue<Ascii>>,
     /// CA certificate file for https.
     ca_cert: Option<PathBuf>,
     /// `--timeout`, if given.
@@ -62,12 +64,19 @@ impl Settings {
                     })?,
             ),
         };
+        let dev_actor = match g.dev_actor.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(name) => Some(name.parse::<MetadataValue<Ascii>>().map_err(|_| {
+                anyhow::anyhow!("--as needs a name of letters, digits, '.', '_', '-' or '@'")
+            })?),
+        };
         if g.ca_cert.is_some() && !server.starts_with("https://") {
             anyhow::bail!("--ca-cert is only used with an https:// server (got {server})");
         }
         Ok(Self {
             server,
             auth,
+            dev_actor,
             ca_cert: g.ca_cert.clone(),
             timeout: g.timeout,
             command: String::new(),
@@ -85,14 +94,30 @@ impl Settings {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every request.
+/// Adds `authorization: Bearer <token>` (and, with `--as`, `x-ota-dev-actor`) to every request.
 #[derive(Debug, Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
+pub struct Auth {
+    bearer: Option<MetadataValue<Ascii>>,
+    dev_actor: Option<MetadataValue<Ascii>>,
+}
+
+impl Auth {
+    /// The headers `settings` asks for.
+    pub fn of(settings: &Settings) -> Self {
+        Self {
+            bearer: settings.auth.clone(),
+            dev_actor: settings.dev_actor.clone(),
+        }
+    }
+}
 
 impl Interceptor for Auth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.bearer {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(v) = &self.dev_actor {
+            req.metadata_mut().insert("x-ota-dev-actor", v.clone());
         }
         Ok(req)
     }
@@ -112,7 +137,7 @@ macro_rules! client {
     ($(#[$doc:meta])* $fn:ident, $module:ident :: $ty:ident) => {
         $(#[$doc])*
         pub fn $fn(&self) -> pb::$module::$ty<Svc> {
-            pb::$module::$ty::with_interceptor(self.channel.clone(), Auth(self.settings.auth.clone()))
+            pb::$module::$ty::with_interceptor(self.channel.clone(), Auth::of(&self.settings))
                 .max_decoding_message_size(MAX_DECODING_BYTES)
         }
     };
@@ -381,6 +406,7 @@ mod tests {
         Settings {
             server: URL.into(),
             auth: token.then(|| "Bearer t".parse().unwrap()),
+            dev_actor: None,
             ca_cert: None,
             timeout: None,
             command: String::new(),
@@ -485,6 +511,7 @@ mod tests {
         GlobalArgs {
             server: server.into(),
             token: token.map(Into::into),
+            dev_actor: None,
             ca_cert: None,
             output: OutputFormat::Table,
             timeout: None,
@@ -513,20 +540,21 @@ mod tests {
     #[test]
     fn the_interceptor_sends_a_bearer_token() {
         let s = Settings::resolve(&globals("http://h", Some("tok-1.secret"))).unwrap();
-        let mut auth = Auth(s.auth.clone());
+        let mut auth = Auth::of(&s);
         let req = auth.call(Request::new(())).unwrap();
         assert_eq!(
             req.metadata().get("authorization").unwrap(),
             "Bearer tok-1.secret"
         );
-        let mut none = Auth(None);
-        assert!(
-            none.call(Request::new(()))
-                .unwrap()
-                .metadata()
-                .get("authorization")
-                .is_none()
-        );
+        assert!(req.metadata().get("x-ota-dev-actor").is_none());
+        let mut g = globals("http://h", None);
+        g.dev_actor = Some(" bob ".into());
+        let mut as_bob = Auth::of(&Settings::resolve(&g).unwrap());
+        let req = as_bob.call(Request::new(())).unwrap();
+        assert!(req.metadata().get("authorization").is_none());
+        assert_eq!(req.metadata().get("x-ota-dev-actor").unwrap(), "bob");
+        g.dev_actor = Some("b\nob".into());
+        assert!(Settings::resolve(&g).is_err());
     }
 
     #[tokio::test]

@@ -273,6 +273,7 @@ pub fn ctx(url: &str, format: OutputFormat) -> (Ctx, Arc<Mutex<Vec<u8>>>) {
     let settings = Settings::resolve(&GlobalArgs {
         server: url.to_string(),
         token: None,
+        dev_actor: None,
         ca_cert: None,
         output: format,
         timeout: None,

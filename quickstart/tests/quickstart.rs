@@ -74,8 +74,37 @@ async fn firmware(ch: &Channel) -> Vec<pb::Firmware> {
         .firmware
 }
 
-/// What `otactl rollout create --canary 1 --waves 100 --soak 0s` sends, then `rollout start`,
-/// then `rollout watch` until the rollout ends. Returns the last state seen.
+/// The tour's four eyes: the local administrator (development mode, no token) created the
+/// rollout, so it cannot start or approve it itself; "bob" approves it with a reason, as
+/// `otactl rollout approve ID --reason … --as bob` does (development mode names callers by the
+/// `x-ota-dev-actor` header).
+async fn approve_as_another_operator(ch: &Channel, rollout_id: &str) {
+    let mut rollouts = pb::rollout_service_client::RolloutServiceClient::new(ch.clone());
+    let action = |reason: &str| pb::RolloutActionRequest {
+        id: rollout_id.into(),
+        reason: reason.into(),
+    };
+    let refused = rollouts.start(action("")).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let refused = rollouts.approve(action("mine")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let mut approve = tonic::Request::new(action("release notes read"));
+    approve
+        .metadata_mut()
+        .insert("x-ota-dev-actor", "bob".parse().unwrap());
+    let approved = rollouts.approve(approve).await.unwrap().into_inner();
+    let approval = approved.approval.clone().expect("the approval is shown");
+    assert_eq!(approval.decided_by.unwrap().name, "bob", "{approved:#?}");
+    assert_eq!(approval.reason, "release notes read");
+}
+
+/// What `otactl rollout create --canary 1 --waves 100 --soak 0s --require-approval` sends, then
+/// the approval by another operator, `rollout start`, then `rollout watch` until the rollout
+/// ends. Returns the last state seen.
 async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rollout {
     let mut rollouts = pb::rollout_service_client::RolloutServiceClient::new(ch.clone());
     let spec = pb::RolloutSpec {
@@ -99,6 +128,7 @@ async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rol
                 ..Default::default()
             },
         ],
+        require_approval: true,
         ..Default::default()
     };
     let created = rollouts
@@ -110,6 +140,7 @@ async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rol
         .unwrap()
         .into_inner();
     assert_eq!(created.state, pb::RolloutState::Draft as i32);
+    approve_as_another_operator(ch, &created.id).await;
     rollouts
         .start(pb::RolloutActionRequest {
             id: created.id.clone(),

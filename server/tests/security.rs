@@ -657,6 +657,30 @@ async fn development_mode_is_explicit_and_ends_with_the_first_token() {
         !dir.path().join("admin.token").exists(),
         "no bootstrap without TLS"
     );
+    // `otactl --as bob`: an administrator named bob (four eyes without tokens); reserved and
+    // malformed names are refused.
+    let as_dev = |name: &str| {
+        let mut r = Request::new(pb::StatusRequest {});
+        r.metadata_mut()
+            .insert("x-ota-dev-actor", name.parse().unwrap());
+        r
+    };
+    let bob = system(&ch)
+        .status(as_dev("bob"))
+        .await
+        .unwrap()
+        .into_inner();
+    let bob = bob.caller.unwrap();
+    assert_eq!((bob.name.as_str(), bob.role.as_str()), ("bob", "admin"));
+    for bad in ["local", "otad", "a b", ""] {
+        let e = system(&ch).status(as_dev(bad)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+        assert!(
+            e.message()
+                .starts_with("--as (x-ota-dev-actor) needs a name"),
+            "{e:?}"
+        );
+    }
     // Development agents need no certificate.
     let agent = connect_as(&ch, "home", "agent-1").await.unwrap();
     drop(agent);
@@ -686,6 +710,10 @@ async fn development_mode_is_explicit_and_ends_with_the_first_token() {
         .into_inner();
     assert!(!s.tls && s.auth_required);
     assert_eq!(s.caller.unwrap().name, "alice");
+    // Outside development mode only credentials say who calls.
+    let e = system(&ch).status(as_dev("bob")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("only in development mode"), "{e:?}");
     server.shutdown().await.unwrap();
 }
 

@@ -4,7 +4,10 @@
 //! 1. **Who**: a client certificate verified by the TLS handshake is an agent of the site its
 //!    `URI:ota-site:<site>` SAN names (see `crate::tls`); otherwise an `authorization: Bearer
 //!    <id>.<secret>` header is an operator token (see `crate::tokens`); otherwise, only in
-//!    development mode (plaintext listener and no token ever created), the local administrator.
+//!    development mode (plaintext listener and no token ever created), the local administrator,
+//!    or the name an `x-ota-dev-actor` header gives (`otactl --as bob`: an administrator named
+//!    "bob", so four eyes can be tried without tokens; the header is refused outside development
+//!    mode, where only credentials say who calls).
 //!    Anything else is `Unauthenticated` with the same message for missing, wrong, expired and
 //!    revoked credentials; the reason is logged here, never sent.
 //! 2. **Where**: an agent certificate opens `AgentService.Connect` and
@@ -40,6 +43,9 @@ use crate::tokens;
 
 /// How long a single-message request may take to arrive.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The development-mode header naming the caller (`otactl --as NAME`).
+pub const DEV_ACTOR_HEADER: &str = "x-ota-dev-actor";
 
 const CONNECT: &str = "/ota.v1.AgentService/Connect";
 const DOWNLOAD: &str = "/ota.v1.FirmwareService/Download";
@@ -80,6 +86,24 @@ pub fn required_role(path: &str) -> Role {
     }
 }
 
+/// The development-mode caller an `x-ota-dev-actor` header names: an administrator of that
+/// name (names follow the token rules; "local" and "otad" are reserved).
+fn dev_actor_caller(value: &http::HeaderValue) -> Result<(Caller, String), Status> {
+    let name = value.to_str().unwrap_or_default().trim();
+    if tokens::validate_name(name).is_err() {
+        return Err(Status::invalid_argument(
+            "--as (x-ota-dev-actor) needs a name of 1-64 letters, digits, '.', '_', '-' or '@', \
+             other than \"local\" and \"otad\"",
+        ));
+    }
+    let key = format!("local:{name}");
+    let caller = Caller::Operator {
+        name: name.to_string(),
+        role: Role::Admin,
+    };
+    Ok((caller, key))
+}
+
 /// What the layer knows.
 #[derive(Debug)]
 pub struct Guard {
@@ -102,6 +126,13 @@ impl Guard {
 
     /// The caller of a request, and the key of its rate-limit buckets.
     fn identify(&self, req: &http::Request<Body>, peer: &str) -> Result<(Caller, String), Status> {
+        let dev_actor = req.headers().get(DEV_ACTOR_HEADER);
+        if dev_actor.is_some() && !self.development_mode() {
+            return Err(Status::invalid_argument(
+                "--as (x-ota-dev-actor) names the caller only in development mode; here your \
+                 token or certificate says who you are",
+            ));
+        }
         let certs = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -150,7 +181,10 @@ impl Guard {
             };
         }
         if self.development_mode() {
-            return Ok((Caller::local_admin(), "local".into()));
+            return match dev_actor {
+                None => Ok((Caller::local_admin(), "local".into())),
+                Some(value) => dev_actor_caller(value),
+            };
         }
         Err(Status::unauthenticated(UNAUTHENTICATED))
     }
