@@ -351,6 +351,7 @@ fn spec() -> pb::RolloutSpec {
                 after: Some(pb::rate_ramp::After::AfterSuccesses(5)),
             }),
         }),
+        canary_per_site: 0,
     }
 }
 
@@ -425,9 +426,13 @@ fn running_rollout() -> pb::Rollout {
 }
 
 fn draft_rollout() -> pb::Rollout {
+    // A draft with per-site canaries: its first stage has no size of its own.
+    let mut spec = spec();
+    spec.canary_per_site = 2;
+    spec.stages[0].size = None;
     pb::Rollout {
         id: "ro-2".into(),
-        spec: Some(spec()),
+        spec: Some(spec),
         state: pb::RolloutState::Draft as i32,
         created_at_ms: T0,
         ..Default::default()
@@ -440,14 +445,31 @@ fn plan() -> pb::RolloutPlan {
             pb::PlannedStage {
                 index: 0,
                 name: "canary".into(),
-                device_ids: vec!["home/a".into()],
+                device_ids: vec!["home/a".into(), "home/0x01".into(), "home/b".into()],
                 estimated_s: 600,
+                canaries: vec![
+                    pb::CanaryGroup {
+                        site_id: "home".into(),
+                        transport: pb::Transport::Esphome as i32,
+                        network: "esphome".into(),
+                        device_ids: vec!["home/a".into(), "home/b".into()],
+                        available: 9,
+                    },
+                    pb::CanaryGroup {
+                        site_id: "home".into(),
+                        transport: pb::Transport::Zigbee2mqtt as i32,
+                        network: "zigbee-attic".into(),
+                        device_ids: vec!["home/0x01".into()],
+                        available: 1,
+                    },
+                ],
             },
             pb::PlannedStage {
                 index: 1,
                 name: "everyone".into(),
                 device_ids: (0..11).map(|i| format!("home/d{i:02}")).collect(),
                 estimated_s: 3_600,
+                canaries: vec![],
             },
         ],
         exclusions: vec![pb::Exclusion {
@@ -462,6 +484,11 @@ fn plan() -> pb::RolloutPlan {
             "abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause".into(),
         ],
         target_count: 12,
+            "canaries: stage canary takes 2 device(s) from every site and zigbee2mqtt network"
+                .into(),
+            "abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause".into(),
+        ],
+        target_count: 14,
     }
 }
 

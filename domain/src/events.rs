@@ -686,7 +686,7 @@ domain_events! {
     TaskSucceeded = 2,
     TaskFailed = 1,
     TaskCancelled = 1,
-    RolloutCreated = 4,
+    RolloutCreated = 5,
     RolloutStarted = 1,
     BatchCheckStarted = 1,
     BatchCheckCompleted = 1,
@@ -747,13 +747,17 @@ impl DomainEvent {
             ("RolloutCreated", 1) => postcard::from_bytes::<RolloutCreatedV1>(bytes)
                 .map(|old| Self::RolloutCreated(old.into()))
                 .map_err(malformed),
-            // v3 appended `spec.abort_criteria` (none), v4 `spec.rate` (none).
+            // v3 appended `spec.abort_criteria` (none), v4 `spec.rate` (none), v5
+            // `spec.canary_per_site` (off).
             ("RolloutCreated", 2) => {
-                decode_appended(bytes, &(Vec::<AbortCriterion>::new(), None::<Rate>))
+                decode_appended(bytes, &(Vec::<AbortCriterion>::new(), None::<Rate>, 0u32))
                     .map(Self::RolloutCreated)
                     .map_err(malformed)
             }
-            ("RolloutCreated", 3) => decode_appended(bytes, &None::<Rate>)
+            ("RolloutCreated", 3) => decode_appended(bytes, &(None::<Rate>, 0u32))
+                .map(Self::RolloutCreated)
+                .map_err(malformed),
+            ("RolloutCreated", 4) => decode_appended(bytes, &0u32)
                 .map(Self::RolloutCreated)
                 .map_err(malformed),
             _ => Err(DecodeError::NoUpcaster {

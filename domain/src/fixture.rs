@@ -201,6 +201,7 @@ pub fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
         site_timezones: Default::default(),
         abort_criteria: Vec::new(),
         rate: None,
+        canary_per_site: 0,
     }
 }
 

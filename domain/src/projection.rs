@@ -714,7 +714,7 @@ pub fn effective_wake_timeout_s(c: &TaskCreated) -> u32 {
 /// whenever a type of this module changes shape: a snapshot of another shape is ignored and the
 /// state is rebuilt from the log. `tests/golden_events.rs` fails when the shape changes without
 /// a bump.
-pub const SNAPSHOT_SCHEMA: u32 = 4;
+pub const SNAPSHOT_SCHEMA: u32 = 5;
 
 /// Everything the server knows, as of `last_seq`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -126,6 +126,7 @@ fn spec() -> RolloutSpec {
                 after: RampAfter::Percent(12.5),
             }),
         }),
+        canary_per_site: 2,
     }
 }
 
@@ -507,6 +508,7 @@ fn version_1_of_tasks_and_rollouts_upcasts_to_the_old_behaviour() {
     assert_eq!(r.spec.on_asleep, OnAsleep::Wait);
     assert_eq!(r.spec.stages[1].deadline_s, 0);
     assert!(r.spec.site_timezones.is_empty());
+    assert_eq!(r.spec.canary_per_site, 0);
 }
 
 #[test]
@@ -521,12 +523,48 @@ fn version_2_of_rollouts_upcasts_without_abort_criteria() {
         panic!("wrong variant");
     };
     assert!(r.spec.abort_criteria.is_empty());
+    assert_eq!(r.spec.canary_per_site, 0);
     assert_eq!(
         r.spec.failure_budget,
         spec().failure_budget,
         "the rest is kept"
     );
     assert_eq!(r.spec.site_timezones, spec().site_timezones);
+}
+
+#[test]
+fn version_3_of_rollouts_upcasts_without_per_site_canaries() {
+    let golden = read_golden();
+    let DomainEvent::RolloutCreated(r) = DomainEvent::decode(
+        "RolloutCreated",
+        3,
+        &unhex(&golden[&("RolloutCreated".to_string(), 3)]),
+    )
+    .unwrap() else {
+        panic!("wrong variant");
+    };
+    assert_eq!(r.spec.canary_per_site, 0);
+    assert_eq!(
+        r.spec.abort_criteria,
+        spec().abort_criteria,
+        "the rest is kept"
+    );
+    assert_eq!(r.spec.stages, spec().stages);
+}
+
+#[test]
+fn version_4_of_rollouts_upcasts_without_per_site_canaries() {
+    let golden = read_golden();
+    let DomainEvent::RolloutCreated(r) = DomainEvent::decode(
+        "RolloutCreated",
+        4,
+        &unhex(&golden[&("RolloutCreated".to_string(), 4)]),
+    )
+    .unwrap() else {
+        panic!("wrong variant");
+    };
+    assert_eq!(r.spec.canary_per_site, 0);
+    assert_eq!(r.spec.rate, spec().rate, "the rest is kept");
 }
 
 fn hex(b: &[u8]) -> String {

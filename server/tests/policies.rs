@@ -1,6 +1,8 @@
 //! Rollout policies past stages and thresholds, end to end over gRPC with a fake site:
 //! abort criteria over the devices that finished; the rate (with its ramp) at which a rollout
 //! starts devices.
+//! Rollout policies past stages and thresholds, end to end over gRPC with fake sites:
+//! abort criteria over the devices that finished, per-site canaries.
 
 use std::time::Duration;
 
@@ -432,5 +434,147 @@ async fn a_rate_is_stored_shown_planned_and_checked() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(e.message(), message);
     }
+/// Sites a, b and c, each with zigbee2mqtt networks zb1 and zb2 of three bulbs on file version 1
+/// (`zb1-0` ..), updating in 30 s. In site a, `zb1-0` has a weak link (40).
+async fn zigbee_sites(otad: &TestOtad) -> Vec<FakeSite> {
+    let mut sites = Vec::new();
+    for site in ["a", "b", "c"] {
+        let mut devices = Vec::new();
+        for net in ["zb1", "zb2"] {
+            for i in 0..3 {
+                let mut report = zigbee(&format!("{net}-{i}"), net, 1);
+                if site == "a" && net == "zb1" && i == 0 {
+                    report.signal = Some(pb::Signal {
+                        kind: pb::SignalKind::Linkquality as i32,
+                        value: 40,
+                    });
+                }
+                devices.push(dev(report, Behavior::Succeed, secs(30)));
+            }
+        }
+        sites.push(FakeSite::connect(otad, site, 0, devices).await);
+    }
+    sites
+}
+
+/// Two canaries per site and network, then everyone.
+fn per_site_canaries(firmware_id: &str) -> pb::RolloutSpec {
+    let mut s = spec(
+        firmware_id,
+        vec![
+            pb::Stage {
+                name: "canary".into(),
+                ..Default::default()
+            },
+            stage("everyone", percent(100.0)),
+        ],
+    );
+    s.canary_per_site = 2;
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_site_canaries_are_planned_started_and_updated_first() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_zigbee(2).await;
+    let sites = zigbee_sites(&otad).await;
+    let s = per_site_canaries(&fw);
+    let plan = otad
+        .rollouts()
+        .plan(pb::PlanRolloutRequest {
+            subject: Some(pb::plan_rollout_request::Subject::Spec(s.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let canary = &plan.stages[0];
+    let groups: Vec<(String, String, Vec<String>, u32)> = canary
+        .canaries
+        .iter()
+        .map(|g| {
+            (
+                g.site_id.clone(),
+                g.network.clone(),
+                g.device_ids.clone(),
+                g.available,
+            )
+        })
+        .collect();
+    assert_eq!(groups.len(), 6, "3 sites × 2 networks");
+    assert_eq!(
+        groups[0],
+        (
+            "a".to_string(),
+            "zb1".to_string(),
+            vec!["a/zb1-1".to_string(), "a/zb1-2".to_string()],
+            3
+        ),
+        "the weak link is not a canary"
+    );
+    assert!(groups.iter().all(|g| g.2.len() == 2 && g.3 == 3));
+    assert_eq!(canary.device_ids.len(), 12);
+    assert_eq!(plan.stages[1].device_ids.len(), 6);
+    assert!(plan.stages[1].canaries.is_empty());
+    assert_eq!(
+        plan.policies,
+        ["canaries: stage canary takes 2 device(s) from every site and zigbee2mqtt network"]
+    );
+
+    // The started rollout's first stage is the plan's.
+    let r = otad.create(s).await;
+    let started = otad.rollout(&r.id).await;
+    assert_eq!(started.stages[0].device_ids, canary.device_ids);
+    let shown = started.spec.expect("spec");
+    assert_eq!(shown.canary_per_site, 2);
+    assert_eq!(shown.stages[0].size, None, "the canaries fill it");
+
+    // Every canary is updated before any other device.
+    otad.until_rollout(&r.id, "completed", hours(2)).await;
+    let mut started_at: Vec<(i64, String)> = Vec::new();
+    for site in &sites {
+        for t in &site.log().transfers {
+            started_at.push((t.started_ms, format!("{}/{}", site.id, t.local_id)));
+        }
+    }
+    assert_eq!(started_at.len(), 18);
+    let last_canary = started_at
+        .iter()
+        .filter(|(_, id)| canary.device_ids.contains(id))
+        .map(|(at, _)| *at)
+        .max();
+    let first_other = started_at
+        .iter()
+        .filter(|(_, id)| !canary.device_ids.contains(id))
+        .map(|(at, _)| *at)
+        .min();
+    assert!(last_canary < first_other, "{started_at:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_site_canaries_with_a_sized_first_stage_are_refused() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_zigbee(2).await;
+    let before = otad.recorded().len();
+    let mut sized = per_site_canaries(&fw);
+    sized.stages[0].size = Some(count(5));
+    let e = create(&otad, sized, false).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "spec.stages[0] (canary) has a size, but canary_per_site = 2 fills the first stage (2 \
+         device(s) from every site and zigbee2mqtt network): leave its size unset, or set \
+         canary_per_site to 0"
+    );
+    let mut too_many = per_site_canaries(&fw);
+    too_many.canary_per_site = 1001;
+    let e = create(&otad, too_many, false).await.unwrap_err();
+    assert_eq!(e.message(), "spec.canary_per_site is 1001: at most 1000");
+    let mut unsized_later = per_site_canaries(&fw);
+    unsized_later.stages[1].size = None;
+    let e = create(&otad, unsized_later, false).await.unwrap_err();
+    assert_eq!(
+        e.message(),
+        "spec.stages[1] (everyone) needs a size: count or cumulative_percent"
+    );
     assert_eq!(otad.recorded().len(), before, "refused specs store nothing");
 }

@@ -25,6 +25,19 @@
 //! takes devices until that share of all targets is reached, rounding up (5 % of 10 devices is 1
 //! device, never 0). The last stage takes everything left.
 //!
+//! # Per-site canaries
+//! With `canary_per_site = N` ([`RolloutSpec::canary_per_site`]) the first stage is exactly the
+//! per-site picks ([`canaries`]): N targets from every *canary group*, a site's transport
+//! instance (each zigbee2mqtt network; a site's ESPHome devices; each serial port), or every
+//! target of a group that has fewer. So every site and every zigbee2mqtt network has canaries,
+//! and a problem of one site (its Wi-Fi, its zigbee2mqtt version) shows before the waves. The
+//! first stage's own size is not used (the API refuses a spec that sets both). Within a group the
+//! canaries are the devices most likely to answer at once: mains-powered before unknown before
+//! battery, reachable before unreachable, stronger signal before weaker, then by id; the stage
+//! dispatches them round-robin over the groups (sites in id order, then transport, network).
+//! The later stages cut the remaining targets, spread across the sites as above; their
+//! cumulative percentages still count all targets, canaries included.
+//!
 //! # Estimate
 //! Each stage is simulated with greedy list scheduling under the spec's concurrency limits
 //! (global, per site, per zigbee2mqtt network, ESPHome devices per site) using typical transfer
@@ -47,7 +60,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use crate::events::{Exclusion, FirmwareRegistered, PlannedStage, RolloutStarted};
-use crate::model::{PowerSource, Transport};
+use crate::model::{PowerSource, Signal, Transport};
 use crate::projection::{DeviceView, FleetState};
 use crate::rollout::rate::{self, Allowance, Rate};
 use crate::rollout::select;
@@ -84,6 +97,24 @@ pub struct StagePlan {
     pub device_ids: Vec<String>,
     /// Estimated duration of the stage (without soak), seconds.
     pub estimated_s: u64,
+    /// The per-site canaries, by group, when this stage is filled by `canary_per_site` (the
+    /// first stage); empty otherwise.
+    pub canaries: Vec<CanaryGroup>,
+}
+
+/// The canaries of one canary group: a transport instance of a site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryGroup {
+    /// Site.
+    pub site_id: String,
+    /// Transport of the instance.
+    pub transport: Option<Transport>,
+    /// Transport instance (the zigbee2mqtt network, the ESPHome instance, the serial port).
+    pub network: String,
+    /// The canaries, best first (at most `canary_per_site`).
+    pub device_ids: Vec<String>,
+    /// Targets the group has (fewer than `canary_per_site`: all of them are canaries).
+    pub available: u32,
 }
 
 /// The result of planning.
@@ -240,6 +271,87 @@ impl Pace<'_> {
             ms(now_s),
         )
     }
+/// How likely a device is to take an update at once, for choosing canaries: smaller is better.
+/// Mains before unknown before battery power, reachable first, stronger signal first (link
+/// quality and RSSI are compared within a group, which has one transport), then by id.
+fn canary_rank(d: &DeviceView) -> (u8, bool, Reverse<i32>, &str) {
+    let power = match d.facts.power_source {
+        PowerSource::Mains => 0,
+        PowerSource::Unknown => 1,
+        PowerSource::Battery => 2,
+    };
+    let signal = match d.facts.signal {
+        Some(Signal::LinkQuality(q)) => i32::from(q),
+        Some(Signal::RssiDbm(r)) => i32::from(r),
+        None => i32::MIN,
+    };
+    (power, !d.facts.reachable, Reverse(signal), d.id.as_str())
+}
+
+/// The per-site canaries: up to `per_group` targets of every canary group (a site's transport
+/// instance), best first (see the module docs), groups by (site, transport, network). Pure and
+/// deterministic: the input order does not matter.
+pub fn canaries(targets: &[&DeviceView], per_group: u32) -> Vec<CanaryGroup> {
+    let mut groups: BTreeMap<(&str, Option<Transport>, &str), Vec<&DeviceView>> = BTreeMap::new();
+    for d in targets {
+        groups
+            .entry((
+                d.site_id.as_str(),
+                d.facts.transport,
+                d.facts.network.as_str(),
+            ))
+            .or_default()
+            .push(d);
+    }
+    groups
+        .into_iter()
+        .map(|((site, transport, network), mut list)| {
+            list.sort_by(|a, b| canary_rank(a).cmp(&canary_rank(b)));
+            CanaryGroup {
+                site_id: site.to_string(),
+                transport,
+                network: network.to_string(),
+                available: list.len() as u32,
+                device_ids: list
+                    .iter()
+                    .take(per_group as usize)
+                    .map(|d| d.id.clone())
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Targets in stage order and the canary groups: with per-site canaries, the canaries
+/// round-robin over their groups first, then the rest spread across the sites; otherwise all
+/// targets spread across the sites.
+fn order_targets<'a>(
+    spec: &RolloutSpec,
+    targets: &[&'a DeviceView],
+) -> (Vec<&'a DeviceView>, Vec<CanaryGroup>) {
+    if spec.canary_per_site == 0 {
+        return (spread_across_sites(targets), Vec::new());
+    }
+    let groups = canaries(targets, spec.canary_per_site);
+    let by_id: HashMap<&str, &'a DeviceView> =
+        targets.iter().map(|d| (d.id.as_str(), *d)).collect();
+    let mut ordered: Vec<&'a DeviceView> = Vec::with_capacity(targets.len());
+    let depth = groups.iter().map(|g| g.device_ids.len()).max().unwrap_or(0);
+    for rank in 0..depth {
+        for g in &groups {
+            if let Some(d) = g.device_ids.get(rank).and_then(|id| by_id.get(id.as_str())) {
+                ordered.push(d);
+            }
+        }
+    }
+    let picked: HashSet<&str> = ordered.iter().map(|d| d.id.as_str()).collect();
+    let rest: Vec<&'a DeviceView> = targets
+        .iter()
+        .copied()
+        .filter(|d| !picked.contains(d.id.as_str()))
+        .collect();
+    ordered.extend(spread_across_sites(&rest));
+    (ordered, groups)
 }
 
 /// Estimated time to update `devices` under `limits`, seconds: greedy list scheduling with the
@@ -427,13 +539,26 @@ fn duration(s: u64) -> String {
 /// The rollout-wide policies of `spec` in words: the rate, then the abort criteria in the order
 /// they are checked.
 pub fn policies(spec: &RolloutSpec) -> Vec<String> {
-    let rate = spec.rate.iter().map(|r| format!("rate: at most {r}"));
-    let criteria = spec
-        .abort_criteria
+    let mut out: Vec<String> = spec
+        .rate
         .iter()
-        .enumerate()
-        .map(|(i, c)| format!("abort criterion {}: {c}", i + 1));
-    rate.chain(criteria).collect()
+        .map(|r| format!("rate: at most {r}"))
+        .collect();
+    if spec.canary_per_site > 0
+        && let Some(first) = spec.stages.first()
+    {
+        out.push(format!(
+            "canaries: stage {} takes {} device(s) from every site and zigbee2mqtt network",
+            first.name, spec.canary_per_site
+        ));
+    }
+    out.extend(
+        spec.abort_criteria
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("abort criterion {}: {c}", i + 1)),
+    );
+    out
 }
 
 /// Plans `spec` against today's fleet. Pure: the same state gives the same plan.
@@ -450,8 +575,12 @@ pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
         ));
     }
     let (targets, exclusions) = select_targets(spec, fw, state, &mut warnings);
-    let ordered = spread_across_sites(&targets);
-    let (stages, estimated_s) = plan_stages(spec, &ordered, &mut warnings);
+    let (ordered, canary_groups) = order_targets(spec, &targets);
+    let canary_count = canary_groups.iter().map(|g| g.device_ids.len()).sum();
+    let (mut stages, estimated_s) = plan_stages(spec, &ordered, canary_count, &mut warnings);
+    if let Some(first) = stages.first_mut() {
+        first.canaries = canary_groups;
+    }
     target_warnings(spec, state, &ordered, &mut warnings);
     Plan {
         policies: policies(spec),
@@ -516,13 +645,20 @@ fn select_targets<'a>(
 }
 
 /// The stages cut from the ordered targets, each with its estimate, and the whole estimate
-/// (batch check, stages, soaks).
+/// (batch check, stages, soaks). With per-site canaries the first stage is the canaries, the
+/// first `canary_count` of `ordered`.
 fn plan_stages(
     spec: &RolloutSpec,
     ordered: &[&DeviceView],
+    canary_count: usize,
     warnings: &mut Vec<String>,
 ) -> (Vec<StagePlan>, u64) {
-    let sizes: Vec<StageSize> = spec.stages.iter().map(|s| s.size).collect();
+    let mut sizes: Vec<StageSize> = spec.stages.iter().map(|s| s.size).collect();
+    if spec.canary_per_site > 0
+        && let Some(first) = sizes.first_mut()
+    {
+        *first = StageSize::Count(canary_count as u32);
+    }
     let counts = stage_sizes(&sizes, ordered.len());
     let check_only = spec.upgrade_type == UpgradeType::Check;
     let mut stages = Vec::with_capacity(spec.stages.len());
@@ -573,6 +709,7 @@ fn plan_stages(
             name: stage.name.clone(),
             device_ids: devices.iter().map(|d| d.id.clone()).collect(),
             estimated_s,
+            canaries: Vec::new(),
         });
     }
 
@@ -794,5 +931,166 @@ mod tests {
             ..pace(&ramp)
         };
         assert_eq!(estimate_paced_s(&refs, &wide, Some(later)), 120);
+    mod canaries {
+        use super::super::*;
+        use crate::events::streams;
+        use crate::fixture::{FW, Log, T0, spec, stage, zigbee_device, zigbee_firmware};
+        use crate::model::Signal;
+
+        /// Sites a, b, c, each with zigbee2mqtt networks zb1 and zb2 of `per_network` mains
+        /// devices (`<site>/<net>-<i>`), and firmware [`FW`] for them.
+        fn fleet(per_network: usize) -> Log {
+            let mut log = Log::default();
+            log.event(T0, &streams::firmware(FW), zigbee_firmware(FW));
+            for site in ["a", "b", "c"] {
+                for net in ["zb1", "zb2"] {
+                    for i in 0..per_network {
+                        let id = format!("{site}/{net}-{i}");
+                        log.event(T0, &streams::device(&id), zigbee_device(net, false));
+                    }
+                }
+            }
+            log
+        }
+
+        fn per_site(n: u32) -> RolloutSpec {
+            let mut s = spec(vec![
+                stage("canary", StageSize::Count(0)),
+                stage("half", StageSize::CumulativePercent(50.0)),
+                stage("all", StageSize::CumulativePercent(100.0)),
+            ]);
+            s.canary_per_site = n;
+            s
+        }
+
+        fn groups(p: &Plan) -> Vec<(String, Vec<String>, u32)> {
+            p.stages[0]
+                .canaries
+                .iter()
+                .map(|g| {
+                    (
+                        format!("{}/{}", g.site_id, g.network),
+                        g.device_ids.clone(),
+                        g.available,
+                    )
+                })
+                .collect()
+        }
+
+        #[test]
+        fn the_first_stage_takes_n_from_every_site_and_network() {
+            let log = fleet(3);
+            let p = plan(&per_site(2), &log.state);
+            assert_eq!(p.target_count, 18);
+            let g = groups(&p);
+            assert_eq!(g.len(), 6, "3 sites × 2 networks");
+            for (name, ids, available) in &g {
+                assert_eq!(ids.len(), 2, "{name}");
+                assert_eq!(*available, 3, "{name}");
+                assert!(
+                    ids.iter().all(|id| id.starts_with(&format!("{name}-"))),
+                    "{name}"
+                );
+            }
+            assert_eq!(
+                g[0],
+                ("a/zb1".into(), vec!["a/zb1-0".into(), "a/zb1-1".into()], 3)
+            );
+            assert_eq!(g[5].0, "c/zb2");
+            // Dispatch order: the best canary of every group, then the second of every group.
+            assert_eq!(
+                p.stages[0].device_ids,
+                [
+                    "a/zb1-0", "a/zb2-0", "b/zb1-0", "b/zb2-0", "c/zb1-0", "c/zb2-0", "a/zb1-1",
+                    "a/zb2-1", "b/zb1-1", "b/zb2-1", "c/zb1-1", "c/zb2-1"
+                ]
+            );
+            // The later stages count all 18 targets: 50 % is 9, the canaries already passed it.
+            assert!(p.stages[1].device_ids.is_empty());
+            assert_eq!(
+                p.stages[2].device_ids,
+                [
+                    "a/zb1-2", "b/zb1-2", "c/zb1-2", "a/zb2-2", "b/zb2-2", "c/zb2-2"
+                ]
+            );
+            assert!(p.stages[1].canaries.is_empty() && p.stages[2].canaries.is_empty());
+            assert_eq!(
+                p.policies,
+                [
+                    "canaries: stage canary takes 2 device(s) from every site and zigbee2mqtt network"
+                ]
+            );
+            // The started rollout's first stage is the plan's.
+            assert_eq!(
+                p.started_event().stages[0].device_ids,
+                p.stages[0].device_ids
+            );
+        }
+
+        #[test]
+        fn a_group_with_fewer_devices_than_n_gives_what_it_has() {
+            let mut log = fleet(3);
+            log.event(T0, &streams::device("d/only"), zigbee_device("zb9", false));
+            let p = plan(&per_site(4), &log.state);
+            let g = groups(&p);
+            assert_eq!(g.len(), 7);
+            for (name, ids, available) in &g[..6] {
+                assert_eq!((ids.len(), *available), (3, 3), "{name}: all of it");
+            }
+            assert_eq!(g[6], ("d/zb9".into(), vec!["d/only".into()], 1));
+            assert_eq!(p.stages[0].device_ids.len(), 19, "every target is a canary");
+            assert!(p.stages[1].device_ids.is_empty() && p.stages[2].device_ids.is_empty());
+        }
+
+        #[test]
+        fn the_choice_prefers_mains_reachable_strong_devices_and_is_stable() {
+            let mut log = Log::default();
+            log.event(T0, &streams::firmware(FW), zigbee_firmware(FW));
+            let mut add = |id: &str, battery: bool, lqi: Option<u8>, reachable: bool| {
+                let mut d = zigbee_device("zb", battery);
+                d.facts.signal = lqi.map(Signal::LinkQuality);
+                d.facts.reachable = reachable;
+                log.event(T0, &streams::device(id), d);
+            };
+            add("s/a-battery", true, Some(250), true);
+            add("s/b-weak", false, Some(20), true);
+            add("s/c-offline", false, Some(255), false);
+            add("s/d-strong", false, Some(200), true);
+            add("s/e-strong", false, Some(200), true);
+            add("s/f-nosignal", false, None, true);
+            let p = plan(&per_site(6), &log.state);
+            let order = [
+                "s/d-strong",
+                "s/e-strong",
+                "s/b-weak",
+                "s/f-nosignal",
+                "s/c-offline",
+                "s/a-battery",
+            ];
+            assert_eq!(p.stages[0].device_ids, order);
+            let p2 = plan(&per_site(2), &log.state);
+            assert_eq!(p2.stages[0].device_ids, order[..2]);
+            assert_eq!(
+                p2,
+                plan(&per_site(2), &log.state),
+                "the same fleet, the same plan"
+            );
+            // The input order does not matter.
+            let views: Vec<&DeviceView> = log.state.devices.values().collect();
+            let mut reversed = views.clone();
+            reversed.reverse();
+            assert_eq!(canaries(&views, 3), canaries(&reversed, 3));
+        }
+
+        #[test]
+        fn without_the_setting_the_first_stage_keeps_its_size() {
+            let log = fleet(3);
+            let mut s = per_site(0);
+            s.stages[0].size = StageSize::Count(2);
+            let p = plan(&s, &log.state);
+            assert_eq!(p.stages[0].device_ids, ["a/zb1-0", "b/zb1-0"]);
+            assert!(p.stages[0].canaries.is_empty());
+            assert!(p.policies.is_empty());
+        }
     }
 }

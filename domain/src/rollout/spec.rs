@@ -313,6 +313,12 @@ pub struct RolloutSpec {
     /// How many devices may start per minute, with an optional ramp (`None`: no limit beyond
     /// the concurrency).
     pub rate: Option<Rate>,
+    /// Per-site canaries: when above 0, the first stage takes exactly this many devices from
+    /// every transport instance of every site (each zigbee2mqtt network, a site's ESPHome
+    /// devices, its serial ports), or all of an instance's devices when it has fewer, and the
+    /// later stages take the rest. The first stage's `size` is then not used (the API refuses a
+    /// spec that gives both and stores `Count(0)` there). See [`crate::rollout::plan`].
+    pub canary_per_site: u32,
 }
 
 /// [`RolloutSpec`] as stored by `RolloutCreated` v1.
@@ -370,6 +376,7 @@ impl From<RolloutSpecV1> for RolloutSpec {
             site_timezones: BTreeMap::new(),
             abort_criteria: Vec::new(),
             rate: None,
+            canary_per_site: 0,
         }
     }
 }

@@ -4350,7 +4350,7 @@ pub mod plan_rollout_request {
         RolloutId(::prost::alloc::string::String),
     }
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct PlannedStage {
     #[prost(uint32, tag = "1")]
     pub index: u32,
@@ -4361,6 +4361,28 @@ pub struct PlannedStage {
     /// Estimated duration of this stage, from the concurrency limits and typical transfer times.
     #[prost(uint32, tag = "4")]
     pub estimated_s: u32,
+    /// The per-site canaries by site and transport instance, when `canary_per_site` fills this
+    /// stage (the first); empty otherwise.
+    #[prost(message, repeated, tag = "5")]
+    pub canaries: ::prost::alloc::vec::Vec<CanaryGroup>,
+}
+/// The canaries of one transport instance of a site (a zigbee2mqtt network, the ESPHome devices, a
+/// serial port).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CanaryGroup {
+    #[prost(string, tag = "1")]
+    pub site_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "Transport", tag = "2")]
+    pub transport: i32,
+    /// The transport instance's name.
+    #[prost(string, tag = "3")]
+    pub network: ::prost::alloc::string::String,
+    /// The canaries, best first (at most `canary_per_site`).
+    #[prost(string, repeated, tag = "4")]
+    pub device_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Targets the instance has; fewer than `canary_per_site`: all of them are canaries.
+    #[prost(uint32, tag = "5")]
+    pub available: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RolloutPlan {

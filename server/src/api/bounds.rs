@@ -61,6 +61,8 @@ pub const MAX_RATE_PER_MINUTE: u32 = 10_000;
 pub const MAX_RAMP_FACTOR: f64 = 5.0;
 /// A rate ramp's `after_successes`.
 pub const MAX_RAMP_AFTER_SUCCESSES: u32 = 1_000_000;
+/// Per-site canaries: devices per site and transport instance in the first stage.
+pub const MAX_CANARY_PER_SITE: u32 = 1000;
 
 fn too_long(field: &str, max: usize) -> ApiError {
     ApiError::invalid(format!("{field} is longer than {max} bytes"))

@@ -13,6 +13,7 @@ use ota_domain::projection::{
     StageState, TaskPhase, TaskView,
 };
 use ota_domain::rollout::abort::{AbortAction, AbortCriterion, AbortOn};
+use ota_domain::rollout::plan::CanaryGroup;
 use ota_domain::rollout::spec::{
     Concurrency, DEFAULT_STAGE_DEADLINE_S, FailureAction, FailureBudget, MaintenanceWindow,
     OnAsleep, Preconditions, RetryPolicy, RolloutSpec, Selector, StageSize, StageSpec, Threshold,
@@ -23,9 +24,9 @@ use ota_domain::time::UnixMillis;
 use ota_proto::v1 as pb;
 
 use super::bounds::{
-    MAX_ABORT_CRITERIA, MAX_ATTEMPTS, MAX_BATCH_CHECK_TIMEOUT_S, MAX_CONCURRENCY,
-    MAX_DEVICE_TIMEOUT_S, MAX_MIN_FINISHED, MAX_SELECTOR_VALUES, MAX_SITE_TIMEZONES, MAX_SPEC_NAME,
-    MAX_STAGE_TIMER_S, MAX_STAGES, MAX_WAKE_TIMEOUT_S,
+    MAX_ABORT_CRITERIA, MAX_ATTEMPTS, MAX_BATCH_CHECK_TIMEOUT_S, MAX_CANARY_PER_SITE,
+    MAX_CONCURRENCY, MAX_DEVICE_TIMEOUT_S, MAX_MIN_FINISHED, MAX_SELECTOR_VALUES,
+    MAX_SITE_TIMEZONES, MAX_SPEC_NAME, MAX_STAGE_TIMER_S, MAX_STAGES, MAX_WAKE_TIMEOUT_S,
 };
 use crate::quote::quote;
 
@@ -446,6 +447,19 @@ pub fn exclusion(e: &Exclusion) -> pb::Exclusion {
     }
 }
 
+/// The canaries of one site's transport instance, on the wire.
+pub fn canary_group(g: &CanaryGroup) -> pb::CanaryGroup {
+    pb::CanaryGroup {
+        site_id: g.site_id.clone(),
+        transport: g
+            .transport
+            .map_or(pb::Transport::Unspecified as i32, transport),
+        network: g.network.clone(),
+        device_ids: g.device_ids.clone(),
+        available: g.available,
+    }
+}
+
 /// A rollout on the wire, with counts from its tasks.
 pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
     let task_of = |device: &str| {
@@ -715,6 +729,8 @@ pub enum SpecProblem {
     },
     /// `upgrade_type` check with `skip_batch_check`.
     CheckWithoutBatchCheck,
+    /// A first stage with a size while `canary_per_site` (this many) fills it.
+    CanaryStageSized(u32),
 }
 
 impl SpecError {
@@ -768,6 +784,12 @@ impl std::fmt::Display for SpecError {
             P::CheckWithoutBatchCheck => write!(
                 f,
                 " check runs only the batch check: skip_batch_check cannot be set with it"
+            ),
+            P::CanaryStageSized(n) => write!(
+                f,
+                " has a size, but canary_per_site = {n} fills the first stage ({n} device(s) from \
+                 every site and zigbee2mqtt network): leave its size unset, or set \
+                 canary_per_site to 0"
             ),
         }
     }
@@ -847,6 +869,12 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
         return Err(SpecError::new("spec.firmware_id", SpecProblem::Required));
     }
     let selector = selector_from_pb("spec.selector", &s.selector.clone().unwrap_or_default())?;
+    at_most(
+        "spec.canary_per_site",
+        s.canary_per_site,
+        MAX_CANARY_PER_SITE,
+        "",
+    )?;
     let stages = stages_from_pb(s)?;
     let concurrency = concurrency_from_pb(s.concurrency.unwrap_or_default())?;
     let retry = retry_from_pb(s.retry.unwrap_or_default())?;
@@ -903,6 +931,7 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
         site_timezones,
         abort_criteria,
         rate,
+        canary_per_site: s.canary_per_site,
     })
 }
 
@@ -994,10 +1023,19 @@ fn stages_from_pb(s: &pb::RolloutSpec) -> SpecResult<Vec<StageSpec>> {
     let mut stages = Vec::new();
     let mut last_percent = 0.0f64;
     for (i, st) in s.stages.iter().enumerate() {
-        let size = stage_size_from_pb(&stage_label(i, st), st, &mut last_percent)?;
+        let size = if i == 0 && s.canary_per_site > 0 {
+            canary_stage_size(&stage_label(i, st), st, s.canary_per_site)?
+        } else {
+            stage_size_from_pb(&stage_label(i, st), st, &mut last_percent)?
+        };
         stages.push(stage_from_pb(
             i,
-            s.stages.len(),
+            // A lone canary stage is still "canary": otad adds the stage for the rest.
+            if s.canary_per_site > 0 {
+                s.stages.len().max(2)
+            } else {
+                s.stages.len()
+            },
             st,
             size,
             default_deadline,
@@ -1025,6 +1063,18 @@ fn stage_label(i: usize, st: &pb::Stage) -> String {
         format!("spec.stages[{i}]")
     } else {
         format!("spec.stages[{i}] ({})", st.name)
+    }
+}
+
+/// The first stage's size under `canary_per_site`: unset on the wire (the per-site canaries fill
+/// the stage), stored as `Count(0)`, which planning does not use.
+fn canary_stage_size(label: &str, st: &pb::Stage, per_site: u32) -> SpecResult<StageSize> {
+    match st.size {
+        None => Ok(StageSize::Count(0)),
+        Some(_) => Err(SpecError::new(
+            label,
+            SpecProblem::CanaryStageSized(per_site),
+        )),
     }
 }
 
@@ -1458,9 +1508,11 @@ pub fn spec_to_pb(s: &RolloutSpec) -> pb::RolloutSpec {
         stages: s
             .stages
             .iter()
-            .map(|st| pb::Stage {
+            .enumerate()
+            .map(|(i, st)| pb::Stage {
                 name: st.name.clone(),
-                size: Some(match st.size {
+                // The per-site canaries fill the first stage: its size stays unset.
+                size: (i > 0 || s.canary_per_site == 0).then_some(match st.size {
                     StageSize::Count(c) => pb::stage::Size::Count(c),
                     StageSize::CumulativePercent(p) => pb::stage::Size::CumulativePercent(p),
                 }),
@@ -1523,6 +1575,7 @@ pub fn spec_to_pb(s: &RolloutSpec) -> pb::RolloutSpec {
             .collect(),
         abort_criteria: abort_criteria_to_pb(&s.abort_criteria),
         rate: s.rate.as_ref().map(rate::rate_to_pb),
+        canary_per_site: s.canary_per_site,
     }
 }
 
@@ -1559,6 +1612,34 @@ mod tests {
         assert_eq!(s.wake_timeout_s(), 7 * 24 * 3600);
         // Round trip through the wire keeps it.
         assert_eq!(spec_from_pb(&spec_to_pb(&s)).unwrap(), s);
+    }
+
+    #[test]
+    fn per_site_canaries_fill_a_sizeless_first_stage_and_round_trip() {
+        let mut p = minimal_spec();
+        p.canary_per_site = 3;
+        p.stages[0].size = None;
+        p.stages[0].name = String::new();
+        let s = spec_from_pb(&p).unwrap();
+        assert_eq!(s.canary_per_site, 3);
+        let names: Vec<&str> = s.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["canary", "rest"],
+            "a lone canary stage keeps its name"
+        );
+        assert_eq!(
+            s.stages[0].size,
+            StageSize::Count(0),
+            "not used by planning"
+        );
+        let wire = spec_to_pb(&s);
+        assert_eq!(wire.stages[0].size, None);
+        assert_eq!(
+            wire.stages[1].size,
+            Some(pb::stage::Size::CumulativePercent(100.0))
+        );
+        assert_eq!(spec_from_pb(&wire).unwrap(), s);
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub fn plan_pb(p: &Plan) -> pb::RolloutPlan {
                 name: s.name.clone(),
                 device_ids: s.device_ids.clone(),
                 estimated_s: s.estimated_s.min(u64::from(u32::MAX)) as u32,
+                canaries: s.canaries.iter().map(convert::canary_group).collect(),
             })
             .collect(),
         exclusions: p.exclusions.iter().map(convert::exclusion).collect(),

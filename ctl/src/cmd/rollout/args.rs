@@ -30,6 +30,10 @@ count \"2\" or a percentage \"10%\"):
                                      # require_approval setting makes it always on)
   batch_check = true                 # one availability check of all targets first
   batch_check_timeout = \"60s\"
+  canary_per_site = 2                # the first stage takes 2 devices from every site and
+                                     # every zigbee2mqtt network (each transport instance;
+                                     # mains-powered, reachable, strong-signal first); that
+                                     # stage then has no count or percent
 
   [selector]                         # every given key must match; lists match any value
   sites = [\"home\"]
@@ -225,6 +229,10 @@ pub struct SpecFlags {
     /// First stage: this many devices ("canary").
     #[arg(long, value_name = "N")]
     pub canary: Option<u32>,
+    /// First stage ("canary"): N devices from every site and every zigbee2mqtt network (each
+    /// transport instance of a site), mains-powered, reachable and strong-signal devices first.
+    #[arg(long, value_name = "N", conflicts_with = "canary")]
+    pub canary_per_site: Option<u32>,
     /// Then waves reaching these cumulative percentages of all targets ("5,25,100").
     #[arg(long, value_parser = values::parse_percent_list, value_name = "P,P,...")]
     pub waves: Option<values::Percents>,
@@ -443,6 +451,31 @@ mod tests {
                     action: None,
                 },
             ]
+        );
+        let cli = parse(&[
+            "rollout",
+            "plan",
+            "--canary-per-site",
+            "2",
+            "--waves",
+            "100",
+        ])
+        .unwrap();
+        let Command::Rollout(RolloutCmd::Plan(a)) = cli.command else {
+            panic!("not a plan");
+        };
+        assert_eq!(a.spec.flags.canary_per_site, Some(2));
+        assert!(
+            parse(&[
+                "rollout",
+                "create",
+                "--canary",
+                "1",
+                "--canary-per-site",
+                "2"
+            ])
+            .is_err(),
+            "a canary of N devices or N per site, not both"
         );
         assert!(parse(&["rollout", "create", "--waves", "50,25"]).is_err());
         assert!(parse(&["rollout", "create", "--abort", "failed"]).is_err());

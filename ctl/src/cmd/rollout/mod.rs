@@ -513,6 +513,7 @@ mod tests {
                     name: "canary".into(),
                     device_ids: vec!["home/a".into(), "home/b".into()],
                     estimated_s: 600,
+                    canaries: vec![],
                 }],
                 exclusions: vec![pb::Exclusion {
                     device_id: "home/c".into(),

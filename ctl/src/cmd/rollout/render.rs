@@ -1,8 +1,8 @@
 //! How the results of `otactl rollout ...` read in a terminal.
 
 use super::view::{
-    ApprovalJson, CountsJson, ExclusionJson, PlanJson, RolloutJson, RolloutListJson, StageSpecJson,
-    ThresholdJson,
+    ApprovalJson, CanaryGroupJson, CountsJson, ExclusionJson, PlanJson, RolloutJson,
+    RolloutListJson, StageSpecJson, ThresholdJson,
 };
 use crate::output::{fields, fmt_secs, fmt_time, render, section, table};
 use crate::views::{en, when_by};
@@ -15,7 +15,11 @@ fn threshold(t: Option<&ThresholdJson>) -> String {
     }
 }
 
-fn stage_size(s: &StageSpecJson) -> String {
+/// A stage's size; the first stage under `canary_per_site` (N > 0) takes N per site.
+fn stage_size(s: &StageSpecJson, index: usize, canary_per_site: u32) -> String {
+    if index == 0 && canary_per_site > 0 {
+        return format!("{canary_per_site} per site");
+    }
     match (s.count, s.cumulative_percent) {
         (Some(1), _) => "1 device".to_string(),
         (Some(c), _) => format!("{c} devices"),
@@ -118,6 +122,22 @@ pub fn rollout(r: &RolloutJson) -> String {
         let lines: Vec<String> = criteria.iter().map(ToString::to_string).collect();
         rows.insert(at, ("Abort when", lines.join("\n")));
     }
+    let per_site = spec.map_or(0, |s| s.canary_per_site);
+    if per_site > 0 {
+        let at = rows
+            .iter()
+            .position(|(k, _)| *k == "Totals")
+            .map_or(rows.len(), |i| i + 1);
+        rows.insert(
+            at,
+            (
+                "Canaries",
+                format!(
+                    "{per_site} per site and zigbee2mqtt network (each transport instance), in the first stage"
+                ),
+            ),
+        );
+    }
     let mut out = fields(&rows);
     let mut t = table(&[
         "#", "stage", "size", "state", "devices", "counts", "deadline", "soak",
@@ -128,7 +148,7 @@ pub fn rollout(r: &RolloutJson) -> String {
             t.add_row(vec![
                 (i + 1).to_string(),
                 s.name.clone(),
-                stage_size(s),
+                stage_size(s, i, per_site),
                 "pending".to_string(),
                 "-".to_string(),
                 format!(
@@ -151,7 +171,7 @@ pub fn rollout(r: &RolloutJson) -> String {
         t.add_row(vec![
             format!("{marker}{}", st.index + 1),
             st.name.clone(),
-            sp.map_or_else(String::new, stage_size),
+            sp.map_or_else(String::new, |s| stage_size(s, st.index as usize, per_site)),
             st.state.name.clone(),
             st.counts
                 .total
@@ -180,6 +200,21 @@ fn exclusions(list: &[ExclusionJson]) -> String {
     let mut t = table(&["device", "code", "reason"]);
     for e in list {
         t.add_row(vec![e.device_id.clone(), en(&e.code), e.reason.clone()]);
+    }
+    render(&t, "none")
+}
+
+/// The per-site canaries: one row per site and transport instance.
+fn canaries(groups: &[CanaryGroupJson]) -> String {
+    let mut t = table(&["site", "transport", "network", "canaries", "device ids"]);
+    for g in groups {
+        t.add_row(vec![
+            g.site_id.clone(),
+            g.transport.name.clone(),
+            g.network.clone(),
+            format!("{} of {}", g.device_ids.len(), g.available),
+            g.device_ids.join("\n"),
+        ]);
     }
     render(&t, "none")
 }
@@ -219,6 +254,13 @@ pub fn plan(p: &PlanJson) -> String {
         ]);
     }
     section(&mut out, "Stages", &render(&t, "none"));
+    for s in p.stages.iter().filter(|s| !s.canaries.is_empty()) {
+        section(
+            &mut out,
+            &format!("Canaries of stage {} per site", s.name),
+            &canaries(&s.canaries),
+        );
+    }
     if !p.policies.is_empty() {
         section(&mut out, "Policies", &p.policies.join("\n"));
     }

@@ -68,6 +68,8 @@ pub struct RawSpec {
     pub abort: Vec<RawAbort>,
     /// Starts per minute, with an optional ramp.
     pub rate: Option<RawRate>,
+    /// Per-site canaries: the first stage takes this many devices from every site and network.
+    pub canary_per_site: Option<i64>,
 }
 
 /// `[[abort]]`.
@@ -321,6 +323,10 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
     if let Some(n) = f.canary {
         stages.push(stage("canary".into(), Some(i64::from(n)), None));
     }
+    if f.canary_per_site.is_some() {
+        // Filled by the per-site canaries: no size of its own.
+        stages.push(stage("canary".into(), None, None));
+    }
     for (i, p) in f.waves.iter().flat_map(|w| w.0.iter()).enumerate() {
         stages.push(stage(format!("wave-{}", i + 1), None, Some(*p)));
     }
@@ -404,6 +410,7 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
             max_per_minute: Some(i64::from(n)),
             ramp: None,
         }),
+        canary_per_site: f.canary_per_site.map(i64::from),
     }
 }
 
@@ -413,6 +420,7 @@ pub fn flags_given(f: &SpecFlags) -> bool {
     f.name.is_some()
         || f.firmware.is_some()
         || f.canary.is_some()
+        || f.canary_per_site.is_some()
         || f.waves.is_some()
         || f.deadline.is_some()
         || f.soak.is_some()
@@ -567,7 +575,13 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
     );
     let upgrade_type = upgrade_type(&mut p, raw.upgrade_type.as_deref());
     let selector = selector(&mut p, &raw.selector);
-    let stages = stages(&mut p, &raw.stages);
+    let canary_per_site = p.u32_in(
+        "canary_per_site",
+        raw.canary_per_site,
+        0,
+        MAX_CANARY_PER_SITE,
+    );
+    let stages = stages(&mut p, &raw.stages, canary_per_site);
     let concurrency = raw.concurrency.as_ref().map(|c| concurrency(&mut p, c));
     let retry = raw.retry.as_ref().map(|r| retry(&mut p, r));
     let window = raw.window.as_ref().map(|w| window(&mut p, w));
@@ -600,6 +614,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
         require_approval: raw.require_approval,
         abort_criteria,
         rate,
+        canary_per_site,
     };
     if p.0.is_empty() {
         Ok(spec)
@@ -849,7 +864,18 @@ fn selector(p: &mut Problems, s: &RawSelector) -> pb::DeviceSelector {
     }
 }
 
-fn stages(p: &mut Problems, raw: &[RawStage]) -> Vec<pb::Stage> {
+/// Most per-site canaries a spec may ask for (otad's bound).
+const MAX_CANARY_PER_SITE: i64 = 1000;
+
+/// The stages; with `canary_per_site` the first one has no size (the canaries fill it).
+fn stages(p: &mut Problems, raw: &[RawStage], canary_per_site: u32) -> Vec<pb::Stage> {
+    if raw.is_empty() && canary_per_site > 0 {
+        // The canaries' stage; otad adds the one for the rest.
+        return vec![pb::Stage {
+            name: "canary".into(),
+            ..Default::default()
+        }];
+    }
     if raw.is_empty() {
         p.add(
             "stages",
@@ -876,6 +902,18 @@ fn stages(p: &mut Problems, raw: &[RawStage]) -> Vec<pb::Stage> {
         }
         names.push(name.clone());
         let size = match (s.count, s.percent) {
+            (None, None) if i == 0 && canary_per_site > 0 => None,
+            _ if i == 0 && canary_per_site > 0 => {
+                p.add(
+                    "stages[0]",
+                    format!(
+                        "sets count or percent, but canary_per_site = {canary_per_site} fills the \
+                         first stage ({canary_per_site} device(s) from every site and zigbee2mqtt \
+                         network): leave them out, or drop canary_per_site"
+                    ),
+                );
+                None
+            }
             (Some(_), Some(_)) => {
                 p.add(format!("stages[{i}]"), "set count or percent, not both");
                 None
@@ -1270,6 +1308,69 @@ min_rssi_dbm = -80
         assert!(
             e.to_string()
                 .starts_with("invalid rollout spec in flags: name: is required")
+        );
+    }
+
+    #[test]
+    fn per_site_canaries_fill_a_first_stage_without_a_size() {
+        let head = "name = \"n\"\nfirmware = \"fw-1\"\ncanary_per_site = 2\n";
+        // The first stage leaves its size out; the later ones are as usual.
+        let s = parse_toml(
+            &format!("{head}[[stages]]\nname = \"canary\"\n[[stages]]\npercent = 100\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(s.canary_per_site, 2);
+        assert_eq!(s.stages[0].size, None);
+        assert_eq!(
+            s.stages[1].size,
+            Some(pb::stage::Size::CumulativePercent(100.0))
+        );
+        // No stages at all: one canary stage (otad adds the one for the rest).
+        let s = parse_toml(head, "t.toml").unwrap();
+        let names: Vec<&str> = s.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["canary"]);
+        assert_eq!(s.stages[0].size, None);
+        // A first stage with its own size says something else: refused.
+        assert_eq!(
+            errors(&format!("{head}[[stages]]\ncount = 5\n")),
+            [(
+                "stages[0]".to_string(),
+                "sets count or percent, but canary_per_site = 2 fills the first stage (2 \
+                 device(s) from every site and zigbee2mqtt network): leave them out, or drop \
+                 canary_per_site"
+                    .to_string()
+            )]
+        );
+        assert_eq!(
+            errors(&minimal("canary_per_site = 1001")),
+            [(
+                "canary_per_site".to_string(),
+                "1001 is outside 0-1000".to_string()
+            )]
+        );
+        // Only the first stage may go without a size.
+        let e = errors(&format!("{head}[[stages]]\n[[stages]]\nname = \"b\"\n"));
+        assert_eq!(e[0].0, "stages[1]");
+        // The flag form: a canary stage, then the waves.
+        let flags = SpecFlags {
+            name: Some("n".into()),
+            firmware: Some("fw-1".into()),
+            canary_per_site: Some(3),
+            waves: Some(values::Percents(vec![50.0, 100.0])),
+            ..Default::default()
+        };
+        assert!(flags_given(&flags));
+        let s = validate(&from_flags(&flags), "flags").unwrap();
+        assert_eq!(s.canary_per_site, 3);
+        let sizes: Vec<_> = s.stages.iter().map(|s| (s.name.as_str(), s.size)).collect();
+        assert_eq!(
+            sizes,
+            [
+                ("canary", None),
+                ("wave-1", Some(pb::stage::Size::CumulativePercent(50.0))),
+                ("wave-2", Some(pb::stage::Size::CumulativePercent(100.0)))
+            ]
         );
     }
 

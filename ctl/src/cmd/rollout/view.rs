@@ -185,6 +185,9 @@ impl std::fmt::Display for RateJson {
         }
         Ok(())
     }
+    /// Per-site canaries: devices the first stage takes from every site and zigbee2mqtt network
+    /// (0: off).
+    pub canary_per_site: u32,
 }
 
 /// One abort criterion.
@@ -374,6 +377,7 @@ impl SpecJson {
                 .map(AbortCriterionJson::new)
                 .collect(),
             rate: s.rate.as_ref().map(RateJson::new),
+            canary_per_site: s.canary_per_site,
         }
     }
 }
@@ -619,6 +623,23 @@ pub struct PlannedStageJson {
     pub device_ids: Vec<String>,
     /// Estimated seconds.
     pub estimated_s: u32,
+    /// The per-site canaries when `canary_per_site` fills this stage, by site and network.
+    pub canaries: Vec<CanaryGroupJson>,
+}
+
+/// The canaries of one transport instance of a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CanaryGroupJson {
+    /// Site.
+    pub site_id: String,
+    /// Transport.
+    pub transport: EnumJson,
+    /// Transport instance (zigbee2mqtt network, ESPHome instance, serial port).
+    pub network: String,
+    /// The canaries, best first.
+    pub device_ids: Vec<String>,
+    /// Targets the instance has (fewer than canary_per_site: all are canaries).
+    pub available: u32,
 }
 
 /// `rollout plan`.
@@ -652,6 +673,17 @@ impl PlanJson {
                     name: s.name.clone(),
                     device_ids: s.device_ids.clone(),
                     estimated_s: s.estimated_s,
+                    canaries: s
+                        .canaries
+                        .iter()
+                        .map(|g| CanaryGroupJson {
+                            site_id: g.site_id.clone(),
+                            transport: EnumJson::new(g.transport, vocab::transport_name),
+                            network: g.network.clone(),
+                            device_ids: g.device_ids.clone(),
+                            available: g.available,
+                        })
+                        .collect(),
                 })
                 .collect(),
             exclusions: p.exclusions.iter().map(exclusion).collect(),

@@ -97,6 +97,7 @@ fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
         site_timezones: Default::default(),
         abort_criteria: Vec::new(),
         rate: None,
+        canary_per_site: 0,
     }
 }
 
