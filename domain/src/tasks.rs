@@ -35,12 +35,19 @@ use crate::time::UnixMillis;
 /// type where the device reports them, ESP chip) decide.
 pub const MODELS_LABEL: &str = "models";
 
+/// Whether a device can be updated at all: it supports OTA, or it is an ESP chip on a serial
+/// port (its ROM bootloader takes an image whatever the running firmware says). Firmware fit,
+/// the auto-upgrade switch and its "supported" answer all ask this.
+pub fn can_update(device: &DeviceFacts) -> bool {
+    device.supports_ota || device.transport == Some(Transport::Serial)
+}
+
 /// Why a firmware does not fit a device (→ 5013), or `Ok`.
 pub fn firmware_fits(fw: &FirmwareRegistered, device: &DeviceFacts) -> Result<(), String> {
     let Some(transport) = device.transport else {
         return Err("the site did not say how it reaches this device".into());
     };
-    if !device.supports_ota && transport != Transport::Serial {
+    if !can_update(device) {
         return Err(format!(
             "{} does not support OTA updates",
             display_name(device)

@@ -1065,6 +1065,66 @@ async fn auto_upgrade_applies_a_completed_rollouts_firmware_to_a_device_that_app
 }
 
 #[tokio::test(start_paused = true)]
+async fn auto_upgrade_support_is_the_same_when_read_and_when_set() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    // An ESP chip on a serial port whose firmware says nothing of OTA: the ROM bootloader
+    // flashes it anyway. A Zigbee device without OTA support cannot be updated at all.
+    let serial = pb::DeviceReport {
+        transport: pb::Transport::Serial as i32,
+        network: "serial".into(),
+        supports_ota: false,
+        ..esphome("serial-ttyUSB0", "1.0.0")
+    };
+    let bulb = pb::DeviceReport {
+        supports_ota: false,
+        ..zigbee("0x01", "zb", 1)
+    };
+    let _site = FakeSite::connect(
+        &otad,
+        "home",
+        0,
+        vec![
+            dev(serial, Behavior::Succeed, secs(30)),
+            dev(bulb, Behavior::Succeed, secs(30)),
+        ],
+    )
+    .await;
+    let get = |id: &str| {
+        let mut devices = otad.devices();
+        let id = id.to_string();
+        async move {
+            devices
+                .get_auto_upgrade(pb::GetAutoUpgradeRequest { device_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let set = |id: &str| {
+        let mut devices = otad.devices();
+        let id = id.to_string();
+        async move {
+            devices
+                .set_auto_upgrade(pb::SetAutoUpgradeRequest {
+                    device_id: id,
+                    enabled: true,
+                })
+                .await
+        }
+    };
+    assert!(get("home/serial-ttyUSB0").await.supported);
+    let on = set("home/serial-ttyUSB0").await.unwrap().into_inner();
+    assert!(on.supported && on.enabled, "{on:?}");
+    assert!(get("home/serial-ttyUSB0").await.enabled);
+
+    assert!(!get("home/0x01").await.supported);
+    let refused = set("home/0x01").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(refused.message(), "home/0x01 does not support OTA updates");
+    assert!(!get("home/0x01").await.enabled);
+}
+
+#[tokio::test(start_paused = true)]
 async fn check_only_rollouts_install_nothing_and_the_api_refuses_bad_requests() {
     let otad = TestOtad::in_memory_at(MONDAY).await;
     let fw = otad.upload_esp("2.0.0").await;

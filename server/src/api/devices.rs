@@ -13,7 +13,7 @@ use ota_domain::projection::{DeviceView, FleetState};
 use ota_domain::rollout::select;
 use ota_domain::rollout::spec::{RetryPolicy, UpgradeType};
 use ota_domain::status::{ErrorCode, UpgradeStatus};
-use ota_domain::tasks::{firmware_fits, is_downgrade, is_on_target, target_version};
+use ota_domain::tasks::{can_update, firmware_fits, is_downgrade, is_on_target, target_version};
 use ota_domain::time::UnixMillis;
 use ota_proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
@@ -647,7 +647,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let d = find_device(&state, &request.get_ref().device_id)?;
         Ok(Response::new(pb::AutoUpgradeSetting {
             device_id: d.id.clone(),
-            supported: d.facts.supports_ota || d.facts.transport == Some(model::Transport::Serial),
+            supported: can_update(&d.facts),
             enabled: d.auto_upgrade,
         }))
     }
@@ -662,7 +662,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let req = request.into_inner();
         self.record(&who, |state| {
             let d = find_device(state, &req.device_id)?;
-            if !d.facts.supports_ota && req.enabled {
+            if !can_update(&d.facts) && req.enabled {
                 return Err(ApiError::precondition(format!(
                     "{} does not support OTA updates",
                     d.id
@@ -686,7 +686,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let d = find_device(&state, &req.device_id)?;
         Ok(Response::new(pb::AutoUpgradeSetting {
             device_id: d.id.clone(),
-            supported: d.facts.supports_ota,
+            supported: can_update(&d.facts),
             enabled: d.auto_upgrade,
         }))
     }
