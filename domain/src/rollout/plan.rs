@@ -271,6 +271,8 @@ impl Pace<'_> {
             ms(now_s),
         )
     }
+}
+
 /// How likely a device is to take an update at once, for choosing canaries: smaller is better.
 /// Mains before unknown before battery power, reachable first, stronger signal first (link
 /// quality and RSSI are compared within a group, which has one transport), then by id.
@@ -931,6 +933,8 @@ mod tests {
             ..pace(&ramp)
         };
         assert_eq!(estimate_paced_s(&refs, &wide, Some(later)), 120);
+    }
+
     mod canaries {
         use super::super::*;
         use crate::events::streams;

@@ -4159,6 +4159,13 @@ pub struct RolloutSpec {
     /// Unset: no limit on the starts beyond the concurrency.
     #[prost(message, optional, tag = "20")]
     pub rate: ::core::option::Option<RolloutRate>,
+    /// Per-site canaries: when above 0, the first stage takes exactly this many devices from every
+    /// transport instance of every site (each zigbee2mqtt network, a site's ESPHome devices, each
+    /// serial port), or all of an instance's devices when it has fewer; the later stages take the
+    /// rest. Canaries are chosen mains-powered, reachable and strong-signal first. The first stage
+    /// must then leave its size unset (a spec that sets both is refused). At most 1000.
+    #[prost(uint32, tag = "23")]
+    pub canary_per_site: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StageStatus {
