@@ -122,6 +122,9 @@ pub struct SpecJson {
     pub abort_criteria: Vec<AbortCriterionJson>,
     /// Devices started per minute, or null: no limit beyond the concurrency.
     pub rate: Option<RateJson>,
+    /// Per-site canaries: devices the first stage takes from every site and zigbee2mqtt network
+    /// (0: off).
+    pub canary_per_site: u32,
 }
 
 /// How many devices a rollout starts per minute.
@@ -185,9 +188,6 @@ impl std::fmt::Display for RateJson {
         }
         Ok(())
     }
-    /// Per-site canaries: devices the first stage takes from every site and zigbee2mqtt network
-    /// (0: off).
-    pub canary_per_site: u32,
 }
 
 /// One abort criterion.
