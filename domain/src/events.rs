@@ -31,6 +31,7 @@ use crate::model::{
 };
 use crate::rollout::abort::AbortCriterion;
 use crate::rollout::rate::Rate;
+use crate::rollout::rollback::{Revert, RollbackScope};
 use crate::rollout::spec::{RolloutSpec, RolloutSpecV1, UpgradeType};
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 use crate::time::UnixMillis;
@@ -240,6 +241,11 @@ pub struct TaskCreated {
     pub auto: bool,
     /// Wake-up budget, seconds, while the device sleeps; 0: 7 days.
     pub wake_timeout_s: u32,
+    /// The version the device ran when the task was created: what a rollback restores. `None`
+    /// in tasks recorded before schema v3.
+    pub from: Option<VersionInfo>,
+    /// The catalog's image of that version, when the catalog had it then.
+    pub from_firmware_id: Option<String>,
 }
 
 /// The server is checking preconditions right before dispatch. Status 14.
@@ -536,6 +542,21 @@ pub struct RolloutDenied {
     pub reason: String,
 }
 
+/// The rollout is rolled back by a linked rollout (`rollback_id`, created in the same append
+/// with `spec.reverts` naming this rollout). Recorded at most once per rollout; the event's
+/// actor is who asked (the system for an automatic rollback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRolledBack {
+    /// The linked rollout that reverts the devices.
+    pub rollback_id: String,
+    /// Which devices it reverts.
+    pub scope: RollbackScope,
+    /// Triggered by the rollout's own thresholds or criteria rather than an operator.
+    pub automatic: bool,
+    /// Why ("stage canary: 1 failure(s) ≥ threshold 1 …", or the operator's reason).
+    pub reason: String,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Access
 // ---------------------------------------------------------------------------------------------
@@ -676,7 +697,7 @@ domain_events! {
     DeviceRemoved = 1,
     DeviceChecked = 1,
     AutoUpgradeSet = 1,
-    TaskCreated = 2,
+    TaskCreated = 3,
     TaskPreparing = 1,
     TaskHeld = 1,
     TaskConfirmed = 1,
@@ -686,7 +707,7 @@ domain_events! {
     TaskSucceeded = 2,
     TaskFailed = 1,
     TaskCancelled = 1,
-    RolloutCreated = 5,
+    RolloutCreated = 6,
     RolloutStarted = 1,
     BatchCheckStarted = 1,
     BatchCheckCompleted = 1,
@@ -704,6 +725,7 @@ domain_events! {
     RolloutDenied = 1,
     TokenCreated = 1,
     TokenRevoked = 1,
+    RolloutRolledBack = 1,
 }
 
 impl DomainEvent {
@@ -736,8 +758,14 @@ impl DomainEvent {
                     .map(Self::DeviceReported)
                     .map_err(malformed)
             }
-            // v2 appended `wake_timeout_s` (0: the default budget).
-            ("TaskCreated", 1) => decode_appended(bytes, &0u32)
+            // v2 appended `wake_timeout_s` (0: the default budget), v3 `from` and
+            // `from_firmware_id` (not recorded).
+            ("TaskCreated", 1) => {
+                decode_appended(bytes, &(0u32, None::<VersionInfo>, None::<String>))
+                    .map(Self::TaskCreated)
+                    .map_err(malformed)
+            }
+            ("TaskCreated", 2) => decode_appended(bytes, &(None::<VersionInfo>, None::<String>))
                 .map(Self::TaskCreated)
                 .map_err(malformed),
             // v2 appended `late` (no).
@@ -748,16 +776,32 @@ impl DomainEvent {
                 .map(|old| Self::RolloutCreated(old.into()))
                 .map_err(malformed),
             // v3 appended `spec.abort_criteria` (none), v4 `spec.rate` (none), v5
-            // `spec.canary_per_site` (off).
-            ("RolloutCreated", 2) => {
-                decode_appended(bytes, &(Vec::<AbortCriterion>::new(), None::<Rate>, 0u32))
+            // `spec.canary_per_site` (off), v6 `spec.rollback` (none) and `spec.reverts` (not a
+            // rollback).
+            ("RolloutCreated", 2) => decode_appended(
+                bytes,
+                &(
+                    Vec::<AbortCriterion>::new(),
+                    None::<Rate>,
+                    0u32,
+                    RollbackScope::None,
+                    None::<Revert>,
+                ),
+            )
+            .map(Self::RolloutCreated)
+            .map_err(malformed),
+            ("RolloutCreated", 3) => decode_appended(
+                bytes,
+                &(None::<Rate>, 0u32, RollbackScope::None, None::<Revert>),
+            )
+            .map(Self::RolloutCreated)
+            .map_err(malformed),
+            ("RolloutCreated", 4) => {
+                decode_appended(bytes, &(0u32, RollbackScope::None, None::<Revert>))
                     .map(Self::RolloutCreated)
                     .map_err(malformed)
             }
-            ("RolloutCreated", 3) => decode_appended(bytes, &(None::<Rate>, 0u32))
-                .map(Self::RolloutCreated)
-                .map_err(malformed),
-            ("RolloutCreated", 4) => decode_appended(bytes, &0u32)
+            ("RolloutCreated", 5) => decode_appended(bytes, &(RollbackScope::None, None::<Revert>))
                 .map(Self::RolloutCreated)
                 .map_err(malformed),
             _ => Err(DecodeError::NoUpcaster {

@@ -202,6 +202,8 @@ pub fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
         abort_criteria: Vec::new(),
         rate: None,
         canary_per_site: 0,
+        rollback: crate::rollout::rollback::RollbackScope::None,
+        reverts: None,
     }
 }
 

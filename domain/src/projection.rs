@@ -413,6 +413,25 @@ pub struct RolloutView {
     pub failures_accepted_at_ms: Option<UnixMillis>,
     /// The four-eyes approval, when one is required.
     pub approval: Approval,
+    /// The linked rollout that rolls this one back, once there is one (`RolloutRolledBack`).
+    pub rolled_back_by: Option<RollbackLink>,
+}
+
+/// A rollback of a rollout: which rollout reverts it, which devices, who asked and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackLink {
+    /// The linked rollout.
+    pub rollout_id: String,
+    /// Which devices it reverts.
+    pub scope: crate::rollout::rollback::RollbackScope,
+    /// Triggered by the rollout's own thresholds or criteria.
+    pub automatic: bool,
+    /// Who asked (the system for an automatic rollback).
+    pub by: String,
+    /// When.
+    pub at_ms: UnixMillis,
+    /// Why.
+    pub reason: String,
 }
 
 /// Where a rollout stands with its approval (four eyes: `rollout::approval`).
@@ -559,6 +578,7 @@ impl RolloutView {
             paused_at_ms: None,
             failures_accepted_at_ms: None,
             approval: Approval::NotRequired,
+            rolled_back_by: None,
         }
     }
 }
@@ -714,7 +734,7 @@ pub fn effective_wake_timeout_s(c: &TaskCreated) -> u32 {
 /// whenever a type of this module changes shape: a snapshot of another shape is ignored and the
 /// state is rebuilt from the log. `tests/golden_events.rs` fails when the shape changes without
 /// a bump.
-pub const SNAPSHOT_SCHEMA: u32 = 5;
+pub const SNAPSHOT_SCHEMA: u32 = 6;
 
 /// Everything the server knows, as of `last_seq`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -1054,6 +1074,16 @@ impl FleetState {
                 r.state_reason = format!("denied by {}: {}", meta.actor, e.reason);
                 r.finished_at_ms = Some(at);
             }
+            DomainEvent::RolloutRolledBack(e) => {
+                r.rolled_back_by = Some(RollbackLink {
+                    rollout_id: e.rollback_id.clone(),
+                    scope: e.scope,
+                    automatic: e.automatic,
+                    by: meta.actor.clone(),
+                    at_ms: at,
+                    reason: e.reason.clone(),
+                });
+            }
             _ => {}
         }
     }
@@ -1115,7 +1145,7 @@ impl FleetState {
     pub fn active_rollouts_using(&self, firmware_id: &str) -> Vec<String> {
         self.rollouts
             .values()
-            .filter(|r| !r.state.is_terminal() && r.spec.firmware_id == firmware_id)
+            .filter(|r| !r.state.is_terminal() && r.spec.uses_firmware(firmware_id))
             .map(|r| r.id.clone())
             .collect()
     }

@@ -467,6 +467,8 @@ mod tests {
                 flash_offset: None,
                 auto: false,
                 wake_timeout_s: 0,
+                from: None,
+                from_firmware_id: None,
             },
             UnixMillis::EPOCH,
             String::new(),

@@ -15,6 +15,7 @@ use ota_domain::events::*;
 use ota_domain::model::*;
 use ota_domain::rollout::abort::*;
 use ota_domain::rollout::rate::*;
+use ota_domain::rollout::rollback::*;
 use ota_domain::rollout::spec::*;
 use ota_domain::status::*;
 use ota_domain::time::UnixMillis;
@@ -127,6 +128,22 @@ fn spec() -> RolloutSpec {
             }),
         }),
         canary_per_site: 2,
+        rollback: RollbackScope::All,
+        reverts: Some(Revert {
+            rollout_id: "ro-0".into(),
+            scope: RollbackScope::Failed,
+            firmware: [(
+                "home/kitchen".to_string(),
+                "fw-00000000000000aa".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+            excluded: vec![Exclusion {
+                device_id: "home/hall".into(),
+                code: ErrorCode::NoFirmware,
+                reason: "the image it ran before (version 1.0.0) is not in the catalog".into(),
+            }],
+        }),
     }
 }
 
@@ -227,6 +244,8 @@ fn samples() -> Vec<DomainEvent> {
             flash_offset: None,
             auto: false,
             wake_timeout_s: 604_800,
+            from: Some(version("2.0.0")),
+            from_firmware_id: Some("fw-00000000000000aa".into()),
         }
         .into(),
         TaskPreparing {}.into(),
@@ -379,6 +398,13 @@ fn samples() -> Vec<DomainEvent> {
         }
         .into(),
         TokenRevoked { id: "tok-1".into() }.into(),
+        RolloutRolledBack {
+            rollback_id: "ro-1-rollback".into(),
+            scope: RollbackScope::Failed,
+            automatic: true,
+            reason: "stage canary failed".into(),
+        }
+        .into(),
     ]
 }
 
@@ -545,6 +571,10 @@ fn version_3_of_rollouts_upcasts_without_per_site_canaries() {
     };
     assert_eq!(r.spec.canary_per_site, 0);
     assert_eq!(
+        (r.spec.rollback, r.spec.reverts),
+        (RollbackScope::None, None)
+    );
+    assert_eq!(
         r.spec.abort_criteria,
         spec().abort_criteria,
         "the rest is kept"
@@ -565,6 +595,35 @@ fn version_4_of_rollouts_upcasts_without_per_site_canaries() {
     };
     assert_eq!(r.spec.canary_per_site, 0);
     assert_eq!(r.spec.rate, spec().rate, "the rest is kept");
+}
+
+#[test]
+fn version_5_of_rollouts_and_2_of_tasks_upcast_without_rollback() {
+    let golden = read_golden();
+    let line = |ty: &str, v: u16| unhex(&golden[&(ty.to_string(), v)]);
+    let DomainEvent::RolloutCreated(r) =
+        DomainEvent::decode("RolloutCreated", 5, &line("RolloutCreated", 5)).unwrap()
+    else {
+        panic!("wrong variant");
+    };
+    assert_eq!(
+        (r.spec.rollback, r.spec.reverts),
+        (RollbackScope::None, None)
+    );
+    assert_eq!(
+        r.spec.canary_per_site,
+        spec().canary_per_site,
+        "the rest is kept"
+    );
+    for v in [1, 2] {
+        let DomainEvent::TaskCreated(t) =
+            DomainEvent::decode("TaskCreated", v, &line("TaskCreated", v)).unwrap()
+        else {
+            panic!("wrong variant");
+        };
+        assert_eq!((t.from, t.from_firmware_id), (None, None), "v{v}");
+        assert_eq!(t.timeout_s, 1800, "v{v}: the rest is kept");
+    }
 }
 
 fn hex(b: &[u8]) -> String {

@@ -99,6 +99,8 @@ fn task_events(task: u64, devices: u64) -> Vec<DomainEvent> {
             timeout_s: 1800,
             flash_offset: None,
             wake_timeout_s: 0,
+            from: None,
+            from_firmware_id: None,
             auto: false,
         }
         .into(),

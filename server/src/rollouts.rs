@@ -9,7 +9,9 @@
 //! `CancelCommand`s and starts batch checks. A pass runs when something relevant was recorded,
 //! when the earliest wake-up a decision asked for is due (stage deadline, end of soak, batch
 //! check deadline, a maintenance window opening or closing), and every 30 s as a safety net.
-//! Running a pass twice changes nothing.
+//! Running a pass twice changes nothing. A step that stops a rollout by its thresholds or
+//! criteria also records its automatic rollback (the linked rollout's stream is created in the
+//! same append); the next pass runs the linked rollout like any other.
 //!
 //! The loop and the dispatcher split the work: the loop decides *which* tasks exist and when a
 //! stage starts, succeeds or fails; the dispatcher decides *when each task is sent* (rollout
@@ -142,6 +144,7 @@ impl Rollouts {
                             now_ms: now,
                             batch_check_in_flight: in_flight,
                             max_new_tasks: scheduler::MAX_NEW_TASKS_PER_STEP,
+                            require_approval: app.config.require_approval,
                         }),
                         None => Reconcile::default(),
                     };
@@ -328,6 +331,9 @@ fn log_decision(rollout_id: &str, d: &Reconcile) {
             }
             DomainEvent::RolloutAborted(a) => {
                 warn!(rollout.id = %rollout_id, reason = %a.reason, "rollout aborted")
+            }
+            DomainEvent::RolloutRolledBack(b) => {
+                warn!(rollout.id = %rollout_id, rollback.id = %b.rollback_id, scope = b.scope.name(), reason = %b.reason, "rollout rolled back automatically")
             }
             other => info!(rollout.id = %rollout_id, event = other.type_name(), "rollout moved"),
         }

@@ -243,7 +243,7 @@ async fn criteria_are_stored_shown_planned_and_checked() {
                     pb::abort_criterion::Action::Pause,
                 )
             },
-            "spec.abort_criteria[0].action 9 is unknown: 1 pause, 2 abort",
+            "spec.abort_criteria[0].action 9 is unknown: 1 pause, 2 abort, 3 rollback",
         ),
     ] {
         let mut s = s.clone();

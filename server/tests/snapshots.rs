@@ -65,6 +65,8 @@ fn task(i: u64) -> Vec<DomainEvent> {
             timeout_s: 600,
             flash_offset: None,
             wake_timeout_s: 0,
+            from: None,
+            from_firmware_id: None,
             auto: false,
         }
         .into(),

@@ -112,6 +112,7 @@ impl Run {
             now_ms: self.now,
             batch_check_in_flight: false,
             max_new_tasks: 1,
+            require_approval: false,
         });
         self.scheduler = Some((self.log.versions.clone(), d));
     }

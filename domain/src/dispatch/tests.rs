@@ -75,6 +75,7 @@ impl World {
             now_ms: now,
             batch_check_in_flight: false,
             max_new_tasks: MAX_NEW_TASKS_PER_STEP,
+            require_approval: false,
         });
         let seen = self.log.versions.clone();
         self.log
@@ -104,6 +105,8 @@ impl World {
                 flash_offset: None,
                 auto: false,
                 wake_timeout_s: 0,
+                from: None,
+                from_firmware_id: None,
             },
         );
     }

@@ -17,7 +17,8 @@
 //!   longer as failures, so a resumed rollout is not stopped again by the same devices.
 //!
 //! This module only counts and decides; the scheduler ([`super::scheduler::reconcile`]) turns
-//! the decision into `RolloutPaused` or `RolloutAborted`.
+//! the decision into `RolloutPaused` or `RolloutAborted` (and, for `rollback`, the linked rollout
+//! of [`super::rollback`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,9 @@ pub enum AbortAction {
     Pause,
     /// Abort the rollout: nothing more is dispatched, waiting tasks are cancelled.
     Abort,
+    /// Abort the rollout and roll it back (`crate::rollout::rollback`): the devices of the
+    /// spec's `rollback` scope, the failed ones when it is none.
+    Rollback,
 }
 
 impl AbortAction {
@@ -75,12 +79,13 @@ impl AbortAction {
         match self {
             Self::Pause => "pause",
             Self::Abort => "abort",
+            Self::Rollback => "rollback",
         }
     }
 
     /// From its name.
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Pause, Self::Abort]
+        [Self::Pause, Self::Abort, Self::Rollback]
             .into_iter()
             .find(|a| a.name() == name)
     }
@@ -316,7 +321,11 @@ mod tests {
         }
         assert_eq!(AbortOn::from_name("timed-out"), Some(AbortOn::TimedOut));
         assert_eq!(AbortOn::from_name("late"), None);
-        for a in [AbortAction::Pause, AbortAction::Abort] {
+        for a in [
+            AbortAction::Pause,
+            AbortAction::Abort,
+            AbortAction::Rollback,
+        ] {
             assert_eq!(AbortAction::from_name(a.name()), Some(a));
         }
     }

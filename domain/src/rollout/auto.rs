@@ -14,7 +14,8 @@
 //!   most one auto task per firmware, ever — an auto task that failed is not repeated by itself;
 //! - devices whose update to that firmware failed or timed out before (in a rollout or as an
 //!   auto task) are left alone: a person should look first;
-//! - devices planned in a rollout that is still running or paused are left to that rollout.
+//! - devices planned in a rollout that is still running or paused are left to that rollout;
+//! - rollbacks and rolled-back rollouts are never sources.
 //!
 //! At most one task per device at a time: the same rule the rollouts and single-device updates
 //! follow.
@@ -36,6 +37,9 @@ pub fn due(state: &FleetState) -> Vec<TaskCreated> {
             .values()
             .filter(|r| r.state == RolloutState::Completed)
             .filter(|r| r.spec.upgrade_type != UpgradeType::Check)
+            // A rollback installs old images, and a rolled-back rollout's devices were put back
+            // on purpose: neither is a source.
+            .filter(|r| r.spec.reverts.is_none() && r.rolled_back_by.is_none())
             .collect();
         // Most recently completed first.
         c.sort_by(|a, b| (b.finished_at_ms, &b.id).cmp(&(a.finished_at_ms, &a.id)));
@@ -104,6 +108,8 @@ pub fn due(state: &FleetState) -> Vec<TaskCreated> {
             flash_offset: None,
             auto: true,
             wake_timeout_s: r.spec.wake_timeout_s,
+            from: Some(d.facts.current.clone()),
+            from_firmware_id: None,
         });
     }
     out

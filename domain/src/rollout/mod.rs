@@ -9,6 +9,7 @@
 //! - [`abort`]: abort criteria over the devices that finished (AWS IoT Jobs' `abortConfig`).
 //! - [`rate`]: how many devices may start per minute, with an exponential ramp (AWS IoT Jobs'
 //!   `rolloutConfig`).
+//! - [`rollback`]: the linked rollout that puts back what each device ran before.
 //! - [`window`]: maintenance windows in a site's local time.
 //! - [`auto`]: auto-upgrade of devices that appear or fall behind after a rollout completed.
 //!
@@ -20,6 +21,7 @@ pub mod auto;
 pub mod lifecycle;
 pub mod plan;
 pub mod rate;
+pub mod rollback;
 pub mod scheduler;
 pub mod select;
 pub mod spec;

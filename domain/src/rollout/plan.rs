@@ -14,6 +14,9 @@
 //! - it already runs the firmware's version (5000);
 //! - it runs a newer version and the spec does not allow downgrades (5013).
 //!
+//! A rollback (`spec.reverts`) checks each device against its own previous image and lists the
+//! devices whose previous image is not in the catalog (5001, resolved when it was created).
+//!
 //! # Stage assignment
 //! Targets are ordered so that every stage spreads over the sites: devices are sorted by
 //! (network, id) within their site, then taken round-robin across the sites in site-id order.
@@ -63,6 +66,7 @@ use crate::events::{Exclusion, FirmwareRegistered, PlannedStage, RolloutStarted}
 use crate::model::{PowerSource, Signal, Transport};
 use crate::projection::{DeviceView, FleetState};
 use crate::rollout::rate::{self, Allowance, Rate};
+use crate::rollout::rollback::RollbackScope;
 use crate::rollout::select;
 use crate::rollout::spec::{
     Concurrency, RolloutSpec, StageSize, Threshold, UpgradeType, default_device_timeout_s,
@@ -538,8 +542,8 @@ fn duration(s: u64) -> String {
     }
 }
 
-/// The rollout-wide policies of `spec` in words: the rate, then the abort criteria in the order
-/// they are checked.
+/// The rollout-wide policies of `spec` in words: the rate, the per-site canaries, the abort
+/// criteria in the order they are checked, then rollback.
 pub fn policies(spec: &RolloutSpec) -> Vec<String> {
     let mut out: Vec<String> = spec
         .rate
@@ -560,23 +564,38 @@ pub fn policies(spec: &RolloutSpec) -> Vec<String> {
             .enumerate()
             .map(|(i, c)| format!("abort criterion {}: {c}", i + 1)),
     );
+    if spec.rollback != RollbackScope::None {
+        out.push(format!(
+            "rollback: when a threshold or criterion stops the rollout, otad reverts its {} devices to the image each ran before",
+            match spec.rollback {
+                RollbackScope::All => "failed and updated",
+                _ => "failed",
+            }
+        ));
+    }
+    if let Some(r) = &spec.reverts {
+        out.push(format!(
+            "reverts rollout {} ({} devices): each device gets the image it ran before, downgrades allowed",
+            r.rollout_id,
+            r.scope.name()
+        ));
+    }
     out
 }
 
 /// Plans `spec` against today's fleet. Pure: the same state gives the same plan.
 pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
     let mut warnings = Vec::new();
-    if select::is_empty(&spec.selector) {
+    if spec.reverts.is_none() && select::is_empty(&spec.selector) {
         warnings.push("the selector is empty: it selects every device of the fleet".into());
     }
-    let fw = state.firmware.get(&spec.firmware_id).map(|f| &f.registered);
-    if fw.is_none() {
+    if spec.reverts.is_none() && !state.firmware.contains_key(&spec.firmware_id) {
         warnings.push(format!(
             "firmware {} is not in the catalog: nothing can be installed",
             spec.firmware_id
         ));
     }
-    let (targets, exclusions) = select_targets(spec, fw, state, &mut warnings);
+    let (targets, exclusions) = select_targets(spec, state, &mut warnings);
     let (ordered, canary_groups) = order_targets(spec, &targets);
     let canary_count = canary_groups.iter().map(|g| g.device_ids.len()).sum();
     let (mut stages, estimated_s) = plan_stages(spec, &ordered, canary_count, &mut warnings);
@@ -598,12 +617,16 @@ pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
 /// device) of those that cannot or that no site reports.
 fn select_targets<'a>(
     spec: &RolloutSpec,
-    fw: Option<&FirmwareRegistered>,
     state: &'a FleetState,
     warnings: &mut Vec<String>,
 ) -> (Vec<&'a DeviceView>, Vec<Exclusion>) {
     let sel = &spec.selector;
-    let mut exclusions = Vec::new();
+    // A rollback lists the devices whose previous image is not in the catalog.
+    let mut exclusions: Vec<Exclusion> = spec
+        .reverts
+        .as_ref()
+        .map(|r| r.excluded.clone())
+        .unwrap_or_default();
     let named: HashSet<&str> = sel.device_ids.iter().map(String::as_str).collect();
     for id in &sel.device_ids {
         if !state.devices.contains_key(id) && !sel.exclude_device_ids.contains(id) {
@@ -617,17 +640,23 @@ fn select_targets<'a>(
     let mut removed_unnamed = 0usize;
     let mut targets: Vec<&DeviceView> = Vec::new();
     for d in state.devices.values() {
-        if !select::matches_ignoring_removal(sel, d) {
+        // A rollback targets its map's devices only (an empty map selects nothing).
+        let reverted = spec
+            .reverts
+            .as_ref()
+            .is_none_or(|r| r.firmware.contains_key(&d.id));
+        if !reverted || !select::matches_ignoring_removal(sel, d) {
             continue;
         }
         if d.removed && !named.contains(d.id.as_str()) {
             removed_unnamed += 1;
             continue;
         }
-        let reason = match fw {
+        let firmware_id = spec.firmware_for(&d.id);
+        let reason = match state.firmware.get(firmware_id).map(|f| &f.registered) {
             None => Some((
                 ErrorCode::NoFirmware,
-                format!("firmware {} is not in the catalog", spec.firmware_id),
+                format!("firmware {firmware_id} is not in the catalog"),
             )),
             Some(fw) => exclusion_reason(spec, fw, d),
         };

@@ -46,6 +46,11 @@
 //!   criteria** (shares of the devices that *finished*, see [`super::abort`]), then the
 //!   **failure budget** (a count over all targets). Either pauses (or, for a criterion with
 //!   `action = abort`, aborts) instead of taking the step.
+//! - A stop by a stage threshold, the failure budget or an abort criterion also records the
+//!   **automatic rollback** when the spec asks for one (`rollback = "failed" | "all"`, or a
+//!   criterion's `action = rollback`): `RolloutRolledBack` after the stop and the linked
+//!   rollout's creation (started, unless approval is required) in the same append, at most once
+//!   per rollout (see [`super::rollback`]).
 //!
 //! # Timers
 //! - The **stage deadline** (`deadline_s`, sometimes called the stage's "batch-check timeout") runs
@@ -85,11 +90,14 @@ use crate::events::{
     RolloutCompleted, RolloutPaused, StageDevicesExcluded, StageFailed, StageSoaking, StageStarted,
     StageSucceeded, TaskCancelled, TaskCreated, TaskFailed,
 };
+use crate::projection::Approval;
 use crate::projection::{
     FleetState, RolloutState, RolloutView, StageState, StageView, TaskPhase, TaskView,
 };
 use crate::rollout::abort::{self, AbortAction, AbortOn, Finished};
+use crate::rollout::approval;
 use crate::rollout::plan::exclusion_reason;
+use crate::rollout::rollback::{self, Ask, RollbackScope};
 use crate::rollout::spec::{
     FailureAction, FailureBudget, OnAsleep, StageSpec, Threshold, UpgradeType,
 };
@@ -124,6 +132,9 @@ pub struct Reconcile {
     pub task_events: Vec<(String, DomainEvent)>,
     /// Cancel commands to send after recording.
     pub cancels: Vec<CancelOrder>,
+    /// An automatic rollback this step records with the stop that triggered it: the linked
+    /// rollout's id and events (its own new stream); `RolloutRolledBack` is in `rollout_events`.
+    pub new_rollouts: Vec<(String, Vec<DomainEvent>)>,
     /// Look again at this time at the latest (events also trigger a look).
     pub requeue_at: Option<UnixMillis>,
 }
@@ -131,7 +142,10 @@ pub struct Reconcile {
 impl Reconcile {
     /// Nothing to record.
     pub fn is_empty(&self) -> bool {
-        self.rollout_events.is_empty() && self.new_tasks.is_empty() && self.task_events.is_empty()
+        self.rollout_events.is_empty()
+            && self.new_tasks.is_empty()
+            && self.task_events.is_empty()
+            && self.new_rollouts.is_empty()
     }
 
     fn requeue(&mut self, at: UnixMillis) {
@@ -160,6 +174,9 @@ impl Reconcile {
         for (task_id, e) in &self.task_events {
             out.push(Change::unchanged(streams::task(task_id), vec![e.clone()]));
         }
+        for (id, events) in &self.new_rollouts {
+            out.push(Change::new_stream(streams::rollout(id), events.clone()));
+        }
         out
     }
 
@@ -187,6 +204,9 @@ pub struct Input<'a> {
     /// Most tasks one step creates ([`MAX_NEW_TASKS_PER_STEP`]; tests lower it to exercise the
     /// steps that create the rest of a stage).
     pub max_new_tasks: usize,
+    /// otad's `require_approval` setting: an automatic rollback then waits for a second
+    /// person's approval before it starts (so does the rollback of a rollout that needed one).
+    pub require_approval: bool,
 }
 
 // === ids ===
@@ -501,10 +521,23 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
         )
     });
     if stops {
+        let mut out = out;
+        if out
+            .rollout_events
+            .iter()
+            .any(|e| matches!(e, DomainEvent::StageFailed(_)))
+        {
+            auto_rollback(input, r.spec.rollback, &mut out);
+        }
         return out;
     }
-    if let Some(stop) = abort_criteria_step(r, input.state) {
-        return stop;
+    if let Some(mut stop) = abort_criteria_step(r, input.state) {
+        let scope = match (stop.rollback, r.spec.rollback) {
+            (true, RollbackScope::None) => RollbackScope::Failed,
+            (_, scope) => scope,
+        };
+        auto_rollback(input, scope, &mut stop.decision);
+        return stop.decision;
     }
     if let Some(budget) = failure_budget(r) {
         let failures = budget_failures(r, input.state);
@@ -519,15 +552,53 @@ pub fn reconcile(input: Input<'_>) -> Reconcile {
                 }
                 .into(),
             );
+            auto_rollback(input, r.spec.rollback, &mut paused);
             return paused;
         }
     }
     out
 }
 
+/// The automatic rollback (see [`super::rollback`]) of a step that stops the rollout by its
+/// thresholds or criteria, recorded with the stop: `RolloutRolledBack` on this rollout's stream
+/// and the linked rollout on its own, in the same append. Nothing when `scope` is none, the
+/// rollout was rolled back already, or no device is to be reverted.
+fn auto_rollback(input: Input<'_>, scope: RollbackScope, out: &mut Reconcile) {
+    if scope == RollbackScope::None {
+        return;
+    }
+    let r = input.rollout;
+    let stop = out.rollout_events.iter().rev().find_map(|e| match e {
+        DomainEvent::RolloutPaused(p) => Some(&p.reason),
+        DomainEvent::RolloutAborted(a) => Some(&a.reason),
+        _ => None,
+    });
+    let Some(stop) = stop else {
+        return;
+    };
+    let approval = approval::required(input.require_approval, r.approval != Approval::NotRequired);
+    let ask = Ask {
+        scope,
+        automatic: true,
+        reason: format!("rollout {} stopped: {stop}", r.id),
+        approval,
+        start: true,
+    };
+    if let Ok(rb) = rollback::rollback(r, input.state, ask) {
+        out.rollout_events.push(rb.marker.into());
+        out.new_rollouts.push((rb.id, rb.events));
+    }
+}
+
+/// What a tripped abort criterion decided, and whether its action asks for a rollback.
+struct CriterionStop {
+    decision: Reconcile,
+    rollback: bool,
+}
+
 /// The rollout's abort criteria over its finished devices (see [`super::abort`]): the first
-/// that trips pauses or aborts the rollout instead of the step.
-fn abort_criteria_step(r: &RolloutView, state: &FleetState) -> Option<Reconcile> {
+/// that trips pauses or aborts (and maybe rolls back) the rollout instead of the step.
+fn abort_criteria_step(r: &RolloutView, state: &FleetState) -> Option<CriterionStop> {
     if r.spec.abort_criteria.is_empty() {
         return None;
     }
@@ -537,7 +608,7 @@ fn abort_criteria_step(r: &RolloutView, state: &FleetState) -> Option<Reconcile>
         .filter_map(|id| state.tasks.get(id));
     let finished = Finished::count(tasks, r.failures_accepted_at_ms);
     let tripped = abort::tripped(&r.spec.abort_criteria, &finished)?;
-    Some(match tripped.action {
+    let decision = match tripped.action {
         AbortAction::Pause => {
             let mut paused = Reconcile::default();
             paused.rollout_events.push(
@@ -549,7 +620,11 @@ fn abort_criteria_step(r: &RolloutView, state: &FleetState) -> Option<Reconcile>
             );
             paused
         }
-        AbortAction::Abort => abort(r, state, &tripped.reason, true),
+        AbortAction::Abort | AbortAction::Rollback => abort(r, state, &tripped.reason, true),
+    };
+    Some(CriterionStop {
+        decision,
+        rollback: tripped.action == AbortAction::Rollback,
     })
 }
 
@@ -916,10 +991,7 @@ fn ensure_tasks(
     let stage = &r.stages[index];
     let mut excluded = Vec::new();
     let mut with_task = 0usize;
-    let fw = state
-        .firmware
-        .get(&r.spec.firmware_id)
-        .map(|f| &f.registered);
+    let mut missing_firmware: Option<&str> = None;
     for device_id in &stage.device_ids {
         if r.tasks_by_device.contains_key(device_id) {
             with_task += 1;
@@ -959,9 +1031,15 @@ fn ensure_tasks(
             });
             continue;
         }
+        let firmware_id = r.spec.firmware_for(device_id);
+        let fw = state.firmware.get(firmware_id).map(|f| &f.registered);
+        if fw.is_none() {
+            missing_firmware.get_or_insert(firmware_id);
+        }
         let (Some(d), Some(fw)) = (device, fw) else {
             continue;
         };
+        let (from, from_firmware_id) = rollback::before_update(state, &d.facts);
         with_task += 1;
         if out.new_tasks.len() >= max_new_tasks.max(1) {
             // The next step creates it.
@@ -986,17 +1064,18 @@ fn ensure_tasks(
             flash_offset: None,
             auto: false,
             wake_timeout_s: spec.wake_timeout_s,
+            from,
+            from_firmware_id,
         });
     }
-    if fw.is_none() && with_task < stage.device_ids.len() - excluded.len() {
+    if let Some(missing) = missing_firmware {
         // The firmware vanished from the catalog (deletion is refused while a rollout uses it,
         // so this is damage): stop rather than guess.
         out.new_tasks.clear();
         out.rollout_events.push(
             RolloutPaused {
                 reason: format!(
-                    "firmware {} is no longer in the catalog: no task can be created",
-                    r.spec.firmware_id
+                    "firmware {missing} is no longer in the catalog: no task can be created"
                 ),
                 automatic: true,
             }
@@ -1099,10 +1178,6 @@ pub fn batch_check_completed(
 ) -> BatchCheckCompleted {
     let mut timed_out = Vec::new();
     let mut excluded = Vec::new();
-    let fw = state
-        .firmware
-        .get(&r.spec.firmware_id)
-        .map(|f| &f.registered);
     let devices = r
         .batch_check
         .as_ref()
@@ -1132,11 +1207,12 @@ pub fn batch_check_completed(
         if r.spec.upgrade_type == UpgradeType::Check {
             continue;
         }
-        let why = match fw {
-            Some(fw) => exclusion_reason(&r.spec, fw, d),
+        let firmware_id = r.spec.firmware_for(id);
+        let why = match state.firmware.get(firmware_id) {
+            Some(fw) => exclusion_reason(&r.spec, &fw.registered, d),
             None => Some((
                 ErrorCode::NoFirmware,
-                format!("firmware {} is not in the catalog", r.spec.firmware_id),
+                format!("firmware {firmware_id} is not in the catalog"),
             )),
         };
         if let Some((code, reason)) = why {

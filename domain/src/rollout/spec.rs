@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Transport;
 use crate::rollout::abort::AbortCriterion;
 use crate::rollout::rate::Rate;
+use crate::rollout::rollback::{Revert, RollbackScope};
 
 /// How an update is offered (Tuya `upgradeType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -319,6 +320,12 @@ pub struct RolloutSpec {
     /// later stages take the rest. The first stage's `size` is then not used (the API refuses a
     /// spec that gives both and stores `Count(0)` there). See [`crate::rollout::plan`].
     pub canary_per_site: u32,
+    /// Which devices an automatic rollback reverts when the rollout's thresholds or criteria
+    /// stop it (see [`crate::rollout::rollback`]).
+    pub rollback: RollbackScope,
+    /// Set only on a rollback that otad created: the rollout it reverts and the image each
+    /// device gets back, resolved when it was created.
+    pub reverts: Option<Revert>,
 }
 
 /// [`RolloutSpec`] as stored by `RolloutCreated` v1.
@@ -377,6 +384,8 @@ impl From<RolloutSpecV1> for RolloutSpec {
             abort_criteria: Vec::new(),
             rate: None,
             canary_per_site: 0,
+            rollback: RollbackScope::None,
+            reverts: None,
         }
     }
 }
@@ -389,6 +398,23 @@ impl RolloutSpec {
         } else {
             self.wake_timeout_s
         }
+    }
+
+    /// The firmware `device_id` gets: its own previous image in a rollback, else the spec's.
+    pub fn firmware_for(&self, device_id: &str) -> &str {
+        self.reverts
+            .as_ref()
+            .and_then(|r| r.firmware.get(device_id))
+            .unwrap_or(&self.firmware_id)
+    }
+
+    /// Every firmware the rollout installs.
+    pub fn uses_firmware(&self, firmware_id: &str) -> bool {
+        self.firmware_id == firmware_id
+            || self
+                .reverts
+                .as_ref()
+                .is_some_and(|r| r.firmware.values().any(|f| f == firmware_id))
     }
 }
 

@@ -377,6 +377,11 @@ pub fn check(path: &str, bytes: &[u8]) -> Option<ApiResult<()>> {
             id("id", &m.id)?;
             text("reason", &m.reason, MAX_REASON)
         }),
+        "RolloutService/Rollback" => decode::<pb::RollbackRolloutRequest>(bytes).and_then(|m| {
+            id("id", &m.id)?;
+            text("reason", &m.reason, MAX_REASON)?;
+            known("scope", m.scope, pb::RollbackScope::try_from)
+        }),
         "RolloutService/Get" => {
             decode::<pb::GetRolloutRequest>(bytes).and_then(|m| id("id", &m.id))
         }

@@ -9,11 +9,12 @@ use ota_domain::model::{
     TransportInstance, VersionInfo, ZigbeeFacts,
 };
 use ota_domain::projection::{
-    Approval, DeviceView, FirmwareView, FleetState, RolloutState, RolloutView, SiteView,
-    StageState, TaskPhase, TaskView,
+    Approval, DeviceView, FirmwareView, FleetState, RollbackLink, RolloutState, RolloutView,
+    SiteView, StageState, TaskPhase, TaskView,
 };
 use ota_domain::rollout::abort::{AbortAction, AbortCriterion, AbortOn};
 use ota_domain::rollout::plan::CanaryGroup;
+use ota_domain::rollout::rollback::RollbackScope;
 use ota_domain::rollout::spec::{
     Concurrency, DEFAULT_STAGE_DEADLINE_S, FailureAction, FailureBudget, MaintenanceWindow,
     OnAsleep, Preconditions, RetryPolicy, RolloutSpec, Selector, StageSize, StageSpec, Threshold,
@@ -517,7 +518,51 @@ pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
         failure_budget: ota_domain::rollout::scheduler::failure_budget(r).unwrap_or(0),
         failures: ota_domain::rollout::scheduler::budget_failures(r, state),
         approval: approval(&r.approval),
+        rollback_of: rollback_of(r, state),
+        rolled_back_by: r.rolled_back_by.as_ref().map(rollback_link),
+        revert_targets: r
+            .spec
+            .reverts
+            .iter()
+            .flat_map(|rv| &rv.firmware)
+            .map(|(device_id, firmware_id)| pb::RevertTarget {
+                device_id: device_id.clone(),
+                firmware_id: firmware_id.clone(),
+            })
+            .collect(),
     }
+}
+
+/// A rollback on the wire, naming `link.rollout_id` (the linked rollout).
+fn rollback_link(link: &RollbackLink) -> pb::RollbackLink {
+    pb::RollbackLink {
+        rollout_id: link.rollout_id.clone(),
+        scope: rollback_scope_to(link.scope),
+        automatic: link.automatic,
+        by: Some(actor_from_label(&link.by)),
+        reason: link.reason.clone(),
+        at_ms: link.at_ms.as_i64(),
+    }
+}
+
+/// The rollout a rollback reverts, with who asked and why (from that rollout's link).
+fn rollback_of(r: &RolloutView, state: &FleetState) -> Option<pb::RollbackLink> {
+    let reverts = r.spec.reverts.as_ref()?;
+    let origin = state
+        .rollouts
+        .get(&reverts.rollout_id)
+        .and_then(|o| o.rolled_back_by.as_ref());
+    Some(match origin {
+        Some(link) => pb::RollbackLink {
+            rollout_id: reverts.rollout_id.clone(),
+            ..rollback_link(link)
+        },
+        None => pb::RollbackLink {
+            rollout_id: reverts.rollout_id.clone(),
+            scope: rollback_scope_to(reverts.scope),
+            ..Default::default()
+        },
+    })
 }
 
 /// A rollout's four-eyes approval on the wire (none when not required).
@@ -903,6 +948,7 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
     let site_timezones = site_timezones_from_pb(&s.site_timezones)?;
     let abort_criteria = abort_criteria_from_pb(&s.abort_criteria)?;
     let rate = rate::rate_from_pb(s.rate.as_ref())?;
+    let rollback = rollback_scope_from(s.rollback, "spec.rollback")?;
     Ok(RolloutSpec {
         name: clip(name),
         firmware_id: s.firmware_id.trim().to_string(),
@@ -932,7 +978,34 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
         abort_criteria,
         rate,
         canary_per_site: s.canary_per_site,
+        rollback,
+        reverts: None,
     })
+}
+
+/// A wire rollback scope; `field` names it in errors.
+pub fn rollback_scope_from(value: i32, field: &str) -> SpecResult<RollbackScope> {
+    match pb::RollbackScope::try_from(value) {
+        Ok(pb::RollbackScope::None) => Ok(RollbackScope::None),
+        Ok(pb::RollbackScope::Failed) => Ok(RollbackScope::Failed),
+        Ok(pb::RollbackScope::All) => Ok(RollbackScope::All),
+        Err(_) => Err(SpecError::new(
+            field,
+            SpecProblem::UnknownValue {
+                value,
+                expected: ": 0 none, 1 failed, 2 all",
+            },
+        )),
+    }
+}
+
+fn rollback_scope_to(s: RollbackScope) -> i32 {
+    let scope = match s {
+        RollbackScope::None => pb::RollbackScope::None,
+        RollbackScope::Failed => pb::RollbackScope::Failed,
+        RollbackScope::All => pb::RollbackScope::All,
+    };
+    scope as i32
 }
 
 /// A wire selector into the domain; `field` names it in errors (`spec.selector`, `selector`).
@@ -1343,12 +1416,13 @@ fn abort_criteria_from_pb(list: &[pb::AbortCriterion]) -> SpecResult<Vec<AbortCr
                     pb::abort_criterion::Action::Unspecified | pb::abort_criterion::Action::Pause,
                 ) => AbortAction::Pause,
                 Ok(pb::abort_criterion::Action::Abort) => AbortAction::Abort,
+                Ok(pb::abort_criterion::Action::Rollback) => AbortAction::Rollback,
                 Err(_) => {
                     return Err(SpecError::new(
                         field("action"),
                         SpecProblem::UnknownValue {
                             value: c.action,
-                            expected: ": 1 pause, 2 abort",
+                            expected: ": 1 pause, 2 abort, 3 rollback",
                         },
                     ));
                 }
@@ -1387,6 +1461,7 @@ fn abort_criteria_to_pb(list: &[AbortCriterion]) -> Vec<pb::AbortCriterion> {
             action: match c.action {
                 AbortAction::Pause => pb::abort_criterion::Action::Pause,
                 AbortAction::Abort => pb::abort_criterion::Action::Abort,
+                AbortAction::Rollback => pb::abort_criterion::Action::Rollback,
             } as i32,
         })
         .collect()
@@ -1576,6 +1651,7 @@ pub fn spec_to_pb(s: &RolloutSpec) -> pb::RolloutSpec {
         abort_criteria: abort_criteria_to_pb(&s.abort_criteria),
         rate: s.rate.as_ref().map(rate::rate_to_pb),
         canary_per_site: s.canary_per_site,
+        rollback: rollback_scope_to(s.rollback),
     }
 }
 

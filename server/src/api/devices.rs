@@ -191,6 +191,7 @@ fn decide_update(
         return Err(ApiError::invalid("flash_offset is only for serial devices"));
     }
     let retry = RetryPolicy::default();
+    let (from, from_firmware_id) = ota_domain::rollout::rollback::before_update(state, &d.facts);
     Ok(vec![Change::new_stream(
         streams::task(task_id),
         vec![
@@ -211,6 +212,8 @@ fn decide_update(
                 flash_offset: req.flash_offset,
                 auto: false,
                 wake_timeout_s: req.wake_timeout_s,
+                from,
+                from_firmware_id,
             }
             .into(),
         ],

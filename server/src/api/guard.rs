@@ -81,7 +81,8 @@ pub fn required_role(path: &str) -> Role {
         | "RolloutService/Resume"
         | "RolloutService/Abort"
         | "RolloutService/Approve"
-        | "RolloutService/Deny" => Role::Operator,
+        | "RolloutService/Deny"
+        | "RolloutService/Rollback" => Role::Operator,
         _ => Role::Admin,
     }
 }

@@ -1,5 +1,6 @@
 //! `RolloutService`: create, plan, approve or deny (four eyes, `ota_domain::rollout::approval`),
-//! start, pause, resume, abort, read and watch staged rollouts.
+//! start, pause, resume, abort, roll back (`ota_domain::rollout::rollback`), read and watch
+//! staged rollouts.
 //!
 //! Handlers check the lifecycle (`ota_domain::rollout::lifecycle`) inside the decision they run
 //! through `Core::execute`, so two operators racing on the same rollout cannot both win: the
@@ -17,6 +18,7 @@ use ota_domain::projection::{FleetState, RolloutView, TaskView};
 use ota_domain::rollout::approval::{self, ApprovalError};
 use ota_domain::rollout::lifecycle::{Action, transition};
 use ota_domain::rollout::plan::{self, Plan};
+use ota_domain::rollout::rollback::{self, Ask, RollbackError, RollbackScope};
 use ota_domain::rollout::scheduler;
 use ota_domain::rollout::spec::RolloutSpec;
 use ota_proto::v1 as pb;
@@ -134,6 +136,13 @@ fn approval_error(e: ApprovalError) -> ApiError {
     match e {
         ApprovalError::OwnRollout(_) => ApiError::PermissionDenied(e.to_string()),
         ApprovalError::NoReason => ApiError::invalid(e.to_string()),
+        _ => ApiError::precondition(e.to_string()),
+    }
+}
+
+fn rollback_error(e: RollbackError) -> ApiError {
+    match e {
+        RollbackError::NoScope => ApiError::invalid(e.to_string()),
         _ => ApiError::precondition(e.to_string()),
     }
 }
@@ -360,6 +369,49 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
         self.app.dispatch_wake.notify_one();
         info!(cancelled_at_sites = cancels.len(), "rollout aborted");
         self.answer(&req.id)
+    }
+
+    #[tracing::instrument(skip_all, fields(rollout.id = %request.get_ref().id))]
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let who = caller(&request);
+        who.require(Role::Operator)?;
+        let req = request.into_inner();
+        let actor = who.actor();
+        let asked = convert::rollback_scope_from(req.scope, "scope")
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let why = reason(&req.reason, "rolled back", &actor.name);
+        let mut linked = String::new();
+        self.app
+            .core
+            .execute::<ApiError, _>(&actor, |state| {
+                let r = find(state, &req.id)?;
+                rollback::may_roll_back(r).map_err(rollback_error)?;
+                let scope = match (asked, r.spec.rollback) {
+                    (RollbackScope::None, RollbackScope::None) => RollbackScope::Failed,
+                    (RollbackScope::None, spec) => spec,
+                    (asked, _) => asked,
+                };
+                let ask = Ask {
+                    scope,
+                    automatic: false,
+                    reason: why.clone(),
+                    approval: approval::required(
+                        self.app.config.require_approval,
+                        r.approval != ota_domain::projection::Approval::NotRequired,
+                    ),
+                    start: req.start,
+                };
+                let rb = rollback::rollback(r, state, ask).map_err(rollback_error)?;
+                linked = rb.id.clone();
+                Ok(rb.changes(&r.id))
+            })
+            .await?;
+        info!(rollback.id = %linked, "rollout rolled back");
+        self.app.dispatch_wake.notify_one();
+        self.answer(&linked)
     }
 
     #[tracing::instrument(skip_all, fields(rollout.id = %request.get_ref().id))]

@@ -98,6 +98,8 @@ fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
         abort_criteria: Vec::new(),
         rate: None,
         canary_per_site: 0,
+        rollback: RollbackScope::None,
+        reverts: None,
     }
 }
 
@@ -162,6 +164,7 @@ impl Given {
             now_ms: now,
             batch_check_in_flight: false,
             max_new_tasks: MAX_NEW_TASKS_PER_STEP,
+            require_approval: false,
         })
     }
 
@@ -175,6 +178,11 @@ impl Given {
         }
         for (id, e) in &d.task_events {
             self.event(at, &streams::task(id), e.clone());
+        }
+        for (id, events) in &d.new_rollouts {
+            for e in events {
+                self.event(at, &streams::rollout(id), e.clone());
+            }
         }
         self
     }
@@ -329,6 +337,7 @@ fn batch_check_runs_first_and_lists_devices_that_did_not_answer() {
         now_ms: T0 + 2 * S,
         batch_check_in_flight: true,
         max_new_tasks: MAX_NEW_TASKS_PER_STEP,
+        require_approval: false,
     });
     assert!(waiting.is_empty());
     assert_eq!(waiting.requeue_at, Some(T0 + 31 * S + BATCH_CHECK_GRACE));
@@ -684,6 +693,8 @@ fn busy_and_removed_devices_are_excluded_when_their_stage_starts() {
             flash_offset: None,
             auto: false,
             wake_timeout_s: 0,
+            from: None,
+            from_firmware_id: None,
         },
     );
     g.event(
@@ -1257,5 +1268,203 @@ fn a_stage_threshold_goes_before_the_abort_criteria() {
         names(&d.rollout_events),
         ["StageFailed", "RolloutPaused"],
         "the stage's own threshold and action decide first"
+    );
+}
+
+// === automatic rollback ===
+
+/// The fleet of [`FOUR`] with the image they run (1.0.0) in the catalog too.
+fn fleet_with_old_image() -> Given {
+    let mut g = Given::fleet(&FOUR);
+    g.event(
+        T0,
+        &streams::firmware("fw-old"),
+        esp_firmware("fw-old", "1.0.0"),
+    );
+    g
+}
+
+fn canary_then_all(rollback: RollbackScope) -> RolloutSpec {
+    let mut canary = stage("canary", StageSize::Count(2));
+    canary.failure_threshold = Some(Threshold::Count(1));
+    let mut s = spec(vec![
+        canary,
+        stage("all", StageSize::CumulativePercent(100.0)),
+    ]);
+    s.rollback = rollback;
+    s
+}
+
+fn linked(d: &Reconcile) -> (&str, &[DomainEvent]) {
+    let [(id, events)] = d.new_rollouts.as_slice() else {
+        panic!("one linked rollout expected: {d:?}");
+    };
+    (id.as_str(), events.as_slice())
+}
+
+#[test]
+fn a_canary_failure_with_rollback_failed_records_the_linked_rollout_with_the_pause() {
+    let mut g = fleet_with_old_image();
+    g.started(T0, canary_then_all(RollbackScope::Failed));
+    g.step(T0);
+    g.succeeded(T0 + 5 * S, "b/1");
+    // a/1 took part of the image and came back on a broken build before its task failed.
+    g.event(
+        T0 + 9 * S,
+        &streams::device("a/1"),
+        esp_device("2.0.0-broken"),
+    );
+    g.failed(T0 + 10 * S, "a/1", ErrorCode::DeviceReportedFailure);
+    let d = g.when(T0 + 11 * S);
+    assert_eq!(
+        d,
+        g.when(T0 + 11 * S),
+        "deciding twice gives the same answer"
+    );
+    assert_eq!(
+        names(&d.rollout_events),
+        ["StageFailed", "RolloutPaused", "RolloutRolledBack"]
+    );
+    let DomainEvent::RolloutRolledBack(marker) = &d.rollout_events[2] else {
+        unreachable!()
+    };
+    assert!(marker.automatic);
+    assert_eq!(marker.scope, RollbackScope::Failed);
+    assert_eq!(
+        marker.reason,
+        "rollout ro-1 stopped: stage canary: 1 failure(s) ≥ threshold 1 (1 failed, 0 timed out, of 2 devices)"
+    );
+    let (id, events) = linked(&d);
+    assert_eq!(id, "ro-1-rollback");
+    assert_eq!(names(events), ["RolloutCreated", "RolloutStarted"]);
+    let DomainEvent::RolloutStarted(started) = &events[1] else {
+        unreachable!()
+    };
+    assert_eq!(
+        started.stages[0].device_ids,
+        ["a/1"],
+        "only the failed device"
+    );
+    // Both streams in one append: the rollout as the step saw it, the linked one new.
+    let changes = d.changes(RO);
+    assert!(changes.iter().any(|c| c.stream == "rollout/ro-1-rollback"));
+    g.record(T0 + 11 * S, &d);
+    assert_eq!(
+        g.rollout()
+            .rolled_back_by
+            .as_ref()
+            .map(|l| l.rollout_id.as_str()),
+        Some(id)
+    );
+
+    // The linked rollout installs the previous image on its device, as a downgrade.
+    let rb = g.state.rollouts[id].clone();
+    let step = reconcile(Input {
+        rollout: &rb,
+        state: &g.state,
+        now_ms: T0 + 12 * S,
+        batch_check_in_flight: false,
+        max_new_tasks: MAX_NEW_TASKS_PER_STEP,
+        require_approval: false,
+    });
+    let [task] = step.new_tasks.as_slice() else {
+        panic!("{step:?}");
+    };
+    assert_eq!(
+        (
+            task.device_id.as_str(),
+            task.firmware_id.as_str(),
+            task.downgrade
+        ),
+        ("a/1", "fw-old", true)
+    );
+    assert_eq!(task.target.version, "1.0.0");
+
+    // Resumed and stopped again: never a second rollback.
+    g.event(
+        T0 + 100 * S,
+        &streams::rollout(RO),
+        RolloutResumed {
+            reason: "go on".into(),
+        },
+    );
+    g.step(T0 + 101 * S);
+    g.step(T0 + 102 * S);
+    g.failed(T0 + 110 * S, "a/2", ErrorCode::DeviceReportedFailure);
+    let d = g.when(T0 + 111 * S);
+    assert!(names(&d.rollout_events).contains(&"RolloutPaused"), "{d:?}");
+    assert!(d.new_rollouts.is_empty());
+    assert!(!names(&d.rollout_events).contains(&"RolloutRolledBack"));
+}
+
+#[test]
+fn rollback_all_also_reverts_the_succeeded_devices_and_approval_keeps_it_a_draft() {
+    let mut g = fleet_with_old_image();
+    g.started(T0, canary_then_all(RollbackScope::All));
+    g.step(T0);
+    g.succeeded(T0 + 5 * S, "b/1");
+    g.failed(T0 + 10 * S, "a/1", ErrorCode::DeviceReportedFailure);
+    let d = reconcile(Input {
+        rollout: g.rollout(),
+        state: &g.state,
+        now_ms: T0 + 11 * S,
+        batch_check_in_flight: false,
+        max_new_tasks: MAX_NEW_TASKS_PER_STEP,
+        require_approval: true,
+    });
+    let (_, events) = linked(&d);
+    assert_eq!(names(events), ["RolloutCreated", "RolloutApprovalRequired"]);
+    let DomainEvent::RolloutCreated(created) = &events[0] else {
+        unreachable!()
+    };
+    let reverts = created.spec.reverts.as_ref().expect("a rollback");
+    assert_eq!(
+        reverts
+            .firmware
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["a/1", "b/1"]
+    );
+}
+
+#[test]
+fn no_rollback_without_the_setting_and_none_for_an_operator_stop() {
+    let mut g = fleet_with_old_image();
+    g.started(T0, canary_then_all(RollbackScope::None));
+    g.step(T0);
+    g.failed(T0 + 10 * S, "a/1", ErrorCode::DeviceReportedFailure);
+    let d = g.when(T0 + 11 * S);
+    assert_eq!(names(&d.rollout_events), ["StageFailed", "RolloutPaused"]);
+    assert!(d.new_rollouts.is_empty());
+}
+
+#[test]
+fn an_abort_criterion_with_action_rollback_aborts_and_reverts_the_failed_devices() {
+    let mut g = fleet_with_old_image();
+    let mut s = spec_with_criteria(vec![crate::rollout::abort::AbortCriterion {
+        on: AbortOn::Failed,
+        percent: 50.0,
+        min_finished: 2,
+        action: AbortAction::Rollback,
+    }]);
+    s.rollback = RollbackScope::None;
+    g.started(T0, s);
+    g.step(T0);
+    g.failed(T0 + S, "a/1", ErrorCode::DeviceReportedFailure);
+    g.succeeded(T0 + S, "a/2");
+    let d = g.when(T0 + 2 * S);
+    assert_eq!(
+        names(&d.rollout_events),
+        ["RolloutAborted", "RolloutRolledBack"],
+        "{d:?}"
+    );
+    let (_, events) = linked(&d);
+    let DomainEvent::RolloutCreated(created) = &events[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        created.spec.reverts.as_ref().map(|r| r.scope),
+        Some(RollbackScope::Failed)
     );
 }
