@@ -133,6 +133,17 @@ impl pb::rollout_service_server::RolloutService for Rollouts {
         )))
     }
 
+    async fn rollback(
+        &self,
+        r: Request<pb::RollbackRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        record(&self.log, "Rollback", r.get_ref());
+        Err(Status::failed_precondition(format!(
+            "rollout {0} is running: pause or abort it first (`otactl rollout abort {0}`), then roll it back",
+            r.get_ref().id
+        )))
+    }
+
     async fn get(
         &self,
         r: Request<pb::GetRolloutRequest>,

@@ -342,6 +342,12 @@ fn spec() -> pb::RolloutSpec {
                 min_finished: 1,
                 action: pb::abort_criterion::Action::Abort as i32,
             },
+            pb::AbortCriterion {
+                on: pb::abort_criterion::On::Any as i32,
+                percent: 50.0,
+                min_finished: 4,
+                action: pb::abort_criterion::Action::Rollback as i32,
+            },
         ],
         rate: Some(pb::RolloutRate {
             max_per_minute: 30,
@@ -352,6 +358,7 @@ fn spec() -> pb::RolloutSpec {
             }),
         }),
         canary_per_site: 0,
+        rollback: pb::RollbackScope::Failed as i32,
     }
 }
 
@@ -422,6 +429,9 @@ fn running_rollout() -> pb::Rollout {
             decided_at_ms: 1_790_000_000_000,
             reason: "release notes read".into(),
         }),
+        rollback_of: None,
+        rolled_back_by: None,
+        revert_targets: vec![],
     }
 }
 
@@ -435,6 +445,56 @@ fn draft_rollout() -> pb::Rollout {
         spec: Some(spec),
         state: pb::RolloutState::Draft as i32,
         created_at_ms: T0,
+        ..Default::default()
+    }
+}
+
+/// ro-1, paused by its canary and rolled back automatically.
+fn rolled_back_rollout() -> pb::Rollout {
+    pb::Rollout {
+        state: pb::RolloutState::Paused as i32,
+        state_reason: "stage canary: 1 failure(s) ≥ threshold 1".into(),
+        rolled_back_by: Some(rollback_link("ro-1-rollback")),
+        ..running_rollout()
+    }
+}
+
+fn rollback_link(other: &str) -> pb::RollbackLink {
+    pb::RollbackLink {
+        rollout_id: other.into(),
+        scope: pb::RollbackScope::Failed as i32,
+        automatic: true,
+        by: actor("system", "system"),
+        reason: "rollout ro-1 stopped: stage canary: 1 failure(s) ≥ threshold 1".into(),
+        at_ms: T0 + 600_000,
+    }
+}
+
+/// The linked rollout that reverts ro-1's failed devices.
+fn rollback_rollout() -> pb::Rollout {
+    let mut spec = spec();
+    spec.name = "rollback of hue".into();
+    spec.firmware_id = "fw-old".into();
+    spec.allow_downgrade = true;
+    spec.abort_criteria.clear();
+    spec.rollback = pb::RollbackScope::None as i32;
+    pb::Rollout {
+        id: "ro-1-rollback".into(),
+        spec: Some(spec),
+        state: pb::RolloutState::Running as i32,
+        created_by: actor("system", "system"),
+        created_at_ms: T0 + 600_000,
+        started_at_ms: T0 + 600_000,
+        exclusions: vec![pb::Exclusion {
+            device_id: "home/w4".into(),
+            code: pb::ErrorCode::NoFirmware as i32,
+            reason: "the image it ran before (version 2.2) is not in the catalog".into(),
+        }],
+        rollback_of: Some(rollback_link("ro-1")),
+        revert_targets: vec![pb::RevertTarget {
+            device_id: "home/w2".into(),
+            firmware_id: "fw-old".into(),
+        }],
         ..Default::default()
     }
 }
@@ -784,7 +844,12 @@ fn render_device_update(o: &mut String) {
 }
 
 fn render_rollout(o: &mut String) {
-    for r in [running_rollout(), draft_rollout()] {
+    for r in [
+        running_rollout(),
+        draft_rollout(),
+        rolled_back_rollout(),
+        rollback_rollout(),
+    ] {
         case(
             o,
             "rollout show",

@@ -28,6 +28,10 @@ count \"2\" or a percentage \"10%\"):
   require_approval = false           # four eyes: another operator must `otactl rollout
                                      # approve` it before it can start (otad's
                                      # require_approval setting makes it always on)
+  rollback = \"none\"                  # none | failed | all: when a threshold or criterion
+                                     # stops the rollout, otad creates a linked rollout that
+                                     # puts back the image each failed (or each updated)
+                                     # device ran before
   batch_check = true                 # one availability check of all targets first
   batch_check_timeout = \"60s\"
   canary_per_site = 2                # the first stage takes 2 devices from every site and
@@ -71,7 +75,9 @@ count \"2\" or a percentage \"10%\"):
                                      # device did not take the image, 5013/5018)
   percent = 20                       # trips at this share of the finished devices
   min_finished = 10                  # evaluated once this many have finished (default 1)
-  action = \"pause\"                   # pause | abort (default pause)
+  action = \"pause\"                   # pause | abort | rollback (default pause; rollback:
+                                     # abort and roll back as `rollback` says, else the
+                                     # failed devices)
 
   [rate]                             # devices STARTED per minute (first dispatches, counted
   max_per_minute = 30                # from the log; retries are not counted), 1-10000
@@ -163,6 +169,19 @@ pub enum RolloutCmd {
     ///   otactl rollout deny ro-0192f3c1 --reason "not before the holidays"
     #[command(verbatim_doc_comment)]
     Deny(ApprovalArgs),
+    /// Roll a paused, aborted or completed rollout back: put back the image each device ran before
+    ///
+    /// Creates a linked rollout (a draft, or running with --start) that installs, on the failed
+    /// devices (or, with --devices all, also on those it updated), the firmware each ran
+    /// before, with the rollout's gates and limits, downgrades allowed. Devices whose previous
+    /// image is not in the catalog are listed as its exclusions, with the reason. A rollout is
+    /// rolled back at most once; the link shows in `rollout show` both ways. It needs approval
+    /// when otad requires it or the rollout needed it.
+    ///
+    /// Example:
+    ///   otactl rollout rollback ro-0192f3c1 --devices all --start --reason "battery drain"
+    #[command(verbatim_doc_comment)]
+    Rollback(RollbackArgs),
     /// List rollouts
     ///
     /// Example:
@@ -271,12 +290,17 @@ pub struct SpecFlags {
     pub require_approval: bool,
     /// Abort criterion over the devices that finished (repeatable): ON is failed, timed_out,
     /// rejected or any; once MIN_FINISHED devices finished (default 1), a share of PERCENT or
-    /// more pauses (default) or aborts the rollout. Example: --abort failed:20%:10:pause
+    /// more pauses (default), aborts, or aborts and rolls back (ACTION pause, abort or
+    /// rollback) the rollout. Example: --abort failed:20%:10:pause
     #[arg(long = "abort", value_parser = values::parse_abort_rule, value_name = "ON:P%[:MIN[:ACTION]]")]
     pub abort: Vec<values::AbortRule>,
     /// Most devices the rollout starts per minute (a ramp is set in the spec file's [rate]).
     #[arg(long, value_name = "N")]
     pub max_per_minute: Option<u32>,
+    /// When a threshold or criterion stops the rollout, roll these devices back to the image
+    /// each ran before (default none).
+    #[arg(long, value_enum, value_name = "DEVICES")]
+    pub rollback: Option<RollbackArg>,
     /// Attempts per device, including the first.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
@@ -348,6 +372,34 @@ pub struct ApprovalArgs {
     /// Why (required; recorded in the event log with your name).
     #[arg(long)]
     pub reason: String,
+}
+
+/// Which devices a rollback reverts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RollbackArg {
+    /// No automatic rollback.
+    None,
+    /// The devices whose update failed or timed out.
+    Failed,
+    /// Those and the devices it updated.
+    All,
+}
+
+/// `rollout rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Rollout id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Which devices (default: the spec's `rollback`, else failed).
+    #[arg(long, value_enum, value_name = "DEVICES")]
+    pub devices: Option<RollbackArg>,
+    /// Start the linked rollout right away (it stays a draft when it needs approval).
+    #[arg(long)]
+    pub start: bool,
+    /// Why (recorded in the event log).
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 /// `rollout start|pause|resume|abort`.

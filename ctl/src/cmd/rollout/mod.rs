@@ -1,4 +1,4 @@
-//! `otactl rollout create|plan|approve|deny|start|pause|resume|abort|list|show|watch`.
+//! `otactl rollout create|plan|approve|deny|rollback|start|pause|resume|abort|list|show|watch`.
 //!
 //! `args` are the flags, `view` the JSON documents, `render` the tables; `spec` reads a spec
 //! from a TOML file or from flags, `watch` follows a rollout live.
@@ -16,7 +16,8 @@ use ota_proto::v1 as pb;
 
 pub use self::args::RolloutCmd;
 use self::args::{
-    ApprovalArgs, CreateArgs, RolloutActionArgs, RolloutListArgs, RolloutStateArg, SpecSourceArgs,
+    ApprovalArgs, CreateArgs, RollbackArgs, RolloutActionArgs, RolloutListArgs, RolloutStateArg,
+    SpecSourceArgs,
 };
 use self::view::{PlanJson, RolloutJson, RolloutListJson};
 use super::{Ctx, all_pages, id};
@@ -100,6 +101,7 @@ pub async fn run(ctx: &Ctx, cmd: RolloutCmd) -> anyhow::Result<()> {
         RolloutCmd::Abort(a) => action(ctx, Action::Abort, &a).await,
         RolloutCmd::Approve(a) => decide_approval(ctx, true, &a).await,
         RolloutCmd::Deny(a) => decide_approval(ctx, false, &a).await,
+        RolloutCmd::Rollback(a) => rollback(ctx, &a).await,
         RolloutCmd::List(a) => list(ctx, &a).await,
         RolloutCmd::Show(a) => {
             let rollout_id = id("rollout", &a.id)?;
@@ -170,6 +172,20 @@ async fn decide_approval(ctx: &Ctx, approve: bool, a: &ApprovalArgs) -> anyhow::
         .map(tonic::Response::into_inner)
         .map_err(|s| api.error(&s))?;
     ctx.out.show(&RolloutJson::new(&r), render::acted)?;
+    Ok(())
+}
+
+async fn rollback(ctx: &Ctx, a: &RollbackArgs) -> anyhow::Result<()> {
+    let req = pb::RollbackRolloutRequest {
+        id: id("rollout", &a.id)?,
+        scope: a.devices.map_or(0, |d| spec::rollback_scope(d) as i32),
+        start: a.start,
+        reason: a.reason.clone().unwrap_or_default(),
+    };
+    let api = ctx.api().await?;
+    let r = api.call(api.rollout().rollback(api.unary(req))).await?;
+    ctx.out
+        .show(&RolloutJson::new(&r), |v| render::created(v, a.start))?;
     Ok(())
 }
 
@@ -600,6 +616,28 @@ mod tests {
         );
         assert!(crate::cli::Cli::try_parse_from(["otactl", "rollout", "deny", "ro-1"]).is_err());
 
+        // Rollback: the request carries the devices, --start and the reason; a refusal reads
+        // as the server wrote it.
+        let (ctx, _) = fake::ctx(&server.url, OutputFormat::Table);
+        let err = run(
+            &ctx,
+            parse(&[
+                "rollback",
+                "ro-1",
+                "--devices",
+                "all",
+                "--start",
+                "--reason",
+                "recall",
+            ]),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rollout ro-1 is running: pause or abort it first (`otactl rollout abort ro-1`), then roll it back"
+        );
+
         let (ctx, buf) = fake::ctx(&server.url, OutputFormat::Table);
         run(&ctx, parse(&["list"])).await.unwrap();
         assert!(
@@ -622,6 +660,13 @@ mod tests {
         assert!(
             log.iter()
                 .any(|l| l.starts_with("Pause: ") && l.contains("vendor asked")),
+            "{log:?}"
+        );
+        assert!(
+            log.iter().any(|l| l.starts_with("Rollback: ")
+                && l.contains("scope: All")
+                && l.contains("start: true")
+                && l.contains("recall")),
             "{log:?}"
         );
     }

@@ -1,7 +1,8 @@
 //! How the results of `otactl rollout ...` read in a terminal.
 
 use super::view::{
-    ApprovalJson, CanaryGroupJson, CountsJson, ExclusionJson, PlanJson, RolloutJson,
+    ApprovalJson, CanaryGroupJson, CountsJson, ExclusionJson, PlanJson, RollbackLinkJson,
+    RolloutJson,
     RolloutListJson, StageSpecJson, ThresholdJson,
 };
 use crate::output::{fields, fmt_secs, fmt_time, render, section, table};
@@ -138,6 +139,7 @@ pub fn rollout(r: &RolloutJson) -> String {
             ),
         );
     }
+    rollback_rows(r, &mut rows);
     let mut out = fields(&rows);
     let mut t = table(&[
         "#", "stage", "size", "state", "devices", "counts", "deadline", "soak",
@@ -323,6 +325,54 @@ pub fn created(v: &RolloutJson, started: bool) -> String {
         )
     };
     format!("Created rollout {}. {next}\n\n{}", v.id, rollout(v))
+}
+
+/// The rollback rows of `rollout show`: the spec's setting, and the link either way.
+fn rollback_rows(r: &RolloutJson, rows: &mut Vec<(&'static str, String)>) {
+    let at = rows
+        .iter()
+        .position(|(k, _)| *k == "Created")
+        .unwrap_or(rows.len());
+    let mut add = Vec::new();
+    if let Some(s) = r.spec.as_ref().filter(|s| s.rollback != "none") {
+        add.push((
+            "Rollback",
+            format!(
+                "{}: when a threshold or criterion stops it, otad reverts those devices to the image each ran before",
+                s.rollback
+            ),
+        ));
+    }
+    if let Some(l) = &r.rollback_of {
+        add.push(("Rollback of", link_line(l)));
+        let images: Vec<String> = r
+            .revert_targets
+            .iter()
+            .map(|t| format!("{} ← {}", t.device_id, t.firmware_id))
+            .collect();
+        add.push(("Reverts", images.join("\n")));
+    }
+    if let Some(l) = &r.rolled_back_by {
+        add.push(("Rolled back by", link_line(l)));
+    }
+    for (i, row) in add.into_iter().enumerate() {
+        rows.insert(at + i, row);
+    }
+}
+
+/// "ro-x (failed devices, automatic, by system at …): why".
+fn link_line(l: &RollbackLinkJson) -> String {
+    let how = if l.automatic { "automatic" } else { "by hand" };
+    if l.at_ms == 0 {
+        return format!("{} ({} devices)", l.rollout_id, l.scope);
+    }
+    format!(
+        "{} ({} devices, {how}, {}): {}",
+        l.rollout_id,
+        l.scope,
+        when_by(l.at_ms, l.by.as_ref()),
+        l.reason
+    )
 }
 
 /// "pending (otad setting require_approval)", "approved by bob at …: reason".

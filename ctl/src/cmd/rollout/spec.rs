@@ -11,7 +11,7 @@ use std::fmt;
 use ota_proto::v1 as pb;
 use serde::Deserialize;
 
-use super::args::{FailureActionArg, OnAsleepArg, SpecFlags};
+use super::args::{FailureActionArg, OnAsleepArg, RollbackArg, SpecFlags};
 use crate::cli::{TransportArg, UpgradeTypeArg};
 use crate::values;
 
@@ -70,6 +70,8 @@ pub struct RawSpec {
     pub rate: Option<RawRate>,
     /// Per-site canaries: the first stage takes this many devices from every site and network.
     pub canary_per_site: Option<i64>,
+    /// none | failed | all.
+    pub rollback: Option<String>,
 }
 
 /// `[[abort]]`.
@@ -82,7 +84,7 @@ pub struct RawAbort {
     pub percent: Option<PercentValue>,
     /// Finished devices before it is evaluated.
     pub min_finished: Option<i64>,
-    /// pause | abort.
+    /// pause | abort | rollback.
     pub action: Option<String>,
 }
 
@@ -411,6 +413,40 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
             ramp: None,
         }),
         canary_per_site: f.canary_per_site.map(i64::from),
+        rollback: f.rollback.map(|r| rollback_name(r).to_string()),
+    }
+}
+
+/// The spec-file name of a rollback scope.
+pub fn rollback_name(r: RollbackArg) -> &'static str {
+    match r {
+        RollbackArg::None => "none",
+        RollbackArg::Failed => "failed",
+        RollbackArg::All => "all",
+    }
+}
+
+/// A rollback scope on the wire.
+pub fn rollback_scope(r: RollbackArg) -> pb::RollbackScope {
+    match r {
+        RollbackArg::None => pb::RollbackScope::None,
+        RollbackArg::Failed => pb::RollbackScope::Failed,
+        RollbackArg::All => pb::RollbackScope::All,
+    }
+}
+
+fn rollback(p: &mut Problems, raw: Option<&str>) -> pb::RollbackScope {
+    match raw.map(str::trim) {
+        None | Some("none") => pb::RollbackScope::None,
+        Some("failed") => pb::RollbackScope::Failed,
+        Some("all") => pb::RollbackScope::All,
+        Some(other) => {
+            p.add(
+                "rollback".to_string(),
+                format!("{other:?} is not one of none, failed, all"),
+            );
+            pb::RollbackScope::None
+        }
     }
 }
 
@@ -435,6 +471,7 @@ pub fn flags_given(f: &SpecFlags) -> bool {
         || f.require_approval
         || !f.abort.is_empty()
         || f.max_per_minute.is_some()
+        || f.rollback.is_some()
         || f.concurrency.is_some()
         || f.window.is_some()
         || f.upgrade_type.is_some()
@@ -592,6 +629,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
     let site_timezones = site_timezones(&mut p, &raw.site_timezones);
     let abort_criteria = abort_criteria(&mut p, &raw.abort);
     let rate = raw.rate.as_ref().map(|r| rate::rate(&mut p, r));
+    let rollback = rollback(&mut p, raw.rollback.as_deref());
 
     let spec = pb::RolloutSpec {
         name,
@@ -615,6 +653,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
         abort_criteria,
         rate,
         canary_per_site,
+        rollback: rollback as i32,
     };
     if p.0.is_empty() {
         Ok(spec)
@@ -780,10 +819,11 @@ fn abort_criteria(p: &mut Problems, raw: &[RawAbort]) -> Vec<pb::AbortCriterion>
         let action = match a.action.as_deref().map(str::trim) {
             None | Some("pause") => Action::Pause,
             Some("abort") => Action::Abort,
+            Some("rollback") => Action::Rollback,
             Some(other) => {
                 p.add(
                     field("action"),
-                    format!("{other:?} is not one of pause, abort"),
+                    format!("{other:?} is not one of pause, abort, rollback"),
                 );
                 Action::Pause
             }
@@ -1427,7 +1467,7 @@ min_rssi_dbm = -80
                 ),
                 (
                     "abort[0].action".to_string(),
-                    "\"rollback-now\" is not one of pause, abort".to_string()
+                    "\"rollback-now\" is not one of pause, abort, rollback".to_string()
                 ),
                 (
                     "abort[1].on".to_string(),

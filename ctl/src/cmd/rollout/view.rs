@@ -125,6 +125,9 @@ pub struct SpecJson {
     /// Per-site canaries: devices the first stage takes from every site and zigbee2mqtt network
     /// (0: off).
     pub canary_per_site: u32,
+    /// What otad rolls back when a threshold or criterion stops the rollout: none, failed or
+    /// all.
+    pub rollback: &'static str,
 }
 
 /// How many devices a rollout starts per minute.
@@ -190,6 +193,15 @@ impl std::fmt::Display for RateJson {
     }
 }
 
+/// A rollback scope by name.
+pub fn rollback_scope_name(scope: i32) -> &'static str {
+    match pb::RollbackScope::try_from(scope) {
+        Ok(pb::RollbackScope::Failed) => "failed",
+        Ok(pb::RollbackScope::All) => "all",
+        _ => "none",
+    }
+}
+
 /// One abort criterion.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AbortCriterionJson {
@@ -218,6 +230,7 @@ impl AbortCriterionJson {
             min_finished: c.min_finished,
             action: match Action::try_from(c.action) {
                 Ok(Action::Abort) => "abort",
+                Ok(Action::Rollback) => "rollback",
                 _ => "pause",
             },
         }
@@ -378,6 +391,7 @@ impl SpecJson {
                 .collect(),
             rate: s.rate.as_ref().map(RateJson::new),
             canary_per_site: s.canary_per_site,
+            rollback: rollback_scope_name(s.rollback),
         }
     }
 }
@@ -534,6 +548,51 @@ pub struct RolloutJson {
     pub failures: u32,
     /// Four eyes; null when the rollout needs no approval.
     pub approval: Option<ApprovalJson>,
+    /// The rollout this one rolls back; null when it is no rollback.
+    pub rollback_of: Option<RollbackLinkJson>,
+    /// The rollout that rolled this one back; null when it was not rolled back.
+    pub rolled_back_by: Option<RollbackLinkJson>,
+    /// A rollback's devices with the image each gets back.
+    pub revert_targets: Vec<RevertTargetJson>,
+}
+
+/// A rollback between two rollouts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RollbackLinkJson {
+    /// The other rollout.
+    pub rollout_id: String,
+    /// failed or all.
+    pub scope: &'static str,
+    /// Triggered by the rollout's own thresholds or criteria.
+    pub automatic: bool,
+    /// Who asked (the system when automatic).
+    pub by: Option<ActorJson>,
+    /// Why.
+    pub reason: String,
+    /// When (Unix ms).
+    pub at_ms: i64,
+}
+
+impl RollbackLinkJson {
+    fn new(l: &pb::RollbackLink) -> Self {
+        Self {
+            rollout_id: l.rollout_id.clone(),
+            scope: rollback_scope_name(l.scope),
+            automatic: l.automatic,
+            by: actor(l.by.as_ref()),
+            reason: l.reason.clone(),
+            at_ms: l.at_ms,
+        }
+    }
+}
+
+/// A device of a rollback and its image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevertTargetJson {
+    /// Device.
+    pub device_id: String,
+    /// The image it gets back.
+    pub firmware_id: String,
 }
 
 /// A rollout's four-eyes approval.
@@ -601,6 +660,16 @@ impl RolloutJson {
             failure_budget: r.failure_budget,
             failures: r.failures,
             approval: r.approval.as_ref().map(ApprovalJson::new),
+            rollback_of: r.rollback_of.as_ref().map(RollbackLinkJson::new),
+            rolled_back_by: r.rolled_back_by.as_ref().map(RollbackLinkJson::new),
+            revert_targets: r
+                .revert_targets
+                .iter()
+                .map(|t| RevertTargetJson {
+                    device_id: t.device_id.clone(),
+                    firmware_id: t.firmware_id.clone(),
+                })
+                .collect(),
         }
     }
 }
