@@ -9,6 +9,7 @@
 //! - [`config`]: the configuration file; [`site`]: transports built from it.
 //! - [`journal`]: the on-disk journal of reports and task attempts.
 //! - [`download`]: fetching and verifying firmware images.
+//! - [`health`]: the health window after an update: the transport looks, the domain judges.
 //! - [`report`]: transport facts into wire reports.
 //! - [`metrics`]: the agent's OpenTelemetry metrics and its Prometheus `/metrics` endpoint.
 //! - [`transport`]: the update transports (zigbee2mqtt, ESPHome, serial), each a thin tokio
@@ -23,6 +24,7 @@
 pub mod agent;
 pub mod config;
 pub mod download;
+pub mod health;
 pub mod journal;
 pub mod metrics;
 pub mod report;

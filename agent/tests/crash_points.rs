@@ -146,6 +146,8 @@ impl Otad {
                 max_backoff_s: 1,
             }),
             skip_batch_check: true,
+            // No health window: this is about the transfer's points of no return.
+            health: Some(pb::HealthPolicy::default()),
             ..Default::default()
         };
         pb::rollout_service_client::RolloutServiceClient::new(self.channel.clone())

@@ -594,3 +594,112 @@ async fn a_stalled_device_times_out_in_the_data_phase() {
         e.message
     );
 }
+
+// === the health window after an update (issue 15 item 4) ===
+//
+// `ota_agent::health::HealthRun` with this transport: the core runs exactly this after a
+// success when the command carries a health window. Windows of a few seconds (real time: the
+// node's sockets), sampled every second.
+
+mod health {
+    use super::*;
+    use ota_agent::health::{HealthJob, HealthRun};
+    use ota_domain::health::Health;
+
+    fn window(secs: u64, accept_reachability: bool) -> HealthJob {
+        HealthJob {
+            device: "plug".into(),
+            window: Duration::from_secs(secs),
+            accept_reachability,
+            expected: vec!["2.0.0".into()],
+            previous: vec!["1.0.0".into()],
+        }
+    }
+
+    /// A node updated from 1.0.0 to 2.0.0 (with `fault` armed for the boot into it), and its
+    /// transport.
+    async fn updated(fault: Option<Fault>) -> (EsphomeNode, EsphomeTransport) {
+        let node = start(node_config());
+        if let Some(f) = fault {
+            node.device().inject_once(f);
+        }
+        let t = transport(device(&node));
+        update(&t, verified(app("2.0.0", 20_000), "2.0.0"))
+            .await
+            .0
+            .expect("the device came back on 2.0.0");
+        (node, t)
+    }
+
+    #[tokio::test]
+    async fn a_healthy_device_succeeds_only_after_the_window() {
+        let (node, t) = updated(None).await;
+        let run = HealthRun::start(&t, window(3, false));
+        assert!(run.verdict_now().is_none());
+        let began = tokio::time::Instant::now();
+        assert_eq!(run.run().await, Ok(Health::Healthy));
+        assert!(began.elapsed() >= Duration::from_secs(3), "the whole window");
+        assert!(node.device().uptime() >= Duration::from_secs(3));
+        assert_eq!(node.device().snapshot().boots, 2, "one reboot: into the image");
+    }
+
+    #[tokio::test]
+    async fn a_reboot_loop_fails_with_5022() {
+        let after = Duration::from_millis(1500);
+        let (node, t) = updated(Some(Fault::RebootLoop { after })).await;
+        let e = HealthRun::start(&t, window(6, false))
+            .run()
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unhealthy);
+        assert!(
+            e.message.contains("rebooted") && e.message.contains("reboot loop"),
+            "{}",
+            e.message
+        );
+        assert!(node.device().snapshot().boots >= 3);
+        node.device().clear_faults();
+    }
+
+    #[tokio::test]
+    async fn a_fallback_to_the_previous_image_fails_with_its_own_message() {
+        let after = Duration::from_millis(1500);
+        let (node, t) = updated(Some(Fault::FallBackAfter { after })).await;
+        let e = HealthRun::start(&t, window(6, false))
+            .run()
+            .await
+            .unwrap_err();
+        assert_eq!(e, TaskError::new(ErrorCode::Unhealthy, "the device rolled back to 1.0.0"));
+        assert_eq!(node.device().current_version(), "1.0.0");
+    }
+
+    #[tokio::test]
+    async fn safe_mode_fails_with_5022() {
+        let (node, t) = updated(None).await;
+        node.api.set_enabled(false);
+        let e = HealthRun::start(&t, window(4, false))
+            .run()
+            .await
+            .unwrap_err();
+        assert_eq!(e, TaskError::new(ErrorCode::Unhealthy, "the device fell back to safe mode"));
+    }
+
+    #[tokio::test]
+    async fn a_device_without_an_api_is_unconfirmed_unless_reachability_is_accepted() {
+        let node = start(node_config());
+        let mut dev = device(&node);
+        dev.api_port = 0;
+        let t = transport(dev);
+        let run = HealthRun::start(&t, window(2, false));
+        assert_eq!(run.verdict_now(), Some(Ok(Health::Unconfirmed)));
+        let run = HealthRun::start(&t, window(2, true));
+        assert!(run.verdict_now().is_none());
+        assert_eq!(run.run().await, Ok(Health::Reachable));
+        node.device().power_off();
+        let e = HealthRun::start(&t, window(2, true))
+            .run()
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("not reachable at the end"), "{}", e.message);
+    }
+}

@@ -1521,3 +1521,37 @@ async fn a_restarted_agent_withdraws_a_schedule_it_did_not_hear_and_the_update_i
     assert!(s.sim.device(REMOTE).unwrap().received_images.is_empty());
     s.sim.shutdown().await;
 }
+
+/// The health window after an update (issue 15 item 4): zigbee2mqtt must see the device talk
+/// during it. `ota_agent::health::HealthRun` is what the core runs after a success.
+#[tokio::test]
+async fn the_health_window_needs_zigbee2mqtt_to_see_the_device() {
+    use ota_agent::health::{HealthJob, HealthRun};
+    use ota_domain::health::Health;
+    let s = site(
+        vec![SimDevice::mains_router(BULB, "bulb").with_file_version(2)],
+        |_| {},
+    )
+    .await;
+    let job = || HealthJob {
+        device: BULB.into(),
+        window: Duration::from_secs(2),
+        accept_reachability: false,
+        expected: vec!["2".into()],
+        previous: vec!["1".into()],
+    };
+    let e = HealthRun::start(&s.zigbee, job()).run().await.unwrap_err();
+    assert_eq!(
+        e,
+        TaskError::new(
+            ErrorCode::Unhealthy,
+            "zigbee2mqtt did not see the device during its 2 s health window"
+        )
+    );
+    let talks = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.sim.wake(BULB);
+    };
+    let (verdict, ()) = tokio::join!(HealthRun::start(&s.zigbee, job()).run(), talks);
+    assert_eq!(verdict, Ok(Health::Healthy));
+}

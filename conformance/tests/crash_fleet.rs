@@ -210,6 +210,8 @@ fn spec(firmware_id: &str) -> pb::RolloutSpec {
             initial_backoff_s: 1,
             max_backoff_s: 2,
         }),
+        // No health window: this is about exactly-once delivery under crashes.
+        health: Some(pb::HealthPolicy::default()),
         ..Default::default()
     }
 }

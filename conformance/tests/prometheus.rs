@@ -338,6 +338,8 @@ async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rol
                 ..Default::default()
             },
         ],
+        // No health window: the dashboards' expressions are the subject, not the wait.
+        health: Some(pb::HealthPolicy::default()),
         ..Default::default()
     };
     let created = rollouts

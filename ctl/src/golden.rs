@@ -359,6 +359,11 @@ fn spec() -> pb::RolloutSpec {
         }),
         canary_per_site: 0,
         rollback: pb::RollbackScope::Failed as i32,
+        health: Some(pb::HealthPolicy {
+            esphome_window_s: 120,
+            zigbee_window_s: 0,
+            accept_reachability: true,
+        }),
     }
 }
 
@@ -404,7 +409,7 @@ fn running_rollout() -> pb::Rollout {
             succeeded: 3,
             failed: 1,
             updating: 1,
-            queued: 1,
+            verifying: 1,
             ..Default::default()
         }),
         batch_check_timed_out: vec!["home/late".into()],

@@ -69,6 +69,8 @@ pub fn task_message(t: &ota_proto::v1::Task) -> String {
     } else if !t.remind.is_empty() {
         s.push_str(" · ");
         s.push_str(&t.remind);
+    } else if t.verifying_until_ms > 0 {
+        s.push_str(" · on the target version; watching its health until the window ends");
     } else if t.status == ota_proto::v1::UpgradeStatus::WaitingForWakeup as i32 {
         s.push_str(" · the device sleeps; the update starts when it next wakes up");
     } else if t.status == ota_proto::v1::UpgradeStatus::Queued as i32 && t.started_at_ms > 0 {

@@ -155,6 +155,11 @@ pub struct TaskJson {
     pub late: bool,
     /// When the budget of the current phase runs out (0: none).
     pub phase_deadline_ms: i64,
+    /// While the site watches the device's health: when the window ends (0: not verifying).
+    pub verifying_until_ms: i64,
+    /// How a success's health was established: not-checked, healthy, reachable or
+    /// unconfirmed (the target version was written, its health is unknown: no success).
+    pub health: String,
 }
 
 impl TaskJson {
@@ -189,6 +194,8 @@ impl TaskJson {
             bytes_total: t.bytes_total,
             late: t.late,
             phase_deadline_ms: t.phase_deadline_ms,
+            verifying_until_ms: t.verifying_until_ms,
+            health: vocab::health_name(t.health),
         }
     }
 }
@@ -276,7 +283,7 @@ mod tests {
         };
         assert_eq!(
             json(&TaskJson::new(&t)),
-            r#"{"id":"t-1","device_id":"home/0x01","site_id":"home","rollout_id":"","stage":0,"firmware_id":"fw-00","target":null,"status":{"code":2,"name":"updating"},"progress":45.5,"remaining_s":80,"error":null,"remind":"","attempt":1,"max_attempts":3,"upgrade_type":{"code":2,"name":"forced"},"downgrade":false,"from":{"version":"1.0","file_version":16,"software_build_id":"","date_code":""},"to":null,"created_at_ms":0,"started_at_ms":0,"finished_at_ms":0,"next_attempt_at_ms":0,"awaiting_confirmation":false,"requested_by":null,"bytes_sent":0,"bytes_total":0,"late":false,"phase_deadline_ms":0}"#
+            r#"{"id":"t-1","device_id":"home/0x01","site_id":"home","rollout_id":"","stage":0,"firmware_id":"fw-00","target":null,"status":{"code":2,"name":"updating"},"progress":45.5,"remaining_s":80,"error":null,"remind":"","attempt":1,"max_attempts":3,"upgrade_type":{"code":2,"name":"forced"},"downgrade":false,"from":{"version":"1.0","file_version":16,"software_build_id":"","date_code":""},"to":null,"created_at_ms":0,"started_at_ms":0,"finished_at_ms":0,"next_attempt_at_ms":0,"awaiting_confirmation":false,"requested_by":null,"bytes_sent":0,"bytes_total":0,"late":false,"phase_deadline_ms":0,"verifying_until_ms":0,"health":"not-checked"}"#
         );
     }
 

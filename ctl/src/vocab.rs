@@ -116,6 +116,12 @@ namer!(
     "FAILURE_ACTION_"
 );
 namer!(
+    /// How a success's health was established.
+    health_name,
+    pb::TaskHealth,
+    "TASK_HEALTH_"
+);
+namer!(
     /// Role name.
     role_name,
     pb::Role,
@@ -179,6 +185,7 @@ pub fn error_text(code: i32) -> &'static str {
         Ok(E::BulkCheckTimeout) => "no answer within the check timeout",
         Ok(E::AgentDisconnected) => "the site's agent is disconnected",
         Ok(E::GatewayRequired) => "must be updated through its gateway",
+        Ok(E::Unhealthy) => "did not stay healthy after the update",
         Ok(E::Other) => "other error",
         Err(_) => "unknown error",
     }

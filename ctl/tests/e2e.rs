@@ -694,6 +694,7 @@ async fn fake_agent(otad: &Otad, site: &str, devices: Vec<(pb::DeviceReport, Beh
                             bytes_total: 0,
                             detail: String::new(),
                             at_ms: 0,
+                            verify_until_ms: 0,
                         })
                     };
                     send(progress(pb::UpgradeStatus::AgentPreparing, 0.0, None));

@@ -359,6 +359,10 @@ fn timeout_error(t: &TaskView, transport: Transport) -> TaskError {
             "the site did not start the transfer within the transfer budget ({}); it was asked to stop",
             minutes(transfer)
         ),
+        TaskPhase::Verifying => format!(
+            "the device reported the target version, but its site gave no health verdict within {} after the health window ended; a later verdict still counts",
+            minutes(crate::projection::VERDICT_GRACE.as_secs() as u32)
+        ),
         _ => format!(
             "no result within the transfer budget ({}); the update was cancelled where the device allows it, and a later success still counts",
             minutes(transfer)

@@ -25,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::health::{Health, HealthPolicy};
 use crate::model::{
     AgentSource, DeviceFacts, EspFacts, FirmwareFormat, Labels, TransportInstance, VersionInfo,
     ZigbeeFacts,
@@ -335,6 +336,24 @@ pub struct TaskSucceeded {
     /// The server had already ended the task (timed it out, or cancelled it after it was sent)
     /// when the site reported this success: the device is the truth, the task succeeded late.
     pub late: bool,
+    /// How the device's health was established after it reported the target version
+    /// ([`Health::Unconfirmed`] does not count as a success for the stage).
+    pub health: Health,
+}
+
+/// The device reports the target version and its site watches its health until `until_ms`
+/// (the rollout's health window); the verdict is a `TaskSucceeded` (with its health) or a
+/// `TaskFailed` (5022).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskVerifying {
+    /// The attempt.
+    pub attempt: u32,
+    /// When the window ends.
+    pub until_ms: UnixMillis,
+    /// The version the device reported.
+    pub to: VersionInfo,
+    /// The agent report this came from.
+    pub source: Option<AgentSource>,
 }
 
 /// An attempt failed. With `retry_at_ms` the task goes back to queued and is dispatched again
@@ -704,10 +723,10 @@ domain_events! {
     TaskSkipped = 1,
     TaskDispatched = 1,
     TaskProgressed = 1,
-    TaskSucceeded = 2,
+    TaskSucceeded = 3,
     TaskFailed = 1,
     TaskCancelled = 1,
-    RolloutCreated = 6,
+    RolloutCreated = 7,
     RolloutStarted = 1,
     BatchCheckStarted = 1,
     BatchCheckCompleted = 1,
@@ -726,6 +745,7 @@ domain_events! {
     TokenCreated = 1,
     TokenRevoked = 1,
     RolloutRolledBack = 1,
+    TaskVerifying = 1,
 }
 
 impl DomainEvent {
@@ -768,8 +788,11 @@ impl DomainEvent {
             ("TaskCreated", 2) => decode_appended(bytes, &(None::<VersionInfo>, None::<String>))
                 .map(Self::TaskCreated)
                 .map_err(malformed),
-            // v2 appended `late` (no).
-            ("TaskSucceeded", 1) => decode_appended(bytes, &false)
+            // v2 appended `late` (no), v3 `health` (not checked).
+            ("TaskSucceeded", 1) => decode_appended(bytes, &(false, Health::NotChecked))
+                .map(Self::TaskSucceeded)
+                .map_err(malformed),
+            ("TaskSucceeded", 2) => decode_appended(bytes, &Health::NotChecked)
                 .map(Self::TaskSucceeded)
                 .map_err(malformed),
             ("RolloutCreated", 1) => postcard::from_bytes::<RolloutCreatedV1>(bytes)
@@ -777,7 +800,8 @@ impl DomainEvent {
                 .map_err(malformed),
             // v3 appended `spec.abort_criteria` (none), v4 `spec.rate` (none), v5
             // `spec.canary_per_site` (off), v6 `spec.rollback` (none) and `spec.reverts` (not a
-            // rollback).
+            // rollback), v7 `spec.health` (off: rollouts created before the health gate keep
+            // their behaviour).
             ("RolloutCreated", 2) => decode_appended(
                 bytes,
                 &(
@@ -786,22 +810,35 @@ impl DomainEvent {
                     0u32,
                     RollbackScope::None,
                     None::<Revert>,
+                    HealthPolicy::OFF,
                 ),
             )
             .map(Self::RolloutCreated)
             .map_err(malformed),
             ("RolloutCreated", 3) => decode_appended(
                 bytes,
-                &(None::<Rate>, 0u32, RollbackScope::None, None::<Revert>),
+                &(
+                    None::<Rate>,
+                    0u32,
+                    RollbackScope::None,
+                    None::<Revert>,
+                    HealthPolicy::OFF,
+                ),
             )
             .map(Self::RolloutCreated)
             .map_err(malformed),
-            ("RolloutCreated", 4) => {
-                decode_appended(bytes, &(0u32, RollbackScope::None, None::<Revert>))
+            ("RolloutCreated", 4) => decode_appended(
+                bytes,
+                &(0u32, RollbackScope::None, None::<Revert>, HealthPolicy::OFF),
+            )
+            .map(Self::RolloutCreated)
+            .map_err(malformed),
+            ("RolloutCreated", 5) => {
+                decode_appended(bytes, &(RollbackScope::None, None::<Revert>, HealthPolicy::OFF))
                     .map(Self::RolloutCreated)
                     .map_err(malformed)
             }
-            ("RolloutCreated", 5) => decode_appended(bytes, &(RollbackScope::None, None::<Revert>))
+            ("RolloutCreated", 6) => decode_appended(bytes, &HealthPolicy::OFF)
                 .map(Self::RolloutCreated)
                 .map_err(malformed),
             _ => Err(DecodeError::NoUpcaster {
@@ -819,6 +856,7 @@ impl DomainEvent {
             Self::DeviceChecked(e) => e.source.as_ref(),
             Self::TaskProgressed(e) => e.source.as_ref(),
             Self::TaskSucceeded(e) => e.source.as_ref(),
+            Self::TaskVerifying(e) => e.source.as_ref(),
             Self::TaskFailed(e) => e.source.as_ref(),
             _ => None,
         }
@@ -907,9 +945,13 @@ mod tests {
             wire_bytes: 4096,
             source: None,
             late: false,
+            health: Health::NotChecked,
         };
         let mut bytes = postcard::to_stdvec(&now).unwrap();
-        assert_eq!(bytes.pop(), Some(0), "`late` is the last byte");
+        assert_eq!(bytes.pop(), Some(0), "`health` is the last byte");
+        let up = DomainEvent::decode("TaskSucceeded", 2, &bytes).unwrap();
+        assert_eq!(up, DomainEvent::TaskSucceeded(now.clone()));
+        assert_eq!(bytes.pop(), Some(0), "`late` is the last byte of v1");
         let up = DomainEvent::decode("TaskSucceeded", 1, &bytes).unwrap();
         assert_eq!(up, DomainEvent::TaskSucceeded(now));
         bytes.pop();

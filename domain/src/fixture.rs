@@ -204,6 +204,7 @@ pub fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
         canary_per_site: 0,
         rollback: crate::rollout::rollback::RollbackScope::None,
         reverts: None,
+        health: crate::health::HealthPolicy::OFF,
     }
 }
 

@@ -13,6 +13,8 @@
 //! - [`tasks`]: decisions about one device update (fit, preflight, retries).
 //! - [`dispatch`]: the dispatch decision over every unfinished task (budgets, limits, probes).
 //! - [`rollout`]: rollout specification, planning and scheduling.
+//! - [`health`]: health-gated success: the rollout's window per transport and the pure judgement
+//!   of a device's samples over it (the agent samples, otad records the verdict).
 //! - [`time`]: [`time::UnixMillis`], the type of every instant (durations are `Duration`).
 
 pub mod decision;
@@ -20,6 +22,7 @@ pub mod dispatch;
 pub mod events;
 #[cfg(test)]
 pub(crate) mod fixture;
+pub mod health;
 pub mod model;
 pub mod projection;
 pub mod rollout;

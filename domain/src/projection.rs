@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::events::*;
+use crate::health::Health;
 use crate::model::{self, DeviceFacts, TransportInstance, VersionInfo};
 use crate::rollout::spec::RolloutSpec;
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
@@ -99,6 +100,9 @@ pub enum TaskPhase {
     Updating,
     /// 6: image delivered, device applying.
     Downloaded,
+    /// 6: the device reports the target version; its site watches its health until the
+    /// window ends (`TaskView::verifying_until_ms`). Holds no slot.
+    Verifying,
     /// 3.
     Succeeded,
     /// 4.
@@ -120,7 +124,7 @@ impl TaskPhase {
             Self::AgentPreparing => UpgradeStatus::AgentPreparing,
             Self::WaitingForWakeup => UpgradeStatus::WaitingForWakeup,
             Self::Updating => UpgradeStatus::Updating,
-            Self::Downloaded => UpgradeStatus::Downloaded,
+            Self::Downloaded | Self::Verifying => UpgradeStatus::Downloaded,
             Self::Succeeded => UpgradeStatus::Success,
             Self::Failed => UpgradeStatus::Failure,
             Self::TimedOut => UpgradeStatus::Timeout,
@@ -145,6 +149,7 @@ impl TaskPhase {
                 | Self::WaitingForWakeup
                 | Self::Updating
                 | Self::Downloaded
+                | Self::Verifying
         )
     }
 
@@ -188,6 +193,7 @@ impl TaskPhase {
             Self::WaitingForWakeup => "waiting-for-wakeup",
             Self::Updating => "updating",
             Self::Downloaded => "downloaded",
+            Self::Verifying => "verifying",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::TimedOut => "timed-out",
@@ -255,6 +261,10 @@ pub struct TaskView {
     pub scheduled: bool,
     /// Last change.
     pub updated_at_ms: UnixMillis,
+    /// While verifying: when the device's health window ends.
+    pub verifying_until_ms: Option<UnixMillis>,
+    /// How a success's health was established.
+    pub health: Health,
 }
 
 impl TaskView {
@@ -287,6 +297,8 @@ impl TaskView {
             command_id: None,
             scheduled: false,
             updated_at_ms: at_ms,
+            verifying_until_ms: None,
+            health: Health::NotChecked,
         }
     }
 }
@@ -644,6 +656,7 @@ fn dispatched(task: &mut TaskView, e: &TaskDispatched, at: UnixMillis) {
 /// The current attempt failed: queued again for its retry, or ended.
 fn failed(task: &mut TaskView, e: &TaskFailed, at: UnixMillis) {
     task.error = Some(e.error.clone());
+    task.verifying_until_ms = None;
     task.remaining_s = None;
     task.timeout_at_ms = None;
     task.transfer_started_ms = None;
@@ -702,8 +715,26 @@ fn progressed(task: &mut TaskView, e: &TaskProgressed, at: UnixMillis, transfer_
     task.bytes_total = e.bytes_total;
 }
 
+/// How long after a health window ends the server waits for the site's verdict before the task
+/// times out (a verdict that comes later still counts).
+pub const VERDICT_GRACE: Duration = Duration::from_secs(300);
+
+/// The device reports the target version; its site watches its health until `until_ms`. The
+/// phase's budget is the window plus [`VERDICT_GRACE`].
+fn verifying(task: &mut TaskView, e: &TaskVerifying) {
+    task.phase = TaskPhase::Verifying;
+    task.progress = 100.0;
+    task.remaining_s = None;
+    task.waiting_since_ms = None;
+    task.verifying_until_ms = Some(e.until_ms);
+    task.timeout_at_ms = Some(e.until_ms + VERDICT_GRACE);
+    task.to = Some(e.to.clone());
+}
+
 fn succeed(task: &mut TaskView, e: &TaskSucceeded, at: UnixMillis) {
     task.phase = TaskPhase::Succeeded;
+    task.health = e.health;
+    task.verifying_until_ms = None;
     task.progress = 100.0;
     task.remaining_s = None;
     task.timeout_at_ms = None;
@@ -734,7 +765,7 @@ pub fn effective_wake_timeout_s(c: &TaskCreated) -> u32 {
 /// whenever a type of this module changes shape: a snapshot of another shape is ignored and the
 /// state is rebuilt from the log. `tests/golden_events.rs` fails when the shape changes without
 /// a bump.
-pub const SNAPSHOT_SCHEMA: u32 = 6;
+pub const SNAPSHOT_SCHEMA: u32 = 7;
 
 /// Everything the server knows, as of `last_seq`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -947,6 +978,7 @@ impl FleetState {
                     d.facts.current = e.to.clone();
                 }
             }
+            DomainEvent::TaskVerifying(e) if e.attempt == task.attempt => verifying(task, e),
             DomainEvent::TaskFailed(e) if e.attempt == task.attempt => failed(task, e, at),
             DomainEvent::TaskCancelled(e) => {
                 // Only a task its site has can still succeed there.

@@ -137,11 +137,16 @@ pub enum ErrorCode {
     GatewayRequired = 5021,
     /// 5099: anything else; the message carries the transport's own words.
     Other = 5099,
+    /// 5022: the device took the image but did not stay healthy for its health window: it
+    /// rolled back to its previous image, rebooted (a reboot loop), fell back to safe mode, or
+    /// was no longer seen (`ota_domain::health`). Declared last: stored events encode a code by
+    /// its position here, so new codes go at the end whatever their number.
+    Unhealthy = 5022,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::AlreadyOnTarget,
         Self::NoFirmware,
         Self::OneAtATime,
@@ -162,6 +167,7 @@ impl ErrorCode {
         Self::BulkCheckTimeout,
         Self::AgentDisconnected,
         Self::GatewayRequired,
+        Self::Unhealthy,
         Self::Other,
     ];
 
@@ -198,6 +204,7 @@ impl ErrorCode {
             Self::BulkCheckTimeout => "no answer within the batch-check timeout",
             Self::AgentDisconnected => "the site's agent is disconnected from the server",
             Self::GatewayRequired => "the device must be updated through its gateway",
+            Self::Unhealthy => "the device did not stay healthy after the update",
             Self::Other => "other error",
         }
     }

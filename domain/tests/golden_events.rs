@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 
 use ota_domain::events::*;
+use ota_domain::health::{Health, HealthPolicy};
 use ota_domain::model::*;
 use ota_domain::rollout::abort::*;
 use ota_domain::rollout::rate::*;
@@ -144,6 +145,11 @@ fn spec() -> RolloutSpec {
                 reason: "the image it ran before (version 1.0.0) is not in the catalog".into(),
             }],
         }),
+        health: HealthPolicy {
+            esphome_window_s: 90,
+            zigbee_window_s: 0,
+            accept_reachability: true,
+        },
     }
 }
 
@@ -288,6 +294,7 @@ fn samples() -> Vec<DomainEvent> {
             wire_bytes: 2000,
             source: source(),
             late: true,
+            health: Health::Unconfirmed,
         }
         .into(),
         TaskFailed {
@@ -403,6 +410,13 @@ fn samples() -> Vec<DomainEvent> {
             scope: RollbackScope::Failed,
             automatic: true,
             reason: "stage canary failed".into(),
+        }
+        .into(),
+        TaskVerifying {
+            attempt: 1,
+            until_ms: UnixMillis::from_unix_ms(720_000),
+            to: version("2.1.0"),
+            source: source(),
         }
         .into(),
     ]
@@ -550,6 +564,7 @@ fn version_2_of_rollouts_upcasts_without_abort_criteria() {
     };
     assert!(r.spec.abort_criteria.is_empty());
     assert_eq!(r.spec.canary_per_site, 0);
+    assert_eq!(r.spec.health, HealthPolicy::OFF);
     assert_eq!(
         r.spec.failure_budget,
         spec().failure_budget,
@@ -635,6 +650,31 @@ fn unhex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
         .collect()
+}
+
+#[test]
+fn rollouts_and_successes_before_the_health_gate_upcast_without_it() {
+    let golden = read_golden();
+    let DomainEvent::RolloutCreated(r) = DomainEvent::decode(
+        "RolloutCreated",
+        3,
+        &unhex(&golden[&("RolloutCreated".to_string(), 3)]),
+    )
+    .unwrap() else {
+        panic!("wrong variant");
+    };
+    assert_eq!(r.spec.health, HealthPolicy::OFF, "old rollouts keep their behaviour");
+    assert_eq!(r.spec.abort_criteria, spec().abort_criteria, "the rest is kept");
+    let DomainEvent::TaskSucceeded(t) = DomainEvent::decode(
+        "TaskSucceeded",
+        2,
+        &unhex(&golden[&("TaskSucceeded".to_string(), 2)]),
+    )
+    .unwrap() else {
+        panic!("wrong variant");
+    };
+    assert_eq!(t.health, Health::NotChecked);
+    assert!(t.late, "the rest is kept");
 }
 
 // === the projection's snapshot shape ===

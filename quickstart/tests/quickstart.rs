@@ -129,6 +129,9 @@ async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rol
             },
         ],
         require_approval: true,
+        // No health window: the simulated Zigbee devices do not talk by themselves, and the
+        // test is about the staged rollout.
+        health: Some(pb::HealthPolicy::default()),
         ..Default::default()
     };
     let created = rollouts

@@ -505,6 +505,7 @@ impl SiteAgent {
             bytes_total: size,
             detail: detail.into(),
             at_ms: now_ms(),
+            verify_until_ms: 0,
         }));
     }
 
@@ -566,6 +567,7 @@ impl SiteAgent {
             at_ms: now_ms(),
             wire_bytes: fw.size,
             device_may_have_image: false,
+            health: pb::TaskHealth::NotChecked as i32,
         }));
         self.changed
             .lock()

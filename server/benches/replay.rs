@@ -144,6 +144,7 @@ fn task_events(task: u64, devices: u64) -> Vec<DomainEvent> {
             duration_ms: 600_000,
             wire_bytes: 160_000,
             late: false,
+            health: ota_domain::health::Health::NotChecked,
             source: Some(AgentSource {
                 agent_id: "agent-1".into(),
                 seq: task * 10 + 9,

@@ -228,7 +228,8 @@ fn stage_device_state(rollout: &RolloutView, device_id: &str, state: &FleetState
             | TaskPhase::SiteQueued
             | TaskPhase::WaitingForWakeup
             | TaskPhase::Updating
-            | TaskPhase::Downloaded,
+            | TaskPhase::Downloaded
+            | TaskPhase::Verifying,
         ) => "running",
         Some(TaskPhase::Succeeded) => "succeeded",
         Some(TaskPhase::Failed | TaskPhase::TimedOut) => "failed",

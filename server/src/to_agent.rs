@@ -118,6 +118,10 @@ pub struct Update {
     pub flash_offset: Option<u32>,
     /// Wake-up budget, seconds.
     pub wake_timeout_s: u32,
+    /// Health window, seconds (0: none).
+    pub health_window_s: u32,
+    /// Devices the site cannot ask succeed when reachable.
+    pub accept_reachability: bool,
 }
 
 /// Enough for the agent to download and verify an image.
@@ -219,6 +223,7 @@ pub fn update(state: &FleetState, task: &TaskView, command_id: u64) -> Option<To
     let fw = state.firmware.get(&c.firmware_id)?;
     let device = state.devices.get(&c.device_id)?;
     let r = &fw.registered;
+    let (health_window_s, accept_reachability) = ota_domain::health::task_window(state, task);
     let firmware = FirmwareRef {
         id: r.id.clone(),
         sha256: r.sha256.clone(),
@@ -249,6 +254,8 @@ pub fn update(state: &FleetState, task: &TaskView, command_id: u64) -> Option<To
             timeout_s: c.timeout_s,
             flash_offset: c.flash_offset,
             wake_timeout_s: effective_wake_timeout_s(c),
+            health_window_s,
+            accept_reachability,
         })),
     ))
 }

@@ -1,9 +1,6 @@
-//! Rollout policies past stages and thresholds, end to end over gRPC with a fake site:
-//! abort criteria over the devices that finished; the rate (with its ramp) at which a rollout
-//! starts devices.
-//! Rollout policies past stages and thresholds, end to end over gRPC with fake sites:
-//! abort criteria over the devices that finished, per-site canaries.
-
+//! Rollout policies past stages and thresholds, end to end over gRPC with fake sites: abort
+//! criteria over the devices that finished; the rate (with its ramp) at which a rollout starts
+//! devices; per-site canaries; success only when the device stays healthy for its health window.
 use std::time::Duration;
 
 use ota_proto::v1 as pb;
@@ -203,7 +200,8 @@ async fn criteria_are_stored_shown_planned_and_checked() {
         plan.policies,
         [
             "abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause",
-            "abort criterion 2: timed_out ≥ 5.5% of ≥ 1 finished → abort"
+            "abort criterion 2: timed_out ≥ 5.5% of ≥ 1 finished → abort",
+            "health window: ESPHome 2 min, Zigbee 10 min; devices without an API end unconfirmed"
         ]
     );
     let created = create(&otad, s.clone(), false).await.unwrap();
@@ -517,7 +515,10 @@ async fn per_site_canaries_are_planned_started_and_updated_first() {
     assert!(plan.stages[1].canaries.is_empty());
     assert_eq!(
         plan.policies,
-        ["canaries: stage canary takes 2 device(s) from every site and zigbee2mqtt network"]
+        [
+            "canaries: stage canary takes 2 device(s) from every site and zigbee2mqtt network",
+            "health window: ESPHome 2 min, Zigbee 10 min; devices without an API end unconfirmed"
+        ]
     );
 
     // The started rollout's first stage is the plan's.
@@ -575,6 +576,157 @@ async fn per_site_canaries_with_a_sized_first_stage_are_refused() {
     assert_eq!(
         e.message(),
         "spec.stages[1] (everyone) needs a size: count or cumulative_percent"
+    );
+    assert_eq!(otad.recorded().len(), before, "refused specs store nothing");
+}
+
+// === health-gated success (issue 15 item 4) ===
+
+/// The task of `device` in rollout `r` as the API shows it (the device's current task).
+async fn task_json(otad: &TestOtad, r: &str, device: &str) -> pb::Task {
+    let t = otad.task_of(r, device).expect("a task");
+    let shown = otad
+        .devices()
+        .get(pb::GetDeviceRequest {
+            id: device.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .current_task
+        .expect("a current task");
+    assert_eq!(shown.id, t.created.task_id);
+    shown
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_waits_for_the_health_window_and_counts_only_healthy_devices() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    let site = esp_site(&otad, 3, |i| match i {
+        0 => Behavior::Verified(pb::TaskHealth::Healthy),
+        1 => Behavior::Verified(pb::TaskHealth::Unconfirmed),
+        _ => Behavior::Unhealthy("the device rolled back to 1.0.0".into()),
+    })
+    .await;
+    let mut s = one_at_a_time(&fw, vec![]);
+    s.concurrency = None;
+    s.stages[0].success_threshold = Some(pb::Threshold {
+        value: Some(pb::threshold::Value::Percent(100.0)),
+    });
+    // The spec leaves `health` unset: the default windows apply (2 min for ESPHome).
+    let r = otad.create(s).await;
+    let verifying = otad
+        .until("n0 verifying", secs(1), hours(1), |st| {
+            let t = st.tasks.values().find(|t| t.created.device_id == "home/n0")?;
+            t.verifying_until_ms
+        })
+        .await;
+    let shown = task_json(&otad, &r.id, "home/n0").await;
+    assert_eq!(shown.verifying_until_ms, verifying.as_i64());
+    assert_eq!(shown.status, pb::UpgradeStatus::Downloaded as i32);
+    let running = otad.rollout(&r.id).await;
+    assert_eq!(running.state, pb::RolloutState::Running as i32);
+    assert!(running.totals.unwrap().verifying >= 1);
+    assert!(
+        site.log().transfers.iter().all(|t| t.health_window_s == 120),
+        "every command carries the ESPHome window"
+    );
+    assert!(
+        (verifying.as_i64() - otad.now_ms()) > 100_000,
+        "the window runs 2 min from the device's report"
+    );
+
+    otad.until_rollout(&r.id, "paused", hours(1)).await;
+    let paused = otad.rollout(&r.id).await;
+    let totals = paused.totals.clone().unwrap();
+    assert_eq!(
+        (totals.succeeded, totals.unconfirmed, totals.failed, totals.verifying),
+        (1, 1, 1, 0)
+    );
+    assert!(
+        paused.state_reason.contains("only 1 succeeded, 3 needed")
+            && paused.state_reason.contains("1 unconfirmed not counted"),
+        "{}",
+        paused.state_reason
+    );
+    let healthy = task_json(&otad, &r.id, "home/n0").await;
+    assert_eq!(healthy.health, pb::TaskHealth::Healthy as i32);
+    assert!(healthy.finished_at_ms >= verifying.as_i64(), "not before the window ended");
+    assert_eq!(
+        task_json(&otad, &r.id, "home/n1").await.health,
+        pb::TaskHealth::Unconfirmed as i32
+    );
+    let rolled_back = task_json(&otad, &r.id, "home/n2").await.error.unwrap();
+    assert_eq!(
+        (rolled_back.code, rolled_back.message.as_str()),
+        (5022, "the device rolled back to 1.0.0")
+    );
+    assert_eq!(site.log().transfers_of("n2").len(), 1, "5022 is never retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_in_the_middle_of_a_window_resumes_it_from_the_log() {
+    let otad = TestOtad::sled_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    let site = esp_site(&otad, 1, |_| Behavior::Verified(pb::TaskHealth::Healthy)).await;
+    let mut s = one_at_a_time(&fw, vec![]);
+    s.health = Some(pb::HealthPolicy {
+        esphome_window_s: 600,
+        ..Default::default()
+    });
+    let r = otad.create(s).await;
+    let until = otad
+        .until("n0 verifying", secs(1), hours(1), |st| {
+            st.tasks.values().find_map(|t| t.verifying_until_ms)
+        })
+        .await;
+    let otad = otad.restart().await;
+    let t = otad.task_of(&r.id, "home/n0").expect("the task");
+    assert_eq!(t.phase.name(), "verifying");
+    assert_eq!(t.verifying_until_ms, Some(until), "the window's end comes from the log");
+    site.reconnect(&otad).await;
+    otad.until_rollout(&r.id, "completed", hours(1)).await;
+    let t = otad.task_of(&r.id, "home/n0").unwrap();
+    assert_eq!(t.health, ota_domain::health::Health::Healthy);
+    assert!(t.finished_at_ms.unwrap() >= until);
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_policies_are_stored_shown_planned_and_bounded() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    let mut s = one_at_a_time(&fw, vec![]);
+    let policy = pb::HealthPolicy {
+        esphome_window_s: 90,
+        zigbee_window_s: 0,
+        accept_reachability: true,
+    };
+    s.health = Some(policy);
+    let plan = otad
+        .rollouts()
+        .plan(pb::PlanRolloutRequest {
+            subject: Some(pb::plan_rollout_request::Subject::Spec(s.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        plan.policies,
+        ["health window: ESPHome 90 s, Zigbee off; devices without an API succeed when reachable"]
+    );
+    let created = create(&otad, s.clone(), false).await.unwrap();
+    assert_eq!(otad.rollout(&created.id).await.spec.unwrap().health, Some(policy));
+    let before = otad.recorded().len();
+    s.health = Some(pb::HealthPolicy {
+        esphome_window_s: 86_401,
+        ..policy
+    });
+    let e = create(&otad, s, false).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "spec.health.esphome_window_s is 86401: at most 86400 (24 h)"
     );
     assert_eq!(otad.recorded().len(), before, "refused specs store nothing");
 }

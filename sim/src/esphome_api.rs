@@ -7,9 +7,11 @@
 //! device's node name, a MAC, the board, the ESPHome version and, as project name and
 //! **project version**, what the device runs right now (after an OTA reboot: the uploaded
 //! image's); count the `DeviceInfo` answers for tests. [`EsphomeApiSim::set_enabled`] takes the
-//! API away while the device stays up, as safe mode does (only the OTA port answers then).
-//! What it does not do: entities, states, logs, the pre-2026.1 API password, or API idle
-//! timeouts.
+//! API away while the device stays up, as safe mode does (only the OTA port answers then). One
+//! entity: an `uptime` sensor (ESPHome's `uptime` platform, unless [`ApiConfig::uptime_sensor`]
+//! is off) whose state, sent on `SubscribeStates`, is the running image's uptime.
+//! What it does not do: other entities, state updates after the first, logs, the pre-2026.1 API
+//! password, or API idle timeouts.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,7 +20,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use md5::{Digest, Md5};
 use ota_devproto::esphome::NoiseKey;
-use ota_devproto::esphome_api::{DeviceInfoResponse, Server, ServerConfig, ServerEvent};
+use ota_devproto::esphome_api::{
+    DeviceInfoResponse, ListEntitiesSensorResponse, SensorStateResponse, Server, ServerConfig,
+    ServerEvent,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -54,7 +59,12 @@ pub struct ApiConfig {
     pub compilation_time: String,
     /// Port of the web_server, 0 without one (the node fills it in).
     pub webserver_port: u16,
+    /// The firmware has an `uptime` sensor.
+    pub uptime_sensor: bool,
 }
+
+/// The key of the simulated `uptime` sensor.
+pub const UPTIME_KEY: u32 = 0x7570_7469;
 
 impl ApiConfig {
     /// A plaintext API of an ESPHome 2026.10 device on `127.0.0.1:0`, with the platform's
@@ -76,6 +86,7 @@ impl ApiConfig {
             friendly_name: String::new(),
             compilation_time: "Nov 24 2026, 08:00:00".into(),
             webserver_port: 0,
+            uptime_sensor: true,
         }
     }
 }
@@ -112,7 +123,7 @@ impl EsphomeApiSim {
         let m = model.clone();
         let task = serve_many_while_up(model, listener, enabled_rx, "api", move |stream, _| {
             c.connections.fetch_add(1, Ordering::Relaxed);
-            connection(stream, server_config(&m, &config), c.clone())
+            connection(stream, server_config(&m, &config), m.clone(), c.clone())
         });
         Ok(Self {
             addr,
@@ -171,25 +182,52 @@ fn server_config(model: &DeviceModel, config: &ApiConfig) -> ServerConfig {
             api_encryption_supported: config.noise_key.is_some(),
             ..DeviceInfoResponse::default()
         },
+        sensors: if config.uptime_sensor {
+            vec![ListEntitiesSensorResponse {
+                object_id: "uptime".into(),
+                key: UPTIME_KEY,
+                name: "Uptime".into(),
+                unit_of_measurement: "s".into(),
+                accuracy_decimals: 0,
+                device_class: "duration".into(),
+                state_class: 2,
+                entity_category: 2,
+            }]
+        } else {
+            Vec::new()
+        },
     }
 }
 
 /// Serves one API connection until either side ends it.
-async fn connection(mut stream: TcpStream, config: ServerConfig, counters: Arc<Counters>) {
+async fn connection(
+    mut stream: TcpStream,
+    config: ServerConfig,
+    model: DeviceModel,
+    counters: Arc<Counters>,
+) {
+    let uptime = !config.sensors.is_empty();
     let _ = stream.set_nodelay(true);
     let mut server = Server::new(config, rand::random());
     let mut buf = vec![0u8; 4096];
     loop {
-        while let Some(bytes) = server.poll_transmit() {
-            if stream.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
         while let Some(ev) = server.poll_event() {
             if ev == ServerEvent::Served("DeviceInfoRequest") {
                 counters.device_infos.fetch_add(1, Ordering::Relaxed);
             }
+            if ev == ServerEvent::SubscribeStates && uptime {
+                server.send_state(SensorStateResponse {
+                    key: UPTIME_KEY,
+                    state: model.uptime().as_secs() as f32,
+                    missing_state: false,
+                });
+            }
             tracing::trace!(?ev, "esphome sim: api");
+        }
+        while let Some(bytes) = server.poll_transmit() {
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
         }
         if server.is_closed() {
             break;

@@ -139,6 +139,13 @@ pub enum Behavior {
     SleepsFor(Duration),
     /// The agent prepares (100) for ever, as if its download hung; a cancel stops it.
     HangPreparing,
+    /// Updates like `Succeed`, then watches the command's health window as the agent does
+    /// (progress 6 with `verify_until_ms`) and succeeds with this health when it is over. A
+    /// command without a window succeeds at once (not checked).
+    Verified(pb::TaskHealth),
+    /// Updates like `Succeed`, starts the command's health window, and fails with 5022 and this
+    /// message halfway through it ("the device rolled back to 1.0.0").
+    Unhealthy(String),
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +172,8 @@ pub struct Transfer {
     pub started: Instant,
     pub started_ms: i64,
     pub finished: Option<Instant>,
+    /// The command's health window, seconds (0: none).
+    pub health_window_s: u32,
 }
 
 /// What the site saw and did.
@@ -616,6 +625,7 @@ impl Inner {
                 started: Instant::now(),
                 started_ms: self.now_ms(),
                 finished: None,
+                health_window_s: u.health_window_s,
             });
             log.in_flight
                 .insert(u.task_id.clone(), (network.clone(), esphome));
@@ -658,7 +668,41 @@ impl Inner {
             bytes_total: 0,
             detail: String::new(),
             at_ms: self.now_ms(),
+            verify_until_ms: 0,
         }));
+    }
+
+    /// The command's health window as the agent runs it: the progress that starts it, then
+    /// the wait (all of it, or half for a device that fails it). `None`: no window, or the
+    /// behavior watches none.
+    async fn health_window(&self, u: &pb::UpdateCommand, d: &Dev) -> Option<pb::TaskHealth> {
+        let health = match &d.behavior {
+            Behavior::Verified(h) => *h,
+            Behavior::Unhealthy(_) => pb::TaskHealth::NotChecked,
+            _ => return None,
+        };
+        if u.health_window_s == 0 {
+            return None;
+        }
+        if health == pb::TaskHealth::Unconfirmed {
+            return Some(health);
+        }
+        let window = Duration::from_secs(u64::from(u.health_window_s));
+        let at_ms = self.now_ms();
+        self.journaled(pb::agent_message::Body::Progress(pb::TaskProgress {
+            task_id: u.task_id.clone(),
+            attempt: u.attempt,
+            status: pb::UpgradeStatus::Downloaded as i32,
+            progress: 100.0,
+            at_ms,
+            verify_until_ms: at_ms + window.as_millis() as i64,
+            ..Default::default()
+        }));
+        match &d.behavior {
+            Behavior::Unhealthy(_) => tokio::time::sleep(window / 2).await,
+            _ => tokio::time::sleep(window).await,
+        }
+        Some(health)
     }
 
     async fn simulate(self: Arc<Self>, u: pb::UpdateCommand, d: Dev, nth: u32) {
@@ -683,22 +727,29 @@ impl Inner {
         }
         self.progress(&u, pb::UpgradeStatus::Updating, 50.0);
         tokio::time::sleep(d.duration).await;
-        let failure = match d.behavior {
+        let mut failure = match d.behavior {
             Behavior::Fail(code) => Some(code),
             Behavior::FailFirst(code, n) if nth <= n => Some(code),
             _ => None,
         };
         let from = d.report.current.clone();
         self.finish(&u.task_id);
+        let health = if failure.is_none() {
+            self.health_window(&u, &d).await
+        } else {
+            None
+        };
+        let mut message = "simulated failure".to_string();
+        if let (Behavior::Unhealthy(why), Some(_)) = (&d.behavior, health) {
+            failure = Some(pb::ErrorCode::Unhealthy as i32);
+            message = why.clone();
+        }
         match failure {
             Some(code) => self.journaled(pb::agent_message::Body::Result(pb::TaskResult {
                 task_id: u.task_id.clone(),
                 attempt: u.attempt,
                 status: pb::UpgradeStatus::Failure as i32,
-                error: Some(pb::TaskError {
-                    code,
-                    message: "simulated failure".into(),
-                }),
+                error: Some(pb::TaskError { code, message }),
                 from,
                 at_ms: self.now_ms(),
                 ..Default::default()
@@ -735,6 +786,7 @@ impl Inner {
                     at_ms: self.now_ms(),
                     wire_bytes: 4096,
                     device_may_have_image: false,
+                    health: health.unwrap_or(pb::TaskHealth::NotChecked) as i32,
                 }));
             }
         }

@@ -50,6 +50,7 @@
 //! transfer, named after the transport (`esphome.transfer`, ...), with bytes and outcome.
 
 mod checks;
+mod health;
 mod inventory;
 mod session;
 mod updates;

@@ -92,11 +92,12 @@ impl Agent {
                 let transfer = agent.instruments().map(|m| m.transfer(transport.kind()));
                 let cancelled = token.clone();
                 let outcome = agent
-                    .run_update(&u, &firmware, transport, token, channel, commit.clone())
+                    .run_update(&u, &firmware, transport.clone(), token, channel, commit.clone())
                     .await;
                 if let Some(t) = transfer {
                     t.finish(outcome.as_ref().err(), cancelled.is_cancelled());
                 }
+                let outcome = agent.verified(&u, &*transport, outcome).await;
                 if let Err(e) = agent
                     .finish_update(&u.task_id, u.attempt, outcome, &commit)
                     .await
@@ -157,6 +158,7 @@ impl Agent {
             bytes_total: p.bytes_total,
             detail: p.detail.clone(),
             at_ms: now_ms(),
+            verify_until_ms: 0,
         });
         if let Err(e) = self.journal_report(body).await {
             warn!(error = %e, "could not journal progress");
@@ -315,6 +317,19 @@ impl Agent {
         result
     }
 
+    /// A transport's success followed by the command's health window (see `health`); the
+    /// window's verdict decides the outcome.
+    pub(super) async fn verified(
+        &self,
+        u: &pb::UpdateCommand,
+        transport: &dyn Transport,
+        outcome: Result<(crate::transport::UpdateReport, u64), TaskError>,
+    ) -> Outcome {
+        let (report, duration_ms) = outcome?;
+        let health = self.verify_health(u, transport, &report).await?;
+        Ok((report, duration_ms, health))
+    }
+
     /// Journals an attempt's result, then its finished mark. A failure after the point of no
     /// return that did not show the device kept its firmware is marked
     /// `device_may_have_image` (the server never retries it automatically).
@@ -322,7 +337,7 @@ impl Agent {
         &self,
         task_id: &str,
         attempt: u32,
-        outcome: Result<(crate::transport::UpdateReport, u64), TaskError>,
+        outcome: Outcome,
         commit: &Commitment,
     ) -> anyhow::Result<()> {
         let span = tracing::Span::current();
@@ -335,8 +350,8 @@ impl Agent {
             }
         };
         let result = match outcome {
-            Ok((r, duration_ms)) => {
-                info!(from = ?r.from.version, to = ?r.to.version, duration_ms, "update succeeded");
+            Ok((r, duration_ms, health)) => {
+                info!(from = ?r.from.version, to = ?r.to.version, duration_ms, health = health.name(), "update succeeded");
                 pb::TaskResult {
                     task_id: task_id.to_owned(),
                     attempt,
@@ -348,6 +363,7 @@ impl Agent {
                     at_ms: now_ms(),
                     wire_bytes: r.wire_bytes,
                     device_may_have_image: false,
+                    health: health_code(health),
                 }
             }
             Err(mut e) => {
@@ -454,6 +470,7 @@ impl Agent {
                 .follow(&u.task_id, u.attempt, work, prx, None, transfer)
                 .await
                 .map(|r| (r, started.elapsed().as_millis() as u64));
+            let outcome = self.verified(&u, &*transport, outcome).await;
             if let Err(e) = self
                 .finish_update(&u.task_id, u.attempt, outcome, &commit)
                 .await
@@ -464,6 +481,21 @@ impl Agent {
         .instrument(span)
         .await
     }
+}
+
+/// An attempt's outcome: the transport's report, how long it took (ms) and the device's health.
+pub(super) type Outcome =
+    Result<(crate::transport::UpdateReport, u64, ota_domain::health::Health), TaskError>;
+
+/// A success's health on the wire.
+fn health_code(h: ota_domain::health::Health) -> i32 {
+    use ota_domain::health::Health;
+    (match h {
+        Health::NotChecked => pb::TaskHealth::NotChecked,
+        Health::Healthy => pb::TaskHealth::Healthy,
+        Health::Reachable => pb::TaskHealth::Reachable,
+        Health::Unconfirmed => pb::TaskHealth::Unconfirmed,
+    }) as i32
 }
 
 /// The transfer budget of a command (0: 10 minutes).

@@ -20,6 +20,12 @@
 //! attempt ended; once the device accepted the image it asks for the *committed* mark. After an
 //! agent restart the core gives every interrupted attempt to [`Transport::recover`], which looks
 //! at the device instead of sending anything again.
+//!
+//! # Health
+//! When the update command carries a health window, the core watches the device after the
+//! transport reported success: it asks [`Transport::look`] every few seconds and feeds the
+//! answers to `ota_domain::health::HealthWatch`, the pure judgement; a transport only says what
+//! it sees ([`HealthLook`]) and how it can see it ([`Transport::observation`]).
 
 /// The span of one update or recovery on a transport: `job_span!("esphome update", job)` names
 /// the device, the task and the attempt of an [`UpdateJob`] or a [`RecoverJob`].
@@ -55,6 +61,35 @@ use crate::sync::LockExt;
 /// be sleepy and need a scheduled update) and how its signal is measured: the domain's value
 /// types, one definition for the agent and otad.
 pub use ota_domain::model::{PowerSource, Signal, Transport as TransportKind};
+
+/// How the site can watch a device's health after an update (`ota_domain::health`).
+pub use ota_domain::health::Observation;
+
+/// One look at a device's health after an update, in the agent's (tokio) clock; the core turns
+/// it into an `ota_domain::health::Sample` for the pure judgement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthLook {
+    /// The device's API answered.
+    Api {
+        /// The version it names, if any.
+        version: Option<String>,
+        /// Seconds since it booted, when it reports them.
+        uptime_s: Option<u64>,
+        /// It runs in safe mode (its OTA port answers, its API is not running).
+        safe_mode: bool,
+    },
+    /// What the bridge heard of the device.
+    Heard {
+        /// When the device last talked (any message of its own).
+        last: Option<tokio::time::Instant>,
+        /// The version the bridge knows it runs.
+        version: Option<String>,
+    },
+    /// Reachable or not, by the lower-level means.
+    Reachable(bool),
+    /// Nothing answered.
+    Silent,
+}
 
 /// What a transport knows about one device. `local_id` is unique within the site.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -485,6 +520,25 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     /// talks.
     fn is_sleepy(&self, _device: &str) -> bool {
         false
+    }
+
+    /// How the site can watch `device`'s health after an update. The default: reachability
+    /// only (the device ends "unconfirmed" unless the rollout accepts reachability).
+    fn observation(&self, _device: &str) -> Observation {
+        Observation::Reachability
+    }
+
+    /// One look at `device`'s health, within `deadline`. The default: whether the inventory
+    /// reports it reachable.
+    fn look<'a>(&'a self, device: &'a str, _deadline: Duration) -> BoxFuture<'a, HealthLook> {
+        Box::pin(async move {
+            let reachable = self
+                .inventory()
+                .borrow()
+                .iter()
+                .any(|r| r.local_id == device && r.reachable);
+            HealthLook::Reachable(reachable)
+        })
     }
 
     /// Resolves when `device` next talks (any message of it reaches the transport). The

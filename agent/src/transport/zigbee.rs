@@ -40,6 +40,9 @@
 //!   `unschedule`) is followed to its end; an armed schedule whose image went as hex is waited
 //!   for; otherwise the device's installed version decides (target: success; else 5010, or 5018
 //!   when it had the whole image). Device states are not retained, so zigbee2mqtt is asked.
+//! - **Health** (an update's health window, judged by the core): when the device itself last
+//!   talked (a state message that changes more than its `update` block: with zigbee2mqtt's
+//!   `advanced.last_seen` on, every message does) and its installed file version.
 //! - **Sleepy devices** (battery end devices) are reported as such to the core: a check of one
 //!   is answered "awaiting wake-up" and asked again when the device next talks (a state message
 //!   that changes more than its `update` block, such as its `last_seen`).
@@ -96,8 +99,8 @@ pub use config::{ImageEndpoint, MqttTls, ZigbeeConfig, ZigbeeTimeouts};
 use crate::secret::Secret;
 use crate::sync::LockExt;
 use crate::transport::{
-    CheckReport, CommitStage, DeviceReport, ProgressSink, RecoverJob, Transport, TransportKind,
-    UpdateJob, UpdateReport, VersionInfo,
+    CheckReport, CommitStage, DeviceReport, HealthLook, Observation, ProgressSink, RecoverJob,
+    Transport, TransportKind, UpdateJob, UpdateReport, VersionInfo,
 };
 use flow::Cx;
 use images::{ImageServer, sha256_hex};
@@ -879,6 +882,31 @@ impl Transport for ZigbeeTransport {
             .devices
             .get(&ieee)
             .is_some_and(|e| e.info.is_sleepy())
+    }
+
+    fn observation(&self, _device: &str) -> Observation {
+        Observation::Presence
+    }
+
+    fn look<'a>(&'a self, device: &'a str, _deadline: Duration) -> BoxFuture<'a, HealthLook> {
+        Box::pin(async move {
+            let Some(ieee) = self.net.resolve(device) else {
+                return HealthLook::Silent;
+            };
+            let st = self.net.lock();
+            let Some(e) = st.devices.get(&ieee) else {
+                return HealthLook::Silent;
+            };
+            HealthLook::Heard {
+                last: e.heard,
+                version: e
+                    .state
+                    .update
+                    .as_ref()
+                    .and_then(|u| u.installed_version)
+                    .map(|v| v.to_string()),
+            }
+        })
     }
 
     fn next_contact<'a>(&'a self, device: &'a str) -> BoxFuture<'a, ()> {

@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
             server_info: "2026.10.0".into(),
             noise_key: key,
             device_info: DeviceInfoResponse::default(),
+            sensors: Vec::new(),
         },
         [9; 32],
     );

@@ -81,7 +81,7 @@ impl fmt::Display for ClientState {
 }
 
 /// Something the driver may act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
     /// Noise: the device introduced itself.
     ServerHello(ServerHello),

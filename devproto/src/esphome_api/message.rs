@@ -10,7 +10,15 @@
 //! | 7 / 8 | `PingRequest` / `PingResponse` | — |
 //! | 9 | `DeviceInfoRequest` | — |
 //! | 10 | `DeviceInfoResponse` | 1 `uses_password` (before 2026.1), 2 `name`, 3 `mac_address`, 4 `esphome_version`, 5 `compilation_time`, 6 `model`, 7 `has_deep_sleep`, 8 `project_name`, 9 `project_version`, 10 `webserver_port`, 12 `manufacturer`, 13 `friendly_name`, 16 `suggested_area`, 19 `api_encryption_supported` |
+//! | 11 | `ListEntitiesRequest` | — |
+//! | 16 | `ListEntitiesSensorResponse` | 1 `object_id`, 2 `key` (fixed32), 3 `name`, 6 `unit_of_measurement`, 7 `accuracy_decimals`, 9 `device_class`, 10 `state_class`, 13 `entity_category` |
+//! | 19 | `ListEntitiesDoneResponse` | — |
+//! | 20 | `SubscribeStatesRequest` | — |
+//! | 25 | `SensorStateResponse` | 1 `key` (fixed32), 2 `state` (float), 3 `missing_state` |
 //!
+//! The sensor messages are there for one sensor: the device's `uptime` (ESPHome's `uptime`
+//! sensor platform: seconds, device class `duration`), which the agent reads during an update's
+//! health window to see a reboot.//!
 //! The payloads are `#[derive(prost::Message)]` structs. Presence follows ESPHome's encoder, so
 //! our bytes are ESPHome's: the strings ESPHome writes even when empty (`encode_string(.., true)`:
 //! `HelloResponse`'s and most of `DeviceInfoResponse`'s) are `required` fields, which prost
@@ -23,8 +31,9 @@
 //! value, varints are truncated to `uint32`; a truncated payload, invalid UTF-8 in a string, or a
 //! known field with the wrong wire type is a [`prost::DecodeError`].
 //!
-//! What it does not do: entities, states, logs, services or any other message; a message with
-//! another id decodes as [`Message::Other`] and is left to the caller (which ignores it).
+//! What it does not do: entities other than sensors, states other than sensor states, logs,
+//! services or any other message; a message with another id decodes as [`Message::Other`] and
+//! is left to the caller (which ignores it).
 
 use bytes::{Bytes, BytesMut};
 use prost::{DecodeError, Message as _};
@@ -47,6 +56,16 @@ pub mod msg_type {
     pub const DEVICE_INFO_REQUEST: u16 = 9;
     /// `DeviceInfoResponse`.
     pub const DEVICE_INFO_RESPONSE: u16 = 10;
+    /// `ListEntitiesRequest`.
+    pub const LIST_ENTITIES_REQUEST: u16 = 11;
+    /// `ListEntitiesSensorResponse`.
+    pub const LIST_ENTITIES_SENSOR_RESPONSE: u16 = 16;
+    /// `ListEntitiesDoneResponse`.
+    pub const LIST_ENTITIES_DONE_RESPONSE: u16 = 19;
+    /// `SubscribeStatesRequest`.
+    pub const SUBSCRIBE_STATES_REQUEST: u16 = 20;
+    /// `SensorStateResponse`.
+    pub const SENSOR_STATE_RESPONSE: u16 = 25;
 }
 
 /// API version ESPHome 2026.10 announces in its `HelloResponse` (and aioesphomeapi in its
@@ -139,8 +158,59 @@ pub struct DeviceInfoResponse {
     pub api_encryption_supported: bool,
 }
 
+/// A sensor the device has (an answer to `ListEntitiesRequest`).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ListEntitiesSensorResponse {
+    /// `uptime`, `wifi_signal`, ...
+    #[prost(string, tag = "1")]
+    pub object_id: String,
+    /// The key its states carry.
+    #[prost(fixed32, tag = "2")]
+    pub key: u32,
+    /// Its name.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// `s`, `dBm`, ...
+    #[prost(string, tag = "6")]
+    pub unit_of_measurement: String,
+    /// Decimals shown.
+    #[prost(int32, tag = "7")]
+    pub accuracy_decimals: i32,
+    /// `duration`, `signal_strength`, ...
+    #[prost(string, tag = "9")]
+    pub device_class: String,
+    /// 0 none, 1 measurement, 2 total increasing, 3 total.
+    #[prost(uint32, tag = "10")]
+    pub state_class: u32,
+    /// 0 none, 1 config, 2 diagnostic.
+    #[prost(uint32, tag = "13")]
+    pub entity_category: u32,
+}
+
+impl ListEntitiesSensorResponse {
+    /// The device's uptime sensor (ESPHome's `uptime` platform): seconds, named "uptime".
+    pub fn is_uptime(&self) -> bool {
+        self.unit_of_measurement == "s"
+            && (self.object_id.contains("uptime") || self.name.to_lowercase().contains("uptime"))
+    }
+}
+
+/// A sensor's state (after `SubscribeStatesRequest`, the device sends every state, then changes).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SensorStateResponse {
+    /// The sensor's key.
+    #[prost(fixed32, tag = "1")]
+    pub key: u32,
+    /// The value.
+    #[prost(float, tag = "2")]
+    pub state: f32,
+    /// The sensor has no value yet.
+    #[prost(bool, tag = "3")]
+    pub missing_state: bool,
+}
+
 /// One API message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     /// Type 1.
     HelloRequest(HelloRequest),
@@ -158,6 +228,16 @@ pub enum Message {
     DeviceInfoRequest,
     /// Type 10.
     DeviceInfoResponse(Box<DeviceInfoResponse>),
+    /// Type 11.
+    ListEntitiesRequest,
+    /// Type 16.
+    ListEntitiesSensorResponse(Box<ListEntitiesSensorResponse>),
+    /// Type 19.
+    ListEntitiesDoneResponse,
+    /// Type 20.
+    SubscribeStatesRequest,
+    /// Type 25.
+    SensorStateResponse(SensorStateResponse),
     /// Any other message, undecoded.
     Other {
         /// Its type id.
@@ -179,6 +259,11 @@ impl Message {
             Self::PingResponse => msg_type::PING_RESPONSE,
             Self::DeviceInfoRequest => msg_type::DEVICE_INFO_REQUEST,
             Self::DeviceInfoResponse(_) => msg_type::DEVICE_INFO_RESPONSE,
+            Self::ListEntitiesRequest => msg_type::LIST_ENTITIES_REQUEST,
+            Self::ListEntitiesSensorResponse(_) => msg_type::LIST_ENTITIES_SENSOR_RESPONSE,
+            Self::ListEntitiesDoneResponse => msg_type::LIST_ENTITIES_DONE_RESPONSE,
+            Self::SubscribeStatesRequest => msg_type::SUBSCRIBE_STATES_REQUEST,
+            Self::SensorStateResponse(_) => msg_type::SENSOR_STATE_RESPONSE,
             Self::Other { msg_type, .. } => *msg_type,
         }
     }
@@ -194,6 +279,11 @@ impl Message {
             Self::PingResponse => "PingResponse",
             Self::DeviceInfoRequest => "DeviceInfoRequest",
             Self::DeviceInfoResponse(_) => "DeviceInfoResponse",
+            Self::ListEntitiesRequest => "ListEntitiesRequest",
+            Self::ListEntitiesSensorResponse(_) => "ListEntitiesSensorResponse",
+            Self::ListEntitiesDoneResponse => "ListEntitiesDoneResponse",
+            Self::SubscribeStatesRequest => "SubscribeStatesRequest",
+            Self::SensorStateResponse(_) => "SensorStateResponse",
             Self::Other { .. } => "other",
         }
     }
@@ -216,11 +306,16 @@ impl Message {
                 put(&without, dst);
             }
             Self::DeviceInfoResponse(m) => put(m.as_ref(), dst),
+            Self::ListEntitiesSensorResponse(m) => put(m.as_ref(), dst),
+            Self::SensorStateResponse(m) => put(m, dst),
             Self::Other { payload, .. } => dst.extend_from_slice(payload),
             Self::DisconnectResponse
             | Self::PingRequest
             | Self::PingResponse
-            | Self::DeviceInfoRequest => {}
+            | Self::DeviceInfoRequest
+            | Self::ListEntitiesRequest
+            | Self::ListEntitiesDoneResponse
+            | Self::SubscribeStatesRequest => {}
         }
     }
 
@@ -236,6 +331,15 @@ impl Message {
             msg_type::DEVICE_INFO_RESPONSE => {
                 Self::DeviceInfoResponse(Box::new(DeviceInfoResponse::decode(payload)?))
             }
+            msg_type::LIST_ENTITIES_SENSOR_RESPONSE => Self::ListEntitiesSensorResponse(Box::new(
+                ListEntitiesSensorResponse::decode(payload)?,
+            )),
+            msg_type::SENSOR_STATE_RESPONSE => {
+                Self::SensorStateResponse(SensorStateResponse::decode(payload)?)
+            }
+            msg_type::LIST_ENTITIES_REQUEST => Self::ListEntitiesRequest,
+            msg_type::LIST_ENTITIES_DONE_RESPONSE => Self::ListEntitiesDoneResponse,
+            msg_type::SUBSCRIBE_STATES_REQUEST => Self::SubscribeStatesRequest,
             msg_type::DISCONNECT_RESPONSE => Self::DisconnectResponse,
             msg_type::PING_REQUEST => Self::PingRequest,
             msg_type::PING_RESPONSE => Self::PingResponse,
@@ -266,6 +370,45 @@ mod tests {
 
     fn h(s: &str) -> Vec<u8> {
         hex::decode(s.replace(' ', "")).unwrap()
+    }
+
+    #[test]
+    fn uptime_sensor_and_state_golden_bytes() {
+        let sensor = Message::ListEntitiesSensorResponse(Box::new(ListEntitiesSensorResponse {
+            object_id: "uptime".into(),
+            key: 0x0102_0304,
+            name: "Uptime".into(),
+            unit_of_measurement: "s".into(),
+            accuracy_decimals: 0,
+            device_class: "duration".into(),
+            state_class: 2,
+            entity_category: 2,
+        }));
+        assert_eq!(
+            &sensor.payload()[..],
+            &h(concat!(
+                "0a 06 757074696d65",       // 1 object_id
+                "15 04030201",              // 2 key, fixed32 little-endian
+                "1a 06 557074696d65",       // 3 name
+                "32 01 73",                 // 6 unit "s"
+                "4a 08 6475726174696f6e",   // 9 device_class
+                "50 02",                    // 10 state_class
+                "68 02",                    // 13 entity_category
+            ))[..]
+        );
+        let Message::ListEntitiesSensorResponse(back) = Message::decode(16, &sensor.payload()).unwrap() else {
+            panic!()
+        };
+        assert!(back.is_uptime());
+        let state = Message::SensorStateResponse(SensorStateResponse {
+            key: 0x0102_0304,
+            state: 90.0,
+            missing_state: false,
+        });
+        assert_eq!(&state.payload()[..], &h("0d 04030201 15 0000b442")[..]);
+        assert_eq!(Message::decode(25, &state.payload()).unwrap(), state);
+        assert_eq!(Message::decode(20, &[]).unwrap(), Message::SubscribeStatesRequest);
+        assert_eq!(Message::decode(11, &[]).unwrap().name(), "ListEntitiesRequest");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! What it does: both framings (plaintext `00 ‖ varint length ‖ varint type ‖ protobuf`, and Noise
 //! `01 ‖ u16 length ‖ payload` with `Noise_NNpsk0_25519_ChaChaPoly_SHA256`, the prologue
 //! `"NoiseAPIInit\0\0"` and the server hello carrying the node name and MAC); the messages
-//! `Hello`, `DeviceInfo`, `Ping` and `Disconnect` with ESPHome's ids and field numbers; a client
+//! `Hello`, `DeviceInfo`, `Ping` and `Disconnect` with ESPHome's ids and field numbers (and the
+//! sensor listing and states, for a device's uptime); a client
 //! machine ([`Client`], what the agent uses) and a device machine ([`Server`], what the
 //! simulator uses).
 //!
@@ -52,5 +53,8 @@ pub mod server;
 mod tests;
 
 pub use client::{ApiError, Client, ClientConfig, ClientEvent, ClientState};
-pub use message::{DeviceInfoResponse, HelloRequest, HelloResponse, Message};
+pub use message::{
+    DeviceInfoResponse, HelloRequest, HelloResponse, ListEntitiesSensorResponse, Message,
+    SensorStateResponse,
+};
 pub use server::{Server, ServerConfig, ServerEvent, ServerState};

@@ -4,10 +4,13 @@
 //! What it does: a plaintext device (`api:` without a key) or a Noise device (`api: encryption:
 //! key:`): the server hello with node name and MAC, the handshake and its rejects ("Handshake MAC
 //! failure" for a wrong key, "Bad indicator byte" for a plaintext client), `Hello` (which since
-//! 2026.1 also authenticates), `DeviceInfo` only after `Hello`, `Ping`, `Disconnect`. Like the
-//! device, it closes the connection without a word on anything malformed or out of order.
-//! What it does not do: sockets, timers, entities, states or logs; messages it does not know are
-//! reported as [`ServerEvent::Ignored`] and otherwise ignored.
+//! 2026.1 also authenticates), `DeviceInfo` only after `Hello`, `Ping`, `Disconnect`, the sensor
+//! list (`ListEntities`: the configured sensors, then done) and `SubscribeStates` (reported as
+//! [`ServerEvent::SubscribeStates`]: the driver sends the states with [`Server::send_state`],
+//! since only it knows their values). Like the device, it closes the connection without a word on
+//! anything malformed or out of order.
+//! What it does not do: sockets, timers, entities other than sensors, or logs; messages it does
+//! not know are reported as [`ServerEvent::Ignored`] and otherwise ignored.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -15,7 +18,10 @@ use std::fmt;
 use bytes::{Bytes, BytesMut};
 
 use super::frame::{self, RawMessage};
-use super::message::{API_VERSION, DeviceInfoResponse, HelloRequest, HelloResponse, Message};
+use super::message::{
+    API_VERSION, DeviceInfoResponse, HelloRequest, HelloResponse, ListEntitiesSensorResponse,
+    Message, SensorStateResponse,
+};
 use super::noise::{
     self, HANDSHAKE_OK, HANDSHAKE_REJECT, Handshake, MAC_FAILURE_REASON, MAX_HANDSHAKE_LEN,
     ServerHello, Transport,
@@ -36,6 +42,8 @@ pub struct ServerConfig {
     pub noise_key: Option<NoiseKey>,
     /// The answer to `DeviceInfoRequest` (the machine fills in `name` and `mac_address`).
     pub device_info: DeviceInfoResponse,
+    /// The sensors `ListEntitiesRequest` lists.
+    pub sensors: Vec<ListEntitiesSensorResponse>,
 }
 
 /// Where the device's side of one connection is.
@@ -60,6 +68,9 @@ pub enum ServerEvent {
     Hello(HelloRequest),
     /// A request the machine answered.
     Served(&'static str),
+    /// The client subscribed to states: send every sensor's state now
+    /// ([`Server::send_state`]).
+    SubscribeStates,
     /// A message the machine does not know; ignored.
     Ignored(u16),
     /// The connection ended, and why.
@@ -117,6 +128,14 @@ impl Server {
     /// Once true, write out what [`Self::poll_transmit`] still yields and close the socket.
     pub fn is_closed(&self) -> bool {
         self.state == ServerState::Closed
+    }
+
+    /// Sends a sensor's state (after [`ServerEvent::SubscribeStates`]); nothing unless
+    /// connected.
+    pub fn send_state(&mut self, state: SensorStateResponse) {
+        if self.state == ServerState::Connected {
+            self.queue(&Message::SensorStateResponse(state));
+        }
     }
 
     /// The next bytes to write, in order.
@@ -354,6 +373,17 @@ impl Server {
                 self.queue(&Message::DeviceInfoResponse(Box::new(info)));
                 self.events
                     .push_back(ServerEvent::Served("DeviceInfoRequest"));
+            }
+            (ServerState::Connected, Message::ListEntitiesRequest) => {
+                for sensor in self.config.sensors.clone() {
+                    self.queue(&Message::ListEntitiesSensorResponse(Box::new(sensor)));
+                }
+                self.queue(&Message::ListEntitiesDoneResponse);
+                self.events
+                    .push_back(ServerEvent::Served("ListEntitiesRequest"));
+            }
+            (ServerState::Connected, Message::SubscribeStatesRequest) => {
+                self.events.push_back(ServerEvent::SubscribeStates);
             }
             (ServerState::Connected, other) => {
                 self.events

@@ -8,9 +8,11 @@ use proptest::prelude::*;
 
 use super::client::{ApiError, Client, ClientConfig, ClientEvent, ClientState};
 use super::frame;
-use super::message::{DeviceInfoResponse, Message};
+use super::message::{
+    DeviceInfoResponse, ListEntitiesSensorResponse, Message, SensorStateResponse,
+};
 use super::noise;
-use super::server::{Server, ServerConfig, ServerState};
+use super::server::{Server, ServerConfig, ServerEvent, ServerState};
 use crate::esphome::NoiseKey;
 
 const CLIENT_ENTROPY: [u8; 32] = [0xC1; 32];
@@ -38,6 +40,16 @@ fn server_config(key: Option<[u8; 32]>) -> ServerConfig {
             friendly_name: "Kitchen".into(),
             ..DeviceInfoResponse::default()
         },
+        sensors: vec![ListEntitiesSensorResponse {
+            object_id: "uptime".into(),
+            key: 77,
+            name: "Uptime".into(),
+            unit_of_measurement: "s".into(),
+            device_class: "duration".into(),
+            state_class: 2,
+            entity_category: 2,
+            ..Default::default()
+        }],
     }
 }
 
@@ -347,6 +359,53 @@ fn client_answers_pings_and_device_disconnects() {
         })
     );
     assert!(c.send(&Message::DeviceInfoRequest).is_err());
+}
+
+#[test]
+fn sensors_are_listed_and_states_sent_by_the_driver() {
+    let mut c = Client::new(client_config(None), CLIENT_ENTROPY);
+    let mut s = Server::new(server_config(None), SERVER_ENTROPY);
+    let exchange = |c: &mut Client, s: &mut Server| {
+        s.handle_input(&drain_client(c));
+        c.handle_input(&drain_server(s)).unwrap();
+        let mut got = Vec::new();
+        while let Some(ev) = c.poll_event() {
+            got.push(ev);
+        }
+        got
+    };
+    exchange(&mut c, &mut s);
+    assert!(matches!(s.poll_event(), Some(ServerEvent::Hello(_))));
+    c.send(&Message::ListEntitiesRequest).unwrap();
+    let got = exchange(&mut c, &mut s);
+    let [
+        ClientEvent::Message(Message::ListEntitiesSensorResponse(sensor)),
+        ClientEvent::Message(Message::ListEntitiesDoneResponse),
+    ] = got.as_slice()
+    else {
+        panic!("{got:?}");
+    };
+    assert!(sensor.is_uptime());
+    c.send(&Message::SubscribeStatesRequest).unwrap();
+    assert!(exchange(&mut c, &mut s).is_empty());
+    assert_eq!(s.poll_event(), Some(ServerEvent::Served("ListEntitiesRequest")));
+    assert_eq!(s.poll_event(), Some(ServerEvent::SubscribeStates));
+    s.send_state(SensorStateResponse {
+        key: 77,
+        state: 42.0,
+        missing_state: false,
+    });
+    c.handle_input(&drain_server(&mut s)).unwrap();
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::Message(Message::SensorStateResponse(
+            SensorStateResponse {
+                key: 77,
+                state: 42.0,
+                missing_state: false,
+            }
+        )))
+    );
 }
 
 proptest! {

@@ -236,6 +236,7 @@ impl Run {
                         wire_bytes: 1,
                         source: None,
                         late: false,
+                        health: crate::health::Health::NotChecked,
                     }
                     .into()
                 } else {

@@ -235,6 +235,7 @@ fn one_zigbee_update_per_network_across_rollouts_and_single_updates() {
             wire_bytes: 1,
             source: None,
             late: false,
+            health: crate::health::Health::NotChecked,
         },
     );
     assert_eq!(dispatched_tasks(&w.step(T0 + 6 * S)), ["t-2"]);
@@ -402,6 +403,7 @@ fn a_success_after_the_server_timed_the_task_out_counts_late() {
         wire_bytes: 1000,
         source: None,
         late,
+        health: crate::health::Health::NotChecked,
     };
     // Only a success marked late moves an ended task.
     w.log

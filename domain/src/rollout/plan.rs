@@ -543,7 +543,7 @@ fn duration(s: u64) -> String {
 }
 
 /// The rollout-wide policies of `spec` in words: the rate, the per-site canaries, the abort
-/// criteria in the order they are checked, then rollback.
+/// criteria in the order they are checked, rollback, then the health window.
 pub fn policies(spec: &RolloutSpec) -> Vec<String> {
     let mut out: Vec<String> = spec
         .rate
@@ -580,6 +580,7 @@ pub fn policies(spec: &RolloutSpec) -> Vec<String> {
             r.scope.name()
         ));
     }
+    out.push(format!("health window: {}", spec.health.describe()));
     out
 }
 

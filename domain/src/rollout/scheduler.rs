@@ -251,8 +251,11 @@ pub struct StageCounts {
     pub unfinished: u32,
     /// Unfinished tasks waiting for their device to wake up (status 5): never failures.
     pub asleep: u32,
-    /// Succeeded (3).
+    /// Succeeded (3) and healthy, or not health-checked.
     pub succeeded: u32,
+    /// Wrote the target version, but the site cannot confirm the device's health (no API, and
+    /// the spec does not accept reachability): ended, not a success.
+    pub unconfirmed: u32,
     /// Failed (4).
     pub failed: u32,
     /// Timed out (7).
@@ -307,7 +310,8 @@ pub fn stage_counts(r: &RolloutView, state: &FleetState, index: usize) -> StageC
             continue;
         };
         match t.phase {
-            TaskPhase::Succeeded => c.succeeded += 1,
+            TaskPhase::Succeeded if t.health.is_success() => c.succeeded += 1,
+            TaskPhase::Succeeded => c.unconfirmed += 1,
             TaskPhase::Failed | TaskPhase::TimedOut => {
                 if t.phase == TaskPhase::Failed {
                     c.failed += 1;
@@ -404,8 +408,13 @@ pub fn verdict(stage: &StageSpec, c: &StageCounts, asleep_done: bool) -> Verdict
                 } else {
                     String::new()
                 };
+                let unconfirmed = if c.unconfirmed > 0 {
+                    format!(", {} unconfirmed not counted", c.unconfirmed)
+                } else {
+                    String::new()
+                };
                 Verdict::Failed(format!(
-                    "stage {}: every device has ended but only {} succeeded, {needed} needed (success threshold {} of {eligible} eligible devices{asleep})",
+                    "stage {}: every device has ended but only {} succeeded, {needed} needed (success threshold {} of {eligible} eligible devices{asleep}{unconfirmed})",
                     stage.name,
                     c.succeeded,
                     describe_threshold(t)

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::HealthPolicy;
 use crate::model::Transport;
 use crate::rollout::abort::AbortCriterion;
 use crate::rollout::rate::Rate;
@@ -326,6 +327,9 @@ pub struct RolloutSpec {
     /// Set only on a rollback that otad created: the rollout it reverts and the image each
     /// device gets back, resolved when it was created.
     pub reverts: Option<Revert>,
+    /// The health gate: how long a device must stay healthy on the target version before its
+    /// task counts as succeeded.
+    pub health: HealthPolicy,
 }
 
 /// [`RolloutSpec`] as stored by `RolloutCreated` v1.
@@ -386,6 +390,7 @@ impl From<RolloutSpecV1> for RolloutSpec {
             canary_per_site: 0,
             rollback: RollbackScope::None,
             reverts: None,
+            health: HealthPolicy::OFF,
         }
     }
 }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use ota_domain::events::{
     AgentConnected, AgentDisconnected, DeviceRemoved, DeviceReported, DomainEvent, TaskFailed,
-    TaskProgressed, TaskSucceeded, streams,
+    TaskProgressed, TaskSucceeded, TaskVerifying, streams,
 };
 use ota_domain::model::{self, Actor, AgentSource, DeviceFacts, Signal};
 use ota_domain::projection::FleetState;
@@ -708,6 +708,9 @@ impl Report<'_> {
         } else {
             0.0
         };
+        if p.verify_until_ms != 0 {
+            return self.verifying(p).await;
+        }
         let event = TaskProgressed {
             attempt: p.attempt,
             status,
@@ -723,6 +726,37 @@ impl Report<'_> {
             Ok(vec![Change::any(
                 streams::task(&p.task_id),
                 vec![event.clone().into()],
+            )])
+        })
+        .await
+    }
+
+    /// The device reports the target version and the agent watches its health: the window's
+    /// length is taken from the report (`verify_until_ms − at_ms`, at most a day), its end from
+    /// the server's clock, so a site whose clock is off moves no deadline.
+    async fn verifying(&self, p: &pb::TaskProgress) -> Result<(), ReportError> {
+        let window_ms = p.verify_until_ms.saturating_sub(p.at_ms);
+        let max_ms = i64::from(super::bounds::MAX_HEALTH_WINDOW_S) * 1000;
+        if !(0..=max_ms).contains(&window_ms) {
+            return Err(ReportError::Refused(format!(
+                "a health window of {window_ms} ms is not 0 .. {max_ms}"
+            )));
+        }
+        let until_ms = self
+            .app
+            .now()
+            .plus_ms(u64::try_from(window_ms).unwrap_or_default());
+        self.record(|state| {
+            check_task(state, &p.task_id, p.attempt, self.site)?;
+            let event = TaskVerifying {
+                attempt: p.attempt,
+                until_ms,
+                to: state.tasks[&p.task_id].created.target.clone(),
+                source: self.source.clone(),
+            };
+            Ok(vec![Change::any(
+                streams::task(&p.task_id),
+                vec![event.into()],
             )])
         })
         .await
@@ -768,6 +802,7 @@ impl Report<'_> {
                     wire_bytes: r.wire_bytes,
                     source: self.source.clone(),
                     late,
+                    health: convert::health_from(r.health),
                 }
                 .into(),
                 Err(error) => TaskFailed {

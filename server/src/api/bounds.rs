@@ -49,6 +49,8 @@ pub const MAX_DEVICE_TIMEOUT_S: u32 = 24 * 3600;
 pub const MAX_BATCH_CHECK_TIMEOUT_S: u32 = 3600;
 /// Longest wake-up budget for sleeping devices, seconds (30 days).
 pub const MAX_WAKE_TIMEOUT_S: u32 = 30 * 24 * 3600;
+/// Longest health window, seconds (a day).
+pub const MAX_HEALTH_WINDOW_S: u32 = 24 * 3600;
 /// Most per-site time zones one spec may name.
 pub const MAX_SITE_TIMEZONES: usize = 1000;
 /// Abort criteria in a rollout spec.

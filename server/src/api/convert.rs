@@ -4,6 +4,7 @@
 //! message a person can act on; conversions *out of* the domain cannot fail.
 
 use ota_domain::events::Exclusion;
+use ota_domain::health::{Health, HealthPolicy};
 use ota_domain::model::{
     Actor, DeviceFacts, EspFacts, FirmwareFormat, PowerSource, Signal, Transport,
     TransportInstance, VersionInfo, ZigbeeFacts,
@@ -26,8 +27,9 @@ use ota_proto::v1 as pb;
 
 use super::bounds::{
     MAX_ABORT_CRITERIA, MAX_ATTEMPTS, MAX_BATCH_CHECK_TIMEOUT_S, MAX_CANARY_PER_SITE,
-    MAX_CONCURRENCY, MAX_DEVICE_TIMEOUT_S, MAX_MIN_FINISHED, MAX_SELECTOR_VALUES,
-    MAX_SITE_TIMEZONES, MAX_SPEC_NAME, MAX_STAGE_TIMER_S, MAX_STAGES, MAX_WAKE_TIMEOUT_S,
+    MAX_CONCURRENCY, MAX_DEVICE_TIMEOUT_S, MAX_HEALTH_WINDOW_S, MAX_MIN_FINISHED,
+    MAX_SELECTOR_VALUES, MAX_SITE_TIMEZONES, MAX_SPEC_NAME, MAX_STAGE_TIMER_S, MAX_STAGES,
+    MAX_WAKE_TIMEOUT_S,
 };
 use crate::quote::quote;
 
@@ -380,6 +382,28 @@ pub fn task(t: &TaskView) -> pb::Task {
         bytes_total: t.bytes_total,
         late: t.late,
         phase_deadline_ms: t.timeout_at_ms.map_or(0, UnixMillis::as_i64),
+        verifying_until_ms: t.verifying_until_ms.map_or(0, UnixMillis::as_i64),
+        health: health(t.health),
+    }
+}
+
+/// A success's health on the wire.
+pub fn health(h: Health) -> i32 {
+    (match h {
+        Health::NotChecked => pb::TaskHealth::NotChecked,
+        Health::Healthy => pb::TaskHealth::Healthy,
+        Health::Reachable => pb::TaskHealth::Reachable,
+        Health::Unconfirmed => pb::TaskHealth::Unconfirmed,
+    }) as i32
+}
+
+/// A success's health from the wire (an agent's result); unknown values are not-checked.
+pub fn health_from(v: i32) -> Health {
+    match pb::TaskHealth::try_from(v) {
+        Ok(pb::TaskHealth::Healthy) => Health::Healthy,
+        Ok(pb::TaskHealth::Reachable) => Health::Reachable,
+        Ok(pb::TaskHealth::Unconfirmed) => Health::Unconfirmed,
+        Ok(pb::TaskHealth::NotChecked) | Err(_) => Health::NotChecked,
     }
 }
 
@@ -396,6 +420,8 @@ pub fn counts<'a>(tasks: impl IntoIterator<Item = &'a TaskView>) -> pb::TaskCoun
             TaskPhase::WaitingForWakeup => c.waiting_for_wakeup += 1,
             TaskPhase::Updating => c.updating += 1,
             TaskPhase::Downloaded => c.downloaded += 1,
+            TaskPhase::Verifying => c.verifying += 1,
+            TaskPhase::Succeeded if !t.health.is_success() => c.unconfirmed += 1,
             TaskPhase::Succeeded => c.succeeded += 1,
             TaskPhase::Failed => c.failed += 1,
             TaskPhase::TimedOut => c.timed_out += 1,
@@ -949,6 +975,7 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
     let abort_criteria = abort_criteria_from_pb(&s.abort_criteria)?;
     let rate = rate::rate_from_pb(s.rate.as_ref())?;
     let rollback = rollback_scope_from(s.rollback, "spec.rollback")?;
+    let health = health_from_pb(s.health.as_ref())?;
     Ok(RolloutSpec {
         name: clip(name),
         firmware_id: s.firmware_id.trim().to_string(),
@@ -980,6 +1007,31 @@ pub fn spec_from_pb(s: &pb::RolloutSpec) -> SpecResult<RolloutSpec> {
         canary_per_site: s.canary_per_site,
         rollback,
         reverts: None,
+        health,
+    })
+}
+
+/// The health gate: unset is the default (ESPHome 2 min, Zigbee 10 min).
+fn health_from_pb(h: Option<&pb::HealthPolicy>) -> SpecResult<HealthPolicy> {
+    let Some(h) = h else {
+        return Ok(HealthPolicy::default());
+    };
+    at_most(
+        "spec.health.esphome_window_s",
+        h.esphome_window_s,
+        MAX_HEALTH_WINDOW_S,
+        " (24 h)",
+    )?;
+    at_most(
+        "spec.health.zigbee_window_s",
+        h.zigbee_window_s,
+        MAX_HEALTH_WINDOW_S,
+        " (24 h)",
+    )?;
+    Ok(HealthPolicy {
+        esphome_window_s: h.esphome_window_s,
+        zigbee_window_s: h.zigbee_window_s,
+        accept_reachability: h.accept_reachability,
     })
 }
 
@@ -1652,6 +1704,11 @@ pub fn spec_to_pb(s: &RolloutSpec) -> pb::RolloutSpec {
         rate: s.rate.as_ref().map(rate::rate_to_pb),
         canary_per_site: s.canary_per_site,
         rollback: rollback_scope_to(s.rollback),
+        health: Some(pb::HealthPolicy {
+            esphome_window_s: s.health.esphome_window_s,
+            zigbee_window_s: s.health.zigbee_window_s,
+            accept_reachability: s.health.accept_reachability,
+        }),
     }
 }
 
@@ -1686,6 +1743,7 @@ mod tests {
         assert_eq!(s.stages[1].deadline_s, 24 * 3600);
         assert_eq!(s.failure_budget, FailureBudget::Default);
         assert_eq!(s.wake_timeout_s(), 7 * 24 * 3600);
+        assert_eq!(s.health, HealthPolicy::default(), "the health gate is on by default");
         // Round trip through the wire keeps it.
         assert_eq!(spec_from_pb(&spec_to_pb(&s)).unwrap(), s);
     }
@@ -1838,6 +1896,15 @@ mod tests {
         };
         type Edit<'a> = &'a dyn Fn(&mut pb::RolloutSpec);
         let cases: Vec<(Edit<'_>, &str)> = vec![
+            (
+                &|p| {
+                    p.health = Some(pb::HealthPolicy {
+                        zigbee_window_s: 86_401,
+                        ..Default::default()
+                    })
+                },
+                "spec.health.zigbee_window_s is 86401: at most 86400 (24 h)",
+            ),
             (
                 &|p| p.name = " ".into(),
                 "spec.name is required (at most 200 characters)",

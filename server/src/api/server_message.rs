@@ -62,6 +62,8 @@ fn update(u: Update) -> pb::UpdateCommand {
         timeout_s: u.timeout_s,
         flash_offset: u.flash_offset,
         wake_timeout_s: u.wake_timeout_s,
+        health_window_s: u.health_window_s,
+        accept_reachability: u.accept_reachability,
     }
 }
 

@@ -6,7 +6,9 @@
 //! What it does: keep the state behind a mutex and publish power changes on a `watch` channel,
 //! so every listener can close its port while the device is down and reopen it when it is back;
 //! run the reboot timer (tokio time, pausable in tests); decide at reboot whether the device
-//! comes back on the new image, rolls back, or stays down.
+//! comes back on the new image, rolls back, or stays down; and what a new image does once up
+//! (a reboot loop, or a reset into the previous image before it was marked valid); keep the
+//! uptime of the running image for the API's `uptime` sensor.
 //! What it does not do: speak any protocol (listeners do) or validate images (the native OTA
 //! listener's backend does, as the device's OTA backend would).
 
@@ -66,12 +68,40 @@ pub enum Fault {
     /// After the next install the device comes back on the version it ran before (the
     /// bootloader rolled back).
     RollbackAfterReboot,
+    /// After the next install the device boots the new image and reboots every `after` of
+    /// uptime (a crash or watchdog reset: a reboot loop), until [`DeviceModel::clear_faults`].
+    RebootLoop {
+        /// Uptime before each reboot.
+        after: Duration,
+    },
+    /// After the next install the device boots the new image, answers on it for `after`, then
+    /// resets before the image was marked valid, and the bootloader boots the previous image
+    /// (ESP-IDF's app rollback): it comes back on the version it ran before.
+    FallBackAfter {
+        /// Uptime on the new image before the reset.
+        after: Duration,
+    },
 }
 
 impl Fault {
     fn is_reboot_fault(&self) -> bool {
-        matches!(self, Self::StaysDownAfterReboot | Self::RollbackAfterReboot)
+        matches!(
+            self,
+            Self::StaysDownAfterReboot
+                | Self::RollbackAfterReboot
+                | Self::RebootLoop { .. }
+                | Self::FallBackAfter { .. }
+        )
     }
+}
+
+/// What a booted image does by itself (from a reboot fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterBoot {
+    /// Reboots after this uptime, every boot.
+    Loop(Duration),
+    /// Resets after this uptime into the previous image, once.
+    FallBack(Duration),
 }
 
 /// How an upload ended.
@@ -138,6 +168,12 @@ struct State {
     epoch: u64,
     /// Version and project name of an installed image the device has not booted yet.
     pending: Option<(String, Option<String>)>,
+    /// Version and project name the device ran before its last install.
+    previous: Option<(String, Option<String>)>,
+    /// When the running image booted (tokio time).
+    booted_at: tokio::time::Instant,
+    /// What the running image does by itself.
+    after_boot: Option<AfterBoot>,
 }
 
 /// A handle on the simulated device; clones share it.
@@ -203,6 +239,9 @@ impl DeviceModel {
                 reboot_time,
                 epoch: 0,
                 pending: None,
+                previous: None,
+                booted_at: tokio::time::Instant::now(),
+                after_boot: None,
             })),
             power: Arc::new(power),
         }
@@ -230,6 +269,16 @@ impl DeviceModel {
     /// Project name of the running firmware.
     pub fn project_name(&self) -> String {
         self.lock().snapshot.project_name.clone()
+    }
+
+    /// How long the running image has been up (0 while down), as its `uptime` sensor says.
+    pub fn uptime(&self) -> Duration {
+        let st = self.lock();
+        if st.snapshot.power == Power::Up {
+            st.booted_at.elapsed()
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// The power state.
@@ -270,9 +319,11 @@ impl DeviceModel {
         self.lock().faults.push(Armed { fault, once: true });
     }
 
-    /// Disarms every fault.
+    /// Disarms every fault (a reboot loop stops).
     pub fn clear_faults(&self) {
-        self.lock().faults.clear();
+        let mut st = self.lock();
+        st.faults.clear();
+        st.after_boot = None;
     }
 
     /// The connection faults for a new connection; one-shot ones are used up.
@@ -367,6 +418,14 @@ impl DeviceModel {
                     st.pending = None;
                     model.boot(&mut st);
                 }
+                Some(Fault::RebootLoop { after }) => {
+                    st.after_boot = Some(AfterBoot::Loop(after));
+                    model.boot(&mut st);
+                }
+                Some(Fault::FallBackAfter { after }) => {
+                    st.after_boot = Some(AfterBoot::FallBack(after));
+                    model.boot(&mut st);
+                }
                 _ => model.boot(&mut st),
             }
         });
@@ -375,13 +434,53 @@ impl DeviceModel {
     /// Comes up, on the pending image if there is one.
     fn boot(&self, st: &mut State) {
         if let Some((version, project)) = st.pending.take() {
-            st.snapshot.version = version;
+            let before = (
+                std::mem::replace(&mut st.snapshot.version, version),
+                Some(st.snapshot.project_name.clone()),
+            );
+            st.previous = Some(before);
             if let Some(p) = project {
                 st.snapshot.project_name = p;
             }
         }
         st.snapshot.boots += 1;
+        st.booted_at = tokio::time::Instant::now();
         self.set_power(st, Power::Up);
+        if let Some(after_boot) = st.after_boot {
+            self.schedule(st.epoch, after_boot);
+        }
+    }
+
+    /// What the booted image does by itself, unless the device changed power meanwhile.
+    fn schedule(&self, epoch: u64, after_boot: AfterBoot) {
+        let model = self.clone();
+        tokio::spawn(async move {
+            let (AfterBoot::Loop(after) | AfterBoot::FallBack(after)) = after_boot;
+            tokio::time::sleep(after).await;
+            let previous = {
+                let mut st = model.lock();
+                if st.epoch != epoch || st.after_boot != Some(after_boot) {
+                    return;
+                }
+                match after_boot {
+                    AfterBoot::Loop(_) => None,
+                    AfterBoot::FallBack(_) => {
+                        st.after_boot = None;
+                        st.previous.clone()
+                    }
+                }
+            };
+            match previous {
+                Some(image) => {
+                    tracing::info!(version = %image.0, "esphome sim: reset before the image was marked valid; falling back (fault)");
+                    model.reboot_into(Some(image));
+                }
+                None => {
+                    tracing::info!("esphome sim: crashed, rebooting (reboot loop fault)");
+                    model.reboot();
+                }
+            }
+        });
     }
 
     /// Turns the device off now (ports close).

@@ -1,7 +1,8 @@
 //! The tokio driver of the native API client (`ota_devproto::esphome_api`): connect, hello,
-//! `DeviceInfo`, disconnect, within one deadline. Also the plain "does the OTA port answer" probe.
+//! `DeviceInfo` (and, for an update's health window, the `uptime` sensor's first state),
+//! disconnect, within one deadline. Also the plain "does the OTA port answer" probe.
 //!
-//! What it does not do: keep connections open, subscribe to anything, or decide what an answer
+//! What it does not do: keep connections open, follow state changes, or decide what an answer
 //! means for an update (that is the transport).
 
 use std::io;
@@ -86,6 +87,71 @@ pub async fn device_info(
     connect_limit: Duration,
     exchange_limit: Duration,
 ) -> Result<DeviceInfoResponse, ProbeError> {
+    let limits = (connect_limit, exchange_limit);
+    exchange(host, port, key, limits, false)
+        .await
+        .map(|(info, _)| info)
+}
+
+/// As [`device_info`], and the device's uptime in seconds from its `uptime` sensor
+/// (`ListEntities`, then `SubscribeStates` until the sensor's first state); `None` when the
+/// firmware has no such sensor or it has no value yet.
+pub async fn device_info_and_uptime(
+    host: &str,
+    port: u16,
+    key: Option<&NoiseKey>,
+    connect_limit: Duration,
+    exchange_limit: Duration,
+) -> Result<(DeviceInfoResponse, Option<u64>), ProbeError> {
+    exchange(host, port, key, (connect_limit, exchange_limit), true).await
+}
+
+/// What one exchange found so far.
+#[derive(Default)]
+struct Found {
+    info: Option<DeviceInfoResponse>,
+    uptime_key: Option<u32>,
+    uptime: Option<u64>,
+    /// Everything asked for is here: the disconnect request is out.
+    done: bool,
+}
+
+impl Found {
+    /// Takes one message; returns the next request, if any. `done` once there is none.
+    fn take(&mut self, m: Message, want_uptime: bool) -> Option<Message> {
+        match m {
+            Message::DeviceInfoResponse(i) => {
+                self.info = Some(*i);
+                if want_uptime {
+                    return Some(Message::ListEntitiesRequest);
+                }
+                self.done = true;
+            }
+            Message::ListEntitiesSensorResponse(s) if s.is_uptime() => {
+                self.uptime_key = Some(s.key);
+            }
+            Message::ListEntitiesDoneResponse if self.info.is_some() => match self.uptime_key {
+                Some(_) => return Some(Message::SubscribeStatesRequest),
+                None => self.done = true,
+            },
+            Message::SensorStateResponse(st) if Some(st.key) == self.uptime_key => {
+                self.uptime = (!st.missing_state && st.state.is_finite() && st.state >= 0.0)
+                    .then_some(st.state as u64);
+                self.done = true;
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+async fn exchange(
+    host: &str,
+    port: u16,
+    key: Option<&NoiseKey>,
+    (connect_limit, exchange_limit): (Duration, Duration),
+    want_uptime: bool,
+) -> Result<(DeviceInfoResponse, Option<u64>), ProbeError> {
     let addr = format!("{host}:{port}");
     let mut stream = connect(host, port, connect_limit).await?;
     let _ = stream.set_nodelay(true);
@@ -101,20 +167,19 @@ pub async fn device_info(
         },
         rand::random(),
     );
-    let mut info = None;
+    let mut found = Found::default();
     let mut buf = vec![0u8; 4096];
     loop {
         while let Some(ev) = client.poll_event() {
-            match ev {
-                ClientEvent::Connected(_) => {
-                    client.send(&Message::DeviceInfoRequest).map_err(api)?
-                }
-                ClientEvent::Message(Message::DeviceInfoResponse(i)) => {
-                    info = Some(*i);
-                    client.disconnect();
-                }
-                ClientEvent::Disconnected => {}
-                ClientEvent::ServerHello(_) | ClientEvent::Message(_) => {}
+            let next = match ev {
+                ClientEvent::Connected(_) => Some(Message::DeviceInfoRequest),
+                ClientEvent::Message(m) if !found.done => found.take(m, want_uptime),
+                _ => None,
+            };
+            if let Some(next) = next {
+                client.send(&next).map_err(api)?;
+            } else if found.done && client.is_ready() {
+                client.disconnect();
             }
         }
         while let Some(bytes) = client.poll_transmit() {
@@ -123,12 +188,13 @@ pub async fn device_info(
                 break;
             }
         }
-        if !client.is_ready()
-            && let Some(i) = info.take()
+        if found.done
+            && !client.is_ready()
+            && let Some(i) = found.info.take()
         {
             // The disconnect request is out; its answer does not matter.
             let _ = stream.shutdown().await;
-            return Ok(i);
+            return Ok((i, found.uptime));
         }
         tokio::select! {
             r = stream.read(&mut buf) => match r {

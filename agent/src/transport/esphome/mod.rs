@@ -47,6 +47,10 @@
 //!   before the device's `0x45` and "rolled back" (5018) after it; silence is 5018 with "the
 //!   device may run the image". Nothing is ever sent.
 //! - **Probe**: asks the named idle devices now (the server waits for them).
+//! - **Health** (an update's health window, judged by the core): the API's project version and
+//!   the `uptime` sensor's value (ESPHome's `uptime` sensor platform; without one a reboot shows
+//!   only as silence); an API that refuses connections while the OTA port answers is safe mode;
+//!   a device without an API (`api_port = 0`) is only reachable or not.
 //!
 //! The expected version is the firmware's version at the server, or the application version of
 //! the image's `esp_app_desc_t` (ESPHome writes the project version there when downgrade
@@ -142,8 +146,8 @@ use self::native::Timeouts;
 use self::progress::{Reporter, Stage};
 use self::web::{WebError, WebTarget};
 use super::{
-    CheckReport, CommitStage, Commitment, DeviceReport, ProgressSink, RecoverJob, Transport,
-    TransportKind, UpdateJob, UpdateReport, VerifiedImage, VersionInfo,
+    CheckReport, CommitStage, Commitment, DeviceReport, HealthLook, Observation, ProgressSink,
+    RecoverJob, Transport, TransportKind, UpdateJob, UpdateReport, VerifiedImage, VersionInfo,
 };
 use crate::sync::LockExt;
 
@@ -422,6 +426,49 @@ impl EsphomeTransport {
             s.handshake_timeout.min(limit),
         )
         .await
+    }
+
+    /// One look during an update's health window: the API's version and uptime; safe mode when
+    /// the API refuses connections while the OTA port answers; without an API, whether the OTA
+    /// port answers.
+    async fn do_look(&self, device: &str, deadline: Duration) -> HealthLook {
+        let Ok((idx, e)) = self.entry(device) else {
+            return HealthLook::Silent;
+        };
+        let s = &self.settings;
+        let connect = s.connect_timeout.min(deadline);
+        let ota_answers = || api::port_answers(&e.cfg.host, e.cfg.ota_port(), connect);
+        if e.cfg.api_port == 0 {
+            return HealthLook::Reachable(ota_answers().await);
+        }
+        let key = e.secrets.api_key.as_ref();
+        let exchange = s.handshake_timeout.min(deadline);
+        match api::device_info_and_uptime(&e.cfg.host, e.cfg.api_port, key, connect, exchange)
+            .await
+        {
+            Ok((info, uptime_s)) => {
+                self.update_report(idx, |r| apply_info(r, &info));
+                HealthLook::Api {
+                    version: (!info.project_version.is_empty()).then_some(info.project_version),
+                    uptime_s,
+                    safe_mode: false,
+                }
+            }
+            Err(ProbeError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused
+                    && ota_answers().await =>
+            {
+                HealthLook::Api {
+                    version: None,
+                    uptime_s: None,
+                    safe_mode: true,
+                }
+            }
+            Err(err) => {
+                tracing::debug!(device.id = %device, error = %err, "no API answer in the health window");
+                HealthLook::Silent
+            }
+        }
     }
 
     /// Asks the API, then (if it does not answer) whether the OTA port does, by `deadline`.
@@ -1171,6 +1218,17 @@ impl Transport for EsphomeTransport {
     ) -> BoxFuture<'a, Result<UpdateReport, TaskError>> {
         let span = job_span!("esphome recover", job);
         Box::pin(self.do_recover(job, progress).instrument(span))
+    }
+
+    fn observation(&self, device: &str) -> Observation {
+        match self.entry(device) {
+            Ok((_, e)) if e.cfg.api_port != 0 => Observation::Api,
+            _ => Observation::Reachability,
+        }
+    }
+
+    fn look<'a>(&'a self, device: &'a str, deadline: Duration) -> BoxFuture<'a, HealthLook> {
+        Box::pin(self.do_look(device, deadline))
     }
 
     fn probe<'a>(&'a self, devices: &'a [String]) -> BoxFuture<'a, ()> {

@@ -54,6 +54,8 @@ pub(crate) struct Entry {
     pub cache: StateCache,
     pub state: DeviceState,
     pub available: Option<bool>,
+    /// When the device itself last talked (see `NetEvent::State::talked`).
+    pub heard: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -240,6 +242,9 @@ impl Net {
                 e.cache.apply(&Value::Object(map));
                 // The first state heard (at a start or reconnect) tells nothing new.
                 let talked = !before.is_empty() && without_update(e.cache.map()) != before;
+                if talked {
+                    e.heard = Some(tokio::time::Instant::now());
+                }
                 e.state = DeviceState::from_map(e.cache.map().clone());
                 (e.state.update.clone(), talked)
             };
@@ -297,6 +302,7 @@ impl Net {
                             cache,
                             info,
                             available: None,
+                            heard: None,
                         }
                     }
                 };

@@ -123,6 +123,17 @@ fn task_fields(t: &TaskJson) -> String {
     if t.next_attempt_at_ms > 0 {
         rows.push(("Next attempt", fmt_time(t.next_attempt_at_ms)));
     }
+    if t.verifying_until_ms > 0 {
+        rows.push((
+            "Health",
+            format!(
+                "on the target version; watching its health until {}",
+                fmt_time(t.verifying_until_ms)
+            ),
+        ));
+    } else if t.health != "not-checked" {
+        rows.push(("Health", t.health.clone()));
+    }
     fields(&rows)
 }
 

@@ -86,6 +86,15 @@ count \"2\" or a percentage \"10%\"):
                                      # successes (or after_percent = 10: every 10 % of the
                                      # targets), up to max_per_minute; factor > 1 and <= 5
 
+  [health]                           # success only when the device stays healthy this long
+  esphome_window = \"2m\"              # after it reports the target version: the API keeps
+                                     # answering on it, uptime rising (a rollback, reboot or
+                                     # safe mode fails it, 5022); default 2m; \"none\": off
+  zigbee_window = \"10m\"              # zigbee2mqtt sees the device on it; default 10m
+  accept_reachability = false        # devices without an API (none configured, serial)
+                                     # succeed when reachable; else they end \"unconfirmed\",
+                                     # which is no success for the stage
+
   [concurrency]                      # 0 or absent: server defaults
   global = 50
   per_site = 10
@@ -301,6 +310,15 @@ pub struct SpecFlags {
     /// each ran before (default none).
     #[arg(long, value_enum, value_name = "DEVICES")]
     pub rollback: Option<RollbackArg>,
+    /// Health window for every transport (default 2m ESPHome, 10m Zigbee; "none" for off):
+    /// after a device reports the target version it must stay healthy this long before its
+    /// task counts as succeeded (a rollback, reboot loop or safe mode fails it with 5022).
+    #[arg(long, value_parser = values::parse_duration_or_none, value_name = "DURATION|none")]
+    pub health_window: Option<Duration>,
+    /// Devices without an API (none configured, serial) succeed when reachable at the end of
+    /// their health window, rather than ending "unconfirmed" (no success for the stage).
+    #[arg(long)]
+    pub accept_reachability: bool,
     /// Attempts per device, including the first.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,

@@ -140,6 +140,13 @@ pub fn rollout(r: &RolloutJson) -> String {
         );
     }
     rollback_rows(r, &mut rows);
+    if let Some(h) = spec.and_then(|s| s.health) {
+        let at = rows
+            .iter()
+            .position(|(k, _)| *k == "Failure budget")
+            .map_or(rows.len(), |i| i + 1);
+        rows.insert(at, ("Health window", h.to_string()));
+    }
     let mut out = fields(&rows);
     let mut t = table(&[
         "#", "stage", "size", "state", "devices", "counts", "deadline", "soak",

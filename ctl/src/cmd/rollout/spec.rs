@@ -72,6 +72,22 @@ pub struct RawSpec {
     pub canary_per_site: Option<i64>,
     /// none | failed | all.
     pub rollback: Option<String>,
+    /// The health gate.
+    pub health: Option<RawHealth>,
+}
+
+/// `[health]`: how long a device must stay healthy on the target version before its task
+/// counts as succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// ESPHome (and serial) devices; absent: 2 minutes; "none" or 0: no gate.
+    pub esphome_window: Option<DurationValue>,
+    /// Zigbee devices; absent: 10 minutes; "none" or 0: no gate.
+    pub zigbee_window: Option<DurationValue>,
+    /// Devices without an API succeed when reachable rather than ending unconfirmed.
+    #[serde(default)]
+    pub accept_reachability: bool,
 }
 
 /// `[[abort]]`.
@@ -414,6 +430,11 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
         }),
         canary_per_site: f.canary_per_site.map(i64::from),
         rollback: f.rollback.map(|r| rollback_name(r).to_string()),
+        health: (f.health_window.is_some() || f.accept_reachability).then(|| RawHealth {
+            esphome_window: f.health_window.map(secs),
+            zigbee_window: f.health_window.map(secs),
+            accept_reachability: f.accept_reachability,
+        }),
     }
 }
 
@@ -472,6 +493,8 @@ pub fn flags_given(f: &SpecFlags) -> bool {
         || !f.abort.is_empty()
         || f.max_per_minute.is_some()
         || f.rollback.is_some()
+        || f.health_window.is_some()
+        || f.accept_reachability
         || f.concurrency.is_some()
         || f.window.is_some()
         || f.upgrade_type.is_some()
@@ -630,6 +653,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
     let abort_criteria = abort_criteria(&mut p, &raw.abort);
     let rate = raw.rate.as_ref().map(|r| rate::rate(&mut p, r));
     let rollback = rollback(&mut p, raw.rollback.as_deref());
+    let health = raw.health.as_ref().map(|h| health(&mut p, h));
 
     let spec = pb::RolloutSpec {
         name,
@@ -654,6 +678,7 @@ pub fn validate(raw: &RawSpec, source: &str) -> Result<pb::RolloutSpec, SpecErro
         rate,
         canary_per_site,
         rollback: rollback as i32,
+        health,
     };
     if p.0.is_empty() {
         Ok(spec)
@@ -755,6 +780,30 @@ fn failure_budget(p: &mut Problems, raw: Option<&ThresholdValue>) -> Option<pb::
             .map(|t| pb::FailureBudget {
                 budget: Some(pb::failure_budget::Budget::Limit(t)),
             }),
+    }
+}
+
+/// The longest health window (otad's bound): a day.
+const MAX_HEALTH_WINDOW_S: u32 = 24 * 3600;
+
+/// `[health]`: absent windows are the defaults (2 minutes ESPHome, 10 minutes Zigbee); "none"
+/// or 0 switches the gate off for that transport.
+fn health(p: &mut Problems, raw: &RawHealth) -> pb::HealthPolicy {
+    let mut window = |field: &str, v: Option<&DurationValue>, default: u32| {
+        let s = match v {
+            None => default,
+            Some(DurationValue::Text(t)) if matches!(t.trim(), "none" | "off") => 0,
+            Some(d) => p.secs(field, Some(d)),
+        };
+        if s > MAX_HEALTH_WINDOW_S {
+            p.add(field, format!("{} is longer than a day", values::fmt_secs(u64::from(s))));
+        }
+        s
+    };
+    pb::HealthPolicy {
+        esphome_window_s: window("health.esphome_window", raw.esphome_window.as_ref(), 120),
+        zigbee_window_s: window("health.zigbee_window", raw.zigbee_window.as_ref(), 600),
+        accept_reachability: raw.accept_reachability,
     }
 }
 

@@ -128,6 +128,8 @@ pub struct SpecJson {
     /// What otad rolls back when a threshold or criterion stops the rollout: none, failed or
     /// all.
     pub rollback: &'static str,
+    /// The health gate (null: the server's defaults).
+    pub health: Option<HealthJson>,
 }
 
 /// How many devices a rollout starts per minute.
@@ -199,6 +201,39 @@ pub fn rollback_scope_name(scope: i32) -> &'static str {
         Ok(pb::RollbackScope::Failed) => "failed",
         Ok(pb::RollbackScope::All) => "all",
         _ => "none",
+    }
+}
+
+/// The health gate: how long a device must stay healthy on the target version before its task
+/// counts as succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HealthJson {
+    /// ESPHome and serial devices, seconds (0: no gate).
+    pub esphome_window_s: u32,
+    /// Zigbee devices, seconds (0: no gate).
+    pub zigbee_window_s: u32,
+    /// Devices without an API succeed when reachable (else they end unconfirmed).
+    pub accept_reachability: bool,
+}
+
+impl std::fmt::Display for HealthJson {
+    /// `ESPHome 2m, Zigbee 10m; devices without an API end unconfirmed`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let w = |s: u32| match s {
+            0 => "off".to_string(),
+            s => crate::values::fmt_secs(u64::from(s)),
+        };
+        write!(
+            f,
+            "ESPHome {}, Zigbee {}; devices without an API {}",
+            w(self.esphome_window_s),
+            w(self.zigbee_window_s),
+            if self.accept_reachability {
+                "succeed when reachable"
+            } else {
+                "end unconfirmed"
+            }
+        )
     }
 }
 
@@ -392,6 +427,11 @@ impl SpecJson {
             rate: s.rate.as_ref().map(RateJson::new),
             canary_per_site: s.canary_per_site,
             rollback: rollback_scope_name(s.rollback),
+            health: s.health.map(|h| HealthJson {
+                esphome_window_s: h.esphome_window_s,
+                zigbee_window_s: h.zigbee_window_s,
+                accept_reachability: h.accept_reachability,
+            }),
         }
     }
 }
@@ -413,8 +453,12 @@ pub struct CountsJson {
     pub awaiting_confirmation: u32,
     /// On the device, applying.
     pub downloaded: u32,
-    /// Succeeded.
+    /// On the target version; its site watches its health.
+    pub verifying: u32,
+    /// Succeeded (healthy, or not health-checked).
     pub succeeded: u32,
+    /// Target version written, health unknown (no API): not a success.
+    pub unconfirmed: u32,
     /// Failed.
     pub failed: u32,
     /// Timed out.
@@ -436,7 +480,9 @@ impl CountsJson {
             waiting_for_wakeup: c.waiting_for_wakeup,
             awaiting_confirmation: c.awaiting_confirmation,
             downloaded: c.downloaded,
+            verifying: c.verifying,
             succeeded: c.succeeded,
+            unconfirmed: c.unconfirmed,
             failed: c.failed,
             timed_out: c.timed_out,
             skipped: c.skipped,
@@ -447,7 +493,12 @@ impl CountsJson {
 
     /// Tasks that ended one way or another.
     pub fn done(&self) -> u32 {
-        self.succeeded + self.failed + self.timed_out + self.skipped + self.cancelled
+        self.succeeded
+            + self.unconfirmed
+            + self.failed
+            + self.timed_out
+            + self.skipped
+            + self.cancelled
     }
 
     /// Non-zero counts as (name, count), in a fixed order, for compact display.
@@ -459,7 +510,9 @@ impl CountsJson {
             ("waiting-for-wakeup", self.waiting_for_wakeup),
             ("awaiting-confirmation", self.awaiting_confirmation),
             ("downloaded", self.downloaded),
+            ("verifying", self.verifying),
             ("succeeded", self.succeeded),
+            ("unconfirmed", self.unconfirmed),
             ("failed", self.failed),
             ("timed-out", self.timed_out),
             ("skipped", self.skipped),

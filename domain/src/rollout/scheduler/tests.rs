@@ -100,6 +100,7 @@ fn spec(stages: Vec<StageSpec>) -> RolloutSpec {
         canary_per_site: 0,
         rollback: RollbackScope::None,
         reverts: None,
+        health: crate::health::HealthPolicy::OFF,
     }
 }
 
@@ -232,6 +233,30 @@ impl Given {
 
     fn succeeded(&mut self, at: UnixMillis, device: &str) -> &mut Self {
         self.dispatched(at, device);
+        self.verdict(at, device, crate::health::Health::NotChecked)
+    }
+
+    /// The device reports the target version; its site watches it until `until`.
+    fn verifying(&mut self, at: UnixMillis, device: &str, until: UnixMillis) -> &mut Self {
+        self.dispatched(at, device);
+        let id = self.task_of(device);
+        self.event(
+            at,
+            &streams::task(&id),
+            TaskVerifying {
+                attempt: 1,
+                until_ms: until,
+                to: VersionInfo {
+                    version: "2.0.0".into(),
+                    ..Default::default()
+                },
+                source: None,
+            },
+        )
+    }
+
+    /// The attempt sent earlier succeeds with `health`.
+    fn verdict(&mut self, at: UnixMillis, device: &str, health: crate::health::Health) -> &mut Self {
         let id = self.task_of(device);
         self.event(
             at,
@@ -246,6 +271,7 @@ impl Given {
                 duration_ms: 1000,
                 wire_bytes: 1000,
                 late: false,
+                health,
                 source: Some(AgentSource {
                     agent_id: "agent".into(),
                     seq: self.seq,
@@ -1466,5 +1492,37 @@ fn an_abort_criterion_with_action_rollback_aborts_and_reverts_the_failed_devices
     assert_eq!(
         created.spec.reverts.as_ref().map(|r| r.scope),
         Some(RollbackScope::Failed)
+#[test]
+fn only_healthy_successes_count_and_verifying_devices_are_unfinished() {
+    use crate::health::Health;
+    let mut g = Given::fleet(&["a/1", "a/2", "b/1"]);
+    let mut all = stage("all", StageSize::CumulativePercent(100.0));
+    all.success_threshold = Some(Threshold::Percent(100.0));
+    g.started(T0, spec(vec![all]));
+    g.step(T0 + S);
+    g.verifying(T0 + 10 * S, "a/1", T0 + 130 * S);
+    g.verifying(T0 + 10 * S, "a/2", T0 + 130 * S);
+    g.succeeded(T0 + 10 * S, "b/1");
+    let task = &g.state.tasks[&g.task_of("a/1")];
+    assert_eq!(task.phase, TaskPhase::Verifying);
+    assert!(!task.phase.holds_slot() && !task.phase.is_cancellable());
+    assert_eq!(task.timeout_at_ms, Some(T0 + 130 * S + crate::projection::VERDICT_GRACE));
+    let c = stage_counts(g.rollout(), &g.state, 0);
+    assert_eq!((c.unfinished, c.succeeded), (2, 1));
+    let d = g.when(T0 + 60 * S);
+    assert!(d.rollout_events.is_empty(), "{d:?}");
+
+    g.verdict(T0 + 130 * S, "a/1", Health::Healthy);
+    g.verdict(T0 + 130 * S, "a/2", Health::Unconfirmed);
+    let c = stage_counts(g.rollout(), &g.state, 0);
+    assert_eq!((c.unfinished, c.succeeded, c.unconfirmed), (0, 2, 1));
+    let d = g.step(T0 + 131 * S);
+    let Some(DomainEvent::StageFailed(f)) = d.rollout_events.first() else {
+        panic!("{d:?}");
+    };
+    assert!(
+        f.reason.contains("only 2 succeeded, 3 needed") && f.reason.contains("1 unconfirmed not counted"),
+        "{}",
+        f.reason
     );
 }
