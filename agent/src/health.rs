@@ -82,6 +82,7 @@ fn sample(look: HealthLook, clock: &Clock) -> Sample {
 }
 
 /// One device's health window, from now.
+#[derive(Debug)]
 pub struct HealthRun<'a> {
     transport: &'a dyn Transport,
     device: String,
@@ -126,7 +127,8 @@ impl<'a> HealthRun<'a> {
         let end = self.clock.at + self.watch.until().since(self.clock.of(self.clock.at));
         loop {
             let look = self.transport.look(&self.device, interval).await;
-            self.watch.observe(sample(look, &self.clock), self.clock.now());
+            self.watch
+                .observe(sample(look, &self.clock), self.clock.now());
             if let Some(v) = self.watch.verdict(self.clock.now()) {
                 return verdict(v);
             }

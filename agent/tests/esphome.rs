@@ -638,9 +638,16 @@ mod health {
         assert!(run.verdict_now().is_none());
         let began = tokio::time::Instant::now();
         assert_eq!(run.run().await, Ok(Health::Healthy));
-        assert!(began.elapsed() >= Duration::from_secs(3), "the whole window");
+        assert!(
+            began.elapsed() >= Duration::from_secs(3),
+            "the whole window"
+        );
         assert!(node.device().uptime() >= Duration::from_secs(3));
-        assert_eq!(node.device().snapshot().boots, 2, "one reboot: into the image");
+        assert_eq!(
+            node.device().snapshot().boots,
+            2,
+            "one reboot: into the image"
+        );
     }
 
     #[tokio::test]
@@ -669,7 +676,10 @@ mod health {
             .run()
             .await
             .unwrap_err();
-        assert_eq!(e, TaskError::new(ErrorCode::Unhealthy, "the device rolled back to 1.0.0"));
+        assert_eq!(
+            e,
+            TaskError::new(ErrorCode::Unhealthy, "the device rolled back to 1.0.0")
+        );
         assert_eq!(node.device().current_version(), "1.0.0");
     }
 
@@ -681,7 +691,10 @@ mod health {
             .run()
             .await
             .unwrap_err();
-        assert_eq!(e, TaskError::new(ErrorCode::Unhealthy, "the device fell back to safe mode"));
+        assert_eq!(
+            e,
+            TaskError::new(ErrorCode::Unhealthy, "the device fell back to safe mode")
+        );
     }
 
     #[tokio::test]
@@ -700,6 +713,10 @@ mod health {
             .run()
             .await
             .unwrap_err();
-        assert!(e.message.contains("not reachable at the end"), "{}", e.message);
+        assert!(
+            e.message.contains("not reachable at the end"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -475,7 +475,9 @@ mod tests {
             },
             at(5),
         );
-        assert!(matches!(w.verdict(at(5)), Some(Verdict::Failed(e)) if e.message.contains("safe mode")));
+        assert!(
+            matches!(w.verdict(at(5)), Some(Verdict::Failed(e)) if e.message.contains("safe mode"))
+        );
         let mut w = watch(Observation::Api, false);
         w.observe(api("2.0.0", 3), at(0));
         w.observe(Sample::Silent, at(120));
@@ -515,7 +517,9 @@ mod tests {
         );
         let mut w = watch(Observation::Presence, false);
         w.observe(seen(30, "1.0.0"), at(40));
-        assert!(matches!(w.verdict(at(40)), Some(Verdict::Failed(e)) if e.message == "the device rolled back to 1.0.0"));
+        assert!(
+            matches!(w.verdict(at(40)), Some(Verdict::Failed(e)) if e.message == "the device rolled back to 1.0.0")
+        );
     }
 
     #[test]

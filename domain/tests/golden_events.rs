@@ -663,8 +663,16 @@ fn rollouts_and_successes_before_the_health_gate_upcast_without_it() {
     .unwrap() else {
         panic!("wrong variant");
     };
-    assert_eq!(r.spec.health, HealthPolicy::OFF, "old rollouts keep their behaviour");
-    assert_eq!(r.spec.abort_criteria, spec().abort_criteria, "the rest is kept");
+    assert_eq!(
+        r.spec.health,
+        HealthPolicy::OFF,
+        "old rollouts keep their behaviour"
+    );
+    assert_eq!(
+        r.spec.abort_criteria,
+        spec().abort_criteria,
+        "the rest is kept"
+    );
     let DomainEvent::TaskSucceeded(t) = DomainEvent::decode(
         "TaskSucceeded",
         2,

@@ -59,7 +59,10 @@ impl Agent {
 
     /// Journals the progress report that starts the window (status 6, `verify_until_ms`).
     async fn verifying(&self, u: &pb::UpdateCommand, window: Duration) {
-        info!(window_s = window.as_secs(), "the device runs the target version; watching its health");
+        info!(
+            window_s = window.as_secs(),
+            "the device runs the target version; watching its health"
+        );
         let at_ms = now_ms();
         let body = pb::agent_message::Body::Progress(pb::TaskProgress {
             task_id: u.task_id.clone(),

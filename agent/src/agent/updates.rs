@@ -484,8 +484,14 @@ impl Agent {
 }
 
 /// An attempt's outcome: the transport's report, how long it took (ms) and the device's health.
-pub(super) type Outcome =
-    Result<(crate::transport::UpdateReport, u64, ota_domain::health::Health), TaskError>;
+pub(super) type Outcome = Result<
+    (
+        crate::transport::UpdateReport,
+        u64,
+        ota_domain::health::Health,
+    ),
+    TaskError,
+>;
 
 /// A success's health on the wire.
 fn health_code(h: ota_domain::health::Health) -> i32 {

@@ -387,16 +387,18 @@ mod tests {
         assert_eq!(
             &sensor.payload()[..],
             &h(concat!(
-                "0a 06 757074696d65",       // 1 object_id
-                "15 04030201",              // 2 key, fixed32 little-endian
-                "1a 06 557074696d65",       // 3 name
-                "32 01 73",                 // 6 unit "s"
-                "4a 08 6475726174696f6e",   // 9 device_class
-                "50 02",                    // 10 state_class
-                "68 02",                    // 13 entity_category
+                "0a 06 757074696d65",     // 1 object_id
+                "15 04030201",            // 2 key, fixed32 little-endian
+                "1a 06 557074696d65",     // 3 name
+                "32 01 73",               // 6 unit "s"
+                "4a 08 6475726174696f6e", // 9 device_class
+                "50 02",                  // 10 state_class
+                "68 02",                  // 13 entity_category
             ))[..]
         );
-        let Message::ListEntitiesSensorResponse(back) = Message::decode(16, &sensor.payload()).unwrap() else {
+        let Message::ListEntitiesSensorResponse(back) =
+            Message::decode(16, &sensor.payload()).unwrap()
+        else {
             panic!()
         };
         assert!(back.is_uptime());
@@ -407,8 +409,14 @@ mod tests {
         });
         assert_eq!(&state.payload()[..], &h("0d 04030201 15 0000b442")[..]);
         assert_eq!(Message::decode(25, &state.payload()).unwrap(), state);
-        assert_eq!(Message::decode(20, &[]).unwrap(), Message::SubscribeStatesRequest);
-        assert_eq!(Message::decode(11, &[]).unwrap().name(), "ListEntitiesRequest");
+        assert_eq!(
+            Message::decode(20, &[]).unwrap(),
+            Message::SubscribeStatesRequest
+        );
+        assert_eq!(
+            Message::decode(11, &[]).unwrap().name(),
+            "ListEntitiesRequest"
+        );
     }
 
     #[test]

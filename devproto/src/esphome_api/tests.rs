@@ -388,7 +388,10 @@ fn sensors_are_listed_and_states_sent_by_the_driver() {
     assert!(sensor.is_uptime());
     c.send(&Message::SubscribeStatesRequest).unwrap();
     assert!(exchange(&mut c, &mut s).is_empty());
-    assert_eq!(s.poll_event(), Some(ServerEvent::Served("ListEntitiesRequest")));
+    assert_eq!(
+        s.poll_event(),
+        Some(ServerEvent::Served("ListEntitiesRequest"))
+    );
     assert_eq!(s.poll_event(), Some(ServerEvent::SubscribeStates));
     s.send_state(SensorStateResponse {
         key: 77,

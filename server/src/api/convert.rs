@@ -1743,7 +1743,11 @@ mod tests {
         assert_eq!(s.stages[1].deadline_s, 24 * 3600);
         assert_eq!(s.failure_budget, FailureBudget::Default);
         assert_eq!(s.wake_timeout_s(), 7 * 24 * 3600);
-        assert_eq!(s.health, HealthPolicy::default(), "the health gate is on by default");
+        assert_eq!(
+            s.health,
+            HealthPolicy::default(),
+            "the health gate is on by default"
+        );
         // Round trip through the wire keeps it.
         assert_eq!(spec_from_pb(&spec_to_pb(&s)).unwrap(), s);
     }

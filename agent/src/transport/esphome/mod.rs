@@ -443,8 +443,7 @@ impl EsphomeTransport {
         }
         let key = e.secrets.api_key.as_ref();
         let exchange = s.handshake_timeout.min(deadline);
-        match api::device_info_and_uptime(&e.cfg.host, e.cfg.api_port, key, connect, exchange)
-            .await
+        match api::device_info_and_uptime(&e.cfg.host, e.cfg.api_port, key, connect, exchange).await
         {
             Ok((info, uptime_s)) => {
                 self.update_report(idx, |r| apply_info(r, &info));

@@ -796,7 +796,10 @@ fn health(p: &mut Problems, raw: &RawHealth) -> pb::HealthPolicy {
             Some(d) => p.secs(field, Some(d)),
         };
         if s > MAX_HEALTH_WINDOW_S {
-            p.add(field, format!("{} is longer than a day", values::fmt_secs(u64::from(s))));
+            p.add(
+                field,
+                format!("{} is longer than a day", values::fmt_secs(u64::from(s))),
+            );
         }
         s
     };

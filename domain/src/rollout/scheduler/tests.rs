@@ -256,7 +256,12 @@ impl Given {
     }
 
     /// The attempt sent earlier succeeds with `health`.
-    fn verdict(&mut self, at: UnixMillis, device: &str, health: crate::health::Health) -> &mut Self {
+    fn verdict(
+        &mut self,
+        at: UnixMillis,
+        device: &str,
+        health: crate::health::Health,
+    ) -> &mut Self {
         let id = self.task_of(device);
         self.event(
             at,
@@ -1506,7 +1511,10 @@ fn only_healthy_successes_count_and_verifying_devices_are_unfinished() {
     let task = &g.state.tasks[&g.task_of("a/1")];
     assert_eq!(task.phase, TaskPhase::Verifying);
     assert!(!task.phase.holds_slot() && !task.phase.is_cancellable());
-    assert_eq!(task.timeout_at_ms, Some(T0 + 130 * S + crate::projection::VERDICT_GRACE));
+    assert_eq!(
+        task.timeout_at_ms,
+        Some(T0 + 130 * S + crate::projection::VERDICT_GRACE)
+    );
     let c = stage_counts(g.rollout(), &g.state, 0);
     assert_eq!((c.unfinished, c.succeeded), (2, 1));
     let d = g.when(T0 + 60 * S);
@@ -1521,7 +1529,8 @@ fn only_healthy_successes_count_and_verifying_devices_are_unfinished() {
         panic!("{d:?}");
     };
     assert!(
-        f.reason.contains("only 2 succeeded, 3 needed") && f.reason.contains("1 unconfirmed not counted"),
+        f.reason.contains("only 2 succeeded, 3 needed")
+            && f.reason.contains("1 unconfirmed not counted"),
         "{}",
         f.reason
     );
