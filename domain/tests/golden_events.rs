@@ -685,6 +685,25 @@ fn rollouts_and_successes_before_the_health_gate_upcast_without_it() {
     assert!(t.late, "the rest is kept");
 }
 
+#[test]
+fn version_6_of_rollouts_upcasts_without_the_health_gate() {
+    let golden = read_golden();
+    let DomainEvent::RolloutCreated(r) = DomainEvent::decode(
+        "RolloutCreated",
+        6,
+        &unhex(&golden[&("RolloutCreated".to_string(), 6)]),
+    )
+    .unwrap() else {
+        panic!("wrong variant");
+    };
+    assert_eq!(r.spec.health, HealthPolicy::OFF);
+    assert_eq!(
+        (r.spec.rollback, r.spec.reverts),
+        (spec().rollback, spec().reverts),
+        "the rest is kept"
+    );
+}
+
 // === the projection's snapshot shape ===
 
 fn projection_golden_path() -> std::path::PathBuf {

@@ -465,6 +465,7 @@ impl World {
                         wire_bytes: 1,
                         source: None,
                         late: false,
+                        health: crate::health::Health::NotChecked,
                     },
                 );
             }

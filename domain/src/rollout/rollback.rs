@@ -14,9 +14,9 @@
 //!   image is not in the catalog (or was never recorded) is listed as an exclusion of the
 //!   linked rollout with the reason, never dropped.
 //! - **The linked rollout** ([`rollback_spec`]) has the rollout's gates and limits (concurrency,
-//!   preconditions, window, retries, timeouts), one stage `rollback` over all its devices,
-//!   downgrades allowed, no batch check (its devices were just updated), no abort criteria and
-//!   no rollback of its own. Its id is derived ([`rollback_id`]), so a second creation hits an
+//!   rate, preconditions, window, retries, timeouts, health gate), one stage `rollback` over
+//!   all its devices, downgrades allowed, no batch check (its devices were just updated), no
+//!   abort criteria, no per-site canaries and no rollback of its own. Its id is derived ([`rollback_id`]), so a second creation hits an
 //!   existing stream.
 //! - **At most once.** The rollout's `RolloutRolledBack` (who, why, automatic or not) and the
 //!   linked rollout's `RolloutCreated` are one append ([`NewRollback::changes`]): a crash leaves
@@ -278,8 +278,11 @@ pub fn rollback_spec(r: &RolloutView, revert: Revert) -> RolloutSpec {
         failure_budget: FailureBudget::Default,
         site_timezones: spec.site_timezones.clone(),
         abort_criteria: Vec::new(),
+        rate: spec.rate.clone(),
+        canary_per_site: 0,
         rollback: RollbackScope::None,
         reverts: Some(revert),
+        health: spec.health,
     }
 }
 

@@ -255,6 +255,9 @@ pub enum ErrorCode {
     AgentDisconnected = 5020,
     /// 5021: the device must be updated through its gateway, which is not configured.
     GatewayRequired = 5021,
+    /// 5022: the device took the image but did not stay healthy for its health window (rolled back
+    /// to its previous image, rebooted, fell back to safe mode, or was no longer seen).
+    Unhealthy = 5022,
     /// 5099: anything else; the message carries the transport's own words.
     Other = 5099,
 }
@@ -286,6 +289,7 @@ impl ErrorCode {
             Self::BulkCheckTimeout => "ERROR_CODE_BULK_CHECK_TIMEOUT",
             Self::AgentDisconnected => "ERROR_CODE_AGENT_DISCONNECTED",
             Self::GatewayRequired => "ERROR_CODE_GATEWAY_REQUIRED",
+            Self::Unhealthy => "ERROR_CODE_UNHEALTHY",
             Self::Other => "ERROR_CODE_OTHER",
         }
     }
@@ -313,6 +317,7 @@ impl ErrorCode {
             "ERROR_CODE_BULK_CHECK_TIMEOUT" => Some(Self::BulkCheckTimeout),
             "ERROR_CODE_AGENT_DISCONNECTED" => Some(Self::AgentDisconnected),
             "ERROR_CODE_GATEWAY_REQUIRED" => Some(Self::GatewayRequired),
+            "ERROR_CODE_UNHEALTHY" => Some(Self::Unhealthy),
             "ERROR_CODE_OTHER" => Some(Self::Other),
             _ => None,
         }
@@ -495,6 +500,43 @@ impl SignalKind {
             "SIGNAL_KIND_UNSPECIFIED" => Some(Self::Unspecified),
             "SIGNAL_KIND_LINKQUALITY" => Some(Self::Linkquality),
             "SIGNAL_KIND_RSSI_DBM" => Some(Self::RssiDbm),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum TaskHealth {
+    /// Not checked: no health window applied (gate off, a single update, an agent that does not
+    /// verify), or the task did not succeed.
+    NotChecked = 0,
+    /// Healthy for the whole window.
+    Healthy = 1,
+    /// Reachable at the end of the window, which the spec accepts for devices without an API.
+    Reachable = 2,
+    /// The target version was written but the site cannot ask the device: no success.
+    Unconfirmed = 3,
+}
+impl TaskHealth {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::NotChecked => "TASK_HEALTH_NOT_CHECKED",
+            Self::Healthy => "TASK_HEALTH_HEALTHY",
+            Self::Reachable => "TASK_HEALTH_REACHABLE",
+            Self::Unconfirmed => "TASK_HEALTH_UNCONFIRMED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "TASK_HEALTH_NOT_CHECKED" => Some(Self::NotChecked),
+            "TASK_HEALTH_HEALTHY" => Some(Self::Healthy),
+            "TASK_HEALTH_REACHABLE" => Some(Self::Reachable),
+            "TASK_HEALTH_UNCONFIRMED" => Some(Self::Unconfirmed),
             _ => None,
         }
     }
@@ -1690,6 +1732,10 @@ pub struct TaskProgress {
     pub detail: ::prost::alloc::string::String,
     #[prost(int64, tag = "9")]
     pub at_ms: i64,
+    /// Set once the device reports the target version and the agent watches its health (the
+    /// status is then 6): when the window ends. The result follows when it has.
+    #[prost(int64, tag = "10")]
+    pub verify_until_ms: i64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TaskResult {
@@ -1719,6 +1765,10 @@ pub struct TaskResult {
     /// such a failure automatically, whatever its code: a person looks at the device first.
     #[prost(bool, tag = "10")]
     pub device_may_have_image: bool,
+    /// With status 3: how the device's health was established (TASK_HEALTH_NOT_CHECKED when the
+    /// command asked for no window).
+    #[prost(enumeration = "TaskHealth", tag = "11")]
+    pub health: i32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CheckCommand {
@@ -1782,6 +1832,14 @@ pub struct UpdateCommand {
     /// fails with 5016; 0: the agent's default (7 days).
     #[prost(uint32, tag = "10")]
     pub wake_timeout_s: u32,
+    /// Health window: after the device reports the target version, watch it this long before
+    /// reporting success (ESPHome: API version and uptime; zigbee2mqtt: seen on the version); a
+    /// device that rolls back, reboots or is not seen fails with 5022. 0: succeed at once.
+    #[prost(uint32, tag = "11")]
+    pub health_window_s: u32,
+    /// A device the site cannot ask (no API, serial) succeeds as reachable rather than unconfirmed.
+    #[prost(bool, tag = "12")]
+    pub accept_reachability: bool,
 }
 /// Enough for the agent to download and verify an image.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -2271,6 +2329,13 @@ pub struct Task {
     /// wake-up budget while waiting for a wake-up. 0: none running.
     #[prost(int64, tag = "28")]
     pub phase_deadline_ms: i64,
+    /// While the site watches the device's health after it reported the target version: when the
+    /// window ends. 0: not verifying.
+    #[prost(int64, tag = "29")]
+    pub verifying_until_ms: i64,
+    /// How a success's health was established.
+    #[prost(enumeration = "TaskHealth", tag = "30")]
+    pub health: i32,
 }
 /// Which devices: every set field must match; repeated fields match any of their values.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -4035,6 +4100,9 @@ pub mod abort_criterion {
         Unspecified = 0,
         Pause = 1,
         Abort = 2,
+        /// Abort, and roll back the devices of the spec's `rollback` (the failed ones when it is
+        /// none).
+        Rollback = 3,
     }
     impl Action {
         /// String value of the enum field names used in the ProtoBuf definition.
@@ -4046,6 +4114,7 @@ pub mod abort_criterion {
                 Self::Unspecified => "ACTION_UNSPECIFIED",
                 Self::Pause => "ACTION_PAUSE",
                 Self::Abort => "ACTION_ABORT",
+                Self::Rollback => "ACTION_ROLLBACK",
             }
         }
         /// Creates an enum from field names used in the ProtoBuf definition.
@@ -4054,6 +4123,7 @@ pub mod abort_criterion {
                 "ACTION_UNSPECIFIED" => Some(Self::Unspecified),
                 "ACTION_PAUSE" => Some(Self::Pause),
                 "ACTION_ABORT" => Some(Self::Abort),
+                "ACTION_ROLLBACK" => Some(Self::Rollback),
                 _ => None,
             }
         }
@@ -4166,6 +4236,75 @@ pub struct RolloutSpec {
     /// must then leave its size unset (a spec that sets both is refused). At most 1000.
     #[prost(uint32, tag = "23")]
     pub canary_per_site: u32,
+    /// What otad rolls back when the rollout's thresholds, failure budget or abort criteria stop it
+    /// (pause or abort): nothing, the failed devices, or all the devices it updated or tried to.
+    /// Each device gets back the image it ran before; at most once per rollout.
+    #[prost(enumeration = "RollbackScope", tag = "22")]
+    pub rollback: i32,
+    /// The health gate; unset: ESPHome 2 min, Zigbee 10 min, reachability not accepted.
+    #[prost(message, optional, tag = "21")]
+    pub health: ::core::option::Option<HealthPolicy>,
+}
+/// A rollback between two rollouts, as both show it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RollbackLink {
+    /// The other rollout: the one reverted (`rollback_of`) or the linked one (`rolled_back_by`).
+    #[prost(string, tag = "1")]
+    pub rollout_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "RollbackScope", tag = "2")]
+    pub scope: i32,
+    /// Triggered by the rollout's own thresholds or criteria rather than an operator.
+    #[prost(bool, tag = "3")]
+    pub automatic: bool,
+    /// Who asked (the system for an automatic rollback) and why.
+    #[prost(message, optional, tag = "4")]
+    pub by: ::core::option::Option<Actor>,
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(int64, tag = "6")]
+    pub at_ms: i64,
+}
+/// A device of a rollback and the image it gets back.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevertTarget {
+    #[prost(string, tag = "1")]
+    pub device_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub firmware_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RollbackRolloutRequest {
+    /// The rollout to roll back.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Unset: the spec's `rollback`, else the failed devices.
+    #[prost(enumeration = "RollbackScope", tag = "2")]
+    pub scope: i32,
+    /// Start the linked rollout at once (it stays a draft when it needs approval).
+    #[prost(bool, tag = "3")]
+    pub start: bool,
+    /// Recorded with the rollback.
+    #[prost(string, tag = "4")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// Success only when the device is healthy: after a device reports the target version its site
+/// watches it for a window before the task counts as succeeded. ESPHome: the native API keeps
+/// answering on the target version with a rising uptime (a reboot, safe mode or the previous
+/// version fail the task with 5022: "the device rolled back to 1.0.0"); Zigbee: zigbee2mqtt sees
+/// the device during the window on the target version. Devices the site cannot ask (no native
+/// API configured, serial) end "unconfirmed", which is no success for the stage, unless
+/// `accept_reachability`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HealthPolicy {
+    /// ESPHome (and serial) devices; 0: no gate, the first report of the target version succeeds.
+    #[prost(uint32, tag = "1")]
+    pub esphome_window_s: u32,
+    /// Zigbee devices; 0: no gate.
+    #[prost(uint32, tag = "2")]
+    pub zigbee_window_s: u32,
+    /// Devices the site cannot ask succeed when still reachable at the end of the window.
+    #[prost(bool, tag = "3")]
+    pub accept_reachability: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StageStatus {
@@ -4219,6 +4358,13 @@ pub struct TaskCounts {
     pub skipped: u32,
     #[prost(uint32, tag = "12")]
     pub cancelled: u32,
+    /// The device reports the target version; its site watches its health for the window.
+    #[prost(uint32, tag = "13")]
+    pub verifying: u32,
+    /// Ended with the target version written but the device's health unknown (no API); not
+    /// counted as succeeded (nor in `succeeded`).
+    #[prost(uint32, tag = "14")]
+    pub unconfirmed: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Rollout {
@@ -4260,6 +4406,15 @@ pub struct Rollout {
     /// Four eyes; unset when the rollout needs no approval.
     #[prost(message, optional, tag = "16")]
     pub approval: ::core::option::Option<Approval>,
+    /// This rollout is the rollback of another one.
+    #[prost(message, optional, tag = "17")]
+    pub rollback_of: ::core::option::Option<RollbackLink>,
+    /// This rollout was rolled back by the linked one.
+    #[prost(message, optional, tag = "18")]
+    pub rolled_back_by: ::core::option::Option<RollbackLink>,
+    /// A rollback's devices with the image each gets back, by device id.
+    #[prost(message, repeated, tag = "19")]
+    pub revert_targets: ::prost::alloc::vec::Vec<RevertTarget>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Approval {
@@ -4595,6 +4750,39 @@ impl OnAsleep {
         }
     }
 }
+/// Which devices a rollback reverts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RollbackScope {
+    /// No (automatic) rollback; for `Rollback`: the spec's setting, else the failed devices.
+    None = 0,
+    /// Devices whose task failed or timed out.
+    Failed = 1,
+    /// Failed, timed out and succeeded devices.
+    All = 2,
+}
+impl RollbackScope {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::None => "ROLLBACK_SCOPE_NONE",
+            Self::Failed => "ROLLBACK_SCOPE_FAILED",
+            Self::All => "ROLLBACK_SCOPE_ALL",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ROLLBACK_SCOPE_NONE" => Some(Self::None),
+            "ROLLBACK_SCOPE_FAILED" => Some(Self::Failed),
+            "ROLLBACK_SCOPE_ALL" => Some(Self::All),
+            _ => None,
+        }
+    }
+}
 /// Generated client implementations.
 pub mod rollout_service_client {
     #![allow(
@@ -4852,6 +5040,33 @@ pub mod rollout_service_client {
                 .insert(GrpcMethod::new("ota.v1.RolloutService", "Deny"));
             self.inner.unary(req, path, codec).await
         }
+        /// Rolls a paused, aborted or completed rollout back: creates the linked rollout that installs,
+        /// on its failed (or all its finished) devices, the image each ran before (devices whose
+        /// previous image is not in the catalog are its exclusions, with the reason), and answers with
+        /// it. At most once per rollout. FailedPrecondition for a draft or running rollout, one rolled
+        /// back already, a rollback itself, or no device to revert. Operator role; the linked rollout
+        /// needs approval when otad requires it or the rollout needed it.
+        pub async fn rollback(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RollbackRolloutRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ota.v1.RolloutService/Rollback",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ota.v1.RolloutService", "Rollback"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn get(
             &mut self,
             request: impl tonic::IntoRequest<super::GetRolloutRequest>,
@@ -4977,6 +5192,16 @@ pub mod rollout_service_server {
         async fn deny(
             &self,
             request: tonic::Request<super::RolloutActionRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status>;
+        /// Rolls a paused, aborted or completed rollout back: creates the linked rollout that installs,
+        /// on its failed (or all its finished) devices, the image each ran before (devices whose
+        /// previous image is not in the catalog are its exclusions, with the reason), and answers with
+        /// it. At most once per rollout. FailedPrecondition for a draft or running rollout, one rolled
+        /// back already, a rollback itself, or no device to revert. Operator role; the linked rollout
+        /// needs approval when otad requires it or the rollout needed it.
+        async fn rollback(
+            &self,
+            request: tonic::Request<super::RollbackRolloutRequest>,
         ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status>;
         async fn get(
             &self,
@@ -5423,6 +5648,51 @@ pub mod rollout_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DenySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ota.v1.RolloutService/Rollback" => {
+                    #[allow(non_camel_case_types)]
+                    struct RollbackSvc<T: RolloutService>(pub Arc<T>);
+                    impl<
+                        T: RolloutService,
+                    > tonic::server::UnaryService<super::RollbackRolloutRequest>
+                    for RollbackSvc<T> {
+                        type Response = super::Rollout;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RollbackRolloutRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RolloutService>::rollback(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RollbackSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

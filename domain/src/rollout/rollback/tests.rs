@@ -86,6 +86,7 @@ fn ended(log: &mut Log, device: &str, ok: bool) {
                 wire_bytes: 1000,
                 source: None,
                 late: false,
+                health: crate::health::Health::NotChecked,
             },
         );
     } else {

@@ -1497,6 +1497,9 @@ fn an_abort_criterion_with_action_rollback_aborts_and_reverts_the_failed_devices
     assert_eq!(
         created.spec.reverts.as_ref().map(|r| r.scope),
         Some(RollbackScope::Failed)
+    );
+}
+
 #[test]
 fn only_healthy_successes_count_and_verifying_devices_are_unfinished() {
     use crate::health::Health;
