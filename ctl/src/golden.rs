@@ -546,12 +546,11 @@ fn plan() -> pb::RolloutPlan {
         warnings: vec!["stage wave-1 has no devices".into()],
         policies: vec![
             "rate: at most 30/min, ramp from 2/min ×2 every 5 successes".into(),
-            "abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause".into(),
-        ],
-        target_count: 12,
             "canaries: stage canary takes 2 device(s) from every site and zigbee2mqtt network"
                 .into(),
             "abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause".into(),
+            "health window: ESPHome 2 min, Zigbee 10 min; devices without an API end unconfirmed"
+                .into(),
         ],
         target_count: 14,
     }

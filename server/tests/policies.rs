@@ -394,7 +394,10 @@ async fn a_rate_is_stored_shown_planned_and_checked() {
     let paced = plan(s.clone()).await;
     assert_eq!(
         paced.policies,
-        ["rate: at most 3/min, ramp from 1/min ×3 every 25% of the targets succeeded"]
+        [
+            "rate: at most 3/min, ramp from 1/min ×3 every 25% of the targets succeeded",
+            "health window: ESPHome 2 min, Zigbee 10 min; devices without an API end unconfirmed"
+        ]
     );
     let mut unpaced = s.clone();
     unpaced.rate = None;
@@ -432,6 +435,11 @@ async fn a_rate_is_stored_shown_planned_and_checked() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(e.message(), message);
     }
+    assert_eq!(otad.recorded().len(), before, "refused specs store nothing");
+}
+
+// === per-site canaries ===
+
 /// Sites a, b and c, each with zigbee2mqtt networks zb1 and zb2 of three bulbs on file version 1
 /// (`zb1-0` ..), updating in 30 s. In site a, `zb1-0` has a weak link (40).
 async fn zigbee_sites(otad: &TestOtad) -> Vec<FakeSite> {
