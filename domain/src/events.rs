@@ -833,11 +833,12 @@ impl DomainEvent {
             )
             .map(Self::RolloutCreated)
             .map_err(malformed),
-            ("RolloutCreated", 5) => {
-                decode_appended(bytes, &(RollbackScope::None, None::<Revert>, HealthPolicy::OFF))
-                    .map(Self::RolloutCreated)
-                    .map_err(malformed)
-            }
+            ("RolloutCreated", 5) => decode_appended(
+                bytes,
+                &(RollbackScope::None, None::<Revert>, HealthPolicy::OFF),
+            )
+            .map(Self::RolloutCreated)
+            .map_err(malformed),
             ("RolloutCreated", 6) => decode_appended(bytes, &HealthPolicy::OFF)
                 .map(Self::RolloutCreated)
                 .map_err(malformed),

@@ -79,7 +79,10 @@ pub(crate) fn render(q: &Quickstart) -> String {
     if q.grpc_addr.to_string() != OTACTL_DEFAULT {
         let _ = writeln!(b, "  export OTACTL_SERVER=http://{}", q.grpc_addr);
     }
-    let esp = q.firmware.iter().find(|f| f.model == "esp32dev");
+    let esp = q
+        .firmware
+        .iter()
+        .find(|f| f.model == "esp32dev" && f.version != crate::fleet::ESP_INSTALLED_VERSION);
     let zigbee = q
         .devices
         .iter()

@@ -10,8 +10,9 @@
 //!   ESP32 and ESP8266, one with an OTA password and one with a Noise key;
 //! - one **ota-agent** for the site, built from the configuration file an operator would write
 //!   (rendered to `<data dir>/agent/agent.toml`), dialling otad like the real binary does;
-//! - **sample firmware**: one newer image per device model, uploaded through the public gRPC
-//!   API unless the catalog has it already.
+//! - **sample firmware**: one newer image per device model, and for the ESPHome models the image
+//!   their devices run at first start (what a rollback puts back), uploaded through the public
+//!   gRPC API unless the catalog has it already.
 //!
 //! Everything speaks the real protocols over loopback; nothing is mocked. The data directory
 //! keeps otad's log, the agent's journal and the simulated devices' versions, so a restart
@@ -199,7 +200,8 @@ async fn start_server(opts: &QuickstartOptions) -> anyhow::Result<Otad> {
     Otad::start(config, store, Clock::new(), listener).await
 }
 
-/// One sample image per firmware the planned devices run, uploaded unless the catalog has it.
+/// The sample images of the planned devices (see [`samples`]), uploaded unless the catalog has
+/// them.
 async fn upload_samples(
     channel: &Channel,
     zigbee_plan: &[fleet::ZigbeeDevice],
@@ -207,20 +209,26 @@ async fn upload_samples(
     tuning: &Tuning,
 ) -> anyhow::Result<Vec<SampleFirmware>> {
     let catalog = samples::catalog(channel.clone()).await?;
-    let mut wanted: Vec<(&str, _)> = Vec::new();
+    // Keyed by (name, version): one image each.
+    let mut wanted: Vec<((&str, &str), _)> = Vec::new();
     for d in zigbee_plan {
-        let name = d.model.firmware.0;
-        if !wanted.iter().any(|(n, _)| *n == name) {
+        let key = (d.model.firmware.0, d.model.firmware.1);
+        if !wanted.iter().any(|(k, _)| *k == key) {
             wanted.push((
-                name,
+                key,
                 samples::zigbee_sample(&d.model, tuning.zigbee_image_bytes),
             ));
         }
     }
     for d in esp_plan {
-        let name = d.kind.firmware.0;
-        if !wanted.iter().any(|(n, _)| *n == name) {
-            wanted.push((name, samples::esp_sample(&d.kind, tuning.esp_image_bytes)));
+        for version in [d.kind.firmware.1, fleet::ESP_INSTALLED_VERSION] {
+            let key = (d.kind.firmware.0, version);
+            if !wanted.iter().any(|(k, _)| *k == key) {
+                wanted.push((
+                    key,
+                    samples::esp_sample(&d.kind, version, tuning.esp_image_bytes),
+                ));
+            }
         }
     }
     let mut firmware = Vec::new();
@@ -237,10 +245,10 @@ fn simulated_devices(
     esp_plan: &[fleet::EspDevice],
     firmware: &[SampleFirmware],
 ) -> Vec<SimulatedDevice> {
-    let firmware_of = |name: &str| {
+    let firmware_of = |(name, version): (&str, &str)| {
         firmware
             .iter()
-            .find(|f| f.name == name)
+            .find(|f| f.name == name && f.version == version)
             .map(|f| f.id.clone())
             .unwrap_or_default()
     };
@@ -250,7 +258,7 @@ fn simulated_devices(
         transport: "zigbee2mqtt",
         model: d.model.model.into(),
         sleepy: d.model.sleepy,
-        firmware_id: firmware_of(d.model.firmware.0),
+        firmware_id: firmware_of((d.model.firmware.0, d.model.firmware.1)),
     });
     let esphome = esp_plan.iter().map(|d| SimulatedDevice {
         id: format!("{site}/{}", d.name),
@@ -258,7 +266,7 @@ fn simulated_devices(
         transport: "esphome",
         model: d.kind.board.into(),
         sleepy: false,
-        firmware_id: firmware_of(d.kind.firmware.0),
+        firmware_id: firmware_of(d.kind.firmware),
     });
     zigbee.chain(esphome).collect()
 }
@@ -392,7 +400,8 @@ pub struct Quickstart {
     pub agent_metrics_addr: Option<SocketAddr>,
     /// The site's id.
     pub site: String,
-    /// The sample firmware, one per device model.
+    /// The sample firmware: one newer image per device model, and the installed image of each
+    /// ESPHome model.
     pub firmware: Vec<SampleFirmware>,
     /// The simulated devices.
     pub devices: Vec<SimulatedDevice>,

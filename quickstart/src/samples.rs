@@ -1,4 +1,5 @@
-//! Sample firmware: one newer image per device model of the simulated site, synthesised with
+//! Sample firmware: one newer image per device model of the simulated site (and for the ESPHome
+//! models also the image their devices run at first start, which a rollback puts back), synthesised with
 //! `ota_firmware::builders` and registered through the public `FirmwareService.Upload`, exactly
 //! as `otactl firmware upload` would.
 //!
@@ -108,9 +109,11 @@ pub(crate) fn zigbee_sample(m: &ZigbeeModel, payload: usize) -> Sample {
     )
 }
 
-/// The ESPHome application image for `k`, with `payload` bytes of filler.
-pub(crate) fn esp_sample(k: &EspKind, payload: usize) -> Sample {
-    let (name, version) = k.firmware;
+/// The ESPHome application image for `k` at `version`: the sample version, or the version the
+/// devices run at first start ([`crate::fleet::ESP_INSTALLED_VERSION`]), so that a rollback has
+/// an image to put back.
+pub(crate) fn esp_sample(k: &EspKind, version: &str, payload: usize) -> Sample {
+    let name = k.firmware.0;
     let (chip, bytes) = match k.platform {
         ota_sim::esphome::Platform::Esp8266 => (
             Chip::Esp8266,
@@ -143,7 +146,14 @@ pub(crate) fn esp_sample(k: &EspKind, payload: usize) -> Sample {
             format: pb::FirmwareFormat::EspApp as i32,
             chip: chip.esptool_name().into(),
             labels: [("project".to_string(), k.project.to_string())].into(),
-            release_notes: format!("Sample ESPHome firmware of ota-quickstart ({}).", k.project),
+            release_notes: if version == k.firmware.1 {
+                format!("Sample ESPHome firmware of ota-quickstart ({}).", k.project)
+            } else {
+                format!(
+                    "The firmware the ota-quickstart's {} devices run at first start: what a rollback puts back.",
+                    k.project
+                )
+            },
             ..Default::default()
         },
     )
@@ -264,13 +274,13 @@ mod tests {
         assert_eq!(file.header.manufacturer_code, 0x117C);
         assert_eq!(file.header.file_version, MAINS_MODELS[0].firmware.2);
 
-        let e = esp_sample(&MULTISENSOR, 8192);
+        let e = esp_sample(&MULTISENSOR, MULTISENSOR.firmware.1, 8192);
         let Ok(FirmwareImage::EspApp(img)) = inspect(&e.bytes, Expected::Auto) else {
             panic!("not an ESP application")
         };
         assert_eq!(img.version(), Some("1.1.0"));
 
-        let p = esp_sample(&SMART_PLUG, 8192);
+        let p = esp_sample(&SMART_PLUG, SMART_PLUG.firmware.1, 8192);
         let Ok(FirmwareImage::EspApp(img)) = inspect(&p.bytes, Expected::Auto) else {
             panic!("the patched ESP8266 image must stay valid")
         };
@@ -278,5 +288,16 @@ mod tests {
         let (version, project) = ota_sim::esphome::model::image_identity(&p.bytes);
         assert_eq!(version, "1.1.0");
         assert_eq!(project.as_deref(), Some("acme.smart-plug"));
+
+        // The installed version, for rollbacks: the same kind, an older version.
+        for k in [&MULTISENSOR, &SMART_PLUG] {
+            let old = esp_sample(k, crate::fleet::ESP_INSTALLED_VERSION, 8192);
+            assert_eq!(
+                (old.name.as_str(), old.version.as_str()),
+                (k.firmware.0, "1.0.0")
+            );
+            let (version, _) = ota_sim::esphome::model::image_identity(&old.bytes);
+            assert_eq!(version, "1.0.0");
+        }
     }
 }

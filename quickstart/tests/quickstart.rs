@@ -1,8 +1,8 @@
 //! The quickstart as a newcomer uses it, from the outside: every call goes through the public
 //! gRPC API, the way otactl makes it (list, batch check, rollout create/start/watch, device
-//! update), against the real otad, agent and simulators on loopback, with the tests' short
-//! timings. Then a restart on the same data directory must resume: no new firmware, no new
-//! devices, updated devices still on their new versions.
+//! update, a health-gated success, a rollback), against the real otad, agent and simulators on
+//! loopback, with the tests' short timings. Then a restart on the same data directory must
+//! resume: no new firmware, no new devices, devices still on the versions they were left on.
 
 use std::time::Duration;
 
@@ -102,10 +102,10 @@ async fn approve_as_another_operator(ch: &Channel, rollout_id: &str) {
     assert_eq!(approval.reason, "release notes read");
 }
 
-/// What `otactl rollout create --canary 1 --waves 100 --soak 0s --require-approval` sends, then
-/// the approval by another operator, `rollout start`, then `rollout watch` until the rollout
-/// ends. Returns the last state seen.
-async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rollout {
+/// What `otactl rollout create --canary 1 --waves 100 --soak 0s --require-approval
+/// --health-window 3s` sends (ESPHome devices only), then the approval by another operator,
+/// `rollout start`, then `rollout watch` until the rollout ends.
+async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> Watched {
     let mut rollouts = pb::rollout_service_client::RolloutServiceClient::new(ch.clone());
     let spec = pb::RolloutSpec {
         name: format!("{model} quickstart test"),
@@ -129,9 +129,13 @@ async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rol
             },
         ],
         require_approval: true,
-        // No health window: the simulated Zigbee devices do not talk by themselves, and the
-        // test is about the staged rollout.
-        health: Some(pb::HealthPolicy::default()),
+        // Success only after the device stayed healthy for 3 s: its native API answers on the
+        // new version with a rising uptime.
+        health: Some(pb::HealthPolicy {
+            esphome_window_s: 3,
+            zigbee_window_s: 0,
+            accept_reachability: false,
+        }),
         ..Default::default()
     };
     let created = rollouts
@@ -143,17 +147,36 @@ async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rol
         .unwrap()
         .into_inner();
     assert_eq!(created.state, pb::RolloutState::Draft as i32);
-    approve_as_another_operator(ch, &created.id).await;
+    approve_and_start(ch, &created.id).await
+}
+
+/// Another operator approves the draft rollout `id`, then it is started and watched to its end.
+async fn approve_and_start(ch: &Channel, id: &str) -> Watched {
+    let mut rollouts = pb::rollout_service_client::RolloutServiceClient::new(ch.clone());
+    approve_as_another_operator(ch, id).await;
     rollouts
         .start(pb::RolloutActionRequest {
-            id: created.id.clone(),
+            id: id.into(),
             reason: String::new(),
         })
         .await
         .unwrap();
-    let mut watch = rollouts
+    watch_to_the_end(ch, id).await
+}
+
+/// What `rollout watch` saw: the last state, whether a device was ever shown verifying, and the
+/// last state of every task.
+struct Watched {
+    last: pb::Rollout,
+    saw_verifying: bool,
+    tasks: std::collections::BTreeMap<String, pb::Task>,
+}
+
+/// `rollout watch ID` until the rollout completes, aborts or pauses.
+async fn watch_to_the_end(ch: &Channel, id: &str) -> Watched {
+    let mut watch = pb::rollout_service_client::RolloutServiceClient::new(ch.clone())
         .watch(pb::WatchRolloutRequest {
-            id: created.id.clone(),
+            id: id.into(),
             include_tasks: true,
         })
         .await
@@ -161,8 +184,13 @@ async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rol
         .into_inner();
     tokio::time::timeout(T, async {
         let mut last = None;
+        let mut saw_verifying = false;
+        let mut tasks = std::collections::BTreeMap::new();
         while let Some(p) = watch.next().await {
-            let r = p.unwrap().rollout.unwrap();
+            let p = p.unwrap();
+            tasks.extend(p.tasks.into_iter().map(|t| (t.id.clone(), t)));
+            let r = p.rollout.unwrap();
+            saw_verifying |= r.totals.as_ref().is_some_and(|t| t.verifying > 0);
             let done = r.state == pb::RolloutState::Completed as i32
                 || r.state == pb::RolloutState::Aborted as i32
                 || r.state == pb::RolloutState::Paused as i32;
@@ -171,10 +199,23 @@ async fn staged_rollout(ch: &Channel, firmware_id: &str, model: &str) -> pb::Rol
                 break;
             }
         }
-        last.expect("the watch streams the rollout")
+        Watched {
+            last: last.expect("the watch streams the rollout"),
+            saw_verifying,
+            tasks,
+        }
     })
     .await
     .expect("the rollout ends in time")
+}
+
+async fn esp32_versions(ch: &Channel) -> Vec<(String, i32)> {
+    devices(ch)
+        .await
+        .into_iter()
+        .filter(|d| d.model == "esp32dev")
+        .map(|d| (d.current.unwrap_or_default().version, d.status))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,10 +262,11 @@ async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
         3
     );
 
-    // One sample firmware per model: two ESPHome, two mains Zigbee, one sleepy Zigbee.
-    assert_eq!(qs.firmware.len(), 5, "{:#?}", qs.firmware);
+    // One sample firmware per model (two ESPHome, two mains Zigbee, one sleepy Zigbee), and the
+    // image the ESPHome devices run now (1.0.0), for rollbacks.
+    assert_eq!(qs.firmware.len(), 7, "{:#?}", qs.firmware);
     assert!(qs.firmware.iter().all(|f| f.uploaded));
-    assert_eq!(firmware(&ch).await.len(), 5);
+    assert_eq!(firmware(&ch).await.len(), 7);
 
     // A batch check of the site finds updates for every awake device.
     let check = pb::device_service_client::DeviceServiceClient::new(ch.clone())
@@ -260,38 +302,78 @@ async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
         }
     }
 
-    // A staged rollout of the ESP32 firmware: a canary of one, then everyone, no soak.
+    // A staged rollout of the ESP32 firmware: a canary of one, then everyone, no soak, each
+    // device a success only once it stayed healthy for 3 s.
     let esp32 = qs
         .firmware
         .iter()
-        .find(|f| f.model == "esp32dev")
+        .find(|f| f.model == "esp32dev" && f.version == "1.1.0")
         .unwrap()
         .clone();
-    let rollout = staged_rollout(&ch, &esp32.id, "esp32dev").await;
+    let watched = staged_rollout(&ch, &esp32.id, "esp32dev").await;
+    let rollout = watched.last;
     assert_eq!(
         rollout.state,
         pb::RolloutState::Completed as i32,
         "{rollout:#?}"
     );
+    assert!(watched.saw_verifying, "watch shows devices verifying");
     assert_eq!(rollout.stages.len(), 2);
     assert_eq!(rollout.stages[0].device_ids.len(), 1);
     assert_eq!(rollout.stages[1].device_ids.len(), 2);
+    let totals = rollout.totals.as_ref().unwrap();
     assert_eq!(
-        rollout.totals.as_ref().unwrap().succeeded,
-        3,
+        (totals.succeeded, totals.unconfirmed),
+        (3, 0),
         "{rollout:#?}"
     );
-    let esp32_devices: Vec<_> = devices(&ch)
-        .await
-        .into_iter()
-        .filter(|d| d.model == "esp32dev")
-        .collect();
-    assert_eq!(esp32_devices.len(), 3);
-    for d in &esp32_devices {
-        assert_eq!(d.current.as_ref().unwrap().version, "1.1.0", "{d:#?}");
-        // On the newest image: nothing is available any more, whatever the last check said.
-        assert_eq!(d.status, pb::UpgradeStatus::None as i32, "{d:#?}");
+    assert_eq!(watched.tasks.len(), 3);
+    for t in watched.tasks.values() {
+        assert_eq!(t.health, pb::TaskHealth::Healthy as i32, "{t:#?}");
     }
+    let on_new = esp32_versions(&ch).await;
+    assert_eq!(on_new.len(), 3);
+    for (version, status) in &on_new {
+        assert_eq!(version, "1.1.0");
+        // On the newest image: nothing is available any more, whatever the last check said.
+        assert_eq!(*status, pb::UpgradeStatus::None as i32);
+    }
+
+    // Rollback by hand: 1.0.0 goes back on the three multisensors (its image is in the catalog).
+    // The rollout needed four eyes, so its rollback does too.
+    let linked = pb::rollout_service_client::RolloutServiceClient::new(ch.clone())
+        .rollback(pb::RollbackRolloutRequest {
+            id: rollout.id.clone(),
+            scope: pb::RollbackScope::All as i32,
+            start: true,
+            reason: "the tour puts 1.0.0 back".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(linked.id, format!("{}-rollback", rollout.id));
+    assert_eq!(linked.state, pb::RolloutState::Draft as i32, "{linked:#?}");
+    let reverted = approve_and_start(&ch, &linked.id).await.last;
+    assert_eq!(
+        reverted.state,
+        pb::RolloutState::Completed as i32,
+        "{reverted:#?}"
+    );
+    assert_eq!(reverted.totals.unwrap().succeeded, 3);
+    for (version, _) in esp32_versions(&ch).await {
+        assert_eq!(version, "1.0.0");
+    }
+    let original = pb::rollout_service_client::RolloutServiceClient::new(ch.clone())
+        .get(pb::GetRolloutRequest {
+            id: rollout.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        original.rolled_back_by.map(|l| l.rollout_id),
+        Some(linked.id.clone())
+    );
 
     // A Zigbee update of a mains device, as `otactl device update` does it.
     let bulb = qs
@@ -362,14 +444,20 @@ async fn a_newcomer_lists_checks_rolls_out_updates_and_restarts() {
         "{:#?}",
         qs.firmware
     );
-    assert_eq!(firmware(&ch).await.len(), 5);
+    assert_eq!(firmware(&ch).await.len(), 7);
     let listed = devices(&ch).await;
     assert_eq!(listed.len(), 7, "{listed:#?}");
     for d in listed
         .iter()
         .filter(|d| d.transport == pb::Transport::Esphome as i32)
     {
-        assert_eq!(d.current.as_ref().unwrap().version, "1.1.0", "{d:#?}");
+        // The multisensors were rolled back; the plug keeps its update.
+        let expected = if d.model == "esp32dev" {
+            "1.0.0"
+        } else {
+            "1.1.0"
+        };
+        assert_eq!(d.current.as_ref().unwrap().version, expected, "{d:#?}");
         assert!(d.reachable);
     }
     let again = listed.iter().find(|d| d.id == bulb.id).unwrap();

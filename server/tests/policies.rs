@@ -653,7 +653,7 @@ async fn success_waits_for_the_health_window_and_counts_only_healthy_devices() {
 
     otad.until_rollout(&r.id, "paused", hours(1)).await;
     let paused = otad.rollout(&r.id).await;
-    let totals = paused.totals.clone().unwrap();
+    let totals = paused.totals.unwrap();
     assert_eq!(
         (
             totals.succeeded,

@@ -278,7 +278,7 @@ pub fn rollback_spec(r: &RolloutView, revert: Revert) -> RolloutSpec {
         failure_budget: FailureBudget::Default,
         site_timezones: spec.site_timezones.clone(),
         abort_criteria: Vec::new(),
-        rate: spec.rate.clone(),
+        rate: spec.rate,
         canary_per_site: 0,
         rollback: RollbackScope::None,
         reverts: Some(revert),

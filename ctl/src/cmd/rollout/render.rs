@@ -2,8 +2,7 @@
 
 use super::view::{
     ApprovalJson, CanaryGroupJson, CountsJson, ExclusionJson, PlanJson, RollbackLinkJson,
-    RolloutJson,
-    RolloutListJson, StageSpecJson, ThresholdJson,
+    RolloutJson, RolloutListJson, StageSpecJson, ThresholdJson,
 };
 use crate::output::{fields, fmt_secs, fmt_time, render, section, table};
 use crate::views::{en, when_by};
@@ -105,48 +104,8 @@ pub fn rollout(r: &RolloutJson) -> String {
     if let Some(a) = &r.approval {
         rows.insert(5, ("Approval", approval_line(a)));
     }
-    if let Some(rate) = spec.and_then(|s| s.rate.as_ref()) {
-        let at = rows
-            .iter()
-            .position(|(k, _)| *k == "Failure budget")
-            .unwrap_or(rows.len());
-        rows.insert(at, ("Rate", format!("{rate} (devices started)")));
-    }
-    let criteria = spec
-        .map(|s| s.abort_criteria.as_slice())
-        .unwrap_or_default();
-    if !criteria.is_empty() {
-        let at = rows
-            .iter()
-            .position(|(k, _)| *k == "Failure budget")
-            .map_or(rows.len(), |i| i + 1);
-        let lines: Vec<String> = criteria.iter().map(ToString::to_string).collect();
-        rows.insert(at, ("Abort when", lines.join("\n")));
-    }
+    policy_rows(r, &mut rows);
     let per_site = spec.map_or(0, |s| s.canary_per_site);
-    if per_site > 0 {
-        let at = rows
-            .iter()
-            .position(|(k, _)| *k == "Totals")
-            .map_or(rows.len(), |i| i + 1);
-        rows.insert(
-            at,
-            (
-                "Canaries",
-                format!(
-                    "{per_site} per site and zigbee2mqtt network (each transport instance), in the first stage"
-                ),
-            ),
-        );
-    }
-    rollback_rows(r, &mut rows);
-    if let Some(h) = spec.and_then(|s| s.health) {
-        let at = rows
-            .iter()
-            .position(|(k, _)| *k == "Failure budget")
-            .map_or(rows.len(), |i| i + 1);
-        rows.insert(at, ("Health window", h.to_string()));
-    }
     let mut out = fields(&rows);
     let mut t = table(&[
         "#", "stage", "size", "state", "devices", "counts", "deadline", "soak",
@@ -203,6 +162,54 @@ pub fn rollout(r: &RolloutJson) -> String {
         section(&mut out, "Excluded", &exclusions(&r.exclusions));
     }
     out
+}
+
+/// The rows of the rollout's policies: rate, abort criteria, health window, per-site canaries
+/// and rollback, each next to the row it qualifies.
+fn policy_rows(r: &RolloutJson, rows: &mut Vec<(&'static str, String)>) {
+    let spec = r.spec.as_ref();
+    if let Some(rate) = spec.and_then(|s| s.rate.as_ref()) {
+        let at = rows
+            .iter()
+            .position(|(k, _)| *k == "Failure budget")
+            .unwrap_or(rows.len());
+        rows.insert(at, ("Rate", format!("{rate} (devices started)")));
+    }
+    let criteria = spec
+        .map(|s| s.abort_criteria.as_slice())
+        .unwrap_or_default();
+    if !criteria.is_empty() {
+        let at = rows
+            .iter()
+            .position(|(k, _)| *k == "Failure budget")
+            .map_or(rows.len(), |i| i + 1);
+        let lines: Vec<String> = criteria.iter().map(ToString::to_string).collect();
+        rows.insert(at, ("Abort when", lines.join("\n")));
+    }
+    let per_site = spec.map_or(0, |s| s.canary_per_site);
+    if per_site > 0 {
+        let at = rows
+            .iter()
+            .position(|(k, _)| *k == "Totals")
+            .map_or(rows.len(), |i| i + 1);
+        rows.insert(
+            at,
+            (
+                "Canaries",
+                format!(
+                    "{per_site} per site and zigbee2mqtt network (each transport instance), in the first stage"
+                ),
+            ),
+        );
+    }
+    rollback_rows(r, rows);
+    if let Some(h) = spec.and_then(|s| s.health) {
+        let at = rows
+            .iter()
+            .position(|(k, _)| *k == "Failure budget")
+            .map_or(rows.len(), |i| i + 1);
+        rows.insert(at, ("Health window", h.to_string()));
+    }
 }
 
 fn exclusions(list: &[ExclusionJson]) -> String {

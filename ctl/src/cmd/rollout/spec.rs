@@ -12,7 +12,7 @@ use ota_proto::v1 as pb;
 use serde::Deserialize;
 
 use super::args::{FailureActionArg, OnAsleepArg, RollbackArg, SpecFlags};
-use crate::cli::{TransportArg, UpgradeTypeArg};
+use crate::cli::{SelectorArgs, TransportArg, UpgradeTypeArg};
 use crate::values;
 
 mod rate;
@@ -348,20 +348,7 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
     for (i, p) in f.waves.iter().flat_map(|w| w.0.iter()).enumerate() {
         stages.push(stage(format!("wave-{}", i + 1), None, Some(*p)));
     }
-    let s = &f.selector;
-    let window = f.window.as_deref().map(|w| match values::parse_window(w) {
-        Ok((start, end)) => RawWindow {
-            start: Some(start),
-            end: Some(end),
-            weekdays: Vec::new(),
-        },
-        // Keep the text so validation reports it against `window`.
-        Err(_) => RawWindow {
-            start: Some(w.to_string()),
-            end: None,
-            weekdays: Vec::new(),
-        },
-    });
+    let window = f.window.as_deref().map(window_from_flag);
     RawSpec {
         name: f.name.clone(),
         firmware: f.firmware.clone(),
@@ -384,25 +371,7 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
         require_approval: f.require_approval,
         batch_check: f.skip_batch_check.then_some(false),
         batch_check_timeout: None,
-        selector: RawSelector {
-            sites: s.sites.clone(),
-            transports: s
-                .transports
-                .iter()
-                .map(|t| transport_text(*t).to_string())
-                .collect(),
-            models: s.models.clone(),
-            vendors: s.vendors.clone(),
-            chips: s.chips.clone(),
-            networks: s.networks.clone(),
-            tags: s.tags.clone(),
-            devices: s.devices.clone(),
-            exclude: s.excludes.clone(),
-            min_version: s.min_version.clone(),
-            max_version: s.max_version.clone(),
-            manufacturer_code: s.manufacturer_code.map(i64::from),
-            image_type: s.image_type.map(i64::from),
-        },
+        selector: selector_from_flags(&f.selector),
         stages,
         concurrency: f.concurrency.map(|g| RawConcurrency {
             global: Some(i64::from(g)),
@@ -435,6 +404,46 @@ pub fn from_flags(f: &SpecFlags) -> RawSpec {
             zigbee_window: f.health_window.map(secs),
             accept_reachability: f.accept_reachability,
         }),
+    }
+}
+
+/// `--window HH:MM-HH:MM` as a spec window; text that does not parse is kept, so validation
+/// reports it against `window`.
+fn window_from_flag(w: &str) -> RawWindow {
+    match values::parse_window(w) {
+        Ok((start, end)) => RawWindow {
+            start: Some(start),
+            end: Some(end),
+            weekdays: Vec::new(),
+        },
+        Err(_) => RawWindow {
+            start: Some(w.to_string()),
+            end: None,
+            weekdays: Vec::new(),
+        },
+    }
+}
+
+/// The selector the flags describe.
+fn selector_from_flags(s: &SelectorArgs) -> RawSelector {
+    RawSelector {
+        sites: s.sites.clone(),
+        transports: s
+            .transports
+            .iter()
+            .map(|t| transport_text(*t).to_string())
+            .collect(),
+        models: s.models.clone(),
+        vendors: s.vendors.clone(),
+        chips: s.chips.clone(),
+        networks: s.networks.clone(),
+        tags: s.tags.clone(),
+        devices: s.devices.clone(),
+        exclude: s.excludes.clone(),
+        min_version: s.min_version.clone(),
+        max_version: s.max_version.clone(),
+        manufacturer_code: s.manufacturer_code.map(i64::from),
+        image_type: s.image_type.map(i64::from),
     }
 }
 
