@@ -1,0 +1,385 @@
+//! Durations learned from the log: how long a transfer of a device model over a transport
+//! takes, as the median of its recent successful updates, and what that makes of a plan.
+//!
+//! - [`TransferTimes`] is a fold over the log, kept in the projection
+//!   ([`crate::projection::FleetState::transfer_times`]): every `TaskSucceeded` of an attempt
+//!   adds the time from the attempt's transfer start (its first progress 2 or 6, else its
+//!   dispatch, or the end of its last wait for a wake-up or the site's slot) to the device's
+//!   report of the target version (`TaskVerifying`, so a health window is not transfer time;
+//!   else the success), on otad's clock, to the samples of the device's (model, transport). A
+//!   late success (after the server had ended the attempt) is not learned. Memory is bounded: the last [`SAMPLES`] per kind, at most [`MAX_KINDS`] kinds
+//!   (later ones are not learned), model names clipped to [`MAX_MODEL`] bytes. Waiting for a
+//!   wake-up or for the network's slot is not transfer time.
+//! - [`transfer_estimate`] gives the median of a kind's samples, or the fixed guess of its
+//!   transport ([`super::plan::typical_transfer_s`]) when nothing was learned, with a note.
+//! - [`wall_clock_s`] turns working seconds into wall-clock seconds from `now` under a
+//!   maintenance window (time while it is closed passes without work).
+//!
+//! Pure: no clock, no I/O. The planner ([`super::plan`]) and the server's `Watch` use it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Transport;
+use crate::rollout::spec::MaintenanceWindow;
+use crate::rollout::window::{self, SiteZone};
+use crate::time::UnixMillis;
+
+/// Samples kept per (model, transport): the most recent successes.
+pub const SAMPLES: usize = 15;
+/// Kinds learned at most.
+pub const MAX_KINDS: usize = 1000;
+/// Longest model name kept (longer names are clipped).
+pub const MAX_MODEL: usize = 64;
+
+/// The transport's name in notes.
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Zigbee2Mqtt => "zigbee2mqtt",
+        Transport::Esphome => "esphome",
+        Transport::Serial => "serial",
+    }
+}
+
+fn clip(model: &str) -> String {
+    let mut end = model.len().min(MAX_MODEL);
+    while !model.is_char_boundary(end) {
+        end -= 1;
+    }
+    model[..end].to_string()
+}
+
+/// Recent transfer times per (model, transport), in milliseconds, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferTimes {
+    by_kind: BTreeMap<(String, Transport), VecDeque<u64>>,
+}
+
+impl TransferTimes {
+    /// A successful transfer of a `model` device over `transport` took `took`.
+    pub fn record(&mut self, model: &str, transport: Transport, took: Duration) {
+        let key = (clip(model), transport);
+        if !self.by_kind.contains_key(&key) && self.by_kind.len() >= MAX_KINDS {
+            return;
+        }
+        let samples = self.by_kind.entry(key).or_default();
+        if samples.len() == SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+    }
+
+    /// The median of the kind's samples and how many there are; `None` before any.
+    pub fn median(&self, model: &str, transport: Transport) -> Option<(Duration, usize)> {
+        let samples = self.by_kind.get(&(clip(model), transport))?;
+        let mut sorted: Vec<u64> = samples.iter().copied().collect();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        let mid = match n {
+            0 => return None,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => sorted[n / 2 - 1].saturating_add(sorted[n / 2]) / 2,
+        };
+        Some((Duration::from_millis(mid), n))
+    }
+}
+
+/// How long one transfer of a kind of device is expected to take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferEstimate {
+    /// Device model ("" when its site does not say).
+    pub model: String,
+    /// Transport.
+    pub transport: Transport,
+    /// Expected seconds per device (at least 1).
+    pub seconds: u64,
+    /// Past successes the median is taken over; 0: the transport's fixed guess.
+    pub samples: usize,
+}
+
+impl TransferEstimate {
+    /// Learned from the log (not the fixed guess).
+    pub fn learned(&self) -> bool {
+        self.samples > 0
+    }
+
+    /// `model X over zigbee2mqtt: 4 min, the median of 12 past updates` or the fallback note.
+    pub fn note(&self) -> String {
+        let model = if self.model.is_empty() {
+            "devices without a model".to_string()
+        } else {
+            format!("model {}", self.model)
+        };
+        let t = transport_name(self.transport);
+        if self.learned() {
+            format!(
+                "{model} over {t}: {} s, the median of {} past update(s)",
+                self.seconds, self.samples
+            )
+        } else {
+            format!(
+                "{model} over {t}: no past update in the log, assumed {} s (the typical {t} transfer)",
+                self.seconds
+            )
+        }
+    }
+}
+
+/// The expected transfer time of a `model` device over `transport`: the learned median, else
+/// the transport's fixed guess.
+pub fn transfer_estimate(
+    times: &TransferTimes,
+    model: &str,
+    transport: Option<Transport>,
+) -> TransferEstimate {
+    let t = transport.unwrap_or(Transport::Esphome);
+    let (seconds, samples) = match times.median(model, t) {
+        Some((d, n)) => (d.as_millis().div_ceil(1000).max(1) as u64, n),
+        None => (super::plan::typical_transfer_s(transport), 0),
+    };
+    TransferEstimate {
+        model: clip(model),
+        transport: t,
+        seconds,
+        samples,
+    }
+}
+
+/// Wall-clock seconds from `now` until `working_s` seconds of work are done when work happens
+/// only while `window` is open in `zone` (`None`: always). A window that never opens gives
+/// `None`.
+pub fn wall_clock_s(
+    working_s: u64,
+    window: Option<&MaintenanceWindow>,
+    zone: SiteZone,
+    now: UnixMillis,
+) -> Option<u64> {
+    let Some(w) = window else {
+        return Some(working_s);
+    };
+    let mut at = now;
+    let mut left = Duration::from_secs(working_s);
+    // Each turn crosses one opening or closing: a few per day; a bound keeps it finite.
+    for _ in 0..100_000 {
+        let open = window::is_open(w, zone, at);
+        let change = window::next_change(w, zone, at);
+        if open {
+            let until = change.map_or(left, |c| c.since(at));
+            if until >= left {
+                return Some((at + left).since(now).as_secs());
+            }
+            left -= until;
+        }
+        at = change?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_of_the_recent_samples_per_kind() {
+        let mut t = TransferTimes::default();
+        assert_eq!(t.median("bulb", Transport::Zigbee2Mqtt), None);
+        for s in [300, 100, 200] {
+            t.record("bulb", Transport::Zigbee2Mqtt, Duration::from_secs(s));
+        }
+        assert_eq!(
+            t.median("bulb", Transport::Zigbee2Mqtt),
+            Some((Duration::from_secs(200), 3))
+        );
+        t.record("bulb", Transport::Zigbee2Mqtt, Duration::from_secs(500));
+        assert_eq!(
+            t.median("bulb", Transport::Zigbee2Mqtt),
+            Some((Duration::from_secs(250), 4))
+        );
+        // Another transport of the same model is another kind.
+        assert_eq!(t.median("bulb", Transport::Esphome), None);
+        // Only the last SAMPLES count: 20 fast ones push the slow ones out.
+        for _ in 0..20 {
+            t.record("bulb", Transport::Zigbee2Mqtt, Duration::from_secs(60));
+        }
+        assert_eq!(
+            t.median("bulb", Transport::Zigbee2Mqtt),
+            Some((Duration::from_secs(60), SAMPLES))
+        );
+    }
+
+    #[test]
+    fn without_history_the_transport_guess_and_a_note() {
+        let mut t = TransferTimes::default();
+        let e = transfer_estimate(&t, "bulb", Some(Transport::Zigbee2Mqtt));
+        assert_eq!(
+            (e.seconds, e.samples),
+            (super::super::plan::ZIGBEE_TRANSFER_S, 0)
+        );
+        assert_eq!(
+            e.note(),
+            "model bulb over zigbee2mqtt: no past update in the log, assumed 1200 s (the typical zigbee2mqtt transfer)"
+        );
+        t.record(
+            "bulb",
+            Transport::Zigbee2Mqtt,
+            Duration::from_millis(400_500),
+        );
+        let e = transfer_estimate(&t, "bulb", Some(Transport::Zigbee2Mqtt));
+        assert_eq!((e.seconds, e.samples), (401, 1));
+        assert_eq!(
+            e.note(),
+            "model bulb over zigbee2mqtt: 401 s, the median of 1 past update(s)"
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut t = TransferTimes::default();
+        for i in 0..MAX_KINDS + 5 {
+            t.record(&format!("m{i}"), Transport::Esphome, Duration::from_secs(1));
+        }
+        assert_eq!(t.by_kind.len(), MAX_KINDS);
+        t.record(&"x".repeat(500), Transport::Esphome, Duration::from_secs(1));
+        assert!(t.by_kind.keys().all(|(m, _)| m.len() <= MAX_MODEL));
+    }
+
+    mod fold {
+        use std::time::Duration;
+
+        use crate::events::*;
+        use crate::fixture::{FW, Log, S, T0, esp_device};
+        use crate::health::Health;
+        use crate::model::{Transport, VersionInfo};
+        use crate::rollout::spec::UpgradeType;
+        use crate::status::UpgradeStatus;
+        use crate::time::UnixMillis;
+
+        fn created(log: &mut Log, task: &str, device: &str) {
+            log.event(
+                T0,
+                &streams::task(task),
+                TaskCreated {
+                    task_id: task.into(),
+                    device_id: device.into(),
+                    site_id: "a".into(),
+                    rollout_id: None,
+                    stage: 0,
+                    firmware_id: FW.into(),
+                    target: VersionInfo::default(),
+                    upgrade_type: UpgradeType::Forced,
+                    downgrade: false,
+                    max_attempts: 3,
+                    initial_backoff_s: 1,
+                    max_backoff_s: 1,
+                    timeout_s: 0,
+                    flash_offset: None,
+                    auto: false,
+                    wake_timeout_s: 0,
+                    from: None,
+                    from_firmware_id: None,
+                },
+            );
+        }
+
+        fn progress(log: &mut Log, at: UnixMillis, task: &str, status: UpgradeStatus) {
+            log.event(
+                at,
+                &streams::task(task),
+                TaskProgressed {
+                    attempt: 1,
+                    status,
+                    progress: 0.0,
+                    remaining_s: None,
+                    bytes_sent: 0,
+                    bytes_total: 0,
+                    detail: String::new(),
+                    source: None,
+                },
+            );
+        }
+
+        fn dispatched(log: &mut Log, at: UnixMillis, task: &str) {
+            let e = TaskDispatched {
+                attempt: 1,
+                command_id: 1,
+                timeout_at_ms: at + 600 * S,
+                schedule: false,
+            };
+            log.event(at, &streams::task(task), e);
+        }
+
+        fn succeeded(log: &mut Log, at: UnixMillis, task: &str) {
+            let e = TaskSucceeded {
+                attempt: 1,
+                from: VersionInfo::default(),
+                to: VersionInfo::default(),
+                duration_ms: 1,
+                wire_bytes: 1,
+                source: None,
+                late: false,
+                health: Health::NotChecked,
+            };
+            log.event(at, &streams::task(task), e);
+        }
+
+        #[test]
+        fn successes_teach_the_transfer_time_without_waits_and_health_windows() {
+            let mut log = Log::default();
+            for d in ["a/1", "a/2", "a/3"] {
+                let mut r = esp_device("1.0.0");
+                r.facts.model = "esp32dev".into();
+                log.event(T0, &streams::device(d), r);
+            }
+            // a/1: dispatched at 0, updating from 10 s, success at 100 s: 90 s.
+            created(&mut log, "t1", "a/1");
+            dispatched(&mut log, T0, "t1");
+            progress(&mut log, T0 + 10 * S, "t1", UpgradeStatus::Updating);
+            succeeded(&mut log, T0 + 100 * S, "t1");
+            // a/2: no progress at all: from its dispatch, 70 s.
+            created(&mut log, "t2", "a/2");
+            dispatched(&mut log, T0, "t2");
+            succeeded(&mut log, T0 + 70 * S, "t2");
+            // a/3: waits 1000 s for a wake-up, prepares, updates for 50 s, then a 120 s health
+            // window: 50 s.
+            created(&mut log, "t3", "a/3");
+            dispatched(&mut log, T0, "t3");
+            progress(&mut log, T0 + S, "t3", UpgradeStatus::WaitingForWakeup);
+            progress(&mut log, T0 + 1000 * S, "t3", UpgradeStatus::Updating);
+            let verifying = TaskVerifying {
+                attempt: 1,
+                until_ms: T0 + 1170 * S,
+                to: VersionInfo::default(),
+                source: None,
+            };
+            log.event(T0 + 1050 * S, &streams::task("t3"), verifying);
+            succeeded(&mut log, T0 + 1170 * S, "t3");
+            let times = &log.state.transfer_times;
+            assert_eq!(
+                times.median("esp32dev", Transport::Esphome),
+                Some((Duration::from_secs(70), 3)),
+                "the median of 90, 70 and 50 s"
+            );
+            assert_eq!(times.median("esp32dev", Transport::Zigbee2Mqtt), None);
+        }
+    }
+
+    #[test]
+    fn closed_window_time_passes_without_work() {
+        let w = MaintenanceWindow {
+            start_minute: 22 * 60,
+            end_minute: 23 * 60,
+            weekdays: vec![],
+        };
+        // 2026-01-05 00:00 UTC (a Monday): the window opens at 22:00.
+        let monday = UnixMillis::from_unix_ms(1_767_571_200_000);
+        let zone = SiteZone::Offset(0);
+        assert_eq!(wall_clock_s(5400, None, zone, monday), Some(5400));
+        // 1 h on Monday night, the other 30 min on Tuesday night.
+        assert_eq!(
+            wall_clock_s(5400, Some(&w), zone, monday),
+            Some((24 + 22) * 3600 + 1800)
+        );
+    }
+}
