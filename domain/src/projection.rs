@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::*;
 use crate::health::Health;
 use crate::model::{self, DeviceFacts, TransportInstance, VersionInfo};
+use crate::rollout::eta::TransferTimes;
 use crate::rollout::spec::RolloutSpec;
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 use crate::time::UnixMillis;
@@ -265,6 +266,13 @@ pub struct TaskView {
     pub verifying_until_ms: Option<UnixMillis>,
     /// How a success's health was established.
     pub health: Health,
+    /// Where the current attempt's transfer time starts counting, for the learned ETA
+    /// ([`crate::rollout::eta`]): its dispatch, the end of a wait for a wake-up or the site's
+    /// slot, or the first progress 2 or 6 after it; `None` while it waits.
+    pub transfer_from_ms: Option<UnixMillis>,
+    /// How long the current attempt's transfer took when the device reported the target version
+    /// before its health window (the window is not transfer time).
+    pub transfer_took_ms: Option<u64>,
 }
 
 impl TaskView {
@@ -298,6 +306,8 @@ impl TaskView {
             scheduled: false,
             updated_at_ms: at_ms,
             verifying_until_ms: None,
+            transfer_from_ms: None,
+            transfer_took_ms: None,
             health: Health::NotChecked,
         }
     }
@@ -644,6 +654,8 @@ fn dispatched(task: &mut TaskView, e: &TaskDispatched, at: UnixMillis) {
     task.timeout_at_ms = Some(e.timeout_at_ms);
     task.transfer_started_ms = None;
     task.waiting_since_ms = None;
+    task.transfer_from_ms = Some(at);
+    task.transfer_took_ms = None;
     task.scheduled = e.schedule;
     task.started_at_ms.get_or_insert(at);
     task.next_attempt_at_ms = None;
@@ -692,12 +704,14 @@ fn progressed(task: &mut TaskView, e: &TaskProgressed, at: UnixMillis, transfer_
         TaskPhase::WaitingForWakeup | TaskPhase::SiteQueued => {
             let since = *task.waiting_since_ms.get_or_insert(at);
             task.transfer_started_ms = None;
+            task.transfer_from_ms = None;
             task.timeout_at_ms = Some(since + wake_budget);
         }
         TaskPhase::Updating | TaskPhase::Downloaded => {
             task.waiting_since_ms = None;
             if task.transfer_started_ms.is_none() {
                 task.transfer_started_ms = Some(at);
+                task.transfer_from_ms = Some(at);
                 task.timeout_at_ms = Some(at + transfer_budget);
             }
         }
@@ -706,6 +720,7 @@ fn progressed(task: &mut TaskView, e: &TaskProgressed, at: UnixMillis, transfer_
             // fresh transfer budget.
             if task.waiting_since_ms.take().is_some() {
                 task.timeout_at_ms = Some(at + transfer_budget);
+                task.transfer_from_ms = Some(at);
             }
         }
     }
@@ -721,7 +736,10 @@ pub const VERDICT_GRACE: Duration = Duration::from_secs(300);
 
 /// The device reports the target version; its site watches its health until `until_ms`. The
 /// phase's budget is the window plus [`VERDICT_GRACE`].
-fn verifying(task: &mut TaskView, e: &TaskVerifying) {
+fn verifying(task: &mut TaskView, e: &TaskVerifying, at: UnixMillis) {
+    task.transfer_took_ms = task
+        .transfer_from_ms
+        .map(|from| u64::try_from(at.since(from).as_millis()).unwrap_or(u64::MAX));
     task.phase = TaskPhase::Verifying;
     task.progress = 100.0;
     task.remaining_s = None;
@@ -765,7 +783,7 @@ pub fn effective_wake_timeout_s(c: &TaskCreated) -> u32 {
 /// whenever a type of this module changes shape: a snapshot of another shape is ignored and the
 /// state is rebuilt from the log. `tests/golden_events.rs` fails when the shape changes without
 /// a bump.
-pub const SNAPSHOT_SCHEMA: u32 = 7;
+pub const SNAPSHOT_SCHEMA: u32 = 8;
 
 /// Everything the server knows, as of `last_seq`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -786,6 +804,9 @@ pub struct FleetState {
     pub agent_seqs: HashMap<String, u64>,
     /// Tokens by id.
     pub tokens: BTreeMap<String, TokenView>,
+    /// Recent transfer times of successful updates per device model and transport, for the
+    /// learned ETA ([`crate::rollout::eta`]).
+    pub transfer_times: TransferTimes,
 }
 
 impl FleetState {
@@ -973,12 +994,19 @@ impl FleetState {
                 task.error = None;
                 task.late = e.late;
                 let device_id = task.created.device_id.clone();
+                let took = task
+                    .transfer_took_ms
+                    .map(Duration::from_millis)
+                    .or_else(|| task.transfer_from_ms.map(|from| at.since(from)));
                 succeed(task, e, at);
                 if let Some(d) = self.devices.get_mut(&device_id) {
                     d.facts.current = e.to.clone();
+                    if let (Some(took), Some(transport)) = (took, d.facts.transport) {
+                        self.transfer_times.record(&d.facts.model, transport, took);
+                    }
                 }
             }
-            DomainEvent::TaskVerifying(e) if e.attempt == task.attempt => verifying(task, e),
+            DomainEvent::TaskVerifying(e) if e.attempt == task.attempt => verifying(task, e, at),
             DomainEvent::TaskFailed(e) if e.attempt == task.attempt => failed(task, e, at),
             DomainEvent::TaskCancelled(e) => {
                 // Only a task its site has can still succeed there.

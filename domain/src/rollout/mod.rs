@@ -11,6 +11,7 @@
 //!   `rolloutConfig`).
 //! - [`rollback`]: the linked rollout that puts back what each device ran before.
 //! - [`window`]: maintenance windows in a site's local time.
+//! - [`eta`]: durations learned from the log (median transfer time per model and transport).
 //! - [`auto`]: auto-upgrade of devices that appear or fall behind after a rollout completed.
 //!
 //! Everything here is pure: callers pass the fleet state and `now`.
@@ -18,6 +19,7 @@
 pub mod abort;
 pub mod approval;
 pub mod auto;
+pub mod eta;
 pub mod lifecycle;
 pub mod plan;
 pub mod rate;

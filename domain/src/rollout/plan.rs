@@ -43,8 +43,10 @@
 //!
 //! # Estimate
 //! Each stage is simulated with greedy list scheduling under the spec's concurrency limits
-//! (global, per site, per zigbee2mqtt network, ESPHome devices per site) using typical transfer
-//! times per transport:
+//! (global, per site, per zigbee2mqtt network, ESPHome devices per site). A device takes the
+//! median transfer time of the past successful updates of its model over its transport, learned
+//! from the log ([`crate::rollout::eta`], kept in the projection); a kind with no past update
+//! takes the typical transfer time of its transport, and the plan's notes say which kinds did:
 //! - Zigbee (zigbee2mqtt): [`ZIGBEE_TRANSFER_S`] = 20 min per device (seen: 10–30 min; the
 //!   radio is shared, so zigbee2mqtt advises one device per network at a time);
 //! - ESPHome (network OTA): [`ESPHOME_TRANSFER_S`] = 1 min;
@@ -57,7 +59,10 @@
 //! A stage with a deadline is estimated at most at its deadline (unfinished devices time out
 //! then). The rollout's estimate is the batch-check timeout (when a batch check runs) plus, per
 //! stage, its estimate and its soak time. Time outside a maintenance window is not counted; a
-//! warning says so.
+//! warning says so. The makespan ([`Plan::makespan_s`]) is that working time stretched by the
+//! window from the time of planning ([`plan_at`]), for the site where that takes longest. The
+//! Zigbee airtime ([`Plan::airtime`]) is the sum of the expected Zigbee transfer seconds per
+//! (site, zigbee2mqtt network), which shows how much of the makespan each radio is busy.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -65,6 +70,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use crate::events::{Exclusion, FirmwareRegistered, PlannedStage, RolloutStarted};
 use crate::model::{PowerSource, Signal, Transport};
 use crate::projection::{DeviceView, FleetState};
+use crate::rollout::eta;
 use crate::rollout::rate::{self, Allowance, Rate};
 use crate::rollout::rollback::RollbackScope;
 use crate::rollout::select;
@@ -134,8 +140,40 @@ pub struct Plan {
     pub policies: Vec<String>,
     /// Devices that will get a task (the sum of the stages).
     pub target_count: u32,
-    /// Estimated duration of the whole rollout, seconds.
+    /// Estimated duration of the whole rollout, seconds of working time (batch check, stages
+    /// paced by the rate, soaks).
     pub estimated_s: u64,
+    /// The expected makespan: [`Self::estimated_s`] stretched by the maintenance window from
+    /// the time of planning (the slowest site's zone); `None` when the window never opens.
+    /// Without a time of planning ([`plan`]) the window is not applied.
+    pub makespan_s: Option<u64>,
+    /// How each kind of device (model, transport) among the targets was estimated: the median
+    /// of its past updates, or the transport's fixed guess ([`eta::TransferEstimate::note`]).
+    pub notes: Vec<String>,
+    /// Zigbee airtime per network: the targets' Zigbee transfer seconds, by (site, network).
+    pub airtime: Vec<ZigbeeAirtime>,
+}
+
+/// The Zigbee transfer time a plan spends on one zigbee2mqtt network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZigbeeAirtime {
+    /// Site.
+    pub site_id: String,
+    /// The zigbee2mqtt network.
+    pub network: String,
+    /// Sum of the expected transfer seconds of its targets.
+    pub airtime_s: u64,
+}
+
+impl ZigbeeAirtime {
+    /// Its share of a makespan, percent (0 for an empty makespan).
+    pub fn share_percent(&self, makespan_s: u64) -> f64 {
+        if makespan_s == 0 {
+            0.0
+        } else {
+            self.airtime_s as f64 * 100.0 / makespan_s as f64
+        }
+    }
 }
 
 impl Plan {
@@ -360,10 +398,18 @@ fn order_targets<'a>(
     (ordered, groups)
 }
 
-/// Estimated time to update `devices` under `limits`, seconds: greedy list scheduling with the
-/// typical transfer time of each device's transport.
-pub fn estimate_s(devices: &[&DeviceView], limits: &Concurrency) -> u64 {
-    estimate_paced_s(devices, limits, None)
+/// How long one device's transfer is expected to take, seconds.
+pub type TransferS<'a> = &'a dyn Fn(&DeviceView) -> u64;
+
+/// The typical transfer time of the device's transport (the fixed guess, nothing learned).
+pub fn typical(d: &DeviceView) -> u64 {
+    typical_transfer_s(d.facts.transport)
+}
+
+/// Estimated time to update `devices` under `limits`, seconds: greedy list scheduling with
+/// each device taking `duration` (the learned median or the typical guess, see [`eta`]).
+pub fn estimate_s(devices: &[&DeviceView], limits: &Concurrency, duration: TransferS<'_>) -> u64 {
+    estimate_paced_s(devices, limits, None, duration)
 }
 
 /// [`estimate_s`], with the starts also paced by a rollout's rate (and its ramp, every device
@@ -372,8 +418,9 @@ pub fn estimate_paced_s(
     devices: &[&DeviceView],
     limits: &Concurrency,
     pace: Option<Pace<'_>>,
+    duration: TransferS<'_>,
 ) -> u64 {
-    let mut sim = Simulation::new(devices, limits);
+    let mut sim = Simulation::new(devices, limits, duration);
     let mut now = 0u64;
     let mut starts: Vec<u64> = Vec::new();
     let mut done = 0u32;
@@ -425,10 +472,10 @@ struct Simulation {
 }
 
 impl Simulation {
-    fn new(devices: &[&DeviceView], limits: &Concurrency) -> Self {
+    fn new(devices: &[&DeviceView], limits: &Concurrency, duration: TransferS<'_>) -> Self {
         let mut sites: HashMap<&str, usize> = HashMap::new();
         let mut networks: HashMap<(&str, &str), usize> = HashMap::new();
-        let mut classes: BTreeMap<(&str, u8, &str), Class> = BTreeMap::new();
+        let mut classes: BTreeMap<(&str, u8, &str, u64), Class> = BTreeMap::new();
         for d in devices {
             let next_site = sites.len();
             let site = *sites.entry(d.site_id.as_str()).or_insert(next_site);
@@ -445,14 +492,15 @@ impl Simulation {
                 Some(Transport::Serial) => 2,
                 None => 3,
             };
+            let took = duration(d).max(1);
             classes
-                .entry((d.site_id.as_str(), tag, d.facts.network.as_str()))
+                .entry((d.site_id.as_str(), tag, d.facts.network.as_str(), took))
                 .or_insert(Class {
                     site,
                     network,
                     esphome: t == Some(Transport::Esphome),
                     remaining: 0,
-                    duration: typical_transfer_s(t),
+                    duration: took,
                 })
                 .remaining += 1;
         }
@@ -584,8 +632,15 @@ pub fn policies(spec: &RolloutSpec) -> Vec<String> {
     out
 }
 
-/// Plans `spec` against today's fleet. Pure: the same state gives the same plan.
+/// Plans `spec` against today's fleet, without a time of planning (the makespan ignores the
+/// maintenance window). Pure: the same state gives the same plan.
 pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
+    plan_at(spec, state, None)
+}
+
+/// Plans `spec` against today's fleet at `now` (when given, the makespan is stretched by the
+/// maintenance window from then). Pure: the same state and `now` give the same plan.
+pub fn plan_at(spec: &RolloutSpec, state: &FleetState, now: Option<UnixMillis>) -> Plan {
     let mut warnings = Vec::new();
     if spec.reverts.is_none() && select::is_empty(&spec.selector) {
         warnings.push("the selector is empty: it selects every device of the fleet".into());
@@ -599,19 +654,108 @@ pub fn plan(spec: &RolloutSpec, state: &FleetState) -> Plan {
     let (targets, exclusions) = select_targets(spec, state, &mut warnings);
     let (ordered, canary_groups) = order_targets(spec, &targets);
     let canary_count = canary_groups.iter().map(|g| g.device_ids.len()).sum();
-    let (mut stages, estimated_s) = plan_stages(spec, &ordered, canary_count, &mut warnings);
+    let kinds = Kinds::learn(&state.transfer_times, &ordered);
+    let per_device = |d: &DeviceView| kinds.seconds(d);
+    let (mut stages, estimated_s) =
+        plan_stages(spec, &ordered, canary_count, &per_device, &mut warnings);
     if let Some(first) = stages.first_mut() {
         first.canaries = canary_groups;
     }
     target_warnings(spec, state, &ordered, &mut warnings);
+    let check_only = spec.upgrade_type == UpgradeType::Check;
     Plan {
         policies: policies(spec),
         target_count: ordered.len() as u32,
+        makespan_s: makespan_s(spec, state, &ordered, estimated_s, now),
+        notes: if check_only {
+            Vec::new()
+        } else {
+            kinds.notes()
+        },
+        airtime: if check_only {
+            Vec::new()
+        } else {
+            airtime(&ordered, &per_device)
+        },
         stages,
         exclusions,
         warnings,
         estimated_s,
     }
+}
+
+/// The transfer estimate of every kind (model, transport) among some targets.
+struct Kinds(BTreeMap<(Option<Transport>, String), eta::TransferEstimate>);
+
+impl Kinds {
+    fn learn(times: &eta::TransferTimes, targets: &[&DeviceView]) -> Self {
+        let mut kinds = BTreeMap::new();
+        for d in targets {
+            let (t, model) = (d.facts.transport, d.facts.model.as_str());
+            kinds
+                .entry((t, model.to_string()))
+                .or_insert_with(|| eta::transfer_estimate(times, model, t));
+        }
+        Self(kinds)
+    }
+
+    fn seconds(&self, d: &DeviceView) -> u64 {
+        self.0
+            .get(&(d.facts.transport, d.facts.model.clone()))
+            .map_or_else(|| typical(d), |e| e.seconds)
+    }
+
+    /// One note per kind: learned kinds first, then those that fell back to the fixed guess.
+    fn notes(&self) -> Vec<String> {
+        let (learned, guessed): (Vec<_>, Vec<_>) = self.0.values().partition(|e| e.learned());
+        learned.iter().chain(&guessed).map(|e| e.note()).collect()
+    }
+}
+
+/// The Zigbee transfer seconds of the targets per (site, network).
+fn airtime(targets: &[&DeviceView], per_device: TransferS<'_>) -> Vec<ZigbeeAirtime> {
+    let mut by_network: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for d in targets {
+        if d.facts.transport == Some(Transport::Zigbee2Mqtt) {
+            *by_network
+                .entry((d.site_id.as_str(), d.facts.network.as_str()))
+                .or_default() += per_device(d);
+        }
+    }
+    by_network
+        .into_iter()
+        .map(|((site, network), airtime_s)| ZigbeeAirtime {
+            site_id: site.to_string(),
+            network: network.to_string(),
+            airtime_s,
+        })
+        .collect()
+}
+
+/// The working time stretched by the maintenance window from `now`, for the target site whose
+/// window makes it longest (UTC when there are no targets); `None`: the window never opens.
+fn makespan_s(
+    spec: &RolloutSpec,
+    state: &FleetState,
+    targets: &[&DeviceView],
+    working_s: u64,
+    now: Option<UnixMillis>,
+) -> Option<u64> {
+    let (Some(w), Some(now)) = (&spec.window, now) else {
+        return Some(working_s);
+    };
+    let mut sites: Vec<&str> = targets.iter().map(|d| d.site_id.as_str()).collect();
+    sites.sort_unstable();
+    sites.dedup();
+    if sites.is_empty() {
+        return eta::wall_clock_s(working_s, Some(w), window::SiteZone::Offset(0), now);
+    }
+    let mut longest = 0;
+    for site in sites {
+        let zone = window::site_zone(state, Some(spec), site);
+        longest = longest.max(eta::wall_clock_s(working_s, Some(w), zone, now)?);
+    }
+    Some(longest)
 }
 
 /// The devices the selector matches that can take the firmware, and the exclusions (sorted by
@@ -683,6 +827,7 @@ fn plan_stages(
     spec: &RolloutSpec,
     ordered: &[&DeviceView],
     canary_count: usize,
+    per_device: TransferS<'_>,
     warnings: &mut Vec<String>,
 ) -> (Vec<StagePlan>, u64) {
     let mut sizes: Vec<StageSize> = spec.stages.iter().map(|s| s.size).collect();
@@ -711,7 +856,7 @@ fn plan_stages(
         let simulated = if check_only {
             0
         } else {
-            estimate_paced_s(devices, &spec.concurrency, pace)
+            estimate_paced_s(devices, &spec.concurrency, pace, per_device)
         };
         let deadline = u64::from(stage.deadline_s);
         let estimated_s = if deadline > 0 {
@@ -889,7 +1034,7 @@ mod tests {
             .map(|i| device(&format!("a/z{i}"), Transport::Zigbee2Mqtt, "zb"))
             .collect();
         let refs: Vec<&DeviceView> = z.iter().collect();
-        assert_eq!(estimate_s(&refs, &limits), 6 * ZIGBEE_TRANSFER_S);
+        assert_eq!(estimate_s(&refs, &limits, &typical), 6 * ZIGBEE_TRANSFER_S);
         // Two networks halve it.
         let z2: Vec<DeviceView> = (0..6)
             .map(|i| {
@@ -901,13 +1046,13 @@ mod tests {
             })
             .collect();
         let refs: Vec<&DeviceView> = z2.iter().collect();
-        assert_eq!(estimate_s(&refs, &limits), 3 * ZIGBEE_TRANSFER_S);
+        assert_eq!(estimate_s(&refs, &limits, &typical), 3 * ZIGBEE_TRANSFER_S);
         // 10 ESPHome devices at 4 per site: 3 rounds of a minute.
         let e: Vec<DeviceView> = (0..10)
             .map(|i| device(&format!("a/e{i}"), Transport::Esphome, "esphome"))
             .collect();
         let refs: Vec<&DeviceView> = e.iter().collect();
-        assert_eq!(estimate_s(&refs, &limits), 3 * ESPHOME_TRANSFER_S);
+        assert_eq!(estimate_s(&refs, &limits, &typical), 3 * ESPHOME_TRANSFER_S);
         // Mixed on one site with per_site 2: the Zigbee network and ESPHome share two slots.
         let tight = Concurrency {
             per_site: 2,
@@ -916,8 +1061,8 @@ mod tests {
         let mut mixed: Vec<&DeviceView> = z.iter().take(2).collect();
         mixed.extend(e.iter().take(4));
         // Zigbee one at a time in one slot (2 × 20 min); ESPHome in the other (4 × 1 min).
-        assert_eq!(estimate_s(&mixed, &tight), 2 * ZIGBEE_TRANSFER_S);
-        assert_eq!(estimate_s(&[], &limits), 0);
+        assert_eq!(estimate_s(&mixed, &tight, &typical), 2 * ZIGBEE_TRANSFER_S);
+        assert_eq!(estimate_s(&[], &limits, &typical), 0);
     }
 
     #[test]
@@ -933,7 +1078,7 @@ mod tests {
             .map(|i| device(&format!("a/e{i}"), Transport::Esphome, "esphome"))
             .collect();
         let refs: Vec<&DeviceView> = e.iter().collect();
-        assert_eq!(estimate_s(&refs, &wide), ESPHOME_TRANSFER_S);
+        assert_eq!(estimate_s(&refs, &wide, &typical), ESPHOME_TRANSFER_S);
         let flat = Rate {
             max_per_minute: 6,
             ramp: None,
@@ -944,7 +1089,10 @@ mod tests {
             succeeded_before: 0,
         };
         // Starts at 0, 60, 120 and 180 s (6, 6, 6, 2); the last ones take a minute.
-        assert_eq!(estimate_paced_s(&refs, &wide, Some(pace(&flat))), 240);
+        assert_eq!(
+            estimate_paced_s(&refs, &wide, Some(pace(&flat)), &typical),
+            240
+        );
         // A ramp from 1/min, ×2 after every 2 successes, as the minute-long transfers succeed:
         // 1 start at 0 s, 1 at 60 s, 2 at 120 s (2 succeeded), 4 at 180 s (4), the last 12 at
         // 240 s (8 succeeded: 16/min).
@@ -956,13 +1104,16 @@ mod tests {
                 after: RampAfter::Successes(2),
             }),
         };
-        assert_eq!(estimate_paced_s(&refs, &wide, Some(pace(&ramp))), 300);
+        assert_eq!(
+            estimate_paced_s(&refs, &wide, Some(pace(&ramp)), &typical),
+            300
+        );
         // Devices of earlier stages count as successes: the ramp goes on from there.
         let later = Pace {
             succeeded_before: 8,
             ..pace(&ramp)
         };
-        assert_eq!(estimate_paced_s(&refs, &wide, Some(later)), 120);
+        assert_eq!(estimate_paced_s(&refs, &wide, Some(later), &typical), 120);
     }
 
     mod canaries {
@@ -1126,6 +1277,132 @@ mod tests {
             assert_eq!(p.stages[0].device_ids, ["a/zb1-0", "b/zb1-0"]);
             assert!(p.stages[0].canaries.is_empty());
             assert!(!p.policies.iter().any(|l| l.starts_with("canaries")));
+        }
+    }
+
+    mod learned {
+        use std::time::Duration;
+
+        use super::super::*;
+        use crate::events::streams;
+        use crate::fixture::{FW, Log, T0, esp_device, esp_firmware, spec, stage};
+        use crate::fixture::{zigbee_device, zigbee_firmware};
+        use crate::rollout::spec::MaintenanceWindow;
+
+        /// `n` ESPHome esp32dev devices on site a, and firmware for them.
+        fn esphome(n: usize) -> Log {
+            let mut log = Log::default();
+            log.event(T0, &streams::firmware(FW), esp_firmware(FW, "2.0.0"));
+            for i in 0..n {
+                let mut d = esp_device("1.0.0");
+                d.facts.model = "esp32dev".into();
+                log.event(T0, &streams::device(&format!("a/e{i}")), d);
+            }
+            log
+        }
+
+        fn learn(log: &mut Log, model: &str, t: Transport, secs: &[u64]) {
+            for s in secs {
+                log.state
+                    .transfer_times
+                    .record(model, t, Duration::from_secs(*s));
+            }
+        }
+
+        fn one_stage(per_esphome_site: u32) -> RolloutSpec {
+            let mut s = spec(vec![stage("all", StageSize::CumulativePercent(100.0))]);
+            s.concurrency.per_esphome_site = per_esphome_site;
+            s
+        }
+
+        #[test]
+        fn past_updates_give_the_median() {
+            let mut log = esphome(4);
+            learn(&mut log, "esp32dev", Transport::Esphome, &[20, 30, 400]);
+            let p = plan(&one_stage(4), &log.state);
+            assert_eq!(
+                p.stages[0].estimated_s, 30,
+                "the median, not the typical minute"
+            );
+            assert_eq!((p.estimated_s, p.makespan_s), (30, Some(30)));
+            assert_eq!(
+                p.notes,
+                ["model esp32dev over esphome: 30 s, the median of 3 past update(s)"]
+            );
+            assert!(p.airtime.is_empty(), "no Zigbee");
+        }
+
+        #[test]
+        fn without_history_the_typical_guess_and_a_note() {
+            let mut log = esphome(4);
+            // Another model's history does not count.
+            learn(&mut log, "esp8266", Transport::Esphome, &[5]);
+            let p = plan(&one_stage(4), &log.state);
+            assert_eq!(p.stages[0].estimated_s, ESPHOME_TRANSFER_S);
+            assert_eq!(
+                p.notes,
+                [
+                    "model esp32dev over esphome: no past update in the log, assumed 60 s (the typical esphome transfer)"
+                ]
+            );
+        }
+
+        #[test]
+        fn the_makespan_follows_the_concurrency_and_the_window() {
+            let mut log = esphome(4);
+            learn(&mut log, "esp32dev", Transport::Esphome, &[30]);
+            let one = plan(&one_stage(1), &log.state);
+            let two = plan(&one_stage(2), &log.state);
+            assert_eq!(one.makespan_s, Some(4 * 30));
+            assert_eq!(two.makespan_s, Some(2 * 30));
+            // A soak and a batch check count too.
+            let mut s = one_stage(2);
+            s.stages[0].soak_s = 100;
+            s.batch_check = true;
+            let p = plan(&s, &log.state);
+            assert_eq!(p.makespan_s, Some(60 + 60 + 100));
+            // A window from 22:00 UTC, planned at Monday 00:00 UTC: 22 h pass first.
+            s.window = Some(MaintenanceWindow {
+                start_minute: 22 * 60,
+                end_minute: 23 * 60,
+                weekdays: vec![],
+            });
+            let p = plan_at(&s, &log.state, Some(T0));
+            assert_eq!(p.estimated_s, 220, "working time");
+            assert_eq!(p.makespan_s, Some(22 * 3600 + 220));
+            // A window that never opens: no makespan.
+            s.window = Some(MaintenanceWindow {
+                start_minute: 60,
+                end_minute: 60,
+                weekdays: vec![],
+            });
+            assert_eq!(plan_at(&s, &log.state, Some(T0)).makespan_s, None);
+        }
+
+        #[test]
+        fn zigbee_airtime_per_network_and_its_share() {
+            let mut log = Log::default();
+            log.event(T0, &streams::firmware(FW), zigbee_firmware(FW));
+            for (id, net) in [("a/1", "zb1"), ("a/2", "zb1"), ("a/3", "zb2")] {
+                log.event(T0, &streams::device(id), zigbee_device(net, false));
+            }
+            learn(&mut log, "bulb", Transport::Zigbee2Mqtt, &[400]);
+            let p = plan(&one_stage(4), &log.state);
+            // One device per network at a time: zb1's two bulbs make the makespan.
+            assert_eq!(p.makespan_s, Some(800));
+            let rows: Vec<(&str, &str, u64, f64)> = p
+                .airtime
+                .iter()
+                .map(|a| {
+                    let share = a.share_percent(p.makespan_s.unwrap_or(0));
+                    (a.site_id.as_str(), a.network.as_str(), a.airtime_s, share)
+                })
+                .collect();
+            assert_eq!(rows, [("a", "zb1", 800, 100.0), ("a", "zb2", 400, 50.0)]);
+            assert_eq!(
+                p.notes,
+                ["model bulb over zigbee2mqtt: 400 s, the median of 1 past update(s)"]
+            );
         }
     }
 }
