@@ -12,10 +12,14 @@
 //!   wake-up or for the network's slot is not transfer time.
 //! - [`transfer_estimate`] gives the median of a kind's samples, or the fixed guess of its
 //!   transport ([`super::plan::typical_transfer_s`]) when nothing was learned, with a note.
+//! - [`Estimates`] holds the estimate of every kind among a plan's targets, and its notes.
+//! - [`remaining_s`] is the remaining time of a running rollout (`Watch`), with the same
+//!   medians.
 //! - [`wall_clock_s`] turns working seconds into wall-clock seconds from `now` under a
 //!   maintenance window (time while it is closed passes without work).
 //!
-//! Pure: no clock, no I/O. The planner ([`super::plan`]) and the server's `Watch` use it.
+//! Pure: no clock, no I/O. The planner ([`super::plan`]) and the server's `Watch` use it. It
+//! does not pace the remaining time by the rollout's rate (the plan does).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -23,6 +27,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Transport;
+use crate::projection::{DeviceView, FleetState, RolloutView, StageState};
+use crate::rollout::plan::{self, typical_transfer_s};
 use crate::rollout::spec::MaintenanceWindow;
 use crate::rollout::window::{self, SiteZone};
 use crate::time::UnixMillis;
@@ -137,7 +143,7 @@ pub fn transfer_estimate(
     let t = transport.unwrap_or(Transport::Esphome);
     let (seconds, samples) = match times.median(model, t) {
         Some((d, n)) => (d.as_millis().div_ceil(1000).max(1) as u64, n),
-        None => (super::plan::typical_transfer_s(transport), 0),
+        None => (typical_transfer_s(transport), 0),
     };
     TransferEstimate {
         model: clip(model),
@@ -145,6 +151,103 @@ pub fn transfer_estimate(
         seconds,
         samples,
     }
+}
+
+/// The transfer estimate of every kind (model, transport) among some devices.
+#[derive(Debug, Clone, Default)]
+pub struct Estimates(BTreeMap<(Option<Transport>, String), TransferEstimate>);
+
+impl Estimates {
+    /// The estimates of the kinds of `devices`.
+    pub fn learn(times: &TransferTimes, devices: &[&DeviceView]) -> Self {
+        let mut kinds = BTreeMap::new();
+        for d in devices {
+            let (t, model) = (d.facts.transport, d.facts.model.as_str());
+            kinds
+                .entry((t, model.to_string()))
+                .or_insert_with(|| transfer_estimate(times, model, t));
+        }
+        Self(kinds)
+    }
+
+    /// Expected transfer seconds of `d` (the typical guess for a kind not learned here).
+    pub fn seconds(&self, d: &DeviceView) -> u64 {
+        self.0
+            .get(&(d.facts.transport, d.facts.model.clone()))
+            .map_or_else(|| typical_transfer_s(d.facts.transport), |e| e.seconds)
+    }
+
+    /// One note per kind: learned kinds first, then those that fell back to the fixed guess.
+    pub fn notes(&self) -> Vec<String> {
+        let (learned, guessed): (Vec<_>, Vec<_>) = self.0.values().partition(|e| e.learned());
+        learned.iter().chain(&guessed).map(|e| e.note()).collect()
+    }
+}
+
+/// The remaining time of a started rollout `r` at `now`, seconds of wall clock (stretched by
+/// its maintenance window): per stage not ended, its devices whose tasks have not ended
+/// simulated as the planner does ([`plan::estimate_paced_s`]) with the learned transfer times
+/// (a device already transferring counts only what is left of its estimate), capped at the
+/// stage's deadline, plus what is left of its soak (and of a batch check still running). `None` before the start (the plan says it),
+/// once ended, or when the window never opens.
+pub fn remaining_s(r: &RolloutView, state: &FleetState, now: UnixMillis) -> Option<u64> {
+    if r.stages.is_empty() || r.state.is_terminal() {
+        return None;
+    }
+    let all: Vec<&DeviceView> = r
+        .stages
+        .iter()
+        .flat_map(|s| &s.device_ids)
+        .filter_map(|id| state.devices.get(id))
+        .collect();
+    let kinds = Estimates::learn(&state.transfer_times, &all);
+    let task_of = |d: &DeviceView| {
+        r.tasks_by_device
+            .get(&d.id)
+            .and_then(|t| state.tasks.get(t))
+    };
+    let left = |d: &DeviceView| {
+        let est = kinds.seconds(d);
+        match task_of(d).and_then(|t| t.transfer_from_ms) {
+            Some(from) => est.saturating_sub(now.since(from).as_secs()).max(1),
+            None => est,
+        }
+    };
+    let secs_until = |at: Option<UnixMillis>| at.map(|at| at.since(now).as_secs());
+    // A batch check still running: until its deadline.
+    let mut total = r
+        .batch_check
+        .as_ref()
+        .filter(|b| !b.completed)
+        .and_then(|b| secs_until(Some(b.deadline_at_ms)))
+        .unwrap_or(0);
+    for (i, stage) in r.stages.iter().enumerate() {
+        let soak = u64::from(r.spec.stages.get(i).map_or(0, |s| s.soak_s));
+        total += match stage.state {
+            StageState::Succeeded | StageState::Failed => 0,
+            StageState::Soaking => secs_until(stage.soak_until_ms).unwrap_or(0),
+            StageState::Pending | StageState::Running => {
+                let open: Vec<&DeviceView> = stage
+                    .device_ids
+                    .iter()
+                    .filter_map(|id| state.devices.get(id))
+                    .filter(|d| task_of(d).is_none_or(|t| !t.phase.is_terminal()))
+                    .collect();
+                let simulated = plan::estimate_s(&open, &r.spec.concurrency, &left);
+                let deadline = match stage.deadline_at_ms {
+                    Some(at) => secs_until(Some(at)),
+                    None => r
+                        .spec
+                        .stages
+                        .get(i)
+                        .filter(|s| s.deadline_s > 0)
+                        .map(|s| u64::from(s.deadline_s)),
+                };
+                deadline.map_or(simulated, |d| simulated.min(d)) + soak
+            }
+        };
+    }
+    plan::makespan_s(&r.spec, state, &all, total, Some(now))
 }
 
 /// Wall-clock seconds from `now` until `working_s` seconds of work are done when work happens
@@ -322,6 +425,60 @@ mod tests {
                 health: Health::NotChecked,
             };
             log.event(at, &streams::task(task), e);
+        }
+
+        #[test]
+        fn a_running_rollout_has_the_remaining_time_of_its_open_devices() {
+            use std::collections::HashMap;
+
+            use crate::fixture::{esp_firmware, spec, stage, start_rollout};
+            use crate::rollout::scheduler::{self, Input, MAX_NEW_TASKS_PER_STEP};
+            use crate::rollout::spec::StageSize;
+
+            let mut log = Log::default();
+            log.event(T0, &streams::firmware(FW), esp_firmware(FW, "2.0.0"));
+            for i in 0..4 {
+                let mut r = esp_device("1.0.0");
+                r.facts.model = "esp32dev".into();
+                log.event(T0, &streams::device(&format!("a/e{i}")), r);
+            }
+            log.state.transfer_times.record(
+                "esp32dev",
+                Transport::Esphome,
+                Duration::from_secs(30),
+            );
+            let mut s = spec(vec![stage("all", StageSize::CumulativePercent(100.0))]);
+            s.concurrency.per_esphome_site = 2;
+            s.stages[0].soak_s = 100;
+            start_rollout(&mut log, T0, "ro", s);
+            let remaining = |log: &Log, at| {
+                super::super::remaining_s(&log.state.rollouts["ro"], &log.state, at)
+            };
+            // Four devices two at a time, 30 s each, then the soak.
+            assert_eq!(remaining(&log, T0), Some(60 + 100));
+            let d = scheduler::reconcile(Input {
+                rollout: &log.state.rollouts["ro"],
+                state: &log.state,
+                now_ms: T0,
+                batch_check_in_flight: false,
+                max_new_tasks: MAX_NEW_TASKS_PER_STEP,
+                require_approval: false,
+            });
+            let seen: HashMap<String, u64> = log.versions.clone();
+            log.commit(T0, &d.changes("ro"), &seen).expect("commit");
+            let task = |log: &Log, d: &str| log.state.rollouts["ro"].tasks_by_device[d].clone();
+            let (t0, t1) = (task(&log, "a/e0"), task(&log, "a/e1"));
+            dispatched(&mut log, T0, &t0);
+            dispatched(&mut log, T0 + 20 * S, &t1);
+            succeeded(&mut log, T0 + 30 * S, &t0);
+            // At 40 s: a/e1 has 10 s left; a/e2 runs beside it, a/e3 after a/e1 (10 + 30 s).
+            assert_eq!(remaining(&log, T0 + 40 * S), Some(40 + 100));
+            assert_eq!(
+                log.state
+                    .transfer_times
+                    .median("esp32dev", Transport::Esphome),
+                Some((Duration::from_secs(30), 2))
+            );
         }
 
         #[test]

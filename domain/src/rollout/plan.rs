@@ -654,7 +654,7 @@ pub fn plan_at(spec: &RolloutSpec, state: &FleetState, now: Option<UnixMillis>) 
     let (targets, exclusions) = select_targets(spec, state, &mut warnings);
     let (ordered, canary_groups) = order_targets(spec, &targets);
     let canary_count = canary_groups.iter().map(|g| g.device_ids.len()).sum();
-    let kinds = Kinds::learn(&state.transfer_times, &ordered);
+    let kinds = eta::Estimates::learn(&state.transfer_times, &ordered);
     let per_device = |d: &DeviceView| kinds.seconds(d);
     let (mut stages, estimated_s) =
         plan_stages(spec, &ordered, canary_count, &per_device, &mut warnings);
@@ -684,34 +684,6 @@ pub fn plan_at(spec: &RolloutSpec, state: &FleetState, now: Option<UnixMillis>) 
     }
 }
 
-/// The transfer estimate of every kind (model, transport) among some targets.
-struct Kinds(BTreeMap<(Option<Transport>, String), eta::TransferEstimate>);
-
-impl Kinds {
-    fn learn(times: &eta::TransferTimes, targets: &[&DeviceView]) -> Self {
-        let mut kinds = BTreeMap::new();
-        for d in targets {
-            let (t, model) = (d.facts.transport, d.facts.model.as_str());
-            kinds
-                .entry((t, model.to_string()))
-                .or_insert_with(|| eta::transfer_estimate(times, model, t));
-        }
-        Self(kinds)
-    }
-
-    fn seconds(&self, d: &DeviceView) -> u64 {
-        self.0
-            .get(&(d.facts.transport, d.facts.model.clone()))
-            .map_or_else(|| typical(d), |e| e.seconds)
-    }
-
-    /// One note per kind: learned kinds first, then those that fell back to the fixed guess.
-    fn notes(&self) -> Vec<String> {
-        let (learned, guessed): (Vec<_>, Vec<_>) = self.0.values().partition(|e| e.learned());
-        learned.iter().chain(&guessed).map(|e| e.note()).collect()
-    }
-}
-
 /// The Zigbee transfer seconds of the targets per (site, network).
 fn airtime(targets: &[&DeviceView], per_device: TransferS<'_>) -> Vec<ZigbeeAirtime> {
     let mut by_network: BTreeMap<(&str, &str), u64> = BTreeMap::new();
@@ -734,7 +706,7 @@ fn airtime(targets: &[&DeviceView], per_device: TransferS<'_>) -> Vec<ZigbeeAirt
 
 /// The working time stretched by the maintenance window from `now`, for the target site whose
 /// window makes it longest (UTC when there are no targets); `None`: the window never opens.
-fn makespan_s(
+pub(crate) fn makespan_s(
     spec: &RolloutSpec,
     state: &FleetState,
     targets: &[&DeviceView],
