@@ -553,6 +553,17 @@ fn plan() -> pb::RolloutPlan {
                 .into(),
         ],
         target_count: 14,
+        makespan_s: Some(86_400 + 4_200),
+        notes: vec![
+            "model esp32dev over esphome: 42 s, the median of 15 past update(s)".into(),
+            "model TRADFRI bulb over zigbee2mqtt: no past update in the log, assumed 1200 s (the typical zigbee2mqtt transfer)".into(),
+        ],
+        zigbee_airtime: vec![pb::ZigbeeAirtime {
+            site_id: "home".into(),
+            network: "zigbee-attic".into(),
+            airtime_s: 1_200,
+            share_percent: 1.3,
+        }],
     }
 }
 
@@ -893,6 +904,7 @@ fn render_rollout(o: &mut String) {
         seq: 77,
         rollout: Some(running_rollout()),
         tasks: vec![updating_task()],
+        remaining_s: Some(1_830),
     };
     let json = serde_json::to_string(&ProgressJson::new(&progress)).expect("serialize");
     text(o, "rollout watch line (json)", &json);

@@ -1,6 +1,7 @@
 //! Rollout policies past stages and thresholds, end to end over gRPC with fake sites: abort
 //! criteria over the devices that finished; the rate (with its ramp) at which a rollout starts
-//! devices; per-site canaries; success only when the device stays healthy for its health window.
+//! devices; per-site canaries; success only when the device stays healthy for its health window;
+//! plans and watches that estimate with the transfer times learned from past updates.
 use std::time::Duration;
 
 use ota_proto::v1 as pb;
@@ -731,4 +732,73 @@ async fn health_policies_are_stored_shown_planned_and_bounded() {
         "spec.health.esphome_window_s is 86401: at most 86400 (24 h)"
     );
     assert_eq!(otad.recorded().len(), before, "refused specs store nothing");
+}
+
+// === learned ETA ===
+
+async fn plan_of(otad: &TestOtad, s: pb::RolloutSpec) -> pb::RolloutPlan {
+    otad.rollouts()
+        .plan(pb::PlanRolloutRequest {
+            subject: Some(pb::plan_rollout_request::Subject::Spec(s)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_plan_estimates_with_the_transfer_times_of_past_updates() {
+    let otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    // Four esp32dev devices whose transfers take 30 s; all four at once (4 per site).
+    let _site = esp_site(&otad, 4, |_| Behavior::Succeed).await;
+    let s = spec(&fw, vec![stage("all", percent(100.0))]);
+    let before = plan_of(&otad, s.clone()).await;
+    assert_eq!(
+        before.stages[0].estimated_s, 60,
+        "the typical ESPHome minute"
+    );
+    assert_eq!(
+        before.notes,
+        [
+            "model esp32dev over esphome: no past update in the log, assumed 60 s (the typical esphome transfer)"
+        ]
+    );
+    assert_eq!(before.makespan_s, Some(60));
+    assert!(before.zigbee_airtime.is_empty());
+
+    let id = otad.create(s).await.id;
+    let mut watch = otad
+        .rollouts()
+        .watch(pb::WatchRolloutRequest {
+            id: id.clone(),
+            include_tasks: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first message");
+    let left = first
+        .remaining_s
+        .expect("a running rollout has a remaining time");
+    assert!(
+        (1..=60).contains(&left),
+        "{left} s left of the typical minute"
+    );
+    otad.until_rollout(&id, "completed", hours(1)).await;
+
+    let fw3 = otad.upload_esp("3.0.0").await;
+    let after = plan_of(&otad, spec(&fw3, vec![stage("all", percent(100.0))])).await;
+    let learned = after.stages[0].estimated_s;
+    assert!(
+        (30..=32).contains(&learned),
+        "the 30 s transfers, not the typical 60 s: {learned}"
+    );
+    assert_eq!(
+        after.notes,
+        [format!(
+            "model esp32dev over esphome: {learned} s, the median of 4 past update(s)"
+        )]
+    );
+    assert_eq!(after.makespan_s, Some(after.estimated_duration_s));
 }

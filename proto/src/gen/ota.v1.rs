@@ -4520,7 +4520,8 @@ pub struct PlannedStage {
     pub name: ::prost::alloc::string::String,
     #[prost(string, repeated, tag = "3")]
     pub device_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// Estimated duration of this stage, from the concurrency limits and typical transfer times.
+    /// Estimated duration of this stage, from the concurrency limits and the transfer times learned
+    /// from past updates (the typical ones for kinds with none, see RolloutPlan.notes).
     #[prost(uint32, tag = "4")]
     pub estimated_s: u32,
     /// The per-site canaries by site and transport instance, when `canary_per_site` fills this
@@ -4552,7 +4553,7 @@ pub struct RolloutPlan {
     pub stages: ::prost::alloc::vec::Vec<PlannedStage>,
     #[prost(message, repeated, tag = "2")]
     pub exclusions: ::prost::alloc::vec::Vec<Exclusion>,
-    /// Sum of the stages' estimates plus soak times.
+    /// Working time: the batch check, the stages' estimates (paced by the rate) plus soak times.
     #[prost(uint32, tag = "3")]
     pub estimated_duration_s: u32,
     /// Things the operator should know (a stage with no devices, a window that never opens, ...).
@@ -4564,6 +4565,30 @@ pub struct RolloutPlan {
     /// ("abort criterion 1: failed ≥ 20% of ≥ 10 finished → pause").
     #[prost(string, repeated, tag = "6")]
     pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The expected makespan: the working time stretched by the maintenance window from now (the
+    /// slowest site). Unset when the window never opens.
+    #[prost(uint32, optional, tag = "7")]
+    pub makespan_s: ::core::option::Option<u32>,
+    /// How each kind of target device (model, transport) was estimated: the median of its past
+    /// successful updates, or the transport's typical time when the log has none.
+    #[prost(string, repeated, tag = "8")]
+    pub notes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Zigbee airtime per zigbee2mqtt network: the expected Zigbee transfer time of its targets.
+    #[prost(message, repeated, tag = "9")]
+    pub zigbee_airtime: ::prost::alloc::vec::Vec<ZigbeeAirtime>,
+}
+/// The expected Zigbee transfer time a plan spends on one zigbee2mqtt network.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ZigbeeAirtime {
+    #[prost(string, tag = "1")]
+    pub site_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub network: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub airtime_s: u32,
+    /// Its share of the makespan, percent (above 100 when the network cannot keep up alone).
+    #[prost(double, tag = "4")]
+    pub share_percent: f64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RolloutActionRequest {
@@ -4611,6 +4636,10 @@ pub struct RolloutProgress {
     /// Event sequence number this message reflects.
     #[prost(uint64, tag = "3")]
     pub seq: u64,
+    /// The expected remaining time of a started rollout (wall clock, learned transfer times).
+    /// Unset before the start, once ended, or when its window never opens.
+    #[prost(uint32, optional, tag = "4")]
+    pub remaining_s: ::core::option::Option<u32>,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

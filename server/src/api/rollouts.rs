@@ -16,6 +16,7 @@ use futures::Stream;
 use ota_domain::events::{DomainEvent, RolloutCreated, RolloutPaused, RolloutResumed, streams};
 use ota_domain::projection::{FleetState, RolloutView, TaskView};
 use ota_domain::rollout::approval::{self, ApprovalError};
+use ota_domain::rollout::eta;
 use ota_domain::rollout::lifecycle::{Action, transition};
 use ota_domain::rollout::plan::{self, Plan};
 use ota_domain::rollout::rollback::{self, Ask, RollbackError, RollbackScope};
@@ -116,6 +117,18 @@ pub fn plan_pb(p: &Plan) -> pb::RolloutPlan {
         warnings: p.warnings.clone(),
         policies: p.policies.clone(),
         target_count: p.target_count,
+        makespan_s: p.makespan_s.map(|s| s.min(u64::from(u32::MAX)) as u32),
+        notes: p.notes.clone(),
+        zigbee_airtime: p
+            .airtime
+            .iter()
+            .map(|a| pb::ZigbeeAirtime {
+                site_id: a.site_id.clone(),
+                network: a.network.clone(),
+                airtime_s: a.airtime_s.min(u64::from(u32::MAX)) as u32,
+                share_percent: (a.share_percent(p.makespan_s.unwrap_or(0)) * 10.0).round() / 10.0,
+            })
+            .collect(),
     }
 }
 
@@ -257,12 +270,13 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
     ) -> Result<Response<pb::RolloutPlan>, Status> {
         caller(&request).require(Role::Viewer)?;
         let req = request.into_inner();
+        let now = Some(self.app.core.clock().now());
         let state = self.app.core.read();
         let plan = match req.subject {
             Some(pb::plan_rollout_request::Subject::Spec(s)) => {
                 let spec = spec_from(Some(&s))?;
                 require_firmware(&state, &spec)?;
-                plan::plan(&spec, &state)
+                plan::plan_at(&spec, &state, now)
             }
             Some(pb::plan_rollout_request::Subject::RolloutId(id)) => {
                 let r = find(&state, &id)?;
@@ -279,7 +293,7 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
                     ))
                     .into());
                 }
-                plan::plan(&r.spec, &state)
+                plan::plan_at(&r.spec, &state, now)
             }
             None => return Err(ApiError::invalid("give a spec or a rollout_id to plan").into()),
         };
@@ -510,6 +524,8 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
                                 rollout: Some(convert::rollout(r, &state)),
                                 tasks,
                                 seq: state.last_seq,
+                                remaining_s: eta::remaining_s(r, &state, app.core.clock().now())
+                                    .map(|s| s.min(u64::from(u32::MAX)) as u32),
                             },
                             r.state.is_terminal(),
                         )

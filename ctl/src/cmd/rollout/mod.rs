@@ -383,6 +383,7 @@ mod tests {
             rollout: Some(r),
             tasks,
             seq,
+            remaining_s: None,
         }
     }
 
@@ -540,6 +541,7 @@ mod tests {
                 warnings: vec!["stage wave-1 has no devices".into()],
                 policies: vec![],
                 target_count: 2,
+                ..Default::default()
             },
             ..Default::default()
         };

@@ -1,8 +1,8 @@
 //! How the results of `otactl rollout ...` read in a terminal.
 
 use super::view::{
-    ApprovalJson, CanaryGroupJson, CountsJson, ExclusionJson, PlanJson, RollbackLinkJson,
-    RolloutJson, RolloutListJson, StageSpecJson, ThresholdJson,
+    AirtimeJson, ApprovalJson, CanaryGroupJson, CountsJson, ExclusionJson, PlanJson,
+    RollbackLinkJson, RolloutJson, RolloutListJson, StageSpecJson, ThresholdJson,
 };
 use crate::output::{fields, fmt_secs, fmt_time, render, section, table};
 use crate::views::{en, when_by};
@@ -244,7 +244,14 @@ pub fn plan(p: &PlanJson) -> String {
         ("Target devices", p.target_count.to_string()),
         (
             "Estimated duration",
-            fmt_secs(u64::from(p.estimated_duration_s)),
+            format!("{} of work", fmt_secs(u64::from(p.estimated_duration_s))),
+        ),
+        (
+            "Expected makespan",
+            p.makespan_s.map_or_else(
+                || "never: the maintenance window never opens".to_string(),
+                |s| fmt_secs(u64::from(s)),
+            ),
         ),
     ]);
     let mut t = table(&["#", "stage", "devices", "estimate", "device ids"]);
@@ -280,6 +287,12 @@ pub fn plan(p: &PlanJson) -> String {
     if !p.policies.is_empty() {
         section(&mut out, "Policies", &p.policies.join("\n"));
     }
+    if !p.notes.is_empty() {
+        section(&mut out, "Transfer times", &p.notes.join("\n"));
+    }
+    if !p.zigbee_airtime.is_empty() {
+        section(&mut out, "Zigbee airtime", &airtime(&p.zigbee_airtime));
+    }
     section(&mut out, "Excluded", &exclusions(&p.exclusions));
     if !p.warnings.is_empty() {
         section(
@@ -293,6 +306,27 @@ pub fn plan(p: &PlanJson) -> String {
         );
     }
     out
+}
+
+/// The Zigbee airtime per network of a plan.
+fn airtime(rows: &[AirtimeJson]) -> String {
+    let mut t = table(&["site", "network", "airtime", "share of makespan"]);
+    for a in rows {
+        t.add_row(vec![
+            a.site_id.clone(),
+            a.network.clone(),
+            fmt_secs(u64::from(a.airtime_s)),
+            format!("{:.0} %", a.share_percent),
+        ]);
+    }
+    render(&t, "none")
+}
+
+/// The remaining time of a watched rollout, `about 12m left`, or nothing when unknown.
+pub fn remaining(remaining_s: Option<u32>) -> String {
+    remaining_s.map_or_else(String::new, |s| {
+        format!(" · about {} left", fmt_secs(u64::from(s)))
+    })
 }
 
 /// One line summarising a rollout's progress (for logs when bars are off).

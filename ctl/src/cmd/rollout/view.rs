@@ -764,13 +764,33 @@ pub struct CanaryGroupJson {
     pub available: u32,
 }
 
+/// The expected Zigbee transfer time of one zigbee2mqtt network.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AirtimeJson {
+    /// Site.
+    pub site_id: String,
+    /// The zigbee2mqtt network.
+    pub network: String,
+    /// Expected Zigbee transfer seconds of its targets.
+    pub airtime_s: u32,
+    /// Share of the makespan, percent.
+    pub share_percent: f64,
+}
+
 /// `rollout plan`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlanJson {
     /// Devices targeted.
     pub target_count: u32,
-    /// Estimated total, seconds.
+    /// Estimated working time, seconds (batch check, stages paced by the rate, soaks).
     pub estimated_duration_s: u32,
+    /// The expected makespan: the working time stretched by the maintenance window; `null`
+    /// when the window never opens.
+    pub makespan_s: Option<u32>,
+    /// How each kind of device (model, transport) was estimated.
+    pub notes: Vec<String>,
+    /// Zigbee airtime per network.
+    pub zigbee_airtime: Vec<AirtimeJson>,
     /// Stages with their devices.
     pub stages: Vec<PlannedStageJson>,
     /// Devices left out, with why.
@@ -787,6 +807,18 @@ impl PlanJson {
         Self {
             target_count: p.target_count,
             estimated_duration_s: p.estimated_duration_s,
+            makespan_s: p.makespan_s,
+            notes: p.notes.clone(),
+            zigbee_airtime: p
+                .zigbee_airtime
+                .iter()
+                .map(|a| AirtimeJson {
+                    site_id: a.site_id.clone(),
+                    network: a.network.clone(),
+                    airtime_s: a.airtime_s,
+                    share_percent: a.share_percent,
+                })
+                .collect(),
             stages: p
                 .stages
                 .iter()
@@ -824,6 +856,8 @@ pub struct ProgressJson {
     pub rollout: Option<RolloutJson>,
     /// Tasks changed since the previous line.
     pub tasks: Vec<TaskJson>,
+    /// Expected remaining time, seconds (learned transfer times); `null` when unknown.
+    pub remaining_s: Option<u32>,
 }
 
 impl ProgressJson {
@@ -833,6 +867,7 @@ impl ProgressJson {
             seq: p.seq,
             rollout: p.rollout.as_ref().map(RolloutJson::new),
             tasks: p.tasks.iter().map(TaskJson::new).collect(),
+            remaining_s: p.remaining_s,
         }
     }
 }

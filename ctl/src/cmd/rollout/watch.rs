@@ -40,12 +40,13 @@ impl Board {
         }
     }
 
-    fn rollout(&mut self, r: &RolloutJson) {
+    fn rollout(&mut self, r: &RolloutJson, remaining_s: Option<u32>) {
         let name = r.spec.as_ref().map_or("", |s| s.name.as_str());
         let mut head = format!("rollout {} {name}: {}", r.id, r.state.name);
         if !r.state_reason.is_empty() {
             head.push_str(&format!(" ({})", r.state_reason));
         }
+        head.push_str(&render::remaining(remaining_s));
         self.header.set_message(head);
         for st in &r.stages {
             let i = st.index as usize;
@@ -155,10 +156,14 @@ pub async fn watch(ctx: &Ctx, a: &WatchArgs) -> anyhow::Result<()> {
             ctx.out.json_line(&view)?;
         }
         if let Some(r) = &view.rollout {
-            board.rollout(r);
+            board.rollout(r, view.remaining_s);
             if !bars && !ctx.out.is_json() {
                 // No terminal: one line per change, for logs.
-                let line = render::progress_line(r);
+                let line = format!(
+                    "{}{}",
+                    render::progress_line(r),
+                    render::remaining(view.remaining_s)
+                );
                 if line != last_line {
                     ctx.out.text(&line)?;
                     last_line = line;
@@ -240,7 +245,11 @@ mod tests {
             ],
             ..Default::default()
         };
-        b.rollout(&RolloutJson::new(&r));
+        b.rollout(&RolloutJson::new(&r), Some(150));
+        assert_eq!(
+            b.header.message(),
+            "rollout ro-1 : running · about 2m 30s left"
+        );
         assert_eq!(b.stages.len(), 2);
         assert_eq!(b.stages[0].position(), 3);
         assert_eq!(b.stages[0].length(), Some(5));
