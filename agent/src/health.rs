@@ -1,6 +1,7 @@
 //! The health window after an update (issue 15 item 4), as the agent runs it: a
 //! [`HealthRun`] asks a transport to look at the device every few seconds
-//! ([`Transport::look`]) and feeds what it sees to `ota_domain::health::HealthWatch`, the pure
+//! ([`Transport::look`], and [`Transport::last_look`] when the window ends, which may ask a
+//! silent device) and feeds what it sees to `ota_domain::health::HealthWatch`, the pure
 //! judgement, until it has a verdict: a success with its [`Health`], or a failure (5022: "the
 //! device rolled back to 1.0.0", a reboot, safe mode, not seen).
 //!
@@ -126,7 +127,13 @@ impl<'a> HealthRun<'a> {
         let interval = self.watch.interval();
         let end = self.clock.at + self.watch.until().since(self.clock.of(self.clock.at));
         loop {
-            let look = self.transport.look(&self.device, interval).await;
+            let look = if Instant::now() >= end {
+                self.transport
+                    .last_look(&self.device, self.clock.at, interval)
+                    .await
+            } else {
+                self.transport.look(&self.device, interval).await
+            };
             self.watch
                 .observe(sample(look, &self.clock), self.clock.now());
             if let Some(v) = self.watch.verdict(self.clock.now()) {

@@ -1522,25 +1522,35 @@ async fn a_restarted_agent_withdraws_a_schedule_it_did_not_hear_and_the_update_i
     s.sim.shutdown().await;
 }
 
-/// The health window after an update (issue 15 item 4): zigbee2mqtt must see the device talk
-/// during it. `ota_agent::health::HealthRun` is what the core runs after a success.
+/// The health window after an update (issue 15 item 4): zigbee2mqtt must see the device during
+/// it. A mains device that stays silent is asked at the window's end (an OTA check); one that
+/// does not answer fails. `ota_agent::health::HealthRun` is what the core runs after a success.
 #[tokio::test]
 async fn the_health_window_needs_zigbee2mqtt_to_see_the_device() {
     use ota_agent::health::{HealthJob, HealthRun};
     use ota_domain::health::Health;
     let s = site(
-        vec![SimDevice::mains_router(BULB, "bulb").with_file_version(2)],
+        vec![
+            SimDevice::mains_router(BULB, "bulb").with_file_version(2),
+            SimDevice::mains_router(PLUG, "plug")
+                .with_file_version(2)
+                .with_behavior(Behavior::NeverResponds),
+        ],
         |_| {},
     )
     .await;
-    let job = || HealthJob {
-        device: BULB.into(),
+    let job = |device: &str| HealthJob {
+        device: device.into(),
         window: Duration::from_secs(2),
         accept_reachability: false,
         expected: vec!["2".into()],
         previous: vec!["1".into()],
     };
-    let e = HealthRun::start(&s.zigbee, job()).run().await.unwrap_err();
+    // Silent during the window, the plug is asked at its end and does not answer.
+    let e = HealthRun::start(&s.zigbee, job(PLUG))
+        .run()
+        .await
+        .unwrap_err();
     assert_eq!(
         e,
         TaskError::new(
@@ -1548,10 +1558,17 @@ async fn the_health_window_needs_zigbee2mqtt_to_see_the_device() {
             "zigbee2mqtt did not see the device during its 2 s health window"
         )
     );
+    // A bulb that talks during the window is not asked.
     let talks = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         s.sim.wake(BULB);
     };
-    let (verdict, ()) = tokio::join!(HealthRun::start(&s.zigbee, job()).run(), talks);
+    let before = request_topics(&s.sim).len();
+    let (verdict, ()) = tokio::join!(HealthRun::start(&s.zigbee, job(BULB)).run(), talks);
     assert_eq!(verdict, Ok(Health::Healthy));
+    assert_eq!(request_topics(&s.sim).len(), before, "heard: no check");
+    // Silent during the next window, it answers the check at the window's end.
+    let verdict = HealthRun::start(&s.zigbee, job(BULB)).run().await;
+    assert_eq!(verdict, Ok(Health::Healthy));
+    assert_eq!(request_topics(&s.sim)[before..], ["check"]);
 }

@@ -752,7 +752,9 @@ async fn the_plan_estimates_with_the_transfer_times_of_past_updates() {
     let fw = otad.upload_esp("2.0.0").await;
     // Four esp32dev devices whose transfers take 30 s; all four at once (4 per site).
     let _site = esp_site(&otad, 4, |_| Behavior::Succeed).await;
-    let s = spec(&fw, vec![stage("all", percent(100.0))]);
+    let mut s = spec(&fw, vec![stage("all", percent(100.0))]);
+    // No health window: the estimate is the transfers alone.
+    s.health = Some(pb::HealthPolicy::default());
     let before = plan_of(&otad, s.clone()).await;
     assert_eq!(
         before.stages[0].estimated_s, 60,
@@ -767,7 +769,7 @@ async fn the_plan_estimates_with_the_transfer_times_of_past_updates() {
     assert_eq!(before.makespan_s, Some(60));
     assert!(before.zigbee_airtime.is_empty());
 
-    let id = otad.create(s).await.id;
+    let id = otad.create(s.clone()).await.id;
     let mut watch = otad
         .rollouts()
         .watch(pb::WatchRolloutRequest {
@@ -788,7 +790,14 @@ async fn the_plan_estimates_with_the_transfer_times_of_past_updates() {
     otad.until_rollout(&id, "completed", hours(1)).await;
 
     let fw3 = otad.upload_esp("3.0.0").await;
-    let after = plan_of(&otad, spec(&fw3, vec![stage("all", percent(100.0))])).await;
+    let after = plan_of(
+        &otad,
+        pb::RolloutSpec {
+            firmware_id: fw3.clone(),
+            ..s.clone()
+        },
+    )
+    .await;
     let learned = after.stages[0].estimated_s;
     assert!(
         (30..=32).contains(&learned),

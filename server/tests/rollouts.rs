@@ -827,12 +827,13 @@ async fn plan_lists_stages_exclusions_and_an_estimate_and_records_nothing() {
     assert!(reasons["c/c-nota"].contains("does not support OTA"));
     assert!(reasons["c/c-gone"].contains("no longer reports"));
     // ESPHome: 1 min per device; canary on three sites at once, the rest two at once on site a;
-    // plus the 60 s batch check.
+    // each stage then waits for its last device's 2 min health window (the default); plus the
+    // 60 s batch check.
     assert_eq!(
         (plan.stages[0].estimated_s, plan.stages[1].estimated_s),
-        (60, 60)
+        (60 + 120, 60 + 120)
     );
-    assert_eq!(plan.estimated_duration_s, 180);
+    assert_eq!(plan.estimated_duration_s, 60 + 2 * 180);
 
     // Zigbee: 20 min per device, one per network.
     let zfw = otad.upload_zigbee(0x0200).await;
@@ -864,7 +865,8 @@ async fn plan_lists_stages_exclusions_and_an_estimate_and_records_nothing() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(zplan.estimated_duration_s, 3 * 20 * 60);
+    // One stage, then the default 10 min Zigbee health window.
+    assert_eq!(zplan.estimated_duration_s, 3 * 20 * 60 + 10 * 60);
 
     // A draft can be re-planned; a running rollout's plan is fixed.
     let draft = otad

@@ -528,6 +528,18 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         Observation::Reachability
     }
 
+    /// The last look of a health window that began at `since`, within `deadline`. A transport
+    /// whose healthy devices may stay silent for a whole window asks the device here; the
+    /// default is [`Transport::look`].
+    fn last_look<'a>(
+        &'a self,
+        device: &'a str,
+        _since: tokio::time::Instant,
+        deadline: Duration,
+    ) -> BoxFuture<'a, HealthLook> {
+        self.look(device, deadline)
+    }
+
     /// One look at `device`'s health, within `deadline`. The default: whether the inventory
     /// reports it reachable.
     fn look<'a>(&'a self, device: &'a str, _deadline: Duration) -> BoxFuture<'a, HealthLook> {

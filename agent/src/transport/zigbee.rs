@@ -909,6 +909,37 @@ impl Transport for ZigbeeTransport {
         })
     }
 
+    /// A healthy mains device may stay silent for a whole window (a bulb reports when its
+    /// state changes): one zigbee2mqtt did not hear since `since` is asked with an OTA check, as
+    /// zigbee2mqtt's own availability pings do; it answers with the image it runs. Sleepy
+    /// devices are not asked (they talk when they wake), nor are devices heard already.
+    fn last_look<'a>(
+        &'a self,
+        device: &'a str,
+        since: tokio::time::Instant,
+        deadline: Duration,
+    ) -> BoxFuture<'a, HealthLook> {
+        Box::pin(async move {
+            let look = self.look(device, deadline).await;
+            let heard_since =
+                matches!(&look, HealthLook::Heard { last: Some(at), .. } if *at > since);
+            if heard_since || self.is_sleepy(device) {
+                return look;
+            }
+            if let Err(e) = self.run_check(device, deadline).await {
+                tracing::debug!(device, error = %e.message, "the device did not answer the health check");
+                return look;
+            }
+            match self.look(device, deadline).await {
+                HealthLook::Heard { version, .. } => HealthLook::Heard {
+                    last: Some(tokio::time::Instant::now()),
+                    version,
+                },
+                other => other,
+            }
+        })
+    }
+
     fn next_contact<'a>(&'a self, device: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let mut events = self.net.events.subscribe();

@@ -56,6 +56,9 @@
 //! dispatcher does (a sliding minute; a ramp steps up as the simulated devices succeed, every
 //! device of earlier stages counted as a success).
 //!
+//! A stage ends when its last device has stayed healthy for its health window
+//! ([`crate::health`]): the longest window among the stage's transports is added to it.
+//!
 //! A stage with a deadline is estimated at most at its deadline (unfinished devices time out
 //! then). The rollout's estimate is the batch-check timeout (when a batch check runs) plus, per
 //! stage, its estimate and its soak time. Time outside a maintenance window is not counted; a
@@ -829,6 +832,7 @@ fn plan_stages(
             0
         } else {
             estimate_paced_s(devices, &spec.concurrency, pace, per_device)
+                + verification_s(spec, devices)
         };
         let deadline = u64::from(stage.deadline_s);
         let estimated_s = if deadline > 0 {
@@ -863,6 +867,17 @@ fn plan_stages(
     }
 
     (stages, total_s)
+}
+
+/// The longest health window among `devices`' transports: the last device of a stage verifies
+/// after its transfer.
+fn verification_s(spec: &RolloutSpec, devices: &[&DeviceView]) -> u64 {
+    devices
+        .iter()
+        .filter_map(|d| d.facts.transport)
+        .map(|t| u64::from(spec.health.window_s(t)))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Warnings about the targets as a whole: none, sleepy devices, short timeouts, the window.
@@ -1249,6 +1264,24 @@ mod tests {
             assert_eq!(p.stages[0].device_ids, ["a/zb1-0", "b/zb1-0"]);
             assert!(p.stages[0].canaries.is_empty());
             assert!(!p.policies.iter().any(|l| l.starts_with("canaries")));
+        }
+
+        #[test]
+        fn a_stage_waits_for_the_health_window_of_its_last_device() {
+            let log = fleet(1);
+            let mut s = per_site(0);
+            s.stages[0].size = StageSize::Count(2);
+            let without = plan(&s, &log.state);
+            s.health = crate::health::HealthPolicy {
+                esphome_window_s: 120,
+                zigbee_window_s: 600,
+                accept_reachability: false,
+            };
+            let with = plan(&s, &log.state);
+            for (a, b) in without.stages.iter().zip(&with.stages) {
+                assert_eq!(b.estimated_s, a.estimated_s + 600, "stage {}", a.name);
+            }
+            assert_eq!(with.estimated_s, without.estimated_s + 3 * 600);
         }
     }
 
