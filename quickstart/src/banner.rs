@@ -97,11 +97,19 @@ pub(crate) fn render(q: &Quickstart) -> String {
     if let Some(f) = esp {
         let _ = writeln!(
             b,
-            "  otactl rollout create --name multisensor-{} --firmware {} --model esp32dev \\\n      --canary 1 --waves 100 --soak 10s",
+            "  otactl rollout create --name multisensor-{} --firmware {} --model esp32dev \\\n      --canary 1 --waves 100 --soak 10s --max-per-minute 30 --health-window 20s --require-approval",
             f.version, f.id
+        );
+        let _ = writeln!(
+            b,
+            "  otactl rollout approve <ROLLOUT-ID> --reason \"release notes read\" --as bob"
         );
         let _ = writeln!(b, "  otactl rollout start <ROLLOUT-ID>");
         let _ = writeln!(b, "  otactl rollout watch <ROLLOUT-ID>");
+        let _ = writeln!(
+            b,
+            "  otactl rollout rollback <ROLLOUT-ID> --devices all --start --reason \"back to 1.0.0\""
+        );
     }
     if let Some(d) = zigbee {
         let _ = writeln!(

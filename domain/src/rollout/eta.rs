@@ -187,9 +187,10 @@ impl Estimates {
 /// The remaining time of a started rollout `r` at `now`, seconds of wall clock (stretched by
 /// its maintenance window): per stage not ended, its devices whose tasks have not ended
 /// simulated as the planner does ([`plan::estimate_paced_s`]) with the learned transfer times
-/// (a device already transferring counts only what is left of its estimate), capped at the
-/// stage's deadline, plus what is left of its soak (and of a batch check still running). `None` before the start (the plan says it),
-/// once ended, or when the window never opens.
+/// (a device already transferring counts only what is left of its estimate) followed by the
+/// health window of the last one, or until the health windows under way end, capped at the
+/// stage's deadline, plus what is left of its soak (and of a batch check still running).
+/// `None` before the start (the plan says it), once ended, or when the window never opens.
 pub fn remaining_s(r: &RolloutView, state: &FleetState, now: UnixMillis) -> Option<u64> {
     if r.stages.is_empty() || r.state.is_terminal() {
         return None;
@@ -233,7 +234,25 @@ pub fn remaining_s(r: &RolloutView, state: &FleetState, now: UnixMillis) -> Opti
                     .filter_map(|id| state.devices.get(id))
                     .filter(|d| task_of(d).is_none_or(|t| !t.phase.is_terminal()))
                     .collect();
-                let simulated = plan::estimate_s(&open, &r.spec.concurrency, &left);
+                // Devices in their health window hold no slot: they end when it does. The
+                // others transfer, then the last of them verifies for its window.
+                let verifying = open
+                    .iter()
+                    .filter_map(|d| secs_until(task_of(d)?.verifying_until_ms))
+                    .max()
+                    .unwrap_or(0);
+                let transferring: Vec<&DeviceView> = open
+                    .iter()
+                    .copied()
+                    .filter(|d| task_of(d).is_none_or(|t| t.verifying_until_ms.is_none()))
+                    .collect();
+                let simulated = if transferring.is_empty() {
+                    verifying
+                } else {
+                    (plan::estimate_s(&transferring, &r.spec.concurrency, &left)
+                        + plan::verification_s(&r.spec, &transferring))
+                    .max(verifying)
+                };
                 let deadline = match stage.deadline_at_ms {
                     Some(at) => secs_until(Some(at)),
                     None => r
@@ -450,12 +469,18 @@ mod tests {
             let mut s = spec(vec![stage("all", StageSize::CumulativePercent(100.0))]);
             s.concurrency.per_esphome_site = 2;
             s.stages[0].soak_s = 100;
+            let mut with_health = log.clone();
+            let mut gated = s.clone();
+            gated.health.esphome_window_s = 45;
+            start_rollout(&mut with_health, T0, "ro", gated);
             start_rollout(&mut log, T0, "ro", s);
             let remaining = |log: &Log, at| {
                 super::super::remaining_s(&log.state.rollouts["ro"], &log.state, at)
             };
             // Four devices two at a time, 30 s each, then the soak.
             assert_eq!(remaining(&log, T0), Some(60 + 100));
+            // With a health window, the last device verifies for it before the soak.
+            assert_eq!(remaining(&with_health, T0), Some(60 + 45 + 100));
             let d = scheduler::reconcile(Input {
                 rollout: &log.state.rollouts["ro"],
                 state: &log.state,

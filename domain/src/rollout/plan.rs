@@ -871,7 +871,7 @@ fn plan_stages(
 
 /// The longest health window among `devices`' transports: the last device of a stage verifies
 /// after its transfer.
-fn verification_s(spec: &RolloutSpec, devices: &[&DeviceView]) -> u64 {
+pub(crate) fn verification_s(spec: &RolloutSpec, devices: &[&DeviceView]) -> u64 {
     devices
         .iter()
         .filter_map(|d| d.facts.transport)

@@ -322,11 +322,14 @@ fn airtime(rows: &[AirtimeJson]) -> String {
     render(&t, "none")
 }
 
-/// The remaining time of a watched rollout, `about 12m left`, or nothing when unknown.
+/// The remaining time of a watched rollout, `about 12m left`, or nothing when unknown or about
+/// to end.
 pub fn remaining(remaining_s: Option<u32>) -> String {
-    remaining_s.map_or_else(String::new, |s| {
-        format!(" · about {} left", fmt_secs(u64::from(s)))
-    })
+    remaining_s
+        .filter(|s| *s > 0)
+        .map_or_else(String::new, |s| {
+            format!(" · about {} left", fmt_secs(u64::from(s)))
+        })
 }
 
 /// One line summarising a rollout's progress (for logs when bars are off).
