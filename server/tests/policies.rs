@@ -692,6 +692,41 @@ async fn success_waits_for_the_health_window_and_counts_only_healthy_devices() {
     );
 }
 
+/// otad restarts while a device is in its health window: the window is in the log, so the
+/// restarted otad shows it and takes the site's verdict, which the site re-sends until otad
+/// acknowledged it; no device is updated twice.
+#[tokio::test(start_paused = true)]
+async fn a_restart_in_a_health_window_keeps_it_and_takes_the_verdict() {
+    let mut otad = TestOtad::in_memory_at(MONDAY).await;
+    let fw = otad.upload_esp("2.0.0").await;
+    let site = esp_site(&otad, 2, |_| Behavior::Verified(pb::TaskHealth::Healthy)).await;
+    let mut s = one_at_a_time(&fw, vec![]);
+    s.concurrency = None;
+    let r = otad.create(s).await;
+    let until = otad
+        .until("n0 verifying", secs(1), hours(1), |st| {
+            st.tasks
+                .values()
+                .find(|t| t.created.device_id == "home/n0")?
+                .verifying_until_ms
+        })
+        .await;
+    site.disconnect();
+    otad = otad.restart().await;
+    let task = otad.task_of(&r.id, "home/n0").expect("the task survives");
+    assert_eq!(task.verifying_until_ms, Some(until), "the window survives");
+    site.reconnect(&otad).await;
+    otad.until_rollout(&r.id, "completed", hours(1)).await;
+    for device in ["home/n0", "home/n1"] {
+        assert_eq!(
+            task_json(&otad, &r.id, device).await.health,
+            pb::TaskHealth::Healthy as i32,
+            "{device}"
+        );
+    }
+    assert_eq!(site.log().transfers.len(), 2, "no device updated twice");
+}
+
 #[tokio::test(start_paused = true)]
 async fn health_policies_are_stored_shown_planned_and_bounded() {
     let otad = TestOtad::in_memory_at(MONDAY).await;
