@@ -90,7 +90,8 @@ count \"2\" or a percentage \"10%\"):
   esphome_window = \"2m\"              # after it reports the target version: the API keeps
                                      # answering on it, uptime rising (a rollback, reboot or
                                      # safe mode fails it, 5022); default 2m; \"none\": off
-  zigbee_window = \"10m\"              # zigbee2mqtt sees the device on it; default 10m
+  zigbee_window = \"10m\"              # zigbee2mqtt sees the device on it (a silent mains
+                                     # device is asked at the end); default 10m
   accept_reachability = false        # devices without an API (none configured, serial)
                                      # succeed when reachable; else they end \"unconfirmed\",
                                      # which is no success for the stage
