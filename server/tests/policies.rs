@@ -8,14 +8,6 @@ use ota_proto::v1 as pb;
 use ota_testkit::otad::*;
 use ota_testkit::site::*;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn hours(n: u64) -> Duration {
-    Duration::from_secs(3600 * n)
-}
-
 fn criterion(
     on: pb::abort_criterion::On,
     percent: f64,
@@ -189,14 +181,7 @@ async fn criteria_are_stored_shown_planned_and_checked() {
         ),
     ];
     let s = one_at_a_time(&fw, criteria.clone());
-    let plan = otad
-        .rollouts()
-        .plan(pb::PlanRolloutRequest {
-            subject: Some(pb::plan_rollout_request::Subject::Spec(s.clone())),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let plan = otad.plan(s.clone()).await;
     assert_eq!(
         plan.policies,
         [
@@ -383,16 +368,7 @@ async fn a_rate_is_stored_shown_planned_and_checked() {
         }),
     };
     s.rate = Some(rate);
-    let plan = |s: pb::RolloutSpec| async {
-        otad.rollouts()
-            .plan(pb::PlanRolloutRequest {
-                subject: Some(pb::plan_rollout_request::Subject::Spec(s)),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    let paced = plan(s.clone()).await;
+    let paced = otad.plan(s.clone()).await;
     assert_eq!(
         paced.policies,
         [
@@ -402,7 +378,7 @@ async fn a_rate_is_stored_shown_planned_and_checked() {
     );
     let mut unpaced = s.clone();
     unpaced.rate = None;
-    let unpaced = plan(unpaced).await;
+    let unpaced = otad.plan(unpaced).await;
     assert!(
         paced.estimated_duration_s > unpaced.estimated_duration_s,
         "{} vs {}",
@@ -486,14 +462,7 @@ async fn per_site_canaries_are_planned_started_and_updated_first() {
     let fw = otad.upload_zigbee(2).await;
     let sites = zigbee_sites(&otad).await;
     let s = per_site_canaries(&fw);
-    let plan = otad
-        .rollouts()
-        .plan(pb::PlanRolloutRequest {
-            subject: Some(pb::plan_rollout_request::Subject::Spec(s.clone())),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let plan = otad.plan(s.clone()).await;
     let canary = &plan.stages[0];
     let groups: Vec<(String, String, Vec<String>, u32)> = canary
         .canaries
@@ -738,14 +707,7 @@ async fn health_policies_are_stored_shown_planned_and_bounded() {
         accept_reachability: true,
     };
     s.health = Some(policy);
-    let plan = otad
-        .rollouts()
-        .plan(pb::PlanRolloutRequest {
-            subject: Some(pb::plan_rollout_request::Subject::Spec(s.clone())),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let plan = otad.plan(s.clone()).await;
     assert_eq!(
         plan.policies,
         ["health window: ESPHome 90 s, Zigbee off; devices without an API succeed when reachable"]
@@ -771,16 +733,6 @@ async fn health_policies_are_stored_shown_planned_and_bounded() {
 
 // === learned ETA ===
 
-async fn plan_of(otad: &TestOtad, s: pb::RolloutSpec) -> pb::RolloutPlan {
-    otad.rollouts()
-        .plan(pb::PlanRolloutRequest {
-            subject: Some(pb::plan_rollout_request::Subject::Spec(s)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test(start_paused = true)]
 async fn the_plan_estimates_with_the_transfer_times_of_past_updates() {
     let otad = TestOtad::in_memory_at(MONDAY).await;
@@ -790,7 +742,7 @@ async fn the_plan_estimates_with_the_transfer_times_of_past_updates() {
     let mut s = spec(&fw, vec![stage("all", percent(100.0))]);
     // No health window: the estimate is the transfers alone.
     s.health = Some(pb::HealthPolicy::default());
-    let before = plan_of(&otad, s.clone()).await;
+    let before = otad.plan(s.clone()).await;
     assert_eq!(
         before.stages[0].estimated_s, 60,
         "the typical ESPHome minute"
@@ -825,14 +777,12 @@ async fn the_plan_estimates_with_the_transfer_times_of_past_updates() {
     otad.until_rollout(&id, "completed", hours(1)).await;
 
     let fw3 = otad.upload_esp("3.0.0").await;
-    let after = plan_of(
-        &otad,
-        pb::RolloutSpec {
+    let after = otad
+        .plan(pb::RolloutSpec {
             firmware_id: fw3.clone(),
             ..s.clone()
-        },
-    )
-    .await;
+        })
+        .await;
     let learned = after.stages[0].estimated_s;
     assert!(
         (30..=32).contains(&learned),

@@ -2,20 +2,10 @@
 //! automatic rollback a failing canary triggers, `RolloutService.Rollback` by hand, and exactly
 //! one linked rollout across a restart.
 
-use std::time::Duration;
-
 use ota_domain::events::DomainEvent;
 use ota_proto::v1 as pb;
 use ota_testkit::otad::*;
 use ota_testkit::site::*;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn hours(n: u64) -> Duration {
-    Duration::from_secs(3600 * n)
-}
 
 /// A canary of `canary` devices that stops at its first failure, then the rest; one device at a
 /// time is not needed, no retries; `rollback` as given.
@@ -69,6 +59,24 @@ fn failing_n0() -> Dev {
     )
 }
 
+/// A site of the failing n0 and `others`, and the rollout of `firmware` with a canary of
+/// `canary` devices and `rollback`, once n0's failure paused it (n0 broke during its transfer).
+async fn failed_canary(
+    otad: &TestOtad,
+    firmware: &str,
+    canary: u32,
+    rollback: pb::RollbackScope,
+    others: Vec<Dev>,
+) -> (FakeSite, pb::Rollout) {
+    let mut devices = vec![failing_n0()];
+    devices.extend(others);
+    let site = FakeSite::connect(otad, "home", 0, devices).await;
+    let r = otad.create(canary_spec(firmware, canary, rollback)).await;
+    break_n0_during_its_transfer(otad, &site, &r.id).await;
+    otad.until_rollout(&r.id, "paused", hours(1)).await;
+    (site, r)
+}
+
 fn linked_id(r: &pb::Rollout) -> String {
     r.rolled_back_by
         .as_ref()
@@ -88,21 +96,14 @@ fn current_version(otad: &TestOtad, device: &str) -> String {
 async fn a_failed_canary_with_rollback_failed_restores_the_previous_image_on_that_device() {
     let otad = TestOtad::in_memory_at(MONDAY).await;
     let (old, new) = catalog(&otad).await;
-    let site = FakeSite::connect(
+    let (site, r) = failed_canary(
         &otad,
-        "home",
-        0,
-        vec![
-            failing_n0(),
-            dev(esphome("n1", "1.0.0"), Behavior::Succeed, secs(10)),
-        ],
+        &new,
+        1,
+        pb::RollbackScope::Failed,
+        vec![dev(esphome("n1", "1.0.0"), Behavior::Succeed, secs(10))],
     )
     .await;
-    let r = otad
-        .create(canary_spec(&new, 1, pb::RollbackScope::Failed))
-        .await;
-    break_n0_during_its_transfer(&otad, &site, &r.id).await;
-    otad.until_rollout(&r.id, "paused", hours(1)).await;
 
     let stopped = otad.rollout(&r.id).await;
     let link = stopped.rolled_back_by.clone().expect("rolled back");
@@ -143,12 +144,12 @@ async fn a_failed_canary_with_rollback_failed_restores_the_previous_image_on_tha
 async fn rollback_all_also_reverts_succeeded_devices_and_lists_a_missing_image() {
     let otad = TestOtad::in_memory_at(MONDAY).await;
     let (old, new) = catalog(&otad).await;
-    let site = FakeSite::connect(
+    let (site, r) = failed_canary(
         &otad,
-        "home",
-        0,
+        &new,
+        3,
+        pb::RollbackScope::All,
         vec![
-            failing_n0(),
             dev(esphome("n1", "1.0.0"), Behavior::Succeed, secs(10)),
             // Nothing in the catalog installs 0.9.0.
             dev(esphome("n2", "0.9.0"), Behavior::Succeed, secs(10)),
@@ -156,11 +157,6 @@ async fn rollback_all_also_reverts_succeeded_devices_and_lists_a_missing_image()
         ],
     )
     .await;
-    let r = otad
-        .create(canary_spec(&new, 3, pb::RollbackScope::All))
-        .await;
-    break_n0_during_its_transfer(&otad, &site, &r.id).await;
-    otad.until_rollout(&r.id, "paused", hours(1)).await;
     let linked = linked_id(&otad.rollout(&r.id).await);
     otad.until_rollout(&linked, "completed", hours(1)).await;
     let rb = otad.rollout(&linked).await;
@@ -318,21 +314,14 @@ async fn rollback_by_hand_refuses_drafts_and_running_rollouts_and_happens_once()
 async fn a_restart_after_the_trigger_leaves_exactly_one_linked_rollout() {
     let otad = TestOtad::sled_at(MONDAY).await;
     let (_, new) = catalog(&otad).await;
-    let site = FakeSite::connect(
+    let (site, r) = failed_canary(
         &otad,
-        "home",
-        0,
-        vec![
-            failing_n0(),
-            dev(esphome("n1", "1.0.0"), Behavior::Succeed, secs(10)),
-        ],
+        &new,
+        1,
+        pb::RollbackScope::Failed,
+        vec![dev(esphome("n1", "1.0.0"), Behavior::Succeed, secs(10))],
     )
     .await;
-    let r = otad
-        .create(canary_spec(&new, 1, pb::RollbackScope::Failed))
-        .await;
-    break_n0_during_its_transfer(&otad, &site, &r.id).await;
-    otad.until_rollout(&r.id, "paused", hours(1)).await;
     site.disconnect();
     let otad = otad.restart().await;
     site.reconnect(&otad).await;

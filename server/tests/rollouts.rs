@@ -12,14 +12,6 @@ use ota_testkit::otad::*;
 use ota_testkit::site::*;
 use tonic::Code;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn mins(n: u64) -> Duration {
-    Duration::from_secs(60 * n)
-}
-
 const RUNNING: i32 = pb::RolloutState::Running as i32;
 const PAUSED: i32 = pb::RolloutState::Paused as i32;
 const COMPLETED: i32 = pb::RolloutState::Completed as i32;
@@ -500,17 +492,7 @@ async fn maintenance_window_in_site_local_time_gates_dispatch() {
         weekdays: vec![],
     });
     let r = otad.create(s).await;
-    let plan_warning = otad
-        .rollouts()
-        .plan(pb::PlanRolloutRequest {
-            subject: Some(pb::plan_rollout_request::Subject::Spec(
-                r.spec.clone().unwrap(),
-            )),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .warnings;
+    let plan_warning = otad.plan(r.spec.clone().unwrap()).await.warnings;
     assert!(
         plan_warning
             .iter()
@@ -780,14 +762,7 @@ async fn plan_lists_stages_exclusions_and_an_estimate_and_records_nothing() {
         ..Default::default()
     });
     let before = otad.app().core.store().last_seq();
-    let plan = otad
-        .rollouts()
-        .plan(pb::PlanRolloutRequest {
-            subject: Some(pb::plan_rollout_request::Subject::Spec(s.clone())),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let plan = otad.plan(s.clone()).await;
     assert_eq!(
         otad.app().core.store().last_seq(),
         before,
@@ -857,14 +832,7 @@ async fn plan_lists_stages_exclusions_and_an_estimate_and_records_nothing() {
         site_ids: vec!["z".into()],
         ..Default::default()
     });
-    let zplan = otad
-        .rollouts()
-        .plan(pb::PlanRolloutRequest {
-            subject: Some(pb::plan_rollout_request::Subject::Spec(zs)),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let zplan = otad.plan(zs).await;
     // One stage, then the default 10 min Zigbee health window.
     assert_eq!(zplan.estimated_duration_s, 3 * 20 * 60 + 10 * 60);
 

@@ -13,18 +13,6 @@ use ota_proto::v1 as pb;
 use ota_testkit::otad::*;
 use ota_testkit::site::*;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn mins(n: u64) -> Duration {
-    Duration::from_secs(60 * n)
-}
-
-fn hours(n: u64) -> Duration {
-    Duration::from_secs(3600 * n)
-}
-
 const PAUSED: i32 = pb::RolloutState::Paused as i32;
 
 fn sleepy(local: &str, network: &str) -> pb::DeviceReport {

@@ -350,6 +350,17 @@ impl TestOtad {
             .into_inner()
     }
 
+    /// `RolloutService.Plan` of `spec` (a dry run; records nothing).
+    pub async fn plan(&self, spec: pb::RolloutSpec) -> pb::RolloutPlan {
+        self.rollouts()
+            .plan(pb::PlanRolloutRequest {
+                subject: Some(pb::plan_rollout_request::Subject::Spec(spec)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Creates and starts a rollout.
     pub async fn create(&self, spec: pb::RolloutSpec) -> pb::Rollout {
         self.rollouts()
@@ -407,6 +418,21 @@ impl TestOtad {
         )
         .await
     }
+}
+
+/// `n` seconds (test timeouts and fake transfer times, on paused time).
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// `n` minutes.
+pub fn mins(n: u64) -> Duration {
+    Duration::from_secs(60 * n)
+}
+
+/// `n` hours.
+pub fn hours(n: u64) -> Duration {
+    Duration::from_secs(3600 * n)
 }
 
 /// An ESPHome (ESP32) application image of `version`, project "node", 4 KiB of payload.
