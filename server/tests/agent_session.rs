@@ -365,6 +365,51 @@ async fn refused_reports_are_answered_counted_and_never_acknowledged() {
     assert_eq!(agent.acked().await, 7);
 }
 
+/// The health fields of reports (issue 15 item 4): a result's health must be one the proto
+/// defines, and a health window must run forward and last at most a day; refused reports store
+/// nothing.
+#[tokio::test]
+async fn health_values_outside_their_bounds_are_refused() {
+    let ts = TestOtad::start().await;
+    let (mut agent, _) = AgentSession::connect(&ts.channel, "home", "agent-h", 0)
+        .await
+        .unwrap();
+    agent
+        .send(
+            1,
+            pb::agent_message::Body::Result(pb::TaskResult {
+                task_id: "task-x".into(),
+                attempt: 1,
+                status: pb::UpgradeStatus::Success as i32,
+                health: 9,
+                ..Default::default()
+            }),
+        )
+        .await;
+    let (seq, why) = agent.refused().await;
+    assert_eq!(seq, 1);
+    assert!(why.starts_with("result with health 9 is not 0"), "{why}");
+    for (seq, until) in [(2, 999), (3, 1000 + 86_400_001)] {
+        agent
+            .send(
+                seq,
+                pb::agent_message::Body::Progress(pb::TaskProgress {
+                    task_id: "task-x".into(),
+                    attempt: 1,
+                    status: pb::UpgradeStatus::Downloaded as i32,
+                    at_ms: 1000,
+                    verify_until_ms: until,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let (refused, why) = agent.refused().await;
+        assert_eq!(refused, seq);
+        assert!(why.starts_with("a health window of"), "{why}");
+    }
+    assert!(ts.report_seqs_in_log("agent-h").await.is_empty());
+}
+
 #[tokio::test]
 async fn hello_values_outside_their_bounds_are_not_stored() {
     let ts = TestOtad::start().await;

@@ -775,6 +775,12 @@ impl Report<'_> {
             .ok_or_else(|| {
                 ReportError::Refused(format!("result with status {} is not 3, 4 or 7", r.status))
             })?;
+        let health = convert::health_from(r.health).ok_or_else(|| {
+            ReportError::Refused(format!(
+                "result with health {} is not 0 (not checked), 1 (healthy), 2 (reachable) or 3 (unconfirmed)",
+                r.health
+            ))
+        })?;
         let mut outcome = result_error(status, agent_error(r.error.as_ref()));
         if r.device_may_have_image
             && let Err(e) = &mut outcome
@@ -802,7 +808,7 @@ impl Report<'_> {
                     wire_bytes: r.wire_bytes,
                     source: self.source.clone(),
                     late,
-                    health: convert::health_from(r.health),
+                    health,
                 }
                 .into(),
                 Err(error) => TaskFailed {

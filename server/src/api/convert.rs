@@ -397,13 +397,14 @@ pub fn health(h: Health) -> i32 {
     }) as i32
 }
 
-/// A success's health from the wire (an agent's result); unknown values are not-checked.
-pub fn health_from(v: i32) -> Health {
-    match pb::TaskHealth::try_from(v) {
-        Ok(pb::TaskHealth::Healthy) => Health::Healthy,
-        Ok(pb::TaskHealth::Reachable) => Health::Reachable,
-        Ok(pb::TaskHealth::Unconfirmed) => Health::Unconfirmed,
-        Ok(pb::TaskHealth::NotChecked) | Err(_) => Health::NotChecked,
+/// A success's health from the wire (an agent's result); `None` for a value the proto does not
+/// define.
+pub fn health_from(v: i32) -> Option<Health> {
+    match pb::TaskHealth::try_from(v).ok()? {
+        pb::TaskHealth::NotChecked => Some(Health::NotChecked),
+        pb::TaskHealth::Healthy => Some(Health::Healthy),
+        pb::TaskHealth::Reachable => Some(Health::Reachable),
+        pb::TaskHealth::Unconfirmed => Some(Health::Unconfirmed),
     }
 }
 
