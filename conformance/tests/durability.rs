@@ -16,8 +16,9 @@
 //!   For each, between the socket read that brings its marker and the socket write of the
 //!   answer that carries it back: the upload's temporary file is fsynced, renamed into
 //!   `blobs/sha256/<xx>/`, that directory (and, when new, `blobs/sha256/`) is fsynced, then
-//!   sled writes the `FirmwareRegistered` event to `events/db` and an `fdatasync`/`fsync` of
-//!   `events/db` starts after that write and completes before the answer is written.
+//!   the event store writes the `FirmwareRegistered` event (found by the marker in its bytes)
+//!   to its write-ahead log `events/wal/wal-<gen>`, and an `fdatasync`/`fsync` of that segment
+//!   starts after the write and completes before the answer is written.
 //! - **ota-agent** (otad in-process, a simulated ESPHome node, one real update): every report
 //!   the agent journals (a `write` of a `report` record to `journal.log`, decoded from the
 //!   trace) reaches the socket only after an `fdatasync`/`fsync` of `journal.log` that started
@@ -477,24 +478,36 @@ fn check_otad(trace: &Trace, uploads: &[(String, String)], blob_root: &str) -> R
                 )
             })?;
 
-        // The event: written to sled's data file, then synced, then answered.
-        let db_sync = trace
-            .last(|c| c.is_sync() && c.fd_ends_with("/events/db") && c.exit < answer.entry)
-            .ok_or_else(|| format!("{marker}: events/db was never synced before the answer"))?;
-        ensure!(
-            db_sync.entry > after_request,
-            "{marker}: the last sync of events/db before the answer ({}) is older than the \
-             request (line {after_request})",
-            db_sync.describe()
-        );
+        // The event: written to the store's write-ahead log, then synced, then answered.
+        let in_wal = |c: &Call| {
+            c.fd_path
+                .as_deref()
+                .is_some_and(|p| p.contains("/events/wal/wal-"))
+        };
         let event_write = trace
-            .last(|c| {
+            .find(|c| {
                 matches!(c.name.as_str(), "pwrite64" | "pwritev")
                     && c.ok()
-                    && c.fd_ends_with("/events/db")
-                    && c.exit < db_sync.entry
+                    && in_wal(c)
+                    && between(c)
+                    && c.carries(m)
             })
-            .ok_or_else(|| format!("{marker}: nothing was written to events/db"))?;
+            .ok_or_else(|| {
+                format!("{marker}: the event was not written to the write-ahead log")
+            })?;
+        trace
+            .find(|c| {
+                c.is_sync()
+                    && c.fd_path == event_write.fd_path
+                    && c.entry > event_write.exit
+                    && c.exit < answer.entry
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{marker}: the write-ahead log was not synced between the event's write \
+                     and the answer"
+                )
+            })?;
         ensure!(
             event_write.entry > dir_sync.exit,
             "{marker}: the event was written ({}) before the blob was durable ({})",
@@ -852,7 +865,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\x{b:02x}")).collect()
 }
 
-/// A trace of one upload as otad must do it; `swap` moves the sync of `events/db` after the
+/// A trace of one upload as otad must do it; `swap` moves the sync of the log after the
 /// answer, `skip_dir_sync` leaves out the prefix directory's fsync.
 fn otad_trace(swap: bool, skip_dir_sync: bool) -> String {
     let root = "/d/blobs/sha256";
@@ -873,11 +886,9 @@ fn otad_trace(swap: bool, skip_dir_sync: bool) -> String {
     if !skip_dir_sync {
         lines.push(format!("2 fsync(10<{}>) = 0", path(&format!("{root}/ab"))));
     }
-    lines.push(format!(
-        "3 pwrite64(11<{}>, \"\\x00\", 1, 0) = 1",
-        path("/d/events/db")
-    ));
-    let sync = format!("3 fdatasync(12<{}>) = 0", path("/d/events/db"));
+    let wal = path("/d/events/wal/wal-0000000000000001");
+    lines.push(format!("3 pwrite64(11<{wal}>, \"{marker}\", 15, 0) = 15"));
+    let sync = format!("3 fdatasync(12<{wal}>) = 0");
     let answer = format!("1 writev({tcp}, [{{iov_base=\"{marker}\", iov_len=15}}], 1) = 15");
     if swap {
         lines.extend([answer, sync]);
@@ -893,7 +904,7 @@ fn the_otad_check_fails_when_an_answer_comes_before_the_syncs() {
     let check = |text: String| check_otad(&Trace::parse(&text), &uploads, "/d/blobs/sha256");
     assert_eq!(check(otad_trace(false, false)), Ok(()));
     let late = check(otad_trace(true, false)).unwrap_err();
-    assert!(late.contains("events/db"), "{late}");
+    assert!(late.contains("write-ahead log was not synced"), "{late}");
     let no_dir = check(otad_trace(false, true)).unwrap_err();
     assert!(no_dir.contains("not fsynced after the rename"), "{no_dir}");
 }

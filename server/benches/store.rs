@@ -20,8 +20,9 @@
 //! `--awake no`             do not keep the CPUs awake while measuring (see below)
 //!
 //! Appends are single-event, each writer on its own stream (`Exact` version checks), each
-//! awaiting durability: the store's group commit with the real `fdatasync` of sled's data
-//! file (see `server/src/store/disk_sync.rs`). In the same run, next to it:
+//! awaiting durability: the store's group commit with the real `fdatasync` of its
+//! write-ahead log (see `server/src/store/wal.rs`; sled is checkpointed behind it). In the
+//! same run, next to it:
 //!
 //! * **the disk's own rate**: one thread in a loop of `pwrite` of 4 KiB + `fdatasync` on a
 //!   preallocated 64 MiB file in the same directory as the stores. No durable append can be
@@ -724,7 +725,7 @@ fn main() {
     println!(
         "\n== {rounds} interleaved rounds of {slice:.1} s per system and writer count ==\n\
          ours: durable single-event appends, one stream per writer; mean latency of the \
-         appends and of the flushes (sled flush + fdatasync + blob check)\n\
+         appends and of the commit syncs (fdatasync of the write-ahead log)\n\
          {:>5} {:>12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}",
         "round",
         "system",

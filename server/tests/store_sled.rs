@@ -388,15 +388,29 @@ fn unknown_format_version_is_refused() {
     let (_dir, path, _) = populated(3);
     Raw::open(&path)
         .tree("meta")
-        .insert("format_version", &2u32.to_be_bytes()[..])
+        .insert("format_version", &3u32.to_be_bytes()[..])
         .unwrap();
     assert!(matches!(
         open(&path),
         Err(StoreError::UnsupportedFormat {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
+}
+
+#[test]
+fn a_store_from_before_the_write_ahead_log_is_upgraded() {
+    let (_dir, path, _) = populated(3);
+    Raw::open(&path)
+        .tree("meta")
+        .insert("format_version", &1u32.to_be_bytes()[..])
+        .unwrap();
+    let store = open(&path).unwrap();
+    assert_eq!(store.read_from(1, 10).unwrap().len(), 3);
+    drop(store);
+    let format = Raw::open(&path).tree("meta").get("format_version").unwrap();
+    assert_eq!(format.as_deref(), Some(&2u32.to_be_bytes()[..]));
 }
 
 #[test]
@@ -444,6 +458,153 @@ fn interrupted_last_append_is_completed_on_open() {
     });
     // The completion was persisted: a full validation agrees.
     open_with(&path, |o| o.validation = OpenValidation::Full).unwrap();
+}
+
+/// `populated(n)`, plus a copy of the store's write-ahead log taken while it was open (a
+/// clean close deletes the log), in `dir/saved-wal`.
+fn populated_with_log(n: u64) -> (TempDir, PathBuf, Vec<ota_server::store::RecordedEvent>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events");
+    let saved = dir.path().join("saved-wal");
+    let events = rt().block_on(async {
+        let store = open(&path).unwrap();
+        for i in 1..=n {
+            let stream = format!("s{}", i % 5);
+            store
+                .append(one(&stream, format!("payload {i}").as_bytes()))
+                .await
+                .unwrap();
+        }
+        copy_dir(&path.join("wal"), &saved);
+        let events = store.read_from(1, usize::MAX).unwrap();
+        store.close().await.unwrap();
+        events
+    });
+    assert_eq!(wal_segments(&path), 0, "a clean close deletes the log");
+    (dir, path, events)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn wal_segments(store: &Path) -> usize {
+    std::fs::read_dir(store.join("wal"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Leaves sled as a crash before a checkpoint can: everything after `keep` is gone from the
+/// log, the index and the heads (sled recovers a prefix of its writes), while `acked_seq`
+/// still says what was acknowledged.
+fn rewind_sled(path: &Path, events: &[ota_server::store::RecordedEvent], keep: u64) {
+    let raw = Raw::open(path);
+    let (log, index, heads) = (raw.tree("log"), raw.tree("stream_index"), raw.tree("stream_heads"));
+    for e in events.iter().filter(|e| e.seq > keep) {
+        log.remove(e.seq.to_be_bytes()).unwrap();
+        index.remove(Raw::index_key(&e.stream, e.stream_version)).unwrap();
+        match events
+            .iter()
+            .rfind(|k| k.stream == e.stream && k.seq <= keep)
+        {
+            Some(k) => {
+                let mut head = k.stream_version.to_be_bytes().to_vec();
+                head.extend_from_slice(&k.seq.to_be_bytes());
+                heads.insert(e.stream.as_bytes(), head).unwrap();
+            }
+            None => {
+                heads.remove(e.stream.as_bytes()).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_tail_that_sled_lost_comes_back_from_the_write_ahead_log() {
+    let (dir, path, events) = populated_with_log(20);
+    rewind_sled(&path, &events, 15);
+    // Without the log, the acknowledged tail is missing.
+    let (seq, reason) = expect_corrupt(open(&path));
+    assert_eq!(seq, 16);
+    assert!(matches!(reason, Corruption::TruncatedTail { .. }), "{reason}");
+
+    copy_dir(&dir.path().join("saved-wal"), &path.join("wal"));
+    rt().block_on(async {
+        let store = open(&path).unwrap();
+        assert_eq!(store.read_from(1, usize::MAX).unwrap(), events);
+        // Heads and index are back too: version checks and stream reads agree.
+        assert_eq!(store.stream_version("s0").unwrap(), 4);
+        assert_eq!(store.read_stream("s0", 0).unwrap().len(), 4);
+        let out = store
+            .append(vec![StreamAppend::new(
+                "s0",
+                ExpectedVersion::Exact(4),
+                vec![event(b"after")],
+            )])
+            .await
+            .unwrap();
+        assert_eq!((out.first_seq, out.streams[0].version), (21, 5));
+        store.close().await.unwrap();
+    });
+    // What was replayed was checkpointed into sled: a full validation agrees.
+    let store = open_with(&path, |o| o.validation = OpenValidation::Full).unwrap();
+    assert_eq!(store.last_seq(), 21);
+}
+
+#[test]
+fn an_acknowledged_record_lost_from_the_write_ahead_log_fails_open() {
+    let (dir, path, events) = populated_with_log(20);
+    rewind_sled(&path, &events, 15);
+    let saved = dir.path().join("saved-wal");
+    let segment = std::fs::read_dir(&saved).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // The frame of seq 17: magic, len, first_seq (big-endian), ...; damage its record.
+    let at = bytes
+        .windows(16)
+        .position(|w| &w[..4] == b"OTAW" && w[8..16] == 17u64.to_be_bytes())
+        .expect("the frame of seq 17");
+    bytes[at + 28 + 10] ^= 0x5A;
+    std::fs::write(&segment, bytes).unwrap();
+    copy_dir(&saved, &path.join("wal"));
+    // Frame 18 says 17 was synced: 17 was acknowledged and is gone.
+    let (seq, reason) = expect_corrupt(open(&path));
+    assert_eq!(seq, 17);
+    assert_eq!(reason, Corruption::Missing { next_present: 18 });
+}
+
+#[test]
+fn the_write_ahead_log_reuses_its_segments_after_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events");
+    let small = |o: &mut SledOptions| o.wal_segment_bytes = 1024 * 1024;
+    rt().block_on(async {
+        let store = Arc::new(open_with(&path, small).unwrap());
+        // 600 appends of 8 KiB, about 5 MiB of log: five segments and more without reuse.
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    for i in 0..75 {
+                        let payload = vec![(t * 75 + i) as u8; 8 * 1024];
+                        store.append(one(&format!("w{t}"), &payload)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let segments = wal_segments(&path);
+        assert!((1..5).contains(&segments), "{segments} log segments");
+        Arc::into_inner(store).unwrap().close().await.unwrap();
+    });
+    assert_eq!(wal_segments(&path), 0);
+    let store = open_with(&path, small).unwrap();
+    assert_eq!(store.read_from(1, usize::MAX).unwrap().len(), 600);
 }
 
 #[test]

@@ -6,8 +6,12 @@
 
 use super::{Corruption, NewEvent, RecordedEvent, StreamAppend};
 
-/// Version of the on-disk format, stored in the meta tree.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk format, stored in the meta tree. 2 added the write-ahead log
+/// (`wal/`); a store of version 1 (no log) is upgraded at open. An older otad refuses a
+/// version-2 store, so it cannot miss records that only the log holds.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The format before the write-ahead log.
+pub(crate) const FORMAT_VERSION_WITHOUT_WAL: u32 = 1;
 /// Version tag of a log record, byte 4 of every record.
 pub(crate) const RECORD_FORMAT: u8 = 1;
 

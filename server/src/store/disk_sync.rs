@@ -20,9 +20,10 @@
 //!
 //! [`DiskSync`] closes those gaps for the event store: at open it fsyncs `conf`, `db`, the
 //! existing blob files, `blobs/`, the store directory and its parent; after every sled
-//! flush, before any append is acknowledged, [`DiskSync::sync`] `fdatasync`s `db` through a
-//! second descriptor (an fsync acts on the inode, whichever descriptor names it) and
-//! fsyncs every blob file that appeared since the last call, then `blobs/`.
+//! flush of a checkpoint (appends are durable earlier, in the write-ahead log, see `wal`),
+//! [`DiskSync::sync`] `fdatasync`s `db` through a second descriptor (an fsync acts on the
+//! inode, whichever descriptor names it) and fsyncs every blob file that appeared since the
+//! last call, then `blobs/`. Until a checkpoint covers a record, the log keeps it.
 //!
 //! The writer keeps ordinary records small enough that a full sled leaf (at most 17
 //! entries, 20 right after a truncation merged two) stays below the blob threshold, so
@@ -58,8 +59,10 @@ const SETTLED: Duration = Duration::from_secs(2);
 /// Counters of the syncs done, for tests and the benchmark.
 #[derive(Debug, Default)]
 pub(crate) struct SyncCounters {
-    /// `fdatasync` calls on the data file.
+    /// `fdatasync` calls on sled's data file (at open and at checkpoints).
     pub(crate) data_syncs: AtomicU64,
+    /// `fdatasync` calls on the write-ahead log (one per commit group).
+    pub(crate) wal_syncs: AtomicU64,
     /// Blob files fsynced.
     pub(crate) blob_syncs: AtomicU64,
 }

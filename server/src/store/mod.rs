@@ -44,6 +44,7 @@ mod recover;
 pub mod sled;
 mod stats;
 mod subscription;
+pub(crate) mod wal;
 
 use std::fmt;
 use std::sync::Arc;

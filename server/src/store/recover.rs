@@ -14,7 +14,7 @@ use ::sled::IVec;
 use tracing::{error, warn};
 
 use super::codec::{
-    FORMAT_VERSION, head_value, index_key, index_prefix, index_value, log_key, open_record,
+    FORMAT_VERSION, FORMAT_VERSION_WITHOUT_WAL, head_value, index_key, index_prefix, index_value, log_key, open_record,
     parse_head_value, parse_index_key, parse_index_value, peek_count, seq_of_log_key,
 };
 use super::disk_sync::DiskSync;
@@ -171,11 +171,20 @@ pub(crate) fn recover(
 }
 
 /// Checks the format marker, writing it into a new store.
-fn check_format(trees: &Trees, sync: &mut DiskSync) -> Result<(), StoreError> {
+pub(crate) fn check_format(trees: &Trees, sync: &mut DiskSync) -> Result<(), StoreError> {
     match trees.meta.get(FORMAT_KEY).map_err(sled_error)? {
         Some(value) => {
             let found = <[u8; 4]>::try_from(value.as_ref()).map_or(0, u32::from_be_bytes);
             if found == FORMAT_VERSION {
+                Ok(())
+            } else if found == FORMAT_VERSION_WITHOUT_WAL {
+                // Same trees; from now on records may be in the log first.
+                warn!(from = found, to = FORMAT_VERSION, "upgrading the event store's format");
+                trees
+                    .meta
+                    .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()[..])
+                    .map_err(sled_error)?;
+                durable_flush(trees, sync)?;
                 Ok(())
             } else {
                 Err(StoreError::UnsupportedFormat {

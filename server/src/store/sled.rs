@@ -14,7 +14,7 @@
 //! | `log`          | `first_seq: u64`                                | log record, see below      |
 //! | `stream_index` | `len: u16`, stream name (UTF-8), `version: u64` | `seq: u64`, `pos: u32`     |
 //! | `stream_heads` | stream name (UTF-8)                             | `version: u64`, `seq: u64` |
-//! | `meta`         | `format_version` (ASCII)                        | `u32`, currently 1         |
+//! | `meta`         | `format_version` (ASCII)                        | `u32`, currently 2         |
 //! | `meta`         | `acked_seq` (ASCII)                             | `u64`                      |
 //!
 //! * **`log`** is the truth. A record holds the events of one or more whole appends
@@ -51,20 +51,28 @@
 //! *last* record's index entries and heads can be missing or stale; open completes
 //! exactly those (logged at `warn`). Any other disagreement is corruption.
 //!
-//! # Group commit
+//! # Group commit, through a write-ahead log
 //!
-//! A separate flusher thread loops: it takes the highest written seq, calls sled
-//! `flush` once for everything written so far, then makes it durable itself (sled's flush
-//! ends with `sync_file_range`, which survives a process crash but not a power cut):
-//! `fdatasync` of sled's data file and fsync of any new sled blob file and of `blobs/`
-//! (module `disk_sync`). Only then it publishes the new durable mark and answers exactly
-//! the appenders it covers (a queue ordered by seq). While one flush runs, the writer
-//! fills the next records. Readers and subscriptions never look past the durable mark.
-//! After a failed insert, flush or sync the store is fail-stop: see [`StoreError::Io`].
+//! The writer puts each record first into the store's own write-ahead log (module `wal`,
+//! in `<store>/wal/`), then into sled (record, index entries, heads; in memory). A separate
+//! flusher thread loops: it takes the highest seq in the log, `fdatasync`s the log segment
+//! once for everything written so far, and publishes the new durable mark — the lower of
+//! what is synced in the log and what is inserted into sled — answering exactly the
+//! appenders it covers (a queue ordered by seq). While one sync runs, the writer fills the
+//! next records. Readers and subscriptions never look past the durable mark. sled itself is
+//! made durable by a third thread, the checkpointer, when the log closed a segment and at
+//! close: sled's `flush` (which ends with `sync_file_range`, surviving a process crash but
+//! not a power cut) plus what `disk_sync` adds (`fdatasync` of sled's data file, fsync of
+//! new blob files and `blobs/`). The log reuses a segment only once a checkpoint covers
+//! it. After a failed insert, write, sync or checkpoint the store is fail-stop: see
+//! [`StoreError::Io`].
 //!
 //! # Open and recovery
 //!
-//! Open checks the format version, that the log starts at seq 1, and, fully, the *tail*
+//! Open checks the format version, applies the write-ahead log's records that sled lacks
+//! (sled keeps only a prefix of what it wrote when the process or machine dies before a
+//! checkpoint) and checkpoints them, then checks that the log starts at seq 1, and, fully,
+//! the *tail*
 //! (the last [`OpenValidation::Tail`] events, 10,000 by default: checksums, decoding,
 //! contiguity, every index entry, the heads of the streams written there), and that the
 //! log reaches `acked_seq`. That keeps open time independent of the log's length. The
@@ -101,6 +109,7 @@ use super::codec::{
 use super::disk_sync::{self, DiskSync, SyncCounters};
 use super::recover;
 use super::stats::LatencyHistogram;
+use super::wal::{self, Marks, WalSync, WalWriter};
 use super::subscription::DurableLog;
 use super::{
     AppendOutcome, Corruption, DurableMark, EventStore, RecordedEvent, StoreError, StoreStats,
@@ -174,6 +183,8 @@ pub struct SledOptions {
     /// Interval of sled's own background flush and segment cleaning. Appends do not
     /// rely on it (they flush through group commit); it reclaims space.
     pub sled_flush_every_ms: Option<u64>,
+    /// Size of a write-ahead log segment (see `wal`); at least 1 MiB.
+    pub wal_segment_bytes: u64,
     /// How long open waits for the database's file lock. sled finishes some writes on
     /// its own background threads, so a store dropped in this process may hold the lock
     /// for a moment after the drop; a lock held by another process fails open after
@@ -188,6 +199,7 @@ impl Default for SledOptions {
             truncate_corrupt_tail_after: None,
             cache_capacity_bytes: 256 * 1024 * 1024,
             sled_flush_every_ms: Some(1000),
+            wal_segment_bytes: wal::SEGMENT_BYTES,
             lock_wait: Duration::from_secs(2),
         }
     }
@@ -230,12 +242,23 @@ pub struct SledEventStore {
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
+    /// The write-ahead log's directory, retired after a clean close.
+    wal_dir: std::path::PathBuf,
 }
 
 struct Shared {
     trees: Trees,
-    /// Highest seq inserted into sled (durable or not).
+    /// Highest seq inserted into sled (durable or not), index entries and heads included.
     written: AtomicU64,
+    /// Highest seq whose frame is in the write-ahead log (durable or not).
+    wal_written: AtomicU64,
+    /// Highest seq whose frame the flusher has `fdatasync`ed.
+    wal_synced: AtomicU64,
+    /// Highest seq sled itself is durable up to (the last checkpoint).
+    checkpointed: AtomicU64,
+    /// Set by the writer when closed log segments wait for a checkpoint.
+    checkpoint_wanted: AtomicBool,
     /// The durable mark, for subscriptions and readers. Updated under `waiters`.
     durable: watch::Sender<DurableMark>,
     /// Appends (and flushes) waiting for durability, in seq order.
@@ -243,7 +266,7 @@ struct Shared {
     stop: AtomicBool,
     append_latency: LatencyHistogram,
     flush_latency: LatencyHistogram,
-    /// The fsyncs done after sled's flushes.
+    /// The fsyncs done: of the write-ahead log, and of sled at checkpoints.
     sync_counters: Arc<SyncCounters>,
 }
 
@@ -317,49 +340,22 @@ impl SledEventStore {
             meta: db.open_tree(META_TREE).map_err(sled_error)?,
             db,
         };
+        recover::check_format(&trees, &mut sync)?;
+        let wal_dir = path.join(WAL_DIR);
+        let replayed = replay_wal(&trees, &mut sync, &wal_dir)?;
         let recovered = recover::recover(&trees, &mut sync, &options)?;
+        let truncated = recovered.last_seq < replayed.last_seq
+            || options.truncate_corrupt_tail_after.is_some();
+        let wal = WalWriter::start(&wal_dir, truncated, options.wal_segment_bytes)?;
         let last_seq = recovered.last_seq;
-        let (durable, _) = watch::channel(DurableMark {
-            seq: last_seq,
-            failed: None,
-        });
-        let shared = Arc::new(Shared {
-            trees,
-            written: AtomicU64::new(last_seq),
-            durable,
-            waiters: std::sync::Mutex::new(VecDeque::new()),
-            stop: AtomicBool::new(false),
-            append_latency: LatencyHistogram::default(),
-            flush_latency: LatencyHistogram::default(),
-            sync_counters,
-        });
-        let flusher = std::thread::Builder::new()
-            .name("event-store-flush".into())
-            .spawn({
-                let shared = Arc::clone(&shared);
-                move || run_flusher(shared, sync)
-            })?;
-        let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        let writer = std::thread::Builder::new()
-            .name("event-store-write".into())
-            .spawn({
-                let shared = Arc::clone(&shared);
-                let flusher = flusher.thread().clone();
-                move || run_writer(shared, queue, flusher)
-            });
-        let writer = match writer {
-            Ok(writer) => writer,
-            Err(err) => {
-                shared.stop.store(true, Ordering::Release);
-                flusher.thread().unpark();
-                let _ = flusher.join();
-                return Err(err.into());
-            }
-        };
+        let shared = Arc::new(Shared::new(trees, last_seq, sync_counters));
+        let (writer, flusher, checkpointer, requests) = start_threads(&shared, wal, sync)?;
         info!(
             last_seq,
             scanned_records = recovered.scanned_records,
             fully_checked_events = recovered.fully_checked_events,
+            wal_records_replayed = replayed.records,
+            wal_segments = replayed.segments,
             sled_open_ms = sled_open.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "event store open"
@@ -369,6 +365,8 @@ impl SledEventStore {
             requests: Some(requests),
             writer: Some(writer),
             flusher: Some(flusher),
+            checkpointer: Some(checkpointer),
+            wal_dir,
         })
     }
 
@@ -393,7 +391,7 @@ impl SledEventStore {
 impl Drop for SledEventStore {
     fn drop(&mut self) {
         // Closing the queue stops the writer once it has handled everything queued;
-        // then the flusher makes the rest durable and stops.
+        // then the flusher makes the rest durable and the checkpointer writes sled out.
         drop(self.requests.take());
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
@@ -401,11 +399,191 @@ impl Drop for SledEventStore {
             error!("event store writer thread panicked");
         }
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(flusher) = self.flusher.take() {
-            flusher.thread().unpark();
-            if flusher.join().is_err() {
-                error!("event store flusher thread panicked");
+        for (thread, name) in [
+            (self.flusher.take(), "flusher"),
+            (self.checkpointer.take(), "checkpointer"),
+        ] {
+            if let Some(thread) = thread {
+                thread.thread().unpark();
+                if thread.join().is_err() {
+                    error!("event store {name} thread panicked");
+                }
             }
+        }
+        // sled holds everything durably only if the final checkpoint covered it all.
+        let written = self.shared.written.load(Ordering::Acquire);
+        let clean = self.shared.durable.borrow().failed.is_none()
+            && self.shared.checkpointed.load(Ordering::Acquire) >= written;
+        if clean && let Err(err) = wal::retire(&self.wal_dir) {
+            warn!(error = %err, "could not delete the write-ahead log after closing; the next open replays it");
+        }
+    }
+}
+
+/// The store's directory of write-ahead log segments (see `wal`).
+const WAL_DIR: &str = "wal";
+
+/// Applies the write-ahead log's records that sled lacks, and makes sled durable with
+/// them, so that the log can start over. See `wal::replay`.
+fn replay_wal(
+    trees: &Trees,
+    sync: &mut DiskSync,
+    wal_dir: &Path,
+) -> Result<wal::Replayed, StoreError> {
+    let sled_last = match trees.log.last().map_err(sled_error)? {
+        None => None,
+        Some((key, value)) => {
+            let first = seq_of_log_key(&key).unwrap_or(1);
+            let count = codec::peek_count(&value).map_or(1, u64::from).max(1);
+            Some((first, first + count - 1))
+        }
+    };
+    let mut failure = None;
+    let replayed = wal::replay(wal_dir, sled_last, |first_seq, record| {
+        apply_record(trees, first_seq, record).map_err(|err| {
+            failure = Some(err);
+            std::io::Error::other("applying a logged record to sled failed")
+        })
+    });
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let replayed = match replayed {
+        Ok(replayed) => replayed,
+        Err(wal::ReplayError::Io(err)) => return Err(err.into()),
+        Err(wal::ReplayError::Hole { after, found }) => {
+            error!(
+                after,
+                found, "write-ahead log lost records that were acknowledged; refusing to open"
+            );
+            return Err(corrupt(
+                after + 1,
+                Corruption::Missing {
+                    next_present: found,
+                },
+            ));
+        }
+    };
+    if replayed.records > 0 {
+        info!(
+            records = replayed.records,
+            last_seq = replayed.last_seq,
+            "applied the write-ahead log to sled"
+        );
+        durable_flush(trees, sync)?;
+    }
+    Ok(replayed)
+}
+
+/// Inserts one record with its index entries and heads, as the writer does, from the
+/// record alone (idempotent: the same keys get the same values).
+fn apply_record(trees: &Trees, first_seq: u64, record: &[u8]) -> Result<(), StoreError> {
+    let reader = open_record(first_seq, record).map_err(|r| corrupt(first_seq, r))?;
+    let mut heads: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut key = Vec::new();
+    trees
+        .log
+        .insert(log_key(first_seq), record)
+        .map_err(sled_error)?;
+    for (pos, event) in reader.enumerate() {
+        let event = event.map_err(|r| corrupt(first_seq, r))?;
+        let seq = first_seq + pos as u64;
+        index_key_into(&mut key, event.stream, event.stream_version);
+        trees
+            .index
+            .insert(key.as_slice(), &index_value(seq, pos as u32)[..])
+            .map_err(sled_error)?;
+        heads.insert(event.stream.to_owned(), (event.stream_version, seq));
+    }
+    for (stream, (version, seq)) in heads {
+        trees
+            .heads
+            .insert(stream.as_bytes(), &codec::head_value(version, seq)[..])
+            .map_err(sled_error)?;
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn new(trees: Trees, last_seq: u64, sync_counters: Arc<SyncCounters>) -> Shared {
+        let (durable, _) = watch::channel(DurableMark {
+            seq: last_seq,
+            failed: None,
+        });
+        Shared {
+            trees,
+            written: AtomicU64::new(last_seq),
+            wal_written: AtomicU64::new(last_seq),
+            wal_synced: AtomicU64::new(last_seq),
+            checkpointed: AtomicU64::new(last_seq),
+            checkpoint_wanted: AtomicBool::new(false),
+            durable,
+            waiters: std::sync::Mutex::new(VecDeque::new()),
+            stop: AtomicBool::new(false),
+            append_latency: LatencyHistogram::default(),
+            flush_latency: LatencyHistogram::default(),
+            sync_counters,
+        }
+    }
+}
+
+type Threads = (
+    JoinHandle<()>,
+    JoinHandle<()>,
+    JoinHandle<()>,
+    mpsc::Sender<Request>,
+);
+
+/// Starts the checkpointer, the flusher and the writer (in that order, each knowing the
+/// ones before). If one cannot start, the started ones are stopped.
+fn start_threads(
+    shared: &Arc<Shared>,
+    wal: WalWriter,
+    sync: DiskSync,
+) -> Result<Threads, StoreError> {
+    let stop = |threads: Vec<JoinHandle<()>>| {
+        shared.stop.store(true, Ordering::Release);
+        for thread in threads {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    };
+    let checkpointer = std::thread::Builder::new()
+        .name("event-store-checkpoint".into())
+        .spawn({
+            let shared = Arc::clone(shared);
+            move || run_checkpointer(shared, sync)
+        })?;
+    let flusher = std::thread::Builder::new()
+        .name("event-store-flush".into())
+        .spawn({
+            let shared = Arc::clone(shared);
+            let wal_sync = wal.sync_handle();
+            move || run_flusher(shared, wal_sync)
+        });
+    let flusher = match flusher {
+        Ok(flusher) => flusher,
+        Err(err) => {
+            stop(vec![checkpointer]);
+            return Err(err.into());
+        }
+    };
+    let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
+    let writer = std::thread::Builder::new()
+        .name("event-store-write".into())
+        .spawn({
+            let shared = Arc::clone(shared);
+            let others = Others {
+                flusher: flusher.thread().clone(),
+                checkpointer: checkpointer.thread().clone(),
+            };
+            move || run_writer(shared, queue, wal, others)
+        });
+    match writer {
+        Ok(writer) => Ok((writer, flusher, checkpointer, requests)),
+        Err(err) => {
+            stop(vec![flusher, checkpointer]);
+            Err(err.into())
         }
     }
 }
@@ -439,17 +617,25 @@ struct Accepted {
     batch: Vec<StreamAppend>,
     /// Each stream's version before the append.
     before: Vec<u64>,
-    outcome: AppendOutcome,
-    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    first_seq: u64,
+}
+
+/// The threads the writer wakes.
+struct Others {
+    flusher: Thread,
+    checkpointer: Thread,
 }
 
 /// State of the writer thread.
 struct GroupWriter<'a> {
     shared: &'a Shared,
-    flusher: Thread,
+    wal: WalWriter,
+    others: Others,
     next_seq: u64,
     failed: Option<StoreError>,
     group: Vec<Accepted>,
+    /// The answers owed to the group's appends, in the same order.
+    replies: Vec<Reply>,
     group_bytes: usize,
     /// Streams written by the group: (version, seq of its last event).
     overlay: HashMap<String, (u64, u64)>,
@@ -462,12 +648,17 @@ struct GroupWriter<'a> {
 }
 
 /// The writer thread: groups whatever is queued into records. See the module docs.
-fn run_writer(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>, flusher: Thread) {
+fn run_writer(
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<Request>,
+    wal: WalWriter,
+    others: Others,
+) {
     let _guard = PanicGuard {
         shared: &shared,
         thread: "writer",
     };
-    let mut writer = GroupWriter::new(&shared, flusher);
+    let mut writer = GroupWriter::new(&shared, wal, others);
     while let Some(request) = queue.blocking_recv() {
         writer.handle(request);
         while let Ok(request) = queue.try_recv() {
@@ -478,13 +669,15 @@ fn run_writer(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>, flusher: 
 }
 
 impl<'a> GroupWriter<'a> {
-    fn new(shared: &'a Shared, flusher: Thread) -> Self {
+    fn new(shared: &'a Shared, wal: WalWriter, others: Others) -> Self {
         GroupWriter {
             next_seq: shared.written.load(Ordering::Acquire) + 1,
             shared,
-            flusher,
+            wal,
+            others,
             failed: None,
             group: Vec::new(),
+            replies: Vec::new(),
             group_bytes: 0,
             overlay: HashMap::new(),
             heads: HashMap::new(),
@@ -517,7 +710,7 @@ impl<'a> GroupWriter<'a> {
                         reply: Reply::Flush(reply),
                     });
                     drop(waiters);
-                    self.flusher.unpark();
+                    self.others.flusher.unpark();
                 }
             }
         }
@@ -591,19 +784,20 @@ impl<'a> GroupWriter<'a> {
         self.group.push(Accepted {
             batch,
             before,
-            outcome,
-            reply,
+            first_seq,
         });
+        self.replies.push(Reply::Append { outcome, reply });
         self.group_bytes += bytes;
     }
 
-    /// Writes the group as one record plus its index entries and heads, hands its
-    /// appends to the flusher and starts a new group.
+    /// Writes the group as one record: first to the write-ahead log (the flusher syncs it
+    /// meanwhile), then into sled with its index entries and heads. Its appends are
+    /// answered once both are done (see `Shared::publish_durable`).
     fn write_group(&mut self) {
         if self.group.is_empty() {
             return;
         }
-        let first_seq = self.group[0].outcome.first_seq;
+        let first_seq = self.group[0].first_seq;
         let last_seq = self.next_seq - 1;
         let parts: Vec<(&StreamAppend, u64)> = self
             .group
@@ -611,6 +805,35 @@ impl<'a> GroupWriter<'a> {
             .flat_map(|a| a.batch.iter().zip(a.before.iter().copied()))
             .collect();
         codec::encode_record(first_seq, &parts, &mut self.record);
+        let marks = Marks {
+            synced: self.shared.wal_synced.load(Ordering::Acquire),
+            checkpointed: self.shared.checkpointed.load(Ordering::Acquire),
+        };
+        let rolled_over = match self.wal.write(first_seq, last_seq, &self.record, marks) {
+            Ok(rolled_over) => rolled_over,
+            Err(err) => {
+                drop(parts);
+                self.fail_group(first_seq, err.into());
+                return;
+            }
+        };
+        // Queue the waiters before publishing the seq, so the sync that covers it finds
+        // them.
+        let mut waiters = self.shared.waiters();
+        for reply in self.replies.drain(..) {
+            waiters.push_back(Waiter {
+                seq: last_seq,
+                reply,
+            });
+        }
+        drop(waiters);
+        self.shared.wal_written.store(last_seq, Ordering::Release);
+        self.others.flusher.unpark();
+        if rolled_over {
+            // The closed segment is reused once sled is durable past it.
+            self.shared.checkpoint_wanted.store(true, Ordering::Release);
+            self.others.checkpointer.unpark();
+        }
         let written = insert_group(
             &self.shared.trees,
             first_seq,
@@ -620,6 +843,7 @@ impl<'a> GroupWriter<'a> {
             &mut self.key,
         );
         drop(parts);
+        self.group.clear();
         self.group_bytes = 0;
         match written {
             Ok(()) => {
@@ -627,37 +851,33 @@ impl<'a> GroupWriter<'a> {
                     self.heads.clear();
                 }
                 self.heads.extend(self.overlay.drain());
-                // Queue the waiters before publishing the seq, so the flush that covers
-                // it finds them.
-                let mut waiters = self.shared.waiters();
-                for a in self.group.drain(..) {
-                    let reply = Reply::Append {
-                        outcome: a.outcome,
-                        reply: a.reply,
-                    };
-                    waiters.push_back(Waiter {
-                        seq: last_seq,
-                        reply,
-                    });
-                }
-                drop(waiters);
                 self.shared.written.store(last_seq, Ordering::Release);
-                self.flusher.unpark();
+                self.shared.publish_durable();
             }
-            Err(err) => {
-                self.overlay.clear();
-                self.heads.clear();
-                let err = sled_error(err);
-                error!(first_seq, error = %err, "event store write failed; refusing further appends");
-                self.failed = Some(err.clone());
-                // Earlier groups are intact and still become durable; mark the store
-                // failed for new appends and subscribers.
-                self.shared.durable.send_modify(|mark| {
-                    mark.failed.get_or_insert_with(|| err.clone());
-                });
-                for a in self.group.drain(..) {
-                    let _ = a.reply.send(Err(err.clone()));
-                }
+            Err(err) => self.fail_group(first_seq, sled_error(err)),
+        }
+    }
+
+    /// A write failed: the store refuses everything from now on (fail-stop). The group's
+    /// appends get the error (whether queued for durability already or not); earlier
+    /// groups are intact and still become durable.
+    fn fail_group(&mut self, first_seq: u64, err: StoreError) {
+        self.overlay.clear();
+        self.heads.clear();
+        self.group_bytes = 0;
+        error!(first_seq, error = %err, "event store write failed; refusing further appends");
+        self.failed = Some(err.clone());
+        self.shared.durable.send_modify(|mark| {
+            mark.failed.get_or_insert_with(|| err.clone());
+        });
+        self.group.clear();
+        for reply in self.replies.drain(..) {
+            reply.send(Err(err.clone()));
+        }
+        let mut waiters = self.shared.waiters();
+        while waiters.back().is_some_and(|w| w.seq >= first_seq) {
+            if let Some(w) = waiters.pop_back() {
+                w.reply.send(Err(err.clone()));
             }
         }
     }
@@ -712,10 +932,21 @@ impl Shared {
         self.waiters.locked()
     }
 
-    /// Publishes `seq` as durable and answers exactly the waiters it covers.
-    fn publish_durable(&self, seq: u64) {
+    /// Publishes as durable what is both synced in the write-ahead log and inserted into
+    /// sled, and answers exactly the waiters it covers. Called by the flusher after a sync
+    /// and by the writer after its inserts; whichever comes second answers.
+    fn publish_durable(&self) {
         let mut waiters = self.waiters();
-        self.durable.send_modify(|mark| mark.seq = seq);
+        let seq = self
+            .wal_synced
+            .load(Ordering::Acquire)
+            .min(self.written.load(Ordering::Acquire));
+        let seq = seq.max(self.durable.borrow().seq);
+        self.durable.send_if_modified(|mark| {
+            let advanced = seq > mark.seq;
+            mark.seq = seq;
+            advanced
+        });
         while waiters.front().is_some_and(|w| w.seq <= seq) {
             if let Some(w) = waiters.pop_front() {
                 w.reply.send(Ok(()));
@@ -957,43 +1188,41 @@ impl Drop for PanicGuard<'_> {
     }
 }
 
-/// The group-commit loop. See the module documentation.
-fn run_flusher(shared: Arc<Shared>, mut sync: DiskSync) {
+/// The group-commit loop: syncs the write-ahead log up to what the writer has put into
+/// it, then publishes. While one sync runs, the writer fills the next records.
+fn run_flusher(shared: Arc<Shared>, wal: WalSync) {
     let _guard = PanicGuard {
         shared: &shared,
         thread: "flusher",
     };
-    let mut durable = shared.durable_seq();
+    let mut synced = shared.wal_synced.load(Ordering::Acquire);
     loop {
-        let target = shared.written.load(Ordering::Acquire);
-        if target > durable {
+        let target = shared.wal_written.load(Ordering::Acquire);
+        if target > synced {
             let started = Instant::now();
-            match durable_flush(&shared.trees, &mut sync) {
-                Ok(bytes) => {
-                    let elapsed = started.elapsed();
-                    shared.flush_latency.record(elapsed);
-                    durable = target;
-                    shared.publish_durable(target);
-                    debug!(
-                        durable_seq = target,
-                        bytes,
-                        micros = elapsed.as_micros() as u64,
-                        "flushed"
-                    );
-                    // Made durable by the next flush; see `acked_seq` in the format.
-                    if let Err(err) = shared
-                        .trees
-                        .meta
-                        .insert(ACKED_KEY, &target.to_be_bytes()[..])
-                    {
-                        fail(&shared, "recording the acknowledged seq", sled_error(err));
-                        return;
-                    }
-                }
-                Err(err) => {
-                    fail(&shared, "flush", err);
-                    return;
-                }
+            if let Err(err) = wal.sync() {
+                fail(&shared, "write-ahead log sync", err.into());
+                return;
+            }
+            let elapsed = started.elapsed();
+            shared.flush_latency.record(elapsed);
+            shared.sync_counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            synced = target;
+            shared.wal_synced.store(target, Ordering::Release);
+            shared.publish_durable();
+            debug!(
+                synced_seq = target,
+                micros = elapsed.as_micros() as u64,
+                "write-ahead log synced"
+            );
+            // Written out by the next checkpoint; see `acked_seq` in the format.
+            if let Err(err) = shared
+                .trees
+                .meta
+                .insert(ACKED_KEY, &target.to_be_bytes()[..])
+            {
+                fail(&shared, "recording the acknowledged seq", sled_error(err));
+                return;
             }
             continue;
         }
@@ -1002,8 +1231,44 @@ fn run_flusher(shared: Arc<Shared>, mut sync: DiskSync) {
         }
         std::thread::park();
     }
-    if let Err(err) = durable_flush(&shared.trees, &mut sync) {
-        warn!(error = %err, "final flush of the event store failed");
+}
+
+/// Makes sled durable up to what the writer has inserted, when closed log segments wait
+/// for it and once more at close, so that the log can reuse them. Acknowledgements never
+/// wait for it.
+fn run_checkpointer(shared: Arc<Shared>, mut sync: DiskSync) {
+    let _guard = PanicGuard {
+        shared: &shared,
+        thread: "checkpointer",
+    };
+    loop {
+        let stopping = shared.stop.load(Ordering::Acquire);
+        if shared.checkpoint_wanted.swap(false, Ordering::AcqRel) || stopping {
+            let target = shared.written.load(Ordering::Acquire);
+            let started = Instant::now();
+            match durable_flush(&shared.trees, &mut sync) {
+                Ok(bytes) => {
+                    shared.checkpointed.store(target, Ordering::Release);
+                    info!(
+                        checkpointed_seq = target,
+                        bytes,
+                        millis = started.elapsed().as_millis() as u64,
+                        "event store checkpoint"
+                    );
+                }
+                Err(err) if stopping => {
+                    warn!(error = %err, "final checkpoint of the event store failed");
+                }
+                Err(err) => {
+                    fail(&shared, "checkpoint", err);
+                    return;
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+        std::thread::park();
     }
 }
 
@@ -1087,23 +1352,31 @@ mod tests {
 
     fn shared(dir: &Path) -> Shared {
         let db = ::sled::Config::new().path(dir).open().unwrap();
-        let (durable, _) = watch::channel(DurableMark::default());
-        Shared {
-            trees: Trees {
-                log: db.open_tree(LOG_TREE).unwrap(),
-                index: db.open_tree(INDEX_TREE).unwrap(),
-                heads: db.open_tree(HEADS_TREE).unwrap(),
-                meta: db.open_tree(META_TREE).unwrap(),
-                db,
-            },
-            written: AtomicU64::new(0),
-            durable,
-            waiters: std::sync::Mutex::new(VecDeque::new()),
-            stop: AtomicBool::new(false),
-            append_latency: LatencyHistogram::default(),
-            flush_latency: LatencyHistogram::default(),
-            sync_counters: Arc::default(),
-        }
+        let trees = Trees {
+            log: db.open_tree(LOG_TREE).unwrap(),
+            index: db.open_tree(INDEX_TREE).unwrap(),
+            heads: db.open_tree(HEADS_TREE).unwrap(),
+            meta: db.open_tree(META_TREE).unwrap(),
+            db,
+        };
+        Shared::new(trees, 0, Arc::default())
+    }
+
+    /// A writer on `shared` whose log is in `dir/wal`; this thread stands in for the
+    /// threads it wakes.
+    fn group_writer<'a>(shared: &'a Shared, dir: &Path) -> GroupWriter<'a> {
+        let wal = WalWriter::start(&dir.join(WAL_DIR), false, wal::SEGMENT_BYTES).unwrap();
+        let others = Others {
+            flusher: std::thread::current(),
+            checkpointer: std::thread::current(),
+        };
+        GroupWriter::new(shared, wal, others)
+    }
+
+    /// What the flusher does after syncing the log up to `seq`.
+    fn synced(shared: &Shared, seq: u64) {
+        shared.wal_synced.store(seq, Ordering::Release);
+        shared.publish_durable();
     }
 
     fn append(
@@ -1140,7 +1413,7 @@ mod tests {
     fn queued_appends_become_one_record_and_conflicts_see_the_group() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared(dir.path());
-        let mut writer = GroupWriter::new(&shared, std::thread::current());
+        let mut writer = group_writer(&shared, dir.path());
         let (a1, a1_rx) = append("a", ExpectedVersion::NoStream, 10);
         let (b1, b1_rx) = append("b", ExpectedVersion::Any, 10);
         let (a2, a2_rx) = append("a", ExpectedVersion::Exact(1), 10);
@@ -1162,7 +1435,7 @@ mod tests {
         // Nothing is answered before the flusher publishes durability.
         let mut rxs = [a1_rx, b1_rx, a2_rx];
         assert!(rxs.iter_mut().all(|rx| rx.try_recv().is_err()));
-        shared.publish_durable(3);
+        synced(&shared, 3);
         let outcomes: Vec<(u64, u64)> = rxs
             .iter_mut()
             .map(|rx| {
@@ -1189,37 +1462,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_acknowledged_append_was_fdatasynced() {
+    async fn every_acknowledged_append_was_fdatasynced_in_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let store =
             SledEventStore::open(dir.path().join("events"), SledOptions::default()).unwrap();
         let counters = Arc::clone(&store.shared.sync_counters);
-        // Open made the format marker durable through the same path.
-        let at_open = counters.data_syncs.load(Ordering::Relaxed);
-        assert!(at_open >= 1);
+        // Open made the format marker durable in sled itself.
+        let sled_syncs = counters.data_syncs.load(Ordering::Relaxed);
+        assert!(sled_syncs >= 1);
         for i in 0..3 {
             store.append(one_event("s", 10)).await.unwrap();
-            // One flush per sequential append, each followed by its fdatasync.
-            assert_eq!(counters.data_syncs.load(Ordering::Relaxed), at_open + i + 1);
+            // One log sync per sequential append; sled is not synced for it.
+            assert_eq!(counters.wal_syncs.load(Ordering::Relaxed), i + 1);
+            assert_eq!(counters.data_syncs.load(Ordering::Relaxed), sled_syncs);
         }
         assert_eq!(store.stats().flush_latency.count, 3);
-        // Small records never make sled write a blob file.
-        assert_eq!(counters.blob_syncs.load(Ordering::Relaxed), 0);
         store.close().await.unwrap();
+        // Closing checkpoints sled, so the next open has nothing to replay.
+        assert_eq!(counters.data_syncs.load(Ordering::Relaxed), sled_syncs + 1);
     }
 
     #[tokio::test]
-    async fn blob_files_of_large_appends_are_synced_before_the_ack() {
+    async fn large_appends_are_durable_in_the_log_and_their_blob_files_at_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events");
         let store = SledEventStore::open(&path, SledOptions::default()).unwrap();
         let counters = Arc::clone(&store.shared.sync_counters);
         // Far above sled's blob threshold: sled writes it to `blobs/`.
         store.append(one_event("big", 512 * 1024)).await.unwrap();
+        assert_eq!(counters.wal_syncs.load(Ordering::Relaxed), 1);
         let blobs = std::fs::read_dir(path.join("blobs")).unwrap().count();
         assert!(blobs >= 1, "sled wrote no blob file");
-        assert!(counters.blob_syncs.load(Ordering::Relaxed) >= 1);
         store.close().await.unwrap();
+        assert!(counters.blob_syncs.load(Ordering::Relaxed) >= 1);
         let store = SledEventStore::open(&path, SledOptions::default()).unwrap();
         assert_eq!(store.read_from(1, 10).unwrap()[0].payload.len(), 512 * 1024);
     }
@@ -1228,7 +1503,7 @@ mod tests {
     fn later_groups_check_versions_against_the_written_heads() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared(dir.path());
-        let mut writer = GroupWriter::new(&shared, std::thread::current());
+        let mut writer = group_writer(&shared, dir.path());
         writer.handle(append("a", ExpectedVersion::NoStream, 10).0);
         writer.write_group();
         assert_eq!(writer.heads.get("a"), Some(&(1, 1)));
@@ -1242,11 +1517,11 @@ mod tests {
         let (next, mut next_rx) = append("a", ExpectedVersion::Exact(1), 10);
         writer.handle(next);
         writer.write_group();
-        shared.publish_durable(2);
+        synced(&shared, 2);
         assert_eq!(next_rx.try_recv().unwrap().unwrap().streams[0].version, 2);
         assert_eq!(shared.written_head("a").unwrap(), Some((2, 2)));
         // A stream the writer has not seen is read from sled.
-        let mut fresh = GroupWriter::new(&shared, std::thread::current());
+        let mut fresh = group_writer(&shared, dir.path());
         let (again, mut again_rx) = append("a", ExpectedVersion::Exact(1), 10);
         fresh.handle(again);
         assert!(matches!(
@@ -1259,7 +1534,7 @@ mod tests {
     fn groups_are_split_by_size() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared(dir.path());
-        let mut writer = GroupWriter::new(&shared, std::thread::current());
+        let mut writer = group_writer(&shared, dir.path());
         let big = GROUP_RECORD_BYTES / 2 - 100;
         for stream in ["a", "b", "c", "d", "e"] {
             writer.handle(append(stream, ExpectedVersion::Any, big).0);
@@ -1271,7 +1546,7 @@ mod tests {
         writer.handle(append("g", ExpectedVersion::Any, 1).0);
         writer.write_group();
         assert_eq!(record_keys(&shared), vec![1, 3, 5, 6, 7]);
-        shared.publish_durable(7);
+        synced(&shared, 7);
         let seqs: Vec<u64> = shared
             .read_durable(1, 100)
             .unwrap()
