@@ -259,6 +259,9 @@ struct Shared {
     checkpointed: AtomicU64,
     /// Set by the writer when closed log segments wait for a checkpoint.
     checkpoint_wanted: AtomicBool,
+    /// Held while syncing the log: by the flusher, or by the writer when it has nothing
+    /// else to do (it then saves the hand-over to the flusher).
+    sync_lock: std::sync::Mutex<()>,
     /// The durable mark, for subscriptions and readers. Updated under `waiters`.
     durable: watch::Sender<DurableMark>,
     /// Appends (and flushes) waiting for durability, in seq order.
@@ -517,6 +520,7 @@ impl Shared {
             wal_synced: AtomicU64::new(last_seq),
             checkpointed: AtomicU64::new(last_seq),
             checkpoint_wanted: AtomicBool::new(false),
+            sync_lock: std::sync::Mutex::new(()),
             durable,
             waiters: std::sync::Mutex::new(VecDeque::new()),
             stop: AtomicBool::new(false),
@@ -630,7 +634,11 @@ struct Others {
 struct GroupWriter<'a> {
     shared: &'a Shared,
     wal: WalWriter,
+    wal_sync: WalSync,
     others: Others,
+    /// Nothing is queued behind the group being written: the writer syncs the log itself
+    /// instead of waking the flusher (one thread hand-over less for a lone appender).
+    quiet: bool,
     next_seq: u64,
     failed: Option<StoreError>,
     group: Vec<Accepted>,
@@ -660,10 +668,12 @@ fn run_writer(
     };
     let mut writer = GroupWriter::new(&shared, wal, others);
     while let Some(request) = queue.blocking_recv() {
+        writer.quiet = false;
         writer.handle(request);
         while let Ok(request) = queue.try_recv() {
             writer.handle(request);
         }
+        writer.quiet = queue.is_empty();
         writer.write_group();
     }
 }
@@ -673,8 +683,10 @@ impl<'a> GroupWriter<'a> {
         GroupWriter {
             next_seq: shared.written.load(Ordering::Acquire) + 1,
             shared,
+            wal_sync: wal.sync_handle(),
             wal,
             others,
+            quiet: false,
             failed: None,
             group: Vec::new(),
             replies: Vec::new(),
@@ -828,7 +840,9 @@ impl<'a> GroupWriter<'a> {
         }
         drop(waiters);
         self.shared.wal_written.store(last_seq, Ordering::Release);
-        self.others.flusher.unpark();
+        if !self.quiet {
+            self.others.flusher.unpark();
+        }
         if rolled_over {
             // The closed segment is reused once sled is durable past it.
             self.shared.checkpoint_wanted.store(true, Ordering::Release);
@@ -853,9 +867,29 @@ impl<'a> GroupWriter<'a> {
                 self.heads.extend(self.overlay.drain());
                 self.shared.written.store(last_seq, Ordering::Release);
                 self.shared.publish_durable();
+                if self.quiet {
+                    self.sync_here();
+                }
             }
             Err(err) => self.fail_group(first_seq, sled_error(err)),
         }
+    }
+
+    /// Syncs the log on this thread if no sync runs; else the flusher does it next.
+    fn sync_here(&mut self) {
+        let guard = match self.shared.sync_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.others.flusher.unpark();
+                return;
+            }
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        };
+        if let Err(err) = sync_wal(self.shared, &self.wal_sync) {
+            self.failed = Some(err.clone());
+            fail(self.shared, "write-ahead log sync", err);
+        }
+        drop(guard);
     }
 
     /// A write failed: the store refuses everything from now on (fail-stop). The group's
@@ -1195,42 +1229,49 @@ fn run_flusher(shared: Arc<Shared>, wal: WalSync) {
         shared: &shared,
         thread: "flusher",
     };
-    let mut synced = shared.wal_synced.load(Ordering::Acquire);
     loop {
-        let target = shared.wal_written.load(Ordering::Acquire);
-        if target > synced {
-            let started = Instant::now();
-            if let Err(err) = wal.sync() {
-                fail(&shared, "write-ahead log sync", err.into());
+        let synced = {
+            let _lock = shared.sync_lock.locked();
+            sync_wal(&shared, &wal)
+        };
+        match synced {
+            Ok(true) => continue,
+            Ok(false) if shared.stop.load(Ordering::Acquire) => break,
+            Ok(false) => std::thread::park(),
+            Err(err) => {
+                fail(&shared, "write-ahead log sync", err);
                 return;
             }
-            let elapsed = started.elapsed();
-            shared.flush_latency.record(elapsed);
-            shared.sync_counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
-            synced = target;
-            shared.wal_synced.store(target, Ordering::Release);
-            shared.publish_durable();
-            debug!(
-                synced_seq = target,
-                micros = elapsed.as_micros() as u64,
-                "write-ahead log synced"
-            );
-            // Written out by the next checkpoint; see `acked_seq` in the format.
-            if let Err(err) = shared
-                .trees
-                .meta
-                .insert(ACKED_KEY, &target.to_be_bytes()[..])
-            {
-                fail(&shared, "recording the acknowledged seq", sled_error(err));
-                return;
-            }
-            continue;
         }
-        if shared.stop.load(Ordering::Acquire) {
-            break;
-        }
-        std::thread::park();
     }
+}
+
+/// Under `sync_lock`: `fdatasync`s the log if frames were written since the last sync,
+/// then publishes what became durable. Returns whether it synced.
+fn sync_wal(shared: &Shared, wal: &WalSync) -> Result<bool, StoreError> {
+    let target = shared.wal_written.load(Ordering::Acquire);
+    if target <= shared.wal_synced.load(Ordering::Acquire) {
+        return Ok(false);
+    }
+    let started = Instant::now();
+    wal.sync()?;
+    let elapsed = started.elapsed();
+    shared.flush_latency.record(elapsed);
+    shared.sync_counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+    shared.wal_synced.store(target, Ordering::Release);
+    shared.publish_durable();
+    debug!(
+        synced_seq = target,
+        micros = elapsed.as_micros() as u64,
+        "write-ahead log synced"
+    );
+    // Written out by the next checkpoint; see `acked_seq` in the format.
+    shared
+        .trees
+        .meta
+        .insert(ACKED_KEY, &target.to_be_bytes()[..])
+        .map_err(sled_error)?;
+    Ok(true)
 }
 
 /// Makes sled durable up to what the writer has inserted, when closed log segments wait
@@ -1249,7 +1290,7 @@ fn run_checkpointer(shared: Arc<Shared>, mut sync: DiskSync) {
             match durable_flush(&shared.trees, &mut sync) {
                 Ok(bytes) => {
                     shared.checkpointed.store(target, Ordering::Release);
-                    info!(
+                    debug!(
                         checkpointed_seq = target,
                         bytes,
                         millis = started.elapsed().as_millis() as u64,
