@@ -492,9 +492,7 @@ fn check_otad(trace: &Trace, uploads: &[(String, String)], blob_root: &str) -> R
                     && between(c)
                     && c.carries(m)
             })
-            .ok_or_else(|| {
-                format!("{marker}: the event was not written to the write-ahead log")
-            })?;
+            .ok_or_else(|| format!("{marker}: the event was not written to the write-ahead log"))?;
         trace
             .find(|c| {
                 c.is_sync()

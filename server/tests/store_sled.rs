@@ -503,10 +503,16 @@ fn wal_segments(store: &Path) -> usize {
 /// still says what was acknowledged.
 fn rewind_sled(path: &Path, events: &[ota_server::store::RecordedEvent], keep: u64) {
     let raw = Raw::open(path);
-    let (log, index, heads) = (raw.tree("log"), raw.tree("stream_index"), raw.tree("stream_heads"));
+    let (log, index, heads) = (
+        raw.tree("log"),
+        raw.tree("stream_index"),
+        raw.tree("stream_heads"),
+    );
     for e in events.iter().filter(|e| e.seq > keep) {
         log.remove(e.seq.to_be_bytes()).unwrap();
-        index.remove(Raw::index_key(&e.stream, e.stream_version)).unwrap();
+        index
+            .remove(Raw::index_key(&e.stream, e.stream_version))
+            .unwrap();
         match events
             .iter()
             .rfind(|k| k.stream == e.stream && k.seq <= keep)
@@ -530,7 +536,10 @@ fn a_tail_that_sled_lost_comes_back_from_the_write_ahead_log() {
     // Without the log, the acknowledged tail is missing.
     let (seq, reason) = expect_corrupt(open(&path));
     assert_eq!(seq, 16);
-    assert!(matches!(reason, Corruption::TruncatedTail { .. }), "{reason}");
+    assert!(
+        matches!(reason, Corruption::TruncatedTail { .. }),
+        "{reason}"
+    );
 
     copy_dir(&dir.path().join("saved-wal"), &path.join("wal"));
     rt().block_on(async {
@@ -560,7 +569,12 @@ fn an_acknowledged_record_lost_from_the_write_ahead_log_fails_open() {
     let (dir, path, events) = populated_with_log(20);
     rewind_sled(&path, &events, 15);
     let saved = dir.path().join("saved-wal");
-    let segment = std::fs::read_dir(&saved).unwrap().next().unwrap().unwrap().path();
+    let segment = std::fs::read_dir(&saved)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = std::fs::read(&segment).unwrap();
     // The frame of seq 17: magic, len, first_seq (big-endian), ...; damage its record.
     let at = bytes

@@ -14,8 +14,9 @@ use ::sled::IVec;
 use tracing::{error, warn};
 
 use super::codec::{
-    FORMAT_VERSION, FORMAT_VERSION_WITHOUT_WAL, head_value, index_key, index_prefix, index_value, log_key, open_record,
-    parse_head_value, parse_index_key, parse_index_value, peek_count, seq_of_log_key,
+    FORMAT_VERSION, FORMAT_VERSION_WITHOUT_WAL, head_value, index_key, index_prefix, index_value,
+    log_key, open_record, parse_head_value, parse_index_key, parse_index_value, peek_count,
+    seq_of_log_key,
 };
 use super::disk_sync::DiskSync;
 use super::sled::{
@@ -179,7 +180,11 @@ pub(crate) fn check_format(trees: &Trees, sync: &mut DiskSync) -> Result<(), Sto
                 Ok(())
             } else if found == FORMAT_VERSION_WITHOUT_WAL {
                 // Same trees; from now on records may be in the log first.
-                warn!(from = found, to = FORMAT_VERSION, "upgrading the event store's format");
+                warn!(
+                    from = found,
+                    to = FORMAT_VERSION,
+                    "upgrading the event store's format"
+                );
                 trees
                     .meta
                     .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()[..])

@@ -109,8 +109,8 @@ use super::codec::{
 use super::disk_sync::{self, DiskSync, SyncCounters};
 use super::recover;
 use super::stats::LatencyHistogram;
-use super::wal::{self, Marks, WalSync, WalWriter};
 use super::subscription::DurableLog;
+use super::wal::{self, Marks, WalSync, WalWriter};
 use super::{
     AppendOutcome, Corruption, DurableMark, EventStore, RecordedEvent, StoreError, StoreStats,
     StreamAppend, StreamVersion, Subscription, check_expected, validate_batch,
@@ -347,8 +347,8 @@ impl SledEventStore {
         let wal_dir = path.join(WAL_DIR);
         let replayed = replay_wal(&trees, &mut sync, &wal_dir)?;
         let recovered = recover::recover(&trees, &mut sync, &options)?;
-        let truncated = recovered.last_seq < replayed.last_seq
-            || options.truncate_corrupt_tail_after.is_some();
+        let truncated =
+            recovered.last_seq < replayed.last_seq || options.truncate_corrupt_tail_after.is_some();
         let wal = WalWriter::start(&wal_dir, truncated, options.wal_segment_bytes)?;
         let last_seq = recovered.last_seq;
         let shared = Arc::new(Shared::new(trees, last_seq, sync_counters));
@@ -1257,7 +1257,10 @@ fn sync_wal(shared: &Shared, wal: &WalSync) -> Result<bool, StoreError> {
     wal.sync()?;
     let elapsed = started.elapsed();
     shared.flush_latency.record(elapsed);
-    shared.sync_counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+    shared
+        .sync_counters
+        .wal_syncs
+        .fetch_add(1, Ordering::Relaxed);
     shared.wal_synced.store(target, Ordering::Release);
     shared.publish_durable();
     debug!(

@@ -99,7 +99,11 @@ impl Frame<'_> {
 pub(crate) fn encode_frame(first_seq: u64, synced: u64, record: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&u32::try_from(record.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(record.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(&first_seq.to_be_bytes());
     out.extend_from_slice(&synced.to_be_bytes());
     let crc = crc32fast::hash(&out[start..]);
@@ -314,8 +318,7 @@ impl WalWriter {
         self.frame.clear();
         encode_frame(first_seq, marks.synced, record, &mut self.frame);
         let len = self.frame.len() as u64;
-        let roll_over =
-            self.active.position > 0 && self.active.position + len > self.segment_bytes;
+        let roll_over = self.active.position > 0 && self.active.position + len > self.segment_bytes;
         if roll_over {
             self.roll_over(marks.checkpointed)?;
         }
@@ -448,7 +451,10 @@ pub(crate) enum ReplayError {
     /// The log continues sled's log up to `after`, but a segment holds the later frame
     /// `found`, or a frame says the log was durable up to `found`: what lay in between
     /// was lost.
-    Hole { after: u64, found: u64 },
+    Hole {
+        after: u64,
+        found: u64,
+    },
 }
 
 impl From<io::Error> for ReplayError {
@@ -622,7 +628,11 @@ mod tests {
     #[test]
     fn replay_hands_over_what_sled_lacks_and_its_last_record_again() {
         let dir = tempfile::tempdir().unwrap();
-        segment(dir.path(), 1, &frames([(1, 0), (2, 1), (3, 2), (4, 3), (5, 4)]));
+        segment(
+            dir.path(),
+            1,
+            &frames([(1, 0), (2, 1), (3, 2), (4, 3), (5, 4)]),
+        );
         assert_eq!(replayed(dir.path(), None).unwrap(), vec![1, 2, 3, 4, 5]);
         assert_eq!(replayed(dir.path(), Some((3, 3))).unwrap(), vec![3, 4, 5]);
         assert_eq!(replayed(dir.path(), Some((5, 5))).unwrap(), vec![5]);
@@ -718,7 +728,10 @@ mod tests {
         assert_eq!(names, vec![3, 4]);
         wal.sync_handle().sync().unwrap();
         drop(wal);
-        assert_eq!(replayed(&wal_dir, Some((6, 6))).unwrap(), vec![7, 8, 9, 10, 11, 12]);
+        assert_eq!(
+            replayed(&wal_dir, Some((6, 6))).unwrap(),
+            vec![7, 8, 9, 10, 11, 12]
+        );
     }
 
     proptest::proptest! {
