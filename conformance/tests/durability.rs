@@ -203,10 +203,6 @@ impl Call {
         })
     }
 
-    fn fd_ends_with(&self, suffix: &str) -> bool {
-        self.fd_path.as_deref().is_some_and(|p| p.ends_with(suffix))
-    }
-
     fn data(&self) -> Vec<u8> {
         self.strings.concat()
     }
@@ -394,10 +390,6 @@ impl Trace {
 
     fn find(&self, pred: impl Fn(&Call) -> bool) -> Option<&Call> {
         self.calls.iter().find(|c| pred(c))
-    }
-
-    fn last(&self, pred: impl Fn(&Call) -> bool) -> Option<&Call> {
-        self.calls.iter().rev().find(|c| pred(c))
     }
 }
 
