@@ -33,9 +33,10 @@
 //!   keys a prefix range that no other stream shares. Derived from the log.
 //! * **`stream_heads`** holds each stream's current version and the seq of its last
 //!   event; the optimistic-concurrency check reads it. Derived from the log.
-//! * **`acked_seq`** is a high-water mark of seqs acknowledged as durable, written after
-//!   each group-commit flush (so it lags by one flush). A log that ends below it has lost
-//!   acknowledged events: a truncated tail.
+//! * **`acked_seq`** is a high-water mark of seqs acknowledged as durable, written with
+//!   each checkpoint (so it lags by up to a write-ahead log segment; the log's own frames
+//!   say what was synced after it). A log that ends below it, once the write-ahead log is
+//!   applied, has lost acknowledged events: a truncated tail.
 //!
 //! # Writes: one record per commit group, no sled batches
 //!
@@ -645,11 +646,11 @@ struct GroupWriter<'a> {
     /// The answers owed to the group's appends, in the same order.
     replies: Vec<Reply>,
     group_bytes: usize,
-    /// Streams written by the group: (version, seq of its last event).
-    overlay: HashMap<String, (u64, u64)>,
-    /// Heads written by earlier groups of this writer, so the version check of a stream
-    /// written recently needs no sled read. Only this thread writes heads while the store
-    /// is open, so an entry is never stale; a stream not in it is read from sled.
+    /// Heads as of the last accepted append, (version, seq of its last event), for the
+    /// streams this writer wrote recently, so their version check needs no sled read. Only
+    /// this thread writes heads while the store is open, so an entry is never stale; a
+    /// stream not in it is read from sled. Trimmed only between groups (the group's streams
+    /// are in sled then), cleared on a failed write.
     heads: HashMap<String, (u64, u64)>,
     record: Vec<u8>,
     key: Vec<u8>,
@@ -691,7 +692,6 @@ impl<'a> GroupWriter<'a> {
             group: Vec::new(),
             replies: Vec::new(),
             group_bytes: 0,
-            overlay: HashMap::new(),
             heads: HashMap::new(),
             record: Vec::new(),
             key: Vec::new(),
@@ -748,11 +748,7 @@ impl<'a> GroupWriter<'a> {
         }
         let mut before = Vec::with_capacity(batch.len());
         for sa in &batch {
-            let cached = self
-                .overlay
-                .get(&sa.stream)
-                .or_else(|| self.heads.get(&sa.stream));
-            let actual = match cached {
+            let actual = match self.heads.get(&sa.stream) {
                 Some(&(version, _)) => version,
                 None => match self.shared.written_head(&sa.stream) {
                     Ok(head) => head.map_or(0, |(version, _)| version),
@@ -779,8 +775,13 @@ impl<'a> GroupWriter<'a> {
         let mut streams = Vec::with_capacity(batch.len());
         for (sa, &version) in batch.iter().zip(&before) {
             let n = sa.events.len() as u64;
-            self.overlay
-                .insert(sa.stream.clone(), (version + n, seq + n - 1));
+            let head = (version + n, seq + n - 1);
+            match self.heads.get_mut(&sa.stream) {
+                Some(known) => *known = head,
+                None => {
+                    self.heads.insert(sa.stream.clone(), head);
+                }
+            }
             streams.push(StreamVersion {
                 stream: sa.stream.clone(),
                 version: version + n,
@@ -853,7 +854,6 @@ impl<'a> GroupWriter<'a> {
             first_seq,
             &parts,
             &self.record,
-            &self.overlay,
             &mut self.key,
         );
         drop(parts);
@@ -861,10 +861,9 @@ impl<'a> GroupWriter<'a> {
         self.group_bytes = 0;
         match written {
             Ok(()) => {
-                if self.heads.len() + self.overlay.len() > HEADS_CACHE {
+                if self.heads.len() > HEADS_CACHE {
                     self.heads.clear();
                 }
-                self.heads.extend(self.overlay.drain());
                 self.shared.written.store(last_seq, Ordering::Release);
                 self.shared.publish_durable();
                 if self.quiet {
@@ -896,7 +895,6 @@ impl<'a> GroupWriter<'a> {
     /// appends get the error (whether queued for durability already or not); earlier
     /// groups are intact and still become durable.
     fn fail_group(&mut self, first_seq: u64, err: StoreError) {
-        self.overlay.clear();
         self.heads.clear();
         self.group_bytes = 0;
         error!(first_seq, error = %err, "event store write failed; refusing further appends");
@@ -918,13 +916,12 @@ impl<'a> GroupWriter<'a> {
 }
 
 /// The inserts of one group: the record (the atomic commit point), then its index
-/// entries, then the heads.
+/// entries, then the heads (a stream written twice in the group gets its later head last).
 fn insert_group(
     trees: &Trees,
     first_seq: u64,
     parts: &[(&StreamAppend, u64)],
     record: &[u8],
-    heads: &HashMap<String, (u64, u64)>,
     key: &mut Vec<u8>,
 ) -> ::sled::Result<()> {
     trees.log.insert(log_key(first_seq), record)?;
@@ -940,10 +937,13 @@ fn insert_group(
             pos += 1;
         }
     }
-    for (stream, &(version, seq)) in heads {
+    let mut seq = first_seq;
+    for (sa, before) in parts {
+        let n = sa.events.len() as u64;
+        seq += n;
         trees
             .heads
-            .insert(stream.as_bytes(), &codec::head_value(version, seq)[..])?;
+            .insert(sa.stream.as_bytes(), &codec::head_value(before + n, seq - 1)[..])?;
     }
     Ok(())
 }
@@ -1268,12 +1268,6 @@ fn sync_wal(shared: &Shared, wal: &WalSync) -> Result<bool, StoreError> {
         micros = elapsed.as_micros() as u64,
         "write-ahead log synced"
     );
-    // Written out by the next checkpoint; see `acked_seq` in the format.
-    shared
-        .trees
-        .meta
-        .insert(ACKED_KEY, &target.to_be_bytes()[..])
-        .map_err(sled_error)?;
     Ok(true)
 }
 
@@ -1290,7 +1284,15 @@ fn run_checkpointer(shared: Arc<Shared>, mut sync: DiskSync) {
         if shared.checkpoint_wanted.swap(false, Ordering::AcqRel) || stopping {
             let target = shared.written.load(Ordering::Acquire);
             let started = Instant::now();
-            match durable_flush(&shared.trees, &mut sync) {
+            // See `acked_seq` in the format: a lower bound, durable with this checkpoint.
+            let acked = shared.durable_seq().to_be_bytes();
+            let checkpoint = shared
+                .trees
+                .meta
+                .insert(ACKED_KEY, &acked[..])
+                .map_err(sled_error)
+                .and_then(|_| durable_flush(&shared.trees, &mut sync));
+            match checkpoint {
                 Ok(bytes) => {
                     shared.checkpointed.store(target, Ordering::Release);
                     debug!(
