@@ -481,8 +481,11 @@ async fn serial_transport_cancel_and_timeout() {
         .expect_err("no sync");
     assert_eq!(err.code, ErrorCode::ConnectFailed, "{err}");
 
-    // Once the flash is erased the budget runs: a write that takes longer is cut.
+    // Once the flash is erased the budget runs: a write that takes longer is cut. The erase
+    // takes 200 ms, so the 1 ms budget ends while the agent waits for it (an instant erase
+    // let the whole write finish before the runtime looked at its timers).
     let sim = EspRomSim::start(RomConfig::esp32()).expect("pty");
+    sim.set_erase_time(Duration::from_millis(200));
     let t = transport(port_cfg(&sim));
     let (tx, _rx) = mpsc::unbounded_channel();
     let mut j = job("serial-bench", verified(app(Chip::Esp32, 256 * 1024)));

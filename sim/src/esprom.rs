@@ -36,6 +36,8 @@ struct Shared {
     rx_bytes: u64,
     /// Bytes sent to the client.
     tx_bytes: u64,
+    /// How long the answer to a FLASH_BEGIN (the erase) is held back.
+    erase_time: std::time::Duration,
 }
 
 /// A running simulated ROM bootloader. Dropping it stops the simulator and closes the pty.
@@ -63,6 +65,7 @@ impl EspRomSim {
             events: Vec::new(),
             rx_bytes: 0,
             tx_bytes: 0,
+            erase_time: std::time::Duration::ZERO,
         }));
         let (stop, stop_rx) = watch::channel(false);
         let (closed_tx, closed) = watch::channel(false);
@@ -84,6 +87,12 @@ impl EspRomSim {
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.locked()
+    }
+
+    /// Makes every erase (the answer to FLASH_BEGIN) take `time`, as a real chip's erase of
+    /// a large region does; without it the simulated erase is instant.
+    pub fn set_erase_time(&self, time: std::time::Duration) {
+        self.lock().erase_time = time;
     }
 
     /// A copy of the whole flash.
@@ -183,10 +192,15 @@ async fn run(
         };
         let mut out = Vec::new();
         let mut unplug = false;
+        let mut hold = std::time::Duration::ZERO;
         {
             let mut g = shared.locked();
             g.rx_bytes += n as u64;
+            let begins = g.rom.counters().begins;
             g.rom.handle_input(&buf[..n]);
+            if g.rom.counters().begins > begins {
+                hold = g.erase_time;
+            }
             while let Some(frame) = g.rom.poll_transmit() {
                 out.extend_from_slice(&frame);
             }
@@ -200,6 +214,12 @@ async fn run(
         if unplug {
             tracing::debug!("esprom: unplugged, closing the pty");
             break;
+        }
+        if !hold.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(hold) => {}
+                _ = stop.changed() => break,
+            }
         }
         let written = tokio::select! {
             r = master.write_all(&out) => r,

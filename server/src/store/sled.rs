@@ -941,9 +941,10 @@ fn insert_group(
     for (sa, before) in parts {
         let n = sa.events.len() as u64;
         seq += n;
-        trees
-            .heads
-            .insert(sa.stream.as_bytes(), &codec::head_value(before + n, seq - 1)[..])?;
+        trees.heads.insert(
+            sa.stream.as_bytes(),
+            &codec::head_value(before + n, seq - 1)[..],
+        )?;
     }
     Ok(())
 }
