@@ -2,7 +2,8 @@
 //! agents over real gRPC.
 //!
 //! `cargo bench -p ota-server --bench fleet [-- --devices 100000 --sites 100 --timed-devices 3000
-//! --timed-sites 20 --duration-ms 2000 --concurrency 100 --download --only instant|timed]`
+//! --timed-sites 20 --duration-ms 2000 --concurrency 100 --download --only instant|timed
+//! --poll-ms 1000]`
 //!
 //! Two parts, each against a fresh `otad --insecure-plaintext --listen 127.0.0.1:0 --data-dir
 //! <tmp>` child process (the binary cargo builds next to this bench), so the server's CPU time
@@ -13,7 +14,13 @@
 //!    answers the batch check and runs every update at once. A firmware is uploaded through
 //!    `FirmwareService.Upload`, a rollout (canary, then 10 %, 50 %, 100 %, concurrency limits
 //!    wide open) is created and started through `RolloutService.Create` and polled with `Get`
-//!    until it completes. Prints wall time, otad CPU per device and otad peak RSS (`VmHWM`).
+//!    until it completes (every second, or every `devices / 100` ms on larger fleets, since a
+//!    `Get` lists every device; `--poll-ms` sets it). Prints wall time, otad CPU per device and
+//!    otad peak RSS (`VmHWM`) against the targets (≤ 0.3 ms per device, ≤ 2048 MiB at a million
+//!    devices), then stops otad (SIGTERM, so it writes its shutdown snapshot) and starts it
+//!    again on the same data directory twice: with that snapshot, and with the snapshots moved
+//!    aside (the whole log replayed); prints the time from start to listening for each (target
+//!    with a snapshot ≤ 1 s).
 //! 2. **Devices that take time** (`--timed-devices`, `--timed-sites`, `--duration-ms`,
 //!    `--concurrency`): every update takes the given real time at the agent, the rollout limits
 //!    concurrency (global, per site and per ESPHome site all set to `--concurrency`). Prints the
@@ -68,6 +75,7 @@ struct Args {
     concurrency: u32,
     download: bool,
     only: Option<String>,
+    poll_ms: Option<u64>,
 }
 
 impl Args {
@@ -96,6 +104,7 @@ impl Args {
             concurrency: num("--concurrency", 100) as u32,
             download: args.iter().any(|a| a == "--download"),
             only: value("--only"),
+            poll_ms: value("--poll-ms").and_then(|v| v.parse().ok()),
         }
     }
 
@@ -915,7 +924,7 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
         "== instant devices: {devices} devices at {sites} sites, {sites} agents (one HTTP/2 connection and Connect stream each), download {}",
         if args.download { "on" } else { "off" }
     );
-    let fleet = Fleet::start(devices, sites, Duration::ZERO, args.download).await?;
+    let mut fleet = Fleet::start(devices, sites, Duration::ZERO, args.download).await?;
     let canary = (devices / 1000).clamp(1, 100) as u32;
     let stages = vec![
         stage("canary", pb::stage::Size::Count(canary)),
@@ -932,7 +941,14 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
         true,
     );
     let agents_cpu0 = proc_cpu("/proc/self/stat");
-    let (r, wall) = fleet.run_rollout(s, Duration::from_secs(1)).await?;
+    // A Get lists every device of every stage: on a large fleet, poll less often so the poll
+    // (which an operator would not repeat every second at this size) does not weigh on otad.
+    let poll = Duration::from_millis(args.poll_ms.unwrap_or((devices / 100).max(1000)));
+    println!(
+        "  polling RolloutService.Get every {:.1} s",
+        poll.as_secs_f64()
+    );
+    let (r, wall) = fleet.run_rollout(s, poll).await?;
     let cpu = fleet.otad.cpu() - fleet.cpu_ready;
     let agents_cpu = proc_cpu("/proc/self/stat") - agents_cpu0;
     let unacked = fleet.settle().await;
@@ -950,9 +966,9 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
         devices as f64 / server_s.max(0.001)
     );
     println!(
-        "  otad CPU during the rollout: {:.1} s = {per_device_ms:.3} ms per device (target ≤ 1 ms: {}); before it (upload, inventory): {:.1} s",
+        "  otad CPU during the rollout: {:.1} s = {per_device_ms:.3} ms per device (target ≤ 0.3 ms: {}); before it (upload, inventory): {:.1} s",
         cpu.as_secs_f64(),
-        if per_device_ms <= 1.0 {
+        if per_device_ms <= 0.3 {
             "met"
         } else {
             "MISSED"
@@ -960,8 +976,8 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
         fleet.cpu_ready.as_secs_f64()
     );
     println!(
-        "  otad peak RSS (VmHWM): {rss:.0} MiB (target ≤ 1024 MiB: {})",
-        if rss <= 1024.0 { "met" } else { "MISSED" }
+        "  otad peak RSS (VmHWM): {rss:.0} MiB (target ≤ 2048 MiB: {})",
+        if rss <= 2048.0 { "met" } else { "MISSED" }
     );
     println!(
         "  simulated agents and this bench: {:.1} s CPU during the rollout (not in otad's figure)",
@@ -970,7 +986,88 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
     fleet.print_agents(devices);
     println!("  reports still unacknowledged after the run: {unacked}");
     fleet.print_log().await?;
+    restart_figures(&mut fleet)?;
     Ok(())
+}
+
+/// How long otad takes from its start to listening again, on the data directory the rollout
+/// left: with the projection snapshot it writes at shutdown, and without any snapshot (moved
+/// aside), so the whole log is replayed.
+fn restart_figures(fleet: &mut Fleet) -> anyhow::Result<()> {
+    fleet.stats.closing.store(true, Ordering::Relaxed);
+    let otad = &mut fleet.otad;
+    otad.stop().map_err(anyhow::Error::msg)?;
+    let snapshots = otad.data_dir().join("snapshots");
+    let snapshot_bytes = dir_size(&snapshots);
+    let started = Instant::now();
+    otad.start_again().map_err(anyhow::Error::msg)?;
+    let with = started.elapsed();
+    let with_rss = otad.peak_rss() as f64 / MIB;
+    let with_replay = last_replay_line(&otad.log());
+    otad.stop().map_err(anyhow::Error::msg)?;
+    let aside = otad.data_dir().join("snapshots.aside");
+    std::fs::rename(&snapshots, &aside)?;
+    let started = Instant::now();
+    otad.start_again().map_err(anyhow::Error::msg)?;
+    let without = started.elapsed();
+    let without_rss = otad.peak_rss() as f64 / MIB;
+    let without_replay = last_replay_line(&otad.log());
+    println!(
+        "  restart on the rollout's data dir, start to listening: {:.3} s with the shutdown snapshot ({:.1} MiB; target ≤ 1 s: {}; peak RSS {with_rss:.0} MiB; {with_replay}), {:.3} s without a snapshot (peak RSS {without_rss:.0} MiB; {without_replay})",
+        with.as_secs_f64(),
+        snapshot_bytes as f64 / MIB,
+        if with <= Duration::from_secs(1) {
+            "met"
+        } else {
+            "MISSED"
+        },
+        without.as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// The figures of otad's last "event log replayed" and "projection snapshot loaded" lines.
+fn last_replay_line(log: &str) -> String {
+    let plain = strip_ansi(log);
+    let lines: Vec<&str> = plain.lines().collect();
+    let Some(at) = lines.iter().rposition(|l| l.contains("event log replayed")) else {
+        return "no replay line".into();
+    };
+    let line = lines[at];
+    // The start logs the snapshot it loaded right before it replays the rest.
+    let loaded = lines[at.saturating_sub(3)..at]
+        .iter()
+        .any(|l| l.contains("projection snapshot loaded"));
+    let mut figures: Vec<String> = ["events", "replayed", "replay_ms"]
+        .iter()
+        .filter_map(|key| {
+            let at = line.find(&format!("{key}="))?;
+            let value = line[at + key.len() + 1..].split_whitespace().next()?;
+            Some(format!("{key} {value}"))
+        })
+        .collect();
+    if loaded {
+        figures.push("from the snapshot".into());
+    }
+    figures.join(", ")
+}
+
+/// `text` without terminal colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 // === part 2 ===

@@ -263,7 +263,7 @@ async fn record_send_failure(
     let jitter = rand::random::<f64>();
     app.core
         .execute::<CoreError, _>(&Actor::system(), |state| {
-            let Some(t) = state.tasks.get(task_id) else {
+            let Some(t) = state.tasks.get(task_id).map(Box::as_ref) else {
                 return Ok(vec![]);
             };
             if t.attempt != attempt || !t.phase.is_at_site() {

@@ -241,7 +241,13 @@ impl Rollouts {
             let live: Vec<String> = bc
                 .device_ids
                 .iter()
-                .filter(|d| state.devices.get(*d).is_some_and(|d| !d.removed))
+                .filter(|d| {
+                    state
+                        .devices
+                        .get(*d)
+                        .map(Box::as_ref)
+                        .is_some_and(|d| !d.removed)
+                })
                 .cloned()
                 .collect();
             (r.spec.firmware_id.clone(), live)
