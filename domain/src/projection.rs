@@ -82,6 +82,9 @@ pub struct DeviceView {
     pub last_check: Option<(DeviceChecked, UnixMillis)>,
     /// The running or most recent task.
     pub current_task: Option<String>,
+    /// The version of the device's stream (its last event's), kept here rather than in a map
+    /// of every stream ([`FleetState::stream_version`]).
+    pub stream_version: u64,
 }
 
 /// Where a task is in its life.
@@ -276,6 +279,9 @@ pub struct TaskView {
     /// How long the current attempt's transfer took when the device reported the target version
     /// before its health window (the window is not transfer time).
     pub transfer_took_ms: Option<u64>,
+    /// The version of the task's stream (its last event's), kept here rather than in a map of
+    /// every stream ([`FleetState::stream_version`]).
+    pub stream_version: u64,
 }
 
 impl TaskView {
@@ -312,6 +318,7 @@ impl TaskView {
             transfer_from_ms: None,
             transfer_took_ms: None,
             health: Health::NotChecked,
+            stream_version: 0,
         }
     }
 }
@@ -865,6 +872,38 @@ impl FleetState {
         }
     }
 
+    /// The version of `stream` when the projection keeps it: task and device streams (one or
+    /// two per device, millions on a large fleet) keep theirs in their view, so the server's
+    /// map of stream versions holds only the few others. `None`: not kept here.
+    pub fn stream_version(&self, stream: &str) -> Option<u64> {
+        if let Some(id) = stream.strip_prefix(streams::TASK_PREFIX) {
+            self.tasks.get(id).map(|t| t.stream_version)
+        } else if let Some(id) = stream.strip_prefix(streams::DEVICE_PREFIX) {
+            self.devices.get(id).map(|d| d.stream_version)
+        } else {
+            None
+        }
+    }
+
+    /// Keeps `version` as the version of `stream` (after its event was applied) when the stream
+    /// is a task's or a device's that the projection holds; false: the caller keeps it.
+    pub fn keep_stream_version(&mut self, stream: &str, version: u64) -> bool {
+        let kept = if let Some(id) = stream.strip_prefix(streams::TASK_PREFIX) {
+            self.tasks.get_mut(id).map(|t| &mut t.stream_version)
+        } else if let Some(id) = stream.strip_prefix(streams::DEVICE_PREFIX) {
+            self.devices.get_mut(id).map(|d| &mut d.stream_version)
+        } else {
+            None
+        };
+        match kept {
+            Some(v) => {
+                *v = version;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn apply_firmware(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
         match event {
             DomainEvent::FirmwareRegistered(e) => {
@@ -914,6 +953,7 @@ impl FleetState {
                         removed: false,
                         last_check: None,
                         current_task: None,
+                        stream_version: 0,
                     })
                 });
                 device.facts = e.facts.clone();

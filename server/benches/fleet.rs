@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p ota-server --bench fleet [-- --devices 100000 --sites 100 --timed-devices 3000
 //! --timed-sites 20 --duration-ms 2000 --concurrency 100 --download --only instant|timed
-//! --poll-ms 1000]`
+//! --poll-ms 1000 --rollout-devices 100000]`
 //!
 //! Two parts, each against a fresh `otad --insecure-plaintext --listen 127.0.0.1:0 --data-dir
 //! <tmp>` child process (the binary cargo builds next to this bench), so the server's CPU time
@@ -14,7 +14,10 @@
 //!    answers the batch check and runs every update at once. A firmware is uploaded through
 //!    `FirmwareService.Upload`, a rollout (canary, then 10 %, 50 %, 100 %, concurrency limits
 //!    wide open) is created and started through `RolloutService.Create` and polled with `Get`
-//!    until it completes (every second, or every `devices / 100` ms on larger fleets, since a
+//!    until it completes; a fleet of more than `--rollout-devices` (100,000) devices is rolled
+//!    out by several such rollouts of whole sites started together, since one rollout names
+//!    every device it plans in one event and the store takes events of at most 4 MiB (every
+//!    second, or every `devices / 100` ms on larger fleets, since a
 //!    `Get` lists every device; `--poll-ms` sets it). Prints wall time, otad CPU per device and
 //!    otad peak RSS (`VmHWM`) against the targets (≤ 0.3 ms per device, ≤ 2048 MiB at a million
 //!    devices), then stops otad (SIGTERM, so it writes its shutdown snapshot) and starts it
@@ -76,6 +79,7 @@ struct Args {
     download: bool,
     only: Option<String>,
     poll_ms: Option<u64>,
+    rollout_devices: u64,
 }
 
 impl Args {
@@ -105,6 +109,7 @@ impl Args {
             download: args.iter().any(|a| a == "--download"),
             only: value("--only"),
             poll_ms: value("--poll-ms").and_then(|v| v.parse().ok()),
+            rollout_devices: num("--rollout-devices", 100_000),
         }
     }
 
@@ -768,6 +773,75 @@ impl Fleet {
         }
     }
 
+    /// Creates and starts rollouts and polls them every `poll` until every one ended. Returns
+    /// the final rollouts and the wall time from the first create call to the poll that saw the
+    /// last one end.
+    async fn run_rollouts(
+        &self,
+        specs: Vec<pb::RolloutSpec>,
+        poll: Duration,
+    ) -> anyhow::Result<(Vec<pb::Rollout>, Duration)> {
+        if specs.len() == 1 {
+            let spec = specs.into_iter().next().context("one spec")?;
+            let (r, wall) = self.run_rollout(spec, poll).await?;
+            return Ok((vec![r], wall));
+        }
+        let mut client = self.rollouts();
+        let started = Instant::now();
+        let mut ids = Vec::new();
+        for spec in specs {
+            let created = client
+                .create(pb::CreateRolloutRequest {
+                    spec: Some(spec),
+                    start: true,
+                })
+                .await?
+                .into_inner();
+            ids.push(created.id);
+        }
+        let mut ended: Vec<Option<pb::Rollout>> = vec![None; ids.len()];
+        let mut last_report = Instant::now();
+        loop {
+            tokio::time::sleep(poll).await;
+            let mut succeeded = 0;
+            let mut queued = 0;
+            for (id, end) in ids.iter().zip(ended.iter_mut()) {
+                if let Some(r) = end {
+                    succeeded += r.totals.unwrap_or_default().succeeded;
+                    continue;
+                }
+                let r = client
+                    .get(pb::GetRolloutRequest { id: id.clone() })
+                    .await?
+                    .into_inner();
+                let t = r.totals.unwrap_or_default();
+                succeeded += t.succeeded;
+                queued += t.queued;
+                let state = pb::RolloutState::try_from(r.state).unwrap_or_default();
+                if matches!(
+                    state,
+                    pb::RolloutState::Completed
+                        | pb::RolloutState::Aborted
+                        | pb::RolloutState::Paused
+                ) {
+                    *end = Some(r);
+                }
+            }
+            if ended.iter().all(Option::is_some) {
+                return Ok((ended.into_iter().flatten().collect(), started.elapsed()));
+            }
+            if last_report.elapsed() > Duration::from_secs(10) {
+                last_report = Instant::now();
+                println!(
+                    "  … {:.0} s: {} of {} rollouts ended, {succeeded} succeeded, {queued} queued",
+                    started.elapsed().as_secs_f64(),
+                    ended.iter().filter(|e| e.is_some()).count(),
+                    ids.len(),
+                );
+            }
+        }
+    }
+
     /// Waits (bounded) until every agent's reports are acknowledged; returns the unacked count.
     async fn settle(&self) -> usize {
         let give_up = Instant::now() + Duration::from_secs(30);
@@ -916,6 +990,45 @@ fn check_outcome(r: &pb::Rollout, devices: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn check_outcomes(all: &[pb::Rollout], devices: u64) -> anyhow::Result<()> {
+    let mut succeeded = 0u64;
+    for r in all {
+        let t = r.totals.unwrap_or_default();
+        if r.state != pb::RolloutState::Completed as i32 {
+            bail!(
+                "rollout {} ended {} ({}): {t:?}",
+                r.id,
+                r.state,
+                r.state_reason
+            );
+        }
+        succeeded += u64::from(t.succeeded);
+    }
+    if succeeded != devices {
+        bail!("{succeeded} of {devices} devices succeeded");
+    }
+    Ok(())
+}
+
+/// The sites (as `Fleet::start` names and fills them) in groups of at most `most` devices,
+/// whole sites each.
+fn site_groups(devices: u64, sites: u64, most: u64) -> Vec<Vec<String>> {
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut in_group = 0;
+    for s in 0..sites {
+        let n = devices / sites + u64::from(s < devices % sites);
+        if groups.is_empty() || in_group + n > most.max(1) {
+            groups.push(Vec::new());
+            in_group = 0;
+        }
+        in_group += n;
+        if let Some(g) = groups.last_mut() {
+            g.push(format!("site-{s:03}"));
+        }
+    }
+    groups
+}
+
 // === part 1 ===
 
 async fn instant(args: &Args) -> anyhow::Result<()> {
@@ -933,12 +1046,35 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
         stage("wave-100", pb::stage::Size::CumulativePercent(100.0)),
     ];
     let wide = devices.min(u64::from(u32::MAX)) as u32;
-    let s = spec(
-        "fleet bench: instant",
-        &fleet.firmware_id,
-        stages,
-        wide,
-        true,
+    // One rollout names every device it plans in one event (`RolloutStarted`, and
+    // `BatchCheckStarted`), and the store takes events of at most 4 MiB: a fleet larger than
+    // `--rollout-devices` (100,000) is rolled out by several rollouts of whole sites, started
+    // together.
+    let groups = site_groups(devices, sites, args.rollout_devices);
+    let specs: Vec<pb::RolloutSpec> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, group)| {
+            let mut s = spec(
+                &format!("fleet bench: instant {i}"),
+                &fleet.firmware_id,
+                stages.clone(),
+                wide,
+                true,
+            );
+            if groups.len() > 1 {
+                s.selector = Some(pb::DeviceSelector {
+                    site_ids: group.clone(),
+                    ..Default::default()
+                });
+            }
+            s
+        })
+        .collect();
+    println!(
+        "  {} rollout(s) of at most {} devices (whole sites each), started together",
+        specs.len(),
+        args.rollout_devices
     );
     let agents_cpu0 = proc_cpu("/proc/self/stat");
     // A Get lists every device of every stage: on a large fleet, poll less often so the poll
@@ -948,20 +1084,28 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
         "  polling RolloutService.Get every {:.1} s",
         poll.as_secs_f64()
     );
-    let (r, wall) = fleet.run_rollout(s, poll).await?;
+    let (all, wall) = fleet.run_rollouts(specs, poll).await?;
     let cpu = fleet.otad.cpu() - fleet.cpu_ready;
     let agents_cpu = proc_cpu("/proc/self/stat") - agents_cpu0;
     let unacked = fleet.settle().await;
-    check_outcome(&r, devices)?;
-    let server_s = (r.finished_at_ms - r.started_at_ms) as f64 / 1000.0;
+    check_outcomes(&all, devices)?;
+    let r = &all[0];
+    let started = all.iter().map(|r| r.started_at_ms).min().unwrap_or(0);
+    let finished = all.iter().map(|r| r.finished_at_ms).max().unwrap_or(0);
+    let server_s = (finished - started) as f64 / 1000.0;
     let per_device_ms = cpu.as_secs_f64() * 1000.0 / devices as f64;
     let rss = fleet.otad.peak_rss() as f64 / MIB;
     println!(
-        "  stages: {} (batch check of all devices first)",
-        stage_line(&r)
+        "  stages{}: {} (batch check of all devices first)",
+        if all.len() > 1 {
+            " of the first rollout"
+        } else {
+            ""
+        },
+        stage_line(r)
     );
     println!(
-        "  rollout wall time: {:.1} s from Create to the poll that saw it completed (server: started → completed {server_s:.1} s); {:.0} devices/s",
+        "  rollout wall time: {:.1} s from Create to the poll that saw it completed (server: first started → last completed {server_s:.1} s); {:.0} devices/s",
         wall.as_secs_f64(),
         devices as f64 / server_s.max(0.001)
     );

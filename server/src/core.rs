@@ -133,9 +133,19 @@ pub trait CoreObserver: Send + Sync + std::fmt::Debug {
     fn applied(&self, state: &FleetState, applied: &Applied, task_before: Option<TaskPhase>);
 }
 
+/// The fleet state and the version of every stream: task and device streams keep theirs in
+/// their views (`FleetState::stream_version`), `versions` holds the others.
 struct Projection {
     state: FleetState,
     versions: HashMap<String, u64>,
+}
+
+impl Projection {
+    fn version_of(&self, stream: &str) -> Option<u64> {
+        self.state
+            .stream_version(stream)
+            .or_else(|| self.versions.get(stream).copied())
+    }
 }
 
 /// Where and how often the core writes projection snapshots (`crate::snapshot`).
@@ -236,7 +246,9 @@ impl Core {
             for r in &batch {
                 let event = decode(r)?;
                 state.apply(&meta(r), &r.stream, &event);
-                versions.insert(r.stream.clone(), r.stream_version);
+                if !state.keep_stream_version(&r.stream, r.stream_version) {
+                    versions.insert(r.stream.clone(), r.stream_version);
+                }
                 next = r.seq + 1;
             }
         }
@@ -407,8 +419,13 @@ impl Core {
                 .and_then(|id| p.state.tasks.get(id).map(Box::as_ref))
                 .map(|t| t.phase);
             p.state.apply(&meta, &applied.stream, &applied.event);
-            p.versions
-                .insert(applied.stream.clone(), applied.stream_version);
+            if !p
+                .state
+                .keep_stream_version(&applied.stream, applied.stream_version)
+            {
+                p.versions
+                    .insert(applied.stream.clone(), applied.stream_version);
+            }
             if let Some(o) = observer {
                 o.applied(&p.state, &applied, task_before);
             }
@@ -447,9 +464,7 @@ impl Core {
     pub fn stream_version(&self, stream: &str) -> u64 {
         self.projection
             .read_locked()
-            .versions
-            .get(stream)
-            .copied()
+            .version_of(stream)
             .unwrap_or(0)
     }
 
@@ -504,8 +519,8 @@ impl Core {
                             let expected = match c.expect {
                                 Expect::Any => ExpectedVersion::Any,
                                 Expect::New => ExpectedVersion::NoStream,
-                                Expect::Unchanged => match p.versions.get(&c.stream) {
-                                    Some(v) => ExpectedVersion::Exact(*v),
+                                Expect::Unchanged => match p.version_of(&c.stream) {
+                                    Some(v) => ExpectedVersion::Exact(v),
                                     None => ExpectedVersion::NoStream,
                                 },
                             };

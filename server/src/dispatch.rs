@@ -186,7 +186,9 @@ pub async fn pass(
                     })
                 })
                 .collect();
-            let changes = decision.changes.clone();
+            // The changes go to the store; the rest of the decision is kept for after it.
+            let mut decision = decision;
+            let changes = std::mem::take(&mut decision.changes);
             decided = Some(decision);
             Ok(changes)
         })

@@ -52,7 +52,8 @@ pub struct SnapshotPoint {
 pub struct Projected {
     /// The fleet state.
     pub state: FleetState,
-    /// Every stream's version (for the optimistic checks of appends).
+    /// The version of every stream whose view does not keep it (task and device views keep
+    /// theirs), for the optimistic checks of appends.
     pub versions: HashMap<String, u64>,
 }
 

@@ -12,6 +12,10 @@ use crate::rollout::spec::StageSize;
 use crate::status::UpgradeStatus;
 use crate::tasks::target_version;
 
+/// otad's allocator (`server/src/main.rs`), so the probe measures what otad holds.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -168,6 +172,7 @@ fn probe_projection_memory_per_device() {
             from_firmware_id: None,
         };
         apply(&mut state, &stream, created.into());
+        state.keep_stream_version(&stream, 1);
         apply(
             &mut state,
             &stream,
