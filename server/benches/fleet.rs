@@ -1045,7 +1045,8 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
         stage("wave-50", pb::stage::Size::CumulativePercent(50.0)),
         stage("wave-100", pb::stage::Size::CumulativePercent(100.0)),
     ];
-    let wide = devices.min(u64::from(u32::MAX)) as u32;
+    // Limits wide open (a spec's limit is at most 100,000).
+    let wide = devices.min(args.rollout_devices).min(100_000) as u32;
     // One rollout names every device it plans in one event (`RolloutStarted`, and
     // `BatchCheckStarted`), and the store takes events of at most 4 MiB: a fleet larger than
     // `--rollout-devices` (100,000) is rolled out by several rollouts of whole sites, started
