@@ -387,18 +387,10 @@ fn timeout_error(t: &TaskView, transport: Transport) -> TaskError {
     TaskError::new(ErrorCode::Timeout, message)
 }
 
-/// Decides the next step of every unfinished task. See the module documentation.
-pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
-    let DispatchInput {
-        state,
-        now_ms: now,
-        connected,
-        next_command_id,
-        probes,
-    } = *input;
-    let mut out = DispatchDecision::default();
-    // Tasks at a site first (they hold slots); then the waiting ones that may go now or have a
-    // time to come back at, oldest first: fair, and deterministic for tests.
+/// The unfinished tasks a pass looks at: those at a site first (they hold slots), by id; then
+/// the waiting ones that may go now or have a time to come back at, oldest first: fair, and
+/// deterministic for tests.
+fn open_tasks(state: &FleetState, now: UnixMillis) -> (Vec<&TaskView>, Vec<&TaskView>) {
     let mut at_site: Vec<&TaskView> = Vec::new();
     let mut waiting: Vec<&TaskView> = Vec::new();
     let open = state
@@ -418,6 +410,20 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
     waiting.sort_by(|a, b| {
         (a.created_at_ms, &a.created.task_id).cmp(&(b.created_at_ms, &b.created.task_id))
     });
+    (at_site, waiting)
+}
+
+/// Decides the next step of every unfinished task. See the module documentation.
+pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
+    let DispatchInput {
+        state,
+        now_ms: now,
+        connected,
+        next_command_id,
+        probes,
+    } = *input;
+    let mut out = DispatchDecision::default();
+    let (at_site, waiting) = open_tasks(state, now);
     let mut load = Load::default();
     for t in &at_site {
         if t.phase.holds_slot() {
