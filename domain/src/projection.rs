@@ -986,19 +986,19 @@ impl FleetState {
     /// A task's event, and what it changes in the counts ([`Tally`]) and the open tasks.
     fn apply_task(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
         if let DomainEvent::TaskCreated(e) = event {
-            if let Some(old) = self.tasks.get(id).map(Box::as_ref).map(|t| TaskMark::of(t)) {
+            if let Some(old) = self.tasks.get(id).map(|t| TaskMark::of(t)) {
                 // A second creation of the same id (only a damaged log has one) replaces it.
                 self.retally(id, Some(&old), None);
             }
             self.task_created(meta, id, e);
-            let created = self.tasks.get(id).map(Box::as_ref).map(|t| TaskMark::of(t));
+            let created = self.tasks.get(id).map(|t| TaskMark::of(t));
             self.retally(id, None, created.as_ref());
             self.reopen(id);
             return;
         }
-        let before = self.tasks.get(id).map(Box::as_ref).map(|t| TaskMark::of(t));
+        let before = self.tasks.get(id).map(|t| TaskMark::of(t));
         self.apply_task_event(meta, id, event);
-        let after = self.tasks.get(id).map(Box::as_ref).map(|t| TaskMark::of(t));
+        let after = self.tasks.get(id).map(|t| TaskMark::of(t));
         if before != after {
             self.retally(id, before.as_ref(), after.as_ref());
             self.reopen(id);
