@@ -1372,4 +1372,4 @@ impl FleetState {
 }
 
 #[cfg(test)]
-mod probe;
+mod memory_probe_tests;

@@ -294,12 +294,8 @@ pub fn state_gauges(state: &FleetState, now: UnixMillis) -> StateGauges {
 
     let mut tasks: BTreeMap<(String, &'static str, String), u64> = BTreeMap::new();
     let mut queue: BTreeMap<String, u64> = state.sites.keys().map(|s| (s.clone(), 0)).collect();
-    for t in state
-        .tasks
-        .values()
-        .map(Box::as_ref)
-        .filter(|t| !t.phase.is_terminal())
-    {
+    let open = state.open_tasks.iter().filter_map(|id| state.tasks.get(id));
+    for t in open.filter(|t| !t.phase.is_terminal()) {
         let transport = transport_of(state, t);
         *tasks
             .entry((t.created.site_id.clone(), transport, status_label(t.phase)))
@@ -369,12 +365,7 @@ pub fn state_gauges(state: &FleetState, now: UnixMillis) -> StateGauges {
 
     let mut devices: BTreeMap<(String, &'static str, bool), u64> = BTreeMap::new();
     let mut versions: BTreeMap<(&'static str, String, String), u64> = BTreeMap::new();
-    for d in state
-        .devices
-        .values()
-        .map(Box::as_ref)
-        .filter(|d| !d.removed)
-    {
+    for d in state.devices.values().filter(|d| !d.removed) {
         let transport = d.facts.transport.map_or("unknown", |t| t.name());
         *devices
             .entry((d.site_id.clone(), transport, d.facts.reachable))

@@ -1,6 +1,6 @@
 //! A memory probe (ignored test): the projection of a bench-shaped fleet — N ESPHome devices
 //! reported, batch-checked, updated by one rollout — and the resident memory it takes per
-//! device. `cargo test -p ota-domain --release --lib probe -- --ignored --nocapture`.
+//! device. `cargo test -p ota-domain --release --lib memory_probe -- --ignored --nocapture`.
 
 use crate::events::*;
 use crate::fixture::*;
