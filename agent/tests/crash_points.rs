@@ -168,7 +168,7 @@ impl Otad {
             .tasks
             .values()
             .find(|t| t.created.device_id == device)
-            .cloned()
+            .map(|t| (**t).clone())
     }
 
     /// Attempts dispatched and the agent results recorded, per attempt.

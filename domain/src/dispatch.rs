@@ -164,7 +164,23 @@ pub struct DispatchDecision {
     pub probes: ProbeMemory,
 }
 
+/// Most task events one decision records: it is one append, and an append holds a bounded
+/// number of events. A pass that reaches it stops there and asks to run again at once; the next
+/// pass takes the tasks that are left, in the same order.
+pub const MAX_TASK_EVENTS_PER_PASS: usize = 30_000;
+
 impl DispatchDecision {
+    /// The decision holds as many task events as one append may; the rest waits for the next
+    /// pass, due now.
+    fn is_full(&mut self, now: UnixMillis) -> bool {
+        // One event per change (guards have none): the count of changes bounds the events.
+        let full = self.changes.len() >= MAX_TASK_EVENTS_PER_PASS;
+        if full {
+            self.next_due_ms = Some(now);
+        }
+        full
+    }
+
     fn due(&mut self, at: UnixMillis, now: UnixMillis) {
         if at > now {
             self.next_due_ms = Some(self.next_due_ms.map_or(at, |d| d.min(at)));
@@ -235,7 +251,7 @@ struct Slot<'a> {
 }
 
 fn slot_of<'a>(state: &'a FleetState, task: &'a TaskView) -> Slot<'a> {
-    let device = state.devices.get(&task.created.device_id);
+    let device = state.devices.get(&task.created.device_id).map(Box::as_ref);
     Slot {
         rollout: task.created.rollout_id.as_deref(),
         site: &task.created.site_id,
@@ -371,21 +387,17 @@ fn timeout_error(t: &TaskView, transport: Transport) -> TaskError {
     TaskError::new(ErrorCode::Timeout, message)
 }
 
-/// Decides the next step of every unfinished task. See the module documentation.
-pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
-    let DispatchInput {
-        state,
-        now_ms: now,
-        connected,
-        next_command_id,
-        probes,
-    } = *input;
-    let mut out = DispatchDecision::default();
-    // Tasks at a site first (they hold slots); then the waiting ones that may go now or have a
-    // time to come back at, oldest first: fair, and deterministic for tests.
+/// The unfinished tasks a pass looks at: those at a site first (they hold slots), by id; then
+/// the waiting ones that may go now or have a time to come back at, oldest first: fair, and
+/// deterministic for tests.
+fn open_tasks(state: &FleetState, now: UnixMillis) -> (Vec<&TaskView>, Vec<&TaskView>) {
     let mut at_site: Vec<&TaskView> = Vec::new();
     let mut waiting: Vec<&TaskView> = Vec::new();
-    for t in state.tasks.values().filter(|t| !t.phase.is_terminal()) {
+    let open = state
+        .open_tasks
+        .iter()
+        .filter_map(|id| state.tasks.get(id).map(Box::as_ref));
+    for t in open.filter(|t| !t.phase.is_terminal()) {
         if t.phase.is_at_site() {
             at_site.push(t);
         } else if t.next_attempt_at_ms.is_some_and(|at| at > now)
@@ -398,6 +410,20 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
     waiting.sort_by(|a, b| {
         (a.created_at_ms, &a.created.task_id).cmp(&(b.created_at_ms, &b.created.task_id))
     });
+    (at_site, waiting)
+}
+
+/// Decides the next step of every unfinished task. See the module documentation.
+pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
+    let DispatchInput {
+        state,
+        now_ms: now,
+        connected,
+        next_command_id,
+        probes,
+    } = *input;
+    let mut out = DispatchDecision::default();
+    let (at_site, waiting) = open_tasks(state, now);
     let mut load = Load::default();
     for t in &at_site {
         if t.phase.holds_slot() {
@@ -412,9 +438,15 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
     };
 
     for t in &at_site {
+        if out.is_full(now) {
+            break;
+        }
         time_out_if_due(state, t, now, next_command_id, &mut out);
     }
     for t in &waiting {
+        if out.is_full(now) {
+            break;
+        }
         let waits = match t.phase {
             TaskPhase::Queued => true,
             TaskPhase::Held => !t.awaiting_confirmation,
@@ -443,7 +475,7 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
             continue;
         }
         let (Some(device), Some(fw)) = (
-            state.devices.get(&t.created.device_id),
+            state.devices.get(&t.created.device_id).map(Box::as_ref),
             state.firmware.get(&t.created.firmware_id),
         ) else {
             push_task_change(

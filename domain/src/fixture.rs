@@ -252,5 +252,6 @@ pub fn device_view(id: &str, facts: DeviceFacts) -> DeviceView {
         removed: false,
         last_check: None,
         current_task: None,
+        stream_version: 0,
     }
 }

@@ -6,7 +6,7 @@
 //! and events for entities that do not exist are ignored, which keeps replay robust against logs
 //! whose earlier events were written by a buggy build.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,9 @@ use crate::rollout::eta::TransferTimes;
 use crate::rollout::spec::RolloutSpec;
 use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 use crate::time::UnixMillis;
+
+mod tally;
+pub use tally::{PHASES, Tally, TaskMark};
 
 /// Envelope facts of a recorded event that projections use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +82,9 @@ pub struct DeviceView {
     pub last_check: Option<(DeviceChecked, UnixMillis)>,
     /// The running or most recent task.
     pub current_task: Option<String>,
+    /// The version of the device's stream (its last event's), kept here rather than in a map
+    /// of every stream ([`FleetState::stream_version`]).
+    pub stream_version: u64,
 }
 
 /// Where a task is in its life.
@@ -273,6 +279,9 @@ pub struct TaskView {
     /// How long the current attempt's transfer took when the device reported the target version
     /// before its health window (the window is not transfer time).
     pub transfer_took_ms: Option<u64>,
+    /// The version of the task's stream (its last event's), kept here rather than in a map of
+    /// every stream ([`FleetState::stream_version`]).
+    pub stream_version: u64,
 }
 
 impl TaskView {
@@ -309,6 +318,7 @@ impl TaskView {
             transfer_from_ms: None,
             transfer_took_ms: None,
             health: Health::NotChecked,
+            stream_version: 0,
         }
     }
 }
@@ -383,6 +393,8 @@ pub struct StageView {
     /// When an operator resumed the rollout after this stage failed: failures recorded up to
     /// then were seen and accepted, so they no longer count against the stage's thresholds.
     pub failures_accepted_at_ms: Option<UnixMillis>,
+    /// The stage's tasks by phase, kept as events are applied (see [`Tally`]).
+    pub tally: Tally,
 }
 
 /// The bulk check of a rollout.
@@ -437,6 +449,9 @@ pub struct RolloutView {
     pub approval: Approval,
     /// The linked rollout that rolls this one back, once there is one (`RolloutRolledBack`).
     pub rolled_back_by: Option<RollbackLink>,
+    /// Every task of the rollout (those of `tasks_by_device`) by phase, kept as events are
+    /// applied; failures count as accepted against `failures_accepted_at_ms`.
+    pub tally: Tally,
 }
 
 /// A rollback of a rollout: which rollout reverts it, which devices, who asked and why.
@@ -545,6 +560,26 @@ pub struct TokenView {
     pub revoked: bool,
 }
 
+/// Counts a rollout's tallies from scratch by walking its devices: at its start and after a
+/// resume (which moves the moment failures count as accepted).
+fn recount(r: &mut RolloutView, tasks: &HashMap<String, Box<TaskView>>) {
+    let by_device = &r.tasks_by_device;
+    let task_of = |d: &String| by_device.get(d).and_then(|id| tasks.get(id)).map(|t| &**t);
+    for s in &mut r.stages {
+        s.tally = Tally::of(
+            s.device_ids.iter().filter_map(task_of),
+            s.failures_accepted_at_ms,
+        );
+    }
+    r.tally = Tally::of(
+        by_device
+            .values()
+            .filter_map(|id| tasks.get(id))
+            .map(|t| &**t),
+        r.failures_accepted_at_ms,
+    );
+}
+
 /// A resumed rollout: the stage in progress continues where it stopped, its timers moved by the
 /// time spent paused; a failed stage runs again with the failures seen so far accepted.
 fn resumed(r: &mut RolloutView, e: &RolloutResumed, at: UnixMillis) {
@@ -601,6 +636,7 @@ impl RolloutView {
             failures_accepted_at_ms: None,
             approval: Approval::NotRequired,
             rolled_back_by: None,
+            tally: Tally::default(),
         }
     }
 }
@@ -783,7 +819,7 @@ pub fn effective_wake_timeout_s(c: &TaskCreated) -> u32 {
 /// whenever a type of this module changes shape: a snapshot of another shape is ignored and the
 /// state is rebuilt from the log. `tests/golden_events.rs` fails when the shape changes without
 /// a bump.
-pub const SNAPSHOT_SCHEMA: u32 = 8;
+pub const SNAPSHOT_SCHEMA: u32 = 9;
 
 /// Everything the server knows, as of `last_seq`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -792,10 +828,14 @@ pub struct FleetState {
     pub last_seq: u64,
     /// Firmware by id.
     pub firmware: BTreeMap<String, FirmwareView>,
-    /// Devices by id (removed devices stay, flagged).
-    pub devices: BTreeMap<String, DeviceView>,
-    /// Tasks by id.
-    pub tasks: HashMap<String, TaskView>,
+    /// Devices by id (removed devices stay, flagged). Boxed: the map's nodes and spare room
+    /// then hold a pointer per device, not a whole view.
+    pub devices: BTreeMap<String, Box<DeviceView>>,
+    /// Tasks by id. Boxed for the same reason: a hash table keeps up to half its slots free.
+    pub tasks: HashMap<String, Box<TaskView>>,
+    /// Ids of the tasks that have not ended, kept as events are applied: the dispatcher looks
+    /// at these, not at every task ever created.
+    pub open_tasks: BTreeSet<String>,
     /// Rollouts by id.
     pub rollouts: BTreeMap<String, RolloutView>,
     /// Sites by id.
@@ -829,6 +869,38 @@ impl FleetState {
             self.apply_site(meta, id, event);
         } else if stream == streams::ACCESS {
             self.apply_access(meta, event);
+        }
+    }
+
+    /// The version of `stream` when the projection keeps it: task and device streams (one or
+    /// two per device, millions on a large fleet) keep theirs in their view, so the server's
+    /// map of stream versions holds only the few others. `None`: not kept here.
+    pub fn stream_version(&self, stream: &str) -> Option<u64> {
+        if let Some(id) = stream.strip_prefix(streams::TASK_PREFIX) {
+            self.tasks.get(id).map(|t| t.stream_version)
+        } else if let Some(id) = stream.strip_prefix(streams::DEVICE_PREFIX) {
+            self.devices.get(id).map(|d| d.stream_version)
+        } else {
+            None
+        }
+    }
+
+    /// Keeps `version` as the version of `stream` (after its event was applied) when the stream
+    /// is a task's or a device's that the projection holds; false: the caller keeps it.
+    pub fn keep_stream_version(&mut self, stream: &str, version: u64) -> bool {
+        let kept = if let Some(id) = stream.strip_prefix(streams::TASK_PREFIX) {
+            self.tasks.get_mut(id).map(|t| &mut t.stream_version)
+        } else if let Some(id) = stream.strip_prefix(streams::DEVICE_PREFIX) {
+            self.devices.get_mut(id).map(|d| &mut d.stream_version)
+        } else {
+            None
+        };
+        match kept {
+            Some(v) => {
+                *v = version;
+                true
+            }
+            None => false,
         }
     }
 
@@ -869,10 +941,8 @@ impl FleetState {
         };
         match event {
             DomainEvent::DeviceReported(e) => {
-                let device = self
-                    .devices
-                    .entry(id.to_string())
-                    .or_insert_with(|| DeviceView {
+                let device = self.devices.entry(id.to_string()).or_insert_with(|| {
+                    Box::new(DeviceView {
                         id: id.to_string(),
                         site_id: site.to_string(),
                         local_id: local.to_string(),
@@ -883,7 +953,9 @@ impl FleetState {
                         removed: false,
                         last_check: None,
                         current_task: None,
-                    });
+                        stream_version: 0,
+                    })
+                });
                 device.facts = e.facts.clone();
                 device.last_seen_ms = meta.recorded_at_ms;
                 device.removed = false;
@@ -911,13 +983,72 @@ impl FleetState {
         }
     }
 
+    /// A task's event, and what it changes in the counts ([`Tally`]) and the open tasks.
     fn apply_task(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
         if let DomainEvent::TaskCreated(e) = event {
+            if let Some(old) = self.tasks.get(id).map(|t| TaskMark::of(t)) {
+                // A second creation of the same id (only a damaged log has one) replaces it.
+                self.retally(id, Some(&old), None);
+            }
             self.task_created(meta, id, e);
+            let created = self.tasks.get(id).map(|t| TaskMark::of(t));
+            self.retally(id, None, created.as_ref());
+            self.reopen(id);
             return;
         }
+        let before = self.tasks.get(id).map(|t| TaskMark::of(t));
+        self.apply_task_event(meta, id, event);
+        let after = self.tasks.get(id).map(|t| TaskMark::of(t));
+        if before != after {
+            self.retally(id, before.as_ref(), after.as_ref());
+            self.reopen(id);
+        }
+    }
+
+    /// Moves a task of a rollout from the `before` bucket of its stage's and its rollout's
+    /// tallies to the `after` one. Tasks not of a rollout (single updates, auto-upgrades), or
+    /// not the rollout's task of their device, are not counted.
+    fn retally(&mut self, id: &str, before: Option<&TaskMark>, after: Option<&TaskMark>) {
+        let Some(t) = self.tasks.get(id).map(Box::as_ref) else {
+            return;
+        };
+        let c = &t.created;
+        let Some(rollout_id) = c.rollout_id.as_deref().filter(|_| !c.auto) else {
+            return;
+        };
+        let Some(r) = self.rollouts.get_mut(rollout_id) else {
+            return;
+        };
+        if r.tasks_by_device.get(&c.device_id).map(String::as_str) != Some(id) {
+            return;
+        }
+        let mut stage = r.stages.get_mut(c.stage as usize);
+        for (mark, sign) in [(before, -1), (after, 1)] {
+            let Some(mark) = mark else { continue };
+            r.tally.count(mark, r.failures_accepted_at_ms, sign);
+            if let Some(s) = stage.as_deref_mut() {
+                s.tally.count(mark, s.failures_accepted_at_ms, sign);
+            }
+        }
+    }
+
+    /// Keeps [`FleetState::open_tasks`] true for the task `id`.
+    fn reopen(&mut self, id: &str) {
+        match self.tasks.get(id).map(Box::as_ref) {
+            Some(t) if !t.phase.is_terminal() => {
+                if !self.open_tasks.contains(id) {
+                    self.open_tasks.insert(id.to_string());
+                }
+            }
+            _ => {
+                self.open_tasks.remove(id);
+            }
+        }
+    }
+
+    fn apply_task_event(&mut self, meta: &EventMeta, id: &str, event: &DomainEvent) {
         let transfer_budget = {
-            let Some(task) = self.tasks.get(id) else {
+            let Some(task) = self.tasks.get(id).map(Box::as_ref) else {
                 return;
             };
             let transport = self
@@ -1034,7 +1165,11 @@ impl FleetState {
         }
         self.tasks.insert(
             id.to_string(),
-            TaskView::queued(e.clone(), meta.recorded_at_ms, meta.actor.clone()),
+            Box::new(TaskView::queued(
+                e.clone(),
+                meta.recorded_at_ms,
+                meta.actor.clone(),
+            )),
         );
     }
 
@@ -1066,9 +1201,11 @@ impl FleetState {
                         finished_at_ms: None,
                         failure_reason: None,
                         failures_accepted_at_ms: None,
+                        tally: Tally::default(),
                     })
                     .collect();
                 r.exclusions = e.exclusions.clone();
+                recount(r, &self.tasks);
             }
             DomainEvent::BatchCheckStarted(e) => {
                 r.batch_check = Some(BatchCheckView {
@@ -1101,7 +1238,11 @@ impl FleetState {
                 r.state_reason = e.reason.clone();
                 r.paused_at_ms = Some(at);
             }
-            DomainEvent::RolloutResumed(e) => resumed(r, e, at),
+            DomainEvent::RolloutResumed(e) => {
+                resumed(r, e, at);
+                // Which failures count as accepted moved: count again, once.
+                recount(r, &self.tasks);
+            }
             DomainEvent::RolloutCompleted(e) => {
                 r.state = RolloutState::Completed;
                 r.state_reason = e.summary.clone();
@@ -1212,8 +1353,16 @@ impl FleetState {
 
     /// The device's task if it has not ended.
     pub fn active_task_of(&self, device_id: &str) -> Option<&TaskView> {
-        let id = self.devices.get(device_id)?.current_task.as_ref()?;
-        self.tasks.get(id).filter(|t| !t.phase.is_terminal())
+        let id = self
+            .devices
+            .get(device_id)
+            .map(Box::as_ref)?
+            .current_task
+            .as_ref()?;
+        self.tasks
+            .get(id)
+            .map(Box::as_ref)
+            .filter(|t| !t.phase.is_terminal())
     }
 
     /// A task's error code or 0.
@@ -1221,3 +1370,6 @@ impl FleetState {
         task.error.as_ref().map(|e| e.code)
     }
 }
+
+#[cfg(test)]
+mod memory_probe_tests;

@@ -26,7 +26,11 @@ use crate::to_agent::{Body, ToAgent};
 
 /// A device the log knows and its site still reports.
 fn live_device<'a>(state: &'a FleetState, id: &str) -> Option<&'a DeviceView> {
-    state.devices.get(id).filter(|d| !d.removed)
+    state
+        .devices
+        .get(id)
+        .map(Box::as_ref)
+        .filter(|d| !d.removed)
 }
 
 /// Asks devices through their sites, waits up to `timeout`, records every answer (and every

@@ -133,9 +133,19 @@ pub trait CoreObserver: Send + Sync + std::fmt::Debug {
     fn applied(&self, state: &FleetState, applied: &Applied, task_before: Option<TaskPhase>);
 }
 
+/// The fleet state and the version of every stream: task and device streams keep theirs in
+/// their views (`FleetState::stream_version`), `versions` holds the others.
 struct Projection {
     state: FleetState,
     versions: HashMap<String, u64>,
+}
+
+impl Projection {
+    fn version_of(&self, stream: &str) -> Option<u64> {
+        self.state
+            .stream_version(stream)
+            .or_else(|| self.versions.get(stream).copied())
+    }
 }
 
 /// Where and how often the core writes projection snapshots (`crate::snapshot`).
@@ -236,7 +246,9 @@ impl Core {
             for r in &batch {
                 let event = decode(r)?;
                 state.apply(&meta(r), &r.stream, &event);
-                versions.insert(r.stream.clone(), r.stream_version);
+                if !state.keep_stream_version(&r.stream, r.stream_version) {
+                    versions.insert(r.stream.clone(), r.stream_version);
+                }
                 next = r.seq + 1;
             }
         }
@@ -288,19 +300,26 @@ impl Core {
         Ok(core)
     }
 
-    /// Writes a snapshot whenever `every_events` events were applied since the last one. The
-    /// projection is encoded under its read lock (writers wait that long); the file is
-    /// written on a blocking thread.
+    /// Writes a snapshot whenever `every_events` events were applied since the last one, and
+    /// at least as many as the projection holds devices and tasks: a snapshot costs in
+    /// proportion to the state (encoding it, its memory, writing it), so on a large fleet it is
+    /// written less often, and a restart after a crash replays at most about as many events as
+    /// the state holds objects. The projection is encoded under its read lock (writers wait
+    /// that long); the file is written on a blocking thread.
     fn spawn_snapshot_writer(self: &Arc<Self>, settings: SnapshotSettings, mut last_written: u64) {
         let core = Arc::downgrade(self);
         let mut applied = self.applied_tx.subscribe();
+        let mut every = settings.every_events.max(self.state_size());
         tokio::spawn(async move {
             loop {
                 let seq = *applied.borrow_and_update();
-                if seq >= last_written.saturating_add(settings.every_events) {
+                if seq >= last_written.saturating_add(every) {
                     let Some(core) = core.upgrade() else { break };
                     match core.write_snapshot(&settings.dir).await {
-                        Ok(Some(point)) => last_written = point.seq,
+                        Ok(Some(point)) => {
+                            last_written = point.seq;
+                            every = settings.every_events.max(core.state_size());
+                        }
                         Ok(None) => {}
                         Err(e) => {
                             warn!(error = %e, "could not write a projection snapshot; trying again later");
@@ -315,43 +334,53 @@ impl Core {
         });
     }
 
+    /// Devices plus tasks in the projection: what a snapshot's cost grows with.
+    fn state_size(&self) -> u64 {
+        let p = self.projection.read_locked();
+        (p.state.devices.len() + p.state.tasks.len()) as u64
+    }
+
     /// Writes a snapshot of the projection as it is now into `dir`; none for an empty log.
+    /// The projection is encoded straight into the snapshot's temporary file under the read
+    /// lock (writers wait that long; no copy of the encoding is held in memory); making it
+    /// durable runs on a blocking thread.
     pub async fn write_snapshot(
         &self,
         dir: &std::path::Path,
     ) -> std::io::Result<Option<snapshot::SnapshotPoint>> {
         let started = tokio::time::Instant::now();
-        let point_and_body = {
+        let pending = {
             let p = self.projection.read_locked();
-            if p.state.last_seq == 0 {
+            let seq = p.state.last_seq;
+            if seq == 0 {
                 return Ok(None);
             }
-            (p.state.last_seq, snapshot::encode(&p.state, &p.versions))
+            // The log names the event at that seq (its stream and version, which let a later
+            // start recognise the same log): one read, instead of tracking it on every applied
+            // event.
+            let at = self
+                .store
+                .read_from(seq, 1)
+                .map_err(std::io::Error::other)?;
+            let Some(event) = at.first().filter(|r| r.seq == seq) else {
+                return Err(std::io::Error::other(format!(
+                    "event {seq} is not in the log the projection came from"
+                )));
+            };
+            let point = snapshot::SnapshotPoint {
+                seq,
+                stream: event.stream.clone(),
+                stream_version: event.stream_version,
+            };
+            let pending = snapshot::write_state(dir, &point, &p.state, &p.versions)?;
+            (point, pending)
         };
-        // The log names the event at that seq (its stream and version, which let a later start
-        // recognise the same log): one read, instead of tracking it on every applied event.
-        let (seq, body) = point_and_body;
-        let at = self
-            .store
-            .read_from(seq, 1)
-            .map_err(std::io::Error::other)?;
-        let Some(event) = at.first().filter(|r| r.seq == seq) else {
-            return Err(std::io::Error::other(format!(
-                "event {seq} is not in the log the projection came from"
-            )));
-        };
-        let point = snapshot::SnapshotPoint {
-            seq,
-            stream: event.stream.clone(),
-            stream_version: event.stream_version,
-        };
+        let (point, pending) = pending;
         let encoded = started.elapsed();
-        let dir = dir.to_owned();
-        let written = point.clone();
-        let bytes = body.len();
-        let path = tokio::task::spawn_blocking(move || snapshot::write(&dir, &written, &body))
+        let path = tokio::task::spawn_blocking(move || pending.commit())
             .await
             .map_err(std::io::Error::other)??;
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         info!(
             path = %path.display(),
             seq = point.seq,
@@ -387,11 +416,16 @@ impl Core {
             let observer = self.observer.get();
             let task_before = observer
                 .and_then(|_| applied.stream.strip_prefix(streams::TASK_PREFIX))
-                .and_then(|id| p.state.tasks.get(id))
+                .and_then(|id| p.state.tasks.get(id).map(Box::as_ref))
                 .map(|t| t.phase);
             p.state.apply(&meta, &applied.stream, &applied.event);
-            p.versions
-                .insert(applied.stream.clone(), applied.stream_version);
+            if !p
+                .state
+                .keep_stream_version(&applied.stream, applied.stream_version)
+            {
+                p.versions
+                    .insert(applied.stream.clone(), applied.stream_version);
+            }
             if let Some(o) = observer {
                 o.applied(&p.state, &applied, task_before);
             }
@@ -430,9 +464,7 @@ impl Core {
     pub fn stream_version(&self, stream: &str) -> u64 {
         self.projection
             .read_locked()
-            .versions
-            .get(stream)
-            .copied()
+            .version_of(stream)
             .unwrap_or(0)
     }
 
@@ -487,8 +519,8 @@ impl Core {
                             let expected = match c.expect {
                                 Expect::Any => ExpectedVersion::Any,
                                 Expect::New => ExpectedVersion::NoStream,
-                                Expect::Unchanged => match p.versions.get(&c.stream) {
-                                    Some(v) => ExpectedVersion::Exact(*v),
+                                Expect::Unchanged => match p.version_of(&c.stream) {
+                                    Some(v) => ExpectedVersion::Exact(v),
                                     None => ExpectedVersion::NoStream,
                                 },
                             };

@@ -23,14 +23,13 @@ use ota_domain::events::{DomainEvent, TaskFailed, streams};
 use ota_domain::model::{Actor, Transport};
 use ota_domain::projection::{FleetState, TaskView};
 use ota_domain::status::{ErrorCode, TaskError};
-use ota_domain::time::UnixMillis;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::app::App;
 use crate::core::{Change, CoreError};
 use crate::lock::MutexExt;
-use crate::reconcile_loop::{self, LoopSpec};
+use crate::reconcile_loop::{self, LoopSpec, Passed};
 use crate::to_agent::{self, ToAgent};
 
 /// Starts the dispatcher loop.
@@ -145,18 +144,18 @@ struct Outgoing {
     span: TaskSpanFields,
 }
 
-/// One pass. Returns the next time something becomes due, if any.
-pub async fn pass(
-    app: &Arc<App>,
-    probes: &Mutex<ProbeMemory>,
-) -> Result<Option<UnixMillis>, CoreError> {
+/// One pass. Returns the next time something becomes due, if any, and how long it was busy
+/// deciding.
+pub async fn pass(app: &Arc<App>, probes: &Mutex<ProbeMemory>) -> Result<Passed, CoreError> {
     let sessions = app.sessions.clone();
     let now = app.now();
     let memory = probes.locked().clone();
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut decided = None;
+    let mut busy = Duration::ZERO;
     app.core
         .execute::<CoreError, _>(&Actor::system(), |state| {
+            let deciding = tokio::time::Instant::now();
             let connected = |site: &str| sessions.is_connected(site);
             let next_id = || sessions.next_command_id();
             let decision = decide(&DispatchInput {
@@ -186,19 +185,28 @@ pub async fn pass(
                     })
                 })
                 .collect();
-            let changes = decision.changes.clone();
+            // The changes go to the store; the rest of the decision is kept for after it.
+            let mut decision = decision;
+            let changes = std::mem::take(&mut decision.changes);
             decided = Some(decision);
+            busy += deciding.elapsed();
             Ok(changes)
         })
         .await?;
     let Some(decision) = decided else {
-        return Ok(None);
+        return Ok(Passed {
+            next_due: None,
+            busy,
+        });
     };
     *probes.locked() = decision.probes.clone();
     for out in outgoing {
         send(app, out).await?;
     }
-    Ok(decision.next_due_ms)
+    Ok(Passed {
+        next_due: decision.next_due_ms,
+        busy,
+    })
 }
 
 async fn send(app: &Arc<App>, out: Outgoing) -> Result<(), CoreError> {
@@ -263,7 +271,7 @@ async fn record_send_failure(
     let jitter = rand::random::<f64>();
     app.core
         .execute::<CoreError, _>(&Actor::system(), |state| {
-            let Some(t) = state.tasks.get(task_id) else {
+            let Some(t) = state.tasks.get(task_id).map(Box::as_ref) else {
                 return Ok(vec![]);
             };
             if t.attempt != attempt || !t.phase.is_at_site() {

@@ -184,7 +184,7 @@ impl CoreObserver for ServerMetrics {
         let Some(task) = applied
             .stream
             .strip_prefix(ota_domain::events::streams::TASK_PREFIX)
-            .and_then(|id| state.tasks.get(id))
+            .and_then(|id| state.tasks.get(id).map(Box::as_ref))
         else {
             return;
         };
@@ -219,7 +219,7 @@ fn stage_device_state(rollout: &RolloutView, device_id: &str, state: &FleetState
     let phase = rollout
         .tasks_by_device
         .get(device_id)
-        .and_then(|t| state.tasks.get(t))
+        .and_then(|t| state.tasks.get(t).map(Box::as_ref))
         .map(|t| t.phase);
     match phase {
         None | Some(TaskPhase::Queued | TaskPhase::Preparing | TaskPhase::Held) => "pending",
@@ -294,7 +294,8 @@ pub fn state_gauges(state: &FleetState, now: UnixMillis) -> StateGauges {
 
     let mut tasks: BTreeMap<(String, &'static str, String), u64> = BTreeMap::new();
     let mut queue: BTreeMap<String, u64> = state.sites.keys().map(|s| (s.clone(), 0)).collect();
-    for t in state.tasks.values().filter(|t| !t.phase.is_terminal()) {
+    let open = state.open_tasks.iter().filter_map(|id| state.tasks.get(id));
+    for t in open.filter(|t| !t.phase.is_terminal()) {
         let transport = transport_of(state, t);
         *tasks
             .entry((t.created.site_id.clone(), transport, status_label(t.phase)))

@@ -23,12 +23,14 @@ use crate::core::CoreError;
 /// How often a pass runs even when nothing happened.
 pub const SAFETY_TICK: Duration = Duration::from_secs(30);
 
-/// After a pass, the loop rests this many times as long as the pass took before it looks at
-/// new events. A pass costs O(what it looks at); on a large fleet reports arrive faster than
-/// passes end, and back-to-back passes would take a whole core (and hold the projection's read
-/// lock that reports wait for). Resting keeps a loop under 1/(1 + factor) of a core; events that
-/// arrive meanwhile coalesce into the next pass. Cheap passes (small fleets, paused time in
-/// tests) rest for next to nothing.
+/// After a pass, the loop rests this many times as long as the pass was busy deciding (under
+/// the projection's read lock) before it looks at new events. A pass costs O(what it looks
+/// at); on a large fleet reports arrive faster than passes end, and back-to-back passes would
+/// take a whole core (and hold the read lock that reports wait for). Resting keeps a loop under
+/// 1/(1 + factor) of a core; events that arrive meanwhile coalesce into the next pass. The time
+/// a pass waits for its append to become durable is not work: resting for it too would make a
+/// large stage wait for its own writes several times over. Cheap passes (small fleets, paused
+/// time in tests) rest for next to nothing.
 pub const PASS_REST_FACTOR: u32 = 4;
 
 /// After a failed pass, the loop tries again this soon.
@@ -45,6 +47,15 @@ pub struct LoopSpec {
     pub min_sleep: Duration,
 }
 
+/// What a pass tells the loop.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Passed {
+    /// The next time it wants to run, if any.
+    pub next_due: Option<UnixMillis>,
+    /// How long it was busy deciding (not waiting for its appends).
+    pub busy: Duration,
+}
+
 /// Why the loop woke up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Woke {
@@ -54,7 +65,8 @@ pub enum Woke {
     Timer,
 }
 
-/// Runs `pass` until `shutdown`. `pass` returns the next time it wants to run;
+/// Runs `pass` until `shutdown`. `pass` returns the next time it wants to run and how long it
+/// was busy;
 /// `after_wake` learns why the loop woke before each pass.
 pub async fn run<P, F>(
     app: Arc<App>,
@@ -65,19 +77,19 @@ pub async fn run<P, F>(
     mut after_wake: impl FnMut(Woke),
 ) where
     P: FnMut() -> F,
-    F: Future<Output = Result<Option<UnixMillis>, CoreError>>,
+    F: Future<Output = Result<Passed, CoreError>>,
 {
     let mut applied = app.core.subscribe_applied();
     loop {
         let started = tokio::time::Instant::now();
-        let next_due = match pass().await {
-            Ok(due) => due,
+        let (next_due, busy) = match pass().await {
+            Ok(p) => (p.next_due, p.busy),
             Err(e) => {
                 warn!(error = %e, loop_name = spec.name, "pass failed; retrying soon");
-                Some(app.now() + RETRY_AFTER_FAILED_PASS)
+                (Some(app.now() + RETRY_AFTER_FAILED_PASS), started.elapsed())
             }
         };
-        let rest = started.elapsed() * PASS_REST_FACTOR;
+        let rest = busy * PASS_REST_FACTOR;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(rest) => {}

@@ -45,7 +45,7 @@ use crate::app::App;
 use crate::checks;
 use crate::core::{Change, CoreError};
 use crate::lock::MutexExt;
-use crate::reconcile_loop::{self, LoopSpec, Woke};
+use crate::reconcile_loop::{self, LoopSpec, Passed, Woke};
 
 /// The shortest sleep between passes that were asked for by time.
 const MIN_SLEEP: Duration = Duration::from_millis(50);
@@ -116,8 +116,9 @@ impl Rollouts {
         self.checks_in_flight.locked().contains(rollout_id)
     }
 
-    /// One pass over every running rollout, then auto-upgrade. Returns the next wake-up.
-    async fn pass(&self) -> Result<Option<UnixMillis>, CoreError> {
+    /// One pass over every running rollout, then auto-upgrade. Returns the next wake-up and how
+    /// long it was busy deciding.
+    async fn pass(&self) -> Result<Passed, CoreError> {
         let app = &self.app;
         let running: Vec<String> = {
             let state = app.core.read();
@@ -129,6 +130,7 @@ impl Rollouts {
                 .collect()
         };
         let mut next: Option<UnixMillis> = None;
+        let mut busy = Duration::ZERO;
         let _creating = app.task_creation.lock().await;
         for id in running {
             let now = app.now();
@@ -137,6 +139,7 @@ impl Rollouts {
             let recorded = app
                 .core
                 .execute::<CoreError, _>(&Actor::system(), |state| {
+                    let deciding = tokio::time::Instant::now();
                     decision = match state.rollouts.get(&id) {
                         Some(r) => scheduler::reconcile(Input {
                             rollout: r,
@@ -148,7 +151,9 @@ impl Rollouts {
                         }),
                         None => Reconcile::default(),
                     };
-                    Ok(decision.changes(&id))
+                    let changes = decision.changes(&id);
+                    busy += deciding.elapsed();
+                    Ok(changes)
                 })
                 .await;
             if let Err(e) = recorded {
@@ -186,10 +191,13 @@ impl Rollouts {
         let created = app
             .core
             .execute::<CoreError, _>(&Actor::system(), |state| {
-                Ok(auto::due(state)
+                let deciding = tokio::time::Instant::now();
+                let changes = auto::due(state)
                     .into_iter()
                     .map(|t| Change::new_stream(streams::task(&t.task_id), vec![t.into()]))
-                    .collect())
+                    .collect();
+                busy += deciding.elapsed();
+                Ok(changes)
             })
             .await?;
         if created.last_seq > 0 {
@@ -198,7 +206,10 @@ impl Rollouts {
                 "auto-upgrade created tasks"
             );
         }
-        Ok(next)
+        Ok(Passed {
+            next_due: next,
+            busy,
+        })
     }
 
     /// Runs a rollout's batch check in the background: one check of all its targets through
@@ -241,7 +252,13 @@ impl Rollouts {
             let live: Vec<String> = bc
                 .device_ids
                 .iter()
-                .filter(|d| state.devices.get(*d).is_some_and(|d| !d.removed))
+                .filter(|d| {
+                    state
+                        .devices
+                        .get(*d)
+                        .map(Box::as_ref)
+                        .is_some_and(|d| !d.removed)
+                })
                 .cloned()
                 .collect();
             (r.spec.firmware_id.clone(), live)

@@ -52,7 +52,8 @@ pub struct SnapshotPoint {
 pub struct Projected {
     /// The fleet state.
     pub state: FleetState,
-    /// Every stream's version (for the optimistic checks of appends).
+    /// The version of every stream whose view does not keep it (task and device views keep
+    /// theirs), for the optimistic checks of appends.
     pub versions: HashMap<String, u64>,
 }
 
@@ -85,11 +86,9 @@ fn seq_of(name: &str) -> Option<u64> {
         .ok()
 }
 
-/// Writes a snapshot of `body` (from [`encode`]) taken at `point` durably, then removes all
-/// but the newest two. Blocking: run it off the async threads.
-pub fn write(dir: &Path, point: &SnapshotPoint, body: &[u8]) -> io::Result<PathBuf> {
-    create_dir_all_durable(dir)?;
-    let mut bytes = Vec::with_capacity(body.len() + 128);
+/// The bytes before the body: magic, format, schema, the point, the body's length.
+fn header(point: &SnapshotPoint, body_len: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(64 + point.stream.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&FORMAT.to_le_bytes());
     bytes.extend_from_slice(&SNAPSHOT_SCHEMA.to_le_bytes());
@@ -99,22 +98,99 @@ pub fn write(dir: &Path, point: &SnapshotPoint, body: &[u8]) -> io::Result<PathB
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "stream name too long"))?;
     bytes.extend_from_slice(&stream_len.to_le_bytes());
     bytes.extend_from_slice(point.stream.as_bytes());
-    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(body);
-    let checksum = Sha256::digest(&bytes);
-    bytes.extend_from_slice(&checksum);
+    bytes.extend_from_slice(&(body_len as u64).to_le_bytes());
+    Ok(bytes)
+}
 
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+}
+
+impl<W: io::Write> io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A snapshot written to its temporary file, not yet durable nor in place.
+#[derive(Debug)]
+pub struct Pending {
+    dir: PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Pending {
+    /// Makes it durable and puts it in place (fsync, rename, directory fsync), then removes
+    /// all but the newest two. Blocking: run it off the async threads.
+    pub fn commit(self) -> io::Result<PathBuf> {
+        std::fs::File::open(&self.tmp)?.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)?;
+        sync_dir(&self.dir)?;
+        prune(&self.dir)?;
+        Ok(self.path)
+    }
+}
+
+/// Writes header, body and checksum to the temporary file of `point`'s snapshot; `body`
+/// writes the body (exactly `body_len` bytes).
+fn write_tmp(
+    dir: &Path,
+    point: &SnapshotPoint,
+    body_len: usize,
+    body: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<Pending> {
+    create_dir_all_durable(dir)?;
     let path = dir.join(file_name(point.seq));
     let tmp = dir.join(format!(".{}.tmp", file_name(point.seq)));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    sync_dir(dir)?;
-    prune(dir)?;
-    Ok(path)
+    let file = std::fs::File::create(&tmp)?;
+    let mut out = Hashing {
+        inner: io::BufWriter::with_capacity(1 << 20, file),
+        sha: Sha256::new(),
+    };
+    out.write_all(&header(point, body_len)?)?;
+    body(&mut out)?;
+    let checksum = out.sha.finalize();
+    out.inner.write_all(&checksum)?;
+    out.inner.flush()?;
+    Ok(Pending {
+        dir: dir.to_owned(),
+        tmp,
+        path,
+    })
+}
+
+/// Encodes the projection straight into the temporary file of `point`'s snapshot (under the
+/// caller's read lock: no copy of the state's encoding is held in memory, which on a large
+/// fleet would be hundreds of MiB); [`Pending::commit`] then makes it durable.
+pub fn write_state(
+    dir: &Path,
+    point: &SnapshotPoint,
+    state: &FleetState,
+    versions: &HashMap<String, u64>,
+) -> io::Result<Pending> {
+    let projected = ProjectedRef { state, versions };
+    let body_len = postcard::experimental::serialized_size(&projected)
+        .map_err(|e| io::Error::other(format!("cannot size the snapshot: {e}")))?;
+    write_tmp(dir, point, body_len, |w| {
+        postcard::to_io(&projected, w)
+            .map(|_| ())
+            .map_err(|e| io::Error::other(format!("cannot encode the snapshot: {e}")))
+    })
+}
+
+/// Writes a snapshot of `body` (from [`encode`]) taken at `point` durably, then removes all
+/// but the newest two. Blocking: run it off the async threads.
+pub fn write(dir: &Path, point: &SnapshotPoint, body: &[u8]) -> io::Result<PathBuf> {
+    write_tmp(dir, point, body.len(), |w| w.write_all(body))?.commit()
 }
 
 /// Snapshot files by sequence number, newest first (none when `dir` does not exist).

@@ -181,7 +181,7 @@ pub fn from_decision(state: &FleetState, command: &Command) -> Option<ToAgent> {
             attempt,
             schedule,
             ..
-        } => state.tasks.get(task_id).and_then(|t| {
+        } => state.tasks.get(task_id).map(Box::as_ref).and_then(|t| {
             let mut dispatched = t.clone();
             dispatched.attempt = *attempt;
             dispatched.scheduled = *schedule;
@@ -221,7 +221,7 @@ pub fn cancel(task_id: &str, reason: &str, command_id: u64) -> ToAgent {
 pub fn update(state: &FleetState, task: &TaskView, command_id: u64) -> Option<ToAgent> {
     let c = &task.created;
     let fw = state.firmware.get(&c.firmware_id)?;
-    let device = state.devices.get(&c.device_id)?;
+    let device = state.devices.get(&c.device_id).map(Box::as_ref)?;
     let r = &fw.registered;
     let (health_window_s, accept_reachability) = ota_domain::health::task_window(state, task);
     let firmware = FirmwareRef {

@@ -27,7 +27,7 @@ fn single_task(otad: &TestOtad, device: &str) -> ota_domain::projection::TaskVie
     let app = otad.app();
     let state = app.core.read();
     let id = state.devices[device].current_task.clone().expect("a task");
-    state.tasks[&id].clone()
+    (*state.tasks[&id]).clone()
 }
 
 async fn update(otad: &TestOtad, device: &str, firmware: &str) -> pb::Task {

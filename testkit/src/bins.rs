@@ -115,7 +115,51 @@ pub fn describes_the_test_package(name: &str) -> bool {
 pub struct OtadProcess {
     child: Child,
     addr: String,
+    bin: PathBuf,
     dir: tempfile::TempDir,
+}
+
+/// Starts `bin` on `<dir>/data`, its stderr appended to `<dir>/otad.log`, and waits for its
+/// listening line: the child and the address it listens on.
+fn spawn_otad(bin: &Path, dir: &Path) -> Result<(Child, String), String> {
+    let log_path = dir.join("otad.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("otad.log: {e}"))?;
+    let mut child = Command::new(bin)
+        .arg("--insecure-plaintext")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or("otad has no stdout")?;
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reading otad's stdout: {e}"))?;
+        if n == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("otad exited before listening:\n{log}"));
+        }
+        if let Some(addr) = line.trim().strip_prefix("otad listening on ") {
+            break addr.to_string();
+        }
+    };
+    // Keep draining stdout so otad never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    Ok((child, addr))
 }
 
 impl OtadProcess {
@@ -128,42 +172,39 @@ impl OtadProcess {
     /// [`OtadProcess::start`], with what went wrong as an error instead of a panic.
     pub fn try_start(bin: &Path) -> Result<OtadProcess, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        let log = std::fs::File::create(dir.path().join("otad.log"))
-            .map_err(|e| format!("otad.log: {e}"))?;
-        let mut child = Command::new(bin)
-            .arg("--insecure-plaintext")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let stdout = child.stdout.take().ok_or("otad has no stdout")?;
-        let mut process = OtadProcess {
+        let (child, addr) = spawn_otad(bin, dir.path())?;
+        Ok(OtadProcess {
             child,
-            addr: String::new(),
+            addr,
+            bin: bin.to_owned(),
             dir,
-        };
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        process.addr = loop {
-            line.clear();
-            let n = reader
-                .read_line(&mut line)
-                .map_err(|e| format!("reading otad's stdout: {e}"))?;
-            if n == 0 {
-                return Err(format!("otad exited before listening:\n{}", process.log()));
-            }
-            if let Some(addr) = line.trim().strip_prefix("otad listening on ") {
-                break addr.to_string();
-            }
-        };
-        // Keep draining stdout so otad never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Ok(process)
+        })
+    }
+
+    /// Stops otad as an operator does (SIGTERM: it finishes, writes its shutdown snapshot and
+    /// exits) and waits for it to exit.
+    pub fn stop(&mut self) -> Result<(), String> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .map_err(|e| format!("kill -TERM: {e}"))?;
+        if !status.success() {
+            return Err(format!("kill -TERM {} failed", self.child.id()));
+        }
+        self.child
+            .wait()
+            .map_err(|e| format!("waiting for otad to exit: {e}"))?;
+        Ok(())
+    }
+
+    /// Starts the same binary again on the same data directory after [`OtadProcess::stop`];
+    /// returns once the new process listens (its log is appended to `otad.log`).
+    pub fn start_again(&mut self) -> Result<(), String> {
+        let (child, addr) = spawn_otad(&self.bin, self.dir.path())?;
+        self.child = child;
+        self.addr = addr;
+        Ok(())
     }
 
     /// The process id.

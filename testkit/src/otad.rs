@@ -252,7 +252,7 @@ impl TestOtad {
         let app = self.app();
         let state = app.core.read();
         let id = state.rollouts.get(rollout)?.tasks_by_device.get(device)?;
-        state.tasks.get(id).cloned()
+        state.tasks.get(id).map(|t| (**t).clone())
     }
 
     /// Every recorded event, decoded, with its stream and time.

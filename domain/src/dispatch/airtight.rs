@@ -17,7 +17,7 @@ use super::*;
 use crate::events::*;
 use crate::fixture::*;
 use crate::model::VersionInfo;
-use crate::projection::RolloutState;
+use crate::projection::{RolloutState, Tally};
 use crate::rollout::scheduler::{self, Input, Reconcile, reconcile};
 use crate::rollout::spec::*;
 use crate::status::UpgradeStatus;
@@ -308,6 +308,46 @@ impl Run {
         }
         Ok(())
     }
+
+    /// The counts the projection keeps as events are applied (stage and rollout tallies, the
+    /// open tasks) are what walking every task gives.
+    fn check_counts(&self) -> Result<(), String> {
+        let state = &self.log.state;
+        for r in state.rollouts.values() {
+            for i in 0..r.stages.len() {
+                let kept = scheduler::stage_counts(r, state, i);
+                let walked = scheduler::stage_counts_walked(r, state, i);
+                if kept != walked {
+                    return Err(format!("stage {i}: kept {kept:?}, walked {walked:?}"));
+                }
+            }
+            let walked = Tally::of(
+                r.tasks_by_device
+                    .values()
+                    .filter_map(|id| state.tasks.get(id).map(Box::as_ref)),
+                r.failures_accepted_at_ms,
+            );
+            if r.tally != walked {
+                return Err(format!(
+                    "rollout {}: kept {:?}, walked {walked:?}",
+                    r.id, r.tally
+                ));
+            }
+        }
+        let open: std::collections::BTreeSet<String> = state
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.phase.is_terminal())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if open != state.open_tasks {
+            return Err(format!(
+                "open tasks kept {:?}, walked {open:?}",
+                state.open_tasks
+            ));
+        }
+        Ok(())
+    }
 }
 
 proptest! {
@@ -321,7 +361,7 @@ proptest! {
         let mut run = Run::new(devices);
         for op in ops {
             run.apply(op);
-            if let Err(e) = run.check_log() {
+            if let Err(e) = run.check_log().and_then(|()| run.check_counts()) {
                 prop_assert!(false, "{e}");
             }
         }
@@ -341,6 +381,7 @@ proptest! {
             }
             run.apply(Op::Tick);
             prop_assert!(run.check_log().is_ok(), "{:?}", run.check_log());
+            prop_assert!(run.check_counts().is_ok(), "{:?}", run.check_counts());
         }
         let open: Vec<String> = run
             .log

@@ -474,7 +474,13 @@ impl World {
                 at.push(s);
                 pending.push((now + success_after, task));
             }
-            let waiting = self.log.state.tasks.values().any(|t| t.attempt == 0);
+            let waiting = self
+                .log
+                .state
+                .tasks
+                .values()
+                .map(Box::as_ref)
+                .any(|t| t.attempt == 0);
             if waiting && let Some(due) = d.next_due_ms.filter(|due| *due < now + 600 * S) {
                 wake_ups.push(due.since(T0).as_secs());
             }

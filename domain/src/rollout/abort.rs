@@ -163,6 +163,22 @@ impl Finished {
         c
     }
 
+    /// The same counts from a rollout's tally (`RolloutView::tally`), without walking its tasks.
+    pub fn from_tally(t: &crate::projection::Tally) -> Self {
+        let failed = t.phase(TaskPhase::Failed).saturating_sub(t.accepted_failed);
+        let timed_out = t
+            .phase(TaskPhase::TimedOut)
+            .saturating_sub(t.accepted_timed_out);
+        Self {
+            finished: t.phase(TaskPhase::Succeeded)
+                + t.phase(TaskPhase::Failed)
+                + t.phase(TaskPhase::TimedOut),
+            failed,
+            timed_out,
+            rejected: t.rejected,
+        }
+    }
+
     /// The devices `on` counts.
     pub fn matching(&self, on: AbortOn) -> u32 {
         match on {

@@ -48,7 +48,12 @@ pub fn due(state: &FleetState) -> Vec<TaskCreated> {
     if candidates.is_empty() {
         return Vec::new();
     }
-    if !state.devices.values().any(|d| d.auto_upgrade && !d.removed) {
+    if !state
+        .devices
+        .values()
+        .map(Box::as_ref)
+        .any(|d| d.auto_upgrade && !d.removed)
+    {
         return Vec::new();
     }
     let in_active_rollouts: HashSet<&str> = state
@@ -66,7 +71,7 @@ pub fn due(state: &FleetState) -> Vec<TaskCreated> {
         .collect();
 
     let mut out = Vec::new();
-    for d in state.devices.values() {
+    for d in state.devices.values().map(Box::as_ref) {
         if !d.auto_upgrade || d.removed || in_active_rollouts.contains(d.id.as_str()) {
             continue;
         }

@@ -199,13 +199,13 @@ pub fn remaining_s(r: &RolloutView, state: &FleetState, now: UnixMillis) -> Opti
         .stages
         .iter()
         .flat_map(|s| &s.device_ids)
-        .filter_map(|id| state.devices.get(id))
+        .filter_map(|id| state.devices.get(id).map(Box::as_ref))
         .collect();
     let kinds = Estimates::learn(&state.transfer_times, &all);
     let task_of = |d: &DeviceView| {
         r.tasks_by_device
             .get(&d.id)
-            .and_then(|t| state.tasks.get(t))
+            .and_then(|t| state.tasks.get(t).map(Box::as_ref))
     };
     let left = |d: &DeviceView| {
         let est = kinds.seconds(d);
@@ -231,7 +231,7 @@ pub fn remaining_s(r: &RolloutView, state: &FleetState, now: UnixMillis) -> Opti
                 let open: Vec<&DeviceView> = stage
                     .device_ids
                     .iter()
-                    .filter_map(|id| state.devices.get(id))
+                    .filter_map(|id| state.devices.get(id).map(Box::as_ref))
                     .filter(|d| task_of(d).is_none_or(|t| !t.phase.is_terminal()))
                     .collect();
                 // Devices in their health window hold no slot: they end when it does. The

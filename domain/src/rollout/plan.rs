@@ -759,7 +759,7 @@ fn select_targets<'a>(
     }
     let mut removed_unnamed = 0usize;
     let mut targets: Vec<&DeviceView> = Vec::new();
-    for d in state.devices.values() {
+    for d in state.devices.values().map(Box::as_ref) {
         // A rollback targets its map's devices only (an empty map selects nothing).
         let reverted = spec
             .reverts
@@ -1249,7 +1249,7 @@ mod tests {
                 "the same fleet, the same plan"
             );
             // The input order does not matter.
-            let views: Vec<&DeviceView> = log.state.devices.values().collect();
+            let views: Vec<&DeviceView> = log.state.devices.values().map(Box::as_ref).collect();
             let mut reversed = views.clone();
             reversed.reverse();
             assert_eq!(canaries(&views, 3), canaries(&reversed, 3));

@@ -173,7 +173,7 @@ pub fn rollout_allowance(
     let tasks = r
         .tasks_by_device
         .values()
-        .filter_map(|id| state.tasks.get(id));
+        .filter_map(|id| state.tasks.get(id).map(Box::as_ref));
     let mut starts = Vec::new();
     let mut succeeded = 0u32;
     for t in tasks {

@@ -165,7 +165,7 @@ pub fn previous_image<'a>(
                 .into(),
         );
     };
-    let device = state.devices.get(&task.created.device_id);
+    let device = state.devices.get(&task.created.device_id).map(Box::as_ref);
     let catalog = state.firmware.values().map(|f| &f.registered);
     match device.and_then(|d| image_of(catalog, &d.facts, from)) {
         Some(fw) => Ok(fw),
@@ -192,7 +192,7 @@ pub fn tasks_to_revert<'a>(
     let mut tasks: Vec<&TaskView> = r
         .tasks_by_device
         .values()
-        .filter_map(|id| state.tasks.get(id))
+        .filter_map(|id| state.tasks.get(id).map(Box::as_ref))
         .filter(|t| scope.takes(t.phase))
         .collect();
     tasks.sort_by(|a, b| a.created.device_id.cmp(&b.created.device_id));

@@ -92,7 +92,7 @@ use crate::events::{
 };
 use crate::projection::Approval;
 use crate::projection::{
-    FleetState, RolloutState, RolloutView, StageState, StageView, TaskPhase, TaskView,
+    FleetState, RolloutState, RolloutView, StageState, StageView, Tally, TaskPhase, TaskView,
 };
 use crate::rollout::abort::{self, AbortAction, AbortOn, Finished};
 use crate::rollout::approval;
@@ -294,45 +294,52 @@ impl StageCounts {
 fn rollout_task<'a>(r: &RolloutView, state: &'a FleetState, device: &str) -> Option<&'a TaskView> {
     r.tasks_by_device
         .get(device)
-        .and_then(|id| state.tasks.get(id))
+        .and_then(|id| state.tasks.get(id).map(Box::as_ref))
 }
 
-/// Counts the tasks of stage `index`.
-pub fn stage_counts(r: &RolloutView, state: &FleetState, index: usize) -> StageCounts {
-    let mut c = StageCounts::default();
-    let Some(stage) = r.stages.get(index) else {
-        return c;
-    };
-    for d in &stage.device_ids {
-        c.devices += 1;
-        let Some(t) = rollout_task(r, state, d) else {
-            c.without_task += 1;
-            continue;
-        };
-        match t.phase {
-            TaskPhase::Succeeded if t.health.is_success() => c.succeeded += 1,
-            TaskPhase::Succeeded => c.unconfirmed += 1,
-            TaskPhase::Failed | TaskPhase::TimedOut => {
-                if t.phase == TaskPhase::Failed {
-                    c.failed += 1;
-                } else {
-                    c.timed_out += 1;
-                }
-                if abort::accepted_by_resume(t.finished_at_ms, stage.failures_accepted_at_ms) {
-                    c.accepted_failures += 1;
-                }
-            }
-            TaskPhase::Skipped => c.skipped += 1,
-            TaskPhase::Cancelled => c.cancelled += 1,
-            phase => {
-                c.unfinished += 1;
-                if phase.is_asleep() {
-                    c.asleep += 1;
-                }
-            }
+impl StageCounts {
+    /// The counts of a stage of `devices` devices from its tally.
+    pub fn from_tally(devices: usize, t: &Tally) -> StageCounts {
+        StageCounts {
+            devices: devices as u32,
+            without_task: (devices as u32).saturating_sub(t.tasks),
+            unfinished: t.unfinished(),
+            asleep: t.phase(TaskPhase::WaitingForWakeup),
+            succeeded: t.phase(TaskPhase::Succeeded).saturating_sub(t.unconfirmed),
+            unconfirmed: t.unconfirmed,
+            failed: t.phase(TaskPhase::Failed),
+            timed_out: t.phase(TaskPhase::TimedOut),
+            skipped: t.phase(TaskPhase::Skipped),
+            cancelled: t.phase(TaskPhase::Cancelled),
+            accepted_failures: t.accepted_failed + t.accepted_timed_out,
         }
     }
-    c
+}
+
+/// Counts the tasks of stage `index`, from the tally the projection keeps (O(1)).
+pub fn stage_counts(r: &RolloutView, _state: &FleetState, index: usize) -> StageCounts {
+    match r.stages.get(index) {
+        Some(stage) => StageCounts::from_tally(stage.device_ids.len(), &stage.tally),
+        None => StageCounts::default(),
+    }
+}
+
+/// Counts the tasks of stage `index` by walking its devices: what [`stage_counts`] reads from
+/// the tally, for tests that check the two agree.
+pub fn stage_counts_walked(r: &RolloutView, state: &FleetState, index: usize) -> StageCounts {
+    match r.stages.get(index) {
+        Some(stage) => StageCounts::from_tally(
+            stage.device_ids.len(),
+            &Tally::of(
+                stage
+                    .device_ids
+                    .iter()
+                    .filter_map(|d| rollout_task(r, state, d)),
+                stage.failures_accepted_at_ms,
+            ),
+        ),
+        None => StageCounts::default(),
+    }
 }
 
 /// Failures that stop a stage of `devices` devices.
@@ -493,12 +500,8 @@ pub fn failure_budget(r: &RolloutView) -> Option<u32> {
 /// Failures across the rollout that count against its budget: failed or timed-out tasks of
 /// every stage (stragglers of finished stages included), except those an operator accepted by
 /// resuming after they ended.
-pub fn budget_failures(r: &RolloutView, state: &FleetState) -> u32 {
-    let tasks = r
-        .tasks_by_device
-        .values()
-        .filter_map(|id| state.tasks.get(id));
-    Finished::count(tasks, r.failures_accepted_at_ms).matching(AbortOn::Any)
+pub fn budget_failures(r: &RolloutView, _state: &FleetState) -> u32 {
+    Finished::from_tally(&r.tally).matching(AbortOn::Any)
 }
 
 fn all_stage_devices(r: &RolloutView) -> Vec<String> {
@@ -611,11 +614,7 @@ fn abort_criteria_step(r: &RolloutView, state: &FleetState) -> Option<CriterionS
     if r.spec.abort_criteria.is_empty() {
         return None;
     }
-    let tasks = r
-        .tasks_by_device
-        .values()
-        .filter_map(|id| state.tasks.get(id));
-    let finished = Finished::count(tasks, r.failures_accepted_at_ms);
+    let finished = Finished::from_tally(&r.tally);
     let tripped = abort::tripped(&r.spec.abort_criteria, &finished)?;
     let decision = match tripped.action {
         AbortAction::Pause => {
@@ -737,21 +736,28 @@ fn stage_deadlines(input: Input<'_>, out: &mut Reconcile) -> Step {
         let Some(deadline) = stage.deadline_at_ms else {
             continue;
         };
-        let unfinished: Vec<&TaskView> = stage
-            .device_ids
-            .iter()
-            .filter_map(|d| rollout_task(r, state, d))
-            .filter(|t| !t.phase.is_terminal() && !t.phase.is_asleep())
-            .collect();
-        if unfinished.is_empty() {
+        // From the tally: nothing to time out, or not yet — no need to look at the devices.
+        let t = &stage.tally;
+        if t.unfinished() == t.phase(TaskPhase::WaitingForWakeup) {
             continue;
         }
         if deadline > now {
             out.requeue(deadline);
             continue;
         }
+        let unfinished: Vec<&TaskView> = stage
+            .device_ids
+            .iter()
+            .filter_map(|d| rollout_task(r, state, d))
+            .filter(|t| !t.phase.is_terminal() && !t.phase.is_asleep())
+            .collect();
         let deadline_s = r.spec.stages.get(index).map_or(0, |s| s.deadline_s);
         for t in unfinished {
+            if out.task_events.len() >= MAX_TASK_EVENTS_PER_STEP {
+                // One append holds a bounded number of events: the next step ends the rest.
+                out.requeue(now);
+                break;
+            }
             time_out_task(stage, deadline_s, t, out);
         }
     }
@@ -805,12 +811,7 @@ fn current_stage_step(input: Input<'_>, out: &mut Reconcile) {
         .iter()
         .position(|s| s.state != StageState::Succeeded)
     else {
-        let open = r
-            .tasks_by_device
-            .values()
-            .filter_map(|id| state.tasks.get(id))
-            .any(|t| !t.phase.is_terminal());
-        if !open {
+        if r.tally.unfinished() == 0 {
             out.rollout_events.push(
                 RolloutCompleted {
                     summary: summary(r, state),
@@ -986,6 +987,10 @@ fn asleep_done(r: &RolloutView, stage: &StageView, now: UnixMillis) -> bool {
 /// the ones still missing), so a stage of any size starts.
 pub const MAX_NEW_TASKS_PER_STEP: usize = 10_000;
 
+/// At most this many existing tasks are ended (timed out at a stage deadline) by one step, for
+/// the same reason; the next step ends the rest.
+pub const MAX_TASK_EVENTS_PER_STEP: usize = 30_000;
+
 /// Creates the missing tasks of a started stage, excluding busy and removed devices, at most
 /// [`MAX_NEW_TASKS_PER_STEP`] per step (with a requeue at `now` for the rest). Returns the number
 /// of devices that have (or now or soon get) a task.
@@ -998,6 +1003,10 @@ fn ensure_tasks(
     out: &mut Reconcile,
 ) -> usize {
     let stage = &r.stages[index];
+    if stage.tally.tasks as usize >= stage.device_ids.len() {
+        // Every device has its task (the tally counts them): nothing to create or exclude.
+        return stage.device_ids.len();
+    }
     let mut excluded = Vec::new();
     let mut with_task = 0usize;
     let mut missing_firmware: Option<&str> = None;
@@ -1006,7 +1015,7 @@ fn ensure_tasks(
             with_task += 1;
             continue;
         }
-        let device = state.devices.get(device_id);
+        let device = state.devices.get(device_id).map(Box::as_ref);
         let why = match device {
             None => Some((
                 ErrorCode::Offline,
@@ -1153,7 +1162,7 @@ pub fn abort(r: &RolloutView, state: &FleetState, reason: &str, automatic: bool)
     let mut tasks: Vec<&TaskView> = r
         .tasks_by_device
         .values()
-        .filter_map(|id| state.tasks.get(id))
+        .filter_map(|id| state.tasks.get(id).map(Box::as_ref))
         .filter(|t| !t.phase.is_terminal() && t.phase.is_cancellable())
         .collect();
     tasks.sort_by(|a, b| a.created.task_id.cmp(&b.created.task_id));
@@ -1194,7 +1203,7 @@ pub fn batch_check_completed(
         .map(|b| b.device_ids.clone())
         .unwrap_or_else(|| all_stage_devices(r));
     for id in &devices {
-        let Some(d) = state.devices.get(id) else {
+        let Some(d) = state.devices.get(id).map(Box::as_ref) else {
             excluded.push(Exclusion {
                 device_id: id.clone(),
                 code: ErrorCode::Offline,

@@ -301,7 +301,9 @@ impl pb::agent_service_server::AgentService for AgentApi {
             let acked = state.agent_seqs.get(&hello.agent_id).copied().unwrap_or(0);
             let mut active = Vec::new();
             let mut resend = Vec::new();
-            for t in state.tasks.values() {
+            // Tasks at a site have not ended: the open tasks, not every task ever created.
+            let open = state.open_tasks.iter().filter_map(|id| state.tasks.get(id));
+            for t in open.map(Box::as_ref) {
                 if t.created.site_id == hello.site_id && t.phase.is_at_site() {
                     let local = model::split_device_id(&t.created.device_id)
                         .map(|(_, l)| l.to_string())
@@ -647,7 +649,7 @@ impl Report<'_> {
         for (local, facts) in reports {
             let id = model::device_id(site, local);
             listed.insert(id.clone());
-            let changed = match state.devices.get(&id) {
+            let changed = match state.devices.get(&id).map(Box::as_ref) {
                 Some(d) if !d.removed => significant_change(&d.facts, facts),
                 _ => true,
             };
@@ -674,7 +676,12 @@ impl Report<'_> {
             );
         }
         for id in gone {
-            if state.devices.get(&id).is_some_and(|d| !d.removed) {
+            if state
+                .devices
+                .get(&id)
+                .map(Box::as_ref)
+                .is_some_and(|d| !d.removed)
+            {
                 let event = DeviceRemoved {
                     source: self.source.clone(),
                 };
@@ -842,7 +849,8 @@ impl Report<'_> {
         let now = self.app.now();
         let jitter = rand::random::<f64>();
         self.record(|state| {
-            let Some(task) = state.tasks.values().find(|t| {
+            let open = state.open_tasks.iter().filter_map(|id| state.tasks.get(id));
+            let Some(task) = open.map(Box::as_ref).find(|t| {
                 t.created.site_id == self.site
                     && t.command_id == Some(a.command_id)
                     && t.phase.is_at_site()
@@ -874,7 +882,7 @@ impl Report<'_> {
     async fn wake_answer(&self, answer: CheckAnswer) -> Result<(), ReportError> {
         let device_id = model::device_id(self.site, &answer.device_local_id);
         self.record(|state| {
-            let Some(d) = state.devices.get(&device_id) else {
+            let Some(d) = state.devices.get(&device_id).map(Box::as_ref) else {
                 return Err("a check answer for a device this site never reported".to_string());
             };
             let waiting = d.last_check.as_ref().is_some_and(|(c, _)| {
@@ -937,7 +945,7 @@ fn is_late_success(
     attempt: u32,
     site: &str,
 ) -> bool {
-    state.tasks.get(task_id).is_some_and(|t| {
+    state.tasks.get(task_id).map(Box::as_ref).is_some_and(|t| {
         t.created.site_id == site
             && t.attempt == attempt
             && t.phase.is_terminal()
@@ -953,7 +961,7 @@ fn check_task(
     attempt: u32,
     site: &str,
 ) -> Result<(), String> {
-    let Some(t) = state.tasks.get(task_id) else {
+    let Some(t) = state.tasks.get(task_id).map(Box::as_ref) else {
         return Err(format!("unknown task {}", quote(task_id)));
     };
     if t.created.site_id != site {

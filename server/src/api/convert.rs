@@ -11,7 +11,7 @@ use ota_domain::model::{
 };
 use ota_domain::projection::{
     Approval, DeviceView, FirmwareView, FleetState, RollbackLink, RolloutState, RolloutView,
-    SiteView, StageState, TaskPhase, TaskView,
+    SiteView, StageState, Tally, TaskPhase, TaskView,
 };
 use ota_domain::rollout::abort::{AbortAction, AbortCriterion, AbortOn};
 use ota_domain::rollout::plan::CanaryGroup;
@@ -302,7 +302,10 @@ pub fn device(
     live_last_seen: Option<UnixMillis>,
 ) -> pb::Device {
     let f = &d.facts;
-    let task = d.current_task.as_ref().and_then(|id| state.tasks.get(id));
+    let task = d
+        .current_task
+        .as_ref()
+        .and_then(|id| state.tasks.get(id).map(Box::as_ref));
     let upgrade_status = match task {
         Some(t) if !t.phase.is_terminal() => t.phase.status(),
         // As the proto says: available when the catalog holds a newer image that fits the
@@ -433,6 +436,29 @@ pub fn counts<'a>(tasks: impl IntoIterator<Item = &'a TaskView>) -> pb::TaskCoun
     c
 }
 
+/// The same counts from a tally the projection keeps (`projection::Tally`), without walking the
+/// tasks: what a rollout's `Get` and `List` answer for its stages and totals.
+pub fn counts_of(t: &Tally) -> pb::TaskCounts {
+    use TaskPhase as P;
+    pb::TaskCounts {
+        total: t.tasks,
+        queued: t.phase(P::Queued) + t.phase(P::SiteQueued) + t.phase(P::Held)
+            - t.awaiting_confirmation,
+        preparing: t.phase(P::Preparing) + t.phase(P::AgentPreparing),
+        updating: t.phase(P::Updating),
+        waiting_for_wakeup: t.phase(P::WaitingForWakeup),
+        awaiting_confirmation: t.awaiting_confirmation,
+        downloaded: t.phase(P::Downloaded),
+        succeeded: t.phase(P::Succeeded) - t.unconfirmed,
+        failed: t.phase(P::Failed),
+        timed_out: t.phase(P::TimedOut),
+        skipped: t.phase(P::Skipped),
+        cancelled: t.phase(P::Cancelled),
+        verifying: t.phase(P::Verifying),
+        unconfirmed: t.unconfirmed,
+    }
+}
+
 fn rollout_state(s: RolloutState) -> i32 {
     match s {
         RolloutState::Draft => pb::RolloutState::Draft as i32,
@@ -490,11 +516,6 @@ pub fn canary_group(g: &CanaryGroup) -> pb::CanaryGroup {
 
 /// A rollout on the wire, with counts from its tasks.
 pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
-    let task_of = |device: &str| {
-        r.tasks_by_device
-            .get(device)
-            .and_then(|id| state.tasks.get(id))
-    };
     let stages: Vec<pb::StageStatus> = r
         .stages
         .iter()
@@ -504,18 +525,14 @@ pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
             name: s.name.clone(),
             state: stage_state(s.state),
             device_ids: s.device_ids.clone(),
-            counts: Some(counts(s.device_ids.iter().filter_map(|d| task_of(d)))),
+            counts: Some(counts_of(&s.tally)),
             started_at_ms: s.started_at_ms.map_or(0, UnixMillis::as_i64),
             deadline_at_ms: s.deadline_at_ms.map_or(0, UnixMillis::as_i64),
             soak_until_ms: s.soak_until_ms.map_or(0, UnixMillis::as_i64),
             finished_at_ms: s.finished_at_ms.map_or(0, UnixMillis::as_i64),
         })
         .collect();
-    let mut totals = counts(
-        r.tasks_by_device
-            .values()
-            .filter_map(|id| state.tasks.get(id)),
-    );
+    let mut totals = counts_of(&r.tally);
     // Devices planned but without a task yet count as queued.
     let planned: u32 = r.stages.iter().map(|s| s.device_ids.len() as u32).sum();
     if planned > totals.total {
@@ -644,6 +661,7 @@ pub fn site(s: &SiteView, state: &FleetState, last_heartbeat: Option<UnixMillis>
     let devices: Vec<&DeviceView> = state
         .devices
         .values()
+        .map(Box::as_ref)
         .filter(|d| d.site_id == s.id && !d.removed)
         .collect();
     let running = state

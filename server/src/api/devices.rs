@@ -61,12 +61,17 @@ fn find_device<'a>(state: &'a FleetState, id: &str) -> ApiResult<&'a DeviceView>
             "device id is required (\"<site>/<local id>\")",
         ));
     }
-    state.devices.get(id).filter(|d| !d.removed).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no device {}: `otactl device list` shows the known devices",
-            quote(id)
-        ))
-    })
+    state
+        .devices
+        .get(id)
+        .map(Box::as_ref)
+        .filter(|d| !d.removed)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no device {}: `otactl device list` shows the known devices",
+                quote(id)
+            ))
+        })
 }
 
 /// A unique id with a prefix.
@@ -81,7 +86,7 @@ fn check_pb(
     at: UnixMillis,
 ) -> pb::DeviceCheck {
     let fw = c.firmware_id.as_ref().and_then(|id| state.firmware.get(id));
-    let device = state.devices.get(device_id);
+    let device = state.devices.get(device_id).map(Box::as_ref);
     let remind = match (&c.error, c.status, device) {
         (Some(e), _, _) => e.message.clone(),
         (None, UpgradeStatus::Available, Some(d))
@@ -384,7 +389,12 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             }
             if let Some(sel) = &req.selector {
                 let sel = selector_from(sel)?;
-                for d in state.devices.values().filter(|d| select::matches(&sel, d)) {
+                for d in state
+                    .devices
+                    .values()
+                    .map(Box::as_ref)
+                    .filter(|d| select::matches(&sel, d))
+                {
                     if !ids.contains(&d.id) {
                         ids.push(d.id.clone());
                     }
@@ -516,7 +526,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                 loop {
                     let (snapshot, done) = {
                         let state = app.core.read();
-                        match state.tasks.get(&task_id) {
+                        match state.tasks.get(&task_id).map(Box::as_ref) {
                             Some(t) => (convert::task(t), t.phase.is_terminal()),
                             None => return,
                         }

@@ -511,7 +511,7 @@ impl pb::firmware_service_server::FirmwareService for FirmwareApi {
                 .unwrap_or_default();
             // An agent downloads only what a task at its site is installing.
             if let Caller::Agent { site_id } = &who
-                && !state.tasks.values().any(|t| {
+                && !state.tasks.values().map(Box::as_ref).any(|t| {
                     t.created.site_id == *site_id
                         && t.created.firmware_id == id
                         && t.phase.is_at_site()

@@ -137,7 +137,7 @@ fn rollout_tasks<'a>(r: &RolloutView, state: &'a FleetState) -> Vec<&'a TaskView
     let mut tasks: Vec<&TaskView> = r
         .tasks_by_device
         .values()
-        .filter_map(|id| state.tasks.get(id))
+        .filter_map(|id| state.tasks.get(id).map(Box::as_ref))
         .collect();
     tasks.sort_by(|a, b| a.created.device_id.cmp(&b.created.device_id));
     tasks

@@ -54,7 +54,12 @@ impl pb::system_service_server::SystemService for SystemApi {
             }),
             connected_agents: app.sessions.connected_count() as u32,
             sites: state.sites.len() as u32,
-            devices: state.devices.values().filter(|d| !d.removed).count() as u32,
+            devices: state
+                .devices
+                .values()
+                .map(Box::as_ref)
+                .filter(|d| !d.removed)
+                .count() as u32,
             firmware: state.firmware.len() as u32,
             rollouts_running: state
                 .rollouts
