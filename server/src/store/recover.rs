@@ -185,12 +185,7 @@ pub(crate) fn check_format(trees: &Trees, sync: &mut DiskSync) -> Result<(), Sto
                     to = FORMAT_VERSION,
                     "upgrading the event store's format"
                 );
-                trees
-                    .meta
-                    .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()[..])
-                    .map_err(sled_error)?;
-                durable_flush(trees, sync)?;
-                Ok(())
+                write_format(trees, sync)
             } else {
                 Err(StoreError::UnsupportedFormat {
                     found,
@@ -199,12 +194,7 @@ pub(crate) fn check_format(trees: &Trees, sync: &mut DiskSync) -> Result<(), Sto
             }
         }
         None if trees.log.is_empty() && trees.index.is_empty() && trees.heads.is_empty() => {
-            trees
-                .meta
-                .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()[..])
-                .map_err(sled_error)?;
-            durable_flush(trees, sync)?;
-            Ok(())
+            write_format(trees, sync)
         }
         // Data without a format marker: not written by this store.
         None => Err(StoreError::UnsupportedFormat {
@@ -212,6 +202,16 @@ pub(crate) fn check_format(trees: &Trees, sync: &mut DiskSync) -> Result<(), Sto
             supported: FORMAT_VERSION,
         }),
     }
+}
+
+/// Records the current format version, durably.
+fn write_format(trees: &Trees, sync: &mut DiskSync) -> Result<(), StoreError> {
+    trees
+        .meta
+        .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()[..])
+        .map_err(sled_error)?;
+    durable_flush(trees, sync)?;
+    Ok(())
 }
 
 fn read_acked(trees: &Trees) -> Result<u64, StoreError> {

@@ -544,13 +544,18 @@ mod tests {
 
     /// The record of one event at `seq` on stream `s` (version = seq).
     fn record(seq: u64) -> Vec<u8> {
+        record_of(seq, 8)
+    }
+
+    /// The same, with a payload of `payload_len` bytes.
+    fn record_of(seq: u64, payload_len: usize) -> Vec<u8> {
         let append = StreamAppend::new(
             "s",
             ExpectedVersion::Any,
             vec![NewEvent {
                 event_type: "E".into(),
                 schema_version: 1,
-                payload: vec![seq as u8; 8],
+                payload: vec![seq as u8; payload_len],
                 actor: String::new(),
                 recorded_at_ms: 0,
             }],
@@ -690,22 +695,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = WalWriter::start(&wal_dir, false, GROW_BYTES).unwrap();
-        let big = |seq: u64| {
-            let append = StreamAppend::new(
-                "s",
-                ExpectedVersion::Any,
-                vec![NewEvent {
-                    event_type: "E".into(),
-                    schema_version: 1,
-                    payload: vec![1; 300 * 1024],
-                    actor: String::new(),
-                    recorded_at_ms: 0,
-                }],
-            );
-            let mut out = Vec::new();
-            encode_record(seq, &[(&append, seq - 1)], &mut out);
-            out
-        };
+        let big = |seq: u64| record_of(seq, 300 * 1024);
         let mut rolled = Vec::new();
         for seq in 1..=12 {
             let marks = Marks {
