@@ -42,9 +42,7 @@ struct Clock {
 
 impl Clock {
     fn new() -> Self {
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let unix = crate::transport::unix_ms().unwrap_or_default();
         Self {
             unix,
             at: Instant::now(),

@@ -165,10 +165,7 @@ pub(crate) async fn write_journal<R: Send + 'static>(
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    crate::transport::unix_ms().unwrap_or_default()
 }
 
 impl Agent {

@@ -560,6 +560,15 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The wall clock in Unix milliseconds (`None` before 1970 or past `i64`): the one place the
+/// agent reads it, for `last_seen_ms` and the timestamps of its reports.
+pub(crate) fn unix_ms() -> Option<i64> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+}
+
 /// Changes one device's report in a transport's fixed list (configured ESPHome devices, serial
 /// ports) and publishes the whole list on `inventory` when it differs from what was published.
 /// Returns the changed report.

@@ -148,6 +148,7 @@ use self::web::{WebError, WebTarget};
 use super::{
     CheckReport, CommitStage, Commitment, DeviceReport, HealthLook, Observation, ProgressSink,
     RecoverJob, Transport, TransportKind, UpdateJob, UpdateReport, VerifiedImage, VersionInfo,
+    unix_ms,
 };
 use crate::sync::LockExt;
 
@@ -261,13 +262,6 @@ pub struct RecoveryNote {
     pub before_version: Option<String>,
     /// The build time of what it ran before, when its API told.
     pub before_build: Option<String>,
-}
-
-fn unix_ms() -> Option<i64> {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
 }
 
 /// One configured device.

@@ -60,7 +60,7 @@ use tracing::Instrument;
 use self::driver::DriveError;
 use super::{
     CheckReport, CommitStage, Commitment, DeviceReport, ProgressSink, RecoverJob, TransferProgress,
-    Transport, TransportKind, UpdateJob, UpdateReport, VersionInfo,
+    Transport, TransportKind, UpdateJob, UpdateReport, VersionInfo, unix_ms,
 };
 
 /// What an update will write, decided from the image alone.
@@ -336,13 +336,6 @@ fn platform_of(chip: Chip) -> &'static str {
     } else {
         "esp32"
     }
-}
-
-fn unix_ms() -> Option<i64> {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
 }
 
 /// One port and its state.
