@@ -55,6 +55,15 @@ fn device_pb(app: &App, state: &FleetState, d: &DeviceView) -> pb::Device {
     )
 }
 
+/// A device's auto-upgrade setting, as `GetAutoUpgrade` and `SetAutoUpgrade` answer it.
+fn auto_upgrade_setting(d: &DeviceView) -> pb::AutoUpgradeSetting {
+    pb::AutoUpgradeSetting {
+        device_id: d.id.clone(),
+        supported: can_update(&d.facts),
+        enabled: d.auto_upgrade,
+    }
+}
+
 fn find_device<'a>(state: &'a FleetState, id: &str) -> ApiResult<&'a DeviceView> {
     if id.is_empty() {
         return Err(ApiError::invalid(
@@ -658,11 +667,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         caller(&request).require(Role::Viewer)?;
         let state = self.app.core.read();
         let d = find_device(&state, &request.get_ref().device_id)?;
-        Ok(Response::new(pb::AutoUpgradeSetting {
-            device_id: d.id.clone(),
-            supported: can_update(&d.facts),
-            enabled: d.auto_upgrade,
-        }))
+        Ok(Response::new(auto_upgrade_setting(d)))
     }
 
     #[tracing::instrument(skip_all, fields(device.id = %request.get_ref().device_id))]
@@ -697,11 +702,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         .await?;
         let state = self.app.core.read();
         let d = find_device(&state, &req.device_id)?;
-        Ok(Response::new(pb::AutoUpgradeSetting {
-            device_id: d.id.clone(),
-            supported: can_update(&d.facts),
-            enabled: d.auto_upgrade,
-        }))
+        Ok(Response::new(auto_upgrade_setting(d)))
     }
 }
 
