@@ -1,18 +1,15 @@
 //! Transport facts into wire reports. The only place in the agent's core that builds
-//! `ota.v1` device and version messages.
+//! `ota.v1` device and version messages; the domain values in them (transport, power source,
+//! signal, task error, health) go through `ota_proto::domain`, as otad's do.
 
 use ota_domain::status::TaskError;
 use ota_proto::v1 as pb;
 
-use crate::transport::{DeviceReport, PowerSource, Signal, TransportKind, VersionInfo};
+use crate::transport::{DeviceReport, TransportKind, VersionInfo};
 
 /// The wire transport of a kind.
 pub fn transport(kind: TransportKind) -> i32 {
-    match kind {
-        TransportKind::Zigbee2Mqtt => pb::Transport::Zigbee2mqtt as i32,
-        TransportKind::Esphome => pb::Transport::Esphome as i32,
-        TransportKind::Serial => pb::Transport::Serial as i32,
-    }
+    pb::Transport::from(kind) as i32
 }
 
 /// A device report on the wire.
@@ -38,22 +35,9 @@ pub fn device(kind: TransportKind, d: &DeviceReport, tags: &[String]) -> pb::Dev
             software_build_id: d.software_build_id.clone().unwrap_or_default(),
             date_code: d.date_code.clone().unwrap_or_default(),
         }),
-        power_source: match d.power_source {
-            PowerSource::Unknown => pb::PowerSource::Unknown as i32,
-            PowerSource::Mains => pb::PowerSource::Mains as i32,
-            PowerSource::Battery => pb::PowerSource::Battery as i32,
-        },
+        power_source: pb::PowerSource::from(d.power_source) as i32,
         battery_percent: d.battery_percent.map(u32::from),
-        signal: d.signal.map(|s| match s {
-            Signal::LinkQuality(v) => pb::Signal {
-                kind: pb::SignalKind::Linkquality as i32,
-                value: i32::from(v),
-            },
-            Signal::RssiDbm(v) => pb::Signal {
-                kind: pb::SignalKind::RssiDbm as i32,
-                value: i32::from(v),
-            },
-        }),
+        signal: d.signal.map(pb::Signal::from),
         reachable: d.reachable,
         supports_ota: d.supports_ota,
         hardware_version: d.hardware_version.map(u32::from),
@@ -85,8 +69,10 @@ pub fn version(v: &VersionInfo) -> pb::VersionInfo {
 
 /// An error on the wire.
 pub fn error(e: &TaskError) -> pb::TaskError {
-    pb::TaskError {
-        code: e.code.code() as i32,
-        message: e.message.clone(),
-    }
+    pb::TaskError::from(e)
+}
+
+/// A success's health on the wire.
+pub fn health(h: ota_domain::health::Health) -> i32 {
+    pb::TaskHealth::from(h) as i32
 }

@@ -363,7 +363,7 @@ impl Agent {
                     at_ms: now_ms(),
                     wire_bytes: r.wire_bytes,
                     device_may_have_image: false,
-                    health: health_code(health),
+                    health: report::health(health),
                 }
             }
             Err(mut e) => {
@@ -492,17 +492,6 @@ pub(super) type Outcome = Result<
     ),
     TaskError,
 >;
-
-/// A success's health on the wire.
-fn health_code(h: ota_domain::health::Health) -> i32 {
-    use ota_domain::health::Health;
-    (match h {
-        Health::NotChecked => pb::TaskHealth::NotChecked,
-        Health::Healthy => pb::TaskHealth::Healthy,
-        Health::Reachable => pb::TaskHealth::Reachable,
-        Health::Unconfirmed => pb::TaskHealth::Unconfirmed,
-    }) as i32
-}
 
 /// The transfer budget of a command (0: 10 minutes).
 fn transfer_budget(timeout_s: u32) -> Duration {

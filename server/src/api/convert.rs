@@ -1,7 +1,9 @@
 //! Conversions between the wire types (`ota_proto::v1`) and the domain (`ota_domain`).
 //!
 //! Only the API layer knows protobuf. Conversions *into* the domain validate and return a
-//! message a person can act on; conversions *out of* the domain cannot fail.
+//! message a person can act on; conversions *out of* the domain cannot fail (those the agent
+//! also writes — transport, power source, signal, task error, health — are `From` impls in
+//! `ota_proto::domain`, and the functions here only name them).
 
 use ota_domain::events::Exclusion;
 use ota_domain::health::{Health, HealthPolicy};
@@ -47,10 +49,7 @@ pub fn error_code(e: ErrorCode) -> i32 {
 
 /// A domain error on the wire.
 pub fn task_error(e: &TaskError) -> pb::TaskError {
-    pb::TaskError {
-        code: error_code(e.code),
-        message: e.message.clone(),
-    }
+    pb::TaskError::from(e)
 }
 
 /// Longest error message from an agent that is stored (bytes).
@@ -102,11 +101,7 @@ pub fn version_from(v: Option<&pb::VersionInfo>) -> VersionInfo {
 
 /// Transport on the wire.
 pub fn transport(t: Transport) -> i32 {
-    match t {
-        Transport::Zigbee2Mqtt => pb::Transport::Zigbee2mqtt as i32,
-        Transport::Esphome => pb::Transport::Esphome as i32,
-        Transport::Serial => pb::Transport::Serial as i32,
-    }
+    pb::Transport::from(t) as i32
 }
 
 /// Transport from the wire: `Ok(None)` for unspecified, `Err` for unknown numbers.
@@ -124,11 +119,7 @@ pub fn transport_from(v: i32) -> Result<Option<Transport>, String> {
 
 /// Power source on the wire.
 pub fn power(p: PowerSource) -> i32 {
-    match p {
-        PowerSource::Unknown => pb::PowerSource::Unknown as i32,
-        PowerSource::Mains => pb::PowerSource::Mains as i32,
-        PowerSource::Battery => pb::PowerSource::Battery as i32,
-    }
+    pb::PowerSource::from(p) as i32
 }
 
 /// Power source from the wire (unknown numbers are "unknown").
@@ -142,16 +133,7 @@ pub fn power_from(v: i32) -> PowerSource {
 
 /// Signal on the wire.
 pub fn signal(s: Option<Signal>) -> Option<pb::Signal> {
-    s.map(|s| match s {
-        Signal::LinkQuality(v) => pb::Signal {
-            kind: pb::SignalKind::Linkquality as i32,
-            value: i32::from(v),
-        },
-        Signal::RssiDbm(v) => pb::Signal {
-            kind: pb::SignalKind::RssiDbm as i32,
-            value: i32::from(v),
-        },
-    })
+    s.map(pb::Signal::from)
 }
 
 /// Signal from the wire (out-of-range values are clamped, unknown kinds dropped).
@@ -392,12 +374,7 @@ pub fn task(t: &TaskView) -> pb::Task {
 
 /// A success's health on the wire.
 pub fn health(h: Health) -> i32 {
-    (match h {
-        Health::NotChecked => pb::TaskHealth::NotChecked,
-        Health::Healthy => pb::TaskHealth::Healthy,
-        Health::Reachable => pb::TaskHealth::Reachable,
-        Health::Unconfirmed => pb::TaskHealth::Unconfirmed,
-    }) as i32
+    pb::TaskHealth::from(h) as i32
 }
 
 /// A success's health from the wire (an agent's result); `None` for a value the proto does not
