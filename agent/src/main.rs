@@ -60,23 +60,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ota-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ota-agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ota_telemetry::runtime::run_main("ota-agent", run(config))
 }
 
 async fn run(config: AgentConfig) -> anyhow::Result<()> {

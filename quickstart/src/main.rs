@@ -92,23 +92,7 @@ fn main() -> ExitCode {
         zigbee_mains: usize::from(cli.zigbee_mains),
         zigbee_sleepy: usize::from(cli.zigbee_sleepy),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ota-quickstart: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ota-quickstart: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ota_telemetry::runtime::run_main("ota-quickstart", run(opts))
 }
 
 async fn run(opts: QuickstartOptions) -> anyhow::Result<()> {

@@ -28,32 +28,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("otad: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+    ota_telemetry::runtime::run_main("otad", async move {
+        match flags.create_admin_token {
+            Some(path) => create_admin_token(config, path).await,
+            None => run(config).await,
         }
-    };
-    if let Some(path) = flags.create_admin_token {
-        return match runtime.block_on(create_admin_token(config, path)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("otad: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("otad: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
