@@ -388,6 +388,7 @@ fn running_rollout() -> pb::Rollout {
                 name: "canary".into(),
                 state: 4,
                 device_ids: vec!["home/a".into()],
+                device_count: 1,
                 counts: Some(counts(1, 1, 0, 0)),
                 started_at_ms: T0,
                 finished_at_ms: T0 + 60_000,
@@ -398,6 +399,7 @@ fn running_rollout() -> pb::Rollout {
                 name: "wave-1".into(),
                 state: 2,
                 device_ids: (0..5).map(|i| format!("home/w{i}")).collect(),
+                device_count: 5,
                 counts: Some(counts(5, 2, 1, 1)),
                 started_at_ms: T0 + 120_000,
                 deadline_at_ms: T0 + 3_720_000,
@@ -413,6 +415,7 @@ fn running_rollout() -> pb::Rollout {
             ..Default::default()
         }),
         batch_check_timed_out: vec!["home/late".into()],
+        batch_check_timed_out_count: 1,
         created_by: actor("alice", "operator"),
         created_at_ms: T0,
         started_at_ms: T0 + 1_000,
@@ -422,6 +425,7 @@ fn running_rollout() -> pb::Rollout {
             code: 5000,
             reason: "already on 2.3".into(),
         }],
+        exclusion_count: 1,
         failure_budget: 1,
         failures: 0,
         approval: Some(pb::Approval {
@@ -511,6 +515,7 @@ fn plan() -> pb::RolloutPlan {
                 index: 0,
                 name: "canary".into(),
                 device_ids: vec!["home/a".into(), "home/0x01".into(), "home/b".into()],
+                device_count: 3,
                 estimated_s: 600,
                 canaries: vec![
                     pb::CanaryGroup {
@@ -533,6 +538,7 @@ fn plan() -> pb::RolloutPlan {
                 index: 1,
                 name: "everyone".into(),
                 device_ids: (0..11).map(|i| format!("home/d{i:02}")).collect(),
+                device_count: 11,
                 estimated_s: 3_600,
                 canaries: vec![],
             },
@@ -542,6 +548,7 @@ fn plan() -> pb::RolloutPlan {
             code: 5000,
             reason: "already on 2.3".into(),
         }],
+        exclusion_count: 1,
         estimated_duration_s: 4_200,
         warnings: vec!["stage wave-1 has no devices".into()],
         policies: vec![

@@ -38,6 +38,8 @@ use crate::status::{ErrorCode, TaskError, UpgradeStatus};
 use crate::time::UnixMillis;
 
 /// Stream names.
+pub mod split;
+
 pub mod streams {
     /// Prefix of firmware streams.
     pub const FIRMWARE_PREFIX: &str = "firmware/";
@@ -471,6 +473,34 @@ pub struct StageStarted {
     pub deadline_at_ms: Option<UnixMillis>,
 }
 
+/// More of the plan of the `RolloutStarted` just before it in the same append, when the whole
+/// plan does not fit one event (see [`split`]): devices of one stage, in dispatch order after
+/// the ones already recorded, and exclusions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPlanContinued {
+    /// Stage index the devices belong to.
+    pub stage: u32,
+    /// More device ids of that stage.
+    pub device_ids: Vec<String>,
+    /// More devices left out.
+    pub exclusions: Vec<Exclusion>,
+}
+
+/// More of a batch check whose lists do not fit one event (see [`split`]): devices asked
+/// (after `BatchCheckStarted`, in the same append) or outcomes (before `BatchCheckCompleted`,
+/// in the same append). Applied like the lists of those events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchCheckContinued {
+    /// Check id.
+    pub check_id: String,
+    /// More devices asked.
+    pub device_ids: Vec<String>,
+    /// More devices that did not answer in time (5019).
+    pub timed_out: Vec<String>,
+    /// More devices removed from the plan by the check's answers.
+    pub excluded: Vec<Exclusion>,
+}
+
 /// Devices were taken out of a stage when it started (or later, before they got a task): a
 /// device that already has an unfinished task elsewhere (5002, one update at a time), or that
 /// its site no longer reports (5012). Listed in the rollout's exclusions, never dropped silently.
@@ -728,7 +758,9 @@ domain_events! {
     TaskCancelled = 1,
     RolloutCreated = 7,
     RolloutStarted = 1,
+    RolloutPlanContinued = 1,
     BatchCheckStarted = 1,
+    BatchCheckContinued = 1,
     BatchCheckCompleted = 1,
     StageStarted = 1,
     StageDevicesExcluded = 1,

@@ -580,6 +580,23 @@ fn recount(r: &mut RolloutView, tasks: &HashMap<String, Box<TaskView>>) {
     );
 }
 
+/// Outcomes of a batch check (`BatchCheckCompleted`, or a `BatchCheckContinued` before it):
+/// devices that did not answer are listed, excluded devices leave their stages.
+fn batch_check_outcomes(r: &mut RolloutView, timed_out: &[String], excluded: &[Exclusion]) {
+    if let Some(bc) = r.batch_check.as_mut() {
+        bc.timed_out.extend(timed_out.iter().cloned());
+    }
+    if excluded.is_empty() {
+        return;
+    }
+    let leaving: std::collections::HashSet<&str> =
+        excluded.iter().map(|x| x.device_id.as_str()).collect();
+    for stage in &mut r.stages {
+        stage.device_ids.retain(|d| !leaving.contains(d.as_str()));
+    }
+    r.exclusions.extend(excluded.iter().cloned());
+}
+
 /// A resumed rollout: the stage in progress continues where it stopped, its timers moved by the
 /// time spent paused; a failed stage runs again with the failures seen so far accepted.
 fn resumed(r: &mut RolloutView, e: &RolloutResumed, at: UnixMillis) {
@@ -819,7 +836,7 @@ pub fn effective_wake_timeout_s(c: &TaskCreated) -> u32 {
 /// whenever a type of this module changes shape: a snapshot of another shape is ignored and the
 /// state is rebuilt from the log. `tests/golden_events.rs` fails when the shape changes without
 /// a bump.
-pub const SNAPSHOT_SCHEMA: u32 = 9;
+pub const SNAPSHOT_SCHEMA: u32 = 10;
 
 /// Everything the server knows, as of `last_seq`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -1207,6 +1224,15 @@ impl FleetState {
                 r.exclusions = e.exclusions.clone();
                 recount(r, &self.tasks);
             }
+            DomainEvent::RolloutPlanContinued(e) => {
+                if let Some(s) = r.stages.get_mut(e.stage as usize) {
+                    s.device_ids.extend(e.device_ids.iter().cloned());
+                }
+                r.exclusions.extend(e.exclusions.iter().cloned());
+                if !r.tasks_by_device.is_empty() {
+                    recount(r, &self.tasks);
+                }
+            }
             DomainEvent::BatchCheckStarted(e) => {
                 r.batch_check = Some(BatchCheckView {
                     check_id: e.check_id.clone(),
@@ -1216,17 +1242,17 @@ impl FleetState {
                     timed_out: Vec::new(),
                 });
             }
+            DomainEvent::BatchCheckContinued(e) => {
+                if let Some(bc) = r.batch_check.as_mut().filter(|b| b.check_id == e.check_id) {
+                    bc.device_ids.extend(e.device_ids.iter().cloned());
+                }
+                batch_check_outcomes(r, &e.timed_out, &e.excluded);
+            }
             DomainEvent::BatchCheckCompleted(e) => {
                 if let Some(bc) = r.batch_check.as_mut() {
                     bc.completed = true;
-                    bc.timed_out = e.timed_out.clone();
                 }
-                let excluded: std::collections::HashSet<&str> =
-                    e.excluded.iter().map(|x| x.device_id.as_str()).collect();
-                for stage in &mut r.stages {
-                    stage.device_ids.retain(|d| !excluded.contains(d.as_str()));
-                }
-                r.exclusions.extend(e.excluded.iter().cloned());
+                batch_check_outcomes(r, &e.timed_out, &e.excluded);
             }
             DomainEvent::StageStarted(_)
             | DomainEvent::StageDevicesExcluded(_)

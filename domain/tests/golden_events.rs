@@ -329,10 +329,31 @@ fn samples() -> Vec<DomainEvent> {
             }],
         }
         .into(),
+        RolloutPlanContinued {
+            stage: 0,
+            device_ids: vec!["home/e".into()],
+            exclusions: vec![Exclusion {
+                device_id: "home/f".into(),
+                code: ErrorCode::AlreadyOnTarget,
+                reason: "already on 2.1.0".into(),
+            }],
+        }
+        .into(),
         BatchCheckStarted {
             check_id: "chk-1".into(),
             device_ids: vec!["home/a".into()],
             deadline_at_ms: UnixMillis::from_unix_ms(60_000),
+        }
+        .into(),
+        BatchCheckContinued {
+            check_id: "chk-1".into(),
+            device_ids: vec!["home/e".into()],
+            timed_out: vec!["home/e".into()],
+            excluded: vec![Exclusion {
+                device_id: "home/f".into(),
+                code: ErrorCode::AlreadyOnTarget,
+                reason: "already on 2.1.0".into(),
+            }],
         }
         .into(),
         BatchCheckCompleted {

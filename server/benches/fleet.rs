@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p ota-server --bench fleet [-- --devices 100000 --sites 100 --timed-devices 3000
 //! --timed-sites 20 --duration-ms 2000 --concurrency 100 --download --only instant|timed
-//! --poll-ms 1000 --rollout-devices 100000]`
+//! --poll-ms 1000 --rollout-devices 1000000]`
 //!
 //! Two parts, each against a fresh `otad --insecure-plaintext --listen 127.0.0.1:0 --data-dir
 //! <tmp>` child process (the binary cargo builds next to this bench), so the server's CPU time
@@ -14,9 +14,8 @@
 //!    answers the batch check and runs every update at once. A firmware is uploaded through
 //!    `FirmwareService.Upload`, a rollout (canary, then 10 %, 50 %, 100 %, concurrency limits
 //!    wide open) is created and started through `RolloutService.Create` and polled with `Get`
-//!    until it completes; a fleet of more than `--rollout-devices` (100,000) devices is rolled
-//!    out by several such rollouts of whole sites started together, since one rollout names
-//!    every device it plans in one event and the store takes events of at most 4 MiB (every
+//!    until it completes (one rollout for the whole fleet; `--rollout-devices N` splits the
+//!    fleet into several rollouts of whole sites of at most N devices, started together) (every
 //!    second, or every `devices / 100` ms on larger fleets, since a
 //!    `Get` lists every device; `--poll-ms` sets it). Prints wall time, otad CPU per device and
 //!    otad peak RSS (`VmHWM`) against the targets (≤ 0.3 ms per device, ≤ 2048 MiB at a million
@@ -109,7 +108,7 @@ impl Args {
             download: args.iter().any(|a| a == "--download"),
             only: value("--only"),
             poll_ms: value("--poll-ms").and_then(|v| v.parse().ok()),
-            rollout_devices: num("--rollout-devices", 100_000),
+            rollout_devices: num("--rollout-devices", u64::MAX),
         }
     }
 
@@ -1047,10 +1046,7 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
     ];
     // Limits wide open (a spec's limit is at most 100,000).
     let wide = devices.min(args.rollout_devices).min(100_000) as u32;
-    // One rollout names every device it plans in one event (`RolloutStarted`, and
-    // `BatchCheckStarted`), and the store takes events of at most 4 MiB: a fleet larger than
-    // `--rollout-devices` (100,000) is rolled out by several rollouts of whole sites, started
-    // together.
+    // One rollout, or several of whole sites started together (`--rollout-devices`).
     let groups = site_groups(devices, sites, args.rollout_devices);
     let specs: Vec<pb::RolloutSpec> = groups
         .iter()
@@ -1075,7 +1071,7 @@ async fn instant(args: &Args) -> anyhow::Result<()> {
     println!(
         "  {} rollout(s) of at most {} devices (whole sites each), started together",
         specs.len(),
-        args.rollout_devices
+        args.rollout_devices.min(devices)
     );
     let agents_cpu0 = proc_cpu("/proc/self/stat");
     // A Get lists every device of every stage: on a large fleet, poll less often so the poll

@@ -185,7 +185,7 @@ impl Rollouts {
                     .iter()
                     .any(|e| matches!(e, DomainEvent::BatchCheckCompleted(_)))
             {
-                self.start_batch_check(&id, bc.clone());
+                self.start_batch_check(&id, bc);
             }
         }
         let created = app
@@ -298,7 +298,7 @@ impl Rollouts {
                 let done = batch_check_completed(r, state, &bc.check_id);
                 Ok(vec![Change::unchanged(
                     streams::rollout(rollout_id),
-                    vec![done.into()],
+                    done.into_events(),
                 )])
             })
             .await?;

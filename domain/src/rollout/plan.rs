@@ -180,8 +180,15 @@ impl ZigbeeAirtime {
 }
 
 impl Plan {
-    /// The event that fixes this plan when the rollout starts.
-    pub fn started_event(&self) -> RolloutStarted {
+    /// The events that fix this plan when the rollout starts, to append together: one
+    /// `RolloutStarted`, followed by `RolloutPlanContinued` events when the plan is too large
+    /// for one event ([`crate::events::split`]).
+    pub fn started_events(&self) -> Vec<crate::events::DomainEvent> {
+        self.started_event().into_events()
+    }
+
+    /// The plan as one `RolloutStarted`, however large (split by [`Plan::started_events`]).
+    pub(crate) fn started_event(&self) -> RolloutStarted {
         RolloutStarted {
             stages: self
                 .stages

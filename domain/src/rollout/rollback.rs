@@ -427,7 +427,7 @@ pub fn rollback(
     let needs_approval = ask.approval.is_some();
     events.extend(ask.approval);
     if ask.start && !needs_approval {
-        events.push(plan::plan(&spec, state).started_event().into());
+        events.extend(plan::plan(&spec, state).started_events());
     }
     Ok(NewRollback {
         marker: RolloutRolledBack {

@@ -180,12 +180,14 @@ impl Reconcile {
         out
     }
 
-    /// The batch check this decision starts, if any.
-    pub fn batch_check_started(&self) -> Option<&BatchCheckStarted> {
-        self.rollout_events.iter().find_map(|e| match e {
-            DomainEvent::BatchCheckStarted(b) => Some(b),
+    /// The batch check this decision starts, if any, with all its devices (also when they
+    /// are split over several events).
+    pub fn batch_check_started(&self) -> Option<BatchCheckStarted> {
+        let started = self.rollout_events.iter().find_map(|e| match e {
+            DomainEvent::BatchCheckStarted(b) => Some(b.clone()),
             _ => None,
-        })
+        })?;
+        Some(started.joined(&self.rollout_events))
     }
 }
 
@@ -692,13 +694,13 @@ fn batch_check_step(input: Input<'_>, out: &mut Reconcile) -> Step {
         return DONE;
     }
     let check_id = format!("chk-{}-{now}", r.id);
-    out.rollout_events.push(
+    out.rollout_events.extend(
         BatchCheckStarted {
             check_id: check_id.clone(),
             device_ids: targets.clone(),
             deadline_at_ms: now.plus_secs(u64::from(r.spec.batch_check_timeout_s)),
         }
-        .into(),
+        .into_events(),
     );
     if targets.is_empty() {
         out.rollout_events.push(
@@ -1102,12 +1104,12 @@ fn ensure_tasks(
         return usize::MAX;
     }
     if !excluded.is_empty() {
-        out.rollout_events.push(
+        out.rollout_events.extend(
             StageDevicesExcluded {
                 index: index as u32,
                 excluded,
             }
-            .into(),
+            .into_events(),
         );
     }
     with_task

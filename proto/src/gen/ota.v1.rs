@@ -4314,7 +4314,8 @@ pub struct StageStatus {
     pub name: ::prost::alloc::string::String,
     #[prost(enumeration = "StageState", tag = "3")]
     pub state: i32,
-    /// Devices assigned to this stage.
+    /// Devices assigned to this stage: the first 10,000 of them (see device_count), so that a
+    /// rollout over a whole large fleet still fits a message.
     #[prost(string, repeated, tag = "4")]
     pub device_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(message, optional, tag = "5")]
@@ -4329,6 +4330,9 @@ pub struct StageStatus {
     pub soak_until_ms: i64,
     #[prost(int64, tag = "9")]
     pub finished_at_ms: i64,
+    /// All devices assigned to this stage (device_ids lists at most 10,000 of them).
+    #[prost(uint32, tag = "10")]
+    pub device_count: u32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TaskCounts {
@@ -4384,7 +4388,8 @@ pub struct Rollout {
     pub stages: ::prost::alloc::vec::Vec<StageStatus>,
     #[prost(message, optional, tag = "7")]
     pub totals: ::core::option::Option<TaskCounts>,
-    /// Devices the batch check found not answering (5019), listed rather than dropped.
+    /// Devices the batch check found not answering (5019), listed rather than dropped: the first
+    /// 10,000 (see batch_check_timed_out_count).
     #[prost(string, repeated, tag = "8")]
     pub batch_check_timed_out: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(message, optional, tag = "9")]
@@ -4395,7 +4400,7 @@ pub struct Rollout {
     pub started_at_ms: i64,
     #[prost(int64, tag = "12")]
     pub finished_at_ms: i64,
-    /// Devices excluded at planning time, with the reason.
+    /// Devices excluded at planning time, with the reason: the first 10,000 (see exclusion_count).
     #[prost(message, repeated, tag = "13")]
     pub exclusions: ::prost::alloc::vec::Vec<Exclusion>,
     /// The rollout-wide failure budget in devices (0: off) and the failures counted against it.
@@ -4415,6 +4420,12 @@ pub struct Rollout {
     /// A rollback's devices with the image each gets back, by device id.
     #[prost(message, repeated, tag = "19")]
     pub revert_targets: ::prost::alloc::vec::Vec<RevertTarget>,
+    /// All devices the batch check found not answering, and all exclusions (the lists above hold
+    /// at most 10,000 each).
+    #[prost(uint32, tag = "20")]
+    pub batch_check_timed_out_count: u32,
+    #[prost(uint32, tag = "21")]
+    pub exclusion_count: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Approval {
@@ -4518,6 +4529,7 @@ pub struct PlannedStage {
     pub index: u32,
     #[prost(string, tag = "2")]
     pub name: ::prost::alloc::string::String,
+    /// The stage's devices in dispatch order: the first 10,000 (see device_count).
     #[prost(string, repeated, tag = "3")]
     pub device_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Estimated duration of this stage, from the concurrency limits and the transfer times learned
@@ -4528,6 +4540,9 @@ pub struct PlannedStage {
     /// stage (the first); empty otherwise.
     #[prost(message, repeated, tag = "5")]
     pub canaries: ::prost::alloc::vec::Vec<CanaryGroup>,
+    /// All devices of the stage (device_ids lists at most 10,000 of them).
+    #[prost(uint32, tag = "6")]
+    pub device_count: u32,
 }
 /// The canaries of one transport instance of a site (a zigbee2mqtt network, the ESPHome devices, a
 /// serial port).
@@ -4551,6 +4566,7 @@ pub struct CanaryGroup {
 pub struct RolloutPlan {
     #[prost(message, repeated, tag = "1")]
     pub stages: ::prost::alloc::vec::Vec<PlannedStage>,
+    /// Devices left out, with why: the first 10,000 (see exclusion_count).
     #[prost(message, repeated, tag = "2")]
     pub exclusions: ::prost::alloc::vec::Vec<Exclusion>,
     /// Working time: the batch check, the stages' estimates (paced by the rate) plus soak times.
@@ -4576,6 +4592,9 @@ pub struct RolloutPlan {
     /// Zigbee airtime per zigbee2mqtt network: the expected Zigbee transfer time of its targets.
     #[prost(message, repeated, tag = "9")]
     pub zigbee_airtime: ::prost::alloc::vec::Vec<ZigbeeAirtime>,
+    /// All devices left out (exclusions lists at most 10,000 of them).
+    #[prost(uint32, tag = "10")]
+    pub exclusion_count: u32,
 }
 /// The expected Zigbee transfer time a plan spends on one zigbee2mqtt network.
 #[derive(Clone, PartialEq, ::prost::Message)]

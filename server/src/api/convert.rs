@@ -469,6 +469,18 @@ fn stage_state(s: StageState) -> i32 {
     }
 }
 
+/// Most entries one device list of a rollout or plan message holds (stage devices, batch-check
+/// timeouts, exclusions): a rollout over a whole large fleet names hundreds of thousands of
+/// devices, and a message must stay far below the clients' limit (otactl takes 16 MiB). The
+/// count beside each list gives the whole number.
+pub const MAX_LISTED: usize = 10_000;
+
+/// The first [`MAX_LISTED`] of `items`, converted, and how many there are in all.
+pub fn first_listed<T, U>(items: &[T], convert: impl FnMut(&T) -> U) -> (Vec<U>, u32) {
+    let listed = items.iter().take(MAX_LISTED).map(convert).collect();
+    (listed, u32::try_from(items.len()).unwrap_or(u32::MAX))
+}
+
 /// An exclusion on the wire.
 pub fn exclusion(e: &Exclusion) -> pb::Exclusion {
     pb::Exclusion {
@@ -497,18 +509,28 @@ pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
         .stages
         .iter()
         .enumerate()
-        .map(|(i, s)| pb::StageStatus {
-            index: i as u32,
-            name: s.name.clone(),
-            state: stage_state(s.state),
-            device_ids: s.device_ids.clone(),
-            counts: Some(counts_of(&s.tally)),
-            started_at_ms: s.started_at_ms.map_or(0, UnixMillis::as_i64),
-            deadline_at_ms: s.deadline_at_ms.map_or(0, UnixMillis::as_i64),
-            soak_until_ms: s.soak_until_ms.map_or(0, UnixMillis::as_i64),
-            finished_at_ms: s.finished_at_ms.map_or(0, UnixMillis::as_i64),
+        .map(|(i, s)| {
+            let (device_ids, device_count) = first_listed(&s.device_ids, String::clone);
+            pb::StageStatus {
+                index: i as u32,
+                name: s.name.clone(),
+                state: stage_state(s.state),
+                device_ids,
+                device_count,
+                counts: Some(counts_of(&s.tally)),
+                started_at_ms: s.started_at_ms.map_or(0, UnixMillis::as_i64),
+                deadline_at_ms: s.deadline_at_ms.map_or(0, UnixMillis::as_i64),
+                soak_until_ms: s.soak_until_ms.map_or(0, UnixMillis::as_i64),
+                finished_at_ms: s.finished_at_ms.map_or(0, UnixMillis::as_i64),
+            }
         })
         .collect();
+    let (batch_check_timed_out, batch_check_timed_out_count) = r
+        .batch_check
+        .as_ref()
+        .map(|b| first_listed(&b.timed_out, String::clone))
+        .unwrap_or_default();
+    let (exclusions, exclusion_count) = first_listed(&r.exclusions, exclusion);
     let mut totals = counts_of(&r.tally);
     // Devices planned but without a task yet count as queued.
     let planned: u32 = r.stages.iter().map(|s| s.device_ids.len() as u32).sum();
@@ -526,16 +548,14 @@ pub fn rollout(r: &RolloutView, state: &FleetState) -> pb::Rollout {
         current_stage: r.current_stage(),
         stages,
         totals: Some(totals),
-        batch_check_timed_out: r
-            .batch_check
-            .as_ref()
-            .map(|b| b.timed_out.clone())
-            .unwrap_or_default(),
+        batch_check_timed_out,
+        batch_check_timed_out_count,
         created_by: Some(actor_from_label(&r.created_by)),
         created_at_ms: r.created_at_ms.as_i64(),
         started_at_ms: r.started_at_ms.map_or(0, UnixMillis::as_i64),
         finished_at_ms: r.finished_at_ms.map_or(0, UnixMillis::as_i64),
-        exclusions: r.exclusions.iter().map(exclusion).collect(),
+        exclusions,
+        exclusion_count,
         failure_budget: ota_domain::rollout::scheduler::failure_budget(r).unwrap_or(0),
         failures: ota_domain::rollout::scheduler::budget_failures(r, state),
         approval: approval(&r.approval),
@@ -1723,6 +1743,66 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_rollout_lists_at_most_ten_thousand_devices_per_list_and_counts_all() {
+        use ota_domain::events::{PlannedStage, RolloutCreated, RolloutStarted, streams};
+        use ota_domain::projection::EventMeta;
+        let spec = spec_from_pb(&minimal_spec()).unwrap();
+        let ids = |prefix: &str, n: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{prefix}/d{i}")).collect()
+        };
+        let started = RolloutStarted {
+            stages: vec![
+                PlannedStage {
+                    name: "canary".into(),
+                    device_ids: ids("a", 3),
+                },
+                PlannedStage {
+                    name: "all".into(),
+                    device_ids: ids("b", MAX_LISTED + 5),
+                },
+            ],
+            exclusions: ids("c", MAX_LISTED + 2_000)
+                .into_iter()
+                .map(|device_id| Exclusion {
+                    device_id,
+                    code: ota_domain::status::ErrorCode::AlreadyOnTarget,
+                    reason: "already on 1.0.0".into(),
+                })
+                .collect(),
+        };
+        let mut state = FleetState::default();
+        let created = RolloutCreated {
+            id: "ro-big".into(),
+            spec,
+        };
+        let events = std::iter::once(created.into()).chain(started.into_events());
+        for (seq, e) in events.enumerate() {
+            let meta = EventMeta {
+                seq: seq as u64 + 1,
+                recorded_at_ms: UnixMillis::from_unix_ms(1),
+                actor: "test".into(),
+            };
+            state.apply(&meta, &streams::rollout("ro-big"), &e);
+        }
+        let r = rollout(&state.rollouts["ro-big"], &state);
+        assert_eq!(r.stages[0].device_ids.len(), 3);
+        assert_eq!(r.stages[0].device_count, 3);
+        assert_eq!(r.stages[1].device_ids.len(), MAX_LISTED);
+        assert_eq!(
+            r.stages[1].device_ids[0], "b/d0",
+            "the first ones, in order"
+        );
+        assert_eq!(r.stages[1].device_count as usize, MAX_LISTED + 5);
+        assert_eq!(r.exclusions.len(), MAX_LISTED);
+        assert_eq!(r.exclusion_count as usize, MAX_LISTED + 2_000);
+        assert_eq!(
+            r.totals.map(|t| t.total as usize),
+            Some(MAX_LISTED + 8),
+            "the totals count every planned device"
+        );
     }
 
     #[test]

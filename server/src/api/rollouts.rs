@@ -99,20 +99,27 @@ fn reason(given: &str, verb: &str, who: &str) -> String {
 
 /// A plan on the wire.
 pub fn plan_pb(p: &Plan) -> pb::RolloutPlan {
+    let (exclusions, exclusion_count) = convert::first_listed(&p.exclusions, convert::exclusion);
     pb::RolloutPlan {
         stages: p
             .stages
             .iter()
             .enumerate()
-            .map(|(i, s)| pb::PlannedStage {
-                index: i as u32,
-                name: s.name.clone(),
-                device_ids: s.device_ids.clone(),
-                estimated_s: s.estimated_s.min(u64::from(u32::MAX)) as u32,
-                canaries: s.canaries.iter().map(convert::canary_group).collect(),
+            .map(|(i, s)| {
+                let (device_ids, device_count) =
+                    convert::first_listed(&s.device_ids, String::clone);
+                pb::PlannedStage {
+                    index: i as u32,
+                    name: s.name.clone(),
+                    device_ids,
+                    device_count,
+                    estimated_s: s.estimated_s.min(u64::from(u32::MAX)) as u32,
+                    canaries: s.canaries.iter().map(convert::canary_group).collect(),
+                }
             })
             .collect(),
-        exclusions: p.exclusions.iter().map(convert::exclusion).collect(),
+        exclusions,
+        exclusion_count,
         estimated_duration_s: p.estimated_s.min(u64::from(u32::MAX)) as u32,
         warnings: p.warnings.clone(),
         policies: p.policies.clone(),
@@ -254,7 +261,7 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
                 ];
                 events.extend(needs_approval.clone());
                 if start {
-                    events.push(plan::plan(&spec, state).started_event().into());
+                    events.extend(plan::plan(&spec, state).started_events());
                 }
                 Ok(vec![Change::new_stream(streams::rollout(&id), events)])
             })
@@ -315,11 +322,8 @@ impl pb::rollout_service_server::RolloutService for RolloutApi {
                 lifecycle(r, Action::Start)?;
                 approval::may_start(r).map_err(|e| ApiError::precondition(e.to_string()))?;
                 require_firmware(state, &r.spec)?;
-                let started = plan::plan(&r.spec, state).started_event();
-                Ok(vec![Change::unchanged(
-                    streams::rollout(&r.id),
-                    vec![started.into()],
-                )])
+                let started = plan::plan(&r.spec, state).started_events();
+                Ok(vec![Change::unchanged(streams::rollout(&r.id), started)])
             })
             .await?;
         info!("rollout started");

@@ -65,8 +65,10 @@ pub const MAX_EVENT_TYPE_BYTES: usize = 256;
 pub const MAX_ACTOR_BYTES: usize = 1024;
 /// Largest accepted payload of one event, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
-/// Largest accepted sum of payload bytes of one append.
-pub const MAX_APPEND_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+/// Largest accepted sum of payload bytes of one append: room for the plan of a rollout over
+/// a few million devices (about 22 bytes each), which is split into events of at most 1 MiB of
+/// lists (`ota_domain::events::split`) but appended at once.
+pub const MAX_APPEND_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
 /// Most events accepted in one append (all streams together).
 pub const MAX_EVENTS_PER_APPEND: usize = 65_536;
 

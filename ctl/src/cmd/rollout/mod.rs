@@ -529,6 +529,7 @@ mod tests {
                     index: 0,
                     name: "canary".into(),
                     device_ids: vec!["home/a".into(), "home/b".into()],
+                    device_count: 2,
                     estimated_s: 600,
                     canaries: vec![],
                 }],

@@ -141,10 +141,7 @@ pub fn rollout(r: &RolloutJson) -> String {
             st.name.clone(),
             sp.map_or_else(String::new, |s| stage_size(s, st.index as usize, per_site)),
             st.state.name.clone(),
-            st.counts
-                .total
-                .max(u32::try_from(st.device_ids.len()).unwrap_or(0))
-                .to_string(),
+            st.counts.total.max(st.device_count).to_string(),
             counts_line(&st.counts),
             sp.map_or_else(String::new, |s| fmt_secs(u64::from(s.deadline_s))),
             sp.map_or_else(String::new, |s| fmt_secs(u64::from(s.soak_s))),
@@ -152,14 +149,20 @@ pub fn rollout(r: &RolloutJson) -> String {
     }
     section(&mut out, "Stages", &render(&t, "none"));
     if !r.batch_check_timed_out.is_empty() {
+        let mut lines = r.batch_check_timed_out.clone();
+        lines.extend(more(lines.len(), r.batch_check_timed_out_count));
         section(
             &mut out,
             "No answer to the batch check (5019)",
-            &r.batch_check_timed_out.join("\n"),
+            &lines.join("\n"),
         );
     }
     if !r.exclusions.is_empty() {
-        section(&mut out, "Excluded", &exclusions(&r.exclusions));
+        section(
+            &mut out,
+            "Excluded",
+            &exclusions(&r.exclusions, r.exclusion_count),
+        );
     }
     out
 }
@@ -212,12 +215,22 @@ fn policy_rows(r: &RolloutJson, rows: &mut Vec<(&'static str, String)>) {
     }
 }
 
-fn exclusions(list: &[ExclusionJson]) -> String {
+/// The exclusions the server listed, and a last row saying how many it did not list.
+fn exclusions(list: &[ExclusionJson], count: u32) -> String {
     let mut t = table(&["device", "code", "reason"]);
     for e in list {
         t.add_row(vec![e.device_id.clone(), en(&e.code), e.reason.clone()]);
     }
+    if let Some(line) = more(list.len(), count) {
+        t.add_row(vec![line, String::new(), String::new()]);
+    }
     render(&t, "none")
+}
+
+/// "… and N more": the server lists at most 10,000 devices per list.
+fn more(listed: usize, count: u32) -> Option<String> {
+    let unlisted = (count as usize).saturating_sub(listed);
+    (unlisted > 0).then(|| format!("… and {unlisted} more (the server lists the first 10,000)"))
 }
 
 /// The per-site canaries: one row per site and transport instance.
@@ -262,16 +275,17 @@ pub fn plan(p: &PlanJson) -> String {
             .take(PLAN_DEVICES_SHOWN)
             .cloned()
             .collect();
-        if s.device_ids.len() > PLAN_DEVICES_SHOWN {
+        let count = s.device_count as usize;
+        if count > PLAN_DEVICES_SHOWN {
             ids.push(format!(
-                "… and {} more (-o json lists all)",
-                s.device_ids.len() - PLAN_DEVICES_SHOWN
+                "… and {} more (-o json lists up to 10,000)",
+                count - PLAN_DEVICES_SHOWN
             ));
         }
         t.add_row(vec![
             (s.index + 1).to_string(),
             s.name.clone(),
-            s.device_ids.len().to_string(),
+            s.device_count.to_string(),
             fmt_secs(u64::from(s.estimated_s)),
             ids.join("\n"),
         ]);
@@ -293,7 +307,11 @@ pub fn plan(p: &PlanJson) -> String {
     if !p.zigbee_airtime.is_empty() {
         section(&mut out, "Zigbee airtime", &airtime(&p.zigbee_airtime));
     }
-    section(&mut out, "Excluded", &exclusions(&p.exclusions));
+    section(
+        &mut out,
+        "Excluded",
+        &exclusions(&p.exclusions, p.exclusion_count),
+    );
     if !p.warnings.is_empty() {
         section(
             &mut out,
@@ -449,4 +467,19 @@ pub fn acted(v: &RolloutJson) -> String {
         s.push_str(&format!(" ({})", v.state_reason));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::more;
+
+    #[test]
+    fn a_cut_list_says_how_many_it_does_not_show() {
+        assert_eq!(more(3, 3), None);
+        assert_eq!(more(3, 0), None, "an older server sends no count");
+        assert_eq!(
+            more(10_000, 12_500).as_deref(),
+            Some("… and 2500 more (the server lists the first 10,000)")
+        );
+    }
 }

@@ -533,8 +533,10 @@ pub struct StageStatusJson {
     pub name: String,
     /// pending, running, soaking, succeeded, failed.
     pub state: EnumJson,
-    /// Devices assigned.
+    /// Devices assigned: the first 10,000 (the server lists no more).
     pub device_ids: Vec<String>,
+    /// All devices assigned.
+    pub device_count: u32,
     /// Counts by status.
     pub counts: CountsJson,
     /// Started.
@@ -556,6 +558,12 @@ pub struct ExclusionJson {
     pub code: EnumJson,
     /// Why, in words.
     pub reason: String,
+}
+
+/// The whole number of a list the server cut at 10,000 entries: its count (an older server
+/// sends none, and lists everything).
+fn whole<T>(count: u32, listed: &[T]) -> u32 {
+    count.max(u32::try_from(listed.len()).unwrap_or(u32::MAX))
 }
 
 fn exclusion(e: &pb::Exclusion) -> ExclusionJson {
@@ -583,8 +591,10 @@ pub struct RolloutJson {
     pub stages: Vec<StageStatusJson>,
     /// Counts over all stages.
     pub totals: CountsJson,
-    /// Devices the batch check found not answering (5019).
+    /// Devices the batch check found not answering (5019): the first 10,000.
     pub batch_check_timed_out: Vec<String>,
+    /// All devices the batch check found not answering.
+    pub batch_check_timed_out_count: u32,
     /// Creator.
     pub created_by: Option<ActorJson>,
     /// Created.
@@ -593,8 +603,10 @@ pub struct RolloutJson {
     pub started_at_ms: i64,
     /// Ended.
     pub finished_at_ms: i64,
-    /// Devices excluded at planning, with reasons.
+    /// Devices excluded at planning, with reasons: the first 10,000.
     pub exclusions: Vec<ExclusionJson>,
+    /// All devices excluded.
+    pub exclusion_count: u32,
     /// The rollout-wide failure budget in devices (0: off).
     pub failure_budget: u32,
     /// Failures counted against it.
@@ -696,6 +708,7 @@ impl RolloutJson {
                     name: s.name.clone(),
                     state: EnumJson::new(s.state, vocab::stage_state_name),
                     device_ids: s.device_ids.clone(),
+                    device_count: whole(s.device_count, &s.device_ids),
                     counts: CountsJson::new(s.counts.as_ref()),
                     started_at_ms: s.started_at_ms,
                     deadline_at_ms: s.deadline_at_ms,
@@ -705,11 +718,16 @@ impl RolloutJson {
                 .collect(),
             totals: CountsJson::new(r.totals.as_ref()),
             batch_check_timed_out: r.batch_check_timed_out.clone(),
+            batch_check_timed_out_count: whole(
+                r.batch_check_timed_out_count,
+                &r.batch_check_timed_out,
+            ),
             created_by: actor(r.created_by.as_ref()),
             created_at_ms: r.created_at_ms,
             started_at_ms: r.started_at_ms,
             finished_at_ms: r.finished_at_ms,
             exclusions: r.exclusions.iter().map(exclusion).collect(),
+            exclusion_count: whole(r.exclusion_count, &r.exclusions),
             failure_budget: r.failure_budget,
             failures: r.failures,
             approval: r.approval.as_ref().map(ApprovalJson::new),
@@ -741,8 +759,10 @@ pub struct PlannedStageJson {
     pub index: u32,
     /// Name.
     pub name: String,
-    /// Devices.
+    /// Devices in dispatch order: the first 10,000.
     pub device_ids: Vec<String>,
+    /// All devices of the stage.
+    pub device_count: u32,
     /// Estimated seconds.
     pub estimated_s: u32,
     /// The per-site canaries when `canary_per_site` fills this stage, by site and network.
@@ -793,8 +813,10 @@ pub struct PlanJson {
     pub zigbee_airtime: Vec<AirtimeJson>,
     /// Stages with their devices.
     pub stages: Vec<PlannedStageJson>,
-    /// Devices left out, with why.
+    /// Devices left out, with why: the first 10,000.
     pub exclusions: Vec<ExclusionJson>,
+    /// All devices left out.
+    pub exclusion_count: u32,
     /// Things to know.
     pub warnings: Vec<String>,
     /// The rollout-wide policies in effect, one line each.
@@ -826,6 +848,7 @@ impl PlanJson {
                     index: s.index,
                     name: s.name.clone(),
                     device_ids: s.device_ids.clone(),
+                    device_count: whole(s.device_count, &s.device_ids),
                     estimated_s: s.estimated_s,
                     canaries: s
                         .canaries
@@ -841,6 +864,7 @@ impl PlanJson {
                 })
                 .collect(),
             exclusions: p.exclusions.iter().map(exclusion).collect(),
+            exclusion_count: whole(p.exclusion_count, &p.exclusions),
             warnings: p.warnings.clone(),
             policies: p.policies.clone(),
         }

@@ -59,10 +59,7 @@ impl Board {
                 self.stages.push(bar);
             }
             let bar = &self.stages[i];
-            let total = st
-                .counts
-                .total
-                .max(u32::try_from(st.device_ids.len()).unwrap_or(0));
+            let total = st.counts.total.max(st.device_count);
             bar.set_length(u64::from(total));
             bar.set_position(u64::from(st.counts.done()));
             bar.set_prefix(format!("{} {}", st.index + 1, st.name));

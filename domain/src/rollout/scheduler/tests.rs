@@ -355,7 +355,7 @@ fn batch_check_runs_first_and_lists_devices_that_did_not_answer() {
 
     let d = g.when(T0 + S);
     assert_eq!(names(&d.rollout_events), ["BatchCheckStarted"]);
-    let started = d.batch_check_started().unwrap().clone();
+    let started = d.batch_check_started().unwrap();
     assert_eq!(started.device_ids, ["a/1", "b/1", "a/2", "b/2"]);
     assert_eq!(started.deadline_at_ms, T0 + 31 * S);
     assert!(d.new_tasks.is_empty());
