@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tier 2: conformance against real outside peers.
 #
-# Installs Debian's mosquitto, prometheus and strace and, in a Python >= 3.12 virtualenv,
+# Installs Debian's mosquitto, prometheus, strace and postgresql and, in a Python >= 3.12 virtualenv,
 # ESPHome's own uploader (the `esphome` package) and `esptool`; then runs the tests of the
 # `ota-conformance` crate, which exist only with `--features conformance`. Every test there fails
 # (never skips) when its peer is missing. Then it runs every fuzz target briefly (scripts/fuzz.sh).
@@ -21,11 +21,19 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # durability.rs runs otad and ota-agent under strace to see their fsyncs.
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+# postgres_store.rs starts a throwaway PostgreSQL cluster (initdb, pgbench for the store bench).
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+command -v initdb >/dev/null 2>&1 || [ -n "$(pg_bin)" ] || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 export PATH="$PATH:/usr/sbin"
+# Debian keeps initdb and pg_ctl out of the PATH, in /usr/lib/postgresql/<version>/bin.
+if ! command -v initdb >/dev/null 2>&1; then
+  [ -n "$(pg_bin)" ] || { echo "conformance: PostgreSQL installed but no /usr/lib/postgresql/*/bin" >&2; exit 1; }
+  export PATH="$(pg_bin):$PATH"
+fi
 
 # 2. Python peers. ESPHome releases from 2026.7 need Python >= 3.12.
 find_python312() {

@@ -29,8 +29,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
-    /// Directory of the event store and the firmware blobs.
+    /// Directory of the event store (when it is sled) and the firmware blobs.
     pub data_dir: PathBuf,
+    /// Where the event log lives: `None` for sled under `<data_dir>/events` (the default), or
+    /// a PostgreSQL connection string (`postgres://user@host/db`, or libpq `key=value` pairs)
+    /// for [`crate::store::PostgresEventStore`]. It may hold a password: never logged.
+    pub store: Option<String>,
     /// Largest firmware image accepted, in bytes.
     pub max_firmware_bytes: u64,
     /// Largest gRPC message accepted, in bytes.
@@ -131,6 +135,7 @@ impl Default for Config {
                 .parse()
                 .unwrap_or_else(|_| unreachable!("valid constant")),
             data_dir: PathBuf::from("otad-data"),
+            store: None,
             max_firmware_bytes: 64 * 1024 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(15),
@@ -155,8 +160,9 @@ impl Default for Config {
 
 /// otad — the OTA fleet rollout server.
 ///
-/// Keeps every OTA fact as an event in an embedded sled log under --data-dir, serves the ota.v1
-/// gRPC API to otactl and to site agents, and schedules staged rollouts.
+/// Keeps every OTA fact as an event in an embedded sled log under --data-dir (or in PostgreSQL
+/// with --store), serves the ota.v1 gRPC API to otactl and to site agents, and schedules staged
+/// rollouts.
 ///
 /// Settings come from (later wins): built-in defaults, the TOML file given by --config, OTAD_*
 /// environment variables, and these flags.
@@ -169,6 +175,10 @@ pub struct Flags {
     /// gRPC listen address [default: 127.0.0.1:7600]; port 0 picks a free port.
     #[arg(long, env = "OTAD_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// The event store: a PostgreSQL connection string (postgres://user@host/db) [default: sled
+    /// in the data directory]. Firmware images stay in the data directory either way.
+    #[arg(long, env = "OTAD_STORE", value_name = "URL")]
+    pub store: Option<String>,
     /// Data directory (event store and firmware blobs) [default: ./otad-data].
     #[arg(long, env = "OTAD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -240,6 +250,7 @@ pub struct Flags {
 struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
     max_firmware_bytes: Option<u64>,
     max_message_bytes: Option<usize>,
     heartbeat_interval: Option<String>,
@@ -308,6 +319,7 @@ impl Config {
         c.apply_flags(flags, &env, service_name_in_file, &mut errors);
         c.apply_transport_security(flags, &file, &mut errors);
         c.check_bounds(&mut errors);
+        c.check_store(&mut errors);
         if errors.is_empty() {
             Ok(c)
         } else {
@@ -326,6 +338,9 @@ impl Config {
         }
         if let Some(v) = &file.data_dir {
             c.data_dir = v.clone();
+        }
+        if let Some(v) = &file.store {
+            c.store = Some(v.clone());
         }
         if let Some(v) = file.max_firmware_bytes {
             c.max_firmware_bytes = v;
@@ -401,6 +416,9 @@ impl Config {
         }
         if let Some(v) = &flags.data_dir {
             c.data_dir = v.clone();
+        }
+        if let Some(v) = &flags.store {
+            c.store = Some(v.clone());
         }
         if let Some(v) = flags.max_firmware_bytes {
             c.max_firmware_bytes = v;
@@ -523,6 +541,32 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The store setting parses as a PostgreSQL connection string (its value is not repeated:
+    /// it may hold a password), and sled-only recovery is not asked of PostgreSQL.
+    fn check_store(&self, errors: &mut Vec<String>) {
+        let Some(url) = &self.store else { return };
+        let url_like = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let pairs_like = !url.contains("://") && url.contains('=');
+        if !url_like && !pairs_like {
+            errors.push(
+                "store: expected a PostgreSQL connection string (postgres://user@host/db or \
+                 libpq key=value pairs); leave it out for sled in the data directory"
+                    .into(),
+            );
+        } else if let Err(e) = crate::store::postgres::check_url(url) {
+            errors.push(format!("store: {e}"));
+        }
+        if self.truncate_corrupt_tail_after.is_some() {
+            errors.push(
+                "truncate_corrupt_tail_after applies to the sled store only, not to store = \
+                 PostgreSQL"
+                    .into(),
+            );
+        }
+    }
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
@@ -616,6 +660,45 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/otad"));
         assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+    }
+
+    #[test]
+    fn the_store_is_sled_unless_a_postgres_url_is_given() {
+        assert_eq!(Config::load(&plaintext(), None).unwrap().store, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otad.toml");
+        std::fs::write(&path, "store = \"postgres://otad@db.example/ota\"\n").unwrap();
+        let from_file = Flags {
+            config: Some(path.clone()),
+            ..plaintext()
+        };
+        let c = Config::load(&from_file, None).unwrap();
+        assert_eq!(c.store.as_deref(), Some("postgres://otad@db.example/ota"));
+        let flag_wins = Flags {
+            config: Some(path),
+            store: Some("host=/run/postgresql dbname=ota".into()),
+            ..plaintext()
+        };
+        let c = Config::load(&flag_wins, None).unwrap();
+        assert_eq!(c.store.as_deref(), Some("host=/run/postgresql dbname=ota"));
+
+        let secret = "mysql://root:hunter2@db/ota";
+        let bad = Flags {
+            store: Some(secret.into()),
+            truncate_corrupt_tail_after: Some(3),
+            ..plaintext()
+        };
+        let err = Config::load(&bad, None).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(
+            err.0[0].contains("expected a PostgreSQL connection string"),
+            "{err}"
+        );
+        assert!(err.0[1].contains("sled store only"), "{err}");
+        assert!(
+            !err.to_string().contains("hunter2"),
+            "the value may hold a password"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::core::{Clock, Core, SnapshotSettings};
 use crate::metrics::ServerMetrics;
 use crate::sessions::Sessions;
-use crate::store::{EventStore, SledEventStore, SledOptions};
+use crate::store::{EventStore, PostgresEventStore, PostgresOptions, SledEventStore, SledOptions};
 use ota_telemetry::metrics::{Metrics, MetricsConfig};
 
 /// A running otad.
@@ -41,10 +41,19 @@ pub struct Otad {
     snapshot_dir: Option<std::path::PathBuf>,
 }
 
-/// Opens the sled store under `<data_dir>/events`.
+/// Opens the event store the configuration names: PostgreSQL when `store` is set (blocking
+/// until connected, the schema checked), else sled under `<data_dir>/events`. The data
+/// directory is created either way (firmware images and snapshots live there).
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    if let Some(url) = &config.store {
+        // The URL may hold a password: the error does not repeat it.
+        let store = PostgresEventStore::open(url, PostgresOptions::default())
+            .context("cannot open the event log in PostgreSQL (the `store` setting)")?;
+        info!("event log in PostgreSQL; firmware images in the data directory");
+        return Ok(Arc::new(store));
+    }
     let options = SledOptions {
         truncate_corrupt_tail_after: config.truncate_corrupt_tail_after,
         ..SledOptions::default()

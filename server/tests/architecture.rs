@@ -1,5 +1,5 @@
 //! ARCHITECTURE.md's layering invariants for otad, checked on the source: protobuf and
-//! `tonic::Status` only at the API edge, sled only in the store. A new use elsewhere fails here
+//! `tonic::Status` only at the API edge, sled and PostgreSQL only in the store. A new use elsewhere fails here
 //! with the file and line; a module that stops needing an exception must leave the list below.
 
 use std::path::{Path, PathBuf};
@@ -99,6 +99,19 @@ fn only_the_store_knows_sled() {
     assert!(
         bad.is_empty(),
         "sled outside server/src/store (ARCHITECTURE.md, Invariants):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn only_the_store_knows_postgres() {
+    let bad = offenders(
+        |f| f.starts_with("store/"),
+        &["tokio_postgres", "postgres_types"],
+    );
+    assert!(
+        bad.is_empty(),
+        "the PostgreSQL driver outside server/src/store (ARCHITECTURE.md, Invariants):\n{}",
         bad.join("\n")
     );
 }

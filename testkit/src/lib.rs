@@ -12,9 +12,14 @@
 //!   sites, TLS configurations and channels.
 //! - `agent` (feature `agent`): the real agent core in a test — its options, a scripted
 //!   transport, a run the test stops.
+//! - [`store_contract`]: the `EventStore` contract as cases every store runs, and
+//!   [`store_contract_tests!`] to write one test per case.
+//! - [`postgres`]: a throwaway PostgreSQL cluster (initdb, unix socket, fresh databases) for
+//!   the conformance tier and the store bench.
 //! - [`bins`]: the workspace's executables, built by cargo first so a test never runs a stale one.
 //!
-//! What it does not do: start outside peers (mosquitto, prometheus: the conformance tier does),
+//! What it does not do: start outside peers (mosquitto, prometheus: the conformance tier does;
+//! `postgres` only starts a cluster when a test asks for one),
 //! or hide failures — helpers panic with what they were waiting for.
 
 #[cfg(feature = "agent")]
@@ -22,8 +27,10 @@ pub mod agent;
 pub mod bins;
 pub mod otad;
 pub mod pki;
+pub mod postgres;
 pub mod session;
 pub mod site;
+pub mod store_contract;
 pub mod upload;
 
 pub use otad::{TestOtad, config, wait_until};

@@ -30,6 +30,8 @@
 //!
 //! * [`SledEventStore`] (module `sled`): the production store, with group commit and
 //!   validation of the log on open. Its on-disk format is documented there.
+//! * [`PostgresEventStore`] (module `postgres`): the same on PostgreSQL, for an existing
+//!   database (chosen by otad's `store` setting); its schema is documented there.
 //! * [`MemEventStore`] (module `mem`): in memory, **for tests only**, with the same
 //!   semantics (minus durability).
 //!
@@ -40,6 +42,7 @@
 mod codec;
 pub(crate) mod disk_sync;
 pub mod mem;
+pub mod postgres;
 mod recover;
 pub mod sled;
 mod stats;
@@ -53,6 +56,7 @@ use futures::future::BoxFuture;
 
 pub(crate) use self::disk_sync::{create_dir_all_durable, sync_dir};
 pub use self::mem::MemEventStore;
+pub use self::postgres::{PostgresEventStore, PostgresOptions};
 pub use self::sled::{OpenValidation, SledEventStore, SledOptions};
 pub use self::stats::{LatencySnapshot, StoreStats};
 pub use self::subscription::Subscription;
@@ -291,6 +295,12 @@ pub enum StoreError {
     /// The store has been closed (dropped) while the operation was waiting.
     #[error("event store is closed")]
     Closed,
+    /// Another writer appended to the same log at the same time (the PostgreSQL store: a
+    /// second otad on one database). Nothing of the failed append was written, no seq was
+    /// skipped; the store reloaded its position, so a retry after re-reading can succeed.
+    /// Until issue 16's leader lease exists this means two otads share a database.
+    #[error("another writer appended to the event log; nothing of this append was written: {0}")]
+    ConcurrentWriter(String),
     /// The request is malformed (empty batch, oversized payload, duplicate stream...).
     /// A caller bug: surfaces as "invalid argument".
     #[error("invalid append: {0}")]
@@ -303,7 +313,8 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
-/// The event store interface, implemented by [`SledEventStore`] and [`MemEventStore`].
+/// The event store interface, implemented by [`SledEventStore`], [`PostgresEventStore`] and
+/// [`MemEventStore`].
 ///
 /// Methods that return plain values read in-memory state; methods that return `Result`
 /// may touch storage.
