@@ -580,6 +580,51 @@ fn recount(r: &mut RolloutView, tasks: &HashMap<String, Box<TaskView>>) {
     );
 }
 
+/// The plan fixed at the start (`RolloutStarted`, then any `RolloutPlanContinued` of the same
+/// append).
+fn planned(
+    r: &mut RolloutView,
+    event: &DomainEvent,
+    at: UnixMillis,
+    tasks: &HashMap<String, Box<TaskView>>,
+) {
+    match event {
+        DomainEvent::RolloutStarted(e) => {
+            r.state = RolloutState::Running;
+            r.state_reason.clear();
+            r.started_at_ms = Some(at);
+            r.stages = e
+                .stages
+                .iter()
+                .map(|s| StageView {
+                    name: s.name.clone(),
+                    device_ids: s.device_ids.clone(),
+                    state: StageState::Pending,
+                    started_at_ms: None,
+                    deadline_at_ms: None,
+                    soak_until_ms: None,
+                    finished_at_ms: None,
+                    failure_reason: None,
+                    failures_accepted_at_ms: None,
+                    tally: Tally::default(),
+                })
+                .collect();
+            r.exclusions = e.exclusions.clone();
+            recount(r, tasks);
+        }
+        DomainEvent::RolloutPlanContinued(e) => {
+            if let Some(s) = r.stages.get_mut(e.stage as usize) {
+                s.device_ids.extend(e.device_ids.iter().cloned());
+            }
+            r.exclusions.extend(e.exclusions.iter().cloned());
+            if !r.tasks_by_device.is_empty() {
+                recount(r, tasks);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Outcomes of a batch check (`BatchCheckCompleted`, or a `BatchCheckContinued` before it):
 /// devices that did not answer are listed, excluded devices leave their stages.
 fn batch_check_outcomes(r: &mut RolloutView, timed_out: &[String], excluded: &[Exclusion]) {
@@ -1201,37 +1246,8 @@ impl FleetState {
         };
         let at = meta.recorded_at_ms;
         match event {
-            DomainEvent::RolloutStarted(e) => {
-                r.state = RolloutState::Running;
-                r.state_reason.clear();
-                r.started_at_ms = Some(at);
-                r.stages = e
-                    .stages
-                    .iter()
-                    .map(|s| StageView {
-                        name: s.name.clone(),
-                        device_ids: s.device_ids.clone(),
-                        state: StageState::Pending,
-                        started_at_ms: None,
-                        deadline_at_ms: None,
-                        soak_until_ms: None,
-                        finished_at_ms: None,
-                        failure_reason: None,
-                        failures_accepted_at_ms: None,
-                        tally: Tally::default(),
-                    })
-                    .collect();
-                r.exclusions = e.exclusions.clone();
-                recount(r, &self.tasks);
-            }
-            DomainEvent::RolloutPlanContinued(e) => {
-                if let Some(s) = r.stages.get_mut(e.stage as usize) {
-                    s.device_ids.extend(e.device_ids.iter().cloned());
-                }
-                r.exclusions.extend(e.exclusions.iter().cloned());
-                if !r.tasks_by_device.is_empty() {
-                    recount(r, &self.tasks);
-                }
+            DomainEvent::RolloutStarted(_) | DomainEvent::RolloutPlanContinued(_) => {
+                planned(r, event, at, &self.tasks);
             }
             DomainEvent::BatchCheckStarted(e) => {
                 r.batch_check = Some(BatchCheckView {
